@@ -1,0 +1,562 @@
+#include "checkpoint/inspect.hpp"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <tuple>
+
+#include "checkpoint/run_dir.hpp"
+#include "checkpoint/tensor_scan.hpp"
+#include "checkpoint/value_data.hpp"
+#include "format/safetensors.hpp"
+#include "format/torch_archive.hpp"
+#include "util/mapped_file.hpp"
+
+namespace ckpt::checkpoint {
+namespace fs = std::filesystem;
+using pickle::Graph;
+using pickle::Kind;
+using pickle::NodeId;
+
+namespace {
+
+std::string base_name(const std::string& path) { return fs::path(path).filename().string(); }
+
+const pickle::TensorRef* tensor_of(const Graph& g, NodeId id) {
+  return g.is(id, Kind::tensor) ? &g.tensors[static_cast<std::size_t>(g.at(id).integer)] : nullptr;
+}
+
+// ---- classification of a torch.save file by the structure of its root value ----
+
+bool has_keys(const Graph& g, NodeId root, std::initializer_list<std::string_view> keys) {
+  return std::all_of(keys.begin(), keys.end(), [&](std::string_view k) { return g.dict_get(root, k) != nullptr; });
+}
+
+bool is_state_dict(const Graph& g, NodeId root) {
+  const pickle::Node& n = g.at(root);
+  if (n.kind != Kind::dict || (n.items.empty() && !n.flag)) return false;
+  for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) {
+    if (!g.is(n.items[i], Kind::string) || !g.is(n.items[i + 1], Kind::tensor)) return false;
+  }
+  return true;
+}
+
+bool is_rng_state(const Graph& g, NodeId root) {
+  static const std::set<std::string> kGenerators = {"python", "numpy", "cpu", "cuda", "mps", "npu", "xpu", "xla", "hpu", "mlu", "musa"};
+  const pickle::Node& n = g.at(root);
+  if (n.kind != Kind::dict || !(g.dict_get(root, "cpu") || g.dict_get(root, "python"))) return false;
+  for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) {
+    if (!g.is(n.items[i], Kind::string) || !kGenerators.count(g.at(n.items[i]).text)) return false;
+  }
+  return true;
+}
+
+std::string classify_pickle(const Graph& g, const std::string& file_name) {
+  const NodeId root = g.root();
+  if (is_state_dict(g, root)) return "weights";
+  if (g.is(root, Kind::dict)) {
+    if (g.at(root).items.empty()) return file_name.find("scaler") != std::string::npos ? "scaler" : "pickle";
+    const NodeId* state = g.dict_get(root, "state");
+    const NodeId* groups = g.dict_get(root, "param_groups");
+    if (state && groups && g.is(*state, Kind::dict) && g.is(*groups, Kind::list)) return "optimizer";
+    if (g.dict_get(root, "last_epoch") && (g.dict_get(root, "base_lrs") || g.dict_get(root, "_last_lr"))) return "scheduler";
+    if (has_keys(g, root, {"scale", "_growth_tracker"})) return "scaler";
+    if (is_rng_state(g, root)) return "rng_state";
+  }
+  if (g.is(root, Kind::object)) {
+    const NodeId callable = g.at(root).items[pickle::object_callable];
+    const std::string cls = g.is(callable, Kind::global) ? g.global_name(callable) : "";
+    if (file_name.rfind("training_args", 0) == 0 || cls.ends_with("Arguments")) return "training_args";
+  }
+  return "pickle";
+}
+
+// ---- weights ----
+
+void add_dtype_total(json::Json& dtypes, DType dtype, std::uint64_t numel) {
+  auto& entry = dtypes[std::string(torch_name(dtype))];
+  if (entry.is_null()) entry = json::Json{{"count", 0}, {"numel", 0}, {"nbytes", 0}};
+  entry["count"] = entry["count"].get<std::uint64_t>() + 1;
+  entry["numel"] = entry["numel"].get<std::uint64_t>() + numel;
+  entry["nbytes"] = entry["nbytes"].get<std::uint64_t>() + numel * element_size(dtype);
+}
+
+// Fills the totals of a weights report from its tensors (tied views counted once).
+void total_weights(FileReport& report, std::uint64_t storage_bytes, json::Json metadata) {
+  std::uint64_t parameters = 0;
+  json::Json dtypes = json::Json::object();
+  for (const auto& t : report.tensors) {
+    if (t.tied_to) continue;
+    const std::uint64_t n = *torch_archive::numel(t.shape);
+    parameters += n;
+    add_dtype_total(dtypes, t.dtype, n);
+  }
+  report.fields["num_tensors"] = report.tensors.size();
+  report.fields["num_parameters"] = parameters;
+  report.fields["storage_bytes"] = storage_bytes;
+  report.fields["dtypes"] = std::move(dtypes);
+  report.fields["metadata"] = std::move(metadata);
+}
+
+void summarize_torch_weights(const torch_archive::TorchFile& file, FileReport& report, const InspectOptions& options) {
+  const Graph& g = file.graph();
+  const auto& items = g.at(g.root()).items;
+  using ViewKey = std::tuple<std::uint32_t, std::int64_t, std::vector<std::int64_t>, std::vector<std::int64_t>>;
+  std::map<ViewKey, std::string> first_view;
+  std::set<std::uint32_t> storages;
+  std::uint64_t storage_bytes = 0;
+  for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
+    const pickle::TensorRef& t = *tensor_of(g, items[i + 1]);
+    TensorSummary s;
+    s.name = g.at(items[i]).text;
+    s.dtype = t.dtype;
+    s.shape = t.shape;
+    s.stride = t.stride;
+    s.nbytes = *torch_archive::numel(t.shape) * element_size(t.dtype);
+    s.storage = g.storages[t.storage].key;
+    s.storage_offset = t.storage_offset;
+    auto [it, inserted] = first_view.emplace(ViewKey{t.storage, t.storage_offset, t.shape, t.stride}, s.name);
+    if (!inserted) s.tied_to = it->second;
+    if (storages.insert(t.storage).second) storage_bytes += file.storage_bytes(t.storage).size();
+    if (options.verify && is_floating(t.dtype)) {
+      auto c = count_nonfinite(file.tensor_extent(t), t.dtype, t.shape, t.stride);
+      s.nonfinite = NonFinite{c.nan, c.inf};
+    }
+    report.tensors.push_back(std::move(s));
+  }
+  json::Json metadata = json::Json::object();
+  total_weights(report, storage_bytes, std::move(metadata));
+}
+
+void summarize_safetensors(const MappedFile& file, FileReport& report, const InspectOptions& options) {
+  const safetensors::Header header = safetensors::parse(file.bytes());
+  for (const auto& t : header.tensors) {
+    TensorSummary s;
+    s.name = t.name;
+    s.dtype = t.dtype;
+    s.shape = t.shape;
+    s.stride = contiguous_strides(t.shape);
+    s.nbytes = t.end - t.begin;
+    if (options.verify && is_floating(t.dtype)) {
+      auto c = count_nonfinite(safetensors::tensor_bytes(file.bytes(), header, t), t.dtype, s.shape, s.stride);
+      s.nonfinite = NonFinite{c.nan, c.inf};
+    }
+    report.tensors.push_back(std::move(s));
+  }
+  json::Json metadata = json::Json::object();
+  for (const auto& [k, v] : header.metadata) metadata[k] = v;
+  total_weights(report, file.size() - header.buffer_offset, std::move(metadata));
+  if (options.verify) report.verify->checks.push_back("safetensors header rules");
+}
+
+// ---- the other torch.save files ----
+
+void summarize_optimizer(const torch_archive::TorchFile& file, FileReport& report) {
+  const Graph& g = file.graph();
+  const NodeId state = *g.dict_get(g.root(), "state");
+  report.fields["param_groups"] = to_data(g, *g.dict_get(g.root(), "param_groups"));
+  const auto& entries = g.at(state).items;
+  std::set<std::string> keys;
+  std::optional<double> step;
+  std::uint64_t state_bytes = 0;
+  for (std::size_t i = 0; i + 1 < entries.size(); i += 2) {
+    const NodeId per_param = entries[i + 1];
+    if (!g.is(per_param, Kind::dict)) continue;
+    std::vector<std::int64_t> shape;
+    std::uint64_t largest = 0;
+    bool has_tensor = false;
+    const auto& fields = g.at(per_param).items;
+    for (std::size_t k = 0; k + 1 < fields.size(); k += 2) {
+      if (g.is(fields[k], Kind::string)) keys.insert(g.at(fields[k]).text);
+      const bool is_step = g.is(fields[k], Kind::string) && g.at(fields[k]).text == "step";
+      if (const auto* t = tensor_of(g, fields[k + 1])) {
+        const std::uint64_t n = *torch_archive::numel(t->shape);
+        state_bytes += n * element_size(t->dtype);
+        if (is_step && !step && n == 1) step = scalar_value(file.tensor_extent(*t), t->dtype);
+        if (!is_step && (!has_tensor || n > largest)) {
+          shape = t->shape;
+          largest = n;
+          has_tensor = true;
+        }
+      } else if (is_step && !step) {
+        const pickle::Node& v = g.at(fields[k + 1]);
+        if (v.kind == Kind::integer) step = static_cast<double>(v.integer);
+        if (v.kind == Kind::floating) step = v.number;
+      }
+    }
+    if (has_tensor && g.is(entries[i], Kind::integer)) report.optimizer_state_shapes.emplace_back(g.at(entries[i]).integer, shape);
+  }
+  report.fields["num_param_states"] = entries.size() / 2;
+  report.fields["state_keys"] = keys;
+  report.fields["step"] = step ? json::Json(*step) : json::Json(nullptr);
+  report.fields["state_bytes"] = state_bytes;
+}
+
+void summarize_scheduler(const Graph& g, FileReport& report) {
+  const NodeId root = g.root();
+  report.fields["last_epoch"] = to_data(g, *g.dict_get(root, "last_epoch"));
+  const NodeId* last_lr = g.dict_get(root, "_last_lr");
+  report.fields["last_lr"] = last_lr ? to_data(g, *last_lr) : json::Json(nullptr);
+  report.fields["state"] = to_data(g, root);
+}
+
+void summarize_scaler(const Graph& g, FileReport& report) {
+  const NodeId root = g.root();
+  report.fields["enabled"] = !g.at(root).items.empty();
+  for (const char* key : {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}) {
+    if (const NodeId* v = g.dict_get(root, key)) report.fields[key] = to_data(g, *v);
+  }
+}
+
+void summarize_rng(const torch_archive::TorchFile& file, FileReport& report) {
+  const Graph& g = file.graph();
+  const NodeId root = g.root();
+  json::Json generators = json::Json::array();
+  const auto& items = g.at(root).items;
+  for (std::size_t i = 0; i + 1 < items.size(); i += 2) generators.push_back(g.at(items[i]).text);
+  report.fields["generators"] = generators;
+  if (const NodeId* py = g.dict_get(root, "python")) {
+    const auto& t = g.at(*py);
+    if (t.kind == Kind::tuple && t.items.size() == 3 && g.is(t.items[1], Kind::tuple) && !g.at(t.items[1]).items.empty()) {
+      report.fields["python"] = {{"version", to_data(g, t.items[0])},
+                                 {"position", to_data(g, g.at(t.items[1]).items.back())},
+                                 {"gauss", to_data(g, t.items[2])}};
+    }
+  }
+  if (const NodeId* np = g.dict_get(root, "numpy")) {
+    const auto& t = g.at(*np);
+    if (t.kind == Kind::tuple && t.items.size() == 5) {
+      report.fields["numpy"] = {{"algorithm", to_data(g, t.items[0])},
+                                {"position", to_data(g, t.items[2])},
+                                {"has_gauss", to_data(g, t.items[3])},
+                                {"cached_gaussian", to_data(g, t.items[4])}};
+    }
+  }
+  if (const NodeId* cpu = g.dict_get(root, "cpu")) {
+    if (const auto* t = tensor_of(g, *cpu)) report.fields["cpu"] = {{"nbytes", *torch_archive::numel(t->shape) * element_size(t->dtype)}};
+  }
+  if (const NodeId* cuda = g.dict_get(root, "cuda")) {
+    std::uint64_t count = 0, nbytes = 0;
+    auto add = [&](NodeId id) {
+      if (const auto* t = tensor_of(g, id)) {
+        ++count;
+        nbytes += *torch_archive::numel(t->shape) * element_size(t->dtype);
+      }
+    };
+    if (g.is(*cuda, Kind::list) || g.is(*cuda, Kind::tuple)) {
+      for (NodeId id : g.at(*cuda).items) add(id);
+    } else {
+      add(*cuda);
+    }
+    report.fields["cuda"] = {{"count", count}, {"nbytes", nbytes}};
+  }
+}
+
+void summarize_training_args(const Graph& g, FileReport& report) {
+  const auto& slots = g.at(g.root()).items;
+  const NodeId callable = slots[pickle::object_callable];
+  report.fields["class"] = g.is(callable, Kind::global) ? g.global_name(callable) : "";
+  report.fields["fields"] = to_data(g, slots[pickle::object_state]);
+}
+
+void verify_zip(const torch_archive::TorchFile& file, Verification& v) {
+  std::size_t checked = 0;
+  for (const auto& entry : file.zip().entries()) {
+    if (entry.method != 0) {
+      v.errors.push_back("member '" + entry.name + "': compressed, cannot check");
+      continue;
+    }
+    ++checked;
+    if (!file.zip().crc_matches(entry)) v.errors.push_back("member '" + entry.name + "': CRC-32 does not match the directory");
+  }
+  v.checks.push_back("crc32 of " + std::to_string(checked) + " zip members");
+  v.checks.push_back("every tensor inside its storage");
+}
+
+void summarize_torch(const std::string& path, FileReport& report, const InspectOptions& options) {
+  torch_archive::TorchFile file(path);
+  report.format = "torch_zip";
+  const Graph& g = file.graph();
+  report.kind = classify_pickle(g, report.file);
+  try {
+    if (report.kind == "weights") summarize_torch_weights(file, report, options);
+    else if (report.kind == "optimizer") summarize_optimizer(file, report);
+    else if (report.kind == "scheduler") summarize_scheduler(g, report);
+    else if (report.kind == "scaler") summarize_scaler(g, report);
+    else if (report.kind == "rng_state") summarize_rng(file, report);
+    else if (report.kind == "training_args") summarize_training_args(g, report);
+    else report.fields["value"] = to_data(g, g.root());
+  } catch (const Error& e) {
+    throw e.with_context(path, "");
+  }
+  if (options.verify) verify_zip(file, *report.verify);
+}
+
+// ---- JSON files ----
+
+json::Json last_log_with(const json::Json& history, const std::function<bool(const std::string&)>& key_matches) {
+  if (!history.is_array()) return nullptr;
+  for (auto it = history.rbegin(); it != history.rend(); ++it) {
+    if (!it->is_object()) continue;
+    for (const auto& [key, value] : it->items()) {
+      if (key_matches(key)) return *it;
+    }
+  }
+  return nullptr;
+}
+
+void summarize_json(const std::string& path, FileReport& report) {
+  report.format = "json";
+  const json::Json doc = json::parse_file(path);
+  auto field = [&](const char* key) { return doc.is_object() && doc.contains(key) ? doc[key] : json::Json(nullptr); };
+  if (doc.is_object() && doc.contains("global_step") && doc.contains("log_history")) {
+    report.kind = "trainer_state";
+    for (const char* key : {"global_step", "epoch", "max_steps", "best_metric", "best_model_checkpoint"}) report.fields[key] = field(key);
+    const json::Json history = field("log_history");
+    report.fields["num_log_entries"] = history.is_array() ? history.size() : 0;
+    report.fields["last_train_log"] = last_log_with(history, [](const std::string& k) { return k == "loss"; });
+    report.fields["last_eval_log"] = last_log_with(history, [](const std::string& k) { return k.rfind("eval_", 0) == 0; });
+  } else if (doc.is_object() && doc.contains("weight_map")) {
+    report.kind = "weights_index";
+    const json::Json meta = field("metadata");
+    report.fields["total_size"] = meta.is_object() && meta.contains("total_size") ? meta["total_size"] : json::Json(nullptr);
+    json::Json shards = json::Json::object();
+    std::size_t count = 0;
+    if (doc["weight_map"].is_object()) {
+      for (const auto& [tensor, shard] : doc["weight_map"].items()) {
+        ++count;
+        const std::string name = shard.is_string() ? shard.get<std::string>() : json::dump(shard);
+        shards[name] = shards.contains(name) ? shards[name].get<std::uint64_t>() + 1 : 1;
+      }
+    }
+    report.fields["num_tensors"] = count;
+    report.fields["shards"] = shards;
+  } else if (doc.is_object() && (doc.contains("model_type") || report.file == "config.json")) {
+    report.kind = "config";
+    for (const char* key : {"model_type", "architectures", "torch_dtype"}) report.fields[key] = field(key);
+    report.fields["config"] = doc;
+  } else {
+    report.kind = "json";
+    report.fields["value"] = doc;
+  }
+}
+
+FileReport inspect_one(const std::string& path, const InspectOptions& options, bool unknown_is_error) {
+  FileReport report;
+  report.path = path;
+  report.file = base_name(path);
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail_io(path, "stat", errno);
+  report.size_bytes = static_cast<std::uint64_t>(st.st_size);
+  if (options.verify) report.verify = Verification{};
+
+  torch_archive::Container container;
+  {
+    MappedFile file(path);
+    container = torch_archive::sniff(file.bytes().first(std::min<std::size_t>(file.size(), 64)));
+    if (container == torch_archive::Container::safetensors) {
+      report.format = "safetensors";
+      report.kind = "weights";
+      try {
+        summarize_safetensors(file, report, options);
+      } catch (const Error& e) {
+        throw e.with_context(path, "");
+      }
+      return report;
+    }
+  }
+  switch (container) {
+    case torch_archive::Container::torch_zip: summarize_torch(path, report, options); break;
+    case torch_archive::Container::json: summarize_json(path, report); break;
+    case torch_archive::Container::torch_legacy:
+      throw Error(ErrorKind::unsupported, path, "",
+                  "legacy torch.save format (PyTorch < 1.6); load and save it again with a newer PyTorch");
+    default:
+      if (unknown_is_error) {
+        throw Error(ErrorKind::unsupported, path, "byte 0",
+                    "not a torch.save zip, a safetensors file or JSON (detected from the content)");
+      }
+      report.format = "other";
+      report.kind = "other";
+  }
+  if (options.verify && report.format == "json") report.verify->checks.push_back("JSON parses");
+  return report;
+}
+
+// ---- checks across the files of one checkpoint ----
+
+// PyTorch numbers an optimizer's parameters in model.parameters() order: the state dict's order with
+// buffers and tied duplicates left out. A safetensors file is ordered by dtype and name instead, so when the
+// order does not match, shapes are compared as a multiset.
+json::Json check_param_shapes(const FileReport& optimizer, const std::vector<const FileReport*>& weights) {
+  std::vector<std::vector<std::int64_t>> params;
+  for (const FileReport* w : weights) {
+    for (const auto& t : w->tensors) {
+      if (!t.tied_to && is_floating(t.dtype)) params.push_back(t.shape);
+    }
+  }
+  const auto& states = optimizer.optimizer_state_shapes;
+  std::size_t in_order = 0;
+  for (const auto& [index, shape] : states) {
+    if (index >= 0 && static_cast<std::size_t>(index) < params.size() && params[static_cast<std::size_t>(index)] == shape) ++in_order;
+  }
+  if (in_order == states.size()) {
+    return {{"status", "ok"}, {"method", "order"}, {"checked", states.size()}, {"mismatches", json::Json::array()}};
+  }
+  std::map<std::vector<std::int64_t>, std::int64_t> available;
+  for (const auto& p : params) ++available[p];
+  json::Json mismatches = json::Json::array();
+  for (const auto& [index, shape] : states) {
+    if (--available[shape] < 0) mismatches.push_back({{"param", index}, {"shape", shape}});
+  }
+  return {{"status", mismatches.empty() ? "ok" : "mismatch"},
+          {"method", "multiset"},
+          {"checked", states.size()},
+          {"mismatches", mismatches}};
+}
+
+void check_index(const std::string& dir, const FileReport& index, const std::vector<FileReport>& files, Verification& v) {
+  const json::Json doc = json::parse_file(index.path);
+  std::map<std::string, std::set<std::string>> shard_tensors;
+  for (const auto& f : files) {
+    for (const auto& t : f.tensors) shard_tensors[f.file].insert(t.name);
+  }
+  std::size_t listed = 0;
+  for (const auto& [tensor, shard] : doc["weight_map"].items()) {
+    ++listed;
+    const std::string file = shard.is_string() ? shard.get<std::string>() : "";
+    auto it = shard_tensors.find(file);
+    if (it == shard_tensors.end()) {
+      if (!fs::exists(fs::path(dir) / file)) v.errors.push_back(index.file + ": shard '" + file + "' is missing");
+      continue;
+    }
+    if (!it->second.erase(tensor)) v.errors.push_back(index.file + ": tensor '" + tensor + "' is not in " + file);
+  }
+  v.checks.push_back("index lists " + std::to_string(listed) + " tensors, each in its shard");
+}
+
+}  // namespace
+
+FileReport inspect_file(const std::string& path, const InspectOptions& options) { return inspect_one(path, options, true); }
+
+PathKind classify_path(const std::string& path) {
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  if (ec || !fs::exists(status)) throw Error(ErrorKind::not_found, path, "", "no such file or directory");
+  if (!fs::is_directory(status)) return PathKind::file;
+  if (!discover_checkpoints(path).empty()) return PathKind::run;
+  return checkpoint_step(base_name(fs::path(path).lexically_normal().string())) ? PathKind::checkpoint
+         : fs::exists(fs::path(path) / "trainer_state.json") || find_weights(path)   ? PathKind::checkpoint
+                                                                                     : PathKind::run;
+}
+
+CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions& options) {
+  CheckpointReport report;
+  report.path = dir;
+  report.name = base_name(fs::path(dir).lexically_normal().string());
+  if (report.name.empty()) report.name = base_name(fs::path(dir).parent_path().string());
+  report.step = checkpoint_step(report.name);
+
+  std::vector<std::string> paths;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (entry.is_regular_file(ec)) paths.push_back(entry.path().string());
+  }
+  if (ec) throw Error(ErrorKind::io, dir, "", "cannot list directory: " + ec.message());
+  std::sort(paths.begin(), paths.end());
+  for (const auto& path : paths) {
+    try {
+      report.files.push_back(inspect_one(path, options, false));
+    } catch (const Error& e) {
+      FileReport failed;
+      failed.path = path;
+      failed.file = base_name(path);
+      failed.kind = "error";
+      failed.error = e;
+      report.files.push_back(std::move(failed));
+    }
+  }
+
+  const Completeness completeness = assess_completeness(dir);
+  report.complete = completeness.complete;
+  report.problems = completeness.problems;
+
+  std::vector<const FileReport*> weights;
+  FileReport* optimizer = nullptr;
+  const FileReport* index = nullptr;
+  const FileReport* trainer_state = nullptr;
+  for (auto& f : report.files) {
+    if (f.kind == "weights" && f.file.rfind("adapter_", 0) != 0) weights.push_back(&f);
+    if (f.kind == "optimizer" && f.file == "optimizer.pt") optimizer = &f;
+    if (f.kind == "weights_index") index = &f;
+    if (f.kind == "trainer_state") trainer_state = &f;
+  }
+  // With a sharded set, only its shards are the model (a stray single file would be counted twice).
+  if (index) {
+    std::erase_if(weights, [&](const FileReport* w) {
+      return !index->fields["shards"].contains(w->file);
+    });
+  }
+  if (optimizer && !weights.empty()) optimizer->fields["param_shape_check"] = check_param_shapes(*optimizer, weights);
+
+  if (options.verify) {
+    Verification v;
+    for (const auto& f : report.files) {
+      if (f.error) v.errors.push_back(f.error->what());
+    }
+    if (index) {
+      try {
+        check_index(dir, *index, report.files, v);
+      } catch (const Error& e) {
+        v.errors.push_back(e.what());
+      }
+    }
+    if (optimizer && optimizer->fields.contains("param_shape_check")) {
+      v.checks.push_back("optimizer state shapes match the weights");
+      if (optimizer->fields["param_shape_check"]["status"] != "ok") v.errors.push_back("optimizer.pt: state shapes do not match the weights");
+    }
+    if (trainer_state && report.step) {
+      v.checks.push_back("trainer_state.json global_step matches the directory name");
+      const auto& gs = trainer_state->fields["global_step"];
+      if (!gs.is_number_integer() || gs.get<std::int64_t>() != *report.step) {
+        v.errors.push_back("trainer_state.json: global_step " + json::dump(gs) + " but the directory is " + report.name);
+      }
+    }
+    for (const auto& p : report.problems) v.errors.push_back("incomplete: " + p);
+    report.verify = std::move(v);
+  }
+  return report;
+}
+
+RunReport inspect_run(const std::string& dir) {
+  RunReport report;
+  report.path = dir;
+  for (const auto& c : discover_checkpoints(dir)) {
+    RunEntry e;
+    e.name = c.name;
+    e.path = c.path;
+    e.step = c.step;
+    e.complete = assess_completeness(c.path).complete;
+    std::error_code ec;
+    for (const auto& entry : fs::recursive_directory_iterator(c.path, ec)) {
+      if (!entry.is_regular_file(ec)) continue;
+      ++e.num_files;
+      e.size_bytes += entry.file_size(ec);
+    }
+    try {
+      const json::Json state = json::parse_file((fs::path(c.path) / "trainer_state.json").string());
+      if (state.is_object() && state.contains("global_step") && state["global_step"].is_number_integer()) {
+        e.global_step = state["global_step"].get<std::int64_t>();
+      }
+    } catch (const Error&) {
+      // an unreadable trainer_state already makes the checkpoint incomplete
+    }
+    report.checkpoints.push_back(std::move(e));
+  }
+  return report;
+}
+
+}  // namespace ckpt::checkpoint

@@ -1,0 +1,96 @@
+// What `ckpt inspect` reports: a single file, a checkpoint directory or a run directory, summarised from
+// metadata alone (tensor bytes are read only by `verify`). The JSON shape is docs/inspect-json.md.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "format/dtype.hpp"
+#include "format/json.hpp"
+#include "util/error.hpp"
+
+namespace ckpt::checkpoint {
+
+struct NonFinite {
+  std::uint64_t nan = 0;
+  std::uint64_t inf = 0;
+};
+
+struct TensorSummary {
+  std::string name;
+  DType dtype = DType::uint8;
+  std::vector<std::int64_t> shape;
+  std::vector<std::int64_t> stride;
+  std::uint64_t nbytes = 0;
+  std::optional<std::string> storage;  // torch storage key; none in safetensors
+  std::int64_t storage_offset = 0;
+  std::optional<std::string> tied_to;  // an earlier tensor that is the very same view
+  std::optional<NonFinite> nonfinite;  // counted by verify, floating tensors only
+};
+
+struct Verification {
+  std::vector<std::string> checks;  // what was checked
+  std::vector<std::string> errors;  // what failed; empty when everything passed
+  bool ok() const { return errors.empty(); }
+};
+
+struct FileReport {
+  std::string path;
+  std::string file;  // base name
+  std::uint64_t size_bytes = 0;
+  std::string format;  // torch_zip, safetensors, json, other
+  std::string kind;    // weights, weights_index, optimizer, scheduler, scaler, rng_state, trainer_state,
+                       // training_args, config, json, pickle, other
+  std::vector<TensorSummary> tensors;  // weights only
+  json::Json fields = json::Json::object();  // the kind's summary fields
+  std::optional<Verification> verify;
+  std::optional<Error> error;  // set instead of the summary when the file could not be read (directory reports)
+
+  // Internal to cross-file checks: per optimizer parameter index, the shape of its state tensors.
+  std::vector<std::pair<std::int64_t, std::vector<std::int64_t>>> optimizer_state_shapes;
+};
+
+struct CheckpointReport {
+  std::string path;
+  std::string name;
+  std::optional<std::int64_t> step;
+  bool complete = false;
+  std::vector<std::string> problems;  // why it is not complete, or inconsistencies between its files
+  std::vector<FileReport> files;
+  std::optional<Verification> verify;  // cross-file checks, with --verify
+};
+
+struct RunEntry {
+  std::string name;
+  std::string path;
+  std::int64_t step = 0;
+  bool complete = false;
+  std::size_t num_files = 0;
+  std::uint64_t size_bytes = 0;
+  std::optional<std::int64_t> global_step;
+};
+
+struct RunReport {
+  std::string path;
+  std::vector<RunEntry> checkpoints;
+};
+
+struct InspectOptions {
+  bool verify = false;
+};
+
+// Throws Error for an unreadable or corrupt file.
+FileReport inspect_file(const std::string& path, const InspectOptions& options);
+
+// Never throws for a bad member file: its report carries the error and the checkpoint is incomplete.
+CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions& options);
+
+RunReport inspect_run(const std::string& dir);
+
+enum class PathKind { file, checkpoint, run };
+// A directory holding checkpoint-N subdirectories is a run; any other directory a checkpoint.
+PathKind classify_path(const std::string& path);
+
+}  // namespace ckpt::checkpoint

@@ -1,0 +1,112 @@
+#include "checkpoint/tensor_scan.hpp"
+
+#include <cmath>
+#include <cstring>
+
+namespace ckpt::checkpoint {
+namespace {
+
+// Classifies one element by its exponent bits: 0 finite, 1 NaN, 2 infinite.
+template <typename Bits, Bits ExponentMask, Bits MantissaMask>
+int classify(const std::uint8_t* p) {
+  Bits v;
+  std::memcpy(&v, p, sizeof v);
+  if ((v & ExponentMask) != ExponentMask) return 0;
+  return (v & MantissaMask) != 0 ? 1 : 2;
+}
+
+int classify_element(const std::uint8_t* p, DType dtype) {
+  switch (dtype) {
+    case DType::float32: return classify<std::uint32_t, 0x7F800000u, 0x007FFFFFu>(p);
+    case DType::float64: return classify<std::uint64_t, 0x7FF0000000000000ull, 0x000FFFFFFFFFFFFFull>(p);
+    case DType::float16: return classify<std::uint16_t, 0x7C00, 0x03FF>(p);
+    case DType::bfloat16: return classify<std::uint16_t, 0x7F80, 0x007F>(p);
+    case DType::float8_e5m2: return classify<std::uint8_t, 0x7C, 0x03>(p);
+    case DType::float8_e4m3fn: return (p[0] & 0x7F) == 0x7F ? 1 : 0;  // no infinities in e4m3fn
+    default: return 0;
+  }
+}
+
+}  // namespace
+
+NonFiniteCount count_nonfinite(std::span<const std::uint8_t> bytes, DType dtype,
+                               const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& stride) {
+  NonFiniteCount count;
+  if (!is_floating(dtype)) return count;
+  const std::size_t es = element_size(dtype);
+  for (std::int64_t d : shape) {
+    if (d == 0) return count;
+  }
+  auto tally = [&](const std::uint8_t* p) {
+    int c = classify_element(p, dtype);
+    if (c == 1) ++count.nan;
+    else if (c == 2) ++count.inf;
+  };
+  if (stride == contiguous_strides(shape)) {
+    for (std::size_t off = 0; off + es <= bytes.size(); off += es) tally(bytes.data() + off);
+    return count;
+  }
+  // An odometer over the indices of a strided view.
+  std::vector<std::int64_t> index(shape.size(), 0);
+  std::uint64_t offset = 0;
+  while (true) {
+    tally(bytes.data() + offset * es);
+    std::size_t dim = shape.size();
+    while (dim > 0) {
+      --dim;
+      if (++index[dim] < shape[dim]) {
+        offset += static_cast<std::uint64_t>(stride[dim]);
+        break;
+      }
+      offset -= static_cast<std::uint64_t>(stride[dim]) * static_cast<std::uint64_t>(shape[dim] - 1);
+      index[dim] = 0;
+      if (dim == 0) return count;
+    }
+    if (shape.empty()) return count;
+  }
+}
+
+std::optional<double> scalar_value(std::span<const std::uint8_t> bytes, DType dtype) {
+  if (bytes.size() < element_size(dtype)) return std::nullopt;
+  auto load = [&](auto v) {
+    std::memcpy(&v, bytes.data(), sizeof v);
+    return static_cast<double>(v);
+  };
+  switch (dtype) {
+    case DType::float32: return load(float{});
+    case DType::float64: return load(double{});
+    case DType::int64: return load(std::int64_t{});
+    case DType::int32: return load(std::int32_t{});
+    case DType::int16: return load(std::int16_t{});
+    case DType::int8: return load(std::int8_t{});
+    case DType::uint8: return load(std::uint8_t{});
+    case DType::boolean: return bytes[0] != 0 ? 1.0 : 0.0;
+    case DType::float16: {
+      std::uint16_t h;
+      std::memcpy(&h, bytes.data(), 2);
+      const int exponent = (h >> 10) & 0x1F;
+      const int mantissa = h & 0x3FF;
+      double v = exponent == 0 ? std::ldexp(mantissa, -24)
+                 : exponent == 31 ? (mantissa ? std::nan("") : INFINITY)
+                                  : std::ldexp(mantissa + 1024, exponent - 25);
+      return (h & 0x8000) ? -v : v;
+    }
+    case DType::bfloat16: {
+      std::uint16_t b;
+      std::memcpy(&b, bytes.data(), 2);
+      std::uint32_t f = static_cast<std::uint32_t>(b) << 16;
+      float v;
+      std::memcpy(&v, &f, 4);
+      return v;
+    }
+    default: return std::nullopt;
+  }
+}
+
+std::vector<std::int64_t> contiguous_strides(const std::vector<std::int64_t>& shape) {
+  std::vector<std::int64_t> strides(shape.size(), 1);
+  for (std::size_t i = shape.size(); i-- > 1;) strides[i - 1] = strides[i] * shape[i];
+  return strides;
+}
+
+}  // namespace ckpt::checkpoint

@@ -1,0 +1,147 @@
+#include "checkpoint/value_data.hpp"
+
+#include "format/torch_archive.hpp"
+#include "util/error.hpp"
+
+namespace ckpt::checkpoint {
+namespace {
+
+constexpr std::size_t kMaxConvertedValues = 4u << 20;
+// Beyond this many bytes the quadratic conversion to decimal is not worth it: show hex instead.
+constexpr std::size_t kMaxDecimalBytes = 512;
+
+class Converter {
+ public:
+  explicit Converter(const pickle::Graph& graph) : graph_(graph) {}
+
+  json::Json convert(pickle::NodeId id) {
+    if (++converted_ > kMaxConvertedValues) {
+      fail(ErrorKind::unsupported, "", "value expands to more than " + std::to_string(kMaxConvertedValues) +
+                                           " values through shared references");
+    }
+    const pickle::Node& n = graph_.at(id);
+    using pickle::Kind;
+    switch (n.kind) {
+      case Kind::none: return nullptr;
+      case Kind::boolean: return n.flag;
+      case Kind::integer: return n.integer;
+      case Kind::big_integer: return big_integer_decimal(n.text);
+      case Kind::floating: return n.number;
+      case Kind::string: return n.text;
+      case Kind::bytes: return json::Json{{"type", "bytes"}, {"length", n.text.size()}};
+      case Kind::list:
+      case Kind::tuple:
+      case Kind::set:
+      case Kind::frozenset: {
+        json::Json array = json::Json::array();
+        for (pickle::NodeId item : n.items) array.push_back(convert(item));
+        return array;
+      }
+      case Kind::dict: {
+        json::Json object = json::Json::object();
+        for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) object[key_text(n.items[i])] = convert(n.items[i + 1]);
+        return object;
+      }
+      case Kind::global: return json::Json{{"type", "global"}, {"name", graph_.global_name(id)}};
+      case Kind::object: {
+        const auto& slots = n.items;
+        json::Json object{{"type", "object"}};
+        const pickle::NodeId callable = slots[pickle::object_callable];
+        object["class"] = graph_.is(callable, Kind::global) ? json::Json(graph_.global_name(callable)) : convert(callable);
+        object["args"] = convert(slots[pickle::object_args]);
+        object["state"] = convert(slots[pickle::object_state]);
+        if (slots[pickle::object_appended] != graph_.none()) object["items"] = convert(slots[pickle::object_appended]);
+        if (slots[pickle::object_set_items] != graph_.none()) object["entries"] = convert(slots[pickle::object_set_items]);
+        return object;
+      }
+      case Kind::storage: {
+        const auto& s = graph_.storages[static_cast<std::size_t>(n.integer)];
+        return json::Json{{"type", "storage"}, {"dtype", torch_name(s.dtype)}, {"key", s.key}, {"numel", s.numel}};
+      }
+      case Kind::tensor: {
+        const auto& t = graph_.tensors[static_cast<std::size_t>(n.integer)];
+        return json::Json{{"type", "tensor"},
+                          {"dtype", torch_name(t.dtype)},
+                          {"shape", t.shape},
+                          {"nbytes", *torch_archive::numel(t.shape) * element_size(t.dtype)}};
+      }
+      case Kind::ndarray: {
+        const auto& a = graph_.arrays[static_cast<std::size_t>(n.integer)];
+        return json::Json{{"type", "ndarray"}, {"dtype", numpy_dtype_name(a.descr)}, {"shape", a.shape}};
+      }
+      case Kind::numpy_dtype: return json::Json{{"type", "numpy_dtype"}, {"dtype", numpy_dtype_name("|" + n.text)}};
+      case Kind::device: return json::Json{{"type", "device"}, {"device", n.text}};
+    }
+    return nullptr;
+  }
+
+ private:
+  std::string key_text(pickle::NodeId id) {
+    const pickle::Node& k = graph_.at(id);
+    if (k.kind == pickle::Kind::string) return k.text;
+    return json::dump(convert(id));
+  }
+
+  const pickle::Graph& graph_;
+  std::size_t converted_ = 0;
+};
+
+}  // namespace
+
+json::Json to_data(const pickle::Graph& graph, pickle::NodeId id) { return Converter(graph).convert(id); }
+
+std::string big_integer_decimal(const std::string& le_bytes) {
+  std::vector<std::uint8_t> mag(le_bytes.begin(), le_bytes.end());
+  const bool negative = !mag.empty() && (mag.back() & 0x80);
+  if (negative) {  // two's complement negation
+    unsigned carry = 1;
+    for (auto& b : mag) {
+      unsigned v = static_cast<std::uint8_t>(~b) + carry;
+      b = static_cast<std::uint8_t>(v & 0xFF);
+      carry = v >> 8;
+    }
+  }
+  while (!mag.empty() && mag.back() == 0) mag.pop_back();
+  if (mag.empty()) return "0";
+  if (mag.size() > kMaxDecimalBytes) {
+    static const char* digits = "0123456789abcdef";
+    std::string hex = negative ? "-0x" : "0x";
+    for (auto it = mag.rbegin(); it != mag.rend(); ++it) {
+      hex += digits[*it >> 4];
+      hex += digits[*it & 15];
+    }
+    return hex;
+  }
+  std::string decimal;
+  while (!mag.empty()) {  // repeated division by 10, most significant byte first
+    unsigned remainder = 0;
+    for (auto it = mag.rbegin(); it != mag.rend(); ++it) {
+      unsigned cur = (remainder << 8) | *it;
+      *it = static_cast<std::uint8_t>(cur / 10);
+      remainder = cur % 10;
+    }
+    decimal += static_cast<char>('0' + remainder);
+    while (!mag.empty() && mag.back() == 0) mag.pop_back();
+  }
+  if (negative) decimal += '-';
+  return std::string(decimal.rbegin(), decimal.rend());
+}
+
+std::string numpy_dtype_name(const std::string& descr) {
+  std::string code = descr;
+  if (!code.empty() && (code[0] == '<' || code[0] == '>' || code[0] == '|' || code[0] == '=')) code.erase(0, 1);
+  if (code.empty()) return descr;
+  const char kind = code[0];
+  const std::string bytes = code.substr(1);
+  const std::string bits = bytes.empty() ? "" : std::to_string(std::atoi(bytes.c_str()) * 8);
+  switch (kind) {
+    case 'u': return "uint" + bits;
+    case 'i': return "int" + bits;
+    case 'f': return "float" + bits;
+    case 'c': return "complex" + bits;
+    case 'b': return "bool";
+    default: return code;
+  }
+}
+
+}  // namespace ckpt::checkpoint

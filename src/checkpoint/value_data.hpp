@@ -1,0 +1,20 @@
+// Pickle values as plain JSON data, for showing people and scripts what a file holds. Shapes of the
+// non-JSON values are documented in docs/inspect-json.md.
+#pragma once
+
+#include "format/json.hpp"
+#include "format/pickle.hpp"
+
+namespace ckpt::checkpoint {
+
+// Converts the value at `id`. Shared references are expanded each time they occur, so the conversion has a
+// budget of values: past it, throws an unsupported Error rather than growing without bound.
+json::Json to_data(const pickle::Graph& graph, pickle::NodeId id);
+
+// A Python int's decimal digits from little-endian two's complement bytes.
+std::string big_integer_decimal(const std::string& le_bytes);
+
+// A numpy type string ("<u4", "|b1") as the dtype name numpy prints ("uint32", "bool").
+std::string numpy_dtype_name(const std::string& descr);
+
+}  // namespace ckpt::checkpoint

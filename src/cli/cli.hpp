@@ -1,0 +1,31 @@
+// The command line: one table of subcommands, one place that turns errors into messages and exit codes.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace ckpt::cli {
+
+// Exit statuses, documented in man/ckpt.1.
+enum ExitCode : int {
+  exit_ok = 0,
+  exit_failure = 1,
+  exit_usage = 2,
+  exit_bad_input = 3,  // corrupt or unsupported input, or a failed --verify
+  exit_interrupted = 130,
+};
+
+// A subcommand registers its options on `app` and returns the action that runs it after parsing; the action
+// returns the exit status (0 unless the command has something to report, like a failed verification).
+using Action = std::function<int()>;
+struct Subcommand {
+  const char* name;
+  const char* summary;
+  Action (*attach)(CLI::App& sub);
+};
+
+Action attach_inspect(CLI::App& sub);
+
+int run(int argc, char** argv);
+
+}  // namespace ckpt::cli

@@ -1,0 +1,280 @@
+// `ckpt inspect PATH [--json] [--verify]`: renders checkpoint::inspect_* results as text or JSON.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <iostream>
+
+#include "checkpoint/inspect.hpp"
+#include "cli/cli.hpp"
+#include "checkpoint/tensor_scan.hpp"
+#include "cli/text.hpp"
+
+namespace ckpt::cli {
+namespace {
+
+using checkpoint::CheckpointReport;
+using checkpoint::FileReport;
+using checkpoint::RunReport;
+using checkpoint::Verification;
+
+struct InspectOptions {
+  std::string path;
+  bool json = false;
+  bool verify = false;
+};
+
+// ---- JSON (docs/inspect-json.md) ----
+
+json::Json verification_json(const Verification& v) {
+  return {{"ok", v.ok()}, {"checks", v.checks}, {"errors", v.errors}};
+}
+
+json::Json file_json(const FileReport& f) {
+  json::Json out{{"path", f.path}, {"file", f.file}, {"size_bytes", f.size_bytes}, {"format", f.format}, {"kind", f.kind}};
+  if (f.error) {
+    out["error"] = f.error->what();
+    return out;
+  }
+  if (f.kind == "weights") {
+    json::Json tensors = json::Json::array();
+    for (const auto& t : f.tensors) {
+      json::Json j{{"name", t.name},
+                   {"dtype", torch_name(t.dtype)},
+                   {"shape", t.shape},
+                   {"nbytes", t.nbytes},
+                   {"storage", t.storage ? json::Json(*t.storage) : json::Json(nullptr)},
+                   {"storage_offset", t.storage_offset},
+                   {"stride", t.stride}};
+      if (t.tied_to) j["tied_to"] = *t.tied_to;
+      if (t.nonfinite) {
+        j["nan"] = t.nonfinite->nan;
+        j["inf"] = t.nonfinite->inf;
+      }
+      tensors.push_back(std::move(j));
+    }
+    out["tensors"] = std::move(tensors);
+  }
+  for (const auto& [key, value] : f.fields.items()) out[key] = value;
+  if (f.verify) out["verify"] = verification_json(*f.verify);
+  return out;
+}
+
+json::Json checkpoint_json(const CheckpointReport& c) {
+  json::Json files = json::Json::array();
+  for (const auto& f : c.files) files.push_back(file_json(f));
+  json::Json out{{"path", c.path},
+                 {"kind", "checkpoint"},
+                 {"name", c.name},
+                 {"step", c.step ? json::Json(*c.step) : json::Json(nullptr)},
+                 {"complete", c.complete},
+                 {"problems", c.problems},
+                 {"files", std::move(files)}};
+  if (c.verify) out["verify"] = verification_json(*c.verify);
+  return out;
+}
+
+json::Json run_json(const RunReport& r) {
+  json::Json checkpoints = json::Json::array();
+  for (const auto& e : r.checkpoints) {
+    checkpoints.push_back({{"name", e.name},
+                           {"path", e.path},
+                           {"step", e.step},
+                           {"complete", e.complete},
+                           {"num_files", e.num_files},
+                           {"size_bytes", e.size_bytes},
+                           {"global_step", e.global_step ? json::Json(*e.global_step) : json::Json(nullptr)}});
+  }
+  return {{"path", r.path}, {"kind", "run"}, {"checkpoints", std::move(checkpoints)}};
+}
+
+// ---- text ----
+
+std::string value_text(const json::Json& v) {
+  if (v.is_null()) return "-";
+  if (v.is_string()) return v.get<std::string>();
+  return json::dump(v);
+}
+
+std::string fields_text(const json::Json& object, const std::vector<std::string>& skip = {}) {
+  std::string out;
+  for (const auto& [key, value] : object.items()) {
+    if (std::find(skip.begin(), skip.end(), key) != skip.end()) continue;
+    out += fmt::format("{}{}={}", out.empty() ? "" : ", ", key, value_text(value));
+  }
+  return out;
+}
+
+std::string weights_text(const FileReport& f) {
+  std::string out = fmt::format("  {} tensors, {} parameters, {} of tensor data\n", f.tensors.size(),
+                                grouped(f.fields["num_parameters"].get<std::uint64_t>()),
+                                human_bytes(f.fields["storage_bytes"].get<std::uint64_t>()));
+  const bool verified = !f.tensors.empty() && f.tensors.front().nonfinite.has_value();
+  std::vector<std::string> header = {"name", "dtype", "shape", "bytes"};
+  if (verified) header.push_back("nan/inf");
+  header.push_back("");
+  Table table(header);
+  for (const auto& t : f.tensors) {
+    std::vector<std::string> row = {t.name, std::string(torch_name(t.dtype)), shape_text(t.shape), human_bytes(t.nbytes)};
+    if (verified) row.push_back(t.nonfinite ? fmt::format("{}/{}", t.nonfinite->nan, t.nonfinite->inf) : "");
+    std::string note;
+    if (t.tied_to) note = "tied to " + *t.tied_to;
+    else if (t.storage && t.stride != checkpoint::contiguous_strides(t.shape)) note = "strided view";
+    row.push_back(note);
+    table.add(std::move(row));
+  }
+  out += table.render("  ");
+  Table totals({"dtype", "tensors", "parameters", "bytes"});
+  for (const auto& [dtype, total] : f.fields["dtypes"].items()) {
+    totals.add({dtype, grouped(total["count"].get<std::uint64_t>()), grouped(total["numel"].get<std::uint64_t>()),
+                human_bytes(total["nbytes"].get<std::uint64_t>())});
+  }
+  out += "  by dtype:\n" + totals.render("    ");
+  if (!f.fields["metadata"].empty()) out += "  metadata: " + fields_text(f.fields["metadata"]) + "\n";
+  return out;
+}
+
+std::string optimizer_text(const FileReport& f) {
+  std::string out = fmt::format("  {} parameter states ({}), step {}, {} of state\n",
+                                f.fields["num_param_states"].get<std::uint64_t>(),
+                                fmt::join(f.fields["state_keys"].get<std::vector<std::string>>(), ", "),
+                                value_text(f.fields["step"]), human_bytes(f.fields["state_bytes"].get<std::uint64_t>()));
+  std::size_t i = 0;
+  for (const auto& group : f.fields["param_groups"]) {
+    const std::size_t params = group.contains("params") && group["params"].is_array() ? group["params"].size() : 0;
+    out += fmt::format("  group {}: {} params; {}\n", i++, params, fields_text(group, {"params"}));
+  }
+  if (f.fields.contains("param_shape_check")) {
+    const auto& check = f.fields["param_shape_check"];
+    out += fmt::format("  state shapes vs weights: {} (by {}, {} checked)\n", value_text(check["status"]),
+                       value_text(check["method"]), value_text(check["checked"]));
+    for (const auto& m : check["mismatches"]) out += "    mismatch: " + json::dump(m) + "\n";
+  }
+  return out;
+}
+
+std::string file_text(const FileReport& f) {
+  std::string out = fmt::format("{}: {} ({}, {})\n", f.path, f.kind, f.format, human_bytes(f.size_bytes));
+  if (f.error) return fmt::format("{}: error: {}\n", f.path, f.error->what());
+  const json::Json& x = f.fields;
+  if (f.kind == "weights") {
+    out += weights_text(f);
+  } else if (f.kind == "optimizer") {
+    out += optimizer_text(f);
+  } else if (f.kind == "scheduler") {
+    out += fmt::format("  last_epoch {}, last lr {}\n", value_text(x["last_epoch"]), value_text(x["last_lr"]));
+    out += "  " + fields_text(x["state"], {"last_epoch", "_last_lr"}) + "\n";
+  } else if (f.kind == "scaler") {
+    out += x["enabled"].get<bool>() ? "  enabled: " + fields_text(x, {"enabled"}) + "\n" : "  disabled (empty state)\n";
+  } else if (f.kind == "rng_state") {
+    out += fmt::format("  generators: {}\n", fmt::join(x["generators"].get<std::vector<std::string>>(), ", "));
+    for (const char* g : {"python", "numpy", "cpu", "cuda"}) {
+      if (x.contains(g)) out += fmt::format("  {}: {}\n", g, fields_text(x[g]));
+    }
+  } else if (f.kind == "trainer_state") {
+    out += "  " + fields_text(x, {"last_train_log", "last_eval_log"}) + "\n";
+    out += "  last train log: " + value_text(x["last_train_log"]) + "\n";
+    out += "  last eval log: " + value_text(x["last_eval_log"]) + "\n";
+  } else if (f.kind == "training_args") {
+    out += "  class " + value_text(x["class"]) + "\n";
+    if (x["fields"].is_object()) {
+      Table table({"field", "value"});
+      for (const auto& [key, value] : x["fields"].items()) table.add({key, value_text(value)});
+      out += table.render("  ");
+    } else {
+      out += "  state: " + value_text(x["fields"]) + "\n";
+    }
+  } else if (f.kind == "config") {
+    out += "  " + fields_text(x, {"config"}) + "\n";
+  } else if (f.kind == "weights_index") {
+    out += fmt::format("  {} tensors in {} shards, total_size {}\n", value_text(x["num_tensors"]), x["shards"].size(),
+                       value_text(x["total_size"]));
+  } else if (f.kind != "other") {
+    out += "  " + json::dump(x["value"]) + "\n";
+  }
+  return out;
+}
+
+std::string verification_text(const std::string& subject, const Verification& v) {
+  std::string out = fmt::format("  verify {}: {} ({})\n", subject, v.ok() ? "ok" : "FAILED", fmt::join(v.checks, "; "));
+  for (const auto& e : v.errors) out += "    error: " + e + "\n";
+  return out;
+}
+
+// ---- running ----
+
+bool all_ok(const CheckpointReport& c) {
+  if (c.verify && !c.verify->ok()) return false;
+  return std::all_of(c.files.begin(), c.files.end(), [](const FileReport& f) { return !f.error && (!f.verify || f.verify->ok()); });
+}
+
+int run_inspect(const InspectOptions& o) {
+  checkpoint::InspectOptions core;
+  core.verify = o.verify;
+  switch (checkpoint::classify_path(o.path)) {
+    case checkpoint::PathKind::file: {
+      const FileReport f = checkpoint::inspect_file(o.path, core);
+      const bool ok = !f.verify || f.verify->ok();
+      if (o.json) {
+        json::Json out = file_json(f);
+        if (o.verify) out["ok"] = ok;
+        std::cout << json::dump(out, 2) << "\n";
+      } else {
+        std::cout << file_text(f);
+        if (f.verify) std::cout << verification_text(f.file, *f.verify);
+      }
+      return ok ? exit_ok : exit_bad_input;
+    }
+    case checkpoint::PathKind::checkpoint: {
+      const CheckpointReport c = checkpoint::inspect_checkpoint(o.path, core);
+      const bool ok = all_ok(c);
+      if (o.json) {
+        json::Json out = checkpoint_json(c);
+        if (o.verify) out["ok"] = ok;
+        std::cout << json::dump(out, 2) << "\n";
+      } else {
+        std::cout << fmt::format("{}: checkpoint{}, {}, {} files\n", c.path, c.step ? fmt::format(" at step {}", *c.step) : "",
+                                 c.complete ? "complete" : "INCOMPLETE", c.files.size());
+        for (const auto& p : c.problems) std::cout << "  problem: " << p << "\n";
+        for (const auto& f : c.files) {
+          std::cout << "\n" << file_text(f);
+          if (f.verify) std::cout << verification_text(f.file, *f.verify);
+        }
+        if (c.verify) std::cout << "\n" << verification_text("across files", *c.verify);
+        if (o.verify) std::cout << (ok ? "verify: ok\n" : "verify: FAILED\n");
+      }
+      // Unreadable files make the directory's report fail like a single bad file would.
+      return ok ? exit_ok : exit_bad_input;
+    }
+    case checkpoint::PathKind::run: {
+      const RunReport r = checkpoint::inspect_run(o.path);
+      if (o.json) {
+        std::cout << json::dump(run_json(r), 2) << "\n";
+      } else {
+        std::cout << fmt::format("{}: run directory, {} checkpoints\n", r.path, r.checkpoints.size());
+        Table table({"checkpoint", "step", "global_step", "complete", "files", "size"});
+        for (const auto& e : r.checkpoints) {
+          table.add({e.name, std::to_string(e.step), e.global_step ? std::to_string(*e.global_step) : "-",
+                     e.complete ? "yes" : "NO", std::to_string(e.num_files), human_bytes(e.size_bytes)});
+        }
+        if (!r.checkpoints.empty()) std::cout << table.render("  ");
+      }
+      return exit_ok;
+    }
+  }
+  return exit_failure;
+}
+
+}  // namespace
+
+Action attach_inspect(CLI::App& sub) {
+  auto options = std::make_shared<InspectOptions>();
+  sub.add_option("PATH", options->path, "A checkpoint file (type detected from its content), a checkpoint directory, or a run directory")
+      ->required();
+  sub.add_flag("--json", options->json, "Print one JSON document on stdout (shape: man ckpt, INSPECT JSON)");
+  sub.add_flag("--verify", options->verify,
+               "Also check CRC-32s, safetensors rules, tensor extents, consistency across files; count NaN/Inf per "
+               "floating tensor. Exit 3 if any check fails");
+  return [options] { return run_inspect(*options); };
+}
+
+}  // namespace ckpt::cli

@@ -1,0 +1,28 @@
+// Small pieces of human-readable output shared by the subcommands' text renderers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ckpt::cli {
+
+// 1536 -> "1.5 KiB"; exact bytes below 1 KiB.
+std::string human_bytes(std::uint64_t bytes);
+// 1234567 -> "1,234,567".
+std::string grouped(std::uint64_t n);
+// [2, 3] -> "[2, 3]"; [] -> "[]".
+std::string shape_text(const std::vector<std::int64_t>& shape);
+
+// A table with left-aligned columns separated by two spaces; the last column is not padded.
+class Table {
+ public:
+  explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
+  void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  std::string render(const std::string& indent = "") const;
+
+ private:
+  std::vector<std::vector<std::string>> rows_;
+};
+
+}  // namespace ckpt::cli

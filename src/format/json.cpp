@@ -1,0 +1,114 @@
+#include "format/json.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "util/error.hpp"
+#include "util/mapped_file.hpp"
+
+namespace ckpt::json {
+namespace {
+
+// Python's non-standard tokens become strings no real document can contain, turned back into numbers after
+// parsing. A NUL byte cannot appear unescaped in a JSON string, so "\u0000" makes the sentinel unique.
+constexpr std::string_view kNaN = "\"\\u0000ckpt:NaN\"";
+constexpr std::string_view kInf = "\"\\u0000ckpt:Infinity\"";
+constexpr std::string_view kNegInf = "\"\\u0000ckpt:-Infinity\"";
+
+std::string replace_python_tokens(std::string_view text, bool& replaced) {
+  std::string out;
+  replaced = false;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < text.size()) out += text[++i];
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    auto token = [&](std::string_view word, std::string_view sentinel) {
+      if (text.substr(i, word.size()) != word) return false;
+      out += sentinel;
+      i += word.size() - 1;
+      replaced = true;
+      return true;
+    };
+    if ((c == 'N' && token("NaN", kNaN)) || (c == 'I' && token("Infinity", kInf)) ||
+        (c == '-' && token("-Infinity", kNegInf))) {
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+void restore_python_tokens(Json& value) {
+  std::vector<Json*> pending{&value};
+  while (!pending.empty()) {
+    Json* v = pending.back();
+    pending.pop_back();
+    if (v->is_string()) {
+      const auto& s = v->get_ref<const std::string&>();
+      if (s.size() > 6 && s[0] == '\0' && s.compare(1, 5, "ckpt:") == 0) {
+        if (s == std::string("\0ckpt:NaN", 9)) *v = std::numeric_limits<double>::quiet_NaN();
+        else if (s == std::string("\0ckpt:Infinity", 14)) *v = std::numeric_limits<double>::infinity();
+        else if (s == std::string("\0ckpt:-Infinity", 15)) *v = -std::numeric_limits<double>::infinity();
+      }
+    } else if (v->is_structured()) {
+      for (auto& child : *v) pending.push_back(&child);
+    }
+  }
+}
+
+// nlohmann's parser is iterative, but dumping and our own walks recurse: bound the depth once here.
+void check_depth(const Json& value) {
+  std::vector<std::pair<const Json*, std::size_t>> pending{{&value, 1}};
+  while (!pending.empty()) {
+    auto [v, depth] = pending.back();
+    pending.pop_back();
+    if (depth > kMaxDepth) fail(ErrorKind::unsupported, "", "JSON nested deeper than " + std::to_string(kMaxDepth));
+    if (v->is_structured()) {
+      for (const auto& child : *v) pending.push_back({&child, depth + 1});
+    }
+  }
+}
+
+}  // namespace
+
+Json parse(std::string_view text) {
+  bool replaced = false;
+  std::string cleaned = replace_python_tokens(text, replaced);
+  Json value;
+  try {
+    value = Json::parse(cleaned);
+  } catch (const nlohmann::json::parse_error& e) {
+    // Offsets are of the cleaned text; they equal the original's up to the first NaN/Infinity.
+    fail_corrupt("byte " + std::to_string(e.byte), std::string("invalid JSON: ") +
+                                                       (std::strchr(e.what(), ':') ? std::strchr(e.what(), ':') + 2 : e.what()));
+  }
+  check_depth(value);
+  if (replaced) restore_python_tokens(value);
+  return value;
+}
+
+Json parse_file(const std::string& path, std::uint64_t max_bytes) {
+  MappedFile file(path);
+  if (file.size() > max_bytes) {
+    throw Error(ErrorKind::unsupported, path, "", "JSON file larger than " + std::to_string(max_bytes) + " bytes");
+  }
+  try {
+    auto bytes = file.bytes();
+    return parse({reinterpret_cast<const char*>(bytes.data()), bytes.size()});
+  } catch (const Error& e) {
+    throw e.with_context(path, "");
+  }
+}
+
+std::string dump(const Json& value, int indent) {
+  return value.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace ckpt::json

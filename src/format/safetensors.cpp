@@ -1,0 +1,106 @@
+#include "format/safetensors.hpp"
+
+#include <algorithm>
+
+#include "format/json.hpp"
+#include "util/byte_reader.hpp"
+#include "util/error.hpp"
+
+namespace ckpt::safetensors {
+namespace {
+
+std::string tensor_where(const std::string& name) { return "tensor '" + name + "'"; }
+
+std::uint64_t as_u64(const json::Json& v, const std::string& where, const char* what) {
+  if (!v.is_number_unsigned()) fail_corrupt(where, std::string(what) + " is not a non-negative integer");
+  return v.get<std::uint64_t>();
+}
+
+}  // namespace
+
+Header parse(std::span<const std::uint8_t> file) {
+  ByteReader in(file, "the safetensors file");
+  Header h;
+  h.header_size = in.u64le();
+  if (h.header_size > kMaxHeaderSize) {
+    fail_corrupt("byte 0", "header length " + std::to_string(h.header_size) + " exceeds the format's limit");
+  }
+  std::string_view text = in.take_chars(h.header_size);
+  h.buffer_offset = 8 + h.header_size;
+  if (text.empty() || text.front() != '{') fail_corrupt("byte 8", "header does not start with '{'");
+
+  json::Json header;
+  try {
+    header = json::parse(text);
+  } catch (const Error& e) {
+    // Offsets inside the header are shifted by the 8-byte length prefix.
+    throw Error(e.kind(), "", "header", e.detail() + " (" + e.where() + " of the header)");
+  }
+  if (!header.is_object()) fail_corrupt("header", "is not a JSON object");
+
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string& name = it.key();
+    const json::Json& v = it.value();
+    if (name == "__metadata__") {
+      if (!v.is_object()) fail_corrupt("__metadata__", "is not an object");
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        if (!m.value().is_string()) fail_corrupt("__metadata__", "value of '" + m.key() + "' is not a string");
+        h.metadata.emplace_back(m.key(), m.value().get<std::string>());
+      }
+      continue;
+    }
+    const std::string where = tensor_where(name);
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets")) {
+      fail_corrupt(where, "entry lacks dtype, shape or data_offsets");
+    }
+    Tensor t;
+    t.name = name;
+    if (!v["dtype"].is_string()) fail_corrupt(where, "dtype is not a string");
+    auto dtype = dtype_from_safetensors_code(v["dtype"].get<std::string>());
+    if (!dtype) fail(ErrorKind::unsupported, where, "unknown dtype " + v["dtype"].get<std::string>());
+    t.dtype = *dtype;
+    if (!v["shape"].is_array()) fail_corrupt(where, "shape is not an array");
+    std::uint64_t numel = 1;
+    for (const auto& d : v["shape"]) {
+      std::uint64_t dim = as_u64(d, where, "a shape dimension");
+      if (dim > static_cast<std::uint64_t>(INT64_MAX) || !checked_mul(numel, dim, numel)) {
+        fail_corrupt(where, "shape overflows 64 bits");
+      }
+      t.shape.push_back(static_cast<std::int64_t>(dim));
+    }
+    const auto& offsets = v["data_offsets"];
+    if (!offsets.is_array() || offsets.size() != 2) fail_corrupt(where, "data_offsets is not [begin, end]");
+    t.begin = as_u64(offsets[0], where, "data_offsets begin");
+    t.end = as_u64(offsets[1], where, "data_offsets end");
+    std::uint64_t nbytes = 0;
+    if (t.end < t.begin) fail_corrupt(where, "data_offsets end before begin");
+    if (!checked_mul(numel, element_size(t.dtype), nbytes) || nbytes != t.end - t.begin) {
+      fail_corrupt(where, "holds " + std::to_string(t.end - t.begin) + " bytes but its shape and dtype need " +
+                              (nbytes == 0 && numel != 0 ? std::string("more than 2^64") : std::to_string(nbytes)));
+    }
+    h.tensors.push_back(std::move(t));
+  }
+
+  std::stable_sort(h.tensors.begin(), h.tensors.end(), [](const Tensor& a, const Tensor& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  std::uint64_t expected = 0;
+  for (const auto& t : h.tensors) {
+    if (t.begin != expected) {
+      fail_corrupt(tensor_where(t.name), t.begin < expected ? "overlaps the previous tensor's bytes"
+                                                            : "leaves a gap before its bytes (offset " +
+                                                                  std::to_string(t.begin) + ", expected " +
+                                                                  std::to_string(expected) + ")");
+    }
+    expected = t.end;
+  }
+  std::uint64_t total = 0;
+  if (!checked_add(h.buffer_offset, expected, total) || total != file.size()) {
+    fail_corrupt("byte " + std::to_string(file.size()),
+                 "file is " + std::to_string(file.size()) + " bytes but its header accounts for " +
+                     (total == 0 ? std::string("more than 2^64") : std::to_string(total)));
+  }
+  return h;
+}
+
+}  // namespace ckpt::safetensors

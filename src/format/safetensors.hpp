@@ -1,0 +1,50 @@
+// Reading safetensors files and validating them by the format's rules.
+//
+// Grammar:
+//   file   = u64le N, header[N], buffer
+//   header = JSON object, UTF-8, possibly right-padded with spaces:
+//            { ["__metadata__": {str: str, ...},] name: {"dtype": CODE, "shape": [uint...],
+//              "data_offsets": [begin, end]}, ... }
+//   CODE   = BOOL U8 I8 I16 U16 F16 BF16 I32 U32 F32 F64 I64 U64 C64 F8_E5M2 F8_E4M3
+// Valid only if: N <= 100,000,000; the tensors sorted by begin cover [0, len(buffer)) without gap or overlap;
+// end - begin == numel * size(dtype) (overflow-checked); 8 + N + len(buffer) == file size exactly.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "format/dtype.hpp"
+
+namespace ckpt::safetensors {
+
+inline constexpr std::uint64_t kMaxHeaderSize = 100'000'000;
+
+struct Tensor {
+  std::string name;
+  DType dtype = DType::uint8;
+  std::vector<std::int64_t> shape;
+  std::uint64_t begin = 0;  // relative to the buffer
+  std::uint64_t end = 0;
+};
+
+struct Header {
+  std::vector<Tensor> tensors;  // in buffer order
+  std::vector<std::pair<std::string, std::string>> metadata;
+  std::uint64_t header_size = 0;  // N
+  std::uint64_t buffer_offset = 0;  // 8 + N
+};
+
+// Parses and validates the header of a whole file. Throws a corrupt Error naming the tensor or byte offset.
+Header parse(std::span<const std::uint8_t> file);
+
+// The bytes of one tensor, a view into `file`.
+inline std::span<const std::uint8_t> tensor_bytes(std::span<const std::uint8_t> file, const Header& header,
+                                                  const Tensor& tensor) {
+  return file.subspan(static_cast<std::size_t>(header.buffer_offset + tensor.begin),
+                      static_cast<std::size_t>(tensor.end - tensor.begin));
+}
+
+}  // namespace ckpt::safetensors

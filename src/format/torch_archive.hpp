@@ -1,0 +1,60 @@
+// Reading files written by torch.save (PyTorch >= 1.6: a zip archive) without executing their pickle.
+//
+// Grammar (a zip archive, see format/zip.hpp, whose members all live under one prefix folder):
+//   archive  = PREFIX/data.pkl PREFIX/data/<key>* [PREFIX/version] [PREFIX/byteorder] [PREFIX/.format_version]
+//              [PREFIX/.storage_alignment] [PREFIX/.data/...]
+//   data.pkl = a pickle (format/pickle.hpp) whose persistent ids are storage references:
+//   pid      = ('storage', <GLOBAL torch.<Type>Storage | torch.storage.UntypedStorage>, key: str,
+//               location: str, numel: int)
+//   data/<key> = the storage's bytes, little-endian unless PREFIX/byteorder says "big"; at least numel
+//               elements of the storage's type (bytes for an untyped storage).
+// The same key may be referenced many times (tied weights, views); it is one storage.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "format/pickle.hpp"
+#include "format/zip.hpp"
+#include "util/mapped_file.hpp"
+
+namespace ckpt::torch_archive {
+
+class TorchFile {
+ public:
+  // Maps and parses `path`. Throws Error with the path, and the member and byte offset where it applies.
+  explicit TorchFile(const std::string& path);
+
+  const std::string& path() const { return file_.path(); }
+  std::uint64_t size() const { return file_.size(); }
+  const zip::Archive& zip() const { return zip_; }
+  const std::string& prefix() const { return prefix_; }
+  const pickle::Graph& graph() const { return graph_; }
+
+  // The bytes of storage `index` (Graph::storages), a view into the mapped file.
+  std::span<const std::uint8_t> storage_bytes(std::size_t index) const { return storage_bytes_[index]; }
+  // The bytes from a tensor's first to its last element (all of them when it is contiguous).
+  std::span<const std::uint8_t> tensor_extent(const pickle::TensorRef& tensor) const;
+  // The zip member holding storage `index`.
+  const zip::Entry& storage_entry(std::size_t index) const { return *storage_entries_[index]; }
+
+ private:
+  MappedFile file_;
+  zip::Archive zip_;
+  std::string prefix_;
+  pickle::Graph graph_;
+  std::vector<const zip::Entry*> storage_entries_;
+  std::vector<std::span<const std::uint8_t>> storage_bytes_;
+};
+
+enum class Container { torch_zip, torch_legacy, safetensors, json, unknown };
+
+// What a file is, from its first bytes alone.
+Container sniff(std::span<const std::uint8_t> head);
+
+// Number of elements a shape holds; nullopt when the product overflows.
+std::optional<std::uint64_t> numel(const std::vector<std::int64_t>& shape);
+
+}  // namespace ckpt::torch_archive

@@ -1,0 +1,53 @@
+#include "util/error.hpp"
+
+#include <cstring>
+
+namespace ckpt {
+
+const char* to_string(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::not_found: return "not found";
+    case ErrorKind::corrupt: return "corrupt";
+    case ErrorKind::unsupported: return "unsupported";
+    case ErrorKind::invalid_argument: return "invalid argument";
+    case ErrorKind::io: return "I/O error";
+    case ErrorKind::interrupted: return "interrupted";
+  }
+  return "error";
+}
+
+Error::Error(ErrorKind kind, std::string path, std::string where, std::string what)
+    : std::runtime_error(compose(path, where, what)),
+      kind_(kind),
+      path_(std::move(path)),
+      where_(std::move(where)),
+      detail_(std::move(what)) {}
+
+std::string Error::compose(const std::string& path, const std::string& where, const std::string& what) {
+  std::string message;
+  if (!path.empty()) message += path + ": ";
+  if (!where.empty()) message += where + ": ";
+  message += what;
+  return message;
+}
+
+Error Error::with_context(const std::string& path, const std::string& where_prefix) const {
+  std::string where = where_;
+  if (!where_prefix.empty()) where = where.empty() ? where_prefix : where_prefix + ": " + where;
+  return Error(kind_, path_.empty() ? path : path_, where, detail_);
+}
+
+void fail(ErrorKind kind, std::string where, std::string what) {
+  throw Error(kind, "", std::move(where), std::move(what));
+}
+
+void fail_corrupt(std::string where, std::string what) {
+  fail(ErrorKind::corrupt, std::move(where), std::move(what));
+}
+
+void fail_io(const std::string& path, const std::string& action, int error_number) {
+  ErrorKind kind = (error_number == ENOENT || error_number == ENOTDIR) ? ErrorKind::not_found : ErrorKind::io;
+  throw Error(kind, path, "", action + ": " + std::strerror(error_number));
+}
+
+}  // namespace ckpt
