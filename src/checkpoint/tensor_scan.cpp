@@ -43,7 +43,9 @@ NonFiniteCount count_nonfinite(std::span<const std::uint8_t> bytes, DType dtype,
     else if (c == 2) ++count.inf;
   };
   if (stride == contiguous_strides(shape)) {
-    for (std::size_t off = 0; off + es <= bytes.size(); off += es) tally(bytes.data() + off);
+    std::uint64_t n = 1;
+    for (std::int64_t d : shape) n *= static_cast<std::uint64_t>(d);
+    for (std::uint64_t i = 0; i < n; ++i) tally(bytes.data() + i * es);
     return count;
   }
   // An odometer over the indices of a strided view.
