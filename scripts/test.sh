@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs every test: once in a normal build and once under
+# AddressSanitizer + UndefinedBehaviorSanitizer. This is exactly what CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+
+bash scripts/build.sh build
+ctest --test-dir build -j"$(nproc)" --output-on-failure
+
+# Sanitizers: every unit and CLI test again; a report aborts the test that triggered it.
+export ASAN_OPTIONS=abort_on_error=1:detect_leaks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+bash scripts/build.sh build-asan -DCKPT_SANITIZE=ON
+ctest --test-dir build-asan -j"$(nproc)" --output-on-failure

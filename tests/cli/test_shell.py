@@ -1,0 +1,95 @@
+"""The shell ecosystem: man page renders cleanly, completions parse and complete, install lays files out."""
+import os
+import re
+import subprocess
+import tempfile
+import unittest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CKPT = os.environ.get("CKPT_BIN", os.path.join(ROOT, "build", "ckpt"))
+
+
+def read_text(*parts):
+    with open(os.path.join(ROOT, *parts)) as f:
+        return f.read()
+
+
+def subcommands():
+    out = subprocess.run([CKPT, "--help"], capture_output=True, text=True, check=True).stdout
+    section = out.split("Subcommands:", 1)[1]
+    return re.findall(r"^\s+([a-z]+)\s", section, re.M)
+
+
+def bash_complete(line):
+    """Runs the bash completion function on `line` (completing its last word) and returns COMPREPLY."""
+    words = line.split(" ")
+    script = f"""
+source /usr/share/bash-completion/bash_completion
+source {ROOT}/completions/ckpt.bash
+COMP_WORDS=({' '.join(repr(w) for w in words)})
+COMP_CWORD={len(words) - 1}
+COMP_LINE={line!r}
+COMP_POINT={len(line)}
+_ckpt
+printf '%s\\n' "${{COMPREPLY[@]}}"
+"""
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split()
+
+
+class ManPage(unittest.TestCase):
+    def test_renders_without_warnings(self):
+        r = subprocess.run(["groff", "-man", "-ww", "-z", os.path.join(ROOT, "man", "ckpt.1")], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0)
+        self.assertEqual(r.stderr, "")
+
+    def test_mentions_every_subcommand_and_option(self):
+        man = read_text("man", "ckpt.1").replace("\\-", "-")
+        for sub in subcommands():
+            self.assertIn(f".SS {sub}", man)
+            help_text = subprocess.run([CKPT, sub, "--help"], capture_output=True, text=True, check=True).stdout
+            for option in re.findall(r"(--[a-z][a-z-]*)", help_text):
+                self.assertIn(option, man, f"{sub} {option}")
+
+
+class Completions(unittest.TestCase):
+    def test_every_subcommand_in_every_script(self):
+        for name in ("ckpt.bash", "_ckpt", "ckpt.fish"):
+            text = read_text("completions", name)
+            for sub in subcommands():
+                self.assertIn(sub, text, f"{name} lacks {sub}")
+
+    def test_bash_completes_subcommands_and_options(self):
+        self.assertEqual(bash_complete("ckpt ins"), ["inspect"])
+        self.assertEqual(sorted(bash_complete("ckpt inspect --")), ["--help", "--json", "--verify"])
+
+    def test_bash_completes_paths_after_inspect(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            os.mkdir(os.path.join(tmp, "checkpoint-10"))
+            self.assertEqual(bash_complete(f"ckpt inspect {tmp}/check"), [f"{tmp}/checkpoint-10"])
+
+    def test_zsh_and_fish_parse(self):
+        subprocess.run(["zsh", "-n", os.path.join(ROOT, "completions", "_ckpt")], check=True)
+        subprocess.run(["fish", "-n", os.path.join(ROOT, "completions", "ckpt.fish")], check=True)
+
+    def test_fish_completes(self):
+        script = f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt ins'; complete -C 'ckpt inspect --v'"
+        out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
+        self.assertIn("inspect", out)
+        self.assertIn("--verify", out)
+
+
+class Install(unittest.TestCase):
+    def test_cmake_install_lays_out_files(self):
+        build = os.path.dirname(CKPT)
+        with tempfile.TemporaryDirectory() as dest:
+            subprocess.run(["cmake", "--install", build, "--prefix", "/usr/local"], check=True, capture_output=True,
+                           env={**os.environ, "DESTDIR": dest})
+            for path in ("usr/local/bin/ckpt", "usr/local/share/man/man1/ckpt.1",
+                         "usr/local/share/bash-completion/completions/ckpt",
+                         "usr/local/share/zsh/site-functions/_ckpt",
+                         "usr/local/share/fish/vendor_completions.d/ckpt.fish"):
+                self.assertTrue(os.path.exists(os.path.join(dest, path)), path)
+
+
+if __name__ == "__main__":
+    unittest.main()
