@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <array>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -276,8 +277,9 @@ void verify_zip(const torch_archive::TorchFile& file, Verification& v) {
   v.checks.push_back("every tensor inside its storage");
 }
 
-void summarize_torch(const std::string& path, FileReport& report, const InspectOptions& options) {
-  torch_archive::TorchFile file(path);
+void summarize_torch(MappedFile mapped, FileReport& report, const InspectOptions& options) {
+  const std::string path = mapped.path();
+  torch_archive::TorchFile file(std::move(mapped));
   report.format = "torch_zip";
   const Graph& g = file.graph();
   report.kind = classify_pickle(g, report.file);
@@ -353,11 +355,12 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
   report.size_bytes = static_cast<std::uint64_t>(st.st_size);
   if (options.verify) report.verify = Verification{};
 
-  torch_archive::Container container;
-  {
-    MappedFile file(path);
-    container = torch_archive::sniff(file.bytes().first(std::min<std::size_t>(file.size(), 64)));
-    if (container == torch_archive::Container::safetensors) {
+  MappedFile file(path);
+  std::array<std::uint8_t, 64> head{};
+  const std::size_t head_size = std::min<std::size_t>(file.size(), head.size());
+  file.read_at(0, std::span(head).first(head_size));
+  switch (torch_archive::sniff(std::span(head).first(head_size))) {
+    case torch_archive::Container::safetensors:
       report.format = "safetensors";
       report.kind = "weights";
       try {
@@ -365,16 +368,13 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
       } catch (const Error& e) {
         throw e.with_context(path, "");
       }
-      return report;
-    }
-  }
-  switch (container) {
-    case torch_archive::Container::torch_zip: summarize_torch(path, report, options); break;
+      break;
+    case torch_archive::Container::torch_zip: summarize_torch(std::move(file), report, options); break;
     case torch_archive::Container::json: summarize_json(path, report); break;
     case torch_archive::Container::torch_legacy:
       throw Error(ErrorKind::unsupported, path, "",
                   "legacy torch.save format (PyTorch < 1.6); load and save it again with a newer PyTorch");
-    default:
+    case torch_archive::Container::unknown:
       if (unknown_is_error) {
         throw Error(ErrorKind::unsupported, path, "byte 0",
                     "not a torch.save zip, a safetensors file or JSON (detected from the content)");

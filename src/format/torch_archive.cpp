@@ -12,18 +12,22 @@ std::string member_where(const std::string& name) { return "member '" + name + "
 
 }  // namespace
 
-TorchFile::TorchFile(const std::string& path) : file_(path), zip_([&]() -> zip::Archive {
+TorchFile::TorchFile(const std::string& path) : TorchFile(MappedFile(path)) {}
+
+TorchFile::TorchFile(MappedFile mapped) : file_(std::move(mapped)), zip_([&]() -> zip::Archive {
+  const std::string& path = file_.path();
   try {
     if (pickle::looks_like_legacy_torch(file_.bytes())) {
       throw Error(ErrorKind::unsupported, path, "",
                   "legacy torch.save format (PyTorch < 1.6); load and save it again with a newer PyTorch");
     }
     if (!zip::looks_like_zip(file_.bytes())) throw Error(ErrorKind::corrupt, path, "byte 0", "not a zip archive");
-    return zip::Archive(file_.bytes());
+    return zip::Archive(file_.bytes(), [this](std::uint64_t offset, std::span<std::uint8_t> out) { file_.read_at(offset, out); });
   } catch (const Error& e) {
     throw e.with_context(path, "");
   }
 }()) {
+  const std::string& path = file_.path();
   try {
     if (zip_.entries().empty()) fail_corrupt("", "the archive has no members");
     const std::string& first = zip_.entries().front().name;

@@ -26,6 +26,8 @@ class TorchFile {
  public:
   // Maps and parses `path`. Throws Error with the path, and the member and byte offset where it applies.
   explicit TorchFile(const std::string& path);
+  // The same, for a file already mapped (sniffed by the caller).
+  explicit TorchFile(MappedFile file);
 
   const std::string& path() const { return file_.path(); }
   std::uint64_t size() const { return file_.size(); }

@@ -1,6 +1,7 @@
 #include "format/zip.hpp"
 
 #include <algorithm>
+#include <array>
 
 #include "util/byte_reader.hpp"
 #include "util/crc32.hpp"
@@ -96,7 +97,7 @@ bool looks_like_zip(std::span<const std::uint8_t> file) {
   return file.size() >= 4 && file[0] == 'P' && file[1] == 'K' && file[2] == 3 && file[3] == 4;
 }
 
-Archive::Archive(std::span<const std::uint8_t> file) : file_(file) {
+Archive::Archive(std::span<const std::uint8_t> file, const ReadAt& read_at) : file_(file) {
   std::size_t end_pos = find_end_record(file);
   Directory dir = read_directory_location(file, end_pos);
 
@@ -156,15 +157,21 @@ Archive::Archive(std::span<const std::uint8_t> file) : file_(file) {
                                                   " lies outside the archive");
     }
     e.header_offset = header;
-    ByteReader local(file.subspan(0, static_cast<std::size_t>(cd_start)), "the local header of '" + e.name + "'");
-    local.seek(static_cast<std::size_t>(header));
-    if (local.u32le() != kLocalSig) local.fail_at(header, "expected a local header (PK\\3\\4) for '" + e.name + "'");
+    std::array<std::uint8_t, kLocalFixedSize> fixed{};
+    if (header + kLocalFixedSize > cd_start) {
+      fail_corrupt("member '" + e.name + "'", "local header at byte " + std::to_string(header) + " runs into the directory");
+    }
+    if (read_at) {
+      read_at(header, fixed);
+    } else {
+      std::copy_n(file.begin() + static_cast<std::ptrdiff_t>(header), kLocalFixedSize, fixed.begin());
+    }
+    ByteReader local(fixed, "the local header of '" + e.name + "'", header);
+    if (local.u32le() != kLocalSig) local.fail_at(0, "expected a local header (PK\\3\\4) for '" + e.name + "'");
     local.take(22);
-    std::uint16_t local_name_len = local.u16le();
-    std::uint16_t local_extra_len = local.u16le();
-    local.take(local_name_len);
-    local.take(local_extra_len);
-    e.data_offset = local.position();
+    const std::uint64_t local_name_len = local.u16le();
+    const std::uint64_t local_extra_len = local.u16le();
+    e.data_offset = header + kLocalFixedSize + local_name_len + local_extra_len;
     std::uint64_t data_end = 0;
     if (!checked_add(e.data_offset, e.compressed_size, data_end) || data_end > cd_start) {
       fail_corrupt("member '" + e.name + "'", std::to_string(e.compressed_size) + " bytes of data at byte " +

@@ -39,18 +39,36 @@ MappedFile::MappedFile(std::string path) : path_(std::move(path)) {
     }
     data_ = static_cast<const std::uint8_t*>(p);
   }
-  ::close(fd);
+  fd_ = fd;
+}
+
+void MappedFile::read_at(std::uint64_t offset, std::span<std::uint8_t> out) const {
+  if (offset > size_ || out.size() > size_ - offset) {
+    throw Error(ErrorKind::corrupt, path_, "byte " + std::to_string(offset), "read past the end of the file");
+  }
+  std::size_t done = 0;
+  while (done < out.size()) {
+    ssize_t n = ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail_io(path_, "read", errno);
+    if (n == 0) throw Error(ErrorKind::corrupt, path_, "byte " + std::to_string(offset + done), "file shrank while reading");
+    done += static_cast<std::size_t>(n);
+  }
 }
 
 MappedFile::~MappedFile() { release(); }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
-    : path_(std::move(other.path_)), data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    : path_(std::move(other.path_)),
+      fd_(std::exchange(other.fd_, -1)),
+      data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
     release();
     path_ = std::move(other.path_);
+    fd_ = std::exchange(other.fd_, -1);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
   }
@@ -59,6 +77,8 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
 
 void MappedFile::release() {
   if (data_ != nullptr) ::munmap(const_cast<std::uint8_t*>(data_), size_);
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
   data_ = nullptr;
   size_ = 0;
 }
