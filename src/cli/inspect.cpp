@@ -89,9 +89,23 @@ json::Json run_json(const RunReport& r) {
 
 // ---- text ----
 
+// Compact text for a value copied from a file; the tagged objects of to_data read as Python would print them.
 std::string value_text(const json::Json& v) {
   if (v.is_null()) return "-";
   if (v.is_string()) return v.get<std::string>();
+  if (v.is_array()) {
+    std::string out = "[";
+    for (const auto& item : v) out += (out.size() > 1 ? ", " : "") + value_text(item);
+    return out + "]";
+  }
+  if (v.is_object() && v.contains("type") && v["type"].is_string()) {
+    const std::string type = v["type"].get<std::string>();
+    if (type == "global") return value_text(v["name"]);
+    if (type == "device") return "device(" + value_text(v["device"]) + ")";
+    if (type == "bytes") return "bytes[" + value_text(v["length"]) + "]";
+    if (type == "tensor" || type == "ndarray") return type + "(" + value_text(v["dtype"]) + ", " + value_text(v["shape"]) + ")";
+    if (type == "object") return value_text(v["class"]) + "(...)";
+  }
   return json::dump(v);
 }
 

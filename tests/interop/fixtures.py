@@ -39,7 +39,17 @@ import torch
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _Any:
+class _Matcher:
+    """Matchers are immutable: copies are the object itself (identity checks survive copy.deepcopy)."""
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class _Any(_Matcher):
     """Matches any value; the key must still be present."""
 
     def __repr__(self):
@@ -49,7 +59,7 @@ class _Any:
 ANY = _Any()
 
 
-class Contains:
+class Contains(_Matcher):
     """Matches a value whose JSON text contains every one of `needles` (and, if given, one of `any_of`)."""
 
     def __init__(self, needles, any_of=None):
@@ -69,7 +79,7 @@ class Contains:
         return "Contains(%r, any_of=%r)" % (self.needles, self.any_of)
 
 
-class OneOf:
+class OneOf(_Matcher):
     """Matches a value equal to one of the alternatives (where the docs allow more than one reading)."""
 
     def __init__(self, *alternatives):
@@ -79,7 +89,7 @@ class OneOf:
         return "OneOf%r" % (self.alternatives,)
 
 
-class Absent:
+class Absent(_Matcher):
     """For a key: the key must be absent, or (if `or_value` is given) equal to it."""
 
     _unset = object()
@@ -1464,6 +1474,93 @@ def describe(fx):
         kind = exp.get("kind") if exp else "(legacy)"
         lines.append("%-32s %-14s %s" % (name, kind, path))
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hand-built pickles inside an authentic torch zip container
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Op:
+    """Pickle opcodes as bytes, for hand-built (hostile) pickles."""
+    PROTO2 = b"\x80\x02"
+    PROTO4 = b"\x80\x04"
+    STOP = b"."
+    MARK = b"("
+    POP = b"0"
+    EMPTY_DICT = b"}"
+    EMPTY_LIST = b"]"
+    EMPTY_TUPLE = b")"
+    APPEND = b"a"
+    APPENDS = b"e"
+    SETITEM = b"s"
+    SETITEMS = b"u"
+    TUPLE = b"t"
+    TUPLE1 = b"\x85"
+    TUPLE2 = b"\x86"
+    TUPLE3 = b"\x87"
+    REDUCE = b"R"
+    BUILD = b"b"
+    NEWOBJ = b"\x81"
+    NEWFALSE = b"\x89"
+    NONE = b"N"
+    BINPERSID = b"Q"
+    STACK_GLOBAL = b"\x93"
+
+    @staticmethod
+    def glob(module, name):
+        return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+    @staticmethod
+    def str(s):
+        b = s.encode("utf-8")
+        return b"X" + struct.pack("<I", len(b)) + b
+
+    @staticmethod
+    def int(v):
+        if 0 <= v < 256:
+            return b"K" + bytes([v])
+        if -(2 ** 31) <= v < 2 ** 31:
+            return b"J" + struct.pack("<i", v)
+        n = (v.bit_length() + 8) // 8
+        return b"\x8a" + bytes([n]) + v.to_bytes(n, "little", signed=True)
+
+    @staticmethod
+    def put(i):
+        return b"q" + bytes([i]) if i < 256 else b"r" + struct.pack("<I", i)
+
+    @staticmethod
+    def get(i):
+        return b"h" + bytes([i]) if i < 256 else b"j" + struct.pack("<I", i)
+
+    @staticmethod
+    def tuple_of(*parts):
+        return Op.MARK + b"".join(parts) + Op.TUPLE
+
+
+def tensor_pickle(storage_class="FloatStorage", key="0", numel=4, offset=0, size=(4,), stride=(1,),
+                  name="w"):
+    """`{name: _rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())}` with arbitrary (possibly
+    hostile) numbers, as torch 1.13 writes it."""
+    pid = Op.tuple_of(Op.str("storage"), Op.glob("torch", storage_class), Op.str(key), Op.str("cpu"),
+                      Op.int(numel))
+    args = Op.tuple_of(pid + Op.BINPERSID, Op.int(offset), Op.tuple_of(*[Op.int(x) for x in size]),
+                       Op.tuple_of(*[Op.int(x) for x in stride]), Op.NEWFALSE,
+                       Op.glob("collections", "OrderedDict") + Op.EMPTY_TUPLE + Op.REDUCE)
+    return (Op.PROTO2 + Op.EMPTY_DICT + Op.str(name) + Op.glob("torch._utils", "_rebuild_tensor_v2") + args +
+            Op.REDUCE + Op.SETITEM + Op.STOP)
+
+
+def write_torch_zip(path, pickle_bytes, records=None):
+    """Writes `pickle_bytes` as data.pkl (plus data/<key> records) with torch's own zip writer, so the container
+    is exactly what torch.save produces (prefix folder from the file name, 64-byte alignment, version record)."""
+    writer = torch._C.PyTorchFileWriter(path)
+    writer.write_record("data.pkl", pickle_bytes, len(pickle_bytes))
+    for key, data in (records or {}).items():
+        writer.write_record("data/" + key, data, len(data))
+    writer.write_end_of_file()
+    del writer
+    return path
 
 
 # --------------------------------------------------------------------------------------------------------------
