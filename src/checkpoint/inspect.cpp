@@ -531,32 +531,4 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   return report;
 }
 
-RunReport inspect_run(const std::string& dir) {
-  RunReport report;
-  report.path = dir;
-  for (const auto& c : discover_checkpoints(dir)) {
-    RunEntry e;
-    e.name = c.name;
-    e.path = c.path;
-    e.step = c.step;
-    e.complete = assess_completeness(c.path).complete;
-    std::error_code ec;
-    for (const auto& entry : fs::recursive_directory_iterator(c.path, ec)) {
-      if (!entry.is_regular_file(ec)) continue;
-      ++e.num_files;
-      e.size_bytes += entry.file_size(ec);
-    }
-    try {
-      const json::Json state = json::parse_file((fs::path(c.path) / "trainer_state.json").string());
-      if (state.is_object() && state.contains("global_step") && state["global_step"].is_number_integer()) {
-        e.global_step = state["global_step"].get<std::int64_t>();
-      }
-    } catch (const Error&) {
-      // an unreadable trainer_state already makes the checkpoint incomplete
-    }
-    report.checkpoints.push_back(std::move(e));
-  }
-  return report;
-}
-
 }  // namespace ckpt::checkpoint

@@ -62,21 +62,6 @@ struct CheckpointReport {
   std::optional<Verification> verify;  // cross-file checks, with --verify
 };
 
-struct RunEntry {
-  std::string name;
-  std::string path;
-  std::int64_t step = 0;
-  bool complete = false;
-  std::size_t num_files = 0;
-  std::uint64_t size_bytes = 0;
-  std::optional<std::int64_t> global_step;
-};
-
-struct RunReport {
-  std::string path;
-  std::vector<RunEntry> checkpoints;
-};
-
 struct InspectOptions {
   bool verify = false;
 };
@@ -86,8 +71,6 @@ FileReport inspect_file(const std::string& path, const InspectOptions& options);
 
 // Never throws for a bad member file: its report carries the error and the checkpoint is incomplete.
 CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions& options);
-
-RunReport inspect_run(const std::string& dir);
 
 enum class PathKind { file, checkpoint, run };
 // A directory holding checkpoint-N subdirectories is a run; any other directory a checkpoint.

@@ -1,6 +1,8 @@
 #include "checkpoint/run_dir.hpp"
 
 #include <algorithm>
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <set>
 
@@ -28,12 +30,14 @@ std::vector<CheckpointDir> discover_checkpoints(const std::string& run_dir) {
   std::vector<CheckpointDir> found;
   std::error_code ec;
   fs::directory_iterator it(run_dir, ec);
-  if (ec) throw Error(ec == std::errc::no_such_file_or_directory ? ErrorKind::not_found : ErrorKind::io, run_dir, "",
-                      "cannot list directory: " + ec.message());
+  if (ec) {
+    throw Error(ec == std::errc::no_such_file_or_directory ? ErrorKind::not_found : ErrorKind::io, run_dir, "",
+                "cannot list directory: " + ec.message());
+  }
   for (const auto& entry : it) {
     const std::string name = entry.path().filename().string();
     auto step = checkpoint_step(name);
-    if (!step || !entry.is_directory(ec) || entry.is_symlink(ec)) continue;
+    if (!step || entry.is_symlink(ec) || !entry.is_directory(ec)) continue;
     found.push_back({name, entry.path().string(), *step});
   }
   std::sort(found.begin(), found.end(), [](const CheckpointDir& a, const CheckpointDir& b) {
@@ -69,6 +73,37 @@ std::optional<WeightsFiles> find_weights(const std::string& dir) {
   return std::nullopt;
 }
 
+TrainerStateSummary summarize_trainer_state(const json::Json& state) {
+  TrainerStateSummary summary;
+  if (!state.is_object()) return summary;
+  auto number = [](const json::Json& v) -> std::optional<double> {
+    if (v.is_number()) return v.get<double>();
+    return std::nullopt;
+  };
+  if (state.contains("global_step") && state["global_step"].is_number_integer()) {
+    summary.global_step = state["global_step"].get<std::int64_t>();
+  }
+  if (state.contains("epoch")) summary.epoch = number(state["epoch"]);
+  if (state.contains("best_metric")) summary.best_metric = number(state["best_metric"]);
+  if (state.contains("best_model_checkpoint") && state["best_model_checkpoint"].is_string()) {
+    summary.best_model_checkpoint = state["best_model_checkpoint"].get<std::string>();
+  }
+  if (!state.contains("log_history") || !state["log_history"].is_array()) return summary;
+  for (const auto& entry : state["log_history"]) {
+    if (!entry.is_object()) continue;
+    if (entry.contains("loss")) {
+      if (auto loss = number(entry["loss"])) summary.last_loss = loss;
+    }
+    if (!entry.contains("step") || !entry["step"].is_number_integer()) continue;
+    std::map<std::string, double> metrics;
+    for (const auto& [key, value] : entry.items()) {
+      if (key.rfind("eval_", 0) == 0 && value.is_number()) metrics[key] = value.get<double>();
+    }
+    if (!metrics.empty()) summary.eval_by_step[entry["step"].get<std::int64_t>()] = std::move(metrics);
+  }
+  return summary;
+}
+
 Completeness assess_completeness(const std::string& dir) {
   Completeness result;
   const fs::path base(dir);
@@ -85,8 +120,7 @@ Completeness assess_completeness(const std::string& dir) {
         }
         try {
           if (file.ends_with(".safetensors")) {
-            MappedFile mapped(path);
-            safetensors::parse(mapped.bytes());
+            safetensors::read_header(path);
           } else {
             torch_archive::TorchFile torch(path);
           }
@@ -103,13 +137,115 @@ Completeness assess_completeness(const std::string& dir) {
     result.problems.push_back("no trainer_state.json");
   } else {
     try {
-      json::parse_file(state);
+      result.state = summarize_trainer_state(json::parse_file(state));
     } catch (const Error& e) {
       result.problems.push_back(e.what());
     }
   }
   result.complete = result.problems.empty();
   return result;
+}
+
+const char* to_string(EntryKind kind) {
+  switch (kind) {
+    case EntryKind::checkpoint: return "checkpoint";
+    case EntryKind::staging: return "staging";
+    case EntryKind::trash: return "trash";
+    case EntryKind::custom: return "custom";
+  }
+  return "custom";
+}
+
+namespace {
+
+double mtime_of(const fs::path& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return 0;
+  return static_cast<double>(st.st_mtim.tv_sec) + static_cast<double>(st.st_mtim.tv_nsec) * 1e-9;
+}
+
+// A directory being written shows it in its files' times, not always its own (a large file grows in place).
+double newest_mtime(const fs::path& dir) {
+  double newest = mtime_of(dir);
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) newest = std::max(newest, mtime_of(entry.path()));
+  return newest;
+}
+
+}  // namespace
+
+RunScan scan_run(const std::string& run_dir) {
+  RunScan scan;
+  scan.path = run_dir;
+  std::error_code ec;
+  fs::directory_iterator it(run_dir, ec);
+  if (ec) {
+    throw Error(ec == std::errc::no_such_file_or_directory ? ErrorKind::not_found : ErrorKind::io, run_dir, "",
+                "cannot list directory: " + ec.message());
+  }
+  for (const auto& dirent : it) {
+    if (dirent.is_symlink(ec) || !dirent.is_directory(ec)) continue;
+    RunEntry e;
+    e.name = dirent.path().filename().string();
+    e.path = dirent.path().string();
+    e.step = checkpoint_step(e.name);
+    if (e.step) e.kind = EntryKind::checkpoint;
+    else if (e.name.rfind("tmp-checkpoint-", 0) == 0 || e.name.rfind(kStagingPrefix, 0) == 0) e.kind = EntryKind::staging;
+    else if (e.name.rfind(kTrashPrefix, 0) == 0) e.kind = EntryKind::trash;
+    else if (e.name.front() == '.') continue;  // other hidden directories are not ours to show
+    e.mtime = newest_mtime(dirent.path());
+    if (e.kind == EntryKind::checkpoint) {
+      Completeness c = assess_completeness(e.path);
+      e.complete = c.complete;
+      e.problems = std::move(c.problems);
+      e.state = std::move(c.state);
+    }
+    scan.entries.push_back(std::move(e));
+  }
+  std::sort(scan.entries.begin(), scan.entries.end(), [](const RunEntry& a, const RunEntry& b) {
+    if (a.step.has_value() != b.step.has_value()) return a.step.has_value();
+    if (a.step && *a.step != *b.step) return *a.step < *b.step;
+    return a.name < b.name;
+  });
+  return scan;
+}
+
+std::vector<std::size_t> ordered_checkpoints(const RunScan& scan, bool complete_only, bool by_mtime) {
+  std::vector<std::size_t> order;
+  for (std::size_t i = 0; i < scan.entries.size(); ++i) {
+    const RunEntry& e = scan.entries[i];
+    if (e.kind == EntryKind::checkpoint && (e.complete || !complete_only)) order.push_back(i);
+  }
+  if (by_mtime && order.size() > 1) {
+    auto [lo, hi] = std::minmax_element(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      return scan.entries[a].mtime < scan.entries[b].mtime;
+    });
+    if (scan.entries[*hi].mtime - scan.entries[*lo].mtime >= 1.0) {
+      std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+        return scan.entries[a].mtime < scan.entries[b].mtime;
+      });
+    }
+  }
+  return order;
+}
+
+std::optional<std::size_t> newest_complete(const RunScan& scan) {
+  std::optional<std::size_t> newest;
+  for (std::size_t i = 0; i < scan.entries.size(); ++i) {
+    const RunEntry& e = scan.entries[i];
+    if (e.kind == EntryKind::checkpoint && e.complete && (!newest || *e.step >= *scan.entries[*newest].step)) newest = i;
+  }
+  return newest;
+}
+
+std::uint64_t directory_size(const std::string& dir) {
+  std::uint64_t total = 0;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(dir, ec), end; it != end; it.increment(ec)) {
+    if (ec) break;
+    if (it->is_regular_file(ec) && !it->is_symlink(ec)) total += it->file_size(ec);
+  }
+  return total;
 }
 
 }  // namespace ckpt::checkpoint

@@ -1,13 +1,29 @@
-// The run-directory model: which subdirectories are checkpoints, in what order, and which are complete.
-// Shared by inspect, list, rotate, best and the trainer, so every command agrees on these rules.
+// The run-directory model: which entries of a run directory are checkpoints, in what order, which are complete,
+// and what their trainer_state.json says. Shared by inspect, list, rotate, best and the trainer, so every
+// command agrees on these rules.
+//
+// A run directory holds:
+//   checkpoint-<digits>/   a checkpoint (complete or not: see assess_completeness)
+//   tmp-checkpoint-*/      Hugging Face's staging directory, in progress, never a checkpoint
+//   .ckpt-staging-*/       ckpt's trainer's staging directory, in progress, never a checkpoint
+//   .ckpt-trash-*/         a checkpoint being deleted (renamed first so it never looks complete)
+//   any other directory    custom (a milestone copy, an export): listed, never rotated
+// Symlinks are never followed.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "format/json.hpp"
+
 namespace ckpt::checkpoint {
+
+inline constexpr const char* kStagingPrefix = ".ckpt-staging-";
+inline constexpr const char* kTrashPrefix = ".ckpt-trash-";
+inline constexpr const char* kLockName = ".ckpt.lock";
 
 struct CheckpointDir {
   std::string name;  // checkpoint-<step>
@@ -29,13 +45,59 @@ struct WeightsFiles {
 };
 std::optional<WeightsFiles> find_weights(const std::string& dir);
 
+// What list, best and rotate need from a checkpoint's trainer_state.json.
+struct TrainerStateSummary {
+  std::optional<std::int64_t> global_step;
+  std::optional<double> epoch;
+  std::optional<std::string> best_model_checkpoint;
+  std::optional<double> best_metric;
+  std::optional<double> last_loss;  // the newest training log entry's loss
+  // Per logged step, the evaluation metrics (eval_*) logged at it; the newest entry wins.
+  std::map<std::int64_t, std::map<std::string, double>> eval_by_step;
+};
+TrainerStateSummary summarize_trainer_state(const json::Json& state);
+
 struct Completeness {
   bool complete = false;
   std::vector<std::string> problems;
+  std::optional<TrainerStateSummary> state;  // when trainer_state.json parsed
 };
 
 // Complete: the weights are present (every shard of a sharded set) with readable headers, and
 // trainer_state.json parses. Reads headers only, never tensor bytes.
 Completeness assess_completeness(const std::string& dir);
+
+enum class EntryKind { checkpoint, staging, trash, custom };
+const char* to_string(EntryKind kind);
+
+struct RunEntry {
+  std::string name;
+  std::string path;
+  EntryKind kind = EntryKind::custom;
+  std::optional<std::int64_t> step;  // checkpoints only
+  double mtime = 0;  // newest modification time of the directory and the files directly inside it
+  bool complete = false;
+  std::vector<std::string> problems;
+  std::optional<TrainerStateSummary> state;
+};
+
+struct RunScan {
+  std::string path;
+  std::vector<RunEntry> entries;  // checkpoints by step, then the others by name
+};
+
+// Reads a run directory: every subdirectory, classified; checkpoints assessed for completeness.
+RunScan scan_run(const std::string& run_dir);
+
+// Checkpoints (complete only, if asked) in rotation order: by step, or by mtime as Hugging Face does with
+// use_mtime (falling back to steps when all mtimes lie within one second, as on file systems that do not keep
+// them). Returns indices into scan.entries.
+std::vector<std::size_t> ordered_checkpoints(const RunScan& scan, bool complete_only, bool by_mtime);
+
+// The complete checkpoint with the highest step: what resume picks.
+std::optional<std::size_t> newest_complete(const RunScan& scan);
+
+// Total size of the regular files below `dir`, not following symlinks.
+std::uint64_t directory_size(const std::string& dir);
 
 }  // namespace ckpt::checkpoint

@@ -14,6 +14,9 @@ namespace ckpt::cli {
 namespace {
 
 constexpr Subcommand kSubcommands[] = {
+    {"list", "List the checkpoints of a run directory: step, metrics, best, newest, complete, size, age", attach_list},
+    {"best", "Print the best checkpoint of a run directory; link or export it", attach_best},
+    {"rotate", "Delete old checkpoints safely, keeping the best, the newest and the last N", attach_rotate},
     {"inspect", "Show what a checkpoint file, checkpoint directory or run directory holds", attach_inspect},
 };
 
@@ -23,6 +26,7 @@ int exit_code_for(ErrorKind kind) {
     case ErrorKind::unsupported: return exit_bad_input;
     case ErrorKind::invalid_argument: return exit_usage;
     case ErrorKind::interrupted: return exit_interrupted;
+    case ErrorKind::locked: return exit_locked;
     case ErrorKind::not_found:
     case ErrorKind::io: return exit_failure;
   }

@@ -12,6 +12,7 @@ enum ExitCode : int {
   exit_failure = 1,
   exit_usage = 2,
   exit_bad_input = 3,  // corrupt or unsupported input, or a failed --verify
+  exit_locked = 75,    // --no-wait and the run directory's lock is held (EX_TEMPFAIL)
   exit_interrupted = 130,
 };
 
@@ -25,6 +26,9 @@ struct Subcommand {
 };
 
 Action attach_inspect(CLI::App& sub);
+Action attach_list(CLI::App& sub);
+Action attach_best(CLI::App& sub);
+Action attach_rotate(CLI::App& sub);
 
 int run(int argc, char** argv);
 

@@ -6,6 +6,7 @@
 
 #include "checkpoint/inspect.hpp"
 #include "cli/cli.hpp"
+#include "cli/list.hpp"
 #include "checkpoint/tensor_scan.hpp"
 #include "cli/text.hpp"
 
@@ -14,7 +15,6 @@ namespace {
 
 using checkpoint::CheckpointReport;
 using checkpoint::FileReport;
-using checkpoint::RunReport;
 using checkpoint::Verification;
 
 struct InspectOptions {
@@ -71,20 +71,6 @@ json::Json checkpoint_json(const CheckpointReport& c) {
                  {"files", std::move(files)}};
   if (c.verify) out["verify"] = verification_json(*c.verify);
   return out;
-}
-
-json::Json run_json(const RunReport& r) {
-  json::Json checkpoints = json::Json::array();
-  for (const auto& e : r.checkpoints) {
-    checkpoints.push_back({{"name", e.name},
-                           {"path", e.path},
-                           {"step", e.step},
-                           {"complete", e.complete},
-                           {"num_files", e.num_files},
-                           {"size_bytes", e.size_bytes},
-                           {"global_step", e.global_step ? json::Json(*e.global_step) : json::Json(nullptr)}});
-  }
-  return {{"path", r.path}, {"kind", "run"}, {"checkpoints", std::move(checkpoints)}};
 }
 
 // ---- text ----
@@ -260,17 +246,11 @@ int run_inspect(const InspectOptions& o) {
       return ok ? exit_ok : exit_bad_input;
     }
     case checkpoint::PathKind::run: {
-      const RunReport r = checkpoint::inspect_run(o.path);
+      const auto listing = checkpoint::list_run(o.path, {});
       if (o.json) {
-        std::cout << json::dump(run_json(r), 2) << "\n";
+        std::cout << json::dump({{"path", o.path}, {"kind", "run"}, {"checkpoints", listing_json(listing)}}, 2) << "\n";
       } else {
-        std::cout << fmt::format("{}: run directory, {} checkpoints\n", r.path, r.checkpoints.size());
-        Table table({"checkpoint", "step", "global_step", "complete", "files", "size"});
-        for (const auto& e : r.checkpoints) {
-          table.add({e.name, std::to_string(e.step), e.global_step ? std::to_string(*e.global_step) : "-",
-                     e.complete ? "yes" : "NO", std::to_string(e.num_files), human_bytes(e.size_bytes)});
-        }
-        if (!r.checkpoints.empty()) std::cout << table.render("  ");
+        std::cout << fmt::format("{}: run directory\n", o.path) << listing_text(listing);
       }
       return exit_ok;
     }

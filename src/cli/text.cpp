@@ -30,6 +30,38 @@ std::string grouped(std::uint64_t n) {
 
 std::string shape_text(const std::vector<std::int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
+std::optional<double> parse_duration(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  double unit = 1;
+  std::string number = text;
+  switch (text.back()) {
+    case 's': unit = 1; number.pop_back(); break;
+    case 'm': unit = 60; number.pop_back(); break;
+    case 'h': unit = 3600; number.pop_back(); break;
+    case 'd': unit = 86400; number.pop_back(); break;
+    default: break;
+  }
+  if (number.empty() || number.find_first_not_of("0123456789.") != std::string::npos) return std::nullopt;
+  try {
+    return std::stod(number) * unit;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+std::string human_age(double seconds) {
+  if (seconds < 0) seconds = 0;
+  if (seconds < 120) return fmt::format("{}s", static_cast<long long>(seconds));
+  if (seconds < 7200) return fmt::format("{}m", static_cast<long long>(seconds / 60));
+  if (seconds < 172800) return fmt::format("{}h", static_cast<long long>(seconds / 3600));
+  return fmt::format("{}d", static_cast<long long>(seconds / 86400));
+}
+
+std::string number_text(const std::optional<double>& value) {
+  if (!value) return "-";
+  return fmt::format("{:.6g}", *value);
+}
+
 std::string Table::render(const std::string& indent) const {
   std::vector<std::size_t> widths;
   for (const auto& row : rows_) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,13 @@ std::string human_bytes(std::uint64_t bytes);
 std::string grouped(std::uint64_t n);
 // [2, 3] -> "[2, 3]"; [] -> "[]".
 std::string shape_text(const std::vector<std::int64_t>& shape);
+
+// "90" or "90s", "15m", "2h", "1d" -> seconds; nullopt for anything else.
+std::optional<double> parse_duration(const std::string& text);
+// Seconds -> "45s", "12m", "3h", "5d" (rounded down to the largest unit).
+std::string human_age(double seconds);
+// Metric values as Python prints short floats: "0.25", "3.999075", "-"; NaN as "nan".
+std::string number_text(const std::optional<double>& value);
 
 // A table with left-aligned columns separated by two spaces; the last column is not padded.
 class Table {

@@ -1,10 +1,12 @@
 #include "format/safetensors.hpp"
 
 #include <algorithm>
+#include <array>
 
 #include "format/json.hpp"
 #include "util/byte_reader.hpp"
 #include "util/error.hpp"
+#include "util/mapped_file.hpp"
 
 namespace ckpt::safetensors {
 namespace {
@@ -18,14 +20,18 @@ std::uint64_t as_u64(const json::Json& v, const std::string& where, const char* 
 
 }  // namespace
 
-Header parse(std::span<const std::uint8_t> file) {
-  ByteReader in(file, "the safetensors file");
+namespace {
+
+std::uint64_t header_length(std::span<const std::uint8_t> first8) {
+  ByteReader in(first8, "the safetensors file");
+  const std::uint64_t n = in.u64le();
+  if (n > kMaxHeaderSize) fail_corrupt("byte 0", "header length " + std::to_string(n) + " exceeds the format's limit");
+  return n;
+}
+
+Header parse_header(std::string_view text, std::uint64_t file_size) {
   Header h;
-  h.header_size = in.u64le();
-  if (h.header_size > kMaxHeaderSize) {
-    fail_corrupt("byte 0", "header length " + std::to_string(h.header_size) + " exceeds the format's limit");
-  }
-  std::string_view text = in.take_chars(h.header_size);
+  h.header_size = text.size();
   h.buffer_offset = 8 + h.header_size;
   if (text.empty() || text.front() != '{') fail_corrupt("byte 8", "header does not start with '{'");
 
@@ -95,12 +101,36 @@ Header parse(std::span<const std::uint8_t> file) {
     expected = t.end;
   }
   std::uint64_t total = 0;
-  if (!checked_add(h.buffer_offset, expected, total) || total != file.size()) {
-    fail_corrupt("byte " + std::to_string(file.size()),
-                 "file is " + std::to_string(file.size()) + " bytes but its header accounts for " +
+  if (!checked_add(h.buffer_offset, expected, total) || total != file_size) {
+    fail_corrupt("byte " + std::to_string(file_size),
+                 "file is " + std::to_string(file_size) + " bytes but its header accounts for " +
                      (total == 0 ? std::string("more than 2^64") : std::to_string(total)));
   }
   return h;
+}
+
+}  // namespace
+
+Header parse(std::span<const std::uint8_t> file) {
+  ByteReader in(file, "the safetensors file");
+  const std::uint64_t n = header_length(in.take(8));
+  return parse_header(in.take_chars(n), file.size());
+}
+
+Header read_header(const std::string& path) {
+  try {
+    ReadOnlyFile file(path);
+    std::array<std::uint8_t, 8> first8{};
+    if (file.size() < 8) fail_corrupt("byte 0", "too short for a safetensors file");
+    file.read_at(0, first8);
+    const std::uint64_t n = header_length(first8);
+    if (n > file.size() - 8) fail_corrupt("byte 0", "header length " + std::to_string(n) + " runs past the end of the file");
+    std::string text(static_cast<std::size_t>(n), '\0');
+    file.read_at(8, {reinterpret_cast<std::uint8_t*>(text.data()), text.size()});
+    return parse_header(text, file.size());
+  } catch (const Error& e) {
+    throw e.with_context(path, "");
+  }
 }
 
 }  // namespace ckpt::safetensors

@@ -40,6 +40,10 @@ struct Header {
 // Parses and validates the header of a whole file. Throws a corrupt Error naming the tensor or byte offset.
 Header parse(std::span<const std::uint8_t> file);
 
+// The same for a file on disk, reading only its header (for completeness checks of many checkpoints).
+// Throws Error naming `path`.
+Header read_header(const std::string& path);
+
 // The bytes of one tensor, a view into `file`.
 inline std::span<const std::uint8_t> tensor_bytes(std::span<const std::uint8_t> file, const Header& header,
                                                   const Tensor& tensor) {

@@ -12,6 +12,7 @@ const char* to_string(ErrorKind kind) {
     case ErrorKind::invalid_argument: return "invalid argument";
     case ErrorKind::io: return "I/O error";
     case ErrorKind::interrupted: return "interrupted";
+    case ErrorKind::locked: return "locked";
   }
   return "error";
 }

@@ -15,6 +15,7 @@ enum class ErrorKind {
   invalid_argument,  // the caller asked for something impossible
   io,                // the operating system refused (permissions, full disk, EIO)
   interrupted,       // a signal asked us to stop
+  locked,            // another process holds a lock we were told not to wait for
 };
 
 const char* to_string(ErrorKind kind);

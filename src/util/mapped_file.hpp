@@ -1,5 +1,6 @@
-// A read-only memory map of a whole file. Tensor bytes are handed out as views into it, so reading metadata
-// never copies tensor data and the kernel pages in only what is touched.
+// Read-only access to files: plain reads at offsets, and a memory map of the whole file. Tensor bytes are
+// handed out as views into the map, so reading metadata never copies tensor data and the kernel pages in only
+// what is touched.
 #pragma once
 
 #include <cstddef>
@@ -9,9 +10,32 @@
 
 namespace ckpt {
 
+class ReadOnlyFile {
+ public:
+  // Throws Error (not_found, io; invalid_argument for a directory; unsupported for a device or pipe).
+  explicit ReadOnlyFile(std::string path);
+  ~ReadOnlyFile();
+  ReadOnlyFile(const ReadOnlyFile&) = delete;
+  ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
+  ReadOnlyFile(ReadOnlyFile&& other) noexcept;
+  ReadOnlyFile& operator=(ReadOnlyFile&& other) noexcept;
+
+  const std::string& path() const { return path_; }
+  std::uint64_t size() const { return size_; }
+  int fd() const { return fd_; }
+
+  // Fills `out` from `offset` with pread: for small reads scattered over a large file, a page fault each
+  // through a map (with the kernel's fault-around) costs ~10x a pread. Throws corrupt when past the end.
+  void read_at(std::uint64_t offset, std::span<std::uint8_t> out) const;
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  std::uint64_t size_ = 0;
+};
+
 class MappedFile {
  public:
-  // Throws Error (not_found, io) naming `path`. An empty file maps to an empty span.
   explicit MappedFile(std::string path);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
@@ -20,18 +44,14 @@ class MappedFile {
   MappedFile& operator=(MappedFile&& other) noexcept;
 
   std::span<const std::uint8_t> bytes() const { return {data_, size_}; }
-
-  // Copies bytes with pread instead of touching the map: for small reads scattered over a large file, a page
-  // fault each (with the kernel's fault-around) costs ~10x a pread. Throws corrupt when past the end.
-  void read_at(std::uint64_t offset, std::span<std::uint8_t> out) const;
   std::size_t size() const { return size_; }
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return file_.path(); }
+  void read_at(std::uint64_t offset, std::span<std::uint8_t> out) const { file_.read_at(offset, out); }
 
  private:
   void release();
 
-  std::string path_;
-  int fd_ = -1;
+  ReadOnlyFile file_;
   const std::uint8_t* data_ = nullptr;
   std::size_t size_ = 0;
 };

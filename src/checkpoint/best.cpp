@@ -1,0 +1,62 @@
+#include "checkpoint/best.hpp"
+
+#include <cmath>
+#include <filesystem>
+
+namespace ckpt::checkpoint {
+
+std::string normalize_metric(const std::string& name) {
+  return name.rfind("eval_", 0) == 0 ? name : "eval_" + name;
+}
+
+bool default_greater_is_better(const std::string& metric) { return metric.find("loss") == std::string::npos; }
+
+std::map<std::string, double> eval_metrics_at(const RunEntry& e) {
+  if (!e.state || !e.step) return {};
+  const auto& evals = e.state->eval_by_step;
+  auto it = evals.upper_bound(*e.step);
+  return it == evals.begin() ? std::map<std::string, double>{} : std::prev(it)->second;
+}
+
+namespace {
+
+std::optional<double> metric_at(const RunEntry& e, const std::string& metric) {
+  const auto metrics = eval_metrics_at(e);
+  if (auto m = metrics.find(metric); m != metrics.end()) return m->second;
+  return std::nullopt;
+}
+
+std::optional<BestCheckpoint> recompute(const RunScan& scan, const std::string& metric, bool greater_is_better) {
+  std::optional<BestCheckpoint> best;
+  for (std::size_t i : ordered_checkpoints(scan, true, false)) {
+    const auto value = metric_at(scan.entries[i], metric);
+    if (!value || std::isnan(*value)) continue;
+    const bool better = !best || (greater_is_better ? *value > *best->value : *value < *best->value);
+    if (better) best = BestCheckpoint{i, metric, value, "recomputed"};
+  }
+  return best;
+}
+
+}  // namespace
+
+std::optional<BestCheckpoint> find_best(const RunScan& scan, const BestOptions& options) {
+  if (options.metric) {
+    const std::string metric = normalize_metric(*options.metric);
+    return recompute(scan, metric, options.greater_is_better.value_or(default_greater_is_better(metric)));
+  }
+  if (auto newest = newest_complete(scan)) {
+    const RunEntry& source = scan.entries[*newest];
+    if (source.state && source.state->best_model_checkpoint) {
+      const std::string name = std::filesystem::path(*source.state->best_model_checkpoint).filename().string();
+      for (std::size_t i = 0; i < scan.entries.size(); ++i) {
+        const RunEntry& e = scan.entries[i];
+        if (e.kind == EntryKind::checkpoint && e.complete && e.name == name) {
+          return BestCheckpoint{i, "", source.state->best_metric, "trainer_state"};
+        }
+      }
+    }
+  }
+  return recompute(scan, "eval_loss", options.greater_is_better.value_or(false));
+}
+
+}  // namespace ckpt::checkpoint

@@ -1,0 +1,40 @@
+// Which checkpoint of a run is the best: Hugging Face's rule, shared by `ckpt best`, `list`, `rotate` and the
+// trainer.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+
+#include "checkpoint/run_dir.hpp"
+
+namespace ckpt::checkpoint {
+
+struct BestOptions {
+  std::optional<std::string> metric;         // recompute with this metric ("eval_" is prefixed if missing)
+  std::optional<bool> greater_is_better;     // default: false for names containing "loss", else true
+};
+
+struct BestCheckpoint {
+  std::size_t entry = 0;            // index into RunScan::entries
+  std::string metric;               // the metric compared, when known
+  std::optional<double> value;      // its value at the best checkpoint
+  std::string source;               // "trainer_state" or "recomputed"
+};
+
+// The evaluation metrics a checkpoint reached: the newest evaluation logged at or before its step, from its
+// own trainer_state.json (empty when none).
+std::map<std::string, double> eval_metrics_at(const RunEntry& entry);
+
+// "loss" -> "eval_loss"; names already starting with "eval_" are kept.
+std::string normalize_metric(const std::string& name);
+bool default_greater_is_better(const std::string& metric);
+
+// Without a metric: best_model_checkpoint from the newest complete checkpoint's trainer_state.json, resolved by
+// its last path component inside the run directory (absolute, relative and stale paths all work); when that
+// names no complete checkpoint, recomputed with eval_loss. With a metric: recomputed from every complete
+// checkpoint's own log_history (the newest evaluation at or before its step), only a strict improvement
+// counting, so ties stay with the earlier step. Nullopt when no checkpoint has the metric.
+std::optional<BestCheckpoint> find_best(const RunScan& scan, const BestOptions& options);
+
+}  // namespace ckpt::checkpoint

@@ -1,0 +1,47 @@
+#include "checkpoint/listing.hpp"
+
+#include <set>
+
+namespace ckpt::checkpoint {
+
+RunListing list_run(const std::string& run_dir, const ListOptions& options) {
+  const RunScan scan = scan_run(run_dir);
+  const auto best = find_best(scan, options.best);
+  const auto newest = newest_complete(scan);
+  RunListing listing;
+  listing.path = run_dir;
+  listing.metric = options.best.metric ? std::optional(normalize_metric(*options.best.metric))
+                   : best && !best->metric.empty() ? std::optional(best->metric)
+                                                   : std::optional<std::string>("eval_loss");
+
+  std::vector<std::size_t> order = ordered_checkpoints(scan, false, options.by_mtime);
+  const std::set<std::size_t> listed(order.begin(), order.end());
+  for (std::size_t i = 0; i < scan.entries.size(); ++i) {
+    if (!listed.count(i)) order.push_back(i);
+  }
+  for (std::size_t i : order) {
+    const RunEntry& e = scan.entries[i];
+    if (e.kind == EntryKind::trash) continue;
+    ListRow row;
+    row.name = e.name;
+    row.path = e.path;
+    row.kind = e.kind;
+    row.step = e.step;
+    row.complete = e.complete;
+    row.is_best = best && best->entry == i;
+    row.is_latest = newest && *newest == i;
+    row.size_bytes = directory_size(e.path);
+    row.mtime = e.mtime;
+    row.problems = e.problems;
+    if (e.state) {
+      row.epoch = e.state->epoch;
+      row.loss = e.state->last_loss;
+    }
+    row.metrics = eval_metrics_at(e);
+    if (auto m = row.metrics.find(*listing.metric); m != row.metrics.end()) row.metric = m->second;
+    listing.rows.push_back(std::move(row));
+  }
+  return listing;
+}
+
+}  // namespace ckpt::checkpoint

@@ -1,0 +1,45 @@
+// What `ckpt list` (and `inspect` of a run directory) shows: every entry of a run directory with its step,
+// completeness, metrics, size, and which checkpoint is the best and which the newest.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "checkpoint/best.hpp"
+#include "checkpoint/run_dir.hpp"
+
+namespace ckpt::checkpoint {
+
+struct ListRow {
+  std::string name;
+  std::string path;
+  EntryKind kind = EntryKind::custom;
+  std::optional<std::int64_t> step;
+  std::optional<double> epoch;
+  bool complete = false;
+  bool is_best = false;
+  bool is_latest = false;  // the newest complete checkpoint: what resume picks
+  std::uint64_t size_bytes = 0;
+  double mtime = 0;
+  std::optional<double> loss;
+  std::optional<double> metric;  // the best-metric's value here, when a metric is known
+  std::map<std::string, double> metrics;
+  std::vector<std::string> problems;
+};
+
+struct RunListing {
+  std::string path;
+  std::vector<ListRow> rows;
+  std::optional<std::string> metric;  // the metric shown in `metric`
+};
+
+struct ListOptions {
+  BestOptions best;
+  bool by_mtime = false;  // order checkpoints by modification time (Hugging Face's rule)
+};
+
+RunListing list_run(const std::string& run_dir, const ListOptions& options);
+
+}  // namespace ckpt::checkpoint

@@ -1,0 +1,21 @@
+// The run directory's advisory lock (flock on RUN_DIR/.ckpt.lock). `rotate` holds it while it deletes and
+// the trainer while it commits a checkpoint and rotates, so neither sees the other half-done.
+#pragma once
+
+#include <string>
+
+namespace ckpt::checkpoint {
+
+class RunLock {
+ public:
+  // Waits for the lock, or with `wait` false throws an Error of kind `locked` when another process holds it.
+  RunLock(const std::string& run_dir, bool wait);
+  ~RunLock();  // releases the lock; commits nothing
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace ckpt::checkpoint

@@ -1,0 +1,59 @@
+// Rotation: which entries of a run directory to delete, and deleting them so that a crash at any moment
+// leaves nothing that looks like a complete checkpoint. Shared by `ckpt rotate` and the trainer's
+// save_total_limit.
+//
+// The policy keeps Hugging Face's save_total_limit semantics (order by step, or by mtime; the best checkpoint
+// moved to second-to-last before the oldest are cut; with a limit of 1 and the best not the newest, two stay)
+// and closes its holes: only complete checkpoints count, the best is found by name wherever the run was moved,
+// the newest complete checkpoint is never deleted, custom directories and young incomplete or staging
+// directories are never touched.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "checkpoint/best.hpp"
+#include "checkpoint/run_dir.hpp"
+
+namespace ckpt::checkpoint {
+
+struct RotateOptions {
+  std::int64_t keep = 0;                    // save_total_limit: at least 1
+  std::optional<std::int64_t> keep_every;   // steps divisible by this are kept and not counted
+  double stale_after_seconds = 3600;        // older incomplete/staging directories are removed
+  bool by_mtime = false;
+  BestOptions best;
+};
+
+struct Decision {
+  std::string name;
+  std::string path;
+  EntryKind kind = EntryKind::custom;
+  std::optional<std::int64_t> step;
+  bool remove = false;
+  std::string reason;
+};
+
+struct RotationPlan {
+  std::vector<Decision> decisions;  // every entry of the run directory, in scan order
+  std::optional<std::string> best;
+  std::optional<std::string> newest;
+};
+
+// Decides, without touching anything. `now` is seconds since the epoch (for staleness).
+RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, double now);
+
+struct RotationResult {
+  RotationPlan plan;
+  std::size_t removed = 0;
+  std::size_t trash_cleared = 0;  // leftovers of an interrupted earlier deletion
+};
+
+// Under the run lock: clears leftover trash, scans, plans and (unless dry_run) deletes each chosen entry by
+// renaming it to a hidden trash name first and then removing the tree. Throws Error of kind locked when
+// `wait_for_lock` is false and the lock is held.
+RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock);
+
+}  // namespace ckpt::checkpoint

@@ -1,0 +1,92 @@
+// `ckpt rotate RUN_DIR --keep N [--keep-every K] [--stale-after DURATION] [--sort step|mtime] [--dry-run]
+//  [--no-wait] [--json] [--metric NAME --mode min|max]`
+#include <fmt/format.h>
+
+#include <iostream>
+
+#include "checkpoint/rotation.hpp"
+#include "cli/cli.hpp"
+#include "cli/text.hpp"
+#include "util/error.hpp"
+
+namespace ckpt::cli {
+namespace {
+
+struct RotateOptions {
+  std::string run_dir;
+  std::int64_t keep = 0;
+  std::int64_t keep_every = 0;
+  std::string stale_after = "1h";
+  std::string sort = "step";
+  std::string metric;
+  std::string mode;
+  bool dry_run = false;
+  bool no_wait = false;
+  bool json = false;
+  bool quiet = false;
+};
+
+int run_rotate(const RotateOptions& o) {
+  checkpoint::RotateOptions options;
+  options.keep = o.keep;
+  if (o.keep_every > 0) options.keep_every = o.keep_every;
+  const auto stale = parse_duration(o.stale_after);
+  if (!stale) throw Error(ErrorKind::invalid_argument, "", "--stale-after", "'" + o.stale_after + "' is not a duration (e.g. 90s, 30m, 1h, 2d)");
+  options.stale_after_seconds = *stale;
+  options.by_mtime = o.sort == "mtime";
+  if (!o.metric.empty()) options.best.metric = o.metric;
+  if (!o.mode.empty()) options.best.greater_is_better = o.mode == "max";
+
+  const auto result = checkpoint::rotate(o.run_dir, options, o.dry_run, !o.no_wait);
+  if (o.json) {
+    json::Json decisions = json::Json::array();
+    for (const auto& d : result.plan.decisions) {
+      decisions.push_back({{"name", d.name},
+                           {"path", d.path},
+                           {"kind", checkpoint::to_string(d.kind)},
+                           {"step", d.step ? json::Json(*d.step) : json::Json(nullptr)},
+                           {"action", d.remove ? "delete" : "keep"},
+                           {"reason", d.reason}});
+    }
+    std::cout << json::dump({{"run_dir", o.run_dir},
+                             {"dry_run", o.dry_run},
+                             {"best", result.plan.best ? json::Json(*result.plan.best) : json::Json(nullptr)},
+                             {"newest", result.plan.newest ? json::Json(*result.plan.newest) : json::Json(nullptr)},
+                             {"removed", result.removed},
+                             {"decisions", std::move(decisions)}},
+                            2)
+              << "\n";
+  } else if (o.dry_run || !o.quiet) {
+    Table table({"name", "action", "reason"});
+    for (const auto& d : result.plan.decisions) {
+      if (!o.dry_run && !d.remove) continue;
+      table.add({d.name, d.remove ? (o.dry_run ? "would delete" : "deleted") : "keep", d.reason});
+    }
+    std::cout << table.render();
+  }
+  return exit_ok;
+}
+
+}  // namespace
+
+Action attach_rotate(CLI::App& sub) {
+  auto o = std::make_shared<RotateOptions>();
+  sub.add_option("RUN_DIR", o->run_dir, "The run directory")->required();
+  sub.add_option("--keep", o->keep, "Keep the newest N complete checkpoints (Hugging Face's save_total_limit); the best and the newest always stay")
+      ->required()
+      ->check(CLI::PositiveNumber);
+  sub.add_option("--keep-every", o->keep_every, "Also keep every checkpoint whose step is divisible by K (not counted in N)")
+      ->check(CLI::PositiveNumber);
+  sub.add_option("--stale-after", o->stale_after, "Remove incomplete and staging directories older than this (default 1h; e.g. 30m, 2h, 1d)");
+  sub.add_option("--sort", o->sort, "Order checkpoints by step or by mtime (falls back to step when mtimes lie within 1 s)")
+      ->check(CLI::IsMember({"step", "mtime"}));
+  sub.add_option("--metric", o->metric, "Find the best by this metric instead of trainer_state.json's best_model_checkpoint");
+  sub.add_option("--mode", o->mode, "min or max for --metric")->check(CLI::IsMember({"min", "max"}));
+  sub.add_flag("--dry-run", o->dry_run, "Show each directory with keep or delete and the reason; change nothing");
+  sub.add_flag("--no-wait", o->no_wait, "Fail with exit status 75 instead of waiting when another ckpt holds the run's lock");
+  sub.add_flag("--json", o->json, "Print the decisions as JSON");
+  sub.add_flag("-q,--quiet", o->quiet, "Print nothing unless there is an error");
+  return [o] { return run_rotate(*o); };
+}
+
+}  // namespace ckpt::cli

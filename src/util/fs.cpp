@@ -1,0 +1,106 @@
+#include "util/fs.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <filesystem>
+
+#include "util/error.hpp"
+
+namespace ckpt::fs_util {
+
+void fsync_directory(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) fail_io(dir, "open directory", errno);
+  if (::fsync(fd) != 0 && errno != EINVAL) {
+    int e = errno;
+    ::close(fd);
+    fail_io(dir, "fsync directory", e);
+  }
+  ::close(fd);
+}
+
+void durable_rename(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) fail_io(from, "rename to " + to, errno);
+  fsync_directory(std::filesystem::path(to).parent_path().string());
+}
+
+std::string unique_suffix() {
+  static std::atomic<unsigned> counter{0};
+  const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+  return std::to_string(::getpid()) + "-" + std::to_string(now) + "-" + std::to_string(counter++);
+}
+
+void replace_symlink(const std::string& target, const std::string& link) {
+  const std::filesystem::path link_path(link);
+  const std::string temp = (link_path.parent_path() / ("." + link_path.filename().string() + ".tmp-" + unique_suffix())).string();
+  if (::symlink(target.c_str(), temp.c_str()) != 0) fail_io(temp, "create symlink", errno);
+  if (::rename(temp.c_str(), link.c_str()) != 0) {
+    int e = errno;
+    ::unlink(temp.c_str());
+    fail_io(link, "replace symlink", e);
+  }
+  fsync_directory(link_path.parent_path().empty() ? "." : link_path.parent_path().string());
+}
+
+bool link_or_copy(const std::string& from, const std::string& to) {
+  const std::filesystem::path dest(to);
+  const std::string temp = (dest.parent_path() / ("." + dest.filename().string() + ".tmp-" + unique_suffix())).string();
+  bool linked = ::link(from.c_str(), temp.c_str()) == 0;
+  if (!linked) {
+    int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+    if (in < 0) fail_io(from, "open", errno);
+    int out = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (out < 0) {
+      int e = errno;
+      ::close(in);
+      fail_io(temp, "create", e);
+    }
+    auto fail_copy = [&](const std::string& path, const char* action) {
+      int e = errno;
+      ::close(in);
+      ::close(out);
+      ::unlink(temp.c_str());
+      fail_io(path, action, e);
+    };
+    char buffer[1 << 16];
+    while (true) {
+      ssize_t n = ::read(in, buffer, sizeof buffer);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) fail_copy(from, "read");
+      if (n == 0) break;
+      for (ssize_t done = 0; done < n;) {
+        ssize_t w = ::write(out, buffer + done, static_cast<std::size_t>(n - done));
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) fail_copy(temp, "write");
+        done += w;
+      }
+    }
+    if (::fsync(out) != 0) fail_copy(temp, "fsync");
+    ::close(in);
+    if (::close(out) != 0) {
+      int e = errno;
+      ::unlink(temp.c_str());
+      fail_io(temp, "close", e);
+    }
+  }
+  if (::rename(temp.c_str(), to.c_str()) != 0) {
+    int e = errno;
+    ::unlink(temp.c_str());
+    fail_io(to, "rename into place", e);
+  }
+  return linked;
+}
+
+void remove_tree(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);  // removes symlinks themselves, never what they point to
+  if (ec && ec != std::errc::no_such_file_or_directory) {
+    throw Error(ErrorKind::io, path, "", "cannot remove: " + ec.message());
+  }
+}
+
+}  // namespace ckpt::fs_util

@@ -1,0 +1,29 @@
+// File-system steps that must not be half-done: durable renames, symlinks replaced in one step, directory
+// removal that never follows links.
+#pragma once
+
+#include <string>
+
+namespace ckpt::fs_util {
+
+// fsync on a directory, so that renames and creations inside it survive a crash.
+void fsync_directory(const std::string& dir);
+
+// rename(2) then fsync of the destination's directory. Throws Error (io, not_found) naming `from`.
+void durable_rename(const std::string& from, const std::string& to);
+
+// Points `link` at `target` (stored as given, so relative targets stay relative), replacing any existing link
+// in one step: a temporary link beside it renamed over it.
+void replace_symlink(const std::string& target, const std::string& link);
+
+// Removes a directory tree without following symlinks; a missing path is not an error.
+void remove_tree(const std::string& path);
+
+// Places a copy of `from` at `to` in one step: a hard link when both are on one file system, else a copy,
+// written to a temporary name beside `to`, fsynced and renamed over it. Returns true when it hard-linked.
+bool link_or_copy(const std::string& from, const std::string& to);
+
+// A name unique to this process and call, for temporary entries beside a destination.
+std::string unique_suffix();
+
+}  // namespace ckpt::fs_util
