@@ -3,7 +3,7 @@ _ckpt() {
   local cur prev words cword
   _init_completion || return
 
-  local subcommands="inspect"
+  local subcommands="list best rotate inspect"
   local subcommand=""
   local i
   for ((i = 1; i < cword; i++)); do
@@ -18,14 +18,27 @@ _ckpt() {
     return
   fi
 
-  case $subcommand in
-    inspect)
-      if [[ $cur == -* ]]; then
-        COMPREPLY=($(compgen -W "--json --verify --help" -- "$cur"))
-      else
-        _filedir
-      fi
-      ;;
+  case $prev in
+    --mode) COMPREPLY=($(compgen -W "min max" -- "$cur")); return ;;
+    --sort) COMPREPLY=($(compgen -W "step mtime" -- "$cur")); return ;;
+    --metric) COMPREPLY=($(compgen -W "eval_loss eval_accuracy" -- "$cur")); return ;;
+    --keep | --keep-every | --stale-after | --link) return ;;
+    --export) _filedir -d; return ;;
   esac
+
+  local options
+  case $subcommand in
+    list) options="--json --metric --mode --sort --help" ;;
+    best) options="--metric --mode --json --link --export --help" ;;
+    rotate) options="--keep --keep-every --stale-after --sort --metric --mode --dry-run --no-wait --json --quiet --help" ;;
+    inspect) options="--json --verify --help" ;;
+  esac
+  if [[ $cur == -* ]]; then
+    COMPREPLY=($(compgen -W "$options" -- "$cur"))
+  elif [[ $subcommand == inspect ]]; then
+    _filedir
+  else
+    _filedir -d
+  fi
 }
 complete -F _ckpt ckpt

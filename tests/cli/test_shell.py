@@ -60,7 +60,19 @@ class Completions(unittest.TestCase):
 
     def test_bash_completes_subcommands_and_options(self):
         self.assertEqual(bash_complete("ckpt ins"), ["inspect"])
+        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "inspect", "list", "rotate"])
         self.assertEqual(sorted(bash_complete("ckpt inspect --")), ["--help", "--json", "--verify"])
+
+    def test_bash_completes_option_values(self):
+        self.assertEqual(sorted(bash_complete("ckpt rotate --sort ")), ["mtime", "step"])
+        self.assertEqual(sorted(bash_complete("ckpt best --mode m")), ["max", "min"])
+        self.assertIn("--keep-every", bash_complete("ckpt rotate --keep"))
+
+    def test_bash_completes_directories_for_run_commands(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            os.mkdir(os.path.join(tmp, "run1"))
+            open(os.path.join(tmp, "run.txt"), "w").close()
+            self.assertEqual(bash_complete(f"ckpt list {tmp}/ru"), [f"{tmp}/run1"])
 
     def test_bash_completes_paths_after_inspect(self):
         with tempfile.TemporaryDirectory() as tmp:
@@ -72,10 +84,12 @@ class Completions(unittest.TestCase):
         subprocess.run(["fish", "-n", os.path.join(ROOT, "completions", "ckpt.fish")], check=True)
 
     def test_fish_completes(self):
-        script = f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt ins'; complete -C 'ckpt inspect --v'"
+        script = (f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt ins'; complete -C 'ckpt inspect --v'; "
+                  "complete -C 'ckpt rotate --sort '")
         out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
         self.assertIn("inspect", out)
         self.assertIn("--verify", out)
+        self.assertIn("mtime", out)
 
 
 class Install(unittest.TestCase):
