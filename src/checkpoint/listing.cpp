@@ -30,7 +30,7 @@ RunListing list_run(const std::string& run_dir, const ListOptions& options) {
     row.complete = e.complete;
     row.is_best = best && best->entry == i;
     row.is_latest = newest && *newest == i;
-    row.size_bytes = directory_size(e.path);
+    row.size_bytes = e.size_bytes;
     row.mtime = e.mtime;
     row.problems = e.problems;
     if (e.state) {

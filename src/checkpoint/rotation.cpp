@@ -1,5 +1,7 @@
 #include "checkpoint/rotation.hpp"
 
+#include <cstdio>
+#include <cerrno>
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -82,24 +84,27 @@ RotationResult rotate(const std::string& run_dir, const RotateOptions& options, 
   RotationResult result;
   result.plan = plan_rotation(scan_run(run_dir), options, now);
   if (dry_run) return result;
+  // First every victim is renamed to a hidden trash name, so a crash from here on leaves trash, never a
+  // partial checkpoint-N; one fsync makes all the renames durable before any byte is removed.
+  std::vector<std::string> trash;
   for (const Decision& d : result.plan.decisions) {
     if (!d.remove) continue;
     if (d.kind == EntryKind::trash) {
-      fs_util::remove_tree(d.path);
+      trash.push_back(d.path);
       ++result.trash_cleared;
       continue;
     }
-    // Renamed first, so a crash mid-removal leaves a hidden trash directory, never a partial checkpoint-N.
-    const std::string trash = (fs::path(run_dir) / (std::string(kTrashPrefix) + d.name + "-" + fs_util::unique_suffix())).string();
-    try {
-      fs_util::durable_rename(d.path, trash);
-    } catch (const Error& e) {
-      if (e.kind() == ErrorKind::not_found) continue;  // already gone
-      throw;
+    const std::string to = (fs::path(run_dir) / (std::string(kTrashPrefix) + d.name + "-" + fs_util::unique_suffix())).string();
+    if (::rename(d.path.c_str(), to.c_str()) != 0) {
+      if (errno == ENOENT) continue;  // already gone
+      fail_io(d.path, "rename to " + to, errno);
     }
-    fs_util::remove_tree(trash);
+    trash.push_back(to);
     ++result.removed;
   }
+  if (trash.empty()) return result;
+  fs_util::fsync_directory(run_dir);
+  for (const auto& path : trash) fs_util::remove_tree(path);
   return result;
 }
 

@@ -164,12 +164,33 @@ double mtime_of(const fs::path& path) {
   return static_cast<double>(st.st_mtim.tv_sec) + static_cast<double>(st.st_mtim.tv_nsec) * 1e-9;
 }
 
-// A directory being written shows it in its files' times, not always its own (a large file grows in place).
-double newest_mtime(const fs::path& dir) {
-  double newest = mtime_of(dir);
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) newest = std::max(newest, mtime_of(entry.path()));
-  return newest;
+struct TreeStats {
+  double newest_mtime = 0;  // of the directory and its direct children
+  std::uint64_t size_bytes = 0;
+};
+
+// One pass over a directory tree, never following symlinks. A directory being written shows it in its files'
+// times, not always its own (a large file grows in place), hence the children's mtimes.
+TreeStats stat_tree(const fs::path& dir) {
+  TreeStats stats;
+  stats.newest_mtime = mtime_of(dir);
+  std::vector<std::pair<fs::path, bool>> pending{{dir, true}};
+  while (!pending.empty()) {
+    auto [path, top] = pending.back();
+    pending.pop_back();
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(path, ec)) {
+      struct stat st {};
+      if (::lstat(entry.path().c_str(), &st) != 0) continue;
+      if (top) {
+        stats.newest_mtime = std::max(stats.newest_mtime, static_cast<double>(st.st_mtim.tv_sec) +
+                                                              static_cast<double>(st.st_mtim.tv_nsec) * 1e-9);
+      }
+      if (S_ISREG(st.st_mode)) stats.size_bytes += static_cast<std::uint64_t>(st.st_size);
+      else if (S_ISDIR(st.st_mode)) pending.emplace_back(entry.path(), false);
+    }
+  }
+  return stats;
 }
 
 }  // namespace
@@ -193,7 +214,9 @@ RunScan scan_run(const std::string& run_dir) {
     else if (e.name.rfind("tmp-checkpoint-", 0) == 0 || e.name.rfind(kStagingPrefix, 0) == 0) e.kind = EntryKind::staging;
     else if (e.name.rfind(kTrashPrefix, 0) == 0) e.kind = EntryKind::trash;
     else if (e.name.front() == '.') continue;  // other hidden directories are not ours to show
-    e.mtime = newest_mtime(dirent.path());
+    const TreeStats stats = stat_tree(dirent.path());
+    e.mtime = stats.newest_mtime;
+    e.size_bytes = stats.size_bytes;
     if (e.kind == EntryKind::checkpoint) {
       Completeness c = assess_completeness(e.path);
       e.complete = c.complete;
@@ -236,16 +259,6 @@ std::optional<std::size_t> newest_complete(const RunScan& scan) {
     if (e.kind == EntryKind::checkpoint && e.complete && (!newest || *e.step >= *scan.entries[*newest].step)) newest = i;
   }
   return newest;
-}
-
-std::uint64_t directory_size(const std::string& dir) {
-  std::uint64_t total = 0;
-  std::error_code ec;
-  for (fs::recursive_directory_iterator it(dir, ec), end; it != end; it.increment(ec)) {
-    if (ec) break;
-    if (it->is_regular_file(ec) && !it->is_symlink(ec)) total += it->file_size(ec);
-  }
-  return total;
 }
 
 }  // namespace ckpt::checkpoint

@@ -76,6 +76,7 @@ struct RunEntry {
   EntryKind kind = EntryKind::custom;
   std::optional<std::int64_t> step;  // checkpoints only
   double mtime = 0;  // newest modification time of the directory and the files directly inside it
+  std::uint64_t size_bytes = 0;  // regular files below it, symlinks not followed
   bool complete = false;
   std::vector<std::string> problems;
   std::optional<TrainerStateSummary> state;
@@ -97,7 +98,5 @@ std::vector<std::size_t> ordered_checkpoints(const RunScan& scan, bool complete_
 // The complete checkpoint with the highest step: what resume picks.
 std::optional<std::size_t> newest_complete(const RunScan& scan);
 
-// Total size of the regular files below `dir`, not following symlinks.
-std::uint64_t directory_size(const std::string& dir);
 
 }  // namespace ckpt::checkpoint
