@@ -31,10 +31,12 @@ RunListing list_run(const std::string& run_dir, const ListOptions& options) {
     row.is_best = best && best->entry == i;
     row.is_latest = newest && *newest == i;
     row.size_bytes = e.size_bytes;
+    row.num_files = e.num_files;
     row.mtime = e.mtime;
     row.problems = e.problems;
     if (e.state) {
       row.epoch = e.state->epoch;
+      row.global_step = e.state->global_step;
       row.loss = e.state->last_loss;
     }
     row.metrics = eval_metrics_at(e);

@@ -22,7 +22,9 @@ struct ListRow {
   bool is_best = false;
   bool is_latest = false;  // the newest complete checkpoint: what resume picks
   std::uint64_t size_bytes = 0;
+  std::size_t num_files = 0;
   double mtime = 0;
+  std::optional<std::int64_t> global_step;  // from trainer_state.json
   std::optional<double> loss;
   std::optional<double> metric;  // the best-metric's value here, when a metric is known
   std::map<std::string, double> metrics;

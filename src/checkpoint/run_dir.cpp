@@ -167,6 +167,7 @@ double mtime_of(const fs::path& path) {
 struct TreeStats {
   double newest_mtime = 0;  // of the directory and its direct children
   std::uint64_t size_bytes = 0;
+  std::size_t num_files = 0;
 };
 
 // One pass over a directory tree, never following symlinks. A directory being written shows it in its files'
@@ -186,7 +187,10 @@ TreeStats stat_tree(const fs::path& dir) {
         stats.newest_mtime = std::max(stats.newest_mtime, static_cast<double>(st.st_mtim.tv_sec) +
                                                               static_cast<double>(st.st_mtim.tv_nsec) * 1e-9);
       }
-      if (S_ISREG(st.st_mode)) stats.size_bytes += static_cast<std::uint64_t>(st.st_size);
+      if (S_ISREG(st.st_mode)) {
+        stats.size_bytes += static_cast<std::uint64_t>(st.st_size);
+        ++stats.num_files;
+      }
       else if (S_ISDIR(st.st_mode)) pending.emplace_back(entry.path(), false);
     }
   }
@@ -217,6 +221,7 @@ RunScan scan_run(const std::string& run_dir) {
     const TreeStats stats = stat_tree(dirent.path());
     e.mtime = stats.newest_mtime;
     e.size_bytes = stats.size_bytes;
+    e.num_files = stats.num_files;
     if (e.kind == EntryKind::checkpoint) {
       Completeness c = assess_completeness(e.path);
       e.complete = c.complete;

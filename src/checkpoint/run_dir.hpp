@@ -77,6 +77,7 @@ struct RunEntry {
   std::optional<std::int64_t> step;  // checkpoints only
   double mtime = 0;  // newest modification time of the directory and the files directly inside it
   std::uint64_t size_bytes = 0;  // regular files below it, symlinks not followed
+  std::size_t num_files = 0;
   bool complete = false;
   std::vector<std::string> problems;
   std::optional<TrainerStateSummary> state;

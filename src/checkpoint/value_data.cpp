@@ -6,7 +6,8 @@
 namespace ckpt::checkpoint {
 namespace {
 
-constexpr std::size_t kMaxConvertedValues = 4u << 20;
+constexpr std::size_t kMaxConvertedValues = 1u << 20;
+constexpr std::size_t kMaxConvertedBytes = 64u << 20;
 // Beyond this many bytes the quadratic conversion to decimal is not worth it: show hex instead.
 constexpr std::size_t kMaxDecimalBytes = 512;
 
@@ -20,6 +21,11 @@ class Converter {
                                            " values through shared references");
     }
     const pickle::Node& n = graph_.at(id);
+    converted_bytes_ += n.text.size();
+    if (converted_bytes_ > kMaxConvertedBytes) {
+      fail(ErrorKind::unsupported, "", "value expands to more than " + std::to_string(kMaxConvertedBytes >> 20) +
+                                           " MiB of text through shared references");
+    }
     using pickle::Kind;
     switch (n.kind) {
       case Kind::none: return nullptr;
@@ -84,6 +90,7 @@ class Converter {
 
   const pickle::Graph& graph_;
   std::size_t converted_ = 0;
+  std::size_t converted_bytes_ = 0;
 };
 
 }  // namespace

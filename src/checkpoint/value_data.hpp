@@ -8,7 +8,8 @@
 namespace ckpt::checkpoint {
 
 // Converts the value at `id`. Shared references are expanded each time they occur, so the conversion has a
-// budget of values: past it, throws an unsupported Error rather than growing without bound.
+// budget of values (2^20) and of string bytes (64 MiB): past it, throws an unsupported Error rather than growing
+// without bound.
 json::Json to_data(const pickle::Graph& graph, pickle::NodeId id);
 
 // A Python int's decimal digits from little-endian two's complement bytes.

@@ -207,53 +207,102 @@ bool all_ok(const CheckpointReport& c) {
   return std::all_of(c.files.begin(), c.files.end(), [](const FileReport& f) { return !f.error && (!f.verify || f.verify->ok()); });
 }
 
+std::vector<std::string> all_errors(const CheckpointReport& c) {
+  std::vector<std::string> errors;
+  for (const auto& f : c.files) {
+    if (f.error) errors.push_back(f.error->what());
+    if (f.verify) {
+      for (const auto& e : f.verify->errors) errors.push_back(f.file + ": " + e);
+    }
+  }
+  if (c.verify) errors.insert(errors.end(), c.verify->errors.begin(), c.verify->errors.end());
+  return errors;
+}
+
+// A failed verification is reported on stdout in full and summarised as the one error line on stderr.
+int verification_status(const std::string& path, const std::vector<std::string>& errors) {
+  if (errors.empty()) return exit_ok;
+  std::cerr << "ckpt: error: " << path << ": verification failed: " << errors.front();
+  if (errors.size() > 1) std::cerr << " (and " << errors.size() - 1 << " more)";
+  std::cerr << "\n";
+  return exit_bad_input;
+}
+
+int inspect_file_path(const InspectOptions& o, const checkpoint::InspectOptions& core) {
+  const FileReport f = checkpoint::inspect_file(o.path, core);
+  const bool ok = !f.verify || f.verify->ok();
+  if (o.json) {
+    json::Json out = file_json(f);
+    if (o.verify) out["ok"] = ok;
+    std::cout << json::dump(out, 2) << "\n";
+  } else {
+    std::cout << file_text(f);
+    if (f.verify) std::cout << verification_text(f.file, *f.verify);
+  }
+  return verification_status(o.path, f.verify ? f.verify->errors : std::vector<std::string>{});
+}
+
+int inspect_checkpoint_path(const InspectOptions& o, const checkpoint::InspectOptions& core) {
+  const CheckpointReport c = checkpoint::inspect_checkpoint(o.path, core);
+  const bool ok = all_ok(c);
+  if (o.json) {
+    json::Json out = checkpoint_json(c);
+    if (o.verify) out["ok"] = ok;
+    std::cout << json::dump(out, 2) << "\n";
+  } else {
+    std::cout << fmt::format("{}: checkpoint{}, {}, {} files\n", c.path, c.step ? fmt::format(" at step {}", *c.step) : "",
+                             c.complete ? "complete" : "INCOMPLETE", c.files.size());
+    for (const auto& p : c.problems) std::cout << "  problem: " << p << "\n";
+    for (const auto& f : c.files) {
+      std::cout << "\n" << file_text(f);
+      if (f.verify) std::cout << verification_text(f.file, *f.verify);
+    }
+    if (c.verify) std::cout << "\n" << verification_text("across files", *c.verify);
+    if (o.verify) std::cout << (ok ? "verify: ok\n" : "verify: FAILED\n");
+  }
+  // Unreadable member files fail a directory like a single bad file would.
+  std::vector<std::string> errors = all_errors(c);
+  if (!ok && errors.empty()) errors.push_back("a file could not be read");
+  return verification_status(o.path, errors);
+}
+
+int inspect_run_path(const InspectOptions& o, const checkpoint::InspectOptions& core) {
+  const auto listing = checkpoint::list_run(o.path, {});
+  json::Json rows = listing_json(listing);
+  std::vector<std::string> errors;
+  std::string verify_text;
+  if (o.verify) {
+    for (std::size_t i = 0; i < listing.rows.size(); ++i) {
+      const auto& row = listing.rows[i];
+      if (row.kind != checkpoint::EntryKind::checkpoint) continue;
+      const auto report = checkpoint::inspect_checkpoint(row.path, core);
+      const auto row_errors = all_errors(report);
+      rows[i]["verify"] = {{"ok", row_errors.empty()}, {"errors", row_errors}};
+      verify_text += fmt::format("  verify {}: {}\n", row.name, row_errors.empty() ? "ok" : "FAILED");
+      for (const auto& e : row_errors) {
+        verify_text += "    error: " + e + "\n";
+        errors.push_back(row.name + ": " + e);
+      }
+    }
+  }
+  if (o.json) {
+    json::Json out{{"path", o.path}, {"kind", "run"}, {"checkpoints", std::move(rows)}};
+    if (o.verify) out["ok"] = errors.empty();
+    std::cout << json::dump(out, 2) << "\n";
+  } else {
+    std::cout << fmt::format("{}: run directory\n", o.path) << listing_text(listing) << verify_text;
+    if (o.verify) std::cout << (errors.empty() ? "verify: ok\n" : "verify: FAILED\n");
+  }
+  return verification_status(o.path, errors);
+}
+
 int run_inspect(const InspectOptions& o) {
   checkpoint::InspectOptions core;
   core.verify = o.verify;
   switch (checkpoint::classify_path(o.path)) {
-    case checkpoint::PathKind::file: {
-      const FileReport f = checkpoint::inspect_file(o.path, core);
-      const bool ok = !f.verify || f.verify->ok();
-      if (o.json) {
-        json::Json out = file_json(f);
-        if (o.verify) out["ok"] = ok;
-        std::cout << json::dump(out, 2) << "\n";
-      } else {
-        std::cout << file_text(f);
-        if (f.verify) std::cout << verification_text(f.file, *f.verify);
-      }
-      return ok ? exit_ok : exit_bad_input;
-    }
-    case checkpoint::PathKind::checkpoint: {
-      const CheckpointReport c = checkpoint::inspect_checkpoint(o.path, core);
-      const bool ok = all_ok(c);
-      if (o.json) {
-        json::Json out = checkpoint_json(c);
-        if (o.verify) out["ok"] = ok;
-        std::cout << json::dump(out, 2) << "\n";
-      } else {
-        std::cout << fmt::format("{}: checkpoint{}, {}, {} files\n", c.path, c.step ? fmt::format(" at step {}", *c.step) : "",
-                                 c.complete ? "complete" : "INCOMPLETE", c.files.size());
-        for (const auto& p : c.problems) std::cout << "  problem: " << p << "\n";
-        for (const auto& f : c.files) {
-          std::cout << "\n" << file_text(f);
-          if (f.verify) std::cout << verification_text(f.file, *f.verify);
-        }
-        if (c.verify) std::cout << "\n" << verification_text("across files", *c.verify);
-        if (o.verify) std::cout << (ok ? "verify: ok\n" : "verify: FAILED\n");
-      }
-      // Unreadable files make the directory's report fail like a single bad file would.
-      return ok ? exit_ok : exit_bad_input;
-    }
-    case checkpoint::PathKind::run: {
-      const auto listing = checkpoint::list_run(o.path, {});
-      if (o.json) {
-        std::cout << json::dump({{"path", o.path}, {"kind", "run"}, {"checkpoints", listing_json(listing)}}, 2) << "\n";
-      } else {
-        std::cout << fmt::format("{}: run directory\n", o.path) << listing_text(listing);
-      }
-      return exit_ok;
-    }
+    case checkpoint::PathKind::file: return inspect_file_path(o, core);
+    case checkpoint::PathKind::checkpoint: return inspect_checkpoint_path(o, core);
+    case checkpoint::PathKind::run: return inspect_run_path(o, core);
   }
   return exit_failure;
 }

@@ -79,6 +79,10 @@ void check_depth(const Json& value) {
 }  // namespace
 
 Json parse(std::string_view text) {
+  // nlohmann's lexer takes a NUL byte for the end of input and would ignore what follows; JSON never holds one.
+  if (const auto nul = text.find('\0'); nul != std::string_view::npos) {
+    fail_corrupt("byte " + std::to_string(nul), "invalid JSON: NUL byte");
+  }
   bool replaced = false;
   std::string cleaned = replace_python_tokens(text, replaced);
   Json value;

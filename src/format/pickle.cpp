@@ -14,6 +14,8 @@ namespace {
 // which also keeps the quadratic decimal-to-binary conversion cheap.
 constexpr std::size_t kMaxDecimalDigits = 4300;
 constexpr std::size_t kMaxLine = 1u << 16;
+// 256 TiB: no real tensor comes near, and sums of many such sizes cannot overflow 64 bits.
+constexpr std::uint64_t kMaxTensorBytes = 1ull << 48;
 
 void append_utf8(std::string& out, std::uint32_t cp) {
   if (cp < 0x80) {
@@ -351,8 +353,8 @@ void Parser::step(std::uint8_t op) {
       if (version > 5) refuse("pickle protocol " + std::to_string(version) + " is newer than 5");
       return;
     }
-    case 0x95:  // FRAME: a buffering hint
-      in_.u64le();
+    case 0x95:  // FRAME: a buffering hint, but one that must fit
+      if (in_.u64le() > in_.remaining()) bad("FRAME longer than the rest of the pickle");
       return;
     case '(': marks_.push_back(stack_.size()); return;  // MARK
     case '0':  // POP (pops the mark when the stack above it is empty, as CPython does)
@@ -646,6 +648,11 @@ std::optional<NodeId> Parser::rebuild_tensor(std::string_view name, const std::v
                             !checked_add(last, span, last)))) {
       bad("tensor shape or stride overflows 64 bits");
     }
+  }
+  // Byte sizes are summed over many tensors later: keep each far from the top of 64 bits.
+  std::uint64_t nbytes = 0;
+  if (!checked_mul(numel, element_size(t.dtype), nbytes) || nbytes > kMaxTensorBytes) {
+    bad("tensor of " + std::to_string(numel) + " elements is larger than 2^48 bytes");
   }
   if (!empty) {
     std::uint64_t capacity_bytes = storage.untyped ? storage.numel : 0;

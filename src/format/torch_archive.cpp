@@ -62,9 +62,12 @@ TorchFile::TorchFile(MappedFile mapped) : file_(std::move(mapped)), zip_([&]() -
           numel.kind != pickle::Kind::integer || numel.integer < 0) {
         fail_corrupt("", "storage reference has malformed fields");
       }
+      const std::string type_module = type.text.substr(0, type.text.find('\n'));
       const std::string type_name = type.text.substr(type.text.find('\n') + 1);
       const auto dtype = dtype_from_storage_class(type_name);
-      if (!dtype) fail(ErrorKind::unsupported, "", "storage type " + graph.global_name(tuple.items[1]));
+      if (!dtype || (type_module != "torch" && type_module != "torch.storage")) {
+        fail(ErrorKind::unsupported, "", "storage type " + graph.global_name(tuple.items[1]));
+      }
       if (auto seen = storage_by_key.find(key.text); seen != storage_by_key.end()) {
         if (graph.storages[seen->second].dtype != *dtype) {
           fail_corrupt("", "storage '" + key.text + "' referenced with two types");

@@ -407,7 +407,8 @@ def expected_weights_from_safetensors_file(path):
         raw = bytearray(buf[begin:end])
         shape = info["shape"]
         if dt == "bfloat16":
-            t = torch.frombuffer(raw, dtype=torch.int16).view(torch.bfloat16) if raw else \
+            # clone: the tensor must not keep viewing `raw`, which is freed when the loop moves on
+            t = torch.frombuffer(raw, dtype=torch.int16).clone().view(torch.bfloat16) if raw else \
                 torch.empty(0, dtype=torch.bfloat16)
         else:
             t = torch.from_numpy(np.frombuffer(bytes(raw), dtype=np.dtype(dt).newbyteorder("<")).copy())
@@ -540,7 +541,11 @@ class RefUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         kind, storage_type, key, location, numel = pid
-        assert kind == "storage"
+        if kind != "storage":
+            raise pickle.UnpicklingError("persistent id of kind %r, not 'storage'" % (kind,))
+        if not isinstance(storage_type, str):
+            qual = getattr(storage_type, "_qual", repr(storage_type))
+            raise pickle.UnpicklingError("storage type %s is not a torch storage class" % qual)
         return StorageRef(storage_type, key, location, numel)
 
 
@@ -657,11 +662,14 @@ HELPER_SOURCE = textwrap.dedent('''
 ''')
 
 
-def helper_module(tmpdir):
+def helper_module(tmpdir=None):
+    """Imports the helper module from a private temporary directory (never inside a fixture directory, where
+    it would become part of a checkpoint). `tmpdir` is accepted for symmetry and ignored."""
     if HELPER_MODULE in sys.modules:
         return sys.modules[HELPER_MODULE]
-    moddir = os.path.join(tmpdir, "_pymod")
-    os.makedirs(moddir, exist_ok=True)
+    import atexit
+    moddir = tempfile.mkdtemp(prefix="ckpt-pymod-")
+    atexit.register(shutil.rmtree, moddir, True)
     with open(os.path.join(moddir, HELPER_MODULE + ".py"), "w") as f:
         f.write(HELPER_SOURCE)
     sys.path.insert(0, moddir)
@@ -1188,7 +1196,7 @@ def expected_checkpoint(path, file_expectations, complete=True, step=None):
     files = [file_expectations[k] for k in sorted(file_expectations)]
     exp = {"path": path, "kind": "checkpoint", "name": name,
            "step": step if step is not None else int(name.split("-")[-1]), "complete": complete,
-           "problems": [] if complete else ANY, "files": files}
+           "problems": [] if complete is True else ANY, "files": files}
     return exp
 
 
@@ -1668,6 +1676,8 @@ def run_ckpt(args, timeout=60.0, cap=64 * 1024 * 1024, cwd=None):
 def error_line_problem(result, path=None):
     """None if stderr is exactly one line `ckpt: error: ...` (naming `path` when given), else what is wrong."""
     err = result.stderr
+    if not err:
+        return "stderr is empty: no `ckpt: error: ...` line"
     if not err.endswith("\n"):
         return "stderr does not end with a newline: %r" % err[:500]
     lines = err[:-1].split("\n")
@@ -1681,7 +1691,6 @@ def error_line_problem(result, path=None):
 
 
 if __name__ == "__main__":
-    import tempfile
     keep = "--keep" in sys.argv
     tmp = tempfile.mkdtemp(prefix="ckpt-fixtures-")
     try:

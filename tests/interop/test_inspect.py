@@ -1,0 +1,546 @@
+"""`ckpt inspect` against what Python (Debian's torch 1.13.1) says about the same files.
+
+Run from the repository root:
+    /usr/bin/python3 -m unittest discover -s tests/interop -p 'test_*.py' -v
+    /usr/bin/python3 tests/interop/test_inspect.py -v
+The binary is $CKPT_BIN (default build/ckpt); the real Trainer output is $CKPT_HF_FIXTURES
+(default /work/shared/fixtures/hf-trainer-4.40.2).
+"""
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import struct
+import sys
+import tempfile
+import unittest
+import zipfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+import fixtures as F  # noqa: E402
+
+TMP = None
+FX = None
+
+
+def setUpModule():
+    global TMP, FX
+    F.require_binary()
+    TMP = tempfile.mkdtemp(prefix="ckpt-interop-")
+    FX = F.build_all(os.path.join(TMP, "fx"))
+
+
+def tearDownModule():
+    if TMP and not os.environ.get("CKPT_TEST_KEEP"):
+        shutil.rmtree(TMP, ignore_errors=True)
+
+
+class InspectCase(unittest.TestCase):
+    maxDiff = None
+
+    def run_ok(self, args, expect_exit=0):
+        r = F.run_ckpt(args, cwd=TMP)
+        self.assertFalse(r.timed_out, "timed out\n" + r.describe())
+        self.assertGreaterEqual(r.returncode, 0, "killed by a signal\n" + r.describe())
+        if expect_exit is not None:
+            self.assertEqual(r.returncode, expect_exit, r.describe())
+        return r
+
+    def inspect_json(self, path, verify=False, expect_exit=0):
+        args = ["inspect", path, "--json"] + (["--verify"] if verify else [])
+        r = self.run_ok(args, expect_exit)
+        try:
+            doc = json.loads(r.stdout)
+        except ValueError as e:
+            self.fail("stdout is not one JSON document (%s)\n%s" % (e, r.describe()))
+        return doc, r
+
+    def assertMatches(self, actual, expected, result, where="$"):
+        errors = F.match_errors(actual, expected, where)
+        if errors:
+            self.fail("%d difference(s) from what Python says:\n  %s\n%s" % (
+                len(errors), "\n  ".join(errors[:40]), result.command()))
+
+
+def with_verify(exp, ok=True, top=True):
+    """The expected report of `--verify`: a verify block in each file report, NaN/Inf counts on floating tensors,
+    and a top-level ok on the document."""
+    exp = copy.deepcopy(exp)
+    if exp.get("kind") == "checkpoint":
+        # files of a known kind get a verify block; unclassified ones ("other") and those whose kind the docs
+        # leave open (generation_config.json) are not checked for it
+        exp["files"] = [with_verify(f, ok=ok, top=False) if isinstance(f.get("kind"), str) and
+                        f["kind"] != "other" else f for f in exp["files"]]
+    else:
+        counts = exp.get("_verify_tensors", {})
+        for t in exp.get("tensors", []):
+            if t["dtype"] in F.FLOATING:
+                t["nan"] = counts[t["name"]]["nan"]
+                t["inf"] = counts[t["name"]]["inf"]
+            else:
+                t["nan"] = F.Absent(or_value=0)
+                t["inf"] = F.Absent(or_value=0)
+        exp["verify"] = {"ok": ok, "checks": F.ANY, "errors": [] if ok is True else F.ANY}
+    if top:
+        exp["ok"] = ok
+    return exp
+
+
+SINGLE_FILES = ["dtypes.bin", "dtypes.safetensors", "nonfinite.bin", "nonfinite.safetensors", "complex.bin",
+                "params.bin", "pytorch_model.bin", "model.safetensors", "model.safetensors.index.json",
+                "shard:model-00001-of-00002.safetensors", "shard:model-00002-of-00002.safetensors",
+                "optimizer.pt", "scheduler.pt", "scaler_disabled", "scaler_enabled", "rng_state.pth",
+                "rng_state_1.pth", "training_args.bin", "misc.pt", "trainer_state.json", "config.json",
+                "config_untyped.json"]
+NONFINITE = {"nonfinite.bin", "nonfinite.safetensors"}
+
+
+def _method_name(key):
+    return "".join(c if c.isalnum() else "_" for c in key)
+
+
+class SingleFileTests(InspectCase):
+    """`ckpt inspect FILE --json` (and `--verify`) on every generated file."""
+
+    def check_json(self, key):
+        path, exp = FX[key]
+        doc, r = self.inspect_json(path)
+        self.assertMatches(doc, exp, r)
+        if exp.get("kind") == "weights":
+            # file order, exactly
+            self.assertEqual([t.get("name") for t in doc["tensors"]], [t["name"] for t in exp["tensors"]],
+                             r.command())
+
+    def check_verify(self, key):
+        path, exp = FX[key]
+        if key in NONFINITE:
+            # docs do not say whether a NaN fails --verify; the counts are what matters, and exit status and
+            # `ok` must agree.
+            doc, r = self.inspect_json(path, verify=True, expect_exit=None)
+            self.assertIn(r.returncode, (0, 1), r.describe())
+            self.assertMatches(doc, with_verify(exp, ok=F.ANY), r)
+            self.assertIs(doc.get("ok"), r.returncode == 0, "top-level ok disagrees with the exit status\n" +
+                          r.describe())
+            self.assertIs(doc["verify"].get("ok"), doc.get("ok"), r.describe())
+        else:
+            doc, r = self.inspect_json(path, verify=True)
+            self.assertMatches(doc, with_verify(exp), r)
+            self.assertIsInstance(doc["verify"]["checks"], list)
+            self.assertTrue(doc["verify"]["checks"], "verify ran no checks\n" + r.command())
+
+    def check_text(self, key):
+        path, exp = FX[key]
+        r = self.run_ok(["inspect", path])
+        self.assertTrue(r.stdout.strip(), "no text output\n" + r.describe())
+        if exp.get("kind") == "weights":
+            missing = [t["name"] for t in exp["tensors"] if t["name"] not in r.stdout]
+            self.assertEqual(missing, [], "text output does not mention these tensors\n" + r.describe())
+
+
+def _add_single_file_tests():
+    for key in SINGLE_FILES:
+        name = _method_name(key)
+        setattr(SingleFileTests, "test_json_" + name, lambda self, k=key: self.check_json(k))
+        setattr(SingleFileTests, "test_verify_" + name, lambda self, k=key: self.check_verify(k))
+        setattr(SingleFileTests, "test_text_" + name, lambda self, k=key: self.check_text(k))
+
+
+_add_single_file_tests()
+
+
+class SingleFileExtraTests(InspectCase):
+
+    def test_expected_values_agree_with_an_independent_reading(self):
+        """The expected values (from torch's in-memory objects) agree with the bytes written: storage keys and
+        record sizes read back from the zip by a restricted unpickler, safetensors offsets, torch.load's NaN
+        counts. Needs no ckpt."""
+        self.assertTrue(F.selfcheck(FX))
+
+    def test_legacy_format_is_recognised(self):
+        path, _ = FX["legacy.bin"]
+        r = F.run_ckpt(["inspect", path, "--json"], cwd=TMP)
+        self.assertFalse(r.timed_out, r.describe())
+        self.assertIn(r.returncode, (0, 3), r.describe())
+        if r.returncode == 3:
+            problem = F.error_line_problem(r, path)
+            self.assertIsNone(problem, problem and problem + "\n" + r.describe())
+
+    def test_missing_file(self):
+        path = os.path.join(TMP, "no-such-file.bin")
+        r = F.run_ckpt(["inspect", path, "--json"], cwd=TMP)
+        self.assertEqual(r.returncode, 1, r.describe())
+        problem = F.error_line_problem(r, path)
+        self.assertIsNone(problem, problem and problem + "\n" + r.describe())
+
+    def test_usage_errors(self):
+        for args in (["inspect"], ["inspect", FX["dtypes.bin"][0], "--no-such-option"]):
+            with self.subTest(args=args):
+                r = F.run_ckpt(args, cwd=TMP)
+                self.assertEqual(r.returncode, 2, r.describe())
+
+    def test_path_is_reported_as_given(self):
+        # a relative path, run from the fixture's directory
+        path, exp = FX["dtypes.bin"]
+        r = F.run_ckpt(["inspect", os.path.basename(path), "--json"], cwd=os.path.dirname(path))
+        self.assertEqual(r.returncode, 0, r.describe())
+        doc = json.loads(r.stdout)
+        self.assertEqual(doc.get("path"), os.path.basename(path), r.command())
+        self.assertEqual(doc.get("num_parameters"), exp["num_parameters"], r.command())
+
+
+class DirectoryTests(InspectCase):
+    """checkpoint-N directories and the run directory holding them."""
+
+    def check_checkpoint(self, key):
+        path, exp = FX[key]
+        doc, r = self.inspect_json(path)
+        self.assertMatches(doc, exp, r)
+        self.assertEqual([f.get("file") for f in doc["files"]], sorted(os.listdir(path)), r.command())
+        return doc
+
+    def test_checkpoint_2_bin_weights(self):
+        self.check_checkpoint("checkpoint-2")
+
+    def test_checkpoint_4_safetensors(self):
+        self.check_checkpoint("checkpoint-4")
+
+    def test_checkpoint_10_with_scaler_and_other_file(self):
+        self.check_checkpoint("checkpoint-10")
+
+    def test_checkpoints_verify(self):
+        for key in ("checkpoint-2", "checkpoint-4", "checkpoint-10"):
+            with self.subTest(checkpoint=key):
+                path, exp = FX[key]
+                doc, r = self.inspect_json(path, verify=True)
+                self.assertMatches(doc, with_verify(exp), r)
+
+    def test_checkpoints_text(self):
+        for key in ("checkpoint-2", "checkpoint-10"):
+            with self.subTest(checkpoint=key):
+                path, exp = FX[key]
+                r = self.run_ok(["inspect", path])
+                missing = [f["file"] for f in exp["files"] if f["file"] not in r.stdout]
+                self.assertEqual(missing, [], "text output does not mention these files\n" + r.describe())
+
+    def test_run(self):
+        path, exp = FX["run"]
+        doc, r = self.inspect_json(path)
+        self.assertMatches(doc, exp, r)
+
+    def test_run_verify(self):
+        path, exp = FX["run"]
+        doc, r = self.inspect_json(path, verify=True)
+        self.assertIs(doc.get("ok"), True, r.describe())
+
+    def test_run_text(self):
+        path, exp = FX["run"]
+        r = self.run_ok(["inspect", path])
+        for c in exp["checkpoints"]:
+            self.assertIn(c["name"], r.stdout, r.describe())
+
+    def test_incomplete_checkpoint(self):
+        path, exp = FX["incomplete"]
+        doc, r = self.inspect_json(path)
+        self.assertMatches(doc, exp, r)
+        self.assertIsInstance(doc.get("problems"), list, r.command())
+        self.assertTrue(doc["problems"], "an incomplete checkpoint must list problems\n" + r.describe())
+
+    def test_optimizer_shapes_mismatch_weights(self):
+        path, exp = FX["mismatch"]
+        doc, r = self.inspect_json(path)
+        self.assertMatches(doc, exp, r)
+        opt = [f for f in doc["files"] if f.get("file") == "optimizer.pt"][0]
+        check = opt["param_shape_check"]
+        self.assertIsInstance(check.get("mismatches"), list, r.command())
+        self.assertTrue(check["mismatches"], "mismatch status without mismatches\n" + r.command())
+
+
+class VerifyFailureTests(InspectCase):
+    """A run whose checkpoint-2/pytorch_model.bin has one flipped bit in a tensor record (the zip's CRC-32 no
+    longer matches): --verify must fail on the file, the checkpoint and the run."""
+
+    @classmethod
+    def setUpClass(cls):
+        src_run = FX["run"][0]
+        cls.run_dir = os.path.join(TMP, "broken_run")
+        shutil.copytree(src_run, cls.run_dir)
+        cls.ckpt = os.path.join(cls.run_dir, "checkpoint-2")
+        cls.file = os.path.join(cls.ckpt, "pytorch_model.bin")
+        with open(cls.file, "rb") as f:
+            data = bytearray(f.read())
+        with zipfile.ZipFile(cls.file) as z:
+            info = [i for i in z.infolist() if i.filename.endswith("/data/1")][0]
+        name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+        start = info.header_offset + 30 + name_len + extra_len
+        data[start] ^= 0x40
+        with open(cls.file, "wb") as f:
+            f.write(data)
+
+    def check_failed(self, path, what):
+        r = F.run_ckpt(["inspect", path, "--json", "--verify"], cwd=TMP)
+        self.assertIn(r.returncode, (1, 3), "--verify of a %s with a CRC mismatch must fail\n%s" % (
+            what, r.describe()))
+        doc = json.loads(r.stdout)
+        self.assertIs(doc.get("ok"), False, "top-level ok of a failed --verify\n" + r.describe())
+        return r, doc
+
+    def test_file(self):
+        r, doc = self.check_failed(self.file, "file")
+        self.assertIs(doc["verify"]["ok"], False, r.describe())
+        self.assertTrue(doc["verify"]["errors"], r.describe())
+
+    def test_checkpoint(self):
+        r, doc = self.check_failed(self.ckpt, "checkpoint directory")
+        bad = [f for f in doc["files"] if f.get("file") == "pytorch_model.bin"][0]
+        self.assertIs(bad["verify"]["ok"], False, r.describe())
+
+    def test_run(self):
+        self.check_failed(self.run_dir, "run directory")
+
+    def test_exit_3_comes_with_an_error_line(self):
+        for path in (self.file, self.ckpt):
+            with self.subTest(path=path):
+                r = F.run_ckpt(["inspect", path, "--json", "--verify"], cwd=TMP)
+                if r.returncode == 3:
+                    problem = F.error_line_problem(r, path)
+                    self.assertIsNone(problem, "exit 3 (corrupt input) without the error line: %s\n%s" % (
+                        problem, r.describe()))
+
+    def test_without_verify_the_metadata_is_still_reported(self):
+        path, exp = FX["checkpoint-2"]
+        exp = F.expected_checkpoint(self.ckpt, {f["file"]: dict(f, path=os.path.join(self.ckpt, f["file"]))
+                                                for f in exp["files"]})
+        doc, r = self.inspect_json(self.ckpt)
+        self.assertMatches(doc, exp, r)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real Hugging Face Trainer output (read-only): compare with what Python computes from the same files now.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def hf_path(*parts):
+    return os.path.join(F.HF_FIXTURES, *parts)
+
+
+def expected_hf_file(path):
+    name = os.path.basename(path)
+    if name.endswith(".safetensors"):
+        return F.expected_weights_from_safetensors_file(path)
+    if name == "optimizer.pt":
+        return F.expected_optimizer(path, torch.load(path))
+    if name == "scheduler.pt":
+        return F.expected_scheduler(path, torch.load(path))
+    if name.startswith("rng_state"):
+        return F.expected_rng(path, torch.load(path))
+    if name == "trainer_state.json":
+        with open(path) as f:
+            return F.expected_trainer_state(path, json.load(f))
+    if name == "config.json":
+        with open(path) as f:
+            return F.expected_config(path, json.load(f))
+    if name == "training_args.bin":
+        value, _ = F.ref_load(path)
+        exp = F.file_header(path, "torch_zip", "training_args")
+        exp.update({"class": value._qual, "fields": F.ref_to_expected(value._state)})
+        return exp
+    # generation_config.json and anything else: docs do not fix its kind
+    return {"path": path, "file": name, "size_bytes": os.path.getsize(path), "kind": F.ANY}
+
+
+def hf_checkpoints():
+    run = hf_path("run_safetensors")
+    names = [n for n in os.listdir(run) if n.startswith("checkpoint-")]
+    return sorted(names, key=lambda n: int(n.split("-")[1]))
+
+
+@unittest.skipUnless(os.path.isdir(F.HF_FIXTURES), "no HF fixtures at " + F.HF_FIXTURES)
+class RealTrainerOutputTests(InspectCase):
+
+    def expected_checkpoint(self, cdir):
+        files = {}
+        for n in os.listdir(cdir):
+            e = expected_hf_file(os.path.join(cdir, n))
+            if n == "optimizer.pt":
+                e["param_shape_check"] = {"status": "ok", "method": F.OneOf("order", "multiset"),
+                                          "checked": e["num_param_states"], "mismatches": []}
+            files[n] = e
+        return F.expected_checkpoint(cdir, files)
+
+    def test_checkpoints(self):
+        self.assertEqual(len(hf_checkpoints()), 4)
+        for name in hf_checkpoints():
+            with self.subTest(checkpoint=name):
+                cdir = hf_path("run_safetensors", name)
+                doc, r = self.inspect_json(cdir)
+                self.assertMatches(doc, self.expected_checkpoint(cdir), r)
+
+    def test_checkpoints_verify(self):
+        for name in hf_checkpoints():
+            with self.subTest(checkpoint=name):
+                cdir = hf_path("run_safetensors", name)
+                doc, r = self.inspect_json(cdir, verify=True)
+                self.assertMatches(doc, with_verify(self.expected_checkpoint(cdir)), r)
+
+    def test_each_file_alone(self):
+        for name in hf_checkpoints()[-1:] + [""]:
+            d = hf_path("run_safetensors", name) if name else hf_path("run_safetensors")
+            for n in sorted(os.listdir(d)):
+                p = os.path.join(d, n)
+                if not os.path.isfile(p) or n == "generation_config.json":
+                    continue
+                with self.subTest(file=p):
+                    exp = expected_hf_file(p)
+                    doc, r = self.inspect_json(p)
+                    if n == "optimizer.pt":
+                        exp["param_shape_check"] = F.ANY if "param_shape_check" in doc else F.Absent()
+                    self.assertMatches(doc, exp, r)
+                    doc, r = self.inspect_json(p, verify=True)
+                    self.assertIs(doc.get("ok"), True, r.describe())
+
+    def test_run(self):
+        run = hf_path("run_safetensors")
+        ckpts = []
+        for name in hf_checkpoints():
+            cdir = os.path.join(run, name)
+            files = [n for n in os.listdir(cdir) if os.path.isfile(os.path.join(cdir, n))]
+            with open(os.path.join(cdir, "trainer_state.json")) as f:
+                gs = json.load(f)["global_step"]
+            ckpts.append({"name": name, "path": cdir, "step": int(name.split("-")[1]), "complete": True,
+                          "num_files": len(files),
+                          "size_bytes": sum(os.path.getsize(os.path.join(cdir, n)) for n in files),
+                          "global_step": gs})
+        doc, r = self.inspect_json(run)
+        self.assertMatches(doc, {"path": run, "kind": "run", "checkpoints": ckpts}, r)
+        doc, r = self.inspect_json(run, verify=True)
+        self.assertIs(doc.get("ok"), True, r.describe())
+
+    def test_scaler_examples(self):
+        d = hf_path("scaler_example")
+        for n in ("scaler_disabled.pt", "scaler_enabled_initial.pt", "scaler_enabled_after_backoff.pt"):
+            with self.subTest(file=n):
+                p = os.path.join(d, n)
+                doc, r = self.inspect_json(p)
+                self.assertMatches(doc, F.expected_scaler(p, torch.load(p)), r)
+        p = os.path.join(d, "scaler_object_disabled.pt")
+        doc, r = self.inspect_json(p)
+        objects = [o for o in _walk(doc) if isinstance(o, dict) and o.get("type") == "object" and
+                   str(o.get("class", "")).endswith("GradScaler")]
+        self.assertTrue(objects, "the pickled GradScaler object is not shown as an opaque object\n" +
+                        r.describe())
+        self.assertEqual(objects[0].get("class"), "torch.cuda.amp.grad_scaler.GradScaler", r.command())
+
+
+def _walk(v):
+    yield v
+    if isinstance(v, dict):
+        for x in v.values():
+            yield from _walk(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _walk(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pickles that would run code in Python must never run in ckpt.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def hostile_payloads(marker):
+    """(name, pickle bytes, the global that must never be called). Each one, loaded by Python's pickle,
+    creates `marker`."""
+    O = F.Op
+    cmd = "touch " + marker
+
+    def in_dict(payload, proto=O.PROTO2):
+        return proto + O.EMPTY_DICT + O.str("x") + payload + O.SETITEM + O.STOP
+
+    inner = O.PROTO2 + O.glob("posix", "system") + O.str(cmd) + O.TUPLE1 + O.REDUCE + O.STOP
+    storage_rebuild = (O.glob("torch._utils", "_rebuild_tensor_v2") +
+                       O.tuple_of(O.glob("posix", "system") + O.str(cmd) + O.TUPLE1 + O.REDUCE, O.int(0),
+                                  O.tuple_of(O.int(1)), O.tuple_of(O.int(1)), O.NEWFALSE,
+                                  O.glob("collections", "OrderedDict") + O.EMPTY_TUPLE + O.REDUCE) + O.REDUCE)
+    persid = (O.tuple_of(O.str("storage"), O.glob("posix", "system") + O.str(cmd) + O.TUPLE1 + O.REDUCE,
+                         O.str("0"), O.str("cpu"), O.int(1)) + O.BINPERSID)
+    return [
+        ("posix_system", in_dict(O.glob("posix", "system") + O.str(cmd) + O.TUPLE1 + O.REDUCE), "system"),
+        ("os_system", in_dict(O.glob("os", "system") + O.str(cmd) + O.TUPLE1 + O.REDUCE), "system"),
+        ("builtin_eval", in_dict(O.glob("__builtin__", "eval") +
+                                 O.str("__import__('os').system('%s')" % cmd) + O.TUPLE1 + O.REDUCE), "eval"),
+        ("builtins_exec", in_dict(O.glob("builtins", "exec") +
+                                  O.str("import os\nos.system('%s')" % cmd) + O.TUPLE1 + O.REDUCE), "exec"),
+        ("subprocess_list", in_dict(O.glob("subprocess", "check_call") + O.EMPTY_LIST + O.str("touch") +
+                                    O.APPEND + O.str(marker) + O.APPEND + O.TUPLE1 + O.REDUCE), "check_call"),
+        ("inst_opcode", in_dict(O.MARK + O.str(cmd) + b"i" + b"os\nsystem\n"), "system"),
+        ("obj_opcode", in_dict(O.MARK + O.glob("os", "system") + O.str(cmd) + b"o"), "system"),
+        ("stack_global", in_dict(O.str("posix") + O.str("system") + O.STACK_GLOBAL + O.str(cmd) + O.TUPLE1 +
+                                 O.REDUCE, proto=O.PROTO4), "system"),
+        ("getattr_import", in_dict(O.glob("__builtin__", "getattr") +
+                                   O.tuple_of(O.glob("__builtin__", "__import__") + O.str("os") + O.TUPLE1 +
+                                              O.REDUCE, O.str("system")) + O.REDUCE + O.str(cmd) + O.TUPLE1 +
+                                   O.REDUCE), "__import__"),
+        ("nested_pickle_loads", in_dict(O.glob("pickle", "loads") +
+                                        O.glob("_codecs", "encode") + O.str(inner.decode("latin1")) +
+                                        O.str("latin1") + O.TUPLE2 + O.REDUCE + O.TUPLE1 + O.REDUCE), "loads"),
+        ("as_tensor_storage", in_dict(storage_rebuild), "system"),
+        ("in_persistent_id", in_dict(persid), "system"),
+    ]
+
+
+class NoCodeExecutionTests(InspectCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="hostile-", dir=TMP)
+
+    def test_payloads_are_real(self):
+        """Python's torch.load does run every payload, so the test below can fail."""
+        paths, markers = [], {}
+        for name, _, _ in hostile_payloads("unused"):
+            marker = os.path.join(self.dir, "python-ran-" + name)
+            payload = dict((p[0], p[1]) for p in hostile_payloads(marker))[name]
+            paths.append(F.write_torch_zip(os.path.join(self.dir, "proof_%s.pt" % name), payload,
+                                           {"0": b"\0" * 4}))
+            markers[name] = marker
+        subprocess.run([sys.executable, "-c", "import sys, torch\nfor p in sys.argv[1:]:\n"
+                        "    try: torch.load(p)\n    except Exception: pass"] + paths,
+                       capture_output=True, timeout=300, cwd=self.dir)
+        for name, marker in markers.items():
+            with self.subTest(payload=name):
+                self.assertTrue(os.path.exists(marker), "payload %s does not run in Python" % name)
+
+    def test_never_executed(self):
+        for name, _, bad_name in hostile_payloads("unused"):
+            marker = os.path.join(self.dir, "ckpt-ran-" + name)
+            payload = dict((p[0], p[1]) for p in hostile_payloads(marker))[name]
+            path = F.write_torch_zip(os.path.join(self.dir, name + ".pt"), payload, {"0": b"\0" * 4})
+            for args in (["inspect", path, "--json"], ["inspect", path, "--json", "--verify"],
+                         ["inspect", path]):
+                with self.subTest(payload=name, args=args[2:]):
+                    r = F.run_ckpt(args, cwd=self.dir)
+                    self.assertFalse(os.path.exists(marker), "ckpt EXECUTED the pickle\n" + r.describe())
+                    self.assertFalse(r.timed_out, r.describe())
+                    self.assertGreaterEqual(r.returncode, 0, "killed by a signal\n" + r.describe())
+                    if "--verify" in args:
+                        self.assertIn(r.returncode, (0, 1, 3), r.describe())
+                    else:
+                        self.assertIn(r.returncode, (0, 3), r.describe())
+                    if r.returncode == 3:
+                        problem = F.error_line_problem(r, path)
+                        self.assertIsNone(problem, problem and problem + "\n" + r.describe())
+                    elif args[-1] == "--json":
+                        doc = json.loads(r.stdout)
+                        shown = [o for o in _walk(doc) if isinstance(o, dict) and o.get("type") == "object"]
+                        self.assertTrue(shown, "the call is not shown as an opaque object\n" + r.describe())
+                        self.assertIn(bad_name, json.dumps(doc), "the report hides what would be called\n" +
+                                      r.describe())
+                    self.assertFalse(os.path.exists(marker), "ckpt EXECUTED the pickle\n" + r.describe())
+
+
+if __name__ == "__main__":
+    unittest.main()
