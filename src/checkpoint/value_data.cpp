@@ -1,5 +1,7 @@
 #include "checkpoint/value_data.hpp"
 
+#include <unordered_map>
+
 #include "format/torch_archive.hpp"
 #include "util/error.hpp"
 
@@ -11,21 +13,52 @@ constexpr std::size_t kMaxConvertedBytes = 64u << 20;
 // Beyond this many bytes the quadratic conversion to decimal is not worth it: show hex instead.
 constexpr std::size_t kMaxDecimalBytes = 512;
 
+// The size of a value once every shared reference is expanded, computed over the graph (acyclic and at most
+// pickle::kMaxDepth deep, so the recursion is bounded) in time linear in its size, saturating at the budgets.
+class Expansion {
+ public:
+  explicit Expansion(const pickle::Graph& graph) : graph_(graph) {}
+
+  std::pair<std::uint64_t, std::uint64_t> of(pickle::NodeId id) {
+    if (auto it = memo_.find(id); it != memo_.end()) return it->second;
+    const pickle::Node& n = graph_.at(id);
+    std::uint64_t values = 1;
+    std::uint64_t bytes = n.text.size();
+    auto add = [&](pickle::NodeId child) {
+      auto [v, b] = of(child);
+      values = std::min<std::uint64_t>(values + v, kMaxConvertedValues + 1);
+      bytes = std::min<std::uint64_t>(bytes + b, kMaxConvertedBytes + 1);
+    };
+    for (pickle::NodeId child : n.items) add(child);
+    if (n.attributes != 0) add(n.attributes);
+    return memo_[id] = {values, bytes};
+  }
+
+ private:
+  const pickle::Graph& graph_;
+  std::unordered_map<pickle::NodeId, std::pair<std::uint64_t, std::uint64_t>> memo_;
+};
+
 class Converter {
  public:
   explicit Converter(const pickle::Graph& graph) : graph_(graph) {}
 
-  json::Json convert(pickle::NodeId id) {
-    if (++converted_ > kMaxConvertedValues) {
+  // Refuses up front a value whose expansion would exceed the budgets, before building any of it.
+  json::Json convert_checked(pickle::NodeId id) {
+    auto [values, bytes] = Expansion(graph_).of(id);
+    if (values > kMaxConvertedValues) {
       fail(ErrorKind::unsupported, "", "value expands to more than " + std::to_string(kMaxConvertedValues) +
                                            " values through shared references");
     }
-    const pickle::Node& n = graph_.at(id);
-    converted_bytes_ += n.text.size();
-    if (converted_bytes_ > kMaxConvertedBytes) {
+    if (bytes > kMaxConvertedBytes) {
       fail(ErrorKind::unsupported, "", "value expands to more than " + std::to_string(kMaxConvertedBytes >> 20) +
                                            " MiB of text through shared references");
     }
+    return convert(id);
+  }
+
+  json::Json convert(pickle::NodeId id) {
+    const pickle::Node& n = graph_.at(id);
     using pickle::Kind;
     switch (n.kind) {
       case Kind::none: return nullptr;
@@ -89,13 +122,11 @@ class Converter {
   }
 
   const pickle::Graph& graph_;
-  std::size_t converted_ = 0;
-  std::size_t converted_bytes_ = 0;
 };
 
 }  // namespace
 
-json::Json to_data(const pickle::Graph& graph, pickle::NodeId id) { return Converter(graph).convert(id); }
+json::Json to_data(const pickle::Graph& graph, pickle::NodeId id) { return Converter(graph).convert_checked(id); }
 
 std::string big_integer_decimal(const std::string& le_bytes) {
   std::vector<std::uint8_t> mag(le_bytes.begin(), le_bytes.end());

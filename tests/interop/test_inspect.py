@@ -4,7 +4,7 @@ Run from the repository root:
     /usr/bin/python3 -m unittest discover -s tests/interop -p 'test_*.py' -v
     /usr/bin/python3 tests/interop/test_inspect.py -v
 The binary is $CKPT_BIN (default build/ckpt); the real Trainer output is $CKPT_HF_FIXTURES
-(default /work/shared/fixtures/hf-trainer-4.40.2).
+(default: shared/fixtures/hf-trainer-4.40.2 beside the repository).
 """
 
 import copy

@@ -1,0 +1,309 @@
+#include "format/pickle_writer.hpp"
+
+#include <cstring>
+#include <unordered_map>
+
+#include "util/error.hpp"
+
+namespace ckpt::pickle {
+namespace {
+
+class Writer {
+ public:
+  explicit Writer(const Graph& graph) : g_(graph) {}
+
+  std::string run(NodeId root) {
+    out_ += "\x80\x02";
+    value(root);
+    out_ += '.';
+    return std::move(out_);
+  }
+
+ private:
+  void u8(std::uint8_t v) { out_ += static_cast<char>(v); }
+  void le(std::uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) u8(static_cast<std::uint8_t>(v >> (8 * i)));
+  }
+
+  void integer(std::int64_t v) {
+    if (v >= 0 && v < 256) {
+      u8('K');
+      u8(static_cast<std::uint8_t>(v));
+    } else if (v >= 0 && v < 65536) {
+      u8('M');
+      le(static_cast<std::uint64_t>(v), 2);
+    } else if (v >= INT32_MIN && v <= INT32_MAX) {
+      u8('J');
+      le(static_cast<std::uint32_t>(static_cast<std::int32_t>(v)), 4);
+    } else {
+      // LONG1: the shortest little-endian two's complement, as CPython's encode_long writes it.
+      std::string bytes;
+      std::uint64_t u = static_cast<std::uint64_t>(v);
+      for (int i = 0; i < 8; ++i) bytes += static_cast<char>((u >> (8 * i)) & 0xFF);
+      const char fill = v < 0 ? '\xff' : '\x00';
+      while (bytes.size() > 1 && bytes.back() == fill && ((bytes[bytes.size() - 2] & 0x80) != 0) == (v < 0)) bytes.pop_back();
+      long1(bytes);
+    }
+  }
+  void long1(const std::string& le_bytes) {
+    if (le_bytes.size() > 255) {
+      u8(0x8b);  // LONG4
+      le(le_bytes.size(), 4);
+    } else {
+      u8(0x8a);
+      u8(static_cast<std::uint8_t>(le_bytes.size()));
+    }
+    out_ += le_bytes;
+  }
+  void floating(double v) {
+    std::uint64_t bits;
+    std::memcpy(&bits, &v, 8);
+    u8('G');
+    for (int i = 7; i >= 0; --i) u8(static_cast<std::uint8_t>(bits >> (8 * i)));
+  }
+  void unicode(const std::string& s) {
+    u8('X');
+    le(s.size(), 4);
+    out_ += s;
+  }
+  void global(const std::string& module, const std::string& name) {
+    u8('c');
+    out_ += module;
+    u8('\n');
+    out_ += name;
+    u8('\n');
+  }
+  void empty_call(const std::string& module, const std::string& name) {
+    global(module, name);
+    out_ += ")R";
+  }
+
+  // Python 3 bytes in protocol 2: _codecs.encode(<the bytes as latin-1 text>, 'latin1'); b'' is bytes().
+  void bytes(const std::string& raw) {
+    if (raw.empty()) {
+      empty_call("__builtin__", "bytes");
+      return;
+    }
+    global("_codecs", "encode");
+    std::string latin1;
+    for (unsigned char c : raw) {
+      if (c < 0x80) {
+        latin1 += static_cast<char>(c);
+      } else {
+        latin1 += static_cast<char>(0xC0 | (c >> 6));
+        latin1 += static_cast<char>(0x80 | (c & 0x3F));
+      }
+    }
+    unicode(latin1);
+    unicode("latin1");
+    out_ += "\x86R";
+  }
+
+  void tuple_of(const std::vector<NodeId>& items) {
+    switch (items.size()) {
+      case 0: u8(')'); return;
+      case 1: value(items[0]); u8(0x85); return;
+      case 2: value(items[0]); value(items[1]); u8(0x86); return;
+      case 3: value(items[0]); value(items[1]); value(items[2]); u8(0x87); return;
+      default:
+        u8('(');
+        for (NodeId item : items) value(item);
+        u8('t');
+    }
+  }
+  void int_tuple(const std::vector<std::int64_t>& values) {
+    if (values.empty()) {
+      u8(')');
+      return;
+    }
+    if (values.size() > 3) u8('(');
+    for (std::int64_t v : values) integer(v);
+    u8(values.size() == 1 ? 0x85 : values.size() == 2 ? 0x86 : values.size() == 3 ? 0x87 : 't');
+  }
+  // Container contents in batches of 1000, as CPython writes them.
+  void batched(const std::vector<NodeId>& items, std::size_t step, char op) {
+    for (std::size_t i = 0; i < items.size(); i += 1000 * step) {
+      u8('(');
+      for (std::size_t k = i; k < std::min(items.size(), i + 1000 * step); ++k) value(items[k]);
+      u8(static_cast<std::uint8_t>(op));
+    }
+  }
+
+  void storage_pid(const StorageRef& s) {
+    u8('(');
+    unicode("storage");
+    global("torch", std::string(s.untyped ? "UntypedStorage" : storage_class(s.dtype)));
+    unicode(s.key);
+    unicode(s.location);
+    integer(static_cast<std::int64_t>(s.numel));
+    u8('t');
+    u8('Q');
+  }
+
+  void tensor(const TensorRef& t) {
+    if (t.is_parameter) global("torch._utils", "_rebuild_parameter");
+    global("torch._utils", "_rebuild_tensor_v2");
+    u8('(');
+    storage_pid(g_.storages[t.storage]);
+    integer(t.storage_offset);
+    int_tuple(t.shape);
+    int_tuple(t.stride);
+    u8(t.is_parameter ? 0x89 : (t.requires_grad ? 0x88 : 0x89));
+    empty_call("collections", "OrderedDict");
+    u8('t');
+    u8('R');
+    if (t.is_parameter) {
+      u8(t.requires_grad ? 0x88 : 0x89);
+      empty_call("collections", "OrderedDict");
+      u8(0x87);
+      u8('R');
+    }
+  }
+
+  void split_global(const std::string& text, std::string& module, std::string& name) {
+    const auto nl = text.find('\n');
+    module = text.substr(0, nl);
+    name = nl == std::string::npos ? "" : text.substr(nl + 1);
+  }
+
+  void memoize(NodeId id) {
+    const std::uint32_t index = static_cast<std::uint32_t>(memo_.size());
+    memo_.emplace(id, index);
+    if (index < 256) {
+      u8('q');
+      u8(static_cast<std::uint8_t>(index));
+    } else {
+      u8('r');
+      le(index, 4);
+    }
+  }
+
+  void value(NodeId id) {
+    const Node& n = g_.at(id);
+    if (auto it = memo_.find(id); it != memo_.end()) {
+      if (it->second < 256) {
+        u8('h');
+        u8(static_cast<std::uint8_t>(it->second));
+      } else {
+        u8('j');
+        le(it->second, 4);
+      }
+      return;
+    }
+    switch (n.kind) {
+      case Kind::none: u8('N'); return;
+      case Kind::boolean: u8(n.flag ? 0x88 : 0x89); return;
+      case Kind::integer: integer(n.integer); return;
+      case Kind::big_integer: long1(n.text); return;
+      case Kind::floating: floating(n.number); return;
+      case Kind::string: unicode(n.text); break;
+      case Kind::bytes: bytes(n.text); break;
+      case Kind::tuple: tuple_of(n.items); break;
+      case Kind::list:
+        u8(']');
+        batched(n.items, 1, 'e');
+        break;
+      case Kind::dict:
+        if (n.flag) empty_call("collections", "OrderedDict");
+        else u8('}');
+        batched(n.items, 2, 'u');
+        if (n.attributes != 0) {
+          value(n.attributes);
+          u8('b');
+        }
+        break;
+      case Kind::set:
+      case Kind::frozenset:
+        global("__builtin__", n.kind == Kind::set ? "set" : "frozenset");
+        u8(']');
+        batched(n.items, 1, 'e');
+        out_ += "\x85R";
+        break;
+      case Kind::global: {
+        std::string module, name;
+        split_global(n.text, module, name);
+        // An enum member read as getattr(Class, 'NAME'): written back the same way.
+        const auto dot = name.rfind('.');
+        if (dot != std::string::npos) {
+          global("__builtin__", "getattr");
+          global(module, name.substr(0, dot));
+          unicode(name.substr(dot + 1));
+          out_ += "\x86R";
+        } else {
+          global(module, name);
+        }
+        break;
+      }
+      case Kind::device:
+        global("torch", "device");
+        unicode(n.text);
+        out_ += "\x85R";
+        break;
+      case Kind::storage: {
+        // A bare storage (rare outside tensors) is its persistent id.
+        storage_pid(g_.storages[static_cast<std::size_t>(n.integer)]);
+        break;
+      }
+      case Kind::tensor: tensor(g_.tensors[static_cast<std::size_t>(n.integer)]); break;
+      case Kind::numpy_dtype: numpy_dtype(n.text, static_cast<char>(n.integer)); break;
+      case Kind::ndarray: ndarray(g_.arrays[static_cast<std::size_t>(n.integer)]); break;
+      case Kind::object: object(n); break;
+    }
+    memoize(id);
+  }
+
+  // numpy.dtype(type, False, True) with BUILD (3, byteorder, None, None, None, -1, -1, 0), as numpy pickles it.
+  void numpy_dtype(const std::string& type, char byteorder) {
+    global("numpy", "dtype");
+    unicode(type);
+    out_ += "\x89\x88\x87R";
+    u8('(');
+    integer(3);
+    unicode(std::string(1, byteorder));
+    out_ += "NNN";
+    integer(-1);
+    integer(-1);
+    integer(0);
+    out_ += "tb";
+  }
+
+  void ndarray(const NdArray& a) {
+    global("numpy.core.multiarray", "_reconstruct");
+    global("numpy", "ndarray");
+    integer(0);
+    u8(0x85);
+    bytes("b");
+    out_ += "\x87R";
+    u8('(');
+    integer(1);
+    int_tuple(a.shape);
+    const std::string descr = a.descr.empty() ? "|u1" : a.descr;
+    numpy_dtype(descr.substr(1), descr[0]);
+    u8(0x89);
+    bytes(a.data);
+    out_ += "tb";
+  }
+
+  void object(const Node& n) {
+    const auto& slots = n.items;
+    value(slots[object_callable]);
+    value(slots[object_args]);
+    u8(n.flag ? 0x81 : 'R');
+    if (slots[object_appended] != g_.none()) batched(g_.at(slots[object_appended]).items, 1, 'e');
+    if (slots[object_set_items] != g_.none()) batched(g_.at(slots[object_set_items]).items, 2, 'u');
+    if (slots[object_state] != g_.none()) {
+      value(slots[object_state]);
+      u8('b');
+    }
+  }
+
+  const Graph& g_;
+  std::string out_;
+  std::unordered_map<NodeId, std::uint32_t> memo_;
+};
+
+}  // namespace
+
+std::string write(const Graph& graph, NodeId root) { return Writer(graph).run(root); }
+
+}  // namespace ckpt::pickle
