@@ -47,7 +47,10 @@ std::optional<BestCheckpoint> find_best(const RunScan& scan, const BestOptions& 
   if (auto newest = newest_complete(scan)) {
     const RunEntry& source = scan.entries[*newest];
     if (source.state && source.state->best_model_checkpoint) {
-      const std::string name = std::filesystem::path(*source.state->best_model_checkpoint).filename().string();
+      // As Python's Path() does, trailing separators do not make a different name.
+      std::string recorded = *source.state->best_model_checkpoint;
+      while (recorded.size() > 1 && recorded.back() == '/') recorded.pop_back();
+      const std::string name = std::filesystem::path(recorded).filename().string();
       for (std::size_t i = 0; i < scan.entries.size(); ++i) {
         const RunEntry& e = scan.entries[i];
         if (e.kind == EntryKind::checkpoint && e.complete && e.name == name) {

@@ -79,7 +79,9 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
 }
 
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock) {
-  RunLock lock(run_dir, wait_for_lock);
+  // A dry run only reads, so it neither takes the lock nor creates the lock file.
+  std::optional<RunLock> lock;
+  if (!dry_run) lock.emplace(run_dir, wait_for_lock);
   const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   RotationResult result;
   result.plan = plan_rotation(scan_run(run_dir), options, now);

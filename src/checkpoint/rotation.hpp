@@ -51,8 +51,8 @@ struct RotationResult {
   std::size_t trash_cleared = 0;  // leftovers of an interrupted earlier deletion
 };
 
-// Under the run lock: clears leftover trash, scans, plans and (unless dry_run) deletes each chosen entry by
-// renaming it to a hidden trash name first and then removing the tree. Throws Error of kind locked when
+// Under the run lock (a dry run takes none and writes nothing): clears leftover trash, scans, plans and
+// deletes each chosen entry by renaming it to a hidden trash name first and then removing the tree. Throws Error of kind locked when
 // `wait_for_lock` is false and the lock is held.
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock);
 

@@ -249,8 +249,11 @@ std::vector<std::size_t> ordered_checkpoints(const RunScan& scan, bool complete_
       return scan.entries[a].mtime < scan.entries[b].mtime;
     });
     if (scan.entries[*hi].mtime - scan.entries[*lo].mtime >= 1.0) {
-      std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-        return scan.entries[a].mtime < scan.entries[b].mtime;
+      // Hugging Face sorts (mtime, path) tuples: equal mtimes fall back to the path as a string.
+      std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+        const RunEntry& x = scan.entries[a];
+        const RunEntry& y = scan.entries[b];
+        return x.mtime != y.mtime ? x.mtime < y.mtime : x.path < y.path;
       });
     }
   }

@@ -1,0 +1,534 @@
+"""Tests of `ckpt list` and `ckpt best` on synthetic runs and on the real Trainer run
+shared/fixtures/hf-trainer-4.40.2/run_safetensors (beside the repository) (copied before anything writes).
+
+Run:  cd tests/manage && /usr/bin/python3 -m unittest -v test_list_best
+The binary is $CKPT_BIN (default: build/ckpt in the repository).
+"""
+
+import json
+import os
+import tempfile
+import time
+import unittest
+
+import hf_reference
+import runs
+from runs import ckpt, ckpt_ok
+
+LIST_FIELDS = {"name", "path", "kind", "step", "epoch", "complete", "is_best", "is_latest", "size_bytes", "mtime",
+               "metric", "metrics", "problems"}
+HOUR = 3600.0
+
+
+def tree_size(path):
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for f in files:
+            full = os.path.join(root, f)
+            if not os.path.islink(full):
+                total += os.path.getsize(full)
+    return total
+
+
+class Tmp(unittest.TestCase):
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory(prefix="ckpt-list-best-test-")
+        self.tmp = self._tmp.name
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def list_json(self, run_dir, *args):
+        r = ckpt_ok(self, "list", run_dir, "--json", *args)
+        rows = r.json()
+        self.assertIsInstance(rows, list, r.describe())
+        return rows, r
+
+    def rows_by_name(self, rows):
+        return {row["name"]: row for row in rows}
+
+    def best_path(self, run_dir, *args):
+        r = ckpt_ok(self, "best", run_dir, *args)
+        lines = r.stdout.splitlines()
+        self.assertEqual(len(lines), 1, "best must print the path alone\n" + r.describe())
+        return lines[0], r
+
+    def assertBestIs(self, run_dir, name, *args):
+        out, r = self.best_path(run_dir, *args)
+        self.assertEqual(os.path.normpath(out), os.path.normpath(os.path.join(run_dir, name)), r.describe())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# list on synthetic runs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ListSyntheticTest(Tmp):
+    def test_empty_run_dir(self):
+        d = os.path.join(self.tmp, "empty")
+        os.makedirs(d)
+        rows, r = self.list_json(d)
+        self.assertEqual(rows, [], r.describe())
+        self.assertEqual(r.returncode, 0)
+
+    def test_missing_run_dir(self):
+        r = ckpt("list", os.path.join(self.tmp, "nope"), "--json")
+        self.assertNotEqual(r.returncode, 0, r.describe())
+        self.assertIn("ckpt: error:", r.stderr)
+
+    def build(self):
+        d = os.path.join(self.tmp, "run")
+        evals = {5: {"eval_loss": 2.5, "eval_accuracy": 0.5},
+                 20: {"eval_loss": 1.25, "eval_accuracy": 0.75},
+                 100: {"eval_loss": 1.5, "eval_accuracy": 0.875}}
+        base = float(int(time.time())) - 1000
+        mtimes = {5: base + 1, 20: base + 2, 100: base + 3}
+        runs.make_run(d, [5, 20, 100], best_step=20, evals=evals, mtimes=mtimes, extra_files=2)
+        runs.make_checkpoint(d, 1000, broken="truncated")
+        runs.make_dir_entry(d, "tmp-checkpoint-2000")
+        runs.make_dir_entry(d, "milestone")
+        runs.make_dir_entry(d, ".ckpt-trash-checkpoint-1-1")
+        return d, evals, mtimes
+
+    def test_fields_order_and_values(self):
+        d, evals, mtimes = self.build()
+        rows, r = self.list_json(d)
+        for row in rows:
+            self.assertTrue(LIST_FIELDS <= set(row), "missing %s in %r" % (LIST_FIELDS - set(row), row))
+        ckpts = [row for row in rows if row["kind"] == "checkpoint"]
+        # Numeric order: checkpoint-100 after checkpoint-20, checkpoint-1000 last.
+        self.assertEqual([row["name"] for row in ckpts], ["checkpoint-5", "checkpoint-20", "checkpoint-100",
+                                                          "checkpoint-1000"], r.describe())
+        by = self.rows_by_name(rows)
+        for s in (5, 20, 100):
+            row = by["checkpoint-%d" % s]
+            with self.subTest(step=s):
+                self.assertEqual(row["step"], s)
+                self.assertIsInstance(row["step"], int)
+                self.assertEqual(os.path.normpath(row["path"]), os.path.join(d, "checkpoint-%d" % s))
+                self.assertTrue(row["complete"])
+                self.assertEqual(row["problems"], [])
+                self.assertAlmostEqual(row["epoch"], s / 10.0)
+                self.assertEqual(row["size_bytes"], tree_size(os.path.join(d, "checkpoint-%d" % s)))
+                self.assertAlmostEqual(row["mtime"], mtimes[s], places=3)
+                self.assertEqual(row["metric"], evals[s]["eval_loss"])
+                self.assertEqual(row["metrics"].get("eval_loss"), evals[s]["eval_loss"])
+                self.assertEqual(row["metrics"].get("eval_accuracy"), evals[s]["eval_accuracy"])
+                self.assertEqual(row["is_best"], s == 20)
+                self.assertEqual(row["is_latest"], s == 100)
+        broken = by["checkpoint-1000"]
+        self.assertFalse(broken["complete"])
+        self.assertFalse(broken["is_latest"], "an incomplete checkpoint is never the latest")
+        self.assertFalse(broken["is_best"])
+        self.assertTrue(broken["problems"] and all(isinstance(p, str) and p for p in broken["problems"]), broken)
+        self.assertIn("model.safetensors", " ".join(broken["problems"]))
+        self.assertEqual(broken["size_bytes"], tree_size(os.path.join(d, "checkpoint-1000")))
+        self.assertEqual(by["tmp-checkpoint-2000"]["kind"], "staging", r.describe())
+        self.assertIsNone(by["tmp-checkpoint-2000"]["step"])
+        self.assertEqual(by["milestone"]["kind"], "custom", r.describe())
+        self.assertEqual(sum(1 for row in rows if row["is_best"]), 1)
+        self.assertEqual(sum(1 for row in rows if row["is_latest"]), 1)
+        for row in rows:
+            if row["name"].startswith(".ckpt-trash-"):
+                self.assertEqual(row["kind"], "trash", r.describe())
+
+    def test_list_metric_option_recomputes_best(self):
+        d, evals, _ = self.build()
+        rows, r = self.list_json(d, "--metric", "accuracy")
+        by = self.rows_by_name(rows)
+        self.assertTrue(by["checkpoint-100"]["is_best"], r.describe())  # max accuracy, default mode for non-loss
+        self.assertEqual(by["checkpoint-100"]["metric"], 0.875, r.describe())
+        rows, r = self.list_json(d, "--metric", "eval_accuracy", "--mode", "min")
+        self.assertTrue(self.rows_by_name(rows)["checkpoint-5"]["is_best"], r.describe())
+        rows, r = self.list_json(d, "--metric", "loss")
+        self.assertTrue(self.rows_by_name(rows)["checkpoint-20"]["is_best"], r.describe())
+
+    def test_every_kind_of_damage_is_incomplete_with_problems(self):
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10])
+        expect_word = {"no_weights": "weights", "truncated": "model.safetensors", "no_state": "trainer_state",
+                       "bad_state": "trainer_state", "missing_shard": "model-00002-of-00002.safetensors"}
+        for k, kind in enumerate(runs.BROKEN_KINDS):
+            runs.make_checkpoint(d, 20 + k, broken=kind)
+        rows, r = self.list_json(d)
+        by = self.rows_by_name(rows)
+        self.assertTrue(by["checkpoint-10"]["complete"])
+        self.assertTrue(by["checkpoint-10"]["is_latest"])
+        for k, kind in enumerate(runs.BROKEN_KINDS):
+            row = by["checkpoint-%d" % (20 + k)]
+            with self.subTest(kind=kind):
+                self.assertFalse(row["complete"], row)
+                self.assertFalse(row["is_latest"], row)
+                self.assertTrue(row["problems"], row)
+                self.assertIn(expect_word[kind], " ".join(row["problems"]), row)
+
+    def test_sharded_and_pickle_weights_are_complete(self):
+        d = os.path.join(self.tmp, "run")
+        os.makedirs(d)
+        runs.make_checkpoint(d, 10, weights="sharded")
+        runs.make_checkpoint(d, 20, weights="bin")
+        rows, r = self.list_json(d)
+        by = self.rows_by_name(rows)
+        self.assertTrue(by["checkpoint-10"]["complete"], r.describe())
+        self.assertTrue(by["checkpoint-20"]["complete"], r.describe())
+
+    def test_metric_is_newest_eval_at_or_before_own_step(self):
+        d = os.path.join(self.tmp, "run")
+        os.makedirs(d)
+        # checkpoint-30's own log: evals at 10 and 20, a duplicate at 20 (newest wins) and one at 40 (after it).
+        state30 = runs.trainer_state(30, evals={10: {"eval_loss": 3.0}, 20: {"eval_loss": 2.0}}, extra_log=[
+            {"epoch": 2.0, "eval_loss": 1.75, "step": 20},
+            {"epoch": 4.0, "eval_loss": 0.5, "step": 40}])
+        # checkpoint-40's own log says something else about step 20: each checkpoint's own history counts.
+        state40 = runs.trainer_state(40, evals={20: {"eval_loss": 9.0}, 40: {"eval_loss": 1.8}})
+        state50 = runs.trainer_state(50, evals={})  # no eval logged at all
+        runs.make_checkpoint(d, 30, state=state30)
+        runs.make_checkpoint(d, 40, state=state40)
+        runs.make_checkpoint(d, 50, state=state50)
+        rows, r = self.list_json(d)
+        by = self.rows_by_name(rows)
+        self.assertEqual(by["checkpoint-30"]["metric"], 1.75, r.describe())
+        self.assertEqual(by["checkpoint-40"]["metric"], 1.8, r.describe())
+        self.assertIsNone(by["checkpoint-50"]["metric"], r.describe())
+        self.assertBestIs(d, "checkpoint-30", "--metric", "loss")
+
+    def test_sort_mtime(self):
+        d = os.path.join(self.tmp, "run")
+        base = float(int(time.time())) - 1000
+        runs.make_run(d, [5, 20, 100], mtimes={5: base + 20, 20: base, 100: base + 10})
+        rows, r = self.list_json(d, "--sort", "mtime")
+        self.assertEqual([row["name"] for row in rows], ["checkpoint-20", "checkpoint-100", "checkpoint-5"],
+                         r.describe())
+        # Within one second: step order.
+        d2 = os.path.join(self.tmp, "run2")
+        runs.make_run(d2, [5, 20, 100], mtimes={5: base + 0.5, 20: base, 100: base + 0.25})
+        rows, r = self.list_json(d2, "--sort", "mtime")
+        self.assertEqual([row["name"] for row in rows], ["checkpoint-5", "checkpoint-20", "checkpoint-100"],
+                         r.describe())
+
+    def test_symlinks_are_not_listed_as_checkpoints(self):
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10, 20])
+        outside = os.path.join(self.tmp, "outside")
+        os.makedirs(outside)
+        runs.make_checkpoint(outside, 99)
+        os.symlink(os.path.join(outside, "checkpoint-99"), os.path.join(d, "checkpoint-99"))
+        rows, r = self.list_json(d)
+        self.assertNotIn("checkpoint-99", [row["name"] for row in rows if row["kind"] == "checkpoint"], r.describe())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# best on synthetic runs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class BestSyntheticTest(Tmp):
+    def run_dir(self, steps, evals=None, best_path=None, best_step=None, name="run"):
+        d = os.path.join(self.tmp, name)
+        runs.make_run(d, steps, evals=evals, best_path=best_path, best_step=best_step)
+        return d
+
+    def test_prints_path_alone_and_json(self):
+        d = self.run_dir([10, 20, 30], best_step=20)
+        self.assertBestIs(d, "checkpoint-20")
+        r = ckpt_ok(self, "best", d, "--json")
+        data = r.json()
+        self.assertEqual(data["name"], "checkpoint-20", r.describe())
+        self.assertEqual(data["step"], 20, r.describe())
+        self.assertEqual(os.path.normpath(data["path"]), os.path.join(d, "checkpoint-20"))
+
+    def test_best_model_checkpoint_matched_by_last_component(self):
+        for kind, path in (("stale", "/old/place/run/checkpoint-20"), ("relative", "run/checkpoint-20"),
+                           ("dot", "./run/./checkpoint-20"), ("bare", "checkpoint-20")):
+            with self.subTest(kind=kind):
+                d = self.run_dir([10, 20, 30], best_path=path, name="run-" + kind.replace(" ", "-"))
+                self.assertBestIs(d, "checkpoint-20")
+
+    def test_best_model_checkpoint_with_trailing_slash(self):
+        # Python's Path (which Hugging Face applies: str(Path(best_model_checkpoint))) drops a trailing slash, so
+        # the last path component of "output/run/checkpoint-20/" is checkpoint-20.
+        d = self.run_dir([10, 20, 30], best_path="output/run/checkpoint-20/")
+        self.assertBestIs(d, "checkpoint-20")
+
+    def test_best_model_checkpoint_naming_an_incomplete_checkpoint_falls_back_to_eval_loss(self):
+        evals = {10: {"eval_loss": 2.0}, 20: {"eval_loss": 1.0}, 30: {"eval_loss": 1.5}, 40: {"eval_loss": 0.1}}
+        d = self.run_dir([10, 20, 30], evals=evals, best_step=40)
+        runs.make_checkpoint(d, 40, broken="truncated")
+        self.assertBestIs(d, "checkpoint-20")
+
+    def test_metric_recompute_and_modes(self):
+        evals = {10: {"eval_loss": 2.0, "eval_accuracy": 0.6, "eval_bleu": 10.0},
+                 20: {"eval_loss": 1.0, "eval_accuracy": 0.9, "eval_bleu": 30.0},
+                 30: {"eval_loss": 1.5, "eval_accuracy": 0.7, "eval_bleu": 20.0}}
+        d = self.run_dir([10, 20, 30], evals=evals, best_step=30)  # trainer_state says 30; metrics say otherwise
+        self.assertBestIs(d, "checkpoint-30")
+        self.assertBestIs(d, "checkpoint-20", "--metric", "loss")
+        self.assertBestIs(d, "checkpoint-20", "--metric", "eval_loss")
+        self.assertBestIs(d, "checkpoint-10", "--metric", "loss", "--mode", "max")
+        self.assertBestIs(d, "checkpoint-20", "--metric", "accuracy")          # not 'loss': max
+        self.assertBestIs(d, "checkpoint-10", "--metric", "accuracy", "--mode", "min")
+        self.assertBestIs(d, "checkpoint-20", "--metric", "bleu")
+        r = ckpt_ok(self, "best", d, "--metric", "loss", "--json")
+        data = r.json()
+        self.assertEqual(data["metric"], "eval_loss", r.describe())
+        self.assertEqual(data["value"], 1.0, r.describe())
+
+    def test_ties_keep_the_earlier_step(self):
+        evals = {10: {"eval_loss": 2.0, "eval_accuracy": 0.5}, 20: {"eval_loss": 1.0, "eval_accuracy": 0.8},
+                 30: {"eval_loss": 1.0, "eval_accuracy": 0.8}, 40: {"eval_loss": 1.0, "eval_accuracy": 0.8}}
+        d = self.run_dir([10, 20, 30, 40], evals=evals)
+        self.assertBestIs(d, "checkpoint-20", "--metric", "loss")
+        self.assertBestIs(d, "checkpoint-20", "--metric", "accuracy")
+        self.assertBestIs(d, "checkpoint-20")  # no best_model_checkpoint: recomputed with eval_loss
+        evals = {10: {"eval_loss": 2.0}, 20: {"eval_loss": 3.0}, 30: {"eval_loss": 3.0}}
+        d = self.run_dir([10, 20, 30], evals=evals, name="run2")
+        self.assertBestIs(d, "checkpoint-20", "--metric", "loss", "--mode", "max")
+
+    def test_recompute_ignores_incomplete_checkpoints(self):
+        evals = {10: {"eval_loss": 2.0}, 20: {"eval_loss": 1.0}, 30: {"eval_loss": 0.5}}
+        d = self.run_dir([10, 20], evals=evals)
+        runs.make_checkpoint(d, 30, state=runs.trainer_state(30, evals=evals), broken="truncated")
+        self.assertBestIs(d, "checkpoint-20", "--metric", "loss")
+
+    def test_bare_nan_and_infinity_in_trainer_state(self):
+        # trainer_state.json may hold bare NaN / Infinity (Python's json module writes them).
+        evals = {10: {"eval_loss": float("nan")}, 20: {"eval_loss": 2.0}, 30: {"eval_loss": float("inf")},
+                 40: {"eval_loss": 1.5}}
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10, 20, 30, 40], evals=evals)
+        with open(os.path.join(d, "checkpoint-40", "trainer_state.json")) as f:
+            self.assertIn("NaN", f.read())
+        rows, r = self.list_json(d)
+        by = self.rows_by_name(rows)
+        for name in ("checkpoint-10", "checkpoint-20", "checkpoint-30", "checkpoint-40"):
+            self.assertTrue(by[name]["complete"], r.describe())
+        self.assertBestIs(d, "checkpoint-40", "--metric", "loss")
+        self.assertBestIs(d, "checkpoint-30", "--metric", "loss", "--mode", "max")
+        self.assertBestIs(d, "checkpoint-40")
+
+    def test_no_metric_anywhere_is_an_error(self):
+        d = self.run_dir([10, 20])
+        r = ckpt("best", d)
+        self.assertEqual(r.returncode, 1, r.describe())
+        self.assertIn("ckpt: error:", r.stderr, r.describe())
+        self.assertEqual(r.stdout, "", r.describe())
+        r = ckpt("best", d, "--metric", "accuracy")
+        self.assertEqual(r.returncode, 1, r.describe())
+        self.assertIn("ckpt: error:", r.stderr, r.describe())
+        empty = os.path.join(self.tmp, "empty")
+        os.makedirs(empty)
+        r = ckpt("best", empty)
+        self.assertEqual(r.returncode, 1, r.describe())
+        self.assertIn("ckpt: error:", r.stderr, r.describe())
+        self.assertEqual(sorted(os.listdir(d)), ["checkpoint-10", "checkpoint-20"])
+
+    def test_link_created_relative_and_replaced(self):
+        evals = {10: {"eval_loss": 2.0}, 20: {"eval_loss": 1.0}, 30: {"eval_loss": 1.5}}
+        d = self.run_dir([10, 20, 30], evals=evals)
+        link = os.path.join(d, "best")
+        self.best_path(d, "--link", "best")
+        self.assertTrue(os.path.islink(link))
+        self.assertEqual(os.readlink(link), "checkpoint-20")
+        self.assertEqual(os.path.realpath(link), os.path.realpath(os.path.join(d, "checkpoint-20")))
+        self.best_path(d, "--link", "best", "--metric", "loss", "--mode", "max")
+        self.assertEqual(os.readlink(link), "checkpoint-10")
+        # An existing link pointing elsewhere is replaced; nothing else in the directory changes.
+        os.remove(link)
+        os.symlink("/nonexistent/target", link)
+        self.best_path(d, "--link", "best")
+        self.assertEqual(os.readlink(link), "checkpoint-20")
+        self.assertEqual(sorted(os.listdir(d)), ["best", "checkpoint-10", "checkpoint-20", "checkpoint-30"])
+        # The link is not listed as a checkpoint and list still works.
+        rows, r = self.list_json(d)
+        self.assertEqual([row["name"] for row in rows if row["kind"] == "checkpoint"],
+                         ["checkpoint-10", "checkpoint-20", "checkpoint-30"], r.describe())
+
+    def test_link_never_replaces_a_directory(self):
+        d = self.run_dir([10, 20], evals={10: {"eval_loss": 1.0}, 20: {"eval_loss": 2.0}})
+        runs.make_dir_entry(d, "best", files=2)
+        before = runs.tree_digest(os.path.join(d, "best"))
+        r = ckpt("best", d, "--link", "best")
+        self.assertNotEqual(r.returncode, 0, "replaced or ignored a real directory named best\n" + r.describe())
+        self.assertIn("ckpt: error:", r.stderr, r.describe())
+        self.assertFalse(os.path.islink(os.path.join(d, "best")))
+        self.assertEqual(runs.tree_digest(os.path.join(d, "best")), before)
+        self.assertEqual(sorted(os.listdir(d)), ["best", "checkpoint-10", "checkpoint-20"], "temporary link left")
+
+    def test_link_name_must_be_plain(self):
+        d = self.run_dir([10, 20], best_step=10)
+        for bad in ("a/b", "..", ".", "checkpoint-5", "../escape"):
+            with self.subTest(name=bad):
+                r = ckpt("best", d, "--link", bad)
+                self.assertEqual(r.returncode, 2, r.describe())
+                self.assertIn("ckpt: error:", r.stderr)
+        self.assertFalse(os.path.lexists(os.path.join(self.tmp, "escape")))
+        self.assertEqual(sorted(os.listdir(d)), ["checkpoint-10", "checkpoint-20"])
+
+    def test_export_sharded(self):
+        d = os.path.join(self.tmp, "run")
+        os.makedirs(d)
+        runs.make_checkpoint(d, 10, weights="sharded", state=runs.trainer_state(
+            10, evals={10: {"eval_loss": 1.0}}))
+        out = os.path.join(self.tmp, "export")
+        self.best_path(d, "--export", out)
+        src = os.path.join(d, "checkpoint-10")
+        for name in ("model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                     "model-00002-of-00002.safetensors", "config.json"):
+            with open(os.path.join(src, name), "rb") as a, open(os.path.join(out, name), "rb") as b:
+                self.assertEqual(a.read(), b.read(), name)
+        self.assertNotIn("trainer_state.json", os.listdir(out))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The real Trainer run
+# ----------------------------------------------------------------------------------------------------------------
+
+FIXTURE_EVAL = {10: 4.1155, 20: 4.0431, 30: 4.0104, 40: 3.9991}
+FIXTURE_BEST_METRIC = 3.999075174331665
+
+
+class FixtureRunTest(Tmp):
+    @classmethod
+    def setUpClass(cls):
+        cls.fixture_digest = runs.tree_digest(runs.FIXTURE_RUN)
+        with open(os.path.join(runs.FIXTURE_RUN, "trainer_state.json")) as f:
+            cls.root_state = json.load(f)
+        with open(os.path.join(runs.FIXTURE_RUN, "checkpoint-40", "trainer_state.json")) as f:
+            cls.state40 = json.load(f)
+
+    @classmethod
+    def tearDownClass(cls):
+        assert runs.tree_digest(runs.FIXTURE_RUN) == cls.fixture_digest, "the read-only fixture changed"
+
+    def copy(self, where="copy"):
+        parent = os.path.join(self.tmp, where)
+        os.makedirs(parent)
+        return runs.copy_fixture_run(parent)
+
+    def test_fixture_state_is_what_the_readme_says(self):
+        self.assertEqual(self.state40["best_model_checkpoint"], "run_safetensors/checkpoint-40")
+        self.assertEqual(self.state40["best_metric"], FIXTURE_BEST_METRIC)
+
+    def test_list_agrees_with_trainer_state(self):
+        d = self.copy()
+        rows, r = self.list_json(d)
+        ckpts = [row for row in rows if row["kind"] == "checkpoint"]
+        self.assertEqual([row["name"] for row in ckpts], ["checkpoint-10", "checkpoint-20", "checkpoint-30",
+                                                          "checkpoint-40"], r.describe())
+        best_name = os.path.basename(self.state40["best_model_checkpoint"])
+        for row in ckpts:
+            s = row["step"]
+            with self.subTest(step=s):
+                with open(os.path.join(d, row["name"], "trainer_state.json")) as f:
+                    state = json.load(f)
+                self.assertTrue(row["complete"], row)
+                self.assertEqual(row["problems"], [])
+                self.assertEqual(row["step"], state["global_step"])
+                self.assertEqual(row["epoch"], state["epoch"])
+                self.assertEqual(round(row["metric"], 4), FIXTURE_EVAL[s], row)
+                evals = [e for e in state["log_history"] if "eval_loss" in e and e["step"] <= s]
+                self.assertEqual(row["metric"], evals[-1]["eval_loss"])
+                self.assertEqual(row["metrics"]["eval_loss"], evals[-1]["eval_loss"])
+                self.assertEqual(row["is_best"], row["name"] == best_name)
+                self.assertEqual(row["is_latest"], s == 40)
+                self.assertEqual(row["size_bytes"], tree_size(os.path.join(d, row["name"])))
+        # The run root's files are not directories: nothing else is listed.
+        self.assertEqual(len(rows), 4, r.describe())
+
+    def test_list_on_the_read_only_fixture_itself(self):
+        rows, r = self.list_json(runs.FIXTURE_RUN)
+        self.assertEqual([row["name"] for row in rows], ["checkpoint-10", "checkpoint-20", "checkpoint-30",
+                                                         "checkpoint-40"], r.describe())
+        self.assertBestIs(runs.FIXTURE_RUN, "checkpoint-40")
+
+    def test_best(self):
+        d = self.copy()
+        self.assertBestIs(d, "checkpoint-40")
+        r = ckpt_ok(self, "best", d, "--json")
+        data = r.json()
+        self.assertEqual(data["name"], "checkpoint-40", r.describe())
+        self.assertEqual(data["value"], FIXTURE_BEST_METRIC, r.describe())
+        self.assertBestIs(d, "checkpoint-40", "--metric", "loss")
+        self.assertBestIs(d, "checkpoint-40", "--metric", "eval_loss", "--mode", "min")
+        self.assertBestIs(d, "checkpoint-10", "--metric", "loss", "--mode", "max")
+        r = ckpt_ok(self, "best", d, "--metric", "loss", "--json")
+        self.assertEqual(r.json()["value"], FIXTURE_BEST_METRIC, r.describe())
+        r = ckpt("best", d, "--metric", "accuracy")  # the run logged no accuracy
+        self.assertEqual(r.returncode, 1, r.describe())
+        self.assertIn("ckpt: error:", r.stderr)
+
+    def test_rotate_agrees_with_hugging_face(self):
+        for keep in (1, 2):
+            for extra in ([], ["--metric", "loss", "--mode", "max"]):
+                with self.subTest(keep=keep, extra=extra):
+                    d = self.copy("keep%d%s" % (keep, "max" if extra else ""))
+                    parent = os.path.dirname(d)
+                    # The trainer ran in the parent directory: its best path is relative to it.
+                    best = os.path.join(parent, self.state40["best_model_checkpoint"]) if not extra else \
+                        os.path.join(d, "checkpoint-10")
+                    hf = hf_reference.names_to_delete(d, keep, best)
+                    r = ckpt_ok(self, "rotate", d, "--keep", keep, "--dry-run", "--json", *extra)
+                    data = r.json()
+                    deleted = {x["name"] for x in data["decisions"] if x["action"] == "delete"}
+                    self.assertEqual(deleted, hf, r.describe())
+                    ckpt_ok(self, "rotate", d, "--keep", keep, "-q", *extra)
+                    left = sorted(n for n in os.listdir(d) if n.startswith("checkpoint-"))
+                    self.assertEqual(set(left), {"checkpoint-%d" % s for s in (10, 20, 30, 40)} - hf)
+                    self.assertEqual([n for n in os.listdir(d) if n.startswith(".ckpt-trash-")], [])
+                    # The run root's final model is untouched.
+                    with open(os.path.join(d, "model.safetensors"), "rb") as a, \
+                            open(os.path.join(runs.FIXTURE_RUN, "model.safetensors"), "rb") as b:
+                        self.assertEqual(a.read(), b.read())
+
+    def test_reference_on_fixture_by_hand(self):
+        # keep 1 -> 40 only; keep 2 -> 30, 40; best by max loss (10): keep 1 -> 10 and 40, keep 2 -> 10 and 40.
+        d = runs.FIXTURE_RUN
+        best40 = os.path.join(os.path.dirname(d), self.state40["best_model_checkpoint"])
+        best10 = os.path.join(d, "checkpoint-10")
+        c = lambda *s: {"checkpoint-%d" % x for x in s}  # noqa: E731
+        self.assertEqual(hf_reference.names_to_delete(d, 1, best40), c(10, 20, 30))
+        self.assertEqual(hf_reference.names_to_delete(d, 2, best40), c(10, 20))
+        self.assertEqual(hf_reference.names_to_delete(d, 1, best10), c(20, 30))
+        self.assertEqual(hf_reference.names_to_delete(d, 2, best10), c(20, 30))
+
+    def test_link_and_replace(self):
+        d = self.copy()
+        link = os.path.join(d, "best")
+        self.best_path(d, "--link", "best")
+        self.assertEqual(os.readlink(link), "checkpoint-40")
+        self.best_path(d, "--link", "best", "--metric", "loss", "--mode", "max")
+        self.assertEqual(os.readlink(link), "checkpoint-10")
+        self.best_path(d, "--link", "best")
+        self.assertEqual(os.readlink(link), "checkpoint-40")
+        with open(os.path.join(link, "model.safetensors"), "rb") as a, \
+                open(os.path.join(runs.FIXTURE_RUN, "checkpoint-40", "model.safetensors"), "rb") as b:
+            self.assertEqual(a.read(), b.read())
+        leftovers = [n for n in os.listdir(d) if n not in ("best", "checkpoint-10", "checkpoint-20", "checkpoint-30",
+                                                           "checkpoint-40") and n not in os.listdir(runs.FIXTURE_RUN)]
+        self.assertEqual(leftovers, [], "temporary link names left behind")
+
+    def test_export(self):
+        d = self.copy()
+        out = os.path.join(self.tmp, "exported")
+        self.best_path(d, "--export", out)
+        src = os.path.join(d, "checkpoint-40")
+        for name in ("model.safetensors", "config.json", "generation_config.json"):
+            with self.subTest(name=name):
+                self.assertTrue(os.path.isfile(os.path.join(out, name)), sorted(os.listdir(out)))
+                with open(os.path.join(src, name), "rb") as a, open(os.path.join(out, name), "rb") as b:
+                    self.assertEqual(a.read(), b.read())
+        for name in ("optimizer.pt", "trainer_state.json", "rng_state.pth", "scheduler.pt"):
+            self.assertNotIn(name, os.listdir(out))
+        # Exporting over an existing export replaces the files in place.
+        r = ckpt_ok(self, "best", d, "--export", out, "--metric", "loss", "--mode", "max", "--json")
+        with open(os.path.join(d, "checkpoint-10", "model.safetensors"), "rb") as a, \
+                open(os.path.join(out, "model.safetensors"), "rb") as b:
+            self.assertEqual(a.read(), b.read(), r.describe())
+        # The checkpoint it came from is unchanged (hard links must not let the export alias a later write).
+        with open(os.path.join(src, "model.safetensors"), "rb") as a, \
+                open(os.path.join(runs.FIXTURE_RUN, "checkpoint-40", "model.safetensors"), "rb") as b:
+            self.assertEqual(a.read(), b.read())
+
+
+if __name__ == "__main__":
+    unittest.main()
