@@ -18,6 +18,7 @@ constexpr Subcommand kSubcommands[] = {
     {"best", "Print the best checkpoint of a run directory; link or export it", attach_best},
     {"rotate", "Delete old checkpoints safely, keeping the best, the newest and the last N", attach_rotate},
     {"inspect", "Show what a checkpoint file, checkpoint directory or run directory holds", attach_inspect},
+    {"convert", "Convert weights and checkpoint files between pickle and safetensors, shard, cast", attach_convert},
 };
 
 int exit_code_for(ErrorKind kind) {

@@ -29,6 +29,7 @@ Action attach_inspect(CLI::App& sub);
 Action attach_list(CLI::App& sub);
 Action attach_best(CLI::App& sub);
 Action attach_rotate(CLI::App& sub);
+Action attach_convert(CLI::App& sub);
 
 int run(int argc, char** argv);
 

@@ -129,7 +129,11 @@ std::string weights_text(const FileReport& f) {
                 human_bytes(total["nbytes"].get<std::uint64_t>())});
   }
   out += "  by dtype:\n" + totals.render("    ");
-  if (!f.fields["metadata"].empty()) out += "  metadata: " + fields_text(f.fields["metadata"]) + "\n";
+  for (const auto& [key, value] : f.fields["metadata"].items()) {
+    std::string text = value_text(value);
+    if (text.size() > 120) text = text.substr(0, 100) + fmt::format("... ({} characters; --json shows all)", text.size());
+    out += fmt::format("  metadata {}: {}\n", key, text);
+  }
   return out;
 }
 

@@ -117,6 +117,31 @@ Header parse(std::span<const std::uint8_t> file) {
   return parse_header(in.take_chars(n), file.size());
 }
 
+std::string make_header(std::vector<OutputTensor>& tensors, const std::vector<std::pair<std::string, std::string>>& metadata) {
+  std::stable_sort(tensors.begin(), tensors.end(), [](const OutputTensor& a, const OutputTensor& b) {
+    if (element_size(a.dtype) != element_size(b.dtype)) return element_size(a.dtype) > element_size(b.dtype);
+    return a.name < b.name;
+  });
+  json::Json header = json::Json::object();
+  if (!metadata.empty()) {
+    json::Json meta = json::Json::object();
+    for (const auto& [k, v] : metadata) meta[k] = v;
+    header["__metadata__"] = std::move(meta);
+  }
+  std::uint64_t offset = 0;
+  for (const auto& t : tensors) {
+    std::uint64_t nbytes = element_size(t.dtype);
+    for (std::int64_t d : t.shape) nbytes *= static_cast<std::uint64_t>(d);
+    header[t.name] = {{"dtype", safetensors_code(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}};
+    offset += nbytes;
+  }
+  std::string text = json::dump(header);
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::string out;
+  for (int i = 0; i < 8; ++i) out += static_cast<char>((static_cast<std::uint64_t>(text.size()) >> (8 * i)) & 0xFF);
+  return out + text;
+}
+
 Header read_header(const std::string& path) {
   try {
     ReadOnlyFile file(path);

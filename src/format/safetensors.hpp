@@ -44,6 +44,16 @@ Header parse(std::span<const std::uint8_t> file);
 // Throws Error naming `path`.
 Header read_header(const std::string& path);
 
+// Writing: the header for `tensors`, which are first put in Hugging Face's order (larger element size first,
+// then by name) with contiguous offsets from 0. Returns the 8-byte length and the JSON padded with spaces to a
+// multiple of 8; the caller then writes each tensor's bytes in that order.
+struct OutputTensor {
+  std::string name;
+  DType dtype = DType::uint8;
+  std::vector<std::int64_t> shape;
+};
+std::string make_header(std::vector<OutputTensor>& tensors, const std::vector<std::pair<std::string, std::string>>& metadata);
+
 // The bytes of one tensor, a view into `file`.
 inline std::span<const std::uint8_t> tensor_bytes(std::span<const std::uint8_t> file, const Header& header,
                                                   const Tensor& tensor) {

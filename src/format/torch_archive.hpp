@@ -41,6 +41,7 @@ class TorchFile {
   std::span<const std::uint8_t> tensor_extent(const pickle::TensorRef& tensor) const;
   // The zip member holding storage `index`.
   const zip::Entry& storage_entry(std::size_t index) const { return *storage_entries_[index]; }
+  const MappedFile& mapped() const { return file_; }
 
  private:
   MappedFile file_;

@@ -8,7 +8,9 @@
 #include <chrono>
 #include <filesystem>
 
+#include "util/atomic_file.hpp"
 #include "util/error.hpp"
+#include "util/mapped_file.hpp"
 
 namespace ckpt::fs_util {
 
@@ -25,7 +27,8 @@ void fsync_directory(const std::string& dir) {
 
 void durable_rename(const std::string& from, const std::string& to) {
   if (::rename(from.c_str(), to.c_str()) != 0) fail_io(from, "rename to " + to, errno);
-  fsync_directory(std::filesystem::path(to).parent_path().string());
+  const auto parent = std::filesystem::path(to).parent_path();
+  fsync_directory(parent.empty() ? "." : parent.string());
 }
 
 std::string unique_suffix() {
@@ -46,53 +49,26 @@ void replace_symlink(const std::string& target, const std::string& link) {
   fsync_directory(link_path.parent_path().empty() ? "." : link_path.parent_path().string());
 }
 
+void copy_file(const std::string& from, const std::string& to) {
+  ReadOnlyFile source(from);
+  AtomicFile out(to);
+  out.copy_from(source, 0, source.size());
+  out.commit();
+}
+
 bool link_or_copy(const std::string& from, const std::string& to) {
   const std::filesystem::path dest(to);
   const std::string temp = (dest.parent_path() / ("." + dest.filename().string() + ".tmp-" + unique_suffix())).string();
-  bool linked = ::link(from.c_str(), temp.c_str()) == 0;
-  if (!linked) {
-    int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
-    if (in < 0) fail_io(from, "open", errno);
-    int out = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (out < 0) {
-      int e = errno;
-      ::close(in);
-      fail_io(temp, "create", e);
-    }
-    auto fail_copy = [&](const std::string& path, const char* action) {
-      int e = errno;
-      ::close(in);
-      ::close(out);
-      ::unlink(temp.c_str());
-      fail_io(path, action, e);
-    };
-    char buffer[1 << 16];
-    while (true) {
-      ssize_t n = ::read(in, buffer, sizeof buffer);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) fail_copy(from, "read");
-      if (n == 0) break;
-      for (ssize_t done = 0; done < n;) {
-        ssize_t w = ::write(out, buffer + done, static_cast<std::size_t>(n - done));
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) fail_copy(temp, "write");
-        done += w;
-      }
-    }
-    if (::fsync(out) != 0) fail_copy(temp, "fsync");
-    ::close(in);
-    if (::close(out) != 0) {
-      int e = errno;
-      ::unlink(temp.c_str());
-      fail_io(temp, "close", e);
-    }
+  if (::link(from.c_str(), temp.c_str()) != 0) {
+    copy_file(from, to);
+    return false;
   }
   if (::rename(temp.c_str(), to.c_str()) != 0) {
     int e = errno;
     ::unlink(temp.c_str());
     fail_io(to, "rename into place", e);
   }
-  return linked;
+  return true;
 }
 
 void remove_tree(const std::string& path) {

@@ -19,8 +19,12 @@ void replace_symlink(const std::string& target, const std::string& link);
 // Removes a directory tree without following symlinks; a missing path is not an error.
 void remove_tree(const std::string& path);
 
-// Places a copy of `from` at `to` in one step: a hard link when both are on one file system, else a copy,
-// written to a temporary name beside `to`, fsynced and renamed over it. Returns true when it hard-linked.
+// Copies `from` to `to` in one step: written to a temporary name beside `to` (in the kernel where it can),
+// fsynced and renamed over it.
+void copy_file(const std::string& from, const std::string& to);
+
+// The same, but a hard link when both are on one file system (for files nobody will modify, such as an
+// export of immutable checkpoint files). Returns true when it hard-linked.
 bool link_or_copy(const std::string& from, const std::string& to);
 
 // A name unique to this process and call, for temporary entries beside a destination.

@@ -46,6 +46,7 @@ class MappedFile {
   std::span<const std::uint8_t> bytes() const { return {data_, size_}; }
   std::size_t size() const { return size_; }
   const std::string& path() const { return file_.path(); }
+  const ReadOnlyFile& file() const { return file_; }
   void read_at(std::uint64_t offset, std::span<std::uint8_t> out) const { file_.read_at(offset, out); }
 
  private:

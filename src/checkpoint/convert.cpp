@@ -1,0 +1,934 @@
+#include "checkpoint/convert.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <array>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "checkpoint/run_dir.hpp"
+#include "checkpoint/structure.hpp"
+#include "checkpoint/tensor_scan.hpp"
+#include "checkpoint/value_data.hpp"
+#include "format/dtype_cast.hpp"
+#include "format/json.hpp"
+#include "format/pickle_writer.hpp"
+#include "format/safetensors.hpp"
+#include "format/torch_archive.hpp"
+#include "format/zip_writer.hpp"
+#include "util/atomic_file.hpp"
+#include "util/error.hpp"
+#include "util/fs.hpp"
+
+namespace ckpt::checkpoint {
+namespace fs = std::filesystem;
+using pickle::Graph;
+using pickle::Kind;
+using pickle::NodeId;
+
+namespace {
+
+constexpr std::size_t kChunk = 4u << 20;
+constexpr const char* kOrderKey = "ckpt_order";
+constexpr const char* kAliasesKey = "ckpt_aliases";
+constexpr const char* kAttributesKey = "ckpt_attributes";
+constexpr const char* kStructureKey = "ckpt_structure";
+constexpr const char* kSourceNameKey = "ckpt_source_name";
+
+// ---- sources ----
+
+// A file read for conversion: its value graph, and where in the file each storage's bytes begin.
+struct Source {
+  std::string path;
+  bool safetensors = false;
+  std::unique_ptr<torch_archive::TorchFile> torch;
+  std::unique_ptr<MappedFile> mapped;  // safetensors only
+  Graph own_graph;                     // safetensors only
+  std::vector<std::uint64_t> storage_offsets;
+  std::map<std::string, std::string> metadata;
+
+  const Graph& graph() const { return torch ? torch->graph() : own_graph; }
+  const MappedFile& file() const { return torch ? torch->mapped() : *mapped; }
+};
+
+NodeId add_storage_tensor(Graph& g, std::vector<std::uint64_t>& offsets, DType dtype, const std::vector<std::int64_t>& shape,
+                          std::uint64_t file_offset, bool requires_grad, bool parameter) {
+  pickle::StorageRef storage;
+  storage.key = std::to_string(g.storages.size());
+  storage.dtype = dtype;
+  storage.location = "cpu";
+  storage.numel = *torch_archive::numel(shape);
+  g.storages.push_back(storage);
+  offsets.push_back(file_offset);
+  pickle::TensorRef t;
+  t.storage = static_cast<std::uint32_t>(g.storages.size() - 1);
+  t.dtype = dtype;
+  t.shape = shape;
+  t.stride = contiguous_strides(shape);
+  t.requires_grad = requires_grad;
+  t.is_parameter = parameter;
+  g.tensors.push_back(std::move(t));
+  pickle::Node n;
+  n.kind = Kind::tensor;
+  n.integer = static_cast<std::int64_t>(g.tensors.size() - 1);
+  return g.add(std::move(n));
+}
+
+json::Json metadata_json(const Source& s, const char* key) {
+  auto it = s.metadata.find(key);
+  if (it == s.metadata.end()) return nullptr;
+  try {
+    return json::parse(it->second);
+  } catch (const Error& e) {
+    throw Error(ErrorKind::corrupt, s.path, std::string("__metadata__ ") + key, e.detail());
+  }
+}
+
+// A safetensors file as a value graph: a state dict (in ckpt_order when recorded, tied aliases restored) or, for
+// files ckpt wrote from another checkpoint file, the structure recorded in ckpt_structure.
+std::unique_ptr<Source> load_safetensors(const std::string& path) {
+  auto s = std::make_unique<Source>();
+  s->path = path;
+  s->safetensors = true;
+  s->mapped = std::make_unique<MappedFile>(path);
+  safetensors::Header header;
+  try {
+    header = safetensors::parse(s->mapped->bytes());
+  } catch (const Error& e) {
+    throw e.with_context(path, "");
+  }
+  for (const auto& [k, v] : header.metadata) s->metadata[k] = v;
+  std::map<std::string, const safetensors::Tensor*> by_name;
+  for (const auto& t : header.tensors) by_name[t.name] = &t;
+  Graph& g = s->own_graph;
+  auto tensor_node = [&](const std::string& name, bool requires_grad, bool parameter) -> NodeId {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "named in the metadata but not stored");
+    return add_storage_tensor(g, s->storage_offsets, it->second->dtype, it->second->shape,
+                              header.buffer_offset + it->second->begin, requires_grad, parameter);
+  };
+
+  if (s->metadata.count(kStructureKey)) {
+    auto array_bytes = [&](const std::string& name) -> std::string {
+      auto it = by_name.find(name);
+      if (it == by_name.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "named in the metadata but not stored");
+      auto bytes = safetensors::tensor_bytes(s->mapped->bytes(), header, *it->second);
+      return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    };
+    try {
+      g.set_root(decode_structure(metadata_json(*s, kStructureKey), g, tensor_node, array_bytes));
+    } catch (const Error& e) {
+      throw e.with_context(path, "");
+    }
+    return s;
+  }
+
+  std::vector<std::string> order;
+  const json::Json recorded = metadata_json(*s, kOrderKey);
+  if (recorded.is_array()) {
+    for (const auto& n : recorded) {
+      if (n.is_string()) order.push_back(n.get<std::string>());
+    }
+  } else {
+    for (const auto& t : header.tensors) order.push_back(t.name);
+  }
+  std::map<std::string, std::string> aliases;
+  const json::Json alias_json = metadata_json(*s, kAliasesKey);
+  if (alias_json.is_object()) {
+    for (const auto& [alias, target] : alias_json.items()) {
+      if (target.is_string()) aliases[alias] = target.get<std::string>();
+    }
+  }
+  pickle::Node root;
+  root.kind = Kind::dict;
+  root.flag = true;
+  std::map<std::string, NodeId> made;
+  for (const auto& name : order) {
+    NodeId value;
+    if (auto a = aliases.find(name); a != aliases.end() && !by_name.count(name)) {
+      auto target = made.find(a->second);
+      if (target == made.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "tied to '" + a->second + "', which comes later or is missing");
+      value = target->second;
+    } else {
+      value = tensor_node(name, false, false);
+    }
+    made[name] = value;
+    pickle::Node key;
+    key.kind = Kind::string;
+    key.text = name;
+    root.items.push_back(g.add(std::move(key)));
+    root.items.push_back(value);
+  }
+  if (made.size() < by_name.size()) throw Error(ErrorKind::corrupt, path, "__metadata__ ckpt_order", "does not name every tensor");
+  if (s->metadata.count(kAttributesKey)) {
+    root.attributes = decode_structure(metadata_json(*s, kAttributesKey), g, tensor_node, [](const std::string&) { return std::string(); });
+  }
+  g.set_root(g.add(std::move(root)));
+  return s;
+}
+
+std::unique_ptr<Source> load_torch(const std::string& path) {
+  auto s = std::make_unique<Source>();
+  s->path = path;
+  s->torch = std::make_unique<torch_archive::TorchFile>(path);
+  for (std::size_t i = 0; i < s->torch->graph().storages.size(); ++i) s->storage_offsets.push_back(s->torch->storage_entry(i).data_offset);
+  return s;
+}
+
+std::unique_ptr<Source> load(const std::string& path) {
+  std::array<std::uint8_t, 64> head{};
+  ReadOnlyFile file(path);
+  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(file.size(), head.size()));
+  file.read_at(0, std::span(head).first(n));
+  switch (torch_archive::sniff(std::span(head).first(n))) {
+    case torch_archive::Container::torch_zip: return load_torch(path);
+    case torch_archive::Container::safetensors: return load_safetensors(path);
+    case torch_archive::Container::torch_legacy:
+      throw Error(ErrorKind::unsupported, path, "", "legacy torch.save format (PyTorch < 1.6); load and save it again with a newer PyTorch");
+    default: throw Error(ErrorKind::unsupported, path, "byte 0", "not a torch.save zip or a safetensors file");
+  }
+}
+
+// ---- weights: named tensors of a state dict ----
+
+struct Weight {
+  std::string name;
+  const Source* source = nullptr;
+  NodeId node = 0;                      // the tensor node in the source's graph
+  std::optional<std::string> tied_to;   // the same view as an earlier tensor
+};
+
+// A state dict: an OrderedDict (possibly empty) or a non-empty dict, of names to tensors. A plain `{}` is not
+// weights (a disabled GradScaler's state is one).
+bool is_weights(const Graph& g) {
+  const pickle::Node& root = g.at(g.root());
+  if (root.kind != Kind::dict || (root.items.empty() && !root.flag)) return false;
+  for (std::size_t i = 0; i + 1 < root.items.size(); i += 2) {
+    if (!g.is(root.items[i], Kind::string) || !g.is(root.items[i + 1], Kind::tensor)) return false;
+  }
+  return true;
+}
+
+void collect_weights(const Source& s, std::vector<Weight>& out) {
+  const Graph& g = s.graph();
+  if (!is_weights(g)) throw Error(ErrorKind::unsupported, s.path, "", "not a state dict of tensors (an object or other values where weights were expected)");
+  using ViewKey = std::tuple<const Source*, std::uint32_t, std::int64_t, std::vector<std::int64_t>, std::vector<std::int64_t>>;
+  std::map<ViewKey, std::string> first;
+  for (const auto& w : out) {
+    const auto& t = g.tensors[static_cast<std::size_t>(w.source->graph().at(w.node).integer)];
+    first.emplace(ViewKey{w.source, t.storage, t.storage_offset, t.shape, t.stride}, w.name);
+  }
+  const auto& items = g.at(g.root()).items;
+  for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
+    Weight w{g.at(items[i]).text, &s, items[i + 1], std::nullopt};
+    const auto& t = g.tensors[static_cast<std::size_t>(g.at(w.node).integer)];
+    auto [it, inserted] = first.emplace(ViewKey{&s, t.storage, t.storage_offset, t.shape, t.stride}, w.name);
+    if (!inserted) w.tied_to = it->second;
+    out.push_back(std::move(w));
+  }
+}
+
+const pickle::TensorRef& tensor_of(const Weight& w) {
+  return w.source->graph().tensors[static_cast<std::size_t>(w.source->graph().at(w.node).integer)];
+}
+
+DType output_dtype(DType dtype, const ConvertOptions& options) {
+  return options.dtype && is_floating(dtype) && can_cast(dtype, *options.dtype) ? *options.dtype : dtype;
+}
+
+std::uint64_t nbytes_of(const std::vector<std::int64_t>& shape, DType dtype) { return *torch_archive::numel(shape) * element_size(dtype); }
+
+// ---- writing tensor bytes ----
+
+// Where bytes go: a plain file (safetensors) or a zip member (torch, which needs their CRC).
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  virtual void write(std::span<const std::uint8_t> bytes) = 0;
+  virtual void copy(const ReadOnlyFile& file, std::uint64_t offset, std::uint64_t length) = 0;
+};
+
+class FileSink : public Sink {
+ public:
+  explicit FileSink(AtomicFile& out) : out_(out) {}
+  void write(std::span<const std::uint8_t> bytes) override { out_.write(bytes); }
+  void copy(const ReadOnlyFile& file, std::uint64_t offset, std::uint64_t length) override { out_.copy_from(file, offset, length); }
+
+ private:
+  AtomicFile& out_;
+};
+
+class ZipSink : public Sink {
+ public:
+  explicit ZipSink(zip::Writer& zip) : zip_(zip) {}
+  void write(std::span<const std::uint8_t> bytes) override { zip_.append(bytes); }
+  void copy(const ReadOnlyFile& file, std::uint64_t offset, std::uint64_t length) override { zip_.append_file_range(file, offset, length); }
+
+ private:
+  zip::Writer& zip_;
+};
+
+struct Progress {
+  std::uint64_t done = 0;
+  std::uint64_t total = 0;
+  const std::function<void(std::uint64_t, std::uint64_t)>* report = nullptr;
+  void advance(std::uint64_t n) {
+    done += n;
+    if (report && *report) (*report)(done, total);
+  }
+};
+
+// Writes `count` elements starting at byte `offset` of `file` (contiguous), cast from `from` to `to`.
+void write_contiguous(Sink& sink, const MappedFile& file, std::uint64_t offset, std::uint64_t count, DType from, DType to,
+                      Progress& progress) {
+  const std::uint64_t in_bytes = count * element_size(from);
+  if (from == to) {
+    sink.copy(file.file(), offset, in_bytes);
+    progress.advance(in_bytes);
+    return;
+  }
+  const std::size_t per_chunk = kChunk / element_size(from);
+  std::vector<std::uint8_t> in(per_chunk * element_size(from));
+  std::vector<std::uint8_t> out(per_chunk * element_size(to));
+  for (std::uint64_t done = 0; done < count;) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(per_chunk, count - done));
+    file.read_at(offset + done * element_size(from), std::span(in).first(n * element_size(from)));
+    cast_elements(std::span(in).first(n * element_size(from)), from, std::span(out).first(n * element_size(to)), to);
+    sink.write(std::span(out).first(n * element_size(to)));
+    done += n;
+    progress.advance(n * element_size(from));
+  }
+}
+
+// A tensor's elements in row-major order, cast to `to`: a straight copy when its view is contiguous, else
+// gathered element by element from the mapped storage.
+void write_tensor(Sink& sink, const Source& s, const pickle::TensorRef& t, DType to, Progress& progress) {
+  const std::uint64_t numel = *torch_archive::numel(t.shape);
+  if (numel == 0) return;
+  const std::size_t es = element_size(t.dtype);
+  const std::uint64_t base = s.storage_offsets[t.storage] + static_cast<std::uint64_t>(t.storage_offset) * es;
+  if (numel == 1 || t.stride == contiguous_strides(t.shape)) {
+    write_contiguous(sink, s.file(), base, numel, t.dtype, to, progress);
+    return;
+  }
+  const auto bytes = s.file().bytes();
+  std::vector<std::uint8_t> gathered;
+  std::vector<std::uint8_t> cast;
+  std::vector<std::int64_t> index(t.shape.size(), 0);
+  std::uint64_t element = 0;
+  auto flush = [&] {
+    if (gathered.empty()) return;
+    if (t.dtype == to) {
+      sink.write(gathered);
+    } else {
+      cast.resize(gathered.size() / es * element_size(to));
+      cast_elements(gathered, t.dtype, cast, to);
+      sink.write(cast);
+    }
+    progress.advance(gathered.size());
+    gathered.clear();
+  };
+  for (std::uint64_t i = 0; i < numel; ++i) {
+    const std::uint8_t* p = bytes.data() + base + element * es;
+    gathered.insert(gathered.end(), p, p + es);
+    if (gathered.size() >= kChunk) flush();
+    for (std::size_t d = t.shape.size(); d-- > 0;) {
+      if (++index[d] < t.shape[d]) {
+        element += static_cast<std::uint64_t>(t.stride[d]);
+        break;
+      }
+      element -= static_cast<std::uint64_t>(t.stride[d]) * static_cast<std::uint64_t>(t.shape[d] - 1);
+      index[d] = 0;
+    }
+  }
+  flush();
+}
+
+// ---- safetensors output ----
+
+struct SafetensorsItem {
+  std::string name;
+  const Source* source = nullptr;
+  const pickle::TensorRef* tensor = nullptr;  // or, for a numpy array:
+  const pickle::NdArray* array = nullptr;
+  DType dtype = DType::uint8;
+};
+
+void check_safetensors_dtype(DType dtype, const std::string& name) {
+  if (dtype == DType::complex128) {
+    throw Error(ErrorKind::unsupported, "", "tensor '" + name + "'", "complex128 has no safetensors dtype");
+  }
+}
+
+void write_safetensors_file(const std::string& path, std::vector<SafetensorsItem> items,
+                            const std::vector<std::pair<std::string, std::string>>& metadata, Progress& progress) {
+  std::vector<safetensors::OutputTensor> layout;
+  std::map<std::string, const SafetensorsItem*> by_name;
+  for (const auto& item : items) {
+    check_safetensors_dtype(item.dtype, item.name);
+    layout.push_back({item.name, item.dtype, item.tensor ? item.tensor->shape : std::vector<std::int64_t>{static_cast<std::int64_t>(item.array->data.size())}});
+    by_name[item.name] = &item;
+  }
+  const std::string header = safetensors::make_header(layout, metadata);
+  AtomicFile out(path);
+  out.write(header);
+  FileSink sink(out);
+  for (const auto& t : layout) {
+    const SafetensorsItem& item = *by_name.at(t.name);
+    if (item.tensor) {
+      write_tensor(sink, *item.source, *item.tensor, item.dtype, progress);
+    } else {
+      sink.write({reinterpret_cast<const std::uint8_t*>(item.array->data.data()), item.array->data.size()});
+    }
+  }
+  out.commit();
+}
+
+// ---- torch output ----
+
+// Storages of a graph being written, each with the bytes that fill it.
+struct StorageFill {
+  const Source* source = nullptr;
+  std::uint32_t source_storage = 0;
+  DType from = DType::uint8;
+};
+
+void write_torch_file(const std::string& path, const Graph& g, const std::vector<StorageFill>& fills, Progress& progress) {
+  AtomicFile out(path);
+  zip::Writer zip(out);
+  const std::string prefix = fs::path(path).stem().string() + "/";
+  zip.add(prefix + "data.pkl", pickle::write(g, g.root()));
+  ZipSink sink(zip);
+  for (std::size_t i = 0; i < g.storages.size(); ++i) {
+    const auto& storage = g.storages[i];
+    const StorageFill& fill = fills[i];
+    zip.begin(prefix + "data/" + storage.key);
+    write_contiguous(sink, fill.source->file(), fill.source->storage_offsets[fill.source_storage], storage.numel, fill.from,
+                     storage.dtype, progress);
+    zip.end();
+  }
+  zip.add(prefix + "version", "3\n");
+  zip.finish();
+  out.commit();
+}
+
+// Copies tensors of source graphs into `g` (storages shared as in the sources, optionally cast).
+class GraphBuilder {
+ public:
+  GraphBuilder(Graph& g, std::vector<StorageFill>& fills, const ConvertOptions& options) : g_(g), fills_(fills), options_(options) {}
+
+  NodeId tensor(const Source& s, NodeId source_node) {
+    if (auto it = nodes_.find({&s, source_node}); it != nodes_.end()) return it->second;
+    const auto& st = s.graph().tensors[static_cast<std::size_t>(s.graph().at(source_node).integer)];
+    auto [sit, inserted] = storages_.emplace(std::pair{&s, st.storage}, static_cast<std::uint32_t>(g_.storages.size()));
+    if (inserted) {
+      pickle::StorageRef storage = s.graph().storages[st.storage];
+      storage.key = std::to_string(g_.storages.size());
+      const DType from = storage.untyped ? DType::uint8 : storage.dtype;
+      if (storage.untyped && output_dtype(st.dtype, options_) != st.dtype) {
+        throw Error(ErrorKind::unsupported, s.path, "", "cannot cast a tensor of an untyped storage");
+      }
+      storage.dtype = storage.untyped ? storage.dtype : output_dtype(storage.dtype, options_);
+      g_.storages.push_back(storage);
+      fills_.push_back({&s, st.storage, from});
+    }
+    pickle::TensorRef t = st;
+    t.storage = sit->second;
+    t.dtype = output_dtype(st.dtype, options_);
+    g_.tensors.push_back(std::move(t));
+    pickle::Node n;
+    n.kind = Kind::tensor;
+    n.integer = static_cast<std::int64_t>(g_.tensors.size() - 1);
+    return nodes_[{&s, source_node}] = g_.add(std::move(n));
+  }
+
+ private:
+  Graph& g_;
+  std::vector<StorageFill>& fills_;
+  const ConvertOptions& options_;
+  std::map<std::pair<const Source*, std::uint32_t>, std::uint32_t> storages_;
+  std::map<std::pair<const Source*, NodeId>, NodeId> nodes_;
+};
+
+NodeId add_string(Graph& g, const std::string& text) {
+  pickle::Node n;
+  n.kind = Kind::string;
+  n.text = text;
+  return g.add(std::move(n));
+}
+
+// The state dict's BUILD attributes (`_metadata`), copied across graphs through the structure encoding.
+std::optional<json::Json> attributes_of(const Source& s) {
+  const NodeId attrs = s.graph().at(s.graph().root()).attributes;
+  if (attrs == 0) return std::nullopt;
+  std::vector<NamedArray> arrays;
+  return encode_structure(s.graph(), attrs, arrays);
+}
+
+// ---- weights conversion ----
+
+struct WeightsPlan {
+  std::vector<std::vector<std::size_t>> shards;  // indices into the weights, in order
+  std::uint64_t total_size = 0;                  // bytes, tied tensors counted once
+};
+
+WeightsPlan plan_shards(const std::vector<Weight>& weights, const ConvertOptions& options) {
+  WeightsPlan plan;
+  std::map<std::string, std::size_t> shard_of;
+  std::uint64_t current = 0;
+  for (std::size_t i = 0; i < weights.size(); ++i) {
+    const Weight& w = weights[i];
+    if (w.tied_to) {  // travels with the tensor it is tied to
+      const std::size_t shard = shard_of.at(*w.tied_to);
+      plan.shards[shard].push_back(i);
+      shard_of[w.name] = shard;
+      continue;
+    }
+    const auto& t = tensor_of(w);
+    const std::uint64_t size = nbytes_of(t.shape, output_dtype(t.dtype, options));
+    plan.total_size += size;
+    if (plan.shards.empty() || (options.max_shard_size && current > 0 && current + size > *options.max_shard_size)) {
+      plan.shards.emplace_back();
+      current = 0;
+    }
+    plan.shards.back().push_back(i);
+    shard_of[w.name] = plan.shards.size() - 1;
+    current += size;
+  }
+  if (plan.shards.empty()) plan.shards.emplace_back();
+  return plan;
+}
+
+std::string shard_name(ConvertTarget to, std::size_t index, std::size_t count) {
+  char digits[32];
+  std::snprintf(digits, sizeof digits, "-%05zu-of-%05zu", index + 1, count);
+  return to == ConvertTarget::safetensors ? "model" + std::string(digits) + ".safetensors" : "pytorch_model" + std::string(digits) + ".bin";
+}
+
+std::string single_weights_name(ConvertTarget to) { return to == ConvertTarget::safetensors ? "model.safetensors" : "pytorch_model.bin"; }
+std::string index_name(ConvertTarget to) {
+  return to == ConvertTarget::safetensors ? "model.safetensors.index.json" : "pytorch_model.bin.index.json";
+}
+
+void write_weights_file(const std::string& path, const std::vector<Weight>& weights, const std::vector<std::size_t>& subset,
+                        const std::optional<json::Json>& attributes,
+                        const ConvertOptions& options, Progress& progress) {
+  if (options.to == ConvertTarget::safetensors) {
+    std::vector<SafetensorsItem> items;
+    json::Json aliases = json::Json::object();
+    json::Json names = json::Json::array();
+    for (std::size_t i : subset) {
+      const Weight& w = weights[i];
+      names.push_back(w.name);
+      if (w.tied_to) {
+        aliases[w.name] = *w.tied_to;
+        continue;
+      }
+      const auto& t = tensor_of(w);
+      items.push_back({w.name, w.source, &t, nullptr, output_dtype(t.dtype, options)});
+    }
+    std::vector<std::pair<std::string, std::string>> metadata = {{"format", "pt"}};
+    if (!aliases.empty()) metadata.emplace_back(kAliasesKey, json::dump(aliases));
+    // The key order is recorded only when the file's own order (by dtype size, then name) would lose it.
+    std::vector<safetensors::OutputTensor> sorted;
+    for (const auto& item : items) sorted.push_back({item.name, item.dtype, {}});
+    safetensors::make_header(sorted, {});
+    bool in_file_order = aliases.empty() && sorted.size() == names.size();
+    for (std::size_t k = 0; in_file_order && k < sorted.size(); ++k) in_file_order = names[k] == sorted[k].name;
+    if (!in_file_order) metadata.emplace_back(kOrderKey, json::dump(names));
+    if (attributes) metadata.emplace_back(kAttributesKey, json::dump(*attributes));
+    write_safetensors_file(path, std::move(items), metadata, progress);
+    return;
+  }
+  Graph g;
+  std::vector<StorageFill> fills;
+  GraphBuilder builder(g, fills, options);
+  pickle::Node root;
+  root.kind = Kind::dict;
+  root.flag = true;
+  std::map<std::string, NodeId> made;
+  for (std::size_t i : subset) {
+    const Weight& w = weights[i];
+    const NodeId value = w.tied_to && made.count(*w.tied_to) ? made[*w.tied_to] : builder.tensor(*w.source, w.node);
+    made[w.name] = value;
+    root.items.push_back(add_string(g, w.name));
+    root.items.push_back(value);
+  }
+  if (attributes) {
+    root.attributes = decode_structure(*attributes, g, [](const std::string&, bool, bool) -> NodeId {
+      throw Error(ErrorKind::corrupt, "", "ckpt_attributes", "holds a tensor");
+    }, [](const std::string&) { return std::string(); });
+  }
+  g.set_root(g.add(std::move(root)));
+  write_torch_file(path, g, fills, progress);
+}
+
+std::uint64_t file_size_or_zero(const std::string& path) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  return ec ? 0 : size;
+}
+
+// Writes weights as one file at `file_path`, or with a shard limit as shards and an index inside `dir`.
+void write_weights(const std::vector<Weight>& weights, const std::optional<json::Json>& attributes, const ConvertOptions& options,
+                   const std::string& file_path, const std::string& dir, std::vector<std::string> sources, ConvertResult& result) {
+  const WeightsPlan plan = plan_shards(weights, options);
+  Progress progress;
+  progress.total = plan.total_size;
+  progress.report = &options.progress;
+  const std::string joined_sources = sources.size() == 1 ? sources.front() : fs::path(sources.front()).parent_path().string();
+  for (const auto& w : weights) {
+    if (w.tied_to && options.to == ConvertTarget::safetensors) {
+      result.notes.push_back("'" + w.name + "' is tied to '" + *w.tied_to + "': stored once, the alias recorded in __metadata__ ckpt_aliases");
+    }
+  }
+  if (plan.shards.size() == 1 && !options.max_shard_size) {
+    if (!options.dry_run) write_weights_file(file_path, weights, plan.shards[0], attributes, options, progress);
+    result.files.push_back({joined_sources, file_path, "converted", options.dry_run ? 0 : file_size_or_zero(file_path)});
+    return;
+  }
+  if (plan.shards.size() == 1) {
+    const std::string path = (fs::path(dir) / single_weights_name(options.to)).string();
+    if (!options.dry_run) write_weights_file(path, weights, plan.shards[0], attributes, options, progress);
+    result.files.push_back({joined_sources, path, "converted", options.dry_run ? 0 : file_size_or_zero(path)});
+    return;
+  }
+  json::Json weight_map = json::Json::object();
+  std::vector<std::pair<std::string, std::string>> entries;
+  for (std::size_t k = 0; k < plan.shards.size(); ++k) {
+    const std::string name = shard_name(options.to, k, plan.shards.size());
+    const std::string path = (fs::path(dir) / name).string();
+    // The state dict's _metadata goes with the first shard, as each shard of torch's own sharding is a plain dict.
+    if (!options.dry_run) write_weights_file(path, weights, plan.shards[k], k == 0 ? attributes : std::nullopt, options, progress);
+    result.files.push_back({joined_sources, path, "converted", options.dry_run ? 0 : file_size_or_zero(path)});
+    for (std::size_t i : plan.shards[k]) entries.emplace_back(weights[i].name, name);
+  }
+  std::sort(entries.begin(), entries.end());
+  for (const auto& [tensor, file] : entries) weight_map[tensor] = file;
+  json::Json index{{"metadata", {{"total_size", plan.total_size}}}, {"weight_map", std::move(weight_map)}};
+  const std::string index_path = (fs::path(dir) / index_name(options.to)).string();
+  if (!options.dry_run) {
+    AtomicFile out(index_path);
+    out.write(json::dump(index, 2) + "\n");
+    out.commit();
+  }
+  result.files.push_back({"", index_path, "written", options.dry_run ? 0 : file_size_or_zero(index_path)});
+}
+
+// Loads the shards an index names, in order; a missing shard is an error.
+std::vector<std::unique_ptr<Source>> load_index(const std::string& index_path) {
+  const json::Json doc = json::parse_file(index_path);
+  if (!doc.is_object() || !doc.contains("weight_map") || !doc["weight_map"].is_object()) {
+    throw Error(ErrorKind::corrupt, index_path, "weight_map", "missing or not an object");
+  }
+  std::vector<std::string> files;
+  std::set<std::string> seen;
+  for (const auto& [tensor, shard] : doc["weight_map"].items()) {
+    if (!shard.is_string()) throw Error(ErrorKind::corrupt, index_path, "weight_map", "'" + tensor + "' maps to a non-string");
+    const std::string file = shard.get<std::string>();
+    if (file.find('/') != std::string::npos) throw Error(ErrorKind::corrupt, index_path, "weight_map", "shard '" + file + "' leaves the directory");
+    if (seen.insert(file).second) files.push_back(file);
+  }
+  std::vector<std::unique_ptr<Source>> sources;
+  for (const auto& file : files) {
+    const std::string path = (fs::path(index_path).parent_path() / file).string();
+    if (!fs::exists(path)) throw Error(ErrorKind::corrupt, index_path, "weight_map", "shard '" + file + "' is missing");
+    sources.push_back(load(path));
+  }
+  return sources;
+}
+
+void check_dtype_option(const ConvertOptions& options) {
+  if (options.dtype && !can_cast(DType::float32, *options.dtype)) {
+    throw Error(ErrorKind::invalid_argument, "", "--dtype", "only float32, float16 and bfloat16 are targets");
+  }
+}
+
+void convert_weights(const std::vector<const Source*>& sources, const std::string& file_path, const std::string& dir,
+                     const ConvertOptions& options, ConvertResult& result) {
+  std::vector<Weight> weights;
+  for (const Source* s : sources) collect_weights(*s, weights);
+  std::vector<std::string> paths;
+  for (const Source* s : sources) paths.push_back(s->path);
+  write_weights(weights, attributes_of(*sources.front()), options, file_path, dir, paths, result);
+}
+
+// ---- other checkpoint files ----
+
+bool has_structure(const Source& s) { return s.metadata.count(kStructureKey) != 0; }
+
+void convert_state(const Source& s, const std::string& destination, const ConvertOptions& options, ConvertResult& result) {
+  Progress progress;
+  progress.report = &options.progress;
+  if (options.to == ConvertTarget::safetensors) {
+    std::vector<NamedArray> arrays;
+    json::Json structure;
+    try {
+      structure = encode_structure(s.graph(), s.graph().root(), arrays);
+    } catch (const Error& e) {
+      throw e.with_context(s.path, "");
+    }
+    std::vector<SafetensorsItem> items;
+    for (const auto& a : arrays) {
+      const pickle::Node& n = s.graph().at(a.node);
+      if (n.kind == Kind::tensor) {
+        const auto& t = s.graph().tensors[static_cast<std::size_t>(n.integer)];
+        items.push_back({a.name, &s, &t, nullptr, t.dtype});
+        progress.total += nbytes_of(t.shape, t.dtype);
+      } else {
+        items.push_back({a.name, &s, nullptr, &s.graph().arrays[static_cast<std::size_t>(n.integer)], DType::uint8});
+      }
+    }
+    const std::vector<std::pair<std::string, std::string>> metadata = {
+        {"format", "pt"}, {kStructureKey, json::dump(structure)}, {kSourceNameKey, fs::path(s.path).filename().string()}};
+    if (!options.dry_run) write_safetensors_file(destination, std::move(items), metadata, progress);
+  } else {
+    if (!s.safetensors || (!has_structure(s) && !is_weights(s.graph()))) {
+      throw Error(ErrorKind::unsupported, s.path, "", "not a file ckpt converts to pytorch");
+    }
+    Graph g;
+    std::vector<StorageFill> fills;
+    GraphBuilder builder(g, fills, options);
+    // Rebuild the source's value in a graph of its own, tensors via the builder so storages follow them.
+    std::vector<NamedArray> arrays;
+    const json::Json structure = encode_structure(s.graph(), s.graph().root(), arrays);
+    std::map<std::string, NodeId> tensor_by_name;
+    std::map<std::string, const pickle::NdArray*> array_by_name;
+    for (const auto& a : arrays) {
+      const pickle::Node& n = s.graph().at(a.node);
+      if (n.kind == Kind::tensor) tensor_by_name[a.name] = a.node;
+      else array_by_name[a.name] = &s.graph().arrays[static_cast<std::size_t>(n.integer)];
+    }
+    g.set_root(decode_structure(
+        structure, g,
+        [&](const std::string& name, bool requires_grad, bool parameter) {
+          const NodeId node = builder.tensor(s, tensor_by_name.at(name));
+          auto& t = g.tensors[static_cast<std::size_t>(g.at(node).integer)];
+          t.requires_grad = requires_grad;
+          t.is_parameter = parameter;
+          return node;
+        },
+        [&](const std::string& name) { return array_by_name.at(name)->data; }));
+    if (!options.dry_run) write_torch_file(destination, g, fills, progress);
+  }
+  result.files.push_back({s.path, destination, "converted", options.dry_run ? 0 : file_size_or_zero(destination)});
+}
+
+void training_args_to_json(const Source& s, const std::string& destination, const ConvertOptions& options, ConvertResult& result) {
+  const Graph& g = s.graph();
+  json::Json doc;
+  const pickle::Node& root = g.at(g.root());
+  if (root.kind == Kind::object) {
+    const NodeId callable = root.items[pickle::object_callable];
+    doc["class"] = g.is(callable, Kind::global) ? g.global_name(callable) : "";
+    doc["fields"] = to_data(g, root.items[pickle::object_state]);
+  } else {
+    doc["value"] = to_data(g, g.root());
+  }
+  if (!options.dry_run) {
+    AtomicFile out(destination);
+    out.write(json::dump(doc, 2) + "\n");
+    out.commit();
+  }
+  result.files.push_back({s.path, destination, "converted one way to JSON", options.dry_run ? 0 : file_size_or_zero(destination)});
+  result.notes.push_back(fs::path(s.path).filename().string() + " converts one way: its fields as JSON data; the class is not rebuilt");
+}
+
+bool is_state_file_name(const std::string& name) {
+  return name == "optimizer.pt" || name == "scheduler.pt" || name == "scaler.pt" ||
+         (name.rfind("rng_state", 0) == 0 && name.ends_with(".pth")) || (name.rfind("optimizer_", 0) == 0 && name.ends_with(".pt"));
+}
+
+std::string state_destination_name(const std::string& name, ConvertTarget to, const Source* loaded) {
+  if (to == ConvertTarget::safetensors) return fs::path(name).stem().string() + ".safetensors";
+  if (loaded) {
+    if (auto it = loaded->metadata.find(kSourceNameKey); it != loaded->metadata.end() && it->second.find('/') == std::string::npos) {
+      return it->second;
+    }
+  }
+  return fs::path(name).stem().string() + ".pt";
+}
+
+// ---- destinations ----
+
+void refuse_existing(const std::string& destination, const ConvertOptions& options) {
+  if (fs::exists(fs::symlink_status(destination)) && !options.force) {
+    throw Error(ErrorKind::invalid_argument, destination, "", "already exists; pass --force to replace it");
+  }
+}
+
+// Builds a directory in a hidden staging directory beside `destination` and renames it into place, so the
+// destination appears complete or not at all (an existing one, with --force, is replaced the same way).
+template <typename Fill>
+void build_directory(const std::string& destination, const ConvertOptions& options, Fill fill) {
+  if (options.dry_run) {
+    fill(destination);
+    return;
+  }
+  const fs::path dest(destination);
+  const fs::path parent = dest.parent_path().empty() ? fs::path(".") : dest.parent_path();
+  const std::string staging = (parent / ("." + dest.filename().string() + ".tmp-" + fs_util::unique_suffix())).string();
+  std::error_code ec;
+  fs::create_directory(staging, ec);
+  if (ec) throw Error(ErrorKind::io, staging, "", "cannot create directory: " + ec.message());
+  try {
+    fill(staging);
+    fs_util::fsync_directory(staging);
+    std::string replaced;
+    if (fs::exists(fs::symlink_status(destination))) {
+      replaced = (parent / ("." + dest.filename().string() + ".old-" + fs_util::unique_suffix())).string();
+      fs_util::durable_rename(destination, replaced);
+    }
+    fs_util::durable_rename(staging, destination);
+    if (!replaced.empty()) fs_util::remove_tree(replaced);
+  } catch (...) {
+    fs_util::remove_tree(staging);
+    throw;
+  }
+}
+
+void rebase(ConvertResult& result, std::size_t from, const std::string& staging, const std::string& destination) {
+  for (std::size_t i = from; i < result.files.size(); ++i) {
+    auto& d = result.files[i].destination;
+    if (d.rfind(staging, 0) == 0) d = destination + d.substr(staging.size());
+  }
+}
+
+void convert_directory(const std::string& source, const std::string& destination, const ConvertOptions& options, ConvertResult& result) {
+  const auto weights = find_weights(source);
+  std::set<std::string> weight_files;
+  if (weights) {
+    weight_files.insert(weights->files.begin(), weights->files.end());
+    if (weights->index) weight_files.insert(*weights->index);
+  }
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(source, ec)) {
+    if (entry.is_regular_file(ec)) names.push_back(entry.path().filename().string());
+  }
+  if (ec) throw Error(ErrorKind::io, source, "", "cannot list directory: " + ec.message());
+  std::sort(names.begin(), names.end());
+
+  const std::size_t first = result.files.size();
+  std::string used_staging;
+  build_directory(destination, options, [&](const std::string& out) {
+    used_staging = out;
+    if (weights) {
+      std::vector<std::unique_ptr<Source>> loaded;
+      if (weights->index) loaded = load_index((fs::path(source) / *weights->index).string());
+      else loaded.push_back(load((fs::path(source) / weights->files.front()).string()));
+      std::vector<const Source*> views;
+      for (const auto& s : loaded) views.push_back(s.get());
+      convert_weights(views, (fs::path(out) / single_weights_name(options.to)).string(), out, options, result);
+    }
+    for (const auto& name : names) {
+      if (weight_files.count(name)) continue;
+      const std::string path = (fs::path(source) / name).string();
+      if (options.include_state && is_state_file_name(name) && options.to == ConvertTarget::safetensors) {
+        const auto s = load(path);
+        convert_state(*s, (fs::path(out) / state_destination_name(name, options.to, nullptr)).string(), options, result);
+        continue;
+      }
+      if (options.include_state && options.to == ConvertTarget::safetensors && name == "training_args.bin") {
+        const auto s = load(path);
+        training_args_to_json(*s, (fs::path(out) / "training_args.json").string(), options, result);
+        continue;
+      }
+      if (options.include_state && options.to == ConvertTarget::pytorch && name.ends_with(".safetensors")) {
+        const auto s = load(path);
+        if (has_structure(*s)) {
+          convert_state(*s, (fs::path(out) / state_destination_name(name, options.to, s.get())).string(), options, result);
+          continue;
+        }
+      }
+      const std::string to = (fs::path(out) / name).string();
+      if (!options.dry_run) fs_util::copy_file(path, to);
+      result.files.push_back({path, to, "copied", options.dry_run ? 0 : file_size_or_zero(to)});
+    }
+  });
+  if (!options.dry_run) rebase(result, first, used_staging, destination);
+}
+
+}  // namespace
+
+std::optional<std::uint64_t> parse_size(const std::string& text) {
+  static const std::pair<const char*, std::uint64_t> kUnits[] = {
+      {"KIB", 1ull << 10}, {"MIB", 1ull << 20}, {"GIB", 1ull << 30}, {"TIB", 1ull << 40}, {"KB", 1000ull},
+      {"MB", 1000ull * 1000}, {"GB", 1000ull * 1000 * 1000}, {"TB", 1000ull * 1000 * 1000 * 1000}, {"B", 1}};
+  std::string upper;
+  for (char c : text) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  for (const auto& [suffix, factor] : kUnits) {
+    const std::string s(suffix);
+    if (upper.size() <= s.size() || upper.compare(upper.size() - s.size(), s.size(), s) != 0) continue;
+    const std::string number = upper.substr(0, upper.size() - s.size());
+    if (number.find_first_not_of("0123456789.") != std::string::npos || number.empty()) return std::nullopt;
+    try {
+      const double value = std::stod(number) * static_cast<double>(factor);
+      if (value < 1 || value > 1.8e19) return std::nullopt;
+      return static_cast<std::uint64_t>(value);
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+  }
+  if (!upper.empty() && upper.find_first_not_of("0123456789") == std::string::npos) return std::stoull(upper);
+  return std::nullopt;
+}
+
+ConvertResult convert(const std::string& source, const std::string& destination, const ConvertOptions& options) {
+  check_dtype_option(options);
+  ConvertResult result;
+  result.destination = destination;
+  std::error_code ec;
+  const auto status = fs::status(source, ec);
+  if (ec || !fs::exists(status)) throw Error(ErrorKind::not_found, source, "", "no such file or directory");
+  refuse_existing(destination, options);
+
+  if (fs::is_directory(status)) {
+    convert_directory(source, destination, options, result);
+    return result;
+  }
+
+  // A single file: an index (merged), weights, or another checkpoint file.
+  if (source.ends_with(".index.json")) {
+    const auto loaded = load_index(source);
+    std::vector<const Source*> views;
+    for (const auto& s : loaded) views.push_back(s.get());
+    if (options.max_shard_size) {
+      std::string staging;
+      build_directory(destination, options, [&](const std::string& out) {
+        staging = out;
+        convert_weights(views, "", out, options, result);
+      });
+      if (!options.dry_run) rebase(result, 0, staging, destination);
+    } else {
+      convert_weights(views, destination, "", options, result);
+    }
+    return result;
+  }
+  const auto s = load(source);
+  const std::string name = fs::path(source).filename().string();
+  if (is_weights(s->graph()) && !has_structure(*s)) {
+    if (options.max_shard_size) {
+      std::string staging;
+      build_directory(destination, options, [&](const std::string& out) {
+        staging = out;
+        convert_weights({s.get()}, "", out, options, result);
+      });
+      if (!options.dry_run) rebase(result, 0, staging, destination);
+    } else {
+      convert_weights({s.get()}, destination, "", options, result);
+    }
+    return result;
+  }
+  if (!s->safetensors && name.rfind("training_args", 0) == 0) {
+    training_args_to_json(*s, destination, options, result);
+    return result;
+  }
+  convert_state(*s, destination, options, result);
+  return result;
+}
+
+}  // namespace ckpt::checkpoint

@@ -1,0 +1,308 @@
+#include "checkpoint/structure.hpp"
+
+#include <charconv>
+#include <cmath>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "checkpoint/value_data.hpp"
+#include "util/error.hpp"
+
+namespace ckpt::checkpoint {
+namespace {
+
+using pickle::Kind;
+using pickle::Node;
+using pickle::NodeId;
+
+std::string hex_of(const std::string& bytes) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char c : bytes) {
+    out += digits[c >> 4];
+    out += digits[c & 15];
+  }
+  return out;
+}
+
+std::string bytes_of_hex(const std::string& hex) {
+  if (hex.size() % 2 != 0) fail_corrupt("structure", "odd-length hex bytes");
+  std::string out(hex.size() / 2, '\0');
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    unsigned v = 0;
+    auto [p, ec] = std::from_chars(hex.data() + 2 * i, hex.data() + 2 * i + 2, v, 16);
+    if (ec != std::errc() || p != hex.data() + 2 * i + 2) fail_corrupt("structure", "bad hex bytes");
+    out[i] = static_cast<char>(v);
+  }
+  return out;
+}
+
+// Decimal digits (optional '-') -> little-endian two's complement, for ints past 64 bits.
+std::string decimal_to_le(const std::string& text) {
+  bool negative = !text.empty() && text[0] == '-';
+  std::vector<std::uint8_t> mag;
+  for (std::size_t i = negative ? 1 : 0; i < text.size(); ++i) {
+    if (text[i] < '0' || text[i] > '9' || i > 5000) fail_corrupt("structure", "bad $int digits");
+    unsigned carry = static_cast<unsigned>(text[i] - '0');
+    for (auto& b : mag) {
+      unsigned v = b * 10u + carry;
+      b = static_cast<std::uint8_t>(v & 0xFF);
+      carry = v >> 8;
+    }
+    while (carry) {
+      mag.push_back(static_cast<std::uint8_t>(carry & 0xFF));
+      carry >>= 8;
+    }
+  }
+  mag.push_back(0);
+  if (negative) {
+    unsigned carry = 1;
+    for (auto& b : mag) {
+      unsigned v = static_cast<std::uint8_t>(~b) + carry;
+      b = static_cast<std::uint8_t>(v & 0xFF);
+      carry = v >> 8;
+    }
+  }
+  return std::string(mag.begin(), mag.end());
+}
+
+class Encoder {
+ public:
+  Encoder(const pickle::Graph& g, std::vector<NamedArray>& arrays) : g_(g), arrays_(arrays) {}
+
+  json::Json encode(NodeId id, const std::string& path) {
+    const Node& n = g_.at(id);
+    switch (n.kind) {
+      case Kind::none: return nullptr;
+      case Kind::boolean: return n.flag;
+      case Kind::integer: return n.integer;
+      case Kind::big_integer: return {{"$int", big_integer_decimal(n.text)}};
+      case Kind::floating:
+        if (std::isnan(n.number)) return {{"$float", "nan"}};
+        if (std::isinf(n.number)) return {{"$float", n.number > 0 ? "inf" : "-inf"}};
+        return n.number;
+      case Kind::string: return n.text;
+      case Kind::bytes: return {{"$bytes", hex_of(n.text)}};
+      case Kind::list: return sequence(n, path);
+      case Kind::tuple: return {{"$tuple", sequence(n, path)}};
+      case Kind::set: return {{"$set", sequence(n, path)}};
+      case Kind::frozenset: return {{"$frozenset", sequence(n, path)}};
+      case Kind::dict: return dict(n, path);
+      case Kind::tensor: {
+        const auto& t = g_.tensors[static_cast<std::size_t>(n.integer)];
+        return {{"$tensor", array_name(id, path)}, {"requires_grad", t.requires_grad}, {"parameter", t.is_parameter}};
+      }
+      case Kind::ndarray: {
+        const auto& a = g_.arrays[static_cast<std::size_t>(n.integer)];
+        return {{"$ndarray", array_name(id, path)}, {"descr", a.descr}, {"shape", a.shape}};
+      }
+      case Kind::numpy_dtype: return {{"$numpy_dtype", std::string(1, static_cast<char>(n.integer)) + n.text}};
+      case Kind::device: return {{"$device", n.text}};
+      case Kind::global: {
+        const auto nl = n.text.find('\n');
+        return {{"$global", {n.text.substr(0, nl), n.text.substr(nl + 1)}}};
+      }
+      case Kind::storage:
+      case Kind::object: {
+        const NodeId callable = n.kind == Kind::object ? n.items[pickle::object_callable] : id;
+        fail(ErrorKind::unsupported, path.empty() ? "the root value" : "'" + path + "'",
+             "holds an object of class " + (g_.is(callable, Kind::global) ? g_.global_name(callable) : "?") +
+                 ", which has no pickle-free form");
+      }
+    }
+    return nullptr;
+  }
+
+ private:
+  static std::string join(const std::string& path, const std::string& segment) { return path.empty() ? segment : path + "." + segment; }
+
+  json::Json sequence(const Node& n, const std::string& path) {
+    json::Json out = json::Json::array();
+    for (std::size_t i = 0; i < n.items.size(); ++i) out.push_back(encode(n.items[i], join(path, std::to_string(i))));
+    return out;
+  }
+
+  json::Json dict(const Node& n, const std::string& path) {
+    bool plain = !n.flag && n.attributes == 0;
+    for (std::size_t i = 0; plain && i + 1 < n.items.size(); i += 2) {
+      const Node& k = g_.at(n.items[i]);
+      plain = k.kind == Kind::string && (k.text.empty() || k.text[0] != '$');
+    }
+    if (plain) {
+      json::Json out = json::Json::object();
+      for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) {
+        const std::string& key = g_.at(n.items[i]).text;
+        out[key] = encode(n.items[i + 1], join(path, key));
+      }
+      return out;
+    }
+    json::Json pairs = json::Json::array();
+    for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) {
+      const Node& k = g_.at(n.items[i]);
+      const std::string segment = k.kind == Kind::string ? k.text
+                                  : k.kind == Kind::integer ? std::to_string(k.integer)
+                                                            : "key" + std::to_string(i / 2);
+      pairs.push_back({encode(n.items[i], join(path, "key" + std::to_string(i / 2))), encode(n.items[i + 1], join(path, segment))});
+    }
+    json::Json out{{"$dict", std::move(pairs)}, {"$ordered", n.flag}};
+    if (n.attributes != 0) out["$attrs"] = encode(n.attributes, join(path, "$attrs"));
+    return out;
+  }
+
+  std::string array_name(NodeId id, const std::string& path) {
+    if (auto it = names_.find(id); it != names_.end()) return it->second;
+    std::string name = path.empty() ? "value" : path;
+    for (int n = 2; used_.count(name); ++n) name = (path.empty() ? "value" : path) + "#" + std::to_string(n);
+    used_.insert(name);
+    names_.emplace(id, name);
+    arrays_.push_back({name, id});
+    return name;
+  }
+
+  const pickle::Graph& g_;
+  std::vector<NamedArray>& arrays_;
+  std::unordered_map<NodeId, std::string> names_;
+  std::unordered_set<std::string> used_;
+};
+
+class Decoder {
+ public:
+  Decoder(pickle::Graph& g, const std::function<NodeId(const std::string&, bool, bool)>& make_tensor,
+          const std::function<std::string(const std::string&)>& array_bytes)
+      : g_(g), make_tensor_(make_tensor), array_bytes_(array_bytes) {}
+
+  NodeId decode(const json::Json& v, std::size_t depth) {
+    if (depth > pickle::kMaxDepth) fail_corrupt("structure", "nested too deeply");
+    if (v.is_null()) return g_.none();
+    if (v.is_boolean()) return scalar(Kind::boolean, [&](Node& n) { n.flag = v.get<bool>(); });
+    if (v.is_number_integer()) {
+      if (v.is_number_unsigned() && v.get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX)) {
+        return text(Kind::big_integer, decimal_to_le(std::to_string(v.get<std::uint64_t>())));
+      }
+      return scalar(Kind::integer, [&](Node& n) { n.integer = v.get<std::int64_t>(); });
+    }
+    if (v.is_number_float()) return scalar(Kind::floating, [&](Node& n) { n.number = v.get<double>(); });
+    if (v.is_string()) return text(Kind::string, v.get<std::string>());
+    if (v.is_array()) return sequence(Kind::list, v, depth);
+    if (!v.is_object()) fail_corrupt("structure", "unexpected JSON value");
+    if (v.contains("$int")) return text(Kind::big_integer, decimal_to_le(string_field(v, "$int")));
+    if (v.contains("$float")) {
+      const std::string f = string_field(v, "$float");
+      const double d = f == "nan" ? NAN : f == "inf" ? INFINITY : f == "-inf" ? -INFINITY : 0;
+      if (d == 0) fail_corrupt("structure", "bad $float");
+      return scalar(Kind::floating, [&](Node& n) { n.number = d; });
+    }
+    if (v.contains("$bytes")) return text(Kind::bytes, bytes_of_hex(string_field(v, "$bytes")));
+    if (v.contains("$tuple")) return sequence(Kind::tuple, v["$tuple"], depth);
+    if (v.contains("$set")) return sequence(Kind::set, v["$set"], depth);
+    if (v.contains("$frozenset")) return sequence(Kind::frozenset, v["$frozenset"], depth);
+    if (v.contains("$dict")) {
+      const json::Json& pairs = v["$dict"];
+      if (!pairs.is_array()) fail_corrupt("structure", "$dict is not an array");
+      std::vector<NodeId> items;
+      for (const auto& pair : pairs) {
+        if (!pair.is_array() || pair.size() != 2) fail_corrupt("structure", "$dict entry is not a pair");
+        items.push_back(decode(pair[0], depth + 1));
+        items.push_back(decode(pair[1], depth + 1));
+      }
+      Node n;
+      n.kind = Kind::dict;
+      n.items = std::move(items);
+      n.flag = v.contains("$ordered") && v["$ordered"].is_boolean() && v["$ordered"].get<bool>();
+      if (v.contains("$attrs")) n.attributes = decode(v["$attrs"], depth + 1);
+      return g_.add(std::move(n));
+    }
+    if (v.contains("$tensor")) {
+      const std::string name = string_field(v, "$tensor");
+      if (auto it = tensors_.find(name); it != tensors_.end()) return it->second;
+      const bool requires_grad = v.contains("requires_grad") && v["requires_grad"].is_boolean() && v["requires_grad"].get<bool>();
+      const bool parameter = v.contains("parameter") && v["parameter"].is_boolean() && v["parameter"].get<bool>();
+      return tensors_[name] = make_tensor_(name, requires_grad, parameter);
+    }
+    if (v.contains("$ndarray")) {
+      const std::string name = string_field(v, "$ndarray");
+      if (auto it = tensors_.find(name); it != tensors_.end()) return it->second;
+      pickle::NdArray array;
+      array.descr = string_field(v, "descr");
+      if (!v.contains("shape") || !v["shape"].is_array()) fail_corrupt("structure", "$ndarray without a shape");
+      for (const auto& d : v["shape"]) {
+        if (!d.is_number_integer()) fail_corrupt("structure", "$ndarray shape is not integers");
+        array.shape.push_back(d.get<std::int64_t>());
+      }
+      array.data = array_bytes_(name);
+      g_.arrays.push_back(std::move(array));
+      Node n;
+      n.kind = Kind::ndarray;
+      n.integer = static_cast<std::int64_t>(g_.arrays.size() - 1);
+      return tensors_[name] = g_.add(std::move(n));
+    }
+    if (v.contains("$numpy_dtype")) {
+      const std::string descr = string_field(v, "$numpy_dtype");
+      if (descr.size() < 2) fail_corrupt("structure", "bad $numpy_dtype");
+      Node n;
+      n.kind = Kind::numpy_dtype;
+      n.integer = descr[0];
+      n.text = descr.substr(1);
+      return g_.add(std::move(n));
+    }
+    if (v.contains("$device")) return text(Kind::device, string_field(v, "$device"));
+    if (v.contains("$global")) {
+      const json::Json& parts = v["$global"];
+      if (!parts.is_array() || parts.size() != 2 || !parts[0].is_string() || !parts[1].is_string()) fail_corrupt("structure", "bad $global");
+      return text(Kind::global, parts[0].get<std::string>() + "\n" + parts[1].get<std::string>());
+    }
+    Node n;
+    n.kind = Kind::dict;
+    for (const auto& [key, value] : v.items()) {
+      n.items.push_back(text(Kind::string, key));
+      n.items.push_back(decode(value, depth + 1));
+    }
+    return g_.add(std::move(n));
+  }
+
+ private:
+  static std::string string_field(const json::Json& v, const char* key) {
+    if (!v[key].is_string()) fail_corrupt("structure", std::string(key) + " is not a string");
+    return v[key].get<std::string>();
+  }
+  template <typename Fill>
+  NodeId scalar(Kind kind, Fill fill) {
+    Node n;
+    n.kind = kind;
+    fill(n);
+    return g_.add(std::move(n));
+  }
+  NodeId text(Kind kind, std::string s) {
+    Node n;
+    n.kind = kind;
+    n.text = std::move(s);
+    return g_.add(std::move(n));
+  }
+  NodeId sequence(Kind kind, const json::Json& items, std::size_t depth) {
+    if (!items.is_array()) fail_corrupt("structure", "expected an array");
+    Node n;
+    n.kind = kind;
+    for (const auto& item : items) n.items.push_back(decode(item, depth + 1));
+    return g_.add(std::move(n));
+  }
+
+  pickle::Graph& g_;
+  const std::function<NodeId(const std::string&, bool, bool)>& make_tensor_;
+  const std::function<std::string(const std::string&)>& array_bytes_;
+  std::unordered_map<std::string, NodeId> tensors_;
+};
+
+}  // namespace
+
+json::Json encode_structure(const pickle::Graph& graph, pickle::NodeId root, std::vector<NamedArray>& arrays) {
+  return Encoder(graph, arrays).encode(root, "");
+}
+
+pickle::NodeId decode_structure(const json::Json& encoded, pickle::Graph& graph,
+                                const std::function<pickle::NodeId(const std::string&, bool, bool)>& make_tensor,
+                                const std::function<std::string(const std::string&)>& array_bytes) {
+  return Decoder(graph, make_tensor, array_bytes).decode(encoded, 0);
+}
+
+}  // namespace ckpt::checkpoint

@@ -1,0 +1,120 @@
+// `ckpt convert SRC --to safetensors|pytorch -o DST [--max-shard-size SIZE] [--dtype bf16|fp16|fp32]
+//  [--include-state] [--dry-run] [--force] [--json] [-q]`
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <iostream>
+
+#include "checkpoint/convert.hpp"
+#include "cli/cli.hpp"
+#include "cli/text.hpp"
+#include "format/json.hpp"
+#include "util/error.hpp"
+
+namespace ckpt::cli {
+namespace {
+
+struct ConvertOptions {
+  std::string source;
+  std::string to;
+  std::string output;
+  std::string max_shard_size;
+  std::string dtype;
+  bool include_state = false;
+  bool dry_run = false;
+  bool force = false;
+  bool json = false;
+  bool quiet = false;
+};
+
+// A progress line on stderr, only on a terminal and only for inputs big enough to wait for.
+class ProgressLine {
+ public:
+  explicit ProgressLine(bool enabled) : enabled_(enabled && ::isatty(STDERR_FILENO)) {}
+  ~ProgressLine() {
+    if (shown_) std::cerr << "\r\033[K" << std::flush;
+  }
+  void update(std::uint64_t done, std::uint64_t total) {
+    if (!enabled_ || total < (64u << 20)) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (shown_ && now - last_ < std::chrono::milliseconds(100) && done < total) return;
+    last_ = now;
+    shown_ = true;
+    std::cerr << fmt::format("\rconverting: {:3d}% ({} of {})", static_cast<int>(100.0 * static_cast<double>(done) / static_cast<double>(total)),
+                             human_bytes(done), human_bytes(total))
+              << std::flush;
+  }
+
+ private:
+  bool enabled_;
+  bool shown_ = false;
+  std::chrono::steady_clock::time_point last_;
+};
+
+int run_convert(const ConvertOptions& o) {
+  checkpoint::ConvertOptions options;
+  options.to = o.to == "safetensors" ? checkpoint::ConvertTarget::safetensors : checkpoint::ConvertTarget::pytorch;
+  if (!o.max_shard_size.empty()) {
+    options.max_shard_size = checkpoint::parse_size(o.max_shard_size);
+    if (!options.max_shard_size) {
+      throw Error(ErrorKind::invalid_argument, "", "--max-shard-size", "'" + o.max_shard_size + "' is not a size (e.g. 5GB, 500MiB)");
+    }
+  }
+  if (o.dtype == "bf16") options.dtype = DType::bfloat16;
+  else if (o.dtype == "fp16") options.dtype = DType::float16;
+  else if (o.dtype == "fp32") options.dtype = DType::float32;
+  options.include_state = o.include_state;
+  options.dry_run = o.dry_run;
+  options.force = o.force;
+  ProgressLine progress(!o.quiet && !o.json);
+  options.progress = [&progress](std::uint64_t done, std::uint64_t total) { progress.update(done, total); };
+
+  const auto result = checkpoint::convert(o.source, o.output, options);
+  if (o.json) {
+    json::Json files = json::Json::array();
+    for (const auto& f : result.files) {
+      files.push_back({{"source", f.source.empty() ? json::Json(nullptr) : json::Json(f.source)},
+                       {"destination", f.destination},
+                       {"action", f.action},
+                       {"size_bytes", f.bytes}});
+    }
+    std::cout << json::dump({{"source", o.source},
+                             {"destination", result.destination},
+                             {"to", o.to},
+                             {"dry_run", o.dry_run},
+                             {"files", std::move(files)},
+                             {"notes", result.notes}},
+                            2)
+              << "\n";
+  } else if (!o.quiet) {
+    Table table({"destination", "action", "size", "source"});
+    for (const auto& f : result.files) {
+      table.add({f.destination, o.dry_run ? "would be " + f.action : f.action, o.dry_run ? "-" : human_bytes(f.bytes), f.source});
+    }
+    std::cout << table.render();
+    for (const auto& note : result.notes) std::cout << "note: " << note << "\n";
+  }
+  return exit_ok;
+}
+
+}  // namespace
+
+Action attach_convert(CLI::App& sub) {
+  auto o = std::make_shared<ConvertOptions>();
+  sub.add_option("SRC", o->source, "A weights file, a sharded checkpoint's index json, another checkpoint file, or a checkpoint directory")
+      ->required();
+  sub.add_option("--to", o->to, "Target format")->required()->check(CLI::IsMember({"safetensors", "pytorch"}));
+  sub.add_option("-o,--output", o->output, "Destination file, or directory (for a directory SRC or with --max-shard-size)")->required();
+  sub.add_option("--max-shard-size", o->max_shard_size, "Split weights into shards of at most this size, with an index json (e.g. 5GB, 500MiB)");
+  sub.add_option("--dtype", o->dtype, "Cast floating weights (round to nearest even, as torch does)")->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  sub.add_flag("--include-state", o->include_state,
+               "For a directory: also convert optimizer, scheduler, scaler and rng_state files (and training_args.bin one way, to JSON)");
+  sub.add_flag("--dry-run", o->dry_run, "Show what would be written; write nothing");
+  sub.add_flag("--force", o->force, "Replace an existing destination");
+  sub.add_flag("--json", o->json, "Print a JSON summary");
+  sub.add_flag("-q,--quiet", o->quiet, "Print nothing unless there is an error");
+  return [o] { return run_convert(*o); };
+}
+
+}  // namespace ckpt::cli

@@ -1,0 +1,137 @@
+#include "format/dtype_cast.hpp"
+
+#include <cmath>
+#include <cstring>
+
+#include "util/error.hpp"
+
+namespace ckpt {
+namespace {
+
+std::uint32_t bits_of(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+float float_of(std::uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+bool castable(DType d) { return d == DType::float64 || d == DType::float32 || d == DType::float16 || d == DType::bfloat16; }
+
+float load_as_float(const std::uint8_t* p, DType dtype) {
+  switch (dtype) {
+    case DType::float32: {
+      float f;
+      std::memcpy(&f, p, 4);
+      return f;
+    }
+    case DType::float64: {
+      double d;
+      std::memcpy(&d, p, 8);
+      return static_cast<float>(d);
+    }
+    case DType::float16: {
+      std::uint16_t h;
+      std::memcpy(&h, p, 2);
+      return half_to_float(h);
+    }
+    default: {
+      std::uint16_t b;
+      std::memcpy(&b, p, 2);
+      return bfloat16_to_float(b);
+    }
+  }
+}
+
+}  // namespace
+
+std::uint16_t float_to_bfloat16(float value) {
+  if (std::isnan(value)) return 0x7FC0;
+  const std::uint32_t u = bits_of(value);
+  const std::uint32_t rounding_bias = ((u >> 16) & 1) + 0x7FFF;
+  return static_cast<std::uint16_t>((u + rounding_bias) >> 16);
+}
+
+// IEEE float16 from float32 with round to nearest even, via the floating-point unit: scaling by 2^112 and then
+// 2^-110 rounds the mantissa at float16's precision (and saturates huge values to infinity); adding a power of
+// two chosen from the exponent aligns the result so float16's bits can be read off directly.
+std::uint16_t float_to_half(float value) {
+  float base = (std::fabs(value) * 0x1.0p+112f) * 0x1.0p-110f;
+  const std::uint32_t w = bits_of(value);
+  const std::uint32_t shl1_w = w + w;
+  const std::uint32_t sign = w & 0x80000000u;
+  std::uint32_t bias = shl1_w & 0xFF000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  base = float_of((bias >> 1) + 0x07800000u) + base;
+  const std::uint32_t bits = bits_of(base);
+  const std::uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
+  const std::uint32_t mantissa_bits = bits & 0x00000FFFu;
+  const std::uint32_t nonsign = exp_bits + mantissa_bits;
+  return static_cast<std::uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16;
+  std::uint32_t exponent = (h >> 10) & 0x1F;
+  std::uint32_t mantissa = h & 0x3FF;
+  if (exponent == 0x1F) return float_of(sign | 0x7F800000u | (mantissa << 13));
+  if (exponent == 0) {
+    if (mantissa == 0) return float_of(sign);
+    // subnormal: normalise
+    exponent = 127 - 15 + 1;
+    while ((mantissa & 0x400) == 0) {
+      mantissa <<= 1;
+      --exponent;
+    }
+    mantissa &= 0x3FF;
+    return float_of(sign | (exponent << 23) | (mantissa << 13));
+  }
+  return float_of(sign | ((exponent + 127 - 15) << 23) | (mantissa << 13));
+}
+
+float bfloat16_to_float(std::uint16_t bits) { return float_of(static_cast<std::uint32_t>(bits) << 16); }
+
+bool can_cast(DType from, DType to) { return castable(from) && castable(to); }
+
+void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to) {
+  if (!can_cast(from, to)) {
+    fail(ErrorKind::unsupported, "", std::string("cannot cast ") + std::string(torch_name(from)) + " to " + std::string(torch_name(to)));
+  }
+  const std::size_t in_size = element_size(from);
+  const std::size_t out_size = element_size(to);
+  const std::size_t count = src.size() / in_size;
+  if (from == to) {
+    std::memcpy(dst.data(), src.data(), src.size());
+    return;
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::uint8_t* in = src.data() + i * in_size;
+    std::uint8_t* out = dst.data() + i * out_size;
+    if (to == DType::float64) {
+      // Widening to double is exact from every source here.
+      const double d = from == DType::float32 ? static_cast<double>(load_as_float(in, from)) : load_as_float(in, from);
+      std::memcpy(out, &d, 8);
+      continue;
+    }
+    const float f = load_as_float(in, from);
+    switch (to) {
+      case DType::float32: std::memcpy(out, &f, 4); break;
+      case DType::float16: {
+        const std::uint16_t h = float_to_half(f);
+        std::memcpy(out, &h, 2);
+        break;
+      }
+      default: {
+        const std::uint16_t b = float_to_bfloat16(f);
+        std::memcpy(out, &b, 2);
+        break;
+      }
+    }
+  }
+}
+
+}  // namespace ckpt

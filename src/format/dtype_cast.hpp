@@ -1,0 +1,24 @@
+// Casting floating tensor bytes between float32, float16, bfloat16 (and from float64) exactly as torch's
+// `.to(dtype)` does on CPU: round to nearest even; bfloat16 NaN becomes 0x7FC0 (sign dropped), float16 NaN
+// 0x7E00 with its sign; overflow to infinity; float16 subnormals kept.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "format/dtype.hpp"
+
+namespace ckpt {
+
+// True when `from` -> `to` is a cast this module performs (both floating, among f64/f32/f16/bf16).
+bool can_cast(DType from, DType to);
+
+// Converts `count` elements; `src` holds count * element_size(from) bytes, `dst` count * element_size(to).
+void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to);
+
+std::uint16_t float_to_bfloat16(float value);
+std::uint16_t float_to_half(float value);
+float half_to_float(std::uint16_t bits);
+float bfloat16_to_float(std::uint16_t bits);
+
+}  // namespace ckpt
