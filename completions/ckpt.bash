@@ -3,7 +3,7 @@ _ckpt() {
   local cur prev words cword
   _init_completion || return
 
-  local subcommands="list best rotate inspect"
+  local subcommands="list best rotate inspect convert"
   local subcommand=""
   local i
   for ((i = 1; i < cword; i++)); do
@@ -21,6 +21,10 @@ _ckpt() {
   case $prev in
     --mode) COMPREPLY=($(compgen -W "min max" -- "$cur")); return ;;
     --sort) COMPREPLY=($(compgen -W "step mtime" -- "$cur")); return ;;
+    --to) COMPREPLY=($(compgen -W "safetensors pytorch" -- "$cur")); return ;;
+    --dtype) COMPREPLY=($(compgen -W "bf16 fp16 fp32" -- "$cur")); return ;;
+    --max-shard-size) COMPREPLY=($(compgen -W "500MB 1GB 2GB 5GB 10GB" -- "$cur")); return ;;
+    -o | --output) _filedir; return ;;
     --metric) COMPREPLY=($(compgen -W "eval_loss eval_accuracy" -- "$cur")); return ;;
     --keep | --keep-every | --stale-after | --link) return ;;
     --export) _filedir -d; return ;;
@@ -32,10 +36,11 @@ _ckpt() {
     best) options="--metric --mode --json --link --export --help" ;;
     rotate) options="--keep --keep-every --stale-after --sort --metric --mode --dry-run --no-wait --json --quiet --help" ;;
     inspect) options="--json --verify --help" ;;
+    convert) options="--to --output --max-shard-size --dtype --include-state --dry-run --force --json --quiet --help" ;;
   esac
   if [[ $cur == -* ]]; then
     COMPREPLY=($(compgen -W "$options" -- "$cur"))
-  elif [[ $subcommand == inspect ]]; then
+  elif [[ $subcommand == inspect || $subcommand == convert ]]; then
     _filedir
   else
     _filedir -d

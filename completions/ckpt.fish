@@ -1,5 +1,5 @@
 # fish completion for ckpt
-set -l subcommands list best rotate inspect
+set -l subcommands list best rotate inspect convert
 complete -c ckpt -f
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -l help -d 'Show help'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -l version -d 'Show the version'
@@ -7,6 +7,7 @@ complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a list -d 'L
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a best -d 'Print the best checkpoint; link or export it'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a rotate -d 'Delete old checkpoints safely'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a inspect -d 'Show what a checkpoint holds'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a convert -d 'Convert between pickle and safetensors'
 
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -a '(__fish_complete_directories)'
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -l metric -x -a 'eval_loss eval_accuracy' -d 'Find the best by this metric'
@@ -23,3 +24,13 @@ complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l no-wait -d 'Fail ins
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -s q -l quiet -d 'Print nothing unless there is an error'
 complete -c ckpt -n "__fish_seen_subcommand_from inspect" -l verify -d 'Check CRCs, tensor extents and consistency'
 complete -c ckpt -n "__fish_seen_subcommand_from inspect" -F
+complete -c ckpt -n "__fish_seen_subcommand_from convert" -F
+complete -c ckpt -n "__fish_seen_subcommand_from convert" -l to -x -a 'safetensors pytorch' -d 'Target format'
+complete -c ckpt -n "__fish_seen_subcommand_from convert" -s o -l output -r -d 'Destination'
+complete -c ckpt -n "__fish_seen_subcommand_from convert" -l max-shard-size -x -a '500MB 1GB 2GB 5GB 10GB' -d 'Split weights into shards'
+complete -c ckpt -n "__fish_seen_subcommand_from convert" -l dtype -x -a 'bf16 fp16 fp32' -d 'Cast floating weights'
+complete -c ckpt -n "__fish_seen_subcommand_from convert" -l include-state -d 'Also convert optimizer, scheduler, scaler, rng'
+complete -c ckpt -n "__fish_seen_subcommand_from convert" -l dry-run -d 'Show what would be written'
+complete -c ckpt -n "__fish_seen_subcommand_from convert" -l force -d 'Replace an existing destination'
+complete -c ckpt -n "__fish_seen_subcommand_from convert" -l json -d 'Print a JSON summary'
+complete -c ckpt -n "__fish_seen_subcommand_from convert" -s q -l quiet -d 'Print nothing unless there is an error'

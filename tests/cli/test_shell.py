@@ -60,13 +60,15 @@ class Completions(unittest.TestCase):
 
     def test_bash_completes_subcommands_and_options(self):
         self.assertEqual(bash_complete("ckpt ins"), ["inspect"])
-        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "inspect", "list", "rotate"])
+        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "inspect", "list", "rotate"])
         self.assertEqual(sorted(bash_complete("ckpt inspect --")), ["--help", "--json", "--verify"])
 
     def test_bash_completes_option_values(self):
         self.assertEqual(sorted(bash_complete("ckpt rotate --sort ")), ["mtime", "step"])
         self.assertEqual(sorted(bash_complete("ckpt best --mode m")), ["max", "min"])
         self.assertIn("--keep-every", bash_complete("ckpt rotate --keep"))
+        self.assertEqual(sorted(bash_complete("ckpt convert x --to ")), ["pytorch", "safetensors"])
+        self.assertEqual(sorted(bash_complete("ckpt convert x --dtype ")), ["bf16", "fp16", "fp32"])
 
     def test_bash_completes_directories_for_run_commands(self):
         with tempfile.TemporaryDirectory() as tmp:
