@@ -32,9 +32,9 @@ _ckpt() {
 
   local options
   case $subcommand in
-    list) options="--json --metric --mode --sort --help" ;;
+    list) options="--json --metric --mode --sort --use-mtime --help" ;;
     best) options="--metric --mode --json --link --export --help" ;;
-    rotate) options="--keep --keep-every --stale-after --sort --metric --mode --dry-run --no-wait --json --quiet --help" ;;
+    rotate) options="--keep --keep-every --stale-after --sort --use-mtime --metric --mode --dry-run --no-wait --json --quiet --help" ;;
     inspect) options="--json --verify --help" ;;
     convert) options="--to --output --max-shard-size --dtype --include-state --dry-run --force --json --quiet --help" ;;
   esac

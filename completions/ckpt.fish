@@ -13,6 +13,7 @@ complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -a '(__fish_c
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -l metric -x -a 'eval_loss eval_accuracy' -d 'Find the best by this metric'
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -l mode -x -a 'min max' -d 'min or max for --metric'
 complete -c ckpt -n "__fish_seen_subcommand_from list rotate" -l sort -x -a 'step mtime' -d 'Order checkpoints'
+complete -c ckpt -n "__fish_seen_subcommand_from list rotate" -l use-mtime -d 'Order checkpoints by mtime'
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate inspect" -l json -d 'Print JSON'
 complete -c ckpt -n "__fish_seen_subcommand_from best" -l link -x -d 'Create or replace a symlink to the best'
 complete -c ckpt -n "__fish_seen_subcommand_from best" -l export -x -a '(__fish_complete_directories)' -d 'Write the best model into DIR'

@@ -1,5 +1,6 @@
 #include "cli/cli.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -20,6 +21,50 @@ constexpr Subcommand kSubcommands[] = {
     {"inspect", "Show what a checkpoint file, checkpoint directory or run directory holds", attach_inspect},
     {"convert", "Convert weights and checkpoint files between pickle and safetensors, shard, cast", attach_convert},
 };
+
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// "did you mean ...?" for a misspelled subcommand or option: the closest known name within two edits.
+std::string suggestion(const CLI::App& app, const std::vector<std::string>& args) {
+  const CLI::App* scope = &app;
+  for (const auto& arg : args) {
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      if (sub->get_name() == arg) scope = sub;
+    }
+  }
+  std::vector<std::string> known;
+  for (const CLI::App* sub : scope->get_subcommands({})) known.push_back(sub->get_name());
+  for (const CLI::Option* option : scope->get_options()) {
+    for (const auto& name : option->get_lnames()) known.push_back("--" + name);
+  }
+  std::string best;
+  std::size_t best_distance = 3;
+  for (const auto& arg : args) {
+    if (std::find(known.begin(), known.end(), arg) != known.end()) continue;
+    const std::string word = arg.substr(0, arg.find('='));
+    for (const auto& name : known) {
+      const std::size_t d = edit_distance(word, name);
+      if (d < best_distance) {
+        best_distance = d;
+        best = name;
+      }
+    }
+  }
+  return best;
+}
 
 int exit_code_for(ErrorKind kind) {
   switch (kind) {
@@ -58,6 +103,8 @@ int run(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     std::cerr << "ckpt: error: " << e.what() << "\n";
+    const std::string hint = suggestion(app, std::vector<std::string>(argv + 1, argv + argc));
+    if (!hint.empty()) std::cerr << "Did you mean '" << hint << "'?\n";
     std::cerr << "Run 'ckpt --help' or 'ckpt SUBCOMMAND --help' for usage.\n";
     return exit_usage;
   }

@@ -79,6 +79,7 @@ Action attach_list(CLI::App& sub) {
       ->check(CLI::IsMember({"min", "max"}));
   sub.add_option("--sort", o->sort, "Order checkpoints by step or by mtime (Hugging Face's use_mtime rule)")
       ->check(CLI::IsMember({"step", "mtime"}));
+  sub.add_flag_callback("--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");
   return [o] {
     checkpoint::ListOptions options;
     if (!o->metric.empty()) options.best.metric = o->metric;

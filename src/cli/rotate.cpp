@@ -80,6 +80,7 @@ Action attach_rotate(CLI::App& sub) {
   sub.add_option("--stale-after", o->stale_after, "Remove incomplete and staging directories older than this (default 1h; e.g. 30m, 2h, 1d)");
   sub.add_option("--sort", o->sort, "Order checkpoints by step or by mtime (falls back to step when mtimes lie within 1 s)")
       ->check(CLI::IsMember({"step", "mtime"}));
+  sub.add_flag_callback("--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");
   sub.add_option("--metric", o->metric, "Find the best by this metric instead of trainer_state.json's best_model_checkpoint");
   sub.add_option("--mode", o->mode, "min or max for --metric")->check(CLI::IsMember({"min", "max"}));
   sub.add_flag("--dry-run", o->dry_run, "Show each directory with keep or delete and the reason; change nothing");

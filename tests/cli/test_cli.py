@@ -38,6 +38,14 @@ class ExitCodes(unittest.TestCase):
             self.assertTrue(r.stderr.startswith("ckpt: error: "), r.stderr)
             self.assertEqual(r.stdout, "")
 
+    def test_usage_errors_suggest_the_closest_name(self):
+        r = ckpt("inspekt", DATA)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("Did you mean 'inspect'?", r.stderr)
+        r = ckpt("rotate", DATA, "--kep", "3")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("Did you mean '--keep'?", r.stderr)
+
     def test_missing_path_exits_one_naming_it(self):
         r = ckpt("inspect", "/nonexistent/ckpt-test")
         self.assertEqual(r.returncode, 1)
