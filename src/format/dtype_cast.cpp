@@ -126,7 +126,9 @@ void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std:
         break;
       }
       default: {
-        const std::uint16_t b = float_to_bfloat16(f);
+        // torch's vectorised float32 -> bfloat16 kernel (the path every CPU tensor takes) writes NaN as 0xFFFF;
+        // its scalar conversion, used from the other dtypes, as 0x7FC0.
+        const std::uint16_t b = from == DType::float32 && std::isnan(f) ? 0xFFFF : float_to_bfloat16(f);
         std::memcpy(out, &b, 2);
         break;
       }

@@ -1,6 +1,7 @@
-// Casting floating tensor bytes between float32, float16, bfloat16 (and from float64) exactly as torch's
-// `.to(dtype)` does on CPU: round to nearest even; bfloat16 NaN becomes 0x7FC0 (sign dropped), float16 NaN
-// 0x7E00 with its sign; overflow to infinity; float16 subnormals kept.
+// Casting floating tensor bytes between float32, float16, bfloat16 (and from float64) exactly as torch 1.13's
+// `.to(dtype)` does on x86 CPUs: round to nearest even; overflow to infinity; float16 subnormals kept; float16
+// NaN is 0x7E00 with its sign; bfloat16 NaN is 0xFFFF from float32 (the vectorised kernel) and 0x7FC0 from
+// the other dtypes (the scalar conversion).
 #pragma once
 
 #include <cstdint>
