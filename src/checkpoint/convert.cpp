@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <cstdio>
 #include <array>
 #include <filesystem>
@@ -203,6 +204,10 @@ struct Weight {
 
 // A state dict: an OrderedDict (possibly empty) or a non-empty dict, of names to tensors. A plain `{}` is not
 // weights (a disabled GradScaler's state is one).
+const pickle::TensorRef& tensor_of(const Weight& w) {
+  return w.source->graph().tensors[static_cast<std::size_t>(w.source->graph().at(w.node).integer)];
+}
+
 bool is_weights(const Graph& g) {
   const pickle::Node& root = g.at(g.root());
   if (root.kind != Kind::dict || (root.items.empty() && !root.flag)) return false;
@@ -218,7 +223,7 @@ void collect_weights(const Source& s, std::vector<Weight>& out) {
   using ViewKey = std::tuple<const Source*, std::uint32_t, std::int64_t, std::vector<std::int64_t>, std::vector<std::int64_t>>;
   std::map<ViewKey, std::string> first;
   for (const auto& w : out) {
-    const auto& t = g.tensors[static_cast<std::size_t>(w.source->graph().at(w.node).integer)];
+    const auto& t = tensor_of(w);
     first.emplace(ViewKey{w.source, t.storage, t.storage_offset, t.shape, t.stride}, w.name);
   }
   const auto& items = g.at(g.root()).items;
@@ -229,10 +234,6 @@ void collect_weights(const Source& s, std::vector<Weight>& out) {
     if (!inserted) w.tied_to = it->second;
     out.push_back(std::move(w));
   }
-}
-
-const pickle::TensorRef& tensor_of(const Weight& w) {
-  return w.source->graph().tensors[static_cast<std::size_t>(w.source->graph().at(w.node).integer)];
 }
 
 DType output_dtype(DType dtype, const ConvertOptions& options) {
@@ -283,7 +284,7 @@ struct Progress {
 
 // Writes `count` elements starting at byte `offset` of `file` (contiguous), cast from `from` to `to`.
 void write_contiguous(Sink& sink, const MappedFile& file, std::uint64_t offset, std::uint64_t count, DType from, DType to,
-                      Progress& progress) {
+                      bool zero_dim, Progress& progress) {
   const std::uint64_t in_bytes = count * element_size(from);
   if (from == to) {
     sink.copy(file.file(), offset, in_bytes);
@@ -296,7 +297,7 @@ void write_contiguous(Sink& sink, const MappedFile& file, std::uint64_t offset, 
   for (std::uint64_t done = 0; done < count;) {
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(per_chunk, count - done));
     file.read_at(offset + done * element_size(from), std::span(in).first(n * element_size(from)));
-    cast_elements(std::span(in).first(n * element_size(from)), from, std::span(out).first(n * element_size(to)), to);
+    cast_elements(std::span(in).first(n * element_size(from)), from, std::span(out).first(n * element_size(to)), to, zero_dim);
     sink.write(std::span(out).first(n * element_size(to)));
     done += n;
     progress.advance(n * element_size(from));
@@ -311,7 +312,7 @@ void write_tensor(Sink& sink, const Source& s, const pickle::TensorRef& t, DType
   const std::size_t es = element_size(t.dtype);
   const std::uint64_t base = s.storage_offsets[t.storage] + static_cast<std::uint64_t>(t.storage_offset) * es;
   if (numel == 1 || t.stride == contiguous_strides(t.shape)) {
-    write_contiguous(sink, s.file(), base, numel, t.dtype, to, progress);
+    write_contiguous(sink, s.file(), base, numel, t.dtype, to, t.shape.empty(), progress);
     return;
   }
   const auto bytes = s.file().bytes();
@@ -394,6 +395,7 @@ struct StorageFill {
   const Source* source = nullptr;
   std::uint32_t source_storage = 0;
   DType from = DType::uint8;
+  bool zero_dim = false;  // holds a single 0-d tensor (torch casts those with its scalar code)
 };
 
 void write_torch_file(const std::string& path, const Graph& g, const std::vector<StorageFill>& fills, Progress& progress) {
@@ -407,7 +409,7 @@ void write_torch_file(const std::string& path, const Graph& g, const std::vector
     const StorageFill& fill = fills[i];
     zip.begin(prefix + "data/" + storage.key);
     write_contiguous(sink, fill.source->file(), fill.source->storage_offsets[fill.source_storage], storage.numel, fill.from,
-                     storage.dtype, progress);
+                     storage.dtype, fill.zero_dim, progress);
     zip.end();
   }
   zip.add(prefix + "version", "3\n");
@@ -433,7 +435,7 @@ class GraphBuilder {
       }
       storage.dtype = storage.untyped ? storage.dtype : output_dtype(storage.dtype, options_);
       g_.storages.push_back(storage);
-      fills_.push_back({&s, st.storage, from});
+      fills_.push_back({&s, st.storage, from, st.shape.empty() && storage.numel == 1});
     }
     pickle::TensorRef t = st;
     t.storage = sit->second;
@@ -632,6 +634,9 @@ std::vector<std::unique_ptr<Source>> load_index(const std::string& index_path) {
     if (file.find('/') != std::string::npos) throw Error(ErrorKind::corrupt, index_path, "weight_map", "shard '" + file + "' leaves the directory");
     if (seen.insert(file).second) files.push_back(file);
   }
+  // In shard order (the numbered names sort so), as Hugging Face loads them: the merged state dict then has
+  // the original key order.
+  std::sort(files.begin(), files.end());
   std::vector<std::unique_ptr<Source>> sources;
   for (const auto& file : files) {
     const std::string path = (fs::path(index_path).parent_path() / file).string();
@@ -854,6 +859,20 @@ void convert_directory(const std::string& source, const std::string& destination
 
 }  // namespace
 
+namespace {
+
+// "1.5" * factor, the whole text a number, the result at least one byte.
+std::optional<std::uint64_t> scaled(const std::string& number, std::uint64_t factor) {
+  double value = 0;
+  auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), value);
+  if (number.empty() || ec != std::errc() || end != number.data() + number.size() || !(value >= 0)) return std::nullopt;
+  value *= static_cast<double>(factor);
+  if (value < 1 || value > 1.8e19) return std::nullopt;
+  return static_cast<std::uint64_t>(value);
+}
+
+}  // namespace
+
 std::optional<std::uint64_t> parse_size(const std::string& text) {
   static const std::pair<const char*, std::uint64_t> kUnits[] = {
       {"KIB", 1ull << 10}, {"MIB", 1ull << 20}, {"GIB", 1ull << 30}, {"TIB", 1ull << 40}, {"KB", 1000ull},
@@ -863,18 +882,9 @@ std::optional<std::uint64_t> parse_size(const std::string& text) {
   for (const auto& [suffix, factor] : kUnits) {
     const std::string s(suffix);
     if (upper.size() <= s.size() || upper.compare(upper.size() - s.size(), s.size(), s) != 0) continue;
-    const std::string number = upper.substr(0, upper.size() - s.size());
-    if (number.find_first_not_of("0123456789.") != std::string::npos || number.empty()) return std::nullopt;
-    try {
-      const double value = std::stod(number) * static_cast<double>(factor);
-      if (value < 1 || value > 1.8e19) return std::nullopt;
-      return static_cast<std::uint64_t>(value);
-    } catch (const std::exception&) {
-      return std::nullopt;
-    }
+    return scaled(upper.substr(0, upper.size() - s.size()), factor);
   }
-  if (!upper.empty() && upper.find_first_not_of("0123456789") == std::string::npos) return std::stoull(upper);
-  return std::nullopt;
+  return scaled(upper, 1);
 }
 
 ConvertResult convert(const std::string& source, const std::string& destination, const ConvertOptions& options) {

@@ -26,6 +26,7 @@ struct ConvertOptions {
   bool force = false;
   bool json = false;
   bool quiet = false;
+  bool max_shard_size_given = false;
 };
 
 // A progress line on stderr, only on a terminal and only for inputs big enough to wait for.
@@ -55,7 +56,7 @@ class ProgressLine {
 int run_convert(const ConvertOptions& o) {
   checkpoint::ConvertOptions options;
   options.to = o.to == "safetensors" ? checkpoint::ConvertTarget::safetensors : checkpoint::ConvertTarget::pytorch;
-  if (!o.max_shard_size.empty()) {
+  if (o.max_shard_size_given) {
     options.max_shard_size = checkpoint::parse_size(o.max_shard_size);
     if (!options.max_shard_size) {
       throw Error(ErrorKind::invalid_argument, "", "--max-shard-size", "'" + o.max_shard_size + "' is not a size (e.g. 5GB, 500MiB)");
@@ -106,7 +107,8 @@ Action attach_convert(CLI::App& sub) {
       ->required();
   sub.add_option("--to", o->to, "Target format")->required()->check(CLI::IsMember({"safetensors", "pytorch"}));
   sub.add_option("-o,--output", o->output, "Destination file, or directory (for a directory SRC or with --max-shard-size)")->required();
-  sub.add_option("--max-shard-size", o->max_shard_size, "Split weights into shards of at most this size, with an index json (e.g. 5GB, 500MiB)");
+  sub.add_option("--max-shard-size", o->max_shard_size, "Split weights into shards of at most this size, with an index json (e.g. 5GB, 500MiB)")
+      ->each([o](const std::string&) { o->max_shard_size_given = true; });
   sub.add_option("--dtype", o->dtype, "Cast floating weights (round to nearest even, as torch does)")->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
   sub.add_flag("--include-state", o->include_state,
                "For a directory: also convert optimizer, scheduler, scaler and rng_state files (and training_args.bin one way, to JSON)");

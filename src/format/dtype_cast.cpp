@@ -78,7 +78,8 @@ float half_to_float(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16;
   std::uint32_t exponent = (h >> 10) & 0x1F;
   std::uint32_t mantissa = h & 0x3FF;
-  if (exponent == 0x1F) return float_of(sign | 0x7F800000u | (mantissa << 13));
+  // A NaN comes out quiet, as the float arithmetic torch converts with makes it.
+  if (exponent == 0x1F) return float_of(sign | 0x7F800000u | (mantissa << 13) | (mantissa != 0 ? 0x00400000u : 0u));
   if (exponent == 0) {
     if (mantissa == 0) return float_of(sign);
     // subnormal: normalise
@@ -97,7 +98,7 @@ float bfloat16_to_float(std::uint16_t bits) { return float_of(static_cast<std::u
 
 bool can_cast(DType from, DType to) { return castable(from) && castable(to); }
 
-void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to) {
+void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to, bool zero_dim) {
   if (!can_cast(from, to)) {
     fail(ErrorKind::unsupported, "", std::string("cannot cast ") + std::string(torch_name(from)) + " to " + std::string(torch_name(to)));
   }
@@ -126,9 +127,9 @@ void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std:
         break;
       }
       default: {
-        // torch's vectorised float32 -> bfloat16 kernel (the path every CPU tensor takes) writes NaN as 0xFFFF;
-        // its scalar conversion, used from the other dtypes, as 0x7FC0.
-        const std::uint16_t b = from == DType::float32 && std::isnan(f) ? 0xFFFF : float_to_bfloat16(f);
+        // torch's vectorised float32 -> bfloat16 kernel (the path every CPU tensor of one or more dimensions
+        // takes) writes NaN as 0xFFFF; its scalar conversion (0-d tensors, the other dtypes) as 0x7FC0.
+        const std::uint16_t b = from == DType::float32 && !zero_dim && std::isnan(f) ? 0xFFFF : float_to_bfloat16(f);
         std::memcpy(out, &b, 2);
         break;
       }

@@ -1,7 +1,7 @@
 // Casting floating tensor bytes between float32, float16, bfloat16 (and from float64) exactly as torch 1.13's
 // `.to(dtype)` does on x86 CPUs: round to nearest even; overflow to infinity; float16 subnormals kept; float16
 // NaN is 0x7E00 with its sign; bfloat16 NaN is 0xFFFF from float32 (the vectorised kernel) and 0x7FC0 from
-// the other dtypes (the scalar conversion).
+// a 0-d tensor or the other dtypes (the scalar conversion); float16 NaNs widen to quiet float32 NaNs.
 #pragma once
 
 #include <cstdint>
@@ -15,7 +15,8 @@ namespace ckpt {
 bool can_cast(DType from, DType to);
 
 // Converts `count` elements; `src` holds count * element_size(from) bytes, `dst` count * element_size(to).
-void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to);
+// `zero_dim`: the elements are a 0-d tensor's, which torch converts with its scalar code (NaN differs).
+void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to, bool zero_dim = false);
 
 std::uint16_t float_to_bfloat16(float value);
 std::uint16_t float_to_half(float value);
