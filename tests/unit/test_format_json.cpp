@@ -42,3 +42,12 @@ TEST_CASE("dump replaces invalid UTF-8 instead of throwing") {
   json::Json v = std::string("ok\xff");
   CHECK(json::dump(v) == "\"ok\xEF\xBF\xBD\"");
 }
+
+TEST_CASE("a number beyond double's range is corrupt input, not an escaping exception (found by fuzz_json)") {
+  try {
+    json::parse(R"({"best_metric": 2.22357e6118087769})");
+    FAIL("parsed");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::corrupt);
+  }
+}
