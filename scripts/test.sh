@@ -16,4 +16,4 @@ ctest --test-dir build-asan -j"$(nproc)" --output-on-failure
 
 # Every libFuzzer target for a short smoke (tests/fuzz/README.md); a crash fails the run.
 bash scripts/fuzz.sh 20
-echo "fuzz smoke: 5 passed, 0 failed"
+echo "fuzz: 5 passed, 0 failed"
