@@ -15,6 +15,20 @@
 namespace ckpt::checkpoint {
 namespace fs = std::filesystem;
 
+namespace {
+
+fs::directory_iterator list_directory(const std::string& dir) {
+  std::error_code ec;
+  fs::directory_iterator it(dir, ec);
+  if (ec) {
+    throw Error(ec == std::errc::no_such_file_or_directory ? ErrorKind::not_found : ErrorKind::io, dir, "",
+                "cannot list directory: " + ec.message());
+  }
+  return it;
+}
+
+}  // namespace
+
 std::optional<std::int64_t> checkpoint_step(const std::string& name) {
   static constexpr std::string_view kPrefix = "checkpoint-";
   if (name.size() <= kPrefix.size() || name.compare(0, kPrefix.size(), kPrefix) != 0) return std::nullopt;
@@ -29,11 +43,7 @@ std::optional<std::int64_t> checkpoint_step(const std::string& name) {
 std::vector<CheckpointDir> discover_checkpoints(const std::string& run_dir) {
   std::vector<CheckpointDir> found;
   std::error_code ec;
-  fs::directory_iterator it(run_dir, ec);
-  if (ec) {
-    throw Error(ec == std::errc::no_such_file_or_directory ? ErrorKind::not_found : ErrorKind::io, run_dir, "",
-                "cannot list directory: " + ec.message());
-  }
+  fs::directory_iterator it = list_directory(run_dir);
   for (const auto& entry : it) {
     const std::string name = entry.path().filename().string();
     auto step = checkpoint_step(name);
@@ -203,11 +213,7 @@ RunScan scan_run(const std::string& run_dir) {
   RunScan scan;
   scan.path = run_dir;
   std::error_code ec;
-  fs::directory_iterator it(run_dir, ec);
-  if (ec) {
-    throw Error(ec == std::errc::no_such_file_or_directory ? ErrorKind::not_found : ErrorKind::io, run_dir, "",
-                "cannot list directory: " + ec.message());
-  }
+  fs::directory_iterator it = list_directory(run_dir);
   for (const auto& dirent : it) {
     if (dirent.is_symlink(ec) || !dirent.is_directory(ec)) continue;
     RunEntry e;

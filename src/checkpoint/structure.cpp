@@ -5,7 +5,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "checkpoint/value_data.hpp"
+#include "format/big_int.hpp"
 #include "util/error.hpp"
 
 namespace ckpt::checkpoint {
@@ -40,31 +40,12 @@ std::string bytes_of_hex(const std::string& hex) {
 
 // Decimal digits (optional '-') -> little-endian two's complement, for ints past 64 bits.
 std::string decimal_to_le(const std::string& text) {
-  bool negative = !text.empty() && text[0] == '-';
-  std::vector<std::uint8_t> mag;
-  for (std::size_t i = negative ? 1 : 0; i < text.size(); ++i) {
-    if (text[i] < '0' || text[i] > '9' || i > 5000) fail_corrupt("structure", "bad $int digits");
-    unsigned carry = static_cast<unsigned>(text[i] - '0');
-    for (auto& b : mag) {
-      unsigned v = b * 10u + carry;
-      b = static_cast<std::uint8_t>(v & 0xFF);
-      carry = v >> 8;
-    }
-    while (carry) {
-      mag.push_back(static_cast<std::uint8_t>(carry & 0xFF));
-      carry >>= 8;
-    }
+  const bool negative = !text.empty() && text[0] == '-';
+  const std::string_view digits = std::string_view(text).substr(negative ? 1 : 0);
+  if (digits.empty() || digits.size() > 5000 || digits.find_first_not_of("0123456789") != std::string_view::npos) {
+    fail_corrupt("structure", "bad $int digits");
   }
-  mag.push_back(0);
-  if (negative) {
-    unsigned carry = 1;
-    for (auto& b : mag) {
-      unsigned v = static_cast<std::uint8_t>(~b) + carry;
-      b = static_cast<std::uint8_t>(v & 0xFF);
-      carry = v >> 8;
-    }
-  }
-  return std::string(mag.begin(), mag.end());
+  return twos_complement_from_decimal(digits, negative);
 }
 
 class Encoder {
@@ -77,7 +58,7 @@ class Encoder {
       case Kind::none: return nullptr;
       case Kind::boolean: return n.flag;
       case Kind::integer: return n.integer;
-      case Kind::big_integer: return {{"$int", big_integer_decimal(n.text)}};
+      case Kind::big_integer: return {{"$int", decimal_from_twos_complement(n.text)}};
       case Kind::floating:
         if (std::isnan(n.number)) return {{"$float", "nan"}};
         if (std::isinf(n.number)) return {{"$float", n.number > 0 ? "inf" : "-inf"}};

@@ -2,6 +2,7 @@
 
 #include <unordered_map>
 
+#include "format/big_int.hpp"
 #include "format/torch_archive.hpp"
 #include "util/error.hpp"
 
@@ -10,8 +11,6 @@ namespace {
 
 constexpr std::size_t kMaxConvertedValues = 1u << 20;
 constexpr std::size_t kMaxConvertedBytes = 64u << 20;
-// Beyond this many bytes the quadratic conversion to decimal is not worth it: show hex instead.
-constexpr std::size_t kMaxDecimalBytes = 512;
 
 // The size of a value once every shared reference is expanded, computed over the graph (acyclic and at most
 // pickle::kMaxDepth deep, so the recursion is bounded) in time linear in its size, saturating at the budgets.
@@ -64,7 +63,7 @@ class Converter {
       case Kind::none: return nullptr;
       case Kind::boolean: return n.flag;
       case Kind::integer: return n.integer;
-      case Kind::big_integer: return big_integer_decimal(n.text);
+      case Kind::big_integer: return decimal_from_twos_complement(n.text);
       case Kind::floating: return n.number;
       case Kind::string: return n.text;
       case Kind::bytes: return json::Json{{"type", "bytes"}, {"length", n.text.size()}};
@@ -127,43 +126,6 @@ class Converter {
 }  // namespace
 
 json::Json to_data(const pickle::Graph& graph, pickle::NodeId id) { return Converter(graph).convert_checked(id); }
-
-std::string big_integer_decimal(const std::string& le_bytes) {
-  std::vector<std::uint8_t> mag(le_bytes.begin(), le_bytes.end());
-  const bool negative = !mag.empty() && (mag.back() & 0x80);
-  if (negative) {  // two's complement negation
-    unsigned carry = 1;
-    for (auto& b : mag) {
-      unsigned v = static_cast<std::uint8_t>(~b) + carry;
-      b = static_cast<std::uint8_t>(v & 0xFF);
-      carry = v >> 8;
-    }
-  }
-  while (!mag.empty() && mag.back() == 0) mag.pop_back();
-  if (mag.empty()) return "0";
-  if (mag.size() > kMaxDecimalBytes) {
-    static const char* digits = "0123456789abcdef";
-    std::string hex = negative ? "-0x" : "0x";
-    for (auto it = mag.rbegin(); it != mag.rend(); ++it) {
-      hex += digits[*it >> 4];
-      hex += digits[*it & 15];
-    }
-    return hex;
-  }
-  std::string decimal;
-  while (!mag.empty()) {  // repeated division by 10, most significant byte first
-    unsigned remainder = 0;
-    for (auto it = mag.rbegin(); it != mag.rend(); ++it) {
-      unsigned cur = (remainder << 8) | *it;
-      *it = static_cast<std::uint8_t>(cur / 10);
-      remainder = cur % 10;
-    }
-    decimal += static_cast<char>('0' + remainder);
-    while (!mag.empty() && mag.back() == 0) mag.pop_back();
-  }
-  if (negative) decimal += '-';
-  return std::string(decimal.rbegin(), decimal.rend());
-}
 
 std::string numpy_dtype_name(const std::string& descr) {
   std::string code = descr;

@@ -12,9 +12,6 @@ namespace ckpt::checkpoint {
 // without bound.
 json::Json to_data(const pickle::Graph& graph, pickle::NodeId id);
 
-// A Python int's decimal digits from little-endian two's complement bytes.
-std::string big_integer_decimal(const std::string& le_bytes);
-
 // A numpy type string ("<u4", "|b1") as the dtype name numpy prints ("uint32", "bool").
 std::string numpy_dtype_name(const std::string& descr);
 

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "format/big_int.hpp"
 #include "util/byte_reader.hpp"
 #include "util/error.hpp"
 
@@ -79,33 +80,6 @@ bool fits_int64(std::span<const std::uint8_t> le, std::int64_t& out) {
   }
   out = static_cast<std::int64_t>(v);
   return true;
-}
-
-// Decimal text (optional sign) -> little-endian two's complement bytes.
-std::string decimal_to_twos_complement(std::string_view digits, bool negative) {
-  std::vector<std::uint8_t> mag;  // little-endian magnitude
-  for (char d : digits) {
-    unsigned carry = static_cast<unsigned>(d - '0');
-    for (auto& b : mag) {
-      unsigned v = b * 10u + carry;
-      b = static_cast<std::uint8_t>(v & 0xFF);
-      carry = v >> 8;
-    }
-    while (carry) {
-      mag.push_back(static_cast<std::uint8_t>(carry & 0xFF));
-      carry >>= 8;
-    }
-  }
-  mag.push_back(0);  // room for the sign bit
-  if (negative) {
-    unsigned carry = 1;
-    for (auto& b : mag) {
-      unsigned v = static_cast<std::uint8_t>(~b) + carry;
-      b = static_cast<std::uint8_t>(v & 0xFF);
-      carry = v >> 8;
-    }
-  }
-  return std::string(mag.begin(), mag.end());
 }
 
 class Parser {
@@ -216,7 +190,7 @@ class Parser {
     for (char c : digits) {
       if (c < '0' || c > '9') bad("integer literal has a non-digit");
     }
-    std::string le = decimal_to_twos_complement(digits, negative);
+    std::string le = twos_complement_from_decimal(digits, negative);
     return add_long({reinterpret_cast<const std::uint8_t*>(le.data()), le.size()});
   }
 

@@ -2,6 +2,7 @@
 
 #include "bytes.hpp"
 #include "checkpoint/value_data.hpp"
+#include "format/big_int.hpp"
 #include "format/pickle.hpp"
 #include "util/error.hpp"
 
@@ -68,7 +69,7 @@ TEST_CASE("protocol 0 text opcodes") {
   REQUIRE(list.items.size() == 5);
   CHECK(g.at(list.items[0]).integer == 1);
   REQUIRE(g.at(list.items[1]).kind == Kind::big_integer);
-  CHECK(checkpoint::big_integer_decimal(g.at(list.items[1]).text) == "1180591620717411303424");
+  CHECK(decimal_from_twos_complement(g.at(list.items[1]).text) == "1180591620717411303424");
   CHECK(g.at(list.items[2]).text == "x\xc3\xa9");
   CHECK(g.at(list.items[3]).number == 1.25);
   CHECK(g.at(list.items[4]).kind == Kind::boolean);
@@ -86,7 +87,7 @@ TEST_CASE("LONG1 widths: 5-byte ints that LibTorch rejects, negatives, and ints 
   // 2**70 + 5 = LONG1 9 bytes: 05 00 .. 00 40 00
   g = parse(p2(std::string("\x8a\x09\x05\x00\x00\x00\x00\x00\x00\x00\x40", 11)));
   REQUIRE(g.at(g.root()).kind == Kind::big_integer);
-  CHECK(checkpoint::big_integer_decimal(g.at(g.root()).text) == "1180591620717411303429");
+  CHECK(decimal_from_twos_complement(g.at(g.root()).text) == "1180591620717411303429");
 }
 
 TEST_CASE("protocol 4 and 5: frames, MEMOIZE, STACK_GLOBAL, sets, bytearray") {
