@@ -180,11 +180,7 @@ std::unique_ptr<Source> load_torch(const std::string& path) {
 }
 
 std::unique_ptr<Source> load(const std::string& path) {
-  std::array<std::uint8_t, 64> head{};
-  ReadOnlyFile file(path);
-  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(file.size(), head.size()));
-  file.read_at(0, std::span(head).first(n));
-  switch (torch_archive::sniff(std::span(head).first(n))) {
+  switch (torch_archive::sniff(ReadOnlyFile(path))) {
     case torch_archive::Container::torch_zip: return load_torch(path);
     case torch_archive::Container::safetensors: return load_safetensors(path);
     case torch_archive::Container::torch_legacy:
@@ -202,24 +198,13 @@ struct Weight {
   std::optional<std::string> tied_to;   // the same view as an earlier tensor
 };
 
-// A state dict: an OrderedDict (possibly empty) or a non-empty dict, of names to tensors. A plain `{}` is not
-// weights (a disabled GradScaler's state is one).
 const pickle::TensorRef& tensor_of(const Weight& w) {
   return w.source->graph().tensors[static_cast<std::size_t>(w.source->graph().at(w.node).integer)];
 }
 
-bool is_weights(const Graph& g) {
-  const pickle::Node& root = g.at(g.root());
-  if (root.kind != Kind::dict || (root.items.empty() && !root.flag)) return false;
-  for (std::size_t i = 0; i + 1 < root.items.size(); i += 2) {
-    if (!g.is(root.items[i], Kind::string) || !g.is(root.items[i + 1], Kind::tensor)) return false;
-  }
-  return true;
-}
-
 void collect_weights(const Source& s, std::vector<Weight>& out) {
   const Graph& g = s.graph();
-  if (!is_weights(g)) throw Error(ErrorKind::unsupported, s.path, "", "not a state dict of tensors (an object or other values where weights were expected)");
+  if (!is_state_dict(g)) throw Error(ErrorKind::unsupported, s.path, "", "not a state dict of tensors (an object or other values where weights were expected)");
   using ViewKey = std::tuple<const Source*, std::uint32_t, std::int64_t, std::vector<std::int64_t>, std::vector<std::int64_t>>;
   std::map<ViewKey, std::string> first;
   for (const auto& w : out) {
@@ -691,7 +676,7 @@ void convert_state(const Source& s, const std::string& destination, const Conver
         {"format", "pt"}, {kStructureKey, json::dump(structure)}, {kSourceNameKey, fs::path(s.path).filename().string()}};
     if (!options.dry_run) write_safetensors_file(destination, std::move(items), metadata, progress);
   } else {
-    if (!s.safetensors || (!has_structure(s) && !is_weights(s.graph()))) {
+    if (!s.safetensors || (!has_structure(s) && !is_state_dict(s.graph()))) {
       throw Error(ErrorKind::unsupported, s.path, "", "not a file ckpt converts to pytorch");
     }
     Graph g;
@@ -920,7 +905,7 @@ ConvertResult convert(const std::string& source, const std::string& destination,
   }
   const auto s = load(source);
   const std::string name = fs::path(source).filename().string();
-  if (is_weights(s->graph()) && !has_structure(*s)) {
+  if (is_state_dict(s->graph()) && !has_structure(*s)) {
     if (options.max_shard_size) {
       std::string staging;
       build_directory(destination, options, [&](const std::string& out) {

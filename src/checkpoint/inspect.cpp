@@ -36,15 +36,6 @@ bool has_keys(const Graph& g, NodeId root, std::initializer_list<std::string_vie
   return std::all_of(keys.begin(), keys.end(), [&](std::string_view k) { return g.dict_get(root, k) != nullptr; });
 }
 
-bool is_state_dict(const Graph& g, NodeId root) {
-  const pickle::Node& n = g.at(root);
-  if (n.kind != Kind::dict || (n.items.empty() && !n.flag)) return false;
-  for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) {
-    if (!g.is(n.items[i], Kind::string) || !g.is(n.items[i + 1], Kind::tensor)) return false;
-  }
-  return true;
-}
-
 bool is_rng_state(const Graph& g, NodeId root) {
   static const std::set<std::string> kGenerators = {"python", "numpy", "cpu", "cuda", "mps", "npu", "xpu", "xla", "hpu", "mlu", "musa"};
   const pickle::Node& n = g.at(root);
@@ -57,7 +48,7 @@ bool is_rng_state(const Graph& g, NodeId root) {
 
 std::string classify_pickle(const Graph& g, const std::string& file_name) {
   const NodeId root = g.root();
-  if (is_state_dict(g, root)) return "weights";
+  if (is_state_dict(g)) return "weights";
   if (g.is(root, Kind::dict)) {
     if (g.at(root).items.empty()) return file_name.find("scaler") != std::string::npos ? "scaler" : "pickle";
     const NodeId* state = g.dict_get(root, "state");
@@ -356,10 +347,7 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
   if (options.verify) report.verify = Verification{};
 
   MappedFile file(path);
-  std::array<std::uint8_t, 64> head{};
-  const std::size_t head_size = std::min<std::size_t>(file.size(), head.size());
-  file.read_at(0, std::span(head).first(head_size));
-  switch (torch_archive::sniff(std::span(head).first(head_size))) {
+  switch (torch_archive::sniff(file.file())) {
     case torch_archive::Container::safetensors:
       report.format = "safetensors";
       report.kind = "weights";

@@ -127,6 +127,15 @@ class Converter {
 
 json::Json to_data(const pickle::Graph& graph, pickle::NodeId id) { return Converter(graph).convert_checked(id); }
 
+bool is_state_dict(const pickle::Graph& g) {
+  const pickle::Node& n = g.at(g.root());
+  if (n.kind != pickle::Kind::dict || (n.items.empty() && !n.flag)) return false;
+  for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) {
+    if (!g.is(n.items[i], pickle::Kind::string) || !g.is(n.items[i + 1], pickle::Kind::tensor)) return false;
+  }
+  return true;
+}
+
 std::string numpy_dtype_name(const std::string& descr) {
   std::string code = descr;
   if (!code.empty() && (code[0] == '<' || code[0] == '>' || code[0] == '|' || code[0] == '=')) code.erase(0, 1);

@@ -12,6 +12,10 @@ namespace ckpt::checkpoint {
 // without bound.
 json::Json to_data(const pickle::Graph& graph, pickle::NodeId id);
 
+// A state dict: an OrderedDict (possibly empty) or a non-empty dict, whose keys are strings and values tensors.
+// A plain `{}` is not one (a disabled GradScaler's state is that).
+bool is_state_dict(const pickle::Graph& graph);
+
 // A numpy type string ("<u4", "|b1") as the dtype name numpy prints ("uint32", "bool").
 std::string numpy_dtype_name(const std::string& descr);
 

@@ -1,5 +1,7 @@
 #include "format/torch_archive.hpp"
 
+#include <algorithm>
+#include <array>
 #include <unordered_map>
 
 #include "util/byte_reader.hpp"
@@ -137,6 +139,13 @@ Container sniff(std::span<const std::uint8_t> head) {
     break;
   }
   return Container::unknown;
+}
+
+Container sniff(const ReadOnlyFile& file) {
+  std::array<std::uint8_t, 64> head{};
+  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(file.size(), head.size()));
+  file.read_at(0, std::span(head).first(n));
+  return sniff(std::span(head).first(n));
 }
 
 std::optional<std::uint64_t> numel(const std::vector<std::int64_t>& shape) {

@@ -56,6 +56,8 @@ enum class Container { torch_zip, torch_legacy, safetensors, json, unknown };
 
 // What a file is, from its first bytes alone.
 Container sniff(std::span<const std::uint8_t> head);
+// The same for a file on disk (reads its first 64 bytes).
+Container sniff(const ReadOnlyFile& file);
 
 // Number of elements a shape holds; nullopt when the product overflows.
 std::optional<std::uint64_t> numel(const std::vector<std::int64_t>& shape);
