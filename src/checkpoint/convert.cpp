@@ -11,6 +11,7 @@
 #include <set>
 
 #include "checkpoint/run_dir.hpp"
+#include "checkpoint/source.hpp"
 #include "checkpoint/structure.hpp"
 #include "checkpoint/tensor_scan.hpp"
 #include "checkpoint/value_data.hpp"
@@ -33,161 +34,6 @@ using pickle::NodeId;
 namespace {
 
 constexpr std::size_t kChunk = 4u << 20;
-constexpr const char* kOrderKey = "ckpt_order";
-constexpr const char* kAliasesKey = "ckpt_aliases";
-constexpr const char* kAttributesKey = "ckpt_attributes";
-constexpr const char* kStructureKey = "ckpt_structure";
-constexpr const char* kSourceNameKey = "ckpt_source_name";
-
-// ---- sources ----
-
-// A file read for conversion: its value graph, and where in the file each storage's bytes begin.
-struct Source {
-  std::string path;
-  bool safetensors = false;
-  std::unique_ptr<torch_archive::TorchFile> torch;
-  std::unique_ptr<MappedFile> mapped;  // safetensors only
-  Graph own_graph;                     // safetensors only
-  std::vector<std::uint64_t> storage_offsets;
-  std::map<std::string, std::string> metadata;
-
-  const Graph& graph() const { return torch ? torch->graph() : own_graph; }
-  const MappedFile& file() const { return torch ? torch->mapped() : *mapped; }
-};
-
-NodeId add_storage_tensor(Graph& g, std::vector<std::uint64_t>& offsets, DType dtype, const std::vector<std::int64_t>& shape,
-                          std::uint64_t file_offset, bool requires_grad, bool parameter) {
-  pickle::StorageRef storage;
-  storage.key = std::to_string(g.storages.size());
-  storage.dtype = dtype;
-  storage.location = "cpu";
-  storage.numel = *torch_archive::numel(shape);
-  g.storages.push_back(storage);
-  offsets.push_back(file_offset);
-  pickle::TensorRef t;
-  t.storage = static_cast<std::uint32_t>(g.storages.size() - 1);
-  t.dtype = dtype;
-  t.shape = shape;
-  t.stride = contiguous_strides(shape);
-  t.requires_grad = requires_grad;
-  t.is_parameter = parameter;
-  g.tensors.push_back(std::move(t));
-  pickle::Node n;
-  n.kind = Kind::tensor;
-  n.integer = static_cast<std::int64_t>(g.tensors.size() - 1);
-  return g.add(std::move(n));
-}
-
-json::Json metadata_json(const Source& s, const char* key) {
-  auto it = s.metadata.find(key);
-  if (it == s.metadata.end()) return nullptr;
-  try {
-    return json::parse(it->second);
-  } catch (const Error& e) {
-    throw Error(ErrorKind::corrupt, s.path, std::string("__metadata__ ") + key, e.detail());
-  }
-}
-
-// A safetensors file as a value graph: a state dict (in ckpt_order when recorded, tied aliases restored) or, for
-// files ckpt wrote from another checkpoint file, the structure recorded in ckpt_structure.
-std::unique_ptr<Source> load_safetensors(const std::string& path) {
-  auto s = std::make_unique<Source>();
-  s->path = path;
-  s->safetensors = true;
-  s->mapped = std::make_unique<MappedFile>(path);
-  safetensors::Header header;
-  try {
-    header = safetensors::parse(s->mapped->bytes());
-  } catch (const Error& e) {
-    throw e.with_context(path, "");
-  }
-  for (const auto& [k, v] : header.metadata) s->metadata[k] = v;
-  std::map<std::string, const safetensors::Tensor*> by_name;
-  for (const auto& t : header.tensors) by_name[t.name] = &t;
-  Graph& g = s->own_graph;
-  auto tensor_node = [&](const std::string& name, bool requires_grad, bool parameter) -> NodeId {
-    auto it = by_name.find(name);
-    if (it == by_name.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "named in the metadata but not stored");
-    return add_storage_tensor(g, s->storage_offsets, it->second->dtype, it->second->shape,
-                              header.buffer_offset + it->second->begin, requires_grad, parameter);
-  };
-
-  if (s->metadata.count(kStructureKey)) {
-    auto array_bytes = [&](const std::string& name) -> std::string {
-      auto it = by_name.find(name);
-      if (it == by_name.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "named in the metadata but not stored");
-      auto bytes = safetensors::tensor_bytes(s->mapped->bytes(), header, *it->second);
-      return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-    };
-    try {
-      g.set_root(decode_structure(metadata_json(*s, kStructureKey), g, tensor_node, array_bytes));
-    } catch (const Error& e) {
-      throw e.with_context(path, "");
-    }
-    return s;
-  }
-
-  std::vector<std::string> order;
-  const json::Json recorded = metadata_json(*s, kOrderKey);
-  if (recorded.is_array()) {
-    for (const auto& n : recorded) {
-      if (n.is_string()) order.push_back(n.get<std::string>());
-    }
-  } else {
-    for (const auto& t : header.tensors) order.push_back(t.name);
-  }
-  std::map<std::string, std::string> aliases;
-  const json::Json alias_json = metadata_json(*s, kAliasesKey);
-  if (alias_json.is_object()) {
-    for (const auto& [alias, target] : alias_json.items()) {
-      if (target.is_string()) aliases[alias] = target.get<std::string>();
-    }
-  }
-  pickle::Node root;
-  root.kind = Kind::dict;
-  root.flag = true;
-  std::map<std::string, NodeId> made;
-  for (const auto& name : order) {
-    NodeId value;
-    if (auto a = aliases.find(name); a != aliases.end() && !by_name.count(name)) {
-      auto target = made.find(a->second);
-      if (target == made.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "tied to '" + a->second + "', which comes later or is missing");
-      value = target->second;
-    } else {
-      value = tensor_node(name, false, false);
-    }
-    made[name] = value;
-    pickle::Node key;
-    key.kind = Kind::string;
-    key.text = name;
-    root.items.push_back(g.add(std::move(key)));
-    root.items.push_back(value);
-  }
-  if (made.size() < by_name.size()) throw Error(ErrorKind::corrupt, path, "__metadata__ ckpt_order", "does not name every tensor");
-  if (s->metadata.count(kAttributesKey)) {
-    root.attributes = decode_structure(metadata_json(*s, kAttributesKey), g, tensor_node, [](const std::string&) { return std::string(); });
-  }
-  g.set_root(g.add(std::move(root)));
-  return s;
-}
-
-std::unique_ptr<Source> load_torch(const std::string& path) {
-  auto s = std::make_unique<Source>();
-  s->path = path;
-  s->torch = std::make_unique<torch_archive::TorchFile>(path);
-  for (std::size_t i = 0; i < s->torch->graph().storages.size(); ++i) s->storage_offsets.push_back(s->torch->storage_entry(i).data_offset);
-  return s;
-}
-
-std::unique_ptr<Source> load(const std::string& path) {
-  switch (torch_archive::sniff(ReadOnlyFile(path))) {
-    case torch_archive::Container::torch_zip: return load_torch(path);
-    case torch_archive::Container::safetensors: return load_safetensors(path);
-    case torch_archive::Container::torch_legacy:
-      throw Error(ErrorKind::unsupported, path, "", "legacy torch.save format (PyTorch < 1.6); load and save it again with a newer PyTorch");
-    default: throw Error(ErrorKind::unsupported, path, "byte 0", "not a torch.save zip or a safetensors file");
-  }
-}
 
 // ---- weights: named tensors of a state dict ----
 
@@ -626,7 +472,7 @@ std::vector<std::unique_ptr<Source>> load_index(const std::string& index_path) {
   for (const auto& file : files) {
     const std::string path = (fs::path(index_path).parent_path() / file).string();
     if (!fs::exists(path)) throw Error(ErrorKind::corrupt, index_path, "weight_map", "shard '" + file + "' is missing");
-    sources.push_back(load(path));
+    sources.push_back(load_source(path));
   }
   return sources;
 }
@@ -647,8 +493,6 @@ void convert_weights(const std::vector<const Source*>& sources, const std::strin
 }
 
 // ---- other checkpoint files ----
-
-bool has_structure(const Source& s) { return s.metadata.count(kStructureKey) != 0; }
 
 void convert_state(const Source& s, const std::string& destination, const ConvertOptions& options, ConvertResult& result) {
   Progress progress;
@@ -676,7 +520,7 @@ void convert_state(const Source& s, const std::string& destination, const Conver
         {"format", "pt"}, {kStructureKey, json::dump(structure)}, {kSourceNameKey, fs::path(s.path).filename().string()}};
     if (!options.dry_run) write_safetensors_file(destination, std::move(items), metadata, progress);
   } else {
-    if (!s.safetensors || (!has_structure(s) && !is_state_dict(s.graph()))) {
+    if (!s.safetensors || (!s.has_structure() && !is_state_dict(s.graph()))) {
       throw Error(ErrorKind::unsupported, s.path, "", "not a file ckpt converts to pytorch");
     }
     Graph g;
@@ -809,7 +653,7 @@ void convert_directory(const std::string& source, const std::string& destination
     if (weights) {
       std::vector<std::unique_ptr<Source>> loaded;
       if (weights->index) loaded = load_index((fs::path(source) / *weights->index).string());
-      else loaded.push_back(load((fs::path(source) / weights->files.front()).string()));
+      else loaded.push_back(load_source((fs::path(source) / weights->files.front()).string()));
       std::vector<const Source*> views;
       for (const auto& s : loaded) views.push_back(s.get());
       convert_weights(views, (fs::path(out) / single_weights_name(options.to)).string(), out, options, result);
@@ -818,18 +662,18 @@ void convert_directory(const std::string& source, const std::string& destination
       if (weight_files.count(name)) continue;
       const std::string path = (fs::path(source) / name).string();
       if (options.include_state && is_state_file_name(name) && options.to == ConvertTarget::safetensors) {
-        const auto s = load(path);
+        const auto s = load_source(path);
         convert_state(*s, (fs::path(out) / state_destination_name(name, options.to, nullptr)).string(), options, result);
         continue;
       }
       if (options.include_state && options.to == ConvertTarget::safetensors && name == "training_args.bin") {
-        const auto s = load(path);
+        const auto s = load_source(path);
         training_args_to_json(*s, (fs::path(out) / "training_args.json").string(), options, result);
         continue;
       }
       if (options.include_state && options.to == ConvertTarget::pytorch && name.ends_with(".safetensors")) {
-        const auto s = load(path);
-        if (has_structure(*s)) {
+        const auto s = load_source(path);
+        if (s->has_structure()) {
           convert_state(*s, (fs::path(out) / state_destination_name(name, options.to, s.get())).string(), options, result);
           continue;
         }
@@ -903,9 +747,9 @@ ConvertResult convert(const std::string& source, const std::string& destination,
     }
     return result;
   }
-  const auto s = load(source);
+  const auto s = load_source(source);
   const std::string name = fs::path(source).filename().string();
-  if (is_state_dict(s->graph()) && !has_structure(*s)) {
+  if (is_state_dict(s->graph()) && !s->has_structure()) {
     if (options.max_shard_size) {
       std::string staging;
       build_directory(destination, options, [&](const std::string& out) {

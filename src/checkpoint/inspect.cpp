@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "checkpoint/run_dir.hpp"
+#include "checkpoint/source.hpp"
 #include "checkpoint/tensor_scan.hpp"
 #include "checkpoint/value_data.hpp"
 #include "format/safetensors.hpp"
@@ -93,7 +94,7 @@ void total_weights(FileReport& report, std::uint64_t storage_bytes, json::Json m
   report.fields["metadata"] = std::move(metadata);
 }
 
-void summarize_torch_weights(const torch_archive::TorchFile& file, FileReport& report, const InspectOptions& options) {
+void summarize_pickled_weights(const Source& file, FileReport& report, const InspectOptions& options) {
   const Graph& g = file.graph();
   const auto& items = g.at(g.root()).items;
   using ViewKey = std::tuple<std::uint32_t, std::int64_t, std::vector<std::int64_t>, std::vector<std::int64_t>>;
@@ -112,7 +113,10 @@ void summarize_torch_weights(const torch_archive::TorchFile& file, FileReport& r
     s.storage_offset = t.storage_offset;
     auto [it, inserted] = first_view.emplace(ViewKey{t.storage, t.storage_offset, t.shape, t.stride}, s.name);
     if (!inserted) s.tied_to = it->second;
-    if (storages.insert(t.storage).second) storage_bytes += file.storage_bytes(t.storage).size();
+    if (storages.insert(t.storage).second) {
+      const auto& storage = g.storages[t.storage];
+      storage_bytes += storage.untyped ? storage.numel : storage.numel * element_size(storage.dtype);
+    }
     if (options.verify && is_floating(t.dtype)) {
       auto c = count_nonfinite(file.tensor_extent(t), t.dtype, t.shape, t.stride);
       s.nonfinite = NonFinite{c.nan, c.inf};
@@ -123,8 +127,7 @@ void summarize_torch_weights(const torch_archive::TorchFile& file, FileReport& r
   total_weights(report, storage_bytes, std::move(metadata));
 }
 
-void summarize_safetensors(const MappedFile& file, FileReport& report, const InspectOptions& options) {
-  const safetensors::Header header = safetensors::parse(file.bytes());
+void summarize_safetensors(const MappedFile& file, const safetensors::Header& header, FileReport& report, const InspectOptions& options) {
   for (const auto& t : header.tensors) {
     TensorSummary s;
     s.name = t.name;
@@ -146,7 +149,7 @@ void summarize_safetensors(const MappedFile& file, FileReport& report, const Ins
 
 // ---- the other torch.save files ----
 
-void summarize_optimizer(const torch_archive::TorchFile& file, FileReport& report) {
+void summarize_optimizer(const Source& file, FileReport& report) {
   const Graph& g = file.graph();
   const NodeId state = *g.dict_get(g.root(), "state");
   report.fields["param_groups"] = to_data(g, *g.dict_get(g.root(), "param_groups"));
@@ -203,7 +206,7 @@ void summarize_scaler(const Graph& g, FileReport& report) {
   }
 }
 
-void summarize_rng(const torch_archive::TorchFile& file, FileReport& report) {
+void summarize_rng(const Source& file, FileReport& report) {
   const Graph& g = file.graph();
   const NodeId root = g.root();
   json::Json generators = json::Json::array();
@@ -268,14 +271,14 @@ void verify_zip(const torch_archive::TorchFile& file, Verification& v) {
   v.checks.push_back("every tensor inside its storage");
 }
 
-void summarize_torch(MappedFile mapped, FileReport& report, const InspectOptions& options) {
-  const std::string path = mapped.path();
-  torch_archive::TorchFile file(std::move(mapped));
-  report.format = "torch_zip";
+// A torch.save file, or a safetensors file holding another checkpoint file in ckpt's pickle-free form: summarised
+// by what its value is.
+void summarize_value(const Source& file, FileReport& report, const InspectOptions& options) {
   const Graph& g = file.graph();
-  report.kind = classify_pickle(g, report.file);
+  report.kind = classify_pickle(g, file.has_structure() && file.metadata.count(kSourceNameKey)
+                                       ? file.metadata.at(kSourceNameKey) : report.file);
   try {
-    if (report.kind == "weights") summarize_torch_weights(file, report, options);
+    if (report.kind == "weights") summarize_pickled_weights(file, report, options);
     else if (report.kind == "optimizer") summarize_optimizer(file, report);
     else if (report.kind == "scheduler") summarize_scheduler(g, report);
     else if (report.kind == "scaler") summarize_scaler(g, report);
@@ -283,9 +286,10 @@ void summarize_torch(MappedFile mapped, FileReport& report, const InspectOptions
     else if (report.kind == "training_args") summarize_training_args(g, report);
     else report.fields["value"] = to_data(g, g.root());
   } catch (const Error& e) {
-    throw e.with_context(path, "");
+    throw e.with_context(file.path, "");
   }
-  if (options.verify) verify_zip(file, *report.verify);
+  if (file.has_structure()) report.fields["converted_from"] = file.metadata.count(kSourceNameKey) ? file.metadata.at(kSourceNameKey) : "";
+  if (options.verify && file.torch) verify_zip(*file.torch, *report.verify);
 }
 
 // ---- JSON files ----
@@ -346,18 +350,28 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
   report.size_bytes = static_cast<std::uint64_t>(st.st_size);
   if (options.verify) report.verify = Verification{};
 
-  MappedFile file(path);
-  switch (torch_archive::sniff(file.file())) {
-    case torch_archive::Container::safetensors:
+  switch (torch_archive::sniff(ReadOnlyFile(path))) {
+    case torch_archive::Container::safetensors: {
       report.format = "safetensors";
-      report.kind = "weights";
+      MappedFile file(path);
       try {
-        summarize_safetensors(file, report, options);
+        const safetensors::Header header = safetensors::parse(file.bytes());
+        if (std::none_of(header.metadata.begin(), header.metadata.end(), [](const auto& m) { return m.first == kStructureKey; })) {
+          report.kind = "weights";
+          summarize_safetensors(file, header, report, options);
+          break;
+        }
       } catch (const Error& e) {
         throw e.with_context(path, "");
       }
+      summarize_value(*load_source(path), report, options);
+      if (options.verify) report.verify->checks.push_back("safetensors header rules");
       break;
-    case torch_archive::Container::torch_zip: summarize_torch(std::move(file), report, options); break;
+    }
+    case torch_archive::Container::torch_zip:
+      report.format = "torch_zip";
+      summarize_value(*load_source(path), report, options);
+      break;
     case torch_archive::Container::json: summarize_json(path, report); break;
     case torch_archive::Container::torch_legacy:
       throw Error(ErrorKind::unsupported, path, "",
@@ -478,7 +492,7 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   const FileReport* trainer_state = nullptr;
   for (auto& f : report.files) {
     if (f.kind == "weights" && f.file.rfind("adapter_", 0) != 0) weights.push_back(&f);
-    if (f.kind == "optimizer" && f.file == "optimizer.pt") optimizer = &f;
+    if (f.kind == "optimizer" && (f.file == "optimizer.pt" || f.file == "optimizer.safetensors")) optimizer = &f;
     if (f.kind == "weights_index") index = &f;
     if (f.kind == "trainer_state") trainer_state = &f;
   }

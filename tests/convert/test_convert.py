@@ -638,6 +638,22 @@ def rng_state():
 
 
 class StateRoundTrip(ConvertCase):
+    def test_inspect_reads_the_pickle_free_form_as_the_original(self):
+        """`ckpt inspect` of optimizer/rng files in safetensors form reports what inspect of the originals does."""
+        _, opt, _ = train_small()
+        for obj, name in ((opt.state_dict(), "optimizer.pt"), (rng_state(), "rng_state.pth")):
+            src = self.save(obj, name)
+            st = self.path(name + ".safetensors")
+            self.convert(src, st, "--to", "safetensors")
+            original = json.loads(self.ckpt(["inspect", "--json", src]).stdout)
+            converted = json.loads(self.ckpt(["inspect", "--json", st]).stdout)
+            self.assertEqual(converted["kind"], original["kind"])
+            self.assertEqual(converted["converted_from"], name)
+            for key in ("path", "file", "size_bytes", "format", "converted_from"):
+                original.pop(key, None)
+                converted.pop(key, None)
+            self.assertEqual(converted, original)
+
     def round_trip(self, obj, name):
         src = self.save(obj, name)
         st = self.path(name + ".safetensors")

@@ -1,0 +1,165 @@
+#include "checkpoint/source.hpp"
+
+#include "checkpoint/structure.hpp"
+#include "checkpoint/tensor_scan.hpp"
+#include "format/json.hpp"
+#include "format/safetensors.hpp"
+#include "util/error.hpp"
+
+namespace ckpt::checkpoint {
+using pickle::Graph;
+using pickle::Kind;
+using pickle::NodeId;
+
+std::span<const std::uint8_t> Source::tensor_extent(const pickle::TensorRef& t) const {
+  const std::size_t es = element_size(t.dtype);
+  std::uint64_t last = static_cast<std::uint64_t>(t.storage_offset);
+  for (std::size_t i = 0; i < t.shape.size(); ++i) {
+    if (t.shape[i] == 0) return {};
+    last += static_cast<std::uint64_t>(t.shape[i] - 1) * static_cast<std::uint64_t>(t.stride[i]);
+  }
+  const std::uint64_t begin = storage_offsets[t.storage] + static_cast<std::uint64_t>(t.storage_offset) * es;
+  return file().bytes().subspan(static_cast<std::size_t>(begin),
+                                static_cast<std::size_t>(last + 1 - static_cast<std::uint64_t>(t.storage_offset)) * es);
+}
+
+namespace {
+
+NodeId add_storage_tensor(Graph& g, std::vector<std::uint64_t>& offsets, DType dtype, const std::vector<std::int64_t>& shape,
+                          std::uint64_t file_offset, bool requires_grad, bool parameter) {
+  pickle::StorageRef storage;
+  storage.key = std::to_string(g.storages.size());
+  storage.dtype = dtype;
+  storage.location = "cpu";
+  storage.numel = *torch_archive::numel(shape);
+  g.storages.push_back(storage);
+  offsets.push_back(file_offset);
+  pickle::TensorRef t;
+  t.storage = static_cast<std::uint32_t>(g.storages.size() - 1);
+  t.dtype = dtype;
+  t.shape = shape;
+  t.stride = contiguous_strides(shape);
+  t.requires_grad = requires_grad;
+  t.is_parameter = parameter;
+  g.tensors.push_back(std::move(t));
+  pickle::Node n;
+  n.kind = Kind::tensor;
+  n.integer = static_cast<std::int64_t>(g.tensors.size() - 1);
+  return g.add(std::move(n));
+}
+
+json::Json metadata_json(const Source& s, const char* key) {
+  auto it = s.metadata.find(key);
+  if (it == s.metadata.end()) return nullptr;
+  try {
+    return json::parse(it->second);
+  } catch (const Error& e) {
+    throw Error(ErrorKind::corrupt, s.path, std::string("__metadata__ ") + key, e.detail());
+  }
+}
+
+// A safetensors file as a value graph: a state dict (in ckpt_order when recorded, tied aliases restored) or, for
+// files ckpt wrote from another checkpoint file, the structure recorded in ckpt_structure.
+std::unique_ptr<Source> load_safetensors(const std::string& path) {
+  auto s = std::make_unique<Source>();
+  s->path = path;
+  s->safetensors = true;
+  s->mapped = std::make_unique<MappedFile>(path);
+  safetensors::Header header;
+  try {
+    header = safetensors::parse(s->mapped->bytes());
+  } catch (const Error& e) {
+    throw e.with_context(path, "");
+  }
+  for (const auto& [k, v] : header.metadata) s->metadata[k] = v;
+  std::map<std::string, const safetensors::Tensor*> by_name;
+  for (const auto& t : header.tensors) by_name[t.name] = &t;
+  Graph& g = s->own_graph;
+  auto tensor_node = [&](const std::string& name, bool requires_grad, bool parameter) -> NodeId {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "named in the metadata but not stored");
+    return add_storage_tensor(g, s->storage_offsets, it->second->dtype, it->second->shape,
+                              header.buffer_offset + it->second->begin, requires_grad, parameter);
+  };
+
+  if (s->metadata.count(kStructureKey)) {
+    auto array_bytes = [&](const std::string& name) -> std::string {
+      auto it = by_name.find(name);
+      if (it == by_name.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "named in the metadata but not stored");
+      auto bytes = safetensors::tensor_bytes(s->mapped->bytes(), header, *it->second);
+      return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    };
+    try {
+      g.set_root(decode_structure(metadata_json(*s, kStructureKey), g, tensor_node, array_bytes));
+    } catch (const Error& e) {
+      throw e.with_context(path, "");
+    }
+    return s;
+  }
+
+  std::vector<std::string> order;
+  const json::Json recorded = metadata_json(*s, kOrderKey);
+  if (recorded.is_array()) {
+    for (const auto& n : recorded) {
+      if (n.is_string()) order.push_back(n.get<std::string>());
+    }
+  } else {
+    for (const auto& t : header.tensors) order.push_back(t.name);
+  }
+  std::map<std::string, std::string> aliases;
+  const json::Json alias_json = metadata_json(*s, kAliasesKey);
+  if (alias_json.is_object()) {
+    for (const auto& [alias, target] : alias_json.items()) {
+      if (target.is_string()) aliases[alias] = target.get<std::string>();
+    }
+  }
+  pickle::Node root;
+  root.kind = Kind::dict;
+  root.flag = true;
+  std::map<std::string, NodeId> made;
+  for (const auto& name : order) {
+    NodeId value;
+    if (auto a = aliases.find(name); a != aliases.end() && !by_name.count(name)) {
+      auto target = made.find(a->second);
+      if (target == made.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "tied to '" + a->second + "', which comes later or is missing");
+      value = target->second;
+    } else {
+      value = tensor_node(name, false, false);
+    }
+    made[name] = value;
+    pickle::Node key;
+    key.kind = Kind::string;
+    key.text = name;
+    root.items.push_back(g.add(std::move(key)));
+    root.items.push_back(value);
+  }
+  if (made.size() < by_name.size()) throw Error(ErrorKind::corrupt, path, "__metadata__ ckpt_order", "does not name every tensor");
+  if (s->metadata.count(kAttributesKey)) {
+    root.attributes = decode_structure(metadata_json(*s, kAttributesKey), g, tensor_node, [](const std::string&) { return std::string(); });
+  }
+  g.set_root(g.add(std::move(root)));
+  return s;
+}
+
+std::unique_ptr<Source> load_torch(const std::string& path) {
+  auto s = std::make_unique<Source>();
+  s->path = path;
+  s->torch = std::make_unique<torch_archive::TorchFile>(path);
+  for (std::size_t i = 0; i < s->torch->graph().storages.size(); ++i) s->storage_offsets.push_back(s->torch->storage_entry(i).data_offset);
+  return s;
+}
+
+}  // namespace
+
+std::unique_ptr<Source> load_source(const std::string& path) {
+  switch (torch_archive::sniff(ReadOnlyFile(path))) {
+    case torch_archive::Container::torch_zip: return load_torch(path);
+    case torch_archive::Container::safetensors: return load_safetensors(path);
+    case torch_archive::Container::torch_legacy:
+      throw Error(ErrorKind::unsupported, path, "", "legacy torch.save format (PyTorch < 1.6); load and save it again with a newer PyTorch");
+    default: throw Error(ErrorKind::unsupported, path, "byte 0", "not a torch.save zip or a safetensors file");
+  }
+}
+
+
+}  // namespace ckpt::checkpoint
