@@ -1128,5 +1128,47 @@ class Conventions(ConvertCase):
         self.assertFalse(os.path.exists(self.path("n.safetensors")))
 
 
+
+class WriteFailures(ConvertCase):
+    """A write that fails part way (the file-size limit stands in for a full disk) leaves no destination and no
+    temporary file, and says what failed."""
+
+    def convert_with_file_limit(self, src, dst, limit_bytes, *options):
+        import resource
+        import signal
+        import subprocess
+
+        def limit():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of a signal
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+        return subprocess.run([H.CKPT_BIN, "convert", src, "-o", dst, *options], capture_output=True, text=True,
+                              preexec_fn=limit, timeout=120)
+
+    def test_file_too_large_midway(self):
+        sd = rich_state_dict()
+        src = self.save(sd, "pytorch_model.bin")
+        for target, limit_bytes in (("safetensors", 600), ("safetensors", 4096), ("pytorch", 1500)):
+            dst = self.path("out-%s-%d" % (target, limit_bytes))
+            r = self.convert_with_file_limit(src, dst, limit_bytes, "--to", target)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertTrue(r.stderr.startswith("ckpt: error: " + dst), r.stderr)
+            self.assertIn("File too large", r.stderr)
+            self.assertFalse(os.path.exists(dst))
+            self.assertEqual(H.leftover_temporaries(self.dir), [])
+
+    def test_directory_conversion_failing_leaves_no_directory(self):
+        src_dir = self.path("checkpoint-7")
+        os.mkdir(src_dir)
+        torch.save(rich_state_dict(), os.path.join(src_dir, "pytorch_model.bin"))
+        with open(os.path.join(src_dir, "config.json"), "w") as f:
+            f.write("{}" + " " * 5000)
+        dst = self.path("converted")
+        r = self.convert_with_file_limit(src_dir, dst, 4096, "--to", "safetensors")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertFalse(os.path.exists(dst))
+        self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".")], [])
+
+
 if __name__ == "__main__":
     unittest.main()
