@@ -33,11 +33,16 @@ class AtomicFile {
 
  private:
   void flush();
+  // Starts writing back what has accumulated, so that commit's fsync overlaps with the copying instead of
+  // following it.
+  void start_writeback();
 
   std::string destination_;
   std::string temp_;
   int fd_ = -1;
   std::uint64_t position_ = 0;
+  std::uint64_t on_disk_ = 0;       // bytes handed to the kernel (position_ less what is buffered)
+  std::uint64_t written_back_ = 0;  // bytes whose writeback was started
   std::string buffer_;  // small writes are gathered here; large ones go straight through
   bool committed_ = false;
 };
