@@ -38,7 +38,9 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
         d.reason = stale ? "staging directory, stale" : "staging directory, may be in progress";
         break;
       case EntryKind::checkpoint:
-        if (!e.complete) {
+        if (!e.complete && e.unreadable) {
+          d.reason = "holds a format ckpt cannot read, never deleted";
+        } else if (!e.complete) {
           d.remove = stale;
           d.reason = stale ? "incomplete, stale" : "incomplete, may be in progress";
         } else if (options.keep_every && *e.step % *options.keep_every == 0) {

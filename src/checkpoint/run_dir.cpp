@@ -136,11 +136,13 @@ Completeness assess_completeness(const std::string& dir) {
           }
         } catch (const Error& e) {
           result.problems.push_back(e.with_context(path, "").what());
+          result.unreadable |= e.kind() == ErrorKind::unsupported;
         }
       }
     }
   } catch (const Error& e) {
     result.problems.push_back(e.what());
+    result.unreadable |= e.kind() == ErrorKind::unsupported;
   }
   const std::string state = (base / "trainer_state.json").string();
   if (!fs::exists(state)) {
@@ -150,6 +152,7 @@ Completeness assess_completeness(const std::string& dir) {
       result.state = summarize_trainer_state(json::parse_file(state));
     } catch (const Error& e) {
       result.problems.push_back(e.what());
+      result.unreadable |= e.kind() == ErrorKind::unsupported;
     }
   }
   result.complete = result.problems.empty();
@@ -226,11 +229,13 @@ RunScan scan_run(const std::string& run_dir) {
     else if (e.name.front() == '.') continue;  // other hidden directories are not ours to show
     const TreeStats stats = stat_tree(dirent.path());
     e.mtime = stats.newest_mtime;
+    e.dir_mtime = mtime_of(dirent.path());
     e.size_bytes = stats.size_bytes;
     e.num_files = stats.num_files;
     if (e.kind == EntryKind::checkpoint) {
       Completeness c = assess_completeness(e.path);
       e.complete = c.complete;
+      e.unreadable = c.unreadable;
       e.problems = std::move(c.problems);
       e.state = std::move(c.state);
     }
@@ -252,14 +257,14 @@ std::vector<std::size_t> ordered_checkpoints(const RunScan& scan, bool complete_
   }
   if (by_mtime && order.size() > 1) {
     auto [lo, hi] = std::minmax_element(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-      return scan.entries[a].mtime < scan.entries[b].mtime;
+      return scan.entries[a].dir_mtime < scan.entries[b].dir_mtime;
     });
-    if (scan.entries[*hi].mtime - scan.entries[*lo].mtime >= 1.0) {
+    if (scan.entries[*hi].dir_mtime - scan.entries[*lo].dir_mtime >= 1.0) {
       // Hugging Face sorts (mtime, path) tuples: equal mtimes fall back to the path as a string.
       std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
         const RunEntry& x = scan.entries[a];
         const RunEntry& y = scan.entries[b];
-        return x.mtime != y.mtime ? x.mtime < y.mtime : x.path < y.path;
+        return x.dir_mtime != y.dir_mtime ? x.dir_mtime < y.dir_mtime : x.path < y.path;
       });
     }
   }

@@ -59,6 +59,9 @@ TrainerStateSummary summarize_trainer_state(const json::Json& state);
 
 struct Completeness {
   bool complete = false;
+  // Not complete because ckpt cannot read something (a newer format or dtype), not because anything is missing
+  // or damaged: such a checkpoint may be perfectly good, so rotation never deletes it.
+  bool unreadable = false;
   std::vector<std::string> problems;
   std::optional<TrainerStateSummary> state;  // when trainer_state.json parsed
 };
@@ -75,10 +78,12 @@ struct RunEntry {
   std::string path;
   EntryKind kind = EntryKind::custom;
   std::optional<std::int64_t> step;  // checkpoints only
-  double mtime = 0;  // newest modification time of the directory and the files directly inside it
+  double mtime = 0;      // newest modification time of the directory and the files directly inside it (age)
+  double dir_mtime = 0;  // the directory's own modification time (Hugging Face's use_mtime order)
   std::uint64_t size_bytes = 0;  // regular files below it, symlinks not followed
   std::size_t num_files = 0;
   bool complete = false;
+  bool unreadable = false;  // see Completeness
   std::vector<std::string> problems;
   std::optional<TrainerStateSummary> state;
 };
@@ -91,9 +96,9 @@ struct RunScan {
 // Reads a run directory: every subdirectory, classified; checkpoints assessed for completeness.
 RunScan scan_run(const std::string& run_dir);
 
-// Checkpoints (complete only, if asked) in rotation order: by step, or by mtime as Hugging Face does with
-// use_mtime (falling back to steps when all mtimes lie within one second, as on file systems that do not keep
-// them). Returns indices into scan.entries.
+// Checkpoints (complete only, if asked) in rotation order: by step, or by the directories' own mtimes as
+// Hugging Face does with use_mtime (ties by path; falling back to steps when all mtimes lie within one second,
+// as on file systems that do not keep them). Returns indices into scan.entries.
 std::vector<std::size_t> ordered_checkpoints(const RunScan& scan, bool complete_only, bool by_mtime);
 
 // The complete checkpoint with the highest step: what resume picks.

@@ -133,7 +133,9 @@ std::unique_ptr<Source> load_safetensors(const std::string& path) {
     root.items.push_back(g.add(std::move(key)));
     root.items.push_back(value);
   }
-  if (made.size() < by_name.size()) throw Error(ErrorKind::corrupt, path, "__metadata__ ckpt_order", "does not name every tensor");
+  for (const auto& [name, tensor] : by_name) {
+    if (!made.count(name)) throw Error(ErrorKind::corrupt, path, "__metadata__ ckpt_order", "does not name tensor '" + name + "'");
+  }
   if (s->metadata.count(kAttributesKey)) {
     root.attributes = decode_structure(metadata_json(*s, kAttributesKey), g, tensor_node, [](const std::string&) { return std::string(); });
   }

@@ -5,6 +5,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "checkpoint/value_data.hpp"
 #include "format/big_int.hpp"
 #include "util/error.hpp"
 
@@ -277,6 +278,7 @@ class Decoder {
 }  // namespace
 
 json::Json encode_structure(const pickle::Graph& graph, pickle::NodeId root, std::vector<NamedArray>& arrays) {
+  check_expansion(graph, root);  // the encoding expands shared references, as to_data does
   return Encoder(graph, arrays).encode(root, "");
 }
 

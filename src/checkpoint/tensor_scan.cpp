@@ -29,10 +29,34 @@ int classify_element(const std::uint8_t* p, DType dtype) {
 
 }  // namespace
 
+NonFiniteCount count_distinct(std::span<const std::uint8_t> bytes, DType dtype, const std::vector<std::int64_t>& shape,
+                              const std::vector<std::int64_t>& stride);
+
 NonFiniteCount count_nonfinite(std::span<const std::uint8_t> bytes, DType dtype,
-                               const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& stride) {
+                               const std::vector<std::int64_t>& full_shape, const std::vector<std::int64_t>& full_stride) {
   NonFiniteCount count;
   if (!is_floating(dtype)) return count;
+  // Dimensions of stride 0 (expanded views) repeat the same elements: count the distinct ones once and scale,
+  // so the work is bounded by the storage, not by the view's element count.
+  std::vector<std::int64_t> shape;
+  std::vector<std::int64_t> stride;
+  std::uint64_t repeats = 1;
+  for (std::size_t i = 0; i < full_shape.size(); ++i) {
+    if (full_shape[i] == 0) return count;
+    if (full_stride[i] == 0) {
+      repeats *= static_cast<std::uint64_t>(full_shape[i]);
+    } else {
+      shape.push_back(full_shape[i]);
+      stride.push_back(full_stride[i]);
+    }
+  }
+  const NonFiniteCount distinct = count_distinct(bytes, dtype, shape, stride);
+  return {distinct.nan * repeats, distinct.inf * repeats};
+}
+
+NonFiniteCount count_distinct(std::span<const std::uint8_t> bytes, DType dtype, const std::vector<std::int64_t>& shape,
+                              const std::vector<std::int64_t>& stride) {
+  NonFiniteCount count;
   const std::size_t es = element_size(dtype);
   for (std::int64_t d : shape) {
     if (d == 0) return count;

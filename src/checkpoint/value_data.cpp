@@ -44,17 +44,10 @@ class Converter {
 
   // Refuses up front a value whose expansion would exceed the budgets, before building any of it.
   json::Json convert_checked(pickle::NodeId id) {
-    auto [values, bytes] = Expansion(graph_).of(id);
-    if (values > kMaxConvertedValues) {
-      fail(ErrorKind::unsupported, "", "value expands to more than " + std::to_string(kMaxConvertedValues) +
-                                           " values through shared references");
-    }
-    if (bytes > kMaxConvertedBytes) {
-      fail(ErrorKind::unsupported, "", "value expands to more than " + std::to_string(kMaxConvertedBytes >> 20) +
-                                           " MiB of text through shared references");
-    }
+    check_expansion(graph_, id);
     return convert(id);
   }
+
 
   json::Json convert(pickle::NodeId id) {
     const pickle::Node& n = graph_.at(id);
@@ -126,6 +119,18 @@ class Converter {
 }  // namespace
 
 json::Json to_data(const pickle::Graph& graph, pickle::NodeId id) { return Converter(graph).convert_checked(id); }
+
+void check_expansion(const pickle::Graph& graph, pickle::NodeId id) {
+  auto [values, bytes] = Expansion(graph).of(id);
+  if (values > kMaxConvertedValues) {
+    fail(ErrorKind::unsupported, "", "value expands to more than " + std::to_string(kMaxConvertedValues) +
+                                         " values through shared references");
+  }
+  if (bytes > kMaxConvertedBytes) {
+    fail(ErrorKind::unsupported, "", "value expands to more than " + std::to_string(kMaxConvertedBytes >> 20) +
+                                         " MiB of text through shared references");
+  }
+}
 
 bool is_state_dict(const pickle::Graph& g) {
   const pickle::Node& n = g.at(g.root());

@@ -12,6 +12,10 @@ namespace ckpt::checkpoint {
 // without bound.
 json::Json to_data(const pickle::Graph& graph, pickle::NodeId id);
 
+// Throws the same unsupported Error as to_data when the value at `id`, expanded, exceeds those budgets; for
+// other walks that expand shared references (the structure encoding).
+void check_expansion(const pickle::Graph& graph, pickle::NodeId id);
+
 // A state dict: an OrderedDict (possibly empty) or a non-empty dict, whose keys are strings and values tensors.
 // A plain `{}` is not one (a disabled GradScaler's state is that).
 bool is_state_dict(const pickle::Graph& graph);

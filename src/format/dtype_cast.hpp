@@ -15,7 +15,8 @@ namespace ckpt {
 bool can_cast(DType from, DType to);
 
 // Converts `count` elements; `src` holds count * element_size(from) bytes, `dst` count * element_size(to).
-// `zero_dim`: the elements are a 0-d tensor's, which torch converts with its scalar code (NaN differs).
+// `zero_dim`: the elements are a 0-d tensor's or a strided view's, which torch converts with its scalar code
+// (NaN differs).
 void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to, bool zero_dim = false);
 
 std::uint16_t float_to_bfloat16(float value);

@@ -111,6 +111,12 @@ class Parser {
     if (graph_.size() >= kMaxNodes) bad("more than " + std::to_string(kMaxNodes) + " values in one pickle");
     return graph_.add(std::move(node));
   }
+  // Interpreting a call may copy a memoised value's text or items; without a bound, a small pickle could copy one
+  // large value many times. Copies may total 16 times the input plus 16 MiB.
+  void charge(std::size_t units) {
+    copied_ += units;
+    if (copied_ > 16 * in_.size() + (16u << 20)) bad("copies more data than a pickle of this size can hold");
+  }
   NodeId add_int(std::int64_t v) {
     Node n;
     n.kind = Kind::integer;
@@ -118,12 +124,14 @@ class Parser {
     return add(std::move(n));
   }
   NodeId add_text(Kind kind, std::string text) {
+    charge(text.size());
     Node n;
     n.kind = kind;
     n.text = std::move(text);
     return add(std::move(n));
   }
   NodeId add_container(Kind kind, std::vector<NodeId> items = {}) {
+    charge(items.size());
     Node n;
     n.kind = kind;
     n.items = std::move(items);
@@ -318,6 +326,7 @@ class Parser {
   std::vector<std::size_t> marks_;
   std::unordered_map<std::uint64_t, NodeId> memo_;
   std::size_t op_start_ = 0;
+  std::size_t copied_ = 0;
 };
 
 void Parser::step(std::uint8_t op) {
@@ -572,6 +581,7 @@ NodeId Parser::object_slot(NodeId object, ObjectSlot slot, Kind kind) {
 void Parser::append_to(NodeId target, const std::vector<NodeId>& values) {
   if (graph_.is(target, Kind::object)) target = object_slot(target, object_appended, Kind::list);
   if (!graph_.is(target, Kind::list)) bad("APPEND to something that is not a list");
+  charge(values.size());
   auto& items = graph_.at(target).items;
   items.insert(items.end(), values.begin(), values.end());
 }
@@ -581,6 +591,7 @@ void Parser::set_items(NodeId target, const std::vector<NodeId>& pairs) {
   if (!graph_.is(target, Kind::dict)) bad("SETITEM on something that is not a dict");
   // A repeated key is kept twice, never searched for (that would make SETITEMS quadratic); readers take the
   // last occurrence, which is the value Python would keep.
+  charge(pairs.size());
   auto& items = graph_.at(target).items;
   items.insert(items.end(), pairs.begin(), pairs.end());
 }
@@ -623,6 +634,14 @@ std::optional<NodeId> Parser::rebuild_tensor(std::string_view name, const std::v
       bad("tensor shape or stride overflows 64 bits");
     }
   }
+  // Views that repeat elements without stride-0 dimensions (overlapping strides) could make a tiny storage
+  // look enormous to every walk over their elements; checkpoints never hold them, so refuse them past a bound.
+  std::uint64_t distinct = 1;
+  for (std::size_t i = 0; i < t.shape.size(); ++i) {
+    if (t.stride[i] != 0) distinct *= static_cast<std::uint64_t>(t.shape[i]);  // cannot overflow: divides numel
+  }
+  const std::uint64_t storage_elements = storage.untyped ? storage.numel / element_size(t.dtype) : storage.numel;
+  if (!empty && distinct > 16 * storage_elements + 16) bad("tensor view repeats its storage's elements more than 16 times");
   // Byte sizes are summed over many tensors later: keep each far from the top of 64 bits.
   std::uint64_t nbytes = 0;
   if (!checked_mul(numel, element_size(t.dtype), nbytes) || nbytes > kMaxTensorBytes) {
@@ -653,6 +672,7 @@ NodeId Parser::interpret_call(NodeId callable, NodeId args_id, bool newobj) {
   const std::size_t split = full.find('\n');
   const std::string_view module(full.data(), split);
   const std::string_view name(full.data() + split + 1, full.size() - split - 1);
+  charge(graph_.at(args_id).items.size());
   const std::vector<NodeId> args = graph_.at(args_id).items;  // a copy: adding nodes may move the vector
 
   if (module == "collections" && name == "OrderedDict") {
@@ -695,11 +715,13 @@ NodeId Parser::interpret_call(NodeId callable, NodeId args_id, bool newobj) {
         graph_.is(args[2], Kind::tuple)) {
       // (func, new_type, args, state): the tensor is func(*args); a plain Tensor/Parameter type adds nothing.
       const std::string type = graph_.is(args[1], Kind::global) ? graph_.global_name(args[1]) : "";
-      if (type == "torch.Tensor" || type == "torch.nn.parameter.Parameter") {
-        NodeId inner = interpret_call(args[0], args[2], false);
-        if (graph_.is(inner, Kind::tensor)) {
-          graph_.tensors[static_cast<std::size_t>(graph_.at(inner).integer)].is_parameter = type != "torch.Tensor";
-          return inner;
+      const std::string func = graph_.global_name(args[0]);
+      if ((type == "torch.Tensor" || type == "torch.nn.parameter.Parameter") && func.rfind("torch._utils._rebuild_tensor", 0) == 0) {
+        // Applied directly (never through interpret_call again), so nesting cannot recurse.
+        charge(graph_.at(args[2]).items.size());
+        if (auto inner = rebuild_tensor(func.substr(13), graph_.at(args[2]).items)) {
+          graph_.tensors[static_cast<std::size_t>(graph_.at(*inner).integer)].is_parameter = type != "torch.Tensor";
+          return *inner;
         }
       }
     }
@@ -814,7 +836,10 @@ void Parser::build(NodeId target, NodeId state) {
       const Node& dtype = graph_.at(s.items[2]);
       array.descr = std::string(1, static_cast<char>(dtype.integer)) + dtype.text;
       array.shape = shape;
-      if (graph_.is(s.items[4], Kind::bytes) || graph_.is(s.items[4], Kind::string)) array.data = graph_.at(s.items[4]).text;
+      if (graph_.is(s.items[4], Kind::bytes) || graph_.is(s.items[4], Kind::string)) {
+        charge(graph_.at(s.items[4]).text.size());
+        array.data = graph_.at(s.items[4]).text;
+      }
       return;
     }
     case Kind::tensor:

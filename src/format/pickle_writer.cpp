@@ -1,5 +1,7 @@
 #include "format/pickle_writer.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <unordered_map>
 
@@ -66,7 +68,17 @@ class Writer {
     le(s.size(), 4);
     out_ += s;
   }
+  // GLOBAL's operands are lines: a newline inside a name would inject opcodes. Names are dotted identifiers.
+  static void check_name(const std::string& text) {
+    const bool ok = !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.';
+    });
+    if (!ok) fail(ErrorKind::unsupported, "", "global name '" + text + "' is not a dotted identifier");
+  }
+
   void global(const std::string& module, const std::string& name) {
+    check_name(module);
+    check_name(name);
     u8('c');
     out_ += module;
     u8('\n');
@@ -129,13 +141,19 @@ class Writer {
     }
   }
 
-  void storage_pid(const StorageRef& s) {
+  // Written as the typed storage torch 1.13 pickles (an untyped storage, read from _rebuild_tensor_v3, takes
+  // its tensor's dtype); dtypes that torch 1.13 has no storage class for are refused.
+  void storage_pid(const StorageRef& s, DType dtype) {
+    if (dtype == DType::uint16 || dtype == DType::uint32 || dtype == DType::uint64 || dtype == DType::float8_e5m2 ||
+        dtype == DType::float8_e4m3fn) {
+      fail(ErrorKind::unsupported, "storage '" + s.key + "'", std::string(torch_name(dtype)) + " has no torch.save storage type in torch 1.13");
+    }
     u8('(');
     unicode("storage");
-    global("torch", std::string(s.untyped ? "UntypedStorage" : storage_class(s.dtype)));
+    global("torch", std::string(storage_class(dtype)));
     unicode(s.key);
     unicode(s.location);
-    integer(static_cast<std::int64_t>(s.numel));
+    integer(static_cast<std::int64_t>(s.untyped ? s.numel / element_size(dtype) : s.numel));
     u8('t');
     u8('Q');
   }
@@ -144,7 +162,7 @@ class Writer {
     if (t.is_parameter) global("torch._utils", "_rebuild_parameter");
     global("torch._utils", "_rebuild_tensor_v2");
     u8('(');
-    storage_pid(g_.storages[t.storage]);
+    storage_pid(g_.storages[t.storage], t.dtype);
     integer(t.storage_offset);
     int_tuple(t.shape);
     int_tuple(t.stride);
@@ -241,7 +259,8 @@ class Writer {
         break;
       case Kind::storage: {
         // A bare storage (rare outside tensors) is its persistent id.
-        storage_pid(g_.storages[static_cast<std::size_t>(n.integer)]);
+        const auto& storage = g_.storages[static_cast<std::size_t>(n.integer)];
+        storage_pid(storage, storage.dtype);
         break;
       }
       case Kind::tensor: tensor(g_.tensors[static_cast<std::size_t>(n.integer)]); break;

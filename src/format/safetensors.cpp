@@ -118,8 +118,19 @@ Header parse(std::span<const std::uint8_t> file) {
 }
 
 std::string make_header(std::vector<OutputTensor>& tensors, const std::vector<std::pair<std::string, std::string>>& metadata) {
-  std::stable_sort(tensors.begin(), tensors.end(), [](const OutputTensor& a, const OutputTensor& b) {
-    if (element_size(a.dtype) != element_size(b.dtype)) return element_size(a.dtype) > element_size(b.dtype);
+  // The safetensors library sorts by its Dtype enum, descending, then by name.
+  auto rank = [](DType d) {
+    static constexpr DType kEnumOrder[] = {DType::boolean, DType::uint8, DType::int8, DType::float8_e5m2, DType::float8_e4m3fn,
+                                           DType::int16, DType::uint16, DType::float16, DType::bfloat16, DType::int32,
+                                           DType::uint32, DType::float32, DType::complex64, DType::float64, DType::int64,
+                                           DType::uint64};
+    for (std::size_t i = 0; i < std::size(kEnumOrder); ++i) {
+      if (kEnumOrder[i] == d) return static_cast<int>(i);
+    }
+    return -1;
+  };
+  std::stable_sort(tensors.begin(), tensors.end(), [&](const OutputTensor& a, const OutputTensor& b) {
+    if (rank(a.dtype) != rank(b.dtype)) return rank(a.dtype) > rank(b.dtype);
     return a.name < b.name;
   });
   json::Json header = json::Json::object();

@@ -44,8 +44,9 @@ Header parse(std::span<const std::uint8_t> file);
 // Throws Error naming `path`.
 Header read_header(const std::string& path);
 
-// Writing: the header for `tensors`, which are first put in Hugging Face's order (larger element size first,
-// then by name) with contiguous offsets from 0. Returns the 8-byte length and the JSON padded with spaces to a
+// Writing: the header for `tensors`, which are first put in the safetensors library's order (its Dtype enum
+// descending: U64 I64 F64 C64 F32 U32 I32 BF16 F16 U16 I16 F8 I8 U8 BOOL; then by name) with contiguous offsets
+// from 0. Returns the 8-byte length and the JSON padded with spaces to a
 // multiple of 8; the caller then writes each tensor's bytes in that order.
 struct OutputTensor {
   std::string name;

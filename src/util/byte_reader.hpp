@@ -20,6 +20,7 @@ class ByteReader {
       : bytes_(bytes), what_(std::move(what)), base_offset_(base_offset) {}
 
   std::size_t position() const { return pos_; }
+  std::size_t size() const { return bytes_.size(); }
   std::size_t remaining() const { return bytes_.size() - pos_; }
   bool at_end() const { return pos_ == bytes_.size(); }
   void seek(std::size_t pos) {

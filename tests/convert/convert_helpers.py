@@ -99,6 +99,11 @@ def _no_duplicates(pairs):
     return collections.OrderedDict(pairs)
 
 
+# The safetensors library's Dtype enum order (its derived Ord).
+DTYPE_ENUM_RANK = {code: i for i, code in enumerate(
+    ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64"])}
+
+
 def validate_safetensors(path, require_pt=True):
     """Checks a file against the format's rules. Returns a list of problems (empty: valid)."""
     problems = []
@@ -180,14 +185,15 @@ def validate_safetensors(path, require_pt=True):
         position = end
     if 8 + n + position != size:
         problems.append("8 + header (%d) + buffer (%d) = %d != file size %d" % (n, position, 8 + n + position, size))
-    # Writers order the data by dtype size (largest first), then name. Zero-size tensors share an offset with the
-    # next tensor, so the order is checked on (begin, rank) with ties allowed among empty tensors.
+    # The safetensors library orders the data by its Dtype enum, descending (`right.dtype().cmp(&left.dtype())`
+    # in its prepare()), then by name. Zero-size tensors share an offset with the next tensor, so the order is
+    # checked on (begin, rank) with ties allowed among empty tensors.
     in_file = [(e[2], e[3]) for e in sorted(entries, key=lambda e: (e[0], e[1] - e[0] > 0, e[2]))]
-    expected = sorted(in_file, key=lambda t: (-DTYPE_SIZES[t[1]], t[0].encode("utf-8")))
+    expected = sorted(in_file, key=lambda t: (-DTYPE_ENUM_RANK[t[1]], t[0].encode("utf-8")))
     nonempty_in_file = [e[2] for e in entries if e[1] > e[0]]
     nonempty_expected = [t[0] for t in expected if t[0] in set(nonempty_in_file)]
     if nonempty_in_file != nonempty_expected:
-        problems.append("data not ordered by dtype size (desc) then name: file order %r, expected %r"
+        problems.append("data not ordered by dtype (the library's enum, descending) then name: file order %r, expected %r"
                         % (nonempty_in_file[:12], nonempty_expected[:12]))
     # An empty tensor carries no bytes, but its offset must still fall where the ordering would put it.
     rank = {name: i for i, (name, _) in enumerate(expected)}

@@ -19,6 +19,7 @@ RunEntry checkpoint_entry(std::int64_t step, double age = 7200, bool complete = 
   e.kind = EntryKind::checkpoint;
   e.step = step;
   e.mtime = kNow - age;
+  e.dir_mtime = e.mtime;
   e.complete = complete;
   if (complete) e.state = TrainerStateSummary{};
   return e;
@@ -119,4 +120,21 @@ TEST_CASE("mtime order, with Hugging Face's fallback to steps when mtimes lie wi
 TEST_CASE("invalid limits are refused") {
   auto scan = scan_of({checkpoint_entry(10)});
   CHECK_THROWS_AS(plan_rotation(scan, keep(0), kNow), Error);
+}
+
+TEST_CASE("a checkpoint ckpt cannot read (a newer format) is never deleted, however old") {
+  auto unreadable = checkpoint_entry(5, 1e6, false);
+  unreadable.unreadable = true;
+  auto scan = scan_of({unreadable, checkpoint_entry(10), checkpoint_entry(20)});
+  CHECK(deleted(plan_rotation(scan, keep(1), kNow)) == std::set<std::string>{"checkpoint-10"});
+}
+
+TEST_CASE("mtime order uses the directories' own times, not their files' (Hugging Face's getmtime)") {
+  // checkpoint-10's directory is the oldest, though a file inside it was touched last.
+  auto a = checkpoint_entry(10, 10);
+  a.dir_mtime = kNow - 500;
+  auto scan = scan_of({a, checkpoint_entry(20, 300), checkpoint_entry(30, 200)});
+  RotateOptions o = keep(1);
+  o.by_mtime = true;
+  CHECK(deleted(plan_rotation(scan, o, kNow)) == std::set<std::string>{"checkpoint-10", "checkpoint-20"});
 }

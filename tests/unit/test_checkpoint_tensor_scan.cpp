@@ -52,3 +52,13 @@ TEST_CASE("half precision bit patterns") {
   CHECK(*scalar_value(bytes_of(std::vector<std::uint16_t>{0x3F80}), DType::bfloat16) == 1.0);
   CHECK(count_nonfinite(bytes_of(std::vector<std::int64_t>{-1}), DType::int64, {1}, {1}).nan == 0);
 }
+
+TEST_CASE("expanded views (stride 0) are counted without walking every repeat (found in review: 2^44 elements hung)") {
+  const std::vector<float> one = {std::numeric_limits<float>::quiet_NaN()};
+  auto c = count_nonfinite(bytes_of(one), DType::float32, {std::int64_t{1} << 44}, {0});
+  CHECK(c.nan == (std::uint64_t{1} << 44));
+  // torch.tensor([nan, 1.]).expand(3, 2): 3 NaN
+  const std::vector<float> two = {std::numeric_limits<float>::quiet_NaN(), 1.0f};
+  c = count_nonfinite(bytes_of(two), DType::float32, {3, 2}, {0, 1});
+  CHECK(c.nan == 3);
+}

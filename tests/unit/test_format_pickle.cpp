@@ -171,3 +171,19 @@ TEST_CASE("shared references that expand exponentially hit the conversion budget
   const auto g = parse(p2(body));
   CHECK_THROWS_AS(checkpoint::to_data(g, g.root()), Error);
 }
+
+TEST_CASE("nested tensor rebuild calls do not recurse (found in review: 30,000 levels crashed the stack)") {
+  std::string body;
+  for (int i = 0; i < 30000; ++i) body += "ctorch._utils\n_rebuild_from_type_v2\n";
+  body += "N";
+  for (int i = 0; i < 30000; ++i) body += "ctorch\nTensor\n)\x87R";
+  CHECK_THROWS_AS(parse(p2(body)), Error);
+}
+
+TEST_CASE("copying one large value many times hits the copy budget (found in review)") {
+  // b = bytes(1 MiB); then bytes(b) 64 times, each call copying it
+  std::string body = "B" + le32(1u << 20) + std::string(1u << 20, 'x') + put(0) + "0";
+  for (int i = 0; i < 64; ++i) body += "c__builtin__\nbytes\n" + get(0) + "\x85R0";
+  body += "N";
+  CHECK(error_kind_of(p2(body)) == ErrorKind::corrupt);
+}
