@@ -15,6 +15,7 @@
 #include "checkpoint/structure.hpp"
 #include "checkpoint/tensor_scan.hpp"
 #include "checkpoint/value_data.hpp"
+#include "checkpoint/weights_layout.hpp"
 #include "format/dtype_cast.hpp"
 #include "format/json.hpp"
 #include "format/pickle_writer.hpp"
@@ -212,19 +213,15 @@ void write_safetensors_file(const std::string& path, std::vector<SafetensorsItem
     layout.push_back({item.name, item.dtype, item.tensor ? item.tensor->shape : std::vector<std::int64_t>{static_cast<std::int64_t>(item.array->data.size())}});
     by_name[item.name] = &item;
   }
-  const std::string header = safetensors::make_header(layout, metadata);
-  AtomicFile out(path);
-  out.write(header);
-  FileSink sink(out);
-  for (const auto& t : layout) {
+  safetensors::write_file(path, std::move(layout), metadata, [&](const safetensors::OutputTensor& t, AtomicFile& out) {
     const SafetensorsItem& item = *by_name.at(t.name);
+    FileSink sink(out);
     if (item.tensor) {
       write_tensor(sink, *item.source, *item.tensor, item.dtype, progress);
     } else {
       sink.write({reinterpret_cast<const std::uint8_t*>(item.array->data.data()), item.array->data.size()});
     }
-  }
-  out.commit();
+  });
 }
 
 // ---- torch output ----
@@ -238,22 +235,12 @@ struct StorageFill {
 };
 
 void write_torch_file(const std::string& path, const Graph& g, const std::vector<StorageFill>& fills, Progress& progress) {
-  AtomicFile out(path);
-  zip::Writer zip(out);
-  const std::string prefix = fs::path(path).stem().string() + "/";
-  zip.add(prefix + "data.pkl", pickle::write(g, g.root()));
-  ZipSink sink(zip);
-  for (std::size_t i = 0; i < g.storages.size(); ++i) {
-    const auto& storage = g.storages[i];
+  torch_archive::write_file(path, g, [&](std::size_t i, zip::Writer& zip) {
     const StorageFill& fill = fills[i];
-    zip.begin(prefix + "data/" + storage.key);
-    write_contiguous(sink, fill.source->file(), fill.source->storage_offsets[fill.source_storage], storage.numel, fill.from,
-                     storage.dtype, fill.zero_dim, progress);
-    zip.end();
-  }
-  zip.add(prefix + "version", "3\n");
-  zip.finish();
-  out.commit();
+    ZipSink sink(zip);
+    write_contiguous(sink, fill.source->file(), fill.source->storage_offsets[fill.source_storage], g.storages[i].numel, fill.from,
+                     g.storages[i].dtype, fill.zero_dim, progress);
+  });
 }
 
 // Copies tensors of source graphs into `g` (storages shared as in the sources, optionally cast).
@@ -318,41 +305,31 @@ struct WeightsPlan {
 
 WeightsPlan plan_shards(const std::vector<Weight>& weights, const ConvertOptions& options) {
   WeightsPlan plan;
-  std::map<std::string, std::size_t> shard_of;
-  std::uint64_t current = 0;
+  std::vector<std::size_t> untied;
+  std::vector<std::uint64_t> sizes;
   for (std::size_t i = 0; i < weights.size(); ++i) {
-    const Weight& w = weights[i];
-    if (w.tied_to) {  // travels with the tensor it is tied to
-      const std::size_t shard = shard_of.at(*w.tied_to);
-      plan.shards[shard].push_back(i);
-      shard_of[w.name] = shard;
-      continue;
-    }
-    const auto& t = tensor_of(w);
-    const std::uint64_t size = nbytes_of(t.shape, output_dtype(t.dtype, options));
-    plan.total_size += size;
-    if (plan.shards.empty() || (options.max_shard_size && current > 0 && current + size > *options.max_shard_size)) {
-      plan.shards.emplace_back();
-      current = 0;
-    }
-    plan.shards.back().push_back(i);
-    shard_of[w.name] = plan.shards.size() - 1;
-    current += size;
+    if (weights[i].tied_to) continue;
+    const auto& t = tensor_of(weights[i]);
+    untied.push_back(i);
+    sizes.push_back(nbytes_of(t.shape, output_dtype(t.dtype, options)));
+    plan.total_size += sizes.back();
   }
-  if (plan.shards.empty()) plan.shards.emplace_back();
+  const auto groups = greedy_shards(sizes, options.max_shard_size);
+  std::map<std::string, std::size_t> shard_of;
+  for (std::size_t k = 0; k < groups.size(); ++k) {
+    for (std::size_t j : groups[k]) shard_of[weights[untied[j]].name] = k;
+  }
+  // A tied tensor travels with the tensor it is tied to; state-dict order is kept within each shard.
+  plan.shards.resize(groups.size());
+  for (std::size_t i = 0; i < weights.size(); ++i) {
+    const std::size_t k = shard_of.at(weights[i].tied_to ? *weights[i].tied_to : weights[i].name);
+    plan.shards[k].push_back(i);
+    shard_of[weights[i].name] = k;
+  }
   return plan;
 }
 
-std::string shard_name(ConvertTarget to, std::size_t index, std::size_t count) {
-  char digits[32];
-  std::snprintf(digits, sizeof digits, "-%05zu-of-%05zu", index + 1, count);
-  return to == ConvertTarget::safetensors ? "model" + std::string(digits) + ".safetensors" : "pytorch_model" + std::string(digits) + ".bin";
-}
-
-std::string single_weights_name(ConvertTarget to) { return to == ConvertTarget::safetensors ? "model.safetensors" : "pytorch_model.bin"; }
-std::string index_name(ConvertTarget to) {
-  return to == ConvertTarget::safetensors ? "model.safetensors.index.json" : "pytorch_model.bin.index.json";
-}
+WeightsFormat format_of(ConvertTarget to) { return to == ConvertTarget::safetensors ? WeightsFormat::safetensors : WeightsFormat::pytorch; }
 
 void write_weights_file(const std::string& path, const std::vector<Weight>& weights, const std::vector<std::size_t>& subset,
                         const std::optional<json::Json>& attributes,
@@ -432,28 +409,24 @@ void write_weights(const std::vector<Weight>& weights, const std::optional<json:
     return;
   }
   if (plan.shards.size() == 1) {
-    const std::string path = (fs::path(dir) / single_weights_name(options.to)).string();
+    const std::string path = (fs::path(dir) / single_weights_name(format_of(options.to))).string();
     if (!options.dry_run) write_weights_file(path, weights, plan.shards[0], attributes, options, progress);
     result.files.push_back({joined_sources, path, "converted", options.dry_run ? 0 : file_size_or_zero(path)});
     return;
   }
-  json::Json weight_map = json::Json::object();
   std::vector<std::pair<std::string, std::string>> entries;
   for (std::size_t k = 0; k < plan.shards.size(); ++k) {
-    const std::string name = shard_name(options.to, k, plan.shards.size());
+    const std::string name = shard_name(format_of(options.to), k, plan.shards.size());
     const std::string path = (fs::path(dir) / name).string();
     // The state dict's _metadata goes with the first shard, as each shard of torch's own sharding is a plain dict.
     if (!options.dry_run) write_weights_file(path, weights, plan.shards[k], k == 0 ? attributes : std::nullopt, options, progress);
     result.files.push_back({joined_sources, path, "converted", options.dry_run ? 0 : file_size_or_zero(path)});
     for (std::size_t i : plan.shards[k]) entries.emplace_back(weights[i].name, name);
   }
-  std::sort(entries.begin(), entries.end());
-  for (const auto& [tensor, file] : entries) weight_map[tensor] = file;
-  json::Json index{{"metadata", {{"total_size", plan.total_size}}}, {"weight_map", std::move(weight_map)}};
-  const std::string index_path = (fs::path(dir) / index_name(options.to)).string();
+  const std::string index_path = (fs::path(dir) / index_name(format_of(options.to))).string();
   if (!options.dry_run) {
     AtomicFile out(index_path);
-    out.write(json::dump(index, 2) + "\n");
+    out.write(index_json(plan.total_size, std::move(entries)));
     out.commit();
   }
   result.files.push_back({"", index_path, "written", options.dry_run ? 0 : file_size_or_zero(index_path)});
@@ -664,7 +637,7 @@ void convert_directory(const std::string& source, const std::string& destination
       else loaded.push_back(load_source((fs::path(source) / weights->files.front()).string()));
       std::vector<const Source*> views;
       for (const auto& s : loaded) views.push_back(s.get());
-      convert_weights(views, (fs::path(out) / single_weights_name(options.to)).string(), out, options, result);
+      convert_weights(views, (fs::path(out) / single_weights_name(format_of(options.to))).string(), out, options, result);
     }
     for (const auto& name : names) {
       if (weight_files.count(name)) continue;

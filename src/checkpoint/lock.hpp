@@ -4,12 +4,16 @@
 
 #include <string>
 
+#include "checkpoint/run_dir.hpp"
+
 namespace ckpt::checkpoint {
 
 class RunLock {
  public:
   // Waits for the lock, or with `wait` false throws an Error of kind `locked` when another process holds it.
-  RunLock(const std::string& run_dir, bool wait);
+  // `file_name` selects the lock: kLockName guards commits and deletions; the trainer also holds kTrainLockName
+  // for its whole run, so that two trainers never write into one run directory.
+  RunLock(const std::string& run_dir, bool wait, const char* file_name = kLockName);
   ~RunLock();  // releases the lock; commits nothing
   RunLock(const RunLock&) = delete;
   RunLock& operator=(const RunLock&) = delete;

@@ -24,6 +24,7 @@ namespace ckpt::checkpoint {
 inline constexpr const char* kStagingPrefix = ".ckpt-staging-";
 inline constexpr const char* kTrashPrefix = ".ckpt-trash-";
 inline constexpr const char* kLockName = ".ckpt.lock";
+inline constexpr const char* kTrainLockName = ".ckpt.train.lock";
 
 struct CheckpointDir {
   std::string name;  // checkpoint-<step>

@@ -15,6 +15,8 @@ namespace ckpt::cli {
 namespace {
 
 constexpr Subcommand kSubcommands[] = {
+    {"save", "Train the embedded model, saving complete checkpoints in the Hugging Face Trainer layout", attach_save},
+    {"resume", "Continue a run from its newest (or a given) checkpoint, bit-for-bit as if never stopped", attach_resume},
     {"list", "List the checkpoints of a run directory: step, metrics, best, newest, complete, size, age", attach_list},
     {"best", "Print the best checkpoint of a run directory; link or export it", attach_best},
     {"rotate", "Delete old checkpoints safely, keeping the best, the newest and the last N", attach_rotate},

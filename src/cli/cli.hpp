@@ -30,6 +30,8 @@ Action attach_list(CLI::App& sub);
 Action attach_best(CLI::App& sub);
 Action attach_rotate(CLI::App& sub);
 Action attach_convert(CLI::App& sub);
+Action attach_save(CLI::App& sub);
+Action attach_resume(CLI::App& sub);
 
 int run(int argc, char** argv);
 

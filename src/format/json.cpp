@@ -1,8 +1,10 @@
 #include "format/json.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "util/error.hpp"
 #include "util/mapped_file.hpp"
@@ -119,6 +121,53 @@ Json parse_file(const std::string& path, std::uint64_t max_bytes) {
 
 std::string dump(const Json& value, int indent) {
   return value.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+namespace {
+
+void write_python_sorted(const Json& value, int indent, int depth, std::string& out) {
+  auto newline = [&](int level) {
+    out += '\n';
+    out.append(static_cast<std::size_t>(indent * level), ' ');
+  };
+  if (value.is_object() || value.is_array()) {
+    const bool object = value.is_object();
+    if (value.empty()) {
+      out += object ? "{}" : "[]";
+      return;
+    }
+    out += object ? '{' : '[';
+    std::vector<std::pair<std::string, const Json*>> members;
+    if (object) {
+      for (auto it = value.begin(); it != value.end(); ++it) members.emplace_back(it.key(), &it.value());
+      std::sort(members.begin(), members.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    } else {
+      for (const auto& item : value) members.emplace_back(std::string(), &item);
+    }
+    for (std::size_t i = 0; i < members.size(); ++i) {
+      if (i > 0) out += ',';
+      newline(depth + 1);
+      if (object) out += Json(members[i].first).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace) + ": ";
+      write_python_sorted(*members[i].second, indent, depth + 1, out);
+    }
+    newline(depth);
+    out += object ? '}' : ']';
+    return;
+  }
+  if (value.is_number_float() && !std::isfinite(value.get<double>())) {
+    const double v = value.get<double>();
+    out += std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity";
+    return;
+  }
+  out += value.dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace
+
+std::string dump_python_sorted(const Json& value, int indent) {
+  std::string out;
+  write_python_sorted(value, indent, 0, out);
+  return out;
 }
 
 }  // namespace ckpt::json

@@ -21,4 +21,8 @@ Json parse_file(const std::string& path, std::uint64_t max_bytes = 256u << 20);
 // Serialises with invalid UTF-8 replaced, never throwing on odd strings from untrusted files.
 std::string dump(const Json& value, int indent = -1);
 
+// As Python's json.dumps(value, indent=indent, sort_keys=True) writes it (how transformers writes
+// trainer_state.json and config.json): keys sorted at every level, non-ASCII escaped, NaN and Infinity as bare tokens.
+std::string dump_python_sorted(const Json& value, int indent);
+
 }  // namespace ckpt::json

@@ -11,12 +11,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "format/dtype.hpp"
+#include "util/atomic_file.hpp"
 
 namespace ckpt::safetensors {
 
@@ -54,6 +56,11 @@ struct OutputTensor {
   std::vector<std::int64_t> shape;
 };
 std::string make_header(std::vector<OutputTensor>& tensors, const std::vector<std::pair<std::string, std::string>>& metadata);
+
+// Writes a whole file atomically (util/atomic_file.hpp): the header, then each tensor's bytes, which
+// `write_tensor` appends to `out` when called for it, in file order.
+void write_file(const std::string& path, std::vector<OutputTensor> tensors, const std::vector<std::pair<std::string, std::string>>& metadata,
+                const std::function<void(const OutputTensor& tensor, AtomicFile& out)>& write_tensor);
 
 // The bytes of one tensor, a view into `file`.
 inline std::span<const std::uint8_t> tensor_bytes(std::span<const std::uint8_t> file, const Header& header,

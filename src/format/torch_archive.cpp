@@ -1,10 +1,13 @@
 #include "format/torch_archive.hpp"
 
+#include <filesystem>
+
 #include <algorithm>
 #include <array>
 #include <unordered_map>
 
 #include "util/byte_reader.hpp"
+#include "format/pickle_writer.hpp"
 #include "util/error.hpp"
 
 namespace ckpt::torch_archive {
@@ -154,6 +157,22 @@ std::optional<std::uint64_t> numel(const std::vector<std::int64_t>& shape) {
     if (d < 0 || !checked_mul(n, static_cast<std::uint64_t>(d), n)) return std::nullopt;
   }
   return n;
+}
+
+void write_file(const std::string& path, const pickle::Graph& graph,
+                const std::function<void(std::size_t storage, zip::Writer& zip)>& write_storage) {
+  AtomicFile out(path);
+  zip::Writer zip(out);
+  const std::string prefix = std::filesystem::path(path).stem().string() + "/";
+  zip.add(prefix + "data.pkl", pickle::write(graph, graph.root()));
+  for (std::size_t i = 0; i < graph.storages.size(); ++i) {
+    zip.begin(prefix + "data/" + graph.storages[i].key);
+    write_storage(i, zip);
+    zip.end();
+  }
+  zip.add(prefix + "version", "3\n");
+  zip.finish();
+  out.commit();
 }
 
 }  // namespace ckpt::torch_archive

@@ -12,12 +12,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "format/pickle.hpp"
 #include "format/zip.hpp"
+#include "format/zip_writer.hpp"
 #include "util/mapped_file.hpp"
 
 namespace ckpt::torch_archive {
@@ -58,6 +60,12 @@ enum class Container { torch_zip, torch_legacy, safetensors, json, unknown };
 Container sniff(std::span<const std::uint8_t> head);
 // The same for a file on disk (reads its first 64 bytes).
 Container sniff(const ReadOnlyFile& file);
+
+// Writes `graph` as torch.save does, atomically: PREFIX/data.pkl (format/pickle_writer.hpp), one record
+// data/<key> per storage, whose bytes `write_storage` appends to `zip` when called with the storage's index, and
+// PREFIX/version. PREFIX is the file name without its extension, as torch.save names it.
+void write_file(const std::string& path, const pickle::Graph& graph,
+                const std::function<void(std::size_t storage, zip::Writer& zip)>& write_storage);
 
 // Number of elements a shape holds; nullopt when the product overflows.
 std::optional<std::uint64_t> numel(const std::vector<std::int64_t>& shape);

@@ -1,0 +1,208 @@
+// `ckpt save --output-dir DIR [training flags]` and `ckpt resume RUN_DIR [--from CHECKPOINT] [training flags]`.
+// The two share every flag (train/arguments.hpp's table) and their rendering, so they live in one file; the
+// training itself runs in the trainer library (checkpoint/trainer_library.hpp).
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <iostream>
+#include <list>
+
+#include "checkpoint/trainer_library.hpp"
+#include "cli/cli.hpp"
+#include "cli/text.hpp"
+#include "format/json.hpp"
+#include "train/api.hpp"
+
+namespace ckpt::cli {
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+
+extern "C" void on_sigint(int) { g_interrupted.store(true); }
+
+struct TrainFlags {
+  train::TrainMode mode = train::TrainMode::save;
+  std::string run_dir;
+  std::string from;
+  bool json = false;
+  bool quiet = false;
+  bool verbose = false;
+  // Where CLI11 stores each flag's value, and the options whose count says whether it was given.
+  std::list<std::int64_t> integers;
+  std::list<double> numbers;
+  std::list<std::string> texts;
+  std::vector<std::pair<const train::ArgSpec*, CLI::Option*>> given;
+  std::vector<std::pair<const train::ArgSpec*, std::pair<CLI::Option*, CLI::Option*>>> switches;  // --x / --no-x
+};
+
+// The progress line: step, loss and ETA on stderr, only on a terminal.
+class ProgressLine {
+ public:
+  explicit ProgressLine(bool enabled) : enabled_(enabled && ::isatty(STDERR_FILENO)) {}
+  ~ProgressLine() { clear(); }
+  void clear() {
+    if (shown_) std::cerr << "\r\033[K" << std::flush;
+    shown_ = false;
+  }
+  void update(const train::TrainEvent& e) {
+    if (!enabled_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (shown_ && now - last_ < std::chrono::milliseconds(100) && e.step < e.max_steps) return;
+    last_ = now;
+    shown_ = true;
+    std::string eta = "-";
+    if (e.step > 0 && e.max_steps > e.step) eta = fmt::format("{:.0f}s", e.elapsed_seconds / static_cast<double>(e.step) * static_cast<double>(e.max_steps - e.step));
+    std::cerr << fmt::format("\rstep {}/{}  loss {}  elapsed {:.0f}s  eta {}\033[K", e.step, e.max_steps, number_text(e.loss),
+                             e.elapsed_seconds, eta)
+              << std::flush;
+  }
+
+ private:
+  bool enabled_;
+  bool shown_ = false;
+  std::chrono::steady_clock::time_point last_;
+};
+
+json::Json result_json(const train::TrainResult& r) {
+  json::Json metrics = json::Json::object();
+  for (const auto& [k, v] : r.final_metrics) metrics[k] = v;
+  return {{"output_dir", r.output_dir},
+          {"resumed_from", r.resumed_from ? json::Json(*r.resumed_from) : json::Json(nullptr)},
+          {"global_step", r.global_step},
+          {"max_steps", r.max_steps},
+          {"epoch", r.epoch},
+          {"interrupted", r.interrupted},
+          {"checkpoints_saved", r.checkpoints_saved},
+          {"checkpoints_removed", r.checkpoints_removed},
+          {"best_model_checkpoint", r.best_model_checkpoint ? json::Json(*r.best_model_checkpoint) : json::Json(nullptr)},
+          {"best_metric", r.best_metric ? json::Json(*r.best_metric) : json::Json(nullptr)},
+          {"metrics", std::move(metrics)},
+          {"warnings", r.warnings}};
+}
+
+int run_train(const TrainFlags& f) {
+  train::TrainRequest request;
+  request.mode = f.mode;
+  request.run_dir = f.run_dir;
+  if (!f.from.empty()) request.from = f.from;
+  for (const auto& [spec, option] : f.given) {
+    if (option->count() == 0) continue;
+    switch (spec->type) {
+      case train::ArgType::integer: request.given[spec->key] = option->as<std::int64_t>(); break;
+      case train::ArgType::number: request.given[spec->key] = option->as<double>(); break;
+      case train::ArgType::text: request.given[spec->key] = option->as<std::string>(); break;
+      case train::ArgType::boolean: break;
+    }
+  }
+  for (const auto& [spec, pair] : f.switches) {
+    if (pair.first->count() > 0) request.given[spec->key] = true;
+    if (pair.second->count() > 0) request.given[spec->key] = false;
+  }
+
+  ProgressLine progress(!f.quiet && !f.json);
+  request.on_event = [&](const train::TrainEvent& e) {
+    using Kind = train::TrainEvent::Kind;
+    switch (e.kind) {
+      case Kind::progress: progress.update(e); break;
+      case Kind::warning:
+        progress.clear();
+        std::cerr << "ckpt: warning: " << e.text << "\n";
+        break;
+      case Kind::log:
+        if (f.verbose && !f.json) {
+          progress.clear();
+          std::cout << e.text << "\n" << std::flush;
+        }
+        break;
+      case Kind::checkpoint:
+        if (!f.quiet && !f.json) {
+          progress.clear();
+          std::cout << "saved " << e.text << "\n" << std::flush;
+        }
+        break;
+    }
+  };
+  g_interrupted.store(false);
+  request.interrupted = &g_interrupted;
+  struct sigaction action {};
+  action.sa_handler = on_sigint;
+  sigemptyset(&action.sa_mask);
+  struct sigaction previous {};
+  sigaction(SIGINT, &action, &previous);
+  train::TrainResult result;
+  try {
+    result = checkpoint::run_trainer(request);
+  } catch (...) {
+    sigaction(SIGINT, &previous, nullptr);
+    progress.clear();
+    throw;
+  }
+  sigaction(SIGINT, &previous, nullptr);
+  progress.clear();
+
+  if (f.json) {
+    std::cout << json::dump(result_json(result), 2) << "\n";
+  } else if (!f.quiet) {
+    std::cout << fmt::format("{} {} at step {}/{} (epoch {:.2f})\n", result.interrupted ? "interrupted" : "trained", result.output_dir,
+                             result.global_step, result.max_steps, result.epoch);
+    if (result.best_model_checkpoint) {
+      std::cout << "best: " << *result.best_model_checkpoint << " (" << number_text(result.best_metric) << ")\n";
+    }
+    for (const char* key : {"eval_loss", "eval_accuracy", "train_loss", "train_runtime"}) {
+      if (auto it = result.final_metrics.find(key); it != result.final_metrics.end()) {
+        std::cout << key << ": " << number_text(it->second) << "\n";
+      }
+    }
+    if (!result.checkpoints_removed.empty()) std::cout << "removed by --save-total-limit: " << result.checkpoints_removed.size() << "\n";
+  }
+  return result.interrupted ? exit_interrupted : exit_ok;
+}
+
+Action attach(CLI::App& sub, train::TrainMode mode) {
+  auto f = std::make_shared<TrainFlags>();
+  f->mode = mode;
+  if (mode == train::TrainMode::resume) {
+    sub.add_option("RUN_DIR", f->run_dir, "The run directory to continue (new checkpoints go there too)")->required();
+    sub.add_option("--from", f->from, "checkpoint-N in RUN_DIR, or a checkpoint directory's path (default: the newest complete one)");
+  }
+  for (const auto& spec : train::argument_specs()) {
+    if (mode == train::TrainMode::resume && std::string(spec.key) == "output_dir") continue;
+    const std::string flag = "--" + train::flag_name(spec.key);
+    const char* group = spec.scope == train::ArgScope::model ? "Model (config.json)" : "Training (training_args.bin)";
+    std::string help = spec.help;
+    if (mode == train::TrainMode::resume) help += spec.scope == train::ArgScope::model ? " (must match the checkpoint)" : " (default: the checkpoint's)";
+    CLI::Option* option = nullptr;
+    switch (spec.type) {
+      case train::ArgType::integer: option = sub.add_option(flag, f->integers.emplace_back(), help); break;
+      case train::ArgType::number: option = sub.add_option(flag, f->numbers.emplace_back(), help); break;
+      case train::ArgType::text: option = sub.add_option(flag, f->texts.emplace_back(), help); break;
+      case train::ArgType::boolean: {
+        // CLI11 takes a const string as the description (a mutable one would be the flag's result variable).
+        const std::string on_help = help;
+        const std::string off_help = "Turn " + flag + " off";
+        CLI::Option* on = sub.add_flag(flag, on_help)->group(group);
+        CLI::Option* off = sub.add_flag("--no-" + train::flag_name(spec.key), off_help)->group(group);
+        on->excludes(off);
+        f->switches.push_back({&spec, {on, off}});
+        continue;
+      }
+    }
+    option->group(group);
+    if (mode == train::TrainMode::save && std::string(spec.key) == "output_dir") option->required();
+    f->given.push_back({&spec, option});
+  }
+  sub.add_flag("--json", f->json, "Print a JSON summary at the end (nothing else on stdout)");
+  sub.add_flag("-q,--quiet", f->quiet, "Print nothing unless there is an error");
+  sub.add_flag("-v,--verbose", f->verbose, "Print every log record (loss, grad_norm, learning_rate, eval metrics) as a JSON line");
+  return [f] { return run_train(*f); };
+}
+
+}  // namespace
+
+Action attach_save(CLI::App& sub) { return attach(sub, train::TrainMode::save); }
+Action attach_resume(CLI::App& sub) { return attach(sub, train::TrainMode::resume); }
+
+}  // namespace ckpt::cli

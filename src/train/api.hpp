@@ -1,0 +1,72 @@
+// The boundary between the `ckpt` binary and the trainer library (libckpt_train.so), which links LibTorch and
+// is loaded with dlopen only by `save` and `resume`. Torch-free. Both sides are built from this header by the
+// same build, and the library refuses a request whose api_version differs. Errors do not cross the boundary
+// as exceptions: the library returns them in TrainResult::error.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "train/arguments.hpp"
+
+namespace ckpt::train {
+
+inline constexpr int kApiVersion = 1;
+inline constexpr const char* kEntryPoint = "ckpt_train_run";
+inline constexpr const char* kLibraryName = "libckpt_train.so";
+
+enum class TrainMode { save, resume };
+
+// What the trainer reports while it runs; the CLI renders these (the library never prints).
+struct TrainEvent {
+  enum class Kind { progress, log, checkpoint, warning };
+  Kind kind = Kind::progress;
+  std::int64_t step = 0;
+  std::int64_t max_steps = 0;
+  double elapsed_seconds = 0;
+  std::optional<double> loss;   // progress: the latest logged training loss
+  std::string text;             // log: the record as JSON; checkpoint: its path; warning: the message
+};
+
+struct TrainRequest {
+  int api_version = kApiVersion;
+  TrainMode mode = TrainMode::save;
+  std::string run_dir;                // resume: the run directory
+  std::optional<std::string> from;    // resume: checkpoint-N (in run_dir) or a checkpoint directory's path
+  Arguments given;                    // the flags given on the command line, by key
+  std::function<void(const TrainEvent&)> on_event;
+  const std::atomic<bool>* interrupted = nullptr;  // set by the CLI's SIGINT handler
+};
+
+struct TrainError {
+  int kind = 0;  // an ErrorKind
+  std::string path;
+  std::string where;
+  std::string what;
+};
+
+struct TrainResult {
+  std::string output_dir;
+  std::optional<std::string> resumed_from;
+  std::int64_t global_step = 0;
+  std::int64_t max_steps = 0;
+  double epoch = 0;
+  std::vector<std::string> checkpoints_saved;   // paths, in order
+  std::vector<std::string> checkpoints_removed; // by save_total_limit
+  std::optional<std::string> best_model_checkpoint;
+  std::optional<double> best_metric;
+  std::map<std::string, double> final_metrics;  // train_runtime, train_loss, ... and the last eval_*
+  std::vector<std::string> warnings;
+  bool interrupted = false;
+  std::optional<TrainError> error;
+};
+
+// The library's one exported symbol, looked up by kEntryPoint.
+using EntryFunction = void (*)(const TrainRequest& request, TrainResult& result);
+
+}  // namespace ckpt::train

@@ -1,0 +1,183 @@
+#include "train/tensors.hpp"
+
+#include <cstring>
+
+#include "format/torch_archive.hpp"
+#include "util/error.hpp"
+
+namespace ckpt::train {
+using pickle::Kind;
+using pickle::Node;
+using pickle::NodeId;
+
+at::ScalarType to_scalar_type(DType dtype) {
+  switch (dtype) {
+    case DType::float64: return at::kDouble;
+    case DType::float32: return at::kFloat;
+    case DType::float16: return at::kHalf;
+    case DType::bfloat16: return at::kBFloat16;
+    case DType::int64: return at::kLong;
+    case DType::int32: return at::kInt;
+    case DType::int16: return at::kShort;
+    case DType::int8: return at::kChar;
+    case DType::uint8: return at::kByte;
+    case DType::boolean: return at::kBool;
+    case DType::complex128: return at::kComplexDouble;
+    case DType::complex64: return at::kComplexFloat;
+    default: break;
+  }
+  throw Error(ErrorKind::unsupported, "", "", std::string("LibTorch 1.13 has no ") + std::string(torch_name(dtype)) + " tensors");
+}
+
+DType to_dtype(at::ScalarType type) {
+  switch (type) {
+    case at::kDouble: return DType::float64;
+    case at::kFloat: return DType::float32;
+    case at::kHalf: return DType::float16;
+    case at::kBFloat16: return DType::bfloat16;
+    case at::kLong: return DType::int64;
+    case at::kInt: return DType::int32;
+    case at::kShort: return DType::int16;
+    case at::kChar: return DType::int8;
+    case at::kByte: return DType::uint8;
+    case at::kBool: return DType::boolean;
+    case at::kComplexDouble: return DType::complex128;
+    case at::kComplexFloat: return DType::complex64;
+    default: break;
+  }
+  throw Error(ErrorKind::unsupported, "", "", std::string("no checkpoint dtype for ") + c10::toString(type));
+}
+
+std::span<const std::uint8_t> bytes_of(const at::Tensor& tensor) {
+  return {static_cast<const std::uint8_t*>(tensor.data_ptr()), tensor.nbytes()};
+}
+
+at::Tensor read_tensor(const checkpoint::Source& source, NodeId tensor_node) {
+  const auto& t = source.graph().tensors[static_cast<std::size_t>(source.graph().at(tensor_node).integer)];
+  const auto options = at::TensorOptions().dtype(to_scalar_type(t.dtype));
+  at::Tensor out = at::empty(t.shape, options);
+  if (out.numel() == 0) return out;
+  const auto extent = source.tensor_extent(t);
+  // from_blob views the mapped bytes with the stored strides; copy_ gathers them into the owned tensor.
+  const at::Tensor view = at::from_blob(const_cast<std::uint8_t*>(extent.data()), t.shape, t.stride, options);
+  out.copy_(view);
+  return out;
+}
+
+NodeId GraphMaker::boolean(bool value) {
+  Node n;
+  n.kind = Kind::boolean;
+  n.flag = value;
+  return graph.add(std::move(n));
+}
+
+NodeId GraphMaker::integer(std::int64_t value) {
+  Node n;
+  n.kind = Kind::integer;
+  n.integer = value;
+  return graph.add(std::move(n));
+}
+
+NodeId GraphMaker::number(double value) {
+  Node n;
+  n.kind = Kind::floating;
+  n.number = value;
+  return graph.add(std::move(n));
+}
+
+NodeId GraphMaker::text(const std::string& value) {
+  Node n;
+  n.kind = Kind::string;
+  n.text = value;
+  return graph.add(std::move(n));
+}
+
+NodeId GraphMaker::list(std::vector<NodeId> items) {
+  Node n;
+  n.kind = Kind::list;
+  n.items = std::move(items);
+  return graph.add(std::move(n));
+}
+
+NodeId GraphMaker::tuple(std::vector<NodeId> items) {
+  Node n;
+  n.kind = Kind::tuple;
+  n.items = std::move(items);
+  return graph.add(std::move(n));
+}
+
+NodeId GraphMaker::dict(std::vector<NodeId> items, bool ordered) {
+  Node n;
+  n.kind = Kind::dict;
+  n.flag = ordered;
+  n.items = std::move(items);
+  return graph.add(std::move(n));
+}
+
+NodeId GraphMaker::tensor(const at::Tensor& tensor) {
+  if (!tensor.is_contiguous()) throw Error(ErrorKind::invalid_argument, "", "", "only contiguous tensors are written");
+  pickle::StorageRef storage;
+  storage.key = std::to_string(graph.storages.size());
+  storage.dtype = to_dtype(tensor.scalar_type());
+  storage.location = "cpu";
+  storage.numel = static_cast<std::uint64_t>(tensor.numel());
+  graph.storages.push_back(storage);
+  storages.push_back(tensor);
+  pickle::TensorRef ref;
+  ref.storage = static_cast<std::uint32_t>(graph.storages.size() - 1);
+  ref.dtype = storage.dtype;
+  ref.shape = tensor.sizes().vec();
+  ref.stride = tensor.strides().vec();
+  graph.tensors.push_back(std::move(ref));
+  Node n;
+  n.kind = Kind::tensor;
+  n.integer = static_cast<std::int64_t>(graph.tensors.size() - 1);
+  return graph.add(std::move(n));
+}
+
+NodeId GraphMaker::uint32_array(std::span<const std::uint32_t> values) {
+  pickle::NdArray array;
+  array.descr = "<u4";
+  array.shape = {static_cast<std::int64_t>(values.size())};
+  array.data.resize(values.size() * 4);
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    for (int b = 0; b < 4; ++b) array.data[i * 4 + b] = static_cast<char>((values[i] >> (8 * b)) & 0xffu);
+  }
+  graph.arrays.push_back(std::move(array));
+  Node n;
+  n.kind = Kind::ndarray;
+  n.integer = static_cast<std::int64_t>(graph.arrays.size() - 1);
+  return graph.add(std::move(n));
+}
+
+void GraphMaker::write(const std::string& path, NodeId root) {
+  graph.set_root(root);
+  torch_archive::write_file(path, graph, [&](std::size_t i, zip::Writer& zip) { zip.append(bytes_of(storages[i])); });
+}
+
+void GraphReader::bad(const std::string& what) const { throw Error(ErrorKind::corrupt, path, what, "not what the trainer wrote"); }
+
+NodeId GraphReader::get(NodeId dict, const std::string& key) const {
+  if (!graph.is(dict, Kind::dict)) bad(key);
+  const NodeId* value = graph.dict_get(dict, key);
+  if (!value) throw Error(ErrorKind::corrupt, path, key, "missing");
+  return *value;
+}
+
+const Node& GraphReader::expect(NodeId id, Kind kind, const std::string& what) const {
+  if (!graph.is(id, kind)) bad(what);
+  return graph.at(id);
+}
+
+std::int64_t GraphReader::integer(NodeId id, const std::string& what) const { return expect(id, Kind::integer, what).integer; }
+
+double GraphReader::number(NodeId id, const std::string& what) const {
+  if (graph.is(id, Kind::integer)) return static_cast<double>(graph.at(id).integer);
+  return expect(id, Kind::floating, what).number;
+}
+
+bool GraphReader::boolean(NodeId id, const std::string& what) const { return expect(id, Kind::boolean, what).flag; }
+
+std::vector<NodeId> GraphReader::items(NodeId id, Kind kind, const std::string& what) const { return expect(id, kind, what).items; }
+
+}  // namespace ckpt::train

@@ -1,0 +1,793 @@
+// The training loop, checkpoint saving and resuming, and the library's entry point (train/api.hpp).
+//
+// Order of random draws, which resume reproduces exactly:
+//   set_seed(seed): Python random, numpy and torch seeded as random.seed / np.random.seed / torch.manual_seed;
+//   the dataset from its own RandomState(seed) (train/data.hpp); the model's initialisation from torch's
+//   generator; at the start of each epoch random.shuffle of the example indices; for each batch its input noise
+//   from numpy and its dropout masks from torch. Nothing else draws.
+// Resuming from step S of an epoch of P steps: the model is built (its initialisation draws are overwritten),
+// the shuffles of every epoch up to the current one are replayed from the seed, without computing anything,
+// to recover the current epoch's order; then rng_state.pth restores all three generators to where the
+// uninterrupted run had them after step S.
+#include <ATen/Parallel.h>
+
+#include <chrono>
+#include <cmath>
+#include <exception>
+#include <filesystem>
+#include <numeric>
+#include <optional>
+#include <thread>
+
+#include "checkpoint/lock.hpp"
+#include "checkpoint/rotation.hpp"
+#include "checkpoint/run_dir.hpp"
+#include "checkpoint/source.hpp"
+#include "checkpoint/weights_layout.hpp"
+#include "checkpoint/convert.hpp"
+#include "format/json.hpp"
+#include "format/safetensors.hpp"
+#include "train/api.hpp"
+#include "train/data.hpp"
+#include "train/model.hpp"
+#include "train/optim.hpp"
+#include "train/rng_state.hpp"
+#include "train/tensors.hpp"
+#include "util/atomic_file.hpp"
+#include "util/error.hpp"
+#include "util/fs.hpp"
+
+namespace ckpt::train {
+namespace {
+namespace fs = std::filesystem;
+using checkpoint::RunLock;
+using pickle::Kind;
+using pickle::NodeId;
+using Clock = std::chrono::steady_clock;
+using Parameters = std::vector<std::pair<std::string, at::Tensor>>;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// Python's round(x, digits) for the figures the Trainer rounds (loss to 4 digits, rates to 3).
+double round_to(double x, int digits) {
+  if (!std::isfinite(x)) return x;
+  char text[64];
+  std::snprintf(text, sizeof text, "%.*f", digits, x);
+  return std::strtod(text, nullptr);
+}
+
+json::Json number_or_null(std::optional<double> x) { return x ? json::Json(*x) : json::Json(); }
+
+// ---- trainer_state.json ----
+
+struct TrainerState {
+  std::int64_t global_step = 0;
+  double epoch = 0;
+  std::int64_t max_steps = 0;
+  std::int64_t num_train_epochs = 0;
+  std::int64_t logging_steps = 0;
+  std::int64_t eval_steps = 0;
+  std::int64_t save_steps = 0;
+  std::int64_t train_batch_size = 0;
+  double total_flos = 0;
+  json::Json log_history = json::Json::array();
+  std::optional<double> best_metric;
+  std::optional<std::string> best_model_checkpoint;
+
+  std::string to_text() const {
+    json::Json j = json::Json::object();
+    j["best_metric"] = number_or_null(best_metric);
+    j["best_model_checkpoint"] = best_model_checkpoint ? json::Json(*best_model_checkpoint) : json::Json();
+    j["epoch"] = epoch;
+    j["eval_steps"] = eval_steps;
+    j["global_step"] = global_step;
+    j["is_hyper_param_search"] = false;
+    j["is_local_process_zero"] = true;
+    j["is_world_process_zero"] = true;
+    j["log_history"] = log_history;
+    j["logging_steps"] = logging_steps;
+    j["max_steps"] = max_steps;
+    j["num_input_tokens_seen"] = 0;
+    j["num_train_epochs"] = num_train_epochs;
+    j["save_steps"] = save_steps;
+    j["total_flos"] = total_flos;
+    j["train_batch_size"] = train_batch_size;
+    j["trial_name"] = nullptr;
+    j["trial_params"] = nullptr;
+    return json::dump_python_sorted(j, 2) + "\n";
+  }
+
+  void load(const std::string& path) {
+    const json::Json j = json::parse_file(path);
+    auto bad = [&](const char* key) { throw Error(ErrorKind::corrupt, path, key, "missing or of the wrong type"); };
+    if (!j.is_object()) bad("trainer_state");
+    if (!j.contains("global_step") || !j["global_step"].is_number_integer()) bad("global_step");
+    global_step = j["global_step"].get<std::int64_t>();
+    if (global_step < 0) bad("global_step");
+    if (j.contains("total_flos") && j["total_flos"].is_number()) total_flos = j["total_flos"].get<double>();
+    if (j.contains("log_history") && j["log_history"].is_array()) log_history = j["log_history"];
+    if (j.contains("best_metric") && j["best_metric"].is_number()) best_metric = j["best_metric"].get<double>();
+    if (j.contains("best_model_checkpoint") && j["best_model_checkpoint"].is_string()) {
+      best_model_checkpoint = j["best_model_checkpoint"].get<std::string>();
+    }
+  }
+};
+
+// ---- what one checkpoint holds, ready to be written ----
+
+struct CheckpointFiles {
+  std::int64_t step = 0;
+  Parameters weights;  // contiguous tensors (copies when the save is asynchronous)
+  GraphMaker optimizer, scheduler, scaler, rng, arguments;
+  NodeId optimizer_root = 0, scheduler_root = 0, scaler_root = 0, rng_root = 0, arguments_root = 0;
+  bool has_scaler = false;
+  std::string trainer_state;
+  std::string config;
+};
+
+struct WeightsOptions {
+  bool safetensors = true;
+  std::optional<std::uint64_t> max_shard_size;
+};
+
+void write_weights(const std::string& dir, const Parameters& weights, const WeightsOptions& options) {
+  const auto format = options.safetensors ? checkpoint::WeightsFormat::safetensors : checkpoint::WeightsFormat::pytorch;
+  std::vector<std::uint64_t> sizes;
+  std::uint64_t total = 0;
+  for (const auto& [name, t] : weights) {
+    sizes.push_back(t.nbytes());
+    total += t.nbytes();
+  }
+  const auto shards = checkpoint::greedy_shards(sizes, options.max_shard_size);
+  std::vector<std::pair<std::string, std::string>> index;
+  for (std::size_t k = 0; k < shards.size(); ++k) {
+    const std::string name = shards.size() == 1 ? checkpoint::single_weights_name(format) : checkpoint::shard_name(format, k, shards.size());
+    const std::string path = (fs::path(dir) / name).string();
+    if (options.safetensors) {
+      std::vector<safetensors::OutputTensor> layout;
+      std::map<std::string, const at::Tensor*> by_name;
+      for (std::size_t i : shards[k]) {
+        const auto& [tensor_name, t] = weights[i];
+        layout.push_back({tensor_name, to_dtype(t.scalar_type()), t.sizes().vec()});
+        by_name[tensor_name] = &t;
+      }
+      safetensors::write_file(path, std::move(layout), {{"format", "pt"}},
+                              [&](const safetensors::OutputTensor& t, AtomicFile& out) { out.write(bytes_of(*by_name.at(t.name))); });
+    } else {
+      // A plain dict per file, as transformers' shard_checkpoint hands torch.save.
+      GraphMaker out;
+      std::vector<NodeId> items;
+      for (std::size_t i : shards[k]) {
+        items.push_back(out.text(weights[i].first));
+        items.push_back(out.tensor(weights[i].second));
+      }
+      out.write(path, out.dict(std::move(items)));
+    }
+    for (std::size_t i : shards[k]) index.emplace_back(weights[i].first, name);
+  }
+  if (shards.size() > 1) {
+    AtomicFile out((fs::path(dir) / checkpoint::index_name(format)).string());
+    out.write(checkpoint::index_json(total, std::move(index)));
+    out.commit();
+  }
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  AtomicFile out(path);
+  out.write(text);
+  out.commit();
+}
+
+void write_checkpoint_files(const std::string& dir, CheckpointFiles& files, const WeightsOptions& options) {
+  const fs::path d(dir);
+  write_weights(dir, files.weights, options);
+  files.optimizer.write((d / "optimizer.pt").string(), files.optimizer_root);
+  files.scheduler.write((d / "scheduler.pt").string(), files.scheduler_root);
+  if (files.has_scaler) files.scaler.write((d / "scaler.pt").string(), files.scaler_root);
+  files.rng.write((d / "rng_state.pth").string(), files.rng_root);
+  files.arguments.write((d / "training_args.bin").string(), files.arguments_root);
+  write_text((d / "config.json").string(), files.config);
+  // Last: a checkpoint counts as complete once its weights and trainer_state.json are there.
+  write_text((d / "trainer_state.json").string(), files.trainer_state);
+}
+
+// ---- the trainer ----
+
+class Trainer {
+ public:
+  Trainer(const TrainRequest& request, TrainResult& result) : request_(request), result_(result) {}
+  void run();
+
+ private:
+  void emit(TrainEvent::Kind kind, std::string text = {}) const {
+    if (!request_.on_event) return;
+    TrainEvent e;
+    e.kind = kind;
+    e.step = state_.global_step;
+    e.max_steps = max_steps_;
+    e.elapsed_seconds = seconds_since(started_);
+    e.loss = last_loss_;
+    e.text = std::move(text);
+    request_.on_event(e);
+  }
+  void warn(const std::string& message) {
+    result_.warnings.push_back(message);
+    emit(TrainEvent::Kind::warning, message);
+  }
+  bool interrupted() const { return request_.interrupted && request_.interrupted->load(); }
+
+  void prepare_arguments();
+  void validate_arguments() const;
+  void open_run_directory();
+  void build();
+  void restore(const std::string& checkpoint_dir);
+  void train();
+  void train_step(const at::Tensor& inputs, const at::Tensor& labels);
+  std::map<std::string, double> evaluate();
+  void log(json::Json record);
+  void save_checkpoint(const std::map<std::string, double>& metrics);
+  CheckpointFiles collect(bool copy);
+  void commit(CheckpointFiles files);
+  void wait_for_pending_save();
+  void finish();
+  void load_weights(const std::string& dir);
+
+  const TrainRequest& request_;
+  TrainResult& result_;
+  Clock::time_point started_ = Clock::now();
+
+  Arguments args_;
+  std::string run_dir_;
+  std::optional<std::string> resume_dir_;
+  std::unique_ptr<RunLock> train_lock_;
+  WeightsOptions weights_options_;
+
+  std::unique_ptr<MLP> model_;
+  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<LinearSchedule> schedule_;
+  std::optional<GradScaler> scaler_;
+  PythonRandom python_;
+  NumpyRandom numpy_;
+  SyntheticData data_;
+  TrainerState state_;
+
+  std::int64_t max_steps_ = 0;
+  std::int64_t steps_per_epoch_ = 0;
+  std::int64_t batch_size_ = 0;
+  std::vector<std::int64_t> order_;  // this epoch's example order
+  bool order_drawn_ = false;         // resumed mid-epoch: the replayed order is the current one
+
+  at::Tensor loss_since_log_ = at::zeros({}, at::kFloat);
+  double loss_total_ = 0;
+  std::int64_t steps_this_process_ = 0;
+  std::int64_t last_logged_step_ = 0;
+  std::optional<double> last_loss_;
+  std::optional<double> last_grad_norm_;
+  std::map<std::string, double> last_eval_;
+
+  std::thread pending_save_;
+  std::exception_ptr pending_error_;
+};
+
+void Trainer::prepare_arguments() {
+  if (request_.mode == TrainMode::save) {
+    args_ = resolve_arguments(request_.given, {});
+    const auto output = get_optional_text(args_, "output_dir");
+    if (!output || output->empty()) throw Error(ErrorKind::invalid_argument, "", "--output-dir", "is required");
+    run_dir_ = *output;
+    return;
+  }
+  run_dir_ = request_.run_dir;
+  if (!fs::is_directory(run_dir_)) throw Error(ErrorKind::not_found, run_dir_, "", "no such run directory");
+  std::string dir;
+  if (request_.from) {
+    const fs::path in_run = fs::path(run_dir_) / *request_.from;
+    dir = checkpoint::checkpoint_step(*request_.from) && fs::is_directory(in_run) ? in_run.string() : *request_.from;
+    if (!fs::is_directory(dir)) throw Error(ErrorKind::not_found, dir, "", "no such checkpoint directory");
+  } else {
+    const auto scan = checkpoint::scan_run(run_dir_);
+    const auto newest = checkpoint::newest_complete(scan);
+    if (!newest) throw Error(ErrorKind::not_found, run_dir_, "", "no complete checkpoint to resume from");
+    dir = scan.entries[*newest].path;
+  }
+  const auto completeness = checkpoint::assess_completeness(dir);
+  if (!completeness.complete) {
+    throw Error(ErrorKind::corrupt, dir, "", "incomplete checkpoint: " + (completeness.problems.empty() ? std::string("?") : completeness.problems.front()));
+  }
+  for (const char* required : {"training_args.bin", "optimizer.pt", "scheduler.pt", "config.json"}) {
+    if (!fs::exists(fs::path(dir) / required)) {
+      throw Error(ErrorKind::corrupt, (fs::path(dir) / required).string(), "", "missing: the checkpoint cannot be resumed without it");
+    }
+  }
+  // training_args.bin: a plain dict of the arguments table's keys.
+  const std::string args_path = (fs::path(dir) / "training_args.bin").string();
+  const auto source = checkpoint::load_source(args_path);
+  const auto& g = source->graph();
+  if (!g.is(g.root(), Kind::dict)) throw Error(ErrorKind::unsupported, args_path, "", "not a training_args.bin written by ckpt");
+  Arguments saved;
+  const auto& items = g.at(g.root()).items;
+  for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
+    if (!g.is(items[i], Kind::string)) throw Error(ErrorKind::corrupt, args_path, "", "a key that is not a string");
+    const auto& v = g.at(items[i + 1]);
+    ArgValue value;
+    switch (v.kind) {
+      case Kind::none: break;
+      case Kind::boolean: value = v.flag; break;
+      case Kind::integer: value = v.integer; break;
+      case Kind::floating: value = v.number; break;
+      case Kind::string: value = v.text; break;
+      default: throw Error(ErrorKind::corrupt, args_path, g.at(items[i]).text, "not a plain value");
+    }
+    saved[g.at(items[i]).text] = std::move(value);
+  }
+  // config.json decides the model; a model flag given now must agree with it.
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  const ModelConfig config = ModelConfig::from_json(json::parse_file(config_path), config_path);
+  const Arguments model_args{{"input_size", config.input_size}, {"hidden_size", config.hidden_size}, {"num_layers", config.num_layers},
+                             {"num_labels", config.num_labels}, {"dropout", config.dropout}};
+  for (const auto& [key, value] : model_args) {
+    auto it = request_.given.find(key);
+    if (it != request_.given.end() && resolve_arguments({{key, it->second}}, {}).at(key) != value) {
+      throw Error(ErrorKind::invalid_argument, config_path, key, "the checkpoint's model has another " + key + "; a resumed run keeps its model");
+    }
+    saved[key] = value;
+  }
+  try {
+    args_ = resolve_arguments(request_.given, saved);
+  } catch (const Error& e) {
+    throw Error(ErrorKind::corrupt, args_path, e.where(), e.detail());
+  }
+  args_["output_dir"] = run_dir_;
+  resume_dir_ = dir;
+  result_.resumed_from = dir;
+}
+
+void Trainer::validate_arguments() const {
+  auto positive = [&](const char* key, bool allow_zero = false) {
+    const auto v = get_optional_int(args_, key);
+    if (v && (*v < 0 || (*v == 0 && !allow_zero))) {
+      throw Error(ErrorKind::invalid_argument, "", "--" + flag_name(key), allow_zero ? "must not be negative" : "must be positive");
+    }
+  };
+  for (const char* key : {"per_device_train_batch_size", "per_device_eval_batch_size", "logging_steps", "save_steps", "train_examples",
+                          "eval_examples", "save_total_limit", "threads"}) {
+    positive(key);
+  }
+  positive("warmup_steps", true);
+  positive("eval_steps", true);
+  const std::int64_t seed = get_int(args_, "seed");
+  if (seed < 0 || seed > 0xffffffffLL) throw Error(ErrorKind::invalid_argument, "", "--seed", "must be between 0 and 2**32 - 1 (numpy's range)");
+  if (get_int(args_, "max_steps") <= 0 && !(get_number(args_, "num_train_epochs") > 0)) {
+    throw Error(ErrorKind::invalid_argument, "", "--max-steps", "neither --max-steps nor --num-train-epochs is positive");
+  }
+  if (!(get_number(args_, "learning_rate") >= 0)) throw Error(ErrorKind::invalid_argument, "", "--learning-rate", "must not be negative");
+  if (!checkpoint::parse_size(get_text(args_, "max_shard_size"))) {
+    throw Error(ErrorKind::invalid_argument, "", "--max-shard-size", "expected a size such as 5GB or 512MiB");
+  }
+  const auto eval_steps = get_optional_int(args_, "eval_steps").value_or(get_int(args_, "save_steps"));
+  if (get_bool(args_, "load_best_model_at_end") && (eval_steps == 0 || get_int(args_, "save_steps") % eval_steps != 0)) {
+    throw Error(ErrorKind::invalid_argument, "", "--load-best-model-at-end", "needs an evaluation at every save: --save-steps a multiple of --eval-steps");
+  }
+}
+
+void Trainer::open_run_directory() {
+  std::error_code ec;
+  fs::create_directories(run_dir_, ec);
+  if (ec) throw Error(ErrorKind::io, run_dir_, "", "cannot create the run directory: " + ec.message());
+  train_lock_ = std::make_unique<RunLock>(run_dir_, false, checkpoint::kTrainLockName);
+  // Holding the trainer lock, any staging directory is a leftover of a killed run.
+  for (const auto& entry : fs::directory_iterator(run_dir_)) {
+    if (entry.path().filename().string().rfind(checkpoint::kStagingPrefix, 0) == 0 && entry.is_directory(ec)) {
+      RunLock lock(run_dir_, true);
+      fs_util::remove_tree(entry.path().string());
+    }
+  }
+}
+
+void Trainer::build() {
+  if (const auto threads = get_optional_int(args_, "threads")) {
+    at::set_num_threads(static_cast<int>(*threads));
+  } else {
+    args_["threads"] = static_cast<std::int64_t>(at::get_num_threads());
+  }
+  const std::int64_t seed = get_int(args_, "seed");
+  python_.seed(static_cast<std::uint64_t>(seed));
+  numpy_.seed(static_cast<std::uint32_t>(seed));
+  torch_manual_seed(static_cast<std::uint64_t>(seed));
+
+  const ModelConfig config = ModelConfig::from_arguments(args_);
+  data_ = make_data(static_cast<std::uint32_t>(seed), config.input_size, config.num_labels, get_int(args_, "train_examples"),
+                    get_int(args_, "eval_examples"));
+  model_ = std::make_unique<MLP>(config);
+
+  batch_size_ = get_int(args_, "per_device_train_batch_size");
+  const std::int64_t n = get_int(args_, "train_examples");
+  steps_per_epoch_ = (n + batch_size_ - 1) / batch_size_;
+  const std::int64_t requested = get_int(args_, "max_steps");
+  if (requested > 0) {
+    max_steps_ = requested;
+    state_.num_train_epochs = max_steps_ / steps_per_epoch_ + (max_steps_ % steps_per_epoch_ > 0 ? 1 : 0);
+  } else {
+    const double epochs = get_number(args_, "num_train_epochs");
+    max_steps_ = static_cast<std::int64_t>(std::ceil(epochs * static_cast<double>(steps_per_epoch_)));
+    state_.num_train_epochs = static_cast<std::int64_t>(std::ceil(epochs));
+  }
+  state_.max_steps = max_steps_;
+  state_.logging_steps = get_int(args_, "logging_steps");
+  state_.save_steps = get_int(args_, "save_steps");
+  state_.eval_steps = get_optional_int(args_, "eval_steps").value_or(state_.save_steps);
+  state_.train_batch_size = batch_size_;
+
+  const double lr = get_number(args_, "learning_rate");
+  optimizer_ = std::make_unique<AdamW>(model_->parameters(), lr, get_number(args_, "adam_beta1"), get_number(args_, "adam_beta2"),
+                                       get_number(args_, "adam_epsilon"), get_number(args_, "weight_decay"));
+  schedule_ = std::make_unique<LinearSchedule>(lr, get_int(args_, "warmup_steps"), max_steps_, optimizer_->groups().size());
+  optimizer_->learning_rates().assign(optimizer_->groups().size(), schedule_->last_lr());
+  if (get_bool(args_, "fp16")) scaler_.emplace();
+
+  weights_options_.safetensors = get_bool(args_, "save_safetensors");
+  weights_options_.max_shard_size = checkpoint::parse_size(get_text(args_, "max_shard_size"));
+}
+
+void Trainer::load_weights(const std::string& dir) {
+  const auto files = checkpoint::find_weights(dir);
+  if (!files) throw Error(ErrorKind::not_found, dir, "", "no weights file");
+  std::map<std::string, at::Tensor> loaded;
+  for (const auto& name : files->files) {
+    const auto source = checkpoint::load_source((fs::path(dir) / name).string());
+    const auto& g = source->graph();
+    if (!g.is(g.root(), Kind::dict)) throw Error(ErrorKind::corrupt, source->path, "", "not a state dict");
+    const auto& items = g.at(g.root()).items;
+    for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
+      if (g.is(items[i], Kind::string) && g.is(items[i + 1], Kind::tensor)) loaded[g.at(items[i]).text] = read_tensor(*source, items[i + 1]);
+    }
+  }
+  at::NoGradGuard no_grad;
+  for (auto& [name, param] : model_->parameters()) {
+    auto it = loaded.find(name);
+    if (it == loaded.end()) throw Error(ErrorKind::corrupt, dir, name, "missing from the checkpoint's weights");
+    if (it->second.sizes() != param.sizes() || it->second.scalar_type() != param.scalar_type()) {
+      throw Error(ErrorKind::invalid_argument, dir, name, "has another shape or dtype than the model's");
+    }
+    param.copy_(it->second);
+  }
+}
+
+void Trainer::restore(const std::string& dir) {
+  const fs::path d(dir);
+  load_weights(dir);
+  {
+    const auto source = checkpoint::load_source((d / "optimizer.pt").string());
+    optimizer_->load_state_dict(*source, source->graph().root(), model_->parameters());
+  }
+  {
+    const auto source = checkpoint::load_source((d / "scheduler.pt").string());
+    schedule_->load_state_dict(GraphReader{source->graph(), source->path}, source->graph().root());
+  }
+  if (scaler_) {
+    if (fs::exists(d / "scaler.pt")) {
+      const auto source = checkpoint::load_source((d / "scaler.pt").string());
+      scaler_->load_state_dict(GraphReader{source->graph(), source->path}, source->graph().root());
+    } else {
+      warn((d / "scaler.pt").string() + " is missing: the loss scale starts over");
+    }
+  }
+  state_.load((d / "trainer_state.json").string());
+  if (state_.global_step > max_steps_) {
+    throw Error(ErrorKind::invalid_argument, dir, "", "the checkpoint is at step " + std::to_string(state_.global_step) +
+                                                           ", beyond --max-steps " + std::to_string(max_steps_));
+  }
+  // Replay the data order up to the current epoch (nothing is computed), then restore the generators.
+  const std::int64_t epochs_done = state_.global_step / steps_per_epoch_;
+  const bool mid_epoch = state_.global_step % steps_per_epoch_ != 0;
+  order_.resize(static_cast<std::size_t>(get_int(args_, "train_examples")));
+  for (std::int64_t e = 0; e < epochs_done + (mid_epoch ? 1 : 0); ++e) {
+    std::iota(order_.begin(), order_.end(), 0);
+    python_.shuffle(order_);
+  }
+  order_drawn_ = mid_epoch;
+  if (fs::exists(d / "rng_state.pth")) {
+    const auto source = checkpoint::load_source((d / "rng_state.pth").string());
+    RngStates states = load_rng_states(*source);
+    python_ = states.python;
+    numpy_ = states.numpy;
+    set_torch_rng_state(states.cpu);
+  } else {
+    warn((d / "rng_state.pth").string() + " is missing: training continues, but its random draws differ from the uninterrupted run's");
+  }
+  state_.epoch = static_cast<double>(state_.global_step) / static_cast<double>(steps_per_epoch_);
+  last_logged_step_ = state_.global_step;
+  optimizer_->learning_rates().assign(optimizer_->groups().size(), schedule_->last_lr());
+}
+
+void Trainer::train_step(const at::Tensor& inputs, const at::Tensor& labels) {
+  auto& params = model_->parameters();
+  const at::Tensor loss = at::cross_entropy_loss(model_->forward(inputs, true), labels);
+  bool found_inf = false;
+  if (scaler_) {
+    (loss * at::scalar_tensor(scaler_->scale(), at::kFloat)).backward();
+    // Half-precision gradient buffers: the scaled gradients are rounded to fp16, where they overflow.
+    at::NoGradGuard no_grad;
+    for (auto& [name, p] : params) {
+      if (p.grad().defined()) p.mutable_grad().copy_(p.grad().to(at::kHalf));
+    }
+    found_inf = scaler_->unscale(params);
+  } else {
+    loss.backward();
+  }
+  const double max_norm = get_number(args_, "max_grad_norm");
+  last_grad_norm_.reset();
+  if (max_norm > 0) last_grad_norm_ = clip_grad_norm(params, max_norm).item<double>();
+  if (!found_inf) {
+    optimizer_->step(params);
+    optimizer_->learning_rates().assign(optimizer_->groups().size(), schedule_->step());
+  }
+  if (scaler_) scaler_->update(found_inf);
+  for (auto& [name, p] : params) p.mutable_grad().reset();
+  const at::Tensor detached = loss.detach();
+  loss_since_log_ += detached;
+  loss_total_ += detached.item<double>();
+}
+
+std::map<std::string, double> Trainer::evaluate() {
+  const auto start = Clock::now();
+  at::NoGradGuard no_grad;
+  const std::int64_t n = data_.eval.labels.size(0);
+  const std::int64_t bs = get_int(args_, "per_device_eval_batch_size");
+  double loss_sum = 0;
+  std::int64_t correct = 0;
+  std::int64_t batches = 0;
+  for (std::int64_t begin = 0; begin < n; begin += bs, ++batches) {
+    const std::int64_t end = std::min(n, begin + bs);
+    const at::Tensor x = data_.eval.inputs.slice(0, begin, end);
+    const at::Tensor y = data_.eval.labels.slice(0, begin, end);
+    const at::Tensor logits = model_->forward(x, false);
+    loss_sum += at::cross_entropy_loss(logits, y, {}, at::Reduction::None).sum(at::kDouble).item<double>();
+    correct += logits.argmax(1).eq(y).sum().item<std::int64_t>();
+  }
+  const double runtime = seconds_since(start);
+  std::map<std::string, double> metrics{{"eval_loss", loss_sum / static_cast<double>(n)},
+                                        {"eval_accuracy", static_cast<double>(correct) / static_cast<double>(n)},
+                                        {"eval_runtime", round_to(runtime, 4)},
+                                        {"eval_samples_per_second", round_to(static_cast<double>(n) / runtime, 3)},
+                                        {"eval_steps_per_second", round_to(static_cast<double>(batches) / runtime, 3)}};
+  json::Json record = json::Json::object();
+  record["epoch"] = state_.epoch;
+  for (const auto& [k, v] : metrics) record[k] = v;
+  record["step"] = state_.global_step;
+  log(std::move(record));
+  last_eval_ = metrics;
+  return metrics;
+}
+
+void Trainer::log(json::Json record) {
+  emit(TrainEvent::Kind::log, json::dump(record));
+  state_.log_history.push_back(std::move(record));
+}
+
+CheckpointFiles Trainer::collect(bool copy) {
+  CheckpointFiles files;
+  files.step = state_.global_step;
+  for (const auto& [name, p] : model_->parameters()) files.weights.emplace_back(name, copy ? p.detach().clone() : p.detach());
+  const AdamW optimizer = copy ? optimizer_->snapshot() : *optimizer_;
+  files.optimizer_root = optimizer.state_dict(files.optimizer);
+  files.scheduler_root = schedule_->state_dict(files.scheduler);
+  if (scaler_) {
+    files.has_scaler = true;
+    files.scaler_root = scaler_->state_dict(files.scaler);
+  }
+  files.rng_root = rng_state_dict(files.rng, RngStates{python_, numpy_, torch_rng_state()});
+  std::vector<NodeId> items;
+  for (const auto& spec : argument_specs()) {
+    if (spec.scope != ArgScope::training) continue;
+    items.push_back(files.arguments.text(spec.key));
+    const ArgValue& v = args_.at(spec.key);
+    if (const auto* b = std::get_if<bool>(&v)) items.push_back(files.arguments.boolean(*b));
+    else if (const auto* i = std::get_if<std::int64_t>(&v)) items.push_back(files.arguments.integer(*i));
+    else if (const auto* d = std::get_if<double>(&v)) items.push_back(files.arguments.number(*d));
+    else if (const auto* s = std::get_if<std::string>(&v)) items.push_back(files.arguments.text(*s));
+    else items.push_back(files.arguments.none());
+  }
+  files.arguments_root = files.arguments.dict(std::move(items));
+  files.trainer_state = state_.to_text();
+  files.config = json::dump_python_sorted(model_->config().to_json(), 2) + "\n";
+  return files;
+}
+
+// Writes into a hidden staging directory, then renames it to checkpoint-<step> under the run lock (replacing a
+// checkpoint of the same step, as a run resumed from an earlier one does), then rotates.
+void Trainer::commit(CheckpointFiles files) {
+  const std::string name = "checkpoint-" + std::to_string(files.step);
+  const fs::path run(run_dir_);
+  const std::string staging = (run / (std::string(checkpoint::kStagingPrefix) + name + "-" + fs_util::unique_suffix())).string();
+  std::error_code ec;
+  fs::create_directory(staging, ec);
+  if (ec) throw Error(ErrorKind::io, staging, "", "cannot create the staging directory: " + ec.message());
+  try {
+    write_checkpoint_files(staging, files, weights_options_);
+    fs_util::fsync_directory(staging);
+    RunLock lock(run_dir_, true);
+    const std::string final_path = (run / name).string();
+    std::string replaced;
+    if (fs::exists(fs::symlink_status(final_path))) {
+      replaced = (run / (std::string(checkpoint::kTrashPrefix) + name + "-" + fs_util::unique_suffix())).string();
+      fs_util::durable_rename(final_path, replaced);
+    }
+    fs_util::durable_rename(staging, final_path);
+    if (!replaced.empty()) fs_util::remove_tree(replaced);
+  } catch (...) {
+    fs_util::remove_tree(staging);
+    throw;
+  }
+  result_.checkpoints_saved.push_back((run / name).string());
+  if (const auto limit = get_optional_int(args_, "save_total_limit")) {
+    checkpoint::RotateOptions options;
+    options.keep = *limit;
+    const auto rotation = checkpoint::rotate(run_dir_, options, false, true);
+    for (const auto& d : rotation.plan.decisions) {
+      if (d.remove) result_.checkpoints_removed.push_back(d.path);
+    }
+  }
+}
+
+void Trainer::wait_for_pending_save() {
+  if (pending_save_.joinable()) pending_save_.join();
+  if (pending_error_) std::rethrow_exception(std::exchange(pending_error_, nullptr));
+}
+
+void Trainer::save_checkpoint(const std::map<std::string, double>& metrics) {
+  // Hugging Face's rule, in _save_checkpoint: a strict improvement of this step's metric makes it the best.
+  const std::string metric = checkpoint::normalize_metric(get_text(args_, "metric_for_best_model"));
+  if (auto it = metrics.find(metric); it != metrics.end()) {
+    const auto* given = std::get_if<bool>(&args_.at("greater_is_better"));
+    const bool greater_is_better = given ? *given : checkpoint::default_greater_is_better(metric);
+    const double value = it->second;
+    if (!state_.best_metric || !state_.best_model_checkpoint ||
+        (greater_is_better ? value > *state_.best_metric : value < *state_.best_metric)) {
+      state_.best_metric = value;
+      state_.best_model_checkpoint = (fs::path(run_dir_) / ("checkpoint-" + std::to_string(state_.global_step))).string();
+    }
+  }
+  const bool async = get_bool(args_, "async_save");
+  wait_for_pending_save();
+  CheckpointFiles files = collect(async);
+  if (!async) {
+    commit(std::move(files));
+    emit(TrainEvent::Kind::checkpoint, result_.checkpoints_saved.back());
+    return;
+  }
+  pending_save_ = std::thread([this, files = std::move(files)]() mutable {
+    try {
+      commit(std::move(files));
+    } catch (...) {
+      pending_error_ = std::current_exception();
+    }
+  });
+}
+
+void Trainer::train() {
+  const std::int64_t n = get_int(args_, "train_examples");
+  const double input_noise = get_number(args_, "input_noise");
+  const std::int64_t params = model_->num_parameters();
+  const std::int64_t epochs_done = state_.global_step / steps_per_epoch_;
+  const std::int64_t skip = state_.global_step % steps_per_epoch_;
+  order_.resize(static_cast<std::size_t>(n));
+  bool stop = state_.global_step >= max_steps_;
+  for (std::int64_t epoch = epochs_done; !stop && epoch < state_.num_train_epochs; ++epoch) {
+    if (!(order_drawn_ && epoch == epochs_done)) {
+      std::iota(order_.begin(), order_.end(), 0);
+      python_.shuffle(order_);
+    }
+    for (std::int64_t s = epoch == epochs_done ? skip : 0; s < steps_per_epoch_; ++s) {
+      const std::int64_t begin = s * batch_size_;
+      const std::vector<std::int64_t> indices(order_.begin() + begin, order_.begin() + std::min(n, begin + batch_size_));
+      const at::Tensor inputs = noisy_batch(data_.train, indices, input_noise, numpy_);
+      const at::Tensor labels = data_.train.labels.index_select(0, at::from_blob(const_cast<std::int64_t*>(indices.data()),
+                                                                                 {static_cast<std::int64_t>(indices.size())}, at::kLong));
+      train_step(inputs, labels);
+      ++state_.global_step;
+      ++steps_this_process_;
+      state_.total_flos += 6.0 * static_cast<double>(params) * static_cast<double>(indices.size());
+      state_.epoch = static_cast<double>(epoch) + static_cast<double>(s + 1) / static_cast<double>(steps_per_epoch_);
+
+      const std::int64_t step = state_.global_step;
+      if (step % state_.logging_steps == 0) {
+        json::Json record = json::Json::object();
+        const double mean = loss_since_log_.item<double>() / static_cast<double>(step - last_logged_step_);
+        last_loss_ = round_to(mean, 4);
+        record["epoch"] = state_.epoch;
+        record["grad_norm"] = number_or_null(last_grad_norm_);
+        record["learning_rate"] = schedule_->last_lr();
+        record["loss"] = *last_loss_;
+        record["step"] = step;
+        loss_since_log_.zero_();
+        last_logged_step_ = step;
+        log(std::move(record));
+      }
+      std::map<std::string, double> metrics;
+      if (state_.eval_steps > 0 && step % state_.eval_steps == 0) metrics = evaluate();
+      if (step % state_.save_steps == 0) save_checkpoint(metrics);
+      emit(TrainEvent::Kind::progress);
+      if (step >= max_steps_ || interrupted()) {
+        stop = true;
+        break;
+      }
+    }
+  }
+  wait_for_pending_save();
+  if (get_bool(args_, "async_save")) {
+    for (const auto& path : result_.checkpoints_saved) emit(TrainEvent::Kind::checkpoint, path);
+  }
+}
+
+// Hugging Face's end of train(): the best model loaded when asked, the training metrics logged, and then
+// save_model() and save_state(): weights, config.json, training_args.bin and trainer_state.json in the run
+// directory.
+void Trainer::finish() {
+  if (get_bool(args_, "load_best_model_at_end") && state_.best_model_checkpoint) {
+    const fs::path best = fs::path(run_dir_) / fs::path(*state_.best_model_checkpoint).filename();
+    if (fs::is_directory(best)) load_weights(best.string());
+    else warn("the best checkpoint " + best.string() + " is gone; the final model is the last one");
+  }
+  const double runtime = seconds_since(started_);
+  const double steps = static_cast<double>(steps_this_process_);
+  json::Json record = json::Json::object();
+  record["epoch"] = state_.epoch;
+  record["step"] = state_.global_step;
+  record["total_flos"] = state_.total_flos;
+  record["train_loss"] = steps > 0 ? loss_total_ / steps : 0.0;
+  record["train_runtime"] = round_to(runtime, 4);
+  record["train_samples_per_second"] = round_to(steps * static_cast<double>(batch_size_) / runtime, 3);
+  record["train_steps_per_second"] = round_to(steps / runtime, 3);
+  for (const auto& [k, v] : record.items()) {
+    if (v.is_number()) result_.final_metrics[k] = v.get<double>();
+  }
+  for (const auto& [k, v] : last_eval_) result_.final_metrics[k] = v;
+  log(std::move(record));
+  CheckpointFiles files = collect(false);
+  write_weights(run_dir_, files.weights, weights_options_);
+  write_text((fs::path(run_dir_) / "config.json").string(), files.config);
+  files.arguments.write((fs::path(run_dir_) / "training_args.bin").string(), files.arguments_root);
+  write_text((fs::path(run_dir_) / "trainer_state.json").string(), files.trainer_state);
+}
+
+void Trainer::run() {
+  prepare_arguments();
+  validate_arguments();
+  open_run_directory();
+  build();
+  if (resume_dir_) restore(*resume_dir_);
+  result_.output_dir = run_dir_;
+  result_.max_steps = max_steps_;
+  try {
+    train();
+  } catch (...) {
+    if (pending_save_.joinable()) pending_save_.join();
+    throw;
+  }
+  result_.interrupted = interrupted();
+  if (!result_.interrupted) finish();
+  result_.global_step = state_.global_step;
+  result_.epoch = state_.epoch;
+  result_.best_metric = state_.best_metric;
+  result_.best_model_checkpoint = state_.best_model_checkpoint;
+}
+
+}  // namespace
+}  // namespace ckpt::train
+
+extern "C" __attribute__((visibility("default"))) void ckpt_train_run(const ckpt::train::TrainRequest& request,
+                                                                     ckpt::train::TrainResult& result) {
+  using ckpt::train::TrainError;
+  try {
+    if (request.api_version != ckpt::train::kApiVersion) {
+      throw ckpt::Error(ckpt::ErrorKind::unsupported, ckpt::train::kLibraryName, "", "the trainer library is from another build of ckpt");
+    }
+    ckpt::train::Trainer(request, result).run();
+  } catch (const ckpt::Error& e) {
+    result.error = TrainError{static_cast<int>(e.kind()), e.path(), e.where(), e.detail()};
+  } catch (const std::exception& e) {
+    // LibTorch's own errors (c10::Error) and allocation failures.
+    result.error = TrainError{static_cast<int>(ckpt::ErrorKind::io), "", "", std::string("training failed: ") + e.what()};
+  }
+}
