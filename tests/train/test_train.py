@@ -1,0 +1,493 @@
+"""`ckpt save` / `ckpt resume`: bit-exact resume, files Python loads, the Python-equivalent model and RNGs,
+atomic checkpoints under SIGKILL and full disks, refusals. Runs the built binary; /usr/bin/python3 with Debian's
+torch checks every file.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import pickletools
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+import zipfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import reference as R
+
+SMALL = ["--max-steps", "60", "--save-steps", "20"]
+STATE_FILES = ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"]
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def checkpoints(run):
+    return sorted((d for d in os.listdir(run) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
+
+
+class TrainTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="ckpt-train-")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def path(self, *parts):
+        return os.path.join(self.tmp, *parts)
+
+    def ok(self, args, **kwargs):
+        r = R.run_ckpt(args, **kwargs)
+        self.assertEqual(r.returncode, 0, "ckpt %s failed:\n%s%s" % (" ".join(args), r.stdout, r.stderr))
+        return r
+
+    def save(self, run, *flags):
+        return self.ok(["save", "--output-dir", run, "-q", *flags])
+
+    def assert_same_state(self, a, b, files=STATE_FILES):
+        for f in files:
+            self.assertEqual(sha(os.path.join(a, f)), sha(os.path.join(b, f)), "%s differs between %s and %s" % (f, a, b))
+
+    def resumed_copy(self, run, checkpoint, name, *flags):
+        """Copies one checkpoint of `run` into a fresh run directory and resumes it there."""
+        other = self.path(name)
+        os.makedirs(other)
+        shutil.copytree(os.path.join(run, checkpoint), os.path.join(other, checkpoint))
+        self.ok(["resume", other, "-q", *flags])
+        return other
+
+
+class BitExactResume(TrainTest):
+    def check_variant(self, *flags):
+        run = self.path("full")
+        self.save(run, *SMALL, *flags)
+        self.assertEqual(checkpoints(run), ["checkpoint-20", "checkpoint-40", "checkpoint-60"])
+        files = STATE_FILES + (["scaler.pt"] if "--fp16" in flags else [])
+        for start in ("checkpoint-20", "checkpoint-40"):
+            other = self.resumed_copy(run, start, "from-" + start)
+            self.assertEqual(checkpoints(other)[-1], "checkpoint-60")
+            for step in (40, 60):
+                if os.path.isdir(os.path.join(other, "checkpoint-%d" % step)):
+                    self.assert_same_state(os.path.join(run, "checkpoint-%d" % step), os.path.join(other, "checkpoint-%d" % step), files)
+            self.assertEqual(sha(os.path.join(run, "model.safetensors")), sha(os.path.join(other, "model.safetensors")))
+
+    def test_default(self):
+        self.check_variant()
+
+    def test_dropout(self):
+        self.check_variant("--dropout", "0.2")
+
+    def test_fp16(self):
+        # A large learning rate makes the scaled fp16 gradients overflow: steps are skipped and the scale backs off.
+        self.check_variant("--fp16", "--learning-rate", "0.05")
+        scaler = torch.load(self.path("full", "checkpoint-60", "scaler.pt"))
+        reference = torch.load(os.path.join(R.REPO, "..", "shared", "fixtures", "hf-trainer-4.40.2", "scaler_example",
+                                            "scaler_enabled_initial.pt"))
+        self.assertEqual(list(scaler), list(reference))
+        self.assertEqual([type(v) for v in scaler.values()], [type(v) for v in reference.values()])
+
+    def test_epoch_boundaries_and_async(self):
+        # 8 steps per epoch: checkpoints fall mid-epoch and on boundaries; the asynchronous save writes the same bytes.
+        flags = ["--train-examples", "256", "--max-steps", "48", "--save-steps", "12", "--dropout", "0.1"]
+        run = self.path("sync")
+        self.save(run, *flags)
+        asynchronous = self.path("async")
+        self.save(asynchronous, *flags, "--async-save")
+        for c in checkpoints(run):
+            self.assert_same_state(os.path.join(run, c), os.path.join(asynchronous, c))
+        for start in ("checkpoint-12", "checkpoint-24"):
+            other = self.resumed_copy(run, start, "from-" + start)
+            self.assert_same_state(os.path.join(run, "checkpoint-48"), os.path.join(other, "checkpoint-48"))
+
+    def test_max_steps_override_extends_run(self):
+        run = self.path("run")
+        self.save(run, "--max-steps", "40", "--save-steps", "20")
+        self.ok(["resume", run, "--max-steps", "60", "-q"])
+        state = read_json(os.path.join(run, "checkpoint-60", "trainer_state.json"))
+        self.assertEqual(state["global_step"], 60)
+        self.assertEqual(state["max_steps"], 60)
+        args = torch.load(os.path.join(run, "checkpoint-60", "training_args.bin"))
+        self.assertEqual(args["max_steps"], 60)
+
+
+class PythonInterop(TrainTest):
+    @classmethod
+    def setUpClass(cls):
+        cls.shared = tempfile.mkdtemp(prefix="ckpt-train-shared-")
+        cls.run_dir = os.path.join(cls.shared, "run")
+        flags = ["--train-examples", "256", "--max-steps", "40", "--save-steps", "20", "--dropout", "0.1", "--weight-decay", "0.01"]
+        r = R.run_ckpt(["save", "--output-dir", cls.run_dir, "--json", *flags])
+        assert r.returncode == 0, r.stderr
+        cls.result = json.loads(r.stdout)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.shared, ignore_errors=True)
+
+    def ckpt(self, step, name=""):
+        return os.path.join(self.run_dir, "checkpoint-%d" % step, name)
+
+    def test_json_result(self):
+        r = self.result
+        self.assertEqual(r["global_step"], 40)
+        self.assertEqual(r["checkpoints_saved"], [self.ckpt(20).rstrip("/"), self.ckpt(40).rstrip("/")])
+        self.assertFalse(r["interrupted"])
+        self.assertIn("eval_loss", r["metrics"])
+        self.assertEqual(r["best_model_checkpoint"], self.ckpt(40).rstrip("/") if r["best_metric"] <= read_json(
+            self.ckpt(20, "trainer_state.json"))["best_metric"] else self.ckpt(20).rstrip("/"))
+
+    def test_layout_is_the_trainers(self):
+        self.assertEqual(sorted(os.listdir(self.ckpt(20))), ["config.json", "model.safetensors", "optimizer.pt", "rng_state.pth",
+                                                            "scheduler.pt", "trainer_state.json", "training_args.bin"])
+        for f in ("model.safetensors", "config.json", "trainer_state.json", "training_args.bin"):
+            self.assertTrue(os.path.exists(os.path.join(self.run_dir, f)), f)
+        self.assertEqual(R.validate_safetensors(self.ckpt(20, "model.safetensors")), [])
+        text = read_text(self.ckpt(40, "trainer_state.json"))
+        state = json.loads(text)
+        self.assertEqual(text, json.dumps(state, indent=2, sort_keys=True) + "\n")
+        fixture = read_json(os.path.join(R.REPO, "..", "shared", "fixtures", "hf-trainer-4.40.2", "run_safetensors",
+                                              "checkpoint-40", "trainer_state.json"))
+        self.assertEqual(sorted(state), sorted(fixture))
+        self.assertEqual(state["global_step"], 40)
+        self.assertEqual(state["best_model_checkpoint"], self.ckpt(20).rstrip("/") if state["best_metric"] != state["log_history"][-1]["eval_loss"]
+                         else self.ckpt(40).rstrip("/"))
+        logs = [e for e in state["log_history"] if "loss" in e]
+        self.assertEqual([e["step"] for e in logs], [10, 20, 30, 40])
+        for e in logs:
+            self.assertEqual(sorted(e), ["epoch", "grad_norm", "learning_rate", "loss", "step"])
+        evals = [e for e in state["log_history"] if "eval_loss" in e]
+        self.assertEqual(sorted(evals[0]), ["epoch", "eval_accuracy", "eval_loss", "eval_runtime", "eval_samples_per_second",
+                                            "eval_steps_per_second", "step"])
+        config = read_json(self.ckpt(20, "config.json"))
+        self.assertEqual((config["model_type"], config["hidden_size"], config["num_layers"], config["torch_dtype"]),
+                         ("ckpt-mlp", 64, 2, "float32"))
+
+    def test_every_file_loads_in_python(self):
+        model = R.load_model(self.ckpt(20, "model.safetensors"), dropout=0.1)
+        optimizer = R.make_optimizer(model, 1e-3, 0.01)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, R.linear_schedule(0, 40))
+        opt_state = torch.load(self.ckpt(20, "optimizer.pt"))
+        optimizer.load_state_dict(opt_state)
+        schedule.load_state_dict(torch.load(self.ckpt(20, "scheduler.pt")))
+        self.assertEqual(schedule.last_epoch, 20)
+        self.assertAlmostEqual(optimizer.param_groups[0]["lr"], 1e-3 * 20 / 40)
+        self.assertEqual(optimizer.state_dict()["param_groups"], opt_state["param_groups"])
+        for p in model.parameters():
+            st = optimizer.state[p]
+            self.assertEqual(st["step"].item(), 20.0)
+            self.assertEqual(st["exp_avg"].shape, p.shape)
+        # training_args.bin: plain data, no class to import.
+        args = torch.load(self.ckpt(20, "training_args.bin"))
+        self.assertEqual(type(args), dict)
+        self.assertEqual((args["max_steps"], args["save_steps"], args["seed"], args["dropout"] if "dropout" in args else None),
+                         (40, 20, 42, None))
+        with zipfile.ZipFile(self.ckpt(20, "training_args.bin")) as z:
+            pkl = z.read("training_args/data.pkl")
+        self.assertFalse([op for op, _, _ in pickletools.genops(pkl) if op.name in ("GLOBAL", "STACK_GLOBAL", "REDUCE")])
+
+    def test_pickle_globals_are_the_safe_ones(self):
+        allowed = {"collections OrderedDict", "torch._utils _rebuild_tensor_v2", "torch FloatStorage", "torch ByteStorage",
+                   "_codecs encode", "numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+        for f in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
+            with zipfile.ZipFile(self.ckpt(20, f)) as z:
+                pkl = z.read(f.split(".")[0] + "/data.pkl")
+            names = {arg for op, arg, _ in pickletools.genops(pkl) if op.name == "GLOBAL"}
+            self.assertLessEqual(names, allowed, f)
+
+    def test_eval_loss_equals_python_model(self):
+        _, (x_eval, y_eval) = R.make_data(42, train_examples=256)
+        state = read_json(self.ckpt(40, "trainer_state.json"))
+        logged = [e["eval_loss"] for e in state["log_history"] if "eval_loss" in e][-1]
+        model = R.load_model(self.ckpt(40, "model.safetensors"), dropout=0.1).eval()
+        with torch.no_grad():
+            loss = F.cross_entropy(model(x_eval), y_eval, reduction="none").double().mean().item()
+        # The same kernels on the same float32 weights; only the order of the final double sum may differ.
+        self.assertAlmostEqual(loss, logged, delta=1e-9 * abs(logged))
+
+    def test_rng_state_draws_what_the_trainer_draws_next(self):
+        # From checkpoint-20, the trainer's steps 21..40 draw: a shuffle at each epoch start (8 steps per epoch:
+        # steps 25 and 33), noise for every batch from numpy, and two dropout masks per batch from torch.
+        states = torch.load(self.ckpt(20, "rng_state.pth"))
+        random.setstate(states["python"])
+        np.random.set_state(states["numpy"])
+        torch.set_rng_state(states["cpu"])
+        x = torch.zeros(32, 64)
+        for step in range(21, 41):
+            if (step - 1) % 8 == 0:
+                random.shuffle(list(range(256)))
+            np.random.standard_normal((32, 32))
+            for _ in range(2):
+                F.dropout(x, 0.1, True)
+        after = torch.load(self.ckpt(40, "rng_state.pth"))
+        self.assertEqual(random.getstate(), after["python"])
+        got = np.random.get_state()
+        self.assertEqual(got[0], after["numpy"][0])
+        self.assertTrue(np.array_equal(got[1], after["numpy"][1]))
+        self.assertEqual(got[2:], after["numpy"][2:])
+        self.assertTrue(torch.equal(torch.get_rng_state(), after["cpu"]))
+
+    def test_initialisation_and_data_order_equal_python(self):
+        # With a zero learning rate the weights stay as initialised: Python's set_seed + nn.Linear give the same.
+        run = self.path("lr0")
+        self.save(run, "--max-steps", "1", "--save-steps", "1", "--learning-rate", "0", "--train-examples", "256")
+        R.set_seed(42)
+        expected = R.MLP()
+        got = R.load_model(os.path.join(run, "checkpoint-1", "model.safetensors"))
+        for (name, a), b in zip(expected.state_dict().items(), got.state_dict().values()):
+            self.assertTrue(torch.equal(a, b), name)
+        # The trainer's Python generator after step 1 is Python's after one shuffle of the epoch.
+        states = torch.load(os.path.join(run, "checkpoint-1", "rng_state.pth"))
+        random.seed(42)
+        random.shuffle(list(range(256)))
+        self.assertEqual(states["python"], random.getstate())
+        np.random.seed(42)
+        np.random.standard_normal((32, 32))
+        self.assertTrue(np.array_equal(states["numpy"][1], np.random.get_state()[1]))
+        self.assertEqual(states["numpy"][2:], np.random.get_state()[2:])
+
+    def test_pytorch_weights_and_shards(self):
+        run = self.path("bin")
+        self.save(run, "--max-steps", "20", "--save-steps", "20", "--no-save-safetensors", "--max-shard-size", "10KB")
+        d = os.path.join(run, "checkpoint-20")
+        index = read_json(os.path.join(d, "pytorch_model.bin.index.json"))
+        shards = sorted(set(index["weight_map"].values()))
+        self.assertGreater(len(shards), 1)
+        self.assertEqual(shards[0], "pytorch_model-00001-of-%05d.bin" % len(shards))
+        merged = {}
+        for s in shards:
+            merged.update(torch.load(os.path.join(d, s), weights_only=True))
+        self.assertEqual(sorted(merged), sorted(index["weight_map"]))
+        self.assertEqual(index["metadata"]["total_size"], sum(t.numel() * 4 for t in merged.values()))
+        model = R.MLP()
+        model.load_state_dict(merged)
+        # A sharded checkpoint resumes.
+        other = self.resumed_copy(run, "checkpoint-20", "resumed", "--max-steps", "40")
+        self.assertTrue(os.path.isdir(os.path.join(other, "checkpoint-40")))
+
+
+class Reliability(TrainTest):
+    FLAGS = ["--max-steps", "120", "--save-steps", "5", "--hidden-size", "256", "--num-layers", "3", "--train-examples", "512"]
+
+    def test_sigkill_at_random_moments(self):
+        reference = self.path("reference")
+        started = time.time()
+        self.save(reference, *self.FLAGS)
+        duration = time.time() - started
+        rng = random.Random(1234)
+        kills = 0
+        finished_runs = 0
+        run = None
+
+        def finish_and_compare(run):
+            self.assert_same_state(os.path.join(reference, "checkpoint-120"), os.path.join(run, "checkpoint-120"))
+            self.assertEqual(sha(os.path.join(reference, "model.safetensors")), sha(os.path.join(run, "model.safetensors")))
+            self.assertEqual([e for e in os.listdir(run) if e.startswith(".ckpt-staging-")], [])
+
+        while kills < 12:
+            if run is None:
+                run = self.path("killed-%d" % finished_runs)
+            resuming = os.path.isdir(run) and checkpoints(run)
+            command = ["resume", run, "-q"] if resuming else ["save", "--output-dir", run, "-q", *self.FLAGS]
+            p = subprocess.Popen([R.CKPT_BIN, *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                p.wait(timeout=rng.uniform(0.3, duration))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                kills += 1
+                for c in checkpoints(run) if os.path.isdir(run) else []:
+                    r = R.run_ckpt(["inspect", os.path.join(run, c), "--verify"])
+                    self.assertEqual(r.returncode, 0, "after kill %d, %s: %s%s" % (kills, c, r.stdout, r.stderr))
+            else:
+                self.assertEqual(p.returncode, 0, p.stderr.read().decode())
+                finish_and_compare(run)
+                finished_runs += 1
+                run = None
+            p.stderr.close()
+        if run is not None:
+            self.ok(["resume", run, "-q"] if os.path.isdir(run) and checkpoints(run) else ["save", "--output-dir", run, "-q", *self.FLAGS])
+            finish_and_compare(run)
+
+    def test_interrupt_exits_130_with_complete_checkpoints(self):
+        run = self.path("run")
+        for flags in ([], ["--async-save"]):
+            shutil.rmtree(run, ignore_errors=True)
+            p = subprocess.Popen([R.CKPT_BIN, "save", "--output-dir", run, "--json", "--max-steps", "100000", "--save-steps", "50",
+                                  *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.time() + 60
+            while time.time() < deadline and not (os.path.isdir(run) and checkpoints(run)):
+                time.sleep(0.05)
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, 130, err)
+            result = json.loads(out)
+            self.assertTrue(result["interrupted"])
+            for c in checkpoints(run):
+                self.assertEqual(R.run_ckpt(["inspect", os.path.join(run, c), "--verify"]).returncode, 0, c)
+            self.assertEqual([e for e in os.listdir(run) if e.startswith(".ckpt-staging-")], [])
+            # and it resumes from there
+            self.ok(["resume", run, "--max-steps", str(int(checkpoints(run)[-1].split("-")[1]) + 10), "--save-steps", "10", "-q"])
+
+    def run_with_file_limit(self, args, limit_bytes):
+        def limit():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write() rather than a signal
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+        return subprocess.run([R.CKPT_BIN, *args], capture_output=True, text=True, preexec_fn=limit, timeout=300)
+
+    def test_full_disk(self):
+        run = self.path("run")
+        self.save(run, "--max-steps", "20", "--save-steps", "20")
+        before = {f: sha(os.path.join(run, "checkpoint-20", f)) for f in os.listdir(os.path.join(run, "checkpoint-20"))}
+        r = self.run_with_file_limit(["resume", run, "--max-steps", "40"], 40000)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr, r"^ckpt: error: .*/\.ckpt-staging-checkpoint-40-[^/]*/optimizer\.pt: write: File too large")
+        self.assertEqual(checkpoints(run), ["checkpoint-20"])
+        self.assertEqual({f: sha(os.path.join(run, "checkpoint-20", f)) for f in os.listdir(os.path.join(run, "checkpoint-20"))}, before)
+        self.assertEqual(sorted(e for e in os.listdir(run) if e.startswith(".")), [".ckpt.lock", ".ckpt.train.lock"])
+
+    def test_tmpfs_full(self):
+        mount = self.path("mnt")
+        os.makedirs(mount)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", mount]).returncode != 0:
+            self.fail("mounting a tmpfs needs root (the CI runs as root)")
+        try:
+            run = os.path.join(mount, "run")
+            r = R.run_ckpt(["save", "--output-dir", run, "--max-steps", "100", "--save-steps", "20"])
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("No space left on device", r.stderr)
+            for c in checkpoints(run):
+                self.assertEqual(R.run_ckpt(["inspect", os.path.join(run, c), "--verify"]).returncode, 0, c)
+            self.assertEqual([e for e in os.listdir(run) if e.startswith(".ckpt-staging-")], [])
+        finally:
+            subprocess.run(["umount", mount])
+
+
+class Refusals(TrainTest):
+    @classmethod
+    def setUpClass(cls):
+        cls.shared = tempfile.mkdtemp(prefix="ckpt-train-refusals-")
+        cls.run_dir = os.path.join(cls.shared, "run")
+        r = R.run_ckpt(["save", "--output-dir", cls.run_dir, "-q", "--max-steps", "20", "--save-steps", "10"])
+        assert r.returncode == 0, r.stderr
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.shared, ignore_errors=True)
+
+    def copy(self):
+        run = self.path("run")
+        shutil.copytree(self.run_dir, run)
+        return run
+
+    def test_no_checkpoint(self):
+        os.makedirs(self.path("empty"))
+        r = R.run_ckpt(["resume", self.path("empty")])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no complete checkpoint", r.stderr)
+
+    def test_incomplete_checkpoint(self):
+        run = self.copy()
+        os.remove(os.path.join(run, "checkpoint-20", "trainer_state.json"))
+        r = R.run_ckpt(["resume", run, "--from", "checkpoint-20"])
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("incomplete checkpoint", r.stderr)
+        # without --from, the newest complete one is taken
+        self.ok(["resume", run, "-q"])
+
+    def test_missing_optimizer(self):
+        run = self.copy()
+        os.remove(os.path.join(run, "checkpoint-20", "optimizer.pt"))
+        r = R.run_ckpt(["resume", run])
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertRegex(r.stderr, r"checkpoint-20/optimizer\.pt: missing")
+
+    def test_config_mismatch(self):
+        r = R.run_ckpt(["resume", self.copy(), "--hidden-size", "128"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("hidden_size", r.stderr)
+
+    def test_missing_rng_state_warns(self):
+        run = self.copy()
+        os.remove(os.path.join(run, "checkpoint-20", "rng_state.pth"))
+        r = R.run_ckpt(["resume", run, "--max-steps", "30"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stderr, r"ckpt: warning: .*rng_state\.pth is missing")
+
+    def test_missing_and_broken_library(self):
+        lone = self.path("bin")
+        os.makedirs(lone)
+        shutil.copy(R.CKPT_BIN, lone)
+        env = dict(os.environ)
+        env.pop("CKPT_TRAIN_LIBRARY", None)
+        r = subprocess.run([os.path.join(lone, "ckpt"), "save", "--output-dir", self.path("x")], capture_output=True, text=True, env=env)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("trainer library was not found", r.stderr)
+        broken = self.path("libckpt_train.so")
+        with open(broken, "wb") as f:
+            f.write(b"not an ELF file")
+        env["CKPT_TRAIN_LIBRARY"] = broken
+        r = subprocess.run([os.path.join(lone, "ckpt"), "save", "--output-dir", self.path("x")], capture_output=True, text=True, env=env)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("cannot load the trainer library", r.stderr)
+
+    def test_other_subcommands_do_not_load_torch(self):
+        env = dict(os.environ, LD_DEBUG="files")
+        for args in (["list", self.run_dir], ["inspect", self.run_dir], ["rotate", self.run_dir, "--keep", "5", "--dry-run"]):
+            r = R.run_ckpt(args, env=env)
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            self.assertNotIn("libtorch", r.stderr)
+
+    def test_two_trainers_never_share_a_run_directory(self):
+        run = self.copy()
+        p = subprocess.Popen([R.CKPT_BIN, "resume", run, "--max-steps", "100000", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 60
+            while time.time() < deadline and "checkpoint-30" not in os.listdir(run):
+                time.sleep(0.05)
+            r = R.run_ckpt(["resume", run])
+            self.assertEqual(r.returncode, 75, r.stderr)
+            self.assertIn("another trainer is writing into this run directory", r.stderr)
+        finally:
+            p.kill()
+            p.wait()
+
+    def test_rotation_and_best_at_end(self):
+        run = self.path("rot")
+        r = self.ok(["save", "--output-dir", run, "--json", "--max-steps", "100", "--save-steps", "10", "--save-total-limit", "2",
+                     "--load-best-model-at-end"])
+        result = json.loads(r.stdout)
+        kept = checkpoints(run)
+        best = os.path.basename(result["best_model_checkpoint"])
+        self.assertIn(best, kept)
+        self.assertIn("checkpoint-100", kept)
+        self.assertLessEqual(len(kept), 3)
+        self.assertEqual(len(result["checkpoints_removed"]), 10 - len(kept))
+        self.assertEqual(sha(os.path.join(run, "model.safetensors")), sha(os.path.join(run, best, "model.safetensors")))
+        # ckpt best agrees with the trainer
+        b = self.ok(["best", run, "--json"])
+        self.assertEqual(os.path.basename(json.loads(b.stdout)["name"]), best)
+
+
+if __name__ == "__main__":
+    unittest.main()
