@@ -3,7 +3,7 @@ _ckpt() {
   local cur prev words cword
   _init_completion || return
 
-  local subcommands="list best rotate inspect convert"
+  local subcommands="save resume list best rotate inspect convert"
   local subcommand=""
   local i
   for ((i = 1; i < cword; i++)); do
@@ -27,11 +27,36 @@ _ckpt() {
     -o | --output) _filedir; return ;;
     --metric) COMPREPLY=($(compgen -W "eval_loss eval_accuracy" -- "$cur")); return ;;
     --keep | --keep-every | --stale-after | --link) return ;;
-    --export) _filedir -d; return ;;
+    --export | --output-dir) _filedir -d; return ;;
+    --from)
+      # The checkpoints of the run directory given earlier on the line.
+      local run="" j
+      for ((j = i + 1; j < cword; j++)); do
+        if [[ ${words[j]} != -* && ${words[j - 1]} != --from && -d ${words[j]} ]]; then
+          run=${words[j]}
+          break
+        fi
+      done
+      if [[ -n $run && -d $run ]]; then
+        local names
+        names=$(cd -- "$run" 2>/dev/null && compgen -d -- checkpoint-)
+        COMPREPLY=($(compgen -W "$names" -- "$cur"))
+      else
+        _filedir -d
+      fi
+      return ;;
+    --metric-for-best-model) COMPREPLY=($(compgen -W "eval_loss eval_accuracy" -- "$cur")); return ;;
+    --input-size | --hidden-size | --num-layers | --num-labels | --dropout | --max-steps | --num-train-epochs | \
+      --per-device-train-batch-size | --per-device-eval-batch-size | --learning-rate | --weight-decay | --adam-beta1 | \
+      --adam-beta2 | --adam-epsilon | --max-grad-norm | --warmup-steps | --logging-steps | --eval-steps | --save-steps | \
+      --save-total-limit | --seed | --train-examples | --eval-examples | --input-noise | --threads) return ;;
   esac
 
   local options
+  local training="--input-size --hidden-size --num-layers --num-labels --dropout --max-steps --num-train-epochs --per-device-train-batch-size --per-device-eval-batch-size --learning-rate --weight-decay --adam-beta1 --adam-beta2 --adam-epsilon --max-grad-norm --warmup-steps --logging-steps --eval-steps --save-steps --save-total-limit --metric-for-best-model --greater-is-better --no-greater-is-better --load-best-model-at-end --no-load-best-model-at-end --save-safetensors --no-save-safetensors --max-shard-size --seed --fp16 --no-fp16 --async-save --no-async-save --train-examples --eval-examples --input-noise --threads --json --quiet --verbose --help"
   case $subcommand in
+    save) options="--output-dir $training" ;;
+    resume) options="--from $training" ;;
     list) options="--json --metric --mode --sort --use-mtime --help" ;;
     best) options="--metric --mode --json --link --export --help" ;;
     rotate) options="--keep --keep-every --stale-after --sort --use-mtime --metric --mode --dry-run --no-wait --json --quiet --help" ;;

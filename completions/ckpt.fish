@@ -1,8 +1,10 @@
 # fish completion for ckpt
-set -l subcommands list best rotate inspect convert
+set -l subcommands save resume list best rotate inspect convert
 complete -c ckpt -f
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -l help -d 'Show help'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -l version -d 'Show the version'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a save -d 'Train the embedded model, saving checkpoints'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a resume -d 'Continue a run from a checkpoint'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a list -d 'List the checkpoints of a run directory'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a best -d 'Print the best checkpoint; link or export it'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a rotate -d 'Delete old checkpoints safely'
@@ -35,3 +37,58 @@ complete -c ckpt -n "__fish_seen_subcommand_from convert" -l dry-run -d 'Show wh
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l force -d 'Replace an existing destination'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l json -d 'Print a JSON summary'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -s q -l quiet -d 'Print nothing unless there is an error'
+
+# The checkpoint-N directories of the run directory named earlier on the line.
+function __ckpt_checkpoints
+    for word in (commandline -opc)[3..-1]
+        if not string match -q -- '-*' $word; and test -d $word
+            for d in $word/checkpoint-*/
+                basename $d
+            end
+            return
+        end
+    end
+end
+complete -c ckpt -n "__fish_seen_subcommand_from resume" -a '(__fish_complete_directories)'
+complete -c ckpt -n "__fish_seen_subcommand_from resume" -l from -x -a '(__ckpt_checkpoints)' -d 'Checkpoint to resume from'
+complete -c ckpt -n "__fish_seen_subcommand_from save" -l output-dir -x -a '(__fish_complete_directories)' -d 'The run directory'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l json -d 'Print a JSON summary'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -s q -l quiet -d 'Print nothing unless there is an error'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -s v -l verbose -d 'Print every log record as a JSON line'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l input-size -x -d 'Features per synthetic example'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l hidden-size -x -d 'Width of each hidden layer'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l num-layers -x -d 'Hidden layers'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l num-labels -x -d 'Classes of the synthetic task'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l dropout -x -d 'Dropout probability'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l max-steps -x -d 'Optimizer steps to train'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l num-train-epochs -x -d 'Epochs to train'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l per-device-train-batch-size -x -d 'Training batch size'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l per-device-eval-batch-size -x -d 'Evaluation batch size'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l learning-rate -x -d 'Peak learning rate'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l weight-decay -x -d 'Adamw weight decay'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l adam-beta1 -x -d 'Adamw beta1'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l adam-beta2 -x -d 'Adamw beta2'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l adam-epsilon -x -d 'Adamw epsilon'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l max-grad-norm -x -d 'Gradient clipping norm'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l warmup-steps -x -d 'Linear warmup steps'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l logging-steps -x -d 'Log every n steps'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l eval-steps -x -d 'Evaluate every n steps'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l save-steps -x -d 'Save every n steps'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l save-total-limit -x -d 'Keep at most n checkpoints'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l metric-for-best-model -x -a 'eval_loss eval_accuracy' -d 'Metric deciding the best checkpoint'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l greater-is-better -d 'A greater metric is better'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l no-greater-is-better -d 'A smaller metric is better'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l load-best-model-at-end -d 'Save the best weights as the final model'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l no-load-best-model-at-end -d 'Keep the last weights'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l save-safetensors -d 'Write model.safetensors'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l no-save-safetensors -d 'Write pytorch_model.bin'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l max-shard-size -x -a '500MB 1GB 2GB 5GB 10GB' -d 'Shard weights larger than this'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l seed -x -d 'Seed of every generator and the dataset'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l fp16 -d 'Dynamic loss scaling with fp16 gradients'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l no-fp16 -d 'No loss scaling'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l async-save -d 'Write checkpoints in the background'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l no-async-save -d 'Write checkpoints synchronously'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l train-examples -x -d 'Training examples'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l eval-examples -x -d 'Evaluation examples'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l input-noise -x -d 'Input noise standard deviation'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l threads -x -d 'Torch intra-op threads'

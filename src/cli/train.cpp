@@ -66,6 +66,14 @@ class ProgressLine {
   std::chrono::steady_clock::time_point last_;
 };
 
+std::string default_text(const train::ArgValue& value) {
+  if (const auto* b = std::get_if<bool>(&value)) return *b ? "on" : "off";
+  if (const auto* i = std::get_if<std::int64_t>(&value)) return std::to_string(*i);
+  if (const auto* d = std::get_if<double>(&value)) return number_text(*d);
+  if (const auto* s = std::get_if<std::string>(&value)) return *s;
+  return "";
+}
+
 json::Json result_json(const train::TrainResult& r) {
   json::Json metrics = json::Json::object();
   for (const auto& [k, v] : r.final_metrics) metrics[k] = v;
@@ -173,7 +181,11 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
     const std::string flag = "--" + train::flag_name(spec.key);
     const char* group = spec.scope == train::ArgScope::model ? "Model (config.json)" : "Training (training_args.bin)";
     std::string help = spec.help;
-    if (mode == train::TrainMode::resume) help += spec.scope == train::ArgScope::model ? " (must match the checkpoint)" : " (default: the checkpoint's)";
+    if (mode == train::TrainMode::resume) {
+      help += spec.scope == train::ArgScope::model ? " (must match the checkpoint)" : " (default: the checkpoint's)";
+    } else if (const std::string value = default_text(spec.default_value); !value.empty()) {
+      help += " [default: " + value + "]";
+    }
     CLI::Option* option = nullptr;
     switch (spec.type) {
       case train::ArgType::integer: option = sub.add_option(flag, f->integers.emplace_back(), help); break;
@@ -182,10 +194,9 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
       case train::ArgType::boolean: {
         // CLI11 takes a const string as the description (a mutable one would be the flag's result variable).
         const std::string on_help = help;
-        const std::string off_help = "Turn " + flag + " off";
+        const std::string off_help = "Turn " + flag + " off (wins over it)";
         CLI::Option* on = sub.add_flag(flag, on_help)->group(group);
         CLI::Option* off = sub.add_flag("--no-" + train::flag_name(spec.key), off_help)->group(group);
-        on->excludes(off);
         f->switches.push_back({&spec, {on, off}});
         continue;
       }

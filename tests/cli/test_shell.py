@@ -60,7 +60,7 @@ class Completions(unittest.TestCase):
 
     def test_bash_completes_subcommands_and_options(self):
         self.assertEqual(bash_complete("ckpt ins"), ["inspect"])
-        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "inspect", "list", "rotate"])
+        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "inspect", "list", "resume", "rotate", "save"])
         self.assertEqual(sorted(bash_complete("ckpt inspect --")), ["--help", "--json", "--verify"])
 
     def test_bash_completes_option_values(self):
@@ -81,6 +81,23 @@ class Completions(unittest.TestCase):
             os.mkdir(os.path.join(tmp, "checkpoint-10"))
             self.assertEqual(bash_complete(f"ckpt inspect {tmp}/check"), [f"{tmp}/checkpoint-10"])
 
+    def test_bash_completes_checkpoints_after_from(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("checkpoint-10", "checkpoint-20", "other"):
+                os.mkdir(os.path.join(tmp, name))
+            self.assertEqual(sorted(bash_complete(f"ckpt resume {tmp} --from ")), ["checkpoint-10", "checkpoint-20"])
+            self.assertEqual(bash_complete(f"ckpt resume --max-steps 100 {tmp} --from checkpoint-2"), ["checkpoint-20"])
+            self.assertIn("--save-total-limit", bash_complete("ckpt save --save-total"))
+            self.assertEqual(bash_complete("ckpt save --metric-for-best-model eval_a"), ["eval_accuracy"])
+
+    def test_fish_completes_checkpoints_after_from(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("checkpoint-10", "checkpoint-20"):
+                os.mkdir(os.path.join(tmp, name))
+            script = f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt resume {tmp} --from '"
+            out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
+            self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["checkpoint-10", "checkpoint-20"])
+
     def test_zsh_and_fish_parse(self):
         subprocess.run(["zsh", "-n", os.path.join(ROOT, "completions", "_ckpt")], check=True)
         subprocess.run(["fish", "-n", os.path.join(ROOT, "completions", "ckpt.fish")], check=True)
@@ -100,7 +117,7 @@ class Install(unittest.TestCase):
         with tempfile.TemporaryDirectory() as dest:
             subprocess.run(["cmake", "--install", build, "--prefix", "/usr/local"], check=True, capture_output=True,
                            env={**os.environ, "DESTDIR": dest})
-            for path in ("usr/local/bin/ckpt", "usr/local/share/man/man1/ckpt.1",
+            for path in ("usr/local/bin/ckpt", "usr/local/share/man/man1/ckpt.1", "usr/local/lib/ckpt/libckpt_train.so",
                          "usr/local/share/bash-completion/completions/ckpt",
                          "usr/local/share/zsh/site-functions/_ckpt",
                          "usr/local/share/fish/vendor_completions.d/ckpt.fish"):
