@@ -88,6 +88,9 @@ json::Json result_json(const train::TrainResult& r) {
           {"best_model_checkpoint", r.best_model_checkpoint ? json::Json(*r.best_model_checkpoint) : json::Json(nullptr)},
           {"best_metric", r.best_metric ? json::Json(*r.best_metric) : json::Json(nullptr)},
           {"metrics", std::move(metrics)},
+          {"save_stall_seconds", r.save_stall_seconds},
+          {"save_write_seconds", r.save_write_seconds},
+          {"load_seconds", r.load_seconds ? json::Json(*r.load_seconds) : json::Json(nullptr)},
           {"warnings", r.warnings}};
 }
 

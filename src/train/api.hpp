@@ -61,6 +61,12 @@ struct TrainResult {
   std::optional<std::string> best_model_checkpoint;
   std::optional<double> best_metric;
   std::map<std::string, double> final_metrics;  // train_runtime, train_loss, ... and the last eval_*
+  // Timings: per checkpoint, how long the training thread stood still for it (the whole write when
+  // synchronous; the snapshot and any wait for the previous write with --async-save) and how long writing and
+  // committing it took; and how long resume took to load the checkpoint.
+  std::vector<double> save_stall_seconds;
+  std::vector<double> save_write_seconds;
+  std::optional<double> load_seconds;
   std::vector<std::string> warnings;
   bool interrupted = false;
   std::optional<TrainError> error;

@@ -649,16 +649,23 @@ void Trainer::save_checkpoint(const std::map<std::string, double>& metrics) {
     }
   }
   const bool async = get_bool(args_, "async_save");
+  const auto start = Clock::now();
   wait_for_pending_save();
   CheckpointFiles files = collect(async);
   if (!async) {
     commit(std::move(files));
+    result_.save_stall_seconds.push_back(seconds_since(start));
+    result_.save_write_seconds.push_back(seconds_since(start));
     emit(TrainEvent::Kind::checkpoint, result_.checkpoints_saved.back());
     return;
   }
+  result_.save_stall_seconds.push_back(seconds_since(start));
+  // The background thread alone touches result_'s checkpoint lists until it is joined.
   pending_save_ = std::thread([this, files = std::move(files)]() mutable {
+    const auto write_start = Clock::now();
     try {
       commit(std::move(files));
+      result_.save_write_seconds.push_back(seconds_since(write_start));
     } catch (...) {
       pending_error_ = std::current_exception();
     }
@@ -756,7 +763,11 @@ void Trainer::run() {
   validate_arguments();
   open_run_directory();
   build();
-  if (resume_dir_) restore(*resume_dir_);
+  if (resume_dir_) {
+    const auto start = Clock::now();
+    restore(*resume_dir_);
+    result_.load_seconds = seconds_since(start);
+  }
   result_.output_dir = run_dir_;
   result_.max_steps = max_steps_;
   try {

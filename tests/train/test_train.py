@@ -154,6 +154,10 @@ class PythonInterop(TrainTest):
         self.assertEqual(r["checkpoints_saved"], [self.ckpt(20).rstrip("/"), self.ckpt(40).rstrip("/")])
         self.assertFalse(r["interrupted"])
         self.assertIn("eval_loss", r["metrics"])
+        self.assertEqual(len(r["save_stall_seconds"]), 2)
+        self.assertEqual(len(r["save_write_seconds"]), 2)
+        self.assertIsNone(r["load_seconds"])
+        self.assertEqual(r["warnings"], [])
         self.assertEqual(r["best_model_checkpoint"], self.ckpt(40).rstrip("/") if r["best_metric"] <= read_json(
             self.ckpt(20, "trainer_state.json"))["best_metric"] else self.ckpt(20).rstrip("/"))
 
@@ -381,6 +385,43 @@ class Reliability(TrainTest):
             self.assertEqual([e for e in os.listdir(run) if e.startswith(".ckpt-staging-")], [])
         finally:
             subprocess.run(["umount", mount])
+
+
+class Concurrency(TrainTest):
+    SECONDS = float(os.environ.get("CKPT_CONCURRENCY_SECONDS", "120"))
+
+    def test_training_while_rotate_and_inspect_run(self):
+        """The trainer saves every few steps for SECONDS while four `rotate --keep 2` loops and an
+        `inspect --verify` loop work on the same run directory: no process fails, every checkpoint present is
+        complete, the newest and the best survive."""
+        run = self.path("run")
+        os.makedirs(run)
+        stop = time.time() + self.SECONDS
+        loops = []
+        for i in range(4):
+            loops.append(subprocess.Popen(["bash", "-c", f'while [ $(date +%s) -lt {int(stop)} ]; do "{R.CKPT_BIN}" rotate -q --keep 2 "{run}" || exit 1; done']))
+        loops.append(subprocess.Popen(["bash", "-c", f'while [ $(date +%s) -lt {int(stop)} ]; do for c in "{run}"/checkpoint-*; do [ -d "$c" ] || continue; '
+                                                     f'out=$("{R.CKPT_BIN}" inspect --verify "$c" 2>&1) || {{ [ -d "$c" ] && {{ echo "$out"; exit 1; }}; }}; done; done'],
+                                      stdout=subprocess.PIPE, text=True))
+        saves = 0
+        try:
+            flags = ["--save-steps", "10", "--hidden-size", "256", "--train-examples", "512", "--save-total-limit", "3"]
+            command = ["save", "--output-dir", run, "-q", "--max-steps", "100", *flags]
+            while time.time() < stop - 5:
+                self.ok(command)
+                saves += 1
+                state = read_json(os.path.join(run, "trainer_state.json"))
+                command = ["resume", run, "-q", "--max-steps", str(state["global_step"] + 100)]
+                present = checkpoints(run)
+                self.assertIn("checkpoint-%d" % state["global_step"], present)
+                self.assertIn(os.path.basename(state["best_model_checkpoint"]), present)
+        finally:
+            codes = [p.wait(timeout=self.SECONDS + 120) for p in loops]
+        self.assertEqual(codes, [0] * 5, loops[-1].stdout.read())
+        loops[-1].stdout.close()
+        self.assertGreater(saves, 1)
+        for c in checkpoints(run):
+            self.assertEqual(R.run_ckpt(["inspect", "--verify", os.path.join(run, c)]).returncode, 0, c)
 
 
 class Refusals(TrainTest):

@@ -1,0 +1,126 @@
+"""Benchmark for `ckpt save` / `ckpt resume`, measured in one run:
+
+  1. Checkpoint write: a model whose weights and AdamW state are about 1 GiB (MLP, hidden 4096, 6 layers:
+     84M parameters) saved twice; the trainer's own save timings (--json save_write_seconds, fsyncs included)
+     against `cp -r` of the same checkpoint directory, bare and followed by `sync` (ckpt makes what it writes
+     durable, so cp+sync is the like-for-like peer). Reported as throughput ratios.
+  2. --async-save: the training stall per checkpoint (save_stall_seconds) against the synchronous save time.
+  3. Resume: the trainer's load time (load_seconds: weights, optimizer, scheduler, RNG, trainer state) against
+     Python's torch.load of the same pickle files (pytorch_model.bin, optimizer.pt, scheduler.pt, rng_state.pth).
+  4. Training speed of the default model: steps per second of `ckpt save` against the same loop in Python torch
+     (tests/train/reference.py: same model, data, optimizer, schedule, clipping) at the same thread count.
+
+Run: /usr/bin/python3 bench/train_bench.py [--ckpt build/ckpt] [--dir /tmp/ckpt-train-bench] [--repeat 3]
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "train"))
+
+BIG = ["--hidden-size", "4096", "--num-layers", "6", "--train-examples", "64", "--per-device-train-batch-size", "8",
+       "--eval-steps", "0", "--max-steps", "2", "--save-steps", "1", "--no-save-safetensors"]
+
+
+def ckpt_json(ckpt, args):
+    r = subprocess.run([ckpt, *args, "--json"], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"ckpt {' '.join(args)} failed: {r.stderr}")
+    return json.loads(r.stdout)
+
+
+def dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ckpt", default=os.path.join(os.path.dirname(HERE), "build", "ckpt"))
+    parser.add_argument("--dir", default="/tmp/ckpt-train-bench")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3000)
+    args = parser.parse_args()
+    shutil.rmtree(args.dir, ignore_errors=True)
+    os.makedirs(args.dir)
+    results = {}
+
+    # 1 and 2: synchronous and asynchronous saves of the big model.
+    sync_write, async_stall, cp_times, cp_sync_times = [], [], [], []
+    for i in range(args.repeat):
+        run = os.path.join(args.dir, f"sync-{i}")
+        r = ckpt_json(args.ckpt, ["save", "--output-dir", run, *BIG])
+        sync_write += r["save_write_seconds"]
+        run_async = os.path.join(args.dir, f"async-{i}")
+        r = ckpt_json(args.ckpt, ["save", "--output-dir", run_async, *BIG, "--async-save"])
+        async_stall += r["save_stall_seconds"]
+        shutil.rmtree(run_async)
+        source = os.path.join(run, "checkpoint-1")
+        copy = os.path.join(args.dir, "copy")
+        cp_times.append(timed(lambda: subprocess.run(["cp", "-r", source, copy], check=True)))
+        shutil.rmtree(copy)
+        subprocess.run(["sync"], check=True)
+        cp_sync_times.append(timed(lambda: (subprocess.run(["cp", "-r", source, copy], check=True),
+                                           subprocess.run(["sync", "-f", copy], check=True))))
+        shutil.rmtree(copy)
+    checkpoint = os.path.join(args.dir, "sync-0", "checkpoint-1")
+    size = dir_bytes(checkpoint)
+    write = statistics.median(sync_write)
+    results["checkpoint_bytes"] = size
+    results["save_seconds"] = write
+    results["cp_seconds"] = statistics.median(cp_times)
+    results["cp_sync_seconds"] = statistics.median(cp_sync_times)
+    results["save_throughput_vs_cp"] = results["cp_seconds"] / write
+    results["save_throughput_vs_cp_sync"] = results["cp_sync_seconds"] / write
+    results["async_stall_seconds"] = statistics.median(async_stall)
+    results["async_stall_fraction"] = results["async_stall_seconds"] / write
+
+    # 3: resume's load against torch.load of the same files.
+    loads = []
+    for i in range(args.repeat):
+        r = ckpt_json(args.ckpt, ["resume", os.path.join(args.dir, f"sync-{i}"), "--from", "checkpoint-1", "--max-steps", "1"])
+        loads.append(r["load_seconds"])
+    import torch  # imported only now: the children above are timed without it in this process
+
+    python_loads = []
+    for i in range(args.repeat):
+        d = os.path.join(args.dir, f"sync-{i}", "checkpoint-1")
+        python_loads.append(timed(lambda: [torch.load(os.path.join(d, f)) for f in
+                                           ("pytorch_model.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth")]))
+    results["resume_load_seconds"] = statistics.median(loads)
+    results["python_torch_load_seconds"] = statistics.median(python_loads)
+    results["resume_load_fraction_of_python"] = results["resume_load_seconds"] / results["python_torch_load_seconds"]
+
+    # 4: steps per second of the default model.
+    import reference
+
+    for threads in (1, 2):
+        ours = []
+        for i in range(args.repeat):
+            r = ckpt_json(args.ckpt, ["save", "--output-dir", os.path.join(args.dir, f"speed-{threads}-{i}"), "--max-steps",
+                                      str(args.steps), "--save-steps", str(10 * args.steps), "--eval-steps", "0", "--threads", str(threads)])
+            ours.append(r["metrics"]["train_steps_per_second"])
+        python = []
+        for i in range(args.repeat):
+            python.append(args.steps / timed(lambda: reference.train_python(max_steps=args.steps, threads=threads)))
+        results[f"steps_per_second_{threads}_threads"] = statistics.median(ours)
+        results[f"python_steps_per_second_{threads}_threads"] = statistics.median(python)
+        results[f"speedup_{threads}_threads"] = statistics.median(ours) / statistics.median(python)
+
+    shutil.rmtree(args.dir, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
