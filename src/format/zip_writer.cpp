@@ -1,12 +1,15 @@
 #include "format/zip_writer.hpp"
 
 #include <algorithm>
+#include <future>
 
 #include "util/crc32.hpp"
 #include "util/error.hpp"
 
 namespace ckpt::zip {
 namespace {
+
+constexpr std::size_t kParallelCrc = 8u << 20;
 
 constexpr std::uint32_t kAllOnes32 = 0xFFFFFFFFu;
 constexpr std::size_t kAlignment = 64;
@@ -58,9 +61,21 @@ void Writer::begin(const std::string& name) {
 
 void Writer::append(std::span<const std::uint8_t> data) {
   Member& m = members_.back();
-  m.crc = crc32(data, m.crc);
   m.size += data.size();
-  out_.write(data);
+  if (data.size() < kParallelCrc) {
+    m.crc = crc32(data, m.crc);
+    out_.write(data);
+    return;
+  }
+  // Large appends (a trainer's tensors): the CRC on another core while this one writes.
+  auto crc = std::async(std::launch::async, [data, previous = m.crc] { return crc32(data, previous); });
+  try {
+    out_.write(data);
+  } catch (...) {
+    crc.wait();
+    throw;
+  }
+  m.crc = crc.get();
 }
 
 void Writer::append_file_range(const ReadOnlyFile& source, std::uint64_t offset, std::uint64_t length) {

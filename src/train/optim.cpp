@@ -108,6 +108,7 @@ void AdamW::load_state_dict(const checkpoint::Source& source, NodeId root, const
     }
   }
   const auto items = in.items(in.get(root, "state"), Kind::dict, "state");
+  DirectReader reader(source.path);
   state_.assign(parameters.size(), std::nullopt);
   state_order_.clear();
   for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
@@ -119,7 +120,7 @@ void AdamW::load_state_dict(const checkpoint::Source& source, NodeId root, const
     auto tensor = [&](const char* key) {
       const NodeId node = in.get(items[i + 1], key);
       in.expect(node, Kind::tensor, where + "." + key);
-      return read_tensor(source, node);
+      return read_tensor(source, reader, node);
     };
     s.step = tensor("step");
     s.exp_avg = tensor("exp_avg");
@@ -137,12 +138,12 @@ void AdamW::load_state_dict(const checkpoint::Source& source, NodeId root, const
   }
 }
 
-AdamW AdamW::snapshot() const {
-  AdamW copy = *this;
-  for (auto& s : copy.state_) {
-    if (s) *s = ParamState{s->step.clone(), s->exp_avg.clone(), s->exp_avg_sq.clone()};
+AdamW AdamW::snapshot(const std::function<at::Tensor(const at::Tensor&)>& copy) const {
+  AdamW result = *this;
+  for (auto& s : result.state_) {
+    if (s) *s = ParamState{copy(s->step), copy(s->exp_avg), copy(s->exp_avg_sq)};
   }
-  return copy;
+  return result;
 }
 
 LinearSchedule::LinearSchedule(double base_lr, std::int64_t warmup_steps, std::int64_t total_steps, std::size_t groups)

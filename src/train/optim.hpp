@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,8 +39,8 @@ class AdamW {
   // Throws corrupt when `root` is not a state dict of this optimizer for these parameters.
   void load_state_dict(const checkpoint::Source& source, pickle::NodeId root,
                        const std::vector<std::pair<std::string, at::Tensor>>& parameters);
-  // A deep copy of the state (for an asynchronous save).
-  AdamW snapshot() const;
+  // A copy whose state tensors are `copy(tensor)` of this one's (an asynchronous save's snapshot).
+  AdamW snapshot(const std::function<at::Tensor(const at::Tensor&)>& copy) const;
 
  private:
   struct ParamState {

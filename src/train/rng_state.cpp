@@ -75,7 +75,8 @@ RngStates load_rng_states(const checkpoint::Source& source) {
 
   const NodeId cpu = in.get(root, "cpu");
   in.expect(cpu, Kind::tensor, "cpu");
-  states.cpu = read_tensor(source, cpu);
+  DirectReader reader(source.path);
+  states.cpu = read_tensor(source, reader, cpu);
   if (states.cpu.scalar_type() != at::kByte || states.cpu.dim() != 1) in.bad("cpu");
   return states;
 }

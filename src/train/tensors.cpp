@@ -1,5 +1,8 @@
 #include "train/tensors.hpp"
 
+#include <sys/mman.h>
+
+#include <cstdlib>
 #include <cstring>
 
 #include "format/torch_archive.hpp"
@@ -52,15 +55,51 @@ std::span<const std::uint8_t> bytes_of(const at::Tensor& tensor) {
   return {static_cast<const std::uint8_t*>(tensor.data_ptr()), tensor.nbytes()};
 }
 
-at::Tensor read_tensor(const checkpoint::Source& source, NodeId tensor_node) {
-  const auto& t = source.graph().tensors[static_cast<std::size_t>(source.graph().at(tensor_node).integer)];
-  const auto options = at::TensorOptions().dtype(to_scalar_type(t.dtype));
-  at::Tensor out = at::empty(t.shape, options);
-  if (out.numel() == 0) return out;
+at::Tensor empty_large(at::IntArrayRef shape, at::ScalarType type) {
+  constexpr std::size_t kHugePage = 2u << 20;
+  std::size_t bytes = c10::elementSize(type);
+  for (std::int64_t d : shape) bytes *= static_cast<std::size_t>(d);
+  if (bytes < 2 * kHugePage) return at::empty(shape, type);
+  const std::size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* memory = std::aligned_alloc(kHugePage, rounded);
+  if (!memory) throw std::bad_alloc();
+  ::madvise(memory, rounded, MADV_HUGEPAGE);  // a hint; without it the memory works the same
+  return at::from_blob(memory, shape, [](void* p) { std::free(p); }, at::TensorOptions().dtype(type));
+}
+
+const pickle::TensorRef& tensor_ref(const checkpoint::Source& source, NodeId tensor_node) {
+  return source.graph().tensors[static_cast<std::size_t>(source.graph().at(tensor_node).integer)];
+}
+
+void read_tensor_into(const checkpoint::Source& source, DirectReader& reader, NodeId tensor_node, const at::Tensor& destination,
+                      const std::string& name) {
+  const auto& t = tensor_ref(source, tensor_node);
+  const at::ScalarType type = to_scalar_type(t.dtype);
+  if (destination.sizes() != at::IntArrayRef(t.shape) || destination.scalar_type() != type || !destination.is_contiguous()) {
+    throw Error(ErrorKind::invalid_argument, source.path, name, "has another shape or dtype than the model's");
+  }
+  if (destination.numel() == 0) return;
   const auto extent = source.tensor_extent(t);
-  // from_blob views the mapped bytes with the stored strides; copy_ gathers them into the owned tensor.
-  const at::Tensor view = at::from_blob(const_cast<std::uint8_t*>(extent.data()), t.shape, t.stride, options);
-  out.copy_(view);
+  std::int64_t expected = 1;
+  bool contiguous = true;
+  for (std::size_t d = t.shape.size(); d-- > 0;) {
+    if (t.shape[d] != 1 && t.stride[d] != expected) contiguous = false;
+    expected *= t.shape[d];
+  }
+  if (contiguous) {
+    const std::uint64_t offset = static_cast<std::uint64_t>(extent.data() - source.file().bytes().data());
+    reader.read_at(offset, {static_cast<std::uint8_t*>(destination.data_ptr()), destination.nbytes()});
+    return;
+  }
+  // A strided view: from_blob views the mapped bytes with the stored strides and copy_ gathers them.
+  const at::Tensor view = at::from_blob(const_cast<std::uint8_t*>(extent.data()), t.shape, t.stride, at::TensorOptions().dtype(type));
+  destination.copy_(view);
+}
+
+at::Tensor read_tensor(const checkpoint::Source& source, DirectReader& reader, NodeId tensor_node) {
+  const auto& t = tensor_ref(source, tensor_node);
+  at::Tensor out = empty_large(t.shape, to_scalar_type(t.dtype));
+  read_tensor_into(source, reader, tensor_node, out, "");
   return out;
 }
 
@@ -152,7 +191,7 @@ NodeId GraphMaker::uint32_array(std::span<const std::uint32_t> values) {
 
 void GraphMaker::write(const std::string& path, NodeId root) {
   graph.set_root(root);
-  torch_archive::write_file(path, graph, [&](std::size_t i, zip::Writer& zip) { zip.append(bytes_of(storages[i])); });
+  torch_archive::write_file(path, graph, [&](std::size_t i, zip::Writer& zip) { zip.append(bytes_of(storages[i])); }, WriteMode::direct);
 }
 
 void GraphReader::bad(const std::string& what) const { throw Error(ErrorKind::corrupt, path, what, "not what the trainer wrote"); }

@@ -12,6 +12,7 @@
 #include "checkpoint/source.hpp"
 #include "format/dtype.hpp"
 #include "format/pickle.hpp"
+#include "util/direct_reader.hpp"
 
 namespace ckpt::train {
 
@@ -21,8 +22,17 @@ DType to_dtype(at::ScalarType type);
 // The bytes of a contiguous CPU tensor.
 std::span<const std::uint8_t> bytes_of(const at::Tensor& tensor);
 
+// An uninitialised contiguous tensor; a large one in memory of its own advised to use transparent huge pages, so
+// that a checkpoint's gigabytes fault in 2 MiB at a time (a 4 KiB page fault costs microseconds under a
+// hypervisor, and torch 1.13's allocator gives no such advice).
+at::Tensor empty_large(at::IntArrayRef shape, at::ScalarType type);
+
 // An owned, contiguous copy of a tensor stored in `source`.
-at::Tensor read_tensor(const checkpoint::Source& source, pickle::NodeId tensor_node);
+at::Tensor read_tensor(const checkpoint::Source& source, DirectReader& reader, pickle::NodeId tensor_node);
+// The same into `destination`, which has the stored tensor's shape and dtype (checked: invalid_argument). A
+// contiguous stored tensor is read straight into it through `reader` (the same file, util/direct_reader.hpp).
+void read_tensor_into(const checkpoint::Source& source, DirectReader& reader, pickle::NodeId tensor_node, const at::Tensor& destination,
+                      const std::string& name);
 
 // Builds the value graph of a file to write; tensors keep a reference to the live (or snapshot) tensor whose
 // bytes become their storage's record.
@@ -42,7 +52,7 @@ class GraphMaker {
   // A numpy array of little-endian uint32 (np.random.get_state()'s key).
   pickle::NodeId uint32_array(std::span<const std::uint32_t> values);
 
-  // Writes the graph rooted at `root` as a torch.save file, atomically.
+  // Writes the graph rooted at `root` as a torch.save file, atomically, with direct I/O (util/atomic_file.hpp).
   void write(const std::string& path, pickle::NodeId root);
 
   pickle::Graph graph;

@@ -152,7 +152,8 @@ void write_weights(const std::string& dir, const Parameters& weights, const Weig
         by_name[tensor_name] = &t;
       }
       safetensors::write_file(path, std::move(layout), {{"format", "pt"}},
-                              [&](const safetensors::OutputTensor& t, AtomicFile& out) { out.write(bytes_of(*by_name.at(t.name))); });
+                              [&](const safetensors::OutputTensor& t, AtomicFile& out) { out.write(bytes_of(*by_name.at(t.name))); },
+                              WriteMode::direct);
     } else {
       // A plain dict per file, as transformers' shard_checkpoint hands torch.save.
       GraphMaker out;
@@ -265,6 +266,9 @@ class Trainer {
   std::optional<double> last_grad_norm_;
   std::map<std::string, double> last_eval_;
 
+  // --async-save copies into these, kept from one checkpoint to the next so that only the first snapshot pays
+  // for fresh memory. Safe to overwrite once the previous write has been waited for.
+  std::vector<at::Tensor> snapshot_buffers_;
   std::thread pending_save_;
   std::exception_ptr pending_error_;
 };
@@ -432,25 +436,24 @@ void Trainer::build() {
 void Trainer::load_weights(const std::string& dir) {
   const auto files = checkpoint::find_weights(dir);
   if (!files) throw Error(ErrorKind::not_found, dir, "", "no weights file");
-  std::map<std::string, at::Tensor> loaded;
+  std::map<std::string, at::Tensor*> wanted;
+  for (auto& [name, param] : model_->parameters()) wanted[name] = &param;
+  at::NoGradGuard no_grad;
   for (const auto& name : files->files) {
     const auto source = checkpoint::load_source((fs::path(dir) / name).string());
     const auto& g = source->graph();
     if (!g.is(g.root(), Kind::dict)) throw Error(ErrorKind::corrupt, source->path, "", "not a state dict");
+    DirectReader reader(source->path);
     const auto& items = g.at(g.root()).items;
     for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
-      if (g.is(items[i], Kind::string) && g.is(items[i + 1], Kind::tensor)) loaded[g.at(items[i]).text] = read_tensor(*source, items[i + 1]);
+      if (!g.is(items[i], Kind::string) || !g.is(items[i + 1], Kind::tensor)) continue;
+      auto it = wanted.find(g.at(items[i]).text);
+      if (it == wanted.end()) continue;
+      read_tensor_into(*source, reader, items[i + 1], *it->second, it->first);  // straight into the parameter
+      wanted.erase(it);
     }
   }
-  at::NoGradGuard no_grad;
-  for (auto& [name, param] : model_->parameters()) {
-    auto it = loaded.find(name);
-    if (it == loaded.end()) throw Error(ErrorKind::corrupt, dir, name, "missing from the checkpoint's weights");
-    if (it->second.sizes() != param.sizes() || it->second.scalar_type() != param.scalar_type()) {
-      throw Error(ErrorKind::invalid_argument, dir, name, "has another shape or dtype than the model's");
-    }
-    param.copy_(it->second);
-  }
+  if (!wanted.empty()) throw Error(ErrorKind::corrupt, dir, wanted.begin()->first, "missing from the checkpoint's weights");
 }
 
 void Trainer::restore(const std::string& dir) {
@@ -568,8 +571,16 @@ void Trainer::log(json::Json record) {
 CheckpointFiles Trainer::collect(bool copy) {
   CheckpointFiles files;
   files.step = state_.global_step;
-  for (const auto& [name, p] : model_->parameters()) files.weights.emplace_back(name, copy ? p.detach().clone() : p.detach());
-  const AdamW optimizer = copy ? optimizer_->snapshot() : *optimizer_;
+  std::size_t slot = 0;
+  auto snapshot = [&](const at::Tensor& t) {
+    if (slot == snapshot_buffers_.size()) snapshot_buffers_.emplace_back();
+    at::Tensor& buffer = snapshot_buffers_[slot++];
+    if (!buffer.defined() || buffer.sizes() != t.sizes() || buffer.scalar_type() != t.scalar_type()) buffer = empty_large(t.sizes(), t.scalar_type());
+    buffer.copy_(t);
+    return buffer;
+  };
+  for (const auto& [name, p] : model_->parameters()) files.weights.emplace_back(name, copy ? snapshot(p.detach()) : p.detach());
+  const AdamW optimizer = copy ? optimizer_->snapshot(snapshot) : *optimizer_;
   files.optimizer_root = optimizer.state_dict(files.optimizer);
   files.scheduler_root = schedule_->state_dict(files.scheduler);
   if (scaler_) {

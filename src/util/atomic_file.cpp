@@ -1,9 +1,12 @@
 #include "util/atomic_file.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <vector>
 
@@ -15,6 +18,21 @@ namespace {
 
 constexpr std::size_t kBufferSize = 1u << 20;
 constexpr std::uint64_t kWritebackStep = 64u << 20;
+// Direct I/O: offsets, lengths and memory aligned to 4096 suit both 512-byte and 4 KiB logical blocks. The
+// buffer is a multiple of 2 MiB so that it can be backed by a transparent huge page.
+constexpr std::size_t kDirectAlignment = 4096;
+constexpr std::size_t kDirectBufferSize = 8u << 20;
+
+void pwrite_all(int fd, const std::uint8_t* data, std::size_t size, std::uint64_t offset, const std::string& path) {
+  while (size > 0) {
+    ssize_t n = ::pwrite(fd, data, size, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail_io(path, "write", errno);
+    data += n;
+    offset += static_cast<std::uint64_t>(n);
+    size -= static_cast<std::size_t>(n);
+  }
+}
 
 void write_all(int fd, const std::uint8_t* data, std::size_t size, const std::string& path) {
   while (size > 0) {
@@ -28,20 +46,60 @@ void write_all(int fd, const std::uint8_t* data, std::size_t size, const std::st
 
 }  // namespace
 
-AtomicFile::AtomicFile(std::string destination) : destination_(std::move(destination)) {
+void AtomicFile::FreeAligned::operator()(std::uint8_t* p) const { std::free(p); }
+
+AtomicFile::AtomicFile(std::string destination, WriteMode mode) : destination_(std::move(destination)) {
   const std::filesystem::path dest(destination_);
   temp_ = (dest.parent_path() / ("." + dest.filename().string() + ".tmp-" + fs_util::unique_suffix())).string();
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) fail_io(temp_, "create", errno);
+  if (mode == WriteMode::direct) {
+    direct_fd_ = ::open(temp_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    if (direct_fd_ >= 0) {
+      void* p = std::aligned_alloc(2u << 20, kDirectBufferSize);
+      if (!p) throw std::bad_alloc();
+      ::madvise(p, kDirectBufferSize, MADV_HUGEPAGE);  // a hint; 4 KiB pages work too
+      aligned_.reset(static_cast<std::uint8_t*>(p));
+      return;
+    }
+  }
   buffer_.reserve(kBufferSize);
 }
 
 AtomicFile::~AtomicFile() {
+  if (direct_fd_ >= 0) ::close(direct_fd_);
   if (fd_ >= 0) ::close(fd_);
   if (!committed_) ::unlink(temp_.c_str());
 }
 
+void AtomicFile::write_direct(std::size_t size) {
+  std::size_t done = 0;
+  while (done < size && direct_fd_ >= 0) {
+    const ssize_t n = ::pwrite(direct_fd_, aligned_.get() + done, size - done, static_cast<off_t>(on_disk_ + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EINVAL) fail_io(destination_, "write", errno);
+    // Refused (EINVAL: the file system does not take this direct write), or short by an unaligned amount (the
+    // disk filled up): the rest goes through the page cache, whose error then names the cause.
+    if (n <= 0 || (static_cast<std::size_t>(n) < size - done && n % static_cast<ssize_t>(kDirectAlignment) != 0)) {
+      if (n > 0) done += static_cast<std::size_t>(n);
+      fall_back_to_buffered();
+      break;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  if (done < size) pwrite_all(fd_, aligned_.get() + done, size - done, on_disk_ + done, destination_);
+  on_disk_ += size;
+  aligned_used_ = 0;
+  if (direct_fd_ < 0 && ::lseek(fd_, static_cast<off_t>(on_disk_), SEEK_SET) < 0) fail_io(destination_, "seek", errno);
+}
+
+void AtomicFile::fall_back_to_buffered() {
+  ::close(direct_fd_);
+  direct_fd_ = -1;
+}
+
 void AtomicFile::flush() {
+  if (direct_fd_ >= 0) return;  // direct mode writes whole buffers; commit writes the partial last one
   if (buffer_.empty()) return;
   write_all(fd_, reinterpret_cast<const std::uint8_t*>(buffer_.data()), buffer_.size(), destination_);
   on_disk_ += buffer_.size();
@@ -57,6 +115,16 @@ void AtomicFile::start_writeback() {
 }
 
 void AtomicFile::write(std::span<const std::uint8_t> bytes) {
+  // Direct mode until the file system refuses it, then the page cache for the rest.
+  while (!bytes.empty() && direct_fd_ >= 0) {
+    const std::size_t n = std::min(bytes.size(), kDirectBufferSize - aligned_used_);
+    std::memcpy(aligned_.get() + aligned_used_, bytes.data(), n);
+    aligned_used_ += n;
+    position_ += n;
+    bytes = bytes.subspan(n);
+    if (aligned_used_ == kDirectBufferSize) write_direct(kDirectBufferSize);
+  }
+  if (bytes.empty() || direct_fd_ >= 0) return;
   position_ += bytes.size();
   if (buffer_.size() + bytes.size() <= kBufferSize) {
     buffer_.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
@@ -75,6 +143,16 @@ void AtomicFile::write(std::span<const std::uint8_t> bytes) {
 void AtomicFile::copy_from(const ReadOnlyFile& source, std::uint64_t offset, std::uint64_t length) {
   if (offset > source.size() || length > source.size() - offset) {
     throw Error(ErrorKind::corrupt, source.path(), "byte " + std::to_string(offset), "copy past the end of the file");
+  }
+  // Direct mode copies through the aligned buffer (the kernel's copy would go through the page cache).
+  while (length > 0 && direct_fd_ >= 0) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(length, kDirectBufferSize - aligned_used_));
+    source.read_at(offset, {aligned_.get() + aligned_used_, n});
+    aligned_used_ += n;
+    position_ += n;
+    offset += n;
+    length -= n;
+    if (aligned_used_ == kDirectBufferSize) write_direct(kDirectBufferSize);
   }
   flush();
   bool kernel_copy = true;
@@ -107,8 +185,22 @@ void AtomicFile::copy_from(const ReadOnlyFile& source, std::uint64_t offset, std
 }
 
 void AtomicFile::commit() {
+  if (direct_fd_ >= 0 && aligned_used_ > 0) {
+    // The tail padded to the alignment, then the file cut back to its length.
+    const std::size_t used = aligned_used_;
+    const std::size_t padded = (used + kDirectAlignment - 1) / kDirectAlignment * kDirectAlignment;
+    std::memset(aligned_.get() + used, 0, padded - used);
+    write_direct(padded);
+    on_disk_ -= padded - used;
+  }
+  // Cuts the padded tail back (only direct mode pads).
+  if (aligned_ && ::ftruncate(fd_, static_cast<off_t>(position_)) != 0) fail_io(destination_, "truncate", errno);
   flush();
   if (::fsync(fd_) != 0) fail_io(destination_, "fsync", errno);
+  if (direct_fd_ >= 0) {
+    ::close(direct_fd_);
+    direct_fd_ = -1;
+  }
   if (::close(fd_) != 0) {
     fd_ = -1;
     fail_io(destination_, "close", errno);
