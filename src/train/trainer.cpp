@@ -13,7 +13,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <exception>
+#include <future>
 #include <filesystem>
 #include <numeric>
 #include <optional>
@@ -117,6 +119,8 @@ struct TrainerState {
 
 struct CheckpointFiles {
   std::int64_t step = 0;
+  // With --async-save: (live tensor, snapshot buffer) pairs still to be copied before writing.
+  std::vector<std::pair<at::Tensor, at::Tensor>> pending_copies;
   Parameters weights;  // contiguous tensors (copies when the save is asynchronous)
   GraphMaker optimizer, scheduler, scaler, rng, arguments;
   NodeId optimizer_root = 0, scheduler_root = 0, scaler_root = 0, rng_root = 0, arguments_root = 0;
@@ -230,6 +234,8 @@ class Trainer {
   CheckpointFiles collect(bool copy);
   void commit(CheckpointFiles files);
   void wait_for_pending_save();
+  // Before anything modifies parameters or optimizer state: the asynchronous save's copy of them is done.
+  void wait_for_snapshot();
   void finish();
   void load_weights(const std::string& dir);
 
@@ -269,6 +275,9 @@ class Trainer {
   // --async-save copies into these, kept from one checkpoint to the next so that only the first snapshot pays
   // for fresh memory. Safe to overwrite once the previous write has been waited for.
   std::vector<at::Tensor> snapshot_buffers_;
+  // Set while the background thread copies parameters and optimizer state: the next optimizer step, the only
+  // thing that modifies them, waits for it; the forward and backward passes run meanwhile.
+  std::shared_future<void> snapshot_copied_;
   std::thread pending_save_;
   std::exception_ptr pending_error_;
 };
@@ -521,6 +530,7 @@ void Trainer::train_step(const at::Tensor& inputs, const at::Tensor& labels) {
   const double max_norm = get_number(args_, "max_grad_norm");
   last_grad_norm_.reset();
   if (max_norm > 0) last_grad_norm_ = clip_grad_norm(params, max_norm).item<double>();
+  wait_for_snapshot();
   if (!found_inf) {
     optimizer_->step(params);
     optimizer_->learning_rates().assign(optimizer_->groups().size(), schedule_->step());
@@ -576,7 +586,7 @@ CheckpointFiles Trainer::collect(bool copy) {
     if (slot == snapshot_buffers_.size()) snapshot_buffers_.emplace_back();
     at::Tensor& buffer = snapshot_buffers_[slot++];
     if (!buffer.defined() || buffer.sizes() != t.sizes() || buffer.scalar_type() != t.scalar_type()) buffer = empty_large(t.sizes(), t.scalar_type());
-    buffer.copy_(t);
+    files.pending_copies.emplace_back(t, buffer);
     return buffer;
   };
   for (const auto& [name, p] : model_->parameters()) files.weights.emplace_back(name, copy ? snapshot(p.detach()) : p.detach());
@@ -641,8 +651,17 @@ void Trainer::commit(CheckpointFiles files) {
   }
 }
 
+void Trainer::wait_for_snapshot() {
+  if (!snapshot_copied_.valid()) return;
+  const auto start = Clock::now();
+  snapshot_copied_.wait();
+  snapshot_copied_ = {};
+  result_.save_stall_seconds.back() += seconds_since(start);
+}
+
 void Trainer::wait_for_pending_save() {
   if (pending_save_.joinable()) pending_save_.join();
+  snapshot_copied_ = {};
   if (pending_error_) std::rethrow_exception(std::exchange(pending_error_, nullptr));
 }
 
@@ -661,6 +680,7 @@ void Trainer::save_checkpoint(const std::map<std::string, double>& metrics) {
   }
   const bool async = get_bool(args_, "async_save");
   const auto start = Clock::now();
+  wait_for_snapshot();
   wait_for_pending_save();
   CheckpointFiles files = collect(async);
   if (!async) {
@@ -671,9 +691,14 @@ void Trainer::save_checkpoint(const std::map<std::string, double>& metrics) {
     return;
   }
   result_.save_stall_seconds.push_back(seconds_since(start));
+  std::promise<void> copied;
+  snapshot_copied_ = copied.get_future().share();
   // The background thread alone touches result_'s checkpoint lists until it is joined.
-  pending_save_ = std::thread([this, files = std::move(files)]() mutable {
+  pending_save_ = std::thread([this, files = std::move(files), copied = std::move(copied)]() mutable {
     const auto write_start = Clock::now();
+    for (const auto& [live, buffer] : files.pending_copies) std::memcpy(buffer.data_ptr(), live.data_ptr(), live.nbytes());
+    files.pending_copies.clear();
+    copied.set_value();
     try {
       commit(std::move(files));
       result_.save_write_seconds.push_back(seconds_since(write_start));
