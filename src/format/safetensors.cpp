@@ -170,9 +170,9 @@ Header read_header(const std::string& path) {
 }
 
 void write_file(const std::string& path, std::vector<OutputTensor> tensors, const std::vector<std::pair<std::string, std::string>>& metadata,
-                const std::function<void(const OutputTensor& tensor, AtomicFile& out)>& write_tensor, WriteMode mode) {
+                const std::function<void(const OutputTensor& tensor, AtomicFile& out)>& write_tensor, WriteOptions options) {
   const std::string header = make_header(tensors, metadata);
-  AtomicFile out(path, mode);
+  AtomicFile out(path, options);
   out.write(header);
   for (const auto& t : tensors) write_tensor(t, out);
   out.commit();

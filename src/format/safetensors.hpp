@@ -60,7 +60,7 @@ std::string make_header(std::vector<OutputTensor>& tensors, const std::vector<st
 // Writes a whole file atomically (util/atomic_file.hpp): the header, then each tensor's bytes, which
 // `write_tensor` appends to `out` when called for it, in file order.
 void write_file(const std::string& path, std::vector<OutputTensor> tensors, const std::vector<std::pair<std::string, std::string>>& metadata,
-                const std::function<void(const OutputTensor& tensor, AtomicFile& out)>& write_tensor, WriteMode mode = WriteMode::buffered);
+                const std::function<void(const OutputTensor& tensor, AtomicFile& out)>& write_tensor, WriteOptions options = {});
 
 // The bytes of one tensor, a view into `file`.
 inline std::span<const std::uint8_t> tensor_bytes(std::span<const std::uint8_t> file, const Header& header,

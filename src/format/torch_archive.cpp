@@ -160,8 +160,8 @@ std::optional<std::uint64_t> numel(const std::vector<std::int64_t>& shape) {
 }
 
 void write_file(const std::string& path, const pickle::Graph& graph,
-                const std::function<void(std::size_t storage, zip::Writer& zip)>& write_storage, WriteMode mode) {
-  AtomicFile out(path, mode);
+                const std::function<void(std::size_t storage, zip::Writer& zip)>& write_storage, WriteOptions options) {
+  AtomicFile out(path, options);
   zip::Writer zip(out);
   const std::string prefix = std::filesystem::path(path).stem().string() + "/";
   zip.add(prefix + "data.pkl", pickle::write(graph, graph.root()));

@@ -189,9 +189,9 @@ NodeId GraphMaker::uint32_array(std::span<const std::uint32_t> values) {
   return graph.add(std::move(n));
 }
 
-void GraphMaker::write(const std::string& path, NodeId root) {
+void GraphMaker::write(const std::string& path, NodeId root, bool durable) {
   graph.set_root(root);
-  torch_archive::write_file(path, graph, [&](std::size_t i, zip::Writer& zip) { zip.append(bytes_of(storages[i])); }, WriteMode::direct);
+  torch_archive::write_file(path, graph, [&](std::size_t i, zip::Writer& zip) { zip.append(bytes_of(storages[i])); }, {.direct = true, .durable = durable});
 }
 
 void GraphReader::bad(const std::string& what) const { throw Error(ErrorKind::corrupt, path, what, "not what the trainer wrote"); }

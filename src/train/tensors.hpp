@@ -52,8 +52,9 @@ class GraphMaker {
   // A numpy array of little-endian uint32 (np.random.get_state()'s key).
   pickle::NodeId uint32_array(std::span<const std::uint32_t> values);
 
-  // Writes the graph rooted at `root` as a torch.save file, atomically, with direct I/O (util/atomic_file.hpp).
-  void write(const std::string& path, pickle::NodeId root);
+  // Writes the graph rooted at `root` as a torch.save file, atomically, with direct I/O (util/atomic_file.hpp);
+  // `durable` false inside a staging directory whose files the caller fsyncs (util/atomic_file.hpp).
+  void write(const std::string& path, pickle::NodeId root, bool durable);
 
   pickle::Graph graph;
   std::vector<at::Tensor> storages;  // parallel to graph.storages

@@ -134,7 +134,9 @@ struct WeightsOptions {
   std::optional<std::uint64_t> max_shard_size;
 };
 
-void write_weights(const std::string& dir, const Parameters& weights, const WeightsOptions& options) {
+// `durable` false: `dir` is a staging directory whose files the caller fsyncs before renaming it.
+void write_weights(const std::string& dir, const Parameters& weights, const WeightsOptions& options, bool durable) {
+  const WriteOptions write_options{.direct = true, .durable = durable};
   const auto format = options.safetensors ? checkpoint::WeightsFormat::safetensors : checkpoint::WeightsFormat::pytorch;
   std::vector<std::uint64_t> sizes;
   std::uint64_t total = 0;
@@ -157,7 +159,7 @@ void write_weights(const std::string& dir, const Parameters& weights, const Weig
       }
       safetensors::write_file(path, std::move(layout), {{"format", "pt"}},
                               [&](const safetensors::OutputTensor& t, AtomicFile& out) { out.write(bytes_of(*by_name.at(t.name))); },
-                              WriteMode::direct);
+                              write_options);
     } else {
       // A plain dict per file, as transformers' shard_checkpoint hands torch.save.
       GraphMaker out;
@@ -166,34 +168,39 @@ void write_weights(const std::string& dir, const Parameters& weights, const Weig
         items.push_back(out.text(weights[i].first));
         items.push_back(out.tensor(weights[i].second));
       }
-      out.write(path, out.dict(std::move(items)));
+      out.write(path, out.dict(std::move(items)), durable);
     }
     for (std::size_t i : shards[k]) index.emplace_back(weights[i].first, name);
   }
   if (shards.size() > 1) {
-    AtomicFile out((fs::path(dir) / checkpoint::index_name(format)).string());
+    AtomicFile out((fs::path(dir) / checkpoint::index_name(format)).string(), write_options);
     out.write(checkpoint::index_json(total, std::move(index)));
     out.commit();
   }
 }
 
-void write_text(const std::string& path, const std::string& text) {
-  AtomicFile out(path);
+void write_text(const std::string& path, const std::string& text, bool durable) {
+  AtomicFile out(path, {.durable = durable});
   out.write(text);
   out.commit();
 }
 
 void write_checkpoint_files(const std::string& dir, CheckpointFiles& files, const WeightsOptions& options) {
   const fs::path d(dir);
-  write_weights(dir, files.weights, options);
-  files.optimizer.write((d / "optimizer.pt").string(), files.optimizer_root);
-  files.scheduler.write((d / "scheduler.pt").string(), files.scheduler_root);
-  if (files.has_scaler) files.scaler.write((d / "scaler.pt").string(), files.scaler_root);
-  files.rng.write((d / "rng_state.pth").string(), files.rng_root);
-  files.arguments.write((d / "training_args.bin").string(), files.arguments_root);
-  write_text((d / "config.json").string(), files.config);
+  write_weights(dir, files.weights, options, false);
+  files.optimizer.write((d / "optimizer.pt").string(), files.optimizer_root, false);
+  files.scheduler.write((d / "scheduler.pt").string(), files.scheduler_root, false);
+  if (files.has_scaler) files.scaler.write((d / "scaler.pt").string(), files.scaler_root, false);
+  files.rng.write((d / "rng_state.pth").string(), files.rng_root, false);
+  files.arguments.write((d / "training_args.bin").string(), files.arguments_root, false);
+  write_text((d / "config.json").string(), files.config, false);
   // Last: a checkpoint counts as complete once its weights and trainer_state.json are there.
-  write_text((d / "trainer_state.json").string(), files.trainer_state);
+  write_text((d / "trainer_state.json").string(), files.trainer_state, false);
+  // Every file durable, then the directory: only then may it be renamed into place.
+  std::vector<std::string> paths;
+  for (const auto& entry : fs::directory_iterator(d)) paths.push_back(entry.path().string());
+  fs_util::fsync_files(paths);
+  fs_util::fsync_directory(dir);
 }
 
 // ---- the trainer ----
@@ -626,7 +633,6 @@ void Trainer::commit(CheckpointFiles files) {
   if (ec) throw Error(ErrorKind::io, staging, "", "cannot create the staging directory: " + ec.message());
   try {
     write_checkpoint_files(staging, files, weights_options_);
-    fs_util::fsync_directory(staging);
     RunLock lock(run_dir_, true);
     const std::string final_path = (run / name).string();
     std::string replaced;
@@ -788,10 +794,10 @@ void Trainer::finish() {
   for (const auto& [k, v] : last_eval_) result_.final_metrics[k] = v;
   log(std::move(record));
   CheckpointFiles files = collect(false);
-  write_weights(run_dir_, files.weights, weights_options_);
-  write_text((fs::path(run_dir_) / "config.json").string(), files.config);
-  files.arguments.write((fs::path(run_dir_) / "training_args.bin").string(), files.arguments_root);
-  write_text((fs::path(run_dir_) / "trainer_state.json").string(), files.trainer_state);
+  write_weights(run_dir_, files.weights, weights_options_, true);
+  write_text((fs::path(run_dir_) / "config.json").string(), files.config, true);
+  files.arguments.write((fs::path(run_dir_) / "training_args.bin").string(), files.arguments_root, true);
+  write_text((fs::path(run_dir_) / "trainer_state.json").string(), files.trainer_state, true);
 }
 
 void Trainer::run() {

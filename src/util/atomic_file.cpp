@@ -48,12 +48,13 @@ void write_all(int fd, const std::uint8_t* data, std::size_t size, const std::st
 
 void AtomicFile::FreeAligned::operator()(std::uint8_t* p) const { std::free(p); }
 
-AtomicFile::AtomicFile(std::string destination, WriteMode mode) : destination_(std::move(destination)) {
+AtomicFile::AtomicFile(std::string destination, WriteOptions options)
+    : destination_(std::move(destination)), durable_(options.durable) {
   const std::filesystem::path dest(destination_);
   temp_ = (dest.parent_path() / ("." + dest.filename().string() + ".tmp-" + fs_util::unique_suffix())).string();
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) fail_io(temp_, "create", errno);
-  if (mode == WriteMode::direct) {
+  if (options.direct) {
     direct_fd_ = ::open(temp_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
     if (direct_fd_ >= 0) {
       void* p = std::aligned_alloc(2u << 20, kDirectBufferSize);
@@ -196,7 +197,7 @@ void AtomicFile::commit() {
   // Cuts the padded tail back (only direct mode pads).
   if (aligned_ && ::ftruncate(fd_, static_cast<off_t>(position_)) != 0) fail_io(destination_, "truncate", errno);
   flush();
-  if (::fsync(fd_) != 0) fail_io(destination_, "fsync", errno);
+  if (durable_ && ::fsync(fd_) != 0) fail_io(destination_, "fsync", errno);
   if (direct_fd_ >= 0) {
     ::close(direct_fd_);
     direct_fd_ = -1;
@@ -206,7 +207,11 @@ void AtomicFile::commit() {
     fail_io(destination_, "close", errno);
   }
   fd_ = -1;
-  fs_util::durable_rename(temp_, destination_);
+  if (durable_) {
+    fs_util::durable_rename(temp_, destination_);
+  } else if (::rename(temp_.c_str(), destination_.c_str()) != 0) {
+    fail_io(destination_, "rename", errno);
+  }
   committed_ = true;
 }
 

@@ -2,10 +2,13 @@
 // destination, and commit() fsyncs it, renames it over the destination and fsyncs the directory. Destroying an
 // AtomicFile that was not committed removes the temporary file; a destructor never commits.
 //
-// WriteMode::direct is for large files written from memory (the trainer's checkpoints): bytes are gathered in
-// an aligned buffer and written with O_DIRECT, bypassing the page cache, whose page allocation and copying
+// WriteOptions::direct is for large files written from memory (the trainer's checkpoints): bytes are gathered
+// in an aligned buffer and written with O_DIRECT, bypassing the page cache, whose page allocation and copying
 // cost more than the disk write itself; the tail is padded to the block size and the file truncated back.
 // Where the file system refuses O_DIRECT (tmpfs) the file is written buffered instead.
+// WriteOptions::durable false makes commit() only rename: the caller fsyncs the file (fs_util::fsync_files)
+// and its directory later, for files written into a staging directory that becomes visible only when renamed
+// whole, after every file in it is durable. Their fsyncs then overlap instead of each waiting its turn.
 #pragma once
 
 #include <cstdint>
@@ -17,11 +20,14 @@
 
 namespace ckpt {
 
-enum class WriteMode { buffered, direct };
+struct WriteOptions {
+  bool direct = false;
+  bool durable = true;
+};
 
 class AtomicFile {
  public:
-  explicit AtomicFile(std::string destination, WriteMode mode = WriteMode::buffered);
+  explicit AtomicFile(std::string destination, WriteOptions options = {});
   ~AtomicFile();
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
@@ -58,6 +64,7 @@ class AtomicFile {
   std::uint64_t written_back_ = 0;  // bytes whose writeback was started
   std::string buffer_;  // small writes are gathered here; large ones go straight through
   bool committed_ = false;
+  bool durable_ = true;
   int direct_fd_ = -1;  // the temporary file opened with O_DIRECT, in direct mode
   struct FreeAligned {
     void operator()(std::uint8_t* p) const;

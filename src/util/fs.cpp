@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 #include <filesystem>
+#include <thread>
 
 #include "util/atomic_file.hpp"
 #include "util/error.hpp"
@@ -23,6 +24,26 @@ void fsync_directory(const std::string& dir) {
     fail_io(dir, "fsync directory", e);
   }
   ::close(fd);
+}
+
+void fsync_files(const std::vector<std::string>& paths) {
+  std::vector<int> errors(paths.size(), 0);
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    threads.emplace_back([&, i] {
+      const int fd = ::open(paths[i].c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) {
+        errors[i] = errno;
+        return;
+      }
+      if (::fsync(fd) != 0) errors[i] = errno;
+      ::close(fd);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    if (errors[i] != 0) fail_io(paths[i], "fsync", errors[i]);
+  }
 }
 
 void durable_rename(const std::string& from, const std::string& to) {

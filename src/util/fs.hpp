@@ -3,11 +3,16 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace ckpt::fs_util {
 
 // fsync on a directory, so that renames and creations inside it survive a crash.
 void fsync_directory(const std::string& dir);
+
+// fsync of each file, all at once from as many threads (so that their device flushes overlap). Throws Error
+// (io) naming the first file that failed.
+void fsync_files(const std::vector<std::string>& paths);
 
 // rename(2) then fsync of the destination's directory. Throws Error (io, not_found) naming `from`.
 void durable_rename(const std::string& from, const std::string& to);

@@ -49,11 +49,13 @@ TEST_CASE("AtomicFile in direct mode writes exactly the bytes given, whatever th
     std::ofstream(dir / "source", std::ios::binary).write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
   }
   const ReadOnlyFile source((dir / "source").string());
+  std::size_t k = 0;
   for (const auto& sizes : std::vector<std::vector<std::size_t>>{{1}, {4096}, {3, 5000, 1 << 20}, {9u << 20}, {(8u << 20) - 1, 2}}) {
+    ++k;
     for (std::size_t length : {std::size_t{0}, std::size_t{1}, std::size_t{4096}, std::size_t{70000}, data.size()}) {
       if (sizes == std::vector<std::size_t>{1} && length > 70000) continue;  // byte-at-a-time over megabytes is slow
       const std::vector<std::uint8_t> part(data.begin(), data.begin() + static_cast<std::ptrdiff_t>(length));
-      AtomicFile out((dir / "out").string(), WriteMode::direct);
+      AtomicFile out((dir / "out").string(), {.direct = true, .durable = k % 2 == 0});
       write_pieces(out, part, source, sizes);
       CHECK(out.position() == length);
       out.commit();
@@ -79,7 +81,7 @@ TEST_CASE("AtomicFile in direct mode falls back to the page cache where O_DIRECT
   std::filesystem::create_directories(dir);
   const auto data = random_bytes((8u << 20) + 999, 11);
   {
-    AtomicFile out((dir / "out").string(), WriteMode::direct);
+    AtomicFile out((dir / "out").string(), {.direct = true});
     out.write(data);
     out.commit();
   }
