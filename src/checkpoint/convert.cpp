@@ -35,6 +35,9 @@ using pickle::NodeId;
 namespace {
 
 constexpr std::size_t kChunk = 4u << 20;
+// Outputs are written with direct I/O (util/atomic_file.hpp): converting gigabytes should neither pay for nor
+// evict page cache.
+constexpr WriteOptions kOutput{.direct = true};
 
 // ---- weights: named tensors of a state dict ----
 
@@ -221,7 +224,7 @@ void write_safetensors_file(const std::string& path, std::vector<SafetensorsItem
     } else {
       sink.write({reinterpret_cast<const std::uint8_t*>(item.array->data.data()), item.array->data.size()});
     }
-  });
+  }, kOutput);
 }
 
 // ---- torch output ----
@@ -240,7 +243,7 @@ void write_torch_file(const std::string& path, const Graph& g, const std::vector
     ZipSink sink(zip);
     write_contiguous(sink, fill.source->file(), fill.source->storage_offsets[fill.source_storage], g.storages[i].numel, fill.from,
                      g.storages[i].dtype, fill.zero_dim, progress);
-  });
+  }, kOutput);
 }
 
 // Copies tensors of source graphs into `g` (storages shared as in the sources, optionally cast).
