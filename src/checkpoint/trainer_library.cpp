@@ -57,8 +57,11 @@ train::EntryFunction load_entry() {
 
 train::TrainResult run_trainer(const train::TrainRequest& request) {
   const train::EntryFunction entry = load_entry();
+  train::TrainRequest checked = request;
+  checked.request_size = sizeof(train::TrainRequest);
+  checked.result_size = sizeof(train::TrainResult);
   train::TrainResult result;
-  entry(request, result);
+  entry(checked, result);
   if (result.error) {
     const auto& e = *result.error;
     throw Error(static_cast<ErrorKind>(e.kind), e.path, e.where, e.what);

@@ -4,6 +4,10 @@
 // as exceptions: the library returns them in TrainResult::error.
 #pragma once
 
+#ifndef CKPT_VERSION
+#error "CKPT_VERSION must be defined by the build"
+#endif
+
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -34,7 +38,11 @@ struct TrainEvent {
 };
 
 struct TrainRequest {
+  // Checked by the library before it touches anything else: a library from another build is refused.
   int api_version = kApiVersion;
+  std::size_t request_size = 0;  // run_trainer sets both to this build's sizeof
+  std::size_t result_size = 0;
+  const char* build = CKPT_VERSION;
   TrainMode mode = TrainMode::save;
   std::string run_dir;                // resume: the run directory
   std::optional<std::string> from;    // resume: checkpoint-N (in run_dir) or a checkpoint directory's path

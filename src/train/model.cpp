@@ -26,6 +26,9 @@ ModelConfig ModelConfig::from_arguments(const Arguments& args) {
   check(c.num_layers >= 0 && c.num_layers <= 1000, "num_layers", "must be between 0 and 1000");
   check(c.num_labels >= 2 && c.num_labels <= kMaxWidth, "num_labels", "must be between 2 and 1048576");
   check(c.dropout >= 0 && c.dropout < 1, "dropout", "must be in [0, 1)");
+  std::int64_t parameters = 0;
+  for (const auto& [name, shape] : c.parameter_shapes()) parameters += shape.size() == 2 ? shape[0] * shape[1] : shape[0];
+  check(parameters <= (std::int64_t{1} << 34), "hidden_size", "more than 2^34 parameters");
   return c;
 }
 
@@ -80,17 +83,26 @@ std::pair<at::Tensor, at::Tensor> make_linear(std::int64_t in, std::int64_t out)
 
 }  // namespace
 
-MLP::MLP(const ModelConfig& config) : config_(config) {
-  std::int64_t width = config.input_size;
-  for (std::int64_t i = 0; i < config.num_layers; ++i) {
-    auto [w, b] = make_linear(width, config.hidden_size);
-    parameters_.emplace_back("hidden." + std::to_string(i) + ".weight", w);
-    parameters_.emplace_back("hidden." + std::to_string(i) + ".bias", b);
-    width = config.hidden_size;
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> ModelConfig::parameter_shapes() const {
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> shapes;
+  std::int64_t width = input_size;
+  for (std::int64_t i = 0; i < num_layers; ++i) {
+    shapes.push_back({"hidden." + std::to_string(i) + ".weight", {hidden_size, width}});
+    shapes.push_back({"hidden." + std::to_string(i) + ".bias", {hidden_size}});
+    width = hidden_size;
   }
-  auto [w, b] = make_linear(width, config.num_labels);
-  parameters_.emplace_back("classifier.weight", w);
-  parameters_.emplace_back("classifier.bias", b);
+  shapes.push_back({"classifier.weight", {num_labels, width}});
+  shapes.push_back({"classifier.bias", {num_labels}});
+  return shapes;
+}
+
+MLP::MLP(const ModelConfig& config) : config_(config) {
+  const auto shapes = config.parameter_shapes();
+  for (std::size_t i = 0; i < shapes.size(); i += 2) {
+    auto [w, b] = make_linear(shapes[i].second[1], shapes[i].second[0]);
+    parameters_.emplace_back(shapes[i].first, w);
+    parameters_.emplace_back(shapes[i + 1].first, b);
+  }
 }
 
 at::Tensor MLP::forward(const at::Tensor& inputs, bool training) const {

@@ -42,6 +42,8 @@ struct ModelConfig {
   // Throws corrupt naming `path` when config.json is not a ckpt-mlp config.
   static ModelConfig from_json(const json::Json& config, const std::string& path);
   bool operator==(const ModelConfig&) const = default;
+  // The parameters' names and shapes in state-dict order (see MLP::parameters).
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> parameter_shapes() const;
 };
 
 class MLP {

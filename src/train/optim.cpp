@@ -108,7 +108,7 @@ void AdamW::load_state_dict(const checkpoint::Source& source, NodeId root, const
     }
   }
   const auto items = in.items(in.get(root, "state"), Kind::dict, "state");
-  DirectReader reader(source.path);
+  DirectReader reader(source.file().file());
   state_.assign(parameters.size(), std::nullopt);
   state_order_.clear();
   for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
@@ -116,23 +116,16 @@ void AdamW::load_state_dict(const checkpoint::Source& source, NodeId root, const
     const std::string where = "state." + std::to_string(k);
     if (k < 0 || static_cast<std::size_t>(k) >= order.size() || state_[order[static_cast<std::size_t>(k)]]) in.bad(where);
     const std::size_t index = order[static_cast<std::size_t>(k)];
-    ParamState s;
-    auto tensor = [&](const char* key) {
+    const auto& param = parameters[index].second;
+    auto tensor = [&](const char* key, at::IntArrayRef shape) {
       const NodeId node = in.get(items[i + 1], key);
       in.expect(node, Kind::tensor, where + "." + key);
-      return read_tensor(source, reader, node);
+      return read_tensor_as(source, reader, node, shape, at::kFloat, where + "." + key + " (parameter '" + parameters[index].first + "')");
     };
-    s.step = tensor("step");
-    s.exp_avg = tensor("exp_avg");
-    s.exp_avg_sq = tensor("exp_avg_sq");
-    const auto& param = parameters[index].second;
-    if (s.step.numel() != 1 || s.step.scalar_type() != at::kFloat) in.bad(where + ".step");
-    s.step = s.step.reshape({});
-    for (const at::Tensor* t : {&s.exp_avg, &s.exp_avg_sq}) {
-      if (t->sizes() != param.sizes() || t->scalar_type() != param.scalar_type()) {
-        throw Error(ErrorKind::invalid_argument, source.path, where, "does not match parameter '" + parameters[index].first + "'");
-      }
-    }
+    ParamState s;
+    s.step = tensor("step", {});
+    s.exp_avg = tensor("exp_avg", param.sizes());
+    s.exp_avg_sq = tensor("exp_avg_sq", param.sizes());
     state_[index] = std::move(s);
     state_order_.push_back(index);
   }

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <cstring>
 #include <mutex>
 
 #include "util/error.hpp"
@@ -27,6 +28,27 @@ void torch_manual_seed(std::uint64_t seed) {
   std::lock_guard<std::mutex> lock(generator.mutex());
   generator.set_current_seed(seed);
 }
+
+namespace {
+
+// torch 1.13's CPUGeneratorImplState: a legacy THGeneratorState {u64 the_initial_seed; i32 left; i32 seeded;
+// u64 next; u64 state[624]; ...} first. set_state accepts left in [1, 624] and next <= 624 separately, but its
+// mt19937 then reads state[next] up to 624 - left more times: only left + next == 625 (after a draw) or
+// (1, 0) (freshly seeded) keep those reads inside the array.
+void check_torch_rng_state(const at::Tensor& state, const std::string& path) {
+  const auto* bytes = state.data_ptr<std::uint8_t>();
+  std::int32_t left = 0;
+  std::int32_t seeded = 0;
+  std::uint64_t next = 0;
+  std::memcpy(&left, bytes + 8, 4);
+  std::memcpy(&seeded, bytes + 12, 4);
+  std::memcpy(&next, bytes + 16, 8);
+  const bool drawn = left >= 1 && left <= 624 && next == static_cast<std::uint64_t>(625 - left);
+  const bool fresh = left == 1 && next == 0;
+  if (seeded != 1 || !(drawn || fresh)) throw Error(ErrorKind::corrupt, path, "cpu", "not a valid torch generator state");
+}
+
+}  // namespace
 
 NodeId rng_state_dict(GraphMaker& out, const RngStates& states) {
   std::vector<NodeId> words;
@@ -75,9 +97,9 @@ RngStates load_rng_states(const checkpoint::Source& source) {
 
   const NodeId cpu = in.get(root, "cpu");
   in.expect(cpu, Kind::tensor, "cpu");
-  DirectReader reader(source.path);
-  states.cpu = read_tensor(source, reader, cpu);
-  if (states.cpu.scalar_type() != at::kByte || states.cpu.dim() != 1) in.bad("cpu");
+  DirectReader reader(source.file().file());
+  states.cpu = read_tensor_as(source, reader, cpu, {torch_rng_state().numel()}, at::kByte, "cpu");
+  check_torch_rng_state(states.cpu, source.path);
   return states;
 }
 

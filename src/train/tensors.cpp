@@ -96,10 +96,14 @@ void read_tensor_into(const checkpoint::Source& source, DirectReader& reader, No
   destination.copy_(view);
 }
 
-at::Tensor read_tensor(const checkpoint::Source& source, DirectReader& reader, NodeId tensor_node) {
+at::Tensor read_tensor_as(const checkpoint::Source& source, DirectReader& reader, NodeId tensor_node, at::IntArrayRef shape,
+                          at::ScalarType type, const std::string& name) {
   const auto& t = tensor_ref(source, tensor_node);
-  at::Tensor out = empty_large(t.shape, to_scalar_type(t.dtype));
-  read_tensor_into(source, reader, tensor_node, out, "");
+  if (at::IntArrayRef(t.shape) != shape || to_scalar_type(t.dtype) != type) {
+    throw Error(ErrorKind::invalid_argument, source.path, name, "has another shape or dtype than expected");
+  }
+  at::Tensor out = empty_large(shape, type);
+  read_tensor_into(source, reader, tensor_node, out, name);
   return out;
 }
 

@@ -27,8 +27,10 @@ std::span<const std::uint8_t> bytes_of(const at::Tensor& tensor);
 // hypervisor, and torch 1.13's allocator gives no such advice).
 at::Tensor empty_large(at::IntArrayRef shape, at::ScalarType type);
 
-// An owned, contiguous copy of a tensor stored in `source`.
-at::Tensor read_tensor(const checkpoint::Source& source, DirectReader& reader, pickle::NodeId tensor_node);
+// An owned, contiguous copy of a tensor stored in `source`, which must have `shape` and `type` (checked before
+// anything is allocated, so a hostile file cannot make it large: invalid_argument naming `name`).
+at::Tensor read_tensor_as(const checkpoint::Source& source, DirectReader& reader, pickle::NodeId tensor_node, at::IntArrayRef shape,
+                          at::ScalarType type, const std::string& name);
 // The same into `destination`, which has the stored tensor's shape and dtype (checked: invalid_argument). A
 // contiguous stored tensor is read straight into it through `reader` (the same file, util/direct_reader.hpp).
 void read_tensor_into(const checkpoint::Source& source, DirectReader& reader, pickle::NodeId tensor_node, const at::Tensor& destination,

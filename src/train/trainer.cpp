@@ -11,6 +11,7 @@
 // uninterrupted run had them after step S.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -135,7 +136,8 @@ struct WeightsOptions {
 };
 
 // `durable` false: `dir` is a staging directory whose files the caller fsyncs before renaming it.
-void write_weights(const std::string& dir, const Parameters& weights, const WeightsOptions& options, bool durable) {
+// Returns the names of the files written.
+std::vector<std::string> write_weights(const std::string& dir, const Parameters& weights, const WeightsOptions& options, bool durable) {
   const WriteOptions write_options{.direct = true, .durable = durable};
   const auto format = options.safetensors ? checkpoint::WeightsFormat::safetensors : checkpoint::WeightsFormat::pytorch;
   std::vector<std::uint64_t> sizes;
@@ -172,11 +174,17 @@ void write_weights(const std::string& dir, const Parameters& weights, const Weig
     }
     for (std::size_t i : shards[k]) index.emplace_back(weights[i].first, name);
   }
+  std::vector<std::string> written;
+  for (const auto& [tensor, file] : index) {
+    if (written.empty() || written.back() != file) written.push_back(file);
+  }
   if (shards.size() > 1) {
     AtomicFile out((fs::path(dir) / checkpoint::index_name(format)).string(), write_options);
     out.write(checkpoint::index_json(total, std::move(index)));
     out.commit();
+    written.push_back(checkpoint::index_name(format));
   }
+  return written;
 }
 
 void write_text(const std::string& path, const std::string& text, bool durable) {
@@ -287,7 +295,33 @@ class Trainer {
   std::shared_future<void> snapshot_copied_;
   std::thread pending_save_;
   std::exception_ptr pending_error_;
+  bool stopped_early_ = false;  // by Ctrl-C, before max_steps
 };
+
+// Before the model is built: the weights files hold every parameter config.json describes, with its shape and
+// float32. So a hostile config.json cannot make resume allocate more than the weights files hold.
+void check_weights_match(const std::string& dir, const ModelConfig& config) {
+  const auto files = checkpoint::find_weights(dir);
+  if (!files) throw Error(ErrorKind::corrupt, dir, "", "no weights file");
+  std::map<std::string, std::pair<std::vector<std::int64_t>, DType>> stored;
+  for (const auto& name : files->files) {
+    const auto source = checkpoint::load_source((fs::path(dir) / name).string());
+    const auto& g = source->graph();
+    if (!g.is(g.root(), Kind::dict)) throw Error(ErrorKind::corrupt, source->path, "", "not a state dict");
+    const auto& items = g.at(g.root()).items;
+    for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
+      if (!g.is(items[i], Kind::string) || !g.is(items[i + 1], Kind::tensor)) continue;
+      const auto& t = g.tensors[static_cast<std::size_t>(g.at(items[i + 1]).integer)];
+      stored[g.at(items[i]).text] = {t.shape, t.dtype};
+    }
+  }
+  for (const auto& [name, shape] : config.parameter_shapes()) {
+    auto it = stored.find(name);
+    if (it == stored.end() || it->second.first != shape || it->second.second != DType::float32) {
+      throw Error(ErrorKind::invalid_argument, dir, name, "the weights do not match config.json's model");
+    }
+  }
+}
 
 void Trainer::prepare_arguments() {
   if (request_.mode == TrainMode::save) {
@@ -343,6 +377,7 @@ void Trainer::prepare_arguments() {
   // config.json decides the model; a model flag given now must agree with it.
   const std::string config_path = (fs::path(dir) / "config.json").string();
   const ModelConfig config = ModelConfig::from_json(json::parse_file(config_path), config_path);
+  check_weights_match(dir, config);
   const Arguments model_args{{"input_size", config.input_size}, {"hidden_size", config.hidden_size}, {"num_layers", config.num_layers},
                              {"num_labels", config.num_labels}, {"dropout", config.dropout}};
   for (const auto& [key, value] : model_args) {
@@ -375,6 +410,12 @@ void Trainer::validate_arguments() const {
   }
   positive("warmup_steps", true);
   positive("eval_steps", true);
+  // Bounds that keep a hostile training_args.bin from exhausting memory or threads.
+  const std::int64_t examples = get_int(args_, "train_examples") + get_int(args_, "eval_examples");
+  if (examples > (std::int64_t{1} << 31) / get_int(args_, "input_size")) {
+    throw Error(ErrorKind::invalid_argument, "", "--train-examples", "the synthetic data would exceed 2^31 values");
+  }
+  if (get_optional_int(args_, "threads").value_or(1) > 1024) throw Error(ErrorKind::invalid_argument, "", "--threads", "at most 1024");
   const std::int64_t seed = get_int(args_, "seed");
   if (seed < 0 || seed > 0xffffffffLL) throw Error(ErrorKind::invalid_argument, "", "--seed", "must be between 0 and 2**32 - 1 (numpy's range)");
   if (get_int(args_, "max_steps") <= 0 && !(get_number(args_, "num_train_epochs") > 0)) {
@@ -459,7 +500,7 @@ void Trainer::load_weights(const std::string& dir) {
     const auto source = checkpoint::load_source((fs::path(dir) / name).string());
     const auto& g = source->graph();
     if (!g.is(g.root(), Kind::dict)) throw Error(ErrorKind::corrupt, source->path, "", "not a state dict");
-    DirectReader reader(source->path);
+    DirectReader reader(source->file().file());
     const auto& items = g.at(g.root()).items;
     for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
       if (!g.is(items[i], Kind::string) || !g.is(items[i + 1], Kind::tensor)) continue;
@@ -499,8 +540,13 @@ void Trainer::restore(const std::string& dir) {
   // Replay the data order up to the current epoch (nothing is computed), then restore the generators.
   const std::int64_t epochs_done = state_.global_step / steps_per_epoch_;
   const bool mid_epoch = state_.global_step % steps_per_epoch_ != 0;
-  order_.resize(static_cast<std::size_t>(get_int(args_, "train_examples")));
+  const std::int64_t n = get_int(args_, "train_examples");
+  order_.resize(static_cast<std::size_t>(n));
+  if (epochs_done > std::int64_t{100'000'000'000} / n) {
+    throw Error(ErrorKind::corrupt, dir, "trainer_state.json", "global_step " + std::to_string(state_.global_step) + " is beyond any run of this size");
+  }
   for (std::int64_t e = 0; e < epochs_done + (mid_epoch ? 1 : 0); ++e) {
+    if (interrupted()) throw Error(ErrorKind::interrupted, dir, "", "interrupted while resuming");
     std::iota(order_.begin(), order_.end(), 0);
     python_.shuffle(order_);
   }
@@ -635,16 +681,22 @@ void Trainer::commit(CheckpointFiles files) {
     write_checkpoint_files(staging, files, weights_options_);
     RunLock lock(run_dir_, true);
     const std::string final_path = (run / name).string();
-    std::string replaced;
     if (fs::exists(fs::symlink_status(final_path))) {
-      replaced = (run / (std::string(checkpoint::kTrashPrefix) + name + "-" + fs_util::unique_suffix())).string();
-      fs_util::durable_rename(final_path, replaced);
+      // A checkpoint of the same step (a run resumed from an earlier one): the two directories trade names in
+      // one step, so at every instant checkpoint-N is one complete checkpoint or the other; the old one, now
+      // under the staging name, is then removed (or cleared as a leftover by the next start).
+      fs_util::exchange(staging, final_path);
+    } else {
+      fs_util::durable_rename(staging, final_path);
     }
-    fs_util::durable_rename(staging, final_path);
-    if (!replaced.empty()) fs_util::remove_tree(replaced);
   } catch (...) {
     fs_util::remove_tree(staging);
     throw;
+  }
+  try {
+    fs_util::remove_tree(staging);
+  } catch (const Error&) {
+    // Only a leftover: the next start, or rotate, clears it.
   }
   result_.checkpoints_saved.push_back((run / name).string());
   if (const auto limit = get_optional_int(args_, "save_total_limit")) {
@@ -757,7 +809,8 @@ void Trainer::train() {
       if (state_.eval_steps > 0 && step % state_.eval_steps == 0) metrics = evaluate();
       if (step % state_.save_steps == 0) save_checkpoint(metrics);
       emit(TrainEvent::Kind::progress);
-      if (step >= max_steps_ || interrupted()) {
+      if (step < max_steps_ && interrupted()) stopped_early_ = true;
+      if (step >= max_steps_ || stopped_early_) {
         stop = true;
         break;
       }
@@ -794,7 +847,14 @@ void Trainer::finish() {
   for (const auto& [k, v] : last_eval_) result_.final_metrics[k] = v;
   log(std::move(record));
   CheckpointFiles files = collect(false);
-  write_weights(run_dir_, files.weights, weights_options_, true);
+  const auto written = write_weights(run_dir_, files.weights, weights_options_, true);
+  // Weights of another layout left by an earlier run (an index, shards, the other format) would shadow these.
+  for (const auto& entry : fs::directory_iterator(run_dir_)) {
+    const std::string name = entry.path().filename().string();
+    const bool weights = name == "model.safetensors" || name == "pytorch_model.bin" || name.ends_with(".index.json") ||
+                         ((name.starts_with("model-") || name.starts_with("pytorch_model-")) && name.find("-of-") != std::string::npos);
+    if (weights && entry.is_regular_file() && std::find(written.begin(), written.end(), name) == written.end()) fs::remove(entry.path());
+  }
   write_text((fs::path(run_dir_) / "config.json").string(), files.config, true);
   files.arguments.write((fs::path(run_dir_) / "training_args.bin").string(), files.arguments_root, true);
   write_text((fs::path(run_dir_) / "trainer_state.json").string(), files.trainer_state, true);
@@ -818,7 +878,7 @@ void Trainer::run() {
     if (pending_save_.joinable()) pending_save_.join();
     throw;
   }
-  result_.interrupted = interrupted();
+  result_.interrupted = stopped_early_;
   if (!result_.interrupted) finish();
   result_.global_step = state_.global_step;
   result_.epoch = state_.epoch;
@@ -833,7 +893,8 @@ extern "C" __attribute__((visibility("default"))) void ckpt_train_run(const ckpt
                                                                      ckpt::train::TrainResult& result) {
   using ckpt::train::TrainError;
   try {
-    if (request.api_version != ckpt::train::kApiVersion) {
+    if (request.api_version != ckpt::train::kApiVersion || request.request_size != sizeof(ckpt::train::TrainRequest) ||
+        request.result_size != sizeof(ckpt::train::TrainResult) || request.build != std::string_view(CKPT_VERSION)) {
       throw ckpt::Error(ckpt::ErrorKind::unsupported, ckpt::train::kLibraryName, "", "the trainer library is from another build of ckpt");
     }
     ckpt::train::Trainer(request, result).run();

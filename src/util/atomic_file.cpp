@@ -52,19 +52,18 @@ AtomicFile::AtomicFile(std::string destination, WriteOptions options)
     : destination_(std::move(destination)), durable_(options.durable) {
   const std::filesystem::path dest(destination_);
   temp_ = (dest.parent_path() / ("." + dest.filename().string() + ".tmp-" + fs_util::unique_suffix())).string();
+  // Memory first, so that a failed allocation leaves no file behind.
+  if (options.direct) {
+    void* p = std::aligned_alloc(2u << 20, kDirectBufferSize);
+    if (!p) throw std::bad_alloc();
+    ::madvise(p, kDirectBufferSize, MADV_HUGEPAGE);  // a hint; 4 KiB pages work too
+    aligned_.reset(static_cast<std::uint8_t*>(p));
+  } else {
+    buffer_.reserve(kBufferSize);
+  }
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) fail_io(temp_, "create", errno);
-  if (options.direct) {
-    direct_fd_ = ::open(temp_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
-    if (direct_fd_ >= 0) {
-      void* p = std::aligned_alloc(2u << 20, kDirectBufferSize);
-      if (!p) throw std::bad_alloc();
-      ::madvise(p, kDirectBufferSize, MADV_HUGEPAGE);  // a hint; 4 KiB pages work too
-      aligned_.reset(static_cast<std::uint8_t*>(p));
-      return;
-    }
-  }
-  buffer_.reserve(kBufferSize);
+  if (options.direct) direct_fd_ = ::open(temp_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
 }
 
 AtomicFile::~AtomicFile() {
@@ -194,9 +193,9 @@ void AtomicFile::commit() {
     write_direct(padded);
     on_disk_ -= padded - used;
   }
+  flush();
   // Cuts the padded tail back (only direct mode pads).
   if (aligned_ && ::ftruncate(fd_, static_cast<off_t>(position_)) != 0) fail_io(destination_, "truncate", errno);
-  flush();
   if (durable_ && ::fsync(fd_) != 0) fail_io(destination_, "fsync", errno);
   if (direct_fd_ >= 0) {
     ::close(direct_fd_);

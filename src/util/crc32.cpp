@@ -1,6 +1,8 @@
 #include "util/crc32.hpp"
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <array>
 #include <cstring>
@@ -25,6 +27,7 @@ constexpr Tables make_tables() {
 
 constexpr Tables kTables = make_tables();
 
+#if defined(__x86_64__)
 // Carry-less multiplication folding (Intel, "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ";
 // the constants are those of the reflected zip polynomial: x^(4*128+32), x^(4*128-32), x^(128+32), x^(128-32)
 // mod P, x^64 mod P, and Barrett's mu and P). Folds 64 bytes per step, then 16, then reduces 128 bits to 32.
@@ -80,6 +83,10 @@ bool has_pclmul() {
   static const bool supported = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
   return supported;
 }
+#else
+bool has_pclmul() { return false; }
+std::uint32_t fold_pclmul(std::uint32_t crc, const std::uint8_t*, std::size_t) { return crc; }
+#endif
 
 }  // namespace
 

@@ -20,13 +20,12 @@ constexpr std::size_t kBufferSize = 8u << 20;
 
 void DirectReader::FreeAligned::operator()(std::uint8_t* p) const { std::free(p); }
 
-DirectReader::DirectReader(const std::string& path) : file_(path) {
-  direct_fd_ = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
-  if (direct_fd_ < 0) return;
+DirectReader::DirectReader(const ReadOnlyFile& file) : file_(file) {
   void* p = std::aligned_alloc(2u << 20, kBufferSize);
   if (!p) throw std::bad_alloc();
   ::madvise(p, kBufferSize, MADV_HUGEPAGE);
   buffer_.reset(static_cast<std::uint8_t*>(p));
+  direct_fd_ = ::open(("/proc/self/fd/" + std::to_string(file.fd())).c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
 }
 
 DirectReader::~DirectReader() {

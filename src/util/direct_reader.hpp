@@ -14,8 +14,9 @@ namespace ckpt {
 
 class DirectReader {
  public:
-  // Throws Error as ReadOnlyFile does.
-  explicit DirectReader(const std::string& path);
+  // Reads `file` (kept open by the caller for the reader's life): the O_DIRECT descriptor is opened through
+  // /proc/self/fd, so it is the same inode even if the path has since been replaced.
+  explicit DirectReader(const ReadOnlyFile& file);
   ~DirectReader();
   DirectReader(const DirectReader&) = delete;
   DirectReader& operator=(const DirectReader&) = delete;
@@ -24,7 +25,7 @@ class DirectReader {
   void read_at(std::uint64_t offset, std::span<std::uint8_t> out);
 
  private:
-  ReadOnlyFile file_;
+  const ReadOnlyFile& file_;
   int direct_fd_ = -1;
   struct FreeAligned {
     void operator()(std::uint8_t* p) const;

@@ -3,10 +3,13 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
+#include <system_error>
 #include <thread>
 
 #include "util/atomic_file.hpp"
@@ -28,22 +31,48 @@ void fsync_directory(const std::string& dir) {
 
 void fsync_files(const std::vector<std::string>& paths) {
   std::vector<int> errors(paths.size(), 0);
-  std::vector<std::thread> threads;
-  for (std::size_t i = 0; i < paths.size(); ++i) {
-    threads.emplace_back([&, i] {
+  std::atomic<std::size_t> next{0};
+  auto work = [&] {
+    for (std::size_t i; (i = next.fetch_add(1)) < paths.size();) {
       const int fd = ::open(paths[i].c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0) {
         errors[i] = errno;
-        return;
+        continue;
       }
       if (::fsync(fd) != 0) errors[i] = errno;
       ::close(fd);
-    });
+    }
+  };
+  // A few workers are enough for the flushes to overlap; when none can be started this thread does it all.
+  std::vector<std::thread> workers;
+  try {
+    for (std::size_t k = 1; k < std::min<std::size_t>(paths.size(), 8); ++k) workers.emplace_back(work);
+  } catch (const std::system_error&) {
   }
-  for (auto& t : threads) t.join();
+  work();
+  for (auto& w : workers) w.join();
   for (std::size_t i = 0; i < paths.size(); ++i) {
     if (errors[i] != 0) fail_io(paths[i], "fsync", errors[i]);
   }
+}
+
+void exchange(const std::string& from, const std::string& to) {
+  const std::filesystem::path parent = std::filesystem::path(to).parent_path();
+  const std::string dir = parent.empty() ? "." : parent.string();
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
+    fsync_directory(dir);
+    return;
+  }
+  if (errno != EINVAL && errno != ENOSYS) fail_io(to, "exchange with " + from, errno);
+  const std::string aside = to + ".old-" + unique_suffix();
+  if (::rename(to.c_str(), aside.c_str()) != 0) fail_io(to, "rename", errno);
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    const int e = errno;
+    ::rename(aside.c_str(), to.c_str());
+    fail_io(to, "rename", e);
+  }
+  if (::rename(aside.c_str(), from.c_str()) != 0) fail_io(from, "rename", errno);
+  fsync_directory(dir);
 }
 
 void durable_rename(const std::string& from, const std::string& to) {

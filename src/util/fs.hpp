@@ -10,6 +10,11 @@ namespace ckpt::fs_util {
 // fsync on a directory, so that renames and creations inside it survive a crash.
 void fsync_directory(const std::string& dir);
 
+// Swaps two directory entries in one step (renameat2 RENAME_EXCHANGE), then fsyncs their directory. Where the
+// file system cannot, renames `to` aside, `from` into place and the old one to `from`, restoring `to` if the
+// second rename fails. Throws Error (io) naming `to`.
+void exchange(const std::string& from, const std::string& to);
+
 // fsync of each file, all at once from as many threads (so that their device flushes overlap). Throws Error
 // (io) naming the first file that failed.
 void fsync_files(const std::vector<std::string>& paths);

@@ -106,6 +106,10 @@ class BitExactResume(TrainTest):
                                             "scaler_enabled_initial.pt"))
         self.assertEqual(list(scaler), list(reference))
         self.assertEqual([type(v) for v in scaler.values()], [type(v) for v in reference.values()])
+        # Steps were skipped: the scale backed off from 65536, and the scheduler (stepped only with the optimizer)
+        # is behind the global step.
+        self.assertLess(scaler["scale"], 65536.0)
+        self.assertLess(torch.load(self.path("full", "checkpoint-60", "scheduler.pt"))["last_epoch"], 60)
 
     def test_epoch_boundaries_and_async(self):
         # 8 steps per epoch: checkpoints fall mid-epoch and on boundaries; the asynchronous save writes the same bytes.
@@ -387,6 +391,60 @@ class Reliability(TrainTest):
             subprocess.run(["umount", mount])
 
 
+class Output(TrainTest):
+    def test_progress_line_only_on_a_terminal(self):
+        import pty
+        run = self.path("run")
+        primary, secondary = pty.openpty()
+        p = subprocess.Popen([R.CKPT_BIN, "save", "--output-dir", run, "--max-steps", "300", "--save-steps", "100"],
+                             stdout=subprocess.PIPE, stderr=secondary, text=True)
+        os.close(secondary)
+        terminal = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            terminal += chunk
+        out = p.communicate(timeout=120)[0]
+        os.close(primary)
+        self.assertEqual(p.returncode, 0)
+        self.assertRegex(terminal.decode(), r"\rstep \d+/300  loss ")
+        self.assertNotIn("step ", out.replace("at step", ""))
+        self.assertIn("saved " + os.path.join(run, "checkpoint-100"), out)
+        # Not a terminal: no progress line, nothing on stderr.
+        r = self.ok(["save", "--output-dir", self.path("run2"), "--max-steps", "30", "--save-steps", "10"])
+        self.assertEqual(r.stderr, "")
+
+    def test_json_and_quiet(self):
+        r = self.ok(["save", "--output-dir", self.path("run"), "--max-steps", "20", "--save-steps", "10", "--json", "--verbose"])
+        self.assertEqual(json.loads(r.stdout)["global_step"], 20)  # one document: --verbose adds nothing to stdout
+        self.assertEqual(r.stderr, "")
+        r = self.ok(["resume", self.path("run"), "--max-steps", "30", "-q"])
+        self.assertEqual((r.stdout, r.stderr), ("", ""))
+        r = self.ok(["resume", self.path("run"), "--max-steps", "40", "--save-steps", "10", "-v"])
+        records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+        self.assertEqual([e["step"] for e in records if "loss" in e], [40])
+        self.assertEqual([e["step"] for e in records if "eval_loss" in e], [40])
+
+    def test_usage_errors(self):
+        r = R.run_ckpt(["save"])
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--output-dir", r.stderr)
+        r = R.run_ckpt(["save", "--output-dir", self.path("x"), "--max-step", "5"])
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--max-steps", r.stderr)
+        for flags, where in ((["--seed", "-1"], "--seed"), (["--per-device-train-batch-size", "0"], "--per-device-train-batch-size"),
+                             (["--max-shard-size", "5XB"], "--max-shard-size"), (["--dropout", "1.5"], "--dropout"),
+                             (["--load-best-model-at-end", "--save-steps", "10", "--eval-steps", "3"], "--load-best-model-at-end")):
+            r = R.run_ckpt(["save", "--output-dir", self.path("x"), *flags])
+            self.assertEqual(r.returncode, 2, (flags, r.stderr))
+            self.assertIn(where, r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.path("x"), "checkpoint-20")))
+
+
 class Concurrency(TrainTest):
     SECONDS = float(os.environ.get("CKPT_CONCURRENCY_SECONDS", "120"))
 
@@ -474,6 +532,56 @@ class Refusals(TrainTest):
         r = R.run_ckpt(["resume", run, "--max-steps", "30"])
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertRegex(r.stderr, r"ckpt: warning: .*rng_state\.pth is missing")
+
+    def test_hostile_optimizer_and_rng_state(self):
+        # An expanded view claiming 2^36 elements over one stored float: refused before anything is allocated.
+        run = self.copy()
+        path = os.path.join(run, "checkpoint-20", "optimizer.pt")
+        opt = torch.load(path)
+        opt["state"][0]["exp_avg"] = torch.zeros(1).expand(1 << 36)
+        torch.save(opt, path)
+        r = R.run_ckpt(["resume", run])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("state.0.exp_avg", r.stderr)
+        # A torch generator state whose position would read past its array.
+        run = self.path("rng")
+        shutil.copytree(self.run_dir, run)
+        path = os.path.join(run, "checkpoint-20", "rng_state.pth")
+        states = torch.load(path)
+        raw = bytearray(states["cpu"].numpy().tobytes())
+        raw[16:24] = (624).to_bytes(8, "little")  # next = 624 with left unchanged
+        states["cpu"] = torch.frombuffer(raw, dtype=torch.uint8).clone()
+        torch.save(states, path)
+        r = R.run_ckpt(["resume", run])
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("not a valid torch generator state", r.stderr)
+
+    def test_config_that_does_not_match_the_weights(self):
+        run = self.copy()
+        path = os.path.join(run, "checkpoint-20", "config.json")
+        config = read_json(path)
+        config["hidden_size"] = 4096  # 16.7 billion parameters: under the size bound, so only the weights check stops it
+        config["num_layers"] = 1000
+        with open(path, "w") as f:
+            json.dump(config, f)
+        r = R.run_ckpt(["resume", run])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("the weights do not match config.json", r.stderr)
+        config["hidden_size"] = 1 << 20
+        with open(path, "w") as f:
+            json.dump(config, f)
+        r = R.run_ckpt(["resume", run])
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("more than 2^34 parameters", r.stderr)
+
+    def test_final_model_replaces_another_layout(self):
+        run = self.path("layout")
+        self.save(run, "--max-steps", "10", "--save-steps", "10", "--max-shard-size", "10KB")
+        self.assertTrue(os.path.exists(os.path.join(run, "model.safetensors.index.json")))
+        self.ok(["resume", run, "--max-steps", "20", "--max-shard-size", "5GB", "-q"])
+        weights = sorted(f for f in os.listdir(run) if f.startswith("model"))
+        self.assertEqual(weights, ["model.safetensors"])
+        self.assertEqual(sha(os.path.join(run, "model.safetensors")), sha(os.path.join(run, "checkpoint-20", "model.safetensors")))
 
     def test_missing_and_broken_library(self):
         lone = self.path("bin")

@@ -61,7 +61,8 @@ TEST_CASE("AtomicFile in direct mode writes exactly the bytes given, whatever th
       out.commit();
       CHECK(slurp(dir / "out") == part);
       // and it reads back through the direct reader, from any offset
-      DirectReader reader((dir / "out").string());
+      const ReadOnlyFile written((dir / "out").string());
+      DirectReader reader(written);
       for (std::size_t offset : {std::size_t{0}, std::size_t{1}, std::size_t{4095}, length / 2}) {
         if (offset > length) continue;
         std::vector<std::uint8_t> back(length - offset);
@@ -86,7 +87,8 @@ TEST_CASE("AtomicFile in direct mode falls back to the page cache where O_DIRECT
     out.commit();
   }
   CHECK(slurp(dir / "out") == data);
-  DirectReader reader((dir / "out").string());
+  const ReadOnlyFile written((dir / "out").string());
+  DirectReader reader(written);
   std::vector<std::uint8_t> back(data.size() - 3);
   reader.read_at(3, back);
   CHECK(std::equal(back.begin(), back.end(), data.begin() + 3));
