@@ -464,12 +464,13 @@ class Concurrency(TrainTest):
         saves = 0
         try:
             flags = ["--save-steps", "10", "--hidden-size", "256", "--train-examples", "512", "--save-total-limit", "3"]
-            command = ["save", "--output-dir", run, "-q", "--max-steps", "100", *flags]
-            while time.time() < stop - 5:
+            command = ["save", "--output-dir", run, "-q", "--max-steps", "40", *flags]
+            # At least two training runs, however slow the build (sanitizers) makes each.
+            while time.time() < stop - 5 or saves < 2:
                 self.ok(command)
                 saves += 1
                 state = read_json(os.path.join(run, "trainer_state.json"))
-                command = ["resume", run, "-q", "--max-steps", str(state["global_step"] + 100)]
+                command = ["resume", run, "-q", "--max-steps", str(state["global_step"] + 40)]
                 present = checkpoints(run)
                 self.assertIn("checkpoint-%d" % state["global_step"], present)
                 self.assertIn(os.path.basename(state["best_model_checkpoint"]), present)
@@ -477,7 +478,6 @@ class Concurrency(TrainTest):
             codes = [p.wait(timeout=self.SECONDS + 120) for p in loops]
         self.assertEqual(codes, [0] * 5, loops[-1].stdout.read())
         loops[-1].stdout.close()
-        self.assertGreater(saves, 1)
         for c in checkpoints(run):
             self.assertEqual(R.run_ckpt(["inspect", "--verify", os.path.join(run, c)]).returncode, 0, c)
 

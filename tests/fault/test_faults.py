@@ -1,0 +1,143 @@
+"""Fault injection: one file operation of `ckpt convert`, `ckpt save`/`resume` or `ckpt rotate` fails (EIO, or a
+legal short write) through an LD_PRELOAD shim (fault_shim.cpp). After a failure: exit 1, one `ckpt: error:` line
+naming the file and the cause, no partial destination, nothing older touched, no temporary left. After a short
+write: the same bytes as without it.
+"""
+
+import errno
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+CKPT_BIN = os.environ.get("CKPT_BIN") or os.path.join(REPO, "build", "ckpt")
+SHIM = os.environ.get("CKPT_FAULT_SHIM") or os.path.join(REPO, "build", "tests", "libckpt_fault_shim.so")
+EIO = str(errno.EIO)
+
+
+def run(args, fault=None, match=None):
+    env = dict(os.environ)
+    if fault:
+        env["LD_PRELOAD"] = SHIM
+        env["CKPT_FAULT"] = fault
+        env["CKPT_FAULT_MATCH"] = match or ""
+        # The shim is not instrumented; under ASan it comes first in the library list by design.
+        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    return subprocess.run([CKPT_BIN, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def tree(path):
+    return {os.path.relpath(os.path.join(d, f), path): sha(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs}
+
+
+def hidden(path):
+    return sorted(n for n in os.listdir(path) if n.startswith(".") and not n.endswith(".lock"))
+
+
+class FaultTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="ckpt-fault-")
+        self.assertTrue(os.path.exists(SHIM), SHIM)
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def path(self, *parts):
+        return os.path.join(self.tmp, *parts)
+
+
+class Convert(FaultTest):
+    def setUp(self):
+        super().setUp()
+        self.src = self.path("pytorch_model.bin")
+        torch.manual_seed(0)
+        torch.save({"w%d" % i: torch.randn(300, 1000) for i in range(8)}, self.src)  # 9.6 MB: several direct writes
+
+    def test_each_failing_operation(self):
+        reference = self.path("reference.safetensors")
+        self.assertEqual(run(["convert", self.src, "--to", "safetensors", "-o", reference]).returncode, 0)
+        # Outputs are written with direct I/O: pwrite, then fsync, then rename.
+        for fault, action in (("pwrite:1:" + EIO, "write"), ("pwrite:2:" + EIO, "write"), ("fsync:1:" + EIO, "fsync"),
+                              ("rename:1:" + EIO, "rename")):
+            for target, name in (("safetensors", "out.safetensors"), ("pytorch", "out.bin")):
+                dst = self.path(name)
+                r = run(["convert", self.src, "--to", target, "-o", dst], fault, match=self.tmp)
+                self.assertEqual(r.returncode, 1, (fault, target, r.stderr))
+                self.assertRegex(r.stderr, r"^ckpt: error: [^\n]*%s[^\n]*: Input/output error\n$" % action, (fault, target))
+                self.assertIn(dst, r.stderr)
+                self.assertFalse(os.path.exists(dst), (fault, target))
+                self.assertEqual(hidden(self.tmp), [], (fault, target))
+        # A short write is legal: the output is the same.
+        for fault in ("pwrite:1:short", "pwrite:3:short"):
+            dst = self.path("short.safetensors")
+            r = run(["convert", self.src, "--to", "safetensors", "-o", dst, "--force"], fault, match=self.tmp)
+            self.assertEqual(r.returncode, 0, (fault, r.stderr))
+            self.assertEqual(sha(dst), sha(reference), fault)
+
+
+class Trainer(FaultTest):
+    FLAGS = ["--max-steps", "40", "--save-steps", "20", "--hidden-size", "512"]
+
+    def setUp(self):
+        super().setUp()
+        self.run_dir = self.path("run")
+        r = run(["save", "--output-dir", self.run_dir, "-q", "--max-steps", "20", "--save-steps", "20", "--hidden-size", "512"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.reference = self.path("reference")
+        shutil.copytree(self.run_dir, self.reference)
+        self.assertEqual(run(["resume", self.reference, "-q", "--max-steps", "40"]).returncode, 0)
+        self.before = tree(os.path.join(self.run_dir, "checkpoint-20"))
+
+    def test_each_failing_operation(self):
+        for fault in ("pwrite:1:" + EIO, "pwrite:3:" + EIO, "write:1:" + EIO, "fsync:1:" + EIO, "fsync:4:" + EIO, "rename:1:" + EIO):
+            r = run(["resume", self.run_dir, "--max-steps", "40"], fault, match="checkpoint-40")
+            self.assertEqual(r.returncode, 1, (fault, r.stderr))
+            self.assertRegex(r.stderr, r"^ckpt: error: .*checkpoint-40.*: Input/output error\n$", fault)
+            self.assertEqual(sorted(d for d in os.listdir(self.run_dir) if d.startswith("checkpoint-")), ["checkpoint-20"], fault)
+            self.assertEqual(tree(os.path.join(self.run_dir, "checkpoint-20")), self.before, fault)
+            self.assertEqual(hidden(self.run_dir), [], fault)
+
+    def test_short_writes_change_nothing(self):
+        for fault in ("pwrite:1:short", "pwrite:2:short"):
+            r = run(["resume", self.run_dir, "--max-steps", "40", "-q"], fault, match="checkpoint-40")
+            self.assertEqual(r.returncode, 0, (fault, r.stderr))
+            got, expected = tree(os.path.join(self.run_dir, "checkpoint-40")), tree(os.path.join(self.reference, "checkpoint-40"))
+            for state in (got, expected):
+                del state["trainer_state.json"]  # holds eval_runtime, different in every run
+                del state["training_args.bin"]  # holds output_dir, another directory here
+            self.assertEqual(got, expected, fault)
+            shutil.rmtree(os.path.join(self.run_dir, "checkpoint-40"))
+
+
+class Rotate(FaultTest):
+    def test_failing_rename_to_trash(self):
+        run_dir = self.path("run")
+        r = run(["save", "--output-dir", run_dir, "-q", "--max-steps", "40", "--save-steps", "10"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        before = {c: tree(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
+        r = run(["rotate", run_dir, "--keep", "1"], "rename:2:" + EIO, match=".ckpt-trash-")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr, r"^ckpt: error: .*: Input/output error\n$")
+        # Whatever is left is whole; what rotate moved to trash before the failure is cleared by the next one.
+        for c in os.listdir(run_dir):
+            if c.startswith("checkpoint-"):
+                self.assertEqual(tree(os.path.join(run_dir, c)), before[c], c)
+        self.assertEqual(run(["rotate", run_dir, "--keep", "1"]).returncode, 0)
+        self.assertEqual(hidden(run_dir), [])
+        self.assertIn("checkpoint-40", os.listdir(run_dir))
+
+
+if __name__ == "__main__":
+    unittest.main()
