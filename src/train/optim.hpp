@@ -31,7 +31,6 @@ class AdamW {
 
   std::vector<Group>& groups() { return groups_; }
   std::vector<double>& learning_rates() { return lr_; }
-  double initial_lr() const { return initial_lr_; }
 
   // optimizer.state_dict(): {"state": {i: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [...]} with the
   // indices torch assigns (group by group).
@@ -68,7 +67,6 @@ class LinearSchedule {
   // LambdaLR.step(): advances last_epoch and returns the new learning rate.
   double step();
   double last_lr() const { return last_lr_; }
-  std::int64_t last_epoch() const { return last_epoch_; }
 
   pickle::NodeId state_dict(GraphMaker& out) const;
   void load_state_dict(const GraphReader& in, pickle::NodeId root);

@@ -219,8 +219,6 @@ double GraphReader::number(NodeId id, const std::string& what) const {
   return expect(id, Kind::floating, what).number;
 }
 
-bool GraphReader::boolean(NodeId id, const std::string& what) const { return expect(id, Kind::boolean, what).flag; }
-
 std::vector<NodeId> GraphReader::items(NodeId id, Kind kind, const std::string& what) const { return expect(id, kind, what).items; }
 
 }  // namespace ckpt::train

@@ -72,7 +72,6 @@ struct GraphReader {
   const pickle::Node& expect(pickle::NodeId id, pickle::Kind kind, const std::string& what) const;
   std::int64_t integer(pickle::NodeId id, const std::string& what) const;
   double number(pickle::NodeId id, const std::string& what) const;  // a float or an int
-  bool boolean(pickle::NodeId id, const std::string& what) const;
   std::vector<pickle::NodeId> items(pickle::NodeId id, pickle::Kind kind, const std::string& what) const;
 };
 
