@@ -31,8 +31,9 @@ std::string normalize_metric(const std::string& name);
 bool default_greater_is_better(const std::string& metric);
 
 // Without a metric: best_model_checkpoint from the newest complete checkpoint's trainer_state.json, resolved by
-// its last path component inside the run directory (absolute, relative and stale paths all work); when that
-// names no complete checkpoint, recomputed with eval_loss. With a metric: recomputed from every complete
+// its last path component inside the run directory (absolute, relative and stale paths all work), to the live
+// checkpoint or else its archive; when that names neither, recomputed with eval_loss. Recomputing considers
+// archives too (an archive only for a step with no live checkpoint). With a metric: recomputed from every complete
 // checkpoint's own log_history (the newest evaluation at or before its step), only a strict improvement
 // counting, so ties stay with the earlier step. Nullopt when no checkpoint has the metric.
 std::optional<BestCheckpoint> find_best(const RunScan& scan, const BestOptions& options);

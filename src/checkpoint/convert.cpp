@@ -578,34 +578,14 @@ void refuse_existing(const std::string& destination, const ConvertOptions& optio
   }
 }
 
-// Builds a directory in a hidden staging directory beside `destination` and renames it into place, so the
-// destination appears complete or not at all (an existing one, with --force, is replaced the same way).
+// Builds a directory through fs_util::build_directory, or on a dry run only goes through the motions.
 template <typename Fill>
 void build_directory(const std::string& destination, const ConvertOptions& options, Fill fill) {
   if (options.dry_run) {
     fill(destination);
     return;
   }
-  const fs::path dest(destination);
-  const fs::path parent = dest.parent_path().empty() ? fs::path(".") : dest.parent_path();
-  const std::string staging = (parent / ("." + dest.filename().string() + ".tmp-" + fs_util::unique_suffix())).string();
-  std::error_code ec;
-  fs::create_directory(staging, ec);
-  if (ec) throw Error(ErrorKind::io, staging, "", "cannot create directory: " + ec.message());
-  try {
-    fill(staging);
-    fs_util::fsync_directory(staging);
-    std::string replaced;
-    if (fs::exists(fs::symlink_status(destination))) {
-      replaced = (parent / ("." + dest.filename().string() + ".old-" + fs_util::unique_suffix())).string();
-      fs_util::durable_rename(destination, replaced);
-    }
-    fs_util::durable_rename(staging, destination);
-    if (!replaced.empty()) fs_util::remove_tree(replaced);
-  } catch (...) {
-    fs_util::remove_tree(staging);
-    throw;
-  }
+  fs_util::build_directory(destination, fill);
 }
 
 void rebase(ConvertResult& result, std::size_t from, const std::string& staging, const std::string& destination) {

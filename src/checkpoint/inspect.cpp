@@ -9,6 +9,7 @@
 #include <set>
 #include <tuple>
 
+#include "checkpoint/archive.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/source.hpp"
 #include "checkpoint/tensor_scan.hpp"
@@ -16,6 +17,7 @@
 #include "format/safetensors.hpp"
 #include "format/torch_archive.hpp"
 #include "util/mapped_file.hpp"
+#include "util/sha256.hpp"
 
 namespace ckpt::checkpoint {
 namespace fs = std::filesystem;
@@ -341,6 +343,41 @@ void summarize_json(const std::string& path, FileReport& report) {
   }
 }
 
+// An archive (checkpoint/archive.hpp) from its manifest; --verify decodes every frame and checks every sha256.
+void summarize_archive(const std::string& path, FileReport& report, const InspectOptions& options) {
+  report.format = "ckpt_archive";
+  report.kind = "archive";
+  const auto info = read_archive_info(path);
+  const auto& m = info.manifest;
+  json::Json files = json::Json::array();
+  for (const auto& f : m.files) files.push_back({{"name", f.name}, {"size_bytes", f.size}, {"sha256", Sha256::hex(f.sha256)}});
+  report.fields = {{"checkpoint", m.checkpoint},
+                   {"step", m.step ? json::Json(*m.step) : json::Json(nullptr)},
+                   {"original_bytes", info.summary.original_bytes},
+                   {"ratio", info.summary.ratio()},
+                   {"chunk_size", m.chunk_size},
+                   {"files", std::move(files)},
+                   {"trainer_state", m.trainer_state}};
+  for (const auto& t : m.tensors) {
+    TensorSummary ts;
+    ts.name = m.files[t.file].name + ":" + t.name;
+    ts.dtype = t.dtype;
+    ts.shape = t.shape;
+    ts.stride = contiguous_strides(t.shape);
+    const auto n = torch_archive::numel(t.shape);
+    ts.nbytes = n ? *n * element_size(t.dtype) : 0;
+    report.tensors.push_back(std::move(ts));
+  }
+  if (options.verify) {
+    try {
+      verify_archive(path, {});
+      report.verify->checks.push_back("every frame decodes and every file's sha256 matches");
+    } catch (const Error& e) {
+      report.verify->errors.push_back(e.what());
+    }
+  }
+}
+
 FileReport inspect_one(const std::string& path, const InspectOptions& options, bool unknown_is_error) {
   FileReport report;
   report.path = path;
@@ -350,6 +387,10 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
   report.size_bytes = static_cast<std::uint64_t>(st.st_size);
   if (options.verify) report.verify = Verification{};
 
+  if (is_archive(path)) {
+    summarize_archive(path, report, options);
+    return report;
+  }
   switch (torch_archive::sniff(ReadOnlyFile(path))) {
     case torch_archive::Container::safetensors: {
       report.format = "safetensors";

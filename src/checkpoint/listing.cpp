@@ -31,6 +31,7 @@ RunListing list_run(const std::string& run_dir, const ListOptions& options) {
     row.is_best = best && best->entry == i;
     row.is_latest = newest && *newest == i;
     row.size_bytes = e.size_bytes;
+    row.original_bytes = e.original_bytes;
     row.num_files = e.num_files;
     row.mtime = e.mtime;
     row.problems = e.problems;

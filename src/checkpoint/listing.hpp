@@ -1,5 +1,6 @@
 // What `ckpt list` (and `inspect` of a run directory) shows: every entry of a run directory with its step,
-// completeness, metrics, size, and which checkpoint is the best and which the newest.
+// completeness, metrics, size, and which checkpoint is the best and which the newest; archived checkpoints
+// beside the live ones, with their compression.
 #pragma once
 
 #include <map>
@@ -21,7 +22,8 @@ struct ListRow {
   bool complete = false;
   bool is_best = false;
   bool is_latest = false;  // the newest complete checkpoint: what resume picks
-  std::uint64_t size_bytes = 0;
+  std::uint64_t size_bytes = 0;     // an archive: the archive file's
+  std::uint64_t original_bytes = 0;  // an archive: the checkpoint it holds
   std::size_t num_files = 0;
   double mtime = 0;
   std::optional<std::int64_t> global_step;  // from trainer_state.json

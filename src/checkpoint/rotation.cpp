@@ -1,11 +1,15 @@
 #include "checkpoint/rotation.hpp"
 
-#include <cstdio>
-#include <cerrno>
-#include <algorithm>
-#include <chrono>
-#include <filesystem>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+
+#include "checkpoint/archive.hpp"
 #include "checkpoint/lock.hpp"
 #include "util/error.hpp"
 #include "util/fs.hpp"
@@ -18,7 +22,7 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
   if (options.keep_every && *options.keep_every < 1) throw Error(ErrorKind::invalid_argument, "", "--keep-every", "must be at least 1");
 
   RotationPlan plan;
-  for (const auto& e : scan.entries) plan.decisions.push_back({e.name, e.path, e.kind, e.step, false, ""});
+  for (const auto& e : scan.entries) plan.decisions.push_back({e.name, e.path, e.kind, e.step, false, "", ""});
 
   const auto best = find_best(scan, options.best);
   const auto newest = newest_complete(scan);
@@ -32,6 +36,7 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
     const bool stale = now - e.mtime > options.stale_after_seconds;
     switch (e.kind) {
       case EntryKind::custom: d.reason = "custom directory, never rotated"; break;
+      case EntryKind::archive: d.reason = "archive, bounded only by --keep-archives"; break;
       case EntryKind::trash: d.remove = true; d.reason = "leftover of an interrupted deletion"; break;
       case EntryKind::staging:
         d.remove = stale;
@@ -80,22 +85,147 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
   return plan;
 }
 
+namespace {
+
+std::string archive_path_for(const std::string& run_dir, const RotateOptions& options, const std::string& name) {
+  fs::path dir(*options.archive_dir);
+  if (dir.is_relative()) dir = fs::path(run_dir) / dir;
+  return (dir / (name + kArchiveExtension)).string();
+}
+
+// Whether `archive` reads back as an archive of the checkpoint directory `dir` as it is now: the same name, and
+// the same files with the same sizes (a manifest read, no decompression).
+bool archived_copy_matches(const std::string& archive, const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_regular_file(archive, ec)) return false;
+  try {
+    const auto info = read_archive_info(archive);
+    if (info.manifest.checkpoint != fs::path(dir).filename().string()) return false;
+    std::size_t files = 0;
+    for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (it->is_directory(ec)) continue;
+      ++files;
+      const std::string name = it->path().lexically_relative(dir).generic_string();
+      const auto f = std::find_if(info.manifest.files.begin(), info.manifest.files.end(), [&](const archive::File& a) { return a.name == name; });
+      if (f == info.manifest.files.end() || f->size != it->file_size(ec)) return false;
+    }
+    return !ec && files == info.manifest.files.size();
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+// Writes the archives of the checkpoints `plan` deletes, skipping those already archived and those that vanish
+// meanwhile (another process rotated them).
+std::size_t archive_victims(const std::string& run_dir, const RunScan& scan, const RotationPlan& plan, const RotateOptions& options) {
+  std::size_t written = 0;
+  for (std::size_t i = 0; i < scan.entries.size(); ++i) {
+    const Decision& d = plan.decisions[i];
+    if (!d.remove || d.kind != EntryKind::checkpoint || !scan.entries[i].complete) continue;
+    const std::string target = archive_path_for(run_dir, options, d.name);
+    if (archived_copy_matches(target, d.path)) continue;
+    std::error_code ec;
+    fs::create_directories(fs::path(target).parent_path(), ec);
+    if (ec) throw Error(ErrorKind::io, fs::path(target).parent_path().string(), "", "cannot create the archive directory: " + ec.message());
+    ArchiveOptions archive_options;
+    archive_options.level = options.archive_level;
+    archive_options.threads = options.archive_threads;
+    archive_options.force = true;
+    try {
+      archive_checkpoint(d.path, target, archive_options);
+      ++written;
+    } catch (const Error&) {
+      if (fs::exists(fs::symlink_status(d.path, ec))) throw;
+    }
+  }
+  return written;
+}
+
+// Marks archives in the archive directory beyond keep_archives (oldest steps first; the best's and unreadable
+// ones stay) for removal, adding decisions for those the scan did not list.
+void plan_archive_retention(const std::string& run_dir, const RotateOptions& options, const RunScan& scan, RotationPlan& plan) {
+  fs::path dir(*options.archive_dir);
+  if (dir.is_relative()) dir = fs::path(run_dir) / dir;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  std::optional<std::string> best_path;
+  for (const auto& e : scan.entries) {
+    if (plan.best && e.name == *plan.best) best_path = e.path;
+  }
+  std::vector<RunEntry> archives = scan_archive_dir(dir.string(), "");
+  std::stable_sort(archives.begin(), archives.end(), [](const RunEntry& a, const RunEntry& b) { return a.step.value_or(-1) < b.step.value_or(-1); });
+  std::vector<const RunEntry*> counted;
+  for (const auto& a : archives) {
+    if (a.complete && a.step && !(best_path && fs::equivalent(a.path, *best_path, ec))) counted.push_back(&a);
+  }
+  const std::size_t keep = static_cast<std::size_t>(*options.keep_archives);
+  const std::size_t cut = counted.size() > keep ? counted.size() - keep : 0;
+  for (std::size_t k = 0; k < counted.size(); ++k) {
+    const RunEntry& a = *counted[k];
+    auto it = std::find_if(plan.decisions.begin(), plan.decisions.end(), [&](const Decision& d) {
+      return d.kind == EntryKind::archive && fs::equivalent(d.path, a.path, ec);
+    });
+    if (it == plan.decisions.end()) {
+      plan.decisions.push_back({a.path, a.path, EntryKind::archive, a.step, false, "", ""});
+      it = plan.decisions.end() - 1;
+    }
+    it->remove = k < cut;
+    it->reason = k < cut ? "beyond --keep-archives " + std::to_string(keep) : "within --keep-archives " + std::to_string(keep);
+  }
+}
+
+}  // namespace
+
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock) {
+  if (options.keep_archives && *options.keep_archives < 1) throw Error(ErrorKind::invalid_argument, "", "--keep-archives", "must be at least 1");
+  if (options.keep_archives && !options.archive_dir) throw Error(ErrorKind::invalid_argument, "", "--keep-archives", "needs --archive");
+  const auto now = [] { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); };
+  RotationResult result;
+  if (options.archive_dir && !dry_run) {
+    RunScan scan;
+    RotationPlan plan;
+    {
+      RunLock lock(run_dir, wait_for_lock);
+      scan = scan_run(run_dir);
+      plan = plan_rotation(scan, options, now());
+    }
+    result.archived = archive_victims(run_dir, scan, plan, options);
+  }
   // A dry run only reads, so it neither takes the lock nor creates the lock file.
   std::optional<RunLock> lock;
   if (!dry_run) lock.emplace(run_dir, wait_for_lock);
-  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  RotationResult result;
-  result.plan = plan_rotation(scan_run(run_dir), options, now);
+  const RunScan scan = scan_run(run_dir);
+  result.plan = plan_rotation(scan, options, now());
+  if (options.archive_dir) {
+    for (std::size_t i = 0; i < scan.entries.size(); ++i) {
+      Decision& d = result.plan.decisions[i];
+      if (!d.remove || d.kind != EntryKind::checkpoint || !scan.entries[i].complete) continue;
+      d.archived_to = archive_path_for(run_dir, options, d.name);
+      if (!dry_run && !archived_copy_matches(d.archived_to, d.path)) {
+        d.remove = false;
+        d.reason = "not archived yet, kept until the next rotate";
+        d.archived_to.clear();
+      }
+    }
+    if (options.keep_archives) plan_archive_retention(run_dir, options, scan, result.plan);
+  }
   if (dry_run) return result;
   // First every victim is renamed to a hidden trash name, so a crash from here on leaves trash, never a
   // partial checkpoint-N; one fsync makes all the renames durable before any byte is removed.
   std::vector<std::string> trash;
+  std::set<std::string> archive_dirs;
   for (const Decision& d : result.plan.decisions) {
     if (!d.remove) continue;
     if (d.kind == EntryKind::trash) {
       trash.push_back(d.path);
       ++result.trash_cleared;
+      continue;
+    }
+    if (d.kind == EntryKind::archive) {
+      // One file: unlinking it is atomic.
+      if (::unlink(d.path.c_str()) != 0 && errno != ENOENT) fail_io(d.path, "unlink", errno);
+      archive_dirs.insert(fs::path(d.path).parent_path().string());
+      ++result.archives_removed;
       continue;
     }
     const std::string to = (fs::path(run_dir) / (std::string(kTrashPrefix) + d.name + "-" + fs_util::unique_suffix())).string();
@@ -106,6 +236,7 @@ RotationResult rotate(const std::string& run_dir, const RotateOptions& options, 
     trash.push_back(to);
     ++result.removed;
   }
+  for (const auto& dir : archive_dirs) fs_util::fsync_directory(dir);
   if (trash.empty()) return result;
   fs_util::fsync_directory(run_dir);
   for (const auto& path : trash) fs_util::remove_tree(path);

@@ -25,6 +25,13 @@ struct RotateOptions {
   double stale_after_seconds = 3600;        // older incomplete/staging directories are removed
   bool by_mtime = false;
   BestOptions best;
+  // Archive each complete checkpoint into this directory (checkpoint/archive.hpp; relative to the run
+  // directory) before deleting it; a checkpoint whose archive cannot be written and read back stays.
+  std::optional<std::string> archive_dir;
+  // Then keep at most this many archives there (the newest by step, and the best's besides).
+  std::optional<std::int64_t> keep_archives;
+  int archive_level = 3;
+  unsigned archive_threads = 0;
 };
 
 struct Decision {
@@ -34,6 +41,7 @@ struct Decision {
   std::optional<std::int64_t> step;
   bool remove = false;
   std::string reason;
+  std::string archived_to;  // the archive written (or planned) before removing it
 };
 
 struct RotationPlan {
@@ -49,11 +57,16 @@ struct RotationResult {
   RotationPlan plan;
   std::size_t removed = 0;
   std::size_t trash_cleared = 0;  // leftovers of an interrupted earlier deletion
+  std::size_t archived = 0;       // archives written by this rotation
+  std::size_t archives_removed = 0;
 };
 
 // Under the run lock (a dry run takes none and writes nothing): clears leftover trash, scans, plans and
 // deletes each chosen entry by renaming it to a hidden trash name first and then removing the tree. Throws Error of kind locked when
 // `wait_for_lock` is false and the lock is held.
+// With archive_dir, the checkpoints to delete are first archived without holding the lock (a trainer's
+// commit is not held up by compression), then the plan is made again under the lock and only checkpoints
+// whose archive reads back are deleted: at every moment a checkpoint exists live, or archived, or both.
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock);
 
 }  // namespace ckpt::checkpoint

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <set>
 
+#include "checkpoint/archive.hpp"
 #include "format/json.hpp"
 #include "format/safetensors.hpp"
 #include "format/torch_archive.hpp"
@@ -165,6 +166,7 @@ const char* to_string(EntryKind kind) {
     case EntryKind::staging: return "staging";
     case EntryKind::trash: return "trash";
     case EntryKind::custom: return "custom";
+    case EntryKind::archive: return "archive";
   }
   return "custom";
 }
@@ -210,15 +212,58 @@ TreeStats stat_tree(const fs::path& dir) {
   return stats;
 }
 
+// An archive entry from its manifest alone; a manifest that does not read makes it incomplete, with the reason.
+RunEntry archive_entry(const fs::path& path, const std::string& name) {
+  RunEntry e;
+  e.kind = EntryKind::archive;
+  e.name = name;
+  e.path = path.string();
+  e.mtime = e.dir_mtime = mtime_of(path);
+  try {
+    const auto info = read_archive_info(e.path);
+    e.size_bytes = info.summary.archive_bytes;
+    e.num_files = info.summary.files;
+    e.original_bytes = info.summary.original_bytes;
+    e.archived_name = info.manifest.checkpoint;
+    e.step = info.manifest.step;
+    e.state = trainer_state_from_manifest(info.manifest.trainer_state);
+    e.complete = true;
+  } catch (const Error& err) {
+    e.problems.push_back(err.what());
+    e.unreadable = err.kind() == ErrorKind::unsupported;
+    e.step = checkpoint_step(path.stem().string());
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0) e.size_bytes = static_cast<std::uint64_t>(st.st_size);
+  }
+  return e;
+}
+
 }  // namespace
+
+std::vector<RunEntry> scan_archive_dir(const std::string& dir, const std::string& prefix) {
+  std::vector<RunEntry> entries;
+  std::error_code ec;
+  for (const auto& dirent : fs::directory_iterator(dir, ec)) {
+    const std::string name = dirent.path().filename().string();
+    if (name.front() == '.' || dirent.path().extension() != kArchiveExtension || dirent.is_symlink(ec) || !dirent.is_regular_file(ec)) continue;
+    entries.push_back(archive_entry(dirent.path(), prefix + name));
+  }
+  std::sort(entries.begin(), entries.end(), [](const RunEntry& a, const RunEntry& b) { return a.name < b.name; });
+  return entries;
+}
 
 RunScan scan_run(const std::string& run_dir) {
   RunScan scan;
   scan.path = run_dir;
   std::error_code ec;
   fs::directory_iterator it = list_directory(run_dir);
+  scan.entries = scan_archive_dir(run_dir, "");
   for (const auto& dirent : it) {
     if (dirent.is_symlink(ec) || !dirent.is_directory(ec)) continue;
+    if (dirent.path().filename() == kArchiveDirName) {
+      for (auto& e : scan_archive_dir(dirent.path().string(), std::string(kArchiveDirName) + "/")) scan.entries.push_back(std::move(e));
+      continue;
+    }
     RunEntry e;
     e.name = dirent.path().filename().string();
     e.path = dirent.path().string();
@@ -241,10 +286,12 @@ RunScan scan_run(const std::string& run_dir) {
     }
     scan.entries.push_back(std::move(e));
   }
+  // Checkpoints by step (an archive after the live checkpoint of its step), then the others by name.
   std::sort(scan.entries.begin(), scan.entries.end(), [](const RunEntry& a, const RunEntry& b) {
     if (a.step.has_value() != b.step.has_value()) return a.step.has_value();
     if (a.step && *a.step != *b.step) return *a.step < *b.step;
-    return a.name < b.name;
+    if ((a.kind == EntryKind::archive) != (b.kind == EntryKind::archive)) return b.kind == EntryKind::archive;
+    return a.path < b.path;
   });
   return scan;
 }

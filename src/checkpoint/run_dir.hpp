@@ -7,6 +7,8 @@
 //   tmp-checkpoint-*/      Hugging Face's staging directory, in progress, never a checkpoint
 //   .ckpt-staging-*/       ckpt's trainer's staging directory, in progress, never a checkpoint
 //   .ckpt-trash-*/         a checkpoint being deleted (renamed first so it never looks complete)
+//   archive/*.ckpt, *.ckpt archived checkpoints (checkpoint/archive.hpp): listed, bounded only by
+//                          rotate --keep-archives; the archive/ directory itself is not an entry
 //   any other directory    custom (a milestone copy, an export): listed, never rotated
 // Symlinks are never followed.
 #pragma once
@@ -71,19 +73,21 @@ struct Completeness {
 // trainer_state.json parses. Reads headers only, never tensor bytes.
 Completeness assess_completeness(const std::string& dir);
 
-enum class EntryKind { checkpoint, staging, trash, custom };
+enum class EntryKind { checkpoint, staging, trash, custom, archive };
 const char* to_string(EntryKind kind);
 
 struct RunEntry {
   std::string name;
   std::string path;
   EntryKind kind = EntryKind::custom;
-  std::optional<std::int64_t> step;  // checkpoints only
+  std::optional<std::int64_t> step;  // checkpoints and archives
   double mtime = 0;      // newest modification time of the directory and the files directly inside it (age)
   double dir_mtime = 0;  // the directory's own modification time (Hugging Face's use_mtime order)
-  std::uint64_t size_bytes = 0;  // regular files below it, symlinks not followed
+  std::uint64_t size_bytes = 0;  // regular files below it, symlinks not followed (an archive: its file)
   std::size_t num_files = 0;
-  bool complete = false;
+  std::uint64_t original_bytes = 0;  // archives: the archived checkpoint's size
+  std::string archived_name;         // archives: the archived checkpoint's directory name
+  bool complete = false;  // an archive: its manifest reads
   bool unreadable = false;  // see Completeness
   std::vector<std::string> problems;
   std::optional<TrainerStateSummary> state;
@@ -96,6 +100,9 @@ struct RunScan {
 
 // Reads a run directory: every subdirectory, classified; checkpoints assessed for completeness.
 RunScan scan_run(const std::string& run_dir);
+
+// The archives directly in `dir` (visible `*.ckpt` files), as scan_run lists them, named `prefix` + file name.
+std::vector<RunEntry> scan_archive_dir(const std::string& dir, const std::string& prefix);
 
 // Checkpoints (complete only, if asked) in rotation order: by step, or by the directories' own mtimes as
 // Hugging Face does with use_mtime (ties by path; falling back to steps when all mtimes lie within one second,

@@ -38,6 +38,11 @@ int run_best(const BestOptions& o) {
                                : "no best checkpoint: trainer_state.json names none and no checkpoint logged eval_loss");
   }
   const auto& entry = scan.entries[best->entry];
+  const bool archived = entry.kind == checkpoint::EntryKind::archive;
+  if (archived && !o.export_dir.empty()) {
+    throw Error(ErrorKind::invalid_argument, entry.path, "--export",
+                "the best checkpoint is archived; restore it first (ckpt convert " + entry.path + " --to dir -o DIR)");
+  }
   std::optional<checkpoint::ExportResult> exported;
   if (!o.link.empty()) fs_util::replace_symlink(entry.name, (std::filesystem::path(o.run_dir) / o.link).string());
   if (!o.export_dir.empty()) exported = checkpoint::export_model(entry.path, o.export_dir);
@@ -45,7 +50,8 @@ int run_best(const BestOptions& o) {
   if (o.json) {
     json::Json out{{"name", entry.name},
                    {"path", entry.path},
-                   {"step", *entry.step},
+                   {"step", entry.step ? json::Json(*entry.step) : json::Json(nullptr)},
+                   {"archived", archived},
                    {"metric", best->metric.empty() ? json::Json(nullptr) : json::Json(best->metric)},
                    {"value", best->value ? json::Json(*best->value) : json::Json(nullptr)},
                    {"source", best->source}};

@@ -1,11 +1,13 @@
 // `ckpt convert SRC --to safetensors|pytorch -o DST [--max-shard-size SIZE] [--dtype bf16|fp16|fp32]
 //  [--include-state] [--dry-run] [--force] [--json] [-q]`
+// `ckpt convert CHECKPOINT_DIR --to archive -o FILE [--level N] [--threads N]`, `ckpt convert FILE --to dir -o DIR`
 #include <fmt/format.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <iostream>
 
+#include "checkpoint/archive.hpp"
 #include "checkpoint/convert.hpp"
 #include "cli/cli.hpp"
 #include "cli/text.hpp"
@@ -27,6 +29,8 @@ struct ConvertOptions {
   bool json = false;
   bool quiet = false;
   bool max_shard_size_given = false;
+  int level = checkpoint::kDefaultArchiveLevel;
+  unsigned threads = 0;
 };
 
 // A progress line on stderr, only on a terminal and only for inputs big enough to wait for.
@@ -53,7 +57,42 @@ class ProgressLine {
   std::chrono::steady_clock::time_point last_;
 };
 
+// --to archive and --to dir: one archive file <-> one checkpoint directory.
+int run_archive(const ConvertOptions& o) {
+  for (const auto& [given, flag] : {std::pair{o.max_shard_size_given, "--max-shard-size"}, {!o.dtype.empty(), "--dtype"},
+                                    {o.include_state, "--include-state"}, {o.dry_run, "--dry-run"}}) {
+    if (given) throw Error(ErrorKind::invalid_argument, "", flag, "does not apply to --to " + o.to);
+  }
+  checkpoint::ArchiveOptions options;
+  options.level = o.level;
+  options.threads = o.threads;
+  options.force = o.force;
+  ProgressLine progress(!o.quiet && !o.json);
+  options.progress = [&progress](std::uint64_t done, std::uint64_t total) { progress.update(done, total); };
+  const bool archiving = o.to == "archive";
+  const auto s = archiving ? checkpoint::archive_checkpoint(o.source, o.output, options) : checkpoint::restore_archive(o.source, o.output, options);
+  if (o.json) {
+    std::cout << json::dump({{"source", o.source},
+                             {"destination", o.output},
+                             {"to", o.to},
+                             {"checkpoint", s.checkpoint},
+                             {"step", s.step ? json::Json(*s.step) : json::Json(nullptr)},
+                             {"files", s.files},
+                             {"tensors", s.tensors},
+                             {"original_bytes", s.original_bytes},
+                             {"archive_bytes", s.archive_bytes},
+                             {"ratio", s.ratio()}},
+                            2)
+              << "\n";
+  } else if (!o.quiet) {
+    std::cout << fmt::format("{} {} -> {}: {} files, {} tensors, {} {} {} ({:.3f}x)\n", archiving ? "archived" : "restored", o.source, o.output,
+                             s.files, s.tensors, human_bytes(s.original_bytes), archiving ? "into" : "from", human_bytes(s.archive_bytes), s.ratio());
+  }
+  return exit_ok;
+}
+
 int run_convert(const ConvertOptions& o) {
+  if (o.to == "archive" || o.to == "dir") return run_archive(o);
   checkpoint::ConvertOptions options;
   options.to = o.to == "safetensors" ? checkpoint::ConvertTarget::safetensors : checkpoint::ConvertTarget::pytorch;
   if (o.max_shard_size_given) {
@@ -103,15 +142,20 @@ int run_convert(const ConvertOptions& o) {
 
 Action attach_convert(CLI::App& sub) {
   auto o = std::make_shared<ConvertOptions>();
-  sub.add_option("SRC", o->source, "A weights file, a sharded checkpoint's index json, another checkpoint file, or a checkpoint directory")
+  sub.add_option("SRC", o->source,
+                 "A weights file, a sharded checkpoint's index json, another checkpoint file, a checkpoint directory, or an archive (--to dir)")
       ->required();
-  sub.add_option("--to", o->to, "Target format")->required()->check(CLI::IsMember({"safetensors", "pytorch"}));
-  sub.add_option("-o,--output", o->output, "Destination file, or directory (for a directory SRC or with --max-shard-size)")->required();
+  sub.add_option("--to", o->to, "Target format: safetensors, pytorch, archive (a compressed .ckpt file of a checkpoint directory), dir (restore one)")
+      ->required()
+      ->check(CLI::IsMember({"safetensors", "pytorch", "archive", "dir"}));
+  sub.add_option("-o,--output", o->output, "Destination file, or directory (for a directory SRC, with --max-shard-size, or --to dir)")->required();
   sub.add_option("--max-shard-size", o->max_shard_size, "Split weights into shards of at most this size, with an index json (e.g. 5GB, 500MiB)")
       ->each([o](const std::string&) { o->max_shard_size_given = true; });
   sub.add_option("--dtype", o->dtype, "Cast floating weights (round to nearest even, as torch does)")->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
   sub.add_flag("--include-state", o->include_state,
                "For a directory: also convert optimizer, scheduler, scaler and rng_state files (and training_args.bin one way, to JSON)");
+  sub.add_option("--level", o->level, "zstd level for --to archive (default 3)")->check(CLI::Range(1, 19));
+  sub.add_option("--threads", o->threads, "Threads for --to archive and --to dir (default: every core)")->check(CLI::Range(1, 256));
   sub.add_flag("--dry-run", o->dry_run, "Show what would be written; write nothing");
   sub.add_flag("--force", o->force, "Replace an existing destination");
   sub.add_flag("--json", o->json, "Print a JSON summary");

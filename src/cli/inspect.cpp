@@ -189,6 +189,14 @@ std::string file_text(const FileReport& f) {
     }
   } else if (f.kind == "config") {
     out += "  " + fields_text(x, {"config"}) + "\n";
+  } else if (f.kind == "archive") {
+    out += fmt::format("  {} (step {}): {} files, {} tensors, {} archived at {:.3f}x\n", value_text(x["checkpoint"]), value_text(x["step"]),
+                       x["files"].size(), f.tensors.size(), human_bytes(x["original_bytes"].get<std::uint64_t>()), x["ratio"].get<double>());
+    Table table({"file", "size", "sha256"});
+    for (const auto& file : x["files"]) {
+      table.add({file["name"].get<std::string>(), human_bytes(file["size_bytes"].get<std::uint64_t>()), file["sha256"].get<std::string>()});
+    }
+    out += table.render("  ");
   } else if (f.kind == "weights_index") {
     out += fmt::format("  {} tensors in {} shards, total_size {}\n", value_text(x["num_tensors"]), x["shards"].size(),
                        value_text(x["total_size"]));

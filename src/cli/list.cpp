@@ -46,6 +46,9 @@ json::Json listing_json(const checkpoint::RunListing& listing) {
                     {"is_latest", r.is_latest},
                     {"global_step", r.global_step ? json::Json(*r.global_step) : json::Json(nullptr)},
                     {"size_bytes", r.size_bytes},
+                    {"original_bytes", r.kind == EntryKind::archive ? json::Json(r.original_bytes) : json::Json(nullptr)},
+                    {"ratio", r.kind == EntryKind::archive && r.size_bytes ? json::Json(static_cast<double>(r.original_bytes) / static_cast<double>(r.size_bytes))
+                                                                            : json::Json(nullptr)},
                     {"num_files", r.num_files},
                     {"mtime", r.mtime},
                     {"metric", optional_number(r.metric)},
@@ -63,9 +66,15 @@ std::string listing_text(const checkpoint::RunListing& listing) {
     std::string marks;
     if (r.is_best) marks += "best";
     if (r.is_latest) marks += marks.empty() ? "newest" : ",newest";
-    std::string complete = r.kind == EntryKind::checkpoint ? (r.complete ? "yes" : "NO") : checkpoint::to_string(r.kind);
+    std::string complete = r.kind == EntryKind::checkpoint ? (r.complete ? "yes" : "NO")
+                           : r.kind == EntryKind::archive  ? (r.complete ? "archived" : "BAD ARCHIVE")
+                                                           : checkpoint::to_string(r.kind);
+    std::string size = human_bytes(r.size_bytes);
+    if (r.kind == EntryKind::archive && r.complete && r.size_bytes) {
+      size += fmt::format(" ({:.2f}x)", static_cast<double>(r.original_bytes) / static_cast<double>(r.size_bytes));
+    }
     table.add({r.name, r.step ? std::to_string(*r.step) : "-", number_text(r.epoch), number_text(r.loss),
-               number_text(r.metric), marks, complete, human_bytes(r.size_bytes), human_age(now - r.mtime)});
+               number_text(r.metric), marks, complete, size, human_age(now - r.mtime)});
   }
   return table.render();
 }

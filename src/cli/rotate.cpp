@@ -1,9 +1,10 @@
 // `ckpt rotate RUN_DIR --keep N [--keep-every K] [--stale-after DURATION] [--sort step|mtime] [--dry-run]
-//  [--no-wait] [--json] [--metric NAME --mode min|max]`
+//  [--no-wait] [--json] [--metric NAME --mode min|max] [--archive [DIR] [--keep-archives M] [--level N] [--threads N]]`
 #include <fmt/format.h>
 
 #include <iostream>
 
+#include "checkpoint/archive.hpp"
 #include "checkpoint/rotation.hpp"
 #include "cli/cli.hpp"
 #include "cli/text.hpp"
@@ -24,6 +25,11 @@ struct RotateOptions {
   bool no_wait = false;
   bool json = false;
   bool quiet = false;
+  bool archive = false;
+  std::string archive_dir;
+  std::int64_t keep_archives = 0;
+  int level = checkpoint::kDefaultArchiveLevel;
+  unsigned threads = 0;
 };
 
 int run_rotate(const RotateOptions& o) {
@@ -36,6 +42,10 @@ int run_rotate(const RotateOptions& o) {
   options.by_mtime = o.sort == "mtime";
   if (!o.metric.empty()) options.best.metric = o.metric;
   if (!o.mode.empty()) options.best.greater_is_better = o.mode == "max";
+  if (o.archive) options.archive_dir = o.archive_dir.empty() ? std::string(checkpoint::kArchiveDirName) : o.archive_dir;
+  if (o.keep_archives > 0) options.keep_archives = o.keep_archives;
+  options.archive_level = o.level;
+  options.archive_threads = o.threads;
 
   const auto result = checkpoint::rotate(o.run_dir, options, o.dry_run, !o.no_wait);
   if (o.json) {
@@ -46,6 +56,7 @@ int run_rotate(const RotateOptions& o) {
                            {"kind", checkpoint::to_string(d.kind)},
                            {"step", d.step ? json::Json(*d.step) : json::Json(nullptr)},
                            {"action", d.remove ? "delete" : "keep"},
+                           {"archived_to", d.archived_to.empty() ? json::Json(nullptr) : json::Json(d.archived_to)},
                            {"reason", d.reason}});
     }
     std::cout << json::dump({{"run_dir", o.run_dir},
@@ -53,6 +64,8 @@ int run_rotate(const RotateOptions& o) {
                              {"best", result.plan.best ? json::Json(*result.plan.best) : json::Json(nullptr)},
                              {"newest", result.plan.newest ? json::Json(*result.plan.newest) : json::Json(nullptr)},
                              {"removed", result.removed},
+                             {"archived", result.archived},
+                             {"archives_removed", result.archives_removed},
                              {"decisions", std::move(decisions)}},
                             2)
               << "\n";
@@ -60,7 +73,9 @@ int run_rotate(const RotateOptions& o) {
     Table table({"name", "action", "reason"});
     for (const auto& d : result.plan.decisions) {
       if (!o.dry_run && !d.remove) continue;
-      table.add({d.name, d.remove ? (o.dry_run ? "would delete" : "deleted") : "keep", d.reason});
+      std::string action = d.remove ? (o.dry_run ? "would delete" : "deleted") : "keep";
+      if (d.remove && !d.archived_to.empty()) action = (o.dry_run ? "would archive to " : "archived to ") + d.archived_to + ", " + action;
+      table.add({d.name, action, d.reason});
     }
     std::cout << table.render();
   }
@@ -83,11 +98,21 @@ Action attach_rotate(CLI::App& sub) {
   sub.add_flag_callback("--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");
   sub.add_option("--metric", o->metric, "Find the best by this metric instead of trainer_state.json's best_model_checkpoint");
   sub.add_option("--mode", o->mode, "min or max for --metric")->check(CLI::IsMember({"min", "max"}));
+  CLI::Option* archive = sub.add_option("--archive", o->archive_dir,
+                                        "Archive each checkpoint into DIR (default RUN_DIR/archive) as a compressed .ckpt file before deleting it")
+                            ->expected(0, 1);
+  sub.add_option("--keep-archives", o->keep_archives, "With --archive: keep at most M archives there (the newest, and the best's)")
+      ->check(CLI::PositiveNumber);
+  sub.add_option("--level", o->level, "zstd level for --archive (default 3)")->check(CLI::Range(1, 19));
+  sub.add_option("--threads", o->threads, "Threads for --archive (default: every core)")->check(CLI::Range(1, 256));
   sub.add_flag("--dry-run", o->dry_run, "Show each directory with keep or delete and the reason; change nothing");
   sub.add_flag("--no-wait", o->no_wait, "Fail with exit status 75 instead of waiting when another ckpt holds the run's lock");
   sub.add_flag("--json", o->json, "Print the decisions as JSON");
   sub.add_flag("-q,--quiet", o->quiet, "Print nothing unless there is an error");
-  return [o] { return run_rotate(*o); };
+  return [o, archive] {
+    o->archive = archive->count() > 0;
+    return run_rotate(*o);
+  };
 }
 
 }  // namespace ckpt::cli

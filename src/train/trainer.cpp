@@ -22,6 +22,7 @@
 #include <optional>
 #include <thread>
 
+#include "checkpoint/archive.hpp"
 #include "checkpoint/lock.hpp"
 #include "checkpoint/rotation.hpp"
 #include "checkpoint/run_dir.hpp"
@@ -216,6 +217,11 @@ void write_checkpoint_files(const std::string& dir, CheckpointFiles& files, cons
 class Trainer {
  public:
   Trainer(const TrainRequest& request, TrainResult& result) : request_(request), result_(result) {}
+  ~Trainer() {
+    if (restored_dir_) fs_util::remove_tree(*restored_dir_);
+  }
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
   void run();
 
  private:
@@ -261,6 +267,8 @@ class Trainer {
   Arguments args_;
   std::string run_dir_;
   std::optional<std::string> resume_dir_;
+  // Resuming from an archive: the staging directory it was restored into, removed once loaded.
+  std::optional<std::string> restored_dir_;
   std::unique_ptr<RunLock> train_lock_;
   WeightsOptions weights_options_;
 
@@ -331,13 +339,23 @@ void Trainer::prepare_arguments() {
     run_dir_ = *output;
     return;
   }
-  run_dir_ = request_.run_dir;
-  if (!fs::is_directory(run_dir_)) throw Error(ErrorKind::not_found, run_dir_, "", "no such run directory");
   std::string dir;
   if (request_.from) {
+    // checkpoint-N in the run directory, or its archive when rotation archived it; or a path.
     const fs::path in_run = fs::path(run_dir_) / *request_.from;
-    dir = checkpoint::checkpoint_step(*request_.from) && fs::is_directory(in_run) ? in_run.string() : *request_.from;
-    if (!fs::is_directory(dir)) throw Error(ErrorKind::not_found, dir, "", "no such checkpoint directory");
+    const fs::path archived = fs::path(run_dir_) / checkpoint::kArchiveDirName / (*request_.from + checkpoint::kArchiveExtension);
+    const bool named = checkpoint::checkpoint_step(*request_.from).has_value();
+    dir = named && fs::is_directory(in_run) ? in_run.string() : named && fs::is_regular_file(archived) ? archived.string() : *request_.from;
+    if (checkpoint::is_archive(dir)) {
+      // Restored into a staging directory of the run, which the trainer lock makes ours (open_run_directory ran).
+      const std::string staging = (fs::path(run_dir_) / (std::string(checkpoint::kStagingPrefix) + "restore-" + fs_util::unique_suffix())).string();
+      checkpoint::restore_archive(dir, staging, {});
+      restored_dir_ = staging;
+      result_.resumed_from = dir;
+      dir = staging;
+    } else if (!fs::is_directory(dir)) {
+      throw Error(ErrorKind::not_found, dir, "", "no such checkpoint directory or archive");
+    }
   } else {
     const auto scan = checkpoint::scan_run(run_dir_);
     const auto newest = checkpoint::newest_complete(scan);
@@ -394,7 +412,7 @@ void Trainer::prepare_arguments() {
   }
   args_["output_dir"] = run_dir_;
   resume_dir_ = dir;
-  result_.resumed_from = dir;
+  if (!restored_dir_) result_.resumed_from = dir;
 }
 
 void Trainer::validate_arguments() const {
@@ -861,14 +879,27 @@ void Trainer::finish() {
 }
 
 void Trainer::run() {
-  prepare_arguments();
-  validate_arguments();
-  open_run_directory();
+  if (request_.mode == TrainMode::resume) {
+    // The run directory is locked first, so an archive can be restored into it (prepare_arguments).
+    if (!fs::is_directory(request_.run_dir)) throw Error(ErrorKind::not_found, request_.run_dir, "", "no such run directory");
+    run_dir_ = request_.run_dir;
+    open_run_directory();
+    prepare_arguments();
+    validate_arguments();
+  } else {
+    prepare_arguments();
+    validate_arguments();
+    open_run_directory();
+  }
   build();
   if (resume_dir_) {
     const auto start = Clock::now();
     restore(*resume_dir_);
     result_.load_seconds = seconds_since(start);
+  }
+  if (restored_dir_) {
+    fs_util::remove_tree(*restored_dir_);
+    restored_dir_.reset();
   }
   result_.output_dir = run_dir_;
   result_.max_steps = max_steps_;

@@ -18,6 +18,8 @@
 
 namespace ckpt::fs_util {
 
+namespace fs = std::filesystem;
+
 void fsync_directory(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) fail_io(dir, "open directory", errno);
@@ -126,6 +128,29 @@ void remove_tree(const std::string& path) {
   std::filesystem::remove_all(path, ec);  // removes symlinks themselves, never what they point to
   if (ec && ec != std::errc::no_such_file_or_directory) {
     throw Error(ErrorKind::io, path, "", "cannot remove: " + ec.message());
+  }
+}
+
+void build_directory(const std::string& destination, const std::function<void(const std::string& staging)>& fill) {
+  const fs::path dest(destination);
+  const fs::path parent = dest.parent_path().empty() ? fs::path(".") : dest.parent_path();
+  const std::string staging = (parent / ("." + dest.filename().string() + ".tmp-" + unique_suffix())).string();
+  std::error_code ec;
+  fs::create_directory(staging, ec);
+  if (ec) throw Error(ErrorKind::io, staging, "", "cannot create directory: " + ec.message());
+  try {
+    fill(staging);
+    fsync_directory(staging);
+    std::string replaced;
+    if (fs::exists(fs::symlink_status(destination))) {
+      replaced = (parent / ("." + dest.filename().string() + ".old-" + unique_suffix())).string();
+      durable_rename(destination, replaced);
+    }
+    durable_rename(staging, destination);
+    if (!replaced.empty()) remove_tree(replaced);
+  } catch (...) {
+    remove_tree(staging);
+    throw;
   }
 }
 

@@ -2,6 +2,7 @@
 // removal that never follows links.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,11 @@ void copy_file(const std::string& from, const std::string& to);
 // The same, but a hard link when both are on one file system (for files nobody will modify, such as an
 // export of immutable checkpoint files). Returns true when it hard-linked.
 bool link_or_copy(const std::string& from, const std::string& to);
+
+// Builds a directory in a hidden staging directory beside `destination` (`.NAME.tmp-*`), filled by `fill`
+// (which makes its files durable), then fsyncs it and renames it into place, so the destination appears complete
+// or not at all; an existing destination is replaced the same way. On failure the staging directory is removed.
+void build_directory(const std::string& destination, const std::function<void(const std::string& staging)>& fill);
 
 // A name unique to this process and call, for temporary entries beside a destination.
 std::string unique_suffix();

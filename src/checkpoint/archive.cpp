@@ -1,0 +1,528 @@
+#include "checkpoint/archive.hpp"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <memory>
+#include <thread>
+
+#include "format/safetensors.hpp"
+#include "format/torch_archive.hpp"
+#include "util/atomic_file.hpp"
+#include "util/error.hpp"
+#include "util/fs.hpp"
+#include "util/ordered_pool.hpp"
+#include "util/sha256.hpp"
+
+namespace ckpt::checkpoint {
+namespace {
+
+namespace fs = std::filesystem;
+using archive::Layout;
+using archive::Manifest;
+using archive::Segment;
+using archive::Transform;
+using pickle::Graph;
+using pickle::Kind;
+using pickle::NodeId;
+
+unsigned thread_count(const ArchiveOptions& options) {
+  if (options.threads > 0) return options.threads;
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// ---- reading a checkpoint directory ----
+
+struct InputFile {
+  std::string name;  // relative to the checkpoint directory
+  std::string path;
+  std::uint32_t mode = 0644;
+  // While planning: the file mapped (as a torch.save zip when it is one) to read its metadata.
+  std::unique_ptr<MappedFile> mapped;
+  std::unique_ptr<torch_archive::TorchFile> torch;
+  std::span<const std::uint8_t> bytes;
+  // While compressing: chunks are read with pread, so memory stays bounded by the chunks in flight.
+  std::unique_ptr<ReadOnlyFile> reader;
+};
+
+// Every regular file below `dir`, by name. Anything else is refused: an archive restores files only.
+std::vector<InputFile> list_files(const std::string& dir) {
+  std::vector<InputFile> files;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    const auto status = it->symlink_status(ec);
+    if (ec) break;
+    if (fs::is_directory(status)) continue;
+    const std::string path = it->path().string();
+    if (!fs::is_regular_file(status)) throw Error(ErrorKind::unsupported, path, "", "not a regular file; an archive holds regular files only");
+    InputFile f;
+    f.name = it->path().lexically_relative(dir).generic_string();
+    f.path = path;
+    f.mode = static_cast<std::uint32_t>(status.permissions()) & 0777;
+    files.push_back(std::move(f));
+  }
+  if (ec) throw Error(ErrorKind::io, dir, "", "cannot read the directory: " + ec.message());
+  std::sort(files.begin(), files.end(), [](const InputFile& a, const InputFile& b) { return a.name < b.name; });
+  return files;
+}
+
+// How a storage of `dtype` is laid out in planes: floats rotated so their exponents fill one plane, complex
+// numbers as pairs of floats, integers as plain byte planes, one-byte types as bytes.
+void layout_for(DType dtype, Segment& s) {
+  const std::size_t size = element_size(dtype);
+  const bool complex = dtype == DType::complex64 || dtype == DType::complex128;
+  s.element_size = static_cast<std::uint32_t>(complex ? size / 2 : size);
+  if (s.element_size == 1 || s.size % s.element_size != 0) {
+    s.layout = Layout::bytes;
+    s.element_size = 1;
+    s.transform = Transform::none;
+    return;
+  }
+  s.layout = Layout::planes;
+  s.transform = is_floating(dtype) || complex ? Transform::rotl1 : Transform::none;
+}
+
+// Names for the tensors of a pickled value: the path of dict keys and sequence indices that first reaches each
+// (as checkpoint/structure.hpp names them). Each node is visited once, so shared references cost nothing.
+void name_tensors(const Graph& g, NodeId node, const std::string& path, std::vector<bool>& seen, std::vector<std::string>& names) {
+  if (seen[node]) return;
+  seen[node] = true;
+  const auto& n = g.at(node);
+  auto child = [&](const std::string& key) { return path.empty() ? key : path + "." + key; };
+  switch (n.kind) {
+    case Kind::tensor:
+      if (names[static_cast<std::size_t>(n.integer)].empty()) names[static_cast<std::size_t>(n.integer)] = path.empty() ? "." : path;
+      break;
+    case Kind::dict:
+      for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) {
+        const auto& key = g.at(n.items[i]);
+        const std::string k = key.kind == Kind::string ? key.text : key.kind == Kind::integer ? std::to_string(key.integer) : std::to_string(i / 2);
+        name_tensors(g, n.items[i + 1], child(k), seen, names);
+      }
+      break;
+    case Kind::list:
+    case Kind::tuple:
+      for (std::size_t i = 0; i < n.items.size(); ++i) name_tensors(g, n.items[i], child(std::to_string(i)), seen, names);
+      break;
+    default:
+      break;
+  }
+}
+
+struct StorageSpan {
+  std::uint64_t offset = 0;
+  std::uint64_t size = 0;
+  DType dtype = DType::uint8;
+};
+
+// Cuts a file into segments: each storage span (sorted, not overlapping) a planes segment, the bytes between
+// them bytes segments. Returns, per span, its segment index (kNoSegment for a span overlapping an earlier one or
+// the end of the file: its bytes stay in a bytes segment).
+constexpr std::size_t kNoSegment = static_cast<std::size_t>(-1);
+std::vector<std::size_t> cut_segments(InputFile& in, const std::vector<StorageSpan>& spans, archive::File& out) {
+  std::vector<std::size_t> segment_of(spans.size(), kNoSegment);
+  std::vector<std::size_t> order(spans.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return spans[a].offset < spans[b].offset; });
+  std::uint64_t at = 0;
+  auto add = [&](std::uint64_t size, std::optional<DType> dtype) {
+    Segment s;
+    s.size = size;
+    if (dtype) layout_for(*dtype, s);
+    out.segments.push_back(std::move(s));
+    return out.segments.size() - 1;
+  };
+  for (std::size_t i : order) {
+    const auto& sp = spans[i];
+    if (sp.offset < at || sp.size > in.bytes.size() || sp.offset > in.bytes.size() - sp.size) continue;  // left inside a bytes segment
+    if (sp.offset > at) add(sp.offset - at, std::nullopt);
+    segment_of[i] = add(sp.size, sp.dtype);
+    at = sp.offset + sp.size;
+  }
+  if (at < in.bytes.size()) add(in.bytes.size() - at, std::nullopt);
+  return segment_of;
+}
+
+// Segments and tensors of one file, from its own metadata. A file ckpt cannot parse is stored as bytes: the
+// archive stays exact, only less compact.
+void plan_file(InputFile& in, std::size_t file_index, archive::File& out, std::vector<archive::Tensor>& tensors) {
+  in.mapped = std::make_unique<MappedFile>(in.path);
+  in.bytes = in.mapped->bytes();
+  out.name = in.name;
+  out.size = in.bytes.size();
+  out.mode = in.mode;
+  const auto container = torch_archive::sniff(in.bytes.first(std::min<std::size_t>(64, in.bytes.size())));
+  try {
+    if (container == torch_archive::Container::safetensors) {
+      const auto header = safetensors::parse(in.bytes);
+      std::vector<StorageSpan> spans;
+      for (std::size_t i = 0; i < header.tensors.size(); ++i) {
+        const auto& t = header.tensors[i];
+        spans.push_back({header.buffer_offset + t.begin, t.end - t.begin, t.dtype});
+      }
+      const auto segment_of = cut_segments(in, spans, out);
+      for (std::size_t i = 0; i < header.tensors.size(); ++i) {
+        const auto& t = header.tensors[i];
+        if (segment_of[i] != kNoSegment) tensors.push_back({t.name, t.dtype, t.shape, file_index, segment_of[i], 0});
+      }
+      return;
+    }
+    if (container == torch_archive::Container::torch_zip) {
+      auto mapped = std::make_unique<MappedFile>(in.path);
+      in.torch = std::make_unique<torch_archive::TorchFile>(std::move(*mapped));
+      in.bytes = in.torch->mapped().bytes();
+      in.mapped.reset();
+      const Graph& g = in.torch->graph();
+      std::vector<StorageSpan> spans;
+      for (std::size_t i = 0; i < g.storages.size(); ++i) {
+        const auto bytes = in.torch->storage_bytes(i);
+        spans.push_back({static_cast<std::uint64_t>(bytes.data() - in.bytes.data()), bytes.size(), g.storages[i].dtype});
+      }
+      const auto segment_of = cut_segments(in, spans, out);
+      std::vector<bool> seen(g.size(), false);
+      std::vector<std::string> names(g.tensors.size());
+      name_tensors(g, g.root(), "", seen, names);
+      for (std::size_t i = 0; i < g.tensors.size(); ++i) {
+        const auto& t = g.tensors[i];
+        if (segment_of[t.storage] == kNoSegment || t.storage_offset < 0) continue;
+        const std::uint64_t offset = static_cast<std::uint64_t>(t.storage_offset) * element_size(t.dtype);
+        if (offset / element_size(t.dtype) != static_cast<std::uint64_t>(t.storage_offset) || offset > out.segments[segment_of[t.storage]].size) continue;
+        tensors.push_back({names[i].empty() ? "data/" + g.storages[t.storage].key : names[i], t.dtype, t.shape, file_index,
+                           segment_of[t.storage], offset});
+      }
+      return;
+    }
+  } catch (const Error&) {
+    // Not what its first bytes promised: kept as bytes below.
+    if (!in.mapped) {
+      in.torch.reset();
+      in.mapped = std::make_unique<MappedFile>(in.path);
+      in.bytes = in.mapped->bytes();
+    }
+    const auto first_tensor = std::find_if(tensors.begin(), tensors.end(), [&](const archive::Tensor& t) { return t.file == file_index; });
+    tensors.erase(first_tensor, tensors.end());
+  }
+  out.segments.clear();
+  if (!in.bytes.empty()) {
+    out.segments.push_back({in.bytes.size(), Layout::bytes, 1, Transform::none, {}});
+  }
+}
+
+// A label for a segment in error messages: the tensor stored there, or its byte range.
+std::string segment_label(const Manifest& m, std::size_t file, std::size_t segment, std::uint64_t file_offset) {
+  for (const auto& t : m.tensors) {
+    if (t.file == file && t.segment == segment) return "tensor " + t.name;
+  }
+  return "bytes at offset " + std::to_string(file_offset);
+}
+
+struct ChunkJob {
+  std::size_t file = 0;
+  std::size_t segment = 0;
+  std::uint64_t chunk = 0;
+  std::uint64_t file_offset = 0;  // of the chunk's first byte
+  std::uint64_t length = 0;
+};
+
+std::vector<ChunkJob> chunk_jobs(const Manifest& m) {
+  std::vector<ChunkJob> jobs;
+  for (std::size_t f = 0; f < m.files.size(); ++f) {
+    std::uint64_t offset = 0;
+    for (std::size_t s = 0; s < m.files[f].segments.size(); ++s) {
+      const auto& seg = m.files[f].segments[s];
+      const std::uint64_t chunks = archive::chunk_count(seg, m.chunk_size);
+      for (std::uint64_t c = 0; c < chunks; ++c) {
+        const std::uint64_t length = archive::chunk_length(seg, m.chunk_size, c);
+        jobs.push_back({f, s, c, offset + c * m.chunk_size, length});
+      }
+      offset += seg.size;
+    }
+  }
+  return jobs;
+}
+
+ArchiveSummary summary_of(const Manifest& m, const std::string& path, std::uint64_t archive_bytes) {
+  ArchiveSummary s;
+  s.path = path;
+  s.checkpoint = m.checkpoint;
+  s.step = m.step;
+  s.original_bytes = m.original_size();
+  s.archive_bytes = archive_bytes;
+  s.files = m.files.size();
+  s.tensors = m.tensors.size();
+  return s;
+}
+
+// Decodes every chunk of `archive_bytes` in order on the pool, handing each file's bytes to `write` and checking
+// each file's sha256 when its last byte has passed; `begin_file` and `end_file` bracket each file (also empty ones).
+void decode_all(const ReadOnlyFile& archive_file, const Manifest& m, const ArchiveOptions& options,
+                const std::function<void(std::size_t file)>& begin_file,
+                const std::function<void(std::size_t file, std::span<const std::uint8_t>)>& write,
+                const std::function<void(std::size_t file)>& end_file) {
+  const auto jobs = chunk_jobs(m);
+  const unsigned threads = thread_count(options);
+  const std::size_t window = 2 * static_cast<std::size_t>(threads);
+  struct Slot {
+    ByteBuffer stored;
+    ByteBuffer raw;
+  };
+  std::vector<Slot> slots(window);
+  const std::string& archive_path = archive_file.path();
+  std::vector<std::unique_ptr<archive::ChunkCoder>> coders;
+  for (unsigned i = 0; i < threads; ++i) coders.push_back(std::make_unique<archive::ChunkCoder>(options.level));
+  Sha256 hash;
+  std::size_t open_file = 0;  // files before this one are finished
+  bool file_open = false;
+  const std::uint64_t total = m.original_size();
+  std::uint64_t done = 0;
+  auto finish = [&](std::size_t f) {
+    if (Sha256::hex(hash.finish()) != Sha256::hex(m.files[f].sha256)) {
+      throw Error(ErrorKind::corrupt, archive_path, m.files[f].name, "sha256 mismatch: the restored bytes differ from the archived file");
+    }
+    end_file(f);
+  };
+  // Finishes every file before `f` (opening the empty ones in between) and opens `f` (none past the last).
+  auto advance_to = [&](std::size_t f) {
+    while (open_file < f || (open_file == f && !file_open && f < m.files.size())) {
+      if (!file_open) {
+        begin_file(open_file);
+        file_open = true;
+      }
+      if (open_file == f) break;
+      finish(open_file);
+      file_open = false;
+      ++open_file;
+    }
+  };
+  run_ordered(
+      jobs.size(), threads, window,
+      [&](std::size_t j, unsigned worker) {
+        const auto& job = jobs[j];
+        auto& slot = slots[j % window];
+        const auto& segment = m.files[job.file].segments[job.segment];
+        const auto extent = archive::chunk_extent(segment, job.chunk);
+        slot.stored.resize(extent.size);
+        slot.raw.resize(job.length);
+        archive_file.read_at(extent.offset, slot.stored.span());
+        try {
+          coders[worker]->decode(segment, job.chunk, slot.stored.span(), extent.offset, slot.raw.span());
+        } catch (const Error& e) {
+          throw Error(e.kind(), archive_path, m.files[job.file].name + ": " + segment_label(m, job.file, job.segment, job.file_offset) + ": " + e.where(),
+                      e.detail());
+        }
+      },
+      [&](std::size_t j) {
+        const auto& job = jobs[j];
+        advance_to(job.file);
+        const auto raw = slots[j % window].raw.span();
+        hash.update(raw);
+        write(job.file, raw);
+        done += raw.size();
+        if (options.progress) options.progress(done, total);
+      });
+  advance_to(m.files.size());
+}
+
+}  // namespace
+
+json::Json trainer_state_to_manifest(const TrainerStateSummary& state) {
+  auto optional = [](const auto& v) { return v ? json::Json(*v) : json::Json(nullptr); };
+  json::Json evals = json::Json::array();
+  for (const auto& [step, metrics] : state.eval_by_step) {
+    json::Json values = json::Json::object();
+    for (const auto& [k, v] : metrics) values[k] = v;
+    evals.push_back({{"step", step}, {"metrics", std::move(values)}});
+  }
+  return {{"global_step", optional(state.global_step)},
+          {"epoch", optional(state.epoch)},
+          {"best_model_checkpoint", optional(state.best_model_checkpoint)},
+          {"best_metric", optional(state.best_metric)},
+          {"loss", optional(state.last_loss)},
+          {"evaluations", std::move(evals)}};
+}
+
+std::optional<TrainerStateSummary> trainer_state_from_manifest(const json::Json& stored) {
+  if (!stored.is_object()) return std::nullopt;
+  TrainerStateSummary s;
+  auto number = [&](const char* key) -> std::optional<double> {
+    auto it = stored.find(key);
+    if (it != stored.end() && it->is_number()) return it->get<double>();
+    return std::nullopt;
+  };
+  if (auto it = stored.find("global_step"); it != stored.end() && it->is_number_integer()) s.global_step = it->get<std::int64_t>();
+  s.epoch = number("epoch");
+  s.best_metric = number("best_metric");
+  s.last_loss = number("loss");
+  if (auto it = stored.find("best_model_checkpoint"); it != stored.end() && it->is_string()) s.best_model_checkpoint = it->get<std::string>();
+  if (auto it = stored.find("evaluations"); it != stored.end() && it->is_array()) {
+    for (const auto& e : *it) {
+      if (!e.is_object() || !e.contains("step") || !e["step"].is_number_integer() || !e.contains("metrics") || !e["metrics"].is_object()) continue;
+      auto& metrics = s.eval_by_step[e["step"].get<std::int64_t>()];
+      for (const auto& [k, v] : e["metrics"].items()) {
+        if (v.is_number()) metrics[k] = v.get<double>();
+      }
+    }
+  }
+  return s;
+}
+
+bool is_archive(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return false;
+  try {
+    ReadOnlyFile file(path);
+    std::array<std::uint8_t, archive::kHeaderSize> head{};
+    if (file.size() < head.size()) return false;
+    file.read_at(0, head);
+    return archive::has_magic(head);
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+ArchiveInfo read_archive_info(const std::string& archive_path) {
+  ReadOnlyFile file(archive_path);
+  ArchiveInfo info{archive::read_manifest(file), {}};
+  info.summary = summary_of(info.manifest, archive_path, file.size());
+  return info;
+}
+
+ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& archive_path, const ArchiveOptions& options) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) throw Error(ErrorKind::not_found, dir, "", "no such checkpoint directory");
+  if (fs::exists(fs::symlink_status(archive_path, ec)) && !options.force) {
+    throw Error(ErrorKind::invalid_argument, archive_path, "", "already exists; pass --force to replace it");
+  }
+  if (options.chunk_size < archive::kMinChunkSize || options.chunk_size > archive::kMaxChunkSize || options.chunk_size % archive::kMaxElementSize) {
+    throw Error(ErrorKind::invalid_argument, "", "chunk size", "out of range");
+  }
+  Manifest m;
+  m.chunk_size = options.chunk_size;
+  m.checkpoint = fs::path(dir).lexically_normal().filename().string();
+  if (m.checkpoint.empty()) m.checkpoint = fs::path(dir).lexically_normal().parent_path().filename().string();
+  m.step = checkpoint_step(m.checkpoint);
+  const auto completeness = assess_completeness(dir);
+  m.trainer_state = completeness.state ? trainer_state_to_manifest(*completeness.state) : json::Json(nullptr);
+
+  auto inputs = list_files(dir);
+  m.files.resize(inputs.size());
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    plan_file(inputs[i], i, m.files[i], m.tensors);
+    inputs[i].torch.reset();
+    inputs[i].mapped.reset();
+    inputs[i].bytes = {};
+    inputs[i].reader = std::make_unique<ReadOnlyFile>(inputs[i].path);
+    if (inputs[i].reader->size() != m.files[i].size) throw Error(ErrorKind::io, inputs[i].path, "", "changed size while being archived");
+  }
+
+  const auto jobs = chunk_jobs(m);
+  const unsigned threads = thread_count(options);
+  const std::size_t window = 2 * static_cast<std::size_t>(threads);
+  struct Slot {
+    ByteBuffer raw;
+    std::vector<archive::Frame> frames;
+    std::vector<std::uint8_t> stored;
+  };
+  std::vector<Slot> slots(window);
+  std::vector<std::unique_ptr<archive::ChunkCoder>> coders;
+  for (unsigned i = 0; i < threads; ++i) coders.push_back(std::make_unique<archive::ChunkCoder>(options.level));
+
+  AtomicFile out(archive_path, {.direct = true});
+  out.write(std::span<const std::uint8_t>(archive::header_bytes()));
+  Sha256 hash;
+  std::size_t hashed_file = 0;
+  auto finish_files_before = [&](std::size_t f) {
+    for (; hashed_file < f; ++hashed_file) m.files[hashed_file].sha256 = hash.finish();
+  };
+  const std::uint64_t total = m.original_size();
+  std::uint64_t done = 0;
+  run_ordered(
+      jobs.size(), threads, window,
+      [&](std::size_t j, unsigned worker) {
+        const auto& job = jobs[j];
+        auto& slot = slots[j % window];
+        slot.raw.resize(job.length);
+        inputs[job.file].reader->read_at(job.file_offset, slot.raw.span());
+        slot.stored.clear();
+        slot.frames = coders[worker]->encode(slot.raw.span(), m.files[job.file].segments[job.segment], slot.stored);
+      },
+      [&](std::size_t j) {
+        const auto& job = jobs[j];
+        finish_files_before(job.file);
+        auto& slot = slots[j % window];
+        const std::uint64_t base = out.position();
+        out.write(slot.stored);
+        auto& frames = m.files[job.file].segments[job.segment].frames;
+        for (auto frame : slot.frames) {
+          frame.offset += base;
+          frames.push_back(frame);
+        }
+        hash.update(slot.raw.span());
+        done += job.length;
+        if (options.progress) options.progress(done, total);
+      });
+  finish_files_before(m.files.size());
+  const std::uint64_t manifest_offset = out.position();
+  const std::string manifest = archive::serialize_manifest(m);
+  out.write(manifest);
+  out.write(std::span<const std::uint8_t>(archive::trailer_bytes(manifest_offset, manifest)));
+  const std::uint64_t archive_bytes = out.position();
+  out.commit();
+  auto summary = summary_of(m, archive_path, archive_bytes);
+  summary.directory = dir;
+  return summary;
+}
+
+ArchiveSummary restore_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options) {
+  std::error_code ec;
+  if (fs::exists(fs::symlink_status(dir, ec)) && !options.force) {
+    throw Error(ErrorKind::invalid_argument, dir, "", "already exists; pass --force to replace it");
+  }
+  ReadOnlyFile archive_file(archive_path);
+  const Manifest m = archive::read_manifest(archive_file);
+  fs_util::build_directory(dir, [&](const std::string& staging) {
+    std::vector<std::string> written;
+    std::vector<std::string> directories{staging};
+    std::unique_ptr<AtomicFile> file;
+    decode_all(
+        archive_file, m, options,
+        [&](std::size_t f) {
+          const fs::path path = fs::path(staging) / m.files[f].name;
+          if (path.parent_path() != fs::path(staging) && !fs::is_directory(path.parent_path())) {
+            std::error_code mk;
+            fs::create_directories(path.parent_path(), mk);
+            if (mk) throw Error(ErrorKind::io, path.parent_path().string(), "", "cannot create directory: " + mk.message());
+            for (fs::path p = path.parent_path(); p != fs::path(staging); p = p.parent_path()) directories.push_back(p.string());
+          }
+          file = std::make_unique<AtomicFile>(path.string(), WriteOptions{.direct = true, .durable = false});
+        },
+        [&](std::size_t, std::span<const std::uint8_t> bytes) { file->write(bytes); },
+        [&](std::size_t f) {
+          file->commit();
+          const std::string path = file->destination();
+          if (::chmod(path.c_str(), m.files[f].mode) != 0) fail_io(path, "chmod", errno);
+          written.push_back(path);
+          file.reset();
+        });
+    fs_util::fsync_files(written);
+    std::sort(directories.begin(), directories.end());
+    directories.erase(std::unique(directories.begin(), directories.end()), directories.end());
+    for (auto it = directories.rbegin(); it != directories.rend(); ++it) {
+      if (*it != staging) fs_util::fsync_directory(*it);
+    }
+  });
+  auto summary = summary_of(m, archive_path, archive_file.size());
+  summary.directory = dir;
+  return summary;
+}
+
+ArchiveSummary verify_archive(const std::string& archive_path, const ArchiveOptions& options) {
+  ReadOnlyFile archive_file(archive_path);
+  const Manifest m = archive::read_manifest(archive_file);
+  decode_all(
+      archive_file, m, options, [](std::size_t) {}, [](std::size_t, std::span<const std::uint8_t>) {}, [](std::size_t) {});
+  return summary_of(m, archive_path, archive_file.size());
+}
+
+}  // namespace ckpt::checkpoint

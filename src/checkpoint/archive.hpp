@@ -1,0 +1,72 @@
+// Compressed archives of checkpoint directories (format/archive.hpp): `ckpt convert --to archive|dir`,
+// `rotate --archive`, and the archived checkpoints that list, best, inspect and resume see.
+//
+// Archiving reads each file of the checkpoint once (memory-mapped) and finds its tensors from the file's own
+// metadata (a safetensors header, a torch.save zip's pickle); every tensor storage becomes a segment of byte
+// planes, everything else (pickles, JSON, zip headers, files ckpt cannot parse) segments of bytes. Chunks are
+// compressed on every core and written in order; memory is bounded by chunk size x threads. Restoring checks
+// each file's sha256 before the directory appears.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "checkpoint/run_dir.hpp"
+#include "format/archive.hpp"
+
+namespace ckpt::checkpoint {
+
+inline constexpr const char* kArchiveExtension = ".ckpt";
+inline constexpr const char* kArchiveDirName = "archive";  // rotate --archive's default, inside the run directory
+inline constexpr int kDefaultArchiveLevel = 3;
+
+struct ArchiveOptions {
+  int level = kDefaultArchiveLevel;  // zstd level for the frames it tries
+  unsigned threads = 0;              // 0: every core
+  std::uint64_t chunk_size = 4u << 20;
+  bool force = false;                // replace an existing destination
+  // Called with bytes done and bytes in all.
+  std::function<void(std::uint64_t, std::uint64_t)> progress;
+};
+
+struct ArchiveSummary {
+  std::string path;        // the archive
+  std::string directory;   // the checkpoint directory archived or restored
+  std::string checkpoint;  // the archived directory's name
+  std::optional<std::int64_t> step;
+  std::uint64_t original_bytes = 0;
+  std::uint64_t archive_bytes = 0;
+  std::size_t files = 0;
+  std::size_t tensors = 0;
+  double ratio() const { return archive_bytes ? static_cast<double>(original_bytes) / static_cast<double>(archive_bytes) : 0; }
+};
+
+// Writes `archive_path` atomically from the checkpoint directory `dir` (regular files and subdirectories;
+// a symlink or special file inside is refused). Throws Error: not_found, invalid_argument (an existing
+// destination without force), unsupported, io.
+ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& archive_path, const ArchiveOptions& options);
+
+// Restores an archive into the directory `dir`, which appears complete or not at all; every file's sha256 is
+// checked before. Throws Error: corrupt (naming the file and tensor), unsupported, invalid_argument, io.
+ArchiveSummary restore_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options);
+
+// Decodes every frame and checks every file's sha256 without writing anything. Throws like restore_archive.
+ArchiveSummary verify_archive(const std::string& archive_path, const ArchiveOptions& options);
+
+// Whether `path` is a regular file starting with the archive magic.
+bool is_archive(const std::string& path);
+
+// The manifest and the summary of an archive, read without decompressing anything.
+struct ArchiveInfo {
+  archive::Manifest manifest;
+  ArchiveSummary summary;
+};
+ArchiveInfo read_archive_info(const std::string& archive_path);
+
+// trainer_state.json's summary as an archive's manifest stores it, and back.
+json::Json trainer_state_to_manifest(const TrainerStateSummary& state);
+std::optional<TrainerStateSummary> trainer_state_from_manifest(const json::Json& stored);
+
+}  // namespace ckpt::checkpoint

@@ -1,0 +1,595 @@
+#include "format/archive.hpp"
+
+#include <zstd.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <set>
+
+#include "util/byte_reader.hpp"
+#include "util/crc32.hpp"
+#include "util/error.hpp"
+#include "util/sha256.hpp"
+
+namespace ckpt::archive {
+namespace {
+
+constexpr std::string_view kMagic = "CKPTARC1";
+constexpr std::string_view kEndMagic = "CKPTEND1";
+constexpr std::size_t kMaxNameLength = 4096;
+
+// A plane whose bytes carry more than this many bits of order-0 entropy is stored raw without trying zstd:
+// measured on float mantissa planes, zstd never shrinks them, and trying costs most of the compression time.
+constexpr double kIncompressibleBits = 7.9;
+
+[[noreturn]] void bad(const std::string& where, const std::string& what) { fail_corrupt("manifest: " + where, what); }
+
+std::uint64_t add_checked(std::uint64_t a, std::uint64_t b, const std::string& where) {
+  if (a > std::numeric_limits<std::uint64_t>::max() - b) bad(where, "sizes overflow");
+  return a + b;
+}
+
+const json::Json& member(const json::Json& object, const char* key, const std::string& where) {
+  if (!object.is_object()) bad(where, "not an object");
+  auto it = object.find(key);
+  if (it == object.end()) bad(where, std::string("missing \"") + key + "\"");
+  return *it;
+}
+
+std::uint64_t unsigned_member(const json::Json& object, const char* key, const std::string& where) {
+  const auto& v = member(object, key, where);
+  if (!v.is_number_unsigned()) bad(where + "." + key, "not a non-negative integer");
+  return v.get<std::uint64_t>();
+}
+
+std::uint64_t unsigned_item(const json::Json& array, std::size_t index, const std::string& where) {
+  const auto& v = array.at(index);
+  if (!v.is_number_unsigned()) bad(where, "not a non-negative integer");
+  return v.get<std::uint64_t>();
+}
+
+const std::string& string_member(const json::Json& object, const char* key, const std::string& where) {
+  const auto& v = member(object, key, where);
+  if (!v.is_string()) bad(where + "." + key, "not a string");
+  return v.get_ref<const std::string&>();
+}
+
+const json::Json& array_member(const json::Json& object, const char* key, const std::string& where) {
+  const auto& v = member(object, key, where);
+  if (!v.is_array()) bad(where + "." + key, "not an array");
+  return v;
+}
+
+bool safe_relative_path(std::string_view name) {
+  if (name.empty() || name.size() > kMaxNameLength || name.front() == '/' || name.find('\0') != std::string_view::npos) return false;
+  std::size_t start = 0;
+  while (start <= name.size()) {
+    const std::size_t end = std::min(name.find('/', start), name.size());
+    const std::string_view part = name.substr(start, end - start);
+    if (part.empty() || part == "." || part == "..") return false;
+    start = end + 1;
+  }
+  return true;
+}
+
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+std::array<std::uint8_t, 32> parse_digest(const std::string& hex, const std::string& where) {
+  std::array<std::uint8_t, 32> digest{};
+  if (hex.size() != 64) bad(where, "not a sha256 digest");
+  for (std::size_t i = 0; i < 32; ++i) {
+    const int hi = hex_digit(hex[2 * i]);
+    const int lo = hex_digit(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) bad(where, "not a sha256 digest");
+    digest[i] = static_cast<std::uint8_t>(hi * 16 + lo);
+  }
+  return digest;
+}
+
+Segment parse_segment(const json::Json& j, std::uint64_t chunk_size, std::uint64_t payload_end, const std::string& where) {
+  Segment s;
+  s.size = unsigned_member(j, "size", where);
+  const std::string& layout = string_member(j, "layout", where);
+  const std::string& transform = string_member(j, "transform", where);
+  const std::uint64_t element_size = unsigned_member(j, "element_size", where);
+  if (layout == "bytes") s.layout = Layout::bytes;
+  else if (layout == "planes") s.layout = Layout::planes;
+  else bad(where + ".layout", "unknown layout '" + layout + "'");
+  if (transform == "none") s.transform = Transform::none;
+  else if (transform == "rotl1") s.transform = Transform::rotl1;
+  else bad(where + ".transform", "unknown transform '" + transform + "'");
+  if (element_size != 1 && element_size != 2 && element_size != 4 && element_size != 8) bad(where + ".element_size", "must be 1, 2, 4 or 8");
+  s.element_size = static_cast<std::uint32_t>(element_size);
+  if (s.layout == Layout::bytes && (s.element_size != 1 || s.transform != Transform::none)) bad(where, "a bytes segment has no planes");
+  if (s.transform == Transform::rotl1 && s.element_size == 1) bad(where, "rotl1 needs elements of 2 bytes or more");
+  if (s.size % s.element_size != 0) bad(where + ".size", "not a whole number of elements");
+
+  const auto& frames = array_member(j, "frames", where);
+  const std::uint64_t chunks = chunk_count(s, chunk_size);
+  const std::uint64_t per_chunk = s.layout == Layout::planes ? s.element_size : 1;
+  if (frames.size() / per_chunk != chunks || frames.size() % per_chunk != 0) bad(where + ".frames", "the frame count does not match the size");
+  s.frames.reserve(frames.size());
+  for (std::size_t i = 0; i < frames.size(); ++i) {
+    const std::string fw = where + ".frames[" + std::to_string(i) + "]";
+    const auto& f = frames[i];
+    if (!f.is_array() || f.size() != 4) bad(fw, "not [codec, offset, size, crc32]");
+    Frame frame;
+    const std::uint64_t codec = unsigned_item(f, 0, fw);
+    if (codec > 1) bad(fw, "unknown codec " + std::to_string(codec));
+    frame.codec = static_cast<Codec>(codec);
+    frame.offset = unsigned_item(f, 1, fw);
+    frame.stored_size = unsigned_item(f, 2, fw);
+    const std::uint64_t crc = unsigned_item(f, 3, fw);
+    if (crc > 0xffffffffu) bad(fw, "crc32 out of range");
+    frame.crc32 = static_cast<std::uint32_t>(crc);
+    if (frame.offset < kHeaderSize || add_checked(frame.offset, frame.stored_size, fw) > payload_end) bad(fw, "outside the archive's frames");
+    const std::uint64_t raw = chunk_length(s, chunk_size, i / per_chunk) / per_chunk;
+    // A frame is compressed only when that makes it smaller, so no frame is larger than its plane.
+    if (frame.codec == Codec::raw ? frame.stored_size != raw : frame.stored_size >= raw) bad(fw, "larger than its plane");
+    s.frames.push_back(frame);
+  }
+  // A chunk's frames lie together within its length, so a reader needs one read and one chunk-sized buffer.
+  for (std::uint64_t c = 0; c < chunks; ++c) {
+    const Extent e = chunk_extent(s, c);
+    if (e.size > chunk_length(s, chunk_size, c)) bad(where + ".frames", "the frames of chunk " + std::to_string(c) + " are not stored together");
+  }
+  return s;
+}
+
+Manifest parse_manifest(std::span<const std::uint8_t> text, std::uint64_t payload_end) {
+  const json::Json j = json::parse(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+  if (!j.is_object()) bad("", "not an object");
+  if (string_member(j, "format", "") != "ckpt-archive") bad("format", "not a ckpt archive");
+  if (unsigned_member(j, "version", "") != kVersion) {
+    fail(ErrorKind::unsupported, "manifest", "archive version " + member(j, "version", "").dump() + " (this ckpt reads version 1)");
+  }
+  Manifest m;
+  m.checkpoint = string_member(j, "checkpoint", "");
+  const auto& step = member(j, "step", "");
+  if (step.is_number_integer()) m.step = step.get<std::int64_t>();
+  else if (!step.is_null()) bad("step", "not an integer");
+  m.chunk_size = unsigned_member(j, "chunk_size", "");
+  if (m.chunk_size < kMinChunkSize || m.chunk_size > kMaxChunkSize || m.chunk_size % kMaxElementSize != 0) {
+    bad("chunk_size", "out of range");
+  }
+  m.trainer_state = member(j, "trainer_state", "");
+  std::set<std::string_view> names;
+  std::uint64_t total = 0;
+  const auto& files = array_member(j, "files", "");
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const std::string fw = "files[" + std::to_string(i) + "]";
+    File f;
+    f.name = string_member(files[i], "name", fw);
+    if (!safe_relative_path(f.name)) bad(fw + ".name", "not a safe relative path: '" + f.name + "'");
+    f.size = unsigned_member(files[i], "size", fw);
+    f.mode = static_cast<std::uint32_t>(unsigned_member(files[i], "mode", fw) & 0777);
+    f.sha256 = parse_digest(string_member(files[i], "sha256", fw), fw + ".sha256");
+    const auto& segments = array_member(files[i], "segments", fw);
+    std::uint64_t covered = 0;
+    for (std::size_t k = 0; k < segments.size(); ++k) {
+      f.segments.push_back(parse_segment(segments[k], m.chunk_size, payload_end, fw + ".segments[" + std::to_string(k) + "]"));
+      covered = add_checked(covered, f.segments.back().size, fw);
+    }
+    if (covered != f.size) bad(fw, "segments do not cover the file");
+    total = add_checked(total, f.size, fw);
+    m.files.push_back(std::move(f));
+  }
+  for (const auto& f : m.files) {
+    if (!names.insert(f.name).second) bad("files", "'" + f.name + "' appears twice");
+  }
+  const auto& tensors = array_member(j, "tensors", "");
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const std::string tw = "tensors[" + std::to_string(i) + "]";
+    Tensor t;
+    t.name = string_member(tensors[i], "name", tw);
+    const auto dtype = dtype_from_safetensors_code(string_member(tensors[i], "dtype", tw));
+    if (!dtype) bad(tw + ".dtype", "unknown dtype");
+    t.dtype = *dtype;
+    for (const auto& d : array_member(tensors[i], "shape", tw)) {
+      if (!d.is_number_unsigned() || d.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+        bad(tw + ".shape", "not a dimension");
+      }
+      t.shape.push_back(d.get<std::int64_t>());
+    }
+    t.file = unsigned_member(tensors[i], "file", tw);
+    t.segment = unsigned_member(tensors[i], "segment", tw);
+    t.offset = unsigned_member(tensors[i], "offset", tw);
+    if (t.file >= m.files.size() || t.segment >= m.files[t.file].segments.size() || t.offset > m.files[t.file].segments[t.segment].size) {
+      bad(tw, "points outside the archive's files");
+    }
+    m.tensors.push_back(std::move(t));
+  }
+  return m;
+}
+
+struct Trailer {
+  std::uint64_t manifest_offset = 0;
+  std::uint64_t manifest_size = 0;
+  std::uint32_t manifest_crc = 0;
+};
+
+void check_header(std::span<const std::uint8_t> header) {
+  ByteReader r(header, "archive header");
+  if (!has_magic(header)) fail_corrupt("byte 0", "not a ckpt archive (no CKPTARC1 magic)");
+  r.seek(kMagic.size());
+  const std::uint32_t version = r.u32le();
+  if (version != kVersion) fail(ErrorKind::unsupported, "byte 8", "archive version " + std::to_string(version) + " (this ckpt reads version 1)");
+}
+
+Trailer parse_trailer(std::span<const std::uint8_t> trailer, std::uint64_t file_size) {
+  ByteReader r(trailer, "archive trailer", file_size - kTrailerSize);
+  Trailer t;
+  t.manifest_offset = r.u64le();
+  t.manifest_size = r.u64le();
+  t.manifest_crc = r.u32le();
+  r.u32le();
+  const auto end = r.take(kEndMagic.size());
+  const std::string where = "byte " + std::to_string(file_size - kTrailerSize);
+  if (std::memcmp(end.data(), kEndMagic.data(), kEndMagic.size()) != 0) fail_corrupt(where, "no CKPTEND1 trailer (a truncated archive?)");
+  if (t.manifest_size > kMaxManifestSize) fail_corrupt(where, "manifest larger than 256 MiB");
+  if (t.manifest_offset < kHeaderSize || t.manifest_offset > file_size - kTrailerSize ||
+      file_size - kTrailerSize - t.manifest_offset != t.manifest_size) {
+    fail_corrupt(where, "the manifest's offset and size do not match the file");
+  }
+  return t;
+}
+
+Manifest checked_manifest(std::span<const std::uint8_t> text, const Trailer& t) {
+  if (crc32(text) != t.manifest_crc) fail_corrupt("byte " + std::to_string(t.manifest_offset), "manifest checksum mismatch");
+  return parse_manifest(text, t.manifest_offset);
+}
+
+// Byte planes: plane b holds byte b of every element, after rotating each element left by one bit when asked.
+// SSE2 (every x86-64) handles 16 elements at a time; the rest, and other CPUs, go element by element.
+template <typename Word>
+void split_scalar(const std::uint8_t* raw, std::size_t begin, std::size_t count, bool rotate, std::uint8_t* planes) {
+  for (std::size_t i = begin; i < count; ++i) {
+    Word w;
+    std::memcpy(&w, raw + i * sizeof(Word), sizeof(Word));
+    if (rotate) w = std::rotl(w, 1);
+    for (std::size_t b = 0; b < sizeof(Word); ++b) planes[b * count + i] = static_cast<std::uint8_t>(w >> (8 * b));
+  }
+}
+
+template <typename Word>
+void merge_scalar(const std::uint8_t* planes, std::size_t begin, std::size_t count, bool rotate, std::uint8_t* raw) {
+  for (std::size_t i = begin; i < count; ++i) {
+    Word w = 0;
+    for (std::size_t b = 0; b < sizeof(Word); ++b) w |= static_cast<Word>(static_cast<Word>(planes[b * count + i]) << (8 * b));
+    if (rotate) w = std::rotr(w, 1);
+    std::memcpy(raw + i * sizeof(Word), &w, sizeof(Word));
+  }
+}
+
+#if defined(__SSE2__)
+__m128i load(const std::uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+void store(std::uint8_t* p, __m128i v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
+
+// Even bytes of a then b, and odd bytes of a then b.
+void deinterleave(__m128i a, __m128i b, __m128i& even, __m128i& odd) {
+  const __m128i low = _mm_set1_epi16(0x00ff);
+  even = _mm_packus_epi16(_mm_and_si128(a, low), _mm_and_si128(b, low));
+  odd = _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8));
+}
+
+std::size_t split_simd(const std::uint8_t* raw, std::size_t count, std::size_t width, bool rotate, std::uint8_t* planes) {
+  std::size_t i = 0;
+  if (width == 2) {
+    for (; i + 16 <= count; i += 16) {
+      __m128i v0 = load(raw + 2 * i), v1 = load(raw + 2 * i + 16);
+      if (rotate) {
+        v0 = _mm_or_si128(_mm_slli_epi16(v0, 1), _mm_srli_epi16(v0, 15));
+        v1 = _mm_or_si128(_mm_slli_epi16(v1, 1), _mm_srli_epi16(v1, 15));
+      }
+      __m128i p0, p1;
+      deinterleave(v0, v1, p0, p1);
+      store(planes + i, p0);
+      store(planes + count + i, p1);
+    }
+  } else if (width == 4) {
+    for (; i + 16 <= count; i += 16) {
+      __m128i v[4];
+      for (int k = 0; k < 4; ++k) {
+        v[k] = load(raw + 4 * i + 16 * k);
+        if (rotate) v[k] = _mm_or_si128(_mm_slli_epi32(v[k], 1), _mm_srli_epi32(v[k], 31));
+      }
+      __m128i e0, o0, e1, o1, p0, p1, p2, p3;
+      deinterleave(v[0], v[1], e0, o0);  // bytes 0,2 and 1,3 of elements 0..7
+      deinterleave(v[2], v[3], e1, o1);
+      deinterleave(e0, e1, p0, p2);
+      deinterleave(o0, o1, p1, p3);
+      store(planes + i, p0);
+      store(planes + count + i, p1);
+      store(planes + 2 * count + i, p2);
+      store(planes + 3 * count + i, p3);
+    }
+  }
+  return i;
+}
+
+std::size_t merge_simd(const std::uint8_t* planes, std::size_t count, std::size_t width, bool rotate, std::uint8_t* raw) {
+  std::size_t i = 0;
+  if (width == 2) {
+    for (; i + 16 <= count; i += 16) {
+      const __m128i p0 = load(planes + i), p1 = load(planes + count + i);
+      __m128i v0 = _mm_unpacklo_epi8(p0, p1), v1 = _mm_unpackhi_epi8(p0, p1);
+      if (rotate) {
+        v0 = _mm_or_si128(_mm_srli_epi16(v0, 1), _mm_slli_epi16(v0, 15));
+        v1 = _mm_or_si128(_mm_srli_epi16(v1, 1), _mm_slli_epi16(v1, 15));
+      }
+      store(raw + 2 * i, v0);
+      store(raw + 2 * i + 16, v1);
+    }
+  } else if (width == 4) {
+    for (; i + 16 <= count; i += 16) {
+      const __m128i p0 = load(planes + i), p1 = load(planes + count + i);
+      const __m128i p2 = load(planes + 2 * count + i), p3 = load(planes + 3 * count + i);
+      const __m128i a_lo = _mm_unpacklo_epi8(p0, p1), a_hi = _mm_unpackhi_epi8(p0, p1);
+      const __m128i b_lo = _mm_unpacklo_epi8(p2, p3), b_hi = _mm_unpackhi_epi8(p2, p3);
+      __m128i v[4] = {_mm_unpacklo_epi16(a_lo, b_lo), _mm_unpackhi_epi16(a_lo, b_lo), _mm_unpacklo_epi16(a_hi, b_hi),
+                      _mm_unpackhi_epi16(a_hi, b_hi)};
+      for (int k = 0; k < 4; ++k) {
+        if (rotate) v[k] = _mm_or_si128(_mm_srli_epi32(v[k], 1), _mm_slli_epi32(v[k], 31));
+        store(raw + 4 * i + 16 * k, v[k]);
+      }
+    }
+  }
+  return i;
+}
+#else
+std::size_t split_simd(const std::uint8_t*, std::size_t, std::size_t, bool, std::uint8_t*) { return 0; }
+std::size_t merge_simd(const std::uint8_t*, std::size_t, std::size_t, bool, std::uint8_t*) { return 0; }
+#endif
+
+void split_planes(std::span<const std::uint8_t> raw, std::size_t width, bool rotate, std::uint8_t* planes) {
+  const std::size_t count = raw.size() / width;
+  const std::size_t done = split_simd(raw.data(), count, width, rotate, planes);
+  switch (width) {
+    case 2: split_scalar<std::uint16_t>(raw.data(), done, count, rotate, planes); break;
+    case 4: split_scalar<std::uint32_t>(raw.data(), done, count, rotate, planes); break;
+    default: split_scalar<std::uint64_t>(raw.data(), done, count, rotate, planes); break;
+  }
+}
+
+void merge_planes(const std::uint8_t* planes, std::size_t width, bool rotate, std::span<std::uint8_t> raw) {
+  const std::size_t count = raw.size() / width;
+  const std::size_t done = merge_simd(planes, count, width, rotate, raw.data());
+  switch (width) {
+    case 2: merge_scalar<std::uint16_t>(planes, done, count, rotate, raw.data()); break;
+    case 4: merge_scalar<std::uint32_t>(planes, done, count, rotate, raw.data()); break;
+    default: merge_scalar<std::uint64_t>(planes, done, count, rotate, raw.data()); break;
+  }
+}
+
+// Order-0 entropy in bits per byte, estimated from 16 evenly spaced 8 KiB samples of a large plane (four
+// interleaved tables keep the counting loop fast).
+double byte_entropy(std::span<const std::uint8_t> bytes) {
+  std::array<std::array<std::uint32_t, 256>, 4> counts{};
+  constexpr std::size_t kSamples = 16;
+  constexpr std::size_t kSampleSize = 8192;
+  const std::size_t step = bytes.size() > kSamples * kSampleSize ? bytes.size() / kSamples : kSampleSize;
+  std::size_t counted = 0;
+  for (std::size_t at = 0; at < bytes.size(); at += step) {
+    const auto sample = bytes.subspan(at, std::min(kSampleSize, bytes.size() - at));
+    std::size_t i = 0;
+    for (; i + 4 <= sample.size(); i += 4) {
+      ++counts[0][sample[i]];
+      ++counts[1][sample[i + 1]];
+      ++counts[2][sample[i + 2]];
+      ++counts[3][sample[i + 3]];
+    }
+    for (; i < sample.size(); ++i) ++counts[0][sample[i]];
+    counted += sample.size();
+  }
+  double bits = 0;
+  const double n = static_cast<double>(counted);
+  for (std::size_t v = 0; v < 256; ++v) {
+    const double c = counts[0][v] + counts[1][v] + counts[2][v] + counts[3][v];
+    if (c > 0) bits -= c / n * std::log2(c / n);
+  }
+  return bits;
+}
+
+}  // namespace
+
+std::uint64_t Manifest::original_size() const {
+  std::uint64_t total = 0;
+  for (const auto& f : files) total += f.size;
+  return total;
+}
+
+std::uint64_t chunk_count(const Segment& segment, std::uint64_t chunk_size) {
+  return segment.size / chunk_size + (segment.size % chunk_size != 0 ? 1 : 0);
+}
+
+std::uint64_t chunk_length(const Segment& segment, std::uint64_t chunk_size, std::uint64_t index) {
+  const std::uint64_t begin = index * chunk_size;
+  return begin >= segment.size ? 0 : std::min(chunk_size, segment.size - begin);
+}
+
+bool has_magic(std::span<const std::uint8_t> head) {
+  return head.size() >= kMagic.size() && std::memcmp(head.data(), kMagic.data(), kMagic.size()) == 0;
+}
+
+Manifest read_manifest(const ReadOnlyFile& file) {
+  try {
+    if (file.size() < kHeaderSize + kTrailerSize) fail_corrupt("byte 0", "too short for an archive");
+    std::array<std::uint8_t, kHeaderSize> header{};
+    file.read_at(0, header);
+    check_header(header);
+    std::array<std::uint8_t, kTrailerSize> trailer{};
+    file.read_at(file.size() - kTrailerSize, trailer);
+    const Trailer t = parse_trailer(trailer, file.size());
+    std::vector<std::uint8_t> text(t.manifest_size);
+    file.read_at(t.manifest_offset, text);
+    return checked_manifest(text, t);
+  } catch (const Error& e) {
+    throw e.with_context(file.path(), "");
+  }
+}
+
+Manifest read_manifest(std::span<const std::uint8_t> archive) {
+  if (archive.size() < kHeaderSize + kTrailerSize) fail_corrupt("byte 0", "too short for an archive");
+  check_header(archive.first(kHeaderSize));
+  const Trailer t = parse_trailer(archive.last(kTrailerSize), archive.size());
+  return checked_manifest(archive.subspan(t.manifest_offset, t.manifest_size), t);
+}
+
+ChunkCoder::ChunkCoder(int level) : level_(level) {}
+
+ChunkCoder::~ChunkCoder() {
+  ZSTD_freeCCtx(static_cast<ZSTD_CCtx*>(cctx_));
+  ZSTD_freeDCtx(static_cast<ZSTD_DCtx*>(dctx_));
+}
+
+std::vector<Frame> ChunkCoder::encode(std::span<const std::uint8_t> raw, const Segment& segment, std::vector<std::uint8_t>& stored) {
+  if (!cctx_) {
+    cctx_ = ZSTD_createCCtx();
+    if (!cctx_) throw std::bad_alloc();
+    ZSTD_CCtx_setParameter(static_cast<ZSTD_CCtx*>(cctx_), ZSTD_c_compressionLevel, level_);
+  }
+  const std::size_t planes = segment.layout == Layout::planes ? segment.element_size : 1;
+  std::span<const std::uint8_t> source = raw;
+  if (planes > 1) {
+    planes_.resize(raw.size());
+    split_planes(raw, planes, segment.transform == Transform::rotl1, planes_.data());
+    source = planes_.span();
+  }
+  const std::size_t plane_size = raw.size() / planes;
+  const std::size_t base = stored.size();
+  std::vector<Frame> frames;
+  for (std::size_t p = 0; p < planes; ++p) {
+    const auto plane = source.subspan(p * plane_size, plane_size);
+    Frame frame;
+    frame.offset = stored.size() - base;
+    const bool worth_trying = segment.layout == Layout::bytes || byte_entropy(plane) <= kIncompressibleBits;
+    std::size_t compressed = 0;
+    if (worth_trying && !plane.empty()) {
+      scratch_.resize(ZSTD_compressBound(plane.size()));
+      compressed = ZSTD_compress2(static_cast<ZSTD_CCtx*>(cctx_), scratch_.data(), scratch_.size(), plane.data(), plane.size());
+      if (ZSTD_isError(compressed)) fail(ErrorKind::io, "zstd", ZSTD_getErrorName(compressed));
+    }
+    if (compressed > 0 && compressed < plane.size()) {
+      frame.codec = Codec::zstd;
+      stored.insert(stored.end(), scratch_.data(), scratch_.data() + compressed);
+    } else {
+      frame.codec = Codec::raw;
+      stored.insert(stored.end(), plane.begin(), plane.end());
+    }
+    frame.stored_size = stored.size() - base - frame.offset;
+    frame.crc32 = crc32(std::span<const std::uint8_t>(stored).subspan(base + frame.offset, frame.stored_size));
+    frames.push_back(frame);
+  }
+  return frames;
+}
+
+Extent chunk_extent(const Segment& segment, std::uint64_t index) {
+  const std::size_t planes = segment.layout == Layout::planes ? segment.element_size : 1;
+  std::uint64_t begin = std::numeric_limits<std::uint64_t>::max();
+  std::uint64_t end = 0;
+  for (std::size_t p = 0; p < planes; ++p) {
+    const Frame& f = segment.frames[index * planes + p];
+    begin = std::min(begin, f.offset);
+    end = std::max(end, f.offset + f.stored_size);
+  }
+  return {begin, end - begin};
+}
+
+void ChunkCoder::decode(const Segment& segment, std::uint64_t index, std::span<const std::uint8_t> extent, std::uint64_t extent_offset,
+                        std::span<std::uint8_t> out) {
+  if (!dctx_) {
+    dctx_ = ZSTD_createDCtx();
+    if (!dctx_) throw std::bad_alloc();
+  }
+  const std::size_t planes = segment.layout == Layout::planes ? segment.element_size : 1;
+  const std::size_t plane_size = out.size() / planes;
+  std::uint8_t* target = out.data();
+  if (planes > 1) {
+    planes_.resize(out.size());
+    target = planes_.data();
+  }
+  for (std::size_t p = 0; p < planes; ++p) {
+    const Frame& frame = segment.frames[index * planes + p];
+    const std::string where = "frame at byte " + std::to_string(frame.offset);
+    if (frame.offset < extent_offset || frame.offset - extent_offset > extent.size() || frame.stored_size > extent.size() - (frame.offset - extent_offset)) {
+      fail(ErrorKind::invalid_argument, where, "outside the bytes given");
+    }
+    const auto stored = extent.subspan(frame.offset - extent_offset, frame.stored_size);
+    if (crc32(stored) != frame.crc32) fail_corrupt(where, "checksum mismatch");
+    std::uint8_t* plane = target + p * plane_size;
+    if (frame.codec == Codec::raw) {
+      if (stored.size() != plane_size) fail_corrupt(where, "a raw frame of the wrong size");
+      std::memcpy(plane, stored.data(), plane_size);
+      continue;
+    }
+    const std::size_t n = ZSTD_decompressDCtx(static_cast<ZSTD_DCtx*>(dctx_), plane, plane_size, stored.data(), stored.size());
+    if (ZSTD_isError(n)) fail_corrupt(where, std::string("zstd: ") + ZSTD_getErrorName(n));
+    if (n != plane_size) fail_corrupt(where, "decompressed to " + std::to_string(n) + " bytes, not " + std::to_string(plane_size));
+  }
+  if (planes > 1) merge_planes(planes_.data(), planes, segment.transform == Transform::rotl1, out);
+}
+
+std::string serialize_manifest(const Manifest& m) {
+  json::Json files = json::Json::array();
+  for (const auto& f : m.files) {
+    json::Json segments = json::Json::array();
+    for (const auto& s : f.segments) {
+      json::Json frames = json::Json::array();
+      for (const auto& fr : s.frames) frames.push_back({static_cast<int>(fr.codec), fr.offset, fr.stored_size, fr.crc32});
+      segments.push_back({{"size", s.size},
+                          {"layout", s.layout == Layout::planes ? "planes" : "bytes"},
+                          {"element_size", s.element_size},
+                          {"transform", s.transform == Transform::rotl1 ? "rotl1" : "none"},
+                          {"frames", std::move(frames)}});
+    }
+    files.push_back({{"name", f.name}, {"size", f.size}, {"mode", f.mode}, {"sha256", Sha256::hex(f.sha256)}, {"segments", std::move(segments)}});
+  }
+  json::Json tensors = json::Json::array();
+  for (const auto& t : m.tensors) {
+    tensors.push_back({{"name", t.name},
+                       {"dtype", safetensors_code(t.dtype)},
+                       {"shape", t.shape},
+                       {"file", t.file},
+                       {"segment", t.segment},
+                       {"offset", t.offset}});
+  }
+  return json::dump({{"format", "ckpt-archive"},
+                     {"version", kVersion},
+                     {"checkpoint", m.checkpoint},
+                     {"step", m.step ? json::Json(*m.step) : json::Json(nullptr)},
+                     {"chunk_size", m.chunk_size},
+                     {"trainer_state", m.trainer_state},
+                     {"files", std::move(files)},
+                     {"tensors", std::move(tensors)}});
+}
+
+std::array<std::uint8_t, kHeaderSize> header_bytes() {
+  std::array<std::uint8_t, kHeaderSize> h{};
+  std::memcpy(h.data(), kMagic.data(), kMagic.size());
+  h[8] = static_cast<std::uint8_t>(kVersion);
+  return h;
+}
+
+std::array<std::uint8_t, kTrailerSize> trailer_bytes(std::uint64_t manifest_offset, std::string_view manifest) {
+  std::array<std::uint8_t, kTrailerSize> t{};
+  auto put = [&](std::size_t at, std::uint64_t v, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) t[at + i] = static_cast<std::uint8_t>(v >> (8 * i));
+  };
+  put(0, manifest_offset, 8);
+  put(8, manifest.size(), 8);
+  put(16, crc32({reinterpret_cast<const std::uint8_t*>(manifest.data()), manifest.size()}), 4);
+  put(20, kVersion, 4);
+  std::memcpy(t.data() + 24, kEndMagic.data(), kEndMagic.size());
+  return t;
+}
+
+}  // namespace ckpt::archive

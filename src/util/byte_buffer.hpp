@@ -1,0 +1,34 @@
+// A reusable byte buffer that, unlike std::vector, does not zero what it is about to be overwritten with: chunk
+// buffers are refilled millions of times, and zeroing them cost more than the work done on them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+namespace ckpt {
+
+class ByteBuffer {
+ public:
+  // Makes size() `n`; the contents are unspecified (kept only up to the old size when it does not grow).
+  void resize(std::size_t n) {
+    if (n > capacity_) {
+      data_ = std::make_unique_for_overwrite<std::uint8_t[]>(n);
+      capacity_ = n;
+    }
+    size_ = n;
+  }
+  std::uint8_t* data() { return data_.get(); }
+  const std::uint8_t* data() const { return data_.get(); }
+  std::size_t size() const { return size_; }
+  std::span<std::uint8_t> span() { return {data_.get(), size_}; }
+  std::span<const std::uint8_t> span() const { return {data_.get(), size_}; }
+
+ private:
+  std::unique_ptr<std::uint8_t[]> data_;
+  std::size_t size_ = 0;
+  std::size_t capacity_ = 0;
+};
+
+}  // namespace ckpt
