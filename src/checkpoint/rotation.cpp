@@ -174,6 +174,23 @@ void plan_archive_retention(const std::string& run_dir, const RotateOptions& opt
   }
 }
 
+// Removes the temporary files of archives whose writer was killed; notes the directory when it removed any.
+std::size_t clear_abandoned_temporaries(const std::string& run_dir, const RotateOptions& options, std::set<std::string>& changed_dirs) {
+  fs::path dir(*options.archive_dir);
+  if (dir.is_relative()) dir = fs::path(run_dir) / dir;
+  std::size_t cleared = 0;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_regular_file(ec) || !fs_util::is_abandoned_temporary(name)) continue;
+    if (::unlink(entry.path().c_str()) == 0) {
+      ++cleared;
+      changed_dirs.insert(dir.string());
+    }
+  }
+  return cleared;
+}
+
 }  // namespace
 
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock) {
@@ -236,6 +253,7 @@ RotationResult rotate(const std::string& run_dir, const RotateOptions& options, 
     trash.push_back(to);
     ++result.removed;
   }
+  if (options.archive_dir) result.temporaries_cleared = clear_abandoned_temporaries(run_dir, options, archive_dirs);
   for (const auto& dir : archive_dirs) fs_util::fsync_directory(dir);
   if (trash.empty()) return result;
   fs_util::fsync_directory(run_dir);

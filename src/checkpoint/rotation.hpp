@@ -59,6 +59,7 @@ struct RotationResult {
   std::size_t trash_cleared = 0;  // leftovers of an interrupted earlier deletion
   std::size_t archived = 0;       // archives written by this rotation
   std::size_t archives_removed = 0;
+  std::size_t temporaries_cleared = 0;  // archives a killed process left half-written in the archive directory
 };
 
 // Under the run lock (a dry run takes none and writes nothing): clears leftover trash, scans, plans and

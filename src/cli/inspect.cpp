@@ -35,7 +35,7 @@ json::Json file_json(const FileReport& f) {
     out["error"] = f.error->what();
     return out;
   }
-  if (f.kind == "weights") {
+  if (f.kind == "weights" || f.kind == "archive") {
     json::Json tensors = json::Json::array();
     for (const auto& t : f.tensors) {
       json::Json j{{"name", t.name},

@@ -66,6 +66,7 @@ int run_rotate(const RotateOptions& o) {
                              {"removed", result.removed},
                              {"archived", result.archived},
                              {"archives_removed", result.archives_removed},
+                             {"temporaries_cleared", result.temporaries_cleared},
                              {"decisions", std::move(decisions)}},
                             2)
               << "\n";

@@ -1,6 +1,7 @@
 #include "util/fs.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -87,6 +88,16 @@ std::string unique_suffix() {
   static std::atomic<unsigned> counter{0};
   const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
   return std::to_string(::getpid()) + "-" + std::to_string(now) + "-" + std::to_string(counter++);
+}
+
+bool is_abandoned_temporary(const std::string& name) {
+  const auto marker = name.rfind(".tmp-");
+  if (name.empty() || name.front() != '.' || marker == std::string::npos || marker == 0) return false;
+  std::size_t end = marker + 5;
+  long long pid = 0;
+  while (end < name.size() && name[end] >= '0' && name[end] <= '9' && pid < (1LL << 32)) pid = pid * 10 + (name[end++] - '0');
+  if (end == marker + 5 || end >= name.size() || name[end] != '-' || pid <= 0 || pid >= (1LL << 31)) return false;
+  return static_cast<pid_t>(pid) != ::getpid() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
 }
 
 void replace_symlink(const std::string& target, const std::string& link) {
