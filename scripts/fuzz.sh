@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(pickle roundtrip torch_archive safetensors json)
+[ ${#targets[@]} -gt 0 ] || targets=(pickle roundtrip torch_archive safetensors json archive)
 
 CC=clang CXX=clang++ bash scripts/build.sh build-fuzz -DCKPT_FUZZ=ON -DCKPT_SANITIZE=ON -DCKPT_TESTS=OFF
 export ASAN_OPTIONS=abort_on_error=1:detect_leaks=1

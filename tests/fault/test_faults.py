@@ -87,6 +87,62 @@ class Convert(FaultTest):
             self.assertEqual(sha(dst), sha(reference), fault)
 
 
+class Archive(FaultTest):
+    def setUp(self):
+        super().setUp()
+        self.src = self.path("checkpoint-5")
+        os.makedirs(self.src)
+        torch.manual_seed(0)
+        # 14 MB: its archive is written in two direct writes.
+        torch.save({"w%d" % i: torch.randn(300, 1000) for i in range(12)}, os.path.join(self.src, "pytorch_model.bin"))
+        with open(os.path.join(self.src, "config.json"), "w") as f:
+            f.write('{"model_type": "tiny"}')
+        self.reference = self.path("reference.ckpt")
+        self.assertEqual(run(["convert", self.src, "--to", "archive", "-o", self.reference]).returncode, 0)
+        self.before = tree(self.src)
+
+    def test_archive_each_failing_operation(self):
+        dst = self.path("out.ckpt")
+        for fault, action in (("pwrite:1:" + EIO, "write"), ("pwrite:2:" + EIO, "write"), ("fsync:1:" + EIO, "fsync"),
+                              ("rename:1:" + EIO, "rename")):
+            r = run(["convert", self.src, "--to", "archive", "-o", dst], fault, match="out.ckpt")
+            self.assertEqual(r.returncode, 1, (fault, r.stderr))
+            self.assertRegex(r.stderr, r"^ckpt: error: [^\n]*out\.ckpt[^\n]*%s[^\n]*: Input/output error\n$" % action, fault)
+            self.assertFalse(os.path.exists(dst), fault)
+            self.assertEqual(hidden(self.tmp), [], fault)
+            self.assertEqual(tree(self.src), self.before, fault)
+        for fault in ("pwrite:1:short", "pwrite:2:short"):
+            r = run(["convert", self.src, "--to", "archive", "-o", dst, "--force"], fault, match="out.ckpt")
+            self.assertEqual(r.returncode, 0, (fault, r.stderr))
+            self.assertEqual(sha(dst), sha(self.reference), fault)
+
+    def test_restore_each_failing_operation(self):
+        dst = self.path("restored")
+        for fault in ("pwrite:1:" + EIO, "fsync:1:" + EIO, "fsync:2:" + EIO, "rename:1:" + EIO, "rename:3:" + EIO):
+            r = run(["convert", self.reference, "--to", "dir", "-o", dst], fault, match=self.tmp)
+            self.assertEqual(r.returncode, 1, (fault, r.stderr))
+            self.assertRegex(r.stderr, r"^ckpt: error: [^\n]*restored[^\n]*: Input/output error\n$", fault)
+            self.assertFalse(os.path.exists(dst), fault)
+            self.assertEqual(hidden(self.tmp), [], fault)
+        r = run(["convert", self.reference, "--to", "dir", "-o", dst], "pwrite:1:short", match=self.tmp)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(tree(dst), self.before)
+
+    def test_rotate_keeps_a_checkpoint_whose_archive_failed(self):
+        run_dir = self.path("run")
+        r = run(["save", "--output-dir", run_dir, "-q", "--max-steps", "30", "--save-steps", "10"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        before = {c: tree(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
+        for fault in ("pwrite:1:" + EIO, "fsync:1:" + EIO, "rename:1:" + EIO):
+            r = run(["rotate", run_dir, "--keep", "1", "--archive"], fault, match="archive")
+            self.assertEqual(r.returncode, 1, (fault, r.stderr))
+            self.assertRegex(r.stderr, r"^ckpt: error: .*checkpoint-10\.ckpt.*: Input/output error\n$", fault)
+            self.assertEqual({c: tree(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}, before, fault)
+            self.assertEqual(hidden(os.path.join(run_dir, "archive")), [], fault)
+        self.assertEqual(run(["rotate", run_dir, "--keep", "1", "--archive", "-q"]).returncode, 0)
+        self.assertEqual(sorted(os.listdir(os.path.join(run_dir, "archive"))), ["checkpoint-10.ckpt", "checkpoint-20.ckpt"])
+
+
 class Trainer(FaultTest):
     FLAGS = ["--max-steps", "40", "--save-steps", "20", "--hidden-size", "512"]
 

@@ -47,6 +47,18 @@ def main():
         out = os.path.join(tmp, "scheduler.safetensors")
         subprocess.run([ckpt, "convert", "-q", torch_files["scheduler"], "--to", "safetensors", "-o", out], check=True)
         put("safetensors", "scheduler", open(out, "rb").read())
+        # Archives of small checkpoint directories: torch files (storage planes), safetensors, JSON, an empty file.
+        small = os.path.join(tmp, "checkpoint-3")
+        os.makedirs(small)
+        shutil.copy(torch_files["tiny_state_dict"], small)
+        shutil.copy(torch_files["scheduler"], small)
+        shutil.copy(os.path.join(HF, "config.json"), small)
+        shutil.copy(os.path.join(tmp, "tiny.safetensors"), small)
+        open(os.path.join(small, "empty"), "wb").close()
+        for level in ("1", "19"):
+            out = os.path.join(tmp, "small-%s.ckpt" % level)
+            subprocess.run([ckpt, "convert", "-q", small, "--to", "archive", "--level", level, "-o", out], check=True)
+            put("archive", "small-level-" + level, open(out, "rb").read())
     for name in ("trainer_state.json", "config.json"):
         put("json", name, open(os.path.join(HF, name), "rb").read())
     put("json", "nan", b'{"best_metric": NaN, "log_history": [{"loss": Infinity, "step": 1}, {"eval_loss": -Infinity, "step": 2}]}')
