@@ -21,13 +21,13 @@ _ckpt() {
   case $prev in
     --mode) COMPREPLY=($(compgen -W "min max" -- "$cur")); return ;;
     --sort) COMPREPLY=($(compgen -W "step mtime" -- "$cur")); return ;;
-    --to) COMPREPLY=($(compgen -W "safetensors pytorch" -- "$cur")); return ;;
+    --to) COMPREPLY=($(compgen -W "safetensors pytorch archive dir" -- "$cur")); return ;;
     --dtype) COMPREPLY=($(compgen -W "bf16 fp16 fp32" -- "$cur")); return ;;
     --max-shard-size) COMPREPLY=($(compgen -W "500MB 1GB 2GB 5GB 10GB" -- "$cur")); return ;;
     -o | --output) _filedir; return ;;
     --metric) COMPREPLY=($(compgen -W "eval_loss eval_accuracy" -- "$cur")); return ;;
-    --keep | --keep-every | --stale-after | --link) return ;;
-    --export | --output-dir) _filedir -d; return ;;
+    --keep | --keep-every | --stale-after | --link | --keep-archives | --level) return ;;
+    --export | --output-dir | --archive) _filedir -d; return ;;
     --from)
       # The checkpoints of the run directory given earlier on the line.
       local run="" j
@@ -38,8 +38,11 @@ _ckpt() {
         fi
       done
       if [[ -n $run && -d $run ]]; then
-        local names
+        # Live checkpoints, and the archived ones resume restores by name.
+        local names archived
         names=$(cd -- "$run" 2>/dev/null && compgen -d -- checkpoint-)
+        archived=$(cd -- "$run/archive" 2>/dev/null && compgen -f -X '!*.ckpt' -- checkpoint-)
+        names="$names ${archived//.ckpt/}"
         COMPREPLY=($(compgen -W "$names" -- "$cur"))
       else
         _filedir -d
@@ -59,9 +62,9 @@ _ckpt() {
     resume) options="--from $training" ;;
     list) options="--json --metric --mode --sort --use-mtime --help" ;;
     best) options="--metric --mode --json --link --export --help" ;;
-    rotate) options="--keep --keep-every --stale-after --sort --use-mtime --metric --mode --dry-run --no-wait --json --quiet --help" ;;
+    rotate) options="--keep --keep-every --stale-after --sort --use-mtime --metric --mode --archive --keep-archives --level --threads --dry-run --no-wait --json --quiet --help" ;;
     inspect) options="--json --verify --help" ;;
-    convert) options="--to --output --max-shard-size --dtype --include-state --dry-run --force --json --quiet --help" ;;
+    convert) options="--to --output --max-shard-size --dtype --include-state --level --threads --dry-run --force --json --quiet --help" ;;
   esac
   if [[ $cur == -* ]]; then
     COMPREPLY=($(compgen -W "$options" -- "$cur"))

@@ -9,7 +9,7 @@ complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a list -d 'L
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a best -d 'Print the best checkpoint; link or export it'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a rotate -d 'Delete old checkpoints safely'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a inspect -d 'Show what a checkpoint holds'
-complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a convert -d 'Convert between pickle and safetensors'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a convert -d 'Convert pickle <-> safetensors; archive checkpoints'
 
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -a '(__fish_complete_directories)'
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -l metric -x -a 'eval_loss eval_accuracy' -d 'Find the best by this metric'
@@ -22,28 +22,35 @@ complete -c ckpt -n "__fish_seen_subcommand_from best" -l export -x -a '(__fish_
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l keep -x -d 'Keep the newest N complete checkpoints'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l keep-every -x -d 'Also keep steps divisible by K'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l stale-after -x -d 'Remove incomplete/staging dirs older than this'
+complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l archive -r -a '(__fish_complete_directories)' -d 'Archive checkpoints before deleting them'
+complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l keep-archives -x -d 'Keep at most M archives'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l dry-run -d 'Show decisions, change nothing'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l no-wait -d 'Fail instead of waiting for the lock'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -s q -l quiet -d 'Print nothing unless there is an error'
 complete -c ckpt -n "__fish_seen_subcommand_from inspect" -l verify -d 'Check CRCs, tensor extents and consistency'
 complete -c ckpt -n "__fish_seen_subcommand_from inspect" -F
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -F
-complete -c ckpt -n "__fish_seen_subcommand_from convert" -l to -x -a 'safetensors pytorch' -d 'Target format'
+complete -c ckpt -n "__fish_seen_subcommand_from convert" -l to -x -a 'safetensors pytorch archive dir' -d 'Target format'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -s o -l output -r -d 'Destination'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l max-shard-size -x -a '500MB 1GB 2GB 5GB 10GB' -d 'Split weights into shards'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l dtype -x -a 'bf16 fp16 fp32' -d 'Cast floating weights'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l include-state -d 'Also convert optimizer, scheduler, scaler, rng'
+complete -c ckpt -n "__fish_seen_subcommand_from convert rotate" -l level -x -d 'zstd level of archives'
+complete -c ckpt -n "__fish_seen_subcommand_from convert rotate" -l threads -x -d 'Threads compressing archives'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l dry-run -d 'Show what would be written'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l force -d 'Replace an existing destination'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l json -d 'Print a JSON summary'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -s q -l quiet -d 'Print nothing unless there is an error'
 
-# The checkpoint-N directories of the run directory named earlier on the line.
+# The checkpoint-N directories of the run directory named earlier on the line, and its archived checkpoints.
 function __ckpt_checkpoints
     for word in (commandline -opc)[3..-1]
         if not string match -q -- '-*' $word; and test -d $word
             for d in $word/checkpoint-*/
                 basename $d
+            end
+            for a in $word/archive/checkpoint-*.ckpt
+                basename $a .ckpt
             end
             return
         end

@@ -11,6 +11,7 @@
 #include <limits>
 #include <set>
 
+#include "format/rans.hpp"
 #include "util/byte_reader.hpp"
 #include "util/crc32.hpp"
 #include "util/error.hpp"
@@ -23,8 +24,8 @@ constexpr std::string_view kMagic = "CKPTARC1";
 constexpr std::string_view kEndMagic = "CKPTEND1";
 constexpr std::size_t kMaxNameLength = 4096;
 
-// A plane whose bytes carry more than this many bits of order-0 entropy is stored raw without trying zstd:
-// measured on float mantissa planes, zstd never shrinks them, and trying costs most of the compression time.
+// A float plane whose bytes carry more than this many bits of order-0 entropy is stored raw without trying a
+// codec: measured on mantissa planes, zstd never shrinks them, and trying costs most of the compression time.
 constexpr double kIncompressibleBits = 7.9;
 
 [[noreturn]] void bad(const std::string& where, const std::string& what) { fail_corrupt("manifest: " + where, what); }
@@ -124,7 +125,7 @@ Segment parse_segment(const json::Json& j, std::uint64_t chunk_size, std::uint64
     if (!f.is_array() || f.size() != 4) bad(fw, "not [codec, offset, size, crc32]");
     Frame frame;
     const std::uint64_t codec = unsigned_item(f, 0, fw);
-    if (codec > 1) bad(fw, "unknown codec " + std::to_string(codec));
+    if (codec > 2) bad(fw, "unknown codec " + std::to_string(codec));
     frame.codec = static_cast<Codec>(codec);
     frame.offset = unsigned_item(f, 1, fw);
     frame.stored_size = unsigned_item(f, 2, fw);
@@ -370,33 +371,29 @@ void merge_planes(const std::uint8_t* planes, std::size_t width, bool rotate, st
   }
 }
 
-// Order-0 entropy in bits per byte, estimated from 16 evenly spaced 8 KiB samples of a large plane (four
-// interleaved tables keep the counting loop fast).
-double byte_entropy(std::span<const std::uint8_t> bytes) {
-  std::array<std::array<std::uint32_t, 256>, 4> counts{};
-  constexpr std::size_t kSamples = 16;
-  constexpr std::size_t kSampleSize = 8192;
-  const std::size_t step = bytes.size() > kSamples * kSampleSize ? bytes.size() / kSamples : kSampleSize;
-  std::size_t counted = 0;
-  for (std::size_t at = 0; at < bytes.size(); at += step) {
-    const auto sample = bytes.subspan(at, std::min(kSampleSize, bytes.size() - at));
-    std::size_t i = 0;
-    for (; i + 4 <= sample.size(); i += 4) {
-      ++counts[0][sample[i]];
-      ++counts[1][sample[i + 1]];
-      ++counts[2][sample[i + 2]];
-      ++counts[3][sample[i + 3]];
-    }
-    for (; i < sample.size(); ++i) ++counts[0][sample[i]];
-    counted += sample.size();
-  }
+// Order-0 entropy in bits per byte.
+double entropy_bits(const std::array<std::uint64_t, 256>& counts) {
+  std::uint64_t n = 0;
+  for (std::uint64_t c : counts) n += c;
   double bits = 0;
-  const double n = static_cast<double>(counted);
-  for (std::size_t v = 0; v < 256; ++v) {
-    const double c = counts[0][v] + counts[1][v] + counts[2][v] + counts[3][v];
-    if (c > 0) bits -= c / n * std::log2(c / n);
+  for (std::uint64_t c : counts) {
+    if (c) bits -= static_cast<double>(c) / static_cast<double>(n) * std::log2(static_cast<double>(c) / static_cast<double>(n));
   }
   return bits;
+}
+
+// Byte counts of 16 evenly spaced 4 KiB samples of a large plane (all of a small one).
+std::array<std::uint64_t, 256> sample_histogram(std::span<const std::uint8_t> bytes) {
+  constexpr std::size_t kSamples = 16;
+  constexpr std::size_t kSampleSize = 4096;
+  if (bytes.size() <= kSamples * kSampleSize) return rans::histogram(bytes);
+  std::array<std::uint64_t, 256> counts{};
+  const std::size_t stride = bytes.size() / kSamples;
+  for (std::size_t k = 0; k < kSamples; ++k) {
+    const auto sample = rans::histogram(bytes.subspan(k * stride, kSampleSize));
+    for (std::size_t s = 0; s < 256; ++s) counts[s] += sample[s];
+  }
+  return counts;
 }
 
 }  // namespace
@@ -471,22 +468,36 @@ std::vector<Frame> ChunkCoder::encode(std::span<const std::uint8_t> raw, const S
     const auto plane = source.subspan(p * plane_size, plane_size);
     Frame frame;
     frame.offset = stored.size() - base;
-    const bool worth_trying = segment.layout == Layout::bytes || byte_entropy(plane) <= kIncompressibleBits;
-    std::size_t compressed = 0;
-    if (worth_trying && !plane.empty()) {
+    frame.codec = Codec::raw;
+    std::span<const std::uint8_t> best = plane;
+    // Bytes (pickles, JSON) go to zstd. A plane goes raw when it looks random, else to whichever of zstd (runs
+    // and repeats) and rANS (skewed symbols: a float's exponent) is smaller.
+    // Float planes are judged from samples first: most are random mantissa bytes, not worth a full count. Integer
+    // planes are always tried, since counters look random byte by byte yet repeat.
+    std::array<std::uint64_t, 256> counts{};
+    const bool is_plane = segment.layout == Layout::planes;
+    const bool random_looking = segment.transform == Transform::rotl1 && entropy_bits(sample_histogram(plane)) > kIncompressibleBits;
+    if (!plane.empty() && !random_looking) {
+      if (is_plane) counts = rans::histogram(plane);
       scratch_.resize(ZSTD_compressBound(plane.size()));
-      compressed = ZSTD_compress2(static_cast<ZSTD_CCtx*>(cctx_), scratch_.data(), scratch_.size(), plane.data(), plane.size());
-      if (ZSTD_isError(compressed)) fail(ErrorKind::io, "zstd", ZSTD_getErrorName(compressed));
+      const std::size_t n = ZSTD_compress2(static_cast<ZSTD_CCtx*>(cctx_), scratch_.data(), scratch_.size(), plane.data(), plane.size());
+      if (ZSTD_isError(n)) fail(ErrorKind::io, "zstd", ZSTD_getErrorName(n));
+      if (n < best.size()) {
+        frame.codec = Codec::zstd;
+        best = {scratch_.data(), n};
+      }
+      if (is_plane && rans::estimated_size(counts) < best.size()) {
+        coded_.clear();
+        rans::encode(plane, counts, coded_);
+        if (coded_.size() < best.size()) {
+          frame.codec = Codec::rans;
+          best = coded_;
+        }
+      }
     }
-    if (compressed > 0 && compressed < plane.size()) {
-      frame.codec = Codec::zstd;
-      stored.insert(stored.end(), scratch_.data(), scratch_.data() + compressed);
-    } else {
-      frame.codec = Codec::raw;
-      stored.insert(stored.end(), plane.begin(), plane.end());
-    }
-    frame.stored_size = stored.size() - base - frame.offset;
-    frame.crc32 = crc32(std::span<const std::uint8_t>(stored).subspan(base + frame.offset, frame.stored_size));
+    stored.insert(stored.end(), best.begin(), best.end());
+    frame.stored_size = best.size();
+    frame.crc32 = crc32(best);
     frames.push_back(frame);
   }
   return frames;
@@ -529,6 +540,14 @@ void ChunkCoder::decode(const Segment& segment, std::uint64_t index, std::span<c
     if (frame.codec == Codec::raw) {
       if (stored.size() != plane_size) fail_corrupt(where, "a raw frame of the wrong size");
       std::memcpy(plane, stored.data(), plane_size);
+      continue;
+    }
+    if (frame.codec == Codec::rans) {
+      try {
+        rans::decode(stored, {plane, plane_size});
+      } catch (const Error& e) {
+        fail_corrupt(where, e.where() + ": " + e.detail());
+      }
       continue;
     }
     const std::size_t n = ZSTD_decompressDCtx(static_cast<ZSTD_DCtx*>(dctx_), plane, plane_size, stored.data(), stored.size());

@@ -12,7 +12,8 @@
 //   file     = {"name": relative path, "size": int, "mode": int, "sha256": hex, "segments": [segment...]}
 //   segment  = {"size": int, "layout": "bytes" | "planes", "element_size": 1..8, "transform": "none" | "rotl1",
 //               "frames": [frame...]}
-//   frame    = [codec: 0 raw | 1 zstd, offset: int, stored_size: int, crc32 of the stored bytes: int]
+//   frame    = [codec: 0 raw | 1 zstd | 2 rans (format/rans.hpp), offset: int, stored_size: int,
+//               crc32 of the stored bytes: int]
 //   tensor   = {"name": str, "dtype": torch name, "shape": [int...], "file": index, "segment": index,
 //               "offset": byte offset in the segment}
 //   trailer  = manifest_offset:u64 manifest_size:u64 manifest_crc32:u32 version:u32 "CKPTEND1"  32 bytes
@@ -47,7 +48,7 @@ inline constexpr std::uint64_t kMaxChunkSize = 64u << 20;
 inline constexpr std::uint64_t kMaxManifestSize = 256u << 20;
 inline constexpr std::size_t kMaxElementSize = 8;
 
-enum class Codec : std::uint8_t { raw = 0, zstd = 1 };
+enum class Codec : std::uint8_t { raw = 0, zstd = 1, rans = 2 };  // rans: format/rans.hpp
 enum class Layout : std::uint8_t { bytes, planes };
 enum class Transform : std::uint8_t { none, rotl1 };
 
@@ -139,6 +140,7 @@ class ChunkCoder {
   void* dctx_ = nullptr;
   ByteBuffer planes_;
   ByteBuffer scratch_;
+  std::vector<std::uint8_t> coded_;
 };
 
 // The manifest's JSON and the trailer that follows it (the manifest starting at `manifest_offset`).
