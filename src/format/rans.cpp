@@ -11,7 +11,7 @@ namespace {
 
 constexpr std::uint32_t kScaleBits = 12;
 constexpr std::uint32_t kTotal = 1u << kScaleBits;
-constexpr std::uint32_t kLow = 1u << 23;  // states live in [kLow, kLow << 8)
+constexpr std::uint32_t kLow = 1u << 16;  // states live in [kLow, 2^32) and move 16 bits at a time
 constexpr std::size_t kStates = 4;
 
 // Frequencies summing to kTotal, every present symbol at least 1, close to the counts' proportions.
@@ -97,8 +97,7 @@ void encode(std::span<const std::uint8_t> input, const std::array<std::uint64_t,
     out.push_back(static_cast<std::uint8_t>(s));
     put16(out, freq[s]);
   }
-  // Encoded backwards (the decoder reads forwards): at most two bytes per symbol, since no frequency is below
-  // 1/4096; the final states go first.
+  // Encoded backwards (the decoder reads forwards): at most one 16-bit word per symbol; the final states go first.
   std::vector<std::uint8_t> stream(2 * input.size());
   std::uint8_t* end = stream.data() + stream.size();
   std::uint8_t* p = end;
@@ -108,10 +107,12 @@ void encode(std::span<const std::uint8_t> input, const std::array<std::uint64_t,
     const std::uint8_t s = input[i];
     std::uint32_t x = state[i % kStates];
     const std::uint32_t f = freq[s];
-    const std::uint32_t x_max = ((kLow >> kScaleBits) << 8) * f;
-    while (x >= x_max) {
-      *--p = static_cast<std::uint8_t>(x);
-      x >>= 8;
+    const std::uint64_t x_max = (std::uint64_t{kLow >> kScaleBits} << 16) * f;  // 2^32 for a lone symbol
+    if (x >= x_max) {  // once is enough: x < 2^32 and x_max >= 2^20
+      p -= 2;
+      p[0] = static_cast<std::uint8_t>(x);
+      p[1] = static_cast<std::uint8_t>(x >> 8);
+      x >>= 16;
     }
     state[i % kStates] = ((x / f) << kScaleBits) + (x % f) + cum[s];
   }
@@ -129,9 +130,13 @@ void decode(std::span<const std::uint8_t> block, std::span<std::uint8_t> out) {
   const std::uint32_t symbols = block[0] | (block[1] << 8);
   pos = 2;
   if (symbols == 0 || symbols > 256) fail_corrupt("rans byte 0", "bad symbol count");
-  std::array<std::uint32_t, 256> freq{};
-  std::array<std::uint32_t, 256> cum{};
-  std::array<std::uint8_t, kTotal> symbol_of{};
+  // Per slot of the 4096: its symbol, the symbol's frequency, and the slot's offset within the symbol's range.
+  struct Slot {
+    std::uint16_t freq;
+    std::uint16_t offset;
+    std::uint8_t symbol;
+  };
+  std::array<Slot, kTotal> slots{};
   std::uint32_t total = 0;
   int previous = -1;
   for (std::uint32_t k = 0; k < symbols; ++k) {
@@ -140,9 +145,7 @@ void decode(std::span<const std::uint8_t> block, std::span<std::uint8_t> out) {
     const std::uint32_t f = block[pos + 1] | (block[pos + 2] << 8);
     if (static_cast<int>(s) <= previous || f == 0 || f > kTotal - total) fail_corrupt("rans byte " + std::to_string(pos), "bad frequency table");
     previous = s;
-    freq[s] = f;
-    cum[s] = total;
-    std::memset(symbol_of.data() + total, s, f);
+    for (std::uint32_t j = 0; j < f; ++j) slots[total + j] = {static_cast<std::uint16_t>(f), static_cast<std::uint16_t>(j), s};
     total += f;
     pos += 3;
   }
@@ -151,21 +154,21 @@ void decode(std::span<const std::uint8_t> block, std::span<std::uint8_t> out) {
   std::array<std::uint32_t, kStates> state;
   for (auto& x : state) {
     std::memcpy(&x, block.data() + pos, 4);
-    if (x < kLow || x >= (kLow << 8)) fail_corrupt("rans byte " + std::to_string(pos), "bad initial state");
+    if (x < kLow) fail_corrupt("rans byte " + std::to_string(pos), "bad initial state");
     pos += 4;
   }
   const std::uint8_t* p = block.data() + pos;
   const std::uint8_t* const end = block.data() + block.size();
-  // One step of state x: emits a symbol, then renormalises from the stream. Four states in turn, unrolled so that
-  // they stay in registers and their dependency chains overlap.
+  // One step of state x: emits a symbol, then takes 16 more bits from the stream when x fell below 2^16. Four
+  // states in turn, unrolled so that they stay in registers and their dependency chains overlap.
   auto step = [&](std::uint32_t& x, std::uint8_t& symbol) {
-    const std::uint32_t slot = x & (kTotal - 1);
-    const std::uint8_t s = symbol_of[slot];
-    symbol = s;
-    x = freq[s] * (x >> kScaleBits) + slot - cum[s];
-    while (x < kLow) {
-      if (p == end) fail_corrupt("rans byte " + std::to_string(block.size()), "the block ends early");
-      x = (x << 8) | *p++;
+    const Slot& slot = slots[x & (kTotal - 1)];
+    symbol = slot.symbol;
+    x = slot.freq * (x >> kScaleBits) + slot.offset;
+    if (x < kLow) {
+      if (end - p < 2) fail_corrupt("rans byte " + std::to_string(block.size()), "the block ends early");
+      x = (x << 16) | p[0] | (static_cast<std::uint32_t>(p[1]) << 8);
+      p += 2;
     }
   };
   std::uint32_t x0 = state[0], x1 = state[1], x2 = state[2], x3 = state[3];
@@ -179,8 +182,7 @@ void decode(std::span<const std::uint8_t> block, std::span<std::uint8_t> out) {
   }
   std::uint32_t* const tail[] = {&x0, &x1, &x2, &x3};
   for (; i < n; ++i) step(*tail[i % kStates], out[i]);
-  state = {x0, x1, x2, x3};
-  if (p != end || std::any_of(state.begin(), state.end(), [](std::uint32_t x) { return x != kLow; })) {
+  if (p != end || x0 != kLow || x1 != kLow || x2 != kLow || x3 != kLow) {
     fail_corrupt("rans byte " + std::to_string(p - block.data()), "does not end where its encoding did");
   }
 }

@@ -6,8 +6,8 @@
 // Grammar (integers little-endian):
 //   block  = count:u16 (symbol:u8 frequency:u16){count} state:u32 x4 byte*
 //   The frequencies (symbols strictly increasing, each at least 1) sum to 4096. Symbol i of the plane is decoded
-//   from state i mod 4; every state starts in [2^23, 2^31), renormalises by reading the next byte of the block
-//   while below 2^23, and ends at exactly 2^23 with every byte read.
+//   from state i mod 4; every state starts at 2^16 or above, reads the next 16-bit word of the block whenever a
+//   symbol takes it below 2^16, and ends at exactly 2^16 with every byte read.
 #pragma once
 
 #include <array>

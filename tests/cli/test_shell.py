@@ -67,7 +67,9 @@ class Completions(unittest.TestCase):
         self.assertEqual(sorted(bash_complete("ckpt rotate --sort ")), ["mtime", "step"])
         self.assertEqual(sorted(bash_complete("ckpt best --mode m")), ["max", "min"])
         self.assertIn("--keep-every", bash_complete("ckpt rotate --keep"))
-        self.assertEqual(sorted(bash_complete("ckpt convert x --to ")), ["pytorch", "safetensors"])
+        self.assertEqual(sorted(bash_complete("ckpt convert x --to ")), ["archive", "dir", "pytorch", "safetensors"])
+        self.assertIn("--keep-archives", bash_complete("ckpt rotate --keep"))
+        self.assertEqual(bash_complete("ckpt rotate --arch"), ["--archive"])
         self.assertEqual(sorted(bash_complete("ckpt convert x --dtype ")), ["bf16", "fp16", "fp32"])
 
     def test_bash_completes_directories_for_run_commands(self):
@@ -83,9 +85,13 @@ class Completions(unittest.TestCase):
 
     def test_bash_completes_checkpoints_after_from(self):
         with tempfile.TemporaryDirectory() as tmp:
-            for name in ("checkpoint-10", "checkpoint-20", "other"):
+            for name in ("checkpoint-10", "checkpoint-20", "other", "archive"):
                 os.mkdir(os.path.join(tmp, name))
             self.assertEqual(sorted(bash_complete(f"ckpt resume {tmp} --from ")), ["checkpoint-10", "checkpoint-20"])
+            # Archived checkpoints too: resume restores them by name.
+            for name in ("checkpoint-5.ckpt", "notes.txt"):
+                open(os.path.join(tmp, "archive", name), "w").close()
+            self.assertEqual(sorted(bash_complete(f"ckpt resume {tmp} --from ")), ["checkpoint-10", "checkpoint-20", "checkpoint-5"])
             self.assertEqual(bash_complete(f"ckpt resume --max-steps 100 {tmp} --from checkpoint-2"), ["checkpoint-20"])
             self.assertIn("--save-total-limit", bash_complete("ckpt save --save-total"))
             self.assertEqual(bash_complete("ckpt save --metric-for-best-model eval_a"), ["eval_accuracy"])
@@ -97,6 +103,10 @@ class Completions(unittest.TestCase):
             script = f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt resume {tmp} --from '"
             out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
             self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["checkpoint-10", "checkpoint-20"])
+            os.mkdir(os.path.join(tmp, "archive"))
+            open(os.path.join(tmp, "archive", "checkpoint-5.ckpt"), "w").close()
+            out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
+            self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["checkpoint-10", "checkpoint-20", "checkpoint-5"])
 
     def test_zsh_and_fish_parse(self):
         subprocess.run(["zsh", "-n", os.path.join(ROOT, "completions", "_ckpt")], check=True)
