@@ -18,4 +18,4 @@ CKPT_CONCURRENCY_SECONDS=30 ctest --test-dir build-asan -j"$(nproc)" --output-on
 
 # Every libFuzzer target for a short smoke (tests/fuzz/README.md); a crash fails the run.
 bash scripts/fuzz.sh 20
-echo "fuzz: 5 passed, 0 failed"
+echo "fuzz: every target passed its smoke"

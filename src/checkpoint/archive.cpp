@@ -32,6 +32,13 @@ unsigned thread_count(const ArchiveOptions& options) {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+// Each thread holds about five chunks (two slots of input and output, and its coder's planes); an archive sets its
+// own chunk size, so the threads are capped to keep that within 1 GiB.
+unsigned bounded_threads(const ArchiveOptions& options, std::uint64_t chunk_size) {
+  constexpr std::uint64_t kBudget = 1ull << 30;
+  return static_cast<unsigned>(std::max<std::uint64_t>(1, std::min<std::uint64_t>(thread_count(options), kBudget / (5 * chunk_size))));
+}
+
 // ---- reading a checkpoint directory ----
 
 struct InputFile {
@@ -169,10 +176,9 @@ void plan_file(InputFile& in, std::size_t file_index, archive::File& out, std::v
       return;
     }
     if (container == torch_archive::Container::torch_zip) {
-      auto mapped = std::make_unique<MappedFile>(in.path);
-      in.torch = std::make_unique<torch_archive::TorchFile>(std::move(*mapped));
-      in.bytes = in.torch->mapped().bytes();
+      in.torch = std::make_unique<torch_archive::TorchFile>(std::move(*in.mapped));
       in.mapped.reset();
+      in.bytes = in.torch->mapped().bytes();
       const Graph& g = in.torch->graph();
       std::vector<StorageSpan> spans;
       for (std::size_t i = 0; i < g.storages.size(); ++i) {
@@ -194,7 +200,7 @@ void plan_file(InputFile& in, std::size_t file_index, archive::File& out, std::v
       return;
     }
   } catch (const Error&) {
-    // Not what its first bytes promised: kept as bytes below.
+    // Not what its first bytes promised: kept as bytes below (mapped again if the torch reader took the map).
     if (!in.mapped) {
       in.torch.reset();
       in.mapped = std::make_unique<MappedFile>(in.path);
@@ -261,7 +267,7 @@ void decode_all(const ReadOnlyFile& archive_file, const Manifest& m, const Archi
                 const std::function<void(std::size_t file, std::span<const std::uint8_t>)>& write,
                 const std::function<void(std::size_t file)>& end_file) {
   const auto jobs = chunk_jobs(m);
-  const unsigned threads = thread_count(options);
+  const unsigned threads = bounded_threads(options, m.chunk_size);
   const std::size_t window = 2 * static_cast<std::size_t>(threads);
   struct Slot {
     ByteBuffer stored;
@@ -277,7 +283,7 @@ void decode_all(const ReadOnlyFile& archive_file, const Manifest& m, const Archi
   const std::uint64_t total = m.original_size();
   std::uint64_t done = 0;
   auto finish = [&](std::size_t f) {
-    if (Sha256::hex(hash.finish()) != Sha256::hex(m.files[f].sha256)) {
+    if (hash.finish() != m.files[f].sha256) {
       throw Error(ErrorKind::corrupt, archive_path, m.files[f].name, "sha256 mismatch: the restored bytes differ from the archived file");
     }
     end_file(f);
@@ -417,7 +423,7 @@ ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& arc
   }
 
   const auto jobs = chunk_jobs(m);
-  const unsigned threads = thread_count(options);
+  const unsigned threads = bounded_threads(options, m.chunk_size);
   const std::size_t window = 2 * static_cast<std::size_t>(threads);
   struct Slot {
     ByteBuffer raw;
@@ -445,7 +451,11 @@ ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& arc
         slot.raw.resize(job.length);
         inputs[job.file].reader->read_at(job.file_offset, slot.raw.span());
         slot.stored.clear();
-        slot.frames = coders[worker]->encode(slot.raw.span(), m.files[job.file].segments[job.segment], slot.stored);
+        try {
+          slot.frames = coders[worker]->encode(slot.raw.span(), m.files[job.file].segments[job.segment], slot.stored);
+        } catch (const Error& e) {
+          throw Error(e.kind(), inputs[job.file].path, segment_label(m, job.file, job.segment, job.file_offset) + ": " + e.where(), e.detail());
+        }
       },
       [&](std::size_t j) {
         const auto& job = jobs[j];
@@ -474,6 +484,42 @@ ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& arc
   return summary;
 }
 
+// Writes every file of the archive into the existing directory `dir`; with `durable`, fsyncs them and the
+// subdirectories it made (the caller fsyncs `dir` itself). Modes are set last, once nothing needs to reopen a file.
+void write_files(const ReadOnlyFile& archive_file, const Manifest& m, const ArchiveOptions& options, const std::string& dir, bool durable) {
+  std::vector<std::string> written;
+  std::vector<std::string> directories;
+  std::unique_ptr<AtomicFile> file;
+  decode_all(
+      archive_file, m, options,
+      [&](std::size_t f) {
+        const fs::path path = fs::path(dir) / m.files[f].name;
+        if (path.parent_path() != fs::path(dir) && !fs::is_directory(path.parent_path())) {
+          std::error_code mk;
+          fs::create_directories(path.parent_path(), mk);
+          if (mk) throw Error(ErrorKind::io, path.parent_path().string(), "", "cannot create directory: " + mk.message());
+          for (fs::path p = path.parent_path(); p != fs::path(dir); p = p.parent_path()) directories.push_back(p.string());
+        }
+        file = std::make_unique<AtomicFile>(path.string(), WriteOptions{.direct = true, .durable = false});
+      },
+      [&](std::size_t, std::span<const std::uint8_t> bytes) { file->write(bytes); },
+      [&](std::size_t) {
+        file->commit();
+        written.push_back(file->destination());
+        file.reset();
+      });
+  if (durable) {
+    fs_util::fsync_files(written);
+    std::sort(directories.begin(), directories.end());
+    directories.erase(std::unique(directories.begin(), directories.end()), directories.end());
+    for (auto it = directories.rbegin(); it != directories.rend(); ++it) fs_util::fsync_directory(*it);
+  }
+  for (std::size_t f = 0; f < m.files.size(); ++f) {
+    const std::string path = (fs::path(dir) / m.files[f].name).string();
+    if (::chmod(path.c_str(), m.files[f].mode) != 0) fail_io(path, "chmod", errno);
+  }
+}
+
 ArchiveSummary restore_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options) {
   std::error_code ec;
   if (fs::exists(fs::symlink_status(dir, ec)) && !options.force) {
@@ -481,37 +527,16 @@ ArchiveSummary restore_archive(const std::string& archive_path, const std::strin
   }
   ReadOnlyFile archive_file(archive_path);
   const Manifest m = archive::read_manifest(archive_file);
-  fs_util::build_directory(dir, [&](const std::string& staging) {
-    std::vector<std::string> written;
-    std::vector<std::string> directories{staging};
-    std::unique_ptr<AtomicFile> file;
-    decode_all(
-        archive_file, m, options,
-        [&](std::size_t f) {
-          const fs::path path = fs::path(staging) / m.files[f].name;
-          if (path.parent_path() != fs::path(staging) && !fs::is_directory(path.parent_path())) {
-            std::error_code mk;
-            fs::create_directories(path.parent_path(), mk);
-            if (mk) throw Error(ErrorKind::io, path.parent_path().string(), "", "cannot create directory: " + mk.message());
-            for (fs::path p = path.parent_path(); p != fs::path(staging); p = p.parent_path()) directories.push_back(p.string());
-          }
-          file = std::make_unique<AtomicFile>(path.string(), WriteOptions{.direct = true, .durable = false});
-        },
-        [&](std::size_t, std::span<const std::uint8_t> bytes) { file->write(bytes); },
-        [&](std::size_t f) {
-          file->commit();
-          const std::string path = file->destination();
-          if (::chmod(path.c_str(), m.files[f].mode) != 0) fail_io(path, "chmod", errno);
-          written.push_back(path);
-          file.reset();
-        });
-    fs_util::fsync_files(written);
-    std::sort(directories.begin(), directories.end());
-    directories.erase(std::unique(directories.begin(), directories.end()), directories.end());
-    for (auto it = directories.rbegin(); it != directories.rend(); ++it) {
-      if (*it != staging) fs_util::fsync_directory(*it);
-    }
-  });
+  fs_util::build_directory(dir, [&](const std::string& staging) { write_files(archive_file, m, options, staging, true); });
+  auto summary = summary_of(m, archive_path, archive_file.size());
+  summary.directory = dir;
+  return summary;
+}
+
+ArchiveSummary extract_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options) {
+  ReadOnlyFile archive_file(archive_path);
+  const Manifest m = archive::read_manifest(archive_file);
+  write_files(archive_file, m, options, dir, false);
   auto summary = summary_of(m, archive_path, archive_file.size());
   summary.directory = dir;
   return summary;

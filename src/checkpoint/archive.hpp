@@ -1,11 +1,11 @@
 // Compressed archives of checkpoint directories (format/archive.hpp): `ckpt convert --to archive|dir`,
 // `rotate --archive`, and the archived checkpoints that list, best, inspect and resume see.
 //
-// Archiving reads each file of the checkpoint once (memory-mapped) and finds its tensors from the file's own
-// metadata (a safetensors header, a torch.save zip's pickle); every tensor storage becomes a segment of byte
-// planes, everything else (pickles, JSON, zip headers, files ckpt cannot parse) segments of bytes. Chunks are
-// compressed on every core and written in order; memory is bounded by chunk size x threads. Restoring checks
-// each file's sha256 before the directory appears.
+// Archiving finds each file's tensors from its own metadata (a safetensors header, a torch.save zip's pickle:
+// read through a map, which touches only those pages); every tensor storage becomes a segment of byte planes,
+// everything else (pickles, JSON, zip headers, files ckpt cannot parse) segments of bytes. Chunks are then read
+// with pread, compressed on every core and written in order; memory is bounded by chunk size x threads.
+// Restoring checks each file's sha256 before the directory appears.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +51,11 @@ ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& arc
 // Restores an archive into the directory `dir`, which appears complete or not at all; every file's sha256 is
 // checked before. Throws Error: corrupt (naming the file and tensor), unsupported, invalid_argument, io.
 ArchiveSummary restore_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options);
+
+// Writes the archive's files into the existing, empty directory `dir` without fsyncing anything: for a copy that
+// lives only as long as its caller (resume restores into a staging directory it removes). Throws like
+// restore_archive; what was written stays for the caller to remove.
+ArchiveSummary extract_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options);
 
 // Decodes every frame and checks every file's sha256 without writing anything. Throws like restore_archive.
 ArchiveSummary verify_archive(const std::string& archive_path, const ArchiveOptions& options);

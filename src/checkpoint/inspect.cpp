@@ -364,8 +364,7 @@ void summarize_archive(const std::string& path, FileReport& report, const Inspec
     ts.dtype = t.dtype;
     ts.shape = t.shape;
     ts.stride = contiguous_strides(t.shape);
-    const auto n = torch_archive::numel(t.shape);
-    ts.nbytes = n ? *n * element_size(t.dtype) : 0;
+    ts.nbytes = *torch_archive::numel(t.shape) * element_size(t.dtype);  // read_manifest checked it fits its segment
     report.tensors.push_back(std::move(ts));
   }
   if (options.verify) {

@@ -1,5 +1,6 @@
 #include "checkpoint/rotation.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -7,10 +8,14 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <set>
+#include <tuple>
 
 #include "checkpoint/archive.hpp"
 #include "checkpoint/lock.hpp"
+#include "util/byte_buffer.hpp"
+#include "util/sha256.hpp"
 #include "util/error.hpp"
 #include "util/fs.hpp"
 
@@ -67,7 +72,9 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
     }
   }
   std::int64_t limit = options.keep;
-  if (best && limit == 1 && !sorted.empty() && sorted.back() != best->entry) limit = 2;
+  // Hugging Face's exception for a best that is not the newest; a best only archived has nothing live to protect.
+  const bool best_live = best && scan.entries[best->entry].kind == EntryKind::checkpoint;
+  if (best_live && limit == 1 && !sorted.empty() && sorted.back() != best->entry) limit = 2;
   const std::size_t cut = sorted.size() > static_cast<std::size_t>(limit) ? sorted.size() - static_cast<std::size_t>(limit) : 0;
   for (std::size_t k = 0; k < sorted.size(); ++k) {
     Decision& d = plan.decisions[sorted[k]];
@@ -87,65 +94,110 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
 
 namespace {
 
-std::string archive_path_for(const std::string& run_dir, const RotateOptions& options, const std::string& name) {
+fs::path archive_directory(const std::string& run_dir, const RotateOptions& options) {
   fs::path dir(*options.archive_dir);
-  if (dir.is_relative()) dir = fs::path(run_dir) / dir;
-  return (dir / (name + kArchiveExtension)).string();
+  return dir.is_relative() ? fs::path(run_dir) / dir : dir;
 }
 
-// Whether `archive` reads back as an archive of the checkpoint directory `dir` as it is now: the same name, and
-// the same files with the same sizes (a manifest read, no decompression).
-bool archived_copy_matches(const std::string& archive, const std::string& dir) {
+std::string archive_path_for(const std::string& run_dir, const RotateOptions& options, const std::string& name) {
+  return (archive_directory(run_dir, options) / (name + kArchiveExtension)).string();
+}
+
+// A checkpoint's files as they are on disk. A committed checkpoint's files are never modified in place, so the
+// same identity means the same bytes; a checkpoint replaced by another of its step (the trainer swaps them) has
+// other inodes. Nullopt when the directory cannot be read (it vanished).
+using FileIdentity = std::tuple<std::string, std::uint64_t, std::uint64_t, std::int64_t, std::int64_t>;  // name, dev, ino, size, mtime
+std::optional<std::vector<FileIdentity>> identity_of(const std::string& dir) {
+  std::vector<FileIdentity> files;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    struct stat st {};
+    if (::lstat(it->path().c_str(), &st) != 0) return std::nullopt;
+    if (S_ISDIR(st.st_mode)) continue;
+    files.emplace_back(it->path().lexically_relative(dir).generic_string(), st.st_dev, st.st_ino, st.st_size,
+                       st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec);
+  }
+  if (ec) return std::nullopt;
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+// Whether `archive` holds exactly the files of `dir`: the same names and sizes and every sha256 (the files are
+// read and hashed; nothing is decompressed).
+bool archive_holds(const std::string& archive, const std::string& dir, const std::vector<FileIdentity>& identity) {
   std::error_code ec;
   if (!fs::is_regular_file(archive, ec)) return false;
   try {
     const auto info = read_archive_info(archive);
-    if (info.manifest.checkpoint != fs::path(dir).filename().string()) return false;
-    std::size_t files = 0;
-    for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      if (it->is_directory(ec)) continue;
-      ++files;
-      const std::string name = it->path().lexically_relative(dir).generic_string();
+    if (info.manifest.files.size() != identity.size()) return false;
+    ByteBuffer buffer;
+    buffer.resize(4u << 20);
+    for (const auto& [name, dev, ino, size, mtime] : identity) {
       const auto f = std::find_if(info.manifest.files.begin(), info.manifest.files.end(), [&](const archive::File& a) { return a.name == name; });
-      if (f == info.manifest.files.end() || f->size != it->file_size(ec)) return false;
+      if (f == info.manifest.files.end() || f->size != static_cast<std::uint64_t>(size)) return false;
+      ReadOnlyFile file((fs::path(dir) / name).string());
+      Sha256 hash;
+      for (std::uint64_t at = 0; at < file.size(); at += buffer.size()) {
+        const auto part = buffer.span().first(std::min<std::uint64_t>(buffer.size(), file.size() - at));
+        file.read_at(at, part);
+        hash.update(part);
+      }
+      if (hash.finish() != f->sha256) return false;
     }
-    return !ec && files == info.manifest.files.size();
+    return true;
   } catch (const Error&) {
     return false;
   }
 }
 
-// Writes the archives of the checkpoints `plan` deletes, skipping those already archived and those that vanish
-// meanwhile (another process rotated them).
-std::size_t archive_victims(const std::string& run_dir, const RunScan& scan, const RotationPlan& plan, const RotateOptions& options) {
+// The archives phase one made sure of, by checkpoint name, with the identity of the files they hold; and the
+// first failure to archive one.
+struct ArchivedVictims {
+  std::map<std::string, std::pair<std::string, std::vector<FileIdentity>>> archived;
+  std::map<std::string, std::string> failed;  // name -> why
+  std::optional<Error> first_error;
   std::size_t written = 0;
+};
+
+// Archives each complete checkpoint `plan` deletes (or checks the archive already there holds it), noting each
+// checkpoint's identity before, and keeping the result only if it did not change meanwhile. A checkpoint that
+// vanishes meanwhile (another process rotated it) is skipped; one that cannot be archived is noted and the others
+// go on.
+ArchivedVictims archive_victims(const std::string& run_dir, const RunScan& scan, const RotationPlan& plan, const RotateOptions& options) {
+  ArchivedVictims result;
   for (std::size_t i = 0; i < scan.entries.size(); ++i) {
     const Decision& d = plan.decisions[i];
     if (!d.remove || d.kind != EntryKind::checkpoint || !scan.entries[i].complete) continue;
+    const auto before = identity_of(d.path);
+    if (!before) continue;
     const std::string target = archive_path_for(run_dir, options, d.name);
-    if (archived_copy_matches(target, d.path)) continue;
-    std::error_code ec;
-    fs::create_directories(fs::path(target).parent_path(), ec);
-    if (ec) throw Error(ErrorKind::io, fs::path(target).parent_path().string(), "", "cannot create the archive directory: " + ec.message());
-    ArchiveOptions archive_options;
-    archive_options.level = options.archive_level;
-    archive_options.threads = options.archive_threads;
-    archive_options.force = true;
-    try {
-      archive_checkpoint(d.path, target, archive_options);
-      ++written;
-    } catch (const Error&) {
-      if (fs::exists(fs::symlink_status(d.path, ec))) throw;
+    if (!archive_holds(target, d.path, *before)) {
+      ArchiveOptions archive_options;
+      archive_options.level = options.archive_level;
+      archive_options.threads = options.archive_threads;
+      archive_options.force = true;
+      try {
+        std::error_code ec;
+        fs::create_directories(fs::path(target).parent_path(), ec);
+        if (ec) throw Error(ErrorKind::io, fs::path(target).parent_path().string(), "", "cannot create the archive directory: " + ec.message());
+        archive_checkpoint(d.path, target, archive_options);
+        ++result.written;
+      } catch (const Error& e) {
+        if (!identity_of(d.path)) continue;
+        result.failed[d.name] = e.what();
+        if (!result.first_error) result.first_error = e;
+        continue;
+      }
     }
+    if (identity_of(d.path) == before) result.archived[d.name] = {target, *before};
   }
-  return written;
+  return result;
 }
 
 // Marks archives in the archive directory beyond keep_archives (oldest steps first; the best's and unreadable
 // ones stay) for removal, adding decisions for those the scan did not list.
 void plan_archive_retention(const std::string& run_dir, const RotateOptions& options, const RunScan& scan, RotationPlan& plan) {
-  fs::path dir(*options.archive_dir);
-  if (dir.is_relative()) dir = fs::path(run_dir) / dir;
+  const fs::path dir = archive_directory(run_dir, options);
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return;
   std::optional<std::string> best_path;
@@ -176,13 +228,12 @@ void plan_archive_retention(const std::string& run_dir, const RotateOptions& opt
 
 // Removes the temporary files of archives whose writer was killed; notes the directory when it removed any.
 std::size_t clear_abandoned_temporaries(const std::string& run_dir, const RotateOptions& options, std::set<std::string>& changed_dirs) {
-  fs::path dir(*options.archive_dir);
-  if (dir.is_relative()) dir = fs::path(run_dir) / dir;
+  const fs::path dir = archive_directory(run_dir, options);
   std::size_t cleared = 0;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
-    if (!entry.is_regular_file(ec) || !fs_util::is_abandoned_temporary(name)) continue;
+    if (!entry.is_regular_file(ec) || !fs_util::is_abandoned_temporary(entry.path().string())) continue;
     if (::unlink(entry.path().c_str()) == 0) {
       ++cleared;
       changed_dirs.insert(dir.string());
@@ -191,6 +242,9 @@ std::size_t clear_abandoned_temporaries(const std::string& run_dir, const Rotate
   return cleared;
 }
 
+// Carries out the plan: victims renamed to trash, then removed; archives beyond --keep-archives unlinked.
+void delete_planned(const std::string& run_dir, const RotateOptions& options, RotationResult& result);
+
 }  // namespace
 
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock) {
@@ -198,6 +252,7 @@ RotationResult rotate(const std::string& run_dir, const RotateOptions& options, 
   if (options.keep_archives && !options.archive_dir) throw Error(ErrorKind::invalid_argument, "", "--keep-archives", "needs --archive");
   const auto now = [] { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); };
   RotationResult result;
+  ArchivedVictims victims;
   if (options.archive_dir && !dry_run) {
     RunScan scan;
     RotationPlan plan;
@@ -206,7 +261,8 @@ RotationResult rotate(const std::string& run_dir, const RotateOptions& options, 
       scan = scan_run(run_dir);
       plan = plan_rotation(scan, options, now());
     }
-    result.archived = archive_victims(run_dir, scan, plan, options);
+    victims = archive_victims(run_dir, scan, plan, options);
+    result.archived = victims.written;
   }
   // A dry run only reads, so it neither takes the lock nor creates the lock file.
   std::optional<RunLock> lock;
@@ -218,15 +274,31 @@ RotationResult rotate(const std::string& run_dir, const RotateOptions& options, 
       Decision& d = result.plan.decisions[i];
       if (!d.remove || d.kind != EntryKind::checkpoint || !scan.entries[i].complete) continue;
       d.archived_to = archive_path_for(run_dir, options, d.name);
-      if (!dry_run && !archived_copy_matches(d.archived_to, d.path)) {
+      if (dry_run) continue;
+      // Deleted only as the very files that were archived, with the archive still there.
+      const auto it = victims.archived.find(d.name);
+      std::error_code ec;
+      const bool safe = it != victims.archived.end() && it->second.first == d.archived_to && fs::is_regular_file(d.archived_to, ec) &&
+                        identity_of(d.path) == it->second.second;
+      if (!safe) {
         d.remove = false;
-        d.reason = "not archived yet, kept until the next rotate";
+        const auto failed = victims.failed.find(d.name);
+        d.reason = failed != victims.failed.end() ? "kept: cannot archive it: " + failed->second : "not archived yet, kept until the next rotate";
         d.archived_to.clear();
       }
     }
     if (options.keep_archives) plan_archive_retention(run_dir, options, scan, result.plan);
   }
   if (dry_run) return result;
+  delete_planned(run_dir, options, result);
+  // The rest of the rotation is done; a checkpoint that could not be archived is reported now.
+  if (victims.first_error) throw *victims.first_error;
+  return result;
+}
+
+namespace {
+
+void delete_planned(const std::string& run_dir, const RotateOptions& options, RotationResult& result) {
   // First every victim is renamed to a hidden trash name, so a crash from here on leaves trash, never a
   // partial checkpoint-N; one fsync makes all the renames durable before any byte is removed.
   std::vector<std::string> trash;
@@ -255,10 +327,11 @@ RotationResult rotate(const std::string& run_dir, const RotateOptions& options, 
   }
   if (options.archive_dir) result.temporaries_cleared = clear_abandoned_temporaries(run_dir, options, archive_dirs);
   for (const auto& dir : archive_dirs) fs_util::fsync_directory(dir);
-  if (trash.empty()) return result;
+  if (trash.empty()) return;
   fs_util::fsync_directory(run_dir);
   for (const auto& path : trash) fs_util::remove_tree(path);
-  return result;
 }
+
+}  // namespace
 
 }  // namespace ckpt::checkpoint

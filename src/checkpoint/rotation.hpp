@@ -66,8 +66,11 @@ struct RotationResult {
 // deletes each chosen entry by renaming it to a hidden trash name first and then removing the tree. Throws Error of kind locked when
 // `wait_for_lock` is false and the lock is held.
 // With archive_dir, the checkpoints to delete are first archived without holding the lock (a trainer's
-// commit is not held up by compression), then the plan is made again under the lock and only checkpoints
-// whose archive reads back are deleted: at every moment a checkpoint exists live, or archived, or both.
+// commit is not held up by compression; an archive already there counts when it holds every file's sha256),
+// then the plan is made again under the lock and a checkpoint is deleted only if its files are the very ones
+// archived (same inodes, sizes and times): at every moment a checkpoint exists live, or archived, or both, until
+// keep_archives removes old archives. A checkpoint that cannot be archived stays; the rest of the rotation goes
+// on, then its error is thrown.
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock);
 
 }  // namespace ckpt::checkpoint

@@ -177,7 +177,7 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
   f->mode = mode;
   if (mode == train::TrainMode::resume) {
     sub.add_option("RUN_DIR", f->run_dir, "The run directory to continue (new checkpoints go there too)")->required();
-    sub.add_option("--from", f->from, "checkpoint-N in RUN_DIR (or its archive in RUN_DIR/archive), a checkpoint directory, or a .ckpt archive (restored to a staging directory first; default: the newest complete checkpoint)");
+    sub.add_option("--from", f->from, "checkpoint-N in RUN_DIR (or its archive in RUN_DIR/archive or RUN_DIR), a checkpoint directory, or a .ckpt archive (restored to a staging directory first; default: the newest complete checkpoint)");
   }
   for (const auto& spec : train::argument_specs()) {
     if (mode == train::TrainMode::resume && std::string(spec.key) == "output_dir") continue;

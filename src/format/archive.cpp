@@ -156,8 +156,11 @@ Manifest parse_manifest(std::span<const std::uint8_t> text, std::uint64_t payloa
   Manifest m;
   m.checkpoint = string_member(j, "checkpoint", "");
   const auto& step = member(j, "step", "");
-  if (step.is_number_integer()) m.step = step.get<std::int64_t>();
-  else if (!step.is_null()) bad("step", "not an integer");
+  if (step.is_number_unsigned() && step.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+    m.step = step.get<std::int64_t>();
+  } else if (!step.is_null()) {
+    bad("step", "not a step");
+  }
   m.chunk_size = unsigned_member(j, "chunk_size", "");
   if (m.chunk_size < kMinChunkSize || m.chunk_size > kMaxChunkSize || m.chunk_size % kMaxElementSize != 0) {
     bad("chunk_size", "out of range");
@@ -187,6 +190,12 @@ Manifest parse_manifest(std::span<const std::uint8_t> text, std::uint64_t payloa
   for (const auto& f : m.files) {
     if (!names.insert(f.name).second) bad("files", "'" + f.name + "' appears twice");
   }
+  // No file may also be a directory of another ("a" and "a/b"): restoring could not create both.
+  for (const auto& f : m.files) {
+    for (std::size_t slash = f.name.find('/'); slash != std::string::npos; slash = f.name.find('/', slash + 1)) {
+      if (names.count(std::string_view(f.name).substr(0, slash))) bad("files", "'" + f.name.substr(0, slash) + "' is both a file and a directory");
+    }
+  }
   const auto& tensors = array_member(j, "tensors", "");
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const std::string tw = "tensors[" + std::to_string(i) + "]";
@@ -207,6 +216,13 @@ Manifest parse_manifest(std::span<const std::uint8_t> text, std::uint64_t payloa
     if (t.file >= m.files.size() || t.segment >= m.files[t.file].segments.size() || t.offset > m.files[t.file].segments[t.segment].size) {
       bad(tw, "points outside the archive's files");
     }
+    // Its elements lie inside its segment (numel overflow-checked: each dimension is below 2^63).
+    std::uint64_t bytes = element_size(t.dtype);
+    for (std::int64_t d : t.shape) {
+      if (d != 0 && bytes > std::numeric_limits<std::uint64_t>::max() / static_cast<std::uint64_t>(d)) bad(tw + ".shape", "too many elements");
+      bytes *= static_cast<std::uint64_t>(d);
+    }
+    if (bytes > m.files[t.file].segments[t.segment].size - t.offset) bad(tw, "extends past its segment");
     m.tensors.push_back(std::move(t));
   }
   return m;
@@ -224,6 +240,7 @@ void check_header(std::span<const std::uint8_t> header) {
   r.seek(kMagic.size());
   const std::uint32_t version = r.u32le();
   if (version != kVersion) fail(ErrorKind::unsupported, "byte 8", "archive version " + std::to_string(version) + " (this ckpt reads version 1)");
+  if (r.u32le() != 0) fail(ErrorKind::unsupported, "byte 12", "archive flags this ckpt does not know");
 }
 
 Trailer parse_trailer(std::span<const std::uint8_t> trailer, std::uint64_t file_size) {
@@ -232,10 +249,11 @@ Trailer parse_trailer(std::span<const std::uint8_t> trailer, std::uint64_t file_
   t.manifest_offset = r.u64le();
   t.manifest_size = r.u64le();
   t.manifest_crc = r.u32le();
-  r.u32le();
+  const std::uint32_t version = r.u32le();
   const auto end = r.take(kEndMagic.size());
   const std::string where = "byte " + std::to_string(file_size - kTrailerSize);
   if (std::memcmp(end.data(), kEndMagic.data(), kEndMagic.size()) != 0) fail_corrupt(where, "no CKPTEND1 trailer (a truncated archive?)");
+  if (version != kVersion) fail_corrupt(where, "the trailer's version differs from the header's");
   if (t.manifest_size > kMaxManifestSize) fail_corrupt(where, "manifest larger than 256 MiB");
   if (t.manifest_offset < kHeaderSize || t.manifest_offset > file_size - kTrailerSize ||
       file_size - kTrailerSize - t.manifest_offset != t.manifest_size) {
@@ -371,17 +389,6 @@ void merge_planes(const std::uint8_t* planes, std::size_t width, bool rotate, st
   }
 }
 
-// Order-0 entropy in bits per byte.
-double entropy_bits(const std::array<std::uint64_t, 256>& counts) {
-  std::uint64_t n = 0;
-  for (std::uint64_t c : counts) n += c;
-  double bits = 0;
-  for (std::uint64_t c : counts) {
-    if (c) bits -= static_cast<double>(c) / static_cast<double>(n) * std::log2(static_cast<double>(c) / static_cast<double>(n));
-  }
-  return bits;
-}
-
 // Byte counts of 16 evenly spaced 4 KiB samples of a large plane (all of a small one).
 std::array<std::uint64_t, 256> sample_histogram(std::span<const std::uint8_t> bytes) {
   constexpr std::size_t kSamples = 16;
@@ -476,7 +483,7 @@ std::vector<Frame> ChunkCoder::encode(std::span<const std::uint8_t> raw, const S
     // planes are always tried, since counters look random byte by byte yet repeat.
     std::array<std::uint64_t, 256> counts{};
     const bool is_plane = segment.layout == Layout::planes;
-    const bool random_looking = segment.transform == Transform::rotl1 && entropy_bits(sample_histogram(plane)) > kIncompressibleBits;
+    const bool random_looking = segment.transform == Transform::rotl1 && rans::entropy_bits(sample_histogram(plane)) > kIncompressibleBits;
     if (!plane.empty() && !random_looking) {
       if (is_plane) counts = rans::histogram(plane);
       scratch_.resize(ZSTD_compressBound(plane.size()));

@@ -44,8 +44,8 @@ inline constexpr std::size_t kHeaderSize = 16;
 inline constexpr std::size_t kTrailerSize = 32;
 inline constexpr std::uint32_t kVersion = 1;
 inline constexpr std::uint64_t kMinChunkSize = 4096;
-inline constexpr std::uint64_t kMaxChunkSize = 64u << 20;
-inline constexpr std::uint64_t kMaxManifestSize = 256u << 20;
+inline constexpr std::uint64_t kMaxChunkSize = 16u << 20;
+inline constexpr std::uint64_t kMaxManifestSize = 64u << 20;  // ~1.5 TB of checkpoint in 4 MiB chunks
 inline constexpr std::size_t kMaxElementSize = 8;
 
 enum class Codec : std::uint8_t { raw = 0, zstd = 1, rans = 2 };  // rans: format/rans.hpp

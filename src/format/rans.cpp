@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 
 #include "util/error.hpp"
 
@@ -68,6 +69,16 @@ std::array<std::uint64_t, 256> histogram(std::span<const std::uint8_t> bytes) {
   return counts;
 }
 
+double entropy_bits(const std::array<std::uint64_t, 256>& counts) {
+  std::uint64_t n = 0;
+  for (auto c : counts) n += c;
+  double bits = 0;
+  for (auto c : counts) {
+    if (c) bits -= static_cast<double>(c) / static_cast<double>(n) * std::log2(static_cast<double>(c) / static_cast<double>(n));
+  }
+  return bits;
+}
+
 std::uint64_t estimated_size(const std::array<std::uint64_t, 256>& counts) {
   std::uint64_t n = 0;
   std::size_t symbols = 0;
@@ -75,11 +86,7 @@ std::uint64_t estimated_size(const std::array<std::uint64_t, 256>& counts) {
     n += c;
     symbols += c != 0;
   }
-  double bits = 0;
-  for (auto c : counts) {
-    if (c) bits -= static_cast<double>(c) * std::log2(static_cast<double>(c) / static_cast<double>(n));
-  }
-  return static_cast<std::uint64_t>(bits / 8) + 2 + 3 * symbols + 4 * kStates;
+  return static_cast<std::uint64_t>(entropy_bits(counts) * static_cast<double>(n) / 8) + 2 + 3 * symbols + 4 * kStates;
 }
 
 void encode(std::span<const std::uint8_t> input, const std::array<std::uint64_t, 256>& counts, std::vector<std::uint8_t>& out) {
@@ -98,8 +105,8 @@ void encode(std::span<const std::uint8_t> input, const std::array<std::uint64_t,
     put16(out, freq[s]);
   }
   // Encoded backwards (the decoder reads forwards): at most one 16-bit word per symbol; the final states go first.
-  std::vector<std::uint8_t> stream(2 * input.size());
-  std::uint8_t* end = stream.data() + stream.size();
+  const auto stream = std::make_unique_for_overwrite<std::uint8_t[]>(2 * input.size());
+  std::uint8_t* end = stream.get() + 2 * input.size();
   std::uint8_t* p = end;
   std::array<std::uint32_t, kStates> state;
   state.fill(kLow);

@@ -20,10 +20,13 @@ namespace ckpt::rans {
 // The byte counts of `bytes`.
 std::array<std::uint64_t, 256> histogram(std::span<const std::uint8_t> bytes);
 
+// Order-0 entropy of bytes with this histogram, in bits per byte (0 for no bytes).
+double entropy_bits(const std::array<std::uint64_t, 256>& counts);
+
 // Close to the size encode() will produce for bytes with this histogram (for choosing a codec without encoding).
 std::uint64_t estimated_size(const std::array<std::uint64_t, 256>& counts);
 
-// Appends the block encoding `input` (not empty) to `out`.
+// Appends the block encoding `input` (not empty) to `out`; `counts` must be histogram(input).
 void encode(std::span<const std::uint8_t> input, const std::array<std::uint64_t, 256>& counts, std::vector<std::uint8_t>& out);
 
 // Decodes `block` into exactly out.size() bytes. Throws a corrupt Error for a block that is not exactly such an

@@ -218,7 +218,11 @@ class Trainer {
  public:
   Trainer(const TrainRequest& request, TrainResult& result) : request_(request), result_(result) {}
   ~Trainer() {
-    if (restored_dir_) fs_util::remove_tree(*restored_dir_);
+    // A restored copy left by a failure; if even that fails, the next run clears it as a leftover staging directory.
+    try {
+      if (restored_dir_) fs_util::remove_tree(*restored_dir_);
+    } catch (const Error&) {
+    }
   }
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -267,8 +271,9 @@ class Trainer {
   Arguments args_;
   std::string run_dir_;
   std::optional<std::string> resume_dir_;
-  // Resuming from an archive: the staging directory it was restored into, removed once loaded.
+  // Resuming from an archive: the staging directory it was restored into, removed once loaded, and the archive.
   std::optional<std::string> restored_dir_;
+  std::string restored_from_;
   std::unique_ptr<RunLock> train_lock_;
   WeightsOptions weights_options_;
 
@@ -341,17 +346,27 @@ void Trainer::prepare_arguments() {
   }
   std::string dir;
   if (request_.from) {
-    // checkpoint-N in the run directory, or its archive when rotation archived it; or a path.
+    // checkpoint-N in the run directory, or its archive where list shows archives (RUN/archive/, RUN/); or a path.
     const fs::path in_run = fs::path(run_dir_) / *request_.from;
-    const fs::path archived = fs::path(run_dir_) / checkpoint::kArchiveDirName / (*request_.from + checkpoint::kArchiveExtension);
-    const bool named = checkpoint::checkpoint_step(*request_.from).has_value();
-    dir = named && fs::is_directory(in_run) ? in_run.string() : named && fs::is_regular_file(archived) ? archived.string() : *request_.from;
+    dir = *request_.from;
+    if (checkpoint::checkpoint_step(*request_.from)) {
+      const std::string file = *request_.from + checkpoint::kArchiveExtension;
+      for (const fs::path& candidate : {in_run, fs::path(run_dir_) / checkpoint::kArchiveDirName / file, fs::path(run_dir_) / file}) {
+        if (fs::exists(candidate)) {
+          dir = candidate.string();
+          break;
+        }
+      }
+    }
     if (checkpoint::is_archive(dir)) {
-      // Restored into a staging directory of the run, which the trainer lock makes ours (open_run_directory ran).
+      // Restored into a staging directory of the run: the trainer lock makes it ours (open_run_directory ran), and
+      // a kill leaves it for the next run to clear. A throwaway copy, so nothing is fsynced.
       const std::string staging = (fs::path(run_dir_) / (std::string(checkpoint::kStagingPrefix) + "restore-" + fs_util::unique_suffix())).string();
-      checkpoint::restore_archive(dir, staging, {});
+      if (!fs::create_directory(staging)) throw Error(ErrorKind::io, staging, "", "cannot create the directory");
       restored_dir_ = staging;
       result_.resumed_from = dir;
+      restored_from_ = dir;
+      checkpoint::extract_archive(dir, staging, {});
       dir = staging;
     } else if (!fs::is_directory(dir)) {
       throw Error(ErrorKind::not_found, dir, "", "no such checkpoint directory or archive");
@@ -884,8 +899,14 @@ void Trainer::run() {
     if (!fs::is_directory(request_.run_dir)) throw Error(ErrorKind::not_found, request_.run_dir, "", "no such run directory");
     run_dir_ = request_.run_dir;
     open_run_directory();
-    prepare_arguments();
-    validate_arguments();
+    try {
+      prepare_arguments();
+      validate_arguments();
+    } catch (const Error& e) {
+      // A file of the restored copy is named by its temporary path: say which archive it came from.
+      if (restored_from_.empty() || e.path().rfind(*restored_dir_, 0) != 0) throw;
+      throw Error(e.kind(), e.path(), e.where(), e.detail() + " (restored from " + restored_from_ + ")");
+    }
   } else {
     prepare_arguments();
     validate_arguments();

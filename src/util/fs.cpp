@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <system_error>
 #include <thread>
@@ -90,14 +92,17 @@ std::string unique_suffix() {
   return std::to_string(::getpid()) + "-" + std::to_string(now) + "-" + std::to_string(counter++);
 }
 
-bool is_abandoned_temporary(const std::string& name) {
+bool is_abandoned_temporary(const std::string& path) {
+  const std::string name = std::filesystem::path(path).filename().string();
   const auto marker = name.rfind(".tmp-");
   if (name.empty() || name.front() != '.' || marker == std::string::npos || marker == 0) return false;
   std::size_t end = marker + 5;
   long long pid = 0;
   while (end < name.size() && name[end] >= '0' && name[end] <= '9' && pid < (1LL << 32)) pid = pid * 10 + (name[end++] - '0');
   if (end == marker + 5 || end >= name.size() || name[end] != '-' || pid <= 0 || pid >= (1LL << 31)) return false;
-  return static_cast<pid_t>(pid) != ::getpid() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+  if (static_cast<pid_t>(pid) == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) return false;
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0 && std::time(nullptr) - st.st_mtime > 60;
 }
 
 void replace_symlink(const std::string& target, const std::string& link) {

@@ -43,9 +43,11 @@ bool link_or_copy(const std::string& from, const std::string& to);
 // or not at all; an existing destination is replaced the same way. On failure the staging directory is removed.
 void build_directory(const std::string& destination, const std::function<void(const std::string& staging)>& fill);
 
-// Whether `name` is a temporary entry beside a destination (`.NAME.tmp-<pid>-...`, as AtomicFile and
-// build_directory name them) whose writing process no longer runs: a leftover of a killed process, safe to remove.
-bool is_abandoned_temporary(const std::string& name);
+// Whether `path` is a temporary entry beside a destination (`.NAME.tmp-<pid>-...`, as AtomicFile and
+// build_directory name them) left by a killed process: its writer's pid no longer runs here and it has not been
+// modified for a minute (so a writer on another host sharing the directory, whose pid means nothing here, is
+// left alone while it writes).
+bool is_abandoned_temporary(const std::string& path);
 
 // A name unique to this process and call, for temporary entries beside a destination.
 std::string unique_suffix();

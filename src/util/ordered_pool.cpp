@@ -48,7 +48,20 @@ void run_ordered(std::size_t count, unsigned threads, std::size_t window,
 
   std::vector<std::thread> pool;
   pool.reserve(threads);
-  for (unsigned w = 0; w < threads; ++w) pool.emplace_back(work, w);
+  auto stop_and_join = [&] {
+    {
+      std::lock_guard lock(mutex);
+      stop = true;
+      changed.notify_all();
+    }
+    for (auto& t : pool) t.join();
+  };
+  try {
+    for (unsigned w = 0; w < threads; ++w) pool.emplace_back(work, w);
+  } catch (...) {
+    stop_and_join();
+    throw;
+  }
   try {
     for (std::size_t job = 0; job < count; ++job) {
       {
@@ -68,12 +81,7 @@ void run_ordered(std::size_t count, unsigned threads, std::size_t window,
     stop = true;
     changed.notify_all();
   }
-  {
-    std::lock_guard lock(mutex);
-    stop = true;
-    changed.notify_all();
-  }
-  for (auto& t : pool) t.join();
+  stop_and_join();
   if (error) std::rethrow_exception(error);
 }
 

@@ -384,6 +384,9 @@ class RotateArchiveTest(Tmp):
         self.assertIn("archived", r.stderr)
         ckpt_ok(self, "best", run, "--link", "best")
         self.assertEqual(os.readlink(os.path.join(run, "best")), "archive/checkpoint-10.ckpt")
+        # The best being archived, --keep 1 keeps one live checkpoint, as with no best (not two).
+        out = ckpt_ok(self, "rotate", run, "--keep", "1", "--dry-run", "--json").json()
+        self.assertEqual([d["name"] for d in out["decisions"] if d["kind"] == "checkpoint" and d["action"] == "keep"], ["checkpoint-40"])
         # Recomputing by a metric considers archives too: the highest eval_loss was logged at step 10.
         best = ckpt_ok(self, "best", run, "--metric", "loss", "--mode", "max", "--json").json()
         self.assertEqual(best["name"], "archive/checkpoint-10.ckpt")
@@ -406,15 +409,46 @@ class RotateArchiveTest(Tmp):
         for path in (dead, alive):
             with open(path, "wb") as f:
                 f.write(b"half")
+            os.utime(path, (time.time() - 120, time.time() - 120))  # quiet for two minutes
+        # Quiet for only a few seconds: it may be a writer on another host sharing the directory.
+        recent = os.path.join(archive_dir, ".checkpoint-30.ckpt.tmp-%d-2-0" % p.pid)
+        with open(recent, "wb") as f:
+            f.write(b"half")
         out = ckpt_ok(self, "rotate", run, "--keep", "4", "--archive", "--json").json()
         self.assertEqual(out["temporaries_cleared"], 1)
         self.assertFalse(os.path.exists(dead))
         self.assertTrue(os.path.exists(alive))
+        self.assertTrue(os.path.exists(recent))
+
+    def test_an_archive_already_there_counts_only_if_it_holds_the_same_bytes(self):
+        run = runs.copy_fixture_run(self.tmp)
+        original = runs.tree_digest(os.path.join(run, "checkpoint-10"))
+        # An archive of another checkpoint-10 with files of the same sizes (a restarted run, a shared directory).
+        other = self.path("other", "checkpoint-10")
+        shutil.copytree(os.path.join(run, "checkpoint-10"), other)
+        with open(os.path.join(other, "config.json"), "r+b") as f:
+            first = f.read(1)
+            f.seek(0)
+            f.write(b" " if first != b" " else b"\n")
+        os.makedirs(os.path.join(run, "archive"))
+        ckpt_ok(self, "convert", other, "--to", "archive", "-o", os.path.join(run, "archive", "checkpoint-10.ckpt"), "-q")
+        out = ckpt_ok(self, "rotate", run, "--keep", "3", "--archive", "--json").json()
+        self.assertEqual(out["archived"], 1)
+        restored = self.path("restored")
+        ckpt_ok(self, "convert", os.path.join(run, "archive", "checkpoint-10.ckpt"), "--to", "dir", "-o", restored, "-q")
+        self.assertEqual(runs.tree_digest(restored), original)
+        # The same archive again is recognised (every sha256 checked) and not written twice.
+        ckpt_ok(self, "convert", restored, "--to", "archive", "-o", self.path("again.ckpt"), "-q")
+        run2 = runs.copy_fixture_run(self.path("second"))
+        os.makedirs(os.path.join(run2, "archive"))
+        shutil.copy(self.path("again.ckpt"), os.path.join(run2, "archive", "checkpoint-10.ckpt"))
+        out = ckpt_ok(self, "rotate", run2, "--keep", "3", "--archive", "--json").json()
+        self.assertEqual((out["archived"], out["removed"]), (0, 1))
 
     def test_sigkill_at_random_moments_never_loses_a_checkpoint(self):
         """SIGKILL `rotate --keep 1 --archive` on 6 checkpoints of 8 MiB at seeded moments over its whole duration.
         After each kill every checkpoint exists live and complete, or as an archive that verifies, or both; a
-        second rotate finishes the job and leaves no temporary file."""
+        second rotate a minute later finishes the job and leaves no temporary file."""
         rng = random.Random(11)
         steps = [10, 20, 30, 40, 50, 60]
 
@@ -458,6 +492,11 @@ class RotateArchiveTest(Tmp):
                     shutil.rmtree(restored, ignore_errors=True)
                 else:
                     problems.append("%s: checkpoint-%d is neither live nor archived" % (label, s))
+            # A minute later (temporaries are cleared once quiet for a minute: a writer on another host may share
+            # the directory), the next rotate finishes the job.
+            for n in os.listdir(archive_dir) if os.path.isdir(archive_dir) else []:
+                if ".tmp-" in n:
+                    os.utime(os.path.join(archive_dir, n), (time.time() - 120, time.time() - 120))
             r = ckpt("rotate", run, "--keep", "1", "--archive", "-q", timeout=300)
             if r.returncode != 0:
                 problems.append(label + ": second rotate failed: " + r.describe())
@@ -498,6 +537,17 @@ class ResumeTest(Tmp):
         r = ckpt("resume", run, "--from", self.path("missing.ckpt"))
         self.assertEqual(r.returncode, 1, r.describe())
         self.assertIn("no such checkpoint directory or archive", r.stderr)
+        # An archive of a checkpoint that cannot be resumed: the error names the archive; no restored copy is left.
+        broken = self.path("broken", "checkpoint-20")
+        shutil.copytree(os.path.join(full, "checkpoint-20"), broken)
+        os.remove(os.path.join(broken, "optimizer.pt"))
+        ckpt_ok(self, "convert", broken, "--to", "archive", "-o", os.path.join(run, "checkpoint-20.ckpt"), "-q")
+        os.remove(os.path.join(run, "archive", "checkpoint-20.ckpt"))
+        r = ckpt("resume", run, "--from", "checkpoint-20", timeout=300)
+        self.assertEqual(r.returncode, 3, r.describe())
+        self.assertIn("optimizer.pt", r.stderr)
+        self.assertIn("(restored from %s)" % os.path.join(run, "checkpoint-20.ckpt"), r.stderr)
+        self.assertEqual(sorted(n for n in os.listdir(run) if n.startswith(".")), [".ckpt.lock", ".ckpt.train.lock"])
 
 
 if __name__ == "__main__":

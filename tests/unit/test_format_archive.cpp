@@ -216,6 +216,12 @@ TEST_CASE("damaged containers are refused with the byte offset") {
   CHECK(std::string(read_error(b.bytes.substr(0, b.bytes.size() - 1)).what()).find("trailer") != std::string::npos);
   CHECK(read_error(b.bytes.substr(0, 40)).kind() == ErrorKind::corrupt);
   bytes = b.bytes;
+  bytes[12] = 1;  // flags
+  CHECK(read_error(bytes).kind() == ErrorKind::unsupported);
+  bytes = b.bytes;
+  bytes[bytes.size() - 12] = 2;  // the trailer's version
+  CHECK(std::string(read_error(bytes).what()).find("version differs") != std::string::npos);
+  bytes = b.bytes;
   bytes[bytes.size() - archive::kTrailerSize - 5] ^= 1;  // inside the manifest
   CHECK(std::string(read_error(bytes).what()).find("manifest checksum mismatch") != std::string::npos);
   bytes = b.bytes;
@@ -247,6 +253,18 @@ TEST_CASE("manifests that would write outside the destination or read outside th
   refused([](json::Json& m) { m["tensors"][0]["dtype"] = "F33"; }, "unknown dtype");
   refused([](json::Json& m) { m["files"][0]["sha256"] = "00"; }, "sha256");
   refused([](json::Json& m) { m["files"][0]["segments"][1]["size"] = std::uint64_t{1} << 62; }, "frame count");
+  refused([](json::Json& m) { m["tensors"][0]["shape"] = {1000000}; }, "extends past its segment");
+  refused([](json::Json& m) { m["tensors"][0]["shape"] = {std::int64_t{1} << 40, std::int64_t{1} << 40}; }, "too many elements");
+  refused([](json::Json& m) { m["step"] = -3; }, "not a step");
+  refused(
+      [](json::Json& m) {
+        json::Json inner = m["files"][0];
+        inner["name"] = "weights/model.bin/inner";
+        inner["size"] = 0;
+        inner["segments"] = json::Json::array();
+        m["files"].push_back(inner);
+      },
+      "both a file and a directory");
   // A frame of chunk 0 swapped with one of chunk 1: the chunk's extent would exceed its length.
   refused(
       [](json::Json& m) {
