@@ -28,9 +28,20 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, shell=isinstance(cmd, str), check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
-def timed(cmd):
+PEAK_RSS = {}
+
+
+def timed(cmd, label=None):
+    """Seconds a command takes; for a list command, its peak RSS is kept under `label`."""
     start = time.perf_counter()
-    sh(cmd)
+    if isinstance(cmd, str):
+        sh(cmd)
+    else:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit("%s failed: %s" % (cmd, proc.stderr.read().decode()))
+        PEAK_RSS[label] = max(PEAK_RSS.get(label, 0), usage.ru_maxrss * 1024)
     return time.perf_counter() - start
 
 
@@ -105,13 +116,13 @@ def throughput(ckpt, big, root, repeat):
     untar = os.path.join(root, "untar")
     results = {k: [] for k in ("archive", "verify", "restore", "zstd -3 -T0", "unzstd+tar -x+sync")}
     for _ in range(repeat):
-        results["archive"].append(timed([ckpt, "convert", big, "--to", "archive", "-o", archive, "--force", "-q"]))
+        results["archive"].append(timed([ckpt, "convert", big, "--to", "archive", "-o", archive, "--force", "-q"], "archive"))
         # ckpt writes archives with direct I/O, so they are not in the page cache; zstd's output is. Read it once
         # so that both decompress from memory.
         sh("cat %s > /dev/null" % archive)
-        results["verify"].append(timed([ckpt, "inspect", archive, "--verify"]))
+        results["verify"].append(timed([ckpt, "inspect", archive, "--verify"], "verify"))
         shutil.rmtree(restored, ignore_errors=True)
-        results["restore"].append(timed([ckpt, "convert", archive, "--to", "dir", "-o", restored, "-q"]))
+        results["restore"].append(timed([ckpt, "convert", archive, "--to", "dir", "-o", restored, "-q"], "restore"))
         results["zstd -3 -T0"].append(timed("tar -C %s -cf - %s | zstd -3 -T0 -q -f -o %s && sync %s" % (parent, name, tarzst, tarzst)))
         shutil.rmtree(untar, ignore_errors=True)
         os.makedirs(untar)
@@ -141,6 +152,7 @@ def main():
     for k, v in t.items():
         print("  %-22s %7.0f MB/s  (%.2f s)" % (k, size / 1e6 / v, v))
     print("  compressed: ckpt %.3fx, tar | zstd -3 %.3fx" % (size / compressed["archive"], size / compressed["zstd"]))
+    print("  peak RSS: " + ", ".join("%s %.0f MiB" % (k, v / (1 << 20)) for k, v in PEAK_RSS.items()))
     shutil.rmtree(args.dir, ignore_errors=True)
 
 

@@ -1,7 +1,8 @@
-// A reusable byte buffer that, unlike std::vector, does not zero what it is about to be overwritten with: chunk
-// buffers are refilled millions of times, and zeroing them cost more than the work done on them.
+// A reusable byte buffer that, unlike std::vector, does not zero what is about to be overwritten: chunk buffers
+// are refilled over and over, and zeroing them cost more than the work done on them.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -11,11 +12,13 @@ namespace ckpt {
 
 class ByteBuffer {
  public:
-  // Makes size() `n`; the contents are unspecified (kept only up to the old size when it does not grow).
+  // Makes size() `n`; the contents are unspecified. Capacity grows by half again at least, since every fresh
+  // allocation is memory the kernel must fault in anew (chunk sizes that creep up would otherwise reallocate on
+  // every new maximum).
   void resize(std::size_t n) {
     if (n > capacity_) {
-      data_ = std::make_unique_for_overwrite<std::uint8_t[]>(n);
-      capacity_ = n;
+      capacity_ = std::max(n, capacity_ + capacity_ / 2);
+      data_ = std::make_unique_for_overwrite<std::uint8_t[]>(capacity_);
     }
     size_ = n;
   }
