@@ -132,9 +132,10 @@ bool archive_holds(const std::string& archive, const std::string& dir, const std
     if (info.manifest.files.size() != identity.size()) return false;
     ByteBuffer buffer;
     buffer.resize(4u << 20);
-    for (const auto& [name, dev, ino, size, mtime] : identity) {
+    for (const auto& entry : identity) {
+      const std::string& name = std::get<0>(entry);
       const auto f = std::find_if(info.manifest.files.begin(), info.manifest.files.end(), [&](const archive::File& a) { return a.name == name; });
-      if (f == info.manifest.files.end() || f->size != static_cast<std::uint64_t>(size)) return false;
+      if (f == info.manifest.files.end() || f->size != static_cast<std::uint64_t>(std::get<3>(entry))) return false;
       ReadOnlyFile file((fs::path(dir) / name).string());
       Sha256 hash;
       for (std::uint64_t at = 0; at < file.size(); at += buffer.size()) {
