@@ -192,10 +192,15 @@ void plan_file(InputFile& in, std::size_t file_index, archive::File& out, std::v
       for (std::size_t i = 0; i < g.tensors.size(); ++i) {
         const auto& t = g.tensors[i];
         if (segment_of[t.storage] == kNoSegment || t.storage_offset < 0) continue;
-        const std::uint64_t offset = static_cast<std::uint64_t>(t.storage_offset) * element_size(t.dtype);
-        if (offset / element_size(t.dtype) != static_cast<std::uint64_t>(t.storage_offset) || offset > out.segments[segment_of[t.storage]].size) continue;
+        // Listed when its elements, counted densely from its offset, lie in its storage (as read_manifest checks):
+        // an expanded view (stride 0) may claim more elements than its storage holds, and is left out.
+        const std::uint64_t size = out.segments[segment_of[t.storage]].size;
+        const std::uint64_t esize = element_size(t.dtype);
+        const auto numel = torch_archive::numel(t.shape);
+        const std::uint64_t offset = static_cast<std::uint64_t>(t.storage_offset);
+        if (!numel || offset > size / esize || *numel > (size - offset * esize) / esize) continue;
         tensors.push_back({names[i].empty() ? "data/" + g.storages[t.storage].key : names[i], t.dtype, t.shape, file_index,
-                           segment_of[t.storage], offset});
+                           segment_of[t.storage], offset * esize});
       }
       return;
     }

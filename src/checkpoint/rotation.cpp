@@ -233,7 +233,6 @@ std::size_t clear_abandoned_temporaries(const std::string& run_dir, const Rotate
   std::size_t cleared = 0;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const std::string name = entry.path().filename().string();
     if (!entry.is_regular_file(ec) || !fs_util::is_abandoned_temporary(entry.path().string())) continue;
     if (::unlink(entry.path().c_str()) == 0) {
       ++cleared;

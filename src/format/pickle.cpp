@@ -510,7 +510,8 @@ void Parser::step(std::uint8_t op) {
       NodeId cls = pop();
       if (!graph_.is(args, Kind::tuple) || !graph_.is(kwargs, Kind::dict)) bad("NEWOBJ_EX operands malformed");
       NodeId object = opaque_call(cls, args, true);
-      set_items(object, graph_.at(kwargs).items);
+      const std::vector<NodeId> pairs = graph_.at(kwargs).items;  // a copy: set_items may grow the node table
+      set_items(object, pairs);
       push(object);
       return;
     }

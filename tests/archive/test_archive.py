@@ -138,6 +138,8 @@ class RoundTripTest(Tmp):
             "complex": torch.randn(5, dtype=torch.complex64),
             "int8": torch.arange(-5, 5, dtype=torch.int8),
             "view": torch.arange(20.0)[3:11],
+            "expanded": torch.zeros(1).expand(1000),  # 1000 elements over a storage of one
+            "transposed": torch.arange(12.0).reshape(3, 4).t(),
         }
         torch.save(values, os.path.join(d, "values.pt"))
         open(os.path.join(d, "empty.txt"), "wb").close()
@@ -160,6 +162,8 @@ class RoundTripTest(Tmp):
         self.assertEqual(tensors["values.pt:empty"]["shape"], [0])
         self.assertEqual(tensors["values.pt:bf16"]["dtype"], "bfloat16")
         self.assertEqual(tensors["values.pt:complex"]["dtype"], "complex64")
+        self.assertEqual(tensors["values.pt:transposed"]["shape"], [4, 3])
+        self.assertNotIn("values.pt:expanded", tensors)  # its dense extent would pass its storage: not listed
 
     def test_tensors_of_the_manifest_match_python(self):
         run = runs.copy_fixture_run(self.tmp)

@@ -188,3 +188,23 @@ TEST_CASE("copying one large value many times hits the copy budget (found in rev
   body += "N";
   CHECK(error_kind_of(p2(body)) == ErrorKind::corrupt);
 }
+
+TEST_CASE("NEWOBJ_EX keyword arguments survive the node table growing while they are copied (a fuzzer's find)") {
+  // NEWOBJ_EX copies the kwargs dict's items into the new object's set items; making that dict node can grow the
+  // node table, which once freed the items being copied. Filler of every length puts the growth at that moment
+  // for one of them (ASan reports the read; tests/fuzz/regressions/pickle-newobj-ex-kwargs-use-after-free).
+  for (int filler = 0; filler < 300; ++filler) {
+    std::string p = "\x80\x02(";
+    for (int k = 0; k < filler; ++k) p += "K\x01";
+    p += "l0";                                 // LIST, POP: nodes made and dropped
+    p += "cmod\nCls\n)}" + str("a") + "K\x07s";  // GLOBAL, EMPTY_TUPLE, {"a": 7}
+    p += "\x92.";                              // NEWOBJ_EX, STOP
+    const auto g = parse(p);
+    const auto& object = g.at(g.root());
+    REQUIRE(object.kind == Kind::object);
+    const auto& kwargs = g.at(object.items[pickle::object_set_items]);
+    REQUIRE(kwargs.items.size() == 2);
+    CHECK(g.at(kwargs.items[0]).text == "a");
+    CHECK(g.at(kwargs.items[1]).integer == 7);
+  }
+}
