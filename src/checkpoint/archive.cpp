@@ -484,9 +484,7 @@ ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& arc
   out.write(std::span<const std::uint8_t>(archive::trailer_bytes(manifest_offset, manifest)));
   const std::uint64_t archive_bytes = out.position();
   out.commit();
-  auto summary = summary_of(m, archive_path, archive_bytes);
-  summary.directory = dir;
-  return summary;
+  return summary_of(m, archive_path, archive_bytes);
 }
 
 // Writes every file of the archive into the existing directory `dir`; with `durable`, fsyncs them and the
@@ -533,18 +531,14 @@ ArchiveSummary restore_archive(const std::string& archive_path, const std::strin
   ReadOnlyFile archive_file(archive_path);
   const Manifest m = archive::read_manifest(archive_file);
   fs_util::build_directory(dir, [&](const std::string& staging) { write_files(archive_file, m, options, staging, true); });
-  auto summary = summary_of(m, archive_path, archive_file.size());
-  summary.directory = dir;
-  return summary;
+  return summary_of(m, archive_path, archive_file.size());
 }
 
 ArchiveSummary extract_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options) {
   ReadOnlyFile archive_file(archive_path);
   const Manifest m = archive::read_manifest(archive_file);
   write_files(archive_file, m, options, dir, false);
-  auto summary = summary_of(m, archive_path, archive_file.size());
-  summary.directory = dir;
-  return summary;
+  return summary_of(m, archive_path, archive_file.size());
 }
 
 ArchiveSummary verify_archive(const std::string& archive_path, const ArchiveOptions& options) {

@@ -33,7 +33,6 @@ struct ArchiveOptions {
 
 struct ArchiveSummary {
   std::string path;        // the archive
-  std::string directory;   // the checkpoint directory archived or restored
   std::string checkpoint;  // the archived directory's name
   std::optional<std::int64_t> step;
   std::uint64_t original_bytes = 0;
