@@ -11,6 +11,7 @@
 #include <set>
 
 #include "checkpoint/run_dir.hpp"
+#include "checkpoint/shards.hpp"
 #include "checkpoint/source.hpp"
 #include "checkpoint/structure.hpp"
 #include "checkpoint/tensor_scan.hpp"
@@ -284,6 +285,29 @@ class GraphBuilder {
   std::map<std::pair<const Source*, NodeId>, NodeId> nodes_;
 };
 
+// A copy of the value at `node` of `s` in `g`, its tensors through `builder` (storages follow them).
+NodeId copy_value(const Source& s, NodeId node, Graph& g, GraphBuilder& builder) {
+  std::vector<NamedArray> arrays;
+  const json::Json structure = encode_structure(s.graph(), node, arrays);
+  std::map<std::string, NodeId> tensor_by_name;
+  std::map<std::string, const pickle::NdArray*> array_by_name;
+  for (const auto& a : arrays) {
+    const pickle::Node& n = s.graph().at(a.node);
+    if (n.kind == Kind::tensor) tensor_by_name[a.name] = a.node;
+    else array_by_name[a.name] = &s.graph().arrays[static_cast<std::size_t>(n.integer)];
+  }
+  return decode_structure(
+      structure, g,
+      [&](const std::string& name, bool requires_grad, bool parameter) {
+        const NodeId copied = builder.tensor(s, tensor_by_name.at(name));
+        auto& t = g.tensors[static_cast<std::size_t>(g.at(copied).integer)];
+        t.requires_grad = requires_grad;
+        t.is_parameter = parameter;
+        return copied;
+      },
+      [&](const std::string& name) { return array_by_name.at(name)->data; });
+}
+
 NodeId add_string(Graph& g, const std::string& text) {
   pickle::Node n;
   n.kind = Kind::string;
@@ -510,29 +534,62 @@ void convert_state(const Source& s, const std::string& destination, const Conver
     Graph g;
     std::vector<StorageFill> fills;
     GraphBuilder builder(g, fills, options);
-    // Rebuild the source's value in a graph of its own, tensors via the builder so storages follow them.
-    std::vector<NamedArray> arrays;
-    const json::Json structure = encode_structure(s.graph(), s.graph().root(), arrays);
-    std::map<std::string, NodeId> tensor_by_name;
-    std::map<std::string, const pickle::NdArray*> array_by_name;
-    for (const auto& a : arrays) {
-      const pickle::Node& n = s.graph().at(a.node);
-      if (n.kind == Kind::tensor) tensor_by_name[a.name] = a.node;
-      else array_by_name[a.name] = &s.graph().arrays[static_cast<std::size_t>(n.integer)];
-    }
-    g.set_root(decode_structure(
-        structure, g,
-        [&](const std::string& name, bool requires_grad, bool parameter) {
-          const NodeId node = builder.tensor(s, tensor_by_name.at(name));
-          auto& t = g.tensors[static_cast<std::size_t>(g.at(node).integer)];
-          t.requires_grad = requires_grad;
-          t.is_parameter = parameter;
-          return node;
-        },
-        [&](const std::string& name) { return array_by_name.at(name)->data; }));
+    g.set_root(copy_value(s, s.graph().root(), g, builder));
     if (!options.dry_run) write_torch_file(destination, g, fills, progress);
   }
   result.files.push_back({s.path, destination, "converted", options.dry_run ? 0 : file_size_or_zero(destination)});
+}
+
+void consolidate_optimizer(const std::string& dir, const OptimizerShards& shards, const std::string& destination, const ConvertOptions& options,
+                           ConvertResult& result) {
+  std::vector<std::unique_ptr<Source>> loaded;
+  for (const auto& name : shards.files) loaded.push_back(load_source((fs::path(dir) / name).string()));
+  Graph g;
+  std::vector<StorageFill> fills;
+  ConvertOptions exact = options;
+  exact.dtype.reset();  // optimizer state keeps its dtypes
+  GraphBuilder builder(g, fills, exact);
+  Progress progress;
+  progress.report = &options.progress;
+  // Every shard's state entries by index; each index at most once across the shards.
+  std::map<std::int64_t, std::pair<const Source*, NodeId>> states;
+  for (const auto& s : loaded) {
+    const Graph& sg = s->graph();
+    const NodeId* state = sg.is(sg.root(), Kind::dict) ? sg.dict_get(sg.root(), "state") : nullptr;
+    if (!state || !sg.is(*state, Kind::dict) || !sg.dict_get(sg.root(), "param_groups")) {
+      throw Error(ErrorKind::corrupt, s->path, "", "not an optimizer state dict");
+    }
+    const auto& items = sg.at(*state).items;
+    for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
+      if (!sg.is(items[i], Kind::integer)) throw Error(ErrorKind::corrupt, s->path, "state", "a key that is not a parameter index");
+      const std::int64_t index = sg.at(items[i]).integer;
+      if (!states.emplace(index, std::pair{s.get(), items[i + 1]}).second) {
+        throw Error(ErrorKind::corrupt, s->path, "state." + std::to_string(index), "held by two shards");
+      }
+    }
+  }
+  std::vector<NodeId> state_items;
+  for (const auto& [index, where] : states) {
+    pickle::Node key;
+    key.kind = Kind::integer;
+    key.integer = index;
+    state_items.push_back(g.add(std::move(key)));
+    state_items.push_back(copy_value(*where.first, where.second, g, builder));
+  }
+  pickle::Node state;
+  state.kind = Kind::dict;
+  state.items = std::move(state_items);
+  const Source& first = *loaded.front();
+  const NodeId groups = copy_value(first, *first.graph().dict_get(first.graph().root(), "param_groups"), g, builder);
+  pickle::Node root;
+  root.kind = Kind::dict;
+  root.items = {add_string(g, "state"), g.add(std::move(state)), add_string(g, "param_groups"), groups};
+  g.set_root(g.add(std::move(root)));
+  for (const auto& st : g.storages) progress.total += st.untyped ? st.numel : st.numel * element_size(st.dtype);
+  if (!options.dry_run) write_torch_file(destination, g, fills, progress);
+  for (const auto& s : loaded) {
+    result.files.push_back({s->path, destination, "consolidated", options.dry_run ? 0 : file_size_or_zero(destination)});
+  }
 }
 
 void training_args_to_json(const Source& s, const std::string& destination, const ConvertOptions& options, ConvertResult& result) {
@@ -609,12 +666,20 @@ void convert_directory(const std::string& source, const std::string& destination
   }
   if (ec) throw Error(ErrorKind::io, source, "", "cannot list directory: " + ec.message());
   std::sort(names.begin(), names.end());
+  std::optional<OptimizerShards> shards;
+  if (options.consolidate) {
+    shards = find_optimizer_shards(source);
+    if (!shards) throw Error(ErrorKind::invalid_argument, source, "", "has no optimizer shards (optimizer_<rank>.pt) to consolidate");
+    if (fs::exists(fs::path(source) / "optimizer.pt")) throw Error(ErrorKind::corrupt, source, "", "holds both optimizer.pt and optimizer shards");
+  }
+  const bool convert_weights_here = weights && !options.copy_weights;
 
   const std::size_t first = result.files.size();
   std::string used_staging;
   build_directory(destination, options, [&](const std::string& out) {
     used_staging = out;
-    if (weights) {
+    if (shards) consolidate_optimizer(source, *shards, (fs::path(out) / "optimizer.pt").string(), options, result);
+    if (convert_weights_here) {
       std::vector<std::unique_ptr<Source>> loaded;
       if (weights->index) loaded = load_index((fs::path(source) / *weights->index).string());
       else loaded.push_back(load_source((fs::path(source) / weights->files.front()).string()));
@@ -623,7 +688,8 @@ void convert_directory(const std::string& source, const std::string& destination
       convert_weights(views, (fs::path(out) / single_weights_name(format_of(options.to))).string(), out, options, result);
     }
     for (const auto& name : names) {
-      if (weight_files.count(name)) continue;
+      if (convert_weights_here && weight_files.count(name)) continue;
+      if (shards && std::find(shards->files.begin(), shards->files.end(), name) != shards->files.end()) continue;
       const std::string path = (fs::path(source) / name).string();
       if (options.include_state && is_state_file_name(name) && options.to == ConvertTarget::safetensors) {
         const auto s = load_source(path);
@@ -693,6 +759,7 @@ ConvertResult convert(const std::string& source, const std::string& destination,
     convert_directory(source, destination, options, result);
     return result;
   }
+  if (options.consolidate) throw Error(ErrorKind::invalid_argument, source, "", "--consolidate takes a checkpoint directory");
 
   // A single file: an index (merged), weights, or another checkpoint file.
   if (source.ends_with(".index.json")) {

@@ -7,6 +7,9 @@
 // {"format": "pt"}: ckpt_order (the state dict's key order), ckpt_aliases (tied tensors dropped from the file,
 // as transformers does, and the tensor each one was tied to), ckpt_attributes (the state dict's _metadata),
 // ckpt_structure (checkpoint/structure.hpp, for non-weights files), ckpt_source_name.
+//
+// Consolidating optimizer shards: "state" holds every shard's entries in index order (as the optimizer of one
+// process saves them), "param_groups" are shard 0's (every shard holds the whole optimizer's), "shard" is dropped.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +29,10 @@ struct ConvertOptions {
   std::optional<std::uint64_t> max_shard_size;  // makes weights a directory of shards with an index
   std::optional<DType> dtype;                   // cast floating weights (float32, float16, bfloat16)
   bool include_state = false;                   // in a directory: convert optimizer/scheduler/scaler/rng too
+  // In a directory: merge the optimizer shards (optimizer_<rank>.pt, checkpoint/shards.hpp) into one optimizer.pt
+  // that torch.optim loads.
+  bool consolidate = false;
+  bool copy_weights = false;                    // in a directory: copy the weights as they are, whatever `to`
   bool dry_run = false;
   bool force = false;                           // replace an existing destination
   // Called with bytes done and bytes in all, as tensor data is written.

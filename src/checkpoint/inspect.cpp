@@ -11,6 +11,7 @@
 
 #include "checkpoint/archive.hpp"
 #include "checkpoint/run_dir.hpp"
+#include "checkpoint/shards.hpp"
 #include "checkpoint/source.hpp"
 #include "checkpoint/tensor_scan.hpp"
 #include "checkpoint/value_data.hpp"
@@ -190,6 +191,7 @@ void summarize_optimizer(const Source& file, FileReport& report) {
   report.fields["state_keys"] = keys;
   report.fields["step"] = step ? json::Json(*step) : json::Json(nullptr);
   report.fields["state_bytes"] = state_bytes;
+  if (const NodeId* shard = g.dict_get(g.root(), kShardKey)) report.fields["shard"] = to_data(g, *shard);
 }
 
 void summarize_scheduler(const Graph& g, FileReport& report) {
@@ -526,13 +528,22 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   report.complete = completeness.complete;
   report.problems = completeness.problems;
 
+  try {
+    report.world_size = checkpoint_world_size(dir);
+    report.optimizer_sharded = find_optimizer_shards(dir).has_value();
+  } catch (const Error&) {
+    // An incomplete shard set: assess_completeness said why.
+  }
+
   std::vector<const FileReport*> weights;
-  FileReport* optimizer = nullptr;
+  std::vector<FileReport*> optimizers;  // optimizer.pt (or its safetensors form), or each shard
   const FileReport* index = nullptr;
   const FileReport* trainer_state = nullptr;
   for (auto& f : report.files) {
     if (f.kind == "weights" && f.file.rfind("adapter_", 0) != 0) weights.push_back(&f);
-    if (f.kind == "optimizer" && (f.file == "optimizer.pt" || f.file == "optimizer.safetensors")) optimizer = &f;
+    if (f.kind == "optimizer" && (f.file == "optimizer.pt" || f.file == "optimizer.safetensors" || f.fields.contains(kShardKey))) {
+      optimizers.push_back(&f);
+    }
     if (f.kind == "weights_index") index = &f;
     if (f.kind == "trainer_state") trainer_state = &f;
   }
@@ -542,7 +553,9 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
       return !index->fields["shards"].contains(w->file);
     });
   }
-  if (optimizer && !weights.empty()) optimizer->fields["param_shape_check"] = check_param_shapes(*optimizer, weights);
+  for (FileReport* optimizer : optimizers) {
+    if (!weights.empty()) optimizer->fields["param_shape_check"] = check_param_shapes(*optimizer, weights);
+  }
 
   if (options.verify) {
     Verification v;
@@ -556,9 +569,10 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
         v.errors.push_back(e.what());
       }
     }
-    if (optimizer && optimizer->fields.contains("param_shape_check")) {
-      v.checks.push_back("optimizer state shapes match the weights");
-      if (optimizer->fields["param_shape_check"]["status"] != "ok") v.errors.push_back("optimizer.pt: state shapes do not match the weights");
+    for (const FileReport* optimizer : optimizers) {
+      if (!optimizer->fields.contains("param_shape_check")) continue;
+      v.checks.push_back(optimizer->file + " state shapes match the weights");
+      if (optimizer->fields["param_shape_check"]["status"] != "ok") v.errors.push_back(optimizer->file + ": state shapes do not match the weights");
     }
     if (trainer_state && report.step) {
       v.checks.push_back("trainer_state.json global_step matches the directory name");

@@ -58,6 +58,8 @@ struct CheckpointReport {
   std::optional<std::int64_t> step;
   bool complete = false;
   std::vector<std::string> problems;  // why it is not complete, or inconsistencies between its files
+  int world_size = 1;                 // processes that wrote it (checkpoint/shards.hpp)
+  bool optimizer_sharded = false;     // optimizer_<rank>.pt instead of optimizer.pt
   std::vector<FileReport> files;
   std::optional<Verification> verify;  // cross-file checks, with --verify
 };

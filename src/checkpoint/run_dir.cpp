@@ -7,6 +7,7 @@
 #include <set>
 
 #include "checkpoint/archive.hpp"
+#include "checkpoint/shards.hpp"
 #include "format/json.hpp"
 #include "format/safetensors.hpp"
 #include "format/torch_archive.hpp"
@@ -141,6 +142,12 @@ Completeness assess_completeness(const std::string& dir) {
         }
       }
     }
+  } catch (const Error& e) {
+    result.problems.push_back(e.what());
+    result.unreadable |= e.kind() == ErrorKind::unsupported;
+  }
+  try {
+    find_optimizer_shards(dir);  // a sharded optimizer counts only whole
   } catch (const Error& e) {
     result.problems.push_back(e.what());
     result.unreadable |= e.kind() == ErrorKind::unsupported;

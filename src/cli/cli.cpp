@@ -83,7 +83,14 @@ int exit_code_for(ErrorKind kind) {
 
 }  // namespace
 
+namespace {
+std::vector<std::string> g_command_line;
+}  // namespace
+
+const std::vector<std::string>& command_line() { return g_command_line; }
+
 int run(int argc, char** argv) {
+  g_command_line.assign(argv, argv + argc);
   CLI::App app{"ckpt: manage PyTorch and Hugging Face Trainer checkpoints", "ckpt"};
   app.set_version_flag("--version", "ckpt " CKPT_VERSION);
   app.require_subcommand(1);

@@ -3,6 +3,8 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
+#include <vector>
 
 namespace ckpt::cli {
 
@@ -34,5 +36,8 @@ Action attach_save(CLI::App& sub);
 Action attach_resume(CLI::App& sub);
 
 int run(int argc, char** argv);
+
+// The command line run() was given, argv[0] included (save/resume start their workers with it).
+const std::vector<std::string>& command_line();
 
 }  // namespace ckpt::cli

@@ -1,6 +1,7 @@
 // `ckpt convert SRC --to safetensors|pytorch -o DST [--max-shard-size SIZE] [--dtype bf16|fp16|fp32]
 //  [--include-state] [--dry-run] [--force] [--json] [-q]`
 // `ckpt convert CHECKPOINT_DIR --to archive -o FILE [--level N] [--threads N]`, `ckpt convert FILE --to dir -o DIR`
+// `ckpt convert CHECKPOINT_DIR --consolidate -o DIR [--to safetensors|pytorch]`
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@ struct ConvertOptions {
   std::string max_shard_size;
   std::string dtype;
   bool include_state = false;
+  bool consolidate = false;
   bool dry_run = false;
   bool force = false;
   bool json = false;
@@ -92,9 +94,18 @@ int run_archive(const ConvertOptions& o) {
 }
 
 int run_convert(const ConvertOptions& o) {
+  if (o.to.empty() && !o.consolidate) throw Error(ErrorKind::invalid_argument, "", "--to", "is required (unless --consolidate)");
+  if (o.consolidate && (o.to == "archive" || o.to == "dir")) {
+    throw Error(ErrorKind::invalid_argument, "", "--consolidate", "does not apply to --to " + o.to + ": consolidate first, then archive");
+  }
   if (o.to == "archive" || o.to == "dir") return run_archive(o);
   checkpoint::ConvertOptions options;
   options.to = o.to == "safetensors" ? checkpoint::ConvertTarget::safetensors : checkpoint::ConvertTarget::pytorch;
+  options.consolidate = o.consolidate;
+  options.copy_weights = o.to.empty();
+  if (o.consolidate && o.include_state && o.to == "safetensors") {
+    throw Error(ErrorKind::invalid_argument, "", "--consolidate", "writes optimizer.pt: convert its output with --include-state afterwards");
+  }
   if (o.max_shard_size_given) {
     options.max_shard_size = checkpoint::parse_size(o.max_shard_size);
     if (!options.max_shard_size) {
@@ -121,7 +132,7 @@ int run_convert(const ConvertOptions& o) {
     }
     std::cout << json::dump({{"source", o.source},
                              {"destination", result.destination},
-                             {"to", o.to},
+                             {"to", o.to.empty() ? json::Json(nullptr) : json::Json(o.to)},
                              {"dry_run", o.dry_run},
                              {"files", std::move(files)},
                              {"notes", result.notes}},
@@ -145,8 +156,7 @@ Action attach_convert(CLI::App& sub) {
   sub.add_option("SRC", o->source,
                  "A weights file, a sharded checkpoint's index json, another checkpoint file, a checkpoint directory, or an archive (--to dir)")
       ->required();
-  sub.add_option("--to", o->to, "Target format: safetensors, pytorch, archive (a compressed .ckpt file of a checkpoint directory), dir (restore one)")
-      ->required()
+  sub.add_option("--to", o->to, "Target format: safetensors, pytorch, archive (a compressed .ckpt file of a checkpoint directory), dir (restore one); required unless --consolidate")
       ->check(CLI::IsMember({"safetensors", "pytorch", "archive", "dir"}));
   sub.add_option("-o,--output", o->output, "Destination file, or directory (for a directory SRC, with --max-shard-size, or --to dir)")->required();
   sub.add_option("--max-shard-size", o->max_shard_size, "Split weights into shards of at most this size, with an index json (e.g. 5GB, 500MiB)")
@@ -154,6 +164,9 @@ Action attach_convert(CLI::App& sub) {
   sub.add_option("--dtype", o->dtype, "Cast floating weights (round to nearest even, as torch does)")->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
   sub.add_flag("--include-state", o->include_state,
                "For a directory: also convert optimizer, scheduler, scaler and rng_state files (and training_args.bin one way, to JSON)");
+  sub.add_flag("--consolidate", o->consolidate,
+               "For a directory with a sharded optimizer (optimizer_<rank>.pt, from --shard-optimizer): merge the shards into one optimizer.pt "
+               "that torch.optim loads; without --to the weights are copied as they are");
   sub.add_option("--level", o->level, "zstd level for --to archive (default 3)")->check(CLI::Range(1, 19));
   sub.add_option("--threads", o->threads, "Threads for --to archive and --to dir (default: every core)")->check(CLI::Range(1, 256));
   sub.add_flag("--dry-run", o->dry_run, "Show what would be written; write nothing");

@@ -68,6 +68,8 @@ json::Json checkpoint_json(const CheckpointReport& c) {
                  {"step", c.step ? json::Json(*c.step) : json::Json(nullptr)},
                  {"complete", c.complete},
                  {"problems", c.problems},
+                 {"world_size", c.world_size},
+                 {"optimizer_sharded", c.optimizer_sharded},
                  {"files", std::move(files)}};
   if (c.verify) out["verify"] = verification_json(*c.verify);
   return out;
@@ -142,6 +144,11 @@ std::string optimizer_text(const FileReport& f) {
                                 f.fields["num_param_states"].get<std::uint64_t>(),
                                 fmt::join(f.fields["state_keys"].get<std::vector<std::string>>(), ", "),
                                 value_text(f.fields["step"]), human_bytes(f.fields["state_bytes"].get<std::uint64_t>()));
+  if (f.fields.contains("shard")) {
+    const auto& shard = f.fields["shard"];
+    out += fmt::format("  shard: rank {} of {}, state indices {}\n", value_text(shard.value("rank", json::Json())),
+                       value_text(shard.value("world_size", json::Json())), value_text(shard.value("params", json::Json())));
+  }
   std::size_t i = 0;
   for (const auto& group : f.fields["param_groups"]) {
     const std::size_t params = group.contains("params") && group["params"].is_array() ? group["params"].size() : 0;
@@ -262,8 +269,10 @@ int inspect_checkpoint_path(const InspectOptions& o, const checkpoint::InspectOp
     if (o.verify) out["ok"] = ok;
     std::cout << json::dump(out, 2) << "\n";
   } else {
-    std::cout << fmt::format("{}: checkpoint{}, {}, {} files\n", c.path, c.step ? fmt::format(" at step {}", *c.step) : "",
-                             c.complete ? "complete" : "INCOMPLETE", c.files.size());
+    std::cout << fmt::format("{}: checkpoint{}, {}, {} files{}{}\n", c.path, c.step ? fmt::format(" at step {}", *c.step) : "",
+                             c.complete ? "complete" : "INCOMPLETE", c.files.size(),
+                             c.world_size > 1 ? fmt::format(", written by {} processes", c.world_size) : "",
+                             c.optimizer_sharded ? ", optimizer sharded" : "");
     for (const auto& p : c.problems) std::cout << "  problem: " << p << "\n";
     for (const auto& f : c.files) {
       std::cout << "\n" << file_text(f);

@@ -15,6 +15,8 @@
 #include "cli/text.hpp"
 #include "format/json.hpp"
 #include "train/api.hpp"
+#include "train/launcher.hpp"
+#include "util/error.hpp"
 
 namespace ckpt::cli {
 namespace {
@@ -30,6 +32,7 @@ struct TrainFlags {
   bool json = false;
   bool quiet = false;
   bool verbose = false;
+  train::LaunchOptions launch;
   // Where CLI11 stores each flag's value, and the options whose count says whether it was given.
   std::list<std::int64_t> integers;
   std::list<double> numbers;
@@ -94,8 +97,57 @@ json::Json result_json(const train::TrainResult& r) {
           {"warnings", r.warnings}};
 }
 
+// An integer from the environment, or `fallback` when unset.
+int environment_int(const char* name, int fallback) {
+  const char* text = std::getenv(name);
+  if (!text) return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const long value = std::strtol(text, &end, 10);
+  if (*text == '\0' || *end != '\0' || errno != 0 || value < 0 || value > (1 << 24)) {
+    throw Error(ErrorKind::invalid_argument, "", name, std::string("'") + text + "' is not a non-negative integer");
+  }
+  return static_cast<int>(value);
+}
+
+// A worker of a torch.distributed group when a launcher (ckpt's own, torchrun, a scheduler) set RANK and
+// WORLD_SIZE; the launcher's flags are then ignored.
+std::optional<train::DistributedSettings> worker_settings() {
+  if (!std::getenv("RANK") || !std::getenv("WORLD_SIZE")) return std::nullopt;
+  train::DistributedSettings d;
+  d.rank = environment_int("RANK", 0);
+  d.world_size = environment_int("WORLD_SIZE", 1);
+  d.local_rank = environment_int("LOCAL_RANK", d.rank);
+  d.local_world_size = environment_int("LOCAL_WORLD_SIZE", d.world_size);
+  if (const char* addr = std::getenv("MASTER_ADDR"); addr && *addr) d.master_addr = addr;
+  if (d.world_size > 1 && !std::getenv("MASTER_PORT")) throw Error(ErrorKind::invalid_argument, "", "MASTER_PORT", "not set, but WORLD_SIZE is");
+  d.master_port = environment_int("MASTER_PORT", 29500);
+  return d;
+}
+
+int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_process);
+
 int run_train(const TrainFlags& f) {
   train::TrainRequest request;
+  const auto worker = worker_settings();
+  if (worker) {
+    request.distributed = *worker;
+  } else if (f.launch.nproc_per_node * f.launch.nnodes > 1 || f.launch.nnodes > 1) {
+    const train::LaunchResult launched = train::launch_workers(f.launch, command_line());
+    if (launched.failure) std::cerr << "ckpt: error: " << *launched.failure << "\n";
+    return launched.exit_code;
+  }
+  try {
+    return train_here(f, request, request.distributed.rank == 0);
+  } catch (const Error& e) {
+    if (request.distributed.world_size <= 1) throw;
+    // Every process of the group reports on the same terminal: say which one this is.
+    throw Error(e.kind(), "", "", "rank " + std::to_string(request.distributed.rank) + ": " + e.what());
+  }
+}
+
+// Trains in this process; only the main process of a group prints anything but errors.
+int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_process) {
   request.mode = f.mode;
   request.run_dir = f.run_dir;
   if (!f.from.empty()) request.from = f.from;
@@ -113,8 +165,11 @@ int run_train(const TrainFlags& f) {
     if (pair.second->count() > 0) request.given[spec->key] = false;
   }
 
-  ProgressLine progress(!f.quiet && !f.json);
+  const bool quiet = f.quiet || !main_process;
+  const bool json = f.json && main_process;
+  ProgressLine progress(!quiet && !json);
   request.on_event = [&](const train::TrainEvent& e) {
+    if (!main_process) return;
     using Kind = train::TrainEvent::Kind;
     switch (e.kind) {
       case Kind::progress: progress.update(e); break;
@@ -123,13 +178,13 @@ int run_train(const TrainFlags& f) {
         std::cerr << "ckpt: warning: " << e.text << "\n";
         break;
       case Kind::log:
-        if (f.verbose && !f.json) {
+        if (f.verbose && !json) {
           progress.clear();
           std::cout << e.text << "\n" << std::flush;
         }
         break;
       case Kind::checkpoint:
-        if (!f.quiet && !f.json) {
+        if (!quiet && !json) {
           progress.clear();
           std::cout << "saved " << e.text << "\n" << std::flush;
         }
@@ -154,9 +209,9 @@ int run_train(const TrainFlags& f) {
   sigaction(SIGINT, &previous, nullptr);
   progress.clear();
 
-  if (f.json) {
+  if (json) {
     std::cout << json::dump(result_json(result), 2) << "\n";
-  } else if (!f.quiet) {
+  } else if (!quiet) {
     std::cout << fmt::format("{} {} at step {}/{} (epoch {:.2f})\n", result.interrupted ? "interrupted" : "trained", result.output_dir,
                              result.global_step, result.max_steps, result.epoch);
     if (result.best_model_checkpoint) {
@@ -208,6 +263,15 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
     if (mode == train::TrainMode::save && std::string(spec.key) == "output_dir") option->required();
     f->given.push_back({&spec, option});
   }
+  const char* dist = "Distributed (torch.distributed, Gloo)";
+  sub.add_option("--nproc-per-node", f->launch.nproc_per_node,
+                 "Start N worker processes on this machine, one torch.distributed group (as torchrun); ignored in a worker (RANK set)")
+      ->group(dist);
+  sub.add_option("--nnodes", f->launch.nnodes, "Machines in the group, each running this command with its --node-rank [default: 1]")->group(dist);
+  sub.add_option("--node-rank", f->launch.node_rank, "This machine's index among --nnodes [default: 0]")->group(dist);
+  sub.add_option("--master-addr", f->launch.master_addr, "Address of node 0, where rank 0 serves the rendezvous [default: 127.0.0.1]")->group(dist);
+  sub.add_option("--master-port", f->launch.master_port, "Rendezvous port on --master-addr [default: a free port on one machine, 29500 across machines]")
+      ->group(dist);
   sub.add_flag("--json", f->json, "Print a JSON summary at the end (nothing else on stdout)");
   sub.add_flag("-q,--quiet", f->quiet, "Print nothing unless there is an error");
   sub.add_flag("-v,--verbose", f->verbose, "Print every log record (loss, grad_norm, learning_rate, eval metrics) as a JSON line");

@@ -20,7 +20,7 @@
 
 namespace ckpt::train {
 
-inline constexpr int kApiVersion = 1;
+inline constexpr int kApiVersion = 2;
 inline constexpr const char* kEntryPoint = "ckpt_train_run";
 inline constexpr const char* kLibraryName = "libckpt_train.so";
 
@@ -37,6 +37,17 @@ struct TrainEvent {
   std::string text;             // log: the record as JSON; checkpoint: its path; warning: the message
 };
 
+// This process's place in a torch.distributed group, from the launcher's environment (RANK, WORLD_SIZE,
+// LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). world_size 1: a single process, no group.
+struct DistributedSettings {
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  int local_world_size = 1;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+};
+
 struct TrainRequest {
   // Checked by the library before it touches anything else: a library from another build is refused.
   int api_version = kApiVersion;
@@ -47,6 +58,7 @@ struct TrainRequest {
   std::string run_dir;                // resume: the run directory
   std::optional<std::string> from;    // resume: checkpoint-N (in run_dir) or a checkpoint directory's path
   Arguments given;                    // the flags given on the command line, by key
+  DistributedSettings distributed;
   std::function<void(const TrainEvent&)> on_event;
   const std::atomic<bool>* interrupted = nullptr;  // set by the CLI's SIGINT handler
 };

@@ -40,11 +40,13 @@ const std::vector<ArgSpec>& argument_specs() {
       {"max_shard_size", ArgType::text, kTraining, std::string("5GB"), "Shard weights larger than this (B, KB, MB, GB, KiB, MiB, GiB)"},
       {"seed", ArgType::integer, kTraining, int64_t{42}, "Seeds Python's random, numpy's and torch's generators, and the dataset"},
       {"fp16", ArgType::boolean, kTraining, false, "Dynamic loss scaling with fp16 gradients (GradScaler semantics); writes scaler.pt"},
-      {"async_save", ArgType::boolean, kTraining, false, "Write checkpoints from a background thread while training goes on"},
+      {"async_save", ArgType::boolean, kTraining, false, "Write checkpoints from a background thread while training goes on (one process only)"},
+      {"shard_optimizer", ArgType::boolean, kTraining, false,
+       "With several processes: each keeps and saves (optimizer_<rank>.pt) the optimizer state of its share of the parameters, ZeRO stage 1"},
       {"train_examples", ArgType::integer, kTraining, int64_t{2048}, "Examples in the synthetic training split"},
       {"eval_examples", ArgType::integer, kTraining, int64_t{512}, "Examples in the synthetic evaluation split"},
       {"input_noise", ArgType::number, kTraining, 0.1, "Standard deviation of the Gaussian noise added to each training batch"},
-      {"threads", ArgType::integer, kTraining, std::monostate{}, "Torch intra-op threads (default: all cores)"},
+      {"threads", ArgType::integer, kTraining, std::monostate{}, "Torch intra-op threads (default: the cores, shared among the processes on this machine)"},
   };
   return specs;
 }

@@ -33,15 +33,22 @@ SyntheticData make_data(std::uint32_t seed, std::int64_t input_size, std::int64_
   return data;
 }
 
-at::Tensor noisy_batch(const Split& split, const std::vector<std::int64_t>& indices, double input_noise, NumpyRandom& noise) {
+at::Tensor noisy_batch(const Split& split, const std::vector<std::int64_t>& indices, double input_noise, NumpyRandom& noise, int rank,
+                       int world_size) {
   const std::int64_t width = split.inputs.size(1);
   at::Tensor batch = at::empty({static_cast<std::int64_t>(indices.size()), width}, at::kFloat);
   const float* x = split.inputs.data_ptr<float>();
   float* out = batch.data_ptr<float>();
   for (std::size_t i = 0; i < indices.size(); ++i) {
-    const float* row = x + indices[i] * width;
-    for (std::int64_t j = 0; j < width; ++j) {
-      out[static_cast<std::int64_t>(i) * width + j] = row[j] + static_cast<float>(noise.standard_normal() * input_noise);
+    for (int r = 0; r < world_size; ++r) {
+      if (r != rank) {
+        for (std::int64_t j = 0; j < width; ++j) noise.standard_normal();  // another rank's row
+        continue;
+      }
+      const float* row = x + indices[i] * width;
+      for (std::int64_t j = 0; j < width; ++j) {
+        out[static_cast<std::int64_t>(i) * width + j] = row[j] + static_cast<float>(noise.standard_normal() * input_noise);
+      }
     }
   }
   return batch;

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "checkpoint/shards.hpp"
 #include "util/error.hpp"
 
 namespace ckpt::train {
@@ -31,7 +32,7 @@ void AdamW::step(const Parameters& parameters) {
     for (std::size_t index : groups_[g].params) {
       const at::Tensor& param = parameters[index].second;
       const at::Tensor& grad = param.grad();
-      if (!grad.defined()) continue;
+      if (!grad.defined() || (shard_ && !shard_->owned[index])) continue;
       auto& state = state_[index];
       if (!state) {
         state = ParamState{at::zeros({}, at::kFloat), at::zeros_like(param, at::MemoryFormat::Preserve),
@@ -59,6 +60,14 @@ std::vector<std::size_t> AdamW::packed_order() const {
   return order;
 }
 
+void AdamW::shard(int rank, int world_size, std::vector<bool> owned) {
+  for (std::size_t i = 0; i < state_.size(); ++i) {
+    if (!owned[i]) state_[i].reset();
+  }
+  std::erase_if(state_order_, [&](std::size_t i) { return !owned[i]; });
+  shard_ = Shard{rank, world_size, std::move(owned)};
+}
+
 NodeId AdamW::state_dict(GraphMaker& out) const {
   const auto order = packed_order();
   std::vector<std::size_t> packed_index(state_.size());
@@ -81,53 +90,71 @@ NodeId AdamW::state_dict(GraphMaker& out) const {
                                out.boolean(false), out.text("capturable"), out.boolean(false), out.text("initial_lr"),
                                out.number(initial_lr_), out.text("params"), out.list(std::move(params))}));
   }
-  return out.dict({out.text("state"), out.dict(std::move(state_items)), out.text("param_groups"), out.list(std::move(groups))});
+  std::vector<NodeId> root{out.text("state"), out.dict(std::move(state_items)), out.text("param_groups"), out.list(std::move(groups))};
+  if (shard_) {
+    std::vector<NodeId> owned;
+    for (std::size_t k = 0; k < order.size(); ++k) {
+      if (shard_->owned[order[k]]) owned.push_back(out.integer(static_cast<std::int64_t>(k)));
+    }
+    root.push_back(out.text(checkpoint::kShardKey));
+    root.push_back(out.dict({out.text("rank"), out.integer(shard_->rank), out.text("world_size"), out.integer(shard_->world_size),
+                             out.text("params"), out.list(std::move(owned))}));
+  }
+  return out.dict(std::move(root));
 }
 
-void AdamW::load_state_dict(const checkpoint::Source& source, NodeId root, const Parameters& parameters) {
-  const GraphReader in{source.graph(), source.path};
-  const auto groups = in.items(in.get(root, "param_groups"), Kind::list, "param_groups");
-  if (groups.size() != groups_.size()) in.bad("param_groups");
+void AdamW::load_state_dict(const std::vector<const checkpoint::Source*>& sources, const Parameters& parameters) {
   const auto order = packed_order();
-  std::size_t next = 0;
-  for (std::size_t g = 0; g < groups.size(); ++g) {
-    const auto params = in.items(in.get(groups[g], "params"), Kind::list, "param_groups." + std::to_string(g) + ".params");
-    if (params.size() != groups_[g].params.size()) in.bad("param_groups." + std::to_string(g) + ".params");
-    for (NodeId p : params) {
-      if (in.integer(p, "param_groups.params") != static_cast<std::int64_t>(next++)) in.bad("param_groups." + std::to_string(g) + ".params");
-    }
-    lr_[g] = in.number(in.get(groups[g], "lr"), "lr");
-    groups_[g].weight_decay = in.number(in.get(groups[g], "weight_decay"), "weight_decay");
-    if (g == 0) {
-      initial_lr_ = in.number(in.get(groups[g], "initial_lr"), "initial_lr");
-      const auto betas = in.items(in.get(groups[g], "betas"), Kind::tuple, "betas");
-      if (betas.size() != 2) in.bad("betas");
-      beta1_ = in.number(betas[0], "betas");
-      beta2_ = in.number(betas[1], "betas");
-      eps_ = in.number(in.get(groups[g], "eps"), "eps");
-    }
-  }
-  const auto items = in.items(in.get(root, "state"), Kind::dict, "state");
-  DirectReader reader(source.file().file());
   state_.assign(parameters.size(), std::nullopt);
   state_order_.clear();
-  for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
-    const std::int64_t k = in.integer(items[i], "state");
-    const std::string where = "state." + std::to_string(k);
-    if (k < 0 || static_cast<std::size_t>(k) >= order.size() || state_[order[static_cast<std::size_t>(k)]]) in.bad(where);
-    const std::size_t index = order[static_cast<std::size_t>(k)];
-    const auto& param = parameters[index].second;
-    auto tensor = [&](const char* key, at::IntArrayRef shape) {
-      const NodeId node = in.get(items[i + 1], key);
-      in.expect(node, Kind::tensor, where + "." + key);
-      return read_tensor_as(source, reader, node, shape, at::kFloat, where + "." + key + " (parameter '" + parameters[index].first + "')");
-    };
-    ParamState s;
-    s.step = tensor("step", {});
-    s.exp_avg = tensor("exp_avg", param.sizes());
-    s.exp_avg_sq = tensor("exp_avg_sq", param.sizes());
-    state_[index] = std::move(s);
-    state_order_.push_back(index);
+  std::vector<bool> seen(parameters.size(), false);
+  for (std::size_t file = 0; file < sources.size(); ++file) {
+    const checkpoint::Source& source = *sources[file];
+    const GraphReader in{source.graph(), source.path};
+    const NodeId root = source.graph().root();
+    const auto groups = in.items(in.get(root, "param_groups"), Kind::list, "param_groups");
+    if (groups.size() != groups_.size()) in.bad("param_groups");
+    std::size_t next = 0;
+    for (std::size_t g = 0; g < groups.size(); ++g) {
+      const auto params = in.items(in.get(groups[g], "params"), Kind::list, "param_groups." + std::to_string(g) + ".params");
+      if (params.size() != groups_[g].params.size()) in.bad("param_groups." + std::to_string(g) + ".params");
+      for (NodeId p : params) {
+        if (in.integer(p, "param_groups.params") != static_cast<std::int64_t>(next++)) in.bad("param_groups." + std::to_string(g) + ".params");
+      }
+      if (file > 0) continue;
+      lr_[g] = in.number(in.get(groups[g], "lr"), "lr");
+      groups_[g].weight_decay = in.number(in.get(groups[g], "weight_decay"), "weight_decay");
+      if (g == 0) {
+        initial_lr_ = in.number(in.get(groups[g], "initial_lr"), "initial_lr");
+        const auto betas = in.items(in.get(groups[g], "betas"), Kind::tuple, "betas");
+        if (betas.size() != 2) in.bad("betas");
+        beta1_ = in.number(betas[0], "betas");
+        beta2_ = in.number(betas[1], "betas");
+        eps_ = in.number(in.get(groups[g], "eps"), "eps");
+      }
+    }
+    const auto items = in.items(in.get(root, "state"), Kind::dict, "state");
+    DirectReader reader(source.file().file());
+    for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
+      const std::int64_t k = in.integer(items[i], "state");
+      const std::string where = "state." + std::to_string(k);
+      if (k < 0 || static_cast<std::size_t>(k) >= order.size() || seen[order[static_cast<std::size_t>(k)]]) in.bad(where);
+      const std::size_t index = order[static_cast<std::size_t>(k)];
+      seen[index] = true;
+      if (shard_ && !shard_->owned[index]) continue;
+      const auto& param = parameters[index].second;
+      auto tensor = [&](const char* key, at::IntArrayRef shape) {
+        const NodeId node = in.get(items[i + 1], key);
+        in.expect(node, Kind::tensor, where + "." + key);
+        return read_tensor_as(source, reader, node, shape, at::kFloat, where + "." + key + " (parameter '" + parameters[index].first + "')");
+      };
+      ParamState s;
+      s.step = tensor("step", {});
+      s.exp_avg = tensor("exp_avg", param.sizes());
+      s.exp_avg_sq = tensor("exp_avg_sq", param.sizes());
+      state_[index] = std::move(s);
+      state_order_.push_back(index);
+    }
   }
 }
 

@@ -26,8 +26,13 @@ class AdamW {
   AdamW(const std::vector<std::pair<std::string, at::Tensor>>& parameters, double lr, double beta1, double beta2, double eps,
         double weight_decay);
 
-  // One step over every parameter that has a gradient, with each group's current learning rate.
+  // One step over every parameter that has a gradient (and that this rank owns, when sharded), with each
+  // group's current learning rate.
   void step(const std::vector<std::pair<std::string, at::Tensor>>& parameters);
+
+  // ZeRO stage 1: this rank keeps and steps the state of the parameters `owned` marks (by parameter index) and
+  // drops the rest; state_dict() then writes the shard (checkpoint/shards.hpp).
+  void shard(int rank, int world_size, std::vector<bool> owned);
 
   std::vector<Group>& groups() { return groups_; }
   std::vector<double>& learning_rates() { return lr_; }
@@ -35,8 +40,10 @@ class AdamW {
   // optimizer.state_dict(): {"state": {i: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [...]} with the
   // indices torch assigns (group by group).
   pickle::NodeId state_dict(GraphMaker& out) const;
-  // Throws corrupt when `root` is not a state dict of this optimizer for these parameters.
-  void load_state_dict(const checkpoint::Source& source, pickle::NodeId root,
+  // From optimizer.pt, or from every optimizer_<rank>.pt of a sharded one (merged; hyperparameters from the
+  // first). When this optimizer is sharded, only the state of the parameters it owns is read. Throws corrupt
+  // when the files are not state dicts of this optimizer for these parameters.
+  void load_state_dict(const std::vector<const checkpoint::Source*>& sources,
                        const std::vector<std::pair<std::string, at::Tensor>>& parameters);
   // A copy whose state tensors are `copy(tensor)` of this one's (an asynchronous save's snapshot).
   AdamW snapshot(const std::function<at::Tensor(const at::Tensor&)>& copy) const;
@@ -57,6 +64,12 @@ class AdamW {
   double eps_ = 1e-8;
   std::vector<std::optional<ParamState>> state_;  // per parameter
   std::vector<std::size_t> state_order_;          // parameters in the order their state was created
+  struct Shard {
+    int rank = 0;
+    int world_size = 1;
+    std::vector<bool> owned;  // per parameter
+  };
+  std::optional<Shard> shard_;
 };
 
 // transformers.get_linear_schedule_with_warmup as a LambdaLR.

@@ -9,6 +9,16 @@
 // the shuffles of every epoch up to the current one are replayed from the seed, without computing anything,
 // to recover the current epoch's order; then rng_state.pth restores all three generators to where the
 // uninterrupted run had them after step S.
+//
+// With N processes (a torch.distributed Gloo group, train/distributed.hpp), as DDP under the Hugging Face Trainer:
+// every rank seeds and shuffles alike; DistributedSampler gives rank r the examples at positions r, r+N, ... of
+// the epoch's order (padded to a multiple of N by repeating its start); each rank draws the input noise of the
+// whole global batch and keeps its rows; gradients, the loss and the stop flag (Ctrl-C) are summed across ranks
+// in one all-reduce before clipping, and the gradients divided by N. So N processes with per-device batch B
+// take the steps of one process with batch N*B, up to float summation order (dropout masks aside: each rank
+// draws them for its own rows). Rank 0 alone evaluates and writes the checkpoint; every rank writes its
+// rng_state_<rank>.pth (and with --shard-optimizer its optimizer_<rank>.pt) into rank 0's staging directory;
+// the ranks agree that every part is durable before rank 0 renames it into place.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -26,6 +36,7 @@
 #include "checkpoint/lock.hpp"
 #include "checkpoint/rotation.hpp"
 #include "checkpoint/run_dir.hpp"
+#include "checkpoint/shards.hpp"
 #include "checkpoint/source.hpp"
 #include "checkpoint/weights_layout.hpp"
 #include "checkpoint/convert.hpp"
@@ -33,6 +44,7 @@
 #include "format/safetensors.hpp"
 #include "train/api.hpp"
 #include "train/data.hpp"
+#include "train/distributed.hpp"
 #include "train/model.hpp"
 #include "train/optim.hpp"
 #include "train/rng_state.hpp"
@@ -121,6 +133,10 @@ struct TrainerState {
 
 struct CheckpointFiles {
   std::int64_t step = 0;
+  bool main = true;  // the main process's files: all but the other ranks' rng states and optimizer shards
+  bool has_optimizer = true;
+  std::string optimizer_name = "optimizer.pt";
+  std::string rng_name = "rng_state.pth";
   // With --async-save: (live tensor, snapshot buffer) pairs still to be copied before writing.
   std::vector<std::pair<at::Tensor, at::Tensor>> pending_copies;
   Parameters weights;  // contiguous tensors (copies when the save is asynchronous)
@@ -194,22 +210,26 @@ void write_text(const std::string& path, const std::string& text, bool durable) 
   out.commit();
 }
 
+// Writes this process's files of a checkpoint into the staging directory `dir` and makes each durable (the
+// directory itself is the committer's). The weights and trainer_state.json come last but one and last: a
+// checkpoint counts as complete once they are there.
 void write_checkpoint_files(const std::string& dir, CheckpointFiles& files, const WeightsOptions& options) {
   const fs::path d(dir);
-  write_weights(dir, files.weights, options, false);
-  files.optimizer.write((d / "optimizer.pt").string(), files.optimizer_root, false);
-  files.scheduler.write((d / "scheduler.pt").string(), files.scheduler_root, false);
-  if (files.has_scaler) files.scaler.write((d / "scaler.pt").string(), files.scaler_root, false);
-  files.rng.write((d / "rng_state.pth").string(), files.rng_root, false);
-  files.arguments.write((d / "training_args.bin").string(), files.arguments_root, false);
-  write_text((d / "config.json").string(), files.config, false);
-  // Last: a checkpoint counts as complete once its weights and trainer_state.json are there.
-  write_text((d / "trainer_state.json").string(), files.trainer_state, false);
-  // Every file durable, then the directory: only then may it be renamed into place.
   std::vector<std::string> paths;
-  for (const auto& entry : fs::directory_iterator(d)) paths.push_back(entry.path().string());
+  auto path = [&](const std::string& name) { return paths.emplace_back((d / name).string()); };
+  if (files.main) {
+    for (const auto& name : write_weights(dir, files.weights, options, false)) paths.push_back((d / name).string());
+  }
+  if (files.has_optimizer) files.optimizer.write(path(files.optimizer_name), files.optimizer_root, false);
+  files.rng.write(path(files.rng_name), files.rng_root, false);
+  if (files.main) {
+    files.scheduler.write(path("scheduler.pt"), files.scheduler_root, false);
+    if (files.has_scaler) files.scaler.write(path("scaler.pt"), files.scaler_root, false);
+    files.arguments.write(path("training_args.bin"), files.arguments_root, false);
+    write_text(path("config.json"), files.config, false);
+    write_text(path("trainer_state.json"), files.trainer_state, false);
+  }
   fs_util::fsync_files(paths);
-  fs_util::fsync_directory(dir);
 }
 
 // ---- the trainer ----
@@ -245,14 +265,26 @@ class Trainer {
     emit(TrainEvent::Kind::warning, message);
   }
   bool interrupted() const { return request_.interrupted && request_.interrupted->load(); }
+  bool main_process() const { return rank_ == 0; }
 
-  void prepare_arguments();
+  // Runs `work` on this rank, then, in a group, has every rank agree that it succeeded: when another rank
+  // failed, this one throws an error naming it, so every rank stops at the same point.
+  template <typename Work>
+  void together(const std::string& what, Work&& work);
+  // The run itself, once the group (if any) is formed.
+  void run_in_group();
+  // Resume: the checkpoint directory (rank 0 finds it, restoring an archive if need be; the others are told).
+  std::string find_checkpoint();
+  void prepare_arguments(const std::string& checkpoint_dir);
+  void agree_on_arguments();
   void validate_arguments() const;
   void open_run_directory();
   void build();
   void restore(const std::string& checkpoint_dir);
+  void draw_epoch_order();
   void train();
   void train_step(const at::Tensor& inputs, const at::Tensor& labels);
+  void all_reduce_gradients(at::Tensor& loss_value);
   std::map<std::string, double> evaluate();
   void log(json::Json record);
   void save_checkpoint(const std::map<std::string, double>& metrics);
@@ -267,6 +299,11 @@ class Trainer {
   const TrainRequest& request_;
   TrainResult& result_;
   Clock::time_point started_ = Clock::now();
+  int rank_ = 0;
+  int world_size_ = 1;
+  std::unique_ptr<ProcessGroup> group_;  // with more than one process
+  std::vector<int> owner_;               // --shard-optimizer: per parameter, the rank that steps it
+  bool stop_requested_ = false;          // in a group: some rank was interrupted (agreed at the last step)
 
   Arguments args_;
   std::string run_dir_;
@@ -289,7 +326,8 @@ class Trainer {
   std::int64_t max_steps_ = 0;
   std::int64_t steps_per_epoch_ = 0;
   std::int64_t batch_size_ = 0;
-  std::vector<std::int64_t> order_;  // this epoch's example order
+  std::vector<std::int64_t> order_;        // this epoch's example order
+  std::vector<std::int64_t> rank_order_;   // this rank's examples of it (DistributedSampler's split)
   bool order_drawn_ = false;         // resumed mid-epoch: the replayed order is the current one
 
   at::Tensor loss_since_log_ = at::zeros({}, at::kFloat);
@@ -336,14 +374,7 @@ void check_weights_match(const std::string& dir, const ModelConfig& config) {
   }
 }
 
-void Trainer::prepare_arguments() {
-  if (request_.mode == TrainMode::save) {
-    args_ = resolve_arguments(request_.given, {});
-    const auto output = get_optional_text(args_, "output_dir");
-    if (!output || output->empty()) throw Error(ErrorKind::invalid_argument, "", "--output-dir", "is required");
-    run_dir_ = *output;
-    return;
-  }
+std::string Trainer::find_checkpoint() {
   std::string dir;
   if (request_.from) {
     // checkpoint-N in the run directory, or its archive where list shows archives (RUN/archive/, RUN/); or a path.
@@ -377,12 +408,23 @@ void Trainer::prepare_arguments() {
     if (!newest) throw Error(ErrorKind::not_found, run_dir_, "", "no complete checkpoint to resume from");
     dir = scan.entries[*newest].path;
   }
+  return dir;
+}
+
+void Trainer::prepare_arguments(const std::string& dir) {
+  if (request_.mode == TrainMode::save) {
+    args_ = resolve_arguments(request_.given, {});
+    const auto output = get_optional_text(args_, "output_dir");
+    if (!output || output->empty()) throw Error(ErrorKind::invalid_argument, "", "--output-dir", "is required");
+    run_dir_ = *output;
+    return;
+  }
   const auto completeness = checkpoint::assess_completeness(dir);
   if (!completeness.complete) {
     throw Error(ErrorKind::corrupt, dir, "", "incomplete checkpoint: " + (completeness.problems.empty() ? std::string("?") : completeness.problems.front()));
   }
   for (const char* required : {"training_args.bin", "optimizer.pt", "scheduler.pt", "config.json"}) {
-    if (!fs::exists(fs::path(dir) / required)) {
+    if (!fs::exists(fs::path(dir) / required) && !(required == std::string_view("optimizer.pt") && checkpoint::find_optimizer_shards(dir))) {
       throw Error(ErrorKind::corrupt, (fs::path(dir) / required).string(), "", "missing: the checkpoint cannot be resumed without it");
     }
   }
@@ -427,7 +469,32 @@ void Trainer::prepare_arguments() {
   }
   args_["output_dir"] = run_dir_;
   resume_dir_ = dir;
-  if (!restored_dir_) result_.resumed_from = dir;
+  if (!result_.resumed_from) result_.resumed_from = dir;
+}
+
+// Every rank resolved the same arguments (a launcher on each host passes its own command line).
+void Trainer::agree_on_arguments() {
+  if (!group_) return;
+  std::string mine;
+  for (const auto& [key, value] : args_) {
+    char number[64] = "";
+    if (const auto* d = std::get_if<double>(&value)) std::snprintf(number, sizeof number, "%.17g", *d);
+    mine += key + "=" + std::to_string(value.index()) + ":" + number;
+    if (const auto* b = std::get_if<bool>(&value)) mine += *b ? "1" : "0";
+    if (const auto* i = std::get_if<std::int64_t>(&value)) mine += std::to_string(*i);
+    if (const auto* t = std::get_if<std::string>(&value)) mine += *t;
+    mine += '\n';
+  }
+  const std::string main = group_->share(mine, 0);
+  together("to agree on the arguments", [&] {
+    if (mine == main) return;
+    std::size_t at = 0;
+    while (at < mine.size() && at < main.size() && mine[at] == main[at]) ++at;
+    const std::size_t line = mine.rfind('\n', at == 0 ? 0 : at - 1);
+    const std::size_t begin = line == std::string::npos || at == 0 ? 0 : line + 1;
+    const std::string key = mine.substr(begin, mine.find('=', begin) - begin);
+    throw Error(ErrorKind::invalid_argument, "", "--" + flag_name(key), "differs from rank 0's (every process must be given the same arguments)");
+  });
 }
 
 void Trainer::validate_arguments() const {
@@ -458,6 +525,9 @@ void Trainer::validate_arguments() const {
   if (!checkpoint::parse_size(get_text(args_, "max_shard_size"))) {
     throw Error(ErrorKind::invalid_argument, "", "--max-shard-size", "expected a size such as 5GB or 512MiB");
   }
+  if (world_size_ > 1 && get_bool(args_, "async_save")) {
+    throw Error(ErrorKind::invalid_argument, "", "--async-save", "works in a single process only (the ranks agree on every save in step)");
+  }
   const auto eval_steps = get_optional_int(args_, "eval_steps").value_or(get_int(args_, "save_steps"));
   if (get_bool(args_, "load_best_model_at_end") && (eval_steps == 0 || get_int(args_, "save_steps") % eval_steps != 0)) {
     throw Error(ErrorKind::invalid_argument, "", "--load-best-model-at-end", "needs an evaluation at every save: --save-steps a multiple of --eval-steps");
@@ -481,6 +551,11 @@ void Trainer::open_run_directory() {
 void Trainer::build() {
   if (const auto threads = get_optional_int(args_, "threads")) {
     at::set_num_threads(static_cast<int>(*threads));
+  } else if (world_size_ > 1) {
+    // The processes on this host share its cores, as torchrun's OMP_NUM_THREADS does.
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    at::set_num_threads(std::max(1, cores / std::max(1, request_.distributed.local_world_size)));
+    args_["threads"] = static_cast<std::int64_t>(at::get_num_threads());
   } else {
     args_["threads"] = static_cast<std::int64_t>(at::get_num_threads());
   }
@@ -495,7 +570,8 @@ void Trainer::build() {
   model_ = std::make_unique<MLP>(config);
 
   batch_size_ = get_int(args_, "per_device_train_batch_size");
-  const std::int64_t n = get_int(args_, "train_examples");
+  // DistributedSampler: each rank's share of an epoch, the epoch padded to a multiple of the world size.
+  const std::int64_t n = (get_int(args_, "train_examples") + world_size_ - 1) / world_size_;
   steps_per_epoch_ = (n + batch_size_ - 1) / batch_size_;
   const std::int64_t requested = get_int(args_, "max_steps");
   if (requested > 0) {
@@ -518,6 +594,25 @@ void Trainer::build() {
   schedule_ = std::make_unique<LinearSchedule>(lr, get_int(args_, "warmup_steps"), max_steps_, optimizer_->groups().size());
   optimizer_->learning_rates().assign(optimizer_->groups().size(), schedule_->last_lr());
   if (get_bool(args_, "fp16")) scaler_.emplace();
+  if (get_bool(args_, "shard_optimizer") && world_size_ > 1) {
+    // Contiguous runs of torch's parameter order (group by group), about equal in elements, one per rank.
+    const auto& params = model_->parameters();
+    std::vector<std::size_t> order;
+    for (const auto& g : optimizer_->groups()) order.insert(order.end(), g.params.begin(), g.params.end());
+    const double total = static_cast<double>(model_->num_parameters());
+    owner_.assign(params.size(), 0);
+    double before = 0;
+    for (std::size_t index : order) {
+      const double numel = static_cast<double>(params[index].second.numel());
+      owner_[index] = std::min(world_size_ - 1, static_cast<int>((before + numel / 2) * world_size_ / total));
+      before += numel;
+    }
+    std::vector<bool> owned(params.size());
+    for (std::size_t i = 0; i < params.size(); ++i) owned[i] = owner_[i] == rank_;
+    optimizer_->shard(rank_, world_size_, std::move(owned));
+  } else if (get_bool(args_, "shard_optimizer")) {
+    warn("--shard-optimizer has no effect in a single process: optimizer.pt holds the whole state");
+  }
 
   weights_options_.safetensors = get_bool(args_, "save_safetensors");
   weights_options_.max_shard_size = checkpoint::parse_size(get_text(args_, "max_shard_size"));
@@ -550,8 +645,16 @@ void Trainer::restore(const std::string& dir) {
   const fs::path d(dir);
   load_weights(dir);
   {
-    const auto source = checkpoint::load_source((d / "optimizer.pt").string());
-    optimizer_->load_state_dict(*source, source->graph().root(), model_->parameters());
+    // optimizer.pt, or every rank's shard: a run of another world size or sharding takes what it keeps.
+    std::vector<std::unique_ptr<checkpoint::Source>> loaded;
+    if (fs::exists(d / "optimizer.pt")) {
+      loaded.push_back(checkpoint::load_source((d / "optimizer.pt").string()));
+    } else if (const auto shards = checkpoint::find_optimizer_shards(dir)) {
+      for (const auto& name : shards->files) loaded.push_back(checkpoint::load_source((d / name).string()));
+    }
+    std::vector<const checkpoint::Source*> sources;
+    for (const auto& source : loaded) sources.push_back(source.get());
+    optimizer_->load_state_dict(sources, model_->parameters());
   }
   {
     const auto source = checkpoint::load_source((d / "scheduler.pt").string());
@@ -574,24 +677,30 @@ void Trainer::restore(const std::string& dir) {
   const std::int64_t epochs_done = state_.global_step / steps_per_epoch_;
   const bool mid_epoch = state_.global_step % steps_per_epoch_ != 0;
   const std::int64_t n = get_int(args_, "train_examples");
-  order_.resize(static_cast<std::size_t>(n));
   if (epochs_done > std::int64_t{100'000'000'000} / n) {
     throw Error(ErrorKind::corrupt, dir, "trainer_state.json", "global_step " + std::to_string(state_.global_step) + " is beyond any run of this size");
   }
   for (std::int64_t e = 0; e < epochs_done + (mid_epoch ? 1 : 0); ++e) {
     if (interrupted()) throw Error(ErrorKind::interrupted, dir, "", "interrupted while resuming");
-    std::iota(order_.begin(), order_.end(), 0);
-    python_.shuffle(order_);
+    draw_epoch_order();
   }
   order_drawn_ = mid_epoch;
-  if (fs::exists(d / "rng_state.pth")) {
-    const auto source = checkpoint::load_source((d / "rng_state.pth").string());
+  // Each rank's generators from its own file; with another world size, rank 0's (or the one process's).
+  const int saved_world_size = checkpoint::checkpoint_world_size(dir);
+  fs::path rng = d / checkpoint::rng_state_name(rank_, saved_world_size);
+  if (saved_world_size != world_size_) {
+    warn(dir + " was saved by " + std::to_string(saved_world_size) + " process(es) and this run has " + std::to_string(world_size_) +
+         ": the weights, optimizer and schedule resume, but the data order and random draws differ from the uninterrupted run's");
+    if (!fs::exists(rng)) rng = d / checkpoint::rng_state_name(0, saved_world_size);
+  }
+  if (fs::exists(rng)) {
+    const auto source = checkpoint::load_source(rng.string());
     RngStates states = load_rng_states(*source);
     python_ = states.python;
     numpy_ = states.numpy;
     set_torch_rng_state(states.cpu);
   } else {
-    warn((d / "rng_state.pth").string() + " is missing: training continues, but its random draws differ from the uninterrupted run's");
+    warn(rng.string() + " is missing: training continues, but its random draws differ from the uninterrupted run's");
   }
   state_.epoch = static_cast<double>(state_.global_step) / static_cast<double>(steps_per_epoch_);
   last_logged_step_ = state_.global_step;
@@ -601,9 +710,11 @@ void Trainer::restore(const std::string& dir) {
 void Trainer::train_step(const at::Tensor& inputs, const at::Tensor& labels) {
   auto& params = model_->parameters();
   const at::Tensor loss = at::cross_entropy_loss(model_->forward(inputs, true), labels);
+  at::Tensor loss_value = loss.detach();
   bool found_inf = false;
   if (scaler_) {
     (loss * at::scalar_tensor(scaler_->scale(), at::kFloat)).backward();
+    all_reduce_gradients(loss_value);
     // Half-precision gradient buffers: the scaled gradients are rounded to fp16, where they overflow.
     at::NoGradGuard no_grad;
     for (auto& [name, p] : params) {
@@ -612,6 +723,7 @@ void Trainer::train_step(const at::Tensor& inputs, const at::Tensor& labels) {
     found_inf = scaler_->unscale(params);
   } else {
     loss.backward();
+    all_reduce_gradients(loss_value);
   }
   const double max_norm = get_number(args_, "max_grad_norm");
   last_grad_norm_.reset();
@@ -619,13 +731,45 @@ void Trainer::train_step(const at::Tensor& inputs, const at::Tensor& labels) {
   wait_for_snapshot();
   if (!found_inf) {
     optimizer_->step(params);
+    if (!owner_.empty()) {
+      // ZeRO stage 1: each parameter from the rank that stepped it.
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        at::Tensor data = params[i].second.detach();
+        group_->broadcast(data, owner_[i]);
+      }
+    }
     optimizer_->learning_rates().assign(optimizer_->groups().size(), schedule_->step());
   }
   if (scaler_) scaler_->update(found_inf);
   for (auto& [name, p] : params) p.mutable_grad().reset();
-  const at::Tensor detached = loss.detach();
-  loss_since_log_ += detached;
-  loss_total_ += detached.item<double>();
+  loss_since_log_ += loss_value;
+  loss_total_ += loss_value.item<double>();
+}
+
+// In a group: one all-reduce of every gradient, the loss and the stop flag; gradients and loss become the
+// global batch's means, and stop_requested_ whether any rank was interrupted.
+void Trainer::all_reduce_gradients(at::Tensor& loss_value) {
+  if (!group_) return;
+  auto& params = model_->parameters();
+  std::vector<at::Tensor> parts;
+  for (auto& [name, p] : params) parts.push_back(p.grad().defined() ? p.grad().reshape(-1) : at::zeros({p.numel()}, at::kFloat));
+  parts.push_back(loss_value.reshape({1}).to(at::kFloat));
+  parts.push_back(at::full({1}, interrupted() ? 1.0 : 0.0, at::kFloat));
+  at::Tensor flat = at::cat(parts);
+  group_->allreduce_sum(flat);
+  const float* sums = flat.data_ptr<float>();
+  const std::int64_t total = flat.numel() - 2;
+  stop_requested_ = sums[total + 1] > 0;
+  flat = flat.slice(0, 0, total + 1).div_(static_cast<double>(world_size_));
+  std::int64_t offset = 0;
+  at::NoGradGuard no_grad;
+  for (auto& [name, p] : params) {
+    at::Tensor mean = flat.slice(0, offset, offset + p.numel()).view(p.sizes());
+    if (p.grad().defined()) p.mutable_grad().copy_(mean);
+    else p.mutable_grad() = mean.clone();
+    offset += p.numel();
+  }
+  loss_value = flat[total].clone();
 }
 
 std::map<std::string, double> Trainer::evaluate() {
@@ -667,6 +811,16 @@ void Trainer::log(json::Json record) {
 CheckpointFiles Trainer::collect(bool copy) {
   CheckpointFiles files;
   files.step = state_.global_step;
+  files.main = main_process();
+  files.rng_name = checkpoint::rng_state_name(rank_, world_size_);
+  if (!owner_.empty()) files.optimizer_name = checkpoint::optimizer_shard_name(rank_);
+  files.has_optimizer = files.main || !owner_.empty();
+  files.rng_root = rng_state_dict(files.rng, RngStates{python_, numpy_, torch_rng_state()});
+  if (!files.main) {
+    // Its rng state and its optimizer shard; never asynchronous (validate_arguments).
+    if (files.has_optimizer) files.optimizer_root = optimizer_->state_dict(files.optimizer);
+    return files;
+  }
   std::size_t slot = 0;
   auto snapshot = [&](const at::Tensor& t) {
     if (slot == snapshot_buffers_.size()) snapshot_buffers_.emplace_back();
@@ -683,7 +837,6 @@ CheckpointFiles Trainer::collect(bool copy) {
     files.has_scaler = true;
     files.scaler_root = scaler_->state_dict(files.scaler);
   }
-  files.rng_root = rng_state_dict(files.rng, RngStates{python_, numpy_, torch_rng_state()});
   std::vector<NodeId> items;
   for (const auto& spec : argument_specs()) {
     if (spec.scope != ArgScope::training) continue;
@@ -702,30 +855,42 @@ CheckpointFiles Trainer::collect(bool copy) {
 }
 
 // Writes into a hidden staging directory, then renames it to checkpoint-<step> under the run lock (replacing a
-// checkpoint of the same step, as a run resumed from an earlier one does), then rotates.
+// checkpoint of the same step, as a run resumed from an earlier one does), then rotates. In a group, rank 0 makes
+// the staging directory and tells the others its name; each rank writes its files; only when every rank says
+// its files are durable does rank 0 commit, and the others hear whether it did.
 void Trainer::commit(CheckpointFiles files) {
   const std::string name = "checkpoint-" + std::to_string(files.step);
   const fs::path run(run_dir_);
-  const std::string staging = (run / (std::string(checkpoint::kStagingPrefix) + name + "-" + fs_util::unique_suffix())).string();
-  std::error_code ec;
-  fs::create_directory(staging, ec);
-  if (ec) throw Error(ErrorKind::io, staging, "", "cannot create the staging directory: " + ec.message());
+  std::string staging;
+  together("to create the staging directory of " + name, [&] {
+    if (!main_process()) return;
+    staging = (run / (std::string(checkpoint::kStagingPrefix) + name + "-" + fs_util::unique_suffix())).string();
+    std::error_code ec;
+    fs::create_directory(staging, ec);
+    if (ec) throw Error(ErrorKind::io, staging, "", "cannot create the staging directory: " + ec.message());
+  });
+  if (group_) staging = group_->share(staging, 0);
   try {
-    write_checkpoint_files(staging, files, weights_options_);
-    RunLock lock(run_dir_, true);
-    const std::string final_path = (run / name).string();
-    if (fs::exists(fs::symlink_status(final_path))) {
-      // A checkpoint of the same step (a run resumed from an earlier one): the two directories trade names in
-      // one step, so at every instant checkpoint-N is one complete checkpoint or the other; the old one, now
-      // under the staging name, is then removed (or cleared as a leftover by the next start).
-      fs_util::exchange(staging, final_path);
-    } else {
-      fs_util::durable_rename(staging, final_path);
-    }
+    together("to write its part of " + name, [&] { write_checkpoint_files(staging, files, weights_options_); });
+    together("to commit " + name, [&] {
+      if (!main_process()) return;
+      fs_util::fsync_directory(staging);
+      RunLock lock(run_dir_, true);
+      const std::string final_path = (run / name).string();
+      if (fs::exists(fs::symlink_status(final_path))) {
+        // A checkpoint of the same step (a run resumed from an earlier one): the two directories trade names in
+        // one step, so at every instant checkpoint-N is one complete checkpoint or the other; the old one, now
+        // under the staging name, is then removed (or cleared as a leftover by the next start).
+        fs_util::exchange(staging, final_path);
+      } else {
+        fs_util::durable_rename(staging, final_path);
+      }
+    });
   } catch (...) {
-    fs_util::remove_tree(staging);
+    if (main_process()) fs_util::remove_tree(staging);
     throw;
   }
+  if (!main_process()) return;
   try {
     fs_util::remove_tree(staging);
   } catch (const Error&) {
@@ -778,7 +943,7 @@ void Trainer::save_checkpoint(const std::map<std::string, double>& metrics) {
     commit(std::move(files));
     result_.save_stall_seconds.push_back(seconds_since(start));
     result_.save_write_seconds.push_back(seconds_since(start));
-    emit(TrainEvent::Kind::checkpoint, result_.checkpoints_saved.back());
+    if (main_process()) emit(TrainEvent::Kind::checkpoint, result_.checkpoints_saved.back());
     return;
   }
   result_.save_stall_seconds.push_back(seconds_since(start));
@@ -799,29 +964,39 @@ void Trainer::save_checkpoint(const std::map<std::string, double>& metrics) {
   });
 }
 
-void Trainer::train() {
+void Trainer::draw_epoch_order() {
   const std::int64_t n = get_int(args_, "train_examples");
+  order_.resize(static_cast<std::size_t>(n));
+  std::iota(order_.begin(), order_.end(), 0);
+  python_.shuffle(order_);
+  if (world_size_ == 1) {
+    rank_order_ = order_;
+    return;
+  }
+  const std::int64_t per_rank = (n + world_size_ - 1) / world_size_;
+  rank_order_.clear();
+  for (std::int64_t i = 0; i < per_rank; ++i) rank_order_.push_back(order_[static_cast<std::size_t>((i * world_size_ + rank_) % n)]);
+}
+
+void Trainer::train() {
   const double input_noise = get_number(args_, "input_noise");
   const std::int64_t params = model_->num_parameters();
   const std::int64_t epochs_done = state_.global_step / steps_per_epoch_;
   const std::int64_t skip = state_.global_step % steps_per_epoch_;
-  order_.resize(static_cast<std::size_t>(n));
   bool stop = state_.global_step >= max_steps_;
   for (std::int64_t epoch = epochs_done; !stop && epoch < state_.num_train_epochs; ++epoch) {
-    if (!(order_drawn_ && epoch == epochs_done)) {
-      std::iota(order_.begin(), order_.end(), 0);
-      python_.shuffle(order_);
-    }
+    if (!(order_drawn_ && epoch == epochs_done)) draw_epoch_order();
+    const std::int64_t n = static_cast<std::int64_t>(rank_order_.size());
     for (std::int64_t s = epoch == epochs_done ? skip : 0; s < steps_per_epoch_; ++s) {
       const std::int64_t begin = s * batch_size_;
-      const std::vector<std::int64_t> indices(order_.begin() + begin, order_.begin() + std::min(n, begin + batch_size_));
-      const at::Tensor inputs = noisy_batch(data_.train, indices, input_noise, numpy_);
+      const std::vector<std::int64_t> indices(rank_order_.begin() + begin, rank_order_.begin() + std::min(n, begin + batch_size_));
+      const at::Tensor inputs = noisy_batch(data_.train, indices, input_noise, numpy_, rank_, world_size_);
       const at::Tensor labels = data_.train.labels.index_select(0, at::from_blob(const_cast<std::int64_t*>(indices.data()),
                                                                                  {static_cast<std::int64_t>(indices.size())}, at::kLong));
       train_step(inputs, labels);
       ++state_.global_step;
       ++steps_this_process_;
-      state_.total_flos += 6.0 * static_cast<double>(params) * static_cast<double>(indices.size());
+      state_.total_flos += 6.0 * static_cast<double>(params) * static_cast<double>(indices.size() * world_size_);
       state_.epoch = static_cast<double>(epoch) + static_cast<double>(s + 1) / static_cast<double>(steps_per_epoch_);
 
       const std::int64_t step = state_.global_step;
@@ -839,10 +1014,10 @@ void Trainer::train() {
         log(std::move(record));
       }
       std::map<std::string, double> metrics;
-      if (state_.eval_steps > 0 && step % state_.eval_steps == 0) metrics = evaluate();
+      if (state_.eval_steps > 0 && step % state_.eval_steps == 0 && main_process()) metrics = evaluate();
       if (step % state_.save_steps == 0) save_checkpoint(metrics);
       emit(TrainEvent::Kind::progress);
-      if (step < max_steps_ && interrupted()) stopped_early_ = true;
+      if (step < max_steps_ && (group_ ? stop_requested_ : interrupted())) stopped_early_ = true;
       if (step >= max_steps_ || stopped_early_) {
         stop = true;
         break;
@@ -872,7 +1047,7 @@ void Trainer::finish() {
   record["total_flos"] = state_.total_flos;
   record["train_loss"] = steps > 0 ? loss_total_ / steps : 0.0;
   record["train_runtime"] = round_to(runtime, 4);
-  record["train_samples_per_second"] = round_to(steps * static_cast<double>(batch_size_) / runtime, 3);
+  record["train_samples_per_second"] = round_to(steps * static_cast<double>(batch_size_ * world_size_) / runtime, 3);
   record["train_steps_per_second"] = round_to(steps / runtime, 3);
   for (const auto& [k, v] : record.items()) {
     if (v.is_number()) result_.final_metrics[k] = v.get<double>();
@@ -893,29 +1068,75 @@ void Trainer::finish() {
   write_text((fs::path(run_dir_) / "trainer_state.json").string(), files.trainer_state, true);
 }
 
-void Trainer::run() {
-  if (request_.mode == TrainMode::resume) {
-    // The run directory is locked first, so an archive can be restored into it (prepare_arguments).
-    if (!fs::is_directory(request_.run_dir)) throw Error(ErrorKind::not_found, request_.run_dir, "", "no such run directory");
-    run_dir_ = request_.run_dir;
-    open_run_directory();
-    try {
-      prepare_arguments();
-      validate_arguments();
-    } catch (const Error& e) {
-      // A file of the restored copy is named by its temporary path: say which archive it came from.
-      if (restored_from_.empty() || e.path().rfind(*restored_dir_, 0) != 0) throw;
-      throw Error(e.kind(), e.path(), e.where(), e.detail() + " (restored from " + restored_from_ + ")");
-    }
-  } else {
-    prepare_arguments();
-    validate_arguments();
-    open_run_directory();
+template <typename Work>
+void Trainer::together(const std::string& what, Work&& work) {
+  if (!group_) {
+    work();
+    return;
   }
+  std::exception_ptr failure;
+  std::string message;
+  try {
+    work();
+  } catch (const std::exception& e) {
+    failure = std::current_exception();
+    message = e.what();
+  }
+  group_->agree(!failure, message, what);
+  if (failure) std::rethrow_exception(failure);
+}
+
+void Trainer::run() {
+  rank_ = request_.distributed.rank;
+  world_size_ = request_.distributed.world_size;
+  if (world_size_ < 1 || rank_ < 0 || rank_ >= world_size_) {
+    throw Error(ErrorKind::invalid_argument, "", "RANK", "rank " + std::to_string(rank_) + " is not in a world of " + std::to_string(world_size_));
+  }
+  if (world_size_ > 1) group_ = std::make_unique<ProcessGroup>(request_.distributed);
+  try {
+    run_in_group();
+  } catch (const std::exception& e) {
+    if (group_) group_->report_failure(e.what());
+    throw;
+  }
+}
+
+void Trainer::run_in_group() {
+  if (request_.mode == TrainMode::resume) {
+    // The run directory is locked first, so an archive can be restored into it (find_checkpoint).
+    run_dir_ = request_.run_dir;
+    std::string dir;
+    together("to find the checkpoint", [&] {
+      if (!main_process()) return;
+      if (!fs::is_directory(request_.run_dir)) throw Error(ErrorKind::not_found, request_.run_dir, "", "no such run directory");
+      open_run_directory();
+      dir = find_checkpoint();
+    });
+    if (group_) dir = group_->share(dir, 0);
+    together("to read the checkpoint's arguments", [&] {
+      try {
+        prepare_arguments(dir);
+        validate_arguments();
+      } catch (const Error& e) {
+        // A file of the restored copy is named by its temporary path: say which archive it came from.
+        if (restored_from_.empty() || e.path().rfind(*restored_dir_, 0) != 0) throw;
+        throw Error(e.kind(), e.path(), e.where(), e.detail() + " (restored from " + restored_from_ + ")");
+      }
+    });
+  } else {
+    together("to check the arguments", [&] {
+      prepare_arguments({});
+      validate_arguments();
+    });
+    together("to open the run directory", [&] {
+      if (main_process()) open_run_directory();
+    });
+  }
+  agree_on_arguments();
   build();
   if (resume_dir_) {
     const auto start = Clock::now();
-    restore(*resume_dir_);
+    together("to load the checkpoint", [&] { restore(*resume_dir_); });
     result_.load_seconds = seconds_since(start);
   }
   if (restored_dir_) {
@@ -931,7 +1152,7 @@ void Trainer::run() {
     throw;
   }
   result_.interrupted = stopped_early_;
-  if (!result_.interrupted) finish();
+  if (!result_.interrupted && main_process()) finish();
   result_.global_step = state_.global_step;
   result_.epoch = state_.epoch;
   result_.best_metric = state_.best_metric;
@@ -956,4 +1177,5 @@ extern "C" __attribute__((visibility("default"))) void ckpt_train_run(const ckpt
     // LibTorch's own errors (c10::Error) and allocation failures.
     result.error = TrainError{static_cast<int>(ckpt::ErrorKind::io), "", "", std::string("training failed: ") + e.what()};
   }
+
 }
