@@ -103,11 +103,13 @@ void ProcessGroup::broadcast(at::Tensor& tensor, int root) {
   }
 }
 
-void ProcessGroup::agree(bool ok, const std::string& message, const std::string& what) {
+void ProcessGroup::agree(const Error* failure, const std::string& what) {
   const std::string key = next_key("agree");
+  const bool ok = failure == nullptr;
   if (!ok) {
     try {
-      store_->set(key + "/" + std::to_string(rank_), to_bytes(message));
+      // The kind as a digit, then the message.
+      store_->set(key + "/" + std::to_string(rank_), to_bytes(std::to_string(static_cast<int>(failure->kind())) + failure->what()));
     } catch (const std::exception& e) {
       lost_peer(e);
     }
@@ -125,7 +127,12 @@ void ProcessGroup::agree(bool ok, const std::string& message, const std::string&
     } catch (const std::exception& e) {
       lost_peer(e);
     }
-    throw Error(ErrorKind::io, "", "", "rank " + std::to_string(r) + " failed " + what + ": " + detail);
+    ErrorKind kind = ErrorKind::io;
+    if (!detail.empty() && detail[0] >= '0' && detail[0] <= '9') {
+      kind = static_cast<ErrorKind>(detail[0] - '0');
+      detail.erase(0, 1);
+    }
+    throw Error(kind, "", "", "rank " + std::to_string(r) + " failed " + what + ": " + detail);
   }
 }
 

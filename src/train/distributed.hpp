@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "train/api.hpp"
+#include "util/error.hpp"
 
 namespace c10d {
 class Store;
@@ -36,9 +37,10 @@ class ProcessGroup {
   void allreduce_sum(at::Tensor& tensor);
   void broadcast(at::Tensor& tensor, int root);
 
-  // Every rank says whether its part of `what` succeeded; when any failed, every rank throws the same Error
-  // naming the first rank that failed and its message. Doubles as a barrier.
-  void agree(bool ok, const std::string& message, const std::string& what);
+  // Every rank says whether its part of `what` succeeded (with `failure` its error when not); when another rank
+  // failed, this one throws an Error of the same kind naming the first such rank and its message. Returns
+  // normally on the rank that failed, which reports its own error. Doubles as a barrier.
+  void agree(const Error* failure, const std::string& what);
 
   // Rank `root` publishes a text (a path, a fingerprint) that every rank returns.
   std::string share(const std::string& text, int root);

@@ -21,7 +21,7 @@ namespace ckpt::train {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr std::chrono::seconds kGracePeriod{30};  // for the others to notice a failed worker by themselves
+constexpr std::chrono::seconds kGracePeriod{10};  // for the others to notice a failed worker by themselves
 constexpr std::chrono::seconds kTermPeriod{10};   // between SIGTERM and SIGKILL
 
 std::atomic<int> g_forward_signal{0};

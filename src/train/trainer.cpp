@@ -1075,14 +1075,17 @@ void Trainer::together(const std::string& what, Work&& work) {
     return;
   }
   std::exception_ptr failure;
-  std::string message;
+  std::optional<Error> error;
   try {
     work();
+  } catch (const Error& e) {
+    failure = std::current_exception();
+    error = e;
   } catch (const std::exception& e) {
     failure = std::current_exception();
-    message = e.what();
+    error = Error(ErrorKind::io, "", "", e.what());
   }
-  group_->agree(!failure, message, what);
+  group_->agree(error ? &*error : nullptr, what);
   if (failure) std::rethrow_exception(failure);
 }
 

@@ -2,10 +2,12 @@
 // (tests/fault/test_faults.py). Configured by the environment:
 //   CKPT_FAULT        OP:N:ERRNO  the Nth call (1-based) of OP on a matching path fails with ERRNO (a number);
 //                     OP:N:short  the Nth write of OP returns after half its bytes (a legal short write)
+//                     OP:N:kill   the process SIGKILLs itself at the Nth call of OP (a worker dying mid-save)
 //                     OP is write, pwrite, fsync, rename (rename and renameat2) or copy_file_range
 //   CKPT_FAULT_MATCH  only paths containing this string count (default: every path)
 // Calls on other paths, and every call once the fault has fired, go to libc unchanged.
 #include <dlfcn.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -23,6 +25,7 @@ struct Fault {
   long nth = 0;
   int error = 0;
   bool short_write = false;
+  bool kill = false;
   std::string match;
   bool valid = false;
 };
@@ -37,7 +40,8 @@ const Fault& fault() {
     if (std::sscanf(spec, "%31[^:]:%ld:%31s", op, &f.nth, what) != 3) return f;
     f.op = op;
     f.short_write = std::strcmp(what, "short") == 0;
-    f.error = f.short_write ? 0 : std::atoi(what);
+    f.kill = std::strcmp(what, "kill") == 0;
+    f.error = f.short_write || f.kill ? 0 : std::atoi(what);
     if (const char* m = std::getenv("CKPT_FAULT_MATCH")) f.match = m;
     f.valid = true;
     return f;
@@ -60,7 +64,9 @@ bool fires(const char* op, const std::string& path) {
   const Fault& f = fault();
   if (!f.valid || f.op != op) return false;
   if (!f.match.empty() && path.find(f.match) == std::string::npos) return false;
-  return g_calls.fetch_add(1) + 1 == f.nth;
+  if (g_calls.fetch_add(1) + 1 != f.nth) return false;
+  if (f.kill) ::raise(SIGKILL);
+  return true;
 }
 
 template <typename F>
