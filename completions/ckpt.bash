@@ -56,7 +56,7 @@ _ckpt() {
   esac
 
   local options
-  local training="--input-size --hidden-size --num-layers --num-labels --dropout --max-steps --num-train-epochs --per-device-train-batch-size --per-device-eval-batch-size --learning-rate --weight-decay --adam-beta1 --adam-beta2 --adam-epsilon --max-grad-norm --warmup-steps --logging-steps --eval-steps --save-steps --save-total-limit --metric-for-best-model --greater-is-better --no-greater-is-better --load-best-model-at-end --no-load-best-model-at-end --save-safetensors --no-save-safetensors --max-shard-size --seed --fp16 --no-fp16 --async-save --no-async-save --train-examples --eval-examples --input-noise --threads --json --quiet --verbose --help"
+  local training="--input-size --hidden-size --num-layers --num-labels --dropout --max-steps --num-train-epochs --per-device-train-batch-size --per-device-eval-batch-size --learning-rate --weight-decay --adam-beta1 --adam-beta2 --adam-epsilon --max-grad-norm --warmup-steps --logging-steps --eval-steps --save-steps --save-total-limit --metric-for-best-model --greater-is-better --no-greater-is-better --load-best-model-at-end --no-load-best-model-at-end --save-safetensors --no-save-safetensors --max-shard-size --seed --fp16 --no-fp16 --async-save --no-async-save --shard-optimizer --no-shard-optimizer --train-examples --eval-examples --input-noise --threads --nproc-per-node --nnodes --node-rank --master-addr --master-port --json --quiet --verbose --help"
   case $subcommand in
     save) options="--output-dir $training" ;;
     resume) options="--from $training" ;;
@@ -64,7 +64,7 @@ _ckpt() {
     best) options="--metric --mode --json --link --export --help" ;;
     rotate) options="--keep --keep-every --stale-after --sort --use-mtime --metric --mode --archive --keep-archives --level --threads --dry-run --no-wait --json --quiet --help" ;;
     inspect) options="--json --verify --help" ;;
-    convert) options="--to --output --max-shard-size --dtype --include-state --level --threads --dry-run --force --json --quiet --help" ;;
+    convert) options="--to --output --max-shard-size --dtype --include-state --consolidate --level --threads --dry-run --force --json --quiet --help" ;;
   esac
   if [[ $cur == -* ]]; then
     COMPREPLY=($(compgen -W "$options" -- "$cur"))
