@@ -208,6 +208,18 @@ class DistributedTest(unittest.TestCase):
         self.assertTrue(os.path.isfile(os.path.join(run, "checkpoint-40", "optimizer.pt")))
         self.assertTrue(os.path.isfile(os.path.join(run, "checkpoint-40", "rng_state.pth")))
 
+    def test_resume_from_an_archive(self):
+        # Rank 0 restores the archive into a staging directory and tells the others where; it is gone afterwards.
+        a = self.save("a", ["--shard-optimizer"])
+        run = self.save("b", ["--shard-optimizer"])
+        self.ok(["rotate", run, "--keep", "1", "--archive", "-q"])
+        self.assertTrue(os.path.isfile(os.path.join(run, "archive", "checkpoint-20.ckpt")))
+        shutil.rmtree(os.path.join(run, "checkpoint-60"))
+        self.ok(["resume", run, "--from", "checkpoint-20"] + TWO + ["-q"])
+        self.assertEqual(sha(os.path.join(a, "model.safetensors")), sha(os.path.join(run, "model.safetensors")))
+        self.assertEqual(sha(os.path.join(a, "checkpoint-60", "optimizer_1.pt")), sha(os.path.join(run, "checkpoint-60", "optimizer_1.pt")))
+        self.assertFalse([d for d in os.listdir(run) if d.startswith(".ckpt-staging-")])
+
     def test_worker_killed_during_a_save(self):
         if not SHIM:
             self.fail("CKPT_FAULT_SHIM is not set")
