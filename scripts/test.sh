@@ -13,7 +13,7 @@ ctest --test-dir build -j"$(nproc)" --output-on-failure
 export ASAN_OPTIONS=abort_on_error=1:detect_leaks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 bash scripts/build.sh build-asan -DCKPT_SANITIZE=ON
-# The trainer's concurrency run is shorter here: the normal pass runs it for 120 s.
+# The trainer's concurrency run is shorter here: the normal pass runs it for 180 s.
 CKPT_CONCURRENCY_SECONDS=30 ctest --test-dir build-asan -j"$(nproc)" --output-on-failure --label-exclude exhaustive
 
 # Every libFuzzer target for a short smoke (tests/fuzz/README.md); a crash fails the run.

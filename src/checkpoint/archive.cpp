@@ -408,6 +408,7 @@ ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& arc
   if (options.chunk_size < archive::kMinChunkSize || options.chunk_size > archive::kMaxChunkSize || options.chunk_size % archive::kMaxElementSize) {
     throw Error(ErrorKind::invalid_argument, "", "chunk size", "out of range");
   }
+  fs_util::clear_abandoned_temporaries_of(archive_path);  // left by an earlier writer, killed
   Manifest m;
   m.chunk_size = options.chunk_size;
   m.checkpoint = fs::path(dir).lexically_normal().filename().string();
@@ -530,6 +531,7 @@ ArchiveSummary restore_archive(const std::string& archive_path, const std::strin
   }
   ReadOnlyFile archive_file(archive_path);
   const Manifest m = archive::read_manifest(archive_file);
+  fs_util::clear_abandoned_temporaries_of(dir);
   fs_util::build_directory(dir, [&](const std::string& staging) { write_files(archive_file, m, options, staging, true); });
   return summary_of(m, archive_path, archive_file.size());
 }

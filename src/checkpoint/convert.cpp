@@ -543,7 +543,9 @@ void convert_state(const Source& s, const std::string& destination, const Conver
 void consolidate_optimizer(const std::string& dir, const OptimizerShards& shards, const std::string& destination, const ConvertOptions& options,
                            ConvertResult& result) {
   std::vector<std::unique_ptr<Source>> loaded;
-  for (const auto& name : shards.files) loaded.push_back(load_source((fs::path(dir) / name).string()));
+  std::vector<const Source*> views;
+  for (const auto& name : shards.files) views.push_back(loaded.emplace_back(load_source((fs::path(dir) / name).string())).get());
+  check_shard_set(views);
   Graph g;
   std::vector<StorageFill> fills;
   ConvertOptions exact = options;
@@ -754,6 +756,7 @@ ConvertResult convert(const std::string& source, const std::string& destination,
   const auto status = fs::status(source, ec);
   if (ec || !fs::exists(status)) throw Error(ErrorKind::not_found, source, "", "no such file or directory");
   refuse_existing(destination, options);
+  if (!options.dry_run) fs_util::clear_abandoned_temporaries_of(destination);  // left by an earlier convert, killed
 
   if (fs::is_directory(status)) {
     convert_directory(source, destination, options, result);

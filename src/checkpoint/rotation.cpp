@@ -227,21 +227,6 @@ void plan_archive_retention(const std::string& run_dir, const RotateOptions& opt
   }
 }
 
-// Removes the temporary files of archives whose writer was killed; notes the directory when it removed any.
-std::size_t clear_abandoned_temporaries(const std::string& run_dir, const RotateOptions& options, std::set<std::string>& changed_dirs) {
-  const fs::path dir = archive_directory(run_dir, options);
-  std::size_t cleared = 0;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (!entry.is_regular_file(ec) || !fs_util::is_abandoned_temporary(entry.path().string())) continue;
-    if (::unlink(entry.path().c_str()) == 0) {
-      ++cleared;
-      changed_dirs.insert(dir.string());
-    }
-  }
-  return cleared;
-}
-
 // Carries out the plan: victims renamed to trash, then removed; archives beyond --keep-archives unlinked.
 void delete_planned(const std::string& run_dir, const RotateOptions& options, RotationResult& result);
 
@@ -325,7 +310,12 @@ void delete_planned(const std::string& run_dir, const RotateOptions& options, Ro
     trash.push_back(to);
     ++result.removed;
   }
-  if (options.archive_dir) result.temporaries_cleared = clear_abandoned_temporaries(run_dir, options, archive_dirs);
+  if (options.archive_dir) {
+    // The temporaries of archives whose writer was killed.
+    const std::string dir = archive_directory(run_dir, options).string();
+    result.temporaries_cleared = fs_util::clear_abandoned_temporaries(dir);
+    if (result.temporaries_cleared > 0) archive_dirs.insert(dir);
+  }
   for (const auto& dir : archive_dirs) fs_util::fsync_directory(dir);
   if (trash.empty()) return;
   fs_util::fsync_directory(run_dir);

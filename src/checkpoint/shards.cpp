@@ -4,11 +4,14 @@
 #include <set>
 
 #include "checkpoint/source.hpp"
+#include "checkpoint/value_data.hpp"
+#include "format/json.hpp"
 #include "util/error.hpp"
 
 namespace ckpt::checkpoint {
 namespace fs = std::filesystem;
 using pickle::Kind;
+using pickle::NodeId;
 
 namespace {
 
@@ -57,7 +60,8 @@ std::pair<std::int64_t, std::int64_t> shard_identity(const std::string& path) {
     if (!rank || !world || *world < 1 || *world > (1 << 20) || *rank < 0 || *rank >= *world) return bad("rank or world_size missing or out of range");
     return {*rank, *world};
   }
-  return bad("missing: not an optimizer shard written by ckpt");
+  // Another tool's file of that name: not ours to judge, so the checkpoint is unreadable, never deleted.
+  throw Error(ErrorKind::unsupported, path, kShardKey, "missing: not an optimizer shard written by ckpt");
 }
 
 }  // namespace
@@ -97,10 +101,50 @@ std::optional<OptimizerShards> find_optimizer_shards(const std::string& dir) {
   return shards;
 }
 
+void check_shard_set(const std::vector<const Source*>& shards) {
+  std::set<std::int64_t> covered;
+  std::optional<json::Json> groups;
+  std::int64_t parameters = 0;
+  for (const Source* s : shards) {
+    const auto& g = s->graph();
+    auto bad = [&](const std::string& where, const std::string& what) { throw Error(ErrorKind::corrupt, s->path, where, what); };
+    const NodeId* shard = g.is(g.root(), Kind::dict) ? g.dict_get(g.root(), kShardKey) : nullptr;
+    const NodeId* state = g.is(g.root(), Kind::dict) ? g.dict_get(g.root(), "state") : nullptr;
+    const NodeId* param_groups = g.is(g.root(), Kind::dict) ? g.dict_get(g.root(), "param_groups") : nullptr;
+    if (!shard || !state || !param_groups || !g.is(*state, Kind::dict) || !g.is(*param_groups, Kind::list)) bad("", "not an optimizer shard");
+    const json::Json these_groups = to_data(g, *param_groups);
+    if (!groups) {
+      groups = these_groups;
+      for (const auto& group : these_groups) {
+        if (!group.is_object() || !group.contains("params") || !group["params"].is_array()) bad("param_groups", "a group without params");
+        parameters += static_cast<std::int64_t>(group["params"].size());
+      }
+    } else if (these_groups != *groups) {
+      bad("param_groups", "differ from the first shard's");
+    }
+    const NodeId* params = g.is(*shard, Kind::dict) ? g.dict_get(*shard, "params") : nullptr;
+    if (!params || !g.is(*params, Kind::list)) bad(kShardKey, "no params list");
+    std::set<std::int64_t> owned;
+    for (NodeId p : g.at(*params).items) {
+      if (!g.is(p, Kind::integer) || g.at(p).integer < 0 || g.at(p).integer >= parameters) bad("shard.params", "an index outside param_groups");
+      if (!covered.insert(g.at(p).integer).second) bad("shard.params", "index " + std::to_string(g.at(p).integer) + " owned by two shards");
+      owned.insert(g.at(p).integer);
+    }
+    const auto& items = g.at(*state).items;
+    for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
+      if (!g.is(items[i], Kind::integer) || !owned.count(g.at(items[i]).integer)) bad("state", "state of a parameter the shard does not own");
+    }
+  }
+  if (static_cast<std::int64_t>(covered.size()) != parameters) {
+    throw Error(ErrorKind::corrupt, shards.empty() ? "" : shards.back()->path, kShardKey,
+                "the shards own " + std::to_string(covered.size()) + " of " + std::to_string(parameters) + " parameters");
+  }
+}
+
 int checkpoint_world_size(const std::string& dir) {
   if (const auto shards = find_optimizer_shards(dir)) return shards->world_size;
   const std::set<int> rng = ranks_of(dir, "rng_state_", ".pth");
-  return rng.empty() ? 1 : static_cast<int>(rng.size());
+  return rng.empty() ? 1 : *rng.rbegin() + 1;
 }
 
 }  // namespace ckpt::checkpoint

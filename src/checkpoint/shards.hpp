@@ -14,6 +14,8 @@
 
 namespace ckpt::checkpoint {
 
+struct Source;
+
 inline constexpr const char* kShardKey = "shard";
 
 std::string optimizer_shard_name(int rank);  // optimizer_<rank>.pt
@@ -29,8 +31,13 @@ struct OptimizerShards {
 // or their ranks.
 std::optional<OptimizerShards> find_optimizer_shards(const std::string& dir);
 
-// How many processes wrote the checkpoint: its optimizer shards' world size, else the number of
-// rng_state_<rank>.pth files, else 1.
+// How many processes wrote the checkpoint: its optimizer shards' world size, else one more than the highest
+// rank of its rng_state_<rank>.pth files, else 1.
 int checkpoint_world_size(const std::string& dir);
+
+// Checks loaded shards (in rank order) against each other: each holds state only for the indices its
+// shard.params lists, those lists are disjoint and together cover every parameter of param_groups, and every
+// shard has the same param_groups. Throws corrupt naming the shard.
+void check_shard_set(const std::vector<const Source*>& shards);
 
 }  // namespace ckpt::checkpoint

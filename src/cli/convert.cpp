@@ -103,6 +103,10 @@ int run_convert(const ConvertOptions& o) {
   options.to = o.to == "safetensors" ? checkpoint::ConvertTarget::safetensors : checkpoint::ConvertTarget::pytorch;
   options.consolidate = o.consolidate;
   options.copy_weights = o.to.empty();
+  if (options.copy_weights && (o.max_shard_size_given || !o.dtype.empty())) {
+    throw Error(ErrorKind::invalid_argument, "", o.dtype.empty() ? "--max-shard-size" : "--dtype",
+                "applies to converted weights: with --consolidate alone they are copied; add --to");
+  }
   if (o.consolidate && o.include_state && o.to == "safetensors") {
     throw Error(ErrorKind::invalid_argument, "", "--consolidate", "writes optimizer.pt: convert its output with --include-state afterwards");
   }

@@ -2,6 +2,7 @@
 // The two share every flag (train/arguments.hpp's table) and their rendering, so they live in one file; the
 // training itself runs in the trainer library (checkpoint/trainer_library.hpp).
 #include <fmt/format.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -117,11 +118,15 @@ std::optional<train::DistributedSettings> worker_settings() {
   train::DistributedSettings d;
   d.rank = environment_int("RANK", 0);
   d.world_size = environment_int("WORLD_SIZE", 1);
-  d.local_rank = environment_int("LOCAL_RANK", d.rank);
   d.local_world_size = environment_int("LOCAL_WORLD_SIZE", d.world_size);
   if (const char* addr = std::getenv("MASTER_ADDR"); addr && *addr) d.master_addr = addr;
   if (d.world_size > 1 && !std::getenv("MASTER_PORT")) throw Error(ErrorKind::invalid_argument, "", "MASTER_PORT", "not set, but WORLD_SIZE is");
   d.master_port = environment_int("MASTER_PORT", 29500);
+  if (const char* launcher = std::getenv(train::kLauncherPidVariable)) {
+    // Started by ckpt's launcher: die with it, so that no worker trains on with nobody watching.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (std::to_string(::getppid()) != launcher) throw Error(ErrorKind::interrupted, "", "", "the launcher is gone");
+  }
   return d;
 }
 
@@ -197,16 +202,22 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
   action.sa_handler = on_sigint;
   sigemptyset(&action.sa_mask);
   struct sigaction previous {};
+  // SIGTERM (a scheduler's preemption, the launcher passing one on) stops as Ctrl-C does: after the step, and
+  // after the checkpoint in progress.
+  struct sigaction previous_term {};
   sigaction(SIGINT, &action, &previous);
+  sigaction(SIGTERM, &action, &previous_term);
   train::TrainResult result;
   try {
     result = checkpoint::run_trainer(request);
   } catch (...) {
     sigaction(SIGINT, &previous, nullptr);
+    sigaction(SIGTERM, &previous_term, nullptr);
     progress.clear();
     throw;
   }
   sigaction(SIGINT, &previous, nullptr);
+  sigaction(SIGTERM, &previous_term, nullptr);
   progress.clear();
 
   if (json) {
@@ -272,7 +283,7 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
       ->check(CLI::Range(1, 65536))
       ->group(dist);
   sub.add_option("--node-rank", f->launch.node_rank, "This machine's index among --nnodes [default: 0]")->check(CLI::Range(0, 65535))->group(dist);
-  sub.add_option("--master-addr", f->launch.master_addr, "Address of node 0, where rank 0 serves the rendezvous [default: 127.0.0.1]")->group(dist);
+  sub.add_option("--master-addr", f->launch.master_addr, "Address of node 0, where rank 0 serves the rendezvous [default: 127.0.0.1; required with --nnodes above 1]")->group(dist);
   sub.add_option("--master-port", f->launch.master_port, "Rendezvous port on --master-addr [default: a free port on one machine, 29500 across machines]")
       ->check(CLI::Range(1, 65535))
       ->group(dist);

@@ -38,12 +38,11 @@ struct TrainEvent {
 };
 
 // This process's place in a torch.distributed group, from the launcher's environment (RANK, WORLD_SIZE,
-// LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). world_size 1: a single process, no group.
+// LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). world_size 1: a single process, no group.
 struct DistributedSettings {
   int rank = 0;
   int world_size = 1;
-  int local_rank = 0;
-  int local_world_size = 1;
+  int local_world_size = 1;  // the processes on this machine, which share its cores
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
 };

@@ -24,8 +24,9 @@ using Clock = std::chrono::steady_clock;
 constexpr std::chrono::seconds kGracePeriod{10};  // for the others to notice a failed worker by themselves
 constexpr std::chrono::seconds kTermPeriod{10};   // between SIGTERM and SIGKILL
 
-std::atomic<int> g_forward_signal{0};
-extern "C" void on_forwarded_signal(int signal) { g_forward_signal.store(signal); }
+// Signals to pass on to the workers, as a bit mask (SIGINT and SIGTERM may both arrive before the loop looks).
+std::atomic<unsigned> g_forward_signals{0};
+extern "C" void on_forwarded_signal(int signal) { g_forward_signals.fetch_or(1u << signal); }
 
 // A port no one listens on now (the rendezvous store binds it a moment later, as torchrun's standalone mode does).
 int free_port() {
@@ -43,7 +44,8 @@ int free_port() {
 }
 
 std::vector<std::string> worker_environment(const LaunchOptions& o, int local_rank, int port) {
-  static const char* const kOwn[] = {"RANK=", "LOCAL_RANK=", "WORLD_SIZE=", "LOCAL_WORLD_SIZE=", "GROUP_RANK=", "MASTER_ADDR=", "MASTER_PORT="};
+  static const char* const kOwn[] = {"RANK=",        "LOCAL_RANK=",  "WORLD_SIZE=", "LOCAL_WORLD_SIZE=", "GROUP_RANK=",
+                                     "MASTER_ADDR=", "MASTER_PORT=", "CKPT_LAUNCHER_PID="};
   std::vector<std::string> env;
   for (char** e = environ; *e; ++e) {
     bool own = false;
@@ -57,6 +59,7 @@ std::vector<std::string> worker_environment(const LaunchOptions& o, int local_ra
   env.push_back("GROUP_RANK=" + std::to_string(o.node_rank));
   env.push_back("MASTER_ADDR=" + o.master_addr);
   env.push_back("MASTER_PORT=" + std::to_string(port));
+  env.push_back(std::string(kLauncherPidVariable) + "=" + std::to_string(::getpid()));
   return env;
 }
 
@@ -87,6 +90,9 @@ LaunchResult launch_workers(const LaunchOptions& o, const std::vector<std::strin
   if (o.nproc_per_node < 1 || o.nproc_per_node > 1024) throw Error(ErrorKind::invalid_argument, "", "--nproc-per-node", "must be between 1 and 1024");
   if (o.nnodes < 1 || o.nnodes > 65536) throw Error(ErrorKind::invalid_argument, "", "--nnodes", "must be between 1 and 65536");
   if (o.node_rank < 0 || o.node_rank >= o.nnodes) throw Error(ErrorKind::invalid_argument, "", "--node-rank", "must be below --nnodes");
+  if (o.nnodes > 1 && (o.master_addr.rfind("127.", 0) == 0 || o.master_addr == "localhost" || o.master_addr == "::1")) {
+    throw Error(ErrorKind::invalid_argument, "", "--master-addr", "with --nnodes above 1, the address of node 0 as the other machines reach it");
+  }
   if (o.master_port && (*o.master_port < 1 || *o.master_port > 65535)) {
     throw Error(ErrorKind::invalid_argument, "", "--master-port", "must be a TCP port (1-65535)");
   }
@@ -95,10 +101,19 @@ LaunchResult launch_workers(const LaunchOptions& o, const std::vector<std::strin
   struct sigaction action {};
   action.sa_handler = on_forwarded_signal;
   sigemptyset(&action.sa_mask);
-  struct sigaction previous_int {}, previous_term {};
-  g_forward_signal.store(0);
+  struct sigaction previous_int {}, previous_term {}, previous_child {};
+  g_forward_signals.store(0);
   sigaction(SIGINT, &action, &previous_int);
   sigaction(SIGTERM, &action, &previous_term);
+  // An inherited SIG_IGN would have the kernel reap the workers before waitpid could read their status.
+  struct sigaction default_child {};
+  default_child.sa_handler = SIG_DFL;
+  sigaction(SIGCHLD, &default_child, &previous_child);
+  auto restore_signals = [&] {
+    sigaction(SIGINT, &previous_int, nullptr);
+    sigaction(SIGTERM, &previous_term, nullptr);
+    sigaction(SIGCHLD, &previous_child, nullptr);
+  };
 
   std::vector<Worker> workers;
   auto signal_all = [&](int signal) {
@@ -117,19 +132,24 @@ LaunchResult launch_workers(const LaunchOptions& o, const std::vector<std::strin
     if (error != 0) {
       signal_all(SIGKILL);
       for (const auto& w : workers) ::waitpid(w.pid, nullptr, 0);
-      sigaction(SIGINT, &previous_int, nullptr);
-      sigaction(SIGTERM, &previous_term, nullptr);
+      restore_signals();
       throw Error(ErrorKind::io, "/proc/self/exe", "", std::string("cannot start a worker: ") + std::strerror(error));
     }
     workers.push_back({pid, o.node_rank * o.nproc_per_node + local});
   }
 
+  // The failure reported: a worker killed by a signal (the cause, when the others then fail in a collective),
+  // else the first to fail.
   std::optional<Clock::time_point> failed_at;
+  bool failure_is_signal = false;
   bool terminated = false;
   bool all_interrupted = true;
   std::size_t running = workers.size();
   while (running > 0) {
-    if (const int signal = g_forward_signal.exchange(0)) signal_all(signal);
+    const unsigned pending = g_forward_signals.exchange(0);
+    for (int signal : {SIGINT, SIGTERM}) {
+      if (pending & (1u << signal)) signal_all(signal);
+    }
     bool reaped = false;
     for (auto& w : workers) {
       if (!w.running) continue;
@@ -142,10 +162,12 @@ LaunchResult launch_workers(const LaunchOptions& o, const std::vector<std::strin
       const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
       const bool interrupted = WIFEXITED(status) && WEXITSTATUS(status) == 130;
       all_interrupted &= interrupted;
-      if (!ok && !interrupted && !result.failure) {
+      // Once the launcher has signalled the rest, their deaths are its doing, not causes.
+      if (!ok && !interrupted && (!result.failure || (WIFSIGNALED(status) && !failure_is_signal && !terminated))) {
         result.failure = describe(w, status);
         result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
-        failed_at = Clock::now();
+        failure_is_signal = WIFSIGNALED(status);
+        if (!failed_at) failed_at = Clock::now();
       }
     }
     if (failed_at && running > 0) {
@@ -159,8 +181,7 @@ LaunchResult launch_workers(const LaunchOptions& o, const std::vector<std::strin
     }
     if (!reaped && running > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  sigaction(SIGINT, &previous_int, nullptr);
-  sigaction(SIGTERM, &previous_term, nullptr);
+  restore_signals();
   if (!result.failure && all_interrupted) result.exit_code = 130;
   return result;
 }

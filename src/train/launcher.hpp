@@ -10,6 +10,9 @@
 
 namespace ckpt::train {
 
+// Set in each worker's environment to the launcher's pid: the worker dies with the launcher.
+inline constexpr const char* kLauncherPidVariable = "CKPT_LAUNCHER_PID";
+
 struct LaunchOptions {
   int nproc_per_node = 1;
   int nnodes = 1;
@@ -25,7 +28,8 @@ struct LaunchResult {
 
 // Starts the workers (argv[0] is replaced by this executable), forwards SIGINT and SIGTERM to them and waits.
 // When one fails, the others are given a grace period to stop on their own (their next collective fails), then
-// SIGTERM, then SIGKILL: no worker outlives the launcher. Throws Error (invalid_argument, io) when it cannot start.
+// SIGTERM, then SIGKILL; a worker also dies with the launcher (kLauncherPidVariable). Throws Error
+// (invalid_argument, io) when it cannot start.
 LaunchResult launch_workers(const LaunchOptions& options, const std::vector<std::string>& argv);
 
 }  // namespace ckpt::train

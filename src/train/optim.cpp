@@ -104,6 +104,7 @@ NodeId AdamW::state_dict(GraphMaker& out) const {
 }
 
 void AdamW::load_state_dict(const std::vector<const checkpoint::Source*>& sources, const Parameters& parameters) {
+  if (sources.empty()) throw Error(ErrorKind::invalid_argument, "", "optimizer", "no optimizer state to load");
   const auto order = packed_order();
   state_.assign(parameters.size(), std::nullopt);
   state_order_.clear();

@@ -647,13 +647,15 @@ void Trainer::restore(const std::string& dir) {
   {
     // optimizer.pt, or every rank's shard: a run of another world size or sharding takes what it keeps.
     std::vector<std::unique_ptr<checkpoint::Source>> loaded;
-    if (fs::exists(d / "optimizer.pt")) {
-      loaded.push_back(checkpoint::load_source((d / "optimizer.pt").string()));
-    } else if (const auto shards = checkpoint::find_optimizer_shards(dir)) {
-      for (const auto& name : shards->files) loaded.push_back(checkpoint::load_source((d / name).string()));
-    }
     std::vector<const checkpoint::Source*> sources;
-    for (const auto& source : loaded) sources.push_back(source.get());
+    if (fs::exists(d / "optimizer.pt")) {
+      sources.push_back(loaded.emplace_back(checkpoint::load_source((d / "optimizer.pt").string())).get());
+    } else if (const auto shards = checkpoint::find_optimizer_shards(dir)) {
+      for (const auto& name : shards->files) sources.push_back(loaded.emplace_back(checkpoint::load_source((d / name).string())).get());
+      checkpoint::check_shard_set(sources);
+    } else {
+      throw Error(ErrorKind::corrupt, (d / "optimizer.pt").string(), "", "missing, and no optimizer shards either");
+    }
     optimizer_->load_state_dict(sources, model_->parameters());
   }
   {
@@ -746,28 +748,39 @@ void Trainer::train_step(const at::Tensor& inputs, const at::Tensor& labels) {
   loss_total_ += loss_value.item<double>();
 }
 
-// In a group: one all-reduce of every gradient, the loss and the stop flag; gradients and loss become the
-// global batch's means, and stop_requested_ whether any rank was interrupted.
+// In a group: one all-reduce of every gradient, the loss, the stop flag and which parameters have a gradient
+// anywhere; gradients and loss become the global batch's means, and stop_requested_ whether any rank was
+// interrupted. A parameter no rank has a gradient for keeps none (as one process would leave it).
 void Trainer::all_reduce_gradients(at::Tensor& loss_value) {
   if (!group_) return;
   auto& params = model_->parameters();
+  const auto count = static_cast<std::int64_t>(params.size());
   std::vector<at::Tensor> parts;
-  for (auto& [name, p] : params) parts.push_back(p.grad().defined() ? p.grad().reshape(-1) : at::zeros({p.numel()}, at::kFloat));
+  at::Tensor has_grad = at::zeros({count}, at::kFloat);
+  for (std::int64_t i = 0; i < count; ++i) {
+    const at::Tensor& p = params[static_cast<std::size_t>(i)].second;
+    parts.push_back(p.grad().defined() ? p.grad().reshape(-1) : at::zeros({p.numel()}, at::kFloat));
+    if (p.grad().defined()) has_grad[i] = 1.0;
+  }
   parts.push_back(loss_value.reshape({1}).to(at::kFloat));
   parts.push_back(at::full({1}, interrupted() ? 1.0 : 0.0, at::kFloat));
+  parts.push_back(has_grad);
   at::Tensor flat = at::cat(parts);
   group_->allreduce_sum(flat);
+  const std::int64_t total = flat.numel() - 2 - count;  // gradient elements
   const float* sums = flat.data_ptr<float>();
-  const std::int64_t total = flat.numel() - 2;
   stop_requested_ = sums[total + 1] > 0;
+  const std::vector<float> graded(sums + total + 2, sums + total + 2 + count);
   flat = flat.slice(0, 0, total + 1).div_(static_cast<double>(world_size_));
   std::int64_t offset = 0;
   at::NoGradGuard no_grad;
-  for (auto& [name, p] : params) {
+  for (std::int64_t i = 0; i < count; ++i) {
+    at::Tensor& p = params[static_cast<std::size_t>(i)].second;
     at::Tensor mean = flat.slice(0, offset, offset + p.numel()).view(p.sizes());
+    offset += p.numel();
+    if (graded[static_cast<std::size_t>(i)] == 0) continue;
     if (p.grad().defined()) p.mutable_grad().copy_(mean);
     else p.mutable_grad() = mean.clone();
-    offset += p.numel();
   }
   loss_value = flat[total].clone();
 }
@@ -887,7 +900,11 @@ void Trainer::commit(CheckpointFiles files) {
       }
     });
   } catch (...) {
-    if (main_process()) fs_util::remove_tree(staging);
+    // Best effort, so that the error reported is the one that stopped the save; a leftover is cleared later.
+    try {
+      if (main_process()) fs_util::remove_tree(staging);
+    } catch (const Error&) {
+    }
     throw;
   }
   if (!main_process()) return;
@@ -1131,11 +1148,12 @@ void Trainer::run_in_group() {
       prepare_arguments({});
       validate_arguments();
     });
+    agree_on_arguments();  // before anything is touched
     together("to open the run directory", [&] {
       if (main_process()) open_run_directory();
     });
   }
-  agree_on_arguments();
+  if (request_.mode == TrainMode::resume) agree_on_arguments();
   build();
   if (resume_dir_) {
     const auto start = Clock::now();

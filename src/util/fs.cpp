@@ -105,6 +105,24 @@ bool is_abandoned_temporary(const std::string& path) {
   return ::lstat(path.c_str(), &st) == 0 && std::time(nullptr) - st.st_mtime > 60;
 }
 
+std::size_t clear_abandoned_temporaries(const std::string& dir, const std::string& name) {
+  const std::string prefix = "." + name;
+  std::size_t cleared = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.empty() ? "." : dir, ec)) {
+    const std::string path = entry.path().string();
+    if (entry.path().filename().string().rfind(prefix, 0) != 0 || !is_abandoned_temporary(path)) continue;
+    remove_tree(path);
+    ++cleared;
+  }
+  return cleared;
+}
+
+void clear_abandoned_temporaries_of(const std::string& destination) {
+  const std::filesystem::path d(destination);
+  clear_abandoned_temporaries(d.parent_path().string(), d.filename().string());
+}
+
 void replace_symlink(const std::string& target, const std::string& link) {
   const std::filesystem::path link_path(link);
   const std::string temp = (link_path.parent_path() / ("." + link_path.filename().string() + ".tmp-" + unique_suffix())).string();

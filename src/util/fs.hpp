@@ -49,6 +49,13 @@ void build_directory(const std::string& destination, const std::function<void(co
 // left alone while it writes).
 bool is_abandoned_temporary(const std::string& path);
 
+// Removes the abandoned temporaries (files or directories) in `dir` whose names begin with `.` + `name` (every
+// temporary when `name` is empty); returns how many. A writer of `dir/name` calls it first, so what a killed
+// writer left is cleared by the next one.
+std::size_t clear_abandoned_temporaries(const std::string& dir, const std::string& name = "");
+// The same for the temporaries of `destination`, beside it.
+void clear_abandoned_temporaries_of(const std::string& destination);
+
 // A name unique to this process and call, for temporary entries beside a destination.
 std::string unique_suffix();
 

@@ -20,6 +20,14 @@ def subcommands():
     return re.findall(r"^\s+([a-z]+)\s", section, re.M)
 
 
+def zsh_complete(line):
+    """The line as an interactive zsh shows it after a TAB (tests/cli/zsh_complete.zsh drives it in a pseudo-terminal)."""
+    out = subprocess.run(["zsh", "-f", os.path.join(ROOT, "tests", "cli", "zsh_complete.zsh"), os.path.join(ROOT, "completions"), line],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    return out.replace("\r", "\n").splitlines()[-1] if out.strip() else ""
+
+
 def bash_complete(line):
     """Runs the bash completion function on `line` (completing its last word) and returns COMPREPLY."""
     words = line.split(" ")
@@ -111,6 +119,17 @@ class Completions(unittest.TestCase):
     def test_zsh_and_fish_parse(self):
         subprocess.run(["zsh", "-n", os.path.join(ROOT, "completions", "_ckpt")], check=True)
         subprocess.run(["fish", "-n", os.path.join(ROOT, "completions", "ckpt.fish")], check=True)
+
+    def test_zsh_completes(self):
+        self.assertEqual(zsh_complete("ckpt conv"), "ckpt convert ")
+        self.assertEqual(zsh_complete("ckpt convert x --to arch"), "ckpt convert x --to archive ")
+        self.assertEqual(zsh_complete("ckpt convert x --cons"), "ckpt convert x --consolidate ")
+        self.assertEqual(zsh_complete("ckpt save --nproc"), "ckpt save --nproc-per-node ")
+        self.assertEqual(zsh_complete("ckpt rotate --sort m"), "ckpt rotate --sort mtime ")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("checkpoint-10", "checkpoint-200"):
+                os.mkdir(os.path.join(tmp, name))
+            self.assertEqual(zsh_complete(f"ckpt resume {tmp} --from checkpoint-1"), f"ckpt resume {tmp} --from checkpoint-10 ")
 
     def test_fish_completes(self):
         script = (f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt ins'; complete -C 'ckpt inspect --v'; "

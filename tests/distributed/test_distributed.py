@@ -8,9 +8,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 import unittest
 
 import torch
@@ -51,6 +53,15 @@ def clean_env():
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LD_PRELOAD", "CKPT_FAULT"):
         env.pop(key, None)
     return env
+
+
+def alive(pid):
+    """Whether a process runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def free_port():
@@ -178,6 +189,59 @@ class DistributedTest(unittest.TestCase):
         # The consolidated checkpoint resumes as an unsharded one.
         self.assertEqual(self.run_ckpt(["convert", os.path.join(plain, "checkpoint-40"), "--consolidate", "-o", self.path("x")]).returncode, 2)
 
+    def test_consolidate_refuses_shards_that_do_not_fit(self):
+        run = self.save("run", ["--shard-optimizer"])
+        ckpt = os.path.join(run, "checkpoint-20")
+        shard = torch.load(os.path.join(ckpt, "optimizer_1.pt"))
+        shard["shard"]["params"] = [0] + shard["shard"]["params"]  # index 0 is rank 0's
+        torch.save(shard, os.path.join(ckpt, "optimizer_1.pt"))
+        r = self.run_ckpt(["convert", ckpt, "--consolidate", "-o", self.path("out")])
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("optimizer_1.pt: shard.params: index 0 owned by two shards", r.stderr)
+        self.assertFalse(os.path.exists(self.path("out")))
+        r = self.run_ckpt(["resume", run, "--from", "checkpoint-20"] + TWO)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("owned by two shards", r.stderr)
+        r = self.run_ckpt(["convert", os.path.join(run, "checkpoint-40"), "--consolidate", "--dtype", "bf16", "-o", self.path("out")])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--dtype: applies to converted weights", r.stderr)
+
+    def test_another_tools_optimizer_file_is_never_deleted(self):
+        # An optimizer_0.pt that ckpt did not write (no shard record): unreadable, not incomplete, so rotate keeps it.
+        run = self.save("run")
+        torch.save({"state": {}, "param_groups": []}, os.path.join(run, "checkpoint-20", "optimizer_0.pt"))
+        by_name = {e["name"]: e for e in json.loads(self.ok(["list", run, "--json"]).stdout)}
+        self.assertFalse(by_name["checkpoint-20"]["complete"])
+        self.assertIn("not an optimizer shard written by ckpt", " ".join(by_name["checkpoint-20"]["problems"]))
+        self.ok(["rotate", run, "--keep", "1", "--stale-after", "0s", "-q"])
+        self.assertTrue(os.path.isdir(os.path.join(run, "checkpoint-20")))
+
+    def test_sigterm_stops_every_worker_after_the_step_and_the_launcher_takes_them_along(self):
+        run = self.path("run")
+        args = [CKPT, "save", "--output-dir", run, "--max-steps", "100000", "--save-steps", "50", "--train-examples", "1024", "-q"] + TWO
+        p = subprocess.Popen(args, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not any(d.startswith("checkpoint-") for d in (os.listdir(run) if os.path.isdir(run) else [])):
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+        self.assertEqual(p.returncode, 130, err)
+        self.assertEqual(err, "")
+        for c in (d for d in os.listdir(run) if d.startswith("checkpoint-")):
+            self.assertEqual(self.run_ckpt(["inspect", os.path.join(run, c), "--verify"]).returncode, 0, c)
+        # A launcher killed outright takes its workers with it.
+        p = subprocess.Popen(args[:3] + [run + "2"] + args[4:], env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(3)
+        workers = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        self.assertEqual(len(workers), 2)
+        p.kill()
+        p.wait()
+        deadline = time.monotonic() + 30
+        while any(alive(w) for w in workers):
+            self.assertLess(time.monotonic(), deadline, "a worker outlived its launcher")
+            time.sleep(0.1)
+
     def test_list_and_inspect_count_shards(self):
         run = self.save("run", ["--shard-optimizer"])
         r = json.loads(self.ok(["inspect", os.path.join(run, "checkpoint-20"), "--json"]).stdout)
@@ -227,6 +291,8 @@ class DistributedTest(unittest.TestCase):
         env = clean_env()
         # Rank 1 SIGKILLs itself when it makes its rng state of checkpoint-40 durable.
         env.update(LD_PRELOAD=SHIM, CKPT_FAULT="fsync:2:kill", CKPT_FAULT_MATCH="rng_state_1")
+        # The shim is not instrumented; under ASan it comes first in the library list by design.
+        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
         run = self.path("b")
         r = self.run_ckpt(["save", "--output-dir", run] + RUN + TWO, env=env)
         self.assertNotEqual(r.returncode, 0)
@@ -268,7 +334,7 @@ class DistributedTest(unittest.TestCase):
         self.assertEqual([p.returncode for p in procs], [2, 2], outs)
         self.assertIn("rank 1: --learning-rate: differs from rank 0's", outs[1][1])
         self.assertIn("rank 1 failed to agree on the arguments", outs[0][1])
-        self.assertFalse(any(d.startswith("checkpoint-") for d in os.listdir(run)))
+        self.assertFalse(os.path.exists(run))  # refused before anything was touched
 
     def test_port_in_use_and_other_refusals(self):
         with socket.socket() as busy:
@@ -293,6 +359,9 @@ class DistributedTest(unittest.TestCase):
         self.assertIn("WORLD_SIZE: 'two' is not a non-negative integer", r.stderr)
         r = self.run_ckpt(["save", "--output-dir", self.path("run")] + RUN + ["--nproc-per-node", "0"])
         self.assertEqual(r.returncode, 2, r.stderr)
+        r = self.run_ckpt(["save", "--output-dir", self.path("run")] + RUN + ["--nnodes", "2"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--master-addr: with --nnodes above 1", r.stderr)
 
 
 if __name__ == "__main__":

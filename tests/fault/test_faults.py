@@ -7,10 +7,12 @@ write: the same bytes as without it.
 import errno
 import hashlib
 import os
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 import torch
@@ -195,6 +197,114 @@ class Rotate(FaultTest):
         self.assertEqual(run(["rotate", run_dir, "--keep", "1"]).returncode, 0)
         self.assertEqual(hidden(run_dir), [])
         self.assertIn("checkpoint-40", os.listdir(run_dir))
+
+
+def make_checkpoint(path, megabytes):
+    os.makedirs(path)
+    torch.manual_seed(0)
+    n = megabytes * 1000 * 1000 // (4 * 250000)
+    torch.save({"w%d" % i: torch.randn(250, 1000) for i in range(n)}, os.path.join(path, "pytorch_model.bin"))
+    with open(os.path.join(path, "config.json"), "w") as f:
+        f.write('{"model_type": "tiny"}')
+    with open(os.path.join(path, "trainer_state.json"), "w") as f:
+        f.write('{"global_step": 5, "log_history": []}')
+
+
+class FullDisk(FaultTest):
+    """A real full disk: a small tmpfs the test mounts (CI runs as root)."""
+
+    def mount(self, size):
+        mount = self.path("mnt")
+        os.makedirs(mount)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", mount]).returncode != 0:
+            self.fail("mounting a tmpfs needs root (the CI runs as root)")
+        self.addCleanup(subprocess.run, ["umount", mount])
+        return mount
+
+    def test_convert_into_a_full_disk(self):
+        src = self.path("checkpoint-5")
+        make_checkpoint(src, 4)
+        before = tree(src)
+        mount = self.mount("1m")
+        for args, dst in ((["--to", "safetensors"], os.path.join(mount, "out")),
+                          (["--to", "pytorch"], os.path.join(mount, "out")),
+                          (["--to", "archive"], os.path.join(mount, "out.ckpt"))):
+            r = run(["convert", src, "-o", dst] + args)
+            self.assertEqual(r.returncode, 1, (args, r.stderr))
+            self.assertRegex(r.stderr, r"^ckpt: error: %s/[^\n]*No space left on device\n$" % mount, args)
+            self.assertEqual(os.listdir(mount), [], args)  # no partial destination, no temporary
+        r = run(["convert", os.path.join(src, "pytorch_model.bin"), "--to", "safetensors", "-o", os.path.join(mount, "w.safetensors")])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("No space left on device", r.stderr)
+        self.assertEqual(os.listdir(mount), [])
+        self.assertEqual(tree(src), before)
+
+    def test_rotate_archive_into_a_full_disk(self):
+        run_dir = self.path("run")
+        r = run(["save", "--output-dir", run_dir, "-q", "--max-steps", "40", "--save-steps", "10", "--hidden-size", "256"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        before = {c: tree(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
+        mount = self.mount("300k")  # room for one archive of the four, not two
+        r = run(["rotate", run_dir, "--keep", "1", "--archive", mount, "--json"])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr, r"^ckpt: error: %s/checkpoint-\d+\.ckpt[^\n]*No space left on device\n$" % mount)
+        archived = sorted(f for f in os.listdir(mount))
+        self.assertTrue(all(f.startswith("checkpoint-") and f.endswith(".ckpt") for f in archived), archived)  # no temporary
+        for c, files in before.items():
+            if c + ".ckpt" in archived:
+                self.assertFalse(os.path.exists(os.path.join(run_dir, c)), c)
+                restored = self.path("restored-" + c)
+                self.assertEqual(run(["convert", os.path.join(mount, c + ".ckpt"), "--to", "dir", "-o", restored]).returncode, 0)
+                self.assertEqual(tree(restored), files, c)
+            else:
+                self.assertEqual(tree(os.path.join(run_dir, c)), files, c)  # kept whole: its archive failed
+        self.assertEqual(hidden(run_dir), [])
+
+
+class Kills(FaultTest):
+    """SIGKILL of convert at seeded random moments: the destination is complete or absent, and what the killed
+    process left is cleared by the next convert to the same destination once it is stale."""
+
+    def kill_at_random_moments(self, args, dst, trials):
+        reference = self.path("reference")
+        started = time.monotonic()
+        self.assertEqual(run(["convert"] + args + ["-o", reference]).returncode, 0)
+        duration = time.monotonic() - started
+        expected = tree(reference) if os.path.isdir(reference) else sha(reference)
+        rng = random.Random(11)
+        outcomes = {"absent": 0, "complete": 0}
+        for trial in range(trials):
+            p = subprocess.Popen([CKPT_BIN, "convert"] + args + ["-o", dst], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0, duration * 1.2))
+            p.kill()
+            p.wait()
+            label = "trial %d" % trial
+            if os.path.exists(dst):
+                self.assertEqual(tree(dst) if os.path.isdir(dst) else sha(dst), expected, label)
+                outcomes["complete"] += 1
+                shutil.rmtree(dst) if os.path.isdir(dst) else os.remove(dst)
+            else:
+                outcomes["absent"] += 1
+            # Leftovers look stale a minute later; the next convert to the same destination clears them.
+            old = time.time() - 120
+            for name in hidden(self.tmp):
+                self.assertTrue(name.startswith("." + os.path.basename(dst) + ".tmp-"), (label, name))
+                os.utime(self.path(name), (old, old), follow_symlinks=False)
+            r = run(["convert"] + args + ["-o", dst])
+            self.assertEqual(r.returncode, 0, (label, r.stderr))
+            self.assertEqual(hidden(self.tmp), [], label)
+            shutil.rmtree(dst) if os.path.isdir(dst) else os.remove(dst)
+        self.assertGreater(outcomes["absent"], 0, outcomes)
+
+    def test_directory_convert(self):
+        src = self.path("checkpoint-5")
+        make_checkpoint(src, 24)
+        self.kill_at_random_moments([src, "--to", "safetensors"], self.path("out"), 20)
+
+    def test_file_convert(self):
+        src = self.path("checkpoint-5")
+        make_checkpoint(src, 24)
+        self.kill_at_random_moments([os.path.join(src, "pytorch_model.bin"), "--to", "safetensors"], self.path("out.safetensors"), 20)
 
 
 if __name__ == "__main__":

@@ -446,7 +446,7 @@ class Output(TrainTest):
 
 
 class Concurrency(TrainTest):
-    SECONDS = float(os.environ.get("CKPT_CONCURRENCY_SECONDS", "120"))
+    SECONDS = float(os.environ.get("CKPT_CONCURRENCY_SECONDS", "180"))
 
     def test_training_while_rotate_and_inspect_run(self):
         """The trainer saves every few steps for SECONDS while four `rotate --keep 2` loops and an
