@@ -1,0 +1,57 @@
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "util/fs.hpp"
+
+using namespace ckpt;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A pid that no process has now: a child that has exited and been reaped.
+pid_t dead_pid() {
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(0);
+  ::waitpid(pid, nullptr, 0);
+  return pid;
+}
+
+void age(const fs::path& path) { fs::last_write_time(path, fs::file_time_type::clock::now() - std::chrono::minutes(5)); }
+
+}  // namespace
+
+TEST_CASE("clear_abandoned_temporaries removes only stale temporaries of dead writers, of the name asked") {
+  const fs::path dir = fs::temp_directory_path() / ("ckpt-fs-test-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string dead = std::to_string(dead_pid());
+  const std::string alive = std::to_string(::getpid());
+  const fs::path stale_file = dir / (".out.tmp-" + dead + "-1");
+  const fs::path stale_dir = dir / (".out.tmp-" + dead + "-2");
+  const fs::path recent = dir / (".out.tmp-" + dead + "-3");
+  const fs::path live = dir / (".out.tmp-" + alive + "-4");
+  const fs::path other_name = dir / (".other.tmp-" + dead + "-5");
+  const fs::path not_temporary = dir / ".out.tmp-x";
+  for (const auto& p : {stale_file, recent, live, other_name, not_temporary}) std::ofstream(p) << "x";
+  fs::create_directories(stale_dir / "inner");
+  std::ofstream(stale_dir / "inner" / "f") << "x";
+  for (const auto& p : {stale_file, stale_dir, live, other_name, not_temporary}) age(p);
+
+  CHECK(fs_util::clear_abandoned_temporaries(dir.string(), "out") == 2);
+  CHECK_FALSE(fs::exists(stale_file));
+  CHECK_FALSE(fs::exists(stale_dir));
+  CHECK(fs::exists(recent));         // modified within the minute: perhaps a writer on another host
+  CHECK(fs::exists(live));           // its writer runs
+  CHECK(fs::exists(other_name));     // another destination's
+  CHECK(fs::exists(not_temporary));  // no pid in the name
+
+  fs_util::clear_abandoned_temporaries_of((dir / "other").string());
+  CHECK_FALSE(fs::exists(other_name));
+  CHECK(fs_util::clear_abandoned_temporaries(dir.string()) == 0);
+  fs::remove_all(dir);
+}
