@@ -3,8 +3,13 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <thread>
 
 #include "util/error.hpp"
 
@@ -15,6 +20,19 @@ namespace {
 // may be writing a large checkpoint while the others wait in one).
 constexpr std::chrono::seconds kRendezvousTimeout{300};
 constexpr std::chrono::minutes kCollectiveTimeout{30};
+
+std::string host_name() {
+  char name[256] = {};
+  return ::gethostname(name, sizeof name - 1) == 0 ? std::string(name) : std::string();
+}
+
+// Whether a process runs here (a zombie, dead but not yet reaped by its parent, does not).
+bool process_runs(long pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  const auto close = text.rfind(')');
+  return close != std::string::npos && close + 2 < text.size() && text[close + 2] != 'Z';
+}
 
 bool is_loopback(const std::string& address) {
   return address == "localhost" || address == "::1" || address.rfind("127.", 0) == 0;
@@ -52,7 +70,14 @@ ProcessGroup::ProcessGroup(const DistributedSettings& settings)
     } else {
       options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     }
+    store_->set("ckpt/process/" + std::to_string(rank_), to_bytes(host_name() + "\n" + std::to_string(::getpid())));
     group_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store_, rank_, size_, options);
+    // Every rank set its key before joining the group, which waits for all of them.
+    for (int r = 0; r < size_; ++r) {
+      const std::string text = to_text(store_->get("ckpt/process/" + std::to_string(r)));
+      const auto newline = text.find('\n');
+      processes_.emplace_back(text.substr(0, newline), newline == std::string::npos ? 0 : std::atol(text.c_str() + newline + 1));
+    }
   } catch (const std::exception& e) {
     throw Error(ErrorKind::io, address_, "", std::string("cannot form the Gloo process group: ") + e.what());
   }
@@ -79,7 +104,22 @@ void ProcessGroup::lost_peer(const std::exception& cause) {
   } catch (...) {
     // The store lives in rank 0, which may be the process that is gone.
   }
-  if (peer.empty()) peer = std::string("another process is gone (killed, or stopped by an error of its own): ") + cause.what();
+  if (peer.empty()) {
+    const std::string here = host_name();
+    std::string gone;
+    // A killed peer's sockets close as it exits, a moment before it shows as dead: look for up to a second.
+    for (int attempt = 0; attempt < 20 && gone.empty(); ++attempt) {
+      if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      for (int r = 0; r < size_; ++r) {
+        const auto& [host, pid] = processes_[static_cast<std::size_t>(r)];
+        if (r == rank_ || host != here || pid <= 0 || process_runs(pid)) continue;
+        gone += (gone.empty() ? "rank " : ", rank ") + std::to_string(r) + " (pid " + std::to_string(pid) + ")";
+      }
+    }
+    peer = gone.empty() ? std::string("another process is gone (killed, or stopped by an error of its own): ")
+                        : gone + " is gone (killed, or stopped by an error of its own): ";
+    peer += cause.what();
+  }
   throw Error(ErrorKind::io, address_, "", peer);
 }
 

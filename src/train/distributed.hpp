@@ -3,7 +3,8 @@
 // init_process_group("gloo", init_method="env://") sets them up.
 //
 // Failures: a collective that fails because a peer is gone (killed, or exited after an error of its own)
-// throws an io Error saying so, with the peer's own message when it left one in the store (report_failure).
+// throws an io Error saying so: with the peer's own message when it left one in the store (report_failure),
+// else naming the ranks on this host whose process no longer runs.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -56,6 +57,9 @@ class ProcessGroup {
   int size_;
   std::string address_;
   std::int64_t sequence_ = 0;
+  // Every rank's host and pid, read once the group has formed: a rank whose peer on this host is gone can
+  // name it, even when the store (in rank 0) went with it.
+  std::vector<std::pair<std::string, long>> processes_;
   c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group_;
 };
