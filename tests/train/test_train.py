@@ -338,15 +338,16 @@ class Reliability(TrainTest):
             finish_and_compare(run)
 
     def test_interrupt_exits_130_with_complete_checkpoints(self):
+        # Ctrl-C, synchronous and asynchronous saves; SIGTERM (a scheduler's preemption) the same way.
         run = self.path("run")
-        for flags in ([], ["--async-save"]):
+        for flags, sig in (([], signal.SIGINT), (["--async-save"], signal.SIGINT), ([], signal.SIGTERM)):
             shutil.rmtree(run, ignore_errors=True)
             p = subprocess.Popen([R.CKPT_BIN, "save", "--output-dir", run, "--json", "--max-steps", "100000", "--save-steps", "50",
                                   *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             deadline = time.time() + 60
             while time.time() < deadline and not (os.path.isdir(run) and checkpoints(run)):
                 time.sleep(0.05)
-            p.send_signal(signal.SIGINT)
+            p.send_signal(sig)
             out, err = p.communicate(timeout=60)
             self.assertEqual(p.returncode, 130, err)
             result = json.loads(out)
