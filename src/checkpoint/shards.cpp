@@ -45,7 +45,8 @@ std::pair<std::int64_t, std::int64_t> shard_identity(const std::string& path) {
   auto bad = [&](const std::string& what) -> std::pair<std::int64_t, std::int64_t> {
     throw Error(ErrorKind::corrupt, path, kShardKey, what);
   };
-  if (!g.is(g.root(), Kind::dict)) return bad("not an optimizer state dict");
+  // Another tool's file of that name is not ours to judge: unreadable (never deleted by rotate), not corrupt.
+  if (!g.is(g.root(), Kind::dict)) throw Error(ErrorKind::unsupported, path, "", "not an optimizer shard written by ckpt");
   const auto& items = g.at(g.root()).items;
   for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
     if (!g.is(items[i], Kind::string) || g.at(items[i]).text != kShardKey) continue;
@@ -60,7 +61,6 @@ std::pair<std::int64_t, std::int64_t> shard_identity(const std::string& path) {
     if (!rank || !world || *world < 1 || *world > (1 << 20) || *rank < 0 || *rank >= *world) return bad("rank or world_size missing or out of range");
     return {*rank, *world};
   }
-  // Another tool's file of that name: not ours to judge, so the checkpoint is unreadable, never deleted.
   throw Error(ErrorKind::unsupported, path, kShardKey, "missing: not an optimizer shard written by ckpt");
 }
 

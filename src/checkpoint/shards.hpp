@@ -27,8 +27,8 @@ struct OptimizerShards {
 };
 
 // The optimizer shards of a checkpoint directory; nullopt when it has none. Reads the pickles only (never tensor
-// bytes). Throws corrupt when the set is not whole: a shard missing, or shards disagreeing about the world size
-// or their ranks.
+// bytes). Throws corrupt when the set is not whole (a shard missing, or shards disagreeing about the world size
+// or their ranks), unsupported for an optimizer_<n>.pt that ckpt did not write (no shard record).
 std::optional<OptimizerShards> find_optimizer_shards(const std::string& dir);
 
 // How many processes wrote the checkpoint: its optimizer shards' world size, else one more than the highest

@@ -209,12 +209,15 @@ class DistributedTest(unittest.TestCase):
     def test_another_tools_optimizer_file_is_never_deleted(self):
         # An optimizer_0.pt that ckpt did not write (no shard record): unreadable, not incomplete, so rotate keeps it.
         run = self.save("run")
-        torch.save({"state": {}, "param_groups": []}, os.path.join(run, "checkpoint-20", "optimizer_0.pt"))
+        for step, foreign in ((20, {"state": {}, "param_groups": []}), (40, [1, 2, 3])):
+            torch.save(foreign, os.path.join(run, f"checkpoint-{step}", "optimizer_0.pt"))
         by_name = {e["name"]: e for e in json.loads(self.ok(["list", run, "--json"]).stdout)}
-        self.assertFalse(by_name["checkpoint-20"]["complete"])
-        self.assertIn("not an optimizer shard written by ckpt", " ".join(by_name["checkpoint-20"]["problems"]))
+        for name in ("checkpoint-20", "checkpoint-40"):
+            self.assertFalse(by_name[name]["complete"])
+            self.assertIn("not an optimizer shard written by ckpt", " ".join(by_name[name]["problems"]))
         self.ok(["rotate", run, "--keep", "1", "--stale-after", "0s", "-q"])
         self.assertTrue(os.path.isdir(os.path.join(run, "checkpoint-20")))
+        self.assertTrue(os.path.isdir(os.path.join(run, "checkpoint-40")))
 
     def test_sigterm_stops_every_worker_after_the_step_and_the_launcher_takes_them_along(self):
         run = self.path("run")
