@@ -293,11 +293,11 @@ class Writer {
     u8(0x85);
     bytes("b");
     out_ += "\x87R";
+    if (a.descr.empty()) return;  // never given its state (no BUILD was read): written as it was read
     u8('(');
     integer(1);
     int_tuple(a.shape);
-    const std::string descr = a.descr.empty() ? "|u1" : a.descr;
-    numpy_dtype(descr.substr(1), descr[0]);
+    numpy_dtype(a.descr.substr(1), a.descr[0]);
     u8(0x89);
     bytes(a.data);
     out_ += "tb";

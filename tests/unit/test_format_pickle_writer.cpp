@@ -29,6 +29,18 @@ TEST_CASE("values written as protocol 2 read back equal") {
   CHECK(checkpoint::to_data(back, back.root()) == checkpoint::to_data(g, g.root()));
 }
 
+TEST_CASE("a numpy array never given its state round-trips as such") {
+  // numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b') with no BUILD after it (found by fuzz_roundtrip;
+  // tests/fuzz/regressions/roundtrip-ndarray-without-state): the writer used to give it a uint8 dtype.
+  const std::string input = std::string("\x80\x02", 2) + "cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" +
+                            std::string("K\x00\x85", 3) + "C\x01" "b" + "\x87R.";
+  const auto g = pickle::parse(as_bytes(input));
+  const std::string written = pickle::write(g, g.root());
+  const auto back = pickle::parse(as_bytes(written));
+  CHECK(json::dump(checkpoint::to_data(back, back.root())) == json::dump(checkpoint::to_data(g, g.root())));
+  CHECK(pickle::write(back, back.root()) == written);
+}
+
 TEST_CASE("the structure encoding round-trips every kind it holds") {
   torch_archive::TorchFile file(data_path("tiny_values.pt"));
   const auto& g = file.graph();
