@@ -56,7 +56,12 @@ class Converter {
       case Kind::none: return nullptr;
       case Kind::boolean: return n.flag;
       case Kind::integer: return n.integer;
-      case Kind::big_integer: return decimal_from_twos_complement(n.text);
+      case Kind::big_integer: {
+        // Once per node: a shared big int may be reached a million times, and its digits cost quadratic time.
+        auto it = decimals_.find(id);
+        if (it == decimals_.end()) it = decimals_.emplace(id, decimal_from_twos_complement(n.text)).first;
+        return it->second;
+      }
       case Kind::floating: return n.number;
       case Kind::string: return n.text;
       case Kind::bytes: return json::Json{{"type", "bytes"}, {"length", n.text.size()}};
@@ -114,6 +119,7 @@ class Converter {
   }
 
   const pickle::Graph& graph_;
+  std::unordered_map<pickle::NodeId, std::string> decimals_;
 };
 
 }  // namespace
