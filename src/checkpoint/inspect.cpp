@@ -529,8 +529,9 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   report.problems = completeness.problems;
 
   try {
-    report.world_size = checkpoint_world_size(dir);
-    report.optimizer_sharded = find_optimizer_shards(dir).has_value();
+    const auto shards = find_optimizer_shards(dir);
+    report.optimizer_sharded = shards.has_value();
+    report.world_size = shards ? shards->world_size : checkpoint_world_size(dir);
   } catch (const Error&) {
     // An incomplete shard set: assess_completeness said why.
   }
