@@ -12,8 +12,12 @@ struct ExportResult {
   std::size_t hardlinked = 0;
 };
 
-// Creates `dest_dir` if needed; each file is placed in one step (hard link or copy, then rename), and the
-// directory is fsynced at the end.
+// Files are hard-linked where possible (checkpoint files are never modified in place), copied otherwise.
+// A destination that does not exist, or holds only an earlier export (weights, config.json,
+// generation_config.json), is built as a staged directory and renamed into place: it is the old export or the
+// new one, never shards of two checkpoints. Into any other directory (say the run directory, where HF's
+// save_model writes), each file is placed in one step, shards before the index and the index before config.json,
+// so a sharded index never names a missing shard.
 ExportResult export_model(const std::string& checkpoint_dir, const std::string& dest_dir);
 
 }  // namespace ckpt::checkpoint

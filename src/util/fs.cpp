@@ -80,6 +80,11 @@ void exchange(const std::string& from, const std::string& to) {
   fsync_directory(dir);
 }
 
+std::filesystem::path entry_path(const std::string& path) {
+  std::filesystem::path p = std::filesystem::path(path).lexically_normal();
+  return p.has_filename() ? p : p.parent_path();
+}
+
 void durable_rename(const std::string& from, const std::string& to) {
   if (::rename(from.c_str(), to.c_str()) != 0) fail_io(from, "rename to " + to, errno);
   const auto parent = std::filesystem::path(to).parent_path();
@@ -119,7 +124,7 @@ std::size_t clear_abandoned_temporaries(const std::string& dir, const std::strin
 }
 
 void clear_abandoned_temporaries_of(const std::string& destination) {
-  const std::filesystem::path d(destination);
+  const std::filesystem::path d = entry_path(destination);
   clear_abandoned_temporaries(d.parent_path().string(), d.filename().string());
 }
 
@@ -165,8 +170,9 @@ void remove_tree(const std::string& path) {
   }
 }
 
-void build_directory(const std::string& destination, const std::function<void(const std::string& staging)>& fill) {
-  const fs::path dest(destination);
+void build_directory(const std::string& destination_as_given, const std::function<void(const std::string& staging)>& fill) {
+  const fs::path dest = entry_path(destination_as_given);
+  const std::string destination = dest.string();
   const fs::path parent = dest.parent_path().empty() ? fs::path(".") : dest.parent_path();
   const std::string staging = (parent / ("." + dest.filename().string() + ".tmp-" + unique_suffix())).string();
   std::error_code ec;

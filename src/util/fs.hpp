@@ -2,6 +2,7 @@
 // removal that never follows links.
 #pragma once
 
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -37,6 +38,9 @@ void copy_file(const std::string& from, const std::string& to);
 // The same, but a hard link when both are on one file system (for files nobody will modify, such as an
 // export of immutable checkpoint files). Returns true when it hard-linked.
 bool link_or_copy(const std::string& from, const std::string& to);
+
+// `path` as the entry it names: `out/` and `a/./out` are `out` in its parent, so temporaries go beside it.
+std::filesystem::path entry_path(const std::string& path);
 
 // Builds a directory in a hidden staging directory beside `destination` (`.NAME.tmp-*`), filled by `fill`
 // (which makes its files durable), then fsyncs it and renames it into place, so the destination appears complete

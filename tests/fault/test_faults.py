@@ -6,6 +6,7 @@ write: the same bytes as without it.
 
 import errno
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -197,6 +198,68 @@ class Rotate(FaultTest):
         self.assertEqual(run(["rotate", run_dir, "--keep", "1"]).returncode, 0)
         self.assertEqual(hidden(run_dir), [])
         self.assertIn("checkpoint-40", os.listdir(run_dir))
+
+
+class Export(FaultTest):
+    """`best --export` killed at each of its renames: the destination is the old export or the new one, and a
+    sharded index is never visible without its shards."""
+
+    def setUp(self):
+        super().setUp()
+        self.run_dir = self.path("run")
+        r = run(["save", "--output-dir", self.run_dir, "-q", "--max-steps", "20", "--save-steps", "10", "--eval-steps",
+                 "10", "--max-shard-size", "10KB"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.trees = {c: {n: h for n, h in tree(os.path.join(self.run_dir, c)).items()
+                          if n.startswith("model") or n.endswith("config.json")} for c in ("checkpoint-10", "checkpoint-20")}
+        self.assertGreater(len(self.trees["checkpoint-10"]), 3, self.trees)  # an index, two shards or more, config
+
+    def export(self, dst, mode, fault=None):
+        # --mode max and min pick the two checkpoints (eval_loss differs between them).
+        return run(["best", self.run_dir, "--mode", mode, "--export", dst], fault, match=os.path.basename(dst))
+
+    @staticmethod
+    def visible(path):  # a killed export's temporaries are hidden, and cleared by the next export once stale
+        return {n: h for n, h in tree(path).items() if not n.startswith(".")}
+
+    def kills(self):
+        for n in range(1, len(self.trees["checkpoint-10"]) + 2):
+            yield n, "rename:%d:kill" % n
+
+    def test_new_destination_appears_whole(self):
+        dst = self.path("exported")
+        for n, fault in self.kills():
+            r = self.export(dst, "min", fault)
+            if os.path.exists(dst):
+                self.assertIn(self.visible(dst), self.trees.values(), (n, r.stderr))
+                shutil.rmtree(dst)
+            else:
+                self.assertEqual(r.returncode, -9, (n, r.stderr))
+
+    def test_earlier_export_is_replaced_whole(self):
+        dst = self.path("exported")
+        self.assertEqual(self.export(dst, "max").returncode, 0)
+        first = self.visible(dst)
+        for n, fault in self.kills():
+            r = self.export(dst, "min", fault)
+            self.assertIn(r.returncode, (0, -9), (n, r.stderr))
+            self.assertIn(self.visible(dst), [first, *self.trees.values()], n)
+            self.assertEqual(self.export(dst, "max").returncode, 0)
+
+    def test_index_never_names_a_missing_shard(self):
+        dst = self.path("elsewhere")
+        for n, fault in self.kills():
+            os.makedirs(dst)
+            with open(os.path.join(dst, "notes.txt"), "w") as f:
+                f.write("not an export")
+            r = self.export(dst, "min", fault)
+            self.assertIn(r.returncode, (0, -9), (n, r.stderr))
+            index = os.path.join(dst, "model.safetensors.index.json")
+            if os.path.exists(index):
+                with open(index) as f:
+                    shards = set(json.load(f)["weight_map"].values())
+                self.assertTrue(all(os.path.exists(os.path.join(dst, s)) for s in shards), (n, os.listdir(dst)))
+            shutil.rmtree(dst)
 
 
 def make_checkpoint(path, megabytes):

@@ -55,3 +55,26 @@ TEST_CASE("clear_abandoned_temporaries removes only stale temporaries of dead wr
   CHECK(fs_util::clear_abandoned_temporaries(dir.string()) == 0);
   fs::remove_all(dir);
 }
+
+TEST_CASE("a destination written with a trailing separator is the entry it names") {
+  CHECK(fs_util::entry_path("a/out/") == fs::path("a/out"));
+  CHECK(fs_util::entry_path("a/./out") == fs::path("a/out"));
+  CHECK(fs_util::entry_path("out") == fs::path("out"));
+
+  const fs::path dir = fs::temp_directory_path() / ("ckpt-fs-build-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs_util::build_directory((dir / "out").string() + "/", [](const std::string& staging) {
+    std::ofstream(fs::path(staging) / "f") << "x";
+  });
+  CHECK(fs::exists(dir / "out" / "f"));
+  std::size_t entries = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++entries;
+  CHECK(entries == 1);  // the staging directory was beside `out`, and renamed to it
+  const std::string stale = ".out.tmp-" + std::to_string(dead_pid()) + "-1";
+  fs::create_directories(dir / stale);
+  age(dir / stale);
+  fs_util::clear_abandoned_temporaries_of((dir / "out").string() + "/");
+  CHECK_FALSE(fs::exists(dir / stale));
+  fs::remove_all(dir);
+}
