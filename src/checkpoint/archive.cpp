@@ -425,6 +425,7 @@ ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& arc
     inputs[i].mapped.reset();
     inputs[i].bytes = {};
     inputs[i].reader = std::make_unique<ReadOnlyFile>(inputs[i].path);
+    if (inputs[i].reader->size() < m.files[i].size) fail_shrank(inputs[i].path, "");
     if (inputs[i].reader->size() != m.files[i].size) throw Error(ErrorKind::io, inputs[i].path, "", "changed size while being archived");
   }
 

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "util/error.hpp"
+#include "util/mapped_file.hpp"
 
 #ifndef CKPT_VERSION
 #error "CKPT_VERSION must be defined by the build"
@@ -118,12 +119,26 @@ int run(int argc, char** argv) {
     return exit_usage;
   }
 
+  // A file that shrank under its map was read as zeros: that, not what the zeros led to, is the error.
+  const auto report_shrunk_file = [] {
+    try {
+      ensure_no_mapped_file_shrank();
+      return false;
+    } catch (const Error& e) {
+      std::cout.flush();
+      std::cerr << "ckpt: error: " << e.what() << "\n";
+      return true;
+    }
+  };
   try {
     for (auto& [sub, action] : actions) {
-      if (sub->parsed()) return action();
+      if (!sub->parsed()) continue;
+      const int code = action();
+      return report_shrunk_file() ? exit_failure : code;
     }
     return exit_usage;
   } catch (const Error& e) {
+    if (report_shrunk_file()) return exit_failure;
     std::cout.flush();
     std::cerr << "ckpt: error: " << e.what() << "\n";
     return exit_code_for(e.kind());

@@ -12,6 +12,7 @@
 
 #include "util/error.hpp"
 #include "util/fs.hpp"
+#include "util/mapped_file.hpp"
 
 namespace ckpt {
 namespace {
@@ -171,7 +172,7 @@ void AtomicFile::copy_from(const ReadOnlyFile& source, std::uint64_t offset, std
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) fail_io(destination_, "copy", errno);
       kernel_copy = false;  // not supported between these files, or the source shrank: fall back to read/write
-      if (n == 0) throw Error(ErrorKind::corrupt, source.path(), "byte " + std::to_string(offset), "file shrank while copying");
+      if (n == 0) fail_shrank(source.path(), "byte " + std::to_string(offset));
     }
     std::vector<std::uint8_t> chunk(static_cast<std::size_t>(std::min<std::uint64_t>(length, kBufferSize)));
     source.read_at(offset, chunk);
@@ -206,6 +207,7 @@ void AtomicFile::commit() {
     fail_io(destination_, "close", errno);
   }
   fd_ = -1;
+  ensure_no_mapped_file_shrank();
   if (durable_) {
     fs_util::durable_rename(temp_, destination_);
   } else if (::rename(temp_.c_str(), destination_.c_str()) != 0) {

@@ -48,7 +48,7 @@ void DirectReader::read_at(std::uint64_t offset, std::span<std::uint8_t> out) {
       break;
     }
     if (n < 0) fail_io(file_.path(), "read", errno);
-    if (static_cast<std::size_t>(n) <= skip) throw Error(ErrorKind::corrupt, file_.path(), "byte " + std::to_string(offset), "file shrank while reading");
+    if (static_cast<std::size_t>(n) <= skip) fail_shrank(file_.path(), "byte " + std::to_string(offset));
     const std::size_t got = std::min(static_cast<std::size_t>(n) - skip, out.size());
     std::memcpy(out.data(), buffer_.get() + skip, got);
     out = out.subspan(got);

@@ -51,4 +51,8 @@ void fail_io(const std::string& path, const std::string& action, int error_numbe
   throw Error(kind, path, "", action + ": " + std::strerror(error_number));
 }
 
+void fail_shrank(const std::string& path, const std::string& where) {
+  throw Error(ErrorKind::io, path, where, "the file shrank while being read (rewritten in place by another process?)");
+}
+
 }  // namespace ckpt

@@ -49,4 +49,8 @@ class Error : public std::runtime_error {
 // An errno-carrying I/O failure on `path`.
 [[noreturn]] void fail_io(const std::string& path, const std::string& action, int error_number);
 
+// `path` is shorter than when it was opened: another process truncated or rewrote it in place while we read
+// it. An I/O failure (exit 1), not corruption: the file may well be whole once its writer is done.
+[[noreturn]] void fail_shrank(const std::string& path, const std::string& where);
+
 }  // namespace ckpt

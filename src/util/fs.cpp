@@ -181,6 +181,7 @@ void build_directory(const std::string& destination_as_given, const std::functio
   try {
     fill(staging);
     fsync_directory(staging);
+    ensure_no_mapped_file_shrank();
     std::string replaced;
     if (fs::exists(fs::symlink_status(destination))) {
       replaced = (parent / ("." + dest.filename().string() + ".old-" + unique_suffix())).string();

@@ -1,11 +1,15 @@
 #include "util/mapped_file.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
+#include <atomic>
 #include <cerrno>
+#include <mutex>
 #include <utility>
 
 #include "util/error.hpp"
@@ -57,24 +61,96 @@ void ReadOnlyFile::read_at(std::uint64_t offset, std::span<std::uint8_t> out) co
     ssize_t n = ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) fail_io(path_, "read", errno);
-    if (n == 0) throw Error(ErrorKind::corrupt, path_, "byte " + std::to_string(offset + done), "file shrank while reading");
+    if (n == 0) fail_shrank(path_, "byte " + std::to_string(offset + done));
     done += static_cast<std::size_t>(n);
   }
 }
 
+namespace {
+
+// The live maps, for the SIGBUS handler: it may only read atomics, so each slot is an address range plus a
+// flag it sets. Slots are claimed and released under `g_maps_mutex`; `begin` is published last and cleared first.
+struct LiveMap {
+  std::atomic<std::uintptr_t> begin{0};
+  std::atomic<std::size_t> length{0};
+  std::atomic<bool> shrunk{false};
+};
+constexpr std::size_t kMaxLiveMaps = 4096;
+std::array<LiveMap, kMaxLiveMaps> g_maps;
+std::mutex g_maps_mutex;
+std::string g_shrunk_path;  // guarded by g_maps_mutex: a shrunk map's file, recorded when the map is released
+std::array<std::string, kMaxLiveMaps> g_map_paths;  // guarded by g_maps_mutex
+struct sigaction g_previous_sigbus {};
+std::uintptr_t g_page_mask = 0;
+
+void on_sigbus(int signal, siginfo_t* info, void* context) {
+  // BUS_ADRERR: an access to a mapped page with no file behind it (a raised or queued SIGBUS is not one).
+  const auto address = reinterpret_cast<std::uintptr_t>(info->si_addr);
+  for (std::size_t i = 0; i < kMaxLiveMaps && info->si_code == BUS_ADRERR; ++i) {
+    LiveMap& map = g_maps[i];
+    const std::uintptr_t begin = map.begin.load(std::memory_order_acquire);
+    const std::size_t length = map.length.load(std::memory_order_relaxed);
+    if (begin == 0 || address < begin || address - begin >= length) continue;
+    // Zero pages over the rest of the map; the faulting read is retried and sees zeros.
+    const std::uintptr_t page = address & g_page_mask;
+    if (::mmap(reinterpret_cast<void*>(page), begin + length - page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) break;
+    map.shrunk.store(true, std::memory_order_relaxed);
+    return;
+  }
+  // Not one of ours (or the pages could not be replaced): what would have happened without this handler.
+  ::sigaction(SIGBUS, &g_previous_sigbus, nullptr);
+  if ((g_previous_sigbus.sa_flags & SA_SIGINFO) && g_previous_sigbus.sa_sigaction != nullptr) {
+    g_previous_sigbus.sa_sigaction(signal, info, context);
+  } else if (g_previous_sigbus.sa_handler != SIG_DFL && g_previous_sigbus.sa_handler != SIG_IGN) {
+    g_previous_sigbus.sa_handler(signal);
+  } else {
+    ::raise(signal);  // blocked until this handler returns, then the default action
+  }
+}
+
+void install_sigbus_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    g_page_mask = ~static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE) - 1);
+    struct sigaction action {};
+    action.sa_sigaction = on_sigbus;
+    action.sa_flags = SA_SIGINFO;
+    sigemptyset(&action.sa_mask);
+    ::sigaction(SIGBUS, &action, &g_previous_sigbus);
+  });
+}
+
+}  // namespace
+
 MappedFile::MappedFile(std::string path) : file_(std::move(path)) {
   size_ = static_cast<std::size_t>(file_.size());
-  if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, file_.fd(), 0);
-    if (p == MAP_FAILED) fail_io(file_.path(), "mmap", errno);
-    data_ = static_cast<const std::uint8_t*>(p);
+  if (size_ == 0) return;
+  install_sigbus_handler();
+  std::lock_guard lock(g_maps_mutex);
+  for (std::size_t i = 0; i < kMaxLiveMaps && slot_ < 0; ++i) {
+    if (g_map_paths[i].empty()) slot_ = static_cast<int>(i);
   }
+  if (slot_ < 0) throw Error(ErrorKind::io, file_.path(), "", "too many files mapped at once");
+  void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, file_.fd(), 0);
+  if (p == MAP_FAILED) {
+    slot_ = -1;
+    fail_io(file_.path(), "mmap", errno);
+  }
+  data_ = static_cast<const std::uint8_t*>(p);
+  LiveMap& map = g_maps[static_cast<std::size_t>(slot_)];
+  g_map_paths[static_cast<std::size_t>(slot_)] = file_.path();
+  map.shrunk.store(false, std::memory_order_relaxed);
+  map.length.store(size_, std::memory_order_relaxed);
+  map.begin.store(reinterpret_cast<std::uintptr_t>(data_), std::memory_order_release);
 }
 
 MappedFile::~MappedFile() { release(); }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
-    : file_(std::move(other.file_)), data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    : file_(std::move(other.file_)),
+      data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      slot_(std::exchange(other.slot_, -1)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
@@ -82,14 +158,32 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
     file_ = std::move(other.file_);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    slot_ = std::exchange(other.slot_, -1);
   }
   return *this;
 }
 
 void MappedFile::release() {
-  if (data_ != nullptr) ::munmap(const_cast<std::uint8_t*>(data_), size_);
+  if (data_ != nullptr) {
+    std::lock_guard lock(g_maps_mutex);
+    const auto slot = static_cast<std::size_t>(slot_);
+    g_maps[slot].begin.store(0, std::memory_order_release);
+    if (g_maps[slot].shrunk.load(std::memory_order_relaxed) && g_shrunk_path.empty()) g_shrunk_path = g_map_paths[slot];
+    g_map_paths[slot].clear();
+    ::munmap(const_cast<std::uint8_t*>(data_), size_);
+  }
   data_ = nullptr;
   size_ = 0;
+  slot_ = -1;
+}
+
+void ensure_no_mapped_file_shrank() {
+  std::lock_guard lock(g_maps_mutex);
+  std::string path = g_shrunk_path;
+  for (std::size_t i = 0; i < kMaxLiveMaps && path.empty(); ++i) {
+    if (g_maps[i].begin.load(std::memory_order_relaxed) != 0 && g_maps[i].shrunk.load(std::memory_order_relaxed)) path = g_map_paths[i];
+  }
+  if (!path.empty()) fail_shrank(path, "");
 }
 
 }  // namespace ckpt

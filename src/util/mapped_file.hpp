@@ -34,6 +34,10 @@ class ReadOnlyFile {
   std::uint64_t size_ = 0;
 };
 
+// A map of the whole file. When the file shrinks while mapped (another process truncates or rewrites it in
+// place), reading past its new end would raise SIGBUS: a handler installed with the first map replaces the
+// vanished pages with zeros, so nothing crashes, and records the file. Whatever was read from it may then be
+// wrong: AtomicFile and build_directory refuse to commit after that, and the CLI reports it as the error.
 class MappedFile {
  public:
   explicit MappedFile(std::string path);
@@ -55,6 +59,12 @@ class MappedFile {
   ReadOnlyFile file_;
   const std::uint8_t* data_ = nullptr;
   std::size_t size_ = 0;
+  int slot_ = -1;  // this map's entry in the table the SIGBUS handler searches
 };
+
+// Throws Error (io) naming a file that shrank while this process had it mapped (reads of the lost part gave
+// zeros), live or already unmapped: called before anything derived from mapped input is committed. Once a file
+// has shrunk it throws for the rest of the process.
+void ensure_no_mapped_file_shrank();
 
 }  // namespace ckpt

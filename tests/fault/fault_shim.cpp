@@ -3,12 +3,15 @@
 //   CKPT_FAULT        OP:N:ERRNO  the Nth call (1-based) of OP on a matching path fails with ERRNO (a number);
 //                     OP:N:short  the Nth write of OP returns after half its bytes (a legal short write)
 //                     OP:N:kill   the process SIGKILLs itself at the Nth call of OP (a worker dying mid-save)
-//                     OP is write, pwrite, fsync, rename (rename and renameat2) or copy_file_range
+//                     mmap:N:truncate  the file of the Nth file map is cut to its first 4 KiB once mapped (as if
+//                                 another process rewrote it in place)
+//                     OP is write, pwrite, fsync, rename (rename and renameat2), copy_file_range or mmap
 //   CKPT_FAULT_MATCH  only paths containing this string count (default: every path)
 // Calls on other paths, and every call once the fault has fired, go to libc unchanged.
 #include <dlfcn.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -26,6 +29,7 @@ struct Fault {
   int error = 0;
   bool short_write = false;
   bool kill = false;
+  bool truncate = false;
   std::string match;
   bool valid = false;
 };
@@ -41,7 +45,8 @@ const Fault& fault() {
     f.op = op;
     f.short_write = std::strcmp(what, "short") == 0;
     f.kill = std::strcmp(what, "kill") == 0;
-    f.error = f.short_write || f.kill ? 0 : std::atoi(what);
+    f.truncate = std::strcmp(what, "truncate") == 0;
+    f.error = f.short_write || f.kill || f.truncate ? 0 : std::atoi(what);
     if (const char* m = std::getenv("CKPT_FAULT_MATCH")) f.match = m;
     f.valid = true;
     return f;
@@ -135,6 +140,23 @@ ssize_t copy_file_range(int fd_in, off64_t* off_in, int fd_out, off64_t* off_out
     return -1;
   }
   return real(fd_in, off_in, fd_out, off_out, len, flags);
+}
+
+void* mmap64(void* address, size_t length, int protection, int flags, int fd, off64_t offset) {
+  static auto real = next<void* (*)(void*, size_t, int, int, int, off64_t)>("mmap64");
+  void* mapped = real(address, length, protection, flags, fd, offset);
+  if (mapped != MAP_FAILED && fd >= 0 && fault().truncate && fires("mmap", fd_path(fd))) {
+    const int writable = ::open(fd_path(fd).c_str(), O_WRONLY);
+    if (writable >= 0) {
+      if (::ftruncate(writable, 4096) != 0) std::perror("fault shim: ftruncate");
+      ::close(writable);
+    }
+  }
+  return mapped;
+}
+
+void* mmap(void* address, size_t length, int protection, int flags, int fd, off_t offset) {
+  return mmap64(address, length, protection, flags, fd, offset);
 }
 
 }  // extern "C"

@@ -262,6 +262,45 @@ class Export(FaultTest):
             shutil.rmtree(dst)
 
 
+class ShrinkingInput(FaultTest):
+    """An input rewritten in place while ckpt reads it (the shim cuts it to 4 KiB as soon as it is mapped): no
+    crash (SIGBUS), one `ckpt: error:` naming the file, exit 1, nothing written."""
+
+    def setUp(self):
+        super().setUp()
+        self.src = self.path("model.safetensors")
+        torch.manual_seed(0)
+        tensors = {"w%d" % i: torch.randn(256, 1024) for i in range(4)}
+        r = run(["convert", self.write_bin(tensors), "--to", "safetensors", "-o", self.src])
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def write_bin(self, tensors):
+        path = self.path("pytorch_model.bin")
+        torch.save(tensors, path)
+        return path
+
+    def check_reported(self, r):
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr, r"^ckpt: error: [^\n]*\.safetensors(: byte \d+)?: the file shrank while being read[^\n]*\n$")
+
+    def test_inspect_verify(self):
+        self.check_reported(run(["inspect", "--verify", self.src], "mmap:1:truncate", match="model.safetensors"))
+
+    def test_convert(self):
+        checkpoint = self.path("checkpoint-5")
+        os.makedirs(checkpoint)
+        pristine = self.path("pristine")
+        shutil.copy(self.src, pristine)
+        for args, name in (([self.src, "--to", "pytorch"], "out.bin"), ([self.src, "--to", "safetensors", "--dtype", "bf16"], "out.safetensors"),
+                           ([checkpoint, "--to", "archive"], "out.ckpt"), ([checkpoint, "--to", "pytorch"], "out")):
+            for copy in (self.src, os.path.join(checkpoint, "model.safetensors")):  # each run cuts its input
+                shutil.copy(pristine, copy)
+            r = run(["convert", *args, "-o", self.path(name)], "mmap:1:truncate", match="model.safetensors")
+            self.check_reported(r)
+            self.assertFalse(os.path.exists(self.path(name)), args)
+            self.assertEqual(hidden(self.tmp), [], args)
+
+
 def make_checkpoint(path, megabytes):
     os.makedirs(path)
     torch.manual_seed(0)
