@@ -1,5 +1,7 @@
 #include "checkpoint/export.hpp"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <filesystem>
 
@@ -13,25 +15,36 @@ namespace {
 
 constexpr const char* model_extras[] = {"config.json", "generation_config.json"};
 
-// Whether every visible entry of `dir` is a file an export writes (hidden temporaries are ignored).
-bool holds_only_an_export(const std::string& dir) {
-  const auto weights = find_weights(dir);
-  std::vector<std::string> expected = weights ? weights->files : std::vector<std::string>{};
-  if (weights && weights->index) expected.push_back(*weights->index);
-  expected.insert(expected.end(), std::begin(model_extras), std::end(model_extras));
+// Whether `dir` can be replaced whole by a new export: a directory of its own (not `.`, not a mount point, not
+// reached through a symlink) that holds an earlier export and nothing else but its temporaries. Anything
+// else there (a `.git`, the run's files) belongs to someone: then files are placed one by one.
+bool replaceable_export(const fs::path& dir) {
   std::error_code ec;
+  if (!fs::is_directory(fs::symlink_status(dir, ec)) || !dir.has_filename() || dir.filename() == "." || dir.filename() == "..") return false;
+  struct stat own {}, parent {};
+  const fs::path above = dir.parent_path().empty() ? fs::path(".") : dir.parent_path();
+  if (::stat(dir.c_str(), &own) != 0 || ::stat(above.c_str(), &parent) != 0 || own.st_dev != parent.st_dev) return false;
+  const auto weights = find_weights(dir.string());
+  if (!weights) return false;
+  std::vector<std::string> expected = weights->files;
+  if (weights->index) expected.push_back(*weights->index);
+  expected.insert(expected.end(), std::begin(model_extras), std::end(model_extras));
+  const auto is_expected = [&](const std::string& name) {
+    return std::find(expected.begin(), expected.end(), name) != expected.end();
+  };
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.front() == '.') continue;
-    if (std::find(expected.begin(), expected.end(), name) == expected.end()) return false;
+    const auto temporary = name.find(".tmp-");
+    if (is_expected(name) || (name.front() == '.' && temporary != std::string::npos && is_expected(name.substr(1, temporary - 1)))) continue;
+    return false;
   }
-  if (ec) throw Error(ErrorKind::io, dir, "", "cannot list directory: " + ec.message());
+  if (ec) throw Error(ErrorKind::io, dir.string(), "", "cannot list directory: " + ec.message());
   return true;
 }
 
 }  // namespace
 
-ExportResult export_model(const std::string& checkpoint_dir, const std::string& dest_dir) {
+ExportResult export_model(const std::string& checkpoint_dir, const std::string& dest_as_given) {
   const auto weights = find_weights(checkpoint_dir);
   if (!weights) throw Error(ErrorKind::not_found, checkpoint_dir, "", "no weights to export");
   std::vector<std::string> names = weights->files;
@@ -39,6 +52,7 @@ ExportResult export_model(const std::string& checkpoint_dir, const std::string& 
   for (const char* extra : model_extras) {
     if (fs::exists(fs::path(checkpoint_dir) / extra)) names.push_back(extra);
   }
+  const fs::path dest = fs_util::entry_path(dest_as_given);
   ExportResult result;
   const auto place_files = [&](const std::string& dir) {
     for (const auto& name : names) {
@@ -46,19 +60,21 @@ ExportResult export_model(const std::string& checkpoint_dir, const std::string& 
       result.files.push_back(name);
     }
   };
-  fs_util::clear_abandoned_temporaries_of(dest_dir);
   std::error_code ec;
-  const auto status = fs::symlink_status(dest_dir, ec);
-  if (!fs::exists(status)) {
-    fs_util::build_directory(dest_dir, place_files);
-  } else if (!fs::is_directory(fs::status(dest_dir, ec))) {
-    throw Error(ErrorKind::invalid_argument, dest_dir, "", "not a directory");
-  } else if (!fs::is_symlink(status) && holds_only_an_export(dest_dir)) {
-    fs_util::build_directory(dest_dir, place_files);
+  if (!dest.parent_path().empty()) {
+    fs::create_directories(dest.parent_path(), ec);
+    if (ec) throw Error(ErrorKind::io, dest.parent_path().string(), "", "cannot create directory: " + ec.message());
+  }
+  fs_util::clear_abandoned_temporaries_of(dest.string());
+  const auto status = fs::symlink_status(dest, ec);
+  if (!fs::exists(status) || replaceable_export(dest)) {
+    fs_util::build_directory(dest.string(), place_files);
+  } else if (!fs::is_directory(fs::status(dest, ec))) {
+    throw Error(ErrorKind::invalid_argument, dest.string(), "", "not a directory");
   } else {
-    for (const auto& name : names) fs_util::clear_abandoned_temporaries(dest_dir, name);
-    place_files(dest_dir);
-    fs_util::fsync_directory(dest_dir);
+    for (const auto& name : names) fs_util::clear_abandoned_temporaries(dest.string(), name);
+    place_files(dest.string());
+    fs_util::fsync_directory(dest.string());
   }
   return result;
 }

@@ -143,10 +143,10 @@ int run(int argc, char** argv) {
     std::cerr << "ckpt: error: " << e.what() << "\n";
     return exit_code_for(e.kind());
   } catch (const std::bad_alloc&) {
-    std::cerr << "ckpt: error: out of memory\n";
+    if (!report_shrunk_file()) std::cerr << "ckpt: error: out of memory\n";
     return exit_failure;
   } catch (const std::exception& e) {
-    std::cerr << "ckpt: error: " << e.what() << "\n";
+    if (!report_shrunk_file()) std::cerr << "ckpt: error: " << e.what() << "\n";
     return exit_failure;
   }
 }

@@ -52,6 +52,7 @@
 #include "util/atomic_file.hpp"
 #include "util/error.hpp"
 #include "util/fs.hpp"
+#include "util/mapped_file.hpp"
 
 namespace ckpt::train {
 namespace {
@@ -1197,6 +1198,13 @@ extern "C" __attribute__((visibility("default"))) void ckpt_train_run(const ckpt
   } catch (const std::exception& e) {
     // LibTorch's own errors (c10::Error) and allocation failures.
     result.error = TrainError{static_cast<int>(ckpt::ErrorKind::io), "", "", std::string("training failed: ") + e.what()};
+  }
+  // This library has its own copy of the map table (it links ckpt_core statically): a checkpoint that shrank
+  // while it was read, not what its zeros led to, is the error.
+  try {
+    ckpt::ensure_no_mapped_file_shrank();
+  } catch (const ckpt::Error& e) {
+    result.error = TrainError{static_cast<int>(e.kind()), e.path(), e.where(), e.detail()};
   }
 
 }

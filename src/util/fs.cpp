@@ -154,11 +154,11 @@ bool link_or_copy(const std::string& from, const std::string& to) {
     copy_file(from, to);
     return false;
   }
-  if (::rename(temp.c_str(), to.c_str()) != 0) {
-    int e = errno;
-    ::unlink(temp.c_str());
-    fail_io(to, "rename into place", e);
-  }
+  const int renamed = ::rename(temp.c_str(), to.c_str());
+  const int e = errno;
+  // Renaming onto another link of the same file succeeds without doing anything: the temporary stays.
+  ::unlink(temp.c_str());
+  if (renamed != 0) fail_io(to, "rename into place", e);
   return true;
 }
 
@@ -182,13 +182,12 @@ void build_directory(const std::string& destination_as_given, const std::functio
     fill(staging);
     fsync_directory(staging);
     ensure_no_mapped_file_shrank();
-    std::string replaced;
     if (fs::exists(fs::symlink_status(destination))) {
-      replaced = (parent / ("." + dest.filename().string() + ".old-" + unique_suffix())).string();
-      durable_rename(destination, replaced);
+      exchange(staging, destination);  // one step: the old destination or the new one, never neither
+      remove_tree(staging);            // now the old one; if killed here, a stale temporary cleared later
+    } else {
+      durable_rename(staging, destination);
     }
-    durable_rename(staging, destination);
-    if (!replaced.empty()) remove_tree(replaced);
   } catch (...) {
     remove_tree(staging);
     throw;

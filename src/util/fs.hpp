@@ -44,7 +44,8 @@ std::filesystem::path entry_path(const std::string& path);
 
 // Builds a directory in a hidden staging directory beside `destination` (`.NAME.tmp-*`), filled by `fill`
 // (which makes its files durable), then fsyncs it and renames it into place, so the destination appears complete
-// or not at all; an existing destination is replaced the same way. On failure the staging directory is removed.
+// or not at all; an existing destination is exchanged with it in one step (`exchange`) and then removed. On
+// failure the staging directory is removed.
 void build_directory(const std::string& destination, const std::function<void(const std::string& staging)>& fill);
 
 // Whether `path` is a temporary entry beside a destination (`.NAME.tmp-<pid>-...`, as AtomicFile and

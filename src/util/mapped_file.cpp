@@ -68,12 +68,24 @@ void ReadOnlyFile::read_at(std::uint64_t offset, std::span<std::uint8_t> out) co
 
 namespace {
 
-// The live maps, for the SIGBUS handler: it may only read atomics, so each slot is an address range plus a
-// flag it sets. Slots are claimed and released under `g_maps_mutex`; `begin` is published last and cleared first.
+// The live maps, for the SIGBUS handler, which may only read atomics. Slots are claimed and released under
+// `g_maps_mutex`; each is a seqlock: `version` is odd while `begin` and `length` change, so a handler that
+// reads a slot being reused on another thread sees a changed version and ignores it, never an old address
+// with a new length.
 struct LiveMap {
+  std::atomic<std::uint64_t> version{0};
   std::atomic<std::uintptr_t> begin{0};
   std::atomic<std::size_t> length{0};
-  std::atomic<bool> shrunk{false};
+  std::atomic<bool> shrunk{false};  // set by the handler
+
+  void publish(std::uintptr_t new_begin, std::size_t new_length) {
+    const std::uint64_t v = version.load(std::memory_order_relaxed);
+    version.store(v + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+    begin.store(new_begin, std::memory_order_relaxed);
+    length.store(new_length, std::memory_order_relaxed);
+    version.store(v + 2, std::memory_order_release);
+  }
 };
 constexpr std::size_t kMaxLiveMaps = 4096;
 std::array<LiveMap, kMaxLiveMaps> g_maps;
@@ -83,29 +95,48 @@ std::array<std::string, kMaxLiveMaps> g_map_paths;  // guarded by g_maps_mutex
 struct sigaction g_previous_sigbus {};
 std::uintptr_t g_page_mask = 0;
 
-void on_sigbus(int signal, siginfo_t* info, void* context) {
-  // BUS_ADRERR: an access to a mapped page with no file behind it (a raised or queued SIGBUS is not one).
-  const auto address = reinterpret_cast<std::uintptr_t>(info->si_addr);
-  for (std::size_t i = 0; i < kMaxLiveMaps && info->si_code == BUS_ADRERR; ++i) {
-    LiveMap& map = g_maps[i];
-    const std::uintptr_t begin = map.begin.load(std::memory_order_acquire);
+// Replaces the pages of one of our maps from the one at `address` on with zeros; false when no map of ours
+// holds `address` as it stands.
+bool zero_fill_map_at(std::uintptr_t address) {
+  for (LiveMap& map : g_maps) {
+    const std::uint64_t before = map.version.load(std::memory_order_acquire);
+    const std::uintptr_t begin = map.begin.load(std::memory_order_relaxed);
     const std::size_t length = map.length.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if ((before & 1) != 0 || map.version.load(std::memory_order_relaxed) != before) continue;
     if (begin == 0 || address < begin || address - begin >= length) continue;
-    // Zero pages over the rest of the map; the faulting read is retried and sees zeros.
     const std::uintptr_t page = address & g_page_mask;
-    if (::mmap(reinterpret_cast<void*>(page), begin + length - page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) break;
+    if (::mmap(reinterpret_cast<void*>(page), begin + length - page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
+      return false;
+    }
     map.shrunk.store(true, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
+void on_sigbus(int signal, siginfo_t* info, void* context) {
+  const int saved_errno = errno;
+  // BUS_ADRERR: an access to a mapped page with no file behind it (a raised or queued SIGBUS is not one).
+  // The faulting read is retried once the handler returns, and sees zeros.
+  if (info->si_code == BUS_ADRERR && zero_fill_map_at(reinterpret_cast<std::uintptr_t>(info->si_addr))) {
+    errno = saved_errno;
     return;
   }
-  // Not one of ours (or the pages could not be replaced): what would have happened without this handler.
-  ::sigaction(SIGBUS, &g_previous_sigbus, nullptr);
+  // Not one of ours: what would have happened without this handler. The previous handler stays chained
+  // (another copy of this code in the trainer library, a sanitizer's); otherwise the default action.
   if ((g_previous_sigbus.sa_flags & SA_SIGINFO) && g_previous_sigbus.sa_sigaction != nullptr) {
     g_previous_sigbus.sa_sigaction(signal, info, context);
-  } else if (g_previous_sigbus.sa_handler != SIG_DFL && g_previous_sigbus.sa_handler != SIG_IGN) {
+  } else if (!(g_previous_sigbus.sa_flags & SA_SIGINFO) && g_previous_sigbus.sa_handler != SIG_DFL && g_previous_sigbus.sa_handler != SIG_IGN) {
     g_previous_sigbus.sa_handler(signal);
   } else {
+    // Ignoring a fault's SIGBUS would retry the access forever: die of it, as the kernel would have us.
+    struct sigaction default_action {};
+    default_action.sa_handler = SIG_DFL;
+    ::sigaction(SIGBUS, &default_action, nullptr);
     ::raise(signal);  // blocked until this handler returns, then the default action
   }
+  errno = saved_errno;
 }
 
 void install_sigbus_handler() {
@@ -140,8 +171,7 @@ MappedFile::MappedFile(std::string path) : file_(std::move(path)) {
   LiveMap& map = g_maps[static_cast<std::size_t>(slot_)];
   g_map_paths[static_cast<std::size_t>(slot_)] = file_.path();
   map.shrunk.store(false, std::memory_order_relaxed);
-  map.length.store(size_, std::memory_order_relaxed);
-  map.begin.store(reinterpret_cast<std::uintptr_t>(data_), std::memory_order_release);
+  map.publish(reinterpret_cast<std::uintptr_t>(data_), size_);
 }
 
 MappedFile::~MappedFile() { release(); }
@@ -167,7 +197,7 @@ void MappedFile::release() {
   if (data_ != nullptr) {
     std::lock_guard lock(g_maps_mutex);
     const auto slot = static_cast<std::size_t>(slot_);
-    g_maps[slot].begin.store(0, std::memory_order_release);
+    g_maps[slot].publish(0, 0);
     if (g_maps[slot].shrunk.load(std::memory_order_relaxed) && g_shrunk_path.empty()) g_shrunk_path = g_map_paths[slot];
     g_map_paths[slot].clear();
     ::munmap(const_cast<std::uint8_t*>(data_), size_);
@@ -181,7 +211,7 @@ void ensure_no_mapped_file_shrank() {
   std::lock_guard lock(g_maps_mutex);
   std::string path = g_shrunk_path;
   for (std::size_t i = 0; i < kMaxLiveMaps && path.empty(); ++i) {
-    if (g_maps[i].begin.load(std::memory_order_relaxed) != 0 && g_maps[i].shrunk.load(std::memory_order_relaxed)) path = g_map_paths[i];
+    if (!g_map_paths[i].empty() && g_maps[i].shrunk.load(std::memory_order_relaxed)) path = g_map_paths[i];
   }
   if (!path.empty()) fail_shrank(path, "");
 }

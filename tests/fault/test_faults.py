@@ -223,7 +223,7 @@ class Export(FaultTest):
         return {n: h for n, h in tree(path).items() if not n.startswith(".")}
 
     def kills(self):
-        for n in range(1, len(self.trees["checkpoint-10"]) + 2):
+        for n in range(1, len(self.trees["checkpoint-10"]) + 4):  # every file, the exchange, and one past
             yield n, "rename:%d:kill" % n
 
     def test_new_destination_appears_whole(self):

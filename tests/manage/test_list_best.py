@@ -378,6 +378,52 @@ class BestSyntheticTest(Tmp):
                 self.assertEqual(a.read(), b.read(), name)
         self.assertNotIn("trainer_state.json", os.listdir(out))
 
+    def test_export_destinations(self):
+        d = os.path.join(self.tmp, "run")
+        os.makedirs(d)
+        runs.make_checkpoint(d, 10, weights="sharded", state=runs.trainer_state(10, evals={10: {"eval_loss": 1.0}}))
+        exported = sorted(["model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                           "model-00002-of-00002.safetensors", "config.json"])
+
+        def visible(path):
+            return sorted(n for n in os.listdir(path) if not n.startswith("."))
+
+        # Missing parents are created.
+        nested = os.path.join(self.tmp, "exports", "run1", "best")
+        self.best_path(d, "--export", nested)
+        self.assertEqual(visible(nested), exported)
+        # A repository clone (hidden entries of its own) is written into, never replaced.
+        clone = os.path.join(self.tmp, "clone")
+        os.makedirs(os.path.join(clone, ".git"))
+        self.best_path(d, "--export", clone)
+        self.best_path(d, "--export", clone)
+        self.assertTrue(os.path.isdir(os.path.join(clone, ".git")))
+        self.assertEqual(sorted(os.listdir(clone)), sorted(exported + [".git"]))  # no temporaries left
+        # A symlink (with a trailing slash too) to an earlier export stays a symlink; its target gets the files.
+        link = os.path.join(self.tmp, "served")
+        os.symlink(nested, link)
+        for dest in (link, link + "/"):
+            self.best_path(d, "--export", dest)
+            self.assertTrue(os.path.islink(link), dest)
+        self.assertEqual(sorted(os.listdir(nested)), exported)
+        # A file is refused, with or without a trailing slash, and left alone.
+        plain = os.path.join(self.tmp, "plain")
+        with open(plain, "w") as f:
+            f.write("keep")
+        for dest in (plain, plain + "/"):
+            r = ckpt("best", d, "--export", dest)
+            self.assertEqual(r.returncode, 2, r.describe())
+            with open(plain) as f:
+                self.assertEqual(f.read(), "keep", dest)
+        # Exporting a checkpoint into itself, or into the run directory twice, leaves no link temporaries.
+        src = os.path.join(d, "checkpoint-10")
+        before = sorted(os.listdir(src))
+        self.best_path(d, "--export", src)
+        self.assertEqual(sorted(os.listdir(src)), before)
+        self.best_path(d, "--export", d)
+        self.best_path(d, "--export", d)
+        self.assertEqual([n for n in os.listdir(d) if ".tmp-" in n], [])
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # The real Trainer run
