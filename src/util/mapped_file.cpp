@@ -92,8 +92,17 @@ std::array<LiveMap, kMaxLiveMaps> g_maps;
 std::mutex g_maps_mutex;
 std::string g_shrunk_path;  // guarded by g_maps_mutex: a shrunk map's file, recorded when the map is released
 std::array<std::string, kMaxLiveMaps> g_map_paths;  // guarded by g_maps_mutex
+std::array<int, kMaxLiveMaps> g_map_fds;             // guarded by g_maps_mutex
 struct sigaction g_previous_sigbus {};
 std::uintptr_t g_page_mask = 0;
+
+// Whether the file of a live slot is shorter than its map: a fault past the end was caught, or the file lost
+// bytes of its last page (which read as zeros without any fault). Called under g_maps_mutex.
+bool map_shrank(std::size_t slot) {
+  struct stat st {};
+  return g_maps[slot].shrunk.load(std::memory_order_relaxed) ||
+         (::fstat(g_map_fds[slot], &st) == 0 && static_cast<std::uint64_t>(st.st_size) < g_maps[slot].length.load(std::memory_order_relaxed));
+}
 
 // Replaces the pages of one of our maps from the one at `address` on with zeros; false when no map of ours
 // holds `address` as it stands.
@@ -170,6 +179,7 @@ MappedFile::MappedFile(std::string path) : file_(std::move(path)) {
   data_ = static_cast<const std::uint8_t*>(p);
   LiveMap& map = g_maps[static_cast<std::size_t>(slot_)];
   g_map_paths[static_cast<std::size_t>(slot_)] = file_.path();
+  g_map_fds[static_cast<std::size_t>(slot_)] = file_.fd();
   map.shrunk.store(false, std::memory_order_relaxed);
   map.publish(reinterpret_cast<std::uintptr_t>(data_), size_);
 }
@@ -197,8 +207,8 @@ void MappedFile::release() {
   if (data_ != nullptr) {
     std::lock_guard lock(g_maps_mutex);
     const auto slot = static_cast<std::size_t>(slot_);
+    if (g_shrunk_path.empty() && map_shrank(slot)) g_shrunk_path = g_map_paths[slot];
     g_maps[slot].publish(0, 0);
-    if (g_maps[slot].shrunk.load(std::memory_order_relaxed) && g_shrunk_path.empty()) g_shrunk_path = g_map_paths[slot];
     g_map_paths[slot].clear();
     ::munmap(const_cast<std::uint8_t*>(data_), size_);
   }
@@ -211,7 +221,7 @@ void ensure_no_mapped_file_shrank() {
   std::lock_guard lock(g_maps_mutex);
   std::string path = g_shrunk_path;
   for (std::size_t i = 0; i < kMaxLiveMaps && path.empty(); ++i) {
-    if (!g_map_paths[i].empty() && g_maps[i].shrunk.load(std::memory_order_relaxed)) path = g_map_paths[i];
+    if (!g_map_paths[i].empty() && map_shrank(i)) path = g_map_paths[i];
   }
   if (!path.empty()) fail_shrank(path, "");
 }

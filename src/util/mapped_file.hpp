@@ -36,7 +36,8 @@ class ReadOnlyFile {
 
 // A map of the whole file. When the file shrinks while mapped (another process truncates or rewrites it in
 // place), reading past its new end would raise SIGBUS: a handler installed with the first map replaces the
-// vanished pages with zeros, so nothing crashes, and records the file. Whatever was read from it may then be
+// vanished pages with zeros, so nothing crashes, and records the file (the lost tail of a last page reads as
+// zeros without a fault: the file's size is checked too). Whatever was read from it may then be
 // wrong: AtomicFile and build_directory refuse to commit after that, and the CLI reports it as the error.
 class MappedFile {
  public:

@@ -3,8 +3,8 @@
 //   CKPT_FAULT        OP:N:ERRNO  the Nth call (1-based) of OP on a matching path fails with ERRNO (a number);
 //                     OP:N:short  the Nth write of OP returns after half its bytes (a legal short write)
 //                     OP:N:kill   the process SIGKILLs itself at the Nth call of OP (a worker dying mid-save)
-//                     mmap:N:truncate  the file of the Nth file map is cut to its first 4 KiB once mapped (as if
-//                                 another process rewrote it in place)
+//                     mmap:N:truncate  the file of the Nth file map is cut to its first 4 KiB (half, if smaller
+//                                 than 8 KiB) once mapped (as if another process rewrote it in place)
 //                     OP is write, pwrite, fsync, rename (rename and renameat2), copy_file_range or mmap
 //   CKPT_FAULT_MATCH  only paths containing this string count (default: every path)
 // Calls on other paths, and every call once the fault has fired, go to libc unchanged.
@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -148,7 +149,9 @@ void* mmap64(void* address, size_t length, int protection, int flags, int fd, of
   if (mapped != MAP_FAILED && fd >= 0 && fault().truncate && fires("mmap", fd_path(fd))) {
     const int writable = ::open(fd_path(fd).c_str(), O_WRONLY);
     if (writable >= 0) {
-      if (::ftruncate(writable, 4096) != 0) std::perror("fault shim: ftruncate");
+      struct stat st {};
+      const off_t cut = ::fstat(writable, &st) == 0 && st.st_size < 8192 ? st.st_size / 2 : 4096;
+      if (::ftruncate(writable, cut) != 0) std::perror("fault shim: ftruncate");
       ::close(writable);
     }
   }
