@@ -286,6 +286,7 @@ class Trainer {
   void train();
   void train_step(const at::Tensor& inputs, const at::Tensor& labels);
   void all_reduce_gradients(at::Tensor& loss_value);
+  void broadcast_parameter_shares();
   std::map<std::string, double> evaluate();
   void log(json::Json record);
   void save_checkpoint(const std::map<std::string, double>& metrics);
@@ -734,19 +735,32 @@ void Trainer::train_step(const at::Tensor& inputs, const at::Tensor& labels) {
   wait_for_snapshot();
   if (!found_inf) {
     optimizer_->step(params);
-    if (!owner_.empty()) {
-      // ZeRO stage 1: each parameter from the rank that stepped it.
-      for (std::size_t i = 0; i < params.size(); ++i) {
-        at::Tensor data = params[i].second.detach();
-        group_->broadcast(data, owner_[i]);
-      }
-    }
+    if (!owner_.empty()) broadcast_parameter_shares();
     optimizer_->learning_rates().assign(optimizer_->groups().size(), schedule_->step());
   }
   if (scaler_) scaler_->update(found_inf);
   for (auto& [name, p] : params) p.mutable_grad().reset();
   loss_since_log_ += loss_value;
   loss_total_ += loss_value.item<double>();
+}
+
+// ZeRO stage 1: each rank's share of the parameters, just stepped there, in one broadcast from it (a
+// broadcast per parameter costs a collective's latency each, which dominated a step of a small model).
+void Trainer::broadcast_parameter_shares() {
+  auto& params = model_->parameters();
+  at::NoGradGuard no_grad;
+  for (std::size_t begin = 0, end = 0; begin < params.size(); begin = end) {
+    std::vector<at::Tensor> share;
+    for (end = begin; end < params.size() && owner_[end] == owner_[begin]; ++end) share.push_back(params[end].second.detach().view({-1}));
+    at::Tensor flat = at::cat(share);  // elsewhere than on the owner, overwritten by the broadcast
+    group_->broadcast(flat, owner_[begin]);
+    if (owner_[begin] == rank_) continue;
+    std::int64_t offset = 0;
+    for (auto& tensor : share) {
+      tensor.copy_(flat.narrow(0, offset, tensor.numel()));  // a view: writes the parameter
+      offset += tensor.numel();
+    }
+  }
 }
 
 // In a group: one all-reduce of every gradient, the loss, the stop flag and which parameters have a gradient
