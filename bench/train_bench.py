@@ -10,9 +10,13 @@
   2. --async-save: the training stall per checkpoint (save_stall_seconds), first checkpoint (allocates the
      snapshot buffers) and the others, against the synchronous save time.
   3. Resume: the trainer's load time (load_seconds: weights, optimizer, scheduler, RNG, trainer state) against
-     Python's torch.load of the same pickle files (pytorch_model.bin, optimizer.pt, scheduler.pt, rng_state.pth).
+     Python's torch.load of the same pickle files (pytorch_model.bin, optimizer.pt, scheduler.pt, rng_state.pth),
+     with the files evicted from the page cache (posix_fadvise DONTNEED) and with them just read (warm).
   4. Training speed of the default model: steps per second of `ckpt save` against the same loop in Python torch
      (tests/train/reference.py: same model, data, optimizer, schedule, clipping) at the same thread count.
+  5. Data-parallel training of the default model on 2 processes (Gloo, one thread each, 32 examples per process):
+     steps per second of `ckpt save --nproc-per-node 2` against the same loop in Python with
+     DistributedDataParallel, and with `--shard-optimizer` against Python's ZeroRedundancyOptimizer.
 
 Run: /usr/bin/python3 bench/train_bench.py [--ckpt build/ckpt] [--dir /tmp/ckpt-train-bench] [--repeat 3]
 """
@@ -47,6 +51,74 @@ def timed(fn):
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def ddp_worker(rank, world_size, port, steps, shard, results):
+    """The default model's loop as torch.distributed users write it: DDP over Gloo, each process its rows of
+    the global batch; steps per second from the first step to the last, as ckpt's train_steps_per_second."""
+    import random
+
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel
+
+    import reference
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    reference.set_seed(42)
+    (x, y), _ = reference.make_data(42)
+    model = DistributedDataParallel(reference.MLP())
+    if shard:
+        optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-3,
+                                            betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    else:
+        optimizer = reference.make_optimizer(model.module, 1e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, reference.linear_schedule(0, steps))
+    batch, n = 32, len(y)
+    dist.barrier()
+    start = time.perf_counter()
+    step = 0
+    while step < steps:
+        order = list(range(n))
+        random.shuffle(order)
+        for s in range(n // (batch * world_size)):
+            idx = order[(s * world_size + rank) * batch:(s * world_size + rank + 1) * batch]
+            loss = F.cross_entropy(model(reference.noisy_batch(x, idx, 0.1)), y[idx])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step >= steps:
+                break
+    dist.barrier()
+    if rank == 0:
+        results.put(steps / (time.perf_counter() - start))
+    dist.destroy_process_group()
+
+
+def python_ddp_steps_per_second(steps, shard):
+    import multiprocessing
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=ddp_worker, args=(rank, 2, port, steps, shard, results)) for rank in range(2)]
+    for w in workers:
+        w.start()
+    value = results.get(timeout=600)
+    for w in workers:
+        w.join()
+        if w.exitcode != 0:
+            sys.exit(f"the Python DDP worker failed: exit {w.exitcode}")
+    return value
 
 
 def main():
@@ -101,21 +173,44 @@ def main():
     results["async_stall_seconds"] = statistics.median(later_stall)
     results["async_stall_fraction"] = results["async_stall_seconds"] / write
 
-    # 3: resume's load against torch.load of the same files.
-    loads = []
-    for i in range(args.repeat):
-        r = ckpt_json(args.ckpt, ["resume", os.path.join(args.dir, f"sync-{i}"), "--from", "checkpoint-1", "--max-steps", "1"])
-        loads.append(r["load_seconds"])
+    # 3: resume's load against torch.load of the same files, with the files out of the page cache (cold) and in
+    # it (warm: just read, as after torch.save or a copy).
+    def checkpoint_files(i):
+        d = os.path.join(args.dir, f"sync-{i}", "checkpoint-1")
+        return [os.path.join(d, f) for f in os.listdir(d)]
+
+    def cold(i):
+        for path in checkpoint_files(i):
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+    def warm(i):
+        for path in checkpoint_files(i):
+            with open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+    states = (("cold", cold), ("warm", warm))
+    loads = {}
+    for state, prepare in states:
+        loads[state] = []
+        for i in range(args.repeat):
+            prepare(i)
+            r = ckpt_json(args.ckpt, ["resume", os.path.join(args.dir, f"sync-{i}"), "--from", "checkpoint-1", "--max-steps", "1"])
+            loads[state].append(r["load_seconds"])
     import torch  # imported only now: the children above are timed without it in this process
 
-    python_loads = []
-    for i in range(args.repeat):
-        d = os.path.join(args.dir, f"sync-{i}", "checkpoint-1")
-        python_loads.append(timed(lambda: [torch.load(os.path.join(d, f)) for f in
-                                           ("pytorch_model.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth")]))
-    results["resume_load_seconds"] = statistics.median(loads)
-    results["python_torch_load_seconds"] = statistics.median(python_loads)
-    results["resume_load_fraction_of_python"] = results["resume_load_seconds"] / results["python_torch_load_seconds"]
+    for state, prepare in states:
+        python_loads = []
+        for i in range(args.repeat):
+            prepare(i)
+            d = os.path.join(args.dir, f"sync-{i}", "checkpoint-1")
+            python_loads.append(timed(lambda: [torch.load(os.path.join(d, f)) for f in
+                                               ("pytorch_model.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth")]))
+        results[f"resume_load_seconds_{state}"] = statistics.median(loads[state])
+        results[f"python_torch_load_seconds_{state}"] = statistics.median(python_loads)
+        results[f"resume_load_fraction_of_python_{state}"] = statistics.median(loads[state]) / statistics.median(python_loads)
 
     # 4: steps per second of the default model.
     import reference
@@ -132,6 +227,20 @@ def main():
         results[f"steps_per_second_{threads}_threads"] = statistics.median(ours)
         results[f"python_steps_per_second_{threads}_threads"] = statistics.median(python)
         results[f"speedup_{threads}_threads"] = statistics.median(ours) / statistics.median(python)
+
+    # 5: two processes.
+    for shard in (False, True):
+        label = "zero1" if shard else "ddp"
+        ours = []
+        for i in range(args.repeat):
+            r = ckpt_json(args.ckpt, ["save", "--output-dir", os.path.join(args.dir, f"{label}-{i}"), "--nproc-per-node", "2",
+                                      "--max-steps", str(args.steps), "--save-steps", str(10 * args.steps), "--eval-steps", "0",
+                                      *(["--shard-optimizer"] if shard else [])])
+            ours.append(r["metrics"]["train_steps_per_second"])
+        python = [python_ddp_steps_per_second(args.steps, shard) for _ in range(args.repeat)]
+        results[f"{label}_2_processes_steps_per_second"] = statistics.median(ours)
+        results[f"python_{label}_2_processes_steps_per_second"] = statistics.median(python)
+        results[f"{label}_2_processes_speedup"] = statistics.median(ours) / statistics.median(python)
 
     shutil.rmtree(args.dir, ignore_errors=True)
     print(json.dumps(results, indent=2))

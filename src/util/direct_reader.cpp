@@ -20,12 +20,21 @@ constexpr std::size_t kBufferSize = 8u << 20;
 
 void DirectReader::FreeAligned::operator()(std::uint8_t* p) const { std::free(p); }
 
-DirectReader::DirectReader(const ReadOnlyFile& file) : file_(file) {
+DirectReader::DirectReader(const ReadOnlyFile& file) : file_(file), page_size_(static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE))) {
   void* p = std::aligned_alloc(2u << 20, kBufferSize);
   if (!p) throw std::bad_alloc();
   ::madvise(p, kBufferSize, MADV_HUGEPAGE);
   buffer_.reset(static_cast<std::uint8_t*>(p));
   direct_fd_ = ::open(("/proc/self/fd/" + std::to_string(file.fd())).c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  // Which pages the cache holds now. A map and mincore touch no page; without an answer, all read direct.
+  if (direct_fd_ >= 0 && file.size() > 0) {
+    void* map = ::mmap(nullptr, static_cast<std::size_t>(file.size()), PROT_READ, MAP_SHARED, file.fd(), 0);
+    if (map != MAP_FAILED) {
+      resident_.resize(static_cast<std::size_t>((file.size() + page_size_ - 1) / page_size_));
+      if (::mincore(map, static_cast<std::size_t>(file.size()), resident_.data()) != 0) resident_.clear();
+      ::munmap(map, static_cast<std::size_t>(file.size()));
+    }
+  }
 }
 
 DirectReader::~DirectReader() {
@@ -37,6 +46,18 @@ void DirectReader::read_at(std::uint64_t offset, std::span<std::uint8_t> out) {
     throw Error(ErrorKind::corrupt, file_.path(), "byte " + std::to_string(offset), "read past the end of the file");
   }
   while (!out.empty() && direct_fd_ >= 0) {
+    const std::uint64_t page = offset / page_size_;
+    if (page < resident_.size() && (resident_[page] & 1)) {
+      // Cached: plain reads of the cached pages from here, straight into the destination.
+      std::uint64_t end_page = page;
+      while (end_page < resident_.size() && (resident_[end_page] & 1)) ++end_page;
+      const std::size_t length = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), end_page * page_size_ - offset));
+      file_.read_at(offset, out.first(length));
+      out = out.subspan(length);
+      offset += length;
+      continue;
+    }
+    // Not cached: one direct read from here, at most the buffer (it may take cached pages along, harmlessly).
     const std::uint64_t start = offset / kAlignment * kAlignment;
     const std::size_t skip = static_cast<std::size_t>(offset - start);
     const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(kBufferSize, (skip + out.size() + kAlignment - 1) / kAlignment * kAlignment));

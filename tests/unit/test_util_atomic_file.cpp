@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -92,5 +93,30 @@ TEST_CASE("AtomicFile in direct mode falls back to the page cache where O_DIRECT
   std::vector<std::uint8_t> back(data.size() - 3);
   reader.read_at(3, back);
   CHECK(std::equal(back.begin(), back.end(), data.begin() + 3));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("DirectReader reads a file whose pages are partly in the page cache: cached runs and direct reads agree") {
+  const auto dir = std::filesystem::temp_directory_path() / ("ckpt-cached-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto data = random_bytes((3u << 20) + 123, 12);
+  {
+    AtomicFile out((dir / "out").string(), {.direct = true});
+    out.write(data);
+    out.commit();
+  }
+  const ReadOnlyFile written((dir / "out").string());
+  // Nothing cached, then two runs cached (one unaligned at both ends, one reaching the end of the file).
+  ::posix_fadvise(written.fd(), 0, 0, POSIX_FADV_DONTNEED);
+  std::vector<std::uint8_t> warm((1u << 20) + 77);
+  written.read_at((1u << 20) + 4000, warm);
+  std::vector<std::uint8_t> tail(5000);
+  written.read_at(data.size() - tail.size(), tail);
+  DirectReader reader(written);
+  for (std::size_t offset : {std::size_t{0}, std::size_t{5}, std::size_t{(1u << 20) + 4096}, data.size() - 4999}) {
+    std::vector<std::uint8_t> back(data.size() - offset);
+    reader.read_at(offset, back);
+    CHECK(std::equal(back.begin(), back.end(), data.begin() + static_cast<std::ptrdiff_t>(offset)));
+  }
   std::filesystem::remove_all(dir);
 }
