@@ -1220,5 +1220,4 @@ extern "C" __attribute__((visibility("default"))) void ckpt_train_run(const ckpt
   } catch (const ckpt::Error& e) {
     result.error = TrainError{static_cast<int>(e.kind()), e.path(), e.where(), e.detail()};
   }
-
 }
