@@ -532,7 +532,6 @@ ArchiveSummary restore_archive(const std::string& archive_path, const std::strin
   }
   ReadOnlyFile archive_file(archive_path);
   const Manifest m = archive::read_manifest(archive_file);
-  fs_util::clear_abandoned_temporaries_of(dir);
   fs_util::build_directory(dir, [&](const std::string& staging) { write_files(archive_file, m, options, staging, true); });
   return summary_of(m, archive_path, archive_file.size());
 }

@@ -65,13 +65,13 @@ ExportResult export_model(const std::string& checkpoint_dir, const std::string& 
     fs::create_directories(dest.parent_path(), ec);
     if (ec) throw Error(ErrorKind::io, dest.parent_path().string(), "", "cannot create directory: " + ec.message());
   }
-  fs_util::clear_abandoned_temporaries_of(dest.string());
   const auto status = fs::symlink_status(dest, ec);
   if (!fs::exists(status) || replaceable_export(dest)) {
     fs_util::build_directory(dest.string(), place_files);
   } else if (!fs::is_directory(fs::status(dest, ec))) {
     throw Error(ErrorKind::invalid_argument, dest.string(), "", "not a directory");
   } else {
+    fs_util::clear_abandoned_temporaries_of(dest.string());  // an earlier export's staging, killed
     for (const auto& name : names) fs_util::clear_abandoned_temporaries(dest.string(), name);
     place_files(dest.string());
     fs_util::fsync_directory(dest.string());

@@ -59,12 +59,7 @@ class Encoder {
       case Kind::none: return nullptr;
       case Kind::boolean: return n.flag;
       case Kind::integer: return n.integer;
-      case Kind::big_integer: {
-        // Once per node, as to_data does: a shared big int may be reached a million times.
-        auto it = decimals_.find(id);
-        if (it == decimals_.end()) it = decimals_.emplace(id, decimal_from_twos_complement(n.text)).first;
-        return {{"$int", it->second}};
-      }
+      case Kind::big_integer: return {{"$int", decimals_.of(g_, id)}};
       case Kind::floating:
         if (std::isnan(n.number)) return {{"$float", "nan"}};
         if (std::isinf(n.number)) return {{"$float", n.number > 0 ? "inf" : "-inf"}};
@@ -151,7 +146,7 @@ class Encoder {
   std::vector<NamedArray>& arrays_;
   std::unordered_map<NodeId, std::string> names_;
   std::unordered_set<std::string> used_;
-  std::unordered_map<NodeId, std::string> decimals_;
+  BigIntDecimals decimals_;
 };
 
 class Decoder {

@@ -1,7 +1,5 @@
 #include "checkpoint/value_data.hpp"
 
-#include <unordered_map>
-
 #include "format/big_int.hpp"
 #include "format/torch_archive.hpp"
 #include "util/error.hpp"
@@ -56,12 +54,7 @@ class Converter {
       case Kind::none: return nullptr;
       case Kind::boolean: return n.flag;
       case Kind::integer: return n.integer;
-      case Kind::big_integer: {
-        // Once per node: a shared big int may be reached a million times, and its digits cost quadratic time.
-        auto it = decimals_.find(id);
-        if (it == decimals_.end()) it = decimals_.emplace(id, decimal_from_twos_complement(n.text)).first;
-        return it->second;
-      }
+      case Kind::big_integer: return decimals_.of(graph_, id);
       case Kind::floating: return n.number;
       case Kind::string: return n.text;
       case Kind::bytes: return json::Json{{"type", "bytes"}, {"length", n.text.size()}};
@@ -119,10 +112,16 @@ class Converter {
   }
 
   const pickle::Graph& graph_;
-  std::unordered_map<pickle::NodeId, std::string> decimals_;
+  BigIntDecimals decimals_;
 };
 
 }  // namespace
+
+const std::string& BigIntDecimals::of(const pickle::Graph& graph, pickle::NodeId id) {
+  auto it = digits_.find(id);
+  if (it == digits_.end()) it = digits_.emplace(id, decimal_from_twos_complement(graph.at(id).text)).first;
+  return it->second;
+}
 
 json::Json to_data(const pickle::Graph& graph, pickle::NodeId id) { return Converter(graph).convert_checked(id); }
 

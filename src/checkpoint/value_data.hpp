@@ -2,6 +2,9 @@
 // non-JSON values are documented in docs/inspect-json.md.
 #pragma once
 
+#include <string>
+#include <unordered_map>
+
 #include "format/json.hpp"
 #include "format/pickle.hpp"
 
@@ -15,6 +18,16 @@ json::Json to_data(const pickle::Graph& graph, pickle::NodeId id);
 // Throws the same unsupported Error as to_data when the value at `id`, expanded, exceeds those budgets; for
 // other walks that expand shared references (the structure encoding).
 void check_expansion(const pickle::Graph& graph, pickle::NodeId id);
+
+// The decimal digits of big-int nodes, each converted once: a shared big int may be reached a million times
+// through references, and each conversion costs time quadratic in its length. For walks that expand references.
+class BigIntDecimals {
+ public:
+  const std::string& of(const pickle::Graph& graph, pickle::NodeId id);
+
+ private:
+  std::unordered_map<pickle::NodeId, std::string> digits_;
+};
 
 // A state dict: an OrderedDict (possibly empty) or a non-empty dict, whose keys are strings and values tensors.
 // A plain `{}` is not one (a disabled GradScaler's state is that).

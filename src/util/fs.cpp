@@ -175,6 +175,7 @@ void build_directory(const std::string& destination_as_given, const std::functio
   const std::string destination = dest.string();
   const fs::path parent = dest.parent_path().empty() ? fs::path(".") : dest.parent_path();
   const std::string staging = (parent / ("." + dest.filename().string() + ".tmp-" + unique_suffix())).string();
+  clear_abandoned_temporaries(parent.string(), dest.filename().string());  // what a killed builder left
   std::error_code ec;
   fs::create_directory(staging, ec);
   if (ec) throw Error(ErrorKind::io, staging, "", "cannot create directory: " + ec.message());

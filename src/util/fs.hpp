@@ -42,7 +42,8 @@ bool link_or_copy(const std::string& from, const std::string& to);
 // `path` as the entry it names: `out/` and `a/./out` are `out` in its parent, so temporaries go beside it.
 std::filesystem::path entry_path(const std::string& path);
 
-// Builds a directory in a hidden staging directory beside `destination` (`.NAME.tmp-*`), filled by `fill`
+// Builds a directory in a hidden staging directory beside `destination` (`.NAME.tmp-*`; first clearing those a
+// killed builder left), filled by `fill`
 // (which makes its files durable), then fsyncs it and renames it into place, so the destination appears complete
 // or not at all; an existing destination is exchanged with it in one step (`exchange`) and then removed. On
 // failure the staging directory is removed.

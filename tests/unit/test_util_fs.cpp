@@ -64,13 +64,16 @@ TEST_CASE("a destination written with a trailing separator is the entry it names
   const fs::path dir = fs::temp_directory_path() / ("ckpt-fs-build-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
+  const std::string left_by_killed_builder = ".out.tmp-" + std::to_string(dead_pid()) + "-0";
+  fs::create_directories(dir / left_by_killed_builder);
+  age(dir / left_by_killed_builder);
   fs_util::build_directory((dir / "out").string() + "/", [](const std::string& staging) {
     std::ofstream(fs::path(staging) / "f") << "x";
   });
   CHECK(fs::exists(dir / "out" / "f"));
   std::size_t entries = 0;
   for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++entries;
-  CHECK(entries == 1);  // the staging directory was beside `out`, and renamed to it
+  CHECK(entries == 1);  // the staging directory was beside `out`, and renamed to it; the stale one cleared
   const std::string stale = ".out.tmp-" + std::to_string(dead_pid()) + "-1";
   fs::create_directories(dir / stale);
   age(dir / stale);
