@@ -21,7 +21,7 @@ complete -c ckpt -n "__fish_seen_subcommand_from best" -l link -x -d 'Create or 
 complete -c ckpt -n "__fish_seen_subcommand_from best" -l export -x -a '(__fish_complete_directories)' -d 'Write the best model into DIR'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l keep -x -d 'Keep the newest N complete checkpoints'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l keep-every -x -d 'Also keep steps divisible by K'
-complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l stale-after -x -d 'Remove incomplete/staging dirs older than this'
+complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l stale-after -x -d 'Remove staging dirs and abandoned checkpoints older than this'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l archive -r -a '(__fish_complete_directories)' -d 'Archive checkpoints before deleting them'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l keep-archives -x -d 'Keep at most M archives'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l dry-run -d 'Show decisions, change nothing'

@@ -50,6 +50,8 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
       case EntryKind::checkpoint:
         if (!e.complete && e.unreadable) {
           d.reason = "holds a format ckpt cannot read, never deleted";
+        } else if (!e.complete && e.has_trainer_state) {
+          d.reason = "incomplete but holds trainer_state.json (its writer finished), never deleted";
         } else if (!e.complete) {
           d.remove = stale;
           d.reason = stale ? "incomplete, stale" : "incomplete, may be in progress";

@@ -116,13 +116,39 @@ TrainerStateSummary summarize_trainer_state(const json::Json& state) {
   return summary;
 }
 
+namespace {
+
+// What marks a checkpoint whose weights live where ckpt does not look: a subdirectory (DeepSpeed's global_stepN/,
+// FSDP's pytorch_model_fsdp_0/ and optimizer_0/) or DeepSpeed's `latest` file.
+std::optional<std::string> foreign_layout_marker(const fs::path& dir) {
+  std::optional<std::string> marker;  // the first subdirectory by name, else `latest`: the same words every time
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!it->is_symlink(ec) && it->is_directory(ec)) {
+      if (!marker || marker->back() != '/' || name + "/" < *marker) marker = name + "/";
+    } else if (name == "latest" && !marker) {
+      marker = name;
+    }
+  }
+  return marker;
+}
+
+}  // namespace
+
 Completeness assess_completeness(const std::string& dir) {
   Completeness result;
   const fs::path base(dir);
   try {
     auto weights = find_weights(dir);
     if (!weights) {
-      result.problems.push_back("no weights (model.safetensors, pytorch_model.bin or a sharded index)");
+      if (const auto marker = foreign_layout_marker(base)) {
+        result.problems.push_back("no weights file ckpt knows, but " + *marker +
+                                  ": a layout ckpt cannot assess (DeepSpeed, FSDP, ...)");
+        result.unreadable = true;
+      } else {
+        result.problems.push_back("no weights (model.safetensors, pytorch_model.bin or a sharded index)");
+      }
     } else {
       for (const auto& file : weights->files) {
         const std::string path = (base / file).string();
@@ -153,9 +179,11 @@ Completeness assess_completeness(const std::string& dir) {
     result.unreadable |= e.kind() == ErrorKind::unsupported;
   }
   const std::string state = (base / "trainer_state.json").string();
-  if (!fs::exists(state)) {
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(state, ec))) {
     result.problems.push_back("no trainer_state.json");
   } else {
+    result.has_trainer_state = true;
     try {
       result.state = summarize_trainer_state(json::parse_file(state));
     } catch (const Error& e) {
@@ -288,6 +316,7 @@ RunScan scan_run(const std::string& run_dir) {
       Completeness c = assess_completeness(e.path);
       e.complete = c.complete;
       e.unreadable = c.unreadable;
+      e.has_trainer_state = c.has_trainer_state;
       e.problems = std::move(c.problems);
       e.state = std::move(c.state);
     }

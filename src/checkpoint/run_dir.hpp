@@ -65,12 +65,17 @@ struct Completeness {
   // Not complete because ckpt cannot read something (a newer format or dtype), not because anything is missing
   // or damaged: such a checkpoint may be perfectly good, so rotation never deletes it.
   bool unreadable = false;
+  // trainer_state.json is there (parsed or not): writers put it last, so such a directory was finished by
+  // someone, and rotation never deletes it as abandoned.
+  bool has_trainer_state = false;
   std::vector<std::string> problems;
   std::optional<TrainerStateSummary> state;  // when trainer_state.json parsed
 };
 
 // Complete: the weights are present (every shard of a sharded set) with readable headers, a sharded optimizer
 // has every shard (checkpoint/shards.hpp), and trainer_state.json parses. Reads headers only, never tensor bytes.
+// A directory with no weights file ckpt knows but a subdirectory or DeepSpeed's `latest` (DeepSpeed's global_stepN/,
+// FSDP's pytorch_model_fsdp_0/) is of a layout ckpt cannot assess: unreadable, not incomplete.
 Completeness assess_completeness(const std::string& dir);
 
 enum class EntryKind { checkpoint, staging, trash, custom, archive };
@@ -89,6 +94,7 @@ struct RunEntry {
   std::string archived_name;         // archives: the archived checkpoint's directory name
   bool complete = false;  // an archive: its manifest reads
   bool unreadable = false;  // see Completeness
+  bool has_trainer_state = false;  // see Completeness
   std::vector<std::string> problems;
   std::optional<TrainerStateSummary> state;
 };

@@ -93,7 +93,7 @@ Action attach_rotate(CLI::App& sub) {
       ->check(CLI::PositiveNumber);
   sub.add_option("--keep-every", o->keep_every, "Also keep every checkpoint whose step is divisible by K (not counted in N)")
       ->check(CLI::PositiveNumber);
-  sub.add_option("--stale-after", o->stale_after, "Remove incomplete and staging directories older than this (default 1h; e.g. 30m, 2h, 1d)");
+  sub.add_option("--stale-after", o->stale_after, "Remove staging directories and abandoned checkpoints (incomplete, no trainer_state.json) older than this (default 1h; e.g. 30m, 2h, 1d)");
   sub.add_option("--sort", o->sort, "Order checkpoints by step or by mtime (falls back to step when mtimes lie within 1 s)")
       ->check(CLI::IsMember({"step", "mtime"}));
   sub.add_flag_callback("--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");

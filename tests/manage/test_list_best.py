@@ -7,6 +7,7 @@ The binary is $CKPT_BIN (default: build/ckpt in the repository).
 
 import json
 import os
+import subprocess
 import tempfile
 import time
 import unittest
@@ -236,6 +237,23 @@ class BestSyntheticTest(Tmp):
         self.assertEqual(data["name"], "checkpoint-20", r.describe())
         self.assertEqual(data["step"], 20, r.describe())
         self.assertEqual(os.path.normpath(data["path"]), os.path.join(d, "checkpoint-20"))
+
+    def test_json_paths_that_are_not_utf8_come_back_byte_for_byte(self):
+        # A byte that is not UTF-8 is written as Python's os.fsdecode writes it (a lone surrogate escape), so
+        # os.fsencode gives the path back; U+FFFD would lose it.
+        d = os.path.join(os.fsencode(self.tmp), b"run-caf\xe9")
+        runs.make_run(os.fsdecode(d), [10, 20], best_step=20)
+        os.makedirs(os.path.join(d, b"custom-\xff"))
+        for args in (["list", d, "--json"], ["best", d, "--json"]):
+            p = subprocess.run([runs.CKPT_BIN] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertNotIn("\ufffd".encode(), p.stdout)
+            data = json.loads(p.stdout)
+            rows = data if isinstance(data, list) else [data]
+            for row in rows:
+                self.assertTrue(os.path.isdir(os.fsencode(row["path"])), row["path"])
+            if args[0] == "list":
+                self.assertIn("custom-\udcff", [row["name"] for row in rows])
 
     def test_best_model_checkpoint_matched_by_last_component(self):
         for kind, path in (("stale", "/old/place/run/checkpoint-20"), ("relative", "run/checkpoint-20"),

@@ -313,7 +313,9 @@ class RotateSafetyTest(Tmp):
         runs.make_run(d, list(steps), **kw)
         return d
 
-    def test_incomplete_young_kept_old_deleted_for_every_kind_of_damage(self):
+    def test_incomplete_young_kept_old_deleted_only_when_abandoned(self):
+        # Writers put trainer_state.json last: without it an old incomplete checkpoint was abandoned mid-write and
+        # goes; with it, something finished writing it, and a damaged checkpoint is kept and reported.
         for kind in runs.BROKEN_KINDS:
             with self.subTest(kind=kind):
                 d = os.path.join(self.tmp, "run-" + kind)
@@ -322,11 +324,69 @@ class RotateSafetyTest(Tmp):
                 runs.make_checkpoint(d, 15, broken=kind, mtime=time.time() - 2 * HOUR)  # old
                 data, r = self.rotate_json(d, "--keep", "5", "--dry-run")
                 dec = self.decisions(data)
+                abandoned = kind == "no_state"
                 self.assertEqual(dec["checkpoint-40"]["action"], "keep", r.describe())
-                self.assertEqual(dec["checkpoint-15"]["action"], "delete", r.describe())
+                self.assertEqual(dec["checkpoint-15"]["action"], "delete" if abandoned else "keep", r.describe())
+                if not abandoned:
+                    self.assertIn("never deleted", dec["checkpoint-15"]["reason"], r.describe())
                 self.assertEqual(data["newest"], "checkpoint-30", r.describe())
                 self.rotate_json(d, "--keep", "5")
-                self.assertEqual(runs.entries(d), ["checkpoint-10", "checkpoint-20", "checkpoint-30", "checkpoint-40"])
+                self.assertEqual(runs.entries(d), (["checkpoint-10"] if abandoned else ["checkpoint-10", "checkpoint-15"]) +
+                                 ["checkpoint-20", "checkpoint-30", "checkpoint-40"])
+
+    def test_trainer_state_python_reads_is_read(self):
+        # Python's json reads a lone surrogate escape (what json.dumps writes for a non-UTF-8 byte of output_dir), an
+        # integer beyond 2**64 and 1e400 (inf): such checkpoints are complete, counted, and rotated as any other.
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10, 20, 30, 40])
+        for step in (10, 20, 30, 40):
+            path = os.path.join(d, "checkpoint-%d" % step, "trainer_state.json")
+            with open(path) as f:
+                text = f.read()
+            text = text.replace('"global_step"', '"output_dir": "runs/caf\\udce9", "flos_exact": %d, "odd": 1e400, '
+                                '"global_step"' % (2 ** 70 + step), 1)
+            with open(path, "w") as f:
+                f.write(text)
+            runs.set_mtime(os.path.dirname(path), time.time() - 2 * HOUR)
+            state = json.loads(text)
+            self.assertEqual(state["flos_exact"], 2 ** 70 + step)
+        data, r = self.rotate_json(d, "--keep", "2", "--dry-run")
+        self.assertEqual(self.deleted_names(data), {"checkpoint-10", "checkpoint-20"}, r.describe())
+        self.assertEqual(data["newest"], "checkpoint-40", r.describe())
+        r = ckpt_ok(self, "list", d, "--json")
+        listing = r.json()
+        self.assertTrue(all(c["complete"] for c in listing), r.describe())
+
+    def test_layouts_ckpt_cannot_assess_are_kept_and_reported(self):
+        # A DeepSpeed checkpoint (global_stepN/ and `latest`, no top-level weights) or FSDP's sharded directories:
+        # never counted toward --keep, never deleted, however old, and the reason says so.
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10, 20])
+        old = time.time() - 5 * HOUR
+        ds = runs.make_checkpoint(d, 30, broken="no_weights")
+        os.makedirs(os.path.join(ds, "global_step30"))
+        for path, content in ((os.path.join(ds, "global_step30", "mp_rank_00_model_states.pt"), b"\0" * 64),
+                              (os.path.join(ds, "latest"), b"global_step30")):
+            with open(path, "wb") as f:
+                f.write(content)
+        fsdp = runs.make_checkpoint(d, 40, broken="no_weights")
+        os.makedirs(os.path.join(fsdp, "pytorch_model_fsdp_0"))
+        with open(os.path.join(fsdp, "pytorch_model_fsdp_0", "__0_0.distcp"), "wb") as f:
+            f.write(b"\0" * 64)
+        for p in (ds, fsdp):
+            runs.set_mtime(p, old)
+        os.remove(os.path.join(fsdp, "trainer_state.json"))  # not even a trainer_state.json: still not ours to judge
+        runs.set_mtime(fsdp, old)
+        data, r = self.rotate_json(d, "--keep", "1")
+        dec = self.decisions(data)
+        for name in ("checkpoint-30", "checkpoint-40"):
+            self.assertEqual(dec[name]["action"], "keep", r.describe())
+            self.assertIn("cannot read", dec[name]["reason"], r.describe())
+        self.assertEqual(data["newest"], "checkpoint-20", r.describe())
+        self.assertEqual(runs.entries(d), ["checkpoint-20", "checkpoint-30", "checkpoint-40"])
+        r = ckpt_ok(self, "list", d, "--json")
+        listing = {c["name"]: c for c in r.json()}
+        self.assertIn("global_step30/", " ".join(listing["checkpoint-30"]["problems"]), r.describe())
 
     def test_incomplete_checkpoints_do_not_count_toward_keep(self):
         d = self.run_dir(best_step=50)
@@ -345,7 +405,7 @@ class RotateSafetyTest(Tmp):
 
     def test_newest_complete_survives_when_all_newer_are_incomplete(self):
         d = self.run_dir(steps=(10, 20), best_step=10)
-        runs.make_checkpoint(d, 30, broken="truncated", mtime=time.time() - 2 * HOUR)
+        runs.make_checkpoint(d, 30, broken="no_state", mtime=time.time() - 2 * HOUR)
         self.rotate_json(d, "--keep", "1")
         # best (10) and newest complete (20) stay; the old broken 30 goes.
         self.assertEqual(runs.entries(d), ["checkpoint-10", "checkpoint-20"])
@@ -362,7 +422,7 @@ class RotateSafetyTest(Tmp):
     def test_stale_after(self):
         d = self.run_dir()
         t = time.time()
-        runs.make_checkpoint(d, 60, broken="truncated", mtime=t - 20 * 60)  # 20 min old
+        runs.make_checkpoint(d, 60, broken="no_state", mtime=t - 20 * 60)  # 20 min old
         runs.make_checkpoint(d, 70, broken="no_state", mtime=t - 5 * 60)    # 5 min old
         runs.make_checkpoint(d, 80, broken="no_state", mtime=t - 2 * HOUR)  # 2 h old
         data, r = self.rotate_json(d, "--keep", "5", "--dry-run")
