@@ -341,9 +341,9 @@ json::Json trainer_state_to_manifest(const TrainerStateSummary& state) {
   auto optional = [](const auto& v) { return v ? json::Json(*v) : json::Json(nullptr); };
   json::Json evals = json::Json::array();
   for (const auto& [step, metrics] : state.eval_by_step) {
-    json::Json values = json::Json::object();
-    for (const auto& [k, v] : metrics) values[k] = v;
-    evals.push_back({{"step", step}, {"metrics", std::move(values)}});
+    json::ObjectBuilder values;
+    for (const auto& [k, v] : metrics) values.set(k, v);
+    evals.push_back({{"step", step}, {"metrics", values.take()}});
   }
   return {{"global_step", optional(state.global_step)},
           {"epoch", optional(state.epoch)},

@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 #include <tuple>
+#include <unordered_map>
 
 #include "checkpoint/archive.hpp"
 #include "checkpoint/run_dir.hpp"
@@ -144,9 +145,9 @@ void summarize_safetensors(const MappedFile& file, const safetensors::Header& he
     }
     report.tensors.push_back(std::move(s));
   }
-  json::Json metadata = json::Json::object();
-  for (const auto& [k, v] : header.metadata) metadata[k] = v;
-  total_weights(report, file.size() - header.buffer_offset, std::move(metadata));
+  json::ObjectBuilder metadata;
+  for (const auto& [k, v] : header.metadata) metadata.set(k, v);
+  total_weights(report, file.size() - header.buffer_offset, metadata.take());
   if (options.verify) report.verify->checks.push_back("safetensors header rules");
 }
 
@@ -324,17 +325,22 @@ void summarize_json(const std::string& path, FileReport& report) {
     report.kind = "weights_index";
     const json::Json meta = field("metadata");
     report.fields["total_size"] = meta.is_object() && meta.contains("total_size") ? meta["total_size"] : json::Json(nullptr);
-    json::Json shards = json::Json::object();
+    std::vector<std::pair<std::string, std::uint64_t>> shard_counts;  // in order of first appearance
+    std::unordered_map<std::string, std::size_t> shard_position;
     std::size_t count = 0;
     if (doc["weight_map"].is_object()) {
       for (const auto& [tensor, shard] : doc["weight_map"].items()) {
         ++count;
         const std::string name = shard.is_string() ? shard.get<std::string>() : json::dump(shard);
-        shards[name] = shards.contains(name) ? shards[name].get<std::uint64_t>() + 1 : 1;
+        const auto [it, inserted] = shard_position.try_emplace(name, shard_counts.size());
+        if (inserted) shard_counts.emplace_back(name, 0);
+        ++shard_counts[it->second].second;
       }
     }
+    json::ObjectBuilder shards;
+    for (auto& [name, n] : shard_counts) shards.set(std::move(name), n);
     report.fields["num_tensors"] = count;
-    report.fields["shards"] = shards;
+    report.fields["shards"] = shards.take();
   } else if (doc.is_object() && (doc.contains("model_type") || report.file == "config.json")) {
     report.kind = "config";
     for (const char* key : {"model_type", "architectures", "torch_dtype"}) report.fields[key] = field(key);

@@ -38,9 +38,9 @@ std::vector<std::vector<std::size_t>> greedy_shards(const std::vector<std::uint6
 
 std::string index_json(std::uint64_t total_size, std::vector<std::pair<std::string, std::string>> tensor_to_file) {
   std::sort(tensor_to_file.begin(), tensor_to_file.end());
-  json::Json weight_map = json::Json::object();
-  for (const auto& [tensor, file] : tensor_to_file) weight_map[tensor] = file;
-  const json::Json index{{"metadata", {{"total_size", total_size}}}, {"weight_map", std::move(weight_map)}};
+  json::ObjectBuilder weight_map;
+  for (const auto& [tensor, file] : tensor_to_file) weight_map.set(tensor, file);
+  const json::Json index{{"metadata", {{"total_size", total_size}}}, {"weight_map", weight_map.take()}};
   return json::dump(index, 2) + "\n";
 }
 

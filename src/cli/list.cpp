@@ -33,9 +33,9 @@ struct ListOptions {
 json::Json listing_json(const checkpoint::RunListing& listing) {
   json::Json rows = json::Json::array();
   for (const auto& r : listing.rows) {
-    json::Json metrics = json::Json::object();
-    for (const auto& [k, v] : r.metrics) metrics[k] = v;
-    if (r.loss) metrics["loss"] = *r.loss;
+    json::ObjectBuilder metrics;
+    for (const auto& [k, v] : r.metrics) metrics.set(k, v);
+    if (r.loss) metrics.set("loss", *r.loss);
     rows.push_back({{"name", r.name},
                     {"path", r.path},
                     {"kind", checkpoint::to_string(r.kind)},
@@ -52,7 +52,7 @@ json::Json listing_json(const checkpoint::RunListing& listing) {
                     {"num_files", r.num_files},
                     {"mtime", r.mtime},
                     {"metric", optional_number(r.metric)},
-                    {"metrics", std::move(metrics)},
+                    {"metrics", metrics.take()},
                     {"problems", r.problems}});
   }
   return rows;

@@ -79,8 +79,8 @@ std::string default_text(const train::ArgValue& value) {
 }
 
 json::Json result_json(const train::TrainResult& r) {
-  json::Json metrics = json::Json::object();
-  for (const auto& [k, v] : r.final_metrics) metrics[k] = v;
+  json::ObjectBuilder metrics;
+  for (const auto& [k, v] : r.final_metrics) metrics.set(k, v);
   return {{"output_dir", r.output_dir},
           {"resumed_from", r.resumed_from ? json::Json(*r.resumed_from) : json::Json(nullptr)},
           {"global_step", r.global_step},
@@ -91,7 +91,7 @@ json::Json result_json(const train::TrainResult& r) {
           {"checkpoints_removed", r.checkpoints_removed},
           {"best_model_checkpoint", r.best_model_checkpoint ? json::Json(*r.best_model_checkpoint) : json::Json(nullptr)},
           {"best_metric", r.best_metric ? json::Json(*r.best_metric) : json::Json(nullptr)},
-          {"metrics", std::move(metrics)},
+          {"metrics", metrics.take()},
           {"save_stall_seconds", r.save_stall_seconds},
           {"save_write_seconds", r.save_write_seconds},
           {"load_seconds", r.load_seconds ? json::Json(*r.load_seconds) : json::Json(nullptr)},

@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
-#include <unordered_map>
 #include <vector>
 
 #include "util/error.hpp"
@@ -17,12 +16,6 @@ namespace {
 // Big integers are binary values of this subtype holding their decimal digits: text never parses to a binary
 // value, so no document can forge one.
 constexpr std::uint8_t kBigIntegerSubtype = 0x42;
-
-// The vector beneath an ordered_json object: appending to it directly skips ordered_map's linear key search.
-using Members = Json::object_t::Container;
-
-// Objects up to this size are searched linearly for a repeated key; larger ones get a hash index.
-constexpr std::size_t kLinearKeyLimit = 16;
 
 void append_utf8(std::string& out, std::uint32_t cp) {
   // Generalized UTF-8: a lone surrogate gets the three bytes its code point would have (see the header).
@@ -124,13 +117,11 @@ class Parser {
 
   Json object(std::size_t depth) {
     ++pos_;
-    Json result = Json::object();
-    Members& members = result.get_ref<Json::object_t&>();
-    std::unordered_map<std::string, std::size_t> index;  // key -> position, once the object outgrows a linear search
+    ObjectBuilder members;
     skip_whitespace();
     if (peek() == '}') {
       ++pos_;
-      return result;
+      return members.take();
     }
     while (true) {
       skip_whitespace();
@@ -139,39 +130,15 @@ class Parser {
       skip_whitespace();
       expect(':');
       skip_whitespace();
-      Json item = value(depth + 1);
-      add_member(members, index, std::move(key), std::move(item));
+      members.set(std::move(key), value(depth + 1));
       skip_whitespace();
       if (peek() == ',' && !at_end()) {
         ++pos_;
         continue;
       }
       expect('}');
-      return result;
+      return members.take();
     }
-  }
-
-  // A repeated key keeps its first position and takes the new value, as a Python dict does.
-  static void add_member(Members& members, std::unordered_map<std::string, std::size_t>& index, std::string key, Json item) {
-    if (members.size() < kLinearKeyLimit) {
-      for (auto& member : members) {
-        if (member.first == key) {
-          member.second = std::move(item);
-          return;
-        }
-      }
-      members.emplace_back(std::move(key), std::move(item));
-      if (members.size() == kLinearKeyLimit) {
-        for (std::size_t i = 0; i < members.size(); ++i) index.emplace(members[i].first, i);
-      }
-      return;
-    }
-    const auto [it, inserted] = index.try_emplace(key, members.size());
-    if (!inserted) {
-      members[it->second].second = std::move(item);
-      return;
-    }
-    members.emplace_back(std::move(key), std::move(item));
   }
 
   Json array(std::size_t depth) {
@@ -381,7 +348,7 @@ void write_value(const Json& value, const Style& style, int depth, std::string& 
         out += "{}";
         return;
       }
-      std::vector<const Members::value_type*> members;
+      std::vector<const Json::object_t::value_type*> members;
       members.reserve(value.size());
       for (const auto& member : value.get_ref<const Json::object_t&>()) members.push_back(&member);
       if (style.sort_keys) {
@@ -440,6 +407,31 @@ void write_value(const Json& value, const Style& style, int depth, std::string& 
 }
 
 }  // namespace
+
+void ObjectBuilder::set(std::string key, Json value) {
+  // Appending to the vector beneath the object skips ordered_map's linear key search.
+  Json::object_t::Container& members = object_.get_ref<Json::object_t&>();
+  constexpr std::size_t kLinearLimit = 16;  // smaller objects are searched; larger ones get a hash index
+  if (members.size() < kLinearLimit) {
+    for (auto& member : members) {
+      if (member.first == key) {
+        member.second = std::move(value);
+        return;
+      }
+    }
+    members.emplace_back(std::move(key), std::move(value));
+    if (members.size() == kLinearLimit) {
+      for (std::size_t i = 0; i < members.size(); ++i) positions_.emplace(members[i].first, i);
+    }
+    return;
+  }
+  const auto [it, inserted] = positions_.try_emplace(key, members.size());
+  if (!inserted) {
+    members[it->second].second = std::move(value);
+    return;
+  }
+  members.emplace_back(std::move(key), std::move(value));
+}
 
 Json parse(std::string_view text) { return Parser(text).document(); }
 

@@ -193,6 +193,26 @@ class ListSyntheticTest(Tmp):
         self.assertIsNone(by["checkpoint-50"]["metric"], r.describe())
         self.assertBestIs(d, "checkpoint-30", "--metric", "loss")
 
+    def test_many_keys_take_linear_time(self):
+        # 200k evaluation metrics in one log entry and 200k keys in another object: a linear key search per
+        # insertion (ordered_json's) takes minutes here; linear work well under a second. The deadline is generous
+        # for sanitizer builds on a loaded machine.
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10])
+        path = os.path.join(d, "checkpoint-10", "trainer_state.json")
+        with open(path) as f:
+            state = json.load(f)
+        state["log_history"].append({"step": 10, **{"eval_m%d" % i: 0.5 for i in range(200000)}})
+        state["big"] = {"k%d" % i: i for i in range(200000)}
+        with open(path, "w") as f:
+            json.dump(state, f)
+        for args in (["list", d, "--json"], ["best", d, "--metric", "m7"], ["rotate", d, "--keep", "1", "--dry-run"],
+                     ["inspect", "--json", d]):
+            r = ckpt(*args, timeout=60)
+            self.assertEqual(r.returncode, 0, r.describe())
+        rows, r = self.list_json(d)
+        self.assertEqual(len(rows[0]["metrics"]), 200000 + 1, r.describe())
+
     def test_sort_mtime(self):
         d = os.path.join(self.tmp, "run")
         base = float(int(time.time())) - 1000
