@@ -60,9 +60,8 @@ std::vector<InputFile> list_files(const std::string& dir) {
   for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     const auto status = it->symlink_status(ec);
     if (ec) break;
-    if (fs::is_directory(status)) continue;
     const std::string path = it->path().string();
-    if (!fs::is_regular_file(status)) throw Error(ErrorKind::unsupported, path, "", "not a regular file; an archive holds regular files only");
+    if (!fs_util::require_regular_file(path)) continue;  // a directory: its files follow
     InputFile f;
     f.name = it->path().lexically_relative(dir).generic_string();
     f.path = path;

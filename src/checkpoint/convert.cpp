@@ -470,7 +470,7 @@ std::vector<std::unique_ptr<Source>> load_index(const std::string& index_path) {
   for (const auto& [tensor, shard] : doc["weight_map"].items()) {
     if (!shard.is_string()) throw Error(ErrorKind::corrupt, index_path, "weight_map", "'" + tensor + "' maps to a non-string");
     const std::string file = shard.get<std::string>();
-    if (file.find('/') != std::string::npos) throw Error(ErrorKind::corrupt, index_path, "weight_map", "shard '" + file + "' leaves the directory");
+    if (!is_shard_file_name(file)) throw Error(ErrorKind::corrupt, index_path, "weight_map", "shard name '" + file + "' is not a file beside the index");
     if (seen.insert(file).second) files.push_back(file);
   }
   // In shard order (the numbered names sort so), as Hugging Face loads them: the merged state dict then has
@@ -664,7 +664,7 @@ void convert_directory(const std::string& source, const std::string& destination
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(source, ec)) {
-    if (entry.is_regular_file(ec)) names.push_back(entry.path().filename().string());
+    if (fs_util::require_regular_file(entry.path().string())) names.push_back(entry.path().filename().string());
   }
   if (ec) throw Error(ErrorKind::io, source, "", "cannot list directory: " + ec.message());
   std::sort(names.begin(), names.end());

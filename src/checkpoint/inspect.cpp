@@ -472,6 +472,10 @@ void check_index(const std::string& dir, const FileReport& index, const std::vec
   for (const auto& [tensor, shard] : doc["weight_map"].items()) {
     ++listed;
     const std::string file = shard.is_string() ? shard.get<std::string>() : "";
+    if (!is_shard_file_name(file)) {
+      v.errors.push_back(index.file + ": weight_map: shard name '" + file + "' of '" + tensor + "' is not a file beside the index");
+      continue;
+    }
     auto it = shard_tensors.find(file);
     if (it == shard_tensors.end()) {
       if (!fs::exists(fs::path(dir) / file)) v.errors.push_back(index.file + ": shard '" + file + "' is missing");
@@ -507,7 +511,8 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   std::vector<std::string> paths;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (entry.is_regular_file(ec)) paths.push_back(entry.path().string());
+    // A FIFO or device is listed too, to fail as a file that cannot be read (ReadOnlyFile never waits on one).
+    if (entry.is_regular_file(ec) || entry.is_other(ec)) paths.push_back(entry.path().string());
   }
   if (ec) throw Error(ErrorKind::io, dir, "", "cannot list directory: " + ec.message());
   std::sort(paths.begin(), paths.end());

@@ -23,6 +23,15 @@ namespace ckpt::fs_util {
 
 namespace fs = std::filesystem;
 
+bool require_regular_file(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) fail_io(path, "stat", errno);
+  if (S_ISREG(st.st_mode)) return true;
+  if (S_ISDIR(st.st_mode)) return false;
+  throw Error(ErrorKind::unsupported, path, "", std::string("not a regular file (") + file_type_name(st.st_mode) +
+                                                    "); only regular files are read, symlinks are not followed (cp -rL makes a copy that holds their targets)");
+}
+
 void fsync_directory(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) fail_io(dir, "open directory", errno);

@@ -9,6 +9,11 @@
 
 namespace ckpt::fs_util {
 
+// For a file of a directory that ckpt reads whole (convert DIR, archiving): throws Error (unsupported, "not a
+// regular file") unless `path` itself is a regular file. A symlink is not followed: its target may lie anywhere
+// (outside the checkpoint, or a device); a FIFO would block. False for a directory, which the caller handles.
+bool require_regular_file(const std::string& path);
+
 // fsync on a directory, so that renames and creations inside it survive a crash.
 void fsync_directory(const std::string& dir);
 
