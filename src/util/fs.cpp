@@ -141,6 +141,12 @@ void replace_symlink(const std::string& target, const std::string& link) {
   const std::filesystem::path link_path(link);
   const std::string temp = (link_path.parent_path() / ("." + link_path.filename().string() + ".tmp-" + unique_suffix())).string();
   if (::symlink(target.c_str(), temp.c_str()) != 0) fail_io(temp, "create symlink", errno);
+  // Checked last, just before the rename, so that the window for anything to appear there is the shortest.
+  struct stat existing {};
+  if (::lstat(link.c_str(), &existing) == 0 && !S_ISLNK(existing.st_mode)) {
+    ::unlink(temp.c_str());
+    throw Error(ErrorKind::invalid_argument, link, "", std::string("exists and is not a symlink (") + file_type_name(existing.st_mode) + "); only a symlink is replaced");
+  }
   if (::rename(temp.c_str(), link.c_str()) != 0) {
     int e = errno;
     ::unlink(temp.c_str());

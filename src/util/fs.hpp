@@ -29,8 +29,9 @@ void fsync_files(const std::vector<std::string>& paths);
 // rename(2) then fsync of the destination's directory. Throws Error (io, not_found) naming `from`.
 void durable_rename(const std::string& from, const std::string& to);
 
-// Points `link` at `target` (stored as given, so relative targets stay relative), replacing any existing link
-// in one step: a temporary link beside it renamed over it.
+// Points `link` at `target` (stored as given, so relative targets stay relative), replacing an existing link
+// in one step: a temporary link beside it renamed over it. Only a symlink is replaced: anything else at `link`
+// (a file, a directory, a FIFO) is someone's data, an Error of kind invalid_argument.
 void replace_symlink(const std::string& target, const std::string& link);
 
 // Removes a directory tree without following symlinks; a missing path is not an error.

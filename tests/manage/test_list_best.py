@@ -356,6 +356,27 @@ class BestSyntheticTest(Tmp):
         self.assertEqual(runs.tree_digest(os.path.join(d, "best")), before)
         self.assertEqual(sorted(os.listdir(d)), ["best", "checkpoint-10", "checkpoint-20"], "temporary link left")
 
+    def test_link_replaces_only_a_symlink(self):
+        d = self.run_dir([10, 20], evals={10: {"eval_loss": 1.0}, 20: {"eval_loss": 2.0}})
+        for name in ("config.json", "pytorch_model.bin", "fifo", "device"):
+            with self.subTest(name=name):
+                path = os.path.join(d, name)
+                if name == "fifo":
+                    os.mkfifo(path)
+                elif name == "device":
+                    os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+                else:
+                    with open(path, "w") as f:
+                        f.write("user data")
+                r = ckpt("best", d, "--link", name)
+                self.assertEqual(r.returncode, 2, r.describe())
+                self.assertIn("not a symlink", r.stderr, r.describe())
+                self.assertFalse(os.path.islink(path))
+                if name not in ("fifo", "device"):
+                    with open(path) as f:
+                        self.assertEqual(f.read(), "user data")
+        self.assertEqual([n for n in os.listdir(d) if ".tmp-" in n], [], "temporary link left")
+
     def test_link_name_must_be_plain(self):
         d = self.run_dir([10, 20], best_step=10)
         for bad in ("a/b", "..", ".", "checkpoint-5", "../escape"):
