@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <filesystem>
 #include <memory>
+#include <set>
 #include <thread>
 
+#include "checkpoint/export.hpp"
 #include "format/safetensors.hpp"
 #include "format/torch_archive.hpp"
 #include "util/atomic_file.hpp"
@@ -531,7 +533,10 @@ ArchiveSummary restore_archive(const std::string& archive_path, const std::strin
   }
   ReadOnlyFile archive_file(archive_path);
   const Manifest m = archive::read_manifest(archive_file);
-  fs_util::build_directory(dir, [&](const std::string& staging) { write_files(archive_file, m, options, staging, true); });
+  std::set<std::string> names;
+  for (const auto& file : m.files) names.insert(file.name);
+  require_replaceable(dir, names);  // before decoding anything
+  build_output_directory(dir, names, [&](const std::string& staging) { write_files(archive_file, m, options, staging, true); });
   return summary_of(m, archive_path, archive_file.size());
 }
 

@@ -185,7 +185,8 @@ void remove_tree(const std::string& path) {
   }
 }
 
-void build_directory(const std::string& destination_as_given, const std::function<void(const std::string& staging)>& fill) {
+void build_directory(const std::string& destination_as_given, const std::function<void(const std::string& staging)>& fill,
+                     const std::function<void()>& before_replacing) {
   const fs::path dest = entry_path(destination_as_given);
   const std::string destination = dest.string();
   const fs::path parent = dest.parent_path().empty() ? fs::path(".") : dest.parent_path();
@@ -199,6 +200,7 @@ void build_directory(const std::string& destination_as_given, const std::functio
     fsync_directory(staging);
     ensure_no_mapped_file_shrank();
     if (fs::exists(fs::symlink_status(destination))) {
+      if (before_replacing) before_replacing();
       exchange(staging, destination);  // one step: the old destination or the new one, never neither
       remove_tree(staging);            // now the old one; if killed here, a stale temporary cleared later
     } else {

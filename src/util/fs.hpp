@@ -51,9 +51,11 @@ std::filesystem::path entry_path(const std::string& path);
 // Builds a directory in a hidden staging directory beside `destination` (`.NAME.tmp-*`; first clearing those a
 // killed builder left), filled by `fill`
 // (which makes its files durable), then fsyncs it and renames it into place, so the destination appears complete
-// or not at all; an existing destination is exchanged with it in one step (`exchange`) and then removed. On
-// failure the staging directory is removed.
-void build_directory(const std::string& destination, const std::function<void(const std::string& staging)>& fill);
+// or not at all; an existing destination is exchanged with it in one step (`exchange`) and then removed, after
+// `before_replacing` (when given) had its say: it throws to keep what is there. On failure the staging directory
+// is removed.
+void build_directory(const std::string& destination, const std::function<void(const std::string& staging)>& fill,
+                     const std::function<void()>& before_replacing = {});
 
 // Whether `path` is a temporary entry beside a destination (`.NAME.tmp-<pid>-...`, as AtomicFile and
 // build_directory name them) left by a killed process: its writer's pid no longer runs here and it has not been

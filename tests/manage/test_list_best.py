@@ -377,6 +377,29 @@ class BestSyntheticTest(Tmp):
                         self.assertEqual(f.read(), "user data")
         self.assertEqual([n for n in os.listdir(d) if ".tmp-" in n], [], "temporary link left")
 
+    def test_export_into_a_checkpoint_is_refused(self):
+        d = self.run_dir([10, 20], evals={10: {"eval_loss": 2.0}, 20: {"eval_loss": 1.0}})
+        other = os.path.join(self.tmp, "other-run")
+        runs.make_run(other, [5])
+        like_a_checkpoint = os.path.join(self.tmp, "saved")  # a checkpoint by its content, whatever its name
+        runs.make_checkpoint(self.tmp, 7, name="saved")
+        os.symlink(os.path.join(d, "checkpoint-10"), os.path.join(self.tmp, "link-to-10"))
+        before = runs.tree_digest(self.tmp)
+        for dest in (os.path.join(d, "checkpoint-10"), os.path.join(d, "checkpoint-20"), os.path.join(d, "checkpoint-10/"),
+                     os.path.join(d, "checkpoint-10", "sub"), os.path.join(d, "checkpoint-30"),
+                     os.path.join(other, "checkpoint-5"), os.path.join(other, "checkpoint-5", "a", "b"),
+                     like_a_checkpoint, os.path.join(like_a_checkpoint, "export"),
+                     os.path.join(self.tmp, "link-to-10"), os.path.join(self.tmp, "link-to-10", "x")):
+            with self.subTest(dest=dest):
+                r = ckpt("best", d, "--export", dest)
+                self.assertEqual(r.returncode, 2, r.describe())
+                self.assertIn("checkpoint", r.stderr, r.describe())
+                self.assertEqual(runs.tree_digest(self.tmp), before)
+        # The run directory itself (where Hugging Face's save_model writes) and a directory beside the run's
+        # checkpoints stay valid destinations.
+        self.best_path(d, "--export", d)
+        self.best_path(d, "--export", os.path.join(d, "exported"))
+
     def test_link_name_must_be_plain(self):
         d = self.run_dir([10, 20], best_step=10)
         for bad in ("a/b", "..", ".", "checkpoint-5", "../escape"):
@@ -438,11 +461,7 @@ class BestSyntheticTest(Tmp):
             self.assertEqual(r.returncode, 2, r.describe())
             with open(plain) as f:
                 self.assertEqual(f.read(), "keep", dest)
-        # Exporting a checkpoint into itself, or into the run directory twice, leaves no link temporaries.
-        src = os.path.join(d, "checkpoint-10")
-        before = sorted(os.listdir(src))
-        self.best_path(d, "--export", src)
-        self.assertEqual(sorted(os.listdir(src)), before)
+        # Exporting into the run directory twice leaves no link temporaries.
         self.best_path(d, "--export", d)
         self.best_path(d, "--export", d)
         self.assertEqual([n for n in os.listdir(d) if ".tmp-" in n], [])
