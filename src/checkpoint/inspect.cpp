@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -591,6 +592,26 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
     report.verify = std::move(v);
   }
   return report;
+}
+
+std::optional<CheckpointReport> inspect_run_checkpoint(const std::string& dir, const InspectOptions& options) {
+  struct stat before {};
+  if (::lstat(dir.c_str(), &before) != 0) {
+    if (errno == ENOENT) return std::nullopt;
+    fail_io(dir, "stat", errno);
+  }
+  const auto same_directory = [&] {
+    struct stat now {};
+    return ::lstat(dir.c_str(), &now) == 0 && now.st_dev == before.st_dev && now.st_ino == before.st_ino;
+  };
+  try {
+    CheckpointReport report = inspect_checkpoint(dir, options);
+    if (!same_directory()) return std::nullopt;
+    return report;
+  } catch (const Error&) {
+    if (!same_directory()) return std::nullopt;
+    throw;
+  }
 }
 
 }  // namespace ckpt::checkpoint
