@@ -39,7 +39,7 @@ complete -c ckpt -n "__fish_seen_subcommand_from convert" -l consolidate -d 'Mer
 complete -c ckpt -n "__fish_seen_subcommand_from convert rotate" -l level -x -d 'zstd level of archives'
 complete -c ckpt -n "__fish_seen_subcommand_from convert rotate" -l threads -x -d 'Threads compressing archives'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l dry-run -d 'Show what would be written'
-complete -c ckpt -n "__fish_seen_subcommand_from convert" -l force -d 'Replace an existing destination'
+complete -c ckpt -n "__fish_seen_subcommand_from convert" -l force -d 'Replace an existing destination (an earlier output of ckpt)'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l json -d 'Print a JSON summary'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -s q -l quiet -d 'Print nothing unless there is an error'
 

@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <filesystem>
 #include <memory>
+#include <set>
 #include <thread>
 
+#include "checkpoint/export.hpp"
 #include "format/safetensors.hpp"
 #include "format/torch_archive.hpp"
 #include "util/atomic_file.hpp"
@@ -60,9 +62,8 @@ std::vector<InputFile> list_files(const std::string& dir) {
   for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     const auto status = it->symlink_status(ec);
     if (ec) break;
-    if (fs::is_directory(status)) continue;
     const std::string path = it->path().string();
-    if (!fs::is_regular_file(status)) throw Error(ErrorKind::unsupported, path, "", "not a regular file; an archive holds regular files only");
+    if (!fs_util::require_regular_file(path)) continue;  // a directory: its files follow
     InputFile f;
     f.name = it->path().lexically_relative(dir).generic_string();
     f.path = path;
@@ -532,7 +533,10 @@ ArchiveSummary restore_archive(const std::string& archive_path, const std::strin
   }
   ReadOnlyFile archive_file(archive_path);
   const Manifest m = archive::read_manifest(archive_file);
-  fs_util::build_directory(dir, [&](const std::string& staging) { write_files(archive_file, m, options, staging, true); });
+  std::set<std::string> names;
+  for (const auto& file : m.files) names.insert(file.name);
+  require_replaceable(dir, names);  // before decoding anything
+  build_output_directory(dir, names, [&](const std::string& staging) { write_files(archive_file, m, options, staging, true); });
   return summary_of(m, archive_path, archive_file.size());
 }
 

@@ -10,6 +10,7 @@
 #include <memory>
 #include <set>
 
+#include "checkpoint/export.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/shards.hpp"
 #include "checkpoint/source.hpp"
@@ -470,7 +471,7 @@ std::vector<std::unique_ptr<Source>> load_index(const std::string& index_path) {
   for (const auto& [tensor, shard] : doc["weight_map"].items()) {
     if (!shard.is_string()) throw Error(ErrorKind::corrupt, index_path, "weight_map", "'" + tensor + "' maps to a non-string");
     const std::string file = shard.get<std::string>();
-    if (file.find('/') != std::string::npos) throw Error(ErrorKind::corrupt, index_path, "weight_map", "shard '" + file + "' leaves the directory");
+    if (!is_shard_file_name(file)) throw Error(ErrorKind::corrupt, index_path, "weight_map", "shard name '" + file + "' is not a file beside the index");
     if (seen.insert(file).second) files.push_back(file);
   }
   // In shard order (the numbered names sort so), as Hugging Face loads them: the merged state dict then has
@@ -637,14 +638,21 @@ void refuse_existing(const std::string& destination, const ConvertOptions& optio
   }
 }
 
-// Builds a directory through fs_util::build_directory, or on a dry run only goes through the motions.
+// Builds a directory through build_output_directory (an existing destination is replaced only when it is an
+// earlier output), or on a dry run only goes through the motions and says whether it would be replaced.
 template <typename Fill>
-void build_directory(const std::string& destination, const ConvertOptions& options, Fill fill) {
-  if (options.dry_run) {
-    fill(destination);
+void build_directory(const std::string& destination, const ConvertOptions& options, ConvertResult& result, Fill fill) {
+  if (!options.dry_run) {
+    build_output_directory(destination, {}, fill);
     return;
   }
-  fs_util::build_directory(destination, fill);
+  const std::size_t first = result.files.size();
+  fill(destination);
+  std::set<std::string> names;
+  for (std::size_t i = first; i < result.files.size(); ++i) {
+    names.insert(fs::path(result.files[i].destination).lexically_relative(destination).generic_string());
+  }
+  require_replaceable(destination, names);
 }
 
 void rebase(ConvertResult& result, std::size_t from, const std::string& staging, const std::string& destination) {
@@ -664,7 +672,7 @@ void convert_directory(const std::string& source, const std::string& destination
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(source, ec)) {
-    if (entry.is_regular_file(ec)) names.push_back(entry.path().filename().string());
+    if (fs_util::require_regular_file(entry.path().string())) names.push_back(entry.path().filename().string());
   }
   if (ec) throw Error(ErrorKind::io, source, "", "cannot list directory: " + ec.message());
   std::sort(names.begin(), names.end());
@@ -678,7 +686,7 @@ void convert_directory(const std::string& source, const std::string& destination
 
   const std::size_t first = result.files.size();
   std::string used_staging;
-  build_directory(destination, options, [&](const std::string& out) {
+  build_directory(destination, options, result, [&](const std::string& out) {
     used_staging = out;
     if (shards) consolidate_optimizer(source, *shards, (fs::path(out) / "optimizer.pt").string(), options, result);
     if (convert_weights_here) {
@@ -757,6 +765,13 @@ ConvertResult convert(const std::string& source, const std::string& destination,
   if (ec || !fs::exists(status)) throw Error(ErrorKind::not_found, source, "", "no such file or directory");
   refuse_existing(destination, options);
   if (!options.dry_run) fs_util::clear_abandoned_temporaries_of(destination);  // left by an earlier convert, killed
+  if (!options.dry_run && fs::exists(fs::symlink_status(destination, ec))) {
+    // Whether --force may replace it, from a dry run's names (metadata only), before converting anything.
+    ConvertOptions dry_run = options;
+    dry_run.dry_run = true;
+    dry_run.progress = nullptr;
+    convert(source, destination, dry_run);
+  }
 
   if (fs::is_directory(status)) {
     convert_directory(source, destination, options, result);
@@ -771,7 +786,7 @@ ConvertResult convert(const std::string& source, const std::string& destination,
     for (const auto& s : loaded) views.push_back(s.get());
     if (options.max_shard_size) {
       std::string staging;
-      build_directory(destination, options, [&](const std::string& out) {
+      build_directory(destination, options, result, [&](const std::string& out) {
         staging = out;
         convert_weights(views, "", out, options, result);
       });
@@ -786,7 +801,7 @@ ConvertResult convert(const std::string& source, const std::string& destination,
   if (is_state_dict(s->graph()) && !s->has_structure()) {
     if (options.max_shard_size) {
       std::string staging;
-      build_directory(destination, options, [&](const std::string& out) {
+      build_directory(destination, options, result, [&](const std::string& out) {
         staging = out;
         convert_weights({s.get()}, "", out, options, result);
       });

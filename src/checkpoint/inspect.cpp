@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -478,6 +479,10 @@ void check_index(const std::string& dir, const FileReport& index, const std::vec
   for (const auto& [tensor, shard] : doc["weight_map"].items()) {
     ++listed;
     const std::string file = shard.is_string() ? shard.get<std::string>() : "";
+    if (!is_shard_file_name(file)) {
+      v.errors.push_back(index.file + ": weight_map: shard name '" + file + "' of '" + tensor + "' is not a file beside the index");
+      continue;
+    }
     auto it = shard_tensors.find(file);
     if (it == shard_tensors.end()) {
       if (!fs::exists(fs::path(dir) / file)) v.errors.push_back(index.file + ": shard '" + file + "' is missing");
@@ -513,7 +518,8 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   std::vector<std::string> paths;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (entry.is_regular_file(ec)) paths.push_back(entry.path().string());
+    // A FIFO or device is listed too, to fail as a file that cannot be read (ReadOnlyFile never waits on one).
+    if (entry.is_regular_file(ec) || entry.is_other(ec)) paths.push_back(entry.path().string());
   }
   if (ec) throw Error(ErrorKind::io, dir, "", "cannot list directory: " + ec.message());
   std::sort(paths.begin(), paths.end());
@@ -592,6 +598,26 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
     report.verify = std::move(v);
   }
   return report;
+}
+
+std::optional<CheckpointReport> inspect_run_checkpoint(const std::string& dir, const InspectOptions& options) {
+  struct stat before {};
+  if (::lstat(dir.c_str(), &before) != 0) {
+    if (errno == ENOENT) return std::nullopt;
+    fail_io(dir, "stat", errno);
+  }
+  const auto same_directory = [&] {
+    struct stat now {};
+    return ::lstat(dir.c_str(), &now) == 0 && now.st_dev == before.st_dev && now.st_ino == before.st_ino;
+  };
+  try {
+    CheckpointReport report = inspect_checkpoint(dir, options);
+    if (!same_directory()) return std::nullopt;
+    return report;
+  } catch (const Error&) {
+    if (!same_directory()) return std::nullopt;
+    throw;
+  }
 }
 
 }  // namespace ckpt::checkpoint

@@ -74,6 +74,11 @@ FileReport inspect_file(const std::string& path, const InspectOptions& options);
 // Never throws for a bad member file: its report carries the error and the checkpoint is incomplete.
 CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions& options);
 
+// inspect_checkpoint for a checkpoint of a run, which a rotate (or the trainer, replacing it with another of its
+// step) may take away while it is read: nullopt when the directory is gone or is another one by the end, whatever
+// reading it gave (missing files are then no corruption). Errors of a checkpoint still there are thrown as ever.
+std::optional<CheckpointReport> inspect_run_checkpoint(const std::string& dir, const InspectOptions& options);
+
 enum class PathKind { file, checkpoint, run };
 // A directory holding checkpoint-N subdirectories is a run; any other directory a checkpoint.
 PathKind classify_path(const std::string& path);

@@ -12,7 +12,8 @@ class RunLock {
  public:
   // Waits for the lock, or with `wait` false throws an Error of kind `locked` when another process holds it.
   // `file_name` selects the lock: kLockName guards commits and deletions; the trainer also holds kTrainLockName
-  // for its whole run, so that two trainers never write into one run directory.
+  // for its whole run, so that two trainers never write into one run directory. The lock file is created when
+  // missing; a symlink, FIFO or device in its place is an Error of kind unsupported, never followed or waited on.
   RunLock(const std::string& run_dir, bool wait, const char* file_name = kLockName);
   ~RunLock();  // releases the lock; commits nothing
   RunLock(const RunLock&) = delete;

@@ -101,6 +101,34 @@ fs::path archive_directory(const std::string& run_dir, const RotateOptions& opti
   return dir.is_relative() ? fs::path(run_dir) / dir : dir;
 }
 
+// Throws invalid_argument unless the archive directory is one whose archives rotate may delete: inside the run
+// directory (the default `archive`, any relative DIR) every component below the run is a real directory, never a
+// symlink, so the archives deleted are the run's own; on the way to a directory given elsewhere, a symlink is
+// followed only if it is the user's own or root's (as /home -> /data/home), not one another user made, who could
+// point it at anyone's archives. Components that do not exist yet are created by rotate itself.
+void check_archive_directory(const std::string& run_dir, const RotateOptions& options) {
+  const fs::path run = fs::absolute(run_dir).lexically_normal();
+  const fs::path dir = fs::absolute(archive_directory(run_dir, options)).lexically_normal();
+  const auto below_run = [&](const fs::path& path) {
+    const fs::path relative = path.lexically_relative(run);
+    return !relative.empty() && relative != "." && *relative.begin() != "..";
+  };
+  fs::path prefix;
+  for (const auto& component : dir) {
+    prefix /= component;
+    struct stat st {};
+    if (::lstat(prefix.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) continue;
+    if (below_run(prefix)) {
+      throw Error(ErrorKind::invalid_argument, prefix.string(), "--archive",
+                  "is a symlink; an archive directory inside the run must be a real directory (rotate deletes archives there)");
+    }
+    if (st.st_uid != ::geteuid() && st.st_uid != 0) {
+      throw Error(ErrorKind::invalid_argument, prefix.string(), "--archive",
+                  "is a symlink owned by another user (uid " + std::to_string(st.st_uid) + "); not followed to an archive directory");
+    }
+  }
+}
+
 std::string archive_path_for(const std::string& run_dir, const RotateOptions& options, const std::string& name) {
   return (archive_directory(run_dir, options) / (name + kArchiveExtension)).string();
 }
@@ -237,6 +265,7 @@ void delete_planned(const std::string& run_dir, const RotateOptions& options, Ro
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock) {
   if (options.keep_archives && *options.keep_archives < 1) throw Error(ErrorKind::invalid_argument, "", "--keep-archives", "must be at least 1");
   if (options.keep_archives && !options.archive_dir) throw Error(ErrorKind::invalid_argument, "", "--keep-archives", "needs --archive");
+  if (options.archive_dir) check_archive_directory(run_dir, options);
   const auto now = [] { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); };
   RotationResult result;
   ArchivedVictims victims;

@@ -26,7 +26,9 @@ struct RotateOptions {
   bool by_mtime = false;
   BestOptions best;
   // Archive each complete checkpoint into this directory (checkpoint/archive.hpp; relative to the run
-  // directory) before deleting it; a checkpoint whose archive cannot be written and read back stays.
+  // directory) before deleting it; a checkpoint whose archive cannot be written and read back stays. Inside the
+  // run it must be a real directory, no symlink on the way; elsewhere no symlink of another user on the way
+  // (rotate throws invalid_argument before doing anything).
   std::optional<std::string> archive_dir;
   // Then keep at most this many archives there (the newest by step, and the best's besides).
   std::optional<std::int64_t> keep_archives;

@@ -58,6 +58,10 @@ std::vector<CheckpointDir> discover_checkpoints(const std::string& run_dir) {
   return found;
 }
 
+bool is_shard_file_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos && name.find('\0') == std::string::npos;
+}
+
 std::optional<WeightsFiles> find_weights(const std::string& dir) {
   const fs::path base(dir);
   for (const char* index : {"model.safetensors.index.json", "pytorch_model.bin.index.json"}) {
@@ -72,8 +76,8 @@ std::optional<WeightsFiles> find_weights(const std::string& dir) {
     for (const auto& [tensor, shard] : doc["weight_map"].items()) {
       if (!shard.is_string()) throw Error(ErrorKind::corrupt, (base / index).string(), "weight_map", "'" + tensor + "' maps to a non-string");
       const std::string file = shard.get<std::string>();
-      if (file.find('/') != std::string::npos || file == "..") {
-        throw Error(ErrorKind::corrupt, (base / index).string(), "weight_map", "shard name '" + file + "' leaves the directory");
+      if (!is_shard_file_name(file)) {
+        throw Error(ErrorKind::corrupt, (base / index).string(), "weight_map", "shard name '" + file + "' is not a file beside the index");
       }
       if (seen.insert(file).second) w.files.push_back(file);
     }
@@ -139,6 +143,16 @@ std::optional<std::string> foreign_layout_marker(const fs::path& dir) {
 Completeness assess_completeness(const std::string& dir) {
   Completeness result;
   const fs::path base(dir);
+  // A FIFO, socket or device where a checkpoint's files are is nothing ckpt wrote or can read: reported, the
+  // checkpoint counted as unreadable (so never rotated away), and nothing in it opened.
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(base, ec)) {
+    struct stat st {};
+    if (::lstat(entry.path().c_str(), &st) != 0 || S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode)) continue;
+    result.problems.push_back(entry.path().string() + ": not a regular file (" + file_type_name(st.st_mode) + ")");
+    result.unreadable = true;
+  }
+  if (!result.problems.empty()) return result;
   try {
     auto weights = find_weights(dir);
     if (!weights) {

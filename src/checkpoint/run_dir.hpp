@@ -48,6 +48,10 @@ struct WeightsFiles {
 };
 std::optional<WeightsFiles> find_weights(const std::string& dir);
 
+// Whether a weight_map value names a file beside its index: not empty, not `.` or `..`, no `/`. Every reader of
+// an index refuses other names as corrupt (find_weights, convert, inspect --verify).
+bool is_shard_file_name(const std::string& name);
+
 // What list, best and rotate need from a checkpoint's trainer_state.json.
 struct TrainerStateSummary {
   std::optional<std::int64_t> global_step;
@@ -76,6 +80,7 @@ struct Completeness {
 // has every shard (checkpoint/shards.hpp), and trainer_state.json parses. Reads headers only, never tensor bytes.
 // A directory with no weights file ckpt knows but a subdirectory or DeepSpeed's `latest` (DeepSpeed's global_stepN/,
 // FSDP's pytorch_model_fsdp_0/) is of a layout ckpt cannot assess: unreadable, not incomplete.
+// A FIFO, socket or device among its files (or a symlink to one) makes it incomplete and unreadable.
 Completeness assess_completeness(const std::string& dir);
 
 enum class EntryKind { checkpoint, staging, trash, custom, archive };

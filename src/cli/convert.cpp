@@ -174,7 +174,7 @@ Action attach_convert(CLI::App& sub) {
   sub.add_option("--level", o->level, "zstd level for --to archive (default 3)")->check(CLI::Range(1, 19));
   sub.add_option("--threads", o->threads, "Threads for --to archive and --to dir (default: every core)")->check(CLI::Range(1, 256));
   sub.add_flag("--dry-run", o->dry_run, "Show what would be written; write nothing");
-  sub.add_flag("--force", o->force, "Replace an existing destination");
+  sub.add_flag("--force", o->force, "Replace an existing destination (a directory only when it holds an earlier output of ckpt and nothing else)");
   sub.add_flag("--json", o->json, "Print a JSON summary");
   sub.add_flag("-q,--quiet", o->quiet, "Print nothing unless there is an error");
   return [o] { return run_convert(*o); };

@@ -296,8 +296,13 @@ int inspect_run_path(const InspectOptions& o, const checkpoint::InspectOptions& 
     for (std::size_t i = 0; i < listing.rows.size(); ++i) {
       const auto& row = listing.rows[i];
       if (row.kind != checkpoint::EntryKind::checkpoint) continue;
-      const auto report = checkpoint::inspect_checkpoint(row.path, core);
-      const auto row_errors = all_errors(report);
+      const auto report = checkpoint::inspect_run_checkpoint(row.path, core);
+      if (!report) {
+        rows[i]["verify"] = {{"ok", true}, {"errors", json::Json::array()}, {"gone", true}};
+        verify_text += fmt::format("  verify {}: gone (deleted or replaced while being checked, as by a rotate)\n", row.name);
+        continue;
+      }
+      const auto row_errors = all_errors(*report);
       rows[i]["verify"] = {{"ok", row_errors.empty()}, {"errors", row_errors}};
       verify_text += fmt::format("  verify {}: {}\n", row.name, row_errors.empty() ? "ok" : "FAILED");
       for (const auto& e : row_errors) {

@@ -100,7 +100,7 @@ Action attach_rotate(CLI::App& sub) {
   sub.add_option("--metric", o->metric, "Find the best by this metric instead of trainer_state.json's best_model_checkpoint");
   sub.add_option("--mode", o->mode, "min or max for --metric")->check(CLI::IsMember({"min", "max"}));
   CLI::Option* archive = sub.add_option("--archive", o->archive_dir,
-                                        "Archive each checkpoint into DIR (default RUN_DIR/archive) as a compressed .ckpt file before deleting it")
+                                        "Archive each checkpoint into DIR (default RUN_DIR/archive; no symlink on the way inside the run) as a compressed .ckpt file before deleting it")
                             ->expected(0, 1);
   sub.add_option("--keep-archives", o->keep_archives, "With --archive: keep at most M archives there (the newest, and the best's)")
       ->check(CLI::PositiveNumber);

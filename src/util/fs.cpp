@@ -23,6 +23,15 @@ namespace ckpt::fs_util {
 
 namespace fs = std::filesystem;
 
+bool require_regular_file(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) fail_io(path, "stat", errno);
+  if (S_ISREG(st.st_mode)) return true;
+  if (S_ISDIR(st.st_mode)) return false;
+  throw Error(ErrorKind::unsupported, path, "", std::string("not a regular file (") + file_type_name(st.st_mode) +
+                                                    "); only regular files are read, symlinks are not followed (cp -rL makes a copy that holds their targets)");
+}
+
 void fsync_directory(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) fail_io(dir, "open directory", errno);
@@ -132,6 +141,12 @@ void replace_symlink(const std::string& target, const std::string& link) {
   const std::filesystem::path link_path(link);
   const std::string temp = (link_path.parent_path() / ("." + link_path.filename().string() + ".tmp-" + unique_suffix())).string();
   if (::symlink(target.c_str(), temp.c_str()) != 0) fail_io(temp, "create symlink", errno);
+  // Checked last, just before the rename, so that the window for anything to appear there is the shortest.
+  struct stat existing {};
+  if (::lstat(link.c_str(), &existing) == 0 && !S_ISLNK(existing.st_mode)) {
+    ::unlink(temp.c_str());
+    throw Error(ErrorKind::invalid_argument, link, "", std::string("exists and is not a symlink (") + file_type_name(existing.st_mode) + "); only a symlink is replaced");
+  }
   if (::rename(temp.c_str(), link.c_str()) != 0) {
     int e = errno;
     ::unlink(temp.c_str());
@@ -170,7 +185,8 @@ void remove_tree(const std::string& path) {
   }
 }
 
-void build_directory(const std::string& destination_as_given, const std::function<void(const std::string& staging)>& fill) {
+void build_directory(const std::string& destination_as_given, const std::function<void(const std::string& staging)>& fill,
+                     const std::function<void()>& before_replacing) {
   const fs::path dest = entry_path(destination_as_given);
   const std::string destination = dest.string();
   const fs::path parent = dest.parent_path().empty() ? fs::path(".") : dest.parent_path();
@@ -184,6 +200,7 @@ void build_directory(const std::string& destination_as_given, const std::functio
     fsync_directory(staging);
     ensure_no_mapped_file_shrank();
     if (fs::exists(fs::symlink_status(destination))) {
+      if (before_replacing) before_replacing();
       exchange(staging, destination);  // one step: the old destination or the new one, never neither
       remove_tree(staging);            // now the old one; if killed here, a stale temporary cleared later
     } else {

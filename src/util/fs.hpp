@@ -9,6 +9,11 @@
 
 namespace ckpt::fs_util {
 
+// For a file of a directory that ckpt reads whole (convert DIR, archiving): throws Error (unsupported, "not a
+// regular file") unless `path` itself is a regular file. A symlink is not followed: its target may lie anywhere
+// (outside the checkpoint, or a device); a FIFO would block. False for a directory, which the caller handles.
+bool require_regular_file(const std::string& path);
+
 // fsync on a directory, so that renames and creations inside it survive a crash.
 void fsync_directory(const std::string& dir);
 
@@ -24,8 +29,9 @@ void fsync_files(const std::vector<std::string>& paths);
 // rename(2) then fsync of the destination's directory. Throws Error (io, not_found) naming `from`.
 void durable_rename(const std::string& from, const std::string& to);
 
-// Points `link` at `target` (stored as given, so relative targets stay relative), replacing any existing link
-// in one step: a temporary link beside it renamed over it.
+// Points `link` at `target` (stored as given, so relative targets stay relative), replacing an existing link
+// in one step: a temporary link beside it renamed over it. Only a symlink is replaced: anything else at `link`
+// (a file, a directory, a FIFO) is someone's data, an Error of kind invalid_argument.
 void replace_symlink(const std::string& target, const std::string& link);
 
 // Removes a directory tree without following symlinks; a missing path is not an error.
@@ -45,9 +51,11 @@ std::filesystem::path entry_path(const std::string& path);
 // Builds a directory in a hidden staging directory beside `destination` (`.NAME.tmp-*`; first clearing those a
 // killed builder left), filled by `fill`
 // (which makes its files durable), then fsyncs it and renames it into place, so the destination appears complete
-// or not at all; an existing destination is exchanged with it in one step (`exchange`) and then removed. On
-// failure the staging directory is removed.
-void build_directory(const std::string& destination, const std::function<void(const std::string& staging)>& fill);
+// or not at all; an existing destination is exchanged with it in one step (`exchange`) and then removed, after
+// `before_replacing` (when given) had its say: it throws to keep what is there. On failure the staging directory
+// is removed.
+void build_directory(const std::string& destination, const std::function<void(const std::string& staging)>& fill,
+                     const std::function<void()>& before_replacing = {});
 
 // Whether `path` is a temporary entry beside a destination (`.NAME.tmp-<pid>-...`, as AtomicFile and
 // build_directory name them) left by a killed process: its writer's pid no longer runs here and it has not been

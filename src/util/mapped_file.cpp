@@ -16,10 +16,28 @@
 
 namespace ckpt {
 
+const char* file_type_name(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISLNK(mode)) return "a symlink";
+  return S_ISREG(mode) ? "a regular file" : "of an unknown type";
+}
+
 ReadOnlyFile::ReadOnlyFile(std::string path) : path_(std::move(path)) {
-  fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) fail_io(path_, "open", errno);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever; its type is known only
+  // once it is open (checking before opening would race with a rename).
+  fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   struct stat st {};
+  if (fd_ < 0) {
+    const int e = errno;
+    if (e == ENXIO && ::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {  // a socket cannot be opened
+      throw Error(ErrorKind::unsupported, path_, "", std::string("not a regular file (") + file_type_name(st.st_mode) + ")");
+    }
+    fail_io(path_, "open", e);
+  }
   if (::fstat(fd_, &st) != 0) {
     int e = errno;
     ::close(fd_);
@@ -30,8 +48,9 @@ ReadOnlyFile::ReadOnlyFile(std::string path) : path_(std::move(path)) {
     ::close(fd_);
     fd_ = -1;
     if (S_ISDIR(st.st_mode)) throw Error(ErrorKind::invalid_argument, path_, "", "is a directory, expected a file");
-    throw Error(ErrorKind::unsupported, path_, "", "not a regular file");
+    throw Error(ErrorKind::unsupported, path_, "", std::string("not a regular file (") + file_type_name(st.st_mode) + ")");
   }
+  ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_NONBLOCK);  // blocking reads, as on any regular file
   size_ = static_cast<std::uint64_t>(st.st_size);
 }
 

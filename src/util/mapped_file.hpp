@@ -8,11 +8,18 @@
 #include <span>
 #include <string>
 
+#include <sys/types.h>
+
 namespace ckpt {
+
+// "a FIFO", "a socket", "a character device", ...: for messages about a file that is not a regular one.
+const char* file_type_name(mode_t mode);
 
 class ReadOnlyFile {
  public:
-  // Throws Error (not_found, io; invalid_argument for a directory; unsupported for a device or pipe).
+  // Throws Error (not_found, io; invalid_argument for a directory; unsupported, "not a regular file", for a
+  // FIFO, socket or device). Never blocks on one: it is opened O_NONBLOCK and its type checked with fstat before
+  // anything is read, so a FIFO where a checkpoint file belongs is an error, not a hang.
   explicit ReadOnlyFile(std::string path);
   ~ReadOnlyFile();
   ReadOnlyFile(const ReadOnlyFile&) = delete;

@@ -369,6 +369,32 @@ class RotateArchiveTest(Tmp):
         self.assertEqual(sorted(os.listdir(elsewhere)), ["checkpoint-10.ckpt", "checkpoint-20.ckpt"])
         self.assertFalse(os.path.exists(os.path.join(run, "checkpoint-10")))
 
+    def test_archive_directory_through_a_symlink_is_refused(self):
+        # Another run's archives, reached through a symlinked RUN/archive: rotate neither deletes nor adds any.
+        other = runs.copy_fixture_run(self.path("other"))
+        ckpt_ok(self, "rotate", other, "--keep", "1", "--archive", "-q")
+        self.assertEqual(len(os.listdir(os.path.join(other, "archive"))), 3)
+        run = runs.copy_fixture_run(self.tmp)
+        os.symlink(os.path.join(other, "archive"), os.path.join(run, "archive"))
+        # Another user's symlink on the way to an explicit archive directory.
+        foreign = self.path("foreign")
+        os.symlink(other, foreign)
+        os.lchown(foreign, 65534, 65534)
+        before = runs.tree_digest(self.tmp)
+        for archive in ([], ["archive"], [os.path.join(run, "archive")], [os.path.join(foreign, "archive")]):
+            with self.subTest(archive=archive):
+                r = ckpt("rotate", run, "--keep", "1", "--archive", *archive, "--keep-archives", "1")
+                self.assertEqual(r.returncode, 2, r.describe())
+                self.assertIn("symlink", r.stderr, r.describe())
+                self.assertEqual(runs.tree_digest(self.tmp), before)
+        # Through one's own symlink, as asked.
+        real = self.path("mine")
+        os.makedirs(real)
+        os.symlink(real, self.path("link"))
+        ckpt_ok(self, "rotate", run, "--keep", "1", "--archive", self.path("link", "archive"), "--keep-archives", "1", "-q")
+        self.assertEqual(sorted(os.listdir(os.path.join(real, "archive"))), ["checkpoint-30.ckpt"])
+        self.assertEqual(len(os.listdir(os.path.join(other, "archive"))), 3)
+
     def test_best_points_at_an_archived_checkpoint(self):
         run = runs.copy_fixture_run(self.tmp)
         os.makedirs(os.path.join(run, "archive"))

@@ -999,9 +999,58 @@ class Conventions(ConvertCase):
             f.write("x")
         self.convert(self.src, dst, "--to", "safetensors", "--max-shard-size", "1KB", expect=2)
         self.assertEqual(os.listdir(dst), ["keep.txt"])
+        # --force replaces only an earlier output of ckpt: keep.txt is someone else's.
+        r = self.convert(self.src, dst, "--to", "safetensors", "--max-shard-size", "1KB", "--force", expect=2)
+        self.assertIn("keep.txt", r.stderr)
+        self.assertEqual(os.listdir(dst), ["keep.txt"])
+        os.remove(os.path.join(dst, "keep.txt"))
         self.convert(self.src, dst, "--to", "safetensors", "--max-shard-size", "1KB", "--force")
-        self.assertNotIn("keep.txt", os.listdir(dst), "forced directory was merged, not replaced")
         self.assertIn("model.safetensors.index.json", os.listdir(dst))
+        # An earlier output is replaced whole, whatever its shards, by another kind of output too.
+        r = self.convert(self.src, dst, "--to", "pytorch", "--max-shard-size", "3KB", "--force", "--json")
+        self.assertEqual(sorted(os.listdir(dst)), sorted(os.path.basename(f["destination"]) for f in json.loads(r.stdout)["files"]))
+        self.assertIn("pytorch_model.bin.index.json", os.listdir(dst))
+
+    def test_force_replaces_only_an_earlier_output(self):
+        fixture = os.path.join(H.HF_FIXTURES, "run_safetensors", "checkpoint-10")
+        src = self.path("checkpoint-10")
+        H.copy_tree_writable(fixture, src)
+        out = self.path("out")
+        self.convert(src, out, "--to", "pytorch", "--include-state")
+        self.convert(src, out, "--to", "pytorch", "--include-state", "--force")
+        made = sorted(os.listdir(out))
+        notes = os.path.join(out, "notes.txt")
+        with open(notes, "w") as f:
+            f.write("mine")
+        archive = self.path("c.ckpt")
+        self.convert(src, archive, "--to", "archive")
+        for args in (["--to", "pytorch", "--include-state"], ["--to", "safetensors"], ["--to", "safetensors", "--dry-run"]):
+            with self.subTest(args=args):
+                r = self.convert(src, out, "--force", *args, expect=2)
+                self.assertIn("notes.txt", r.stderr)
+                self.assertEqual(sorted(os.listdir(out)), sorted(made + ["notes.txt"]))
+        r = self.convert(archive, out, "--to", "dir", "--force", expect=2)
+        self.assertIn("notes.txt", r.stderr)
+        self.assertEqual(sorted(os.listdir(out)), sorted(made + ["notes.txt"]))
+        with open(notes) as f:
+            self.assertEqual(f.read(), "mine")
+        os.remove(notes)
+        # A symlink to an earlier output, a file, the current directory: never replaced.
+        os.symlink(out, self.path("link"))
+        with open(self.path("file"), "w") as f:
+            f.write("mine")
+        for dest, cwd in ((self.path("link"), None), (self.path("file"), None), (".", out)):
+            with self.subTest(dest=dest):
+                r = self.ckpt(["convert", src, "-o", dest, "--to", "safetensors", "--force"], expect=2, cwd=cwd)
+        self.assertTrue(os.path.islink(self.path("link")))
+        with open(self.path("file")) as f:
+            self.assertEqual(f.read(), "mine")
+        self.assertEqual(sorted(os.listdir(out)), made)
+        # An earlier convert output is replaced by a restore, and that by a convert again.
+        self.convert(archive, out, "--to", "dir", "--force")
+        self.assertEqual(sorted(os.listdir(out)), sorted(os.listdir(src)))
+        self.convert(src, out, "--to", "pytorch", "--include-state", "--force")
+        self.assertEqual(sorted(os.listdir(out)), made)
 
     def test_dry_run_writes_nothing(self):
         before = sorted(os.listdir(self.dir))

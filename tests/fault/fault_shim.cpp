@@ -5,6 +5,9 @@
 //                     OP:N:kill   the process SIGKILLs itself at the Nth call of OP (a worker dying mid-save)
 //                     mmap:N:truncate  the file of the Nth file map is cut to its first 4 KiB (half, if smaller
 //                                 than 8 KiB) once mapped (as if another process rewrote it in place)
+//                     mmap:N:run  once the Nth file map is made, runs the shell command CKPT_FAULT_RUN (without
+//                                 this shim) and waits for it (another process acting at a chosen moment: a rotate
+//                                 deleting the checkpoint being read)
 //                     OP is write, pwrite, fsync, rename (rename and renameat2), copy_file_range or mmap
 //   CKPT_FAULT_MATCH  only paths containing this string count (default: every path)
 // Calls on other paths, and every call once the fault has fired, go to libc unchanged.
@@ -31,6 +34,7 @@ struct Fault {
   bool short_write = false;
   bool kill = false;
   bool truncate = false;
+  bool run = false;
   std::string match;
   bool valid = false;
 };
@@ -47,7 +51,8 @@ const Fault& fault() {
     f.short_write = std::strcmp(what, "short") == 0;
     f.kill = std::strcmp(what, "kill") == 0;
     f.truncate = std::strcmp(what, "truncate") == 0;
-    f.error = f.short_write || f.kill || f.truncate ? 0 : std::atoi(what);
+    f.run = std::strcmp(what, "run") == 0;
+    f.error = f.short_write || f.kill || f.truncate || f.run ? 0 : std::atoi(what);
     if (const char* m = std::getenv("CKPT_FAULT_MATCH")) f.match = m;
     f.valid = true;
     return f;
@@ -146,6 +151,13 @@ ssize_t copy_file_range(int fd_in, off64_t* off_in, int fd_out, off64_t* off_out
 void* mmap64(void* address, size_t length, int protection, int flags, int fd, off64_t offset) {
   static auto real = next<void* (*)(void*, size_t, int, int, int, off64_t)>("mmap64");
   void* mapped = real(address, length, protection, flags, fd, offset);
+  if (mapped != MAP_FAILED && fd >= 0 && fault().run && fires("mmap", fd_path(fd))) {
+    ::unsetenv("LD_PRELOAD");  // the command runs without the shim (the fault has fired: nothing else here changes)
+    ::unsetenv("CKPT_FAULT");
+    if (const char* command = std::getenv("CKPT_FAULT_RUN"); command == nullptr || std::system(command) != 0) {
+      std::fprintf(stderr, "fault shim: CKPT_FAULT_RUN failed\n");
+    }
+  }
   if (mapped != MAP_FAILED && fd >= 0 && fault().truncate && fires("mmap", fd_path(fd))) {
     const int writable = ::open(fd_path(fd).c_str(), O_WRONLY);
     if (writable >= 0) {

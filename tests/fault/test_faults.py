@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,14 +20,19 @@ import unittest
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "manage"))
+import runs  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(HERE))
 CKPT_BIN = os.environ.get("CKPT_BIN") or os.path.join(REPO, "build", "ckpt")
 SHIM = os.environ.get("CKPT_FAULT_SHIM") or os.path.join(REPO, "build", "tests", "libckpt_fault_shim.so")
 EIO = str(errno.EIO)
 
 
-def run(args, fault=None, match=None):
+def run(args, fault=None, match=None, command=None):
     env = dict(os.environ)
+    if command:
+        env["CKPT_FAULT_RUN"] = command
     if fault:
         env["LD_PRELOAD"] = SHIM
         env["CKPT_FAULT"] = fault
@@ -209,6 +215,36 @@ class Rotate(FaultTest):
         self.assertEqual(run(["rotate", run_dir, "--keep", "1"]).returncode, 0)
         self.assertEqual(hidden(run_dir), [])
         self.assertIn("checkpoint-40", os.listdir(run_dir))
+
+
+class InspectWhileRotating(FaultTest):
+    """`inspect --verify RUN` while a rotate deletes checkpoints it has listed (the shim runs the rotate when inspect
+    maps checkpoint-10's weights, so the moment is the same every time): those are reported gone, not corrupt."""
+
+    def test_checkpoints_rotated_away_are_gone_not_corrupt(self):
+        for output in ("--json", "text"):
+            with self.subTest(output=output):
+                run_dir = self.path("run" + output)
+                runs.make_run(run_dir, [10, 20, 30])
+                rotate = " ".join(shlex.quote(a) for a in (CKPT_BIN, "rotate", run_dir, "--keep", "1", "-q"))
+                args = ["inspect", "--verify", run_dir] + (["--json"] if output == "--json" else [])
+                r = run(args, "mmap:1:run", match="checkpoint-10/", command=rotate)
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.assertEqual(sorted(os.listdir(run_dir)), [".ckpt.lock", "checkpoint-30"], "the rotate did not run")
+                if output == "--json":
+                    doc = json.loads(r.stdout)
+                    self.assertTrue(doc["ok"])
+                    rows = {row["name"]: row for row in doc["checkpoints"]}
+                    for gone in ("checkpoint-10", "checkpoint-20"):
+                        self.assertEqual(rows[gone]["verify"]["errors"], [], r.stdout)
+                        self.assertTrue(rows[gone]["verify"]["gone"], r.stdout)
+                    self.assertEqual(rows["checkpoint-30"]["verify"], {"ok": True, "errors": []}, r.stdout)
+                else:
+                    self.assertRegex(r.stdout, r"verify checkpoint-10: gone")
+                    self.assertRegex(r.stdout, r"verify checkpoint-20: gone")
+                    self.assertRegex(r.stdout, r"verify checkpoint-30: ok")
+                    self.assertIn("verify: ok", r.stdout)
+                self.assertEqual(r.stderr, "")
 
 
 class Export(FaultTest):

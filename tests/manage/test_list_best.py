@@ -7,6 +7,8 @@ The binary is $CKPT_BIN (default: build/ckpt in the repository).
 
 import json
 import os
+import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -392,6 +394,50 @@ class BestSyntheticTest(Tmp):
         self.assertEqual(runs.tree_digest(os.path.join(d, "best")), before)
         self.assertEqual(sorted(os.listdir(d)), ["best", "checkpoint-10", "checkpoint-20"], "temporary link left")
 
+    def test_link_replaces_only_a_symlink(self):
+        d = self.run_dir([10, 20], evals={10: {"eval_loss": 1.0}, 20: {"eval_loss": 2.0}})
+        for name in ("config.json", "pytorch_model.bin", "fifo", "device"):
+            with self.subTest(name=name):
+                path = os.path.join(d, name)
+                if name == "fifo":
+                    os.mkfifo(path)
+                elif name == "device":
+                    os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+                else:
+                    with open(path, "w") as f:
+                        f.write("user data")
+                r = ckpt("best", d, "--link", name)
+                self.assertEqual(r.returncode, 2, r.describe())
+                self.assertIn("not a symlink", r.stderr, r.describe())
+                self.assertFalse(os.path.islink(path))
+                if name not in ("fifo", "device"):
+                    with open(path) as f:
+                        self.assertEqual(f.read(), "user data")
+        self.assertEqual([n for n in os.listdir(d) if ".tmp-" in n], [], "temporary link left")
+
+    def test_export_into_a_checkpoint_is_refused(self):
+        d = self.run_dir([10, 20], evals={10: {"eval_loss": 2.0}, 20: {"eval_loss": 1.0}})
+        other = os.path.join(self.tmp, "other-run")
+        runs.make_run(other, [5])
+        like_a_checkpoint = os.path.join(self.tmp, "saved")  # a checkpoint by its content, whatever its name
+        runs.make_checkpoint(self.tmp, 7, name="saved")
+        os.symlink(os.path.join(d, "checkpoint-10"), os.path.join(self.tmp, "link-to-10"))
+        before = runs.tree_digest(self.tmp)
+        for dest in (os.path.join(d, "checkpoint-10"), os.path.join(d, "checkpoint-20"), os.path.join(d, "checkpoint-10/"),
+                     os.path.join(d, "checkpoint-10", "sub"), os.path.join(d, "checkpoint-30"),
+                     os.path.join(other, "checkpoint-5"), os.path.join(other, "checkpoint-5", "a", "b"),
+                     like_a_checkpoint, os.path.join(like_a_checkpoint, "export"),
+                     os.path.join(self.tmp, "link-to-10"), os.path.join(self.tmp, "link-to-10", "x")):
+            with self.subTest(dest=dest):
+                r = ckpt("best", d, "--export", dest)
+                self.assertEqual(r.returncode, 2, r.describe())
+                self.assertIn("checkpoint", r.stderr, r.describe())
+                self.assertEqual(runs.tree_digest(self.tmp), before)
+        # The run directory itself (where Hugging Face's save_model writes) and a directory beside the run's
+        # checkpoints stay valid destinations.
+        self.best_path(d, "--export", d)
+        self.best_path(d, "--export", os.path.join(d, "exported"))
+
     def test_link_name_must_be_plain(self):
         d = self.run_dir([10, 20], best_step=10)
         for bad in ("a/b", "..", ".", "checkpoint-5", "../escape"):
@@ -453,14 +499,126 @@ class BestSyntheticTest(Tmp):
             self.assertEqual(r.returncode, 2, r.describe())
             with open(plain) as f:
                 self.assertEqual(f.read(), "keep", dest)
-        # Exporting a checkpoint into itself, or into the run directory twice, leaves no link temporaries.
-        src = os.path.join(d, "checkpoint-10")
-        before = sorted(os.listdir(src))
-        self.best_path(d, "--export", src)
-        self.assertEqual(sorted(os.listdir(src)), before)
+        # Exporting into the run directory twice leaves no link temporaries.
         self.best_path(d, "--export", d)
         self.best_path(d, "--export", d)
         self.assertEqual([n for n in os.listdir(d) if ".tmp-" in n], [])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Odd files where checkpoint files belong
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class OddFilesTest(Tmp):
+    """A FIFO (which blocks whoever opens it for reading until a writer comes) where a checkpoint file belongs:
+    every command finishes (ckpt()'s 60 s timeout is the deadline) and reports it; nothing is deleted."""
+
+    FIFO_AT = ("pytorch_model.bin", "trainer_state.json", "model.safetensors", "model.safetensors.index.json",
+               "optimizer.pt")
+
+    def run_with_fifo(self, name):
+        d = os.path.join(self.tmp, name.replace(".", "_"))
+        evals = {10: {"eval_loss": 2.0}, 20: {"eval_loss": 1.0}}
+        odd = runs.make_checkpoint(d, 10, weights="sharded" if name.endswith(".index.json") else
+                                   None if name == "pytorch_model.bin" else "safetensors",
+                                   state=runs.trainer_state(10, evals=evals))
+        runs.make_checkpoint(d, 20, state=runs.trainer_state(20, evals=evals))
+        target = os.path.join(odd, name)
+        if os.path.exists(target):
+            os.remove(target)
+        os.mkfifo(target)
+        return d, odd
+
+    def test_fifo_in_a_checkpoint_blocks_nothing(self):
+        for name in self.FIFO_AT:
+            with self.subTest(fifo=name):
+                d, odd = self.run_with_fifo(name)
+                rows, r = self.list_json(d)
+                row = self.rows_by_name(rows)["checkpoint-10"]
+                self.assertFalse(row["complete"], r.describe())
+                self.assertTrue(any(name in p and "not a regular file" in p for p in row["problems"]), r.describe())
+                self.assertBestIs(d, "checkpoint-20")
+                ckpt_ok(self, "rotate", d, "--keep", "1")
+                self.assertTrue(os.path.isdir(odd), "a checkpoint ckpt cannot read was deleted")
+                for args in (["inspect", odd], ["inspect", odd, "--verify"], ["inspect", d, "--verify"],
+                             ["inspect", os.path.join(odd, name)]):
+                    r = ckpt(*args)
+                    self.assertEqual(r.returncode, 3, r.describe())
+                    self.assertIn("not a regular file", r.stdout + r.stderr, r.describe())
+                out = os.path.join(self.tmp, "converted")
+                r = ckpt("convert", odd, "--to", "safetensors", "-o", out)
+                self.assertEqual(r.returncode, 3, r.describe())
+                self.assertIn(name, r.stderr, r.describe())
+                self.assertFalse(os.path.exists(out))
+                self.assertTrue(stat.S_ISFIFO(os.lstat(os.path.join(odd, name)).st_mode))
+
+
+    def test_fifo_in_the_checkpoint_to_resume(self):
+        trained = os.path.join(self.tmp, "trained")
+        ckpt_ok(self, "save", "--output-dir", trained, "-q", "--max-steps", "20", "--save-steps", "10", timeout=300)
+        for name in ("model.safetensors", "optimizer.pt", "rng_state.pth", "trainer_state.json"):
+            with self.subTest(fifo=name):
+                d = os.path.join(self.tmp, "resume-" + name)
+                shutil.copytree(trained, d)
+                os.remove(os.path.join(d, "checkpoint-20", name))
+                os.mkfifo(os.path.join(d, "checkpoint-20", name))
+                r = ckpt("resume", d, "--from", "checkpoint-20", "--max-steps", "30", "-q")
+                self.assertEqual(r.returncode, 3, r.describe())
+                self.assertIn("not a regular file", r.stderr, r.describe())
+                self.assertTrue(stat.S_ISFIFO(os.lstat(os.path.join(d, "checkpoint-20", name)).st_mode))
+
+    def test_weight_map_shard_names_that_are_no_file_are_corrupt(self):
+        for bad in (".", "..", ""):
+            with self.subTest(shard=bad):
+                d = os.path.join(self.tmp, "run-%d" % len(bad))
+                odd = runs.make_checkpoint(d, 10, weights="sharded")
+                index = os.path.join(odd, "model.safetensors.index.json")
+                with open(index) as f:
+                    doc = json.load(f)
+                doc["weight_map"][next(iter(doc["weight_map"]))] = bad
+                runs.write_json(index, doc)
+                rows, r = self.list_json(d)
+                self.assertFalse(self.rows_by_name(rows)["checkpoint-10"]["complete"], r.describe())
+                for args in (["inspect", odd, "--verify"], ["convert", odd, "--to", "safetensors", "-o", os.path.join(d, "out")],
+                             ["convert", index, "--to", "safetensors", "-o", os.path.join(d, "out.safetensors")]):
+                    r = ckpt(*args)
+                    self.assertEqual(r.returncode, 3, r.describe())
+                    self.assertIn("weight_map", r.stdout + r.stderr, r.describe())
+                self.assertEqual(sorted(os.listdir(d)), ["checkpoint-10"])
+
+    def test_the_lock_file_is_never_followed(self):
+        # The trainer's .ckpt.train.lock is the same code: tests/unit/test_checkpoint_lock.cpp.
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10, 20])
+        outside = os.path.join(self.tmp, "outside")
+        os.symlink(outside, os.path.join(d, ".ckpt.lock"))
+        r = ckpt("rotate", d, "--keep", "1")
+        self.assertEqual(r.returncode, 3, r.describe())
+        self.assertIn("symlink", r.stderr, r.describe())
+        self.assertFalse(os.path.lexists(outside), "the lock's symlink was followed")
+        self.assertEqual(sorted(os.listdir(d)), [".ckpt.lock", "checkpoint-10", "checkpoint-20"])
+        os.remove(os.path.join(d, ".ckpt.lock"))
+        os.mkfifo(os.path.join(d, ".ckpt.lock"))
+        r = ckpt("rotate", d, "--keep", "1")
+        self.assertEqual(r.returncode, 3, r.describe())
+        self.assertIn("not a regular file", r.stderr, r.describe())
+        self.assertEqual(sorted(os.listdir(d)), [".ckpt.lock", "checkpoint-10", "checkpoint-20"])
+
+    def test_symlinks_in_a_directory_to_convert_are_refused_as_by_archive(self):
+        d = os.path.join(self.tmp, "run")
+        odd = runs.make_checkpoint(d, 10)
+        secret = os.path.join(self.tmp, "secret.txt")
+        with open(secret, "w") as f:
+            f.write("outside the checkpoint")
+        os.symlink(secret, os.path.join(odd, "notes.txt"))
+        for to, out in (("safetensors", "out"), ("pytorch", "out"), ("archive", "out.ckpt")):
+            with self.subTest(to=to):
+                r = ckpt("convert", odd, "--to", to, "-o", os.path.join(self.tmp, out))
+                self.assertEqual(r.returncode, 3, r.describe())
+                self.assertIn("notes.txt", r.stderr, r.describe())
+                self.assertIn("not a regular file", r.stderr, r.describe())
+                self.assertFalse(os.path.exists(os.path.join(self.tmp, out)))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -3,10 +3,14 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -164,4 +168,35 @@ TEST_CASE("a SIGBUS outside our maps goes to the handler before ours, or kills a
   CHECK(WIFSIGNALED(alone));
   if (WIFSIGNALED(alone)) CHECK(WTERMSIG(alone) == SIGBUS);
 #endif
+}
+
+TEST_CASE("a FIFO or a socket is refused as not a regular file, without waiting for a writer") {
+  const fs::path dir = fs::temp_directory_path() / ("ckpt-odd-files-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string fifo = (dir / "pytorch_model.bin").string();
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const std::string socket_path = (dir / "model.safetensors").string();
+  const int sock = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::snprintf(address.sun_path, sizeof address.sun_path, "%s", socket_path.c_str());
+  REQUIRE(::bind(sock, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  for (const std::string& path : {fifo, socket_path}) {
+    CAPTURE(path);
+    // In a child with a deadline: opening a FIFO the blocking way would wait forever.
+    const int status = in_child([&] {
+      ::alarm(30);
+      try {
+        ReadOnlyFile file(path);
+      } catch (const Error& e) {
+        return e.kind() == ErrorKind::unsupported && std::string(e.what()).find("not a regular file") != std::string::npos ? 0 : 2;
+      }
+      return 1;
+    });
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+  ::close(sock);
+  fs::remove_all(dir);
 }

@@ -1,0 +1,40 @@
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "checkpoint/lock.hpp"
+#include "util/error.hpp"
+
+using namespace ckpt;
+namespace fs = std::filesystem;
+
+TEST_CASE("the run lock and the trainer's lock never follow a symlink and are regular files only") {
+  const fs::path dir = fs::temp_directory_path() / ("ckpt-lock-test-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "run");
+  const std::string run = (dir / "run").string();
+  for (const char* name : {checkpoint::kLockName, checkpoint::kTrainLockName}) {
+    CAPTURE(name);
+    const fs::path lock = dir / "run" / name;
+    const fs::path outside = dir / "outside";
+    fs::create_symlink(outside, lock);  // dangling: following it would create a file outside the run
+    try {
+      checkpoint::RunLock held(run, false, name);
+      FAIL("locked through a symlink");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::unsupported);
+      CHECK(std::string(e.what()).find("symlink") != std::string::npos);
+    }
+    CHECK(!fs::exists(fs::symlink_status(outside)));
+    fs::remove(lock);
+    REQUIRE(::mkfifo(lock.c_str(), 0600) == 0);
+    CHECK_THROWS_AS(checkpoint::RunLock(run, false, name), Error);
+    fs::remove(lock);
+    { checkpoint::RunLock held(run, false, name); }  // a regular file, created when missing, as before
+    CHECK(fs::is_regular_file(fs::symlink_status(lock)));
+  }
+  fs::remove_all(dir);
+}
