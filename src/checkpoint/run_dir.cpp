@@ -193,7 +193,6 @@ Completeness assess_completeness(const std::string& dir) {
     result.unreadable |= e.kind() == ErrorKind::unsupported;
   }
   const std::string state = (base / "trainer_state.json").string();
-  std::error_code ec;
   if (!fs::exists(fs::symlink_status(state, ec))) {
     result.problems.push_back("no trainer_state.json");
   } else {
