@@ -1,5 +1,6 @@
 // `ckpt rotate RUN_DIR --keep N [--keep-every K] [--stale-after DURATION] [--sort step|mtime] [--dry-run]
-//  [--no-wait] [--json] [--metric NAME --mode min|max] [--archive [DIR] [--keep-archives M] [--level N] [--threads N]]`
+//  [--no-wait] [--json] [--metric NAME --mode min|max] [--archive] [--archive-dir DIR] [--keep-archives M] [--level N]
+//  [--threads N]`
 #include <fmt/format.h>
 
 #include <iostream>
@@ -27,6 +28,7 @@ struct RotateOptions {
   bool quiet = false;
   bool archive = false;
   std::string archive_dir;
+  std::string legacy_archive_dir;  // --archive=DIR
   std::int64_t keep_archives = 0;
   int level = checkpoint::kDefaultArchiveLevel;
   unsigned threads = 0;
@@ -99,9 +101,12 @@ Action attach_rotate(CLI::App& sub) {
   sub.add_flag_callback("--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");
   sub.add_option("--metric", o->metric, "Find the best by this metric instead of trainer_state.json's best_model_checkpoint");
   sub.add_option("--mode", o->mode, "min or max for --metric")->check(CLI::IsMember({"min", "max"}));
-  CLI::Option* archive = sub.add_option("--archive", o->archive_dir,
-                                        "Archive each checkpoint into DIR (default RUN_DIR/archive; no symlink on the way inside the run) as a compressed .ckpt file before deleting it")
-                            ->expected(0, 1);
+  // A flag, never taking the next word (`rotate --keep 3 --archive RUN` once archived into RUN); the old spelling
+  // --archive=DIR still works, with a note.
+  CLI::Option* archive = sub.add_flag("--archive{}", o->legacy_archive_dir,
+                                      "Archive each checkpoint as a compressed .ckpt file into RUN_DIR/archive (or --archive-dir) before deleting it");
+  CLI::Option* archive_dir = sub.add_option("--archive-dir", o->archive_dir,
+                                            "Archive into DIR instead (implies --archive; relative to RUN_DIR; no symlink on the way inside the run)");
   sub.add_option("--keep-archives", o->keep_archives, "With --archive: keep at most M archives there (the newest, and the best's)")
       ->check(CLI::PositiveNumber);
   sub.add_option("--level", o->level, "zstd level for --archive (default 3)")->check(CLI::Range(1, 19));
@@ -110,8 +115,13 @@ Action attach_rotate(CLI::App& sub) {
   sub.add_flag("--no-wait", o->no_wait, "Fail with exit status 75 instead of waiting when another ckpt holds the run's lock");
   sub.add_flag("--json", o->json, "Print the decisions as JSON");
   sub.add_flag("-q,--quiet", o->quiet, "Print nothing unless there is an error");
-  return [o, archive] {
-    o->archive = archive->count() > 0;
+  return [o, archive, archive_dir] {
+    o->archive = archive->count() > 0 || archive_dir->count() > 0;
+    if (!o->legacy_archive_dir.empty()) {
+      if (archive_dir->count() > 0) throw Error(ErrorKind::invalid_argument, "", "--archive", "give the directory once, as --archive-dir DIR");
+      std::cerr << "ckpt: note: --archive=DIR is deprecated; use --archive-dir DIR\n";
+      o->archive_dir = o->legacy_archive_dir;
+    }
     return run_rotate(*o);
   };
 }

@@ -360,14 +360,27 @@ class RotateArchiveTest(Tmp):
     def test_custom_archive_directory_and_dry_run(self):
         run = runs.copy_fixture_run(self.tmp)
         before = runs.tree_digest(run)
-        out = ckpt_ok(self, "rotate", run, "--keep", "2", "--archive", "old", "--dry-run", "--json").json()
+        out = ckpt_ok(self, "rotate", run, "--keep", "2", "--archive-dir", "old", "--dry-run", "--json").json()
         self.assertEqual(runs.tree_digest(run), before)
         self.assertEqual([d["archived_to"] for d in out["decisions"] if d["action"] == "delete"],
                          [os.path.join(run, "old", "checkpoint-10.ckpt"), os.path.join(run, "old", "checkpoint-20.ckpt")])
         elsewhere = self.path("elsewhere")
-        ckpt_ok(self, "rotate", run, "--keep", "2", "--archive", elsewhere, "-q")
+        ckpt_ok(self, "rotate", run, "--keep", "2", "--archive-dir", elsewhere, "-q")
         self.assertEqual(sorted(os.listdir(elsewhere)), ["checkpoint-10.ckpt", "checkpoint-20.ckpt"])
         self.assertFalse(os.path.exists(os.path.join(run, "checkpoint-10")))
+
+    def test_archive_is_a_flag_and_never_takes_the_run_directory(self):
+        # `rotate --keep 1 --archive RUN` once read RUN as the archive directory and then found no RUN_DIR.
+        run = runs.copy_fixture_run(self.tmp)
+        out = ckpt_ok(self, "rotate", "--keep", "2", "--archive", run, "--json").json()
+        self.assertEqual(sorted(os.listdir(os.path.join(run, "archive"))), ["checkpoint-10.ckpt", "checkpoint-20.ckpt"])
+        self.assertEqual(out["run_dir"], run)
+        # The old spelling still works, with a note; giving the directory twice is refused.
+        r = ckpt_ok(self, "rotate", "--keep", "1", "--archive=" + self.path("old-spelling"), run)
+        self.assertIn("--archive-dir", r.stderr, r.describe())
+        self.assertEqual(os.listdir(self.path("old-spelling")), ["checkpoint-30.ckpt"])
+        r = ckpt("rotate", "--keep", "1", "--archive=x", "--archive-dir", "y", run)
+        self.assertEqual(r.returncode, 2, r.describe())
 
     def test_archive_directory_through_a_symlink_is_refused(self):
         # Another run's archives, reached through a symlinked RUN/archive: rotate neither deletes nor adds any.
@@ -381,9 +394,10 @@ class RotateArchiveTest(Tmp):
         os.symlink(other, foreign)
         os.lchown(foreign, 65534, 65534)
         before = runs.tree_digest(self.tmp)
-        for archive in ([], ["archive"], [os.path.join(run, "archive")], [os.path.join(foreign, "archive")]):
+        for archive in (["--archive"], ["--archive-dir", "archive"], ["--archive-dir", os.path.join(run, "archive")],
+                        ["--archive-dir", os.path.join(foreign, "archive")]):
             with self.subTest(archive=archive):
-                r = ckpt("rotate", run, "--keep", "1", "--archive", *archive, "--keep-archives", "1")
+                r = ckpt("rotate", run, "--keep", "1", *archive, "--keep-archives", "1")
                 self.assertEqual(r.returncode, 2, r.describe())
                 self.assertIn("symlink", r.stderr, r.describe())
                 self.assertEqual(runs.tree_digest(self.tmp), before)
@@ -391,7 +405,7 @@ class RotateArchiveTest(Tmp):
         real = self.path("mine")
         os.makedirs(real)
         os.symlink(real, self.path("link"))
-        ckpt_ok(self, "rotate", run, "--keep", "1", "--archive", self.path("link", "archive"), "--keep-archives", "1", "-q")
+        ckpt_ok(self, "rotate", run, "--keep", "1", "--archive-dir", self.path("link", "archive"), "--keep-archives", "1", "-q")
         self.assertEqual(sorted(os.listdir(os.path.join(real, "archive"))), ["checkpoint-30.ckpt"])
         self.assertEqual(len(os.listdir(os.path.join(other, "archive"))), 3)
 

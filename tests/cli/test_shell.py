@@ -77,7 +77,8 @@ class Completions(unittest.TestCase):
         self.assertIn("--keep-every", bash_complete("ckpt rotate --keep"))
         self.assertEqual(sorted(bash_complete("ckpt convert x --to ")), ["archive", "dir", "pytorch", "safetensors"])
         self.assertIn("--keep-archives", bash_complete("ckpt rotate --keep"))
-        self.assertEqual(bash_complete("ckpt rotate --arch"), ["--archive"])
+        self.assertEqual(bash_complete("ckpt rotate --arch"), ["--archive", "--archive-dir"])
+        self.assertEqual(bash_complete("ckpt rotate --archive-d"), ["--archive-dir"])
         self.assertEqual(sorted(bash_complete("ckpt convert x --dtype ")), ["bf16", "fp16", "fp32"])
 
     def test_bash_completes_directories_for_run_commands(self):

@@ -394,7 +394,7 @@ class FullDisk(FaultTest):
         self.assertEqual(r.returncode, 0, r.stderr)
         before = {c: tree(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
         mount = self.mount("300k")  # room for one archive of the four, not two
-        r = run(["rotate", run_dir, "--keep", "1", "--archive", mount, "--json"])
+        r = run(["rotate", run_dir, "--keep", "1", "--archive-dir", mount, "--json"])
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertRegex(r.stderr, r"^ckpt: error: %s/checkpoint-\d+\.ckpt[^\n]*No space left on device\n$" % mount)
         archived = sorted(f for f in os.listdir(mount))
