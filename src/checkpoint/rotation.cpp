@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -257,8 +258,10 @@ void plan_archive_retention(const std::string& run_dir, const RotateOptions& opt
   }
 }
 
-// Carries out the plan: victims renamed to trash, then removed; archives beyond --keep-archives unlinked.
-void delete_planned(const std::string& run_dir, const RotateOptions& options, RotationResult& result);
+// Carries out the plan: victims renamed to trash, then removed; archives beyond --keep-archives unlinked. One
+// entry that cannot be deleted (immutable, EACCES) is kept, its decision says why, and the others still go; the
+// first such failure is returned for the caller to report once the rotation is done.
+std::optional<Error> delete_planned(const std::string& run_dir, const RotateOptions& options, RotationResult& result);
 
 }  // namespace
 
@@ -306,20 +309,27 @@ RotationResult rotate(const std::string& run_dir, const RotateOptions& options, 
     if (options.keep_archives) plan_archive_retention(run_dir, options, scan, result.plan);
   }
   if (dry_run) return result;
-  delete_planned(run_dir, options, result);
-  // The rest of the rotation is done; a checkpoint that could not be archived is reported now.
+  const auto delete_error = delete_planned(run_dir, options, result);
+  // The rest of the rotation is done; what could not be archived or deleted is reported now.
   if (victims.first_error) throw *victims.first_error;
+  if (delete_error) throw *delete_error;
   return result;
 }
 
 namespace {
 
-void delete_planned(const std::string& run_dir, const RotateOptions& options, RotationResult& result) {
+std::optional<Error> delete_planned(const std::string& run_dir, const RotateOptions& options, RotationResult& result) {
+  std::optional<Error> first_error;
+  const auto cannot_delete = [&](Decision& d, const std::string& what, int error_number) {
+    d.remove = false;
+    d.reason = "kept: cannot delete it: " + what + ": " + std::strerror(error_number);
+    if (!first_error) first_error = Error(ErrorKind::io, d.path, "", "cannot delete: " + what + ": " + std::strerror(error_number));
+  };
   // First every victim is renamed to a hidden trash name, so a crash from here on leaves trash, never a
   // partial checkpoint-N; one fsync makes all the renames durable before any byte is removed.
   std::vector<std::string> trash;
   std::set<std::string> archive_dirs;
-  for (const Decision& d : result.plan.decisions) {
+  for (Decision& d : result.plan.decisions) {
     if (!d.remove) continue;
     if (d.kind == EntryKind::trash) {
       trash.push_back(d.path);
@@ -328,7 +338,10 @@ void delete_planned(const std::string& run_dir, const RotateOptions& options, Ro
     }
     if (d.kind == EntryKind::archive) {
       // One file: unlinking it is atomic.
-      if (::unlink(d.path.c_str()) != 0 && errno != ENOENT) fail_io(d.path, "unlink", errno);
+      if (::unlink(d.path.c_str()) != 0 && errno != ENOENT) {
+        cannot_delete(d, "unlink", errno);
+        continue;
+      }
       archive_dirs.insert(fs::path(d.path).parent_path().string());
       ++result.archives_removed;
       continue;
@@ -336,7 +349,8 @@ void delete_planned(const std::string& run_dir, const RotateOptions& options, Ro
     const std::string to = (fs::path(run_dir) / (std::string(kTrashPrefix) + d.name + "-" + fs_util::unique_suffix())).string();
     if (::rename(d.path.c_str(), to.c_str()) != 0) {
       if (errno == ENOENT) continue;  // already gone
-      fail_io(d.path, "rename to " + to, errno);
+      cannot_delete(d, "moving it to the trash", errno);
+      continue;
     }
     trash.push_back(to);
     ++result.removed;
@@ -348,9 +362,16 @@ void delete_planned(const std::string& run_dir, const RotateOptions& options, Ro
     if (result.temporaries_cleared > 0) archive_dirs.insert(dir);
   }
   for (const auto& dir : archive_dirs) fs_util::fsync_directory(dir);
-  if (trash.empty()) return;
+  if (trash.empty()) return first_error;
   fs_util::fsync_directory(run_dir);
-  for (const auto& path : trash) fs_util::remove_tree(path);
+  for (const auto& path : trash) {
+    try {
+      fs_util::remove_tree(path);  // no longer a checkpoint: what stays is cleared by the next rotate
+    } catch (const Error& e) {
+      if (!first_error) first_error = e;
+    }
+  }
+  return first_error;
 }
 
 }  // namespace

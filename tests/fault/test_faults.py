@@ -200,21 +200,21 @@ class Trainer(FaultTest):
 
 
 class Rotate(FaultTest):
-    def test_failing_rename_to_trash(self):
+    def test_one_checkpoint_that_cannot_be_deleted_stops_nothing_else(self):
         run_dir = self.path("run")
         r = run(["save", "--output-dir", run_dir, "-q", "--max-steps", "40", "--save-steps", "10"])
         self.assertEqual(r.returncode, 0, r.stderr)
         before = {c: tree(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
+        # The second victim (checkpoint-20) cannot be moved to the trash (as an immutable directory could not).
         r = run(["rotate", run_dir, "--keep", "1"], "rename:2:" + EIO, match=".ckpt-trash-")
         self.assertEqual(r.returncode, 1, r.stderr)
-        self.assertRegex(r.stderr, r"^ckpt: error: .*: Input/output error\n$")
-        # Whatever is left is whole; what rotate moved to trash before the failure is cleared by the next one.
-        for c in os.listdir(run_dir):
-            if c.startswith("checkpoint-"):
-                self.assertEqual(tree(os.path.join(run_dir, c)), before[c], c)
-        self.assertEqual(run(["rotate", run_dir, "--keep", "1"]).returncode, 0)
+        self.assertRegex(r.stderr, r"^ckpt: error: .*checkpoint-20: cannot delete: moving it to the trash: Input/output error\n$")
+        self.assertEqual(sorted(c for c in os.listdir(run_dir) if c.startswith("checkpoint-")), ["checkpoint-20", "checkpoint-40"])
+        for c in ("checkpoint-20", "checkpoint-40"):
+            self.assertEqual(tree(os.path.join(run_dir, c)), before[c], c)
         self.assertEqual(hidden(run_dir), [])
-        self.assertIn("checkpoint-40", os.listdir(run_dir))
+        self.assertEqual(run(["rotate", run_dir, "--keep", "1"]).returncode, 0)
+        self.assertEqual(sorted(c for c in os.listdir(run_dir) if c.startswith("checkpoint-")), ["checkpoint-40"])
 
 
 class InspectWhileRotating(FaultTest):
