@@ -1,6 +1,7 @@
 #include "checkpoint/run_dir.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -343,6 +344,56 @@ RunScan scan_run(const std::string& run_dir) {
     return a.path < b.path;
   });
   return scan;
+}
+
+bool check_run_directory(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) throw Error(ErrorKind::not_found, path, "", "no such directory");
+    fail_io(path, "stat", errno);
+  }
+  if (!S_ISDIR(st.st_mode)) throw Error(ErrorKind::not_found, path, "", "is a file, not a run directory");
+  const fs::path dir = fs::path(path).lexically_normal();
+  std::error_code ec;
+  std::vector<std::string> others;  // what the directory holds instead of checkpoints
+  std::vector<std::string> runs_below;
+  for (const auto& entry : list_directory(path)) {
+    const std::string name = entry.path().filename().string();
+    if (checkpoint_step(name) || entry.path().extension() == kArchiveExtension) return false;
+    if (name.front() == '.' || name.rfind("tmp-checkpoint-", 0) == 0 || name == "runs" || name == kArchiveDirName) continue;
+    others.push_back(name);
+    if (entry.is_symlink(ec) || !entry.is_directory(ec)) continue;
+    for (const auto& inner : fs::directory_iterator(entry.path(), ec)) {
+      if (checkpoint_step(inner.path().filename().string())) {
+        runs_below.push_back(entry.path().string());
+        break;
+      }
+    }
+  }
+  if (fs::is_directory(dir / kArchiveDirName, ec) && !scan_archive_dir((dir / kArchiveDirName).string(), "").empty()) return false;
+  if (others.empty()) return true;
+  // No checkpoints in it: is it one itself? (A run directory may hold the final weights and trainer_state.json too,
+  // which is why its checkpoints were looked for first.)
+  const bool has_state = fs::exists(fs::symlink_status(dir / "trainer_state.json", ec));
+  bool has_weights = true;
+  try {
+    has_weights = find_weights(path).has_value();
+  } catch (const Error&) {
+  }  // an index that does not read is still a checkpoint's
+  const fs::path absolute = fs::absolute(dir, ec);
+  if (has_state || has_weights || checkpoint_step(absolute.filename().string())) {
+    throw Error(ErrorKind::not_found, path, "",
+                std::string(has_state || !has_weights ? "is a checkpoint" : "is a model directory (weights, no checkpoints)") +
+                    "; its run directory is " + absolute.parent_path().string());
+  }
+  std::sort(runs_below.begin(), runs_below.end());
+  std::string what = "holds no checkpoints (checkpoint-N directories or archives)";
+  if (!runs_below.empty()) {
+    what += "; run directories below it: " + runs_below.front();
+    for (std::size_t i = 1; i < runs_below.size() && i < 3; ++i) what += ", " + runs_below[i];
+    if (runs_below.size() > 3) what += ", and " + std::to_string(runs_below.size() - 3) + " more";
+  }
+  throw Error(ErrorKind::not_found, path, "", what);
 }
 
 std::vector<std::size_t> ordered_checkpoints(const RunScan& scan, bool complete_only, bool by_mtime) {

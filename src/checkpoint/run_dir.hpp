@@ -112,6 +112,13 @@ struct RunScan {
 // Reads a run directory: every subdirectory, classified; checkpoints assessed for completeness.
 RunScan scan_run(const std::string& run_dir);
 
+// For commands that take a run directory (list, best, rotate), given the wrong path: throws not_found saying what
+// `path` is instead (a file; a checkpoint, naming its run directory; a directory holding no checkpoints, naming
+// run directories below it), so that a slip in a cron line fails instead of doing nothing forever. A run directory
+// with nothing in it yet (it exists and holds only hidden, staging or TensorBoard `runs` entries) is fine:
+// returns true for it, false for a run directory with checkpoints or archives.
+bool check_run_directory(const std::string& path);
+
 // The archives directly in `dir` (visible `*.ckpt` files), as scan_run lists them, named `prefix` + file name.
 std::vector<RunEntry> scan_archive_dir(const std::string& dir, const std::string& prefix);
 

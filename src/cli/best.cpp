@@ -30,6 +30,7 @@ int run_best(const BestOptions& o) {
                           checkpoint::checkpoint_step(o.link))) {
     throw Error(ErrorKind::invalid_argument, "", "--link", "'" + o.link + "' must be a plain name, not a checkpoint-N name");
   }
+  require_run_directory(o.run_dir);
   const auto scan = checkpoint::scan_run(o.run_dir);
   const auto best = checkpoint::find_best(scan, options);
   if (!best) {

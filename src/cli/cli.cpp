@@ -5,6 +5,7 @@
 #include <iostream>
 #include <memory>
 
+#include "checkpoint/run_dir.hpp"
 #include "util/error.hpp"
 #include "util/mapped_file.hpp"
 
@@ -87,6 +88,10 @@ int exit_code_for(ErrorKind kind) {
 namespace {
 std::vector<std::string> g_command_line;
 }  // namespace
+
+void require_run_directory(const std::string& run_dir) {
+  if (checkpoint::check_run_directory(run_dir)) std::cerr << "ckpt: note: " << run_dir << " holds no checkpoints yet\n";
+}
 
 const std::vector<std::string>& command_line() { return g_command_line; }
 

@@ -35,6 +35,10 @@ Action attach_convert(CLI::App& sub);
 Action attach_save(CLI::App& sub);
 Action attach_resume(CLI::App& sub);
 
+// The RUN_DIR argument of list, best and rotate: refused when it is no run directory (checkpoint::
+// check_run_directory), with a note on stderr when it holds nothing yet.
+void require_run_directory(const std::string& run_dir);
+
 int run(int argc, char** argv);
 
 // The command line run() was given, argv[0] included (save/resume start their workers with it).

@@ -94,6 +94,7 @@ Action attach_list(CLI::App& sub) {
     if (!o->metric.empty()) options.best.metric = o->metric;
     if (!o->mode.empty()) options.best.greater_is_better = o->mode == "max";
     options.by_mtime = o->sort == "mtime";
+    require_run_directory(o->run_dir);
     const auto listing = checkpoint::list_run(o->run_dir, options);
     if (o->json) std::cout << json::dump(listing_json(listing), 2) << "\n";
     else std::cout << listing_text(listing);

@@ -49,6 +49,7 @@ int run_rotate(const RotateOptions& o) {
   options.archive_level = o.level;
   options.archive_threads = o.threads;
 
+  require_run_directory(o.run_dir);
   const auto result = checkpoint::rotate(o.run_dir, options, o.dry_run, !o.no_wait);
   if (o.json) {
     json::Json decisions = json::Json::array();

@@ -74,6 +74,30 @@ class ListSyntheticTest(Tmp):
         self.assertEqual(rows, [], r.describe())
         self.assertEqual(r.returncode, 0)
 
+    def test_a_path_that_is_no_run_directory_is_named_for_what_it_is(self):
+        # A slip in a cron line (a checkpoint, a file, the parent of the runs) must fail, not rotate nothing forever.
+        run = os.path.join(self.tmp, "runs", "exp1")
+        runs.make_run(run, [10, 20])
+        os.makedirs(os.path.join(self.tmp, "runs", "notes"))
+        cases = [(os.path.join(run, "checkpoint-10"), "is a checkpoint; its run directory is " + run),
+                 (os.path.join(run, "checkpoint-10", "trainer_state.json"), "is a file, not a run directory"),
+                 (os.path.join(self.tmp, "runs"), "holds no checkpoints (checkpoint-N directories or archives); "
+                                                  "run directories below it: " + run)]
+        for path, what in cases:
+            for args in (["list", path], ["best", path], ["rotate", path, "--keep", "1"], ["list", "--json", path]):
+                with self.subTest(args=args):
+                    r = ckpt(*args)
+                    self.assertEqual(r.returncode, 1, r.describe())
+                    self.assertEqual(r.stderr, "ckpt: error: %s: %s\n" % (path, what), r.describe())
+                    self.assertEqual(r.stdout, "", r.describe())
+        self.assertEqual(runs.entries(run), ["checkpoint-10", "checkpoint-20"])
+        # A run directory that exists and holds nothing yet (TensorBoard's runs/ before the first save) is fine.
+        fresh = os.path.join(self.tmp, "fresh")
+        os.makedirs(os.path.join(fresh, "runs"))
+        for args in (["list", fresh], ["rotate", fresh, "--keep", "1"]):
+            r = ckpt_ok(self, *args)
+            self.assertEqual(r.stderr, "ckpt: note: %s holds no checkpoints yet\n" % fresh, r.describe())
+
     def test_missing_run_dir(self):
         r = ckpt("list", os.path.join(self.tmp, "nope"), "--json")
         self.assertNotEqual(r.returncode, 0, r.describe())
