@@ -91,7 +91,7 @@ int run_rotate(const RotateOptions& o) {
 Action attach_rotate(CLI::App& sub) {
   auto o = std::make_shared<RotateOptions>();
   sub.add_option("RUN_DIR", o->run_dir, "The run directory")->required();
-  sub.add_option("--keep", o->keep, "Keep the newest N complete checkpoints (Hugging Face's save_total_limit); the best and the newest always stay")
+  sub.add_option("--keep", o->keep, "Keep N complete checkpoints, the best counting toward N as in Hugging Face's save_total_limit (with N=1 and an older best, two stay); the newest complete always stays")
       ->required()
       ->check(CLI::PositiveNumber);
   sub.add_option("--keep-every", o->keep_every, "Also keep every checkpoint whose step is divisible by K (not counted in N)")

@@ -334,6 +334,14 @@ class RotateSafetyTest(Tmp):
                 self.assertEqual(runs.entries(d), (["checkpoint-10"] if abandoned else ["checkpoint-10", "checkpoint-15"]) +
                                  ["checkpoint-20", "checkpoint-30", "checkpoint-40"])
 
+    def test_the_best_counts_toward_keep(self):
+        # As the Trainer's save_total_limit, and as --help and the man page say: --keep 2 with an old best keeps
+        # the best and the newest, not the best and two more.
+        d = self.run_dir(best_step=10)
+        data, r = self.rotate_json(d, "--keep", "2", "--dry-run")
+        self.assertEqual(self.deleted_names(data), {"checkpoint-20", "checkpoint-30", "checkpoint-40"}, r.describe())
+        self.assertIn("the best counting toward N", ckpt("rotate", "--help").stdout)
+
     def test_trainer_state_python_reads_is_read(self):
         # Python's json reads a lone surrogate escape (what json.dumps writes for a non-UTF-8 byte of output_dir), an
         # integer beyond 2**64 and 1e400 (inf): such checkpoints are complete, counted, and rotated as any other.
