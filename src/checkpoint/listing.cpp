@@ -14,7 +14,10 @@ RunListing list_run(const std::string& run_dir, const ListOptions& options) {
                    : best && !best->metric.empty() ? std::optional(best->metric)
                                                    : std::optional<std::string>("eval_loss");
 
-  std::vector<std::size_t> order = ordered_checkpoints(scan, false, options.by_mtime);
+  // By step, the scan's own order: checkpoints and archives by step (an archive after the live checkpoint of its
+  // step), then the rest by name. By mtime, the checkpoints in Hugging Face's order first.
+  std::vector<std::size_t> order;
+  if (options.by_mtime) order = ordered_checkpoints(scan, false, true);
   const std::set<std::size_t> listed(order.begin(), order.end());
   for (std::size_t i = 0; i < scan.entries.size(); ++i) {
     if (!listed.count(i)) order.push_back(i);

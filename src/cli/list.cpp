@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cmath>
 #include <iostream>
 
 #include "cli/cli.hpp"
@@ -58,25 +59,64 @@ json::Json listing_json(const checkpoint::RunListing& listing) {
   return rows;
 }
 
+namespace {
+
+// The step a staging directory is writing, from its name (tmp-checkpoint-N, .ckpt-staging-checkpoint-N-*).
+std::optional<std::int64_t> staging_step(const std::string& name) {
+  for (const std::string prefix : {"tmp-", ".ckpt-staging-"}) {
+    if (name.rfind(prefix, 0) != 0) continue;
+    const std::string rest = name.substr(prefix.size());
+    return checkpoint::checkpoint_step(rest.substr(0, rest.find('-', std::string("checkpoint-").size())));
+  }
+  return std::nullopt;
+}
+
+// Epochs as a person reads them: two decimals at most ("2.33", "7.5", "5"); --json keeps the exact value.
+std::string epoch_text(const std::optional<double>& epoch) {
+  if (!epoch || !std::isfinite(*epoch)) return number_text(epoch);
+  std::string text = fmt::format("{:.2f}", *epoch);
+  text.erase(text.find_last_not_of('0') + 1);
+  if (text.back() == '.') text.pop_back();
+  return text;
+}
+
+}  // namespace
+
 std::string listing_text(const checkpoint::RunListing& listing) {
   if (listing.rows.empty()) return fmt::format("{}: no checkpoints\n", listing.path);
   const double now = now_seconds();
-  Table table({"name", "step", "epoch", "loss", listing.metric.value_or("metric"), "", "complete", "size", "age"});
+  Table table({"name", "step", "epoch", "loss", listing.metric.value_or("metric"), "", "complete", "size", "age", "note"});
+  std::size_t checkpoints = 0, complete_checkpoints = 0, archives = 0;
+  std::uint64_t total_bytes = 0;
   for (const auto& r : listing.rows) {
     std::string marks;
     if (r.is_best) marks += "best";
     if (r.is_latest) marks += marks.empty() ? "newest" : ",newest";
-    std::string complete = r.kind == EntryKind::checkpoint ? (r.complete ? "yes" : "NO")
-                           : r.kind == EntryKind::archive  ? (r.complete ? "archived" : "BAD ARCHIVE")
-                                                           : checkpoint::to_string(r.kind);
+    std::optional<std::int64_t> step = r.step;
+    std::string complete;
+    switch (r.kind) {
+      case EntryKind::checkpoint: complete = r.complete ? "yes" : "NO"; break;
+      case EntryKind::archive: complete = r.complete ? "archived" : "BAD ARCHIVE"; break;
+      case EntryKind::staging:
+        step = staging_step(r.name);
+        complete = step ? fmt::format("(writing step {})", *step) : "staging";
+        break;
+      default: complete = checkpoint::to_string(r.kind);
+    }
     std::string size = human_bytes(r.size_bytes);
     if (r.kind == EntryKind::archive && r.complete && r.size_bytes) {
       size += fmt::format(" ({:.2f}x)", static_cast<double>(r.original_bytes) / static_cast<double>(r.size_bytes));
     }
-    table.add({r.name, r.step ? std::to_string(*r.step) : "-", number_text(r.epoch), number_text(r.loss),
-               number_text(r.metric), marks, complete, size, human_age(now - r.mtime)});
+    checkpoints += r.kind == EntryKind::checkpoint;
+    complete_checkpoints += r.kind == EntryKind::checkpoint && r.complete;
+    archives += r.kind == EntryKind::archive;
+    total_bytes += r.size_bytes;
+    table.add({r.name, step ? std::to_string(*step) : "-", epoch_text(r.epoch), number_text(r.loss), number_text(r.metric), marks,
+               complete, size, human_age(now - r.mtime), r.problems.empty() ? "" : r.problems.front()});
   }
-  return table.render();
+  return table.render() + fmt::format("total: {} checkpoint{} ({} complete), {} archive{}, {}\n", checkpoints,
+                                      checkpoints == 1 ? "" : "s", complete_checkpoints, archives, archives == 1 ? "" : "s",
+                                      human_bytes(total_bytes));
 }
 
 Action attach_list(CLI::App& sub) {

@@ -159,6 +159,27 @@ class ListSyntheticTest(Tmp):
             if row["name"].startswith(".ckpt-trash-"):
                 self.assertEqual(row["kind"], "trash", r.describe())
 
+    def test_text_table_for_a_person(self):
+        # Epochs rounded for reading (JSON keeps them exact), archives among checkpoints by step, why a checkpoint is
+        # not complete, what a staging directory is writing, and a total line.
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10, 20, 30], state_for=lambda s: dict(runs.trainer_state(s), epoch=s / 3.0))
+        ckpt_ok(self, "rotate", d, "--keep", "2", "--archive", "-q")
+        runs.make_checkpoint(d, 40, broken="no_state")
+        runs.make_dir_entry(d, "tmp-checkpoint-50")
+        r = ckpt_ok(self, "list", d)
+        lines = r.stdout.splitlines()
+        names = [line.split()[0] for line in lines[1:-1]]
+        self.assertEqual(names, ["archive/checkpoint-10.ckpt", "checkpoint-20", "checkpoint-30", "checkpoint-40",
+                                 "tmp-checkpoint-50"], r.describe())
+        row = {line.split()[0]: line for line in lines[1:-1]}
+        self.assertIn(" 6.67 ", row["checkpoint-20"], r.describe())
+        self.assertRegex(row["checkpoint-40"], r" NO .*no trainer_state.json$", r.describe())
+        self.assertIn("(writing step 50)", row["tmp-checkpoint-50"], r.describe())
+        self.assertRegex(lines[-1], r"^total: 3 checkpoints \(2 complete\), 1 archive, [0-9.]+ [KM]?i?B$", r.describe())
+        rows, r = self.list_json(d)
+        self.assertEqual(self.rows_by_name(rows)["checkpoint-20"]["epoch"], 20 / 3.0, r.describe())
+
     def test_list_metric_option_recomputes_best(self):
         d, evals, _ = self.build()
         rows, r = self.list_json(d, "--metric", "accuracy")
