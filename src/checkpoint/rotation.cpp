@@ -28,7 +28,7 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
   if (options.keep_every && *options.keep_every < 1) throw Error(ErrorKind::invalid_argument, "", "--keep-every", "must be at least 1");
 
   RotationPlan plan;
-  for (const auto& e : scan.entries) plan.decisions.push_back({e.name, e.path, e.kind, e.step, false, "", ""});
+  for (const auto& e : scan.entries) plan.decisions.push_back({e.name, e.path, e.kind, e.step, false, "", "", e.size_bytes});
 
   const auto best = find_best(scan, options.best);
   const auto newest = newest_complete(scan);
@@ -189,6 +189,7 @@ struct ArchivedVictims {
   std::map<std::string, std::string> failed;  // name -> why
   std::optional<Error> first_error;
   std::size_t written = 0;
+  std::uint64_t bytes_written = 0;
 };
 
 // Archives each complete checkpoint `plan` deletes (or checks the archive already there holds it), noting each
@@ -212,7 +213,10 @@ ArchivedVictims archive_victims(const std::string& run_dir, const RunScan& scan,
         std::error_code ec;
         fs::create_directories(fs::path(target).parent_path(), ec);
         if (ec) throw Error(ErrorKind::io, fs::path(target).parent_path().string(), "", "cannot create the archive directory: " + ec.message());
-        archive_checkpoint(d.path, target, archive_options);
+        if (options.archive_progress) {
+          archive_options.progress = [&](std::uint64_t done, std::uint64_t total) { options.archive_progress(d.name, done, total); };
+        }
+        result.bytes_written += archive_checkpoint(d.path, target, archive_options).archive_bytes;
         ++result.written;
       } catch (const Error& e) {
         if (!identity_of(d.path)) continue;
@@ -250,7 +254,7 @@ void plan_archive_retention(const std::string& run_dir, const RotateOptions& opt
       return d.kind == EntryKind::archive && fs::equivalent(d.path, a.path, ec);
     });
     if (it == plan.decisions.end()) {
-      plan.decisions.push_back({a.path, a.path, EntryKind::archive, a.step, false, "", ""});
+      plan.decisions.push_back({a.path, a.path, EntryKind::archive, a.step, false, "", "", a.size_bytes});
       it = plan.decisions.end() - 1;
     }
     it->remove = k < cut;
@@ -282,6 +286,7 @@ RotationResult rotate(const std::string& run_dir, const RotateOptions& options, 
     }
     victims = archive_victims(run_dir, scan, plan, options);
     result.archived = victims.written;
+    result.archived_bytes = victims.bytes_written;
   }
   // A dry run only reads, so it neither takes the lock nor creates the lock file.
   std::optional<RunLock> lock;
@@ -308,7 +313,10 @@ RotationResult rotate(const std::string& run_dir, const RotateOptions& options, 
     }
     if (options.keep_archives) plan_archive_retention(run_dir, options, scan, result.plan);
   }
-  if (dry_run) return result;
+  if (dry_run) {
+    for (const Decision& d : result.plan.decisions) result.freed_bytes += d.remove ? d.size_bytes : 0;
+    return result;
+  }
   const auto delete_error = delete_planned(run_dir, options, result);
   // The rest of the rotation is done; what could not be archived or deleted is reported now.
   if (victims.first_error) throw *victims.first_error;
@@ -334,6 +342,7 @@ std::optional<Error> delete_planned(const std::string& run_dir, const RotateOpti
     if (d.kind == EntryKind::trash) {
       trash.push_back(d.path);
       ++result.trash_cleared;
+      result.freed_bytes += d.size_bytes;
       continue;
     }
     if (d.kind == EntryKind::archive) {
@@ -344,6 +353,7 @@ std::optional<Error> delete_planned(const std::string& run_dir, const RotateOpti
       }
       archive_dirs.insert(fs::path(d.path).parent_path().string());
       ++result.archives_removed;
+      result.freed_bytes += d.size_bytes;
       continue;
     }
     const std::string to = (fs::path(run_dir) / (std::string(kTrashPrefix) + d.name + "-" + fs_util::unique_suffix())).string();
@@ -354,6 +364,7 @@ std::optional<Error> delete_planned(const std::string& run_dir, const RotateOpti
     }
     trash.push_back(to);
     ++result.removed;
+    result.freed_bytes += d.size_bytes;
   }
   if (options.archive_dir) {
     // The temporaries of archives whose writer was killed.

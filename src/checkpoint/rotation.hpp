@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -34,6 +35,8 @@ struct RotateOptions {
   std::optional<std::int64_t> keep_archives;
   int archive_level = 3;
   unsigned archive_threads = 0;
+  // Called while a checkpoint is archived: its name, bytes done, bytes in all.
+  std::function<void(const std::string&, std::uint64_t, std::uint64_t)> archive_progress;
 };
 
 struct Decision {
@@ -44,6 +47,7 @@ struct Decision {
   bool remove = false;
   std::string reason;
   std::string archived_to;  // the archive written (or planned) before removing it
+  std::uint64_t size_bytes = 0;  // what deleting it frees
 };
 
 struct RotationPlan {
@@ -62,6 +66,8 @@ struct RotationResult {
   std::size_t archived = 0;       // archives written by this rotation
   std::size_t archives_removed = 0;
   std::size_t temporaries_cleared = 0;  // archives a killed process left half-written in the archive directory
+  std::uint64_t freed_bytes = 0;     // by what was deleted (a dry run: what would be)
+  std::uint64_t archived_bytes = 0;  // the archives this rotation wrote
 };
 
 // Under the run lock (a dry run takes none and writes nothing): clears leftover trash, scans, plans and

@@ -35,30 +35,6 @@ struct ConvertOptions {
   unsigned threads = 0;
 };
 
-// A progress line on stderr, only on a terminal and only for inputs big enough to wait for.
-class ProgressLine {
- public:
-  explicit ProgressLine(bool enabled) : enabled_(enabled && ::isatty(STDERR_FILENO)) {}
-  ~ProgressLine() {
-    if (shown_) std::cerr << "\r\033[K" << std::flush;
-  }
-  void update(std::uint64_t done, std::uint64_t total) {
-    if (!enabled_ || total < (64u << 20)) return;
-    const auto now = std::chrono::steady_clock::now();
-    if (shown_ && now - last_ < std::chrono::milliseconds(100) && done < total) return;
-    last_ = now;
-    shown_ = true;
-    std::cerr << fmt::format("\rconverting: {:3d}% ({} of {})", static_cast<int>(100.0 * static_cast<double>(done) / static_cast<double>(total)),
-                             human_bytes(done), human_bytes(total))
-              << std::flush;
-  }
-
- private:
-  bool enabled_;
-  bool shown_ = false;
-  std::chrono::steady_clock::time_point last_;
-};
-
 // --to archive and --to dir: one archive file <-> one checkpoint directory.
 int run_archive(const ConvertOptions& o) {
   for (const auto& [given, flag] : {std::pair{o.max_shard_size_given, "--max-shard-size"}, {!o.dtype.empty(), "--dtype"},
@@ -69,7 +45,7 @@ int run_archive(const ConvertOptions& o) {
   options.level = o.level;
   options.threads = o.threads;
   options.force = o.force;
-  ProgressLine progress(!o.quiet && !o.json);
+  ProgressLine progress(!o.quiet && !o.json, "converting");
   options.progress = [&progress](std::uint64_t done, std::uint64_t total) { progress.update(done, total); };
   const bool archiving = o.to == "archive";
   const auto s = archiving ? checkpoint::archive_checkpoint(o.source, o.output, options) : checkpoint::restore_archive(o.source, o.output, options);
@@ -122,7 +98,7 @@ int run_convert(const ConvertOptions& o) {
   options.include_state = o.include_state;
   options.dry_run = o.dry_run;
   options.force = o.force;
-  ProgressLine progress(!o.quiet && !o.json);
+  ProgressLine progress(!o.quiet && !o.json, "converting");
   options.progress = [&progress](std::uint64_t done, std::uint64_t total) { progress.update(done, total); };
 
   const auto result = checkpoint::convert(o.source, o.output, options);

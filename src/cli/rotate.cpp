@@ -49,6 +49,11 @@ int run_rotate(const RotateOptions& o) {
   options.archive_level = o.level;
   options.archive_threads = o.threads;
 
+  ProgressLine progress(!o.quiet && !o.json, "archiving");
+  options.archive_progress = [&progress](const std::string& name, std::uint64_t done, std::uint64_t total) {
+    progress.set_label("archiving " + name);
+    progress.update(done, total);
+  };
   require_run_directory(o.run_dir);
   const auto result = checkpoint::rotate(o.run_dir, options, o.dry_run, !o.no_wait);
   if (o.json) {
@@ -70,6 +75,8 @@ int run_rotate(const RotateOptions& o) {
                              {"archived", result.archived},
                              {"archives_removed", result.archives_removed},
                              {"temporaries_cleared", result.temporaries_cleared},
+                             {"freed_bytes", result.freed_bytes},
+                             {"archived_bytes", result.archived_bytes},
                              {"decisions", std::move(decisions)}},
                             2)
               << "\n";
@@ -82,6 +89,9 @@ int run_rotate(const RotateOptions& o) {
       table.add({d.name, action, d.reason});
     }
     std::cout << table.render();
+    std::cout << fmt::format("{} {}", o.dry_run ? "would free" : "freed", human_bytes(result.freed_bytes));
+    if (result.archived > 0) std::cout << fmt::format(", archived {} into {} archive{}", human_bytes(result.archived_bytes), result.archived, result.archived == 1 ? "" : "s");
+    std::cout << "\n";
   }
   return exit_ok;
 }

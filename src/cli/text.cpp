@@ -1,8 +1,12 @@
 #include "cli/text.hpp"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <iostream>
+#include <string_view>
 
 namespace ckpt::cli {
 
@@ -79,6 +83,36 @@ std::string Table::render(const std::string& indent) const {
     out += line + "\n";
   }
   return out;
+}
+
+}  // namespace ckpt::cli
+
+namespace ckpt::cli {
+
+ProgressLine::ProgressLine(bool enabled, std::string label)
+    : enabled_(enabled && ::isatty(STDERR_FILENO)),
+      plain_(std::getenv("NO_COLOR") != nullptr || (std::getenv("TERM") && std::string_view(std::getenv("TERM")) == "dumb")),
+      label_(std::move(label)) {}
+
+ProgressLine::~ProgressLine() { clear(); }
+
+void ProgressLine::clear() {
+  if (shown_width_ == 0) return;
+  if (plain_) std::cerr << '\r' << std::string(shown_width_, ' ') << '\r' << std::flush;
+  else std::cerr << "\r\033[K" << std::flush;
+  shown_width_ = 0;
+}
+
+void ProgressLine::update(std::uint64_t done, std::uint64_t total) {
+  if (!enabled_ || total < (64u << 20)) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (shown_width_ > 0 && now - last_ < std::chrono::milliseconds(100) && done < total) return;
+  last_ = now;
+  const std::string line = fmt::format("{}: {:3d}% ({} of {})", label_, static_cast<int>(100.0 * static_cast<double>(done) / static_cast<double>(total)),
+                                       human_bytes(done), human_bytes(total));
+  const std::size_t pad = shown_width_ > line.size() ? shown_width_ - line.size() : 0;
+  std::cerr << '\r' << line << std::string(pad, ' ') << std::flush;
+  shown_width_ = line.size() + pad;
 }
 
 }  // namespace ckpt::cli

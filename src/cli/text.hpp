@@ -1,6 +1,7 @@
 // Small pieces of human-readable output shared by the subcommands' text renderers.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -21,6 +22,27 @@ std::optional<double> parse_duration(const std::string& text);
 std::string human_age(double seconds);
 // Metric values as Python prints short floats: "0.25", "3.999075", "-"; NaN as "nan".
 std::string number_text(const std::optional<double>& value);
+
+// A progress line on stderr ("LABEL:  42% (1.2 GiB of 3.0 GiB)"), only on a terminal and only for work big enough to
+// wait for; the destructor clears it. With TERM=dumb or NO_COLOR set it writes no escape sequence (spaces clear it).
+class ProgressLine {
+ public:
+  ProgressLine(bool enabled, std::string label);
+  ~ProgressLine();
+  ProgressLine(const ProgressLine&) = delete;
+  ProgressLine& operator=(const ProgressLine&) = delete;
+  void set_label(std::string label) { label_ = std::move(label); }
+  void update(std::uint64_t done, std::uint64_t total);
+
+ private:
+  void clear();
+
+  bool enabled_;
+  bool plain_;  // no escape sequences
+  std::string label_;
+  std::size_t shown_width_ = 0;  // of the line on screen, 0 when none is
+  std::chrono::steady_clock::time_point last_;
+};
 
 // A table with left-aligned columns separated by two spaces; the last column is not padded.
 class Table {

@@ -307,6 +307,16 @@ class RotateParityTest(Tmp):
 HOUR = 3600.0
 
 
+def human(n):
+    """As ckpt prints sizes: exact bytes below 1 KiB, else one decimal and a binary unit."""
+    if n < 1024:
+        return "%d B" % n
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024.0
+        if n < 1024:
+            return "%.1f %s" % (n, unit)
+
+
 class RotateSafetyTest(Tmp):
     def run_dir(self, steps=(10, 20, 30, 40, 50), **kw):
         d = os.path.join(self.tmp, "run")
@@ -333,6 +343,18 @@ class RotateSafetyTest(Tmp):
                 self.rotate_json(d, "--keep", "5")
                 self.assertEqual(runs.entries(d), (["checkpoint-10"] if abandoned else ["checkpoint-10", "checkpoint-15"]) +
                                  ["checkpoint-20", "checkpoint-30", "checkpoint-40"])
+
+    def test_reports_bytes_freed(self):
+        d = self.run_dir(extra_files=2)
+        def size(name):
+            return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(os.path.join(d, name)) for f in files)
+        expected = sum(size("checkpoint-%d" % s) for s in (10, 20, 30))
+        data, r = self.rotate_json(d, "--keep", "2", "--dry-run")
+        self.assertEqual(data["freed_bytes"], expected, r.describe())
+        r = ckpt_ok(self, "rotate", d, "--keep", "2", "--dry-run")
+        self.assertTrue(r.stdout.endswith("would free %s\n" % human(expected)), r.describe())
+        data, r = self.rotate_json(d, "--keep", "2")
+        self.assertEqual((data["freed_bytes"], data["archived_bytes"]), (expected, 0), r.describe())
 
     def test_the_best_counts_toward_keep(self):
         # As the Trainer's save_total_limit, and as --help and the man page say: --keep 2 with an old best keeps
