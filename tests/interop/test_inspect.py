@@ -3,8 +3,7 @@
 Run from the repository root:
     /usr/bin/python3 -m unittest discover -s tests/interop -p 'test_*.py' -v
     /usr/bin/python3 tests/interop/test_inspect.py -v
-The binary is $CKPT_BIN (default build/ckpt); the real Trainer output is $CKPT_HF_FIXTURES
-(default: shared/fixtures/hf-trainer-4.40.2 beside the repository).
+The binary is $CKPT_BIN (default build/ckpt); the real Trainer output is tests/data/hf-trainer-4.40.2.
 """
 
 import copy
@@ -359,7 +358,6 @@ def hf_checkpoints():
     return sorted(names, key=lambda n: int(n.split("-")[1]))
 
 
-@unittest.skipUnless(os.path.isdir(F.HF_FIXTURES), "no HF fixtures at " + F.HF_FIXTURES)
 class RealTrainerOutputTests(InspectCase):
 
     def expected_checkpoint(self, cdir):
