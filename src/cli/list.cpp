@@ -59,7 +59,7 @@ json::Json listing_json(const checkpoint::RunListing& listing) {
 }
 
 std::string listing_text(const checkpoint::RunListing& listing) {
-  if (listing.rows.empty()) return fmt::format("{}: no checkpoints\n", listing.path);
+  if (listing.rows.empty()) return fmt::format("{}: no checkpoints\n", printable(listing.path));
   const double now = now_seconds();
   Table table({"name", "step", "epoch", "loss", listing.metric.value_or("metric"), "", "complete", "size", "age"});
   for (const auto& r : listing.rows) {
@@ -96,7 +96,7 @@ Action attach_list(CLI::App& sub) {
     options.by_mtime = o->sort == "mtime";
     const auto listing = checkpoint::list_run(o->run_dir, options);
     if (o->json) std::cout << json::dump(listing_json(listing), 2) << "\n";
-    else std::cout << listing_text(listing);
+    else print_text(listing_text(listing));
     return exit_ok;
   };
 }

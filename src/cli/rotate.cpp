@@ -78,7 +78,7 @@ int run_rotate(const RotateOptions& o) {
       if (d.remove && !d.archived_to.empty()) action = (o.dry_run ? "would archive to " : "archived to ") + d.archived_to + ", " + action;
       table.add({d.name, action, d.reason});
     }
-    std::cout << table.render();
+    print_text(table.render());
   }
   return exit_ok;
 }
