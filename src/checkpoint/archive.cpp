@@ -7,6 +7,7 @@
 #include <memory>
 #include <thread>
 
+#include "format/json_object.hpp"
 #include "format/safetensors.hpp"
 #include "format/torch_archive.hpp"
 #include "util/atomic_file.hpp"
@@ -341,9 +342,9 @@ json::Json trainer_state_to_manifest(const TrainerStateSummary& state) {
   auto optional = [](const auto& v) { return v ? json::Json(*v) : json::Json(nullptr); };
   json::Json evals = json::Json::array();
   for (const auto& [step, metrics] : state.eval_by_step) {
-    json::Json values = json::Json::object();
-    for (const auto& [k, v] : metrics) values[k] = v;
-    evals.push_back({{"step", step}, {"metrics", std::move(values)}});
+    json::ObjectBuilder values(metrics.size());
+    for (const auto& [k, v] : metrics) values.add(k, v);
+    evals.push_back({{"step", step}, {"metrics", std::move(values).build()}});
   }
   return {{"global_step", optional(state.global_step)},
           {"epoch", optional(state.epoch)},

@@ -15,6 +15,7 @@
 #include "checkpoint/source.hpp"
 #include "checkpoint/tensor_scan.hpp"
 #include "checkpoint/value_data.hpp"
+#include "format/json_object.hpp"
 #include "format/safetensors.hpp"
 #include "format/torch_archive.hpp"
 #include "util/mapped_file.hpp"
@@ -144,9 +145,9 @@ void summarize_safetensors(const MappedFile& file, const safetensors::Header& he
     }
     report.tensors.push_back(std::move(s));
   }
-  json::Json metadata = json::Json::object();
-  for (const auto& [k, v] : header.metadata) metadata[k] = v;
-  total_weights(report, file.size() - header.buffer_offset, std::move(metadata));
+  json::ObjectBuilder metadata(header.metadata.size());
+  for (const auto& [k, v] : header.metadata) metadata.add(k, v);
+  total_weights(report, file.size() - header.buffer_offset, std::move(metadata).build());
   if (options.verify) report.verify->checks.push_back("safetensors header rules");
 }
 

@@ -4,6 +4,7 @@
 #include <array>
 
 #include "format/json.hpp"
+#include "format/json_object.hpp"
 #include "util/byte_reader.hpp"
 #include "util/error.hpp"
 #include "util/mapped_file.hpp"
@@ -133,20 +134,20 @@ std::string make_header(std::vector<OutputTensor>& tensors, const std::vector<st
     if (rank(a.dtype) != rank(b.dtype)) return rank(a.dtype) > rank(b.dtype);
     return a.name < b.name;
   });
-  json::Json header = json::Json::object();
+  json::ObjectBuilder header(tensors.size() + 1);
   if (!metadata.empty()) {
-    json::Json meta = json::Json::object();
-    for (const auto& [k, v] : metadata) meta[k] = v;
-    header["__metadata__"] = std::move(meta);
+    json::ObjectBuilder meta(metadata.size());
+    for (const auto& [k, v] : metadata) meta.add(k, v);
+    header.add("__metadata__", std::move(meta).build());
   }
   std::uint64_t offset = 0;
   for (const auto& t : tensors) {
     std::uint64_t nbytes = element_size(t.dtype);
     for (std::int64_t d : t.shape) nbytes *= static_cast<std::uint64_t>(d);
-    header[t.name] = {{"dtype", safetensors_code(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}};
+    header.add(t.name, {{"dtype", safetensors_code(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}});
     offset += nbytes;
   }
-  std::string text = json::dump(header);
+  std::string text = json::dump(std::move(header).build());
   text.append((8 - text.size() % 8) % 8, ' ');
   std::string out;
   for (int i = 0; i < 8; ++i) out += static_cast<char>((static_cast<std::uint64_t>(text.size()) >> (8 * i)) & 0xFF);
