@@ -364,18 +364,19 @@ void write_weights_file(const std::string& path, const std::vector<Weight>& weig
                         const ConvertOptions& options, Progress& progress) {
   if (options.to == ConvertTarget::safetensors) {
     std::vector<SafetensorsItem> items;
-    json::Json aliases = json::Json::object();
+    json::ObjectBuilder tied;
     json::Json names = json::Json::array();
     for (std::size_t i : subset) {
       const Weight& w = weights[i];
       names.push_back(w.name);
       if (w.tied_to) {
-        aliases[w.name] = *w.tied_to;
+        tied.set(w.name, *w.tied_to);
         continue;
       }
       const auto& t = tensor_of(w);
       items.push_back({w.name, w.source, &t, nullptr, output_dtype(t.dtype, options)});
     }
+    const json::Json aliases = tied.take();
     std::vector<std::pair<std::string, std::string>> metadata = {{"format", "pt"}};
     if (!aliases.empty()) metadata.emplace_back(kAliasesKey, json::dump(aliases));
     // The key order is recorded only when the file's own order (by dtype size, then name) would lose it.

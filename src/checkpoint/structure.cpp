@@ -7,6 +7,7 @@
 
 #include "checkpoint/value_data.hpp"
 #include "format/big_int.hpp"
+#include "format/json.hpp"
 #include "util/error.hpp"
 
 namespace ckpt::checkpoint {
@@ -112,12 +113,12 @@ class Encoder {
       plain = k.kind == Kind::string && (k.text.empty() || k.text[0] != '$');
     }
     if (plain) {
-      json::Json out = json::Json::object();
+      json::ObjectBuilder out(n.items.size() / 2);
       for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) {
         const std::string& key = g_.at(n.items[i]).text;
-        out[key] = encode(n.items[i + 1], join(path, key));
+        out.set(key, encode(n.items[i + 1], join(path, key)));
       }
-      return out;
+      return out.take();
     }
     json::Json pairs = json::Json::array();
     for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) {

@@ -1,6 +1,7 @@
 #include "checkpoint/value_data.hpp"
 
 #include "format/big_int.hpp"
+#include "format/json.hpp"
 #include "format/torch_archive.hpp"
 #include "util/error.hpp"
 
@@ -67,9 +68,9 @@ class Converter {
         return array;
       }
       case Kind::dict: {
-        json::Json object = json::Json::object();
-        for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) object[key_text(n.items[i])] = convert(n.items[i + 1]);
-        return object;
+        json::ObjectBuilder object(n.items.size() / 2);
+        for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) object.set(key_text(n.items[i]), convert(n.items[i + 1]));
+        return object.take();
       }
       case Kind::global: return json::Json{{"type", "global"}, {"name", graph_.global_name(id)}};
       case Kind::object: {

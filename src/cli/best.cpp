@@ -7,6 +7,7 @@
 #include "checkpoint/best.hpp"
 #include "checkpoint/export.hpp"
 #include "cli/cli.hpp"
+#include "cli/text.hpp"
 #include "util/error.hpp"
 #include "util/fs.hpp"
 
@@ -60,7 +61,7 @@ int run_best(const BestOptions& o) {
     if (exported) out["exported"] = {{"dir", o.export_dir}, {"files", exported->files}, {"hardlinked", exported->hardlinked}};
     std::cout << json::dump(out, 2) << "\n";
   } else {
-    std::cout << entry.path << "\n";
+    print_text(printable(entry.path) + "\n");
   }
   return exit_ok;
 }

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "checkpoint/run_dir.hpp"
+#include "cli/text.hpp"
 #include "util/error.hpp"
 #include "util/mapped_file.hpp"
 
@@ -117,7 +118,7 @@ int run(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "ckpt: error: " << e.what() << "\n";
+    print_error(e.what());
     const std::string hint = suggestion(app, std::vector<std::string>(argv + 1, argv + argc));
     if (!hint.empty()) std::cerr << "Did you mean '" << hint << "'?\n";
     std::cerr << "Run 'ckpt --help' or 'ckpt SUBCOMMAND --help' for usage.\n";
@@ -131,7 +132,7 @@ int run(int argc, char** argv) {
       return false;
     } catch (const Error& e) {
       std::cout.flush();
-      std::cerr << "ckpt: error: " << e.what() << "\n";
+      print_error(e.what());
       return true;
     }
   };
@@ -145,13 +146,13 @@ int run(int argc, char** argv) {
   } catch (const Error& e) {
     if (report_shrunk_file()) return exit_failure;
     std::cout.flush();
-    std::cerr << "ckpt: error: " << e.what() << "\n";
+    print_error(e.what());
     return exit_code_for(e.kind());
   } catch (const std::bad_alloc&) {
-    if (!report_shrunk_file()) std::cerr << "ckpt: error: out of memory\n";
+    if (!report_shrunk_file()) print_error("out of memory");
     return exit_failure;
   } catch (const std::exception& e) {
-    if (!report_shrunk_file()) std::cerr << "ckpt: error: " << e.what() << "\n";
+    if (!report_shrunk_file()) print_error(e.what());
     return exit_failure;
   }
 }

@@ -63,8 +63,9 @@ int run_archive(const ConvertOptions& o) {
                             2)
               << "\n";
   } else if (!o.quiet) {
-    std::cout << fmt::format("{} {} -> {}: {} files, {} tensors, {} {} {} ({:.3f}x)\n", archiving ? "archived" : "restored", o.source, o.output,
-                             s.files, s.tensors, human_bytes(s.original_bytes), archiving ? "into" : "from", human_bytes(s.archive_bytes), s.ratio());
+    print_text(fmt::format("{} {} -> {}: {} files, {} tensors, {} {} {} ({:.3f}x)\n", archiving ? "archived" : "restored", printable(o.source),
+                           printable(o.output), s.files, s.tensors, human_bytes(s.original_bytes), archiving ? "into" : "from",
+                           human_bytes(s.archive_bytes), s.ratio()));
   }
   return exit_ok;
 }
@@ -123,8 +124,9 @@ int run_convert(const ConvertOptions& o) {
     for (const auto& f : result.files) {
       table.add({f.destination, o.dry_run ? "would be " + f.action : f.action, o.dry_run ? "-" : human_bytes(f.bytes), f.source});
     }
-    std::cout << table.render();
-    for (const auto& note : result.notes) std::cout << "note: " << note << "\n";
+    std::string text = table.render();
+    for (const auto& note : result.notes) text += "note: " + printable(note) + "\n";
+    print_text(text);
   }
   return exit_ok;
 }

@@ -78,9 +78,10 @@ json::Json checkpoint_json(const CheckpointReport& c) {
 // ---- text ----
 
 // Compact text for a value copied from a file; the tagged objects of to_data read as Python would print them.
+// Its strings are printable(): one line whatever the file holds.
 std::string value_text(const json::Json& v) {
   if (v.is_null()) return "-";
-  if (v.is_string()) return v.get<std::string>();
+  if (v.is_string()) return printable(v.get<std::string>());
   if (v.is_array()) {
     std::string out = "[";
     for (const auto& item : v) out += (out.size() > 1 ? ", " : "") + value_text(item);
@@ -94,14 +95,21 @@ std::string value_text(const json::Json& v) {
     if (type == "tensor" || type == "ndarray") return type + "(" + value_text(v["dtype"]) + ", " + value_text(v["shape"]) + ")";
     if (type == "object") return value_text(v["class"]) + "(...)";
   }
-  return json::dump(v);
+  return printable(json::dump(v));
+}
+
+// "a, b, c" for a list of names read from a file (whatever their JSON types).
+std::string names_text(const json::Json& names) {
+  std::vector<std::string> shown;
+  for (const auto& name : names) shown.push_back(value_text(name));
+  return fmt::format("{}", fmt::join(shown, ", "));
 }
 
 std::string fields_text(const json::Json& object, const std::vector<std::string>& skip = {}) {
   std::string out;
   for (const auto& [key, value] : object.items()) {
     if (std::find(skip.begin(), skip.end(), key) != skip.end()) continue;
-    out += fmt::format("{}{}={}", out.empty() ? "" : ", ", key, value_text(value));
+    out += fmt::format("{}{}={}", out.empty() ? "" : ", ", printable(key), value_text(value));
   }
   return out;
 }
@@ -134,7 +142,7 @@ std::string weights_text(const FileReport& f) {
   for (const auto& [key, value] : f.fields["metadata"].items()) {
     std::string text = value_text(value);
     if (text.size() > 120) text = text.substr(0, 100) + fmt::format("... ({} characters; --json shows all)", text.size());
-    out += fmt::format("  metadata {}: {}\n", key, text);
+    out += fmt::format("  metadata {}: {}\n", printable(key), text);
   }
   return out;
 }
@@ -142,7 +150,7 @@ std::string weights_text(const FileReport& f) {
 std::string optimizer_text(const FileReport& f) {
   std::string out = fmt::format("  {} parameter states ({}), step {}, {} of state\n",
                                 f.fields["num_param_states"].get<std::uint64_t>(),
-                                fmt::join(f.fields["state_keys"].get<std::vector<std::string>>(), ", "),
+                                names_text(f.fields["state_keys"]),
                                 value_text(f.fields["step"]), human_bytes(f.fields["state_bytes"].get<std::uint64_t>()));
   if (f.fields.contains("shard")) {
     const auto& shard = f.fields["shard"];
@@ -158,14 +166,14 @@ std::string optimizer_text(const FileReport& f) {
     const auto& check = f.fields["param_shape_check"];
     out += fmt::format("  state shapes vs weights: {} (by {}, {} checked)\n", value_text(check["status"]),
                        value_text(check["method"]), value_text(check["checked"]));
-    for (const auto& m : check["mismatches"]) out += "    mismatch: " + json::dump(m) + "\n";
+    for (const auto& m : check["mismatches"]) out += "    mismatch: " + printable(json::dump(m)) + "\n";
   }
   return out;
 }
 
 std::string file_text(const FileReport& f) {
-  std::string out = fmt::format("{}: {} ({}, {})\n", f.path, f.kind, f.format, human_bytes(f.size_bytes));
-  if (f.error) return fmt::format("{}: error: {}\n", f.path, f.error->what());
+  std::string out = fmt::format("{}: {} ({}, {})\n", printable(f.path), f.kind, f.format, human_bytes(f.size_bytes));
+  if (f.error) return fmt::format("{}: error: {}\n", printable(f.path), printable(f.error->what()));
   const json::Json& x = f.fields;
   if (f.kind == "weights") {
     out += weights_text(f);
@@ -177,7 +185,7 @@ std::string file_text(const FileReport& f) {
   } else if (f.kind == "scaler") {
     out += x["enabled"].get<bool>() ? "  enabled: " + fields_text(x, {"enabled"}) + "\n" : "  disabled (empty state)\n";
   } else if (f.kind == "rng_state") {
-    out += fmt::format("  generators: {}\n", fmt::join(x["generators"].get<std::vector<std::string>>(), ", "));
+    out += fmt::format("  generators: {}\n", names_text(x["generators"]));
     for (const char* g : {"python", "numpy", "cpu", "cuda"}) {
       if (x.contains(g)) out += fmt::format("  {}: {}\n", g, fields_text(x[g]));
     }
@@ -208,14 +216,14 @@ std::string file_text(const FileReport& f) {
     out += fmt::format("  {} tensors in {} shards, total_size {}\n", value_text(x["num_tensors"]), x["shards"].size(),
                        value_text(x["total_size"]));
   } else if (f.kind != "other") {
-    out += "  " + json::dump(x["value"]) + "\n";
+    out += "  " + printable(json::dump(x["value"])) + "\n";
   }
   return out;
 }
 
 std::string verification_text(const std::string& subject, const Verification& v) {
-  std::string out = fmt::format("  verify {}: {} ({})\n", subject, v.ok() ? "ok" : "FAILED", fmt::join(v.checks, "; "));
-  for (const auto& e : v.errors) out += "    error: " + e + "\n";
+  std::string out = fmt::format("  verify {}: {} ({})\n", printable(subject), v.ok() ? "ok" : "FAILED", printable(fmt::format("{}", fmt::join(v.checks, "; "))));
+  for (const auto& e : v.errors) out += "    error: " + printable(e) + "\n";
   return out;
 }
 
@@ -241,9 +249,8 @@ std::vector<std::string> all_errors(const CheckpointReport& c) {
 // A failed verification is reported on stdout in full and summarised as the one error line on stderr.
 int verification_status(const std::string& path, const std::vector<std::string>& errors) {
   if (errors.empty()) return exit_ok;
-  std::cerr << "ckpt: error: " << path << ": verification failed: " << errors.front();
-  if (errors.size() > 1) std::cerr << " (and " << errors.size() - 1 << " more)";
-  std::cerr << "\n";
+  print_error(path + ": verification failed: " + errors.front() +
+              (errors.size() > 1 ? fmt::format(" (and {} more)", errors.size() - 1) : ""));
   return exit_bad_input;
 }
 
@@ -255,8 +262,7 @@ int inspect_file_path(const InspectOptions& o, const checkpoint::InspectOptions&
     if (o.verify) out["ok"] = ok;
     std::cout << json::dump(out, 2) << "\n";
   } else {
-    std::cout << file_text(f);
-    if (f.verify) std::cout << verification_text(f.file, *f.verify);
+    print_text(file_text(f) + (f.verify ? verification_text(f.file, *f.verify) : ""));
   }
   return verification_status(o.path, f.verify ? f.verify->errors : std::vector<std::string>{});
 }
@@ -269,17 +275,18 @@ int inspect_checkpoint_path(const InspectOptions& o, const checkpoint::InspectOp
     if (o.verify) out["ok"] = ok;
     std::cout << json::dump(out, 2) << "\n";
   } else {
-    std::cout << fmt::format("{}: checkpoint{}, {}, {} files{}{}\n", c.path, c.step ? fmt::format(" at step {}", *c.step) : "",
-                             c.complete ? "complete" : "INCOMPLETE", c.files.size(),
-                             c.world_size > 1 ? fmt::format(", written by {} processes", c.world_size) : "",
-                             c.optimizer_sharded ? ", optimizer sharded" : "");
-    for (const auto& p : c.problems) std::cout << "  problem: " << p << "\n";
+    std::string text = fmt::format("{}: checkpoint{}, {}, {} files{}{}\n", printable(c.path), c.step ? fmt::format(" at step {}", *c.step) : "",
+                                   c.complete ? "complete" : "INCOMPLETE", c.files.size(),
+                                   c.world_size > 1 ? fmt::format(", written by {} processes", c.world_size) : "",
+                                   c.optimizer_sharded ? ", optimizer sharded" : "");
+    for (const auto& p : c.problems) text += "  problem: " + printable(p) + "\n";
     for (const auto& f : c.files) {
-      std::cout << "\n" << file_text(f);
-      if (f.verify) std::cout << verification_text(f.file, *f.verify);
+      text += "\n" + file_text(f);
+      if (f.verify) text += verification_text(f.file, *f.verify);
     }
-    if (c.verify) std::cout << "\n" << verification_text("across files", *c.verify);
-    if (o.verify) std::cout << (ok ? "verify: ok\n" : "verify: FAILED\n");
+    if (c.verify) text += "\n" + verification_text("across files", *c.verify);
+    if (o.verify) text += ok ? "verify: ok\n" : "verify: FAILED\n";
+    print_text(text);
   }
   // Unreadable member files fail a directory like a single bad file would.
   std::vector<std::string> errors = all_errors(c);
@@ -304,9 +311,9 @@ int inspect_run_path(const InspectOptions& o, const checkpoint::InspectOptions& 
       }
       const auto row_errors = all_errors(*report);
       rows[i]["verify"] = {{"ok", row_errors.empty()}, {"errors", row_errors}};
-      verify_text += fmt::format("  verify {}: {}\n", row.name, row_errors.empty() ? "ok" : "FAILED");
+      verify_text += fmt::format("  verify {}: {}\n", printable(row.name), row_errors.empty() ? "ok" : "FAILED");
       for (const auto& e : row_errors) {
-        verify_text += "    error: " + e + "\n";
+        verify_text += "    error: " + printable(e) + "\n";
         errors.push_back(row.name + ": " + e);
       }
     }
@@ -316,8 +323,8 @@ int inspect_run_path(const InspectOptions& o, const checkpoint::InspectOptions& 
     if (o.verify) out["ok"] = errors.empty();
     std::cout << json::dump(out, 2) << "\n";
   } else {
-    std::cout << fmt::format("{}: run directory\n", o.path) << listing_text(listing) << verify_text;
-    if (o.verify) std::cout << (errors.empty() ? "verify: ok\n" : "verify: FAILED\n");
+    print_text(fmt::format("{}: run directory\n", printable(o.path)) + listing_text(listing) + verify_text +
+               (!o.verify ? "" : errors.empty() ? "verify: ok\n" : "verify: FAILED\n"));
   }
   return verification_status(o.path, errors);
 }

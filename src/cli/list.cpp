@@ -83,7 +83,7 @@ std::string epoch_text(const std::optional<double>& epoch) {
 }  // namespace
 
 std::string listing_text(const checkpoint::RunListing& listing) {
-  if (listing.rows.empty()) return fmt::format("{}: no checkpoints\n", listing.path);
+  if (listing.rows.empty()) return fmt::format("{}: no checkpoints\n", printable(listing.path));
   const double now = now_seconds();
   Table table({"name", "step", "epoch", "loss", listing.metric.value_or("metric"), "", "complete", "size", "age", "note"});
   std::size_t checkpoints = 0, complete_checkpoints = 0, archives = 0;
@@ -137,7 +137,7 @@ Action attach_list(CLI::App& sub) {
     require_run_directory(o->run_dir);
     const auto listing = checkpoint::list_run(o->run_dir, options);
     if (o->json) std::cout << json::dump(listing_json(listing), 2) << "\n";
-    else std::cout << listing_text(listing);
+    else print_text(listing_text(listing));
     return exit_ok;
   };
 }

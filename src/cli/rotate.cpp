@@ -88,7 +88,7 @@ int run_rotate(const RotateOptions& o) {
       if (d.remove && !d.archived_to.empty()) action = (o.dry_run ? "would archive to " : "archived to ") + d.archived_to + ", " + action;
       table.add({d.name, action, d.reason});
     }
-    std::cout << table.render();
+    print_text(table.render());
     std::cout << fmt::format("{} {}", o.dry_run ? "would free" : "freed", human_bytes(result.freed_bytes));
     if (result.archived > 0) std::cout << fmt::format(", archived {} into {} archive{}", human_bytes(result.archived_bytes), result.archived, result.archived == 1 ? "" : "s");
     std::cout << "\n";

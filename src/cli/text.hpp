@@ -5,9 +5,23 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ckpt::cli {
+
+// Text that may come from a file or a directory listing (names, keys, messages quoting them), made safe to show:
+// C0 controls, DEL, C1 controls, Unicode line and paragraph separators and bidirectional controls become escapes
+// (\n, \t, \r, \xNN for a byte, \u{NN} for a code point), and so does every byte that is not part of valid
+// UTF-8, so a file can neither split a line nor drive the terminal. Printable UTF-8 is kept as it is.
+// keep_newlines keeps '\n' for text whose lines a renderer made (its fields escaped as they were put in).
+std::string printable(std::string_view text, bool keep_newlines = false);
+
+// The one error line, `ckpt: error: MESSAGE` on stderr, and its warning twin: always exactly one line.
+void print_error(std::string_view message);
+void print_warning(std::string_view message);
+// A text report on stdout: printable(text, keep_newlines = true).
+void print_text(std::string_view text);
 
 // 1536 -> "1.5 KiB"; exact bytes below 1 KiB.
 std::string human_bytes(std::uint64_t bytes);
@@ -44,11 +58,12 @@ class ProgressLine {
   std::chrono::steady_clock::time_point last_;
 };
 
-// A table with left-aligned columns separated by two spaces; the last column is not padded.
+// A table with left-aligned columns separated by two spaces; the last column is not padded. Cells are made
+// printable() as they are added, so a name holding a newline stays in its row.
 class Table {
  public:
-  explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
-  void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  explicit Table(std::vector<std::string> header) { add(std::move(header)); }
+  void add(std::vector<std::string> row);
   std::string render(const std::string& indent = "") const;
 
  private:

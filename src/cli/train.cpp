@@ -139,7 +139,7 @@ int run_train(const TrainFlags& f) {
     request.distributed = *worker;
   } else if (f.launch.nproc_per_node * f.launch.nnodes > 1 || f.launch.nnodes > 1) {
     const train::LaunchResult launched = train::launch_workers(f.launch, command_line());
-    if (launched.failure) std::cerr << "ckpt: error: " << *launched.failure << "\n";
+    if (launched.failure) print_error(*launched.failure);
     return launched.exit_code;
   }
   try {
@@ -180,7 +180,7 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
       case Kind::progress: progress.update(e); break;
       case Kind::warning:
         progress.clear();
-        std::cerr << "ckpt: warning: " << e.text << "\n";
+        print_warning(e.text);
         break;
       case Kind::log:
         if (f.verbose && !json) {
@@ -191,7 +191,7 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
       case Kind::checkpoint:
         if (!quiet && !json) {
           progress.clear();
-          std::cout << "saved " << e.text << "\n" << std::flush;
+          std::cout << "saved " << printable(e.text) << "\n" << std::flush;
         }
         break;
     }
@@ -223,10 +223,11 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
   if (json) {
     std::cout << json::dump(result_json(result), 2) << "\n";
   } else if (!quiet) {
-    std::cout << fmt::format("{} {} at step {}/{} (epoch {:.2f})\n", result.interrupted ? "interrupted" : "trained", result.output_dir,
-                             result.global_step, result.max_steps, result.epoch);
+    std::cout << fmt::format("{} {} at step {}/{} (epoch {:.2f})\n", result.interrupted ? "interrupted" : "trained",
+                             printable(result.output_dir), result.global_step, result.max_steps, result.epoch);
     if (result.best_model_checkpoint) {
-      std::cout << "best: " << *result.best_model_checkpoint << " (" << number_text(result.best_metric) << ")\n";
+      // A resumed run's best comes from its trainer_state.json.
+      std::cout << "best: " << printable(*result.best_model_checkpoint) << " (" << number_text(result.best_metric) << ")\n";
     }
     for (const char* key : {"eval_loss", "eval_accuracy", "train_loss", "train_runtime"}) {
       if (auto it = result.final_metrics.find(key); it != result.final_metrics.end()) {

@@ -96,7 +96,28 @@ std::array<std::uint8_t, 32> parse_digest(const std::string& hex, const std::str
   return digest;
 }
 
-Segment parse_segment(const json::Json& j, std::uint64_t chunk_size, std::uint64_t payload_end, const std::string& where) {
+// The fewest stored bytes from which a frame of `codec` can decode `plane` bytes (plane > 0), so that an archive
+// expands no further than its codecs can: a zstd frame is a 4-byte magic number, a header of at least 2 bytes and
+// blocks that each decode to at most 128 KiB (the format's block maximum) and take at least 4 bytes (an RLE block:
+// a 3-byte header and its byte), so at most 32768 times its size; a rANS block holds its symbol count, at least one
+// (symbol, frequency) entry and four 4-byte states, which is all a plane of one repeated byte needs.
+std::uint64_t min_stored_size(Codec codec, std::uint64_t plane) {
+  constexpr std::uint64_t kZstdFrameOverhead = 4 + 2;
+  constexpr std::uint64_t kZstdMinBlock = 3 + 1;
+  constexpr std::uint64_t kZstdMaxBlockContent = 128u << 10;
+  constexpr std::uint64_t kRansMinBlock = 2 + 3 + 4 * 4;
+  switch (codec) {
+    case Codec::raw: return plane;
+    case Codec::zstd: return kZstdFrameOverhead + kZstdMinBlock * ((plane + kZstdMaxBlockContent - 1) / kZstdMaxBlockContent);
+    case Codec::rans: return kRansMinBlock;
+  }
+  return plane;
+}
+
+// `next_frame` is where the next frame must begin: frames tile the bytes between the header and the manifest in
+// manifest order, so each stored byte belongs to one frame of one chunk and is decoded once.
+Segment parse_segment(const json::Json& j, std::uint64_t chunk_size, std::uint64_t payload_end, std::uint64_t& next_frame,
+                      const std::string& where) {
   Segment s;
   s.size = unsigned_member(j, "size", where);
   const std::string& layout = string_member(j, "layout", where);
@@ -133,15 +154,19 @@ Segment parse_segment(const json::Json& j, std::uint64_t chunk_size, std::uint64
     if (crc > 0xffffffffu) bad(fw, "crc32 out of range");
     frame.crc32 = static_cast<std::uint32_t>(crc);
     if (frame.offset < kHeaderSize || add_checked(frame.offset, frame.stored_size, fw) > payload_end) bad(fw, "outside the archive's frames");
+    if (frame.offset != next_frame) {
+      bad(fw, "starts at byte " + std::to_string(frame.offset) + ", not where the frame before it ends (" + std::to_string(next_frame) +
+                  "): frames are stored in order, each once");
+    }
+    next_frame = frame.offset + frame.stored_size;
     const std::uint64_t raw = chunk_length(s, chunk_size, i / per_chunk) / per_chunk;
-    // A frame is compressed only when that makes it smaller, so no frame is larger than its plane.
+    // A frame is compressed only when that makes it smaller, so no frame is larger than its plane (and a chunk's
+    // frames, stored together, need one read and one chunk-sized buffer).
     if (frame.codec == Codec::raw ? frame.stored_size != raw : frame.stored_size >= raw) bad(fw, "larger than its plane");
+    if (frame.stored_size < min_stored_size(frame.codec, raw)) {
+      bad(fw, std::to_string(frame.stored_size) + " bytes cannot decode to " + std::to_string(raw) + " with its codec");
+    }
     s.frames.push_back(frame);
-  }
-  // A chunk's frames lie together within its length, so a reader needs one read and one chunk-sized buffer.
-  for (std::uint64_t c = 0; c < chunks; ++c) {
-    const Extent e = chunk_extent(s, c);
-    if (e.size > chunk_length(s, chunk_size, c)) bad(where + ".frames", "the frames of chunk " + std::to_string(c) + " are not stored together");
   }
   return s;
 }
@@ -168,6 +193,7 @@ Manifest parse_manifest(std::span<const std::uint8_t> text, std::uint64_t payloa
   m.trainer_state = member(j, "trainer_state", "");
   std::set<std::string_view> names;
   std::uint64_t total = 0;
+  std::uint64_t next_frame = kHeaderSize;
   const auto& files = array_member(j, "files", "");
   for (std::size_t i = 0; i < files.size(); ++i) {
     const std::string fw = "files[" + std::to_string(i) + "]";
@@ -180,13 +206,14 @@ Manifest parse_manifest(std::span<const std::uint8_t> text, std::uint64_t payloa
     const auto& segments = array_member(files[i], "segments", fw);
     std::uint64_t covered = 0;
     for (std::size_t k = 0; k < segments.size(); ++k) {
-      f.segments.push_back(parse_segment(segments[k], m.chunk_size, payload_end, fw + ".segments[" + std::to_string(k) + "]"));
+      f.segments.push_back(parse_segment(segments[k], m.chunk_size, payload_end, next_frame, fw + ".segments[" + std::to_string(k) + "]"));
       covered = add_checked(covered, f.segments.back().size, fw);
     }
     if (covered != f.size) bad(fw, "segments do not cover the file");
     total = add_checked(total, f.size, fw);
     m.files.push_back(std::move(f));
   }
+  if (next_frame != payload_end) bad("files", "the frames end at byte " + std::to_string(next_frame) + ", not at the manifest");
   for (const auto& f : m.files) {
     if (!names.insert(f.name).second) bad("files", "'" + f.name + "' appears twice");
   }

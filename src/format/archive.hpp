@@ -22,8 +22,11 @@
 // (the last one shorter). A "bytes" chunk is one frame. A "planes" chunk of n elements is element_size frames:
 // frame p holds byte p of every element (little-endian elements), after the transform: "rotl1" rotates each
 // float element left by one bit, so its exponent fills the top byte plane and the sign joins the lowest.
-// Frames lie between the header and the manifest; a chunk's frames lie together, within the chunk's length;
-// a frame is stored compressed only when that is smaller than its plane, and decompresses to exactly its size. The trailer lets a reader find the manifest with two small reads.
+// Frames tile the bytes between the header and the manifest in manifest order (each stored once, decoded once, for
+// one chunk), so a chunk's frames lie together, within the chunk's length; a frame is stored compressed only when
+// that is smaller than its plane, is never smaller than its codec needs for its plane (zstd: 6 bytes and 4 per
+// 128 KiB; rANS: 21 bytes), and decompresses to exactly its size. So an archive holds at most what its frames can
+// honestly expand to. The trailer lets a reader find the manifest with two small reads.
 #pragma once
 
 #include <array>
@@ -106,9 +109,9 @@ struct Extent {
 };
 Extent chunk_extent(const Segment& segment, std::uint64_t index);
 
-// Reads and validates the manifest through the trailer (two reads; no frame is touched). Every frame lies inside
-// the payload, frame counts and plane sizes agree with the segment sizes, names are safe relative paths, tensor
-// references point at existing segments. Throws a corrupt Error naming the byte offset or manifest field
+// Reads and validates the manifest through the trailer (two reads; no frame is touched). The frames tile the
+// payload in order and are large enough for their planes, frame counts and plane sizes agree with the segment
+// sizes, names are safe relative paths, tensor references point at existing segments. Throws a corrupt Error naming the byte offset or manifest field
 // (unsupported for another version).
 Manifest read_manifest(const ReadOnlyFile& file);
 Manifest read_manifest(std::span<const std::uint8_t> archive);

@@ -41,6 +41,7 @@ Json parse(std::string_view text);
 // A repeated key keeps its first position and takes the last value, as a Python dict does.
 class ObjectBuilder {
  public:
+  explicit ObjectBuilder(std::size_t expected_members = 0) { object_.get_ref<Json::object_t&>().reserve(expected_members); }
   void set(std::string key, Json value);
   Json take() { return std::move(object_); }
 

@@ -325,6 +325,73 @@ class CorruptionTest(Tmp):
         self.assertIn(manifest["files"][2]["name"] + ": sha256 mismatch", r.stderr)
 
 
+class BombTest(Tmp):
+    """Archives whose frames are shared between chunks: a few kilobytes that would restore a gigabyte, a few hundred
+    that would keep `inspect --verify` busy for minutes. Refused (exit 3) when the manifest is read, before any
+    frame is decoded."""
+    CHUNK = 4 << 20
+
+    def setUp(self):
+        super().setUp()
+        # A real zstd frame of one chunk of zeros, as ckpt stores it (a bytes segment).
+        source = self.path("zeros")
+        os.makedirs(source)
+        with open(os.path.join(source, "zeros.bin"), "wb") as f:
+            f.write(bytes(self.CHUNK))
+        archive = self.path("zeros.ckpt")
+        ckpt_ok(self, "convert", source, "--to", "archive", "-o", archive, "-q")
+        with open(archive, "rb") as f:
+            data = f.read()
+        manifest = json.loads(data[int.from_bytes(data[-32:-24], "little"):-32])
+        [frame] = manifest["files"][0]["segments"][0]["frames"]
+        self.assertEqual(frame[0], 1, "zstd")
+        self.frame = data[frame[1]:frame[1] + frame[2]]
+
+    def bomb(self, chunks, sha256):
+        """An archive of one file of `chunks` chunks of zeros, every chunk pointing at the same stored frame."""
+        frame = [1, 16, len(self.frame), zlib.crc32(self.frame) & 0xffffffff]
+        manifest = {"format": "ckpt-archive", "version": 1, "checkpoint": "checkpoint-1", "step": 1,
+                    "chunk_size": self.CHUNK, "trainer_state": None, "tensors": [],
+                    "files": [{"name": "zeros.bin", "size": chunks * self.CHUNK, "mode": 0o644, "sha256": sha256,
+                               "segments": [{"size": chunks * self.CHUNK, "layout": "bytes", "element_size": 1,
+                                             "transform": "none", "frames": [frame] * chunks}]}]}
+        text = json.dumps(manifest, separators=(",", ":")).encode()
+        offset = 16 + len(self.frame)
+        path = self.path("bomb.ckpt")
+        with open(path, "wb") as f:
+            f.write(b"CKPTARC1" + (1).to_bytes(4, "little") + bytes(4) + self.frame + text)
+            f.write(offset.to_bytes(8, "little") + len(text).to_bytes(8, "little") +
+                    (zlib.crc32(text) & 0xffffffff).to_bytes(4, "little") + (1).to_bytes(4, "little") + b"CKPTEND1")
+        return path
+
+    def test_a_few_kilobytes_do_not_restore_a_gigabyte(self):
+        digest = hashlib.sha256()
+        zeros = bytes(self.CHUNK)
+        for _ in range(256):
+            digest.update(zeros)
+        path = self.bomb(256, digest.hexdigest())  # 1 GiB whose sha256 is right
+        self.assertLess(os.path.getsize(path), 8 << 10)
+        out = self.path("out")
+        r = ckpt("convert", path, "--to", "dir", "-o", out, timeout=60)
+        self.assertEqual(r.returncode, 3, r.describe())
+        self.assertIn("frames are stored in order, each once", r.stderr)
+        self.assertFalse(os.path.exists(out))
+
+    def test_a_large_declared_size_is_refused_before_any_decoding(self):
+        path = self.bomb(40960, "0" * 64)  # 160 GiB
+        self.assertLess(os.path.getsize(path), 1 << 20)
+        started = time.monotonic()
+        r = ckpt("inspect", path, "--verify", timeout=60)
+        self.assertEqual(r.returncode, 3, r.describe())
+        self.assertIn("frames are stored in order, each once", r.stderr)
+        self.assertLess(time.monotonic() - started, 10, "took as long as decoding")
+        run = self.path("run")
+        os.makedirs(run)
+        shutil.copy(path, os.path.join(run, "checkpoint-1.ckpt"))
+        rows = ckpt_ok(self, "list", run, "--json").json()
+        self.assertEqual([(row["kind"], row["complete"]) for row in rows], [("archive", False)])
+
+
 class RotateArchiveTest(Tmp):
     def test_rotate_archives_then_deletes_and_bounds_the_archives(self):
         run = runs.copy_fixture_run(self.tmp)

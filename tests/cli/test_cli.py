@@ -7,8 +7,7 @@ import unittest
 
 CKPT = os.environ.get("CKPT_BIN", os.path.join(os.path.dirname(__file__), "..", "..", "build", "ckpt"))
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data")
-FIXTURE_RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "fixtures",
-                           "hf-trainer-4.40.2", "run_safetensors")
+FIXTURE_RUN = os.path.join(DATA, "hf-trainer-4.40.2", "run_safetensors")
 
 
 def read(path):

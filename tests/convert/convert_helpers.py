@@ -21,7 +21,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 CKPT_BIN = os.environ.get("CKPT_BIN") or os.path.join(REPO, "build", "ckpt")
-HF_FIXTURES = os.path.normpath(os.path.join(REPO, "..", "shared", "fixtures", "hf-trainer-4.40.2"))
+HF_FIXTURES = os.path.join(REPO, "tests", "data", "hf-trainer-4.40.2")
 
 TMP_PATTERN = re.compile(r"^\..*\.tmp-")
 

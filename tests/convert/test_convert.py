@@ -4,7 +4,7 @@ or by a safetensors reader/validator written from the format's rules.
 Run:
     cd tests/convert && /usr/bin/python3 -m unittest -v test_convert
 The binary is $CKPT_BIN (default: build/ckpt in the repository); the real Trainer output is read from
-shared/fixtures/hf-trainer-4.40.2 beside the repository (copied before use). Set CKPT_TEST_KEEP=1 to keep the
+tests/data/hf-trainer-4.40.2 (copied before use). Set CKPT_TEST_KEEP=1 to keep the
 temporary directory.
 """
 

@@ -235,8 +235,12 @@ class DistributedTest(unittest.TestCase):
             self.assertEqual(self.run_ckpt(["inspect", os.path.join(run, c), "--verify"]).returncode, 0, c)
         # A launcher killed outright takes its workers with it.
         p = subprocess.Popen(args[:3] + [run + "2"] + args[4:], env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(3)
-        workers = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        deadline = time.monotonic() + 120
+        workers = []
+        while len(workers) < 2:
+            self.assertLess(time.monotonic(), deadline, "the launcher did not start its two workers")
+            time.sleep(0.1)
+            workers = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
         self.assertEqual(len(workers), 2)
         p.kill()
         p.wait()

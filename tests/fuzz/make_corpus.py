@@ -9,8 +9,8 @@ import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
-HF = os.path.join(REPO, "..", "shared", "fixtures", "hf-trainer-4.40.2", "run_safetensors", "checkpoint-10")
 DATA = os.path.join(REPO, "tests", "data")
+HF = os.path.join(DATA, "hf-trainer-4.40.2", "run_safetensors", "checkpoint-10")
 
 
 def put(target, name, data):

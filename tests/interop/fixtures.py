@@ -1576,9 +1576,7 @@ def write_torch_zip(path, pickle_bytes, records=None):
 # --------------------------------------------------------------------------------------------------------------
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-# The shared/ folder lies beside the repository, here and in CI's fresh clone.
-HF_FIXTURES = os.environ.get("CKPT_HF_FIXTURES", os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "fixtures", "hf-trainer-4.40.2"))
+HF_FIXTURES = os.path.join(REPO, "tests", "data", "hf-trainer-4.40.2")
 
 
 def ckpt_bin():

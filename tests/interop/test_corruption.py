@@ -787,5 +787,83 @@ class HostileInputTests(CorruptionCase):
         self.check_all(cases, "hostile json")
 
 
+# A newline, a screen-clearing escape sequence, a C1 CSI (U+009B) and a right-to-left override.
+HOSTILE_NAME = "a\n\x1b[2J\x9b2J\u202e"
+
+
+class HostileNameTests(unittest.TestCase):
+    """Names and keys from a file reach the terminal only escaped: an error stays one line and no control
+    character (C0, DEL, C1, bidirectional override) or invalid UTF-8 byte passes through."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="names-", dir=TMP)
+
+    def assertTerminalSafe(self, text, what):
+        bad = [c for c in text if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F or c in "\u202e\ufffd"]
+        self.assertEqual(bad, [], "%s passes control characters or invalid UTF-8 through: %r" % (what, text[:2000]))
+
+    def assertOneSafeErrorLine(self, path, args=None):
+        r = F.run_ckpt(args or ["inspect", path], timeout=TIMEOUT_S, cwd=TMP)
+        self.assertEqual(r.returncode, 3, r.describe())
+        self.assertIsNone(F.error_line_problem(r, path), r.describe())
+        self.assertTerminalSafe(r.stderr, "the error line")
+        self.assertIn("\\n", r.stderr, "the newline is shown escaped: " + r.describe())
+        return r
+
+    def safetensors(self, header, data=b""):
+        hb = json.dumps(header).encode("utf-8")
+        hb += b" " * ((-len(hb)) % 8)
+        return write(os.path.join(self.dir, "hostile.safetensors"), struct.pack("<Q", len(hb)) + hb + data)
+
+    def test_safetensors_tensor_name_in_error(self):
+        self.assertOneSafeErrorLine(self.safetensors({HOSTILE_NAME: {"dtype": "F32", "shape": [1]}}))
+
+    def test_safetensors_metadata_key_in_error(self):
+        self.assertOneSafeErrorLine(self.safetensors({"__metadata__": {HOSTILE_NAME: 1}}))
+
+    def test_safetensors_dtype_in_error(self):
+        self.assertOneSafeErrorLine(self.safetensors({"w": {"dtype": HOSTILE_NAME, "shape": [1], "data_offsets": [0, 4]}},
+                                                     b"\0" * 8))
+
+    def test_pickle_storage_key_in_error(self):
+        path = F.write_torch_zip(os.path.join(self.dir, "key.pt"), F.tensor_pickle(key=HOSTILE_NAME), {})
+        self.assertOneSafeErrorLine(path)
+
+    def test_pickle_global_name_in_error(self):
+        storage_class = O.str("torch") + O.str(HOSTILE_NAME) + O.STACK_GLOBAL
+        pid = O.tuple_of(O.str("storage"), storage_class, O.str("0"), O.str("cpu"), O.int(4))
+        pkl = O.PROTO2 + O.EMPTY_DICT + O.str("w") + O.glob("torch._utils", "_rebuild_tensor_v2") + O.tuple_of(
+            pid + O.BINPERSID, O.int(0), O.tuple_of(O.int(4)), O.tuple_of(O.int(1)), O.NEWFALSE,
+            O.glob("collections", "OrderedDict") + O.EMPTY_TUPLE + O.REDUCE) + O.REDUCE + O.SETITEM + O.STOP
+        path = F.write_torch_zip(os.path.join(self.dir, "global.pt"), pkl, {"0": b"\0" * 16})
+        self.assertOneSafeErrorLine(path)
+
+    def test_zip_member_name_in_error(self):
+        # A member outside any prefix folder, its name ending in bytes that are not UTF-8 (patched in after
+        # writing: zipfile only writes valid names, and no CRC covers them).
+        path = _zip_with(os.path.join(self.dir, "member.pt"), [(HOSTILE_NAME + "@@", b"x")])
+        with open(path, "rb") as f:
+            data = f.read()
+        write(path, data.replace(b"@@", b"\xff\xc0"))
+        self.assertOneSafeErrorLine(path)
+
+    def test_inspect_text_shows_names_escaped(self):
+        header = {"__metadata__": {HOSTILE_NAME: "v\x1b]0;title\x07"},
+                  HOSTILE_NAME: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                  "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}
+        path = self.safetensors(header, b"\0" * 8)
+        pt = F.write_torch_zip(os.path.join(self.dir, "names.pt"), F.tensor_pickle(name=HOSTILE_NAME), {"0": b"\0" * 16})
+        checkpoint = os.path.join(self.dir, "checkpoint-5")
+        os.mkdir(checkpoint)
+        shutil.copy(path, os.path.join(checkpoint, "model.safetensors"))
+        shutil.copy(pt, os.path.join(checkpoint, "optimizer.pt"))
+        for p in (path, pt, checkpoint):
+            with self.subTest(path=p):
+                r = F.run_ckpt(["inspect", p], timeout=TIMEOUT_S, cwd=TMP)
+                self.assertEqual(r.returncode, 0, r.describe())
+                self.assertTerminalSafe(r.stdout, "inspect's text")
+                self.assertIn("a\\n\\x1b[2J\\u{9b}2J\\u{202e}", r.stdout)
+
+
 if __name__ == "__main__":
     unittest.main()

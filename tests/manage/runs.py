@@ -24,8 +24,7 @@ import time
 
 _REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 CKPT_BIN = os.environ.get("CKPT_BIN", os.path.join(_REPO, "build", "ckpt"))
-# The shared/ folder lies beside the repository, here and in CI's fresh clone.
-FIXTURE_ROOT = os.path.join(_REPO, "..", "shared", "fixtures", "hf-trainer-4.40.2")
+FIXTURE_ROOT = os.path.join(_REPO, "tests", "data", "hf-trainer-4.40.2")
 FIXTURE_RUN = os.path.join(FIXTURE_ROOT, "run_safetensors")
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Tests of `ckpt list` and `ckpt best` on synthetic runs and on the real Trainer run
-shared/fixtures/hf-trainer-4.40.2/run_safetensors (beside the repository) (copied before anything writes).
+tests/data/hf-trainer-4.40.2/run_safetensors (copied before anything writes).
 
 Run:  cd tests/manage && /usr/bin/python3 -m unittest -v test_list_best
 The binary is $CKPT_BIN (default: build/ckpt in the repository).

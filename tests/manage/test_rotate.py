@@ -32,6 +32,16 @@ ORDERS = [
 ]
 
 
+def blocked_in_flock(pid):
+    """Whether process pid waits for a flock another holder has (/proc/locks marks a waiter's line with "->")."""
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if fields[1:3] == ["->", "FLOCK"] and fields[5] == str(pid):
+                return True
+    return False
+
+
 def _case_mtimes(order, steps, rng, base):
     n = len(steps)
     perm = list(range(n))
@@ -614,8 +624,11 @@ class RotateConcurrencyTest(Tmp):
             # Without --no-wait it waits for the lock, then rotates.
             p = subprocess.Popen([runs.CKPT_BIN, "rotate", d, "--keep", "1", "-q"], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
-            time.sleep(0.7)
-            self.assertIsNone(p.poll(), "rotate did not wait for the held lock")
+            deadline = time.monotonic() + 60
+            while not blocked_in_flock(p.pid):
+                self.assertIsNone(p.poll(), "rotate did not wait for the held lock")
+                self.assertLess(time.monotonic(), deadline, "rotate never blocked on the lock")
+                time.sleep(0.01)
             self.assertEqual(runs.entries(d), before)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -102,7 +102,7 @@ class BitExactResume(TrainTest):
         # A large learning rate makes the scaled fp16 gradients overflow: steps are skipped and the scale backs off.
         self.check_variant("--fp16", "--learning-rate", "0.05")
         scaler = torch.load(self.path("full", "checkpoint-60", "scaler.pt"))
-        reference = torch.load(os.path.join(R.REPO, "..", "shared", "fixtures", "hf-trainer-4.40.2", "scaler_example",
+        reference = torch.load(os.path.join(R.REPO, "tests", "data", "hf-trainer-4.40.2", "scaler_example",
                                             "scaler_enabled_initial.pt"))
         self.assertEqual(list(scaler), list(reference))
         self.assertEqual([type(v) for v in scaler.values()], [type(v) for v in reference.values()])
@@ -174,7 +174,7 @@ class PythonInterop(TrainTest):
         text = read_text(self.ckpt(40, "trainer_state.json"))
         state = json.loads(text)
         self.assertEqual(text, json.dumps(state, indent=2, sort_keys=True) + "\n")
-        fixture = read_json(os.path.join(R.REPO, "..", "shared", "fixtures", "hf-trainer-4.40.2", "run_safetensors",
+        fixture = read_json(os.path.join(R.REPO, "tests", "data", "hf-trainer-4.40.2", "run_safetensors",
                                               "checkpoint-40", "trainer_state.json"))
         self.assertEqual(sorted(state), sorted(fixture))
         self.assertEqual(state["global_step"], 40)

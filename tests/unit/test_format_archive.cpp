@@ -3,6 +3,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <set>
 
 #include "bytes.hpp"
 #include "format/archive.hpp"
@@ -234,12 +235,19 @@ TEST_CASE("manifests that would write outside the destination or read outside th
   auto refused = [&](const std::function<void(json::Json&)>& edit, const char* expected) {
     const Error e = read_error(with_manifest(b, edit));
     CHECK(e.kind() == ErrorKind::corrupt);
-    CHECK_MESSAGE(std::string(e.what()).find(expected) != std::string::npos, e.what());
+    CHECK_MESSAGE(std::string(e.what()).find(expected) != std::string::npos, std::string(e.what()));
   };
   for (const char* name : {"../evil", "/etc/passwd", "a//b", "a/./b", "", "a/..", "x/"}) {
     refused([&](json::Json& m) { m["files"][0]["name"] = name; }, "not a safe relative path");
   }
-  refused([](json::Json& m) { m["files"].push_back(m["files"][0]); }, "appears twice");
+  refused(
+      [](json::Json& m) {
+        json::Json twin = m["files"][0];
+        twin["size"] = 0;
+        twin["segments"] = json::Json::array();
+        m["files"].push_back(twin);
+      },
+      "appears twice");
   refused([](json::Json& m) { m["files"][0]["segments"][1]["frames"][0][1] = 1u << 30; }, "outside the archive's frames");
   refused([](json::Json& m) { m["files"][0]["segments"][1]["frames"][0][1] = 3; }, "outside the archive's frames");
   refused([](json::Json& m) { m["files"][0]["segments"][1]["frames"].erase(0); }, "frame count");
@@ -271,7 +279,51 @@ TEST_CASE("manifests that would write outside the destination or read outside th
         auto& frames = m["files"][0]["segments"][1]["frames"];
         std::swap(frames[0], frames[4]);
       },
-      "not stored together");
+      "frames are stored in order, each once");
+}
+
+TEST_CASE("an archive expands no further than its frames can: each frame is stored once, in order, and holds what its codec needs") {
+  const Built b = sample();
+  auto refused = [&](const std::function<void(json::Json&)>& edit, const char* expected) {
+    const Error e = read_error(with_manifest(b, edit));
+    CHECK(e.kind() == ErrorKind::corrupt);
+    CHECK_MESSAGE(std::string(e.what()).find(expected) != std::string::npos, std::string(e.what()));
+  };
+  // Two chunks decoding the same stored bytes: a few bytes could otherwise restore any size.
+  refused([](json::Json& m) { m["files"][0]["segments"][1]["frames"][4] = m["files"][0]["segments"][1]["frames"][0]; },
+          "frames are stored in order, each once");
+  refused([](json::Json& m) { m["files"][0]["segments"][0]["frames"][0][1] = 17; }, "frames are stored in order, each once");
+  // Bytes between the frames and the manifest that no frame holds.
+  refused([](json::Json& m) { m["files"][0]["segments"][1]["frames"].back()[2] = m["files"][0]["segments"][1]["frames"].back()[2].get<int>() - 1; },
+          "not at the manifest");
+  // The last frame declared as a zstd frame or a rANS block too small to decode to its 952-byte plane.
+  refused(
+      [](json::Json& m) {
+        auto& last = m["files"][0]["segments"][1]["frames"].back();
+        last[0] = 1;
+        last[2] = 9;
+      },
+      "9 bytes cannot decode to 952 with its codec");
+  refused(
+      [](json::Json& m) {
+        auto& last = m["files"][0]["segments"][1]["frames"].back();
+        last[0] = 2;
+        last[2] = 20;
+      },
+      "20 bytes cannot decode to 952 with its codec");
+}
+
+TEST_CASE("archives of constant data, the most compressible there is, still read: zstd and rANS frames at their minimum sizes") {
+  const std::vector<std::uint8_t> zeros(10u << 20, 0);
+  const Built b = build_archive(zeros, {planes_segment(8u << 20, 4, Transform::rotl1), planes_segment(2u << 20, 1, Transform::none)},
+                                archive::kMaxChunkSize);
+  const auto m = archive::read_manifest(as_bytes(b.bytes));
+  std::set<Codec> codecs;
+  for (const auto& s : m.files[0].segments) {
+    for (const auto& f : s.frames) codecs.insert(f.codec);
+  }
+  CHECK(codecs == std::set<Codec>{Codec::zstd, Codec::rans});
+  CHECK(b.bytes.size() < 2000);
 }
 
 TEST_CASE("a flipped bit in a frame is caught by its CRC before decompression") {

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <cmath>
 
 #include "format/json.hpp"
@@ -120,4 +121,25 @@ TEST_CASE("dump_python_sorted escapes as json.dumps(ensure_ascii=True, sort_keys
   // json.dumps({"y": "\u00e9\x7f\U0001F600", "b": [], "a": {}}, sort_keys=True, indent=2)
   const json::Json v = json::parse(R"({"y": "\u00e9\u007f\ud83d\ude00", "b": [], "a": {}})");
   CHECK(json::dump_python_sorted(v, 2) == "{\n  \"a\": {},\n  \"b\": [],\n  \"y\": \"\\u00e9\\u007f\\ud83d\\ude00\"\n}");
+}
+
+TEST_CASE("an object built member by member keeps their order; a repeated key keeps its first place and its last value") {
+  json::ObjectBuilder builder;
+  builder.set("b", 1);
+  builder.set("a", 2);
+  builder.set("b", 3);
+  const json::Json object = builder.take();
+  CHECK(object.dump() == R"({"b":3,"a":2})");
+  CHECK(object["a"] == 2);  // and Json finds its members as usual
+}
+
+TEST_CASE("300k members take time linear in their number") {
+  // Json's own operator[] would take minutes here; the deadline is generous for a linear build (about 0.1 s).
+  const auto started = std::chrono::steady_clock::now();
+  json::ObjectBuilder builder(300000);
+  for (int i = 0; i < 300000; ++i) builder.set("key" + std::to_string(i), i);
+  const json::Json object = builder.take();
+  CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(10));
+  REQUIRE(object.size() == 300000);
+  CHECK(object.back() == 299999);
 }

@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 
+#include <chrono>
+
 #include "bytes.hpp"
 #include "format/safetensors.hpp"
 #include "util/error.hpp"
@@ -76,4 +78,19 @@ TEST_CASE("every truncation fails") {
   const std::string file = safetensors_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8);
   CHECK_NOTHROW(safetensors::parse(as_bytes(file)));
   for (std::size_t n = 0; n < file.size(); ++n) CHECK_THROWS_AS(safetensors::parse(as_bytes(std::string_view(file).substr(0, n))), Error);
+}
+
+TEST_CASE("the header of 300k tensors is made in time linear in their number") {
+  // Built key by key in a Json object this took minutes; the deadline is generous for a linear build.
+  std::vector<safetensors::OutputTensor> tensors;
+  for (int i = 0; i < 300000; ++i) tensors.push_back({"layer." + std::to_string(i) + ".weight", DType::float32, {2}});
+  const auto started = std::chrono::steady_clock::now();
+  const std::string header = safetensors::make_header(tensors, {{"format", "pt"}});
+  CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(10));
+  CHECK(header.find(R"({"__metadata__":{"format":"pt"},"layer.0.weight":)") == 8);
+  std::size_t entries = 0;
+  for (std::size_t at = header.find("data_offsets"); at != std::string::npos; at = header.find("data_offsets", at + 1)) ++entries;
+  CHECK(entries == 300000);
+  // Sorted by name, as the safetensors library writes them: layer.99999 last.
+  CHECK(header.find(R"("layer.99999.weight":{"dtype":"F32","shape":[2],"data_offsets":[2399992,2400000]}})") != std::string::npos);
 }
