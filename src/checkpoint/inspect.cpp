@@ -468,8 +468,11 @@ void check_index(const std::string& dir, const FileReport& index, const std::vec
   for (const auto& f : files) {
     for (const auto& t : f.tensors) shard_tensors[f.file].insert(t.name);
   }
+  // The file is read again here: what summarize_json saw may have changed since.
+  const auto weight_map = doc.find("weight_map");
+  if (weight_map == doc.end() || !weight_map->is_object()) throw Error(ErrorKind::corrupt, index.path, "weight_map", "missing or not an object");
   std::size_t listed = 0;
-  for (const auto& [tensor, shard] : doc["weight_map"].items()) {
+  for (const auto& [tensor, shard] : weight_map->items()) {
     ++listed;
     const std::string file = shard.is_string() ? shard.get<std::string>() : "";
     auto it = shard_tensors.find(file);
@@ -551,7 +554,8 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   // With a sharded set, only its shards are the model (a stray single file would be counted twice).
   if (index) {
     std::erase_if(weights, [&](const FileReport* w) {
-      return !index->fields["shards"].contains(w->file);
+      const auto shards = index->fields.find("shards");
+      return shards == index->fields.end() || !shards->contains(w->file);
     });
   }
   for (FileReport* optimizer : optimizers) {
@@ -577,7 +581,8 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
     }
     if (trainer_state && report.step) {
       v.checks.push_back("trainer_state.json global_step matches the directory name");
-      const auto& gs = trainer_state->fields["global_step"];
+      const auto found = trainer_state->fields.find("global_step");
+      const json::Json gs = found == trainer_state->fields.end() ? json::Json(nullptr) : *found;
       if (!gs.is_number_integer() || gs.get<std::int64_t>() != *report.step) {
         v.errors.push_back("trainer_state.json: global_step " + json::dump(gs) + " but the directory is " + report.name);
       }

@@ -246,8 +246,9 @@ class Decoder {
 
  private:
   static std::string string_field(const json::Json& v, const char* key) {
-    if (!v[key].is_string()) fail_corrupt("structure", std::string(key) + " is not a string");
-    return v[key].get<std::string>();
+    const auto it = v.find(key);
+    if (it == v.end() || !it->is_string()) fail_corrupt("structure", std::string(key) + " is missing or not a string");
+    return it->get<std::string>();
   }
   template <typename Fill>
   NodeId scalar(Kind kind, Fill fill) {
