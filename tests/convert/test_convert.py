@@ -973,6 +973,69 @@ class TrainerCheckpoint(ConvertCase):
 # --------------------------------------------------------------------------------------------------------------
 
 
+class OutputNames(ConvertCase):
+    """A directory's outputs: a name read from an input (ckpt_source_name) is only one that input's own name allows,
+    and no two inputs become one output file."""
+
+    def setUp(self):
+        super().setUp()
+        self.model, _, sched = train_small()
+        src = self.path("checkpoint-4")
+        os.makedirs(src)
+        torch.save(self.model.state_dict(), os.path.join(src, "pytorch_model.bin"))
+        torch.save(sched.state_dict(), os.path.join(src, "scheduler.pt"))
+        self.st = self.path("st")
+        self.convert(src, self.st, "--to", "safetensors", "--include-state")
+        self.out = self.path("out")
+
+    def refused(self, expect_in_message):
+        r = self.convert(self.st, self.out, "--to", "pytorch", "--include-state", expect=3)
+        for text in expect_in_message:
+            self.assertIn(text, r.stderr, r.describe())
+        self.assertNotIn(".tmp-", r.stderr, "the message names an internal temporary\n" + r.describe())
+        self.assertFalse(os.path.exists(self.out), r.describe())
+        return r
+
+    def test_source_name_cannot_replace_the_weights(self):
+        """The reproduction: scheduler.safetensors naming itself pytorch_model.bin overwrote the weights (exit 0)."""
+        scheduler = os.path.join(self.st, "scheduler.safetensors")
+        H.rewrite_metadata(scheduler, ckpt_source_name="pytorch_model.bin")
+        self.refused([scheduler, "ckpt_source_name", "pytorch_model.bin"])
+
+    def test_source_names_outside_the_inputs_own_are_corrupt(self):
+        scheduler = os.path.join(self.st, "scheduler.safetensors")
+        for bad in ("", ".", "..", "optimizer.pt", "rng_state.pth", "scheduler", "scheduler.pt.tmp", "config.json"):
+            with self.subTest(name=bad):
+                H.rewrite_metadata(scheduler, ckpt_source_name=bad)
+                self.refused([scheduler, "ckpt_source_name"])
+
+    def test_source_name_with_the_inputs_stem_is_kept(self):
+        H.rewrite_metadata(os.path.join(self.st, "scheduler.safetensors"), ckpt_source_name="scheduler.pth")
+        self.convert(self.st, self.out, "--to", "pytorch", "--include-state")
+        self.assertEqual(sorted(os.listdir(self.out)), ["pytorch_model.bin", "scheduler.pth"])
+
+    def test_two_inputs_never_become_one_output(self):
+        # A copied file named like a converted one, either way round.
+        shutil.copyfile(os.path.join(self.path("checkpoint-4"), "scheduler.pt"), os.path.join(self.st, "scheduler.pt"))
+        self.refused([os.path.join(self.st, "scheduler.safetensors"), "scheduler.pt"])
+        os.remove(os.path.join(self.st, "scheduler.pt"))
+        stale = os.path.join(self.st, "pytorch_model.bin")
+        torch.save({"stale": torch.zeros(1)}, stale)
+        self.refused([stale, "pytorch_model.bin"])
+        os.remove(stale)
+        # Towards safetensors: optimizer.pt converts to optimizer.safetensors, which the directory also holds.
+        src = self.path("checkpoint-4")
+        shutil.copyfile(os.path.join(self.st, "scheduler.safetensors"), os.path.join(src, "scheduler.safetensors"))
+        r = self.convert(src, self.path("st2"), "--to", "safetensors", "--include-state", expect=3)
+        self.assertIn("scheduler.safetensors", r.stderr)
+        self.assertFalse(os.path.exists(self.path("st2")))
+        # The refusals did not depend on where the other file came from: without them both directions convert.
+        os.remove(os.path.join(src, "scheduler.safetensors"))
+        self.convert(self.st, self.out, "--to", "pytorch", "--include-state")
+        self.assertSameTensors(torch.load(os.path.join(self.out, "pytorch_model.bin"), weights_only=True),
+                               self.model.state_dict(), "weights")
+
+
 class Conventions(ConvertCase):
     def setUp(self):
         super().setUp()
