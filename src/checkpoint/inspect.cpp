@@ -150,6 +150,21 @@ void summarize_safetensors(const MappedFile& file, const safetensors::Header& he
   if (options.verify) report.verify->checks.push_back("safetensors header rules");
 }
 
+// ckpt_order, ckpt_aliases and ckpt_attributes are read back by convert: checked as it reads them (headers only).
+void verify_weights_metadata(const std::string& path, const safetensors::Header& header, Verification& v) {
+  if (std::none_of(header.metadata.begin(), header.metadata.end(), [](const auto& m) {
+        return m.first == kOrderKey || m.first == kAliasesKey || m.first == kAttributesKey;
+      })) {
+    return;
+  }
+  try {
+    load_source(path);
+    v.checks.push_back("ckpt metadata names each tensor once");
+  } catch (const Error& e) {
+    v.errors.push_back(e.what());
+  }
+}
+
 // ---- the other torch.save files ----
 
 void summarize_optimizer(const Source& file, FileReport& report) {
@@ -401,6 +416,7 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
         if (std::none_of(header.metadata.begin(), header.metadata.end(), [](const auto& m) { return m.first == kStructureKey; })) {
           report.kind = "weights";
           summarize_safetensors(file, header, report, options);
+          if (options.verify) verify_weights_metadata(path, header, *report.verify);
           break;
         }
       } catch (const Error& e) {

@@ -1036,6 +1036,94 @@ class OutputNames(ConvertCase):
                                self.model.state_dict(), "weights")
 
 
+class MetadataValidation(ConvertCase):
+    """ckpt's own safetensors metadata is input like any other: ckpt_order, ckpt_aliases, ckpt_attributes and
+    ckpt_structure must name each stored tensor (once, where names are listed) and nothing else."""
+
+    def setUp(self):
+        super().setUp()
+        self.sd = rich_state_dict()
+        self.st = self.path("model.safetensors")
+        self.convert(self.save(self.sd, "pytorch_model.bin"), self.st, "--to", "safetensors")
+        self.meta, self.tensors = H.read_safetensors(self.st)
+        self.assertIn("ckpt_order", self.meta)
+        self.assertIn("ckpt_aliases", self.meta)
+        self.assertIn("ckpt_attributes", self.meta)
+
+    def assertRefused(self, path, key, why):
+        """Both conversions and inspect --verify refuse the file (exit 3), naming it and the metadata key."""
+        for to in ("safetensors", "pytorch"):
+            out = self.path("out-%s-%s" % (to, os.path.basename(path)))
+            r = self.convert(path, out, "--to", to, expect=3)
+            self.assertIn(path, r.stderr, why)
+            self.assertIn(key, r.stderr, why)
+            self.assertFalse(os.path.exists(out), why)
+        r = self.ckpt(["inspect", "--verify", path], expect=3)
+        self.assertIn(key, r.stdout + r.stderr, why)
+
+    def hostile(self, name, **metadata):
+        p = self.path(name + ".safetensors")
+        shutil.copyfile(self.st, p)
+        H.rewrite_metadata(p, **metadata)
+        return p
+
+    def test_order(self):
+        names = json.loads(self.meta["ckpt_order"])
+        first = names[0]
+        cases = [
+            ("repeated", names + [first] * 50, "a name repeated (290 KB became 1.05 GB)"),
+            ("unknown", names + ["no.such.tensor"], "a name that is no tensor"),
+            ("missing", names[:-1], "a stored tensor left out"),
+            ("not_a_name", names + [3], "a number among the names"),
+        ]
+        for name, order, why in cases:
+            with self.subTest(why):
+                self.assertRefused(self.hostile(name, ckpt_order=json.dumps(order)), "ckpt_order", why)
+        with self.subTest("not a list"):
+            self.assertRefused(self.hostile("order_object", ckpt_order=json.dumps({first: 1})), "ckpt_order", "an object")
+
+    def test_aliases(self):
+        aliases = json.loads(self.meta["ckpt_aliases"])
+        self.assertEqual(aliases, {"lm_head.weight": "embed.weight"})
+        stored = next(iter(self.tensors))
+        cases = [
+            ({"lm_head.weight": "no.such.tensor"}, "tied to no stored tensor"),
+            ({"lm_head.weight": "embed.weight", stored: "embed.weight"}, "a stored tensor also an alias"),
+            ({"lm_head.weight": ["embed.weight"]}, "a target that is not a name"),
+            ({"lm_head.weight": "embed.weight", "extra.alias": "embed.weight"}, "an alias not in ckpt_order"),
+        ]
+        for n, (value, why) in enumerate(cases):
+            with self.subTest(why):
+                self.assertRefused(self.hostile("alias%d" % n, ckpt_aliases=json.dumps(value)), "ckpt_aliases", why)
+
+    def test_attributes_hold_no_tensor(self):
+        stored = next(iter(self.tensors))
+        for n, value in enumerate(({"$tensor": stored}, {"$ndarray": stored, "descr": "|u1", "shape": [1]})):
+            with self.subTest(value=value):
+                p = self.hostile("attrs%d" % n, ckpt_attributes=json.dumps({"": {"version": 1}, "x": value}))
+                self.assertRefused(p, "ckpt_attributes", "a tensor in the state dict's _metadata")
+
+    def test_structure_references_every_tensor(self):
+        _, opt, _ = train_small()
+        src = self.save(opt.state_dict(), "optimizer.pt")
+        st = self.path("optimizer.safetensors")
+        self.convert(src, st, "--to", "safetensors")
+        meta, tensors = H.read_safetensors(st)
+        structure = json.loads(meta["ckpt_structure"])
+        del structure["state"]["$dict"][0]
+        H.rewrite_metadata(st, ckpt_structure=json.dumps(structure))
+        r = self.convert(st, self.path("back.pt"), "--to", "pytorch", expect=3)
+        self.assertIn("state.0.exp_avg", r.stderr)
+        self.assertIn("ckpt_structure", r.stderr)
+        self.assertFalse(os.path.exists(self.path("back.pt")))
+
+    def test_valid_files_still_convert(self):
+        back = self.path("back.bin")
+        self.convert(self.st, back, "--to", "pytorch")
+        self.assertSameTensors(torch.load(back, weights_only=True), self.sd, "weights")
+        self.ckpt(["inspect", "--verify", self.st])
+
+
 class Conventions(ConvertCase):
     def setUp(self):
         super().setUp()
