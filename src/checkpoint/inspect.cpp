@@ -290,6 +290,14 @@ void verify_zip(const torch_archive::TorchFile& file, Verification& v) {
   v.checks.push_back("every tensor inside its storage");
 }
 
+// numpy arrays are rebuilt by numpy when torch.load unpickles them: one it would refuse fails the file.
+void verify_numpy_arrays(const Graph& g, Verification& v) {
+  for (std::size_t i = 0; i < g.arrays.size(); ++i) {
+    if (auto why = numpy_state_problem(g.arrays[i])) v.errors.push_back("numpy array " + std::to_string(i + 1) + " of " + std::to_string(g.arrays.size()) + ": " + *why);
+  }
+  v.checks.push_back("numpy arrays' bytes match their shapes");
+}
+
 // A torch.save file, or a safetensors file holding another checkpoint file in ckpt's pickle-free form: summarised
 // by what its value is.
 void summarize_value(const Source& file, FileReport& report, const InspectOptions& options) {
@@ -309,6 +317,7 @@ void summarize_value(const Source& file, FileReport& report, const InspectOption
   }
   if (file.has_structure()) report.fields["converted_from"] = file.metadata.count(kSourceNameKey) ? file.metadata.at(kSourceNameKey) : "";
   if (options.verify && file.torch) verify_zip(*file.torch, *report.verify);
+  if (options.verify && !g.arrays.empty()) verify_numpy_arrays(g, *report.verify);
 }
 
 // ---- JSON files ----

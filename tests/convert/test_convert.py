@@ -1124,6 +1124,110 @@ class MetadataValidation(ConvertCase):
         self.ckpt(["inspect", "--verify", self.st])
 
 
+class RawNumpyState:
+    """Pickles as ndarray.__reduce__ does, with a BUILD state of our choosing (what a broken writer leaves)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        return (np.core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), self.state)
+
+
+def storable_numpy_values():
+    """numpy values ckpt must keep exactly: every memory order and byte order, scalars, dtypes."""
+    return {
+        "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        "transposed": np.arange(6, dtype="<i4").reshape(2, 3).T,
+        "transposed_3d": np.arange(24, dtype="f4").reshape(2, 3, 4).transpose(2, 0, 1),
+        "strided": np.arange(20)[::3],
+        "big_endian": np.arange(5, dtype=">f8") - 2.5,
+        "big_endian_fortran": np.asfortranarray(np.arange(6, dtype=">i2").reshape(2, 3)),
+        "complex": np.array([1 + 2j, -3.5j], dtype="<c16"),
+        "bool_0d": np.array(True),
+        "empty": np.zeros((2, 0), dtype="<u2"),
+        "f16": np.array([[0.5, -1.0], [65504.0, 1e-7]], dtype="<f2").T,
+        "scalar_f64": np.float64(1.5),
+        "scalar_i32": np.int32(-3),
+        "dtype": np.dtype(">u2"),
+    }
+
+
+class NumpyArrays(ConvertCase):
+    """numpy arrays in state files (rng_state.pth holds one): stored exactly through the pickle-free form in any
+    memory and byte order, refused (exit 3) when they cannot be, and failed by inspect --verify where numpy, and so
+    torch.load, would refuse them."""
+
+    def checkpoint(self, extra):
+        src = self.path("checkpoint-1")
+        os.makedirs(src)
+        torch.save({"weight": torch.ones(2)}, os.path.join(src, "pytorch_model.bin"))
+        state = rng_state()
+        state["extra"] = extra
+        torch.save(state, os.path.join(src, "rng_state.pth"))
+        return src, state
+
+    def assertSameNumpy(self, got, want, what):
+        self.assertIs(type(got), type(want), what)
+        if isinstance(want, np.dtype):
+            self.assertEqual(got, want, what)
+            self.assertEqual(got.byteorder, want.byteorder, what)
+            return
+        self.assertEqual(got.dtype, want.dtype, what)
+        self.assertEqual(got.dtype.byteorder, want.dtype.byteorder, what)
+        self.assertEqual(np.shape(got), np.shape(want), what)
+        self.assertTrue(np.array_equal(got, want), "%s: values differ\n%r\n%r" % (what, got, want))
+
+    def test_round_trip_keeps_every_array_exactly(self):
+        src, _ = self.checkpoint(storable_numpy_values())
+        # What torch.load gives for the original (numpy itself drops '>' from an F-ordered array it unpickles).
+        state = torch.load(os.path.join(src, "rng_state.pth"))
+        st, back = self.path("st"), self.path("back")
+        self.convert(src, st, "--to", "safetensors", "--include-state")
+        self.convert(st, back, "--to", "pytorch", "--include-state")
+        restored = torch.load(os.path.join(back, "rng_state.pth"))
+        for name, want in state["extra"].items():
+            with self.subTest(name):
+                self.assertSameNumpy(restored["extra"][name], want, name)
+        self.assertNoDiff(restored, state, "rng_state.pth")
+        self.ckpt(["inspect", "--verify", os.path.join(back, "rng_state.pth")])
+
+    def test_unstorable_arrays_refused(self):
+        cases = {
+            "object": np.array([1, "a", None], dtype=object),
+            "structured": np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]),
+            "unicode": np.array(["ab", "c"]),
+            "datetime": np.zeros(3, dtype="M8[D]"),
+            "structured_dtype": np.dtype([("a", "<i4")]),
+        }
+        for name, value in cases.items():
+            with self.subTest(name):
+                self.dir = tempfile.mkdtemp(prefix=name + "-", dir=TMP)
+                src, _ = self.checkpoint({name: value})
+                out = self.path("st")
+                r = self.convert(src, out, "--to", "safetensors", "--include-state", expect=3)
+                self.assertIn(os.path.join(src, "rng_state.pth"), r.stderr)
+                self.assertIn("extra." + name, r.stderr)
+                self.assertFalse(os.path.exists(out))
+                # torch.load takes the original: so does inspect --verify.
+                self.ckpt(["inspect", "--verify", os.path.join(src, "rng_state.pth")])
+
+    def test_verify_fails_what_numpy_refuses(self):
+        cases = {
+            # What convert used to write for an object array and a structured one: torch.load fails on both.
+            "object_without_values": (1, (3,), np.dtype("O"), False, b""),
+            "short_buffer": (1, (2,), np.dtype("<f8"), False, b"\0" * 8),
+            "long_buffer_fortran": (1, (2, 2), np.dtype(">i2"), True, b"\0" * 10),
+        }
+        for name, state in cases.items():
+            with self.subTest(name):
+                p = self.save({"a": RawNumpyState(state)}, name + ".pt")
+                with self.assertRaises((ValueError, TypeError), msg="torch.load takes %s" % name):
+                    torch.load(p)
+                r = self.ckpt(["inspect", "--verify", p], expect=3)
+                self.assertIn("numpy array", r.stdout + r.stderr)
+
+
 class Conventions(ConvertCase):
     def setUp(self):
         super().setUp()
