@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "checkpoint/archive.hpp"
+#include "checkpoint/file_kind.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/shards.hpp"
 #include "checkpoint/source.hpp"
@@ -290,6 +291,26 @@ void verify_zip(const torch_archive::TorchFile& file, Verification& v) {
   v.checks.push_back("every tensor inside its storage");
 }
 
+// A file named as one kind of checkpoint file must have the structure resume needs of that kind.
+void verify_kind(const Graph& g, const std::string& name, Verification& v) {
+  const auto kind = promised_kind(name);
+  if (!kind) return;
+  if (auto why = kind_problem(g, *kind)) {
+    v.errors.push_back("named " + name + " (" + *kind + ") but " + *why);
+  } else {
+    v.checks.push_back("a " + *kind + " file as resume reads it");
+  }
+}
+
+// A safetensors file without ckpt_structure holds weights: only a weights name promises that, and never none.
+void verify_safetensors_kind(const std::string& name, const safetensors::Header& header, Verification& v) {
+  const auto kind = promised_kind(name);
+  if (!kind) return;
+  if (*kind != "weights") v.errors.push_back("named " + name + " (" + *kind + ") but holds weights");
+  else if (header.tensors.empty()) v.errors.push_back("named " + name + " (weights) but holds no tensors");
+  else v.checks.push_back("a weights file as resume reads it");
+}
+
 // numpy arrays are rebuilt by numpy when torch.load unpickles them: one it would refuse fails the file.
 void verify_numpy_arrays(const Graph& g, Verification& v) {
   for (std::size_t i = 0; i < g.arrays.size(); ++i) {
@@ -302,8 +323,8 @@ void verify_numpy_arrays(const Graph& g, Verification& v) {
 // by what its value is.
 void summarize_value(const Source& file, FileReport& report, const InspectOptions& options) {
   const Graph& g = file.graph();
-  report.kind = classify_pickle(g, file.has_structure() && file.metadata.count(kSourceNameKey)
-                                       ? file.metadata.at(kSourceNameKey) : report.file);
+  const std::string source_name = file.has_structure() && file.metadata.count(kSourceNameKey) ? file.metadata.at(kSourceNameKey) : report.file;
+  report.kind = classify_pickle(g, source_name);
   try {
     if (report.kind == "weights") summarize_pickled_weights(file, report, options);
     else if (report.kind == "optimizer") summarize_optimizer(file, report);
@@ -318,6 +339,10 @@ void summarize_value(const Source& file, FileReport& report, const InspectOption
   if (file.has_structure()) report.fields["converted_from"] = file.metadata.count(kSourceNameKey) ? file.metadata.at(kSourceNameKey) : "";
   if (options.verify && file.torch) verify_zip(*file.torch, *report.verify);
   if (options.verify && !g.arrays.empty()) verify_numpy_arrays(g, *report.verify);
+  if (options.verify) {
+    verify_kind(g, report.file, *report.verify);
+    if (source_name != report.file) verify_kind(g, source_name, *report.verify);
+  }
 }
 
 // ---- JSON files ----
@@ -426,6 +451,7 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
           report.kind = "weights";
           summarize_safetensors(file, header, report, options);
           if (options.verify) verify_weights_metadata(path, header, *report.verify);
+          if (options.verify) verify_safetensors_kind(report.file, header, *report.verify);
           break;
         }
       } catch (const Error& e) {

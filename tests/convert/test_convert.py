@@ -1154,17 +1154,20 @@ def storable_numpy_values():
 
 
 class NumpyArrays(ConvertCase):
-    """numpy arrays in state files (rng_state.pth holds one): stored exactly through the pickle-free form in any
+    """numpy arrays in state files (rng_state.pth holds one, other state may hold more): stored exactly through the pickle-free form in any
     memory and byte order, refused (exit 3) when they cannot be, and failed by inspect --verify where numpy, and so
     torch.load, would refuse them."""
 
     def checkpoint(self, extra):
+        """A checkpoint whose rng_state.pth holds numpy's own state array and whose scheduler.pt also `extra`
+        (LambdaLR.load_state_dict takes extra keys as attributes)."""
         src = self.path("checkpoint-1")
         os.makedirs(src)
         torch.save({"weight": torch.ones(2)}, os.path.join(src, "pytorch_model.bin"))
-        state = rng_state()
-        state["extra"] = extra
-        torch.save(state, os.path.join(src, "rng_state.pth"))
+        torch.save(rng_state(), os.path.join(src, "rng_state.pth"))
+        _, _, sched = train_small(steps=1)
+        state = dict(sched.state_dict(), extra=extra)
+        torch.save(state, os.path.join(src, "scheduler.pt"))
         return src, state
 
     def assertSameNumpy(self, got, want, what):
@@ -1181,16 +1184,19 @@ class NumpyArrays(ConvertCase):
     def test_round_trip_keeps_every_array_exactly(self):
         src, _ = self.checkpoint(storable_numpy_values())
         # What torch.load gives for the original (numpy itself drops '>' from an F-ordered array it unpickles).
-        state = torch.load(os.path.join(src, "rng_state.pth"))
+        state = torch.load(os.path.join(src, "scheduler.pt"))
         st, back = self.path("st"), self.path("back")
         self.convert(src, st, "--to", "safetensors", "--include-state")
         self.convert(st, back, "--to", "pytorch", "--include-state")
-        restored = torch.load(os.path.join(back, "rng_state.pth"))
+        restored = torch.load(os.path.join(back, "scheduler.pt"))
         for name, want in state["extra"].items():
             with self.subTest(name):
                 self.assertSameNumpy(restored["extra"][name], want, name)
-        self.assertNoDiff(restored, state, "rng_state.pth")
-        self.ckpt(["inspect", "--verify", os.path.join(back, "rng_state.pth")])
+        self.assertNoDiff(restored, state, "scheduler.pt")
+        self.assertNoDiff(torch.load(os.path.join(back, "rng_state.pth")), torch.load(os.path.join(src, "rng_state.pth")),
+                          "rng_state.pth")
+        for name in ("scheduler.pt", "rng_state.pth"):
+            self.ckpt(["inspect", "--verify", os.path.join(back, name)])
 
     def test_unstorable_arrays_refused(self):
         cases = {
@@ -1206,11 +1212,11 @@ class NumpyArrays(ConvertCase):
                 src, _ = self.checkpoint({name: value})
                 out = self.path("st")
                 r = self.convert(src, out, "--to", "safetensors", "--include-state", expect=3)
-                self.assertIn(os.path.join(src, "rng_state.pth"), r.stderr)
+                self.assertIn(os.path.join(src, "scheduler.pt"), r.stderr)
                 self.assertIn("extra." + name, r.stderr)
                 self.assertFalse(os.path.exists(out))
                 # torch.load takes the original: so does inspect --verify.
-                self.ckpt(["inspect", "--verify", os.path.join(src, "rng_state.pth")])
+                self.ckpt(["inspect", "--verify", os.path.join(src, "scheduler.pt")])
 
     def test_verify_fails_what_numpy_refuses(self):
         cases = {
