@@ -647,6 +647,18 @@ void claim_output(const ConvertResult& result, std::size_t first, const std::str
   }
 }
 
+// The config of weights cast to `dtype` says so, as transformers' save_pretrained writes it: torch_dtype the
+// dtype's name, the whole file as json.dumps(indent=2, sort_keys=True) plus a newline.
+void write_config_with_dtype(const std::string& source, const std::string& destination, DType dtype, const ConvertOptions& options) {
+  json::Json config = json::parse_file(source);
+  if (!config.is_object()) throw Error(ErrorKind::corrupt, source, "", "is not a JSON object, so its torch_dtype cannot be set");
+  config["torch_dtype"] = std::string(torch_name(dtype));
+  if (options.dry_run) return;
+  AtomicFile out(destination);
+  out.write(json::dump_python_sorted(config, 2) + "\n");
+  out.commit();
+}
+
 // ---- destinations ----
 
 void refuse_existing(const std::string& destination, const ConvertOptions& options) {
@@ -734,6 +746,12 @@ void convert_directory(const std::string& source, const std::string& destination
       }
       const std::string to = (fs::path(out) / name).string();
       claim_output(result, first, to, path);
+      if (name == "config.json" && convert_weights_here && options.dtype) {
+        write_config_with_dtype(path, to, *options.dtype, options);
+        result.files.push_back({path, to, "copied, torch_dtype " + std::string(torch_name(*options.dtype)),
+                                options.dry_run ? 0 : file_size_or_zero(to)});
+        continue;
+      }
       if (!options.dry_run) fs_util::copy_file(path, to);
       result.files.push_back({path, to, "copied", options.dry_run ? 0 : file_size_or_zero(to)});
     }

@@ -1234,6 +1234,48 @@ class NumpyArrays(ConvertCase):
                 self.assertIn("numpy array", r.stdout + r.stderr)
 
 
+class ConfigDtype(ConvertCase):
+    """A checkpoint directory cast with --dtype: its config.json says the new torch_dtype, written as transformers'
+    save_pretrained writes it (json.dumps(indent=2, sort_keys=True) + newline)."""
+
+    CONFIG = {"model_type": "gpt2", "torch_dtype": "float32", "n_embd": 32, "layer_norm_epsilon": 1e-05,
+              "architectures": ["GPT2LMHeadModel"], "initializer_range": 0.02, "task_specific_params": {"b": 1, "a": None},
+              "transformers_version": "4.40.2", "name": "caf\u00e9"}
+
+    def checkpoint(self, config_text):
+        src = self.path("checkpoint-3")
+        os.makedirs(src)
+        torch.save({"w": torch.randn(3, 2), "steps": torch.tensor(3)}, os.path.join(src, "pytorch_model.bin"))
+        with open(os.path.join(src, "config.json"), "w") as f:
+            f.write(config_text)
+        return src
+
+    def test_cast_sets_torch_dtype(self):
+        # Unsorted, compact: the output must still be exactly what Python writes.
+        src = self.checkpoint(json.dumps(self.CONFIG))
+        for flag, name in (("bf16", "bfloat16"), ("fp16", "float16"), ("fp32", "float32")):
+            for to in ("safetensors", "pytorch"):
+                with self.subTest(flag=flag, to=to):
+                    out = self.path("out-%s-%s" % (flag, to))
+                    self.convert(src, out, "--to", to, "--dtype", flag)
+                    want = dict(self.CONFIG, torch_dtype=name)
+                    with open(os.path.join(out, "config.json")) as f:
+                        self.assertEqual(f.read(), json.dumps(want, indent=2, sort_keys=True) + "\n")
+
+    def test_without_cast_config_is_copied(self):
+        text = json.dumps(self.CONFIG)
+        src = self.checkpoint(text)
+        self.convert(src, self.path("out"), "--to", "safetensors")
+        with open(os.path.join(self.path("out"), "config.json")) as f:
+            self.assertEqual(f.read(), text)
+
+    def test_config_that_is_not_an_object_is_refused(self):
+        src = self.checkpoint("[1, 2]")
+        r = self.convert(src, self.path("out"), "--to", "safetensors", "--dtype", "bf16", expect=3)
+        self.assertIn(os.path.join(src, "config.json"), r.stderr)
+        self.assertFalse(os.path.exists(self.path("out")))
+
+
 class Conventions(ConvertCase):
     def setUp(self):
         super().setUp()
