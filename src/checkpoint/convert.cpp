@@ -621,14 +621,44 @@ bool is_state_file_name(const std::string& name) {
          (name.rfind("rng_state", 0) == 0 && name.ends_with(".pth")) || (name.rfind("optimizer_", 0) == 0 && name.ends_with(".pt"));
 }
 
-std::string state_destination_name(const std::string& name, ConvertTarget to, const Source* loaded) {
-  if (to == ConvertTarget::safetensors) return fs::path(name).stem().string() + ".safetensors";
-  if (loaded) {
-    if (auto it = loaded->metadata.find(kSourceNameKey); it != loaded->metadata.end() && it->second.find('/') == std::string::npos) {
-      return it->second;
-    }
+std::string state_safetensors_name(const std::string& name) { return fs::path(name).stem().string() + ".safetensors"; }
+
+// The name a state file ckpt stored as STEM.safetensors goes back to. The name comes from the file's own metadata
+// (ckpt_source_name: it keeps rng_state.pth's extension), so it is trusted only as far as the file's name vouches
+// for it: the same stem with an extension torch.save files of a checkpoint carry.
+std::string restored_state_name(const Source& s) {
+  const std::string stem = fs::path(s.path).stem().string();
+  const auto it = s.metadata.find(kSourceNameKey);
+  if (it == s.metadata.end()) return stem + ".pt";
+  for (const char* extension : {".pt", ".pth", ".bin"}) {
+    if (it->second == stem + extension) return it->second;
   }
-  return fs::path(name).stem().string() + ".pt";
+  throw Error(ErrorKind::corrupt, s.path, std::string("__metadata__ ") + kSourceNameKey,
+              "names '" + it->second + "', but a file stored as " + stem + ".safetensors can only go back to " + stem + ".pt, " + stem +
+                  ".pth or " + stem + ".bin");
+}
+
+// Every output of a directory conversion is made from one input: a second input that would become the same file
+// (a copied file named like a converted one, two names converting to one) is refused before it replaces the first.
+void claim_output(const ConvertResult& result, std::size_t first, const std::string& destination, const std::string& input) {
+  for (std::size_t i = first; i < result.files.size(); ++i) {
+    if (result.files[i].destination != destination) continue;
+    const std::string& earlier = result.files[i].source.empty() ? "the weights index" : result.files[i].source;
+    throw Error(ErrorKind::unsupported, input, "",
+                "would become " + fs::path(destination).filename().string() + ", which " + earlier + " already became");
+  }
+}
+
+// The config of weights cast to `dtype` says so, as transformers' save_pretrained writes it: torch_dtype the
+// dtype's name, the whole file as json.dumps(indent=2, sort_keys=True) plus a newline.
+void write_config_with_dtype(const std::string& source, const std::string& destination, DType dtype, const ConvertOptions& options) {
+  json::Json config = json::parse_file(source);
+  if (!config.is_object()) throw Error(ErrorKind::corrupt, source, "", "is not a JSON object, so its torch_dtype cannot be set");
+  config["torch_dtype"] = std::string(torch_name(dtype));
+  if (options.dry_run) return;
+  AtomicFile out(destination);
+  out.write(json::dump_python_sorted(config, 2) + "\n");
+  out.commit();
 }
 
 // ---- destinations ----
@@ -703,23 +733,34 @@ void convert_directory(const std::string& source, const std::string& destination
       if (shards && std::find(shards->files.begin(), shards->files.end(), name) != shards->files.end()) continue;
       const std::string path = (fs::path(source) / name).string();
       if (options.include_state && is_state_file_name(name) && options.to == ConvertTarget::safetensors) {
-        const auto s = load_source(path);
-        convert_state(*s, (fs::path(out) / state_destination_name(name, options.to, nullptr)).string(), options, result);
+        const std::string to = (fs::path(out) / state_safetensors_name(name)).string();
+        claim_output(result, first, to, path);
+        convert_state(*load_source(path), to, options, result);
         continue;
       }
       if (options.include_state && options.to == ConvertTarget::safetensors && name == "training_args.bin") {
-        const auto s = load_source(path);
-        training_args_to_json(*s, (fs::path(out) / "training_args.json").string(), options, result);
+        const std::string to = (fs::path(out) / "training_args.json").string();
+        claim_output(result, first, to, path);
+        training_args_to_json(*load_source(path), to, options, result);
         continue;
       }
       if (options.include_state && options.to == ConvertTarget::pytorch && name.ends_with(".safetensors")) {
         const auto s = load_source(path);
         if (s->has_structure()) {
-          convert_state(*s, (fs::path(out) / state_destination_name(name, options.to, s.get())).string(), options, result);
+          const std::string to = (fs::path(out) / restored_state_name(*s)).string();
+          claim_output(result, first, to, path);
+          convert_state(*s, to, options, result);
           continue;
         }
       }
       const std::string to = (fs::path(out) / name).string();
+      claim_output(result, first, to, path);
+      if (name == "config.json" && convert_weights_here && options.dtype) {
+        write_config_with_dtype(path, to, *options.dtype, options);
+        result.files.push_back({path, to, "copied, torch_dtype " + std::string(torch_name(*options.dtype)),
+                                options.dry_run ? 0 : file_size_or_zero(to)});
+        continue;
+      }
       if (!options.dry_run) fs_util::copy_file(path, to);
       result.files.push_back({path, to, "copied", options.dry_run ? 0 : file_size_or_zero(to)});
     }

@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "checkpoint/archive.hpp"
+#include "checkpoint/file_kind.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/shards.hpp"
 #include "checkpoint/source.hpp"
@@ -152,6 +153,21 @@ void summarize_safetensors(const MappedFile& file, const safetensors::Header& he
   if (options.verify) report.verify->checks.push_back("safetensors header rules");
 }
 
+// ckpt_order, ckpt_aliases and ckpt_attributes are read back by convert: checked as it reads them (headers only).
+void verify_weights_metadata(const std::string& path, const safetensors::Header& header, Verification& v) {
+  if (std::none_of(header.metadata.begin(), header.metadata.end(), [](const auto& m) {
+        return m.first == kOrderKey || m.first == kAliasesKey || m.first == kAttributesKey;
+      })) {
+    return;
+  }
+  try {
+    load_source(path);
+    v.checks.push_back("ckpt metadata names each tensor once");
+  } catch (const Error& e) {
+    v.errors.push_back(e.what());
+  }
+}
+
 // ---- the other torch.save files ----
 
 void summarize_optimizer(const Source& file, FileReport& report) {
@@ -277,12 +293,40 @@ void verify_zip(const torch_archive::TorchFile& file, Verification& v) {
   v.checks.push_back("every tensor inside its storage");
 }
 
+// A file named as one kind of checkpoint file must have the structure resume needs of that kind.
+void verify_kind(const Graph& g, const std::string& name, Verification& v) {
+  const auto kind = promised_kind(name);
+  if (!kind) return;
+  if (auto why = kind_problem(g, *kind)) {
+    v.errors.push_back("named " + name + " (" + *kind + ") but " + *why);
+  } else {
+    v.checks.push_back("a " + *kind + " file as resume reads it");
+  }
+}
+
+// A safetensors file without ckpt_structure holds weights: only a weights name promises that, and never none.
+void verify_safetensors_kind(const std::string& name, const safetensors::Header& header, Verification& v) {
+  const auto kind = promised_kind(name);
+  if (!kind) return;
+  if (*kind != "weights") v.errors.push_back("named " + name + " (" + *kind + ") but holds weights");
+  else if (header.tensors.empty()) v.errors.push_back("named " + name + " (weights) but holds no tensors");
+  else v.checks.push_back("a weights file as resume reads it");
+}
+
+// numpy arrays are rebuilt by numpy when torch.load unpickles them: one it would refuse fails the file.
+void verify_numpy_arrays(const Graph& g, Verification& v) {
+  for (std::size_t i = 0; i < g.arrays.size(); ++i) {
+    if (auto why = numpy_state_problem(g.arrays[i])) v.errors.push_back("numpy array " + std::to_string(i + 1) + " of " + std::to_string(g.arrays.size()) + ": " + *why);
+  }
+  v.checks.push_back("numpy arrays' bytes match their shapes");
+}
+
 // A torch.save file, or a safetensors file holding another checkpoint file in ckpt's pickle-free form: summarised
 // by what its value is.
 void summarize_value(const Source& file, FileReport& report, const InspectOptions& options) {
   const Graph& g = file.graph();
-  report.kind = classify_pickle(g, file.has_structure() && file.metadata.count(kSourceNameKey)
-                                       ? file.metadata.at(kSourceNameKey) : report.file);
+  const std::string source_name = file.has_structure() && file.metadata.count(kSourceNameKey) ? file.metadata.at(kSourceNameKey) : report.file;
+  report.kind = classify_pickle(g, source_name);
   try {
     if (report.kind == "weights") summarize_pickled_weights(file, report, options);
     else if (report.kind == "optimizer") summarize_optimizer(file, report);
@@ -296,6 +340,11 @@ void summarize_value(const Source& file, FileReport& report, const InspectOption
   }
   if (file.has_structure()) report.fields["converted_from"] = file.metadata.count(kSourceNameKey) ? file.metadata.at(kSourceNameKey) : "";
   if (options.verify && file.torch) verify_zip(*file.torch, *report.verify);
+  if (options.verify && !g.arrays.empty()) verify_numpy_arrays(g, *report.verify);
+  if (options.verify) {
+    verify_kind(g, report.file, *report.verify);
+    if (source_name != report.file) verify_kind(g, source_name, *report.verify);
+  }
 }
 
 // ---- JSON files ----
@@ -408,6 +457,8 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
         if (std::none_of(header.metadata.begin(), header.metadata.end(), [](const auto& m) { return m.first == kStructureKey; })) {
           report.kind = "weights";
           summarize_safetensors(file, header, report, options);
+          if (options.verify) verify_weights_metadata(path, header, *report.verify);
+          if (options.verify) verify_safetensors_kind(report.file, header, *report.verify);
           break;
         }
       } catch (const Error& e) {
@@ -475,8 +526,11 @@ void check_index(const std::string& dir, const FileReport& index, const std::vec
   for (const auto& f : files) {
     for (const auto& t : f.tensors) shard_tensors[f.file].insert(t.name);
   }
+  // The file is read again here: what summarize_json saw may have changed since.
+  const auto weight_map = doc.find("weight_map");
+  if (weight_map == doc.end() || !weight_map->is_object()) throw Error(ErrorKind::corrupt, index.path, "weight_map", "missing or not an object");
   std::size_t listed = 0;
-  for (const auto& [tensor, shard] : doc["weight_map"].items()) {
+  for (const auto& [tensor, shard] : weight_map->items()) {
     ++listed;
     const std::string file = shard.is_string() ? shard.get<std::string>() : "";
     if (!is_shard_file_name(file)) {
@@ -563,7 +617,8 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   // With a sharded set, only its shards are the model (a stray single file would be counted twice).
   if (index) {
     std::erase_if(weights, [&](const FileReport* w) {
-      return !index->fields["shards"].contains(w->file);
+      const auto shards = index->fields.find("shards");
+      return shards == index->fields.end() || !shards->contains(w->file);
     });
   }
   for (FileReport* optimizer : optimizers) {
@@ -589,7 +644,8 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
     }
     if (trainer_state && report.step) {
       v.checks.push_back("trainer_state.json global_step matches the directory name");
-      const auto& gs = trainer_state->fields["global_step"];
+      const auto found = trainer_state->fields.find("global_step");
+      const json::Json gs = found == trainer_state->fields.end() ? json::Json(nullptr) : *found;
       if (!gs.is_number_integer() || gs.get<std::int64_t>() != *report.step) {
         v.errors.push_back("trainer_state.json: global_step " + json::dump(gs) + " but the directory is " + report.name);
       }

@@ -8,7 +8,9 @@
 #include <set>
 
 #include "checkpoint/archive.hpp"
+#include "checkpoint/file_kind.hpp"
 #include "checkpoint/shards.hpp"
+#include "checkpoint/source.hpp"
 #include "format/json.hpp"
 #include "format/safetensors.hpp"
 #include "format/torch_archive.hpp"
@@ -171,11 +173,18 @@ Completeness assess_completeness(const std::string& dir) {
           result.problems.push_back("missing weights shard " + file);
           continue;
         }
+        // Weights that are not weights (another file under the name, {} or a list) cannot be resumed from, but
+        // no interrupted save leaves them: not ours to judge, so unreadable, never deleted.
         try {
           if (file.ends_with(".safetensors")) {
-            safetensors::read_header(path);
+            const auto header = safetensors::read_header(path);
+            const bool structure = std::any_of(header.metadata.begin(), header.metadata.end(),
+                                               [](const auto& m) { return m.first == kStructureKey; });
+            if (structure) throw Error(ErrorKind::unsupported, path, "", "holds another checkpoint file (ckpt_structure), not weights");
+            if (header.tensors.empty()) throw Error(ErrorKind::unsupported, path, "", "holds no tensors, not weights");
           } else {
             torch_archive::TorchFile torch(path);
+            if (auto why = kind_problem(torch.graph(), "weights")) throw Error(ErrorKind::unsupported, path, "", "is not weights: " + *why);
           }
         } catch (const Error& e) {
           result.problems.push_back(e.with_context(path, "").what());

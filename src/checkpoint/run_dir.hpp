@@ -76,7 +76,8 @@ struct Completeness {
   std::optional<TrainerStateSummary> state;  // when trainer_state.json parsed
 };
 
-// Complete: the weights are present (every shard of a sharded set) with readable headers, a sharded optimizer
+// Complete: the weights are present (every shard of a sharded set) with readable headers and hold weights (a
+// non-empty dict of tensors, not another file under their name: that is unreadable, see above), a sharded optimizer
 // has every shard (checkpoint/shards.hpp), and trainer_state.json parses. Reads headers only, never tensor bytes.
 // A directory with no weights file ckpt knows but a subdirectory or DeepSpeed's `latest` (DeepSpeed's global_stepN/,
 // FSDP's pytorch_model_fsdp_0/) is of a layout ckpt cannot assess: unreadable, not incomplete.

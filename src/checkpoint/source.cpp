@@ -1,5 +1,7 @@
 #include "checkpoint/source.hpp"
 
+#include <set>
+
 #include "checkpoint/structure.hpp"
 #include "checkpoint/tensor_scan.hpp"
 #include "format/json.hpp"
@@ -48,6 +50,10 @@ NodeId add_storage_tensor(Graph& g, std::vector<std::uint64_t>& offsets, DType d
   return g.add(std::move(n));
 }
 
+[[noreturn]] void fail_metadata(const std::string& path, const char* key, const std::string& detail) {
+  throw Error(ErrorKind::corrupt, path, std::string("__metadata__ ") + key, detail);
+}
+
 json::Json metadata_json(const Source& s, const char* key) {
   auto it = s.metadata.find(key);
   if (it == s.metadata.end()) return nullptr;
@@ -82,36 +88,60 @@ std::unique_ptr<Source> load_safetensors(const std::string& path) {
                               header.buffer_offset + it->second->begin, requires_grad, parameter);
   };
 
+  // The ckpt_* metadata is input like the rest of the file: it may name each stored tensor (once, where it lists
+  // names) and nothing else, so what is built from it is never larger than the file.
+  auto bad_metadata = [&](const char* key, const std::string& detail) { fail_metadata(path, key, detail); };
   if (s->metadata.count(kStructureKey)) {
+    std::set<std::string> referenced;
     auto array_bytes = [&](const std::string& name) -> std::string {
       auto it = by_name.find(name);
       if (it == by_name.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "named in the metadata but not stored");
+      referenced.insert(name);
       auto bytes = safetensors::tensor_bytes(s->mapped->bytes(), header, *it->second);
       return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
     };
+    auto structure_tensor = [&](const std::string& name, bool requires_grad, bool parameter) {
+      const NodeId node = tensor_node(name, requires_grad, parameter);
+      referenced.insert(name);
+      return node;
+    };
     try {
-      g.set_root(decode_structure(metadata_json(*s, kStructureKey), g, tensor_node, array_bytes));
+      g.set_root(decode_structure(metadata_json(*s, kStructureKey), g, structure_tensor, array_bytes));
     } catch (const Error& e) {
       throw e.with_context(path, "");
+    }
+    for (const auto& [name, tensor] : by_name) {
+      if (!referenced.count(name)) bad_metadata(kStructureKey, "does not reference stored tensor '" + name + "'");
     }
     return s;
   }
 
+  std::map<std::string, std::string> aliases;  // a tied name left out of the file -> the stored tensor it shares
+  if (s->metadata.count(kAliasesKey)) {
+    const json::Json recorded = metadata_json(*s, kAliasesKey);
+    if (!recorded.is_object()) bad_metadata(kAliasesKey, "is not an object of alias -> tensor names");
+    for (const auto& [alias, target] : recorded.items()) {
+      if (by_name.count(alias)) bad_metadata(kAliasesKey, "'" + alias + "' is a stored tensor, not an alias");
+      if (!target.is_string() || !by_name.count(target.get<std::string>())) {
+        bad_metadata(kAliasesKey, "alias '" + alias + "' is not tied to a stored tensor");
+      }
+      aliases[alias] = target.get<std::string>();
+    }
+  }
   std::vector<std::string> order;
-  const json::Json recorded = metadata_json(*s, kOrderKey);
-  if (recorded.is_array()) {
+  if (s->metadata.count(kOrderKey)) {
+    const json::Json recorded = metadata_json(*s, kOrderKey);
+    if (!recorded.is_array()) bad_metadata(kOrderKey, "is not an array of tensor names");
+    std::set<std::string> listed;
     for (const auto& n : recorded) {
-      if (n.is_string()) order.push_back(n.get<std::string>());
+      if (!n.is_string()) bad_metadata(kOrderKey, "holds " + json::dump(n) + ", not a tensor name");
+      const std::string& name = n.get_ref<const std::string&>();
+      if (!by_name.count(name) && !aliases.count(name)) bad_metadata(kOrderKey, "names '" + name + "', neither a stored tensor nor an alias");
+      if (!listed.insert(name).second) bad_metadata(kOrderKey, "names '" + name + "' twice");
+      order.push_back(name);
     }
   } else {
     for (const auto& t : header.tensors) order.push_back(t.name);
-  }
-  std::map<std::string, std::string> aliases;
-  const json::Json alias_json = metadata_json(*s, kAliasesKey);
-  if (alias_json.is_object()) {
-    for (const auto& [alias, target] : alias_json.items()) {
-      if (target.is_string()) aliases[alias] = target.get<std::string>();
-    }
   }
   pickle::Node root;
   root.kind = Kind::dict;
@@ -119,9 +149,9 @@ std::unique_ptr<Source> load_safetensors(const std::string& path) {
   std::map<std::string, NodeId> made;
   for (const auto& name : order) {
     NodeId value;
-    if (auto a = aliases.find(name); a != aliases.end() && !by_name.count(name)) {
+    if (auto a = aliases.find(name); a != aliases.end()) {
       auto target = made.find(a->second);
-      if (target == made.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "tied to '" + a->second + "', which comes later or is missing");
+      if (target == made.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "tied to '" + a->second + "', which comes later");
       value = target->second;
     } else {
       value = tensor_node(name, false, false);
@@ -134,10 +164,17 @@ std::unique_ptr<Source> load_safetensors(const std::string& path) {
     root.items.push_back(value);
   }
   for (const auto& [name, tensor] : by_name) {
-    if (!made.count(name)) throw Error(ErrorKind::corrupt, path, "__metadata__ ckpt_order", "does not name tensor '" + name + "'");
+    if (!made.count(name)) bad_metadata(kOrderKey, "does not name tensor '" + name + "'");
+  }
+  for (const auto& [alias, target] : aliases) {
+    if (!made.count(alias)) bad_metadata(kAliasesKey, "alias '" + alias + "' is not in " + kOrderKey);
   }
   if (s->metadata.count(kAttributesKey)) {
-    root.attributes = decode_structure(metadata_json(*s, kAttributesKey), g, tensor_node, [](const std::string&) { return std::string(); });
+    // The state dict's _metadata: plain values, never tensor data.
+    root.attributes = decode_structure(
+        metadata_json(*s, kAttributesKey), g,
+        [&](const std::string&, bool, bool) -> NodeId { fail_metadata(path, kAttributesKey, "holds a tensor"); },
+        [&](const std::string&) -> std::string { fail_metadata(path, kAttributesKey, "holds a numpy array"); });
   }
   g.set_root(g.add(std::move(root)));
   return s;

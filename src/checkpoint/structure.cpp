@@ -78,9 +78,17 @@ class Encoder {
       }
       case Kind::ndarray: {
         const auto& a = g_.arrays[static_cast<std::size_t>(n.integer)];
-        return {{"$ndarray", array_name(id, path)}, {"descr", a.descr}, {"shape", a.shape}};
+        if (auto why = numpy_unstorable(a)) unstorable(path, *why);
+        json::Json out{{"$ndarray", array_name(id, path)}, {"descr", a.descr}, {"shape", a.shape}};
+        if (a.fortran_order) out["fortran_order"] = true;
+        if (a.scalar) out["scalar"] = true;
+        return out;
       }
-      case Kind::numpy_dtype: return {{"$numpy_dtype", std::string(1, static_cast<char>(n.integer)) + n.text}};
+      case Kind::numpy_dtype: {
+        const std::string descr = std::string(1, static_cast<char>(n.integer)) + n.text;
+        if (auto why = numpy_dtype_unstorable(descr, !n.flag)) unstorable(path, *why);
+        return {{"$numpy_dtype", descr}};
+      }
       case Kind::device: return {{"$device", n.text}};
       case Kind::global: {
         const auto nl = n.text.find('\n');
@@ -98,6 +106,9 @@ class Encoder {
   }
 
  private:
+  [[noreturn]] static void unstorable(const std::string& path, const std::string& why) {
+    fail(ErrorKind::unsupported, path.empty() ? "the root value" : "'" + path + "'", "holds " + why + ", which ckpt cannot store exactly");
+  }
   static std::string join(const std::string& path, const std::string& segment) { return path.empty() ? segment : path + "." + segment; }
 
   json::Json sequence(const Node& n, const std::string& path) {
@@ -193,15 +204,15 @@ class Decoder {
       Node n;
       n.kind = Kind::dict;
       n.items = std::move(items);
-      n.flag = v.contains("$ordered") && v["$ordered"].is_boolean() && v["$ordered"].get<bool>();
+      n.flag = flag_field(v, "$ordered");
       if (v.contains("$attrs")) n.attributes = decode(v["$attrs"], depth + 1);
       return g_.add(std::move(n));
     }
     if (v.contains("$tensor")) {
       const std::string name = string_field(v, "$tensor");
       if (auto it = tensors_.find(name); it != tensors_.end()) return it->second;
-      const bool requires_grad = v.contains("requires_grad") && v["requires_grad"].is_boolean() && v["requires_grad"].get<bool>();
-      const bool parameter = v.contains("parameter") && v["parameter"].is_boolean() && v["parameter"].get<bool>();
+      const bool requires_grad = flag_field(v, "requires_grad");
+      const bool parameter = flag_field(v, "parameter");
       return tensors_[name] = make_tensor_(name, requires_grad, parameter);
     }
     if (v.contains("$ndarray")) {
@@ -214,7 +225,12 @@ class Decoder {
         if (!d.is_number_integer()) fail_corrupt("structure", "$ndarray shape is not integers");
         array.shape.push_back(d.get<std::int64_t>());
       }
+      array.fortran_order = flag_field(v, "fortran_order");
+      array.scalar = flag_field(v, "scalar");
+      if (array.scalar && !array.shape.empty()) fail_corrupt("structure", "a numpy scalar with a shape");
       array.data = array_bytes_(name);
+      if (array.descr.empty() && !array.data.empty()) fail_corrupt("structure", "$ndarray '" + name + "' has bytes but no descr");
+      if (auto why = numpy_unstorable(array)) fail_corrupt("structure", "$ndarray '" + name + "' is " + *why);
       g_.arrays.push_back(std::move(array));
       Node n;
       n.kind = Kind::ndarray;
@@ -223,7 +239,7 @@ class Decoder {
     }
     if (v.contains("$numpy_dtype")) {
       const std::string descr = string_field(v, "$numpy_dtype");
-      if (descr.size() < 2) fail_corrupt("structure", "bad $numpy_dtype");
+      if (auto why = numpy_dtype_unstorable(descr, true)) fail_corrupt("structure", "$numpy_dtype is " + *why);
       Node n;
       n.kind = Kind::numpy_dtype;
       n.integer = descr[0];
@@ -247,8 +263,13 @@ class Decoder {
 
  private:
   static std::string string_field(const json::Json& v, const char* key) {
-    if (!v[key].is_string()) fail_corrupt("structure", std::string(key) + " is not a string");
-    return v[key].get<std::string>();
+    const auto it = v.find(key);
+    if (it == v.end() || !it->is_string()) fail_corrupt("structure", std::string(key) + " is missing or not a string");
+    return it->get<std::string>();
+  }
+  static bool flag_field(const json::Json& v, const char* key) {
+    const auto it = v.find(key);
+    return it != v.end() && it->is_boolean() && it->get<bool>();
   }
   template <typename Fill>
   NodeId scalar(Kind kind, Fill fill) {

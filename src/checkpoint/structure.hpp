@@ -15,8 +15,12 @@
 //   bytes                               -> {"$bytes": "<hex>"}
 //   tensor                              -> {"$tensor": "<name in the safetensors file>", "requires_grad": bool,
 //                                           "parameter": bool}
-//   numpy array                         -> {"$ndarray": "<name>", "descr": "<u4", "shape": [...]}; the array's
-//                                          raw bytes are stored as a 1-d uint8 tensor of that name
+//   numpy array                         -> {"$ndarray": "<name>", "descr": "<u4", "shape": [...]}, plus
+//                                          "fortran_order": true when its bytes are column-major, "scalar": true
+//                                          for a numpy scalar; the raw bytes (numel * itemsize of them) are stored
+//                                          as a 1-d uint8 tensor of that name. Only bool, integer, float and
+//                                          complex dtypes of either byte order: object arrays, structured and
+//                                          other dtypes cannot be encoded (unsupported)
 //   numpy dtype                         -> {"$numpy_dtype": "<u4"}
 //   torch.device                        -> {"$device": "cpu"}
 //   a global                            -> {"$global": ["module", "qualname"]}

@@ -164,4 +164,52 @@ std::string numpy_dtype_name(const std::string& descr) {
   }
 }
 
+namespace {
+
+// Bytes per element of a numpy type string, from its size digits ("<u4" 4, "<U2" 8: 4 per character); nullopt
+// for a type string without them.
+std::optional<std::uint64_t> numpy_itemsize(const std::string& descr) {
+  if (descr.size() < 3 || descr.size() > 12) return std::nullopt;
+  const std::string digits = descr.substr(2);
+  if (digits.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  const std::uint64_t size = std::stoull(digits);
+  return descr[1] == 'U' ? size * 4 : size;
+}
+
+}  // namespace
+
+std::optional<std::string> numpy_state_problem(const pickle::NdArray& array) {
+  if (array.descr.empty()) return std::nullopt;
+  const std::string dtype = numpy_dtype_name(array.descr);
+  if (array.descr.size() > 1 && array.descr[1] == 'O') {
+    if (array.data_kind == pickle::NdArray::Data::object_list) return std::nullopt;
+    return "a numpy array of dtype object whose state holds no list of its values";
+  }
+  if (array.data_kind != pickle::NdArray::Data::bytes) return "a numpy array of dtype " + dtype + " whose state holds no raw bytes";
+  const auto numel = torch_archive::numel(array.shape);
+  if (!numel) return "a numpy array of shape that is negative or overflows";
+  const auto itemsize = numpy_itemsize(array.descr);
+  if (!itemsize) return std::nullopt;  // a type whose size numpy works out itself: not judged here
+  std::uint64_t need = 0;
+  if (__builtin_mul_overflow(*numel, *itemsize, &need) || need != array.data.size()) {
+    return "a numpy array of dtype " + dtype + " holding " + std::to_string(array.data.size()) + " bytes where its shape needs " +
+           (need == 0 && *numel != 0 ? std::string("more than 2^64") : std::to_string(need));
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> numpy_dtype_unstorable(const std::string& descr, bool plain_dtype) {
+  const bool known_order = !descr.empty() && (descr[0] == '<' || descr[0] == '>' || descr[0] == '|' || descr[0] == '=');
+  const bool numeric = descr.size() > 1 && std::string_view("biufc").find(descr[1]) != std::string_view::npos;
+  if (!known_order || !numeric || !numpy_itemsize(descr)) return "numpy dtype " + numpy_dtype_name(descr) + " (only bool, integer, float and complex types are kept)";
+  if (!plain_dtype) return "numpy dtype " + numpy_dtype_name(descr) + " with fields, a subarray or metadata";
+  return std::nullopt;
+}
+
+std::optional<std::string> numpy_unstorable(const pickle::NdArray& array) {
+  if (array.descr.empty()) return std::nullopt;  // kept as such: written back without a state
+  if (auto why = numpy_dtype_unstorable(array.descr, array.plain_dtype)) return why;
+  return numpy_state_problem(array);
+}
+
 }  // namespace ckpt::checkpoint

@@ -2,6 +2,7 @@
 // non-JSON values are documented in docs/inspect-json.md.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -35,5 +36,16 @@ bool is_state_dict(const pickle::Graph& graph);
 
 // A numpy type string ("<u4", "|b1") as the dtype name numpy prints ("uint32", "bool").
 std::string numpy_dtype_name(const std::string& descr);
+
+// Why numpy (ndarray.__setstate__, numpy.core.multiarray.scalar) would refuse a numpy array's state as read, so
+// that torch.load of the file fails; nullopt when it takes it. An array never given its state (no BUILD) is
+// numpy's empty array.
+std::optional<std::string> numpy_state_problem(const pickle::NdArray& array);
+
+// Why a numpy array or dtype cannot be kept exactly in the pickle-free form (checkpoint/structure.hpp) and written
+// back as numpy pickled it; nullopt when it can: a bool, integer, float or complex dtype whose state is a byte order
+// alone, and, for an array, raw bytes of its size in either memory order.
+std::optional<std::string> numpy_unstorable(const pickle::NdArray& array);
+std::optional<std::string> numpy_dtype_unstorable(const std::string& descr, bool plain_dtype);
 
 }  // namespace ckpt::checkpoint

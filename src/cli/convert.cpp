@@ -143,7 +143,7 @@ Action attach_convert(CLI::App& sub) {
   sub.add_option("-o,--output", o->output, "Destination file, or directory (for a directory SRC, with --max-shard-size, or --to dir)")->required();
   sub.add_option("--max-shard-size", o->max_shard_size, "Split weights into shards of at most this size, with an index json (e.g. 5GB, 500MiB)")
       ->each([o](const std::string&) { o->max_shard_size_given = true; });
-  sub.add_option("--dtype", o->dtype, "Cast floating weights (round to nearest even, as torch does)")->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  sub.add_option("--dtype", o->dtype, "Cast floating weights (round to nearest even, as torch does); a directory's config.json gets the new torch_dtype")->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
   sub.add_flag("--include-state", o->include_state,
                "For a directory: also convert optimizer, scheduler, scaler and rng_state files (and training_args.bin one way, to JSON)");
   sub.add_flag("--consolidate", o->consolidate,

@@ -790,6 +790,8 @@ NodeId Parser::interpret_call(NodeId callable, NodeId args_id, bool newobj) {
       NdArray array;
       const Node& dtype = graph_.at(args[0]);
       array.descr = std::string(1, static_cast<char>(dtype.integer)) + dtype.text;
+      array.plain_dtype = !dtype.flag;
+      array.scalar = true;
       array.data = graph_.at(args[1]).text;
       graph_.arrays.push_back(std::move(array));
       Node n;
@@ -823,6 +825,13 @@ void Parser::build(NodeId target, NodeId state) {
       if (s.kind == Kind::tuple && s.items.size() >= 2 && as_str(s.items[1]) && as_str(s.items[1])->size() == 1) {
         graph_.at(target).integer = (*as_str(s.items[1]))[0];
       }
+      // Only (3, byteorder, None, None, None, -1, -1, 0) is all a byte order and the type string say.
+      std::int64_t version = 0, elsize = 0, alignment = 0, flags = 1;
+      const bool plain = s.kind == Kind::tuple && s.items.size() == 8 && as_int(s.items[0], version) && version == 3 &&
+                         graph_.is(s.items[2], Kind::none) && graph_.is(s.items[3], Kind::none) && graph_.is(s.items[4], Kind::none) &&
+                         as_int(s.items[5], elsize) && elsize == -1 && as_int(s.items[6], alignment) && alignment == -1 &&
+                         as_int(s.items[7], flags) && flags == 0;
+      graph_.at(target).flag = !plain;
       return;
     }
     case Kind::ndarray: {
@@ -836,10 +845,16 @@ void Parser::build(NodeId target, NodeId state) {
       NdArray& array = graph_.arrays[static_cast<std::size_t>(t.integer)];
       const Node& dtype = graph_.at(s.items[2]);
       array.descr = std::string(1, static_cast<char>(dtype.integer)) + dtype.text;
+      array.plain_dtype = !dtype.flag;
       array.shape = shape;
+      std::int64_t fortran = 0;
+      array.fortran_order = as_int(s.items[3], fortran) && fortran != 0;
       if (graph_.is(s.items[4], Kind::bytes) || graph_.is(s.items[4], Kind::string)) {
         charge(graph_.at(s.items[4]).text.size());
         array.data = graph_.at(s.items[4]).text;
+        array.data_kind = NdArray::Data::bytes;
+      } else {
+        array.data_kind = graph_.is(s.items[4], Kind::list) ? NdArray::Data::object_list : NdArray::Data::other;
       }
       return;
     }

@@ -47,7 +47,8 @@ enum class Kind : std::uint8_t {
   storage,      // a torch storage reference (persistent id); index into Graph::storages
   tensor,       // a torch tensor view; index into Graph::tensors
   ndarray,      // a numpy array; index into Graph::arrays
-  numpy_dtype,  // a numpy dtype: text = type string ("u4"), integer = byte order char
+  numpy_dtype,  // a numpy dtype: text = type string ("u4"), integer = byte order char, flag = its pickled state
+                // held more than a byte order (fields, a subarray, metadata, an element size), which is not kept
   device,       // a torch.device: text = "cpu", "cuda:0"
 };
 
@@ -90,10 +91,18 @@ struct TensorRef {
   bool is_parameter = false;
 };
 
+// A numpy array as ndarray.__reduce__ pickles it: _reconstruct, then BUILD (version, shape, dtype, is_fortran,
+// raw data); or a numpy scalar (numpy.core.multiarray.scalar(dtype, raw data)).
 struct NdArray {
   std::string descr;  // numpy's type string with byte order: "<u4", "|u1", "<f8"
   std::vector<std::int64_t> shape;
   std::string data;   // the raw bytes, at most what the pickle held
+  bool fortran_order = false;  // `data` is in column-major order (numpy pickles an F-contiguous array so)
+  bool plain_dtype = true;     // the dtype's state was only a byte order (see Kind::numpy_dtype)
+  bool scalar = false;         // a numpy scalar, not an array
+  // How the raw data came: as bytes (or a latin-1 str), as a list of objects (an object array: not kept), or as
+  // something else numpy would refuse. An array never given its state (no BUILD) has an empty descr.
+  enum class Data : std::uint8_t { bytes, object_list, other } data_kind = Data::bytes;
 };
 
 class Graph {

@@ -287,6 +287,13 @@ class Writer {
   }
 
   void ndarray(const NdArray& a) {
+    if (a.scalar) {
+      global("numpy.core.multiarray", "scalar");
+      numpy_dtype(a.descr.substr(1), a.descr[0]);
+      bytes(a.data);
+      out_ += "\x86R";
+      return;
+    }
     global("numpy.core.multiarray", "_reconstruct");
     global("numpy", "ndarray");
     integer(0);
@@ -298,7 +305,7 @@ class Writer {
     integer(1);
     int_tuple(a.shape);
     numpy_dtype(a.descr.substr(1), a.descr[0]);
-    u8(0x89);
+    u8(a.fortran_order ? 0x88 : 0x89);
     bytes(a.data);
     out_ += "tb";
   }

@@ -232,6 +232,20 @@ def read_header(path):
         return json.loads(f.read(n).decode("utf-8"), object_pairs_hook=collections.OrderedDict)
 
 
+def rewrite_metadata(path, **updates):
+    """Sets `__metadata__` entries of a safetensors file in place (a hostile file made from a valid one): the header
+    is written again, padded to a multiple of 8, the tensor bytes unchanged."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n].decode("utf-8"), object_pairs_hook=collections.OrderedDict)
+    header.setdefault("__metadata__", collections.OrderedDict()).update(updates)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data[8 + n:])
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Comparison
 # --------------------------------------------------------------------------------------------------------------

@@ -973,6 +973,309 @@ class TrainerCheckpoint(ConvertCase):
 # --------------------------------------------------------------------------------------------------------------
 
 
+class OutputNames(ConvertCase):
+    """A directory's outputs: a name read from an input (ckpt_source_name) is only one that input's own name allows,
+    and no two inputs become one output file."""
+
+    def setUp(self):
+        super().setUp()
+        self.model, _, sched = train_small()
+        src = self.path("checkpoint-4")
+        os.makedirs(src)
+        torch.save(self.model.state_dict(), os.path.join(src, "pytorch_model.bin"))
+        torch.save(sched.state_dict(), os.path.join(src, "scheduler.pt"))
+        self.st = self.path("st")
+        self.convert(src, self.st, "--to", "safetensors", "--include-state")
+        self.out = self.path("out")
+
+    def refused(self, expect_in_message):
+        r = self.convert(self.st, self.out, "--to", "pytorch", "--include-state", expect=3)
+        for text in expect_in_message:
+            self.assertIn(text, r.stderr, r.describe())
+        self.assertNotIn(".tmp-", r.stderr, "the message names an internal temporary\n" + r.describe())
+        self.assertFalse(os.path.exists(self.out), r.describe())
+        return r
+
+    def test_source_name_cannot_replace_the_weights(self):
+        """The reproduction: scheduler.safetensors naming itself pytorch_model.bin overwrote the weights (exit 0)."""
+        scheduler = os.path.join(self.st, "scheduler.safetensors")
+        H.rewrite_metadata(scheduler, ckpt_source_name="pytorch_model.bin")
+        self.refused([scheduler, "ckpt_source_name", "pytorch_model.bin"])
+
+    def test_source_names_outside_the_inputs_own_are_corrupt(self):
+        scheduler = os.path.join(self.st, "scheduler.safetensors")
+        for bad in ("", ".", "..", "optimizer.pt", "rng_state.pth", "scheduler", "scheduler.pt.tmp", "config.json"):
+            with self.subTest(name=bad):
+                H.rewrite_metadata(scheduler, ckpt_source_name=bad)
+                self.refused([scheduler, "ckpt_source_name"])
+
+    def test_source_name_with_the_inputs_stem_is_kept(self):
+        H.rewrite_metadata(os.path.join(self.st, "scheduler.safetensors"), ckpt_source_name="scheduler.pth")
+        self.convert(self.st, self.out, "--to", "pytorch", "--include-state")
+        self.assertEqual(sorted(os.listdir(self.out)), ["pytorch_model.bin", "scheduler.pth"])
+
+    def test_two_inputs_never_become_one_output(self):
+        # A copied file named like a converted one, either way round.
+        shutil.copyfile(os.path.join(self.path("checkpoint-4"), "scheduler.pt"), os.path.join(self.st, "scheduler.pt"))
+        self.refused([os.path.join(self.st, "scheduler.safetensors"), "scheduler.pt"])
+        os.remove(os.path.join(self.st, "scheduler.pt"))
+        stale = os.path.join(self.st, "pytorch_model.bin")
+        torch.save({"stale": torch.zeros(1)}, stale)
+        self.refused([stale, "pytorch_model.bin"])
+        os.remove(stale)
+        # Towards safetensors: optimizer.pt converts to optimizer.safetensors, which the directory also holds.
+        src = self.path("checkpoint-4")
+        shutil.copyfile(os.path.join(self.st, "scheduler.safetensors"), os.path.join(src, "scheduler.safetensors"))
+        r = self.convert(src, self.path("st2"), "--to", "safetensors", "--include-state", expect=3)
+        self.assertIn("scheduler.safetensors", r.stderr)
+        self.assertFalse(os.path.exists(self.path("st2")))
+        # The refusals did not depend on where the other file came from: without them both directions convert.
+        os.remove(os.path.join(src, "scheduler.safetensors"))
+        self.convert(self.st, self.out, "--to", "pytorch", "--include-state")
+        self.assertSameTensors(torch.load(os.path.join(self.out, "pytorch_model.bin"), weights_only=True),
+                               self.model.state_dict(), "weights")
+
+
+class MetadataValidation(ConvertCase):
+    """ckpt's own safetensors metadata is input like any other: ckpt_order, ckpt_aliases, ckpt_attributes and
+    ckpt_structure must name each stored tensor (once, where names are listed) and nothing else."""
+
+    def setUp(self):
+        super().setUp()
+        self.sd = rich_state_dict()
+        self.st = self.path("model.safetensors")
+        self.convert(self.save(self.sd, "pytorch_model.bin"), self.st, "--to", "safetensors")
+        self.meta, self.tensors = H.read_safetensors(self.st)
+        self.assertIn("ckpt_order", self.meta)
+        self.assertIn("ckpt_aliases", self.meta)
+        self.assertIn("ckpt_attributes", self.meta)
+
+    def assertRefused(self, path, key, why):
+        """Both conversions and inspect --verify refuse the file (exit 3), naming it and the metadata key."""
+        for to in ("safetensors", "pytorch"):
+            out = self.path("out-%s-%s" % (to, os.path.basename(path)))
+            r = self.convert(path, out, "--to", to, expect=3)
+            self.assertIn(path, r.stderr, why)
+            self.assertIn(key, r.stderr, why)
+            self.assertFalse(os.path.exists(out), why)
+        r = self.ckpt(["inspect", "--verify", path], expect=3)
+        self.assertIn(key, r.stdout + r.stderr, why)
+
+    def hostile(self, name, **metadata):
+        p = self.path(name + ".safetensors")
+        shutil.copyfile(self.st, p)
+        H.rewrite_metadata(p, **metadata)
+        return p
+
+    def test_order(self):
+        names = json.loads(self.meta["ckpt_order"])
+        first = names[0]
+        cases = [
+            ("repeated", names + [first] * 50, "a name repeated (290 KB became 1.05 GB)"),
+            ("unknown", names + ["no.such.tensor"], "a name that is no tensor"),
+            ("missing", names[:-1], "a stored tensor left out"),
+            ("not_a_name", names + [3], "a number among the names"),
+        ]
+        for name, order, why in cases:
+            with self.subTest(why):
+                self.assertRefused(self.hostile(name, ckpt_order=json.dumps(order)), "ckpt_order", why)
+        with self.subTest("not a list"):
+            self.assertRefused(self.hostile("order_object", ckpt_order=json.dumps({first: 1})), "ckpt_order", "an object")
+
+    def test_aliases(self):
+        aliases = json.loads(self.meta["ckpt_aliases"])
+        self.assertEqual(aliases, {"lm_head.weight": "embed.weight"})
+        stored = next(iter(self.tensors))
+        cases = [
+            ({"lm_head.weight": "no.such.tensor"}, "tied to no stored tensor"),
+            ({"lm_head.weight": "embed.weight", stored: "embed.weight"}, "a stored tensor also an alias"),
+            ({"lm_head.weight": ["embed.weight"]}, "a target that is not a name"),
+            ({"lm_head.weight": "embed.weight", "extra.alias": "embed.weight"}, "an alias not in ckpt_order"),
+        ]
+        for n, (value, why) in enumerate(cases):
+            with self.subTest(why):
+                self.assertRefused(self.hostile("alias%d" % n, ckpt_aliases=json.dumps(value)), "ckpt_aliases", why)
+
+    def test_attributes_hold_no_tensor(self):
+        stored = next(iter(self.tensors))
+        for n, value in enumerate(({"$tensor": stored}, {"$ndarray": stored, "descr": "|u1", "shape": [1]})):
+            with self.subTest(value=value):
+                p = self.hostile("attrs%d" % n, ckpt_attributes=json.dumps({"": {"version": 1}, "x": value}))
+                self.assertRefused(p, "ckpt_attributes", "a tensor in the state dict's _metadata")
+
+    def test_structure_references_every_tensor(self):
+        _, opt, _ = train_small()
+        src = self.save(opt.state_dict(), "optimizer.pt")
+        st = self.path("optimizer.safetensors")
+        self.convert(src, st, "--to", "safetensors")
+        meta, tensors = H.read_safetensors(st)
+        structure = json.loads(meta["ckpt_structure"])
+        del structure["state"]["$dict"][0]
+        H.rewrite_metadata(st, ckpt_structure=json.dumps(structure))
+        r = self.convert(st, self.path("back.pt"), "--to", "pytorch", expect=3)
+        self.assertIn("state.0.exp_avg", r.stderr)
+        self.assertIn("ckpt_structure", r.stderr)
+        self.assertFalse(os.path.exists(self.path("back.pt")))
+
+    def test_valid_files_still_convert(self):
+        back = self.path("back.bin")
+        self.convert(self.st, back, "--to", "pytorch")
+        self.assertSameTensors(torch.load(back, weights_only=True), self.sd, "weights")
+        self.ckpt(["inspect", "--verify", self.st])
+
+
+class RawNumpyState:
+    """Pickles as ndarray.__reduce__ does, with a BUILD state of our choosing (what a broken writer leaves)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        return (np.core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), self.state)
+
+
+def storable_numpy_values():
+    """numpy values ckpt must keep exactly: every memory order and byte order, scalars, dtypes."""
+    return {
+        "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        "transposed": np.arange(6, dtype="<i4").reshape(2, 3).T,
+        "transposed_3d": np.arange(24, dtype="f4").reshape(2, 3, 4).transpose(2, 0, 1),
+        "strided": np.arange(20)[::3],
+        "big_endian": np.arange(5, dtype=">f8") - 2.5,
+        "big_endian_fortran": np.asfortranarray(np.arange(6, dtype=">i2").reshape(2, 3)),
+        "complex": np.array([1 + 2j, -3.5j], dtype="<c16"),
+        "bool_0d": np.array(True),
+        "empty": np.zeros((2, 0), dtype="<u2"),
+        "f16": np.array([[0.5, -1.0], [65504.0, 1e-7]], dtype="<f2").T,
+        "scalar_f64": np.float64(1.5),
+        "scalar_i32": np.int32(-3),
+        "dtype": np.dtype(">u2"),
+    }
+
+
+class NumpyArrays(ConvertCase):
+    """numpy arrays in state files (rng_state.pth holds one, other state may hold more): stored exactly through the pickle-free form in any
+    memory and byte order, refused (exit 3) when they cannot be, and failed by inspect --verify where numpy, and so
+    torch.load, would refuse them."""
+
+    def checkpoint(self, extra):
+        """A checkpoint whose rng_state.pth holds numpy's own state array and whose scheduler.pt also `extra`
+        (LambdaLR.load_state_dict takes extra keys as attributes)."""
+        src = self.path("checkpoint-1")
+        os.makedirs(src)
+        torch.save({"weight": torch.ones(2)}, os.path.join(src, "pytorch_model.bin"))
+        torch.save(rng_state(), os.path.join(src, "rng_state.pth"))
+        _, _, sched = train_small(steps=1)
+        state = dict(sched.state_dict(), extra=extra)
+        torch.save(state, os.path.join(src, "scheduler.pt"))
+        return src, state
+
+    def assertSameNumpy(self, got, want, what):
+        self.assertIs(type(got), type(want), what)
+        if isinstance(want, np.dtype):
+            self.assertEqual(got, want, what)
+            self.assertEqual(got.byteorder, want.byteorder, what)
+            return
+        self.assertEqual(got.dtype, want.dtype, what)
+        self.assertEqual(got.dtype.byteorder, want.dtype.byteorder, what)
+        self.assertEqual(np.shape(got), np.shape(want), what)
+        self.assertTrue(np.array_equal(got, want), "%s: values differ\n%r\n%r" % (what, got, want))
+
+    def test_round_trip_keeps_every_array_exactly(self):
+        src, _ = self.checkpoint(storable_numpy_values())
+        # What torch.load gives for the original (numpy itself drops '>' from an F-ordered array it unpickles).
+        state = torch.load(os.path.join(src, "scheduler.pt"))
+        st, back = self.path("st"), self.path("back")
+        self.convert(src, st, "--to", "safetensors", "--include-state")
+        self.convert(st, back, "--to", "pytorch", "--include-state")
+        restored = torch.load(os.path.join(back, "scheduler.pt"))
+        for name, want in state["extra"].items():
+            with self.subTest(name):
+                self.assertSameNumpy(restored["extra"][name], want, name)
+        self.assertNoDiff(restored, state, "scheduler.pt")
+        self.assertNoDiff(torch.load(os.path.join(back, "rng_state.pth")), torch.load(os.path.join(src, "rng_state.pth")),
+                          "rng_state.pth")
+        for name in ("scheduler.pt", "rng_state.pth"):
+            self.ckpt(["inspect", "--verify", os.path.join(back, name)])
+
+    def test_unstorable_arrays_refused(self):
+        cases = {
+            "object": np.array([1, "a", None], dtype=object),
+            "structured": np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]),
+            "unicode": np.array(["ab", "c"]),
+            "datetime": np.zeros(3, dtype="M8[D]"),
+            "structured_dtype": np.dtype([("a", "<i4")]),
+        }
+        for name, value in cases.items():
+            with self.subTest(name):
+                self.dir = tempfile.mkdtemp(prefix=name + "-", dir=TMP)
+                src, _ = self.checkpoint({name: value})
+                out = self.path("st")
+                r = self.convert(src, out, "--to", "safetensors", "--include-state", expect=3)
+                self.assertIn(os.path.join(src, "scheduler.pt"), r.stderr)
+                self.assertIn("extra." + name, r.stderr)
+                self.assertFalse(os.path.exists(out))
+                # torch.load takes the original: so does inspect --verify.
+                self.ckpt(["inspect", "--verify", os.path.join(src, "scheduler.pt")])
+
+    def test_verify_fails_what_numpy_refuses(self):
+        cases = {
+            # What convert used to write for an object array and a structured one: torch.load fails on both.
+            "object_without_values": (1, (3,), np.dtype("O"), False, b""),
+            "short_buffer": (1, (2,), np.dtype("<f8"), False, b"\0" * 8),
+            "long_buffer_fortran": (1, (2, 2), np.dtype(">i2"), True, b"\0" * 10),
+        }
+        for name, state in cases.items():
+            with self.subTest(name):
+                p = self.save({"a": RawNumpyState(state)}, name + ".pt")
+                with self.assertRaises((ValueError, TypeError), msg="torch.load takes %s" % name):
+                    torch.load(p)
+                r = self.ckpt(["inspect", "--verify", p], expect=3)
+                self.assertIn("numpy array", r.stdout + r.stderr)
+
+
+class ConfigDtype(ConvertCase):
+    """A checkpoint directory cast with --dtype: its config.json says the new torch_dtype, written as transformers'
+    save_pretrained writes it (json.dumps(indent=2, sort_keys=True) + newline)."""
+
+    CONFIG = {"model_type": "gpt2", "torch_dtype": "float32", "n_embd": 32, "layer_norm_epsilon": 1e-05,
+              "architectures": ["GPT2LMHeadModel"], "initializer_range": 0.02, "task_specific_params": {"b": 1, "a": None},
+              "transformers_version": "4.40.2", "name": "caf\u00e9"}
+
+    def checkpoint(self, config_text):
+        src = self.path("checkpoint-3")
+        os.makedirs(src)
+        torch.save({"w": torch.randn(3, 2), "steps": torch.tensor(3)}, os.path.join(src, "pytorch_model.bin"))
+        with open(os.path.join(src, "config.json"), "w") as f:
+            f.write(config_text)
+        return src
+
+    def test_cast_sets_torch_dtype(self):
+        # Unsorted, compact: the output must still be exactly what Python writes.
+        src = self.checkpoint(json.dumps(self.CONFIG))
+        for flag, name in (("bf16", "bfloat16"), ("fp16", "float16"), ("fp32", "float32")):
+            for to in ("safetensors", "pytorch"):
+                with self.subTest(flag=flag, to=to):
+                    out = self.path("out-%s-%s" % (flag, to))
+                    self.convert(src, out, "--to", to, "--dtype", flag)
+                    want = dict(self.CONFIG, torch_dtype=name)
+                    with open(os.path.join(out, "config.json")) as f:
+                        self.assertEqual(f.read(), json.dumps(want, indent=2, sort_keys=True) + "\n")
+
+    def test_without_cast_config_is_copied(self):
+        text = json.dumps(self.CONFIG)
+        src = self.checkpoint(text)
+        self.convert(src, self.path("out"), "--to", "safetensors")
+        with open(os.path.join(self.path("out"), "config.json")) as f:
+            self.assertEqual(f.read(), text)
+
+    def test_config_that_is_not_an_object_is_refused(self):
+        src = self.checkpoint("[1, 2]")
+        r = self.convert(src, self.path("out"), "--to", "safetensors", "--dtype", "bf16", expect=3)
+        self.assertIn(os.path.join(src, "config.json"), r.stderr)
+        self.assertFalse(os.path.exists(self.path("out")))
+
+
 class Conventions(ConvertCase):
     def setUp(self):
         super().setUp()

@@ -760,6 +760,31 @@ class HostileInputTests(CorruptionCase):
             cases.append(Case(name, p, ["inspect", p, "--json"], allowed, why))
         self.check_all(cases, "hostile safetensors")
 
+    def test_hostile_structure_metadata(self):
+        """ckpt_structure (checkpoint/structure.hpp) with members missing or of the wrong type: each is refused as
+        corrupt by name, never read past the JSON object (the first case read out of bounds; an ASan build
+        reported it)."""
+        d = os.path.join(TMP, "hostile_structure")
+        os.makedirs(d, exist_ok=True)
+        tensor = [("x", torch.zeros(2, dtype=torch.uint8))]
+        specs = [
+            ("ndarray_without_descr", {"$ndarray": "x", "shape": []}, "descr is missing"),
+            ("ndarray_descr_number", {"$ndarray": "x", "descr": 1, "shape": []}, "descr is missing or not a string"),
+            ("ndarray_name_number", {"$ndarray": 1, "descr": "|u1", "shape": []}, "$ndarray is missing or not a"),
+            ("tensor_name_list", {"$tensor": []}, "$tensor is missing or not a string"),
+            ("int_not_string", {"$int": 5}, "$int is missing or not a string"),
+            ("float_null", {"$float": None}, "$float is missing or not a string"),
+            ("device_object", {"$device": {}}, "$device is missing or not a string"),
+        ]
+        cases = []
+        for name, structure, message in specs:
+            p = os.path.join(d, name + ".safetensors")
+            F.write_safetensors(p, tensor, {"format": "pt", "ckpt_structure": json.dumps(structure)})
+            cases.append(Case(name, p, ["inspect", p, "--json"], {3}, "malformed ckpt_structure"))
+        self.check_all(cases, "hostile ckpt_structure")
+        for (name, _, message), (case, r) in zip(specs, run_cases(cases)):
+            self.assertIn(message, r.stderr, name)
+
     def test_hostile_json(self):
         d = os.path.join(TMP, "hostile_json")
         specs = [

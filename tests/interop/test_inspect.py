@@ -345,6 +345,88 @@ class VerifyFailureTests(InspectCase):
         self.assertMatches(doc, exp, r)
 
 
+class FileKindTests(InspectCase):
+    """--verify checks each file is the kind its name says, with the structure resume needs (a `{}` weights file or an
+    unrelated pickle under optimizer.pt used to pass, and resume then failed with exit 3)."""
+
+    def replaced(self, name, obj, source="checkpoint-10"):
+        """A copy of a good checkpoint (it passes --verify: DirectoryTests) with `name` replaced by `obj`."""
+        d = tempfile.mkdtemp(prefix="kind-", dir=TMP)
+        cdir = os.path.join(d, source)
+        shutil.copytree(FX[source][0], cdir)
+        path = os.path.join(cdir, name)
+        if isinstance(obj, bytes):
+            with open(path, "wb") as f:
+                f.write(obj)
+        else:
+            torch.save(obj, path)
+        return cdir, path
+
+    def assertVerifyFails(self, cdir, path, name, why):
+        for target in (path, cdir):
+            doc, r = self.inspect_json(target, verify=True, expect_exit=3)
+            self.assertIs(doc.get("ok"), False, why + "\n" + r.describe())
+            self.assertIn(name, r.stderr, why + "\n" + r.describe())
+
+    def test_each_kind(self):
+        good_opt = torch.load(os.path.join(FX["checkpoint-10"][0], "optimizer.pt"))
+        good_rng = torch.load(os.path.join(FX["checkpoint-10"][0], "rng_state.pth"))
+        no_groups = dict(good_opt, param_groups=[])
+        bad_params = copy.deepcopy(good_opt)
+        bad_params["param_groups"][0]["params"] = ["w"]
+        cases = [
+            ("checkpoint-2", "pytorch_model.bin", {}, "weights that are {}"),
+            ("checkpoint-2", "pytorch_model.bin", [torch.ones(2)], "weights that are a list"),
+            ("checkpoint-2", "pytorch_model.bin", {"w": torch.ones(2), "step": 3}, "weights holding an int"),
+            ("checkpoint-10", "model.safetensors", b"\x08\0\0\0\0\0\0\0{}      ", "weights without tensors"),
+            ("checkpoint-10", "optimizer.pt", {"lr": 0.1}, "an unrelated dict as optimizer.pt"),
+            ("checkpoint-10", "optimizer.pt", {"w": torch.ones(2)}, "weights as optimizer.pt"),
+            ("checkpoint-10", "optimizer.pt", no_groups, "an optimizer without param groups"),
+            ("checkpoint-10", "optimizer.pt", bad_params, "param indices that are not ints"),
+            ("checkpoint-10", "scheduler.pt", {"last_epoch": 3}, "a scheduler without learning rates"),
+            ("checkpoint-10", "scheduler.pt", good_opt, "an optimizer as scheduler.pt"),
+            ("checkpoint-10", "scaler.pt", {"scale": 1.0}, "a scaler missing its growth fields"),
+            ("checkpoint-10", "rng_state.pth", {"python": good_rng["python"]}, "an RNG state without numpy and cpu"),
+            ("checkpoint-10", "rng_state.pth", dict(good_rng, numpy=(1, 2)), "numpy's state not get_state()'s"),
+            ("checkpoint-10", "rng_state.pth", [good_rng], "an RNG state inside a list"),
+        ]
+        for source, name, obj, why in cases:
+            with self.subTest(why):
+                cdir, path = self.replaced(name, obj, source)
+                self.assertVerifyFails(cdir, path, name, why)
+
+    def test_pickle_free_forms_keep_their_kind(self):
+        """The safetensors form of a state file is checked as the file it was converted from."""
+        cdir, path = self.replaced("scheduler.pt", {"last_epoch": 3})
+        st = os.path.join(cdir, "scheduler.safetensors")
+        self.run_ok(["convert", path, "--to", "safetensors", "-o", st])
+        os.remove(path)
+        doc, r = self.inspect_json(st, verify=True, expect_exit=3)
+        self.assertIn("scheduler.pt", r.stderr, r.describe())
+
+    def test_list_counts_only_weights_as_weights(self):
+        """list's completeness reads headers only: a weights file that holds no weights makes the checkpoint
+        incomplete and unreadable (never deleted by rotate), the other files are --verify's business."""
+        for name, obj in (("pytorch_model.bin", {}), ("pytorch_model.bin", [torch.ones(1)]),
+                          ("model.safetensors", b"\x08\0\0\0\0\0\0\0{}      ")):
+            with self.subTest(name=name, obj=repr(obj)[:20]):
+                source = "checkpoint-2" if name.endswith(".bin") else "checkpoint-10"
+                cdir, path = self.replaced(name, obj, source)
+                run = os.path.dirname(cdir)
+                r = self.run_ok(["list", run, "--json"])
+                row = json.loads(r.stdout)[0]
+                self.assertFalse(row["complete"], r.describe())
+                self.assertIn(name, " ".join(row["problems"]), r.describe())
+                os.utime(cdir, (1, 1))
+                for f in os.listdir(cdir):
+                    os.utime(os.path.join(cdir, f), (1, 1))
+                r = self.run_ok(["rotate", run, "--keep", "1", "--json"])
+                self.assertTrue(os.path.isdir(cdir), "rotate deleted a checkpoint it cannot judge\n" + r.describe())
+        cdir, _ = self.replaced("optimizer.pt", {"lr": 0.1})
+        r = self.run_ok(["list", os.path.dirname(cdir), "--json"])
+        self.assertTrue(json.loads(r.stdout)[0]["complete"], r.describe())
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Real Hugging Face Trainer output (read-only): compare with what Python computes from the same files now.
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,29 @@
+// What a checkpoint file's name promises (pytorch_model.bin holds weights, scheduler.pt a scheduler's state, ...)
+// and whether its value has the structure resume needs: a name alone is no proof, a `{}` or an unrelated pickle
+// under it would only fail at the next resume.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "format/pickle.hpp"
+
+namespace ckpt::checkpoint {
+
+// The kind a file name promises: "weights" (pytorch_model*.bin, model*.safetensors, adapter_model.*),
+// "optimizer" (optimizer.pt, optimizer_<rank>.pt), "scheduler", "scaler", "rng_state" (rng_state[_<rank>].pth);
+// nullopt for any other name.
+std::optional<std::string> promised_kind(const std::string& file_name);
+
+// What is wrong with the value at the graph's root as a file of `kind` (one promised_kind returns), or nullopt:
+//   weights    a non-empty dict of name -> tensor
+//   optimizer  a dict with "state" (parameter index -> dict of named values) and "param_groups" (non-empty list of
+//              dicts, each with "params": indices, every index in one group), torch.optim's state_dict
+//   scheduler  LambdaLR's state_dict: "base_lrs" and "_last_lr" lists of numbers of one length, "last_epoch" an int
+//   scaler     GradScaler's state_dict: {} (disabled) or "scale", "growth_factor", "backoff_factor" numbers and
+//              "growth_interval", "_growth_tracker" ints
+//   rng_state  the Trainer's RNG dict: "python" (random.getstate()), "numpy" (('MT19937', array, pos, has_gauss,
+//              gauss)), "cpu" (a tensor), and only generator names as keys
+std::optional<std::string> kind_problem(const pickle::Graph& graph, const std::string& kind);
+
+}  // namespace ckpt::checkpoint
