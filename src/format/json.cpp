@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "util/error.hpp"
+#include "util/utf8.hpp"
 #include "util/mapped_file.hpp"
 
 namespace ckpt::json {
@@ -17,24 +18,6 @@ namespace {
 // value, so no document can forge one.
 constexpr std::uint8_t kBigIntegerSubtype = 0x42;
 
-void append_utf8(std::string& out, std::uint32_t cp) {
-  // Generalized UTF-8: a lone surrogate gets the three bytes its code point would have (see the header).
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
 
 // The length of the generalized UTF-8 sequence at `s[i]` and its code point, or 0 when the byte starts none.
 std::size_t decode_utf8(std::string_view s, std::size_t i, std::uint32_t& cp) {

@@ -7,6 +7,7 @@
 #include "format/big_int.hpp"
 #include "util/byte_reader.hpp"
 #include "util/error.hpp"
+#include "util/utf8.hpp"
 
 namespace ckpt::pickle {
 namespace {
@@ -18,23 +19,6 @@ constexpr std::size_t kMaxLine = 1u << 16;
 // 256 TiB: no real tensor comes near, and sums of many such sizes cannot overflow 64 bits.
 constexpr std::uint64_t kMaxTensorBytes = 1ull << 48;
 
-void append_utf8(std::string& out, std::uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
 
 std::string latin1_to_utf8(std::string_view bytes) {
   std::string out;

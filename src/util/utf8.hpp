@@ -1,0 +1,29 @@
+// UTF-8 encoding shared by the pickle reader and the JSON parser.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace ckpt {
+
+// Appends the UTF-8 bytes of code point `cp`; a lone surrogate (D800-DFFF) gets the three bytes its code point
+// would have (generalized UTF-8), which is how Python's lone surrogates survive in our strings.
+inline void append_utf8(std::string& out, std::uint32_t cp) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xE0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
+}  // namespace ckpt
