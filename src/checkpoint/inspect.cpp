@@ -64,6 +64,8 @@ std::string classify_pickle(const Graph& g, const std::string& file_name) {
     if (g.dict_get(root, "last_epoch") && (g.dict_get(root, "base_lrs") || g.dict_get(root, "_last_lr"))) return "scheduler";
     if (has_keys(g, root, {"scale", "_growth_tracker"})) return "scaler";
     if (is_rng_state(g, root)) return "rng_state";
+    // ckpt save writes TrainingArguments' keys as a plain dict.
+    if (file_name.rfind("training_args", 0) == 0) return "training_args";
   }
   if (g.is(root, Kind::object)) {
     const NodeId callable = g.at(root).items[pickle::object_callable];
@@ -273,6 +275,11 @@ void summarize_rng(const Source& file, FileReport& report) {
 }
 
 void summarize_training_args(const Graph& g, FileReport& report) {
+  if (g.is(g.root(), Kind::dict)) {
+    report.fields["class"] = nullptr;
+    report.fields["fields"] = to_data(g, g.root());
+    return;
+  }
   const auto& slots = g.at(g.root()).items;
   const NodeId callable = slots[pickle::object_callable];
   report.fields["class"] = g.is(callable, Kind::global) ? g.global_name(callable) : "";

@@ -194,7 +194,7 @@ std::string file_text(const FileReport& f) {
     out += "  last train log: " + value_text(x["last_train_log"]) + "\n";
     out += "  last eval log: " + value_text(x["last_eval_log"]) + "\n";
   } else if (f.kind == "training_args") {
-    out += "  class " + value_text(x["class"]) + "\n";
+    out += x["class"].is_null() ? "  a plain dict\n" : "  class " + value_text(x["class"]) + "\n";
     if (x["fields"].is_object()) {
       Table table({"field", "value"});
       for (const auto& [key, value] : x["fields"].items()) table.add({key, value_text(value)});

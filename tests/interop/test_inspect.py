@@ -193,6 +193,34 @@ class SingleFileExtraTests(InspectCase):
         self.assertEqual(doc.get("num_parameters"), exp["num_parameters"], r.command())
 
 
+class PlainTrainingArgsTests(InspectCase):
+    """training_args.bin as `ckpt save` writes it: a plain dict of TrainingArguments' keys (Python loads it without
+    any class). It is training_args like the Trainer's object, shown as a table, not one line of a whole dict."""
+
+    ARGS = {"output_dir": "/tmp/run", "max_steps": 40, "num_train_epochs": 3.0, "learning_rate": 0.001,
+            "adam_epsilon": 1e-08, "eval_steps": None, "save_total_limit": None, "metric_for_best_model": "eval_loss",
+            "load_best_model_at_end": False, "max_shard_size": "5GB", "seed": 42, "input_noise": 0.1}
+
+    def setUp(self):
+        d = tempfile.mkdtemp(prefix="targs-dict-", dir=TMP)
+        self.path = os.path.join(d, "training_args.bin")
+        torch.save(self.ARGS, self.path)
+
+    def test_json(self):
+        doc, r = self.inspect_json(self.path)
+        exp = F.file_header(self.path, "torch_zip", "training_args")
+        exp.update({"class": None, "fields": F.plain_to_json(self.ARGS)})
+        self.assertMatches(doc, exp, r)
+
+    def test_text_is_a_table(self):
+        r = self.run_ok(["inspect", self.path])
+        lines = r.stdout.splitlines()
+        self.assertLess(max(len(line) for line in lines[1:]), 60, r.describe())
+        for key, shown in (("learning_rate", "0.001"), ("eval_steps", "-"), ("output_dir", "/tmp/run"),
+                           ("load_best_model_at_end", "false")):
+            self.assertTrue(any(line.split() == [key, shown] for line in lines), key + "\n" + r.describe())
+
+
 class ManyKeysTests(InspectCase):
     """Dicts with many keys convert in linear time: a JSON object built key by key searches its keys each time,
     which took about 28 s for 200k keys (7 s for 100k). The deadline is generous for a linear conversion (0.2 s
