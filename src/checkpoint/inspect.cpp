@@ -565,8 +565,9 @@ PathKind classify_path(const std::string& path) {
   if (!fs::is_directory(status)) return PathKind::file;
   if (!discover_checkpoints(path).empty()) return PathKind::run;
   return checkpoint_step(base_name(fs::path(path).lexically_normal().string())) ? PathKind::checkpoint
-         : fs::exists(fs::path(path) / "trainer_state.json") || find_weights(path)   ? PathKind::checkpoint
-                                                                                     : PathKind::run;
+         : fs::exists(fs::path(path) / "trainer_state.json") || find_weights(path) || fs::exists(fs::path(path) / "config.json")
+             ? PathKind::checkpoint
+             : PathKind::run;
 }
 
 CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions& options) {
@@ -597,7 +598,8 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
     }
   }
 
-  const Completeness completeness = assess_completeness(dir);
+  report.model_directory = is_model_directory(dir);
+  const Completeness completeness = report.model_directory ? assess_model_directory(dir) : assess_completeness(dir);
   report.complete = completeness.complete;
   report.problems = completeness.problems;
 
@@ -657,6 +659,7 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
         v.errors.push_back("trainer_state.json: global_step " + json::dump(gs) + " but the directory is " + report.name);
       }
     }
+    if (report.model_directory) v.checks.push_back("a model directory: weights and config.json");
     for (const auto& p : report.problems) v.errors.push_back("incomplete: " + p);
     report.verify = std::move(v);
   }

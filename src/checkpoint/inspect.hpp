@@ -56,6 +56,7 @@ struct CheckpointReport {
   std::string path;
   std::string name;
   std::optional<std::int64_t> step;
+  bool model_directory = false;       // checkpoint/run_dir.hpp's is_model_directory: complete as one, not as a checkpoint
   bool complete = false;
   std::vector<std::string> problems;  // why it is not complete, or inconsistencies between its files
   int world_size = 1;                 // processes that wrote it (checkpoint/shards.hpp)
@@ -71,7 +72,8 @@ struct InspectOptions {
 // Throws Error for an unreadable or corrupt file.
 FileReport inspect_file(const std::string& path, const InspectOptions& options);
 
-// Never throws for a bad member file: its report carries the error and the checkpoint is incomplete.
+// Never throws for a bad member file: its report carries the error and the checkpoint is incomplete. A model
+// directory (is_model_directory) is judged complete as one (assess_model_directory).
 CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions& options);
 
 // inspect_checkpoint for a checkpoint of a run, which a rotate (or the trainer, replacing it with another of its
@@ -80,7 +82,8 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
 std::optional<CheckpointReport> inspect_run_checkpoint(const std::string& dir, const InspectOptions& options);
 
 enum class PathKind { file, checkpoint, run };
-// A directory holding checkpoint-N subdirectories is a run; any other directory a checkpoint.
+// A directory holding checkpoint-N subdirectories is a run; a checkpoint-N, or one holding trainer_state.json,
+// weights or config.json, a checkpoint (or model) directory; any other directory a run.
 PathKind classify_path(const std::string& path);
 
 }  // namespace ckpt::checkpoint

@@ -66,6 +66,7 @@ json::Json checkpoint_json(const CheckpointReport& c) {
                  {"kind", "checkpoint"},
                  {"name", c.name},
                  {"step", c.step ? json::Json(*c.step) : json::Json(nullptr)},
+                 {"layout", c.model_directory ? "model" : "checkpoint"},
                  {"complete", c.complete},
                  {"problems", c.problems},
                  {"world_size", c.world_size},
@@ -275,7 +276,8 @@ int inspect_checkpoint_path(const InspectOptions& o, const checkpoint::InspectOp
     if (o.verify) out["ok"] = ok;
     std::cout << json::dump(out, 2) << "\n";
   } else {
-    std::string text = fmt::format("{}: checkpoint{}, {}, {} files{}{}\n", printable(c.path), c.step ? fmt::format(" at step {}", *c.step) : "",
+    std::string text = fmt::format("{}: {}{}, {}, {} files{}{}\n", printable(c.path), c.model_directory ? "model directory" : "checkpoint",
+                                   c.step ? fmt::format(" at step {}", *c.step) : "",
                                    c.complete ? "complete" : "INCOMPLETE", c.files.size(),
                                    c.world_size > 1 ? fmt::format(", written by {} processes", c.world_size) : "",
                                    c.optimizer_sharded ? ", optimizer sharded" : "");

@@ -571,6 +571,80 @@ class RealTrainerOutputTests(InspectCase):
         self.assertEqual(objects[0].get("class"), "torch.cuda.amp.grad_scaler.GradScaler", r.command())
 
 
+class ModelDirectoryTests(InspectCase):
+    """A model directory (weights and config.json, for loading rather than resuming: what best --export, convert of
+    one, or save_pretrained write) is verified as one, not failed as a checkpoint without trainer_state.json."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="model-dir-", dir=TMP)
+
+    def export(self):
+        run = os.path.join(tempfile.mkdtemp(dir=self.dir), "run")
+        shutil.copytree(hf_path("run_safetensors"), run)
+        out = os.path.join(self.dir, "exported")
+        self.run_ok(["best", run, "--export", out])
+        return out
+
+    def sharded(self):
+        d = os.path.join(self.dir, "sharded")
+        os.makedirs(d)
+        F.make_sharded(d)
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump({"model_type": "tiny", "architectures": ["TinyLM"], "torch_dtype": "float32"}, f)
+        return d
+
+    def assertModelDirectory(self, path, complete=True):
+        doc, r = self.inspect_json(path, verify=True, expect_exit=0 if complete else 3)
+        self.assertEqual((doc.get("layout"), doc.get("complete"), doc.get("ok")), ("model", complete, complete), r.describe())
+        return doc, r
+
+    def test_best_export_convert_and_shards_verify(self):
+        exported = self.export()
+        self.assertEqual(sorted(os.listdir(exported)), ["config.json", "generation_config.json", "model.safetensors"])
+        converted = os.path.join(self.dir, "converted")
+        self.run_ok(["convert", exported, "--to", "pytorch", "-o", converted])
+        for path in (exported, converted, self.sharded()):
+            with self.subTest(path=os.path.basename(path)):
+                doc, r = self.assertModelDirectory(path)
+                self.assertEqual(doc["problems"], [], r.describe())
+                self.assertEqual(doc["step"], None, r.describe())
+                text = self.run_ok(["inspect", "--verify", path])
+                self.assertTrue(text.stdout.startswith(path + ": model directory, complete"), text.describe())
+                self.assertTrue(text.stdout.endswith("verify: ok\n"), text.describe())
+        self.assertEqual(self.inspect_json(exported)[0]["layout"], "model")
+
+    def test_what_a_model_directory_must_hold(self):
+        for name, damage, why in (("no-config", "config.json", "no config.json"),
+                                  ("no-weights", "model.safetensors", "no weights"),
+                                  ("no-shard", "model-00002-of-00002.safetensors", "missing weights shard model-00002")):
+            with self.subTest(name):
+                source = self.sharded() if name == "no-shard" else self.export()
+                path = os.path.join(self.dir, name)
+                os.rename(source, path)
+                os.remove(os.path.join(path, damage))
+                doc, r = self.assertModelDirectory(path, complete=False)
+                self.assertTrue(any(why in p for p in doc["problems"]), r.describe())
+                self.assertIn(damage, r.stderr, r.describe())
+        with open(os.path.join(self.export(), "config.json"), "w") as f:
+            f.write("[1, 2]")
+        doc, r = self.assertModelDirectory(os.path.join(self.dir, "exported"), complete=False)
+        self.assertIn("config.json", r.stderr, r.describe())
+
+    def test_a_checkpoint_without_trainer_state_is_still_an_incomplete_checkpoint(self):
+        # Training state beside the weights, or a checkpoint-N name, makes it a checkpoint whatever else it lacks.
+        for name, remove in (("my-copy", ["trainer_state.json"]), ("checkpoint-40", ["trainer_state.json", "optimizer.pt",
+                                                                                     "scheduler.pt", "rng_state.pth"])):
+            with self.subTest(name):
+                path = os.path.join(self.dir, name)
+                shutil.copytree(hf_path("run_safetensors", "checkpoint-40"), path)
+                for n in remove:
+                    os.remove(os.path.join(path, n))
+                doc, r = self.inspect_json(path, verify=True, expect_exit=3)
+                self.assertEqual((doc.get("layout"), doc["complete"]), ("checkpoint", False), r.describe())
+                self.assertIn("no trainer_state.json", doc["problems"], r.describe())
+                shutil.rmtree(path)
+
+
 def _walk(v):
     yield v
     if isinstance(v, dict):
