@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "checkpoint/archive.hpp"
+#include "checkpoint/best.hpp"
 #include "checkpoint/file_kind.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/shards.hpp"
@@ -554,6 +555,41 @@ void check_index(const std::string& dir, const FileReport& index, const std::vec
   v.checks.push_back("index lists " + std::to_string(listed) + " tensors, each in its shard");
 }
 
+CheckpointSummary summarize_checkpoint(const CheckpointReport& report, const std::optional<TrainerStateSummary>& state,
+                                       const std::vector<const FileReport*>& weights) {
+  CheckpointSummary summary;
+  summary.step = report.step;
+  if (state) {
+    if (state->global_step) summary.step = state->global_step;
+    summary.epoch = state->epoch;
+    summary.loss = state->last_loss;
+    if (summary.step) {
+      auto eval = state->eval_by_step.upper_bound(*summary.step);
+      if (eval != state->eval_by_step.begin()) {
+        summary.eval_step = std::prev(eval)->first;
+        summary.metrics = std::prev(eval)->second;
+      }
+    }
+    summary.best_checkpoint = best_checkpoint_name(*state);
+    summary.best_metric_name = best_metric_name(*state);
+    summary.best_metric = state->best_metric;
+  }
+  for (const auto& f : report.files) summary.size_bytes += f.size_bytes;
+  for (const FileReport* w : weights) {
+    summary.parameters = summary.parameters.value_or(0) + w->fields["num_parameters"].get<std::uint64_t>();
+    for (const auto& t : w->tensors) {
+      if (t.tied_to) continue;
+      auto total = std::find_if(summary.dtypes.begin(), summary.dtypes.end(), [&](const DtypeTotal& d) { return d.dtype == t.dtype; });
+      if (total == summary.dtypes.end()) total = summary.dtypes.insert(total, DtypeTotal{t.dtype});
+      const std::uint64_t n = *torch_archive::numel(t.shape);
+      ++total->tensors;
+      total->parameters += n;
+      total->bytes += n * element_size(t.dtype);
+    }
+  }
+  return summary;
+}
+
 }  // namespace
 
 FileReport inspect_file(const std::string& path, const InspectOptions& options) { return inspect_one(path, options, true); }
@@ -592,6 +628,8 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
       FileReport failed;
       failed.path = path;
       failed.file = base_name(path);
+      struct stat st {};
+      if (::lstat(path.c_str(), &st) == 0) failed.size_bytes = static_cast<std::uint64_t>(st.st_size);
       failed.kind = "error";
       failed.error = e;
       report.files.push_back(std::move(failed));
@@ -633,6 +671,12 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   for (FileReport* optimizer : optimizers) {
     if (!weights.empty()) optimizer->fields["param_shape_check"] = check_param_shapes(*optimizer, weights);
   }
+  if (weights.empty()) {  // an adapter's checkpoint: its weights are the model it trains
+    for (const auto& f : report.files) {
+      if (f.kind == "weights" && f.file.rfind("adapter_", 0) == 0) weights.push_back(&f);
+    }
+  }
+  report.summary = summarize_checkpoint(report, completeness.state, weights);
 
   if (options.verify) {
     Verification v;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -52,6 +53,31 @@ struct FileReport {
   std::vector<std::pair<std::int64_t, std::vector<std::int64_t>>> optimizer_state_shapes;
 };
 
+struct DtypeTotal {
+  DType dtype = DType::uint8;
+  std::uint64_t tensors = 0;
+  std::uint64_t parameters = 0;
+  std::uint64_t bytes = 0;
+};
+
+// What a checkpoint (or model) directory's report starts with, from what inspect reads anyway: trainer_state.json,
+// the weights' headers and the files' sizes and kinds, never tensor bytes.
+struct CheckpointSummary {
+  std::optional<std::int64_t> step;       // trainer_state.json's global_step, else the directory name's
+  std::optional<double> epoch;
+  std::optional<double> loss;             // the newest training log entry's
+  std::optional<std::int64_t> eval_step;  // the newest evaluation at or before `step`
+  std::map<std::string, double> metrics;  // its eval_* values
+  std::optional<std::string> best_checkpoint;   // best_checkpoint_name (checkpoint/best.hpp)
+  std::optional<std::string> best_metric_name;  // best_metric_name (checkpoint/best.hpp)
+  std::optional<double> best_metric;
+  std::uint64_t size_bytes = 0;  // of its files
+  // Of the model's weights (a sharded set's shards; adapter weights when there are no others), counted as each
+  // weights report counts them: tied views once. None without readable weights.
+  std::optional<std::uint64_t> parameters;
+  std::vector<DtypeTotal> dtypes;  // in order of first appearance
+};
+
 struct CheckpointReport {
   std::string path;
   std::string name;
@@ -62,6 +88,7 @@ struct CheckpointReport {
   int world_size = 1;                 // processes that wrote it (checkpoint/shards.hpp)
   bool optimizer_sharded = false;     // optimizer_<rank>.pt instead of optimizer.pt
   std::vector<FileReport> files;
+  CheckpointSummary summary;
   std::optional<Verification> verify;  // cross-file checks, with --verify
 };
 

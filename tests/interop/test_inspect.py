@@ -571,6 +571,154 @@ class RealTrainerOutputTests(InspectCase):
         self.assertEqual(objects[0].get("class"), "torch.cuda.amp.grad_scaler.GradScaler", r.command())
 
 
+KIND_OF_NAME = {"config.json": "config", "generation_config.json": "json", "model.safetensors": "weights",
+                "pytorch_model.bin": "weights", "optimizer.pt": "optimizer", "scheduler.pt": "scheduler",
+                "scaler.pt": "scaler", "rng_state.pth": "rng_state", "trainer_state.json": "trainer_state",
+                "training_args.bin": "training_args", "notes.txt": "other"}
+
+
+def weights_totals(path):
+    """(parameters, {dtype: {count, numel, nbytes}}) of a weights file as Python reads it: a safetensors header's
+    shapes, or torch.load's tensors with tied views (the very same view of one storage) counted once."""
+    if path.endswith(".safetensors"):
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(n))
+        tensors = [(F.ST_TO_TORCH_NAME[v["dtype"]], v["shape"]) for k, v in header.items() if k != "__metadata__"]
+    else:
+        seen, tensors = set(), []
+        for t in torch.load(path).values():
+            if F.view_key(t) not in seen:
+                seen.add(F.view_key(t))
+                tensors.append((F.dtype_name(t.dtype), list(t.shape)))
+    dtypes = {}
+    for dtype, shape in tensors:
+        numel = 1
+        for d in shape:
+            numel *= d
+        total = dtypes.setdefault(dtype, {"count": 0, "numel": 0, "nbytes": 0})
+        total["count"] += 1
+        total["numel"] += numel
+        total["nbytes"] += numel * F.ELEMENT_SIZE[dtype]
+    return sum(d["numel"] for d in dtypes.values()), dtypes
+
+
+def expected_summary(cdir):
+    """The summary block of a checkpoint directory, from Python's reading of its files."""
+    names = sorted(n for n in os.listdir(cdir) if os.path.isfile(os.path.join(cdir, n)))
+    with open(os.path.join(cdir, "trainer_state.json")) as f:
+        state = json.load(f)
+    step = state["global_step"]
+    log = state["log_history"]
+    evals = [e for e in log if e["step"] <= step and any(k.startswith("eval_") for k in e)]
+
+    def eval_metrics(entry):
+        return {k: v for k, v in entry.items() if k.startswith("eval_")}
+    best = None
+    if state.get("best_model_checkpoint"):
+        best_name = os.path.basename(state["best_model_checkpoint"].rstrip("/"))
+        at_best = [e for e in evals if e["step"] <= int(best_name.split("-")[1])]
+        named = [k for k, v in eval_metrics(at_best[-1]).items() if v == state["best_metric"]] if at_best else []
+        best = {"checkpoint": best_name, "metric": named[0] if len(named) == 1 else None, "value": state["best_metric"]}
+    weights = [n for n in names if KIND_OF_NAME.get(n) == "weights"]
+    parameters, dtypes = weights_totals(os.path.join(cdir, weights[0]))
+    return {"step": step, "epoch": state["epoch"], "loss": [e["loss"] for e in log if "loss" in e][-1],
+            "eval_step": evals[-1]["step"] if evals else None, "metrics": eval_metrics(evals[-1]) if evals else {},
+            "best": best, "size_bytes": sum(os.path.getsize(os.path.join(cdir, n)) for n in names),
+            "num_files": len(names), "num_parameters": parameters, "dtypes": dtypes,
+            "files": {n: KIND_OF_NAME[n] for n in names}}
+
+
+class SummaryTests(InspectCase):
+    """A checkpoint directory's report starts with a summary (step, epoch, loss, metrics, best, size, parameters,
+    dtypes, files and their kinds, and the verdict with --verify); --summary prints only that block; --json has it as
+    "summary". Every number is checked against Python's reading of the same files."""
+
+    def checkpoints(self):
+        hf = [hf_path("run_safetensors", n) for n in hf_checkpoints()]
+        return hf + [FX["checkpoint-2"][0], FX["checkpoint-10"][0]]  # pickled weights with tied views and a buffer
+
+    def test_json(self):
+        for cdir in self.checkpoints():
+            with self.subTest(checkpoint=cdir):
+                doc, r = self.inspect_json(cdir)
+                exp = expected_summary(cdir)
+                self.assertMatches(doc.get("summary"), exp, r)
+                self.assertEqual(set(doc["summary"]["metrics"]), set(exp["metrics"]), r.command())
+        doc, r = self.inspect_json(hf_path("run_safetensors", "checkpoint-40"))
+        self.assertEqual((doc["summary"]["num_parameters"], doc["summary"]["best"]["metric"]), (28544, "eval_loss"), r.command())
+
+    def block(self, cdir, *args, expect_exit=0):
+        r = self.run_ok(["inspect", "--summary", cdir] + list(args), expect_exit)
+        lines = r.stdout.splitlines()
+        return {line.split()[0]: " ".join(line.split()[1:]) for line in lines[1:] if line.startswith("  ") and line[2] != " "}, r
+
+    def test_text(self):
+        cdir = hf_path("run_safetensors", "checkpoint-30")
+        exp = expected_summary(cdir)
+        rows, r = self.block(cdir)
+        self.assertTrue(r.stdout.startswith(cdir + ": checkpoint at step 30, complete, 8 files\n"), r.describe())
+        self.assertEqual(rows["step"], "30", r.describe())
+        self.assertEqual(rows["epoch"], "%g" % exp["epoch"], r.describe())
+        self.assertEqual(rows["loss"], "%.6g" % exp["loss"], r.describe())
+        self.assertEqual(rows["evaluated"], "at step 30", r.describe())
+        self.assertEqual(rows["eval_loss"], "%.6g" % exp["metrics"]["eval_loss"], r.describe())
+        self.assertEqual(rows["eval_runtime"], "%.6g s" % exp["metrics"]["eval_runtime"], r.describe())  # a time, in seconds
+        self.assertEqual(rows["best"], "checkpoint-30 (eval_loss %.6g)" % exp["best"]["value"], r.describe())
+        self.assertRegex(rows["size"], r"^[0-9.]+ KiB in 8 files$", r.describe())
+        self.assertEqual(rows["parameters"], "{:,} (float32)".format(exp["num_parameters"]), r.describe())
+        self.assertEqual(rows["files"], "config.json (config, %d B)" % os.path.getsize(os.path.join(cdir, "config.json")),
+                         r.describe())
+        for name, kind in exp["files"].items():
+            self.assertRegex(r.stdout, r"\n  (files)? +%s \(%s, " % (name.replace(".", r"\."), kind), r.describe())
+        self.assertNotIn("28 tensors", r.stdout, "--summary prints only the block\n" + r.describe())
+        self.assertNotIn("verify", rows, r.describe())
+        # Without --summary the block comes first, then every file in detail.
+        full = self.run_ok(["inspect", cdir]).stdout
+        self.assertTrue(full.startswith(r.stdout + "\n"), full)
+        self.assertIn("28 tensors", full)
+
+    def test_a_file_without_its_tables(self):
+        cdir = hf_path("run_safetensors", "checkpoint-40")
+        r = self.run_ok(["inspect", "--summary", os.path.join(cdir, "model.safetensors")])
+        self.assertEqual(r.stdout.splitlines()[1:], ["  28 tensors, 28,544 parameters, 111.5 KiB of tensor data"], r.describe())
+        r = self.run_ok(["inspect", "--summary", os.path.join(cdir, "training_args.bin")])
+        fields = len(F.ref_load(os.path.join(cdir, "training_args.bin"))[0]._state)
+        self.assertEqual(r.stdout.splitlines()[1:], ["  class transformers.training_args.TrainingArguments",
+                                                     "  %d fields" % fields], r.describe())
+
+    def test_verify_verdict(self):
+        cdir = hf_path("run_safetensors", "checkpoint-40")
+        rows, r = self.block(cdir, "--verify")
+        self.assertEqual(rows["verify"], "ok", r.describe())
+        broken = os.path.join(tempfile.mkdtemp(dir=TMP), "checkpoint-40")
+        shutil.copytree(cdir, broken)
+        with open(os.path.join(broken, "trainer_state.json")) as f:
+            state = json.load(f)
+        state["global_step"] = 41
+        with open(os.path.join(broken, "trainer_state.json"), "w") as f:
+            json.dump(state, f)
+        rows, r = self.block(broken, "--verify", expect_exit=3)
+        self.assertEqual(rows["verify"], "FAILED: trainer_state.json: global_step 41 but the directory is checkpoint-40",
+                         r.describe())
+
+    def test_metadata_only(self):
+        # 2^38 float32 parameters in a sparse 1 TiB file: reading its bytes would take minutes. Run without the
+        # address-space cap of run_ckpt, since the file is mapped whole.
+        cdir = os.path.join(tempfile.mkdtemp(dir=TMP), "huge")
+        os.makedirs(cdir)
+        header = json.dumps({"w": {"dtype": "F32", "shape": [1 << 20, 1 << 18], "data_offsets": [0, 1 << 40]}}).encode()
+        header += b" " * (-len(header) % 8)
+        with open(os.path.join(cdir, "model.safetensors"), "wb") as f:
+            f.write(struct.pack("<Q", len(header)) + header)
+            f.truncate(8 + len(header) + (1 << 40))
+        with open(os.path.join(cdir, "config.json"), "w") as f:
+            json.dump({"model_type": "huge"}, f)
+        r = subprocess.run([F.ckpt_bin(), "inspect", "--json", cdir], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["summary"]["num_parameters"], 1 << 38)
+
+
 class ModelDirectoryTests(InspectCase):
     """A model directory (weights and config.json, for loading rather than resuming: what best --export, convert of
     one, or save_pretrained write) is verified as one, not failed as a checkpoint without trainer_state.json."""
