@@ -1658,12 +1658,17 @@ class ProgressAndInterruption(ConvertCase):
         self.assertInterrupted(status, err, dst)
         self.assertFalse(os.path.exists(dst))
 
-    def test_interrupted_archive_leaves_nothing(self):
+    def test_interrupted_archive_and_restore_leave_nothing(self):
         import signal
         dst = self.path("checkpoint-1.ckpt")
         status, err = self.interrupt([self.checkpoint, "--to", "archive", "-o", dst], self.dir, signal.SIGINT)
         self.assertInterrupted(status, err, dst)
         self.assertFalse(os.path.exists(dst))
+        self.convert(self.checkpoint, dst, "--to", "archive", "-q")
+        restored = self.path("restored")
+        status, err = self.interrupt([dst, "--to", "dir", "-o", restored], self.dir, signal.SIGTERM)
+        self.assertInterrupted(status, err, restored)
+        self.assertFalse(os.path.exists(restored))
 
 
 if __name__ == "__main__":
