@@ -575,13 +575,14 @@ CheckpointSummary summarize_checkpoint(const CheckpointReport& report, const std
     summary.best_metric = state->best_metric;
   }
   for (const auto& f : report.files) summary.size_bytes += f.size_bytes;
+  if (!weights.empty()) summary.parameters = 0;
   for (const FileReport* w : weights) {
-    summary.parameters = summary.parameters.value_or(0) + w->fields["num_parameters"].get<std::uint64_t>();
     for (const auto& t : w->tensors) {
       if (t.tied_to) continue;
       auto total = std::find_if(summary.dtypes.begin(), summary.dtypes.end(), [&](const DtypeTotal& d) { return d.dtype == t.dtype; });
       if (total == summary.dtypes.end()) total = summary.dtypes.insert(total, DtypeTotal{t.dtype});
       const std::uint64_t n = *torch_archive::numel(t.shape);
+      *summary.parameters += n;
       ++total->tensors;
       total->parameters += n;
       total->bytes += n * element_size(t.dtype);
