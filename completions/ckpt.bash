@@ -63,7 +63,7 @@ _ckpt() {
     list) options="--json --metric --mode --sort --use-mtime --help" ;;
     best) options="--metric --mode --json --link --export --help" ;;
     rotate) options="--keep --keep-every --stale-after --sort --use-mtime --metric --mode --archive --archive-dir --keep-archives --level --threads --dry-run --no-wait --json --quiet --help" ;;
-    inspect) options="--json --verify --help" ;;
+    inspect) options="--json --summary --verify --help" ;;
     convert) options="--to --output --max-shard-size --dtype --include-state --consolidate --level --threads --dry-run --force --json --quiet --help" ;;
   esac
   if [[ $cur == -* ]]; then

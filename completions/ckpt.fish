@@ -28,6 +28,7 @@ complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l keep-archives -x -d 
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l dry-run -d 'Show decisions, change nothing'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l no-wait -d 'Fail instead of waiting for the lock'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -s q -l quiet -d 'Print nothing unless there is an error'
+complete -c ckpt -n "__fish_seen_subcommand_from inspect" -l summary -d 'Print only the summary'
 complete -c ckpt -n "__fish_seen_subcommand_from inspect" -l verify -d 'Check CRCs, tensor extents and consistency'
 complete -c ckpt -n "__fish_seen_subcommand_from inspect" -F
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -F

@@ -8,6 +8,7 @@
 // Restoring checks each file's sha256 before the directory appears.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -29,6 +30,9 @@ struct ArchiveOptions {
   bool force = false;                // replace an existing destination
   // Called with bytes done and bytes in all.
   std::function<void(std::uint64_t, std::uint64_t)> progress;
+  // Set (by a signal handler) to stop: archiving and restoring throw Error(interrupted) at the next chunk, and what
+  // they had begun to write is removed as on any failure.
+  const std::atomic<bool>* interrupted = nullptr;
 };
 
 struct ArchiveSummary {

@@ -19,6 +19,28 @@ std::map<std::string, double> eval_metrics_at(const RunEntry& e) {
   return it == evals.begin() ? std::map<std::string, double>{} : std::prev(it)->second;
 }
 
+std::optional<std::string> best_checkpoint_name(const TrainerStateSummary& state) {
+  if (!state.best_model_checkpoint) return std::nullopt;
+  std::string recorded = *state.best_model_checkpoint;
+  while (recorded.size() > 1 && recorded.back() == '/') recorded.pop_back();
+  return std::filesystem::path(recorded).filename().string();
+}
+
+std::optional<std::string> best_metric_name(const TrainerStateSummary& state) {
+  const auto name = best_checkpoint_name(state);
+  const auto step = name ? checkpoint_step(*name) : std::nullopt;
+  if (!step || !state.best_metric) return std::nullopt;
+  auto it = state.eval_by_step.upper_bound(*step);
+  if (it == state.eval_by_step.begin()) return std::nullopt;
+  std::optional<std::string> found;
+  for (const auto& [metric, value] : std::prev(it)->second) {
+    if (value != *state.best_metric) continue;
+    if (found) return std::nullopt;
+    found = metric;
+  }
+  return found;
+}
+
 namespace {
 
 std::optional<double> metric_at(const RunEntry& e, const std::string& metric) {
@@ -60,17 +82,13 @@ std::optional<BestCheckpoint> find_best(const RunScan& scan, const BestOptions& 
   }
   if (auto newest = newest_complete(scan)) {
     const RunEntry& source = scan.entries[*newest];
-    if (source.state && source.state->best_model_checkpoint) {
-      // As Python's Path() does, trailing separators do not make a different name.
-      std::string recorded = *source.state->best_model_checkpoint;
-      while (recorded.size() > 1 && recorded.back() == '/') recorded.pop_back();
-      const std::string name = std::filesystem::path(recorded).filename().string();
+    if (const auto name = source.state ? best_checkpoint_name(*source.state) : std::nullopt) {
       // A live checkpoint first; rotated away, its archive.
       for (EntryKind kind : {EntryKind::checkpoint, EntryKind::archive}) {
         for (std::size_t i = 0; i < scan.entries.size(); ++i) {
           const RunEntry& e = scan.entries[i];
-          if (e.kind == kind && e.complete && (kind == EntryKind::checkpoint ? e.name : e.archived_name) == name) {
-            return BestCheckpoint{i, "", source.state->best_metric, "trainer_state"};
+          if (e.kind == kind && e.complete && (kind == EntryKind::checkpoint ? e.name : e.archived_name) == *name) {
+            return BestCheckpoint{i, best_metric_name(*source.state).value_or(""), source.state->best_metric, "trainer_state"};
           }
         }
       }

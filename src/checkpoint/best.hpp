@@ -17,7 +17,7 @@ struct BestOptions {
 
 struct BestCheckpoint {
   std::size_t entry = 0;            // index into RunScan::entries
-  std::string metric;               // the metric compared, when known
+  std::string metric;               // the metric compared (from trainer_state: best_metric_name); empty when unknown
   std::optional<double> value;      // its value at the best checkpoint
   std::string source;               // "trainer_state" or "recomputed"
 };
@@ -26,13 +26,22 @@ struct BestCheckpoint {
 // own trainer_state.json (empty when none).
 std::map<std::string, double> eval_metrics_at(const RunEntry& entry);
 
+// The name of the checkpoint best_model_checkpoint records: its last path component, so absolute, relative and
+// stale paths of a moved run all work (a trailing separator is dropped first, as Python's Path does).
+std::optional<std::string> best_checkpoint_name(const TrainerStateSummary& state);
+
+// Which metric best_metric is, which trainer_state.json does not record: the evaluation metric logged at
+// best_model_checkpoint's step (the newest evaluation at or before it) whose value is exactly best_metric, when
+// exactly one is (the Trainer stores the logged value itself); nullopt when none or several are.
+std::optional<std::string> best_metric_name(const TrainerStateSummary& state);
+
 // "loss" -> "eval_loss"; names already starting with "eval_" are kept.
 std::string normalize_metric(const std::string& name);
 bool default_greater_is_better(const std::string& metric);
 
 // Without a metric: best_model_checkpoint from the newest complete checkpoint's trainer_state.json, resolved by
-// its last path component inside the run directory (absolute, relative and stale paths all work), to the live
-// checkpoint or else its archive; when that names neither, recomputed with eval_loss. Recomputing considers
+// best_checkpoint_name inside the run directory, to the live checkpoint or else its archive, its metric named by
+// best_metric_name; when that names neither, recomputed with eval_loss. Recomputing considers
 // archives too (an archive only for a step with no live checkpoint). With a metric: recomputed from every complete
 // checkpoint's own log_history (the newest evaluation at or before its step), only a strict improvement
 // counting, so ties stay with the earlier step. Nullopt when no checkpoint has the metric.

@@ -109,13 +109,28 @@ class ZipSink : public Sink {
   zip::Writer& zip_;
 };
 
+void stop_if_interrupted(const ConvertOptions& options) {
+  if (options.interrupted && options.interrupted->load()) {
+    throw Error(ErrorKind::interrupted, "", "", "interrupted; the destination is left as it was");
+  }
+}
+
+// "a.bin", or "a.bin and 2 more": the input files one progress counts the bytes of.
+std::string inputs_label(const std::vector<std::string>& paths) {
+  const std::string first = paths.empty() ? "" : fs::path(paths.front()).filename().string();
+  return paths.size() > 1 ? first + " and " + std::to_string(paths.size() - 1) + " more" : first;
+}
+
+// The bytes written from one input (or one set of shards), reported as they go; where a conversion may stop.
 struct Progress {
+  const ConvertOptions& options;
+  std::string inputs;  // inputs_label
   std::uint64_t done = 0;
   std::uint64_t total = 0;
-  const std::function<void(std::uint64_t, std::uint64_t)>* report = nullptr;
   void advance(std::uint64_t n) {
     done += n;
-    if (report && *report) (*report)(done, total);
+    stop_if_interrupted(options);
+    if (options.progress) options.progress(inputs, done, total);
   }
 };
 
@@ -423,9 +438,8 @@ std::uint64_t file_size_or_zero(const std::string& path) {
 void write_weights(const std::vector<Weight>& weights, const std::optional<json::Json>& attributes, const ConvertOptions& options,
                    const std::string& file_path, const std::string& dir, std::vector<std::string> sources, ConvertResult& result) {
   const WeightsPlan plan = plan_shards(weights, options);
-  Progress progress;
+  Progress progress{options, inputs_label(sources)};
   progress.total = plan.total_size;
-  progress.report = &options.progress;
   const std::string joined_sources = sources.size() == 1 ? sources.front() : fs::path(sources.front()).parent_path().string();
   for (const auto& w : weights) {
     if (w.tied_to && options.to == ConvertTarget::safetensors) {
@@ -505,8 +519,7 @@ void convert_weights(const std::vector<const Source*>& sources, const std::strin
 // ---- other checkpoint files ----
 
 void convert_state(const Source& s, const std::string& destination, const ConvertOptions& options, ConvertResult& result) {
-  Progress progress;
-  progress.report = &options.progress;
+  Progress progress{options, inputs_label({s.path})};
   if (options.to == ConvertTarget::safetensors) {
     std::vector<NamedArray> arrays;
     json::Json structure;
@@ -553,8 +566,7 @@ void consolidate_optimizer(const std::string& dir, const OptimizerShards& shards
   ConvertOptions exact = options;
   exact.dtype.reset();  // optimizer state keeps its dtypes
   GraphBuilder builder(g, fills, exact);
-  Progress progress;
-  progress.report = &options.progress;
+  Progress progress{options, inputs_label(shards.files)};
   // Every shard's state entries by index; each index at most once across the shards.
   std::map<std::int64_t, std::pair<const Source*, NodeId>> states;
   for (const auto& s : loaded) {
@@ -729,6 +741,7 @@ void convert_directory(const std::string& source, const std::string& destination
       convert_weights(views, (fs::path(out) / single_weights_name(format_of(options.to))).string(), out, options, result);
     }
     for (const auto& name : names) {
+      stop_if_interrupted(options);
       if (convert_weights_here && weight_files.count(name)) continue;
       if (shards && std::find(shards->files.begin(), shards->files.end(), name) != shards->files.end()) continue;
       const std::string path = (fs::path(source) / name).string();

@@ -12,6 +12,7 @@
 // process saves them), "param_groups" are shard 0's (every shard holds the whole optimizer's), "shard" is dropped.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -35,8 +36,12 @@ struct ConvertOptions {
   bool copy_weights = false;                    // in a directory: copy the weights as they are, whatever `to`
   bool dry_run = false;
   bool force = false;                           // replace an existing destination
-  // Called with bytes done and bytes in all, as tensor data is written.
-  std::function<void(std::uint64_t, std::uint64_t)> progress;
+  // Called as tensor data is written, with the input file being converted (its name; the first of several and how
+  // many more) and its bytes done and in all.
+  std::function<void(const std::string& file, std::uint64_t done, std::uint64_t total)> progress;
+  // Set (by a signal handler) to stop: convert throws Error(interrupted) at the next chunk or file, and what it had
+  // begun to write is removed as on any failure. The destination is left as it was.
+  const std::atomic<bool>* interrupted = nullptr;
 };
 
 struct ConvertedFile {
@@ -53,7 +58,7 @@ struct ConvertResult {
 };
 
 // Throws Error: not_found (missing source or shard), corrupt/unsupported (what cannot be converted, named),
-// invalid_argument (existing destination without force, a dtype the target cannot hold), io.
+// invalid_argument (existing destination without force, a dtype the target cannot hold), io, interrupted.
 ConvertResult convert(const std::string& source, const std::string& destination, const ConvertOptions& options);
 
 // "5GB" -> 5e9, "512MiB" -> 512 * 2^20; units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB (Hugging Face's

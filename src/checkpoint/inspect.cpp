@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "checkpoint/archive.hpp"
+#include "checkpoint/best.hpp"
 #include "checkpoint/file_kind.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/shards.hpp"
@@ -64,6 +65,8 @@ std::string classify_pickle(const Graph& g, const std::string& file_name) {
     if (g.dict_get(root, "last_epoch") && (g.dict_get(root, "base_lrs") || g.dict_get(root, "_last_lr"))) return "scheduler";
     if (has_keys(g, root, {"scale", "_growth_tracker"})) return "scaler";
     if (is_rng_state(g, root)) return "rng_state";
+    // ckpt save writes TrainingArguments' keys as a plain dict.
+    if (file_name.rfind("training_args", 0) == 0) return "training_args";
   }
   if (g.is(root, Kind::object)) {
     const NodeId callable = g.at(root).items[pickle::object_callable];
@@ -273,6 +276,11 @@ void summarize_rng(const Source& file, FileReport& report) {
 }
 
 void summarize_training_args(const Graph& g, FileReport& report) {
+  if (g.is(g.root(), Kind::dict)) {
+    report.fields["class"] = nullptr;
+    report.fields["fields"] = to_data(g, g.root());
+    return;
+  }
   const auto& slots = g.at(g.root()).items;
   const NodeId callable = slots[pickle::object_callable];
   report.fields["class"] = g.is(callable, Kind::global) ? g.global_name(callable) : "";
@@ -547,6 +555,42 @@ void check_index(const std::string& dir, const FileReport& index, const std::vec
   v.checks.push_back("index lists " + std::to_string(listed) + " tensors, each in its shard");
 }
 
+CheckpointSummary summarize_checkpoint(const CheckpointReport& report, const std::optional<TrainerStateSummary>& state,
+                                       const std::vector<const FileReport*>& weights) {
+  CheckpointSummary summary;
+  summary.step = report.step;
+  if (state) {
+    if (state->global_step) summary.step = state->global_step;
+    summary.epoch = state->epoch;
+    summary.loss = state->last_loss;
+    if (summary.step) {
+      auto eval = state->eval_by_step.upper_bound(*summary.step);
+      if (eval != state->eval_by_step.begin()) {
+        summary.eval_step = std::prev(eval)->first;
+        summary.metrics = std::prev(eval)->second;
+      }
+    }
+    summary.best_checkpoint = best_checkpoint_name(*state);
+    summary.best_metric_name = best_metric_name(*state);
+    summary.best_metric = state->best_metric;
+  }
+  for (const auto& f : report.files) summary.size_bytes += f.size_bytes;
+  if (!weights.empty()) summary.parameters = 0;
+  for (const FileReport* w : weights) {
+    for (const auto& t : w->tensors) {
+      if (t.tied_to) continue;
+      auto total = std::find_if(summary.dtypes.begin(), summary.dtypes.end(), [&](const DtypeTotal& d) { return d.dtype == t.dtype; });
+      if (total == summary.dtypes.end()) total = summary.dtypes.insert(total, DtypeTotal{t.dtype});
+      const std::uint64_t n = *torch_archive::numel(t.shape);
+      *summary.parameters += n;
+      ++total->tensors;
+      total->parameters += n;
+      total->bytes += n * element_size(t.dtype);
+    }
+  }
+  return summary;
+}
+
 }  // namespace
 
 FileReport inspect_file(const std::string& path, const InspectOptions& options) { return inspect_one(path, options, true); }
@@ -558,8 +602,9 @@ PathKind classify_path(const std::string& path) {
   if (!fs::is_directory(status)) return PathKind::file;
   if (!discover_checkpoints(path).empty()) return PathKind::run;
   return checkpoint_step(base_name(fs::path(path).lexically_normal().string())) ? PathKind::checkpoint
-         : fs::exists(fs::path(path) / "trainer_state.json") || find_weights(path)   ? PathKind::checkpoint
-                                                                                     : PathKind::run;
+         : fs::exists(fs::path(path) / "trainer_state.json") || find_weights(path) || fs::exists(fs::path(path) / "config.json")
+             ? PathKind::checkpoint
+             : PathKind::run;
 }
 
 CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions& options) {
@@ -584,13 +629,16 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
       FileReport failed;
       failed.path = path;
       failed.file = base_name(path);
+      struct stat st {};
+      if (::lstat(path.c_str(), &st) == 0) failed.size_bytes = static_cast<std::uint64_t>(st.st_size);
       failed.kind = "error";
       failed.error = e;
       report.files.push_back(std::move(failed));
     }
   }
 
-  const Completeness completeness = assess_completeness(dir);
+  report.model_directory = is_model_directory(dir);
+  const Completeness completeness = report.model_directory ? assess_model_directory(dir) : assess_completeness(dir);
   report.complete = completeness.complete;
   report.problems = completeness.problems;
 
@@ -624,6 +672,12 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   for (FileReport* optimizer : optimizers) {
     if (!weights.empty()) optimizer->fields["param_shape_check"] = check_param_shapes(*optimizer, weights);
   }
+  if (weights.empty()) {  // an adapter's checkpoint: its weights are the model it trains
+    for (const auto& f : report.files) {
+      if (f.kind == "weights" && f.file.rfind("adapter_", 0) == 0) weights.push_back(&f);
+    }
+  }
+  report.summary = summarize_checkpoint(report, completeness.state, weights);
 
   if (options.verify) {
     Verification v;
@@ -650,6 +704,7 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
         v.errors.push_back("trainer_state.json: global_step " + json::dump(gs) + " but the directory is " + report.name);
       }
     }
+    if (report.model_directory) v.checks.push_back("a model directory: weights and config.json");
     for (const auto& p : report.problems) v.errors.push_back("incomplete: " + p);
     report.verify = std::move(v);
   }

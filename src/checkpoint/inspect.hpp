@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -52,15 +53,42 @@ struct FileReport {
   std::vector<std::pair<std::int64_t, std::vector<std::int64_t>>> optimizer_state_shapes;
 };
 
+struct DtypeTotal {
+  DType dtype = DType::uint8;
+  std::uint64_t tensors = 0;
+  std::uint64_t parameters = 0;
+  std::uint64_t bytes = 0;
+};
+
+// What a checkpoint (or model) directory's report starts with, from what inspect reads anyway: trainer_state.json,
+// the weights' headers and the files' sizes and kinds, never tensor bytes.
+struct CheckpointSummary {
+  std::optional<std::int64_t> step;       // trainer_state.json's global_step, else the directory name's
+  std::optional<double> epoch;
+  std::optional<double> loss;             // the newest training log entry's
+  std::optional<std::int64_t> eval_step;  // the newest evaluation at or before `step`
+  std::map<std::string, double> metrics;  // its eval_* values
+  std::optional<std::string> best_checkpoint;   // best_checkpoint_name (checkpoint/best.hpp)
+  std::optional<std::string> best_metric_name;  // best_metric_name (checkpoint/best.hpp)
+  std::optional<double> best_metric;
+  std::uint64_t size_bytes = 0;  // of its files
+  // Of the model's weights (a sharded set's shards; adapter weights when there are no others), counted as each
+  // weights report counts them: tied views once. None without readable weights.
+  std::optional<std::uint64_t> parameters;
+  std::vector<DtypeTotal> dtypes;  // in order of first appearance
+};
+
 struct CheckpointReport {
   std::string path;
   std::string name;
   std::optional<std::int64_t> step;
+  bool model_directory = false;       // checkpoint/run_dir.hpp's is_model_directory: complete as one, not as a checkpoint
   bool complete = false;
   std::vector<std::string> problems;  // why it is not complete, or inconsistencies between its files
   int world_size = 1;                 // processes that wrote it (checkpoint/shards.hpp)
   bool optimizer_sharded = false;     // optimizer_<rank>.pt instead of optimizer.pt
   std::vector<FileReport> files;
+  CheckpointSummary summary;
   std::optional<Verification> verify;  // cross-file checks, with --verify
 };
 
@@ -71,7 +99,8 @@ struct InspectOptions {
 // Throws Error for an unreadable or corrupt file.
 FileReport inspect_file(const std::string& path, const InspectOptions& options);
 
-// Never throws for a bad member file: its report carries the error and the checkpoint is incomplete.
+// Never throws for a bad member file: its report carries the error and the checkpoint is incomplete. A model
+// directory (is_model_directory) is judged complete as one (assess_model_directory).
 CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions& options);
 
 // inspect_checkpoint for a checkpoint of a run, which a rotate (or the trainer, replacing it with another of its
@@ -80,7 +109,8 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
 std::optional<CheckpointReport> inspect_run_checkpoint(const std::string& dir, const InspectOptions& options);
 
 enum class PathKind { file, checkpoint, run };
-// A directory holding checkpoint-N subdirectories is a run; any other directory a checkpoint.
+// A directory holding checkpoint-N subdirectories is a run; a checkpoint-N, or one holding trainer_state.json,
+// weights or config.json, a checkpoint (or model) directory; any other directory a run.
 PathKind classify_path(const std::string& path);
 
 }  // namespace ckpt::checkpoint

@@ -141,11 +141,10 @@ std::optional<std::string> foreign_layout_marker(const fs::path& dir) {
   return marker;
 }
 
-}  // namespace
-
-Completeness assess_completeness(const std::string& dir) {
-  Completeness result;
-  const fs::path base(dir);
+// What a checkpoint and a model directory must both pass: no FIFO, socket or device among the files, and weights
+// present, readable and holding weights. False (nothing else should be opened) when there was such a special file.
+bool assess_files_and_weights(const fs::path& base, Completeness& result) {
+  const std::string dir = base.string();
   // A FIFO, socket or device where a checkpoint's files are is nothing ckpt wrote or can read: reported, the
   // checkpoint counted as unreadable (so never rotated away), and nothing in it opened.
   std::error_code ec;
@@ -155,7 +154,7 @@ Completeness assess_completeness(const std::string& dir) {
     result.problems.push_back(entry.path().string() + ": not a regular file (" + file_type_name(st.st_mode) + ")");
     result.unreadable = true;
   }
-  if (!result.problems.empty()) return result;
+  if (!result.problems.empty()) return false;
   try {
     auto weights = find_weights(dir);
     if (!weights) {
@@ -196,6 +195,15 @@ Completeness assess_completeness(const std::string& dir) {
     result.problems.push_back(e.what());
     result.unreadable |= e.kind() == ErrorKind::unsupported;
   }
+  return true;
+}
+
+}  // namespace
+
+Completeness assess_completeness(const std::string& dir) {
+  Completeness result;
+  const fs::path base(dir);
+  if (!assess_files_and_weights(base, result)) return result;
   try {
     find_optimizer_shards(dir);  // a sharded optimizer counts only whole
   } catch (const Error& e) {
@@ -203,12 +211,47 @@ Completeness assess_completeness(const std::string& dir) {
     result.unreadable |= e.kind() == ErrorKind::unsupported;
   }
   const std::string state = (base / "trainer_state.json").string();
+  std::error_code ec;
   if (!fs::exists(fs::symlink_status(state, ec))) {
     result.problems.push_back("no trainer_state.json");
   } else {
     result.has_trainer_state = true;
     try {
       result.state = summarize_trainer_state(json::parse_file(state));
+    } catch (const Error& e) {
+      result.problems.push_back(e.what());
+      result.unreadable |= e.kind() == ErrorKind::unsupported;
+    }
+  }
+  result.complete = result.problems.empty();
+  return result;
+}
+
+bool is_model_directory(const std::string& dir) {
+  std::error_code ec;
+  fs::path named = fs::absolute(dir, ec).lexically_normal();  // `.`, `..` and `dir/` by the names they stand for
+  if (named.filename().empty()) named = named.parent_path();
+  if (checkpoint_step(named.filename().string())) return false;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name == "trainer_state.json") return false;
+    const auto kind = promised_kind(name);
+    if (kind && *kind != "weights") return false;
+  }
+  return true;
+}
+
+Completeness assess_model_directory(const std::string& dir) {
+  Completeness result;
+  const fs::path base(dir);
+  if (!assess_files_and_weights(base, result)) return result;
+  const std::string config = (base / "config.json").string();
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(config, ec))) {
+    result.problems.push_back("no config.json");
+  } else {
+    try {
+      if (!json::parse_file(config).is_object()) result.problems.push_back(config + ": not a JSON object");
     } catch (const Error& e) {
       result.problems.push_back(e.what());
       result.unreadable |= e.kind() == ErrorKind::unsupported;

@@ -84,6 +84,15 @@ struct Completeness {
 // A FIFO, socket or device among its files (or a symlink to one) makes it incomplete and unreadable.
 Completeness assess_completeness(const std::string& dir);
 
+// A model directory is what loading a model needs, not resuming training: what best --export, convert of a model
+// directory and Hugging Face's save_pretrained write. It is not named checkpoint-N and holds no trainer_state.json and
+// no optimizer, scheduler, scaler or RNG file (any of them makes it a checkpoint, complete or not); anything else
+// (generation_config.json, training_args.bin, tokenizer files) may be beside its weights.
+bool is_model_directory(const std::string& dir);
+// Complete: weights as for a checkpoint (every shard, readable headers, holding weights) and config.json, a JSON
+// object. Reads headers only.
+Completeness assess_model_directory(const std::string& dir);
+
 enum class EntryKind { checkpoint, staging, trash, custom, archive };
 const char* to_string(EntryKind kind);
 

@@ -61,7 +61,12 @@ int run_best(const BestOptions& o) {
     if (exported) out["exported"] = {{"dir", o.export_dir}, {"files", exported->files}, {"hardlinked", exported->hardlinked}};
     std::cout << json::dump(out, 2) << "\n";
   } else {
+    // The path alone on stdout, for scripts; which checkpoint and by what on stderr, for the person.
     print_text(printable(entry.path) + "\n");
+    std::cout.flush();
+    std::string why;
+    if (best->value) why = fmt::format(" ({} {})", best->metric.empty() ? "best_metric" : printable(best->metric), number_text(best->value));
+    std::cerr << "ckpt: best: " << printable(entry.name) << why << "\n";
   }
   return exit_ok;
 }

@@ -3,8 +3,10 @@
 // `ckpt convert CHECKPOINT_DIR --to archive -o FILE [--level N] [--threads N]`, `ckpt convert FILE --to dir -o DIR`
 // `ckpt convert CHECKPOINT_DIR --consolidate -o DIR [--to safetensors|pytorch]`
 #include <fmt/format.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <iostream>
 
@@ -35,6 +37,44 @@ struct ConvertOptions {
   unsigned threads = 0;
 };
 
+std::atomic<bool> g_interrupted{false};
+
+extern "C" void on_interrupt(int) { g_interrupted.store(true); }
+
+// While it lives, SIGINT and SIGTERM set a flag the conversion checks between chunks, so that it stops through its
+// ordinary failure path, which removes its temporaries, and exits 130. A second signal ends the process at once
+// (SA_RESETHAND); what that leaves is cleared by the next convert to the same destination.
+class InterruptFlag {
+ public:
+  InterruptFlag() {
+    g_interrupted.store(false);
+    struct sigaction action {};
+    action.sa_handler = on_interrupt;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESETHAND | SA_RESTART;
+    sigaction(SIGINT, &action, &previous_int_);
+    sigaction(SIGTERM, &action, &previous_term_);
+  }
+  ~InterruptFlag() {
+    sigaction(SIGINT, &previous_int_, nullptr);
+    sigaction(SIGTERM, &previous_term_, nullptr);
+  }
+  InterruptFlag(const InterruptFlag&) = delete;
+  InterruptFlag& operator=(const InterruptFlag&) = delete;
+  const std::atomic<bool>* flag() const { return &g_interrupted; }
+
+ private:
+  struct sigaction previous_int_ {};
+  struct sigaction previous_term_ {};
+};
+
+// Runs `work` with a progress line on stderr (a terminal's), cleared before `work`'s result is printed.
+template <typename Work>
+auto with_progress(const ConvertOptions& o, Work work) {
+  ProgressLine progress(!o.quiet && !o.json, "converting");
+  return work(progress);
+}
+
 // --to archive and --to dir: one archive file <-> one checkpoint directory.
 int run_archive(const ConvertOptions& o) {
   for (const auto& [given, flag] : {std::pair{o.max_shard_size_given, "--max-shard-size"}, {!o.dtype.empty(), "--dtype"},
@@ -45,10 +85,13 @@ int run_archive(const ConvertOptions& o) {
   options.level = o.level;
   options.threads = o.threads;
   options.force = o.force;
-  ProgressLine progress(!o.quiet && !o.json, "converting");
-  options.progress = [&progress](std::uint64_t done, std::uint64_t total) { progress.update(done, total); };
+  const InterruptFlag interrupt;
+  options.interrupted = interrupt.flag();
   const bool archiving = o.to == "archive";
-  const auto s = archiving ? checkpoint::archive_checkpoint(o.source, o.output, options) : checkpoint::restore_archive(o.source, o.output, options);
+  const auto s = with_progress(o, [&](ProgressLine& progress) {
+    options.progress = [&progress](std::uint64_t done, std::uint64_t total) { progress.update(done, total); };
+    return archiving ? checkpoint::archive_checkpoint(o.source, o.output, options) : checkpoint::restore_archive(o.source, o.output, options);
+  });
   if (o.json) {
     std::cout << json::dump({{"source", o.source},
                              {"destination", o.output},
@@ -99,10 +142,15 @@ int run_convert(const ConvertOptions& o) {
   options.include_state = o.include_state;
   options.dry_run = o.dry_run;
   options.force = o.force;
-  ProgressLine progress(!o.quiet && !o.json, "converting");
-  options.progress = [&progress](std::uint64_t done, std::uint64_t total) { progress.update(done, total); };
-
-  const auto result = checkpoint::convert(o.source, o.output, options);
+  const InterruptFlag interrupt;
+  options.interrupted = interrupt.flag();
+  const auto result = with_progress(o, [&](ProgressLine& progress) {
+    options.progress = [&progress](const std::string& file, std::uint64_t done, std::uint64_t total) {
+      progress.set_label("converting " + printable(file));
+      progress.update(done, total);
+    };
+    return checkpoint::convert(o.source, o.output, options);
+  });
   if (o.json) {
     json::Json files = json::Json::array();
     for (const auto& f : result.files) {

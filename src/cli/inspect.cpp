@@ -21,6 +21,7 @@ struct InspectOptions {
   std::string path;
   bool json = false;
   bool verify = false;
+  bool summary = false;
 };
 
 // ---- JSON (docs/inspect-json.md) ----
@@ -59,6 +60,29 @@ json::Json file_json(const FileReport& f) {
   return out;
 }
 
+json::Json summary_json(const checkpoint::CheckpointSummary& s, const std::vector<FileReport>& files) {
+  auto optional = [](const auto& v) { return v ? json::Json(*v) : json::Json(nullptr); };
+  json::ObjectBuilder metrics;
+  for (const auto& [name, value] : s.metrics) metrics.set(name, value);
+  json::Json dtypes = json::Json::object();
+  for (const auto& d : s.dtypes) dtypes[std::string(torch_name(d.dtype))] = {{"count", d.tensors}, {"numel", d.parameters}, {"nbytes", d.bytes}};
+  json::ObjectBuilder kinds(files.size());
+  for (const auto& f : files) kinds.set(f.file, f.kind);
+  json::Json best = nullptr;
+  if (s.best_checkpoint) best = {{"checkpoint", *s.best_checkpoint}, {"metric", optional(s.best_metric_name)}, {"value", optional(s.best_metric)}};
+  return {{"step", optional(s.step)},
+          {"epoch", optional(s.epoch)},
+          {"loss", optional(s.loss)},
+          {"eval_step", optional(s.eval_step)},
+          {"metrics", metrics.take()},
+          {"best", std::move(best)},
+          {"size_bytes", s.size_bytes},
+          {"num_files", files.size()},
+          {"num_parameters", optional(s.parameters)},
+          {"dtypes", std::move(dtypes)},
+          {"files", kinds.take()}};
+}
+
 json::Json checkpoint_json(const CheckpointReport& c) {
   json::Json files = json::Json::array();
   for (const auto& f : c.files) files.push_back(file_json(f));
@@ -66,11 +90,13 @@ json::Json checkpoint_json(const CheckpointReport& c) {
                  {"kind", "checkpoint"},
                  {"name", c.name},
                  {"step", c.step ? json::Json(*c.step) : json::Json(nullptr)},
+                 {"layout", c.model_directory ? "model" : "checkpoint"},
                  {"complete", c.complete},
                  {"problems", c.problems},
                  {"world_size", c.world_size},
                  {"optimizer_sharded", c.optimizer_sharded},
-                 {"files", std::move(files)}};
+                 {"files", std::move(files)},
+                 {"summary", summary_json(c.summary, c.files)}};
   if (c.verify) out["verify"] = verification_json(*c.verify);
   return out;
 }
@@ -114,10 +140,11 @@ std::string fields_text(const json::Json& object, const std::vector<std::string>
   return out;
 }
 
-std::string weights_text(const FileReport& f) {
+std::string weights_text(const FileReport& f, bool detail) {
   std::string out = fmt::format("  {} tensors, {} parameters, {} of tensor data\n", f.tensors.size(),
                                 grouped(f.fields["num_parameters"].get<std::uint64_t>()),
                                 human_bytes(f.fields["storage_bytes"].get<std::uint64_t>()));
+  if (!detail) return out;
   const bool verified = !f.tensors.empty() && f.tensors.front().nonfinite.has_value();
   std::vector<std::string> header = {"name", "dtype", "shape", "bytes"};
   if (verified) header.push_back("nan/inf");
@@ -171,12 +198,13 @@ std::string optimizer_text(const FileReport& f) {
   return out;
 }
 
-std::string file_text(const FileReport& f) {
+// `detail` false (--summary) leaves out the tables that grow with the file: weights' tensors, training_args' fields.
+std::string file_text(const FileReport& f, bool detail) {
   std::string out = fmt::format("{}: {} ({}, {})\n", printable(f.path), f.kind, f.format, human_bytes(f.size_bytes));
   if (f.error) return fmt::format("{}: error: {}\n", printable(f.path), printable(f.error->what()));
   const json::Json& x = f.fields;
   if (f.kind == "weights") {
-    out += weights_text(f);
+    out += weights_text(f, detail);
   } else if (f.kind == "optimizer") {
     out += optimizer_text(f);
   } else if (f.kind == "scheduler") {
@@ -194,8 +222,10 @@ std::string file_text(const FileReport& f) {
     out += "  last train log: " + value_text(x["last_train_log"]) + "\n";
     out += "  last eval log: " + value_text(x["last_eval_log"]) + "\n";
   } else if (f.kind == "training_args") {
-    out += "  class " + value_text(x["class"]) + "\n";
-    if (x["fields"].is_object()) {
+    out += x["class"].is_null() ? "  a plain dict\n" : "  class " + value_text(x["class"]) + "\n";
+    if (!detail) {
+      out += fmt::format("  {} fields\n", x["fields"].size());
+    } else if (x["fields"].is_object()) {
       Table table({"field", "value"});
       for (const auto& [key, value] : x["fields"].items()) table.add({key, value_text(value)});
       out += table.render("  ");
@@ -225,6 +255,46 @@ std::string verification_text(const std::string& subject, const Verification& v)
   std::string out = fmt::format("  verify {}: {} ({})\n", printable(subject), v.ok() ? "ok" : "FAILED", printable(fmt::format("{}", fmt::join(v.checks, "; "))));
   for (const auto& e : v.errors) out += "    error: " + printable(e) + "\n";
   return out;
+}
+
+// A metric's value as a person reads it; HF's *_runtime metrics are seconds.
+std::string metric_text(const std::string& name, double value) {
+  return number_text(value) + (name.ends_with("_runtime") ? " s" : "");
+}
+
+// The block a directory's report starts with: all of it with --summary. `verify_errors` with --verify.
+std::string summary_text(const CheckpointReport& c, const std::vector<std::string>* verify_errors) {
+  const auto& s = c.summary;
+  std::vector<std::vector<std::string>> rows;
+  if (s.step) rows.push_back({"step", std::to_string(*s.step)});
+  if (s.epoch) rows.push_back({"epoch", number_text(s.epoch)});
+  if (s.loss) rows.push_back({"loss", number_text(s.loss)});
+  if (s.eval_step) rows.push_back({"evaluated", fmt::format("at step {}", *s.eval_step)});
+  for (const auto& [name, value] : s.metrics) rows.push_back({name, metric_text(name, value)});
+  if (s.best_checkpoint) {
+    const std::string metric = s.best_metric_name.value_or("best_metric");
+    rows.push_back({"best", *s.best_checkpoint + (s.best_metric ? fmt::format(" ({} {})", metric, metric_text(metric, *s.best_metric)) : "")});
+  }
+  rows.push_back({"size", fmt::format("{} in {} file{}", human_bytes(s.size_bytes), c.files.size(), c.files.size() == 1 ? "" : "s")});
+  if (s.parameters) {
+    std::vector<std::string> dtypes;
+    for (const auto& d : s.dtypes) {
+      dtypes.push_back(s.dtypes.size() == 1 ? std::string(torch_name(d.dtype)) : fmt::format("{} {}", torch_name(d.dtype), grouped(d.parameters)));
+    }
+    rows.push_back({"parameters", fmt::format("{} ({})", grouped(*s.parameters), fmt::join(dtypes, ", "))});
+  }
+  for (std::size_t i = 0; i < c.files.size(); ++i) {
+    const FileReport& f = c.files[i];
+    rows.push_back({i == 0 ? "files" : "", fmt::format("{} ({}, {})", f.file, f.kind, human_bytes(f.size_bytes))});
+  }
+  if (verify_errors) {
+    const auto& errors = *verify_errors;
+    rows.push_back({"verify", errors.empty() ? "ok"
+                              : fmt::format("FAILED: {}{}", errors.front(), errors.size() > 1 ? fmt::format(" (and {} more)", errors.size() - 1) : "")});
+  }
+  Table table(rows.front());
+  for (std::size_t i = 1; i < rows.size(); ++i) table.add(std::move(rows[i]));
+  return table.render("  ");
 }
 
 // ---- running ----
@@ -262,7 +332,7 @@ int inspect_file_path(const InspectOptions& o, const checkpoint::InspectOptions&
     if (o.verify) out["ok"] = ok;
     std::cout << json::dump(out, 2) << "\n";
   } else {
-    print_text(file_text(f) + (f.verify ? verification_text(f.file, *f.verify) : ""));
+    print_text(file_text(f, !o.summary) + (f.verify ? verification_text(f.file, *f.verify) : ""));
   }
   return verification_status(o.path, f.verify ? f.verify->errors : std::vector<std::string>{});
 }
@@ -270,27 +340,31 @@ int inspect_file_path(const InspectOptions& o, const checkpoint::InspectOptions&
 int inspect_checkpoint_path(const InspectOptions& o, const checkpoint::InspectOptions& core) {
   const CheckpointReport c = checkpoint::inspect_checkpoint(o.path, core);
   const bool ok = all_ok(c);
+  // Unreadable member files fail a directory like a single bad file would.
+  std::vector<std::string> errors = all_errors(c);
+  if (!ok && errors.empty()) errors.push_back("a file could not be read");
   if (o.json) {
     json::Json out = checkpoint_json(c);
     if (o.verify) out["ok"] = ok;
     std::cout << json::dump(out, 2) << "\n";
   } else {
-    std::string text = fmt::format("{}: checkpoint{}, {}, {} files{}{}\n", printable(c.path), c.step ? fmt::format(" at step {}", *c.step) : "",
-                                   c.complete ? "complete" : "INCOMPLETE", c.files.size(),
+    std::string text = fmt::format("{}: {}{}, {}, {} file{}{}{}\n", printable(c.path), c.model_directory ? "model directory" : "checkpoint",
+                                   c.step ? fmt::format(" at step {}", *c.step) : "",
+                                   c.complete ? "complete" : "INCOMPLETE", c.files.size(), c.files.size() == 1 ? "" : "s",
                                    c.world_size > 1 ? fmt::format(", written by {} processes", c.world_size) : "",
                                    c.optimizer_sharded ? ", optimizer sharded" : "");
     for (const auto& p : c.problems) text += "  problem: " + printable(p) + "\n";
-    for (const auto& f : c.files) {
-      text += "\n" + file_text(f);
-      if (f.verify) text += verification_text(f.file, *f.verify);
+    text += summary_text(c, o.verify ? &errors : nullptr);
+    if (!o.summary) {
+      for (const auto& f : c.files) {
+        text += "\n" + file_text(f, true);
+        if (f.verify) text += verification_text(f.file, *f.verify);
+      }
+      if (c.verify) text += "\n" + verification_text("across files", *c.verify);
+      if (o.verify) text += ok ? "verify: ok\n" : "verify: FAILED\n";
     }
-    if (c.verify) text += "\n" + verification_text("across files", *c.verify);
-    if (o.verify) text += ok ? "verify: ok\n" : "verify: FAILED\n";
     print_text(text);
   }
-  // Unreadable member files fail a directory like a single bad file would.
-  std::vector<std::string> errors = all_errors(c);
-  if (!ok && errors.empty()) errors.push_back("a file could not be read");
   return verification_status(o.path, errors);
 }
 
@@ -344,9 +418,12 @@ int run_inspect(const InspectOptions& o) {
 
 Action attach_inspect(CLI::App& sub) {
   auto options = std::make_shared<InspectOptions>();
-  sub.add_option("PATH", options->path, "A checkpoint file (type detected from its content), a checkpoint directory, or a run directory")
+  sub.add_option("PATH", options->path, "A checkpoint file (type detected from its content), a checkpoint or model directory, or a run directory")
       ->required();
   sub.add_flag("--json", options->json, "Print one JSON document on stdout (shape: man ckpt, INSPECT JSON)");
+  sub.add_flag("--summary", options->summary,
+               "Text: print only the summary a directory's report starts with (a file's without its tensor and field tables); "
+               "--json always has it as \"summary\"");
   sub.add_flag("--verify", options->verify,
                "Also check CRC-32s, safetensors rules, tensor extents, consistency across files; count NaN/Inf per "
                "floating tensor. Exit 3 if any check fails");

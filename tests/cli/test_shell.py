@@ -69,7 +69,7 @@ class Completions(unittest.TestCase):
     def test_bash_completes_subcommands_and_options(self):
         self.assertEqual(bash_complete("ckpt ins"), ["inspect"])
         self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "inspect", "list", "resume", "rotate", "save"])
-        self.assertEqual(sorted(bash_complete("ckpt inspect --")), ["--help", "--json", "--verify"])
+        self.assertEqual(sorted(bash_complete("ckpt inspect --")), ["--help", "--json", "--summary", "--verify"])
 
     def test_bash_completes_option_values(self):
         self.assertEqual(sorted(bash_complete("ckpt rotate --sort ")), ["mtime", "step"])

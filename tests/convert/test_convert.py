@@ -1522,5 +1522,154 @@ class WriteFailures(ConvertCase):
         self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".")], [])
 
 
+# --------------------------------------------------------------------------------------------------------------
+# On a terminal, and interrupted
+# --------------------------------------------------------------------------------------------------------------
+
+
+def terminal_screen(output):
+    """The lines a terminal shows after `output`: \\r returns to the line's start, ESC [K erases to its end,
+    characters overwrite what is under them."""
+    lines, line, column, i = [], [], 0, 0
+    while i < len(output):
+        if output.startswith("\x1b[K", i):
+            del line[column:]
+            i += 3
+            continue
+        c = output[i]
+        if c == "\r":
+            column = 0
+        elif c == "\n":
+            lines.append("".join(line))
+            line, column = [], 0
+        else:
+            if column < len(line):
+                line[column] = c
+            else:
+                line.append(c)
+            column += 1
+        i += 1
+    if line:
+        lines.append("".join(line))
+    return lines
+
+
+class ProgressAndInterruption(ConvertCase):
+    """Big enough to show progress (64 MiB per file) and to be caught mid-write: a checkpoint directory with 128 MiB
+    of float32 weights, stored as a transposed view (so converting gathers them element by element, the slowest
+    path), and 256 MiB of AdamW state."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.big = tempfile.mkdtemp(prefix="big-", dir=TMP)
+        cls.checkpoint = os.path.join(cls.big, "checkpoint-1")
+        os.makedirs(cls.checkpoint)
+        torch.manual_seed(0)
+        model = nn.Linear(4096, 8192, bias=False)
+        opt = torch.optim.AdamW(model.parameters())
+        model.weight.grad = torch.randn(8192, 4096)
+        opt.step()
+        transposed = torch.empty(4096, 8192).t()
+        transposed.copy_(model.weight.detach())
+        torch.save({"weight": transposed}, os.path.join(cls.checkpoint, "pytorch_model.bin"))
+        torch.save(opt.state_dict(), os.path.join(cls.checkpoint, "optimizer.pt"))
+        with open(os.path.join(cls.checkpoint, "config.json"), "w") as f:
+            json.dump({"model_type": "big"}, f)
+
+    def run_on_terminal(self, args, term):
+        """ckpt with stdout and stderr on one pseudo-terminal, as in an interactive shell: (exit status, output)."""
+        import pty
+        import select
+        import subprocess
+        master, slave = pty.openpty()
+        env = dict(os.environ, TERM=term)
+        env.pop("NO_COLOR", None)
+        p = subprocess.Popen([H.CKPT_BIN] + args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+        os.close(slave)
+        output = b""
+        try:
+            while True:
+                ready, _, _ = select.select([master], [], [], 120)
+                self.assertTrue(ready, "no output for 120 s")
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer has closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+        finally:
+            os.close(master)
+        return p.wait(timeout=120), output.decode()
+
+    def test_progress_names_each_file_and_the_final_table_replaces_it(self):
+        for term in ("xterm", "dumb"):
+            with self.subTest(term=term):
+                dst = self.path("out-" + term)
+                status, output = self.run_on_terminal(["convert", self.checkpoint, "--to", "safetensors",
+                                                       "--include-state", "-o", dst], term)
+                self.assertEqual(status, 0, output)
+                for name in ("pytorch_model.bin", "optimizer.pt"):
+                    self.assertIn("converting %s: " % name, output)
+                self.assertEqual(("\x1b" in output), term != "dumb", repr(output[:300]))
+                screen = terminal_screen(output)
+                self.assertEqual(screen[0].split(), ["destination", "action", "size", "source"], "\n".join(screen))
+                self.assertFalse([line for line in screen if "converting" in line or "%" in line], "\n".join(screen))
+
+    def interrupt(self, args, where, sig):
+        """Starts `ckpt convert ARGS`, sends `sig` once a temporary appears in `where`: (exit status, stderr)."""
+        import signal  # noqa: F401
+        import subprocess
+        import time
+        p = subprocess.Popen([H.CKPT_BIN, "convert"] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not H.leftover_temporaries(where):
+            if p.poll() is not None:
+                self.fail("convert ended before its temporary was seen: %s" % (p.communicate(),))
+            self.assertLess(time.monotonic(), deadline, "no temporary appeared in %s" % where)
+            time.sleep(0.001)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+        return p.returncode, err
+
+    def assertInterrupted(self, status, err, dst):
+        self.assertEqual(status, 130, err)
+        self.assertTrue(err.startswith("ckpt: error: ") and "interrupted" in err and err.count("\n") == 1, err)
+        self.assertEqual(H.leftover_temporaries(os.path.dirname(dst)), [])
+
+    def test_interrupted_file_conversion_leaves_the_destination_as_it_was(self):
+        import signal
+        dst = self.path("model.safetensors")
+        small = self.save({"w": torch.ones(3)}, "small.bin")
+        self.convert(small, dst, "--to", "safetensors")
+        with open(dst, "rb") as f:
+            before = f.read()
+        status, err = self.interrupt([os.path.join(self.checkpoint, "pytorch_model.bin"), "--to", "safetensors",
+                                      "--dtype", "bf16", "--force", "-o", dst], self.dir, signal.SIGINT)
+        self.assertInterrupted(status, err, dst)
+        with open(dst, "rb") as f:
+            self.assertEqual(f.read(), before)
+
+    def test_interrupted_directory_conversion_leaves_nothing(self):
+        import signal
+        dst = self.path("converted")
+        status, err = self.interrupt([self.checkpoint, "--to", "safetensors", "--include-state", "-o", dst], self.dir,
+                                     signal.SIGTERM)
+        self.assertInterrupted(status, err, dst)
+        self.assertFalse(os.path.exists(dst))
+
+    def test_interrupted_archive_and_restore_leave_nothing(self):
+        import signal
+        dst = self.path("checkpoint-1.ckpt")
+        status, err = self.interrupt([self.checkpoint, "--to", "archive", "-o", dst], self.dir, signal.SIGINT)
+        self.assertInterrupted(status, err, dst)
+        self.assertFalse(os.path.exists(dst))
+        self.convert(self.checkpoint, dst, "--to", "archive", "-q")
+        restored = self.path("restored")
+        status, err = self.interrupt([dst, "--to", "dir", "-o", restored], self.dir, signal.SIGTERM)
+        self.assertInterrupted(status, err, restored)
+        self.assertFalse(os.path.exists(restored))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -193,6 +193,34 @@ class SingleFileExtraTests(InspectCase):
         self.assertEqual(doc.get("num_parameters"), exp["num_parameters"], r.command())
 
 
+class PlainTrainingArgsTests(InspectCase):
+    """training_args.bin as `ckpt save` writes it: a plain dict of TrainingArguments' keys (Python loads it without
+    any class). It is training_args like the Trainer's object, shown as a table, not one line of a whole dict."""
+
+    ARGS = {"output_dir": "/tmp/run", "max_steps": 40, "num_train_epochs": 3.0, "learning_rate": 0.001,
+            "adam_epsilon": 1e-08, "eval_steps": None, "save_total_limit": None, "metric_for_best_model": "eval_loss",
+            "load_best_model_at_end": False, "max_shard_size": "5GB", "seed": 42, "input_noise": 0.1}
+
+    def setUp(self):
+        d = tempfile.mkdtemp(prefix="targs-dict-", dir=TMP)
+        self.path = os.path.join(d, "training_args.bin")
+        torch.save(self.ARGS, self.path)
+
+    def test_json(self):
+        doc, r = self.inspect_json(self.path)
+        exp = F.file_header(self.path, "torch_zip", "training_args")
+        exp.update({"class": None, "fields": F.plain_to_json(self.ARGS)})
+        self.assertMatches(doc, exp, r)
+
+    def test_text_is_a_table(self):
+        r = self.run_ok(["inspect", self.path])
+        lines = r.stdout.splitlines()
+        self.assertLess(max(len(line) for line in lines[1:]), 60, r.describe())
+        for key, shown in (("learning_rate", "0.001"), ("eval_steps", "-"), ("output_dir", "/tmp/run"),
+                           ("load_best_model_at_end", "false")):
+            self.assertTrue(any(line.split() == [key, shown] for line in lines), key + "\n" + r.describe())
+
+
 class ManyKeysTests(InspectCase):
     """Dicts with many keys convert in linear time: a JSON object built key by key searches its keys each time,
     which took about 28 s for 200k keys (7 s for 100k). The deadline is generous for a linear conversion (0.2 s
@@ -541,6 +569,228 @@ class RealTrainerOutputTests(InspectCase):
         self.assertTrue(objects, "the pickled GradScaler object is not shown as an opaque object\n" +
                         r.describe())
         self.assertEqual(objects[0].get("class"), "torch.cuda.amp.grad_scaler.GradScaler", r.command())
+
+
+KIND_OF_NAME = {"config.json": "config", "generation_config.json": "json", "model.safetensors": "weights",
+                "pytorch_model.bin": "weights", "optimizer.pt": "optimizer", "scheduler.pt": "scheduler",
+                "scaler.pt": "scaler", "rng_state.pth": "rng_state", "trainer_state.json": "trainer_state",
+                "training_args.bin": "training_args", "notes.txt": "other"}
+
+
+def weights_totals(path):
+    """(parameters, {dtype: {count, numel, nbytes}}) of a weights file as Python reads it: a safetensors header's
+    shapes, or torch.load's tensors with tied views (the very same view of one storage) counted once."""
+    if path.endswith(".safetensors"):
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(n))
+        tensors = [(F.ST_TO_TORCH_NAME[v["dtype"]], v["shape"]) for k, v in header.items() if k != "__metadata__"]
+    else:
+        seen, tensors = set(), []
+        for t in torch.load(path).values():
+            if F.view_key(t) not in seen:
+                seen.add(F.view_key(t))
+                tensors.append((F.dtype_name(t.dtype), list(t.shape)))
+    dtypes = {}
+    for dtype, shape in tensors:
+        numel = 1
+        for d in shape:
+            numel *= d
+        total = dtypes.setdefault(dtype, {"count": 0, "numel": 0, "nbytes": 0})
+        total["count"] += 1
+        total["numel"] += numel
+        total["nbytes"] += numel * F.ELEMENT_SIZE[dtype]
+    return sum(d["numel"] for d in dtypes.values()), dtypes
+
+
+def expected_summary(cdir):
+    """The summary block of a checkpoint directory, from Python's reading of its files."""
+    names = sorted(n for n in os.listdir(cdir) if os.path.isfile(os.path.join(cdir, n)))
+    with open(os.path.join(cdir, "trainer_state.json")) as f:
+        state = json.load(f)
+    step = state["global_step"]
+    log = state["log_history"]
+    evals = [e for e in log if e["step"] <= step and any(k.startswith("eval_") for k in e)]
+
+    def eval_metrics(entry):
+        return {k: v for k, v in entry.items() if k.startswith("eval_")}
+    best = None
+    if state.get("best_model_checkpoint"):
+        best_name = os.path.basename(state["best_model_checkpoint"].rstrip("/"))
+        at_best = [e for e in evals if e["step"] <= int(best_name.split("-")[1])]
+        named = [k for k, v in eval_metrics(at_best[-1]).items() if v == state["best_metric"]] if at_best else []
+        best = {"checkpoint": best_name, "metric": named[0] if len(named) == 1 else None, "value": state["best_metric"]}
+    weights = [n for n in names if KIND_OF_NAME.get(n) == "weights"]
+    parameters, dtypes = weights_totals(os.path.join(cdir, weights[0]))
+    return {"step": step, "epoch": state["epoch"], "loss": [e["loss"] for e in log if "loss" in e][-1],
+            "eval_step": evals[-1]["step"] if evals else None, "metrics": eval_metrics(evals[-1]) if evals else {},
+            "best": best, "size_bytes": sum(os.path.getsize(os.path.join(cdir, n)) for n in names),
+            "num_files": len(names), "num_parameters": parameters, "dtypes": dtypes,
+            "files": {n: KIND_OF_NAME[n] for n in names}}
+
+
+class SummaryTests(InspectCase):
+    """A checkpoint directory's report starts with a summary (step, epoch, loss, metrics, best, size, parameters,
+    dtypes, files and their kinds, and the verdict with --verify); --summary prints only that block; --json has it as
+    "summary". Every number is checked against Python's reading of the same files."""
+
+    def checkpoints(self):
+        hf = [hf_path("run_safetensors", n) for n in hf_checkpoints()]
+        return hf + [FX["checkpoint-2"][0], FX["checkpoint-10"][0]]  # pickled weights with tied views and a buffer
+
+    def test_json(self):
+        for cdir in self.checkpoints():
+            with self.subTest(checkpoint=cdir):
+                doc, r = self.inspect_json(cdir)
+                exp = expected_summary(cdir)
+                self.assertMatches(doc.get("summary"), exp, r)
+                self.assertEqual(set(doc["summary"]["metrics"]), set(exp["metrics"]), r.command())
+        doc, r = self.inspect_json(hf_path("run_safetensors", "checkpoint-40"))
+        self.assertEqual((doc["summary"]["num_parameters"], doc["summary"]["best"]["metric"]), (28544, "eval_loss"), r.command())
+
+    def block(self, cdir, *args, expect_exit=0):
+        r = self.run_ok(["inspect", "--summary", cdir] + list(args), expect_exit)
+        lines = r.stdout.splitlines()
+        return {line.split()[0]: " ".join(line.split()[1:]) for line in lines[1:] if line.startswith("  ") and line[2] != " "}, r
+
+    def test_text(self):
+        cdir = hf_path("run_safetensors", "checkpoint-30")
+        exp = expected_summary(cdir)
+        rows, r = self.block(cdir)
+        self.assertTrue(r.stdout.startswith(cdir + ": checkpoint at step 30, complete, 8 files\n"), r.describe())
+        self.assertEqual(rows["step"], "30", r.describe())
+        self.assertEqual(rows["epoch"], "%g" % exp["epoch"], r.describe())
+        self.assertEqual(rows["loss"], "%.6g" % exp["loss"], r.describe())
+        self.assertEqual(rows["evaluated"], "at step 30", r.describe())
+        self.assertEqual(rows["eval_loss"], "%.6g" % exp["metrics"]["eval_loss"], r.describe())
+        self.assertEqual(rows["eval_runtime"], "%.6g s" % exp["metrics"]["eval_runtime"], r.describe())  # a time, in seconds
+        self.assertEqual(rows["best"], "checkpoint-30 (eval_loss %.6g)" % exp["best"]["value"], r.describe())
+        self.assertRegex(rows["size"], r"^[0-9.]+ KiB in 8 files$", r.describe())
+        self.assertEqual(rows["parameters"], "{:,} (float32)".format(exp["num_parameters"]), r.describe())
+        self.assertEqual(rows["files"], "config.json (config, %d B)" % os.path.getsize(os.path.join(cdir, "config.json")),
+                         r.describe())
+        for name, kind in exp["files"].items():
+            self.assertRegex(r.stdout, r"\n  (files)? +%s \(%s, " % (name.replace(".", r"\."), kind), r.describe())
+        self.assertNotIn("28 tensors", r.stdout, "--summary prints only the block\n" + r.describe())
+        self.assertNotIn("verify", rows, r.describe())
+        # Without --summary the block comes first, then every file in detail.
+        full = self.run_ok(["inspect", cdir]).stdout
+        self.assertTrue(full.startswith(r.stdout + "\n"), full)
+        self.assertIn("28 tensors", full)
+
+    def test_a_file_without_its_tables(self):
+        cdir = hf_path("run_safetensors", "checkpoint-40")
+        r = self.run_ok(["inspect", "--summary", os.path.join(cdir, "model.safetensors")])
+        self.assertEqual(r.stdout.splitlines()[1:], ["  28 tensors, 28,544 parameters, 111.5 KiB of tensor data"], r.describe())
+        r = self.run_ok(["inspect", "--summary", os.path.join(cdir, "training_args.bin")])
+        fields = len(F.ref_load(os.path.join(cdir, "training_args.bin"))[0]._state)
+        self.assertEqual(r.stdout.splitlines()[1:], ["  class transformers.training_args.TrainingArguments",
+                                                     "  %d fields" % fields], r.describe())
+
+    def test_verify_verdict(self):
+        cdir = hf_path("run_safetensors", "checkpoint-40")
+        rows, r = self.block(cdir, "--verify")
+        self.assertEqual(rows["verify"], "ok", r.describe())
+        broken = os.path.join(tempfile.mkdtemp(dir=TMP), "checkpoint-40")
+        shutil.copytree(cdir, broken)
+        with open(os.path.join(broken, "trainer_state.json")) as f:
+            state = json.load(f)
+        state["global_step"] = 41
+        with open(os.path.join(broken, "trainer_state.json"), "w") as f:
+            json.dump(state, f)
+        rows, r = self.block(broken, "--verify", expect_exit=3)
+        self.assertEqual(rows["verify"], "FAILED: trainer_state.json: global_step 41 but the directory is checkpoint-40",
+                         r.describe())
+
+    def test_metadata_only(self):
+        # 2^38 float32 parameters in a sparse 1 TiB file: reading its bytes would take minutes. Run without the
+        # address-space cap of run_ckpt, since the file is mapped whole.
+        cdir = os.path.join(tempfile.mkdtemp(dir=TMP), "huge")
+        os.makedirs(cdir)
+        header = json.dumps({"w": {"dtype": "F32", "shape": [1 << 20, 1 << 18], "data_offsets": [0, 1 << 40]}}).encode()
+        header += b" " * (-len(header) % 8)
+        with open(os.path.join(cdir, "model.safetensors"), "wb") as f:
+            f.write(struct.pack("<Q", len(header)) + header)
+            f.truncate(8 + len(header) + (1 << 40))
+        with open(os.path.join(cdir, "config.json"), "w") as f:
+            json.dump({"model_type": "huge"}, f)
+        r = subprocess.run([F.ckpt_bin(), "inspect", "--json", cdir], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["summary"]["num_parameters"], 1 << 38)
+
+
+class ModelDirectoryTests(InspectCase):
+    """A model directory (weights and config.json, for loading rather than resuming: what best --export, convert of
+    one, or save_pretrained write) is verified as one, not failed as a checkpoint without trainer_state.json."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="model-dir-", dir=TMP)
+
+    def export(self):
+        run = os.path.join(tempfile.mkdtemp(dir=self.dir), "run")
+        shutil.copytree(hf_path("run_safetensors"), run)
+        out = os.path.join(self.dir, "exported")
+        self.run_ok(["best", run, "--export", out])
+        return out
+
+    def sharded(self):
+        d = os.path.join(self.dir, "sharded")
+        os.makedirs(d)
+        F.make_sharded(d)
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump({"model_type": "tiny", "architectures": ["TinyLM"], "torch_dtype": "float32"}, f)
+        return d
+
+    def assertModelDirectory(self, path, complete=True):
+        doc, r = self.inspect_json(path, verify=True, expect_exit=0 if complete else 3)
+        self.assertEqual((doc.get("layout"), doc.get("complete"), doc.get("ok")), ("model", complete, complete), r.describe())
+        return doc, r
+
+    def test_best_export_convert_and_shards_verify(self):
+        exported = self.export()
+        self.assertEqual(sorted(os.listdir(exported)), ["config.json", "generation_config.json", "model.safetensors"])
+        converted = os.path.join(self.dir, "converted")
+        self.run_ok(["convert", exported, "--to", "pytorch", "-o", converted])
+        for path in (exported, converted, self.sharded()):
+            with self.subTest(path=os.path.basename(path)):
+                doc, r = self.assertModelDirectory(path)
+                self.assertEqual(doc["problems"], [], r.describe())
+                self.assertEqual(doc["step"], None, r.describe())
+                text = self.run_ok(["inspect", "--verify", path])
+                self.assertTrue(text.stdout.startswith(path + ": model directory, complete"), text.describe())
+                self.assertTrue(text.stdout.endswith("verify: ok\n"), text.describe())
+        self.assertEqual(self.inspect_json(exported)[0]["layout"], "model")
+
+    def test_what_a_model_directory_must_hold(self):
+        for name, damage, why in (("no-config", "config.json", "no config.json"),
+                                  ("no-weights", "model.safetensors", "no weights"),
+                                  ("no-shard", "model-00002-of-00002.safetensors", "missing weights shard model-00002")):
+            with self.subTest(name):
+                source = self.sharded() if name == "no-shard" else self.export()
+                path = os.path.join(self.dir, name)
+                os.rename(source, path)
+                os.remove(os.path.join(path, damage))
+                doc, r = self.assertModelDirectory(path, complete=False)
+                self.assertTrue(any(why in p for p in doc["problems"]), r.describe())
+                self.assertIn(damage, r.stderr, r.describe())
+        with open(os.path.join(self.export(), "config.json"), "w") as f:
+            f.write("[1, 2]")
+        doc, r = self.assertModelDirectory(os.path.join(self.dir, "exported"), complete=False)
+        self.assertIn("config.json", r.stderr, r.describe())
+
+    def test_a_checkpoint_without_trainer_state_is_still_an_incomplete_checkpoint(self):
+        # Training state beside the weights, or a checkpoint-N name, makes it a checkpoint whatever else it lacks.
+        for name, remove in (("my-copy", ["trainer_state.json"]), ("checkpoint-40", ["trainer_state.json", "optimizer.pt",
+                                                                                     "scheduler.pt", "rng_state.pth"])):
+            with self.subTest(name):
+                path = os.path.join(self.dir, name)
+                shutil.copytree(hf_path("run_safetensors", "checkpoint-40"), path)
+                for n in remove:
+                    os.remove(os.path.join(path, n))
+                doc, r = self.inspect_json(path, verify=True, expect_exit=3)
+                self.assertEqual((doc.get("layout"), doc["complete"]), ("checkpoint", False), r.describe())
+                self.assertIn("no trainer_state.json", doc["problems"], r.describe())
+                shutil.rmtree(path)
 
 
 def _walk(v):

@@ -358,6 +358,42 @@ class BestSyntheticTest(Tmp):
         self.assertEqual(data["metric"], "eval_loss", r.describe())
         self.assertEqual(data["value"], 1.0, r.describe())
 
+    def test_the_metric_is_named(self):
+        # trainer_state.json records best_metric but not which metric it is: best names the evaluation metric that has
+        # that value at the best checkpoint, in --json and on stderr (stdout stays the path alone, for scripts).
+        evals = {10: {"eval_loss": 2.0, "eval_accuracy": 0.6}, 20: {"eval_loss": 1.0, "eval_accuracy": 0.9},
+                 30: {"eval_loss": 1.5, "eval_accuracy": 0.7}}
+        d = os.path.join(self.tmp, "run")
+
+        def state_for(best_metric):
+            return lambda s: runs.trainer_state(s, evals=evals, best_metric=best_metric,
+                                                best_model_checkpoint=os.path.join(d, "checkpoint-%d" % min(s, 20)))
+        runs.make_run(d, [10, 20, 30], state_for=state_for(0.9))
+        out, r = self.best_path(d)
+        self.assertEqual(out, os.path.join(d, "checkpoint-20"), r.describe())
+        self.assertEqual(r.stderr, "ckpt: best: checkpoint-20 (eval_accuracy 0.9)\n", r.describe())
+        r = ckpt_ok(self, "best", d, "--json")
+        self.assertEqual((r.json()["metric"], r.json()["value"], r.json()["source"]), ("eval_accuracy", 0.9, "trainer_state"),
+                         r.describe())
+        self.assertEqual(r.stderr, "", r.describe())
+        # list shows that metric's column, as for --metric accuracy
+        rows, r = self.list_json(d)
+        self.assertEqual([row["metric"] for row in rows], [0.6, 0.9, 0.7], r.describe())
+        self.assertIn(" eval_accuracy ", ckpt_ok(self, "list", d).stdout.splitlines()[0])
+        # recomputed: the metric asked for
+        out, r = self.best_path(d, "--metric", "loss")
+        self.assertEqual(r.stderr, "ckpt: best: checkpoint-20 (eval_loss 1)\n", r.describe())
+        # A value no metric (or two metrics) had at the best checkpoint names none: trainer_state.json's field instead.
+        for name, best_metric, at_20 in (("run-none", 0.95, {"eval_loss": 1.0, "eval_accuracy": 0.9}),
+                                         ("run-two", 0.9, {"eval_loss": 1.0, "eval_accuracy": 0.9, "eval_f1": 0.9})):
+            with self.subTest(name):
+                evals[20] = at_20
+                d = os.path.join(self.tmp, name)
+                runs.make_run(d, [10, 20, 30], state_for=state_for(best_metric))
+                out, r = self.best_path(d)
+                self.assertEqual(r.stderr, "ckpt: best: checkpoint-20 (best_metric %g)\n" % best_metric, r.describe())
+                self.assertIsNone(ckpt_ok(self, "best", d, "--json").json()["metric"])
+
     def test_ties_keep_the_earlier_step(self):
         evals = {10: {"eval_loss": 2.0, "eval_accuracy": 0.5}, 20: {"eval_loss": 1.0, "eval_accuracy": 0.8},
                  30: {"eval_loss": 1.0, "eval_accuracy": 0.8}, 40: {"eval_loss": 1.0, "eval_accuracy": 0.8}}
@@ -735,6 +771,9 @@ class FixtureRunTest(Tmp):
         data = r.json()
         self.assertEqual(data["name"], "checkpoint-40", r.describe())
         self.assertEqual(data["value"], FIXTURE_BEST_METRIC, r.describe())
+        self.assertEqual(data["metric"], "eval_loss", r.describe())  # the metric that has best_metric's value at step 40
+        _, r = self.best_path(d)
+        self.assertEqual(r.stderr, "ckpt: best: checkpoint-40 (eval_loss %.6g)\n" % FIXTURE_BEST_METRIC, r.describe())
         self.assertBestIs(d, "checkpoint-40", "--metric", "loss")
         self.assertBestIs(d, "checkpoint-40", "--metric", "eval_loss", "--mode", "min")
         self.assertBestIs(d, "checkpoint-10", "--metric", "loss", "--mode", "max")
