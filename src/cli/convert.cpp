@@ -68,13 +68,6 @@ class InterruptFlag {
   struct sigaction previous_term_ {};
 };
 
-// Runs `work` with a progress line on stderr (a terminal's), cleared before `work`'s result is printed.
-template <typename Work>
-auto with_progress(const ConvertOptions& o, Work work) {
-  ProgressLine progress(!o.quiet && !o.json, "converting");
-  return work(progress);
-}
-
 // --to archive and --to dir: one archive file <-> one checkpoint directory.
 int run_archive(const ConvertOptions& o) {
   for (const auto& [given, flag] : {std::pair{o.max_shard_size_given, "--max-shard-size"}, {!o.dtype.empty(), "--dtype"},
@@ -88,7 +81,7 @@ int run_archive(const ConvertOptions& o) {
   const InterruptFlag interrupt;
   options.interrupted = interrupt.flag();
   const bool archiving = o.to == "archive";
-  const auto s = with_progress(o, [&](ProgressLine& progress) {
+  const auto s = with_progress(!o.quiet && !o.json, "converting", [&](ProgressLine& progress) {
     options.progress = [&progress](std::uint64_t done, std::uint64_t total) { progress.update(done, total); };
     return archiving ? checkpoint::archive_checkpoint(o.source, o.output, options) : checkpoint::restore_archive(o.source, o.output, options);
   });
@@ -144,7 +137,7 @@ int run_convert(const ConvertOptions& o) {
   options.force = o.force;
   const InterruptFlag interrupt;
   options.interrupted = interrupt.flag();
-  const auto result = with_progress(o, [&](ProgressLine& progress) {
+  const auto result = with_progress(!o.quiet && !o.json, "converting", [&](ProgressLine& progress) {
     options.progress = [&progress](const std::string& file, std::uint64_t done, std::uint64_t total) {
       progress.set_label("converting " + printable(file));
       progress.update(done, total);

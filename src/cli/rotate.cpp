@@ -49,13 +49,14 @@ int run_rotate(const RotateOptions& o) {
   options.archive_level = o.level;
   options.archive_threads = o.threads;
 
-  ProgressLine progress(!o.quiet && !o.json, "archiving");
-  options.archive_progress = [&progress](const std::string& name, std::uint64_t done, std::uint64_t total) {
-    progress.set_label("archiving " + name);
-    progress.update(done, total);
-  };
   require_run_directory(o.run_dir);
-  const auto result = checkpoint::rotate(o.run_dir, options, o.dry_run, !o.no_wait);
+  const auto result = with_progress(!o.quiet && !o.json, "archiving", [&](ProgressLine& progress) {
+    options.archive_progress = [&progress](const std::string& name, std::uint64_t done, std::uint64_t total) {
+      progress.set_label("archiving " + printable(name));
+      progress.update(done, total);
+    };
+    return checkpoint::rotate(o.run_dir, options, o.dry_run, !o.no_wait);
+  });
   if (o.json) {
     json::Json decisions = json::Json::array();
     for (const auto& d : result.plan.decisions) {

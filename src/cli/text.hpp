@@ -58,6 +58,14 @@ class ProgressLine {
   std::chrono::steady_clock::time_point last_;
 };
 
+// Runs `work(progress)` with a progress line that is cleared when `work` returns or throws, so that what is
+// printed of its result (or its error) never mixes with it.
+template <typename Work>
+auto with_progress(bool enabled, std::string label, Work work) {
+  ProgressLine progress(enabled, std::move(label));
+  return work(progress);
+}
+
 // A table with left-aligned columns separated by two spaces; the last column is not padded. Cells are made
 // printable() as they are added, so a name holding a newline stays in its row.
 class Table {

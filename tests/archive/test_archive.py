@@ -27,11 +27,13 @@ import unittest
 import zlib
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "manage"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
 
 import runs  # noqa: E402
 from runs import ckpt, ckpt_ok  # noqa: E402
+from terminal import run_on_terminal, terminal_screen  # noqa: E402
 
 
 def same_tree(a, b):
@@ -393,6 +395,21 @@ class BombTest(Tmp):
 
 
 class RotateArchiveTest(Tmp):
+    def test_archiving_progress_is_replaced_by_the_report(self):
+        """On a terminal, archiving a 72 MiB checkpoint shows a progress line naming it; the report replaces it."""
+        for term in ("xterm", "dumb"):
+            with self.subTest(term=term):
+                run = self.path("run-" + term)
+                for step in (10, 20):
+                    random_weights_checkpoint(os.path.join(run, "checkpoint-%d" % step), step, mib=72)
+                status, output = run_on_terminal([runs.CKPT_BIN, "rotate", run, "--keep", "1", "--archive"], term)
+                self.assertEqual(status, 0, output)
+                self.assertIn("archiving checkpoint-10: ", output)
+                self.assertEqual(("\x1b" in output), term != "dumb", repr(output[:300]))
+                screen = terminal_screen(output)
+                self.assertEqual(screen[0].split(), ["name", "action", "reason"], "\n".join(screen))
+                self.assertFalse([line for line in screen if "archiving" in line or "%" in line], "\n".join(screen))
+
     def test_rotate_archives_then_deletes_and_bounds_the_archives(self):
         run = runs.copy_fixture_run(self.tmp)
         originals = {s: runs.tree_digest(os.path.join(run, "checkpoint-%d" % s)) for s in (10, 20, 30, 40)}

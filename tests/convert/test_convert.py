@@ -21,12 +21,14 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import convert_helpers as H  # noqa: E402
+from terminal import run_on_terminal, terminal_screen  # noqa: E402
 
 TMP = None
 
@@ -1527,33 +1529,6 @@ class WriteFailures(ConvertCase):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def terminal_screen(output):
-    """The lines a terminal shows after `output`: \\r returns to the line's start, ESC [K erases to its end,
-    characters overwrite what is under them."""
-    lines, line, column, i = [], [], 0, 0
-    while i < len(output):
-        if output.startswith("\x1b[K", i):
-            del line[column:]
-            i += 3
-            continue
-        c = output[i]
-        if c == "\r":
-            column = 0
-        elif c == "\n":
-            lines.append("".join(line))
-            line, column = [], 0
-        else:
-            if column < len(line):
-                line[column] = c
-            else:
-                line.append(c)
-            column += 1
-        i += 1
-    if line:
-        lines.append("".join(line))
-    return lines
-
-
 class ProgressAndInterruption(ConvertCase):
     """Big enough to show progress (64 MiB per file) and to be caught mid-write: a checkpoint directory with 128 MiB
     of float32 weights, stored as a transposed view (so converting gathers them element by element, the slowest
@@ -1576,37 +1551,11 @@ class ProgressAndInterruption(ConvertCase):
         with open(os.path.join(cls.checkpoint, "config.json"), "w") as f:
             json.dump({"model_type": "big"}, f)
 
-    def run_on_terminal(self, args, term):
-        """ckpt with stdout and stderr on one pseudo-terminal, as in an interactive shell: (exit status, output)."""
-        import pty
-        import select
-        import subprocess
-        master, slave = pty.openpty()
-        env = dict(os.environ, TERM=term)
-        env.pop("NO_COLOR", None)
-        p = subprocess.Popen([H.CKPT_BIN] + args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
-        os.close(slave)
-        output = b""
-        try:
-            while True:
-                ready, _, _ = select.select([master], [], [], 120)
-                self.assertTrue(ready, "no output for 120 s")
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: every writer has closed the terminal
-                    break
-                if not chunk:
-                    break
-                output += chunk
-        finally:
-            os.close(master)
-        return p.wait(timeout=120), output.decode()
-
     def test_progress_names_each_file_and_the_final_table_replaces_it(self):
         for term in ("xterm", "dumb"):
             with self.subTest(term=term):
                 dst = self.path("out-" + term)
-                status, output = self.run_on_terminal(["convert", self.checkpoint, "--to", "safetensors",
+                status, output = run_on_terminal([H.CKPT_BIN, "convert", self.checkpoint, "--to", "safetensors",
                                                        "--include-state", "-o", dst], term)
                 self.assertEqual(status, 0, output)
                 for name in ("pytorch_model.bin", "optimizer.pt"):
