@@ -14,7 +14,11 @@ _ckpt() {
   done
 
   if [[ -z $subcommand ]]; then
-    COMPREPLY=($(compgen -W "$subcommands --help --version" -- "$cur"))
+    COMPREPLY=($(compgen -W "$subcommands help --help --version" -- "$cur"))
+    return
+  fi
+  if [[ $subcommand == help ]]; then
+    [[ $prev == help ]] && COMPREPLY=($(compgen -W "$subcommands" -- "$cur"))
     return
   fi
 

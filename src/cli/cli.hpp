@@ -2,6 +2,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -34,6 +35,13 @@ Action attach_rotate(CLI::App& sub);
 Action attach_convert(CLI::App& sub);
 Action attach_save(CLI::App& sub);
 Action attach_resume(CLI::App& sub);
+
+// Checks of option values whose failures read as one line naming the option, the value and what it must be:
+// "--keep: must be at least 1, not 0", "--to: 'safetensor' is not one of safetensors, pytorch, archive, dir; did
+// you mean 'safetensors'?". Their descriptions in --help are CLI11's own (POSITIVE, INT in [1 - 19], {a,b}).
+CLI::Validator positive_integer();
+CLI::Validator integer_between(std::int64_t low, std::int64_t high);
+CLI::Validator one_of(std::vector<std::string> values);
 
 // The RUN_DIR argument of list, best and rotate: refused when it is no run directory (checkpoint::
 // check_run_directory), with a note on stderr when it holds nothing yet.

@@ -139,18 +139,18 @@ Action attach_convert(CLI::App& sub) {
                  "A weights file, a sharded checkpoint's index json, another checkpoint file, a checkpoint directory, or an archive (--to dir)")
       ->required();
   sub.add_option("--to", o->to, "Target format: safetensors, pytorch, archive (a compressed .ckpt file of a checkpoint directory), dir (restore one); required unless --consolidate")
-      ->check(CLI::IsMember({"safetensors", "pytorch", "archive", "dir"}));
+      ->check(one_of({"safetensors", "pytorch", "archive", "dir"}));
   sub.add_option("-o,--output", o->output, "Destination file, or directory (for a directory SRC, with --max-shard-size, or --to dir)")->required();
   sub.add_option("--max-shard-size", o->max_shard_size, "Split weights into shards of at most this size, with an index json (e.g. 5GB, 500MiB)")
       ->each([o](const std::string&) { o->max_shard_size_given = true; });
-  sub.add_option("--dtype", o->dtype, "Cast floating weights (round to nearest even, as torch does); a directory's config.json gets the new torch_dtype")->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  sub.add_option("--dtype", o->dtype, "Cast floating weights (round to nearest even, as torch does); a directory's config.json gets the new torch_dtype")->check(one_of({"bf16", "fp16", "fp32"}));
   sub.add_flag("--include-state", o->include_state,
                "For a directory: also convert optimizer, scheduler, scaler and rng_state files (and training_args.bin one way, to JSON)");
   sub.add_flag("--consolidate", o->consolidate,
                "For a directory with a sharded optimizer (optimizer_<rank>.pt, from --shard-optimizer): merge the shards into one optimizer.pt "
                "that torch.optim loads; without --to the weights are copied as they are");
-  sub.add_option("--level", o->level, "zstd level for --to archive (default 3)")->check(CLI::Range(1, 19));
-  sub.add_option("--threads", o->threads, "Threads for --to archive and --to dir (default: every core)")->check(CLI::Range(1, 256));
+  sub.add_option("--level", o->level, "zstd level for --to archive (default 3)")->check(integer_between(1, 19));
+  sub.add_option("--threads", o->threads, "Threads for --to archive and --to dir (default: every core)")->check(integer_between(1, 256));
   sub.add_flag("--dry-run", o->dry_run, "Show what would be written; write nothing");
   sub.add_flag("--force", o->force, "Replace an existing destination (a directory only when it holds an earlier output of ckpt and nothing else)");
   sub.add_flag("--json", o->json, "Print a JSON summary");

@@ -278,15 +278,15 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
   const char* dist = "Distributed (torch.distributed, Gloo)";
   sub.add_option("--nproc-per-node", f->launch.nproc_per_node,
                  "Start N worker processes on this machine, one torch.distributed group (as torchrun); ignored in a worker (RANK set)")
-      ->check(CLI::Range(1, 1024))
+      ->check(integer_between(1, 1024))
       ->group(dist);
   sub.add_option("--nnodes", f->launch.nnodes, "Machines in the group, each running this command with its --node-rank [default: 1]")
-      ->check(CLI::Range(1, 65536))
+      ->check(integer_between(1, 65536))
       ->group(dist);
-  sub.add_option("--node-rank", f->launch.node_rank, "This machine's index among --nnodes [default: 0]")->check(CLI::Range(0, 65535))->group(dist);
+  sub.add_option("--node-rank", f->launch.node_rank, "This machine's index among --nnodes [default: 0]")->check(integer_between(0, 65535))->group(dist);
   sub.add_option("--master-addr", f->launch.master_addr, "Address of node 0, where rank 0 serves the rendezvous [default: 127.0.0.1; required with --nnodes above 1]")->group(dist);
   sub.add_option("--master-port", f->launch.master_port, "Rendezvous port on --master-addr [default: a free port on one machine, 29500 across machines]")
-      ->check(CLI::Range(1, 65535))
+      ->check(integer_between(1, 65535))
       ->group(dist);
   sub.add_flag("--json", f->json, "Print a JSON summary at the end (nothing else on stdout)");
   sub.add_flag("-q,--quiet", f->quiet, "Print nothing unless there is an error");

@@ -5,7 +5,8 @@ import subprocess
 import tempfile
 import unittest
 
-CKPT = os.environ.get("CKPT_BIN", os.path.join(os.path.dirname(__file__), "..", "..", "build", "ckpt"))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CKPT = os.environ.get("CKPT_BIN", os.path.join(ROOT, "build", "ckpt"))
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data")
 FIXTURE_RUN = os.path.join(DATA, "hf-trainer-4.40.2", "run_safetensors")
 
@@ -17,6 +18,13 @@ def read(path):
 
 def ckpt(*args):
     return subprocess.run([CKPT, *args], capture_output=True, text=True, timeout=60)
+
+
+def error_line(r):
+    """The message of the one `ckpt: error:` line on stderr (asserting there is exactly one line)."""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ckpt: error: "), "not one error line: %r" % r.stderr
+    return lines[0][len("ckpt: error: "):]
 
 
 class ExitCodes(unittest.TestCase):
@@ -40,10 +48,10 @@ class ExitCodes(unittest.TestCase):
     def test_usage_errors_suggest_the_closest_name(self):
         r = ckpt("inspekt", DATA)
         self.assertEqual(r.returncode, 2)
-        self.assertIn("Did you mean 'inspect'?", r.stderr)
+        self.assertIn("did you mean 'inspect'?", r.stderr)
         r = ckpt("rotate", DATA, "--kep", "3")
         self.assertEqual(r.returncode, 2)
-        self.assertIn("Did you mean '--keep'?", r.stderr)
+        self.assertIn("did you mean '--keep'?", r.stderr)
 
     def test_missing_path_exits_one_naming_it(self):
         r = ckpt("inspect", "/nonexistent/ckpt-test")
@@ -67,6 +75,62 @@ class ExitCodes(unittest.TestCase):
         r = ckpt("inspect", os.path.join(DATA, "make_data.py"))
         self.assertEqual(r.returncode, 3)
         self.assertIn("detected from the content", r.stderr)
+
+
+class UsageErrors(unittest.TestCase):
+    """A usage error is one line naming what was wrong and, when a known name is close, the likely intent."""
+
+    def test_each_is_one_line_naming_the_mistake(self):
+        tiny = os.path.join(DATA, "tiny_state_dict.pt")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "out.safetensors")
+            cases = (
+                (["inspekt", DATA], ["'inspekt' is not a subcommand", "did you mean 'inspect'?"]),
+                (["help", "rotat"], ["'rotat' is not a subcommand", "did you mean 'rotate'?"]),
+                ([], ["a subcommand is required", "save, resume, list, best, rotate, inspect, convert"]),
+                (["--bogus"], ["unknown option --bogus"]),
+                (["inspect", "--bogus", DATA], ["unknown option --bogus"]),
+                (["inspect", DATA, "--jsn"], ["unknown option --jsn", "did you mean '--json'?"]),
+                (["rotate", FIXTURE_RUN, "--kep", "3"], ["unknown option --kep", "did you mean '--keep'?"]),
+                (["inspect", DATA, "extra"], ["unexpected argument 'extra'"]),
+                (["inspect"], ["PATH is required"]),
+                (["rotate", FIXTURE_RUN], ["--keep is required"]),
+                (["rotate", FIXTURE_RUN, "--keep", "0"], ["--keep: must be at least 1, not 0"]),
+                (["rotate", FIXTURE_RUN, "--keep", "-3"], ["--keep: must be at least 1, not -3"]),
+                (["rotate", FIXTURE_RUN, "--keep", "abc"], ["--keep: 'abc' is not a whole number"]),
+                (["rotate", FIXTURE_RUN, "--keep", "1.5"], ["--keep: '1.5' is not a whole number"]),
+                (["rotate", FIXTURE_RUN, "--keep", "99999999999999999999"], ["--keep: '99999999999999999999' is too large"]),
+                (["rotate", FIXTURE_RUN, "--keep"], ["--keep needs a value"]),
+                (["rotate", FIXTURE_RUN, "--keep", "1", "--keep", "2"], ["--keep is given more than once"]),
+                (["rotate", FIXTURE_RUN, "--keep", "1", "--level", "30"], ["--level: must be between 1 and 19, not 30"]),
+                (["convert", tiny, "--to", "safetensor", "-o", out],
+                 ["--to: 'safetensor' is not one of safetensors, pytorch, archive, dir", "did you mean 'safetensors'?"]),
+                (["convert", tiny, "--to", "safetensors", "--dtype", "bf61", "-o", out], ["--dtype: 'bf61'", "did you mean 'bf16'?"]),
+                (["list", FIXTURE_RUN, "--sort", "setp"], ["--sort: 'setp'", "did you mean 'step'?"]),
+                (["best", FIXTURE_RUN, "--mode", "mn"], ["--mode: 'mn'", "did you mean 'min'?"]),
+                (["list", FIXTURE_RUN, "--mode", "average"], ["--mode: 'average' is not one of min, max"]),
+                (["save", "--output-dir", out, "--max-steps", "abc"], ["--max-steps: 'abc' is not a whole number"]),
+                (["save", "--output-dir", out, "--learning-rate", "fast"], ["--learning-rate: 'fast' is not a number"]),
+                (["save", "--output-dir", out, "--nproc-per-node", "0"], ["--nproc-per-node: must be between 1 and 1024, not 0"]),
+            )
+            for args, expected in cases:
+                with self.subTest(args=args):
+                    r = ckpt(*args)
+                    self.assertEqual(r.returncode, 2, r.stderr)
+                    self.assertEqual(r.stdout, "")
+                    line = error_line(r)
+                    for text in expected:
+                        self.assertIn(text, line)
+                    self.assertLess(len(line), 200, "a usage error says what to do in a few words")
+            self.assertFalse(os.path.exists(out))
+
+    def test_help_subcommand(self):
+        self.assertEqual(ckpt("help").stdout, ckpt("--help").stdout)
+        for sub in ("save", "resume", "list", "best", "rotate", "inspect", "convert"):
+            r = ckpt("help", sub)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, ckpt(sub, "--help").stdout, sub)
+        self.assertIn("ckpt help SUBCOMMAND", ckpt("--help").stdout)
 
 
 class JsonOutput(unittest.TestCase):

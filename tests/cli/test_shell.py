@@ -68,7 +68,9 @@ class Completions(unittest.TestCase):
 
     def test_bash_completes_subcommands_and_options(self):
         self.assertEqual(bash_complete("ckpt ins"), ["inspect"])
-        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "inspect", "list", "resume", "rotate", "save"])
+        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "help", "inspect", "list", "resume", "rotate", "save"])
+        self.assertEqual(bash_complete("ckpt help ro"), ["rotate"])
+        self.assertEqual(bash_complete("ckpt help rotate "), [])
         self.assertEqual(sorted(bash_complete("ckpt inspect --")), ["--help", "--json", "--verify"])
 
     def test_bash_completes_option_values(self):
@@ -123,6 +125,8 @@ class Completions(unittest.TestCase):
 
     def test_zsh_completes(self):
         self.assertEqual(zsh_complete("ckpt conv"), "ckpt convert ")
+        self.assertEqual(zsh_complete("ckpt hel"), "ckpt help ")
+        self.assertEqual(zsh_complete("ckpt help rot"), "ckpt help rotate ")
         self.assertEqual(zsh_complete("ckpt convert x --to arch"), "ckpt convert x --to archive ")
         self.assertEqual(zsh_complete("ckpt convert x --cons"), "ckpt convert x --consolidate ")
         self.assertEqual(zsh_complete("ckpt save --nproc"), "ckpt save --nproc-per-node ")
@@ -136,6 +140,12 @@ class Completions(unittest.TestCase):
         script = (f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt ins'; complete -C 'ckpt inspect --v'; "
                   "complete -C 'ckpt rotate --sort '")
         out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
+        help_completions = subprocess.run(["fish", "--no-config", "-c", f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt help '"],
+                                          capture_output=True, text=True, check=True).stdout
+        self.assertEqual(sorted(line.split("\t")[0] for line in help_completions.splitlines()),
+                         ["best", "convert", "inspect", "list", "resume", "rotate", "save"])
+        self.assertIn("--verify", out)
+        self.assertIn("mtime", out)
         self.assertIn("inspect", out)
         self.assertIn("--verify", out)
         self.assertIn("mtime", out)
