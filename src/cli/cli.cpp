@@ -8,9 +8,11 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <sstream>
 
 #include "checkpoint/run_dir.hpp"
 #include "cli/text.hpp"
+#include "format/json.hpp"
 #include "util/error.hpp"
 #include "util/mapped_file.hpp"
 
@@ -147,6 +149,52 @@ int exit_code_for(ErrorKind kind) {
   return exit_failure;
 }
 
+// The spellings of error kinds in --json errors: a stable list (docs/inspect-json.md), beside "usage" (the command
+// line did not parse), "out_of_memory" and "internal" (an exception that is no ckpt::Error).
+const char* json_kind(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::not_found: return "not_found";
+    case ErrorKind::corrupt: return "corrupt";
+    case ErrorKind::unsupported: return "unsupported";
+    case ErrorKind::invalid_argument: return "invalid_argument";
+    case ErrorKind::io: return "io";
+    case ErrorKind::interrupted: return "interrupted";
+    case ErrorKind::locked: return "locked";
+  }
+  return "internal";
+}
+
+// Whether a failure is also one JSON object on stdout: --json was given, and this process is not one of a training
+// group's other workers (RANK above 0), which share rank 0's stdout and fail as it does.
+bool json_errors(const std::vector<std::string>& args) {
+  const auto end = std::find(args.begin(), args.end(), "--");
+  if (std::find(args.begin(), end, "--json") == end) return false;
+  const char* rank = std::getenv("RANK");
+  const bool training = args.front() == "save" || args.front() == "resume";
+  return !training || rank == nullptr || std::string(rank) == "0";
+}
+
+// std::cout held in memory while active, so that a --json run prints its document only once it has succeeded and a
+// failure's object is all there is on stdout. Restored on destruction, dropping what was held.
+class HeldStdout {
+ public:
+  explicit HeldStdout(bool active) : original_(std::cout.rdbuf()) {
+    if (active) std::cout.rdbuf(held_.rdbuf());
+  }
+  ~HeldStdout() { std::cout.rdbuf(original_); }
+  HeldStdout(const HeldStdout&) = delete;
+  HeldStdout& operator=(const HeldStdout&) = delete;
+  void release() {
+    std::cout.rdbuf(original_);
+    std::cout << held_.str();
+  }
+  void drop() { std::cout.rdbuf(original_); }
+
+ private:
+  std::ostringstream held_;
+  std::streambuf* original_;
+};
+
 }  // namespace
 
 namespace {
@@ -206,16 +254,29 @@ int run(int argc, char** argv) {
   // Set after the subcommands were added, which would inherit it.
   app.footer("Run 'ckpt help SUBCOMMAND' (or ckpt SUBCOMMAND --help) for its options; man ckpt for everything.");
 
-  const auto usage_error = [](const std::string& message) {
-    print_error(message);
-    return exit_usage;
-  };
   std::vector<std::string> args(argv + 1, argv + argc);
   // `ckpt help [SUBCOMMAND]` is `ckpt [SUBCOMMAND] --help`.
   if (!args.empty() && args.front() == "help") {
     args.erase(args.begin());
     args.push_back("--help");
   }
+  // The one place a failure is reported: its line on stderr and, for --json, its object on stdout.
+  const bool as_json = !args.empty() && json_errors(args);
+  HeldStdout held(as_json);
+  const auto fail = [&](const char* kind, const std::string& path, const std::string& where, const std::string& message, int code) {
+    held.drop();
+    std::cout.flush();
+    print_error(message);
+    if (as_json) {
+      const auto text_or_null = [](const std::string& text) { return text.empty() ? json::Json(nullptr) : json::Json(text); };
+      json::Json error{{"kind", kind}, {"path", text_or_null(path)}, {"where", text_or_null(where)}, {"message", message}};
+      std::cout << json::dump({{"error", std::move(error)}}, 2) << "\n";
+    }
+    return code;
+  };
+  const auto usage_error = [&](const std::string& message) { return fail("usage", "", "", message, exit_usage); };
+  const auto error = [&](const Error& e) { return fail(json_kind(e.kind()), e.path(), e.where(), e.what(), exit_code_for(e.kind())); };
+
   // CLI11 reports a first word that names no subcommand as a missing subcommand, without the word.
   const auto names = subcommand_names();
   if (args.empty()) return usage_error("a subcommand is required: " + joined(names) + " (see ckpt --help)");
@@ -246,34 +307,32 @@ int run(int argc, char** argv) {
   }
 
   // A file that shrank under its map was read as zeros: that, not what the zeros led to, is the error.
-  const auto report_shrunk_file = [] {
+  const auto shrunk_file = []() -> std::optional<Error> {
     try {
       ensure_no_mapped_file_shrank();
-      return false;
+      return std::nullopt;
     } catch (const Error& e) {
-      std::cout.flush();
-      print_error(e.what());
-      return true;
+      return e;
     }
   };
   try {
     for (auto& [sub, action] : actions) {
       if (!sub->parsed()) continue;
       const int code = action();
-      return report_shrunk_file() ? exit_failure : code;
+      if (const auto shrunk = shrunk_file()) return error(*shrunk);
+      held.release();
+      return code;
     }
     return exit_usage;
   } catch (const Error& e) {
-    if (report_shrunk_file()) return exit_failure;
-    std::cout.flush();
-    print_error(e.what());
-    return exit_code_for(e.kind());
+    const auto shrunk = shrunk_file();
+    return error(shrunk ? *shrunk : e);
   } catch (const std::bad_alloc&) {
-    if (!report_shrunk_file()) print_error("out of memory");
-    return exit_failure;
+    if (const auto shrunk = shrunk_file()) return error(*shrunk);
+    return fail("out_of_memory", "", "", "out of memory", exit_failure);
   } catch (const std::exception& e) {
-    if (!report_shrunk_file()) print_error(e.what());
-    return exit_failure;
+    if (const auto shrunk = shrunk_file()) return error(*shrunk);
+    return fail("internal", "", "", e.what(), exit_failure);
   }
 }
 

@@ -1,6 +1,8 @@
 """Conventions of the ckpt command line, checked through the binary: exit codes, error lines, --json purity."""
 import json
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 import unittest
@@ -16,8 +18,9 @@ def read(path):
         return f.read()
 
 
-def ckpt(*args):
-    return subprocess.run([CKPT, *args], capture_output=True, text=True, timeout=60)
+def ckpt(*args, env=None):
+    return subprocess.run([CKPT, *args], capture_output=True, text=True, timeout=60,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def error_line(r):
@@ -155,6 +158,89 @@ class JsonOutput(unittest.TestCase):
             doc = json.loads(r.stdout)
             self.assertFalse(doc["ok"])
             self.assertTrue(any("CRC-32" in e for e in doc["verify"]["errors"]))
+
+
+def documented_error_kinds():
+    """The error kinds docs/inspect-json.md lists as the stable spellings of `--json` errors."""
+    with open(os.path.join(ROOT, "docs", "inspect-json.md")) as f:
+        section = f.read().split("## Errors", 1)[1].split("\n## ", 1)[0]
+    return dict((kind, int(code)) for kind, code in re.findall(r"^- `([a-z_]+)` \(exit (\d+)\)", section, re.M))
+
+
+class JsonErrors(unittest.TestCase):
+    """With --json a failure also prints one object, {"error": {...}}, on stdout and nothing else there."""
+
+    def assertJsonError(self, r, kind, path):
+        kinds = documented_error_kinds()
+        self.assertIn(kind, kinds)
+        self.assertEqual(r.returncode, kinds[kind], r.stderr)
+        doc = json.loads(r.stdout)  # one document, nothing else
+        self.assertEqual(list(doc), ["error"])
+        error = doc["error"]
+        self.assertEqual(error["kind"], kind, r.stdout)
+        self.assertEqual(error["path"], path, r.stdout)
+        self.assertEqual(error["message"], error_line(r))
+        self.assertIn("where", error)
+
+    def test_failures(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            cut = os.path.join(tmp, "cut.pt")
+            with open(cut, "wb") as f:
+                src = read(os.path.join(DATA, "tiny_state_dict.pt"))
+                f.write(src[: len(src) // 2])
+            missing = os.path.join(tmp, "missing")
+            existing = os.path.join(tmp, "existing.safetensors")
+            open(existing, "w").close()
+            for args, kind, path in (
+                (["inspect", missing, "--json"], "not_found", missing),
+                (["list", "--json", missing], "not_found", missing),
+                (["best", missing, "--json"], "not_found", missing),
+                (["rotate", missing, "--keep", "1", "--json"], "not_found", missing),
+                (["inspect", "--json", cut], "corrupt", cut),
+                (["inspect", "--json", os.path.join(DATA, "make_data.py")], "unsupported", os.path.join(DATA, "make_data.py")),
+                (["convert", os.path.join(DATA, "tiny_state_dict.pt"), "--to", "safetensors", "-o", existing, "--json"],
+                 "invalid_argument", existing),
+            ):
+                with self.subTest(args=args):
+                    self.assertJsonError(ckpt(*args), kind, path)
+
+    def test_kinds_are_listed_in_the_man_page_too(self):
+        with open(os.path.join(ROOT, "man", "ckpt.1")) as f:
+            diagnostics = f.read().split(".SH DIAGNOSTICS", 1)[1].split("\n.SH ", 1)[0].replace("\\-", "-")
+        self.assertEqual(re.findall(r"^\.B ([a-z_]+)\n\((?:exit status )?(\d+)\)", diagnostics, re.M),
+                         [(kind, str(code)) for kind, code in documented_error_kinds().items()])
+
+    def test_usage_errors(self):
+        for args in (["inspect", "--json", "--bogus", DATA], ["rotate", FIXTURE_RUN, "--keep", "0", "--json"],
+                     ["convert", DATA, "--json", "--to", "safetensor", "-o", "x"], ["list", "--json"],
+                     ["save", "--json", "--output-dir", "x", "--max-steps", "many"]):
+            with self.subTest(args=args):
+                self.assertJsonError(ckpt(*args), "usage", None)
+
+    def test_without_json_nothing_on_stdout(self):
+        for args in (["inspect", "/nonexistent/ckpt-test"], ["rotate", FIXTURE_RUN, "--keep", "0"]):
+            r = ckpt(*args)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertEqual(r.stdout, "")
+
+    def test_only_rank_zero_of_a_group_prints_the_object(self):
+        """Every worker of `save --nproc-per-node N --json` fails alike; stdout, which they share, gets one object."""
+        args = ["save", "--json", "--output-dir", "x", "--max-steps", "many"]
+        self.assertEqual(ckpt(*args, env={"RANK": "1", "WORLD_SIZE": "2"}).stdout, "")
+        self.assertJsonError(ckpt(*args, env={"RANK": "0", "WORLD_SIZE": "2"}), "usage", None)
+
+    def test_a_report_made_before_the_failure_is_not_printed(self):
+        """A file cut short while read: the report built from the zeros is dropped; stdout holds the error alone."""
+        shim = os.environ.get("CKPT_FAULT_SHIM", os.path.join(os.path.dirname(CKPT), "tests", "libckpt_fault_shim.so"))
+        self.assertTrue(os.path.exists(shim), shim)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.safetensors")
+            shutil.copy(os.path.join(FIXTURE_RUN, "checkpoint-10", "model.safetensors"), path)
+            r = ckpt("inspect", "--json", "--verify", path,
+                     env={"LD_PRELOAD": shim, "CKPT_FAULT": "mmap:1:truncate", "CKPT_FAULT_MATCH": path,
+                          "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"})
+            self.assertJsonError(r, "io", path)
+            self.assertIn("shrank", r.stderr)
 
 
 if __name__ == "__main__":
