@@ -1,4 +1,5 @@
 """Conventions of the ckpt command line, checked through the binary: exit codes, error lines, --json purity."""
+import fcntl
 import json
 import os
 import re
@@ -21,6 +22,13 @@ def read(path):
 def ckpt(*args, env=None):
     return subprocess.run([CKPT, *args], capture_output=True, text=True, timeout=60,
                           env=None if env is None else {**os.environ, **env})
+
+
+def copy_run(parent):
+    """A writable copy of the fixture run (the fixture itself is read-only)."""
+    run = os.path.join(parent, "run")
+    shutil.copytree(FIXTURE_RUN, run)
+    return run
 
 
 def error_line(r):
@@ -184,6 +192,7 @@ class JsonErrors(unittest.TestCase):
 
     def test_failures(self):
         with tempfile.TemporaryDirectory() as tmp:
+            run = copy_run(tmp)
             cut = os.path.join(tmp, "cut.pt")
             with open(cut, "wb") as f:
                 src = read(os.path.join(DATA, "tiny_state_dict.pt"))
@@ -203,6 +212,9 @@ class JsonErrors(unittest.TestCase):
             ):
                 with self.subTest(args=args):
                     self.assertJsonError(ckpt(*args), kind, path)
+            with open(os.path.join(run, ".ckpt.lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self.assertJsonError(ckpt("rotate", run, "--keep", "1", "--no-wait", "--json"), "locked", run)
 
     def test_kinds_are_listed_in_the_man_page_too(self):
         with open(os.path.join(ROOT, "man", "ckpt.1")) as f:
@@ -241,6 +253,92 @@ class JsonErrors(unittest.TestCase):
                           "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"})
             self.assertJsonError(r, "io", path)
             self.assertIn("shrank", r.stderr)
+
+
+class FileSystemErrors(unittest.TestCase):
+    """Errors name the user's path (never a temporary or a lock file) and a missing directory reads the same
+    everywhere; missing parents of an output are created, as best --export does."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="ckpt-cli-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def path(self, *parts):
+        return os.path.join(self.tmp, *parts)
+
+    def test_missing_parents_of_the_output_are_created(self):
+        checkpoint = os.path.join(FIXTURE_RUN, "checkpoint-10")
+        weights = os.path.join(checkpoint, "model.safetensors")
+        archive = self.path("new", "archived", "checkpoint-10.ckpt")
+        for args, out in (([weights, "--to", "pytorch"], self.path("new", "file", "pytorch_model.bin")),
+                          ([weights, "--to", "safetensors", "--max-shard-size", "100KB"], self.path("new", "shards", "out")),
+                          ([checkpoint, "--to", "pytorch"], self.path("new", "dir", "out")),
+                          ([checkpoint, "--to", "archive"], archive),
+                          ([archive, "--to", "dir"], self.path("new", "restored", "checkpoint-10"))):
+            with self.subTest(args=args):
+                r = ckpt("convert", *args, "-o", out)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertTrue(os.path.exists(out))
+        r = ckpt("convert", weights, "--to", "pytorch", "--dry-run", "-o", self.path("dry", "out.bin"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertFalse(os.path.exists(self.path("dry")), "a dry run creates nothing")
+
+    def test_missing_directory_reads_the_same_everywhere(self):
+        missing = self.path("missing")
+        for args in (["list", missing], ["best", missing], ["rotate", missing, "--keep", "1"], ["resume", missing],
+                     ["convert", missing, "--to", "archive", "-o", self.path("x.ckpt")]):
+            with self.subTest(args=args):
+                r = ckpt(*args)
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertEqual(error_line(r), missing + ": no such directory")
+        for args in (["inspect", missing], ["convert", missing, "--to", "safetensors", "-o", self.path("x")],
+                     ["convert", missing, "--to", "dir", "-o", self.path("x")]):
+            with self.subTest(args=args):
+                r = ckpt(*args)
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertEqual(error_line(r), missing + ": no such file or directory")
+
+    def test_a_locked_run_is_named_not_its_lock_file(self):
+        run = copy_run(self.tmp)
+        with open(os.path.join(run, ".ckpt.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            r = ckpt("rotate", run, "--keep", "1", "--no-wait")
+        self.assertEqual(r.returncode, 75, r.stderr)
+        self.assertTrue(error_line(r).startswith(run + ": "), r.stderr)
+        self.assertNotIn(".ckpt.lock", r.stderr)
+
+    def test_a_read_only_file_system_names_the_users_path(self):
+        mount = self.path("mnt")
+        os.makedirs(mount)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", mount]).returncode != 0:
+            self.fail("mounting a tmpfs needs root (the CI runs as root)")
+        self.addCleanup(subprocess.run, ["umount", mount])
+        run = copy_run(mount)
+        checkpoint = os.path.join(run, "checkpoint-10")
+        archive = os.path.join(mount, "checkpoint-10.ckpt")
+        self.assertEqual(ckpt("convert", checkpoint, "--to", "archive", "-o", archive).returncode, 0)
+        out = os.path.join(mount, "out")
+        os.makedirs(out)
+        subprocess.run(["mount", "-o", "remount,ro", mount], check=True)
+        for args, named in ((["rotate", run, "--keep", "1"], run),
+                            (["rotate", run, "--keep", "1", "--no-wait"], run),
+                            (["resume", run], run),
+                            (["best", run, "--link", "best"], os.path.join(run, "best")),
+                            (["best", run, "--export", os.path.join(out, "export")], os.path.join(out, "export")),
+                            (["convert", checkpoint, "--to", "safetensors", "-o", os.path.join(out, "st")], os.path.join(out, "st")),
+                            (["convert", os.path.join(checkpoint, "model.safetensors"), "--to", "pytorch", "-o", os.path.join(out, "w.bin")],
+                             os.path.join(out, "w.bin")),
+                            (["convert", checkpoint, "--to", "archive", "-o", os.path.join(out, "c.ckpt")], os.path.join(out, "c.ckpt")),
+                            (["convert", archive, "--to", "dir", "-o", os.path.join(out, "restored")], os.path.join(out, "restored"))):
+            with self.subTest(args=args):
+                r = ckpt(*args)
+                self.assertEqual(r.returncode, 1, r.stderr)
+                line = error_line(r)
+                self.assertTrue(line.startswith(named + ": "), line)
+                self.assertIn("Read-only file system", line)
+                self.assertNotIn(".tmp-", line)
+                self.assertNotIn(".ckpt.lock", line)
+                self.assertNotIn(".ckpt.train.lock", line)
 
 
 if __name__ == "__main__":
