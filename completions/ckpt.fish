@@ -12,6 +12,7 @@ complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a inspe
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a convert -d 'Convert pickle <-> safetensors; archive checkpoints'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a help -d 'Show the options of a subcommand'
 complete -c ckpt -n "__fish_seen_subcommand_from help; and not __fish_seen_subcommand_from $subcommands" -a "$subcommands"
+complete -c ckpt -n "__fish_seen_subcommand_from $subcommands" -l help -d 'Show the options of the subcommand'
 
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -a '(__fish_complete_directories)'
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -l metric -x -a 'eval_loss eval_accuracy' -d 'Find the best by this metric'

@@ -72,7 +72,7 @@ Action attach_best(CLI::App& sub) {
   auto o = std::make_shared<BestOptions>();
   sub.add_option("RUN_DIR", o->run_dir, "The run directory")->required();
   sub.add_option("--metric", o->metric, "Recompute the best from this metric (eval_ prefixed if missing)");
-  sub.add_option("--mode", o->mode, "min or max (default: min for names containing 'loss', else max)")
+  sub.add_option("--mode", o->mode, "min or max [default: min for names containing 'loss', else max]")
       ->check(one_of({"min", "max"}));
   sub.add_flag("--json", o->json, "Print details as JSON instead of the path alone");
   sub.add_option("--link", o->link, "Create or atomically replace the relative symlink RUN_DIR/NAME -> checkpoint-N (or its archive); only a symlink is replaced");

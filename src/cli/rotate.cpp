@@ -106,29 +106,29 @@ Action attach_rotate(CLI::App& sub) {
       ->check(positive_integer());
   sub.add_option("--keep-every", o->keep_every, "Also keep every checkpoint whose step is divisible by K (not counted in N)")
       ->check(positive_integer());
-  sub.add_option("--stale-after", o->stale_after, "Remove staging directories and abandoned checkpoints (incomplete, no trainer_state.json) older than this (default 1h; e.g. 30m, 2h, 1d)");
+  sub.add_option("--stale-after", o->stale_after, "Remove staging directories and abandoned checkpoints (incomplete, no trainer_state.json) older than this (e.g. 30m, 2h, 1d) [default: 1h]");
   sub.add_option("--sort", o->sort, "Order checkpoints by step or by mtime (falls back to step when mtimes lie within 1 s)")
       ->check(one_of({"step", "mtime"}));
   sub.add_flag_callback("--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");
   sub.add_option("--metric", o->metric, "Find the best by this metric instead of trainer_state.json's best_model_checkpoint");
   sub.add_option("--mode", o->mode, "min or max for --metric")->check(one_of({"min", "max"}));
   // A flag, never taking the next word (`rotate --keep 3 --archive RUN` once archived into RUN); the old spelling
-  // --archive=DIR still works, with a note.
-  CLI::Option* archive = sub.add_flag("--archive{}", o->legacy_archive_dir,
+  // --archive=DIR still works, with a note. CLI11 stores "true" for the flag given alone.
+  CLI::Option* archive = sub.add_flag("--archive", o->legacy_archive_dir,
                                       "Archive each checkpoint as a compressed .ckpt file into RUN_DIR/archive (or --archive-dir) before deleting it");
   CLI::Option* archive_dir = sub.add_option("--archive-dir", o->archive_dir,
                                             "Archive into DIR instead (implies --archive; relative to RUN_DIR; no symlink on the way inside the run)");
   sub.add_option("--keep-archives", o->keep_archives, "With --archive: keep at most M archives there (the newest, and the best's)")
       ->check(positive_integer());
-  sub.add_option("--level", o->level, "zstd level for --archive (default 3)")->check(integer_between(1, 19));
-  sub.add_option("--threads", o->threads, "Threads for --archive (default: every core)")->check(integer_between(1, 256));
+  sub.add_option("--level", o->level, "zstd level for --archive [default: 3]")->check(integer_between(1, 19));
+  sub.add_option("--threads", o->threads, "Threads for --archive [default: every core]")->check(integer_between(1, 256));
   sub.add_flag("--dry-run", o->dry_run, "Show each directory with keep or delete and the reason; change nothing");
   sub.add_flag("--no-wait", o->no_wait, "Fail with exit status 75 instead of waiting when another ckpt holds the run's lock");
   sub.add_flag("--json", o->json, "Print the decisions as JSON");
   sub.add_flag("-q,--quiet", o->quiet, "Print nothing unless there is an error");
   return [o, archive, archive_dir] {
     o->archive = archive->count() > 0 || archive_dir->count() > 0;
-    if (!o->legacy_archive_dir.empty()) {
+    if (!o->legacy_archive_dir.empty() && o->legacy_archive_dir != "true") {
       if (archive_dir->count() > 0) throw Error(ErrorKind::invalid_argument, "", "--archive", "give the directory once, as --archive-dir DIR");
       std::cerr << "ckpt: note: --archive=DIR is deprecated; use --archive-dir DIR\n";
       o->archive_dir = o->legacy_archive_dir;
