@@ -87,12 +87,7 @@ int run_convert(const ConvertOptions& o) {
   if (o.consolidate && o.include_state && o.to == "safetensors") {
     throw Error(ErrorKind::invalid_argument, "", "--consolidate", "writes optimizer.pt: convert its output with --include-state afterwards");
   }
-  if (o.max_shard_size_given) {
-    options.max_shard_size = checkpoint::parse_size(o.max_shard_size);
-    if (!options.max_shard_size) {
-      throw Error(ErrorKind::invalid_argument, "", "--max-shard-size", "'" + o.max_shard_size + "' is not a size (e.g. 5GB, 500MiB)");
-    }
-  }
+  if (o.max_shard_size_given) options.max_shard_size = checkpoint::parse_size(o.max_shard_size);  // checked when parsed
   if (o.dtype == "bf16") options.dtype = DType::bfloat16;
   else if (o.dtype == "fp16") options.dtype = DType::float16;
   else if (o.dtype == "fp32") options.dtype = DType::float32;
@@ -142,6 +137,9 @@ Action attach_convert(CLI::App& sub) {
       ->check(one_of({"safetensors", "pytorch", "archive", "dir"}));
   sub.add_option("-o,--output", o->output, "Destination file, or directory (for a directory SRC, with --max-shard-size, or --to dir)")->required();
   sub.add_option("--max-shard-size", o->max_shard_size, "Split weights into shards of at most this size, with an index json (e.g. 5GB, 500MiB)")
+      ->check(CLI::Validator(
+          [](std::string& text) { return checkpoint::parse_size(text) ? std::string() : "'" + text + "' is not a size (e.g. 5GB, 500MiB)"; },
+          "SIZE"))
       ->each([o](const std::string&) { o->max_shard_size_given = true; });
   sub.add_option("--dtype", o->dtype, "Cast floating weights (round to nearest even, as torch does); a directory's config.json gets the new torch_dtype")->check(one_of({"bf16", "fp16", "fp32"}));
   sub.add_flag("--include-state", o->include_state,

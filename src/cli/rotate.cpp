@@ -38,9 +38,7 @@ int run_rotate(const RotateOptions& o) {
   checkpoint::RotateOptions options;
   options.keep = o.keep;
   if (o.keep_every > 0) options.keep_every = o.keep_every;
-  const auto stale = parse_duration(o.stale_after);
-  if (!stale) throw Error(ErrorKind::invalid_argument, "", "--stale-after", "'" + o.stale_after + "' is not a duration (e.g. 90s, 30m, 1h, 2d)");
-  options.stale_after_seconds = *stale;
+  options.stale_after_seconds = parse_duration(o.stale_after).value();  // checked when parsed
   options.by_mtime = o.sort == "mtime";
   if (!o.metric.empty()) options.best.metric = o.metric;
   if (!o.mode.empty()) options.best.greater_is_better = o.mode == "max";
@@ -106,7 +104,10 @@ Action attach_rotate(CLI::App& sub) {
       ->check(positive_integer());
   sub.add_option("--keep-every", o->keep_every, "Also keep every checkpoint whose step is divisible by K (not counted in N)")
       ->check(positive_integer());
-  sub.add_option("--stale-after", o->stale_after, "Remove staging directories and abandoned checkpoints (incomplete, no trainer_state.json) older than this (e.g. 30m, 2h, 1d) [default: 1h]");
+  sub.add_option("--stale-after", o->stale_after, "Remove staging directories and abandoned checkpoints (incomplete, no trainer_state.json) older than this (e.g. 30m, 2h, 1d) [default: 1h]")
+      ->check(CLI::Validator(
+          [](std::string& text) { return parse_duration(text) ? std::string() : "'" + text + "' is not a duration (e.g. 90s, 30m, 1h, 2d)"; },
+          "DURATION"));
   sub.add_option("--sort", o->sort, "Order checkpoints by step or by mtime (falls back to step when mtimes lie within 1 s)")
       ->check(one_of({"step", "mtime"}));
   sub.add_flag_callback("--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");

@@ -120,6 +120,10 @@ class UsageErrors(unittest.TestCase):
                 (["list", FIXTURE_RUN, "--sort", "setp"], ["--sort: 'setp'", "did you mean 'step'?"]),
                 (["best", FIXTURE_RUN, "--mode", "mn"], ["--mode: 'mn'", "did you mean 'min'?"]),
                 (["list", FIXTURE_RUN, "--mode", "average"], ["--mode: 'average' is not one of min, max"]),
+                (["rotate", FIXTURE_RUN, "--keep", "1", "--stale-after", "5x"], ["--stale-after: '5x' is not a duration (e.g. 90s, 30m, 1h, 2d)"]),
+                (["convert", tiny, "--to", "safetensors", "--max-shard-size", "5XB", "-o", out], ["--max-shard-size: '5XB' is not a size (e.g. 5GB, 500MiB)"]),
+                (["best", FIXTURE_RUN, "--link", "a/b"], ["--link: 'a/b' is not a plain name"]),
+                (["best", FIXTURE_RUN, "--link", "checkpoint-5"], ["--link: 'checkpoint-5' would be taken for a checkpoint"]),
                 (["save", "--output-dir", out, "--max-steps", "abc"], ["--max-steps: 'abc' is not a whole number"]),
                 (["save", "--output-dir", out, "--learning-rate", "fast"], ["--learning-rate: 'fast' is not a number"]),
                 (["save", "--output-dir", out, "--nproc-per-node", "0"], ["--nproc-per-node: must be between 1 and 1024, not 0"]),
@@ -225,7 +229,10 @@ class JsonErrors(unittest.TestCase):
     def test_usage_errors(self):
         for args in (["inspect", "--json", "--bogus", DATA], ["rotate", FIXTURE_RUN, "--keep", "0", "--json"],
                      ["convert", DATA, "--json", "--to", "safetensor", "-o", "x"], ["list", "--json"],
-                     ["save", "--json", "--output-dir", "x", "--max-steps", "many"]):
+                     ["save", "--json", "--output-dir", "x", "--max-steps", "many"],
+                     ["rotate", FIXTURE_RUN, "--keep", "1", "--stale-after", "5x", "--json"],
+                     ["convert", os.path.join(DATA, "tiny_state_dict.pt"), "--to", "safetensors", "--max-shard-size", "5XB", "-o", "x", "--json"],
+                     ["best", FIXTURE_RUN, "--link", "a/b", "--json"]):
             with self.subTest(args=args):
                 self.assertJsonError(ckpt(*args), "usage", None)
 
