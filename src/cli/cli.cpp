@@ -324,6 +324,8 @@ int run(int argc, char** argv) {
       return code;
     }
     return exit_usage;
+  } catch (const UsageError& e) {
+    return usage_error(e.what());
   } catch (const Error& e) {
     const auto shrunk = shrunk_file();
     return error(shrunk ? *shrunk : e);

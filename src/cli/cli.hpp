@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,13 @@ Action attach_rotate(CLI::App& sub);
 Action attach_convert(CLI::App& sub);
 Action attach_save(CLI::App& sub);
 Action attach_resume(CLI::App& sub);
+
+// A command-line mistake the action finds after parsing (options that do not go together): reported as CLI11's
+// are, one line, exit status 2, kind "usage" with --json. The message begins with the option it is about.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 // Checks of option values whose failures read as one line naming the option, the value and what it must be:
 // "--keep: must be at least 1, not 0", "--to: 'safetensor' is not one of safetensors, pytorch, archive, dir; did

@@ -13,7 +13,6 @@
 #include "cli/cli.hpp"
 #include "cli/text.hpp"
 #include "format/json.hpp"
-#include "util/error.hpp"
 
 namespace ckpt::cli {
 namespace {
@@ -39,7 +38,7 @@ struct ConvertOptions {
 int run_archive(const ConvertOptions& o) {
   for (const auto& [given, flag] : {std::pair{o.max_shard_size_given, "--max-shard-size"}, {!o.dtype.empty(), "--dtype"},
                                     {o.include_state, "--include-state"}, {o.dry_run, "--dry-run"}}) {
-    if (given) throw Error(ErrorKind::invalid_argument, "", flag, "does not apply to --to " + o.to);
+    if (given) throw UsageError(std::string(flag) + " does not apply to --to " + o.to);
   }
   checkpoint::ArchiveOptions options;
   options.level = o.level;
@@ -71,9 +70,9 @@ int run_archive(const ConvertOptions& o) {
 }
 
 int run_convert(const ConvertOptions& o) {
-  if (o.to.empty() && !o.consolidate) throw Error(ErrorKind::invalid_argument, "", "--to", "is required (unless --consolidate)");
+  if (o.to.empty() && !o.consolidate) throw UsageError("--to is required (unless --consolidate)");
   if (o.consolidate && (o.to == "archive" || o.to == "dir")) {
-    throw Error(ErrorKind::invalid_argument, "", "--consolidate", "does not apply to --to " + o.to + ": consolidate first, then archive");
+    throw UsageError("--consolidate does not apply to --to " + o.to + ": consolidate first, then archive");
   }
   if (o.to == "archive" || o.to == "dir") return run_archive(o);
   checkpoint::ConvertOptions options;
@@ -81,11 +80,11 @@ int run_convert(const ConvertOptions& o) {
   options.consolidate = o.consolidate;
   options.copy_weights = o.to.empty();
   if (options.copy_weights && (o.max_shard_size_given || !o.dtype.empty())) {
-    throw Error(ErrorKind::invalid_argument, "", o.dtype.empty() ? "--max-shard-size" : "--dtype",
-                "applies to converted weights: with --consolidate alone they are copied; add --to");
+    throw UsageError(std::string(o.dtype.empty() ? "--max-shard-size" : "--dtype") +
+                     " applies to converted weights: with --consolidate alone they are copied; add --to");
   }
   if (o.consolidate && o.include_state && o.to == "safetensors") {
-    throw Error(ErrorKind::invalid_argument, "", "--consolidate", "writes optimizer.pt: convert its output with --include-state afterwards");
+    throw UsageError("--consolidate writes optimizer.pt: convert its output with --include-state afterwards");
   }
   if (o.max_shard_size_given) options.max_shard_size = checkpoint::parse_size(o.max_shard_size);  // checked when parsed
   if (o.dtype == "bf16") options.dtype = DType::bfloat16;

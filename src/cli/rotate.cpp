@@ -9,7 +9,6 @@
 #include "checkpoint/rotation.hpp"
 #include "cli/cli.hpp"
 #include "cli/text.hpp"
-#include "util/error.hpp"
 
 namespace ckpt::cli {
 namespace {
@@ -129,8 +128,9 @@ Action attach_rotate(CLI::App& sub) {
   sub.add_flag("-q,--quiet", o->quiet, "Print nothing unless there is an error");
   return [o, archive, archive_dir] {
     o->archive = archive->count() > 0 || archive_dir->count() > 0;
+    if (o->keep_archives > 0 && !o->archive) throw UsageError("--keep-archives needs --archive (or --archive-dir)");
     if (!o->legacy_archive_dir.empty() && o->legacy_archive_dir != "true") {
-      if (archive_dir->count() > 0) throw Error(ErrorKind::invalid_argument, "", "--archive", "give the directory once, as --archive-dir DIR");
+      if (archive_dir->count() > 0) throw UsageError("--archive: give the directory once, as --archive-dir DIR");
       std::cerr << "ckpt: note: --archive=DIR is deprecated; use --archive-dir DIR\n";
       o->archive_dir = o->legacy_archive_dir;
     }

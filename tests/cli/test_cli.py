@@ -124,6 +124,8 @@ class UsageErrors(unittest.TestCase):
                 (["convert", tiny, "--to", "safetensors", "--max-shard-size", "5XB", "-o", out], ["--max-shard-size: '5XB' is not a size (e.g. 5GB, 500MiB)"]),
                 (["best", FIXTURE_RUN, "--link", "a/b"], ["--link: 'a/b' is not a plain name"]),
                 (["best", FIXTURE_RUN, "--link", "checkpoint-5"], ["--link: 'checkpoint-5' would be taken for a checkpoint"]),
+                (["convert", tiny, "-o", out], ["--to is required (unless --consolidate)"]),
+                (["rotate", FIXTURE_RUN, "--keep", "1", "--keep-archives", "2"], ["--keep-archives needs --archive"]),
                 (["save", "--output-dir", out, "--max-steps", "abc"], ["--max-steps: 'abc' is not a whole number"]),
                 (["save", "--output-dir", out, "--learning-rate", "fast"], ["--learning-rate: 'fast' is not a number"]),
                 (["save", "--output-dir", out, "--nproc-per-node", "0"], ["--nproc-per-node: must be between 1 and 1024, not 0"]),
@@ -232,7 +234,11 @@ class JsonErrors(unittest.TestCase):
                      ["save", "--json", "--output-dir", "x", "--max-steps", "many"],
                      ["rotate", FIXTURE_RUN, "--keep", "1", "--stale-after", "5x", "--json"],
                      ["convert", os.path.join(DATA, "tiny_state_dict.pt"), "--to", "safetensors", "--max-shard-size", "5XB", "-o", "x", "--json"],
-                     ["best", FIXTURE_RUN, "--link", "a/b", "--json"]):
+                     ["best", FIXTURE_RUN, "--link", "a/b", "--json"],
+                     # Options that do not go together, found after parsing.
+                     ["convert", os.path.join(DATA, "tiny_state_dict.pt"), "-o", "x", "--json"],
+                     ["convert", FIXTURE_RUN, "--to", "archive", "--dtype", "bf16", "-o", "x", "--json"],
+                     ["rotate", FIXTURE_RUN, "--keep", "1", "--keep-archives", "2", "--json"]):
             with self.subTest(args=args):
                 self.assertJsonError(ckpt(*args), "usage", None)
 
