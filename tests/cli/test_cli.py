@@ -311,6 +311,26 @@ class FileSystemErrors(unittest.TestCase):
                 self.assertEqual(r.returncode, 1, r.stderr)
                 self.assertEqual(error_line(r), missing + ": no such file or directory")
 
+    def test_a_failure_inside_a_directory_being_built_names_its_destination(self):
+        """Directories are built under a hidden temporary name and renamed whole: an error names the destination."""
+        shim = os.environ.get("CKPT_FAULT_SHIM", os.path.join(os.path.dirname(CKPT), "tests", "libckpt_fault_shim.so"))
+        checkpoint = os.path.join(FIXTURE_RUN, "checkpoint-10")
+        archive = self.path("checkpoint-10.ckpt")
+        self.assertEqual(ckpt("convert", checkpoint, "--to", "archive", "-o", archive).returncode, 0)
+        for args, out, faults in ((["convert", checkpoint, "--to", "pytorch", "-o"], self.path("out"), ("pwrite", "fsync", "rename")),
+                                  (["convert", archive, "--to", "dir", "-o"], self.path("restored"), ("pwrite", "fsync", "rename")),
+                                  (["best", FIXTURE_RUN, "--export"], self.path("export"), ("fsync", "rename"))):  # hard links
+            for fault in (f + ":1:5" for f in faults):
+                with self.subTest(args=args, fault=fault):
+                    r = ckpt(*args, out, env={"LD_PRELOAD": shim, "CKPT_FAULT": fault, "CKPT_FAULT_MATCH": self.tmp,
+                                              "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"})
+                    self.assertEqual(r.returncode, 1, r.stderr)
+                    line = error_line(r)
+                    self.assertTrue(line.startswith(out + ": ") or line.startswith(out + "/"), line)
+                    self.assertNotIn(".tmp-", line)
+                    self.assertIn("Input/output error", line)
+                    self.assertFalse(os.path.exists(out))
+
     def test_a_locked_run_is_named_not_its_lock_file(self):
         run = copy_run(self.tmp)
         with open(os.path.join(run, ".ckpt.lock"), "a") as lock:
