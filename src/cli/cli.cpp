@@ -149,8 +149,8 @@ int exit_code_for(ErrorKind kind) {
   return exit_failure;
 }
 
-// The spellings of error kinds in --json errors: a stable list (docs/inspect-json.md), beside "usage" (the command
-// line did not parse), "out_of_memory" and "internal" (an exception that is no ckpt::Error).
+// The spellings of error kinds in --json errors: a stable list (docs/inspect-json.md), beside "usage" (a wrong command
+// line), "out_of_memory" and "internal" (an exception that is no ckpt::Error).
 const char* json_kind(ErrorKind kind) {
   switch (kind) {
     case ErrorKind::not_found: return "not_found";
@@ -188,7 +188,6 @@ class HeldStdout {
     std::cout.rdbuf(original_);
     std::cout << held_.str();
   }
-  void drop() { std::cout.rdbuf(original_); }
 
  private:
   std::ostringstream held_;
@@ -262,9 +261,9 @@ int run(int argc, char** argv) {
   }
   // The one place a failure is reported: its line on stderr and, for --json, its object on stdout.
   const bool as_json = !args.empty() && json_errors(args);
-  HeldStdout held(as_json);
+  std::optional<HeldStdout> held;  // from parsing on: --help prints as ever
   const auto fail = [&](const char* kind, const std::string& path, const std::string& where, const std::string& message, int code) {
-    held.drop();
+    held.reset();
     std::cout.flush();
     print_error(message);
     if (as_json) {
@@ -315,12 +314,13 @@ int run(int argc, char** argv) {
       return e;
     }
   };
+  held.emplace(as_json);
   try {
     for (auto& [sub, action] : actions) {
       if (!sub->parsed()) continue;
       const int code = action();
       if (const auto shrunk = shrunk_file()) return error(*shrunk);
-      held.release();
+      held->release();
       return code;
     }
     return exit_usage;

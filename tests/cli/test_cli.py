@@ -148,6 +148,7 @@ class UsageErrors(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertEqual(r.stdout, ckpt(sub, "--help").stdout, sub)
         self.assertIn("ckpt help SUBCOMMAND", ckpt("--help").stdout)
+        self.assertEqual(ckpt("inspect", "--json", "--help").stdout, ckpt("inspect", "--help").stdout)
 
 
 class JsonOutput(unittest.TestCase):
