@@ -14,7 +14,11 @@ _ckpt() {
   done
 
   if [[ -z $subcommand ]]; then
-    COMPREPLY=($(compgen -W "$subcommands --help --version" -- "$cur"))
+    COMPREPLY=($(compgen -W "$subcommands help --help --version" -- "$cur"))
+    return
+  fi
+  if [[ $subcommand == help ]]; then
+    [[ $prev == help ]] && COMPREPLY=($(compgen -W "$subcommands" -- "$cur"))
     return
   fi
 
@@ -52,7 +56,9 @@ _ckpt() {
     --input-size | --hidden-size | --num-layers | --num-labels | --dropout | --max-steps | --num-train-epochs | \
       --per-device-train-batch-size | --per-device-eval-batch-size | --learning-rate | --weight-decay | --adam-beta1 | \
       --adam-beta2 | --adam-epsilon | --max-grad-norm | --warmup-steps | --logging-steps | --eval-steps | --save-steps | \
-      --save-total-limit | --seed | --train-examples | --eval-examples | --input-noise | --threads) return ;;
+      --save-total-limit | --seed | --train-examples | --eval-examples | --input-noise | --threads | --nproc-per-node | \
+      --nnodes | --node-rank | --master-port) return ;;
+    --master-addr) _known_hosts_real -- "$cur"; return ;;
   esac
 
   local options

@@ -1,15 +1,18 @@
 # fish completion for ckpt
 set -l subcommands save resume list best rotate inspect convert
 complete -c ckpt -f
-complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -l help -d 'Show help'
-complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -l version -d 'Show the version'
-complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a save -d 'Train the embedded model, saving checkpoints'
-complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a resume -d 'Continue a run from a checkpoint'
-complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a list -d 'List the checkpoints of a run directory'
-complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a best -d 'Print the best checkpoint; link or export it'
-complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a rotate -d 'Delete old checkpoints safely'
-complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a inspect -d 'Show what a checkpoint holds'
-complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands" -a convert -d 'Convert pickle <-> safetensors; archive checkpoints'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -l help -d 'Show help'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -l version -d 'Show the version'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a save -d 'Train the embedded model, saving checkpoints'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a resume -d 'Continue a run from a checkpoint'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a list -d 'List the checkpoints of a run directory'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a best -d 'Print the best checkpoint; link or export it'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a rotate -d 'Delete old checkpoints safely'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a inspect -d 'Show what a checkpoint holds'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a convert -d 'Convert pickle <-> safetensors; archive checkpoints'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a help -d 'Show the options of a subcommand'
+complete -c ckpt -n "__fish_seen_subcommand_from help; and not __fish_seen_subcommand_from $subcommands" -a "$subcommands"
+complete -c ckpt -n "__fish_seen_subcommand_from $subcommands" -l help -d 'Show the options of the subcommand'
 
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -a '(__fish_complete_directories)'
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -l metric -x -a 'eval_loss eval_accuracy' -d 'Find the best by this metric'

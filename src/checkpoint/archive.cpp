@@ -409,13 +409,14 @@ ArchiveInfo read_archive_info(const std::string& archive_path) {
 
 ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& archive_path, const ArchiveOptions& options) {
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) throw Error(ErrorKind::not_found, dir, "", "no such checkpoint directory");
+  fs_util::require_directory(dir);
   if (fs::exists(fs::symlink_status(archive_path, ec)) && !options.force) {
     throw Error(ErrorKind::invalid_argument, archive_path, "", "already exists; pass --force to replace it");
   }
   if (options.chunk_size < archive::kMinChunkSize || options.chunk_size > archive::kMaxChunkSize || options.chunk_size % archive::kMaxElementSize) {
     throw Error(ErrorKind::invalid_argument, "", "chunk size", "out of range");
   }
+  fs_util::create_parent_directories(archive_path);
   fs_util::clear_abandoned_temporaries_of(archive_path);  // left by an earlier writer, killed
   Manifest m;
   m.chunk_size = options.chunk_size;
@@ -544,6 +545,7 @@ ArchiveSummary restore_archive(const std::string& archive_path, const std::strin
   std::set<std::string> names;
   for (const auto& file : m.files) names.insert(file.name);
   require_replaceable(dir, names);  // before decoding anything
+  fs_util::create_parent_directories(dir);
   build_output_directory(dir, names, [&](const std::string& staging) { write_files(archive_file, m, options, staging, true); });
   return summary_of(m, archive_path, archive_file.size());
 }

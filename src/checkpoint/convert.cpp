@@ -819,7 +819,10 @@ ConvertResult convert(const std::string& source, const std::string& destination,
   const auto status = fs::status(source, ec);
   if (ec || !fs::exists(status)) throw Error(ErrorKind::not_found, source, "", "no such file or directory");
   refuse_existing(destination, options);
-  if (!options.dry_run) fs_util::clear_abandoned_temporaries_of(destination);  // left by an earlier convert, killed
+  if (!options.dry_run) {
+    fs_util::create_parent_directories(destination);
+    fs_util::clear_abandoned_temporaries_of(destination);  // left by an earlier convert, killed
+  }
   if (!options.dry_run && fs::exists(fs::symlink_status(destination, ec))) {
     // Whether --force may replace it, from a dry run's names (metadata only), before converting anything.
     ConvertOptions dry_run = options;

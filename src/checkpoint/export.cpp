@@ -147,11 +147,8 @@ ExportResult export_model(const std::string& checkpoint_dir, const std::string& 
       result.files.push_back(name);
     }
   };
+  fs_util::create_parent_directories(dest.string());
   std::error_code ec;
-  if (!dest.parent_path().empty()) {
-    fs::create_directories(dest.parent_path(), ec);
-    if (ec) throw Error(ErrorKind::io, dest.parent_path().string(), "", "cannot create directory: " + ec.message());
-  }
   // An earlier export may have had the config files this checkpoint lacks.
   std::set<std::string> replaceable(names.begin(), names.end());
   replaceable.insert(std::begin(model_extras), std::end(model_extras));

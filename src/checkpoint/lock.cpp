@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "checkpoint/run_dir.hpp"
@@ -13,6 +14,16 @@
 #include "util/mapped_file.hpp"
 
 namespace ckpt::checkpoint {
+namespace {
+
+[[noreturn]] void fail_to_lock(const std::string& run_dir, int error_number) {
+  if (error_number == ENOENT || error_number == ENOTDIR) throw Error(ErrorKind::not_found, run_dir, "", "no such directory");
+  std::string what = std::string("cannot lock the run directory: ") + std::strerror(error_number);
+  if (error_number == EACCES || error_number == EPERM || error_number == EROFS) what += " (it must be writable)";
+  throw Error(ErrorKind::io, run_dir, "", what);
+}
+
+}  // namespace
 
 RunLock::RunLock(const std::string& run_dir, bool wait, const char* file_name) {
   const std::string path = (std::filesystem::path(run_dir) / file_name).string();
@@ -22,13 +33,14 @@ RunLock::RunLock(const std::string& run_dir, bool wait, const char* file_name) {
   if (fd_ < 0 && errno == ELOOP) {
     throw Error(ErrorKind::unsupported, path, "", "is a symlink; the lock file is never followed (remove it)");
   }
-  if (fd_ < 0) fail_io(path, "open lock file", errno);
+  // Failures name the run directory, the user's path; the lock file is named only when it is itself the problem.
+  if (fd_ < 0) fail_to_lock(run_dir, errno);
   struct stat st {};
   if (::fstat(fd_, &st) != 0) {
     const int e = errno;
     ::close(fd_);
     fd_ = -1;
-    fail_io(path, "stat lock file", e);
+    fail_to_lock(run_dir, e);
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd_);
@@ -40,8 +52,8 @@ RunLock::RunLock(const std::string& run_dir, bool wait, const char* file_name) {
     const int e = errno;
     ::close(fd_);
     fd_ = -1;
-    if (e == EWOULDBLOCK) throw Error(ErrorKind::locked, path, "", std::string(file_name) == kTrainLockName ? "another trainer is writing into this run directory" : "another ckpt process holds the run directory's lock");
-    fail_io(path, "lock", e);
+    if (e == EWOULDBLOCK) throw Error(ErrorKind::locked, run_dir, "", std::string(file_name) == kTrainLockName ? "another trainer is writing into this run directory" : "another ckpt process holds the run directory's lock");
+    fail_to_lock(run_dir, e);
   }
 }
 

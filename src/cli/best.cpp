@@ -27,10 +27,6 @@ int run_best(const BestOptions& o) {
   checkpoint::BestOptions options;
   if (!o.metric.empty()) options.metric = o.metric;
   if (!o.mode.empty()) options.greater_is_better = o.mode == "max";
-  if (!o.link.empty() && (o.link.find('/') != std::string::npos || o.link == "." || o.link == ".." ||
-                          checkpoint::checkpoint_step(o.link))) {
-    throw Error(ErrorKind::invalid_argument, "", "--link", "'" + o.link + "' must be a plain name, not a checkpoint-N name");
-  }
   require_run_directory(o.run_dir);
   const auto scan = checkpoint::scan_run(o.run_dir);
   const auto best = checkpoint::find_best(scan, options);
@@ -77,10 +73,20 @@ Action attach_best(CLI::App& sub) {
   auto o = std::make_shared<BestOptions>();
   sub.add_option("RUN_DIR", o->run_dir, "The run directory")->required();
   sub.add_option("--metric", o->metric, "Recompute the best from this metric (eval_ prefixed if missing)");
-  sub.add_option("--mode", o->mode, "min or max (default: min for names containing 'loss', else max)")
-      ->check(CLI::IsMember({"min", "max"}));
+  sub.add_option("--mode", o->mode, "min or max [default: min for names containing 'loss', else max]")
+      ->check(one_of({"min", "max"}));
   sub.add_flag("--json", o->json, "Print details as JSON instead of the path alone");
-  sub.add_option("--link", o->link, "Create or atomically replace the relative symlink RUN_DIR/NAME -> checkpoint-N (or its archive); only a symlink is replaced");
+  sub.add_option("--link", o->link, "Create or atomically replace the relative symlink RUN_DIR/NAME -> checkpoint-N (or its archive); only a symlink is replaced")
+      ->check(CLI::Validator(
+          [](std::string& name) -> std::string {
+            if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
+              return "'" + name + "' is not a plain name (the link is RUN_DIR/NAME)";
+            }
+            // A link named like a checkpoint would be listed, rotated and resumed from as one.
+            if (checkpoint::checkpoint_step(name)) return "'" + name + "' would be taken for a checkpoint; choose another name";
+            return "";
+          },
+          "NAME"));
   sub.add_option("--export", o->export_dir, "Write the best model's weights and config.json into DIR (hard links where possible; a new DIR or an earlier export is replaced in one step; never inside a checkpoint)");
   return [o] { return run_best(*o); };
 }

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -34,6 +36,20 @@ Action attach_rotate(CLI::App& sub);
 Action attach_convert(CLI::App& sub);
 Action attach_save(CLI::App& sub);
 Action attach_resume(CLI::App& sub);
+
+// A command-line mistake the action finds after parsing (options that do not go together): reported as CLI11's
+// are, one line, exit status 2, kind "usage" with --json. The message begins with the option it is about.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Checks of option values whose failures read as one line naming the option, the value and what it must be:
+// "--keep: must be at least 1, not 0", "--to: 'safetensor' is not one of safetensors, pytorch, archive, dir; did
+// you mean 'safetensors'?". Their descriptions in --help are CLI11's own (POSITIVE, INT in [1 - 19], {a,b}).
+CLI::Validator positive_integer();
+CLI::Validator integer_between(std::int64_t low, std::int64_t high);
+CLI::Validator one_of(std::vector<std::string> values);
 
 // The RUN_DIR argument of list, best and rotate: refused when it is no run directory (checkpoint::
 // check_run_directory), with a note on stderr when it holds nothing yet.

@@ -15,7 +15,6 @@
 #include "cli/cli.hpp"
 #include "cli/text.hpp"
 #include "format/json.hpp"
-#include "util/error.hpp"
 
 namespace ckpt::cli {
 namespace {
@@ -72,7 +71,7 @@ class InterruptFlag {
 int run_archive(const ConvertOptions& o) {
   for (const auto& [given, flag] : {std::pair{o.max_shard_size_given, "--max-shard-size"}, {!o.dtype.empty(), "--dtype"},
                                     {o.include_state, "--include-state"}, {o.dry_run, "--dry-run"}}) {
-    if (given) throw Error(ErrorKind::invalid_argument, "", flag, "does not apply to --to " + o.to);
+    if (given) throw UsageError(std::string(flag) + " does not apply to --to " + o.to);
   }
   checkpoint::ArchiveOptions options;
   options.level = o.level;
@@ -107,9 +106,9 @@ int run_archive(const ConvertOptions& o) {
 }
 
 int run_convert(const ConvertOptions& o) {
-  if (o.to.empty() && !o.consolidate) throw Error(ErrorKind::invalid_argument, "", "--to", "is required (unless --consolidate)");
+  if (o.to.empty() && !o.consolidate) throw UsageError("--to is required (unless --consolidate)");
   if (o.consolidate && (o.to == "archive" || o.to == "dir")) {
-    throw Error(ErrorKind::invalid_argument, "", "--consolidate", "does not apply to --to " + o.to + ": consolidate first, then archive");
+    throw UsageError("--consolidate does not apply to --to " + o.to + ": consolidate first, then archive");
   }
   if (o.to == "archive" || o.to == "dir") return run_archive(o);
   checkpoint::ConvertOptions options;
@@ -117,18 +116,13 @@ int run_convert(const ConvertOptions& o) {
   options.consolidate = o.consolidate;
   options.copy_weights = o.to.empty();
   if (options.copy_weights && (o.max_shard_size_given || !o.dtype.empty())) {
-    throw Error(ErrorKind::invalid_argument, "", o.dtype.empty() ? "--max-shard-size" : "--dtype",
-                "applies to converted weights: with --consolidate alone they are copied; add --to");
+    throw UsageError(std::string(o.dtype.empty() ? "--max-shard-size" : "--dtype") +
+                     " applies to converted weights: with --consolidate alone they are copied; add --to");
   }
   if (o.consolidate && o.include_state && o.to == "safetensors") {
-    throw Error(ErrorKind::invalid_argument, "", "--consolidate", "writes optimizer.pt: convert its output with --include-state afterwards");
+    throw UsageError("--consolidate writes optimizer.pt: convert its output with --include-state afterwards");
   }
-  if (o.max_shard_size_given) {
-    options.max_shard_size = checkpoint::parse_size(o.max_shard_size);
-    if (!options.max_shard_size) {
-      throw Error(ErrorKind::invalid_argument, "", "--max-shard-size", "'" + o.max_shard_size + "' is not a size (e.g. 5GB, 500MiB)");
-    }
-  }
+  if (o.max_shard_size_given) options.max_shard_size = checkpoint::parse_size(o.max_shard_size);  // checked when parsed
   if (o.dtype == "bf16") options.dtype = DType::bfloat16;
   else if (o.dtype == "fp16") options.dtype = DType::float16;
   else if (o.dtype == "fp32") options.dtype = DType::float32;
@@ -180,18 +174,21 @@ Action attach_convert(CLI::App& sub) {
                  "A weights file, a sharded checkpoint's index json, another checkpoint file, a checkpoint directory, or an archive (--to dir)")
       ->required();
   sub.add_option("--to", o->to, "Target format: safetensors, pytorch, archive (a compressed .ckpt file of a checkpoint directory), dir (restore one); required unless --consolidate")
-      ->check(CLI::IsMember({"safetensors", "pytorch", "archive", "dir"}));
+      ->check(one_of({"safetensors", "pytorch", "archive", "dir"}));
   sub.add_option("-o,--output", o->output, "Destination file, or directory (for a directory SRC, with --max-shard-size, or --to dir)")->required();
   sub.add_option("--max-shard-size", o->max_shard_size, "Split weights into shards of at most this size, with an index json (e.g. 5GB, 500MiB)")
+      ->check(CLI::Validator(
+          [](std::string& text) { return checkpoint::parse_size(text) ? std::string() : "'" + text + "' is not a size (e.g. 5GB, 500MiB)"; },
+          "SIZE"))
       ->each([o](const std::string&) { o->max_shard_size_given = true; });
-  sub.add_option("--dtype", o->dtype, "Cast floating weights (round to nearest even, as torch does); a directory's config.json gets the new torch_dtype")->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  sub.add_option("--dtype", o->dtype, "Cast floating weights (round to nearest even, as torch does); a directory's config.json gets the new torch_dtype")->check(one_of({"bf16", "fp16", "fp32"}));
   sub.add_flag("--include-state", o->include_state,
                "For a directory: also convert optimizer, scheduler, scaler and rng_state files (and training_args.bin one way, to JSON)");
   sub.add_flag("--consolidate", o->consolidate,
                "For a directory with a sharded optimizer (optimizer_<rank>.pt, from --shard-optimizer): merge the shards into one optimizer.pt "
                "that torch.optim loads; without --to the weights are copied as they are");
-  sub.add_option("--level", o->level, "zstd level for --to archive (default 3)")->check(CLI::Range(1, 19));
-  sub.add_option("--threads", o->threads, "Threads for --to archive and --to dir (default: every core)")->check(CLI::Range(1, 256));
+  sub.add_option("--level", o->level, "zstd level for --to archive [default: 3]")->check(integer_between(1, 19));
+  sub.add_option("--threads", o->threads, "Threads for --to archive and --to dir [default: every core]")->check(integer_between(1, 256));
   sub.add_flag("--dry-run", o->dry_run, "Show what would be written; write nothing");
   sub.add_flag("--force", o->force, "Replace an existing destination (a directory only when it holds an earlier output of ckpt and nothing else)");
   sub.add_flag("--json", o->json, "Print a JSON summary");

@@ -124,10 +124,10 @@ Action attach_list(CLI::App& sub) {
   sub.add_option("RUN_DIR", o->run_dir, "The run directory (holding checkpoint-N directories)")->required();
   sub.add_flag("--json", o->json, "Print a JSON array of objects on stdout");
   sub.add_option("--metric", o->metric, "Recompute the best from this metric (eval_ prefixed if missing)");
-  sub.add_option("--mode", o->mode, "min or max (default: min for names containing 'loss', else max)")
-      ->check(CLI::IsMember({"min", "max"}));
+  sub.add_option("--mode", o->mode, "min or max [default: min for names containing 'loss', else max]")
+      ->check(one_of({"min", "max"}));
   sub.add_option("--sort", o->sort, "Order checkpoints by step or by mtime (Hugging Face's use_mtime rule)")
-      ->check(CLI::IsMember({"step", "mtime"}));
+      ->check(one_of({"step", "mtime"}));
   sub.add_flag_callback("--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");
   return [o] {
     checkpoint::ListOptions options;

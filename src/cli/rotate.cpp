@@ -9,7 +9,6 @@
 #include "checkpoint/rotation.hpp"
 #include "cli/cli.hpp"
 #include "cli/text.hpp"
-#include "util/error.hpp"
 
 namespace ckpt::cli {
 namespace {
@@ -38,9 +37,7 @@ int run_rotate(const RotateOptions& o) {
   checkpoint::RotateOptions options;
   options.keep = o.keep;
   if (o.keep_every > 0) options.keep_every = o.keep_every;
-  const auto stale = parse_duration(o.stale_after);
-  if (!stale) throw Error(ErrorKind::invalid_argument, "", "--stale-after", "'" + o.stale_after + "' is not a duration (e.g. 90s, 30m, 1h, 2d)");
-  options.stale_after_seconds = *stale;
+  options.stale_after_seconds = parse_duration(o.stale_after).value();  // checked when parsed
   options.by_mtime = o.sort == "mtime";
   if (!o.metric.empty()) options.best.metric = o.metric;
   if (!o.mode.empty()) options.best.greater_is_better = o.mode == "max";
@@ -104,33 +101,37 @@ Action attach_rotate(CLI::App& sub) {
   sub.add_option("RUN_DIR", o->run_dir, "The run directory")->required();
   sub.add_option("--keep", o->keep, "Keep N complete checkpoints, the best counting toward N as in Hugging Face's save_total_limit (with N=1 and an older best, two stay); the newest complete always stays")
       ->required()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer());
   sub.add_option("--keep-every", o->keep_every, "Also keep every checkpoint whose step is divisible by K (not counted in N)")
-      ->check(CLI::PositiveNumber);
-  sub.add_option("--stale-after", o->stale_after, "Remove staging directories and abandoned checkpoints (incomplete, no trainer_state.json) older than this (default 1h; e.g. 30m, 2h, 1d)");
+      ->check(positive_integer());
+  sub.add_option("--stale-after", o->stale_after, "Remove staging directories and abandoned checkpoints (incomplete, no trainer_state.json) older than this (e.g. 30m, 2h, 1d) [default: 1h]")
+      ->check(CLI::Validator(
+          [](std::string& text) { return parse_duration(text) ? std::string() : "'" + text + "' is not a duration (e.g. 90s, 30m, 1h, 2d)"; },
+          "DURATION"));
   sub.add_option("--sort", o->sort, "Order checkpoints by step or by mtime (falls back to step when mtimes lie within 1 s)")
-      ->check(CLI::IsMember({"step", "mtime"}));
+      ->check(one_of({"step", "mtime"}));
   sub.add_flag_callback("--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");
   sub.add_option("--metric", o->metric, "Find the best by this metric instead of trainer_state.json's best_model_checkpoint");
-  sub.add_option("--mode", o->mode, "min or max for --metric")->check(CLI::IsMember({"min", "max"}));
+  sub.add_option("--mode", o->mode, "min or max for --metric")->check(one_of({"min", "max"}));
   // A flag, never taking the next word (`rotate --keep 3 --archive RUN` once archived into RUN); the old spelling
-  // --archive=DIR still works, with a note.
-  CLI::Option* archive = sub.add_flag("--archive{}", o->legacy_archive_dir,
+  // --archive=DIR still works, with a note. CLI11 stores "true" for the flag given alone.
+  CLI::Option* archive = sub.add_flag("--archive", o->legacy_archive_dir,
                                       "Archive each checkpoint as a compressed .ckpt file into RUN_DIR/archive (or --archive-dir) before deleting it");
   CLI::Option* archive_dir = sub.add_option("--archive-dir", o->archive_dir,
                                             "Archive into DIR instead (implies --archive; relative to RUN_DIR; no symlink on the way inside the run)");
   sub.add_option("--keep-archives", o->keep_archives, "With --archive: keep at most M archives there (the newest, and the best's)")
-      ->check(CLI::PositiveNumber);
-  sub.add_option("--level", o->level, "zstd level for --archive (default 3)")->check(CLI::Range(1, 19));
-  sub.add_option("--threads", o->threads, "Threads for --archive (default: every core)")->check(CLI::Range(1, 256));
+      ->check(positive_integer());
+  sub.add_option("--level", o->level, "zstd level for --archive [default: 3]")->check(integer_between(1, 19));
+  sub.add_option("--threads", o->threads, "Threads for --archive [default: every core]")->check(integer_between(1, 256));
   sub.add_flag("--dry-run", o->dry_run, "Show each directory with keep or delete and the reason; change nothing");
   sub.add_flag("--no-wait", o->no_wait, "Fail with exit status 75 instead of waiting when another ckpt holds the run's lock");
   sub.add_flag("--json", o->json, "Print the decisions as JSON");
   sub.add_flag("-q,--quiet", o->quiet, "Print nothing unless there is an error");
   return [o, archive, archive_dir] {
     o->archive = archive->count() > 0 || archive_dir->count() > 0;
-    if (!o->legacy_archive_dir.empty()) {
-      if (archive_dir->count() > 0) throw Error(ErrorKind::invalid_argument, "", "--archive", "give the directory once, as --archive-dir DIR");
+    if (o->keep_archives > 0 && !o->archive) throw UsageError("--keep-archives needs --archive (or --archive-dir)");
+    if (!o->legacy_archive_dir.empty() && o->legacy_archive_dir != "true") {
+      if (archive_dir->count() > 0) throw UsageError("--archive: give the directory once, as --archive-dir DIR");
       std::cerr << "ckpt: note: --archive=DIR is deprecated; use --archive-dir DIR\n";
       o->archive_dir = o->legacy_archive_dir;
     }

@@ -244,7 +244,7 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
   f->mode = mode;
   if (mode == train::TrainMode::resume) {
     sub.add_option("RUN_DIR", f->run_dir, "The run directory to continue (new checkpoints go there too)")->required();
-    sub.add_option("--from", f->from, "checkpoint-N in RUN_DIR (or its archive in RUN_DIR/archive or RUN_DIR), a checkpoint directory, or a .ckpt archive (restored to a staging directory first; default: the newest complete checkpoint)");
+    sub.add_option("--from", f->from, "checkpoint-N in RUN_DIR (or its archive in RUN_DIR/archive or RUN_DIR), a checkpoint directory, or a .ckpt archive (restored to a staging directory first) [default: the newest complete checkpoint]");
   }
   for (const auto& spec : train::argument_specs()) {
     if (mode == train::TrainMode::resume && std::string(spec.key) == "output_dir") continue;
@@ -252,8 +252,8 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
     const char* group = spec.scope == train::ArgScope::model ? "Model (config.json)" : "Training (training_args.bin)";
     std::string help = spec.help;
     if (mode == train::TrainMode::resume) {
-      help += spec.scope == train::ArgScope::model ? " (must match the checkpoint)" : " (default: the checkpoint's)";
-    } else if (const std::string value = default_text(spec.default_value); !value.empty()) {
+      help += spec.scope == train::ArgScope::model ? " (must match the checkpoint)" : " [default: the checkpoint's]";
+    } else if (const std::string value = spec.default_text ? spec.default_text : default_text(spec.default_value); !value.empty()) {
       help += " [default: " + value + "]";
     }
     CLI::Option* option = nullptr;
@@ -277,16 +277,16 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
   }
   const char* dist = "Distributed (torch.distributed, Gloo)";
   sub.add_option("--nproc-per-node", f->launch.nproc_per_node,
-                 "Start N worker processes on this machine, one torch.distributed group (as torchrun); ignored in a worker (RANK set)")
-      ->check(CLI::Range(1, 1024))
+                 "Start N worker processes on this machine, one torch.distributed group (as torchrun); ignored in a worker (RANK set) [default: 1]")
+      ->check(integer_between(1, 1024))
       ->group(dist);
   sub.add_option("--nnodes", f->launch.nnodes, "Machines in the group, each running this command with its --node-rank [default: 1]")
-      ->check(CLI::Range(1, 65536))
+      ->check(integer_between(1, 65536))
       ->group(dist);
-  sub.add_option("--node-rank", f->launch.node_rank, "This machine's index among --nnodes [default: 0]")->check(CLI::Range(0, 65535))->group(dist);
+  sub.add_option("--node-rank", f->launch.node_rank, "This machine's index among --nnodes [default: 0]")->check(integer_between(0, 65535))->group(dist);
   sub.add_option("--master-addr", f->launch.master_addr, "Address of node 0, where rank 0 serves the rendezvous [default: 127.0.0.1; required with --nnodes above 1]")->group(dist);
   sub.add_option("--master-port", f->launch.master_port, "Rendezvous port on --master-addr [default: a free port on one machine, 29500 across machines]")
-      ->check(CLI::Range(1, 65535))
+      ->check(integer_between(1, 65535))
       ->group(dist);
   sub.add_flag("--json", f->json, "Print a JSON summary at the end (nothing else on stdout)");
   sub.add_flag("-q,--quiet", f->quiet, "Print nothing unless there is an error");

@@ -30,11 +30,11 @@ const std::vector<ArgSpec>& argument_specs() {
       {"max_grad_norm", ArgType::number, kTraining, 1.0, "Clip the gradients' global L2 norm to this (0: no clipping)"},
       {"warmup_steps", ArgType::integer, kTraining, int64_t{0}, "Linear warmup steps of the linear schedule"},
       {"logging_steps", ArgType::integer, kTraining, int64_t{10}, "Log loss, grad_norm, learning_rate every N steps"},
-      {"eval_steps", ArgType::integer, kTraining, std::monostate{}, "Evaluate every N steps (default: --save-steps; 0: never)"},
+      {"eval_steps", ArgType::integer, kTraining, std::monostate{}, "Evaluate every N steps (0: never)", "--save-steps"},
       {"save_steps", ArgType::integer, kTraining, int64_t{20}, "Save a checkpoint every N steps"},
       {"save_total_limit", ArgType::integer, kTraining, std::monostate{}, "Keep at most N checkpoints (the best is kept too), as ckpt rotate --keep"},
       {"metric_for_best_model", ArgType::text, kTraining, std::string("eval_loss"), "Metric that decides the best checkpoint"},
-      {"greater_is_better", ArgType::boolean, kTraining, std::monostate{}, "Whether a greater metric is better (default: false for losses)"},
+      {"greater_is_better", ArgType::boolean, kTraining, std::monostate{}, "Whether a greater metric is better", "false for losses, else true"},
       {"load_best_model_at_end", ArgType::boolean, kTraining, false, "Save the best checkpoint's weights as the final model"},
       {"save_safetensors", ArgType::boolean, kTraining, true, "Write model.safetensors rather than pytorch_model.bin"},
       {"max_shard_size", ArgType::text, kTraining, std::string("5GB"), "Shard weights larger than this (B, KB, MB, GB, KiB, MiB, GiB)"},
@@ -46,7 +46,8 @@ const std::vector<ArgSpec>& argument_specs() {
       {"train_examples", ArgType::integer, kTraining, int64_t{2048}, "Examples in the synthetic training split"},
       {"eval_examples", ArgType::integer, kTraining, int64_t{512}, "Examples in the synthetic evaluation split"},
       {"input_noise", ArgType::number, kTraining, 0.1, "Standard deviation of the Gaussian noise added to each training batch"},
-      {"threads", ArgType::integer, kTraining, std::monostate{}, "Torch intra-op threads (default: the cores, shared among the processes on this machine)"},
+      {"threads", ArgType::integer, kTraining, std::monostate{}, "Torch intra-op threads",
+       "the cores, shared among the processes on this machine"},
   };
   return specs;
 }

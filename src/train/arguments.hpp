@@ -29,6 +29,8 @@ struct ArgSpec {
   ArgScope scope;
   ArgValue default_value;  // std::monostate: None
   const char* help;
+  // --help's words for a default that depends on other values (None resolved by the trainer), or nullptr.
+  const char* default_text = nullptr;
 };
 
 const std::vector<ArgSpec>& argument_specs();

@@ -1143,7 +1143,7 @@ void Trainer::run_in_group() {
     std::string dir;
     together("to find the checkpoint", [&] {
       if (!main_process()) return;
-      if (!fs::is_directory(request_.run_dir)) throw Error(ErrorKind::not_found, request_.run_dir, "", "no such run directory");
+      fs_util::require_directory(request_.run_dir);
       open_run_directory();
       dir = find_checkpoint();
     });

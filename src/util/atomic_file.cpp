@@ -63,7 +63,7 @@ AtomicFile::AtomicFile(std::string destination, WriteOptions options)
     buffer_.reserve(kBufferSize);
   }
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd_ < 0) fail_io(temp_, "create", errno);
+  if (fd_ < 0) fail_create(destination_, errno);
   if (options.direct) direct_fd_ = ::open(temp_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
 }
 

@@ -1,6 +1,8 @@
 #include "util/error.hpp"
 
+#include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 namespace ckpt {
 
@@ -49,6 +51,17 @@ void fail_corrupt(std::string where, std::string what) {
 void fail_io(const std::string& path, const std::string& action, int error_number) {
   ErrorKind kind = (error_number == ENOENT || error_number == ENOTDIR) ? ErrorKind::not_found : ErrorKind::io;
   throw Error(kind, path, "", action + ": " + std::strerror(error_number));
+}
+
+void fail_create(const std::string& path, int error_number) {
+  const std::string parent = std::filesystem::path(path).parent_path().string();
+  const std::string directory = parent.empty() ? "." : parent;
+  if (error_number == ENOENT || error_number == ENOTDIR) {
+    throw Error(ErrorKind::not_found, path, "", "cannot create: its directory " + directory + " does not exist");
+  }
+  std::string what = std::string("cannot create: ") + std::strerror(error_number);
+  if (error_number == EACCES || error_number == EPERM || error_number == EROFS) what += " (" + directory + " must be writable)";
+  throw Error(ErrorKind::io, path, "", what);
 }
 
 void fail_shrank(const std::string& path, const std::string& where) {

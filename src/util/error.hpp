@@ -49,6 +49,11 @@ class Error : public std::runtime_error {
 // An errno-carrying I/O failure on `path`.
 [[noreturn]] void fail_io(const std::string& path, const std::string& action, int error_number);
 
+// `path` could not be created (open O_CREAT, mkdir, symlink failed with `error_number`). It names what the user
+// asked for, never the temporary beside it that was being created: the message says which directory is missing
+// (not_found) or must be writable.
+[[noreturn]] void fail_create(const std::string& path, int error_number);
+
 // `path` is shorter than when it was opened: another process truncated or rewrote it in place while we read
 // it. An I/O failure (exit 1), not corruption: the file may well be whole once its writer is done.
 [[noreturn]] void fail_shrank(const std::string& path, const std::string& where);

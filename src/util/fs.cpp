@@ -77,7 +77,7 @@ void exchange(const std::string& from, const std::string& to) {
     fsync_directory(dir);
     return;
   }
-  if (errno != EINVAL && errno != ENOSYS) fail_io(to, "exchange with " + from, errno);
+  if (errno != EINVAL && errno != ENOSYS) fail_io(to, "replace", errno);
   const std::string aside = to + ".old-" + unique_suffix();
   if (::rename(to.c_str(), aside.c_str()) != 0) fail_io(to, "rename", errno);
   if (::rename(from.c_str(), to.c_str()) != 0) {
@@ -85,7 +85,7 @@ void exchange(const std::string& from, const std::string& to) {
     ::rename(aside.c_str(), to.c_str());
     fail_io(to, "rename", e);
   }
-  if (::rename(aside.c_str(), from.c_str()) != 0) fail_io(from, "rename", errno);
+  if (::rename(aside.c_str(), from.c_str()) != 0) fail_io(to, "move the replaced one aside", errno);
   fsync_directory(dir);
 }
 
@@ -95,7 +95,7 @@ std::filesystem::path entry_path(const std::string& path) {
 }
 
 void durable_rename(const std::string& from, const std::string& to) {
-  if (::rename(from.c_str(), to.c_str()) != 0) fail_io(from, "rename to " + to, errno);
+  if (::rename(from.c_str(), to.c_str()) != 0) fail_io(to, "rename into place", errno);
   const auto parent = std::filesystem::path(to).parent_path();
   fsync_directory(parent.empty() ? "." : parent.string());
 }
@@ -140,7 +140,7 @@ void clear_abandoned_temporaries_of(const std::string& destination) {
 void replace_symlink(const std::string& target, const std::string& link) {
   const std::filesystem::path link_path(link);
   const std::string temp = (link_path.parent_path() / ("." + link_path.filename().string() + ".tmp-" + unique_suffix())).string();
-  if (::symlink(target.c_str(), temp.c_str()) != 0) fail_io(temp, "create symlink", errno);
+  if (::symlink(target.c_str(), temp.c_str()) != 0) fail_create(link, errno);
   // Checked last, just before the rename, so that the window for anything to appear there is the shortest.
   struct stat existing {};
   if (::lstat(link.c_str(), &existing) == 0 && !S_ISLNK(existing.st_mode)) {
@@ -185,6 +185,27 @@ void remove_tree(const std::string& path) {
   }
 }
 
+void require_directory(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) throw Error(ErrorKind::not_found, path, "", "no such directory");
+    fail_io(path, "stat", errno);
+  }
+  if (!S_ISDIR(st.st_mode)) throw Error(ErrorKind::not_found, path, "", "is not a directory");
+}
+
+void create_parent_directories(const std::string& destination) {
+  const fs::path parent = entry_path(destination).parent_path();
+  if (parent.empty()) return;
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (!ec) return;
+  if (ec == std::errc::not_a_directory || ec == std::errc::file_exists) {
+    throw Error(ErrorKind::io, parent.string(), "", "cannot create directory: a file is in the way");
+  }
+  fail_create(parent.string(), ec.value());
+}
+
 void build_directory(const std::string& destination_as_given, const std::function<void(const std::string& staging)>& fill,
                      const std::function<void()>& before_replacing) {
   const fs::path dest = entry_path(destination_as_given);
@@ -194,7 +215,7 @@ void build_directory(const std::string& destination_as_given, const std::functio
   clear_abandoned_temporaries(parent.string(), dest.filename().string());  // what a killed builder left
   std::error_code ec;
   fs::create_directory(staging, ec);
-  if (ec) throw Error(ErrorKind::io, staging, "", "cannot create directory: " + ec.message());
+  if (ec) fail_create(destination, ec.value());
   try {
     fill(staging);
     fsync_directory(staging);
@@ -206,6 +227,13 @@ void build_directory(const std::string& destination_as_given, const std::functio
     } else {
       durable_rename(staging, destination);
     }
+  } catch (const Error& e) {
+    remove_tree(staging);
+    // Named where the user will look: inside the destination, where the file would have appeared.
+    if (e.path() == staging || e.path().rfind(staging + "/", 0) == 0) {
+      throw Error(e.kind(), destination + e.path().substr(staging.size()), e.where(), e.detail());
+    }
+    throw;
   } catch (...) {
     remove_tree(staging);
     throw;

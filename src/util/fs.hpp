@@ -26,7 +26,8 @@ void exchange(const std::string& from, const std::string& to);
 // (io) naming the first file that failed.
 void fsync_files(const std::vector<std::string>& paths);
 
-// rename(2) then fsync of the destination's directory. Throws Error (io, not_found) naming `from`.
+// rename(2) then fsync of the destination's directory. Throws Error (io, not_found) naming `to`: `from` is a
+// temporary name.
 void durable_rename(const std::string& from, const std::string& to);
 
 // Points `link` at `target` (stored as given, so relative targets stay relative), replacing an existing link
@@ -45,6 +46,14 @@ void copy_file(const std::string& from, const std::string& to);
 // export of immutable checkpoint files). Returns true when it hard-linked.
 bool link_or_copy(const std::string& from, const std::string& to);
 
+// Throws Error (not_found) unless `path` is a directory (or a symlink to one): "no such directory", the one
+// wording of every subcommand for a directory argument that is missing.
+void require_directory(const std::string& path);
+
+// Creates the missing directories above `destination`, as mkdir -p of its parent, so that an output goes where the
+// user named it (convert -o, best --export). Throws Error naming the directory that cannot be created.
+void create_parent_directories(const std::string& destination);
+
 // `path` as the entry it names: `out/` and `a/./out` are `out` in its parent, so temporaries go beside it.
 std::filesystem::path entry_path(const std::string& path);
 
@@ -53,7 +62,7 @@ std::filesystem::path entry_path(const std::string& path);
 // (which makes its files durable), then fsyncs it and renames it into place, so the destination appears complete
 // or not at all; an existing destination is exchanged with it in one step (`exchange`) and then removed, after
 // `before_replacing` (when given) had its say: it throws to keep what is there. On failure the staging directory
-// is removed.
+// is removed, and an Error about it or a file in it names the destination (or the file in it) instead.
 void build_directory(const std::string& destination, const std::function<void(const std::string& staging)>& fill,
                      const std::function<void()>& before_replacing = {});
 

@@ -36,6 +36,7 @@ ReadOnlyFile::ReadOnlyFile(std::string path) : path_(std::move(path)) {
     if (e == ENXIO && ::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {  // a socket cannot be opened
       throw Error(ErrorKind::unsupported, path_, "", std::string("not a regular file (") + file_type_name(st.st_mode) + ")");
     }
+    if (e == ENOENT) throw Error(ErrorKind::not_found, path_, "", "no such file or directory");
     fail_io(path_, "open", e);
   }
   if (::fstat(fd_, &st) != 0) {

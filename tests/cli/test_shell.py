@@ -20,6 +20,80 @@ def subcommands():
     return re.findall(r"^\s+([a-z]+)\s", section, re.M)
 
 
+def help_options(sub):
+    """{option: (takes_value, description)} from `ckpt SUB --help`, each long option and -o, -q, -v on its own."""
+    out = subprocess.run([CKPT, sub, "--help"], capture_output=True, text=True, check=True).stdout
+    options = {}
+    current = None
+    for line in out.splitlines():
+        m = re.match(r"^  (-\S+)(?: ([A-Z]+(?::\S+)?(?: in \[[^]]*\])?)(?= |$))?(?: REQUIRED)?(?: +(.*))?$", line)
+        if m:
+            takes_value = m.group(2) is not None
+            current = [takes_value, m.group(3) or ""]
+            for name in m.group(1).split(","):
+                options[name] = current
+        elif current is not None and line.startswith("      ") and line.strip():
+            current[1] += " " + line.strip()
+        else:
+            current = None
+    return {name: tuple(v) for name, v in options.items()}
+
+
+def groff_text(text):
+    """Man page source as the reader sees it: font escapes and quotes gone, \\- as -, macro names dropped."""
+    text = re.sub(r"\\f[BIRP]", "", text).replace("\\-", "-").replace("\\(aq", "'").replace("\\(dq", '"')
+    text = text.replace("\\(mu", "x").replace("\\e", "\\")
+    words = []
+    for line in text.splitlines():
+        if line.startswith("."):
+            macro, _, rest = line.partition(" ")
+            args = re.findall(r'"([^"]*)"|(\S+)', rest)
+            joined = [a or b for a, b in args]
+            # .BR/.BI/.RB... alternate fonts without spaces between their arguments; .B, .I join them with spaces.
+            words.append(("".join(joined) if len(macro) == 3 else " ".join(joined)))
+        else:
+            words.append(line)
+    return " ".join(w for w in words if w).strip()
+
+
+def man_options():
+    """{subcommand: {option: (takes_value, description)}} from the .TP entries of each SUBCOMMANDS section."""
+    man = read_text("man", "ckpt.1")
+    sections = re.split(r"^\.SS (\w+)\n", man.split(".SH SUBCOMMANDS", 1)[1].split("\n.SH ", 1)[0], flags=re.M)
+    result = {}
+    for name, body in zip(sections[1::2], sections[2::2]):
+        options = {}
+        for entry in body.split(".TP\n")[1:]:
+            tag, _, description = entry.partition("\n")
+            description = groff_text(re.split(r"^\.(?:PP|SS)", description, flags=re.M)[0])
+            items = [item.split() for item in groff_text(tag).split(", ")]
+            for i, words in enumerate(items):
+                if words and words[0].startswith("-"):
+                    # A short name shares the value of the long one after it: "-o, --output dst".
+                    takes_value = len(words) > 1 or (len(words[0]) == 2 and i + 1 < len(items) and len(items[i + 1]) > 1)
+                    options[words[0]] = (takes_value, description)
+        result[name] = options
+    return result
+
+
+def man_entries(man, sub):
+    """The man page's options of `sub`: its own entries, and for resume the training options of save, which its
+    section refers to ("The training options are those of save, except --output-dir")."""
+    entries = dict(man[sub])
+    if sub == "resume":
+        entries.update({o: v for o, v in man["save"].items() if o != "--output-dir" and o not in entries})
+    return entries
+
+
+def described_as(sub, option, man):
+    """The man page's description of `option` of `sub`, following "as for SUB" references."""
+    description = man_entries(man, sub)[option][1]
+    m = re.match(r"(?i)(?:.*, )?as for (\w+)", description)
+    if m and m.group(1) in man and option in man[m.group(1)] and m.group(1) != sub:
+        return described_as(m.group(1), option, man)
+    return description
+
+
 def zsh_complete(line):
     """The line as an interactive zsh shows it after a TAB (tests/cli/zsh_complete.zsh drives it in a pseudo-terminal)."""
     out = subprocess.run(["zsh", "-f", os.path.join(ROOT, "tests", "cli", "zsh_complete.zsh"), os.path.join(ROOT, "completions"), line],
@@ -59,7 +133,131 @@ class ManPage(unittest.TestCase):
                 self.assertIn(option, man, f"{sub} {option}")
 
 
+class HelpAndManAgree(unittest.TestCase):
+    """--help and the man page describe the same options, taking a value or not alike, with the same defaults."""
+
+    def test_each_default_is_stated_once_in_one_form(self):
+        for sub in subcommands():
+            for option, (_, description) in help_options(sub).items():
+                with self.subTest(sub=sub, option=option):
+                    self.assertLessEqual(description.lower().count("default"), 1, description)
+                    if "default" in description:
+                        self.assertRegex(description, r"\[default: [^]]+\]$")
+
+    def test_options_are_plain_names(self):
+        for sub in subcommands():
+            out = subprocess.run([CKPT, sub, "--help"], capture_output=True, text=True, check=True).stdout
+            self.assertNotRegex(out, r"\n  -[^ \n]*[{}]", sub)
+
+    def test_same_options_taking_a_value_alike(self):
+        man = man_options()
+        for sub in subcommands():
+            help = {o: v for o, v in help_options(sub).items() if o not in ("-h", "--help")}
+            documented = man_entries(man, sub)
+            with self.subTest(sub=sub):
+                self.assertEqual(sorted(documented), sorted(help))
+                for option, (takes_value, _) in help.items():
+                    self.assertEqual(documented[option][0], takes_value, option)
+
+    def test_man_states_the_defaults_of_help(self):
+        man = man_options()
+        for sub in subcommands():
+            documented = man_entries(man, sub)
+            for option, (_, description) in help_options(sub).items():
+                if option not in documented:
+                    continue
+                shown = re.search(r"\[default: ([^]]+)\]", description)
+                own = man[sub].get(option)  # resume's entries from save state save's defaults
+                stated = own and re.search(r"\[default: ([^]]+)\]", " ".join(own[1].split()))
+                with self.subTest(sub=sub, option=option):
+                    if shown and shown.group(1) != "the checkpoint's":  # resume's; its man section says so once
+                        self.assertRegex(" ".join(described_as(sub, option, man).split()), r"[Dd]efault:? " + re.escape(shown.group(1)))
+                    if stated:
+                        self.assertEqual(shown and shown.group(1), stated.group(1))
+
+    def test_readme_and_examples_use_options_of_their_subcommand(self):
+        """The README's table and examples and the man page's EXAMPLES name only options --help lists."""
+        readme = read_text("README.md")
+        examples = read_text("man", "ckpt.1").split(".SH EXAMPLES", 1)[1].replace("\\-", "-").replace("\\e\n", " ")
+        uses = re.findall(r"^\| `ckpt (\w+)(.*)$", readme, re.M) + re.findall(r"^\s*\$ ckpt (\w+)([^#\n]*)", readme, re.M)
+        uses += re.findall(r"(?:^|\* )ckpt (\w+)(.*)$", examples, re.M)
+        self.assertGreater(len(uses), 20)
+        known = {sub: set(help_options(sub)) for sub in subcommands()}
+        for sub, text in uses:
+            with self.subTest(sub=sub, text=text[:60]):
+                self.assertIn(sub, known)
+                self.assertEqual(set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text)) - known[sub], set())
+
+    def test_training_options_are_described_in_their_help_words(self):
+        """The man page's entries of the trainer's flags say what --help says (it may say more)."""
+        man = man_options()
+        words = lambda text: set(re.findall(r"[a-z0-9]+", text.lower()))
+        for option, (_, description) in help_options("save").items():
+            if option in ("-h", "--help"):
+                continue
+            with self.subTest(option=option):
+                self.assertEqual(words(description) - words(man["save"][option][1]), set())
+
+
+def bash_options():
+    """({subcommand: options offered}, options after which bash completes a value) from completions/ckpt.bash."""
+    text = read_text("completions", "ckpt.bash").replace("\\\n", " ")
+    lists = dict(re.findall(r"^\s*local (\w+)=\"([^\"]*)\"", text, re.M))
+    offered = {}
+    for sub, value in re.findall(r"^\s*(\w+)\) options=\"([^\"]*)\"", text, re.M):
+        offered[sub] = set(re.sub(r"\$(\w+)", lambda m: lists.get(m.group(1), ""), value).split())
+    prev_block = text.split("case $prev in", 1)[1].split("\n  esac", 1)[0]
+    taking_value = set()
+    for pattern in re.findall(r"^\s*([-a-z0-9| ]+)\)", prev_block, re.M):
+        taking_value.update(p.strip() for p in pattern.split("|"))
+    return offered, taking_value
+
+
+def zsh_options():
+    """{subcommand: {option: takes_value}} from completions/_ckpt."""
+    text = read_text("completions", "_ckpt")
+    arrays = {name: body for name, body in re.findall(r"^\s*(\w+)=\(\n(.*?)^\s*\)", text, re.M | re.S)}
+    spec = re.compile(r"(?:\{[-a-z,]*,)?(--?[a-z][-a-z0-9]*)\}?'?\[[^]]*\](:?)")
+    result = {}
+    for sub, body in re.findall(r"^\s{8}(\w+)\)\n(.*?);;", text, re.M | re.S):
+        body = re.sub(r"\$(\w+)", lambda m: arrays.get(m.group(1), ""), body)
+        result[sub] = {name: bool(colon) for name, colon in spec.findall(body)}
+    return result
+
+
+def fish_options():
+    """{subcommand: {option: takes_value}} from completions/ckpt.fish."""
+    text = read_text("completions", "ckpt.fish")
+    variables = dict((name, value) for name, value in re.findall(r"^set -l (\w+) (.*)$", text, re.M))
+    text = re.sub(r"\$(\w+)", lambda m: variables.get(m.group(1), m.group(0)), text)
+    result = {}
+    for line in text.splitlines():
+        m = re.match(r'complete -c ckpt -n "__fish_seen_subcommand_from ([a-z ]+)"(.*)', line)
+        if not m:
+            continue
+        names = ["--" + n for n in re.findall(r" -l (\S+)", m.group(2))] + ["-" + n for n in re.findall(r" -s (\S+)", m.group(2))]
+        takes_value = bool(re.search(r" -[xr]( |$)", m.group(2)))
+        for sub in m.group(1).split():
+            for name in names:
+                result.setdefault(sub, {})[name] = takes_value
+    return result
+
+
 class Completions(unittest.TestCase):
+    def test_every_option_of_every_subcommand_alike_in_each_script(self):
+        bash_offered, bash_taking_value = bash_options()
+        zsh, fish = zsh_options(), fish_options()
+        for sub in subcommands():
+            help = {o: v[0] for o, v in help_options(sub).items() if o.startswith("--")}
+            with self.subTest(sub=sub):
+                self.assertEqual(sorted(bash_offered[sub]), sorted(help), "bash")
+                for option, takes_value in help.items():
+                    self.assertEqual(option in bash_taking_value, takes_value, "bash " + option)
+                self.assertEqual(sorted(o for o in zsh[sub] if o.startswith("--")), sorted(help), "zsh")
+                self.assertEqual({o: v for o, v in zsh[sub].items() if o.startswith("--")}, help, "zsh")
+                self.assertEqual(sorted(o for o in fish[sub] if o.startswith("--")), sorted(help), "fish")
+                self.assertEqual({o: v for o, v in fish[sub].items() if o.startswith("--")}, help, "fish")
+
     def test_every_subcommand_in_every_script(self):
         for name in ("ckpt.bash", "_ckpt", "ckpt.fish"):
             text = read_text("completions", name)
@@ -68,7 +266,9 @@ class Completions(unittest.TestCase):
 
     def test_bash_completes_subcommands_and_options(self):
         self.assertEqual(bash_complete("ckpt ins"), ["inspect"])
-        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "inspect", "list", "resume", "rotate", "save"])
+        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "help", "inspect", "list", "resume", "rotate", "save"])
+        self.assertEqual(bash_complete("ckpt help ro"), ["rotate"])
+        self.assertEqual(bash_complete("ckpt help rotate "), [])
         self.assertEqual(sorted(bash_complete("ckpt inspect --")), ["--help", "--json", "--summary", "--verify"])
 
     def test_bash_completes_option_values(self):
@@ -123,6 +323,8 @@ class Completions(unittest.TestCase):
 
     def test_zsh_completes(self):
         self.assertEqual(zsh_complete("ckpt conv"), "ckpt convert ")
+        self.assertEqual(zsh_complete("ckpt hel"), "ckpt help ")
+        self.assertEqual(zsh_complete("ckpt help rot"), "ckpt help rotate ")
         self.assertEqual(zsh_complete("ckpt convert x --to arch"), "ckpt convert x --to archive ")
         self.assertEqual(zsh_complete("ckpt convert x --cons"), "ckpt convert x --consolidate ")
         self.assertEqual(zsh_complete("ckpt save --nproc"), "ckpt save --nproc-per-node ")
@@ -137,6 +339,10 @@ class Completions(unittest.TestCase):
                   "complete -C 'ckpt rotate --sort '")
         out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
         self.assertIn("inspect", out)
+        help_completions = subprocess.run(["fish", "--no-config", "-c", f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt help '"],
+                                          capture_output=True, text=True, check=True).stdout
+        self.assertEqual(sorted(line.split("\t")[0] for line in help_completions.splitlines()),
+                         ["best", "convert", "inspect", "list", "resume", "rotate", "save"])
         self.assertIn("--verify", out)
         self.assertIn("mtime", out)
 

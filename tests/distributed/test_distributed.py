@@ -204,7 +204,7 @@ class DistributedTest(unittest.TestCase):
         self.assertIn("owned by two shards", r.stderr)
         r = self.run_ckpt(["convert", os.path.join(run, "checkpoint-40"), "--consolidate", "--dtype", "bf16", "-o", self.path("out")])
         self.assertEqual(r.returncode, 2, r.stderr)
-        self.assertIn("--dtype: applies to converted weights", r.stderr)
+        self.assertIn("--dtype applies to converted weights", r.stderr)
 
     def test_another_tools_optimizer_file_is_never_deleted(self):
         # An optimizer_0.pt that ckpt did not write (no shard record): unreadable, not incomplete, so rotate keeps it.

@@ -89,7 +89,10 @@ class ListSyntheticTest(Tmp):
                     r = ckpt(*args)
                     self.assertEqual(r.returncode, 1, r.describe())
                     self.assertEqual(r.stderr, "ckpt: error: %s: %s\n" % (path, what), r.describe())
-                    self.assertEqual(r.stdout, "", r.describe())
+                    if "--json" in args:  # the error's object, nothing else
+                        self.assertEqual(r.json()["error"]["kind"], "not_found", r.describe())
+                    else:
+                        self.assertEqual(r.stdout, "", r.describe())
         self.assertEqual(runs.entries(run), ["checkpoint-10", "checkpoint-20"])
         # A run directory that exists and holds nothing yet (TensorBoard's runs/ before the first save) is fine.
         fresh = os.path.join(self.tmp, "fresh")

@@ -38,3 +38,26 @@ TEST_CASE("the run lock and the trainer's lock never follow a symlink and are re
   }
   fs::remove_all(dir);
 }
+
+TEST_CASE("a lock that is held or cannot be taken names the run directory, not its lock file") {
+  const fs::path dir = fs::temp_directory_path() / ("ckpt-lock-names-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "run");
+  const std::string run = (dir / "run").string();
+  checkpoint::RunLock held(run, false);
+  try {
+    checkpoint::RunLock second(run, false);
+    FAIL("locked twice");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::locked);
+    CHECK(e.path() == run);
+  }
+  try {
+    checkpoint::RunLock missing((dir / "gone").string(), false);
+    FAIL("locked a missing directory");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::not_found);
+    CHECK(std::string(e.what()) == (dir / "gone").string() + ": no such directory");
+  }
+  fs::remove_all(dir);
+}

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "util/atomic_file.hpp"
+#include "util/error.hpp"
 #include "util/fs.hpp"
 
 using namespace ckpt;
@@ -79,5 +81,39 @@ TEST_CASE("a destination written with a trailing separator is the entry it names
   age(dir / stale);
   fs_util::clear_abandoned_temporaries_of((dir / "out").string() + "/");
   CHECK_FALSE(fs::exists(dir / stale));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("errors of writing name what the user asked for, never a temporary beside it") {
+  const fs::path dir = fs::temp_directory_path() / ("ckpt-fs-names-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string out = (dir / "out").string();
+  for (const char* inside : {"", "/f"}) {
+    CAPTURE(inside);
+    try {
+      fs_util::build_directory(out, [&](const std::string& staging) { throw Error(ErrorKind::io, staging + inside, "", "write: Input/output error"); });
+      FAIL("built");
+    } catch (const Error& e) {
+      CHECK(e.path() == out + inside);
+      CHECK(e.kind() == ErrorKind::io);
+    }
+    CHECK_FALSE(fs::exists(out));
+  }
+  try {
+    AtomicFile file((dir / "missing" / "f").string());
+    FAIL("created");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::not_found);
+    CHECK(std::string(e.what()) == (dir / "missing" / "f").string() + ": cannot create: its directory " + (dir / "missing").string() + " does not exist");
+  }
+  fs_util::create_parent_directories((dir / "a" / "b" / "out.bin").string());
+  CHECK(fs::is_directory(dir / "a" / "b"));
+  CHECK_FALSE(fs::exists(dir / "a" / "b" / "out.bin"));
+  fs_util::require_directory((dir / "a").string());
+  CHECK_THROWS_WITH_AS(fs_util::require_directory((dir / "none").string()), ((dir / "none").string() + ": no such directory").c_str(), Error);
+  std::ofstream(dir / "file") << "x";
+  CHECK_THROWS_WITH_AS(fs_util::require_directory((dir / "file").string()), ((dir / "file").string() + ": is not a directory").c_str(), Error);
+  CHECK_THROWS_AS(fs_util::create_parent_directories((dir / "file" / "x" / "out").string()), Error);
   fs::remove_all(dir);
 }
