@@ -10,6 +10,8 @@
 #include <csignal>
 #include <iostream>
 #include <list>
+#include <optional>
+#include <string>
 
 #include "checkpoint/trainer_library.hpp"
 #include "cli/cli.hpp"
@@ -42,6 +44,27 @@ struct TrainFlags {
   std::vector<std::pair<const train::ArgSpec*, std::pair<CLI::Option*, CLI::Option*>>> switches;  // --x / --no-x
 };
 
+// "20s": the time the steps left take at the pace of the steps this process trained; "-" before it trained any.
+std::string eta_text(const train::TrainEvent& e) {
+  if (e.step <= 0 || e.max_steps <= e.step) return "-";
+  return fmt::format("{:.0f}s", e.elapsed_seconds / static_cast<double>(e.step) * static_cast<double>(e.max_steps - e.step));
+}
+
+// A training log record (a log event holding a loss) as one plain line for a log file:
+// `step 40/300  loss 1.2345  lr 0.000866667  grad_norm 0.53  eta 20s`; nullopt for other records (evaluations).
+std::optional<std::string> step_line(const train::TrainEvent& e) {
+  const json::Json record = json::parse(e.text);
+  if (!record.is_object()) return std::nullopt;
+  const auto number = [&](const char* key) -> std::optional<double> {
+    const auto it = record.find(key);
+    if (it == record.end() || !it->is_number()) return std::nullopt;
+    return it->get<double>();
+  };
+  if (!number("loss")) return std::nullopt;
+  return fmt::format("step {}/{}  loss {}  lr {}  grad_norm {}  eta {}", e.step, e.max_steps, number_text(number("loss")),
+                     number_text(number("learning_rate")), number_text(number("grad_norm")), eta_text(e));
+}
+
 // The progress line: step, loss and ETA on stderr, only on a terminal.
 class ProgressLine {
  public:
@@ -57,10 +80,8 @@ class ProgressLine {
     if (shown_ && now - last_ < std::chrono::milliseconds(100) && e.step < e.max_steps) return;
     last_ = now;
     shown_ = true;
-    std::string eta = "-";
-    if (e.step > 0 && e.max_steps > e.step) eta = fmt::format("{:.0f}s", e.elapsed_seconds / static_cast<double>(e.step) * static_cast<double>(e.max_steps - e.step));
     std::cerr << fmt::format("\rstep {}/{}  loss {}  elapsed {:.0f}s  eta {}\033[K", e.step, e.max_steps, number_text(e.loss),
-                             e.elapsed_seconds, eta)
+                             e.elapsed_seconds, eta_text(e))
               << std::flush;
   }
 
@@ -172,7 +193,13 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
 
   const bool quiet = f.quiet || !main_process;
   const bool json = f.json && main_process;
+  // With -v stdout holds only the log records, a JSON document a line; the lines for people go to stderr.
+  std::ostream& out = f.verbose ? std::cerr : std::cout;
   ProgressLine progress(!quiet && !json);
+  // Output to a file or a pipe (a job's log): a plain line per logging step, so that the log shows progress
+  // between the saved lines (the progress line, on a terminal's stderr, leaves nothing in it). -v's records
+  // show the same.
+  const bool step_lines = !quiet && !json && !f.verbose && !::isatty(STDOUT_FILENO);
   request.on_event = [&](const train::TrainEvent& e) {
     if (!main_process) return;
     using Kind = train::TrainEvent::Kind;
@@ -183,15 +210,17 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
         print_warning(e.text);
         break;
       case Kind::log:
-        if (f.verbose && !json) {
+        if (f.verbose) {
           progress.clear();
           std::cout << e.text << "\n" << std::flush;
+        } else if (step_lines) {
+          if (const auto line = step_line(e)) std::cout << *line << "\n" << std::flush;
         }
         break;
       case Kind::checkpoint:
         if (!quiet && !json) {
           progress.clear();
-          std::cout << "saved " << printable(e.text) << "\n" << std::flush;
+          out << "saved " << printable(e.text) << "\n" << std::flush;
         }
         break;
     }
@@ -223,18 +252,18 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
   if (json) {
     std::cout << json::dump(result_json(result), 2) << "\n";
   } else if (!quiet) {
-    std::cout << fmt::format("{} {} at step {}/{} (epoch {:.2f})\n", result.interrupted ? "interrupted" : "trained",
-                             printable(result.output_dir), result.global_step, result.max_steps, result.epoch);
+    out << fmt::format("{} {} at step {}/{} (epoch {:.2f})\n", result.interrupted ? "interrupted" : "trained",
+                       printable(result.output_dir), result.global_step, result.max_steps, result.epoch);
     if (result.best_model_checkpoint) {
       // A resumed run's best comes from its trainer_state.json.
-      std::cout << "best: " << printable(*result.best_model_checkpoint) << " (" << number_text(result.best_metric) << ")\n";
+      out << "best: " << printable(*result.best_model_checkpoint) << " (" << number_text(result.best_metric) << ")\n";
     }
     for (const char* key : {"eval_loss", "eval_accuracy", "train_loss", "train_runtime"}) {
       if (auto it = result.final_metrics.find(key); it != result.final_metrics.end()) {
-        std::cout << key << ": " << number_text(it->second) << "\n";
+        out << key << ": " << number_text(it->second) << "\n";
       }
     }
-    if (!result.checkpoints_removed.empty()) std::cout << "removed by --save-total-limit: " << result.checkpoints_removed.size() << "\n";
+    if (!result.checkpoints_removed.empty()) out << "removed by --save-total-limit: " << result.checkpoints_removed.size() << "\n";
   }
   return result.interrupted ? exit_interrupted : exit_ok;
 }
@@ -288,9 +317,11 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
   sub.add_option("--master-port", f->launch.master_port, "Rendezvous port on --master-addr [default: a free port on one machine, 29500 across machines]")
       ->check(CLI::Range(1, 65535))
       ->group(dist);
-  sub.add_flag("--json", f->json, "Print a JSON summary at the end (nothing else on stdout)");
+  CLI::Option* json = sub.add_flag("--json", f->json, "Print a JSON summary at the end (nothing else on stdout)");
   sub.add_flag("-q,--quiet", f->quiet, "Print nothing unless there is an error");
-  sub.add_flag("-v,--verbose", f->verbose, "Print every log record (loss, grad_norm, learning_rate, eval metrics) as a JSON line");
+  sub.add_flag("-v,--verbose", f->verbose,
+               "Print every log record (loss, grad_norm, learning_rate, eval metrics) as a JSON line on stdout, and the other lines on stderr")
+      ->excludes(json);
   return [f] { return run_train(*f); };
 }
 

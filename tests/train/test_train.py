@@ -9,6 +9,7 @@ import json
 import os
 import pickletools
 import random
+import re
 import resource
 import shutil
 import signal
@@ -413,15 +414,18 @@ class Output(TrainTest):
         os.close(primary)
         self.assertEqual(p.returncode, 0)
         self.assertRegex(terminal.decode(), r"\rstep \d+/300  loss ")
-        self.assertNotIn("step ", out.replace("at step", ""))
+        # The progress line stays on the terminal; the piped stdout has a plain line per logging step.
+        self.assertNotIn("\r", out)
+        self.assertNotIn("elapsed", out)
+        self.assertIn("\nstep 300/300  loss ", out)
         self.assertIn("saved " + os.path.join(run, "checkpoint-100"), out)
         # Not a terminal: no progress line, nothing on stderr.
         r = self.ok(["save", "--output-dir", self.path("run2"), "--max-steps", "30", "--save-steps", "10"])
         self.assertEqual(r.stderr, "")
 
     def test_json_and_quiet(self):
-        r = self.ok(["save", "--output-dir", self.path("run"), "--max-steps", "20", "--save-steps", "10", "--json", "--verbose"])
-        self.assertEqual(json.loads(r.stdout)["global_step"], 20)  # one document: --verbose adds nothing to stdout
+        r = self.ok(["save", "--output-dir", self.path("run"), "--max-steps", "20", "--save-steps", "10", "--json"])
+        self.assertEqual(json.loads(r.stdout)["global_step"], 20)
         self.assertEqual(r.stderr, "")
         r = self.ok(["resume", self.path("run"), "--max-steps", "30", "-q"])
         self.assertEqual((r.stdout, r.stderr), ("", ""))
@@ -429,6 +433,39 @@ class Output(TrainTest):
         records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
         self.assertEqual([e["step"] for e in records if "loss" in e], [40])
         self.assertEqual([e["step"] for e in records if "eval_loss" in e], [40])
+
+    def test_piped_log_has_a_line_per_logging_step(self):
+        run = self.path("run")
+        r = self.ok(["save", "--output-dir", run, "--max-steps", "30", "--save-steps", "10", "--logging-steps", "5"])
+        lines = r.stdout.splitlines()
+        logged = [line for line in lines if line.startswith("step ")]
+        number = r"-?\d+(\.\d+)?(e[-+]\d+)?"
+        pattern = r"step (\d+)/30  loss {0}  lr {0}  grad_norm {0}  eta (\d+s|-)$".format(number)
+        self.assertEqual([int(re.match(pattern, line).group(1)) if re.match(pattern, line) else line for line in logged],
+                         [5, 10, 15, 20, 25, 30])
+        # Between the saved lines: step 10's line, then its checkpoint, then step 15's.
+        saved = lines.index("saved " + os.path.join(run, "checkpoint-10"))
+        self.assertEqual((lines[saved - 1], lines[saved + 1]), (logged[1], logged[2]))
+        self.assertEqual(r.stderr, "")
+
+    def test_verbose_is_json_lines_on_stdout_and_refused_with_json(self):
+        run = self.path("run")
+        r = self.ok(["save", "--output-dir", run, "--max-steps", "20", "--save-steps", "10", "-v"])
+        records = [json.loads(line) for line in r.stdout.splitlines()]  # every line is a record
+        self.assertEqual([e["step"] for e in records if "loss" in e], [10, 20])
+        self.assertEqual([e["step"] for e in records if "eval_loss" in e], [10, 20])
+        self.assertIn("saved " + os.path.join(run, "checkpoint-10") + "\n", r.stderr)
+        self.assertIn("trained " + run + " at step 20/20", r.stderr)
+        r = self.ok(["resume", run, "--max-steps", "30", "--verbose"])
+        for line in r.stdout.splitlines():
+            json.loads(line)
+        for flags in (["--json", "-v"], ["--json", "--verbose"]):
+            r = R.run_ckpt(["save", "--output-dir", self.path("other"), *flags])
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("--json", r.stderr)
+            self.assertIn("--verbose", r.stderr)
+            self.assertEqual(r.stdout, "")
+        self.assertFalse(os.path.exists(self.path("other")))
 
     def test_usage_errors(self):
         r = R.run_ckpt(["save"])
