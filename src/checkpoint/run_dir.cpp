@@ -1,11 +1,13 @@
 #include "checkpoint/run_dir.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <sys/stat.h>
 
 #include <filesystem>
 #include <set>
+#include <string_view>
 
 #include "checkpoint/archive.hpp"
 #include "checkpoint/file_kind.hpp"
@@ -434,6 +436,26 @@ std::optional<std::size_t> newest_complete(const RunScan& scan) {
     if (e.kind == EntryKind::checkpoint && e.complete && (!newest || *e.step >= *scan.entries[*newest].step)) newest = i;
   }
   return newest;
+}
+
+namespace {
+
+std::string shell_word(const std::string& word) {
+  const bool plain = !word.empty() && std::all_of(word.begin(), word.end(), [](unsigned char c) {
+    return std::isalnum(c) || std::string_view("@%+=:,./_-").find(static_cast<char>(c)) != std::string_view::npos;
+  });
+  if (plain) return word;
+  std::string quoted = "'";
+  for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
+}  // namespace
+
+std::string resume_command(const std::string& run_dir, const std::optional<std::string>& from) {
+  std::string command = "ckpt resume " + shell_word(run_dir);
+  if (from) command += " --from " + shell_word(*from);
+  return command;
 }
 
 }  // namespace ckpt::checkpoint

@@ -131,5 +131,9 @@ std::vector<std::size_t> ordered_checkpoints(const RunScan& scan, bool complete_
 // The complete checkpoint with the highest step: what resume picks.
 std::optional<std::size_t> newest_complete(const RunScan& scan);
 
+// `ckpt resume RUN_DIR [--from FROM]` as messages tell the user to type it: a word holding anything a POSIX
+// shell treats specially is single-quoted.
+std::string resume_command(const std::string& run_dir, const std::optional<std::string>& from = std::nullopt);
+
 
 }  // namespace ckpt::checkpoint

@@ -8,11 +8,13 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <filesystem>
 #include <iostream>
 #include <list>
 #include <optional>
 #include <string>
 
+#include "checkpoint/run_dir.hpp"
 #include "checkpoint/trainer_library.hpp"
 #include "cli/cli.hpp"
 #include "cli/text.hpp"
@@ -23,6 +25,7 @@
 
 namespace ckpt::cli {
 namespace {
+namespace fs = std::filesystem;
 
 std::atomic<bool> g_interrupted{false};
 
@@ -44,10 +47,12 @@ struct TrainFlags {
   std::vector<std::pair<const train::ArgSpec*, std::pair<CLI::Option*, CLI::Option*>>> switches;  // --x / --no-x
 };
 
-// "20s": the time the steps left take at the pace of the steps this process trained; "-" before it trained any.
+// "20s": the time the steps left take at the pace of the steps this process trained (a resumed run's earlier steps
+// took none of its time); "-" before it trained any.
 std::string eta_text(const train::TrainEvent& e) {
-  if (e.step <= 0 || e.max_steps <= e.step) return "-";
-  return fmt::format("{:.0f}s", e.elapsed_seconds / static_cast<double>(e.step) * static_cast<double>(e.max_steps - e.step));
+  const std::int64_t trained = e.step - e.start_step;
+  if (trained <= 0 || e.max_steps <= e.step) return "-";
+  return fmt::format("{:.0f}s", e.elapsed_seconds / static_cast<double>(trained) * static_cast<double>(e.max_steps - e.step));
 }
 
 // A training log record (a log event holding a loss) as one plain line for a log file:
@@ -91,6 +96,23 @@ class ProgressLine {
   std::chrono::steady_clock::time_point last_;
 };
 
+// What an interrupted run leaves: "steps 151-154 are not saved; `ckpt resume RUN` continues from checkpoint-150".
+std::string interruption_text(const train::TrainResult& r) {
+  const std::int64_t saved = r.last_checkpoint_step.value_or(0);
+  std::string text = r.global_step <= saved       ? std::string("every step is saved")
+                     : r.global_step == saved + 1 ? fmt::format("step {} is not saved", r.global_step)
+                                                  : fmt::format("steps {}-{} are not saved", saved + 1, r.global_step);
+  if (!r.last_checkpoint) return text + "; no checkpoint holds this run";
+  const fs::path last(*r.last_checkpoint);
+  if (r.resume_takes_last_checkpoint) {
+    return text + "; `" + checkpoint::resume_command(r.output_dir) + "` continues from " + last.filename().string();
+  }
+  // Not resume's default: named by --from, as a name when it is a checkpoint directory of the run directory.
+  std::error_code ec;
+  const bool in_run = fs::is_directory(last, ec) && fs::equivalent(last.parent_path(), r.output_dir, ec);
+  return text + "; `" + checkpoint::resume_command(r.output_dir, in_run ? last.filename().string() : last.string()) + "` continues from it";
+}
+
 std::string default_text(const train::ArgValue& value) {
   if (const auto* b = std::get_if<bool>(&value)) return *b ? "on" : "off";
   if (const auto* i = std::get_if<std::int64_t>(&value)) return std::to_string(*i);
@@ -104,6 +126,7 @@ json::Json result_json(const train::TrainResult& r) {
   for (const auto& [k, v] : r.final_metrics) metrics.set(k, v);
   return {{"output_dir", r.output_dir},
           {"resumed_from", r.resumed_from ? json::Json(*r.resumed_from) : json::Json(nullptr)},
+          {"start_step", r.start_step},
           {"global_step", r.global_step},
           {"max_steps", r.max_steps},
           {"epoch", r.epoch},
@@ -116,7 +139,10 @@ json::Json result_json(const train::TrainResult& r) {
           {"save_stall_seconds", r.save_stall_seconds},
           {"save_write_seconds", r.save_write_seconds},
           {"load_seconds", r.load_seconds ? json::Json(*r.load_seconds) : json::Json(nullptr)},
-          {"warnings", r.warnings}};
+          {"warnings", r.warnings},
+          {"last_checkpoint", r.last_checkpoint ? json::Json(*r.last_checkpoint) : json::Json(nullptr)},
+          {"last_checkpoint_step", r.last_checkpoint_step ? json::Json(*r.last_checkpoint_step) : json::Json(nullptr)},
+          {"resume_takes_last_checkpoint", r.resume_takes_last_checkpoint}};
 }
 
 // An integer from the environment, or `fallback` when unset.
@@ -223,6 +249,12 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
           out << "saved " << printable(e.text) << "\n" << std::flush;
         }
         break;
+      case Kind::resumed:
+        if (!quiet && !json) {
+          progress.clear();
+          out << "resuming from " << printable(e.text) << " at step " << e.step << " of " << e.max_steps << "\n" << std::flush;
+        }
+        break;
     }
   };
   g_interrupted.store(false);
@@ -252,10 +284,15 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
   if (json) {
     std::cout << json::dump(result_json(result), 2) << "\n";
   } else if (!quiet) {
-    out << fmt::format("{} {} at step {}/{} (epoch {:.2f})\n", result.interrupted ? "interrupted" : "trained",
-                       printable(result.output_dir), result.global_step, result.max_steps, result.epoch);
+    if (result.interrupted) {
+      out << fmt::format("interrupted at step {}/{} (epoch {:.2f}); {}\n", result.global_step, result.max_steps, result.epoch,
+                         printable(interruption_text(result)));
+    } else {
+      out << fmt::format("trained {} at step {}/{} (epoch {:.2f})\n", printable(result.output_dir), result.global_step, result.max_steps,
+                         result.epoch);
+    }
     if (result.best_model_checkpoint) {
-      // A resumed run's best comes from its trainer_state.json.
+      // A resumed run's best comes from its trainer_state.json, named in this run directory.
       out << "best: " << printable(*result.best_model_checkpoint) << " (" << number_text(result.best_metric) << ")\n";
     }
     for (const char* key : {"eval_loss", "eval_accuracy", "train_loss", "train_runtime"}) {

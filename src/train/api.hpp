@@ -20,7 +20,7 @@
 
 namespace ckpt::train {
 
-inline constexpr int kApiVersion = 2;
+inline constexpr int kApiVersion = 3;
 inline constexpr const char* kEntryPoint = "ckpt_train_run";
 inline constexpr const char* kLibraryName = "libckpt_train.so";
 
@@ -28,13 +28,16 @@ enum class TrainMode { save, resume };
 
 // What the trainer reports while it runs; the CLI renders these (the library never prints).
 struct TrainEvent {
-  enum class Kind { progress, log, checkpoint, warning };
+  enum class Kind { progress, log, checkpoint, warning, resumed };
   Kind kind = Kind::progress;
   std::int64_t step = 0;
   std::int64_t max_steps = 0;
+  std::int64_t start_step = 0;  // the step this process began training at (resumed: the checkpoint's)
   double elapsed_seconds = 0;
   std::optional<double> loss;   // progress: the latest logged training loss
-  std::string text;             // log: the record as JSON; checkpoint: its path; warning: the message
+  // log: the record as JSON; checkpoint: its path; warning: the message; resumed: the checkpoint directory or
+  // archive restored, before any step is trained
+  std::string text;
 };
 
 // This process's place in a torch.distributed group, from the launcher's environment (RANK, WORLD_SIZE,
@@ -72,8 +75,15 @@ struct TrainError {
 struct TrainResult {
   std::string output_dir;
   std::optional<std::string> resumed_from;
+  std::int64_t start_step = 0;  // the step training began at: 0, or the checkpoint's
   std::int64_t global_step = 0;
   std::int64_t max_steps = 0;
+  // The newest checkpoint holding this run's state (the last it saved, else the one it resumed from) and its
+  // step; whether `ckpt resume RUN_DIR` without --from continues from it (it is the run directory's newest
+  // complete checkpoint). What an interrupted run's message tells the user to run.
+  std::optional<std::string> last_checkpoint;
+  std::optional<std::int64_t> last_checkpoint_step;
+  bool resume_takes_last_checkpoint = false;
   double epoch = 0;
   std::vector<std::string> checkpoints_saved;   // paths, in order
   std::vector<std::string> checkpoints_removed; // by save_total_limit

@@ -256,6 +256,7 @@ class Trainer {
     e.kind = kind;
     e.step = state_.global_step;
     e.max_steps = max_steps_;
+    e.start_step = start_step_;
     e.elapsed_seconds = seconds_since(started_);
     e.loss = last_loss_;
     e.text = std::move(text);
@@ -326,6 +327,7 @@ class Trainer {
   TrainerState state_;
 
   std::int64_t max_steps_ = 0;
+  std::int64_t start_step_ = 0;  // the global step this process began training at
   std::int64_t steps_per_epoch_ = 0;
   std::int64_t batch_size_ = 0;
   std::vector<std::int64_t> order_;        // this epoch's example order
@@ -673,6 +675,14 @@ void Trainer::restore(const std::string& dir) {
     }
   }
   state_.load((d / "trainer_state.json").string());
+  if (state_.best_model_checkpoint) {
+    // The run may have been copied or moved since that file was written: its best is the checkpoint of that name
+    // in this run directory, as `ckpt best` finds it.
+    fs::path recorded(*state_.best_model_checkpoint);
+    if (recorded.filename().empty()) recorded = recorded.parent_path();
+    const std::string name = recorded.filename().string();
+    if (checkpoint::checkpoint_step(name)) state_.best_model_checkpoint = (fs::path(run_dir_) / name).string();
+  }
   if (state_.global_step > max_steps_) {
     throw Error(ErrorKind::invalid_argument, dir, "", "the checkpoint is at step " + std::to_string(state_.global_step) +
                                                            ", beyond --max-steps " + std::to_string(max_steps_));
@@ -929,6 +939,8 @@ void Trainer::commit(CheckpointFiles files) {
     // Only a leftover: the next start, or rotate, clears it.
   }
   result_.checkpoints_saved.push_back((run / name).string());
+  result_.last_checkpoint = result_.checkpoints_saved.back();
+  result_.last_checkpoint_step = files.step;
   if (const auto limit = get_optional_int(args_, "save_total_limit")) {
     checkpoint::RotateOptions options;
     options.keep = *limit;
@@ -1174,6 +1186,10 @@ void Trainer::run_in_group() {
     const auto start = Clock::now();
     together("to load the checkpoint", [&] { restore(*resume_dir_); });
     result_.load_seconds = seconds_since(start);
+    start_step_ = state_.global_step;
+    result_.last_checkpoint = result_.resumed_from;
+    result_.last_checkpoint_step = start_step_;
+    if (main_process()) emit(TrainEvent::Kind::resumed, result_.resumed_from.value_or(*resume_dir_));
   }
   if (restored_dir_) {
     fs_util::remove_tree(*restored_dir_);
@@ -1189,10 +1205,23 @@ void Trainer::run_in_group() {
   }
   result_.interrupted = stopped_early_;
   if (!result_.interrupted && main_process()) finish();
+  result_.start_step = start_step_;
   result_.global_step = state_.global_step;
   result_.epoch = state_.epoch;
   result_.best_metric = state_.best_metric;
   result_.best_model_checkpoint = state_.best_model_checkpoint;
+  if (main_process() && result_.last_checkpoint) {
+    // Whether resume's default, the newest complete checkpoint, is this run's last: not when the run resumed from
+    // an older checkpoint than the run directory holds and saved none past it.
+    try {
+      const auto scan = checkpoint::scan_run(run_dir_);
+      const auto newest = checkpoint::newest_complete(scan);
+      std::error_code ec;
+      result_.resume_takes_last_checkpoint = newest && fs::equivalent(scan.entries[*newest].path, *result_.last_checkpoint, ec);
+    } catch (const Error&) {
+      // Unknown: the message names the checkpoint with --from, which is right either way.
+    }
+  }
 }
 
 }  // namespace

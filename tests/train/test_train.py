@@ -459,6 +459,7 @@ class Output(TrainTest):
         r = self.ok(["resume", run, "--max-steps", "30", "--verbose"])
         for line in r.stdout.splitlines():
             json.loads(line)
+        self.assertRegex(r.stderr, r"^resuming from " + re.escape(os.path.join(run, "checkpoint-20")) + " at step 20 of 30\n")
         for flags in (["--json", "-v"], ["--json", "--verbose"]):
             r = R.run_ckpt(["save", "--output-dir", self.path("other"), *flags])
             self.assertEqual(r.returncode, 2, r.stderr)
@@ -674,6 +675,119 @@ class Refusals(TrainTest):
         # ckpt best agrees with the trainer
         b = self.ok(["best", run, "--json"])
         self.assertEqual(os.path.basename(json.loads(b.stdout)["name"]), best)
+
+
+def terminal_frames(args, until, timeout=120):
+    """Runs ckpt with stderr on a pseudo-terminal and stdout piped; once `until(terminal text)` holds, sends SIGINT.
+    Returns the process (finished), its stdout and what the terminal showed."""
+    import pty
+    primary, secondary = pty.openpty()
+    p = subprocess.Popen([R.CKPT_BIN, *args], stdout=subprocess.PIPE, stderr=secondary, text=True)
+    os.close(secondary)
+    terminal = ""
+    deadline = time.time() + timeout
+    signalled = False
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk.decode(errors="replace")
+        if not signalled and (until(terminal) or time.time() > deadline):
+            p.send_signal(signal.SIGINT)
+            signalled = True
+    out = p.communicate(timeout=timeout)[0]
+    os.close(primary)
+    return p, out, terminal
+
+
+class Messages(TrainTest):
+    """What save and resume say: where an interrupted run can continue, what resume restores, the ETA, the best."""
+
+    def unsaved_text(self, step, saved):
+        if step == saved:
+            return "every step is saved"
+        if step == saved + 1:
+            return "step %d is not saved" % step
+        return "steps %d-%d are not saved" % (saved + 1, step)
+
+    def test_interrupt_says_what_is_kept_and_where_resume_continues(self):
+        run = self.path("run")
+        p = subprocess.Popen([R.CKPT_BIN, "save", "--output-dir", run, "--max-steps", "100000", "--save-steps", "50"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and not (os.path.isdir(run) and checkpoints(run)):
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 130, err)
+        last = checkpoints(run)[-1]
+        saved = int(last.split("-")[1])
+        m = re.search(r"^interrupted at step (\d+)/100000 \(epoch \d+\.\d\d\); (.*)$", out, re.M)
+        self.assertTrue(m, out)
+        step = int(m.group(1))
+        self.assertEqual(m.group(2), "%s; `ckpt resume %s` continues from %s" % (self.unsaved_text(step, saved), run, last))
+        r = self.ok(["resume", run, "--max-steps", str(saved + 10), "--save-steps", "10"])
+        self.assertEqual(r.stdout.splitlines()[0], "resuming from %s at step %d of %d" % (os.path.join(run, last), saved, saved + 10))
+
+        # Resumed from an older checkpoint while newer ones of the earlier run are there: the message says --from.
+        p = subprocess.Popen([R.CKPT_BIN, "resume", run, "--from", "checkpoint-%d" % saved, "--max-steps", "100000", "--save-steps",
+                              "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = p.stdout.readline()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 130, err)
+        self.assertEqual(first, "resuming from %s at step %d of 100000\n" % (os.path.join(run, last), saved))
+        m = re.search(r"^interrupted at step (\d+)/100000 \(epoch \d+\.\d\d\); (.*)$", out, re.M)
+        self.assertTrue(m, out)
+        self.assertEqual(m.group(2), "%s; `ckpt resume %s --from %s` continues from it" % (self.unsaved_text(int(m.group(1)), saved), run, last))
+
+    def test_resume_names_the_archive_it_restores(self):
+        run = self.path("run")
+        self.save(run, *SMALL)
+        archive = os.path.join(run, "archive", "checkpoint-40.ckpt")
+        os.makedirs(os.path.dirname(archive))
+        self.ok(["convert", os.path.join(run, "checkpoint-40"), "--to", "archive", "-o", archive, "-q"])
+        shutil.rmtree(os.path.join(run, "checkpoint-40"))
+        r = self.ok(["resume", run, "--from", "checkpoint-40", "--max-steps", "50", "--save-steps", "50"])
+        self.assertEqual(r.stdout.splitlines()[0], "resuming from %s at step 40 of 50" % archive)
+
+    def test_eta_counts_only_the_steps_left(self):
+        # Checkpoint-300 made with batches of 1, resumed with batches of 256: an ETA that counted the 300 steps
+        # this process did not train would be a small fraction of elapsed / steps trained * steps left.
+        run = self.path("run")
+        self.save(run, "--max-steps", "300", "--save-steps", "300", "--per-device-train-batch-size", "1", "--hidden-size", "512")
+        frame = re.compile(r"\rstep (\d+)/100000  loss \S+  elapsed (\d+)s  eta (\d+)s")
+        p, out, terminal = terminal_frames(["resume", run, "--max-steps", "100000", "--save-steps", "100000", "--per-device-train-batch-size", "256"],
+                                           lambda text: any(int(m.group(2)) >= 3 for m in frame.finditer(text)))
+        self.assertEqual(p.returncode, 130, out)
+        checked = 0
+        for m in frame.finditer(terminal):
+            step, elapsed, eta = (int(g) for g in m.groups())
+            if elapsed < 2:
+                continue
+            per_step = 100000 - step
+            self.assertGreater(step, 300)
+            low = (elapsed - 0.5) / (step - 300) * per_step - 0.5
+            high = (elapsed + 0.5) / (step - 300) * per_step + 0.5
+            self.assertTrue(low <= eta <= high, m.group(0))
+            checked += 1
+        self.assertGreater(checked, 0, terminal)
+
+    def test_best_names_this_run_directory(self):
+        first = self.path("first")
+        self.save(first, *SMALL)
+        run = self.path("copied")
+        shutil.copytree(first, run)
+        best = os.path.basename(read_json(os.path.join(run, "checkpoint-60", "trainer_state.json"))["best_model_checkpoint"])
+        # No evaluation in the resumed steps, so the best stays the one the copied trainer_state.json names.
+        r = self.ok(["resume", run, "--max-steps", "80", "--eval-steps", "0"])
+        self.assertIn("\nbest: %s (" % os.path.join(run, best), r.stdout)
+        self.assertNotIn(first, r.stdout)
+        state = read_json(os.path.join(run, "checkpoint-80", "trainer_state.json"))
+        self.assertEqual(state["best_model_checkpoint"], os.path.join(run, best))
 
 
 if __name__ == "__main__":
