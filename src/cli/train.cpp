@@ -35,6 +35,9 @@ struct TrainFlags {
   train::TrainMode mode = train::TrainMode::save;
   std::string run_dir;
   std::string from;
+  CLI::Option* output_dir = nullptr;  // save
+  bool overwrite_output_dir = false;
+  bool resume_if_exists = false;
   bool json = false;
   bool quiet = false;
   bool verbose = false;
@@ -133,6 +136,7 @@ json::Json result_json(const train::TrainResult& r) {
           {"interrupted", r.interrupted},
           {"checkpoints_saved", r.checkpoints_saved},
           {"checkpoints_removed", r.checkpoints_removed},
+          {"overwritten", r.overwritten},
           {"best_model_checkpoint", r.best_model_checkpoint ? json::Json(*r.best_model_checkpoint) : json::Json(nullptr)},
           {"best_metric", r.best_metric ? json::Json(*r.best_metric) : json::Json(nullptr)},
           {"metrics", metrics.take()},
@@ -182,6 +186,12 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
 int run_train(const TrainFlags& f) {
   train::TrainRequest request;
   const auto worker = worker_settings();
+  if (!worker && f.mode == train::TrainMode::save && !f.overwrite_output_dir && !f.resume_if_exists) {
+    // Refused before the trainer library loads and before any worker starts: one error line, not one per rank.
+    // (The trainer's rank 0 looks again, holding its lock, and decides for the group.)
+    const std::string dir = f.output_dir->as<std::string>();
+    if (const auto earlier = checkpoint::earlier_checkpoints(dir); !earlier.empty()) throw checkpoint::earlier_run_error(dir, earlier);
+  }
   if (worker) {
     request.distributed = *worker;
   } else if (f.launch.nproc_per_node * f.launch.nnodes > 1 || f.launch.nnodes > 1) {
@@ -201,6 +211,9 @@ int run_train(const TrainFlags& f) {
 // Trains in this process; only the main process of a group prints anything but errors.
 int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_process) {
   request.mode = f.mode;
+  request.earlier_run = f.overwrite_output_dir ? train::EarlierRun::overwrite
+                        : f.resume_if_exists   ? train::EarlierRun::resume
+                                               : train::EarlierRun::refuse;
   request.run_dir = f.run_dir;
   if (!f.from.empty()) request.from = f.from;
   for (const auto& [spec, option] : f.given) {
@@ -247,6 +260,12 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
         if (!quiet && !json) {
           progress.clear();
           out << "saved " << printable(e.text) << "\n" << std::flush;
+        }
+        break;
+      case Kind::overwritten:
+        if (!quiet && !json) {
+          progress.clear();
+          out << "removed " << printable(e.text) << " (--overwrite-output-dir)\n" << std::flush;
         }
         break;
       case Kind::resumed:
@@ -338,8 +357,17 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
       }
     }
     option->group(group);
-    if (mode == train::TrainMode::save && std::string(spec.key) == "output_dir") option->required();
+    if (mode == train::TrainMode::save && std::string(spec.key) == "output_dir") f->output_dir = option->required();
     f->given.push_back({&spec, option});
+  }
+  if (mode == train::TrainMode::save) {
+    CLI::Option* overwrite = sub.add_flag("--overwrite-output-dir", f->overwrite_output_dir,
+                                          "When --output-dir holds an earlier run's checkpoints and archives, delete them (as rotate deletes) and "
+                                          "start a new run; other files there stay (without this or --resume-if-exists such a directory is refused)");
+    sub.add_flag("--resume-if-exists", f->resume_if_exists,
+                 "When --output-dir holds an earlier run's checkpoints, continue it as ckpt resume does (training flags override "
+                 "its arguments, the model must match); else start a new run")
+        ->excludes(overwrite);
   }
   const char* dist = "Distributed (torch.distributed, Gloo)";
   sub.add_option("--nproc-per-node", f->launch.nproc_per_node,

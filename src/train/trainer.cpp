@@ -281,6 +281,7 @@ class Trainer {
   void agree_on_arguments();
   void validate_arguments() const;
   void open_run_directory();
+  bool take_over_run_directory();
   void build();
   void restore(const std::string& checkpoint_dir);
   void draw_epoch_order();
@@ -415,8 +416,9 @@ std::string Trainer::find_checkpoint() {
   return dir;
 }
 
+// `dir` empty: a new run's arguments; else the checkpoint's to resume from.
 void Trainer::prepare_arguments(const std::string& dir) {
-  if (request_.mode == TrainMode::save) {
+  if (dir.empty()) {
     args_ = resolve_arguments(request_.given, {});
     const auto output = get_optional_text(args_, "output_dir");
     if (!output || output->empty()) throw Error(ErrorKind::invalid_argument, "", "--output-dir", "is required");
@@ -550,6 +552,25 @@ void Trainer::open_run_directory() {
       fs_util::remove_tree(entry.path().string());
     }
   }
+}
+
+// `ckpt save` into a run directory holding an earlier run's checkpoints: refused, or deleted, or resumed, as
+// request_.earlier_run says. Rank 0 only, holding the trainer lock (open_run_directory). Returns whether to resume.
+bool Trainer::take_over_run_directory() {
+  const auto earlier = checkpoint::earlier_checkpoints(run_dir_);
+  if (earlier.empty()) return false;
+  switch (request_.earlier_run) {
+    case EarlierRun::refuse: throw checkpoint::earlier_run_error(run_dir_, earlier);
+    case EarlierRun::resume: return true;
+    case EarlierRun::overwrite:
+      for (const auto& d : checkpoint::clear_earlier_run(run_dir_).plan.decisions) {
+        if (!d.remove || d.kind == checkpoint::EntryKind::trash) continue;
+        result_.overwritten.push_back(d.path);
+        emit(TrainEvent::Kind::overwritten, d.path);
+      }
+      return false;
+  }
+  return false;
 }
 
 void Trainer::build() {
@@ -1149,14 +1170,40 @@ void Trainer::run() {
 }
 
 void Trainer::run_in_group() {
-  if (request_.mode == TrainMode::resume) {
-    // The run directory is locked first, so an archive can be restored into it (find_checkpoint).
+  bool resuming = request_.mode == TrainMode::resume;
+  if (resuming) {
     run_dir_ = request_.run_dir;
+  } else {
+    // With --resume-if-exists the arguments are checked once it is known whether they are a new run's or the
+    // flags overriding a checkpoint's (which may allow what a new run's defaults would not).
+    const bool check_now = request_.earlier_run != EarlierRun::resume;
+    together("to check the arguments", [&] {
+      prepare_arguments({});
+      if (check_now) validate_arguments();
+    });
+    if (check_now) agree_on_arguments();  // before anything is touched
+    // What an earlier run left is judged once, by rank 0, and the group follows (a per-rank look could differ:
+    // rank 0 may have deleted it already).
+    together("to open the run directory", [&] {
+      if (!main_process()) return;
+      open_run_directory();
+      resuming = take_over_run_directory();
+    });
+    if (group_) resuming = group_->share(resuming ? "resume" : "", 0) == "resume";
+    if (!resuming && !check_now) {
+      together("to check the arguments", [&] { validate_arguments(); });
+      agree_on_arguments();
+    }
+  }
+  if (resuming) {
+    // The run directory is locked first, so an archive can be restored into it (find_checkpoint).
     std::string dir;
     together("to find the checkpoint", [&] {
       if (!main_process()) return;
-      if (!fs::is_directory(request_.run_dir)) throw Error(ErrorKind::not_found, request_.run_dir, "", "no such run directory");
-      open_run_directory();
+      if (request_.mode == TrainMode::resume) {
+        if (!fs::is_directory(request_.run_dir)) throw Error(ErrorKind::not_found, request_.run_dir, "", "no such run directory");
+        open_run_directory();
+      }
       dir = find_checkpoint();
     });
     if (group_) dir = group_->share(dir, 0);
@@ -1170,17 +1217,8 @@ void Trainer::run_in_group() {
         throw Error(e.kind(), e.path(), e.where(), e.detail() + " (restored from " + restored_from_ + ")");
       }
     });
-  } else {
-    together("to check the arguments", [&] {
-      prepare_arguments({});
-      validate_arguments();
-    });
-    agree_on_arguments();  // before anything is touched
-    together("to open the run directory", [&] {
-      if (main_process()) open_run_directory();
-    });
+    agree_on_arguments();
   }
-  if (request_.mode == TrainMode::resume) agree_on_arguments();
   build();
   if (resume_dir_) {
     const auto start = Clock::now();
