@@ -64,7 +64,7 @@ _ckpt() {
   local options
   local training="--input-size --hidden-size --num-layers --num-labels --dropout --max-steps --num-train-epochs --per-device-train-batch-size --per-device-eval-batch-size --learning-rate --weight-decay --adam-beta1 --adam-beta2 --adam-epsilon --max-grad-norm --warmup-steps --logging-steps --eval-steps --save-steps --save-total-limit --metric-for-best-model --greater-is-better --no-greater-is-better --load-best-model-at-end --no-load-best-model-at-end --save-safetensors --no-save-safetensors --max-shard-size --seed --fp16 --no-fp16 --async-save --no-async-save --shard-optimizer --no-shard-optimizer --train-examples --eval-examples --input-noise --threads --nproc-per-node --nnodes --node-rank --master-addr --master-port --json --quiet --verbose --help"
   case $subcommand in
-    save) options="--output-dir $training" ;;
+    save) options="--output-dir --overwrite-output-dir --resume-if-exists $training" ;;
     resume) options="--from $training" ;;
     list) options="--json --metric --mode --sort --use-mtime --help" ;;
     best) options="--metric --mode --json --link --export --help" ;;

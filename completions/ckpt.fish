@@ -65,9 +65,11 @@ end
 complete -c ckpt -n "__fish_seen_subcommand_from resume" -a '(__fish_complete_directories)'
 complete -c ckpt -n "__fish_seen_subcommand_from resume" -l from -x -a '(__ckpt_checkpoints)' -d 'Checkpoint to resume from'
 complete -c ckpt -n "__fish_seen_subcommand_from save" -l output-dir -x -a '(__fish_complete_directories)' -d 'The run directory'
+complete -c ckpt -n "__fish_seen_subcommand_from save" -l overwrite-output-dir -d "Delete an earlier run's checkpoints there first"
+complete -c ckpt -n "__fish_seen_subcommand_from save" -l resume-if-exists -d "Continue an earlier run's checkpoints there"
 complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l json -d 'Print a JSON summary'
 complete -c ckpt -n "__fish_seen_subcommand_from save resume" -s q -l quiet -d 'Print nothing unless there is an error'
-complete -c ckpt -n "__fish_seen_subcommand_from save resume" -s v -l verbose -d 'Print every log record as a JSON line'
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -s v -l verbose -d 'Print every log record as a JSON line on stdout'
 complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l input-size -x -d 'Features per synthetic example'
 complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l hidden-size -x -d 'Width of each hidden layer'
 complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l num-layers -x -d 'Hidden layers'

@@ -387,4 +387,32 @@ std::optional<Error> delete_planned(const std::string& run_dir, const RotateOpti
 
 }  // namespace
 
+RotationResult clear_earlier_run(const std::string& run_dir) {
+  RunLock lock(run_dir, true);
+  RotationResult result;
+  for (const RunEntry& e : scan_run(run_dir).entries) {
+    Decision d{e.name, e.path, e.kind, e.step, false, "", "", e.size_bytes};
+    if (e.kind == EntryKind::checkpoint || e.kind == EntryKind::archive) {
+      // An archive whose manifest does not read may be another tool's file of that extension.
+      if (e.kind == EntryKind::checkpoint ? e.unreadable : !e.complete) {
+        throw Error(ErrorKind::unsupported, e.path, "--overwrite-output-dir",
+                    "not deleted, ckpt cannot assess it (" + (e.problems.empty() ? std::string("unreadable") : e.problems.front()) +
+                        "): move it out of the run directory or delete it yourself");
+      }
+      d.remove = true;
+      d.reason = "an earlier run's, --overwrite-output-dir";
+    } else if (e.kind == EntryKind::trash) {
+      d.remove = true;
+      d.reason = "leftover of an interrupted deletion";
+    }
+    result.plan.decisions.push_back(std::move(d));
+  }
+  RotateOptions options;
+  // Its abandoned temporaries go too, when the archive directory is the run's own (not a symlink).
+  std::error_code ec;
+  if (fs::is_directory(fs::symlink_status(fs::path(run_dir) / kArchiveDirName, ec))) options.archive_dir = kArchiveDirName;
+  if (const auto error = delete_planned(run_dir, options, result)) throw *error;
+  return result;
+}
+
 }  // namespace ckpt::checkpoint

@@ -81,4 +81,12 @@ struct RotationResult {
 // on, then its error is thrown.
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock);
 
+// `ckpt save --overwrite-output-dir`: deletes what an earlier run left (earlier_checkpoints: checkpoint
+// directories and archives, in the run directory and its archive/), and leftover trash, as rotate deletes: under
+// the run lock, directories renamed to trash, one fsync, then removed; archives unlinked; never through a symlink.
+// Before deleting anything, throws unsupported naming the first of them ckpt cannot assess (a layout or format it
+// cannot read, a *.ckpt file that is no ckpt archive): someone's data, as rotate never deletes it. Nothing else in
+// the run directory is touched. The decisions marked remove are what was deleted.
+RotationResult clear_earlier_run(const std::string& run_dir);
+
 }  // namespace ckpt::checkpoint

@@ -1,11 +1,13 @@
 #include "checkpoint/run_dir.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <sys/stat.h>
 
 #include <filesystem>
 #include <set>
+#include <string_view>
 
 #include "checkpoint/archive.hpp"
 #include "checkpoint/file_kind.hpp"
@@ -477,6 +479,66 @@ std::optional<std::size_t> newest_complete(const RunScan& scan) {
     if (e.kind == EntryKind::checkpoint && e.complete && (!newest || *e.step >= *scan.entries[*newest].step)) newest = i;
   }
   return newest;
+}
+
+namespace {
+
+std::string shell_word(const std::string& word) {
+  const bool plain = !word.empty() && std::all_of(word.begin(), word.end(), [](unsigned char c) {
+    return std::isalnum(c) || std::string_view("@%+=:,./_-").find(static_cast<char>(c)) != std::string_view::npos;
+  });
+  if (plain) return word;
+  std::string quoted = "'";
+  for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
+}  // namespace
+
+std::vector<RunEntry> earlier_checkpoints(const std::string& run_dir) {
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec)) return {};
+  std::vector<RunEntry> earlier;
+  for (auto& e : scan_run(run_dir).entries) {
+    if (e.kind == EntryKind::checkpoint || e.kind == EntryKind::archive) earlier.push_back(std::move(e));
+  }
+  return earlier;
+}
+
+Error earlier_run_error(const std::string& run_dir, const std::vector<RunEntry>& earlier) {
+  // The highest step there, and the newest that can be resumed (a live checkpoint before an archive of its step).
+  const RunEntry* highest = &earlier.front();
+  const RunEntry* newest = nullptr;
+  for (const auto& e : earlier) {
+    if (e.step && (!highest->step || *e.step > *highest->step)) highest = &e;
+    if (e.complete && e.step && (!newest || *e.step > *newest->step)) newest = &e;
+  }
+  const std::string start_over = "start over with --overwrite-output-dir, which deletes them";
+  if (!newest) {
+    return Error(ErrorKind::invalid_argument, run_dir, "--output-dir",
+                 "holds checkpoints of an earlier run, the newest " + highest->name + ", and none that can be resumed: " + start_over +
+                     ", or choose another --output-dir");
+  }
+  // `ckpt resume` takes the newest complete checkpoint directory; an archive is restored with --from, by its
+  // checkpoint's name when that finds it (no directory of the name in the way), else by its path.
+  std::string resume = resume_command(run_dir);
+  if (newest->kind == EntryKind::archive) {
+    const std::string name = fs::path(newest->path).stem().string();
+    std::error_code ec;
+    const bool by_name = checkpoint_step(name) && !fs::exists(fs::symlink_status(fs::path(run_dir) / name, ec));
+    resume = resume_command(run_dir, by_name ? name : newest->path);
+  }
+  const std::string which = *newest->step < highest->step.value_or(0)
+                                ? "up to " + highest->name + " (the newest complete: " + newest->name + ")"
+                                : "the newest " + newest->name;
+  return Error(ErrorKind::invalid_argument, run_dir, "--output-dir",
+               "holds checkpoints of an earlier run, " + which + ": continue it with `" + resume + "`, or " + start_over);
+}
+
+std::string resume_command(const std::string& run_dir, const std::optional<std::string>& from) {
+  std::string command = "ckpt resume " + shell_word(run_dir);
+  if (from) command += " --from " + shell_word(*from);
+  return command;
 }
 
 }  // namespace ckpt::checkpoint

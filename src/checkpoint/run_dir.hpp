@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "format/json.hpp"
+#include "util/error.hpp"
 
 namespace ckpt::checkpoint {
 
@@ -139,6 +140,22 @@ std::vector<std::size_t> ordered_checkpoints(const RunScan& scan, bool complete_
 
 // The complete checkpoint with the highest step: what resume picks.
 std::optional<std::size_t> newest_complete(const RunScan& scan);
+
+// For `ckpt save --output-dir`: what an earlier run left in `run_dir` that a new run's checkpoints would be mixed
+// in with: its checkpoint directories (complete or not) and archives, as scan_run lists them. Staging and trash
+// directories are not (the trainer and rotate clear them); nor is anything else: the final weights, config.json,
+// training_args.bin and trainer_state.json at the top level, logs, custom directories. Empty when `run_dir` is no
+// directory.
+std::vector<RunEntry> earlier_checkpoints(const std::string& run_dir);
+
+// The refusal of `ckpt save` into a run directory holding `earlier` (not empty): an invalid_argument error naming
+// the newest of them and the ways out, `ckpt resume` (with --from when its default would take another
+// checkpoint) and --overwrite-output-dir.
+Error earlier_run_error(const std::string& run_dir, const std::vector<RunEntry>& earlier);
+
+// `ckpt resume RUN_DIR [--from FROM]` as messages tell the user to type it: a word holding anything a POSIX
+// shell treats specially is single-quoted.
+std::string resume_command(const std::string& run_dir, const std::optional<std::string>& from = std::nullopt);
 
 
 }  // namespace ckpt::checkpoint

@@ -8,9 +8,13 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <filesystem>
 #include <iostream>
 #include <list>
+#include <optional>
+#include <string>
 
+#include "checkpoint/run_dir.hpp"
 #include "checkpoint/trainer_library.hpp"
 #include "cli/cli.hpp"
 #include "cli/text.hpp"
@@ -21,6 +25,7 @@
 
 namespace ckpt::cli {
 namespace {
+namespace fs = std::filesystem;
 
 std::atomic<bool> g_interrupted{false};
 
@@ -30,6 +35,9 @@ struct TrainFlags {
   train::TrainMode mode = train::TrainMode::save;
   std::string run_dir;
   std::string from;
+  CLI::Option* output_dir = nullptr;  // save
+  bool overwrite_output_dir = false;
+  bool resume_if_exists = false;
   bool json = false;
   bool quiet = false;
   bool verbose = false;
@@ -41,6 +49,29 @@ struct TrainFlags {
   std::vector<std::pair<const train::ArgSpec*, CLI::Option*>> given;
   std::vector<std::pair<const train::ArgSpec*, std::pair<CLI::Option*, CLI::Option*>>> switches;  // --x / --no-x
 };
+
+// "20s": the time the steps left take at the pace of the steps this process trained (a resumed run's earlier steps
+// took none of its time); "-" before it trained any.
+std::string eta_text(const train::TrainEvent& e) {
+  const std::int64_t trained = e.step - e.start_step;
+  if (trained <= 0 || e.max_steps <= e.step) return "-";
+  return fmt::format("{:.0f}s", e.elapsed_seconds / static_cast<double>(trained) * static_cast<double>(e.max_steps - e.step));
+}
+
+// A training log record (a log event holding a loss) as one plain line for a log file:
+// `step 40/300  loss 1.2345  lr 0.000866667  grad_norm 0.53  eta 20s`; nullopt for other records (evaluations).
+std::optional<std::string> step_line(const train::TrainEvent& e) {
+  const json::Json record = json::parse(e.text);
+  if (!record.is_object()) return std::nullopt;
+  const auto number = [&](const char* key) -> std::optional<double> {
+    const auto it = record.find(key);
+    if (it == record.end() || !it->is_number()) return std::nullopt;
+    return it->get<double>();
+  };
+  if (!number("loss")) return std::nullopt;
+  return fmt::format("step {}/{}  loss {}  lr {}  grad_norm {}  eta {}", e.step, e.max_steps, number_text(number("loss")),
+                     number_text(number("learning_rate")), number_text(number("grad_norm")), eta_text(e));
+}
 
 // The progress line: step, loss and ETA on stderr, only on a terminal.
 class ProgressLine {
@@ -57,10 +88,8 @@ class ProgressLine {
     if (shown_ && now - last_ < std::chrono::milliseconds(100) && e.step < e.max_steps) return;
     last_ = now;
     shown_ = true;
-    std::string eta = "-";
-    if (e.step > 0 && e.max_steps > e.step) eta = fmt::format("{:.0f}s", e.elapsed_seconds / static_cast<double>(e.step) * static_cast<double>(e.max_steps - e.step));
     std::cerr << fmt::format("\rstep {}/{}  loss {}  elapsed {:.0f}s  eta {}\033[K", e.step, e.max_steps, number_text(e.loss),
-                             e.elapsed_seconds, eta)
+                             e.elapsed_seconds, eta_text(e))
               << std::flush;
   }
 
@@ -69,6 +98,23 @@ class ProgressLine {
   bool shown_ = false;
   std::chrono::steady_clock::time_point last_;
 };
+
+// What an interrupted run leaves: "steps 151-154 are not saved; `ckpt resume RUN` continues from checkpoint-150".
+std::string interruption_text(const train::TrainResult& r) {
+  const std::int64_t saved = r.last_checkpoint_step.value_or(0);
+  std::string text = r.global_step <= saved       ? std::string("every step is saved")
+                     : r.global_step == saved + 1 ? fmt::format("step {} is not saved", r.global_step)
+                                                  : fmt::format("steps {}-{} are not saved", saved + 1, r.global_step);
+  if (!r.last_checkpoint) return text + "; no checkpoint holds this run";
+  const fs::path last(*r.last_checkpoint);
+  if (r.resume_takes_last_checkpoint) {
+    return text + "; `" + checkpoint::resume_command(r.output_dir) + "` continues from " + last.filename().string();
+  }
+  // Not resume's default: named by --from, as a name when it is a checkpoint directory of the run directory.
+  std::error_code ec;
+  const bool in_run = fs::is_directory(last, ec) && fs::equivalent(last.parent_path(), r.output_dir, ec);
+  return text + "; `" + checkpoint::resume_command(r.output_dir, in_run ? last.filename().string() : last.string()) + "` continues from it";
+}
 
 std::string default_text(const train::ArgValue& value) {
   if (const auto* b = std::get_if<bool>(&value)) return *b ? "on" : "off";
@@ -83,19 +129,24 @@ json::Json result_json(const train::TrainResult& r) {
   for (const auto& [k, v] : r.final_metrics) metrics.set(k, v);
   return {{"output_dir", r.output_dir},
           {"resumed_from", r.resumed_from ? json::Json(*r.resumed_from) : json::Json(nullptr)},
+          {"start_step", r.start_step},
           {"global_step", r.global_step},
           {"max_steps", r.max_steps},
           {"epoch", r.epoch},
           {"interrupted", r.interrupted},
           {"checkpoints_saved", r.checkpoints_saved},
           {"checkpoints_removed", r.checkpoints_removed},
+          {"overwritten", r.overwritten},
           {"best_model_checkpoint", r.best_model_checkpoint ? json::Json(*r.best_model_checkpoint) : json::Json(nullptr)},
           {"best_metric", r.best_metric ? json::Json(*r.best_metric) : json::Json(nullptr)},
           {"metrics", metrics.take()},
           {"save_stall_seconds", r.save_stall_seconds},
           {"save_write_seconds", r.save_write_seconds},
           {"load_seconds", r.load_seconds ? json::Json(*r.load_seconds) : json::Json(nullptr)},
-          {"warnings", r.warnings}};
+          {"warnings", r.warnings},
+          {"last_checkpoint", r.last_checkpoint ? json::Json(*r.last_checkpoint) : json::Json(nullptr)},
+          {"last_checkpoint_step", r.last_checkpoint_step ? json::Json(*r.last_checkpoint_step) : json::Json(nullptr)},
+          {"resume_takes_last_checkpoint", r.resume_takes_last_checkpoint}};
 }
 
 // An integer from the environment, or `fallback` when unset.
@@ -135,6 +186,12 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
 int run_train(const TrainFlags& f) {
   train::TrainRequest request;
   const auto worker = worker_settings();
+  if (!worker && f.mode == train::TrainMode::save && !f.overwrite_output_dir && !f.resume_if_exists) {
+    // Refused before the trainer library loads and before any worker starts: one error line, not one per rank.
+    // (The trainer's rank 0 looks again, holding its lock, and decides for the group.)
+    const std::string dir = f.output_dir->as<std::string>();
+    if (const auto earlier = checkpoint::earlier_checkpoints(dir); !earlier.empty()) throw checkpoint::earlier_run_error(dir, earlier);
+  }
   if (worker) {
     request.distributed = *worker;
   } else if (f.launch.nproc_per_node * f.launch.nnodes > 1 || f.launch.nnodes > 1) {
@@ -154,6 +211,9 @@ int run_train(const TrainFlags& f) {
 // Trains in this process; only the main process of a group prints anything but errors.
 int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_process) {
   request.mode = f.mode;
+  request.earlier_run = f.overwrite_output_dir ? train::EarlierRun::overwrite
+                        : f.resume_if_exists   ? train::EarlierRun::resume
+                                               : train::EarlierRun::refuse;
   request.run_dir = f.run_dir;
   if (!f.from.empty()) request.from = f.from;
   for (const auto& [spec, option] : f.given) {
@@ -172,7 +232,13 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
 
   const bool quiet = f.quiet || !main_process;
   const bool json = f.json && main_process;
+  // With -v stdout holds only the log records, a JSON document a line; the lines for people go to stderr.
+  std::ostream& out = f.verbose ? std::cerr : std::cout;
   ProgressLine progress(!quiet && !json);
+  // Output to a file or a pipe (a job's log): a plain line per logging step, so that the log shows progress
+  // between the saved lines (the progress line, on a terminal's stderr, leaves nothing in it). -v's records
+  // show the same.
+  const bool step_lines = !quiet && !json && !f.verbose && !::isatty(STDOUT_FILENO);
   request.on_event = [&](const train::TrainEvent& e) {
     if (!main_process) return;
     using Kind = train::TrainEvent::Kind;
@@ -183,15 +249,29 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
         print_warning(e.text);
         break;
       case Kind::log:
-        if (f.verbose && !json) {
+        if (f.verbose) {
           progress.clear();
           std::cout << e.text << "\n" << std::flush;
+        } else if (step_lines) {
+          if (const auto line = step_line(e)) std::cout << *line << "\n" << std::flush;
         }
         break;
       case Kind::checkpoint:
         if (!quiet && !json) {
           progress.clear();
-          std::cout << "saved " << printable(e.text) << "\n" << std::flush;
+          out << "saved " << printable(e.text) << "\n" << std::flush;
+        }
+        break;
+      case Kind::overwritten:
+        if (!quiet && !json) {
+          progress.clear();
+          out << "removed " << printable(e.text) << " (--overwrite-output-dir)\n" << std::flush;
+        }
+        break;
+      case Kind::resumed:
+        if (!quiet && !json) {
+          progress.clear();
+          out << "resuming from " << printable(e.text) << " at step " << e.step << " of " << e.max_steps << "\n" << std::flush;
         }
         break;
     }
@@ -223,18 +303,23 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
   if (json) {
     std::cout << json::dump(result_json(result), 2) << "\n";
   } else if (!quiet) {
-    std::cout << fmt::format("{} {} at step {}/{} (epoch {:.2f})\n", result.interrupted ? "interrupted" : "trained",
-                             printable(result.output_dir), result.global_step, result.max_steps, result.epoch);
+    if (result.interrupted) {
+      out << fmt::format("interrupted at step {}/{} (epoch {:.2f}); {}\n", result.global_step, result.max_steps, result.epoch,
+                         printable(interruption_text(result)));
+    } else {
+      out << fmt::format("trained {} at step {}/{} (epoch {:.2f})\n", printable(result.output_dir), result.global_step, result.max_steps,
+                         result.epoch);
+    }
     if (result.best_model_checkpoint) {
-      // A resumed run's best comes from its trainer_state.json.
-      std::cout << "best: " << printable(*result.best_model_checkpoint) << " (" << number_text(result.best_metric) << ")\n";
+      // A resumed run's best comes from its trainer_state.json, named in this run directory.
+      out << "best: " << printable(*result.best_model_checkpoint) << " (" << number_text(result.best_metric) << ")\n";
     }
     for (const char* key : {"eval_loss", "eval_accuracy", "train_loss", "train_runtime"}) {
       if (auto it = result.final_metrics.find(key); it != result.final_metrics.end()) {
-        std::cout << key << ": " << number_text(it->second) << "\n";
+        out << key << ": " << number_text(it->second) << "\n";
       }
     }
-    if (!result.checkpoints_removed.empty()) std::cout << "removed by --save-total-limit: " << result.checkpoints_removed.size() << "\n";
+    if (!result.checkpoints_removed.empty()) out << "removed by --save-total-limit: " << result.checkpoints_removed.size() << "\n";
   }
   return result.interrupted ? exit_interrupted : exit_ok;
 }
@@ -272,8 +357,17 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
       }
     }
     option->group(group);
-    if (mode == train::TrainMode::save && std::string(spec.key) == "output_dir") option->required();
+    if (mode == train::TrainMode::save && std::string(spec.key) == "output_dir") f->output_dir = option->required();
     f->given.push_back({&spec, option});
+  }
+  if (mode == train::TrainMode::save) {
+    CLI::Option* overwrite = sub.add_flag("--overwrite-output-dir", f->overwrite_output_dir,
+                                          "When --output-dir holds an earlier run's checkpoints and archives, delete them (as rotate deletes) and "
+                                          "start a new run; other files there stay (without this or --resume-if-exists such a directory is refused)");
+    sub.add_flag("--resume-if-exists", f->resume_if_exists,
+                 "When --output-dir holds an earlier run's checkpoints, continue it as ckpt resume does (training flags override "
+                 "its arguments, the model must match); else start a new run")
+        ->excludes(overwrite);
   }
   const char* dist = "Distributed (torch.distributed, Gloo)";
   sub.add_option("--nproc-per-node", f->launch.nproc_per_node,
@@ -288,9 +382,11 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
   sub.add_option("--master-port", f->launch.master_port, "Rendezvous port on --master-addr [default: a free port on one machine, 29500 across machines]")
       ->check(integer_between(1, 65535))
       ->group(dist);
-  sub.add_flag("--json", f->json, "Print a JSON summary at the end (nothing else on stdout)");
+  CLI::Option* json = sub.add_flag("--json", f->json, "Print a JSON summary at the end (nothing else on stdout)");
   sub.add_flag("-q,--quiet", f->quiet, "Print nothing unless there is an error");
-  sub.add_flag("-v,--verbose", f->verbose, "Print every log record (loss, grad_norm, learning_rate, eval metrics) as a JSON line");
+  sub.add_flag("-v,--verbose", f->verbose,
+               "Print every log record (loss, grad_norm, learning_rate, eval metrics) as a JSON line on stdout, and the other lines on stderr")
+      ->excludes(json);
   return [f] { return run_train(*f); };
 }
 

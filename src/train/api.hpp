@@ -20,21 +20,32 @@
 
 namespace ckpt::train {
 
-inline constexpr int kApiVersion = 2;
+inline constexpr int kApiVersion = 3;
 inline constexpr const char* kEntryPoint = "ckpt_train_run";
 inline constexpr const char* kLibraryName = "libckpt_train.so";
 
 enum class TrainMode { save, resume };
 
+// What `save` does when the run directory holds an earlier run's checkpoints (checkpoint::earlier_checkpoints).
+// Rank 0 decides, holding the trainer lock, once for the whole group.
+enum class EarlierRun {
+  refuse,     // invalid_argument naming the ways out (checkpoint::earlier_run_error)
+  overwrite,  // --overwrite-output-dir: deleted first (checkpoint::clear_earlier_run), then a new run
+  resume,     // --resume-if-exists: continued as `ckpt resume RUN_DIR` continues it
+};
+
 // What the trainer reports while it runs; the CLI renders these (the library never prints).
 struct TrainEvent {
-  enum class Kind { progress, log, checkpoint, warning };
+  enum class Kind { progress, log, checkpoint, warning, resumed, overwritten };
   Kind kind = Kind::progress;
   std::int64_t step = 0;
   std::int64_t max_steps = 0;
+  std::int64_t start_step = 0;  // the step this process began training at (resumed: the checkpoint's)
   double elapsed_seconds = 0;
   std::optional<double> loss;   // progress: the latest logged training loss
-  std::string text;             // log: the record as JSON; checkpoint: its path; warning: the message
+  // log: the record as JSON; checkpoint: its path; warning: the message; resumed: the checkpoint directory or
+  // archive restored, before any step is trained; overwritten: a checkpoint directory or archive deleted
+  std::string text;
 };
 
 // This process's place in a torch.distributed group, from the launcher's environment (RANK, WORLD_SIZE,
@@ -54,6 +65,7 @@ struct TrainRequest {
   std::size_t result_size = 0;
   const char* build = CKPT_VERSION;
   TrainMode mode = TrainMode::save;
+  EarlierRun earlier_run = EarlierRun::refuse;  // save
   std::string run_dir;                // resume: the run directory
   std::optional<std::string> from;    // resume: checkpoint-N (in run_dir) or a checkpoint directory's path
   Arguments given;                    // the flags given on the command line, by key
@@ -72,11 +84,19 @@ struct TrainError {
 struct TrainResult {
   std::string output_dir;
   std::optional<std::string> resumed_from;
+  std::int64_t start_step = 0;  // the step training began at: 0, or the checkpoint's
   std::int64_t global_step = 0;
   std::int64_t max_steps = 0;
+  // The newest checkpoint holding this run's state (the last it saved, else the one it resumed from) and its
+  // step; whether `ckpt resume RUN_DIR` without --from continues from it (it is the run directory's newest
+  // complete checkpoint). What an interrupted run's message tells the user to run.
+  std::optional<std::string> last_checkpoint;
+  std::optional<std::int64_t> last_checkpoint_step;
+  bool resume_takes_last_checkpoint = false;
   double epoch = 0;
   std::vector<std::string> checkpoints_saved;   // paths, in order
   std::vector<std::string> checkpoints_removed; // by save_total_limit
+  std::vector<std::string> overwritten;         // an earlier run's checkpoints and archives, by --overwrite-output-dir
   std::optional<std::string> best_model_checkpoint;
   std::optional<double> best_metric;
   std::map<std::string, double> final_metrics;  // train_runtime, train_loss, ... and the last eval_*

@@ -256,6 +256,7 @@ class Trainer {
     e.kind = kind;
     e.step = state_.global_step;
     e.max_steps = max_steps_;
+    e.start_step = start_step_;
     e.elapsed_seconds = seconds_since(started_);
     e.loss = last_loss_;
     e.text = std::move(text);
@@ -280,6 +281,7 @@ class Trainer {
   void agree_on_arguments();
   void validate_arguments() const;
   void open_run_directory();
+  bool take_over_run_directory();
   void build();
   void restore(const std::string& checkpoint_dir);
   void draw_epoch_order();
@@ -326,6 +328,7 @@ class Trainer {
   TrainerState state_;
 
   std::int64_t max_steps_ = 0;
+  std::int64_t start_step_ = 0;  // the global step this process began training at
   std::int64_t steps_per_epoch_ = 0;
   std::int64_t batch_size_ = 0;
   std::vector<std::int64_t> order_;        // this epoch's example order
@@ -413,8 +416,9 @@ std::string Trainer::find_checkpoint() {
   return dir;
 }
 
+// `dir` empty: a new run's arguments; else the checkpoint's to resume from.
 void Trainer::prepare_arguments(const std::string& dir) {
-  if (request_.mode == TrainMode::save) {
+  if (dir.empty()) {
     args_ = resolve_arguments(request_.given, {});
     const auto output = get_optional_text(args_, "output_dir");
     if (!output || output->empty()) throw Error(ErrorKind::invalid_argument, "", "--output-dir", "is required");
@@ -550,6 +554,25 @@ void Trainer::open_run_directory() {
   }
 }
 
+// `ckpt save` into a run directory holding an earlier run's checkpoints: refused, or deleted, or resumed, as
+// request_.earlier_run says. Rank 0 only, holding the trainer lock (open_run_directory). Returns whether to resume.
+bool Trainer::take_over_run_directory() {
+  const auto earlier = checkpoint::earlier_checkpoints(run_dir_);
+  if (earlier.empty()) return false;
+  switch (request_.earlier_run) {
+    case EarlierRun::refuse: throw checkpoint::earlier_run_error(run_dir_, earlier);
+    case EarlierRun::resume: return true;
+    case EarlierRun::overwrite:
+      for (const auto& d : checkpoint::clear_earlier_run(run_dir_).plan.decisions) {
+        if (!d.remove || d.kind == checkpoint::EntryKind::trash) continue;
+        result_.overwritten.push_back(d.path);
+        emit(TrainEvent::Kind::overwritten, d.path);
+      }
+      return false;
+  }
+  return false;
+}
+
 void Trainer::build() {
   if (const auto threads = get_optional_int(args_, "threads")) {
     at::set_num_threads(static_cast<int>(*threads));
@@ -673,6 +696,14 @@ void Trainer::restore(const std::string& dir) {
     }
   }
   state_.load((d / "trainer_state.json").string());
+  if (state_.best_model_checkpoint) {
+    // The run may have been copied or moved since that file was written: its best is the checkpoint of that name
+    // in this run directory, as `ckpt best` finds it.
+    fs::path recorded(*state_.best_model_checkpoint);
+    if (recorded.filename().empty()) recorded = recorded.parent_path();
+    const std::string name = recorded.filename().string();
+    if (checkpoint::checkpoint_step(name)) state_.best_model_checkpoint = (fs::path(run_dir_) / name).string();
+  }
   if (state_.global_step > max_steps_) {
     throw Error(ErrorKind::invalid_argument, dir, "", "the checkpoint is at step " + std::to_string(state_.global_step) +
                                                            ", beyond --max-steps " + std::to_string(max_steps_));
@@ -929,6 +960,8 @@ void Trainer::commit(CheckpointFiles files) {
     // Only a leftover: the next start, or rotate, clears it.
   }
   result_.checkpoints_saved.push_back((run / name).string());
+  result_.last_checkpoint = result_.checkpoints_saved.back();
+  result_.last_checkpoint_step = files.step;
   if (const auto limit = get_optional_int(args_, "save_total_limit")) {
     checkpoint::RotateOptions options;
     options.keep = *limit;
@@ -1137,14 +1170,40 @@ void Trainer::run() {
 }
 
 void Trainer::run_in_group() {
-  if (request_.mode == TrainMode::resume) {
-    // The run directory is locked first, so an archive can be restored into it (find_checkpoint).
+  bool resuming = request_.mode == TrainMode::resume;
+  if (resuming) {
     run_dir_ = request_.run_dir;
+  } else {
+    // With --resume-if-exists the arguments are checked once it is known whether they are a new run's or the
+    // flags overriding a checkpoint's (which may allow what a new run's defaults would not).
+    const bool check_now = request_.earlier_run != EarlierRun::resume;
+    together("to check the arguments", [&] {
+      prepare_arguments({});
+      if (check_now) validate_arguments();
+    });
+    if (check_now) agree_on_arguments();  // before anything is touched
+    // What an earlier run left is judged once, by rank 0, and the group follows (a per-rank look could differ:
+    // rank 0 may have deleted it already).
+    together("to open the run directory", [&] {
+      if (!main_process()) return;
+      open_run_directory();
+      resuming = take_over_run_directory();
+    });
+    if (group_) resuming = group_->share(resuming ? "resume" : "", 0) == "resume";
+    if (!resuming && !check_now) {
+      together("to check the arguments", [&] { validate_arguments(); });
+      agree_on_arguments();
+    }
+  }
+  if (resuming) {
+    // The run directory is locked first, so an archive can be restored into it (find_checkpoint).
     std::string dir;
     together("to find the checkpoint", [&] {
       if (!main_process()) return;
-      fs_util::require_directory(request_.run_dir);
-      open_run_directory();
+      if (request_.mode == TrainMode::resume) {
+        fs_util::require_directory(request_.run_dir);
+        open_run_directory();
+      }
       dir = find_checkpoint();
     });
     if (group_) dir = group_->share(dir, 0);
@@ -1158,22 +1217,17 @@ void Trainer::run_in_group() {
         throw Error(e.kind(), e.path(), e.where(), e.detail() + " (restored from " + restored_from_ + ")");
       }
     });
-  } else {
-    together("to check the arguments", [&] {
-      prepare_arguments({});
-      validate_arguments();
-    });
-    agree_on_arguments();  // before anything is touched
-    together("to open the run directory", [&] {
-      if (main_process()) open_run_directory();
-    });
+    agree_on_arguments();
   }
-  if (request_.mode == TrainMode::resume) agree_on_arguments();
   build();
   if (resume_dir_) {
     const auto start = Clock::now();
     together("to load the checkpoint", [&] { restore(*resume_dir_); });
     result_.load_seconds = seconds_since(start);
+    start_step_ = state_.global_step;
+    result_.last_checkpoint = result_.resumed_from;
+    result_.last_checkpoint_step = start_step_;
+    if (main_process()) emit(TrainEvent::Kind::resumed, result_.resumed_from.value_or(*resume_dir_));
   }
   if (restored_dir_) {
     fs_util::remove_tree(*restored_dir_);
@@ -1189,10 +1243,23 @@ void Trainer::run_in_group() {
   }
   result_.interrupted = stopped_early_;
   if (!result_.interrupted && main_process()) finish();
+  result_.start_step = start_step_;
   result_.global_step = state_.global_step;
   result_.epoch = state_.epoch;
   result_.best_metric = state_.best_metric;
   result_.best_model_checkpoint = state_.best_model_checkpoint;
+  if (main_process() && result_.last_checkpoint) {
+    // Whether resume's default, the newest complete checkpoint, is this run's last: not when the run resumed from
+    // an older checkpoint than the run directory holds and saved none past it.
+    try {
+      const auto scan = checkpoint::scan_run(run_dir_);
+      const auto newest = checkpoint::newest_complete(scan);
+      std::error_code ec;
+      result_.resume_takes_last_checkpoint = newest && fs::equivalent(scan.entries[*newest].path, *result_.last_checkpoint, ec);
+    } catch (const Error&) {
+      // Unknown: the message names the checkpoint with --from, which is right either way.
+    }
+  }
 }
 
 }  // namespace

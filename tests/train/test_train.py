@@ -9,9 +9,11 @@ import json
 import os
 import pickletools
 import random
+import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -413,15 +415,18 @@ class Output(TrainTest):
         os.close(primary)
         self.assertEqual(p.returncode, 0)
         self.assertRegex(terminal.decode(), r"\rstep \d+/300  loss ")
-        self.assertNotIn("step ", out.replace("at step", ""))
+        # The progress line stays on the terminal; the piped stdout has a plain line per logging step.
+        self.assertNotIn("\r", out)
+        self.assertNotIn("elapsed", out)
+        self.assertIn("\nstep 300/300  loss ", out)
         self.assertIn("saved " + os.path.join(run, "checkpoint-100"), out)
         # Not a terminal: no progress line, nothing on stderr.
         r = self.ok(["save", "--output-dir", self.path("run2"), "--max-steps", "30", "--save-steps", "10"])
         self.assertEqual(r.stderr, "")
 
     def test_json_and_quiet(self):
-        r = self.ok(["save", "--output-dir", self.path("run"), "--max-steps", "20", "--save-steps", "10", "--json", "--verbose"])
-        self.assertEqual(json.loads(r.stdout)["global_step"], 20)  # one document: --verbose adds nothing to stdout
+        r = self.ok(["save", "--output-dir", self.path("run"), "--max-steps", "20", "--save-steps", "10", "--json"])
+        self.assertEqual(json.loads(r.stdout)["global_step"], 20)
         self.assertEqual(r.stderr, "")
         r = self.ok(["resume", self.path("run"), "--max-steps", "30", "-q"])
         self.assertEqual((r.stdout, r.stderr), ("", ""))
@@ -429,6 +434,40 @@ class Output(TrainTest):
         records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
         self.assertEqual([e["step"] for e in records if "loss" in e], [40])
         self.assertEqual([e["step"] for e in records if "eval_loss" in e], [40])
+
+    def test_piped_log_has_a_line_per_logging_step(self):
+        run = self.path("run")
+        r = self.ok(["save", "--output-dir", run, "--max-steps", "30", "--save-steps", "10", "--logging-steps", "5"])
+        lines = r.stdout.splitlines()
+        logged = [line for line in lines if line.startswith("step ")]
+        number = r"-?\d+(\.\d+)?(e[-+]\d+)?"
+        pattern = r"step (\d+)/30  loss {0}  lr {0}  grad_norm {0}  eta (\d+s|-)$".format(number)
+        self.assertEqual([int(re.match(pattern, line).group(1)) if re.match(pattern, line) else line for line in logged],
+                         [5, 10, 15, 20, 25, 30])
+        # Between the saved lines: step 10's line, then its checkpoint, then step 15's.
+        saved = lines.index("saved " + os.path.join(run, "checkpoint-10"))
+        self.assertEqual((lines[saved - 1], lines[saved + 1]), (logged[1], logged[2]))
+        self.assertEqual(r.stderr, "")
+
+    def test_verbose_is_json_lines_on_stdout_and_refused_with_json(self):
+        run = self.path("run")
+        r = self.ok(["save", "--output-dir", run, "--max-steps", "20", "--save-steps", "10", "-v"])
+        records = [json.loads(line) for line in r.stdout.splitlines()]  # every line is a record
+        self.assertEqual([e["step"] for e in records if "loss" in e], [10, 20])
+        self.assertEqual([e["step"] for e in records if "eval_loss" in e], [10, 20])
+        self.assertIn("saved " + os.path.join(run, "checkpoint-10") + "\n", r.stderr)
+        self.assertIn("trained " + run + " at step 20/20", r.stderr)
+        r = self.ok(["resume", run, "--max-steps", "30", "--verbose"])
+        for line in r.stdout.splitlines():
+            json.loads(line)
+        self.assertRegex(r.stderr, r"^resuming from " + re.escape(os.path.join(run, "checkpoint-20")) + " at step 20 of 30\n")
+        for flags in (["--json", "-v"], ["--json", "--verbose"]):
+            r = R.run_ckpt(["save", "--output-dir", self.path("other"), *flags])
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("--json", r.stderr)
+            self.assertIn("--verbose", r.stderr)
+            self.assertEqual(r.stdout, "")
+        self.assertFalse(os.path.exists(self.path("other")))
 
     def test_usage_errors(self):
         r = R.run_ckpt(["save"])
@@ -637,6 +676,295 @@ class Refusals(TrainTest):
         # ckpt best agrees with the trainer
         b = self.ok(["best", run, "--json"])
         self.assertEqual(os.path.basename(json.loads(b.stdout)["name"]), best)
+
+
+def terminal_frames(args, until, timeout=120):
+    """Runs ckpt with stderr on a pseudo-terminal and stdout piped; once `until(terminal text)` holds, sends SIGINT.
+    Returns the process (finished), its stdout and what the terminal showed."""
+    import pty
+    primary, secondary = pty.openpty()
+    p = subprocess.Popen([R.CKPT_BIN, *args], stdout=subprocess.PIPE, stderr=secondary, text=True)
+    os.close(secondary)
+    terminal = ""
+    deadline = time.time() + timeout
+    signalled = False
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk.decode(errors="replace")
+        if not signalled and (until(terminal) or time.time() > deadline):
+            p.send_signal(signal.SIGINT)
+            signalled = True
+    out = p.communicate(timeout=timeout)[0]
+    os.close(primary)
+    return p, out, terminal
+
+
+class OutputDirectoryGuard(TrainTest):
+    """`ckpt save --output-dir DIR` where an earlier run left checkpoints: refused, --overwrite-output-dir, --resume-if-exists."""
+
+    FLAGS = ["--max-steps", "20", "--save-steps", "10"]
+
+    def assert_refused(self, r, run, newest, resume):
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.assertEqual(r.stderr.count("\n"), 1, r.stderr)
+        self.assertTrue(r.stderr.startswith("ckpt: error: %s: --output-dir: " % run), r.stderr)
+        self.assertIn(newest, r.stderr)
+        self.assertIn("`%s`" % resume, r.stderr)
+        self.assertIn("--overwrite-output-dir", r.stderr)
+
+    def weights(self, run):
+        return {c: sha(os.path.join(run, c, "model.safetensors")) for c in checkpoints(run)
+                if os.path.exists(os.path.join(run, c, "model.safetensors"))}
+
+    def test_refused_naming_the_newest_checkpoint_and_the_ways_out(self):
+        run = self.path("run")
+        self.save(run, *self.FLAGS)
+        before = self.weights(run)
+        # The same run retrained from step 0, another model, a longer run: each would mix its checkpoints in.
+        for flags in (self.FLAGS, ["--hidden-size", "128", *self.FLAGS], ["--max-steps", "40", "--seed", "7"]):
+            r = R.run_ckpt(["save", "--output-dir", run, *flags])
+            self.assert_refused(r, run, "checkpoint-20", "ckpt resume " + run)
+        # Several processes: refused by the launcher before any worker starts (one line, no worker named).
+        r = R.run_ckpt(["save", "--output-dir", run, "--nproc-per-node", "2", *self.FLAGS])
+        self.assert_refused(r, run, "checkpoint-20", "ckpt resume " + run)
+        self.assertEqual(self.weights(run), before)
+        # Archived only: resume restores it by name.
+        archive = os.path.join(run, "archive", "checkpoint-20.ckpt")
+        os.makedirs(os.path.dirname(archive))
+        self.ok(["convert", os.path.join(run, "checkpoint-20"), "--to", "archive", "-o", archive, "-q"])
+        for c in checkpoints(run):
+            shutil.rmtree(os.path.join(run, c))
+        r = R.run_ckpt(["save", "--output-dir", run, *self.FLAGS])
+        self.assert_refused(r, run, "archive/checkpoint-20.ckpt", "ckpt resume %s --from checkpoint-20" % run)
+        # Files that are no checkpoints (the final model, logs) do not stop a new run, and it leaves them.
+        os.remove(archive)
+        with open(os.path.join(run, "train.log"), "w") as f:
+            f.write("an earlier job's log\n")
+        self.save(run, *self.FLAGS)
+        self.assertEqual(read_text(os.path.join(run, "train.log")), "an earlier job's log\n")
+        # A name that needs quoting in a shell is quoted in the command shown.
+        spaced = self.path("my run")
+        self.save(spaced, *self.FLAGS)
+        r = R.run_ckpt(["save", "--output-dir", spaced, *self.FLAGS])
+        self.assert_refused(r, spaced, "checkpoint-20", "ckpt resume '%s'" % spaced)
+
+    def test_workers_of_another_launcher_are_refused_by_rank_0(self):
+        run = self.path("run")
+        self.save(run, *self.FLAGS)
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = str(free.getsockname()[1])
+        procs = []
+        for rank in (0, 1):
+            env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            procs.append(subprocess.Popen([R.CKPT_BIN, "save", "--output-dir", run, *self.FLAGS], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        outs = [p.communicate(timeout=300) for p in procs]
+        self.assertEqual([p.returncode for p in procs], [2, 2], outs)
+        self.assertIn("--output-dir: holds checkpoints", outs[0][1])
+        self.assertIn("rank 0", outs[1][1])
+        self.assertEqual(checkpoints(run), ["checkpoint-10", "checkpoint-20"])
+
+    def test_overwrite_output_dir_deletes_the_earlier_runs_checkpoints(self):
+        run = self.path("run")
+        self.save(run, "--max-steps", "40", "--save-steps", "10")
+        archive = os.path.join(run, "archive", "checkpoint-10.ckpt")
+        os.makedirs(os.path.dirname(archive))
+        self.ok(["convert", os.path.join(run, "checkpoint-10"), "--to", "archive", "-o", archive, "-q"])
+        # Left alone: what is not a checkpoint, and whatever a symlink inside a checkpoint points at.
+        os.makedirs(os.path.join(run, "notes"))
+        with open(os.path.join(run, "train.log"), "w") as f:
+            f.write("log\n")
+        outside = self.path("outside.txt")
+        with open(outside, "w") as f:
+            f.write("not the run's\n")
+        os.symlink(outside, os.path.join(run, "checkpoint-20", "link"))
+        old = self.weights(run)
+        r = self.ok(["save", "--output-dir", run, "--overwrite-output-dir", "--seed", "7", *self.FLAGS, "--json"])
+        result = json.loads(r.stdout)
+        self.assertEqual(sorted(result["overwritten"]), sorted([os.path.join(run, "checkpoint-%d" % s) for s in (10, 20, 30, 40)] + [archive]))
+        self.assertEqual(checkpoints(run), ["checkpoint-10", "checkpoint-20"])
+        self.assertEqual(torch.load(os.path.join(run, "checkpoint-20", "training_args.bin"))["seed"], 7)
+        for c in checkpoints(run):
+            self.assertNotEqual(sha(os.path.join(run, c, "model.safetensors")), old[c])
+        self.assertEqual(os.listdir(os.path.join(run, "archive")), [])
+        self.assertEqual(read_text(outside), "not the run's\n")
+        self.assertTrue(os.path.isdir(os.path.join(run, "notes")))
+        self.assertEqual(read_text(os.path.join(run, "train.log")), "log\n")
+        self.assertEqual([e for e in os.listdir(run) if e.startswith(".ckpt-trash-")], [])
+        self.assertIsNone(result["resumed_from"])
+        # The text output says what went.
+        r = self.ok(["save", "--output-dir", run, "--overwrite-output-dir", *self.FLAGS])
+        self.assertEqual(r.stdout.splitlines()[:2], ["removed %s (--overwrite-output-dir)" % os.path.join(run, c) for c in ("checkpoint-10", "checkpoint-20")])
+        # Several processes: rank 0 clears once, before anyone trains.
+        r = self.ok(["save", "--output-dir", run, "--overwrite-output-dir", "--nproc-per-node", "2", "--seed", "9", *self.FLAGS, "--json"])
+        self.assertEqual(sorted(json.loads(r.stdout)["overwritten"]), [os.path.join(run, c) for c in ("checkpoint-10", "checkpoint-20")])
+        self.assertEqual(checkpoints(run), ["checkpoint-10", "checkpoint-20"])
+        self.assertTrue(os.path.exists(os.path.join(run, "checkpoint-20", "rng_state_1.pth")))
+
+    def test_overwrite_output_dir_deletes_nothing_it_cannot_assess(self):
+        run = self.path("run")
+        self.save(run, *self.FLAGS)
+        before = self.weights(run)
+        lightning = os.path.join(run, "epoch=3.ckpt")  # another tool's checkpoint, not a ckpt archive
+        with open(lightning, "wb") as f:
+            f.write(b"PK\x03\x04 not ckpt's")
+        r = R.run_ckpt(["save", "--output-dir", run, "--overwrite-output-dir", *self.FLAGS])
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertTrue(r.stderr.startswith("ckpt: error: " + lightning + ": "), r.stderr)
+        self.assertIn("--overwrite-output-dir", r.stderr)
+        os.remove(lightning)
+        deepspeed = os.path.join(run, "checkpoint-30")  # a layout ckpt cannot assess
+        os.makedirs(os.path.join(deepspeed, "global_step30"))
+        with open(os.path.join(deepspeed, "latest"), "w") as f:
+            f.write("global_step30")
+        r = R.run_ckpt(["save", "--output-dir", run, "--overwrite-output-dir", *self.FLAGS])
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertTrue(r.stderr.startswith("ckpt: error: " + deepspeed + ": "), r.stderr)
+        self.assertEqual(self.weights(run), before)
+        self.assertTrue(os.path.isdir(deepspeed))
+        shutil.rmtree(deepspeed)
+        # An archive directory that is a symlink is not the run's: never followed.
+        elsewhere = self.path("elsewhere")
+        os.makedirs(elsewhere)
+        self.ok(["convert", os.path.join(run, "checkpoint-10"), "--to", "archive", "-o", os.path.join(elsewhere, "checkpoint-10.ckpt"), "-q"])
+        os.symlink(elsewhere, os.path.join(run, "archive"))
+        self.ok(["save", "--output-dir", run, "--overwrite-output-dir", "--seed", "7", *self.FLAGS, "-q"])
+        self.assertTrue(os.path.exists(os.path.join(elsewhere, "checkpoint-10.ckpt")))
+        self.assertNotEqual(self.weights(run), before)
+        r = R.run_ckpt(["save", "--output-dir", run, "--overwrite-output-dir", "--resume-if-exists", *self.FLAGS])
+        self.assertEqual(r.returncode, 2, r.stderr)
+
+    def test_resume_if_exists(self):
+        reference = self.path("reference")
+        self.save(reference, "--max-steps", "40", "--save-steps", "20")
+        run = self.path("run")
+        # Nothing there yet: trains from scratch.
+        r = self.ok(["save", "--output-dir", run, "--resume-if-exists", "--max-steps", "40", "--save-steps", "20", "--json"])
+        self.assertIsNone(json.loads(r.stdout)["resumed_from"])
+        self.assert_same_state(os.path.join(reference, "checkpoint-40"), os.path.join(run, "checkpoint-40"))
+        # A job restarted after checkpoint-20: the same line continues it, bit for bit, with the saved arguments.
+        shutil.rmtree(run)
+        os.makedirs(run)
+        shutil.copytree(os.path.join(reference, "checkpoint-20"), os.path.join(run, "checkpoint-20"))
+        r = self.ok(["save", "--output-dir", run, "--resume-if-exists", "--json"])
+        result = json.loads(r.stdout)
+        self.assertEqual(result["resumed_from"], os.path.join(run, "checkpoint-20"))
+        self.assertEqual(result["start_step"], 20)
+        self.assertEqual(checkpoints(run), ["checkpoint-20", "checkpoint-40"])
+        self.assert_same_state(os.path.join(reference, "checkpoint-40"), os.path.join(run, "checkpoint-40"))
+        # Training flags override as with resume; the model cannot change.
+        r = R.run_ckpt(["save", "--output-dir", run, "--resume-if-exists", "--hidden-size", "128"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("hidden_size", r.stderr)
+        r = self.ok(["save", "--output-dir", run, "--resume-if-exists", "--max-steps", "45", "--save-steps", "15"])
+        self.assertEqual(r.stdout.splitlines()[0], "resuming from %s at step 40 of 45" % os.path.join(run, "checkpoint-40"))
+        self.assertEqual(checkpoints(run), ["checkpoint-20", "checkpoint-40", "checkpoint-45"])
+        # Flags are judged as resume judges them: against the checkpoint's arguments (--save-steps 15 now, which
+        # --eval-steps 3 divides), not a new run's defaults (20, which it does not).
+        self.ok(["save", "--output-dir", run, "--resume-if-exists", "--max-steps", "60", "--eval-steps", "3", "--load-best-model-at-end", "-q"])
+        self.assertEqual(checkpoints(run)[-1], "checkpoint-60")
+        r = R.run_ckpt(["save", "--output-dir", self.path("new"), "--resume-if-exists", "--eval-steps", "3", "--load-best-model-at-end"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--load-best-model-at-end", r.stderr)
+        # Several processes: rank 0 decides for all of them.
+        r = self.ok(["save", "--output-dir", run, "--resume-if-exists", "--nproc-per-node", "2", "--max-steps", "75", "--json"])
+        result = json.loads(r.stdout)
+        self.assertEqual((result["resumed_from"], result["global_step"]), (os.path.join(run, "checkpoint-60"), 75))
+        self.assertTrue(os.path.exists(os.path.join(run, "checkpoint-75", "rng_state_1.pth")))
+
+
+class Messages(TrainTest):
+    """What save and resume say: where an interrupted run can continue, what resume restores, the ETA, the best."""
+
+    def unsaved_text(self, step, saved):
+        if step == saved:
+            return "every step is saved"
+        if step == saved + 1:
+            return "step %d is not saved" % step
+        return "steps %d-%d are not saved" % (saved + 1, step)
+
+    def test_interrupt_says_what_is_kept_and_where_resume_continues(self):
+        run = self.path("run")
+        p = subprocess.Popen([R.CKPT_BIN, "save", "--output-dir", run, "--max-steps", "100000", "--save-steps", "50"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and not (os.path.isdir(run) and checkpoints(run)):
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 130, err)
+        last = checkpoints(run)[-1]
+        saved = int(last.split("-")[1])
+        m = re.search(r"^interrupted at step (\d+)/100000 \(epoch \d+\.\d\d\); (.*)$", out, re.M)
+        self.assertTrue(m, out)
+        step = int(m.group(1))
+        self.assertEqual(m.group(2), "%s; `ckpt resume %s` continues from %s" % (self.unsaved_text(step, saved), run, last))
+        r = self.ok(["resume", run, "--max-steps", str(saved + 10), "--save-steps", "10"])
+        self.assertEqual(r.stdout.splitlines()[0], "resuming from %s at step %d of %d" % (os.path.join(run, last), saved, saved + 10))
+
+        # Resumed from an older checkpoint while newer ones of the earlier run are there: the message says --from.
+        p = subprocess.Popen([R.CKPT_BIN, "resume", run, "--from", "checkpoint-%d" % saved, "--max-steps", "100000", "--save-steps",
+                              "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = p.stdout.readline()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 130, err)
+        self.assertEqual(first, "resuming from %s at step %d of 100000\n" % (os.path.join(run, last), saved))
+        m = re.search(r"^interrupted at step (\d+)/100000 \(epoch \d+\.\d\d\); (.*)$", out, re.M)
+        self.assertTrue(m, out)
+        self.assertEqual(m.group(2), "%s; `ckpt resume %s --from %s` continues from it" % (self.unsaved_text(int(m.group(1)), saved), run, last))
+
+    def test_resume_names_the_archive_it_restores(self):
+        run = self.path("run")
+        self.save(run, *SMALL)
+        archive = os.path.join(run, "archive", "checkpoint-40.ckpt")
+        os.makedirs(os.path.dirname(archive))
+        self.ok(["convert", os.path.join(run, "checkpoint-40"), "--to", "archive", "-o", archive, "-q"])
+        shutil.rmtree(os.path.join(run, "checkpoint-40"))
+        r = self.ok(["resume", run, "--from", "checkpoint-40", "--max-steps", "50", "--save-steps", "50"])
+        self.assertEqual(r.stdout.splitlines()[0], "resuming from %s at step 40 of 50" % archive)
+
+    def test_eta_counts_only_the_steps_left(self):
+        # Checkpoint-300 made with batches of 1, resumed with batches of 256: an ETA that counted the 300 steps
+        # this process did not train would be a small fraction of elapsed / steps trained * steps left.
+        run = self.path("run")
+        self.save(run, "--max-steps", "300", "--save-steps", "300", "--per-device-train-batch-size", "1", "--hidden-size", "512")
+        frame = re.compile(r"\rstep (\d+)/100000  loss \S+  elapsed (\d+)s  eta (\d+)s")
+        p, out, terminal = terminal_frames(["resume", run, "--max-steps", "100000", "--save-steps", "100000", "--per-device-train-batch-size", "256"],
+                                           lambda text: any(int(m.group(2)) >= 3 for m in frame.finditer(text)))
+        self.assertEqual(p.returncode, 130, out)
+        checked = 0
+        for m in frame.finditer(terminal):
+            step, elapsed, eta = (int(g) for g in m.groups())
+            if elapsed < 2:
+                continue
+            per_step = 100000 - step
+            self.assertGreater(step, 300)
+            low = (elapsed - 0.5) / (step - 300) * per_step - 0.5
+            high = (elapsed + 0.5) / (step - 300) * per_step + 0.5
+            self.assertTrue(low <= eta <= high, m.group(0))
+            checked += 1
+        self.assertGreater(checked, 0, terminal)
+
+    def test_best_names_this_run_directory(self):
+        first = self.path("first")
+        self.save(first, *SMALL)
+        run = self.path("copied")
+        shutil.copytree(first, run)
+        best = os.path.basename(read_json(os.path.join(run, "checkpoint-60", "trainer_state.json"))["best_model_checkpoint"])
+        # No evaluation in the resumed steps, so the best stays the one the copied trainer_state.json names.
+        r = self.ok(["resume", run, "--max-steps", "80", "--eval-steps", "0"])
+        self.assertIn("\nbest: %s (" % os.path.join(run, best), r.stdout)
+        self.assertNotIn(first, r.stdout)
+        state = read_json(os.path.join(run, "checkpoint-80", "trainer_state.json"))
+        self.assertEqual(state["best_model_checkpoint"], os.path.join(run, best))
 
 
 if __name__ == "__main__":
