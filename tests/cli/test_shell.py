@@ -76,12 +76,15 @@ def man_options():
     return result
 
 
+SAVE_ONLY = ("--output-dir", "--overwrite-output-dir", "--resume-if-exists")
+
+
 def man_entries(man, sub):
     """The man page's options of `sub`: its own entries, and for resume the training options of save, which its
-    section refers to ("The training options are those of save, except --output-dir")."""
+    section refers to ("The training options are those of save, except the three about the output directory")."""
     entries = dict(man[sub])
     if sub == "resume":
-        entries.update({o: v for o, v in man["save"].items() if o != "--output-dir" and o not in entries})
+        entries.update({o: v for o, v in man["save"].items() if o not in SAVE_ONLY and o not in entries})
     return entries
 
 

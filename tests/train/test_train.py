@@ -466,7 +466,7 @@ class Output(TrainTest):
             self.assertEqual(r.returncode, 2, r.stderr)
             self.assertIn("--json", r.stderr)
             self.assertIn("--verbose", r.stderr)
-            self.assertEqual(r.stdout, "")
+            self.assertEqual(json.loads(r.stdout)["error"]["kind"], "usage")  # --json's failure object
         self.assertFalse(os.path.exists(self.path("other")))
 
     def test_usage_errors(self):
