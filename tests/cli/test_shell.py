@@ -68,7 +68,8 @@ class Completions(unittest.TestCase):
 
     def test_bash_completes_subcommands_and_options(self):
         self.assertEqual(bash_complete("ckpt ins"), ["inspect"])
-        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "inspect", "list", "resume", "rotate", "save"])
+        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "inspect", "latest", "list", "resume", "rotate", "save"])
+        self.assertEqual(sorted(bash_complete("ckpt latest --")), ["--archives", "--help", "--json", "--restore-to", "--verify"])
         self.assertEqual(sorted(bash_complete("ckpt inspect --")), ["--help", "--json", "--summary", "--verify"])
 
     def test_bash_completes_option_values(self):
@@ -127,6 +128,7 @@ class Completions(unittest.TestCase):
         self.assertEqual(zsh_complete("ckpt convert x --cons"), "ckpt convert x --consolidate ")
         self.assertEqual(zsh_complete("ckpt save --nproc"), "ckpt save --nproc-per-node ")
         self.assertEqual(zsh_complete("ckpt rotate --sort m"), "ckpt rotate --sort mtime ")
+        self.assertEqual(zsh_complete("ckpt latest --rest"), "ckpt latest --restore-to ")
         with tempfile.TemporaryDirectory() as tmp:
             for name in ("checkpoint-10", "checkpoint-200"):
                 os.mkdir(os.path.join(tmp, name))
@@ -139,6 +141,9 @@ class Completions(unittest.TestCase):
         self.assertIn("inspect", out)
         self.assertIn("--verify", out)
         self.assertIn("mtime", out)
+        script = f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt latest --'"
+        out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
+        self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["--archives", "--json", "--restore-to", "--verify"])
 
 
 class Install(unittest.TestCase):
