@@ -3,7 +3,7 @@ _ckpt() {
   local cur prev words cword
   _init_completion || return
 
-  local subcommands="save resume list best rotate inspect convert"
+  local subcommands="save resume list best latest rotate inspect convert"
   local subcommand=""
   local i
   for ((i = 1; i < cword; i++)); do
@@ -31,7 +31,7 @@ _ckpt() {
     -o | --output) _filedir; return ;;
     --metric) COMPREPLY=($(compgen -W "eval_loss eval_accuracy" -- "$cur")); return ;;
     --keep | --keep-every | --stale-after | --link | --keep-archives | --level) return ;;
-    --export | --output-dir | --archive-dir) _filedir -d; return ;;
+    --export | --output-dir | --archive-dir | --restore-to) _filedir -d; return ;;
     --from)
       # The checkpoints of the run directory given earlier on the line.
       local run="" j
@@ -68,6 +68,7 @@ _ckpt() {
     resume) options="--from $training" ;;
     list) options="--json --metric --mode --sort --use-mtime --help" ;;
     best) options="--metric --mode --json --link --export --help" ;;
+    latest) options="--verify --archives --restore-to --json --help" ;;
     rotate) options="--keep --keep-every --stale-after --sort --use-mtime --metric --mode --archive --archive-dir --keep-archives --level --threads --dry-run --no-wait --json --quiet --help" ;;
     inspect) options="--json --summary --verify --help" ;;
     convert) options="--to --output --max-shard-size --dtype --include-state --consolidate --level --threads --dry-run --force --json --quiet --help" ;;

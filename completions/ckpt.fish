@@ -1,5 +1,5 @@
 # fish completion for ckpt
-set -l subcommands save resume list best rotate inspect convert
+set -l subcommands save resume list best latest rotate inspect convert
 complete -c ckpt -f
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -l help -d 'Show help'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -l version -d 'Show the version'
@@ -7,6 +7,7 @@ complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a save 
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a resume -d 'Continue a run from a checkpoint'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a list -d 'List the checkpoints of a run directory'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a best -d 'Print the best checkpoint; link or export it'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a latest -d 'Print the newest complete checkpoint, for job scripts'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a rotate -d 'Delete old checkpoints safely'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a inspect -d 'Show what a checkpoint holds'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a convert -d 'Convert pickle <-> safetensors; archive checkpoints'
@@ -14,14 +15,17 @@ complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a help 
 complete -c ckpt -n "__fish_seen_subcommand_from help; and not __fish_seen_subcommand_from $subcommands" -a "$subcommands"
 complete -c ckpt -n "__fish_seen_subcommand_from $subcommands" -l help -d 'Show the options of the subcommand'
 
-complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -a '(__fish_complete_directories)'
+complete -c ckpt -n "__fish_seen_subcommand_from list best latest rotate" -a '(__fish_complete_directories)'
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -l metric -x -a 'eval_loss eval_accuracy' -d 'Find the best by this metric'
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -l mode -x -a 'min max' -d 'min or max for --metric'
 complete -c ckpt -n "__fish_seen_subcommand_from list rotate" -l sort -x -a 'step mtime' -d 'Order checkpoints'
 complete -c ckpt -n "__fish_seen_subcommand_from list rotate" -l use-mtime -d 'Order checkpoints by mtime'
-complete -c ckpt -n "__fish_seen_subcommand_from list best rotate inspect" -l json -d 'Print JSON'
+complete -c ckpt -n "__fish_seen_subcommand_from list best latest rotate inspect" -l json -d 'Print JSON'
 complete -c ckpt -n "__fish_seen_subcommand_from best" -l link -x -d 'Create or replace a symlink to the best'
 complete -c ckpt -n "__fish_seen_subcommand_from best" -l export -x -a '(__fish_complete_directories)' -d 'Write the best model into DIR'
+complete -c ckpt -n "__fish_seen_subcommand_from latest" -l verify -d 'Check it fully first; fall back to the next newest that verifies'
+complete -c ckpt -n "__fish_seen_subcommand_from latest" -l archives -d 'Consider archived checkpoints too'
+complete -c ckpt -n "__fish_seen_subcommand_from latest" -l restore-to -x -a '(__fish_complete_directories)' -d 'Restore an archive picked into this new directory'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l keep -x -d 'Keep the newest N complete checkpoints'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l keep-every -x -d 'Also keep steps divisible by K'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l stale-after -x -d 'Remove staging dirs and abandoned checkpoints older than this'

@@ -2,7 +2,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <set>
 
 namespace ckpt::checkpoint {
 
@@ -49,22 +48,9 @@ std::optional<double> metric_at(const RunEntry& e, const std::string& metric) {
   return std::nullopt;
 }
 
-// Complete checkpoints and readable archives by step; an archive only where no complete checkpoint has its step.
-std::vector<std::size_t> candidates(const RunScan& scan) {
-  std::vector<std::size_t> order = ordered_checkpoints(scan, true, false);
-  std::set<std::int64_t> live;
-  for (std::size_t i : order) live.insert(*scan.entries[i].step);
-  for (std::size_t i = 0; i < scan.entries.size(); ++i) {
-    const RunEntry& e = scan.entries[i];
-    if (e.kind == EntryKind::archive && e.complete && e.step && live.insert(*e.step).second) order.push_back(i);
-  }
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return *scan.entries[a].step < *scan.entries[b].step; });
-  return order;
-}
-
 std::optional<BestCheckpoint> recompute(const RunScan& scan, const std::string& metric, bool greater_is_better) {
   std::optional<BestCheckpoint> best;
-  for (std::size_t i : candidates(scan)) {
+  for (std::size_t i : complete_by_step(scan, true)) {
     const auto value = metric_at(scan.entries[i], metric);
     if (!value || std::isnan(*value)) continue;
     const bool better = !best || (greater_is_better ? *value > *best->value : *value < *best->value);

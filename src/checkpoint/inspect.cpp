@@ -711,6 +711,18 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   return report;
 }
 
+std::vector<std::string> verification_errors(const CheckpointReport& report) {
+  std::vector<std::string> errors;
+  for (const auto& f : report.files) {
+    if (f.error) errors.push_back(f.error->what());
+    if (f.verify) {
+      for (const auto& e : f.verify->errors) errors.push_back(f.file + ": " + e);
+    }
+  }
+  if (report.verify) errors.insert(errors.end(), report.verify->errors.begin(), report.verify->errors.end());
+  return errors;
+}
+
 std::optional<CheckpointReport> inspect_run_checkpoint(const std::string& dir, const InspectOptions& options) {
   struct stat before {};
   if (::lstat(dir.c_str(), &before) != 0) {

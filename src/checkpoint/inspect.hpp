@@ -108,6 +108,10 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
 // reading it gave (missing files are then no corruption). Errors of a checkpoint still there are thrown as ever.
 std::optional<CheckpointReport> inspect_run_checkpoint(const std::string& dir, const InspectOptions& options);
 
+// What fails a checkpoint report: member files that could not be read, their failed checks (`FILE: message`) and
+// the checks across files. inspect --verify passes a checkpoint, and latest --verify picks it, when this is empty.
+std::vector<std::string> verification_errors(const CheckpointReport& report);
+
 enum class PathKind { file, checkpoint, run };
 // A directory holding checkpoint-N subdirectories is a run; a checkpoint-N, or one holding trainer_state.json,
 // weights or config.json, a checkpoint (or model) directory; any other directory a run.

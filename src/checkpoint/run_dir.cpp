@@ -472,13 +472,24 @@ std::vector<std::size_t> ordered_checkpoints(const RunScan& scan, bool complete_
   return order;
 }
 
-std::optional<std::size_t> newest_complete(const RunScan& scan) {
-  std::optional<std::size_t> newest;
-  for (std::size_t i = 0; i < scan.entries.size(); ++i) {
-    const RunEntry& e = scan.entries[i];
-    if (e.kind == EntryKind::checkpoint && e.complete && (!newest || *e.step >= *scan.entries[*newest].step)) newest = i;
+std::vector<std::size_t> complete_by_step(const RunScan& scan, bool with_archives) {
+  std::vector<std::size_t> order = ordered_checkpoints(scan, true, false);
+  if (with_archives) {
+    std::set<std::int64_t> live;
+    for (std::size_t i : order) live.insert(*scan.entries[i].step);
+    for (std::size_t i = 0; i < scan.entries.size(); ++i) {
+      const RunEntry& e = scan.entries[i];
+      if (e.kind == EntryKind::archive && e.complete && e.step && live.insert(*e.step).second) order.push_back(i);
+    }
   }
-  return newest;
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return *scan.entries[a].step < *scan.entries[b].step; });
+  return order;
+}
+
+std::optional<std::size_t> newest_complete(const RunScan& scan) {
+  const auto order = complete_by_step(scan, false);
+  if (order.empty()) return std::nullopt;
+  return order.back();
 }
 
 namespace {

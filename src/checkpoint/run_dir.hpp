@@ -138,7 +138,11 @@ std::vector<RunEntry> scan_archive_dir(const std::string& dir, const std::string
 // as on file systems that do not keep them). Returns indices into scan.entries.
 std::vector<std::size_t> ordered_checkpoints(const RunScan& scan, bool complete_only, bool by_mtime);
 
-// The complete checkpoint with the highest step: what resume picks.
+// Complete checkpoints by step, and with `with_archives` the readable archives of steps no complete checkpoint has
+// (ties in scan order). The candidates of best, of latest (newest first) and of resume (the last one).
+std::vector<std::size_t> complete_by_step(const RunScan& scan, bool with_archives);
+
+// The complete checkpoint with the highest step: what resume picks (complete_by_step's last, archives aside).
 std::optional<std::size_t> newest_complete(const RunScan& scan);
 
 // For `ckpt save --output-dir`: what an earlier run left in `run_dir` that a new run's checkpoints would be mixed

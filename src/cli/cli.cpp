@@ -28,6 +28,7 @@ constexpr Subcommand kSubcommands[] = {
     {"resume", "Continue a run from its newest (or a given) checkpoint, bit-for-bit as if never stopped", attach_resume},
     {"list", "List the checkpoints of a run directory: step, metrics, best, newest, complete, size, age", attach_list},
     {"best", "Print the best checkpoint of a run directory; link or export it", attach_best},
+    {"latest", "Print the newest complete checkpoint of a run directory, for job scripts; verify it, restore an archive", attach_latest},
     {"rotate", "Delete old checkpoints safely (or archive them first), keeping the best, the newest and the last N", attach_rotate},
     {"inspect", "Show what a checkpoint file, checkpoint directory or run directory holds", attach_inspect},
     {"convert", "Convert weights and checkpoint files between pickle and safetensors, shard, cast; archive checkpoints compressed and restore them", attach_convert},

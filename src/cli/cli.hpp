@@ -32,6 +32,7 @@ struct Subcommand {
 Action attach_inspect(CLI::App& sub);
 Action attach_list(CLI::App& sub);
 Action attach_best(CLI::App& sub);
+Action attach_latest(CLI::App& sub);
 Action attach_rotate(CLI::App& sub);
 Action attach_convert(CLI::App& sub);
 Action attach_save(CLI::App& sub);
@@ -51,7 +52,7 @@ CLI::Validator positive_integer();
 CLI::Validator integer_between(std::int64_t low, std::int64_t high);
 CLI::Validator one_of(std::vector<std::string> values);
 
-// The RUN_DIR argument of list, best and rotate: refused when it is no run directory (checkpoint::
+// The RUN_DIR argument of list, best, latest and rotate: refused when it is no run directory (checkpoint::
 // check_run_directory), with a note on stderr when it holds nothing yet.
 void require_run_directory(const std::string& run_dir);
 

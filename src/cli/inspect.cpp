@@ -304,18 +304,6 @@ bool all_ok(const CheckpointReport& c) {
   return std::all_of(c.files.begin(), c.files.end(), [](const FileReport& f) { return !f.error && (!f.verify || f.verify->ok()); });
 }
 
-std::vector<std::string> all_errors(const CheckpointReport& c) {
-  std::vector<std::string> errors;
-  for (const auto& f : c.files) {
-    if (f.error) errors.push_back(f.error->what());
-    if (f.verify) {
-      for (const auto& e : f.verify->errors) errors.push_back(f.file + ": " + e);
-    }
-  }
-  if (c.verify) errors.insert(errors.end(), c.verify->errors.begin(), c.verify->errors.end());
-  return errors;
-}
-
 // A failed verification is reported on stdout in full and summarised as the one error line on stderr.
 int verification_status(const std::string& path, const std::vector<std::string>& errors) {
   if (errors.empty()) return exit_ok;
@@ -341,7 +329,7 @@ int inspect_checkpoint_path(const InspectOptions& o, const checkpoint::InspectOp
   const CheckpointReport c = checkpoint::inspect_checkpoint(o.path, core);
   const bool ok = all_ok(c);
   // Unreadable member files fail a directory like a single bad file would.
-  std::vector<std::string> errors = all_errors(c);
+  std::vector<std::string> errors = checkpoint::verification_errors(c);
   if (!ok && errors.empty()) errors.push_back("a file could not be read");
   if (o.json) {
     json::Json out = checkpoint_json(c);
@@ -383,7 +371,7 @@ int inspect_run_path(const InspectOptions& o, const checkpoint::InspectOptions& 
         verify_text += fmt::format("  verify {}: gone (deleted or replaced while being checked, as by a rotate)\n", row.name);
         continue;
       }
-      const auto row_errors = all_errors(*report);
+      const auto row_errors = checkpoint::verification_errors(*report);
       rows[i]["verify"] = {{"ok", row_errors.empty()}, {"errors", row_errors}};
       verify_text += fmt::format("  verify {}: {}\n", printable(row.name), row_errors.empty() ? "ok" : "FAILED");
       for (const auto& e : row_errors) {

@@ -269,9 +269,10 @@ class Completions(unittest.TestCase):
 
     def test_bash_completes_subcommands_and_options(self):
         self.assertEqual(bash_complete("ckpt ins"), ["inspect"])
-        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "help", "inspect", "list", "resume", "rotate", "save"])
+        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "help", "inspect", "latest", "list", "resume", "rotate", "save"])
         self.assertEqual(bash_complete("ckpt help ro"), ["rotate"])
         self.assertEqual(bash_complete("ckpt help rotate "), [])
+        self.assertEqual(sorted(bash_complete("ckpt latest --")), ["--archives", "--help", "--json", "--restore-to", "--verify"])
         self.assertEqual(sorted(bash_complete("ckpt inspect --")), ["--help", "--json", "--summary", "--verify"])
 
     def test_bash_completes_option_values(self):
@@ -332,6 +333,7 @@ class Completions(unittest.TestCase):
         self.assertEqual(zsh_complete("ckpt convert x --cons"), "ckpt convert x --consolidate ")
         self.assertEqual(zsh_complete("ckpt save --nproc"), "ckpt save --nproc-per-node ")
         self.assertEqual(zsh_complete("ckpt rotate --sort m"), "ckpt rotate --sort mtime ")
+        self.assertEqual(zsh_complete("ckpt latest --rest"), "ckpt latest --restore-to ")
         with tempfile.TemporaryDirectory() as tmp:
             for name in ("checkpoint-10", "checkpoint-200"):
                 os.mkdir(os.path.join(tmp, name))
@@ -345,9 +347,12 @@ class Completions(unittest.TestCase):
         help_completions = subprocess.run(["fish", "--no-config", "-c", f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt help '"],
                                           capture_output=True, text=True, check=True).stdout
         self.assertEqual(sorted(line.split("\t")[0] for line in help_completions.splitlines()),
-                         ["best", "convert", "inspect", "list", "resume", "rotate", "save"])
+                         ["best", "convert", "inspect", "latest", "list", "resume", "rotate", "save"])
         self.assertIn("--verify", out)
         self.assertIn("mtime", out)
+        script = f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt latest --'"
+        out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
+        self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["--archives", "--json", "--restore-to", "--verify"])
 
 
 class Install(unittest.TestCase):

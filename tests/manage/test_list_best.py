@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import tempfile
 import time
@@ -84,7 +85,8 @@ class ListSyntheticTest(Tmp):
                  (os.path.join(self.tmp, "runs"), "holds no checkpoints (checkpoint-N directories or archives); "
                                                   "run directories below it: " + run)]
         for path, what in cases:
-            for args in (["list", path], ["best", path], ["rotate", path, "--keep", "1"], ["list", "--json", path]):
+            for args in (["list", path], ["best", path], ["rotate", path, "--keep", "1"], ["list", "--json", path],
+                         ["latest", path]):
                 with self.subTest(args=args):
                     r = ckpt(*args)
                     self.assertEqual(r.returncode, 1, r.describe())
@@ -587,6 +589,187 @@ class BestSyntheticTest(Tmp):
         self.best_path(d, "--export", d)
         self.best_path(d, "--export", d)
         self.assertEqual([n for n in os.listdir(d) if ".tmp-" in n], [])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# latest
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def flip_zip_member_byte(path, suffix):
+    """Flips the first data byte of the stored zip member whose name ends with `suffix` (its CRC-32 no longer
+    matches; the headers every other reader looks at stay intact)."""
+    import zipfile  # noqa: PLC0415
+
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(suffix))
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", f.read(4))
+        at = info.header_offset + 30 + name_length + extra_length
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0x01]))
+
+
+def flip_archive_frame_byte(path, file_name):
+    """Flips the first byte of the first frame of `file_name` inside an archive; the manifest stays readable."""
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    manifest_offset = int.from_bytes(data[-32:-24], "little")
+    manifest = json.loads(bytes(data[manifest_offset:-32]))
+    entry = next(f for f in manifest["files"] if f["name"] == file_name)
+    frame = entry["segments"][0]["frames"][0]
+    data[frame[1]] ^= 0x80
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+class LatestTest(Tmp):
+    def latest(self, *args, **kw):
+        r = ckpt_ok(self, "latest", *args, **kw)
+        self.assertEqual(len(r.stdout.splitlines()), 1, "latest must print the path alone\n" + r.describe())
+        return r.stdout.rstrip("\n"), r
+
+    def archive(self, run_dir, step):
+        """Archives checkpoint-<step> into run_dir/archive/ (as rotate --archive does) and returns the archive."""
+        out = os.path.join(run_dir, "archive", "checkpoint-%d.ckpt" % step)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        ckpt_ok(self, "convert", os.path.join(run_dir, "checkpoint-%d" % step), "--to", "archive", "-o", out, "-q")
+        return out
+
+    def test_the_newest_complete_checkpoint_never_a_half_written_or_staging_one(self):
+        # What transformers' get_last_checkpoint gets wrong after a kill: the highest checkpoint-N that is there.
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [5, 20, 100])
+        runs.make_checkpoint(d, 200, broken="no_state")
+        runs.make_checkpoint(d, 300, broken="truncated")
+        runs.make_dir_entry(d, "tmp-checkpoint-400")
+        runs.make_dir_entry(d, ".ckpt-staging-checkpoint-500-1-abc")
+        runs.make_dir_entry(d, "milestone")
+        path, r = self.latest(d)
+        self.assertEqual(path, os.path.join(d, "checkpoint-100"), r.describe())
+        self.assertEqual(r.stderr, "", r.describe())
+        # The path as the user would pass it: the run directory as given, joined with the name.
+        self.assertEqual(self.latest(d + "/")[0], d + "/checkpoint-100")
+        self.assertEqual(self.latest("run", cwd=self.tmp)[0], "run/checkpoint-100")
+        doc = ckpt_ok(self, "latest", "--json", d).json()
+        self.assertEqual(doc, {"name": "checkpoint-100", "path": os.path.join(d, "checkpoint-100"), "step": 100,
+                               "kind": "checkpoint", "skipped": []})
+
+    def test_none_complete_is_exit_one_with_a_one_line_reason(self):
+        d = os.path.join(self.tmp, "run")
+        runs.make_checkpoint(d, 10, broken="no_state")
+        runs.make_dir_entry(d, "tmp-checkpoint-20")
+        for args in (["latest", d], ["latest", "--json", d], ["latest", "--verify", d], ["latest", "--archives", d]):
+            with self.subTest(args=args):
+                r = ckpt(*args)
+                self.assertEqual(r.returncode, 1, r.describe())
+                self.assertEqual(r.stdout, "", r.describe())
+                self.assertEqual(r.stderr, "ckpt: error: %s: no complete checkpoint\n" % d, r.describe())
+        # A run directory that holds nothing yet: the note, then the reason.
+        fresh = os.path.join(self.tmp, "fresh")
+        os.makedirs(fresh)
+        r = ckpt("latest", fresh)
+        self.assertEqual(r.returncode, 1, r.describe())
+        self.assertEqual(r.stderr, "ckpt: note: %s holds no checkpoints yet\nckpt: error: %s: no complete checkpoint\n"
+                         % (fresh, fresh), r.describe())
+
+    def test_archives_only_with_archives_and_restored_on_request(self):
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10, 20, 30])
+        archived = self.archive(d, 30)
+        original = runs.tree_digest(os.path.join(d, "checkpoint-30"))
+        shutil.rmtree(os.path.join(d, "checkpoint-30"))
+        runs.make_checkpoint(d, 40, broken="truncated")  # half-written when the job was killed
+        self.archive(d, 20)  # a live checkpoint of the same step is preferred to its archive
+        self.assertEqual(self.latest(d)[0], os.path.join(d, "checkpoint-20"))
+        path, r = self.latest(d, "--archives")
+        self.assertEqual(path, archived, r.describe())
+        doc = ckpt_ok(self, "latest", "--archives", "--json", d).json()
+        self.assertEqual(doc, {"name": "archive/checkpoint-30.ckpt", "path": archived, "step": 30, "kind": "archive",
+                               "skipped": []})
+        restored = os.path.join(self.tmp, "scratch", "resume-30")
+        os.makedirs(os.path.dirname(restored))
+        path, r = self.latest(d, "--archives", "--restore-to", restored)
+        self.assertEqual(path, restored, r.describe())
+        self.assertEqual(r.stderr, "ckpt: latest: restored archive/checkpoint-30.ckpt into %s\n" % restored, r.describe())
+        self.assertEqual(runs.tree_digest(restored), original)
+        # A restore never writes over anything.
+        r = ckpt("latest", d, "--archives", "--restore-to", restored)
+        self.assertEqual(r.returncode, 2, r.describe())
+        self.assertEqual(r.stderr, "ckpt: error: %s: --restore-to: already exists; restore into a new directory\n"
+                         % restored, r.describe())
+        shutil.rmtree(restored)
+        doc = ckpt_ok(self, "latest", "--archives", "--restore-to", restored, "--json", d).json()
+        self.assertEqual(doc["restored_to"], restored)
+        self.assertEqual((doc["kind"], doc["path"]), ("archive", archived))
+        # Nothing to restore when the newest is live: its path, and no directory made.
+        elsewhere = os.path.join(self.tmp, "elsewhere")
+        os.rename(archived, archived + ".moved")
+        path, r = self.latest(d, "--archives", "--restore-to", elsewhere)
+        self.assertEqual(path, os.path.join(d, "checkpoint-20"), r.describe())
+        self.assertFalse(os.path.exists(elsewhere))
+        self.assertNotIn("restored_to", ckpt_ok(self, "latest", "--archives", "--restore-to", elsewhere, "--json", d).json())
+        # --restore-to restores an archive, which only --archives lets latest pick.
+        r = ckpt("latest", d, "--restore-to", elsewhere)
+        self.assertEqual(r.returncode, 2, r.describe())
+        self.assertIn("--restore-to requires --archives", r.stderr, r.describe())
+
+    def test_archives_are_named_when_they_are_all_there_is(self):
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10])
+        self.archive(d, 10)
+        shutil.rmtree(os.path.join(d, "checkpoint-10"))
+        r = ckpt("latest", d)
+        self.assertEqual(r.returncode, 1, r.describe())
+        self.assertEqual(r.stderr, "ckpt: error: %s: no complete checkpoint (1 archived: --archives considers them)\n" % d,
+                         r.describe())
+
+    def test_verify_falls_back_past_corrupt_weights_saying_so(self):
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10, 20])
+        bad = runs.make_checkpoint(d, 30, weights="bin")
+        flip_zip_member_byte(os.path.join(bad, "pytorch_model.bin"), "/data/0")
+        # Without --verify only headers are read: the corrupt one is complete and newest.
+        self.assertEqual(self.latest(d)[0], bad)
+        path, r = self.latest(d, "--verify")
+        self.assertEqual(path, os.path.join(d, "checkpoint-20"), r.describe())
+        lines = r.stderr.splitlines()
+        self.assertEqual(len(lines), 2, r.describe())
+        self.assertRegex(lines[0], r"^ckpt: latest: skipped checkpoint-30: verification failed: .*CRC-32", r.describe())
+        self.assertEqual(lines[1], "ckpt: latest: checkpoint-20 is the newest that verifies", r.describe())
+        r = ckpt_ok(self, "latest", "--verify", "--json", d)
+        self.assertEqual(r.stderr, "", r.describe())
+        doc = r.json()
+        self.assertEqual((doc["name"], doc["step"], doc["kind"]), ("checkpoint-20", 20, "checkpoint"))
+        self.assertEqual([(s["name"], s["path"], s["step"], s["kind"]) for s in doc["skipped"]],
+                         [("checkpoint-30", bad, 30, "checkpoint")])
+        self.assertTrue(any("CRC-32" in e for e in doc["skipped"][0]["errors"]), doc)
+        # Nothing verifies: exit 3 (a failed --verify), one line, nothing on stdout.
+        shutil.rmtree(os.path.join(d, "checkpoint-10"))
+        shutil.rmtree(os.path.join(d, "checkpoint-20"))
+        for args in (["latest", "--verify", d], ["latest", "--verify", "--json", d]):
+            with self.subTest(args=args):
+                r = ckpt(*args)
+                self.assertEqual(r.returncode, 3, r.describe())
+                self.assertEqual(r.stdout, "", r.describe())
+                self.assertEqual(r.stderr.splitlines()[-1],
+                                 "ckpt: error: %s: no complete checkpoint verifies (1 failed --verify)" % d, r.describe())
+
+    def test_verify_checks_an_archive_before_picking_it(self):
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10, 20])
+        archived = self.archive(d, 20)
+        shutil.rmtree(os.path.join(d, "checkpoint-20"))
+        flip_archive_frame_byte(archived, "model.safetensors")
+        self.assertEqual(self.latest(d, "--archives")[0], archived)
+        restored = os.path.join(self.tmp, "restored")
+        path, r = self.latest(d, "--archives", "--verify", "--restore-to", restored)
+        self.assertEqual(path, os.path.join(d, "checkpoint-10"), r.describe())
+        self.assertRegex(r.stderr, r"^ckpt: latest: skipped archive/checkpoint-20.ckpt: verification failed: .*checksum mismatch")
+        self.assertFalse(os.path.exists(restored))
 
 
 # ----------------------------------------------------------------------------------------------------------------
