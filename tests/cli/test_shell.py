@@ -352,7 +352,7 @@ class Completions(unittest.TestCase):
         self.assertIn("mtime", out)
         script = f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt latest --'"
         out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
-        self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["--archives", "--json", "--restore-to", "--verify"])
+        self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["--archives", "--help", "--json", "--restore-to", "--verify"])
 
 
 class Install(unittest.TestCase):

@@ -666,7 +666,10 @@ class LatestTest(Tmp):
             with self.subTest(args=args):
                 r = ckpt(*args)
                 self.assertEqual(r.returncode, 1, r.describe())
-                self.assertEqual(r.stdout, "", r.describe())
+                if "--json" in args:  # the error object, and only it
+                    self.assertEqual(json.loads(r.stdout)["error"]["kind"], "not_found", r.describe())
+                else:
+                    self.assertEqual(r.stdout, "", r.describe())
                 self.assertEqual(r.stderr, "ckpt: error: %s: no complete checkpoint\n" % d, r.describe())
         # A run directory that holds nothing yet: the note, then the reason.
         fresh = os.path.join(self.tmp, "fresh")
@@ -747,14 +750,17 @@ class LatestTest(Tmp):
         self.assertEqual([(s["name"], s["path"], s["step"], s["kind"]) for s in doc["skipped"]],
                          [("checkpoint-30", bad, 30, "checkpoint")])
         self.assertTrue(any("CRC-32" in e for e in doc["skipped"][0]["errors"]), doc)
-        # Nothing verifies: exit 3 (a failed --verify), one line, nothing on stdout.
+        # Nothing verifies: exit 3 (a failed --verify), one line, nothing on stdout but --json's error object.
         shutil.rmtree(os.path.join(d, "checkpoint-10"))
         shutil.rmtree(os.path.join(d, "checkpoint-20"))
         for args in (["latest", "--verify", d], ["latest", "--verify", "--json", d]):
             with self.subTest(args=args):
                 r = ckpt(*args)
                 self.assertEqual(r.returncode, 3, r.describe())
-                self.assertEqual(r.stdout, "", r.describe())
+                if "--json" in args:
+                    self.assertEqual(json.loads(r.stdout)["error"]["kind"], "corrupt", r.describe())
+                else:
+                    self.assertEqual(r.stdout, "", r.describe())
                 self.assertEqual(r.stderr.splitlines()[-1],
                                  "ckpt: error: %s: no complete checkpoint verifies (1 failed --verify)" % d, r.describe())
 
