@@ -294,6 +294,7 @@ class Trainer {
   void save_checkpoint(const std::map<std::string, double>& metrics);
   CheckpointFiles collect(bool copy);
   void commit(CheckpointFiles files);
+  void remove_staging_after_failure(const std::string& staging);
   void wait_for_pending_save();
   // Before anything modifies parameters or optimizer state: the asynchronous save's copy of them is done.
   void wait_for_snapshot();
@@ -917,6 +918,14 @@ CheckpointFiles Trainer::collect(bool copy) {
 // checkpoint of the same step, as a run resumed from an earlier one does), then rotates. In a group, rank 0 makes
 // the staging directory and tells the others its name; each rank writes its files; only when every rank says
 // its files are durable does rank 0 commit, and the others hear whether it did.
+// Best effort, so that the error reported is the one that stopped the save; a leftover is cleared later.
+void Trainer::remove_staging_after_failure(const std::string& staging) {
+  try {
+    if (main_process()) fs_util::remove_tree(staging);
+  } catch (const Error&) {
+  }
+}
+
 void Trainer::commit(CheckpointFiles files) {
   const std::string name = "checkpoint-" + std::to_string(files.step);
   const fs::path run(run_dir_);
@@ -945,12 +954,11 @@ void Trainer::commit(CheckpointFiles files) {
         fs_util::durable_rename(staging, final_path);
       }
     });
+  } catch (const Error& e) {
+    remove_staging_after_failure(staging);
+    throw e.named_in(staging, (run / name).string());  // where the user will look for the file
   } catch (...) {
-    // Best effort, so that the error reported is the one that stopped the save; a leftover is cleared later.
-    try {
-      if (main_process()) fs_util::remove_tree(staging);
-    } catch (const Error&) {
-    }
+    remove_staging_after_failure(staging);
     throw;
   }
   if (!main_process()) return;

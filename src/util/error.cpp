@@ -40,6 +40,11 @@ Error Error::with_context(const std::string& path, const std::string& where_pref
   return Error(kind_, path_.empty() ? path : path_, where, detail_);
 }
 
+Error Error::named_in(const std::string& staging, const std::string& destination) const {
+  if (path_ != staging && path_.rfind(staging + "/", 0) != 0) return *this;
+  return Error(kind_, destination + path_.substr(staging.size()), where_, detail_);
+}
+
 void fail(ErrorKind kind, std::string where, std::string what) {
   throw Error(kind, "", std::move(where), std::move(what));
 }

@@ -33,6 +33,11 @@ class Error : public std::runtime_error {
   // still unknown at the throw site (a parser of a byte buffer does not know its file's name).
   Error with_context(const std::string& path, const std::string& where_prefix) const;
 
+  // The same error about a file of a directory written under a hidden staging name (`staging`) and renamed to
+  // `destination` when complete: named where the user will look, where the file would have appeared. An error
+  // about any other path is returned as it is.
+  Error named_in(const std::string& staging, const std::string& destination) const;
+
  private:
   static std::string compose(const std::string& path, const std::string& where, const std::string& what);
 

@@ -229,11 +229,7 @@ void build_directory(const std::string& destination_as_given, const std::functio
     }
   } catch (const Error& e) {
     remove_tree(staging);
-    // Named where the user will look: inside the destination, where the file would have appeared.
-    if (e.path() == staging || e.path().rfind(staging + "/", 0) == 0) {
-      throw Error(e.kind(), destination + e.path().substr(staging.size()), e.where(), e.detail());
-    }
-    throw;
+    throw e.named_in(staging, destination);
   } catch (...) {
     remove_tree(staging);
     throw;

@@ -62,7 +62,8 @@ std::filesystem::path entry_path(const std::string& path);
 // (which makes its files durable), then fsyncs it and renames it into place, so the destination appears complete
 // or not at all; an existing destination is exchanged with it in one step (`exchange`) and then removed, after
 // `before_replacing` (when given) had its say: it throws to keep what is there. On failure the staging directory
-// is removed, and an Error about it or a file in it names the destination (or the file in it) instead.
+// is removed, and an Error about it or a file in it names the destination (or the file in it) instead
+// (Error::named_in).
 void build_directory(const std::string& destination, const std::function<void(const std::string& staging)>& fill,
                      const std::function<void()>& before_replacing = {});
 
