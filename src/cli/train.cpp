@@ -139,6 +139,7 @@ json::Json result_json(const train::TrainResult& r) {
           {"overwritten", r.overwritten},
           {"best_model_checkpoint", r.best_model_checkpoint ? json::Json(*r.best_model_checkpoint) : json::Json(nullptr)},
           {"best_metric", r.best_metric ? json::Json(*r.best_metric) : json::Json(nullptr)},
+          {"best_metric_name", r.best_metric ? json::Json(r.best_metric_name) : json::Json(nullptr)},
           {"metrics", metrics.take()},
           {"save_stall_seconds", r.save_stall_seconds},
           {"save_write_seconds", r.save_write_seconds},
@@ -312,11 +313,12 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
     }
     if (result.best_model_checkpoint) {
       // A resumed run's best comes from its trainer_state.json, named in this run directory.
-      out << "best: " << printable(*result.best_model_checkpoint) << " (" << number_text(result.best_metric) << ")\n";
+      out << "best: " << printable(*result.best_model_checkpoint) << " (" << printable(result.best_metric_name) << " "
+          << number_text(result.best_metric) << ")\n";
     }
     for (const char* key : {"eval_loss", "eval_accuracy", "train_loss", "train_runtime"}) {
       if (auto it = result.final_metrics.find(key); it != result.final_metrics.end()) {
-        out << key << ": " << number_text(it->second) << "\n";
+        out << key << ": " << number_text(it->second) << (std::string_view(key) == "train_runtime" ? " s" : "") << "\n";
       }
     }
     if (!result.checkpoints_removed.empty()) out << "removed by --save-total-limit: " << result.checkpoints_removed.size() << "\n";

@@ -99,6 +99,7 @@ struct TrainResult {
   std::vector<std::string> overwritten;         // an earlier run's checkpoints and archives, by --overwrite-output-dir
   std::optional<std::string> best_model_checkpoint;
   std::optional<double> best_metric;
+  std::string best_metric_name;                 // what best_metric measures (metric_for_best_model, eval_ prefixed)
   std::map<std::string, double> final_metrics;  // train_runtime, train_loss, ... and the last eval_*
   // Timings: per checkpoint, how long the training thread stood still for it (the whole write when
   // synchronous; the snapshot and any wait for the previous write with --async-save) and how long writing and

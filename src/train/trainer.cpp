@@ -1256,6 +1256,7 @@ void Trainer::run_in_group() {
   result_.epoch = state_.epoch;
   result_.best_metric = state_.best_metric;
   result_.best_model_checkpoint = state_.best_model_checkpoint;
+  result_.best_metric_name = checkpoint::normalize_metric(get_text(args_, "metric_for_best_model"));
   if (main_process() && result_.last_checkpoint) {
     // Whether resume's default, the newest complete checkpoint, is this run's last: not when the run resumed from
     // an older checkpoint than the run directory holds and saved none past it.

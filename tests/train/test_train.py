@@ -963,7 +963,12 @@ class Messages(TrainTest):
         # No evaluation in the resumed steps, so the best stays the one the copied trainer_state.json names.
         r = self.ok(["resume", run, "--max-steps", "80", "--eval-steps", "0"])
         self.assertIn("\nbest: %s (" % os.path.join(run, best), r.stdout)
+        # The metric named, the run time in seconds (issue 18 item 14).
+        self.assertRegex(r.stdout, r"\nbest: %s \(eval_loss [0-9.e-]+\)\n" % re.escape(os.path.join(run, best)))
+        self.assertRegex(r.stdout, r"\ntrain_runtime: [0-9.e-]+ s\n")
         self.assertNotIn(first, r.stdout)
+        summary = json.loads(self.ok(["resume", run, "--max-steps", "90", "--eval-steps", "0", "--json"]).stdout)
+        self.assertEqual((summary["best_metric_name"], summary["best_model_checkpoint"]), ("eval_loss", os.path.join(run, best)))
         state = read_json(os.path.join(run, "checkpoint-80", "trainer_state.json"))
         self.assertEqual(state["best_model_checkpoint"], os.path.join(run, best))
 
