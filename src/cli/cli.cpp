@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -201,25 +202,32 @@ namespace {
 std::vector<std::string> g_command_line;
 }  // namespace
 
-CLI::Validator positive_integer() {
+namespace {
+
+// A decimal integer within [low, high], rewritten in plain decimal ("010" -> "10") for CLI11 to convert.
+CLI::Validator decimal_integer(std::int64_t low, std::int64_t high, std::string description, std::string out_of_range) {
   return CLI::Validator(
-      [](std::string& text) -> std::string {
+      [low, high, out_of_range](std::string& text) -> std::string {
         std::int64_t value = 0;
         if (const auto problem = integer_problem(text, value)) return *problem;
-        return value >= 1 ? "" : "must be at least 1, not " + text;
+        if (value < low || value > high) return out_of_range + ", not " + text;
+        text = std::to_string(value);
+        return "";
       },
-      "POSITIVE");
+      std::move(description));
 }
 
+}  // namespace
+
+CLI::Validator whole_number() {
+  return decimal_integer(std::numeric_limits<std::int64_t>::min(), std::numeric_limits<std::int64_t>::max(), "INT", "");
+}
+
+CLI::Validator positive_integer() { return decimal_integer(1, std::numeric_limits<std::int64_t>::max(), "POSITIVE", "must be at least 1"); }
+
 CLI::Validator integer_between(std::int64_t low, std::int64_t high) {
-  return CLI::Validator(
-      [low, high](std::string& text) -> std::string {
-        std::int64_t value = 0;
-        if (const auto problem = integer_problem(text, value)) return *problem;
-        if (value >= low && value <= high) return "";
-        return "must be between " + std::to_string(low) + " and " + std::to_string(high) + ", not " + text;
-      },
-      "INT in [" + std::to_string(low) + " - " + std::to_string(high) + "]");
+  return decimal_integer(low, high, "INT in [" + std::to_string(low) + " - " + std::to_string(high) + "]",
+                         "must be between " + std::to_string(low) + " and " + std::to_string(high));
 }
 
 CLI::Validator one_of(std::vector<std::string> values) {

@@ -47,7 +47,10 @@ class UsageError : public std::runtime_error {
 
 // Checks of option values whose failures read as one line naming the option, the value and what it must be:
 // "--keep: must be at least 1, not 0", "--to: 'safetensor' is not one of safetensors, pytorch, archive, dir; did
-// you mean 'safetensors'?". Their descriptions in --help are CLI11's own (POSITIVE, INT in [1 - 19], {a,b}).
+// you mean 'safetensors'?". Their descriptions in --help are CLI11's own (INT, POSITIVE, INT in [1 - 19], {a,b}).
+// The integer ones read decimal only and rewrite the value in plain decimal, so they are given to an option with
+// ->transform(), never ->check(), on every integer option: CLI11 itself would read 010 as octal 8 (and 08 not at all).
+CLI::Validator whole_number();
 CLI::Validator positive_integer();
 CLI::Validator integer_between(std::int64_t low, std::int64_t high);
 CLI::Validator one_of(std::vector<std::string> values);

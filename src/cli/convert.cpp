@@ -187,8 +187,8 @@ Action attach_convert(CLI::App& sub) {
   sub.add_flag("--consolidate", o->consolidate,
                "For a directory with a sharded optimizer (optimizer_<rank>.pt, from --shard-optimizer): merge the shards into one optimizer.pt "
                "that torch.optim loads; without --to the weights are copied as they are");
-  sub.add_option("--level", o->level, "zstd level for --to archive [default: 3]")->check(integer_between(1, 19));
-  sub.add_option("--threads", o->threads, "Threads for --to archive and --to dir [default: every core]")->check(integer_between(1, 256));
+  sub.add_option("--level", o->level, "zstd level for --to archive [default: 3]")->transform(integer_between(1, 19));
+  sub.add_option("--threads", o->threads, "Threads for --to archive and --to dir [default: every core]")->transform(integer_between(1, 256));
   sub.add_flag("--dry-run", o->dry_run, "Show what would be written; write nothing");
   sub.add_flag("--force", o->force, "Replace an existing destination (a directory only when it holds an earlier output of ckpt and nothing else)");
   sub.add_flag("--json", o->json, "Print a JSON summary");

@@ -101,9 +101,9 @@ Action attach_rotate(CLI::App& sub) {
   sub.add_option("RUN_DIR", o->run_dir, "The run directory")->required();
   sub.add_option("--keep", o->keep, "Keep N complete checkpoints, the best counting toward N as in Hugging Face's save_total_limit (with N=1 and an older best, two stay); the newest complete always stays")
       ->required()
-      ->check(positive_integer());
+      ->transform(positive_integer());
   sub.add_option("--keep-every", o->keep_every, "Also keep every checkpoint whose step is divisible by K (not counted in N)")
-      ->check(positive_integer());
+      ->transform(positive_integer());
   sub.add_option("--stale-after", o->stale_after, "Remove staging directories and abandoned checkpoints (incomplete, no trainer_state.json) older than this (e.g. 30m, 2h, 1d) [default: 1h]")
       ->check(CLI::Validator(
           [](std::string& text) { return parse_duration(text) ? std::string() : "'" + text + "' is not a duration (e.g. 90s, 30m, 1h, 2d)"; },
@@ -120,9 +120,9 @@ Action attach_rotate(CLI::App& sub) {
   CLI::Option* archive_dir = sub.add_option("--archive-dir", o->archive_dir,
                                             "Archive into DIR instead (implies --archive; relative to RUN_DIR; no symlink on the way inside the run)");
   sub.add_option("--keep-archives", o->keep_archives, "With --archive: keep at most M archives there (the newest, and the best's)")
-      ->check(positive_integer());
-  sub.add_option("--level", o->level, "zstd level for --archive [default: 3]")->check(integer_between(1, 19));
-  sub.add_option("--threads", o->threads, "Threads for --archive [default: every core]")->check(integer_between(1, 256));
+      ->transform(positive_integer());
+  sub.add_option("--level", o->level, "zstd level for --archive [default: 3]")->transform(integer_between(1, 19));
+  sub.add_option("--threads", o->threads, "Threads for --archive [default: every core]")->transform(integer_between(1, 256));
   sub.add_flag("--dry-run", o->dry_run, "Show each directory with keep or delete and the reason; change nothing");
   sub.add_flag("--no-wait", o->no_wait, "Fail with exit status 75 instead of waiting when another ckpt holds the run's lock");
   sub.add_flag("--json", o->json, "Print the decisions as JSON");

@@ -345,7 +345,7 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
     }
     CLI::Option* option = nullptr;
     switch (spec.type) {
-      case train::ArgType::integer: option = sub.add_option(flag, f->integers.emplace_back(), help); break;
+      case train::ArgType::integer: option = sub.add_option(flag, f->integers.emplace_back(), help)->transform(whole_number()); break;
       case train::ArgType::number: option = sub.add_option(flag, f->numbers.emplace_back(), help); break;
       case train::ArgType::text: option = sub.add_option(flag, f->texts.emplace_back(), help); break;
       case train::ArgType::boolean: {
@@ -374,15 +374,15 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
   const char* dist = "Distributed (torch.distributed, Gloo)";
   sub.add_option("--nproc-per-node", f->launch.nproc_per_node,
                  "Start N worker processes on this machine, one torch.distributed group (as torchrun); ignored in a worker (RANK set) [default: 1]")
-      ->check(integer_between(1, 1024))
+      ->transform(integer_between(1, 1024))
       ->group(dist);
   sub.add_option("--nnodes", f->launch.nnodes, "Machines in the group, each running this command with its --node-rank [default: 1]")
-      ->check(integer_between(1, 65536))
+      ->transform(integer_between(1, 65536))
       ->group(dist);
-  sub.add_option("--node-rank", f->launch.node_rank, "This machine's index among --nnodes [default: 0]")->check(integer_between(0, 65535))->group(dist);
+  sub.add_option("--node-rank", f->launch.node_rank, "This machine's index among --nnodes [default: 0]")->transform(integer_between(0, 65535))->group(dist);
   sub.add_option("--master-addr", f->launch.master_addr, "Address of node 0, where rank 0 serves the rendezvous [default: 127.0.0.1; required with --nnodes above 1]")->group(dist);
   sub.add_option("--master-port", f->launch.master_port, "Rendezvous port on --master-addr [default: a free port on one machine, 29500 across machines]")
-      ->check(integer_between(1, 65535))
+      ->transform(integer_between(1, 65535))
       ->group(dist);
   CLI::Option* json = sub.add_flag("--json", f->json, "Print a JSON summary at the end (nothing else on stdout)");
   sub.add_flag("-q,--quiet", f->quiet, "Print nothing unless there is an error");

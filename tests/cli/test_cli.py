@@ -143,12 +143,35 @@ class UsageErrors(unittest.TestCase):
 
     def test_help_subcommand(self):
         self.assertEqual(ckpt("help").stdout, ckpt("--help").stdout)
-        for sub in ("save", "resume", "list", "best", "rotate", "inspect", "convert"):
+        for sub in ("save", "resume", "list", "best", "latest", "rotate", "inspect", "convert"):
             r = ckpt("help", sub)
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertEqual(r.stdout, ckpt(sub, "--help").stdout, sub)
         self.assertIn("ckpt help SUBCOMMAND", ckpt("--help").stdout)
         self.assertEqual(ckpt("inspect", "--json", "--help").stdout, ckpt("inspect", "--help").stdout)
+
+
+class DecimalIntegers(unittest.TestCase):
+    """Integer options mean the decimal number written: CLI11 alone reads 010 as octal 8 and refuses 08, so a
+    zero-padded step count from a script would silently change."""
+
+    def test_zero_padded_integers_are_decimal(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            run = os.path.join(tmp, "run")
+            shutil.copytree(FIXTURE_RUN, run)
+
+            def plan(*args):
+                r = ckpt("rotate", run, "--dry-run", "--json", *args)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                return [(d["name"], d["action"]) for d in json.loads(r.stdout)["decisions"]]
+
+            self.assertEqual(plan("--keep", "1", "--keep-every", "010"), plan("--keep", "1", "--keep-every", "10"))
+            self.assertNotEqual(plan("--keep", "1", "--keep-every", "10"), plan("--keep", "1", "--keep-every", "8"))
+            self.assertEqual(plan("--keep", "08"), plan("--keep", "8"))
+            r = ckpt("save", "--output-dir", os.path.join(tmp, "out"), "--max-steps", "010", "--save-steps", "010", "--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout)["global_step"], 10)
+            self.assertTrue(os.path.isdir(os.path.join(tmp, "out", "checkpoint-10")))
 
 
 class JsonOutput(unittest.TestCase):
