@@ -29,12 +29,6 @@ using pickle::Graph;
 using pickle::Kind;
 using pickle::NodeId;
 
-void stop_if_interrupted(const ArchiveOptions& options) {
-  if (options.interrupted && options.interrupted->load()) {
-    throw Error(ErrorKind::interrupted, "", "", "interrupted; the destination is left as it was");
-  }
-}
-
 unsigned thread_count(const ArchiveOptions& options) {
   if (options.threads > 0) return options.threads;
   return std::max(1u, std::thread::hardware_concurrency());
@@ -337,7 +331,7 @@ void decode_all(const ReadOnlyFile& archive_file, const Manifest& m, const Archi
         hash.update(raw);
         write(job.file, raw);
         done += raw.size();
-        stop_if_interrupted(options);
+        stop_if_interrupted(options.interrupted);
         if (options.progress) options.progress(done, total);
       });
   advance_to(m.files.size());
@@ -486,7 +480,7 @@ ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& arc
         }
         hash.update(slot.raw.span());
         done += job.length;
-        stop_if_interrupted(options);
+        stop_if_interrupted(options.interrupted);
         if (options.progress) options.progress(done, total);
       });
   finish_files_before(m.files.size());

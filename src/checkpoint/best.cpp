@@ -12,27 +12,28 @@ std::string normalize_metric(const std::string& name) {
 bool default_greater_is_better(const std::string& metric) { return metric.find("loss") == std::string::npos; }
 
 std::map<std::string, double> eval_metrics_at(const RunEntry& e) {
-  if (!e.state || !e.step) return {};
-  const auto& evals = e.state->eval_by_step;
-  auto it = evals.upper_bound(*e.step);
-  return it == evals.begin() ? std::map<std::string, double>{} : std::prev(it)->second;
+  const auto* evaluation = e.state && e.step ? newest_evaluation_at(*e.state, *e.step) : nullptr;
+  return evaluation ? evaluation->second : std::map<std::string, double>{};
+}
+
+std::string recorded_checkpoint_name(std::string recorded) {
+  while (recorded.size() > 1 && recorded.back() == '/') recorded.pop_back();
+  return std::filesystem::path(recorded).filename().string();
 }
 
 std::optional<std::string> best_checkpoint_name(const TrainerStateSummary& state) {
   if (!state.best_model_checkpoint) return std::nullopt;
-  std::string recorded = *state.best_model_checkpoint;
-  while (recorded.size() > 1 && recorded.back() == '/') recorded.pop_back();
-  return std::filesystem::path(recorded).filename().string();
+  return recorded_checkpoint_name(*state.best_model_checkpoint);
 }
 
 std::optional<std::string> best_metric_name(const TrainerStateSummary& state) {
   const auto name = best_checkpoint_name(state);
   const auto step = name ? checkpoint_step(*name) : std::nullopt;
   if (!step || !state.best_metric) return std::nullopt;
-  auto it = state.eval_by_step.upper_bound(*step);
-  if (it == state.eval_by_step.begin()) return std::nullopt;
+  const auto* evaluation = newest_evaluation_at(state, *step);
+  if (!evaluation) return std::nullopt;
   std::optional<std::string> found;
-  for (const auto& [metric, value] : std::prev(it)->second) {
+  for (const auto& [metric, value] : evaluation->second) {
     if (value != *state.best_metric) continue;
     if (found) return std::nullopt;
     found = metric;

@@ -26,8 +26,11 @@ struct BestCheckpoint {
 // own trainer_state.json (empty when none).
 std::map<std::string, double> eval_metrics_at(const RunEntry& entry);
 
-// The name of the checkpoint best_model_checkpoint records: its last path component, so absolute, relative and
-// stale paths of a moved run all work (a trailing separator is dropped first, as Python's Path does).
+// The name of a checkpoint a trainer_state.json records by path (best_model_checkpoint): its last path component,
+// so absolute, relative and stale paths of a moved run all work (a trailing separator is dropped first, as
+// Python's Path does).
+std::string recorded_checkpoint_name(std::string recorded);
+// recorded_checkpoint_name of best_model_checkpoint, when there is one.
 std::optional<std::string> best_checkpoint_name(const TrainerStateSummary& state);
 
 // Which metric best_metric is, which trainer_state.json does not record: the evaluation metric logged at

@@ -109,12 +109,6 @@ class ZipSink : public Sink {
   zip::Writer& zip_;
 };
 
-void stop_if_interrupted(const ConvertOptions& options) {
-  if (options.interrupted && options.interrupted->load()) {
-    throw Error(ErrorKind::interrupted, "", "", "interrupted; the destination is left as it was");
-  }
-}
-
 // "a.bin", or "a.bin and 2 more": the input files one progress counts the bytes of.
 std::string inputs_label(const std::vector<std::string>& paths) {
   const std::string first = paths.empty() ? "" : fs::path(paths.front()).filename().string();
@@ -129,7 +123,7 @@ struct Progress {
   std::uint64_t total = 0;
   void advance(std::uint64_t n) {
     done += n;
-    stop_if_interrupted(options);
+    stop_if_interrupted(options.interrupted);
     if (options.progress) options.progress(inputs, done, total);
   }
 };
@@ -741,7 +735,7 @@ void convert_directory(const std::string& source, const std::string& destination
       convert_weights(views, (fs::path(out) / single_weights_name(format_of(options.to))).string(), out, options, result);
     }
     for (const auto& name : names) {
-      stop_if_interrupted(options);
+      stop_if_interrupted(options.interrupted);
       if (convert_weights_here && weight_files.count(name)) continue;
       if (shards && std::find(shards->files.begin(), shards->files.end(), name) != shards->files.end()) continue;
       const std::string path = (fs::path(source) / name).string();

@@ -563,12 +563,9 @@ CheckpointSummary summarize_checkpoint(const CheckpointReport& report, const std
     if (state->global_step) summary.step = state->global_step;
     summary.epoch = state->epoch;
     summary.loss = state->last_loss;
-    if (summary.step) {
-      auto eval = state->eval_by_step.upper_bound(*summary.step);
-      if (eval != state->eval_by_step.begin()) {
-        summary.eval_step = std::prev(eval)->first;
-        summary.metrics = std::prev(eval)->second;
-      }
+    if (const auto* evaluation = summary.step ? newest_evaluation_at(*state, *summary.step) : nullptr) {
+      summary.eval_step = evaluation->first;
+      summary.metrics = evaluation->second;
     }
     summary.best_checkpoint = best_checkpoint_name(*state);
     summary.best_metric_name = best_metric_name(*state);

@@ -202,6 +202,12 @@ bool assess_files_and_weights(const fs::path& base, Completeness& result) {
 
 }  // namespace
 
+const std::pair<const std::int64_t, std::map<std::string, double>>* newest_evaluation_at(const TrainerStateSummary& state,
+                                                                                       std::int64_t step) {
+  const auto after = state.eval_by_step.upper_bound(step);
+  return after == state.eval_by_step.begin() ? nullptr : &*std::prev(after);
+}
+
 Completeness assess_completeness(const std::string& dir) {
   Completeness result;
   const fs::path base(dir);

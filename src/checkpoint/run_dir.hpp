@@ -65,6 +65,11 @@ struct TrainerStateSummary {
 };
 TrainerStateSummary summarize_trainer_state(const json::Json& state);
 
+// The newest evaluation logged at or before `step` (its step and metrics), the one a checkpoint of that step
+// reports; null when none was.
+const std::pair<const std::int64_t, std::map<std::string, double>>* newest_evaluation_at(const TrainerStateSummary& state,
+                                                                                       std::int64_t step);
+
 struct Completeness {
   bool complete = false;
   // Not complete because ckpt cannot read something (a newer format or dtype), not because anything is missing

@@ -700,9 +700,7 @@ void Trainer::restore(const std::string& dir) {
   if (state_.best_model_checkpoint) {
     // The run may have been copied or moved since that file was written: its best is the checkpoint of that name
     // in this run directory, as `ckpt best` finds it.
-    fs::path recorded(*state_.best_model_checkpoint);
-    if (recorded.filename().empty()) recorded = recorded.parent_path();
-    const std::string name = recorded.filename().string();
+    const std::string name = checkpoint::recorded_checkpoint_name(*state_.best_model_checkpoint);
     if (checkpoint::checkpoint_step(name)) state_.best_model_checkpoint = (fs::path(run_dir_) / name).string();
   }
   if (state_.global_step > max_steps_) {
@@ -914,10 +912,6 @@ CheckpointFiles Trainer::collect(bool copy) {
   return files;
 }
 
-// Writes into a hidden staging directory, then renames it to checkpoint-<step> under the run lock (replacing a
-// checkpoint of the same step, as a run resumed from an earlier one does), then rotates. In a group, rank 0 makes
-// the staging directory and tells the others its name; each rank writes its files; only when every rank says
-// its files are durable does rank 0 commit, and the others hear whether it did.
 // Best effort, so that the error reported is the one that stopped the save; a leftover is cleared later.
 void Trainer::remove_staging_after_failure(const std::string& staging) {
   try {
@@ -926,6 +920,10 @@ void Trainer::remove_staging_after_failure(const std::string& staging) {
   }
 }
 
+// Writes into a hidden staging directory, then renames it to checkpoint-<step> under the run lock (replacing a
+// checkpoint of the same step, as a run resumed from an earlier one does), then rotates. In a group, rank 0 makes
+// the staging directory and tells the others its name; each rank writes its files; only when every rank says
+// its files are durable does rank 0 commit, and the others hear whether it did.
 void Trainer::commit(CheckpointFiles files) {
   const std::string name = "checkpoint-" + std::to_string(files.step);
   const fs::path run(run_dir_);

@@ -45,6 +45,10 @@ Error Error::named_in(const std::string& staging, const std::string& destination
   return Error(kind_, destination + path_.substr(staging.size()), where_, detail_);
 }
 
+void stop_if_interrupted(const std::atomic<bool>* flag) {
+  if (flag && flag->load()) throw Error(ErrorKind::interrupted, "", "", "interrupted; the destination is left as it was");
+}
+
 void fail(ErrorKind kind, std::string where, std::string what) {
   throw Error(kind, "", std::move(where), std::move(what));
 }

@@ -3,6 +3,7 @@
 // the kind to an exit code without parsing messages.
 #pragma once
 
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -46,6 +47,10 @@ class Error : public std::runtime_error {
   std::string where_;
   std::string detail_;
 };
+
+// Throws Error(interrupted) once `flag` (set by a signal handler; may be null) is set: long writers call it between
+// chunks so that they stop through their ordinary failure path, which removes what they had begun to write.
+void stop_if_interrupted(const std::atomic<bool>* flag);
 
 // Throws Error(kind, path, where, what) : used by parsers that have no file name; callers add it.
 [[noreturn]] void fail(ErrorKind kind, std::string where, std::string what);
