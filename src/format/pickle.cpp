@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "format/big_int.hpp"
+#include "format/pickle_opcodes.hpp"
 #include "util/byte_reader.hpp"
 #include "util/error.hpp"
 #include "util/utf8.hpp"
@@ -74,8 +75,8 @@ class Parser {
   Graph run() {
     while (true) {
       op_start_ = in_.position();
-      const std::uint8_t op = in_.u8();
-      if (op == '.') {  // STOP
+      const Op op{in_.u8()};
+      if (op == Op::stop) {
         graph_.set_root(pop());
         break;
       }
@@ -265,7 +266,7 @@ class Parser {
     return add_text(Kind::global, normalize_module(module) + "\n" + std::string(name));
   }
 
-  void step(std::uint8_t op);
+  void step(Op op);
   NodeId interpret_call(NodeId callable, NodeId args, bool newobj);
   NodeId opaque_call(NodeId callable, NodeId args, bool newobj);
   std::optional<NodeId> rebuild_tensor(std::string_view name, const std::vector<NodeId>& args);
@@ -313,33 +314,33 @@ class Parser {
   std::size_t copied_ = 0;
 };
 
-void Parser::step(std::uint8_t op) {
+void Parser::step(Op op) {
   switch (op) {
-    case 0x80: {  // PROTO
+    case Op::proto: {
       std::uint8_t version = in_.u8();
       if (version > 5) refuse("pickle protocol " + std::to_string(version) + " is newer than 5");
       return;
     }
-    case 0x95:  // FRAME: a buffering hint, but one that must fit
+    case Op::frame:  // a buffering hint, but one that must fit
       if (in_.u64le() > in_.remaining()) bad("FRAME longer than the rest of the pickle");
       return;
-    case '(': marks_.push_back(stack_.size()); return;  // MARK
-    case '0':  // POP (pops the mark when the stack above it is empty, as CPython does)
+    case Op::mark: marks_.push_back(stack_.size()); return;
+    case Op::pop:  // (pops the mark when the stack above it is empty, as CPython does)
       if (stack_.size() > floor()) stack_.pop_back();
       else pop_mark();
       return;
-    case '1': pop_mark(); return;  // POP_MARK
-    case '2': push(top()); return;  // DUP
-    case 'N': push(graph_.none()); return;
-    case 0x88:
-    case 0x89: {  // NEWTRUE, NEWFALSE
+    case Op::pop_mark: pop_mark(); return;
+    case Op::dup: push(top()); return;
+    case Op::none: push(graph_.none()); return;
+    case Op::newtrue:
+    case Op::newfalse: {
       Node n;
       n.kind = Kind::boolean;
-      n.flag = op == 0x88;
+      n.flag = op == Op::newtrue;
       push(add(std::move(n)));
       return;
     }
-    case 'I': {  // INT: also spells booleans as I01 / I00
+    case Op::int_text: {  // also spells booleans as I01 / I00
       std::string_view text = line();
       if (text == "01" || text == "00") {
         Node n;
@@ -351,18 +352,18 @@ void Parser::step(std::uint8_t op) {
       }
       return;
     }
-    case 'L': push(parse_decimal_int(line())); return;  // LONG
-    case 'J': push(add_int(in_.i32le())); return;  // BININT
-    case 'K': push(add_int(in_.u8())); return;  // BININT1
-    case 'M': push(add_int(in_.u16le())); return;  // BININT2
-    case 0x8a: push(add_long(in_.take(in_.u8()))); return;  // LONG1
-    case 0x8b: {  // LONG4
+    case Op::long_text: push(parse_decimal_int(line())); return;
+    case Op::binint: push(add_int(in_.i32le())); return;
+    case Op::binint1: push(add_int(in_.u8())); return;
+    case Op::binint2: push(add_int(in_.u16le())); return;
+    case Op::long1: push(add_long(in_.take(in_.u8()))); return;
+    case Op::long4: {
       std::int32_t n = in_.i32le();
       if (n < 0) bad("LONG4 with a negative length");
       push(add_long(in_.take(static_cast<std::uint64_t>(n))));
       return;
     }
-    case 'F': {  // FLOAT
+    case Op::float_text: {
       std::string_view text = line();
       Node n;
       n.kind = Kind::floating;
@@ -371,7 +372,7 @@ void Parser::step(std::uint8_t op) {
       push(add(std::move(n)));
       return;
     }
-    case 'G': {  // BINFLOAT: big-endian IEEE 754 double
+    case Op::binfloat: {  // big-endian IEEE 754 double
       auto b = in_.take(8);
       std::uint64_t bits = 0;
       for (int i = 0; i < 8; ++i) bits = (bits << 8) | b[static_cast<std::size_t>(i)];
@@ -381,68 +382,68 @@ void Parser::step(std::uint8_t op) {
       push(add(std::move(n)));
       return;
     }
-    case 'S': push(add_text(Kind::string, latin1_to_utf8(unescape_python_string(line())))); return;  // STRING
-    case 'T': {  // BINSTRING
+    case Op::string: push(add_text(Kind::string, latin1_to_utf8(unescape_python_string(line())))); return;
+    case Op::binstring: {
       std::int32_t n = in_.i32le();
       if (n < 0) bad("BINSTRING with a negative length");
       push(add_text(Kind::string, latin1_to_utf8(in_.take_chars(static_cast<std::uint64_t>(n)))));
       return;
     }
-    case 'U': push(add_text(Kind::string, latin1_to_utf8(in_.take_chars(in_.u8())))); return;  // SHORT_BINSTRING
-    case 'V': push(add_text(Kind::string, decode_raw_unicode_escape(line()))); return;  // UNICODE
-    case 'X': push(add_text(Kind::string, std::string(in_.take_chars(in_.u32le())))); return;  // BINUNICODE
-    case 0x8c: push(add_text(Kind::string, std::string(in_.take_chars(in_.u8())))); return;  // SHORT_BINUNICODE
-    case 0x8d: push(add_text(Kind::string, std::string(in_.take_chars(in_.u64le())))); return;  // BINUNICODE8
-    case 'B': push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u32le())))); return;  // BINBYTES
-    case 'C': push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u8())))); return;  // SHORT_BINBYTES
-    case 0x8e:  // BINBYTES8
-    case 0x96:  // BYTEARRAY8
+    case Op::short_binstring: push(add_text(Kind::string, latin1_to_utf8(in_.take_chars(in_.u8())))); return;
+    case Op::unicode: push(add_text(Kind::string, decode_raw_unicode_escape(line()))); return;
+    case Op::binunicode: push(add_text(Kind::string, std::string(in_.take_chars(in_.u32le())))); return;
+    case Op::short_binunicode: push(add_text(Kind::string, std::string(in_.take_chars(in_.u8())))); return;
+    case Op::binunicode8: push(add_text(Kind::string, std::string(in_.take_chars(in_.u64le())))); return;
+    case Op::binbytes: push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u32le())))); return;
+    case Op::short_binbytes: push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u8())))); return;
+    case Op::binbytes8:
+    case Op::bytearray8:
       push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u64le()))));
       return;
-    case ')': push(add_container(Kind::tuple)); return;  // EMPTY_TUPLE
-    case ']': push(add_container(Kind::list)); return;  // EMPTY_LIST
-    case '}': push(add_container(Kind::dict)); return;  // EMPTY_DICT
-    case 0x8f: push(add_container(Kind::set)); return;  // EMPTY_SET
-    case 't': push(add_container(Kind::tuple, pop_mark())); return;  // TUPLE
-    case 0x85:
-    case 0x86:
-    case 0x87: {  // TUPLE1, TUPLE2, TUPLE3
-      std::vector<NodeId> items(static_cast<std::size_t>(op - 0x84));
+    case Op::empty_tuple: push(add_container(Kind::tuple)); return;
+    case Op::empty_list: push(add_container(Kind::list)); return;
+    case Op::empty_dict: push(add_container(Kind::dict)); return;
+    case Op::empty_set: push(add_container(Kind::set)); return;
+    case Op::tuple: push(add_container(Kind::tuple, pop_mark())); return;
+    case Op::tuple1:
+    case Op::tuple2:
+    case Op::tuple3: {
+      std::vector<NodeId> items(static_cast<std::size_t>(op) - static_cast<std::size_t>(Op::tuple1) + 1);
       for (auto it = items.rbegin(); it != items.rend(); ++it) *it = pop();
       push(add_container(Kind::tuple, std::move(items)));
       return;
     }
-    case 'l': push(add_container(Kind::list, pop_mark())); return;  // LIST
-    case 0x91: push(add_container(Kind::frozenset, pop_mark())); return;  // FROZENSET
-    case 'd': {  // DICT
+    case Op::list: push(add_container(Kind::list, pop_mark())); return;
+    case Op::frozenset: push(add_container(Kind::frozenset, pop_mark())); return;
+    case Op::dict: {
       std::vector<NodeId> items = pop_mark();
       if (items.size() % 2 != 0) bad("DICT with an odd number of keys and values");
       push(add_container(Kind::dict, std::move(items)));
       return;
     }
-    case 'a': {  // APPEND
+    case Op::append: {
       NodeId value = pop();
       append_to(top(), {value});
       return;
     }
-    case 'e': {  // APPENDS
+    case Op::appends: {
       std::vector<NodeId> values = pop_mark();
       append_to(top(), values);
       return;
     }
-    case 's': {  // SETITEM
+    case Op::setitem: {
       NodeId value = pop();
       NodeId key = pop();
       set_items(top(), {key, value});
       return;
     }
-    case 'u': {  // SETITEMS
+    case Op::setitems: {
       std::vector<NodeId> pairs = pop_mark();
       if (pairs.size() % 2 != 0) bad("SETITEMS with an odd number of keys and values");
       set_items(top(), pairs);
       return;
     }
-    case 0x90: {  // ADDITEMS
+    case Op::additems: {
       std::vector<NodeId> values = pop_mark();
       NodeId target = top();
       if (!graph_.is(target, Kind::set)) bad("ADDITEMS to something that is not a set");
@@ -450,22 +451,22 @@ void Parser::step(std::uint8_t op) {
       items.insert(items.end(), values.begin(), values.end());
       return;
     }
-    case 'c': {  // GLOBAL
+    case Op::global: {
       std::string module(line());
       std::string name(line());
       push(add_global(module, name));
       return;
     }
-    case 0x93: {  // STACK_GLOBAL
+    case Op::stack_global: {
       NodeId name = pop();
       NodeId module = pop();
       if (!as_str(name) || !as_str(module)) bad("STACK_GLOBAL operands are not strings");
       push(add_global(*as_str(module), *as_str(name)));
       return;
     }
-    case 'P':  // PERSID
-    case 'Q': {  // BINPERSID
-      NodeId pid = op == 'P' ? add_text(Kind::string, std::string(line())) : pop();
+    case Op::persid:
+    case Op::binpersid: {
+      NodeId pid = op == Op::persid ? add_text(Kind::string, std::string(line())) : pop();
       if (!persistent_load_) refuse("persistent id outside a torch archive");
       try {
         push(persistent_load_(graph_, pid));
@@ -474,21 +475,21 @@ void Parser::step(std::uint8_t op) {
       }
       return;
     }
-    case 'R': {  // REDUCE
+    case Op::reduce: {
       NodeId args = pop();
       NodeId callable = pop();
       if (!graph_.is(args, Kind::tuple)) bad("REDUCE arguments are not a tuple");
       push(interpret_call(callable, args, false));
       return;
     }
-    case 0x81: {  // NEWOBJ
+    case Op::newobj: {
       NodeId args = pop();
       NodeId cls = pop();
       if (!graph_.is(args, Kind::tuple)) bad("NEWOBJ arguments are not a tuple");
       push(interpret_call(cls, args, true));
       return;
     }
-    case 0x92: {  // NEWOBJ_EX: keyword arguments become the object's set items
+    case Op::newobj_ex: {  // keyword arguments become the object's set items
       NodeId kwargs = pop();
       NodeId args = pop();
       NodeId cls = pop();
@@ -499,7 +500,7 @@ void Parser::step(std::uint8_t op) {
       push(object);
       return;
     }
-    case 'i': {  // INST
+    case Op::inst: {
       std::string module(line());
       std::string name(line());
       std::vector<NodeId> args = pop_mark();
@@ -507,7 +508,7 @@ void Parser::step(std::uint8_t op) {
       push(opaque_call(cls, add_container(Kind::tuple, std::move(args)), false));
       return;
     }
-    case 'o': {  // OBJ
+    case Op::obj: {
       std::vector<NodeId> items = pop_mark();
       if (items.empty()) bad("OBJ without a class");
       NodeId cls = items.front();
@@ -515,32 +516,32 @@ void Parser::step(std::uint8_t op) {
       push(opaque_call(cls, add_container(Kind::tuple, std::move(items)), false));
       return;
     }
-    case 'b': {  // BUILD
+    case Op::build: {
       NodeId state = pop();
       build(top(), state);
       return;
     }
-    case 'p': memo_[line_index()] = top(); return;  // PUT
-    case 'q': memo_[in_.u8()] = top(); return;  // BINPUT
-    case 'r': memo_[in_.u32le()] = top(); return;  // LONG_BINPUT
-    case 0x94: memo_[memo_.size()] = top(); return;  // MEMOIZE
-    case 'g':
-    case 'h':
-    case 'j': {  // GET, BINGET, LONG_BINGET
-      std::uint64_t index = op == 'g' ? line_index() : op == 'h' ? in_.u8() : in_.u32le();
+    case Op::put: memo_[line_index()] = top(); return;
+    case Op::binput: memo_[in_.u8()] = top(); return;
+    case Op::long_binput: memo_[in_.u32le()] = top(); return;
+    case Op::memoize: memo_[memo_.size()] = top(); return;
+    case Op::get:
+    case Op::binget:
+    case Op::long_binget: {
+      std::uint64_t index = op == Op::get ? line_index() : op == Op::binget ? in_.u8() : in_.u32le();
       auto it = memo_.find(index);
       if (it == memo_.end()) bad("memo entry " + std::to_string(index) + " was never stored");
       push(it->second);
       return;
     }
-    case 0x82:
-    case 0x83:
-    case 0x84: refuse("copyreg extension codes (EXT1/EXT2/EXT4) are not supported");
-    case 0x97:
-    case 0x98: refuse("out-of-band buffers (pickle protocol 5) are not supported");
+    case Op::ext1:
+    case Op::ext2:
+    case Op::ext4: refuse("copyreg extension codes (EXT1/EXT2/EXT4) are not supported");
+    case Op::next_buffer:
+    case Op::readonly_buffer: refuse("out-of-band buffers (pickle protocol 5) are not supported");
     default: {
       char hex[8];
-      std::snprintf(hex, sizeof hex, "0x%02x", op);
+      std::snprintf(hex, sizeof hex, "0x%02x", static_cast<unsigned>(op));
       bad(std::string("unknown pickle opcode ") + hex);
     }
   }
