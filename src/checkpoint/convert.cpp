@@ -280,11 +280,7 @@ class GraphBuilder {
     pickle::TensorRef t = st;
     t.storage = sit->second;
     t.dtype = output_dtype(st.dtype, options_);
-    g_.tensors.push_back(std::move(t));
-    pickle::Node n;
-    n.kind = Kind::tensor;
-    n.integer = static_cast<std::int64_t>(g_.tensors.size() - 1);
-    return nodes_[{&s, source_node}] = g_.add(std::move(n));
+    return nodes_[{&s, source_node}] = g_.add_tensor(std::move(t));
   }
 
  private:

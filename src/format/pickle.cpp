@@ -645,11 +645,7 @@ std::optional<NodeId> Parser::rebuild_tensor(std::string_view name, const std::v
           " bytes)");
     }
   }
-  graph_.tensors.push_back(std::move(t));
-  Node n;
-  n.kind = Kind::tensor;
-  n.integer = static_cast<std::int64_t>(graph_.tensors.size() - 1);
-  return add(std::move(n));
+  return graph_.add_tensor(std::move(t));
 }
 
 NodeId Parser::interpret_call(NodeId callable, NodeId args_id, bool newobj) {
@@ -691,11 +687,7 @@ NodeId Parser::interpret_call(NodeId callable, NodeId args_id, bool newobj) {
       std::int64_t requires_grad = 1;
       if (args.size() > 1) as_int(args[1], requires_grad);
       t.requires_grad = requires_grad != 0;
-      graph_.tensors.push_back(std::move(t));
-      Node n;
-      n.kind = Kind::tensor;
-      n.integer = static_cast<std::int64_t>(graph_.tensors.size() - 1);
-      return add(std::move(n));
+      return graph_.add_tensor(std::move(t));
     }
     if (name == "_rebuild_from_type_v2" && args.size() >= 3 && graph_.is(args[0], Kind::global) &&
         graph_.is(args[2], Kind::tuple)) {
@@ -765,11 +757,7 @@ NodeId Parser::interpret_call(NodeId callable, NodeId args_id, bool newobj) {
   }
   if (module == "numpy.core.multiarray" || module == "numpy._core.multiarray") {
     if (name == "_reconstruct" && args.size() == 3 && graph_.is_global(args[0], "numpy", "ndarray")) {
-      graph_.arrays.push_back({});
-      Node n;
-      n.kind = Kind::ndarray;
-      n.integer = static_cast<std::int64_t>(graph_.arrays.size() - 1);
-      return add(std::move(n));
+      return graph_.add_array({});
     }
     if (name == "scalar" && args.size() == 2 && graph_.is(args[0], Kind::numpy_dtype) && graph_.is(args[1], Kind::bytes)) {
       NdArray array;
@@ -778,11 +766,7 @@ NodeId Parser::interpret_call(NodeId callable, NodeId args_id, bool newobj) {
       array.plain_dtype = !dtype.flag;
       array.scalar = true;
       array.data = graph_.at(args[1]).text;
-      graph_.arrays.push_back(std::move(array));
-      Node n;
-      n.kind = Kind::ndarray;
-      n.integer = static_cast<std::int64_t>(graph_.arrays.size() - 1);
-      return add(std::move(n));
+      return graph_.add_array(std::move(array));
     }
   }
   if (module == "numpy" && name == "dtype" && !args.empty() && as_str(args[0])) {
@@ -902,6 +886,31 @@ Graph::Graph() { nodes_.push_back(Node{}); }  // node 0 is the shared None
 NodeId Graph::add(Node node) {
   nodes_.push_back(std::move(node));
   return static_cast<NodeId>(nodes_.size() - 1);
+}
+
+NodeId Graph::add_tensor(TensorRef tensor) {
+  tensors.push_back(std::move(tensor));
+  Node n;
+  n.kind = Kind::tensor;
+  n.integer = static_cast<std::int64_t>(tensors.size() - 1);
+  return add(std::move(n));
+}
+
+NodeId Graph::add_array(NdArray array) {
+  arrays.push_back(std::move(array));
+  Node n;
+  n.kind = Kind::ndarray;
+  n.integer = static_cast<std::int64_t>(arrays.size() - 1);
+  return add(std::move(n));
+}
+
+std::uint64_t TensorRef::element_extent() const {
+  std::uint64_t last = 0;
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] == 0) return 0;
+    last += static_cast<std::uint64_t>(shape[i] - 1) * static_cast<std::uint64_t>(stride[i]);
+  }
+  return last + 1;
 }
 
 bool Graph::is_global(NodeId id, std::string_view module, std::string_view name) const {
