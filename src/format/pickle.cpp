@@ -269,7 +269,26 @@ class Parser {
   void step(Op op);
   NodeId interpret_call(NodeId callable, NodeId args, bool newobj);
   NodeId opaque_call(NodeId callable, NodeId args, bool newobj);
+  using Reconstruct = std::optional<NodeId> (Parser::*)(std::string_view name, const std::vector<NodeId>& args);
+  struct Reconstructor {
+    std::string_view module;
+    std::string_view name;
+    Reconstruct build;
+  };
+  static const Reconstructor kReconstructors[];
+  std::optional<NodeId> ordered_dict(std::string_view name, const std::vector<NodeId>& args);
   std::optional<NodeId> rebuild_tensor(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> rebuild_parameter(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> rebuild_from_type(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> torch_device(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> torch_size(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> codecs_encode(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> set_of(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> bytes_of(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> enum_member(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> ndarray_reconstruct(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> numpy_scalar(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> numpy_dtype(std::string_view name, const std::vector<NodeId>& args);
   void build(NodeId target, NodeId state);
   void append_to(NodeId target, const std::vector<NodeId>& values);
   void set_items(NodeId target, const std::vector<NodeId>& pairs);
@@ -648,6 +667,32 @@ std::optional<NodeId> Parser::rebuild_tensor(std::string_view name, const std::v
   return graph_.add_tensor(std::move(t));
 }
 
+// The globals a checkpoint's pickle calls that become values: each reconstructor checks its arguments and builds the
+// value, or returns nullopt when they are not what it knows, and the call stays an opaque object node. Nothing else
+// is ever called.
+const Parser::Reconstructor Parser::kReconstructors[] = {
+    {"collections", "OrderedDict", &Parser::ordered_dict},
+    {"torch._utils", "_rebuild_tensor", &Parser::rebuild_tensor},
+    {"torch._utils", "_rebuild_tensor_v2", &Parser::rebuild_tensor},
+    {"torch._utils", "_rebuild_tensor_v3", &Parser::rebuild_tensor},
+    {"torch._utils", "_rebuild_parameter", &Parser::rebuild_parameter},
+    {"torch._utils", "_rebuild_parameter_with_state", &Parser::rebuild_parameter},
+    {"torch._utils", "_rebuild_from_type_v2", &Parser::rebuild_from_type},
+    {"torch", "device", &Parser::torch_device},
+    {"torch", "Size", &Parser::torch_size},
+    {"_codecs", "encode", &Parser::codecs_encode},
+    {"builtins", "set", &Parser::set_of},
+    {"builtins", "frozenset", &Parser::set_of},
+    {"builtins", "bytes", &Parser::bytes_of},
+    {"builtins", "bytearray", &Parser::bytes_of},
+    {"builtins", "getattr", &Parser::enum_member},
+    {"numpy.core.multiarray", "_reconstruct", &Parser::ndarray_reconstruct},
+    {"numpy._core.multiarray", "_reconstruct", &Parser::ndarray_reconstruct},
+    {"numpy.core.multiarray", "scalar", &Parser::numpy_scalar},
+    {"numpy._core.multiarray", "scalar", &Parser::numpy_scalar},
+    {"numpy", "dtype", &Parser::numpy_dtype},
+};
+
 NodeId Parser::interpret_call(NodeId callable, NodeId args_id, bool newobj) {
   if (!graph_.is(callable, Kind::global)) return opaque_call(callable, args_id, newobj);
   const std::string& full = graph_.at(callable).text;
@@ -655,128 +700,144 @@ NodeId Parser::interpret_call(NodeId callable, NodeId args_id, bool newobj) {
   const std::string_view module(full.data(), split);
   const std::string_view name(full.data() + split + 1, full.size() - split - 1);
   charge(graph_.at(args_id).items.size());
-  const std::vector<NodeId> args = graph_.at(args_id).items;  // a copy: adding nodes may move the vector
-
-  if (module == "collections" && name == "OrderedDict") {
-    if (args.empty()) {
-      NodeId d = add_container(Kind::dict);
-      graph_.at(d).flag = true;
-      return d;
-    }
-    if (args.size() == 1 && graph_.is(args[0], Kind::list)) {
-      std::vector<NodeId> pairs;
-      for (NodeId item : graph_.at(args[0]).items) {
-        if (!graph_.is(item, Kind::tuple) || graph_.at(item).items.size() != 2) return opaque_call(callable, args_id, newobj);
-        pairs.push_back(graph_.at(item).items[0]);
-        pairs.push_back(graph_.at(item).items[1]);
-      }
-      NodeId d = add_container(Kind::dict);
-      graph_.at(d).flag = true;
-      set_items(d, pairs);
-      return d;
-    }
-  }
-  if (module == "torch._utils") {
-    if (name == "_rebuild_tensor_v2" || name == "_rebuild_tensor_v3" || name == "_rebuild_tensor") {
-      if (auto t = rebuild_tensor(name, args)) return *t;
-    }
-    if ((name == "_rebuild_parameter" || name == "_rebuild_parameter_with_state") && !args.empty() &&
-        graph_.is(args[0], Kind::tensor)) {
-      TensorRef t = graph_.tensors[static_cast<std::size_t>(graph_.at(args[0]).integer)];
-      t.is_parameter = true;
-      std::int64_t requires_grad = 1;
-      if (args.size() > 1) as_int(args[1], requires_grad);
-      t.requires_grad = requires_grad != 0;
-      return graph_.add_tensor(std::move(t));
-    }
-    if (name == "_rebuild_from_type_v2" && args.size() >= 3 && graph_.is(args[0], Kind::global) &&
-        graph_.is(args[2], Kind::tuple)) {
-      // (func, new_type, args, state): the tensor is func(*args); a plain Tensor/Parameter type adds nothing.
-      const std::string type = graph_.is(args[1], Kind::global) ? graph_.global_name(args[1]) : "";
-      const std::string func = graph_.global_name(args[0]);
-      if ((type == "torch.Tensor" || type == "torch.nn.parameter.Parameter") && func.rfind("torch._utils._rebuild_tensor", 0) == 0) {
-        // Applied directly (never through interpret_call again), so nesting cannot recurse.
-        charge(graph_.at(args[2]).items.size());
-        if (auto inner = rebuild_tensor(func.substr(13), graph_.at(args[2]).items)) {
-          graph_.tensors[static_cast<std::size_t>(graph_.at(*inner).integer)].is_parameter = type != "torch.Tensor";
-          return *inner;
-        }
-      }
-    }
-  }
-  if (module == "torch" && name == "device" && !args.empty() && as_str(args[0])) {
-    std::string device = *as_str(args[0]);
-    std::int64_t index = 0;
-    if (args.size() > 1 && as_int(args[1], index)) device += ":" + std::to_string(index);
-    return add_text(Kind::device, device);
-  }
-  if (module == "torch" && name == "Size" && args.size() == 1) {
-    std::vector<std::int64_t> dims;
-    if (as_int_tuple(args[0], dims)) return add_container(Kind::tuple, graph_.at(args[0]).items);
-  }
-  if (module == "_codecs" && name == "encode" && args.size() == 2 && as_str(args[0]) && as_str(args[1])) {
-    const std::string& encoding = *as_str(args[1]);
-    if (encoding == "latin1" || encoding == "latin-1" || encoding == "iso-8859-1") {
-      std::vector<std::uint32_t> cps;
-      if (!utf8_code_points(*as_str(args[0]), cps)) bad("_codecs.encode of malformed UTF-8");
-      std::string bytes;
-      bytes.reserve(cps.size());
-      for (std::uint32_t cp : cps) {
-        if (cp > 0xFF) bad("_codecs.encode of a character outside latin-1");
-        bytes += static_cast<char>(cp);
-      }
-      return add_text(Kind::bytes, std::move(bytes));
-    }
-    if (encoding == "utf-8" || encoding == "utf8") return add_text(Kind::bytes, *as_str(args[0]));
-  }
-  if (module == "builtins") {
-    if ((name == "set" || name == "frozenset") && args.size() <= 1) {
-      std::vector<NodeId> items;
-      if (args.size() == 1) {
-        const Node& from = graph_.at(args[0]);
-        if (from.kind != Kind::list && from.kind != Kind::tuple && from.kind != Kind::set && from.kind != Kind::frozenset) {
-          return opaque_call(callable, args_id, newobj);
-        }
-        items = from.items;
-      }
-      return add_container(name == "set" ? Kind::set : Kind::frozenset, std::move(items));
-    }
-    if (name == "bytes" || name == "bytearray") {
-      if (args.empty()) return add_text(Kind::bytes, "");
-      if (graph_.is(args[0], Kind::bytes)) return add_text(Kind::bytes, graph_.at(args[0]).text);
-      if (args.size() == 2 && as_str(args[0]) && as_str(args[1])) {
-        std::vector<NodeId> encode_args = {args[0], args[1]};
-        NodeId codecs = add_global("_codecs", "encode");
-        return interpret_call(codecs, add_container(Kind::tuple, std::move(encode_args)), false);
-      }
-    }
-    if (name == "getattr" && args.size() == 2 && graph_.is(args[0], Kind::global) && as_str(args[1])) {
-      // An enum member (getattr(IntervalStrategy, 'STEPS')): a longer name, still never resolved.
-      return add_text(Kind::global, graph_.at(args[0]).text + "." + *as_str(args[1]));
-    }
-  }
-  if (module == "numpy.core.multiarray" || module == "numpy._core.multiarray") {
-    if (name == "_reconstruct" && args.size() == 3 && graph_.is_global(args[0], "numpy", "ndarray")) {
-      return graph_.add_array({});
-    }
-    if (name == "scalar" && args.size() == 2 && graph_.is(args[0], Kind::numpy_dtype) && graph_.is(args[1], Kind::bytes)) {
-      NdArray array;
-      const Node& dtype = graph_.at(args[0]);
-      array.descr = std::string(1, static_cast<char>(dtype.integer)) + dtype.text;
-      array.plain_dtype = !dtype.flag;
-      array.scalar = true;
-      array.data = graph_.at(args[1]).text;
-      return graph_.add_array(std::move(array));
-    }
-  }
-  if (module == "numpy" && name == "dtype" && !args.empty() && as_str(args[0])) {
-    Node n;
-    n.kind = Kind::numpy_dtype;
-    n.text = *as_str(args[0]);
-    n.integer = '|';
-    return add(std::move(n));
+  for (const Reconstructor& r : kReconstructors) {
+    if (r.module != module || r.name != name) continue;
+    const std::vector<NodeId> args = graph_.at(args_id).items;  // a copy: adding nodes may move the vector
+    if (const auto value = (this->*r.build)(r.name, args)) return *value;
+    break;
   }
   return opaque_call(callable, args_id, newobj);
+}
+
+std::optional<NodeId> Parser::ordered_dict(std::string_view, const std::vector<NodeId>& args) {
+  if (args.empty()) {
+    NodeId d = add_container(Kind::dict);
+    graph_.at(d).flag = true;
+    return d;
+  }
+  if (args.size() != 1 || !graph_.is(args[0], Kind::list)) return std::nullopt;
+  std::vector<NodeId> pairs;
+  for (NodeId item : graph_.at(args[0]).items) {
+    if (!graph_.is(item, Kind::tuple) || graph_.at(item).items.size() != 2) return std::nullopt;
+    pairs.push_back(graph_.at(item).items[0]);
+    pairs.push_back(graph_.at(item).items[1]);
+  }
+  NodeId d = add_container(Kind::dict);
+  graph_.at(d).flag = true;
+  set_items(d, pairs);
+  return d;
+}
+
+std::optional<NodeId> Parser::rebuild_parameter(std::string_view, const std::vector<NodeId>& args) {
+  if (args.empty() || !graph_.is(args[0], Kind::tensor)) return std::nullopt;
+  TensorRef t = graph_.tensors[static_cast<std::size_t>(graph_.at(args[0]).integer)];
+  t.is_parameter = true;
+  std::int64_t requires_grad = 1;
+  if (args.size() > 1) as_int(args[1], requires_grad);
+  t.requires_grad = requires_grad != 0;
+  return graph_.add_tensor(std::move(t));
+}
+
+// (func, new_type, args, state): the tensor is func(*args); a plain Tensor/Parameter type adds nothing.
+std::optional<NodeId> Parser::rebuild_from_type(std::string_view, const std::vector<NodeId>& args) {
+  if (args.size() < 3 || !graph_.is(args[0], Kind::global) || !graph_.is(args[2], Kind::tuple)) return std::nullopt;
+  const std::string type = graph_.is(args[1], Kind::global) ? graph_.global_name(args[1]) : "";
+  const std::string func = graph_.global_name(args[0]);
+  if ((type != "torch.Tensor" && type != "torch.nn.parameter.Parameter") || func.rfind("torch._utils._rebuild_tensor", 0) != 0) {
+    return std::nullopt;
+  }
+  // Applied directly (never through interpret_call again), so nesting cannot recurse.
+  charge(graph_.at(args[2]).items.size());
+  const auto inner = rebuild_tensor(std::string_view(func).substr(13), graph_.at(args[2]).items);
+  if (inner) graph_.tensors[static_cast<std::size_t>(graph_.at(*inner).integer)].is_parameter = type != "torch.Tensor";
+  return inner;
+}
+
+std::optional<NodeId> Parser::torch_device(std::string_view, const std::vector<NodeId>& args) {
+  if (args.empty() || !as_str(args[0])) return std::nullopt;
+  std::string device = *as_str(args[0]);
+  std::int64_t index = 0;
+  if (args.size() > 1 && as_int(args[1], index)) device += ":" + std::to_string(index);
+  return add_text(Kind::device, device);
+}
+
+std::optional<NodeId> Parser::torch_size(std::string_view, const std::vector<NodeId>& args) {
+  std::vector<std::int64_t> dims;
+  if (args.size() != 1 || !as_int_tuple(args[0], dims)) return std::nullopt;
+  return add_container(Kind::tuple, graph_.at(args[0]).items);
+}
+
+std::optional<NodeId> Parser::codecs_encode(std::string_view, const std::vector<NodeId>& args) {
+  if (args.size() != 2 || !as_str(args[0]) || !as_str(args[1])) return std::nullopt;
+  const std::string& encoding = *as_str(args[1]);
+  if (encoding == "latin1" || encoding == "latin-1" || encoding == "iso-8859-1") {
+    std::vector<std::uint32_t> cps;
+    if (!utf8_code_points(*as_str(args[0]), cps)) bad("_codecs.encode of malformed UTF-8");
+    std::string bytes;
+    bytes.reserve(cps.size());
+    for (std::uint32_t cp : cps) {
+      if (cp > 0xFF) bad("_codecs.encode of a character outside latin-1");
+      bytes += static_cast<char>(cp);
+    }
+    return add_text(Kind::bytes, std::move(bytes));
+  }
+  if (encoding == "utf-8" || encoding == "utf8") return add_text(Kind::bytes, *as_str(args[0]));
+  return std::nullopt;
+}
+
+std::optional<NodeId> Parser::set_of(std::string_view name, const std::vector<NodeId>& args) {
+  if (args.size() > 1) return std::nullopt;
+  std::vector<NodeId> items;
+  if (args.size() == 1) {
+    const Node& from = graph_.at(args[0]);
+    if (from.kind != Kind::list && from.kind != Kind::tuple && from.kind != Kind::set && from.kind != Kind::frozenset) {
+      return std::nullopt;
+    }
+    items = from.items;
+  }
+  return add_container(name == "set" ? Kind::set : Kind::frozenset, std::move(items));
+}
+
+// bytes(), bytes(b'...'), or bytes(str, encoding), which is _codecs.encode(str, encoding).
+std::optional<NodeId> Parser::bytes_of(std::string_view, const std::vector<NodeId>& args) {
+  if (args.empty()) return add_text(Kind::bytes, "");
+  if (graph_.is(args[0], Kind::bytes)) return add_text(Kind::bytes, graph_.at(args[0]).text);
+  if (args.size() != 2 || !as_str(args[0]) || !as_str(args[1])) return std::nullopt;
+  if (auto encoded = codecs_encode("encode", args)) return encoded;
+  // An encoding ckpt does not know stays a call of _codecs.encode, as Python would make it.
+  return opaque_call(add_global("_codecs", "encode"), add_container(Kind::tuple, std::vector<NodeId>(args)), false);
+}
+
+// An enum member (getattr(IntervalStrategy, 'STEPS')): a longer name, still never resolved.
+std::optional<NodeId> Parser::enum_member(std::string_view, const std::vector<NodeId>& args) {
+  if (args.size() != 2 || !graph_.is(args[0], Kind::global) || !as_str(args[1])) return std::nullopt;
+  return add_text(Kind::global, graph_.at(args[0]).text + "." + *as_str(args[1]));
+}
+
+// The array's contents come with BUILD (see build()).
+std::optional<NodeId> Parser::ndarray_reconstruct(std::string_view, const std::vector<NodeId>& args) {
+  if (args.size() != 3 || !graph_.is_global(args[0], "numpy", "ndarray")) return std::nullopt;
+  return graph_.add_array({});
+}
+
+std::optional<NodeId> Parser::numpy_scalar(std::string_view, const std::vector<NodeId>& args) {
+  if (args.size() != 2 || !graph_.is(args[0], Kind::numpy_dtype) || !graph_.is(args[1], Kind::bytes)) return std::nullopt;
+  NdArray array;
+  const Node& dtype = graph_.at(args[0]);
+  array.descr = std::string(1, static_cast<char>(dtype.integer)) + dtype.text;
+  array.plain_dtype = !dtype.flag;
+  array.scalar = true;
+  array.data = graph_.at(args[1]).text;
+  return graph_.add_array(std::move(array));
+}
+
+std::optional<NodeId> Parser::numpy_dtype(std::string_view, const std::vector<NodeId>& args) {
+  if (args.empty() || !as_str(args[0])) return std::nullopt;
+  Node n;
+  n.kind = Kind::numpy_dtype;
+  n.text = *as_str(args[0]);
+  n.integer = '|';
+  return add(std::move(n));
 }
 
 void Parser::build(NodeId target, NodeId state) {
