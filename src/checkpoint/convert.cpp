@@ -213,8 +213,8 @@ struct SafetensorsItem {
 };
 
 void check_safetensors_dtype(DType dtype, const std::string& name) {
-  if (dtype == DType::complex128) {
-    throw Error(ErrorKind::unsupported, "", "tensor '" + name + "'", "complex128 has no safetensors dtype");
+  if (!safetensors_code(dtype)) {
+    throw Error(ErrorKind::unsupported, "", "tensor '" + name + "'", std::string(torch_name(dtype)) + " has no safetensors dtype");
   }
 }
 

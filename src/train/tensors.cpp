@@ -27,7 +27,12 @@ at::ScalarType to_scalar_type(DType dtype) {
     case DType::boolean: return at::kBool;
     case DType::complex128: return at::kComplexDouble;
     case DType::complex64: return at::kComplexFloat;
-    default: break;
+    case DType::float8_e5m2:
+    case DType::float8_e4m3fn:
+    case DType::uint64:
+    case DType::uint32:
+    case DType::uint16:
+      break;
   }
   throw Error(ErrorKind::unsupported, "", "", std::string("LibTorch 1.13 has no ") + std::string(torch_name(dtype)) + " tensors");
 }
