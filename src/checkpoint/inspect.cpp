@@ -529,22 +529,15 @@ json::Json check_param_shapes(const FileReport& optimizer, const std::vector<con
 }
 
 void check_index(const std::string& dir, const FileReport& index, const std::vector<FileReport>& files, Verification& v) {
-  const json::Json doc = json::parse_file(index.path);
+  // The file is read again here: what summarize_json saw may have changed since.
+  const WeightsIndex weights_index = read_weights_index(index.path);
   std::map<std::string, std::set<std::string>> shard_tensors;
   for (const auto& f : files) {
     for (const auto& t : f.tensors) shard_tensors[f.file].insert(t.name);
   }
-  // The file is read again here: what summarize_json saw may have changed since.
-  const auto weight_map = doc.find("weight_map");
-  if (weight_map == doc.end() || !weight_map->is_object()) throw Error(ErrorKind::corrupt, index.path, "weight_map", "missing or not an object");
   std::size_t listed = 0;
-  for (const auto& [tensor, shard] : weight_map->items()) {
+  for (const auto& [tensor, file] : weights_index.tensor_to_file) {
     ++listed;
-    const std::string file = shard.is_string() ? shard.get<std::string>() : "";
-    if (!is_shard_file_name(file)) {
-      v.errors.push_back(index.file + ": weight_map: shard name '" + file + "' of '" + tensor + "' is not a file beside the index");
-      continue;
-    }
     auto it = shard_tensors.find(file);
     if (it == shard_tensors.end()) {
       if (!fs::exists(fs::path(dir) / file)) v.errors.push_back(index.file + ": shard '" + file + "' is missing");
