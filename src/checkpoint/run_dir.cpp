@@ -194,7 +194,7 @@ bool assess_files_and_weights(const fs::path& base, Completeness& result) {
             if (header.tensors.empty()) throw Error(ErrorKind::unsupported, path, "", "holds no tensors, not weights");
           } else {
             torch_archive::TorchFile torch(path);
-            if (auto why = kind_problem(torch.graph(), "weights")) throw Error(ErrorKind::unsupported, path, "", "is not weights: " + *why);
+            if (auto why = kind_problem(torch.graph(), FileKind::weights)) throw Error(ErrorKind::unsupported, path, "", "is not weights: " + *why);
           }
         } catch (const Error& e) {
           result.problems.push_back(e.with_context(path, "").what());
@@ -253,7 +253,7 @@ bool is_model_directory(const std::string& dir) {
     const std::string name = it->path().filename().string();
     if (name == "trainer_state.json") return false;
     const auto kind = promised_kind(name);
-    if (kind && *kind != "weights") return false;
+    if (kind && *kind != FileKind::weights) return false;
   }
   return true;
 }
