@@ -11,6 +11,7 @@
 #include <set>
 
 #include "checkpoint/export.hpp"
+#include "checkpoint/file_kind.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/shards.hpp"
 #include "checkpoint/source.hpp"
@@ -607,9 +608,10 @@ void training_args_to_json(const Source& s, const std::string& destination, cons
   result.notes.push_back(fs::path(s.path).filename().string() + " converts one way: its fields as JSON data; the class is not rebuilt");
 }
 
+// The files --include-state converts: what a name promises, as inspect and completeness read names.
 bool is_state_file_name(const std::string& name) {
-  return name == "optimizer.pt" || name == "scheduler.pt" || name == "scaler.pt" ||
-         (name.rfind("rng_state", 0) == 0 && name.ends_with(".pth")) || (name.rfind("optimizer_", 0) == 0 && name.ends_with(".pt"));
+  const auto kind = promised_kind(name);
+  return kind && *kind != FileKind::weights;
 }
 
 std::string state_safetensors_name(const std::string& name) { return fs::path(name).stem().string() + ".safetensors"; }
