@@ -36,7 +36,7 @@ TMP = None
 def setUpModule():
     global TMP
     if not (os.path.isfile(H.CKPT_BIN) and os.access(H.CKPT_BIN, os.X_OK)):
-        raise unittest.SkipTest("no ckpt binary at %s (set CKPT_BIN)" % H.CKPT_BIN)
+        raise RuntimeError("no ckpt binary at %s (build it, or set CKPT_BIN)" % H.CKPT_BIN)
     TMP = tempfile.mkdtemp(prefix="ckpt-convert-test-")
 
 
