@@ -41,7 +41,7 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
     Decision& d = plan.decisions[i];
     const bool stale = now - e.mtime > options.stale_after_seconds;
     switch (e.kind) {
-      case EntryKind::custom: d.reason = "custom directory, never rotated"; break;
+      case EntryKind::custom: d.reason = e.named ? "named checkpoint, never rotated" : "custom directory, never rotated"; break;
       case EntryKind::archive: d.reason = "archive, bounded only by --keep-archives"; break;
       case EntryKind::trash: d.remove = true; d.reason = "leftover of an interrupted deletion"; break;
       case EntryKind::staging:

@@ -278,6 +278,11 @@ Completeness assess_model_directory(const std::string& dir) {
   return result;
 }
 
+bool holds_named_checkpoint(const std::string& dir) {
+  std::error_code ec;
+  return fs::exists(fs::symlink_status(fs::path(dir) / "trainer_state.json", ec));
+}
+
 const char* to_string(EntryKind kind) {
   switch (kind) {
     case EntryKind::checkpoint: return "checkpoint";
@@ -395,20 +400,23 @@ RunScan scan_run(const std::string& run_dir) {
     e.dir_mtime = mtime_of(dirent.path());
     e.size_bytes = stats.size_bytes;
     e.num_files = stats.num_files;
-    if (e.kind == EntryKind::checkpoint) {
+    e.named = e.kind == EntryKind::custom && holds_named_checkpoint(e.path);
+    if (e.kind == EntryKind::checkpoint || e.named) {
       Completeness c = assess_completeness(e.path);
       e.complete = c.complete;
       e.unreadable = c.unreadable;
       e.has_trainer_state = c.has_trainer_state;
       e.problems = std::move(c.problems);
       e.state = std::move(c.state);
+      if (e.named && e.state) e.step = e.state->global_step;
     }
     scan.entries.push_back(std::move(e));
   }
   // Checkpoints by step (an archive after the live checkpoint of its step), then the others by name.
-  std::sort(scan.entries.begin(), scan.entries.end(), [](const RunEntry& a, const RunEntry& b) {
-    if (a.step.has_value() != b.step.has_value()) return a.step.has_value();
-    if (a.step && *a.step != *b.step) return *a.step < *b.step;
+  const auto by_step = [](const RunEntry& e) { return e.step.has_value() && !e.named; };
+  std::sort(scan.entries.begin(), scan.entries.end(), [&](const RunEntry& a, const RunEntry& b) {
+    if (by_step(a) != by_step(b)) return by_step(a);
+    if (by_step(a) && *a.step != *b.step) return *a.step < *b.step;
     if ((a.kind == EntryKind::archive) != (b.kind == EntryKind::archive)) return b.kind == EntryKind::archive;
     return a.path < b.path;
   });

@@ -19,7 +19,7 @@ import hf_reference
 import runs
 from runs import ckpt, ckpt_ok
 
-LIST_FIELDS = {"name", "path", "kind", "step", "epoch", "complete", "is_best", "is_latest", "size_bytes", "mtime",
+LIST_FIELDS = {"name", "path", "kind", "step", "epoch", "complete", "named", "is_best", "is_latest", "size_bytes", "mtime",
                "metric", "metrics", "problems"}
 HOUR = 3600.0
 
@@ -278,6 +278,37 @@ class ListSyntheticTest(Tmp):
         rows, r = self.list_json(d2, "--sort", "mtime")
         self.assertEqual([row["name"] for row in rows], ["checkpoint-5", "checkpoint-20", "checkpoint-100"],
                          r.describe())
+
+    def test_a_directory_holding_trainer_state_json_is_a_named_checkpoint(self):
+        # What ckpt tag and save --save-name make, and what a Trainer's checkpoint copied under another name is: listed
+        # as named with the step and completeness of a checkpoint, never best, newest or rotated.
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10, 20], evals={10: {"eval_loss": 2.0}, 20: {"eval_loss": 1.0}})
+        runs.make_checkpoint(d, 30, name="milestone", state=runs.trainer_state(30, evals={30: {"eval_loss": 0.5}}))
+        runs.make_checkpoint(d, 40, name="broken-copy", broken="truncated")
+        runs.make_dir_entry(d, "plain")
+        rows, r = self.list_json(d)
+        self.assertEqual([row["name"] for row in rows], ["checkpoint-10", "checkpoint-20", "broken-copy", "milestone", "plain"])
+        by = self.rows_by_name(rows)
+        self.assertEqual({n: row["named"] for n, row in by.items()},
+                         {"checkpoint-10": False, "checkpoint-20": False, "broken-copy": True, "milestone": True, "plain": False})
+        milestone = by["milestone"]
+        self.assertEqual((milestone["kind"], milestone["step"], milestone["global_step"], milestone["complete"], milestone["metric"],
+                          milestone["is_best"], milestone["is_latest"]), ("custom", 30, 30, True, 0.5, False, False), r.describe())
+        self.assertTrue(by["checkpoint-20"]["is_latest"])
+        self.assertFalse(by["broken-copy"]["complete"])
+        self.assertIn("model.safetensors", " ".join(by["broken-copy"]["problems"]))
+        self.assertEqual((by["plain"]["step"], by["plain"]["complete"]), (None, False))
+        lines = ckpt_ok(self, "list", d).stdout.splitlines()
+        row = {line.split()[0]: line for line in lines[1:-1]}
+        self.assertRegex(row["milestone"], r"^milestone +30 .* named +yes ")
+        self.assertRegex(row["broken-copy"], r"^broken-copy +40 .* named +NO ")
+        self.assertRegex(row["plain"], r"^plain +- .* custom ")
+        self.assertRegex(lines[-1], r"^total: 2 checkpoints \(2 complete\), 0 archives, 2 named, ")
+        decisions = {x["name"]: x for x in ckpt_ok(self, "rotate", d, "--keep", "1", "--json").json()["decisions"]}
+        self.assertEqual(decisions["milestone"]["reason"], "named checkpoint, never rotated")
+        self.assertEqual(decisions["plain"]["reason"], "custom directory, never rotated")
+        self.assertEqual(runs.entries(d), ["broken-copy", "checkpoint-20", "milestone", "plain"])
 
     def test_symlinks_are_not_listed_as_checkpoints(self):
         d = os.path.join(self.tmp, "run")
