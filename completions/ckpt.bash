@@ -1,9 +1,28 @@
 # bash completion for ckpt
+
+# The named checkpoints of run directory $1, as ckpt list shows them: directories (not symlinks) holding
+# trainer_state.json that are no checkpoint-N or staging directory.
+_ckpt_named() {
+  local dir name
+  for dir in "$1"/*/; do
+    name=${dir%/}
+    name=${name##*/}
+    [[ -L $1/$name || ! -e $1/$name/trainer_state.json || $name =~ ^checkpoint-[0-9]+$ || $name == tmp-checkpoint-* ]] && continue
+    printf '%s\n' "$name"
+  done
+}
+
+# What tag takes from run directory $1: its checkpoint-N directories and archives, as ckpt list names them.
+_ckpt_tag_sources() {
+  (cd -- "$1" 2>/dev/null && compgen -d -- checkpoint- && compgen -f -X '!*.ckpt' -- checkpoint-)
+  (cd -- "$1/archive" 2>/dev/null && compgen -f -X '!*.ckpt' -- checkpoint- | sed 's|^|archive/|')
+}
+
 _ckpt() {
   local cur prev words cword
   _init_completion || return
 
-  local subcommands="save resume list best latest rotate inspect convert"
+  local subcommands="save resume list best latest rotate tag inspect convert"
   local subcommand=""
   local i
   for ((i = 1; i < cword; i++)); do
@@ -69,12 +88,35 @@ _ckpt() {
     list) options="--json --metric --mode --sort --use-mtime --help" ;;
     best) options="--metric --mode --json --link --export --help" ;;
     latest) options="--verify --archives --restore-to --json --help" ;;
+    tag) options="--delete --json --help" ;;
     rotate) options="--keep --keep-every --stale-after --sort --use-mtime --metric --mode --archive --archive-dir --keep-archives --level --threads --dry-run --no-wait --json --quiet --help" ;;
     inspect) options="--json --summary --verify --help" ;;
     convert) options="--to --output --max-shard-size --dtype --include-state --consolidate --level --threads --dry-run --force --json --quiet --help" ;;
   esac
   if [[ $cur == -* ]]; then
     COMPREPLY=($(compgen -W "$options" -- "$cur"))
+  elif [[ $subcommand == tag ]]; then
+    # RUN_DIR, then a checkpoint or archive of it, then the new NAME; with --delete, RUN_DIR and a named checkpoint.
+    local run="" positional=0 delete="" j
+    for ((j = i + 1; j < cword; j++)); do
+      case ${words[j]} in
+        --delete) delete=1 ;;
+        -*) ;;
+        *)
+          [[ -z $run ]] && run=${words[j]}
+          positional=$((positional + 1))
+          ;;
+      esac
+    done
+    if ((positional == 0)); then
+      _filedir -d
+    elif ((positional == 1)) && [[ -d $run ]]; then
+      if [[ -n $delete ]]; then
+        COMPREPLY=($(compgen -W "$(_ckpt_named "$run")" -- "$cur"))
+      else
+        COMPREPLY=($(compgen -W "$(_ckpt_tag_sources "$run")" -- "$cur"))
+      fi
+    fi
   elif [[ $subcommand == inspect || $subcommand == convert ]]; then
     _filedir
   else

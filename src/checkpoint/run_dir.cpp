@@ -515,8 +515,6 @@ std::optional<std::size_t> newest_complete(const RunScan& scan) {
   return order.back();
 }
 
-namespace {
-
 std::string shell_word(const std::string& word) {
   const bool plain = !word.empty() && std::all_of(word.begin(), word.end(), [](unsigned char c) {
     return std::isalnum(c) || std::string_view("@%+=:,./_-").find(static_cast<char>(c)) != std::string_view::npos;
@@ -526,8 +524,6 @@ std::string shell_word(const std::string& word) {
   for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return quoted + "'";
 }
-
-}  // namespace
 
 std::vector<RunEntry> earlier_checkpoints(const std::string& run_dir) {
   std::error_code ec;

@@ -176,8 +176,11 @@ std::vector<RunEntry> earlier_checkpoints(const std::string& run_dir);
 // checkpoint) and --overwrite-output-dir.
 Error earlier_run_error(const std::string& run_dir, const std::vector<RunEntry>& earlier);
 
-// `ckpt resume RUN_DIR [--from FROM]` as messages tell the user to type it: a word holding anything a POSIX
-// shell treats specially is single-quoted.
+// A word of a command as messages tell the user to type it: one holding anything a POSIX shell treats specially
+// is single-quoted.
+std::string shell_word(const std::string& word);
+
+// `ckpt resume RUN_DIR [--from FROM]` as messages tell the user to type it (shell_word).
 std::string resume_command(const std::string& run_dir, const std::optional<std::string>& from = std::nullopt);
 
 

@@ -68,7 +68,7 @@ std::string Trainer::find_checkpoint() {
       restored_dir_ = staging;
       result_.resumed_from = dir;
       restored_from_ = dir;
-      checkpoint::extract_archive(dir, staging, {});
+      checkpoint::extract_archive(dir, staging, {}, false);
       dir = staging;
     } else if (!fs::is_directory(dir)) {
       throw Error(ErrorKind::not_found, dir, "", "no such checkpoint directory or archive");
