@@ -49,7 +49,7 @@ _ckpt() {
     --max-shard-size) COMPREPLY=($(compgen -W "500MB 1GB 2GB 5GB 10GB" -- "$cur")); return ;;
     -o | --output) _filedir; return ;;
     --metric) COMPREPLY=($(compgen -W "eval_loss eval_accuracy" -- "$cur")); return ;;
-    --keep | --keep-every | --stale-after | --link | --keep-archives | --level) return ;;
+    --keep | --keep-every | --stale-after | --link | --keep-archives | --level | --save-name) return ;;
     --export | --output-dir | --archive-dir | --restore-to) _filedir -d; return ;;
     --from)
       # The checkpoints of the run directory given earlier on the line.
@@ -61,11 +61,11 @@ _ckpt() {
         fi
       done
       if [[ -n $run && -d $run ]]; then
-        # Live checkpoints, and the archived ones resume restores by name.
+        # Live checkpoints, the archived ones resume restores by name, and named checkpoints.
         local names archived
         names=$(cd -- "$run" 2>/dev/null && compgen -d -- checkpoint-)
         archived=$(cd -- "$run/archive" 2>/dev/null && compgen -f -X '!*.ckpt' -- checkpoint-)
-        names="$names ${archived//.ckpt/}"
+        names="$names ${archived//.ckpt/} $(_ckpt_named "$run")"
         COMPREPLY=($(compgen -W "$names" -- "$cur"))
       else
         _filedir -d
@@ -83,8 +83,8 @@ _ckpt() {
   local options
   local training="--input-size --hidden-size --num-layers --num-labels --dropout --max-steps --num-train-epochs --per-device-train-batch-size --per-device-eval-batch-size --learning-rate --weight-decay --adam-beta1 --adam-beta2 --adam-epsilon --max-grad-norm --warmup-steps --logging-steps --eval-steps --save-steps --save-total-limit --metric-for-best-model --greater-is-better --no-greater-is-better --load-best-model-at-end --no-load-best-model-at-end --save-safetensors --no-save-safetensors --max-shard-size --seed --fp16 --no-fp16 --async-save --no-async-save --shard-optimizer --no-shard-optimizer --train-examples --eval-examples --input-noise --threads --nproc-per-node --nnodes --node-rank --master-addr --master-port --json --quiet --verbose --help"
   case $subcommand in
-    save) options="--output-dir --overwrite-output-dir --resume-if-exists $training" ;;
-    resume) options="--from $training" ;;
+    save) options="--output-dir --overwrite-output-dir --resume-if-exists --save-name $training" ;;
+    resume) options="--from --save-name $training" ;;
     list) options="--json --metric --mode --sort --use-mtime --help" ;;
     best) options="--metric --mode --json --link --export --help" ;;
     latest) options="--verify --archives --restore-to --json --help" ;;

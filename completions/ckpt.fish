@@ -56,12 +56,7 @@ function __ckpt_tag_arguments
         __fish_complete_directories
     else if test $positional -eq 1; and test -d "$run"
         if test $delete -eq 1
-            for d in $run/*/
-                set -l name (basename $d)
-                if not test -L $run/$name; and test -e $run/$name/trainer_state.json; and not string match -qr -- '^(checkpoint-[0-9]+|tmp-checkpoint-.*)$' $name
-                    echo $name
-                end
-            end
+            __ckpt_named $run
         else
             for d in $run/checkpoint-*/
                 basename $d
@@ -92,7 +87,19 @@ complete -c ckpt -n "__fish_seen_subcommand_from convert" -l force -d 'Replace a
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l json -d 'Print a JSON summary'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -s q -l quiet -d 'Print nothing unless there is an error'
 
-# The checkpoint-N directories of the run directory named earlier on the line, and its archived checkpoints.
+# The named checkpoints of run directory $argv[1]: directories (not symlinks) holding trainer_state.json that are no
+# checkpoint-N or staging directory, as ckpt list shows them.
+function __ckpt_named
+    for d in $argv[1]/*/
+        set -l name (basename $d)
+        if not test -L $argv[1]/$name; and test -e $argv[1]/$name/trainer_state.json; and not string match -qr -- '^(checkpoint-[0-9]+|tmp-checkpoint-.*)$' $name
+            echo $name
+        end
+    end
+end
+
+# The checkpoint-N directories of the run directory named earlier on the line, its archived checkpoints and its
+# named checkpoints.
 function __ckpt_checkpoints
     for word in (commandline -opc)[3..-1]
         if not string match -q -- '-*' $word; and test -d $word
@@ -102,6 +109,7 @@ function __ckpt_checkpoints
             for a in $word/archive/checkpoint-*.ckpt
                 basename $a .ckpt
             end
+            __ckpt_named $word
             return
         end
     end
@@ -111,6 +119,7 @@ complete -c ckpt -n "__fish_seen_subcommand_from resume" -l from -x -a '(__ckpt_
 complete -c ckpt -n "__fish_seen_subcommand_from save" -l output-dir -x -a '(__fish_complete_directories)' -d 'The run directory'
 complete -c ckpt -n "__fish_seen_subcommand_from save" -l overwrite-output-dir -d "Delete an earlier run's checkpoints there first"
 complete -c ckpt -n "__fish_seen_subcommand_from save" -l resume-if-exists -d "Continue an earlier run's checkpoints there"
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l save-name -x -d 'When training finishes, keep its last checkpoint as RUN_DIR/NAME too'
 complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l json -d 'Print a JSON summary'
 complete -c ckpt -n "__fish_seen_subcommand_from save resume" -s q -l quiet -d 'Print nothing unless there is an error'
 complete -c ckpt -n "__fish_seen_subcommand_from save resume" -s v -l verbose -d 'Print every log record as a JSON line on stdout'

@@ -71,7 +71,7 @@ std::optional<std::string> what_is_at(const std::string& run_dir, const std::str
   const std::string path = (fs::path(run_dir) / name).string();
   struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT) return std::nullopt;
+    if (errno == ENOENT || errno == ENOTDIR) return std::nullopt;  // no run directory (yet): nothing in the way
     fail_io(path, "stat", errno);
   }
   if (S_ISDIR(st.st_mode) && holds_named_checkpoint(path)) {

@@ -550,19 +550,32 @@ Error earlier_run_error(const std::string& run_dir, const std::vector<RunEntry>&
                      ", or choose another --output-dir");
   }
   // `ckpt resume` takes the newest complete checkpoint directory; an archive is restored with --from, by its
-  // checkpoint's name when that finds it (no directory of the name in the way), else by its path.
+  // checkpoint's name when that finds it (resume_source: no directory of the name in the way), else by its path.
   std::string resume = resume_command(run_dir);
   if (newest->kind == EntryKind::archive) {
     const std::string name = fs::path(newest->path).stem().string();
-    std::error_code ec;
-    const bool by_name = checkpoint_step(name) && !fs::exists(fs::symlink_status(fs::path(run_dir) / name, ec));
-    resume = resume_command(run_dir, by_name ? name : newest->path);
+    resume = resume_command(run_dir, resume_source(run_dir, name) == newest->path ? name : newest->path);
   }
   const std::string which = *newest->step < highest->step.value_or(0)
                                 ? "up to " + highest->name + " (the newest complete: " + newest->name + ")"
                                 : "the newest " + newest->name;
   return Error(ErrorKind::invalid_argument, run_dir, "--output-dir",
                "holds checkpoints of an earlier run, " + which + ": continue it with `" + resume + "`, or " + start_over);
+}
+
+std::string resume_source(const std::string& run_dir, const std::string& from) {
+  if (from.empty() || from == "." || from == ".." || from.find('/') != std::string::npos) return from;
+  std::vector<fs::path> candidates{fs::path(run_dir) / from};
+  if (checkpoint_step(from)) {
+    const std::string archive = from + kArchiveExtension;
+    candidates.push_back(fs::path(run_dir) / kArchiveDirName / archive);
+    candidates.push_back(fs::path(run_dir) / archive);
+  }
+  std::error_code ec;
+  for (const auto& candidate : candidates) {
+    if (fs::exists(candidate, ec)) return candidate.string();
+  }
+  return from;
 }
 
 std::string resume_command(const std::string& run_dir, const std::optional<std::string>& from) {

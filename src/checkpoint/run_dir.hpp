@@ -176,6 +176,12 @@ std::vector<RunEntry> earlier_checkpoints(const std::string& run_dir);
 // checkpoint) and --overwrite-output-dir.
 Error earlier_run_error(const std::string& run_dir, const std::vector<RunEntry>& earlier);
 
+// What `resume --from FROM` names. A bare name (one path component) is an entry of the run directory when it holds
+// one: RUN_DIR/FROM (checkpoint-N, a named checkpoint), or for checkpoint-N its archive where list shows archives
+// (RUN_DIR/archive/checkpoint-N.ckpt, RUN_DIR/checkpoint-N.ckpt); anything else, a bare name the run directory does
+// not hold included, is the path as given. Existence only: the caller reads what it names.
+std::string resume_source(const std::string& run_dir, const std::string& from);
+
 // A word of a command as messages tell the user to type it: one holding anything a POSIX shell treats specially
 // is single-quoted.
 std::string shell_word(const std::string& word);

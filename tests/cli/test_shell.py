@@ -306,6 +306,10 @@ class Completions(unittest.TestCase):
                 open(os.path.join(tmp, "archive", name), "w").close()
             self.assertEqual(sorted(bash_complete(f"ckpt resume {tmp} --from ")), ["checkpoint-10", "checkpoint-20", "checkpoint-5"])
             self.assertEqual(bash_complete(f"ckpt resume --max-steps 100 {tmp} --from checkpoint-2"), ["checkpoint-20"])
+            # Named checkpoints too, which resume finds by name; not a directory without trainer_state.json.
+            os.mkdir(os.path.join(tmp, "milestone"))
+            open(os.path.join(tmp, "milestone", "trainer_state.json"), "w").close()
+            self.assertEqual(sorted(bash_complete(f"ckpt resume {tmp} --from ")), ["checkpoint-10", "checkpoint-20", "checkpoint-5", "milestone"])
             self.assertIn("--save-total-limit", bash_complete("ckpt save --save-total"))
             self.assertEqual(bash_complete("ckpt save --metric-for-best-model eval_a"), ["eval_accuracy"])
 
@@ -318,8 +322,10 @@ class Completions(unittest.TestCase):
             self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["checkpoint-10", "checkpoint-20"])
             os.mkdir(os.path.join(tmp, "archive"))
             open(os.path.join(tmp, "archive", "checkpoint-5.ckpt"), "w").close()
+            os.mkdir(os.path.join(tmp, "milestone"))
+            open(os.path.join(tmp, "milestone", "trainer_state.json"), "w").close()
             out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
-            self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["checkpoint-10", "checkpoint-20", "checkpoint-5"])
+            self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["checkpoint-10", "checkpoint-20", "checkpoint-5", "milestone"])
 
     def tag_run(self, tmp):
         """A run directory with checkpoints, archives, named checkpoints and what is neither (completions must tell)."""
@@ -376,6 +382,9 @@ class Completions(unittest.TestCase):
             for name in ("checkpoint-10", "checkpoint-200"):
                 os.mkdir(os.path.join(tmp, name))
             self.assertEqual(zsh_complete(f"ckpt resume {tmp} --from checkpoint-1"), f"ckpt resume {tmp} --from checkpoint-10 ")
+            os.mkdir(os.path.join(tmp, "milestone"))
+            open(os.path.join(tmp, "milestone", "trainer_state.json"), "w").close()
+            self.assertEqual(zsh_complete(f"ckpt resume {tmp} --from mile"), f"ckpt resume {tmp} --from milestone ")
 
     def test_fish_completes(self):
         script = (f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt ins'; complete -C 'ckpt inspect --v'; "

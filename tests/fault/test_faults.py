@@ -245,6 +245,36 @@ class Tag(FaultTest):
         self.assertEqual(tree(source), before)
 
 
+class SaveNameTakenMeanwhile(FaultTest):
+    """resume --save-name NAME where NAME appears while the run trains (the shim makes it when the trainer first maps
+    the checkpoint's weights, after the name was checked): the run ends with its checkpoint saved, exit 1 naming why
+    it is not named and how to name it."""
+
+    def test_the_run_is_saved_and_the_failure_reported(self):
+        run_dir = self.path("run")
+        r = run(["save", "--output-dir", run_dir, "-q", "--max-steps", "20", "--save-steps", "20"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        final = os.path.join(run_dir, "final")
+        for output, start, steps in (("text", 20, "30"), ("--json", 30, "40")):
+            with self.subTest(output=output):
+                args = ["resume", run_dir, "--max-steps", steps, "--save-steps", "20", "--save-name", "final"]
+                r = run(args + (["--json"] if output == "--json" else []), "mmap:1:run", match="checkpoint-%d/model.safetensors" % start,
+                        command="mkdir " + shlex.quote(final))
+                self.addCleanup(shutil.rmtree, final, True)
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                self.assertEqual(r.stderr, "ckpt: error: %s: --save-name: already exists (a directory); training finished and its last "
+                                           "checkpoint is saved, but not named; `ckpt tag %s checkpoint-%s NAME` names it\n"
+                                 % (final, run_dir, steps))
+                if output == "text":
+                    self.assertIn("\ntrained %s at step 30/30 " % run_dir, r.stdout)
+                    self.assertNotIn("tagged", r.stdout)
+                else:
+                    self.assertEqual(json.loads(r.stdout)["error"]["kind"], "io")
+                self.assertTrue(os.path.isdir(os.path.join(run_dir, "checkpoint-" + steps)))
+                self.assertEqual(os.listdir(final), [])
+                os.rmdir(final)  # for the next subtest
+
+
 class InspectWhileRotating(FaultTest):
     """`inspect --verify RUN` while a rotate deletes checkpoints it has listed (the shim runs the rotate when inspect
     maps checkpoint-10's weights, so the moment is the same every time): those are reported gone, not corrupt."""
