@@ -1,5 +1,5 @@
 # fish completion for ckpt
-set -l subcommands save resume list best latest rotate inspect convert
+set -l subcommands save resume list best latest rotate tag inspect convert
 complete -c ckpt -f
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -l help -d 'Show help'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -l version -d 'Show the version'
@@ -9,6 +9,7 @@ complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a list 
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a best -d 'Print the best checkpoint; link or export it'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a latest -d 'Print the newest complete checkpoint, for job scripts'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a rotate -d 'Delete old checkpoints safely'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a tag -d 'Keep a checkpoint under a name that rotate never deletes'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a inspect -d 'Show what a checkpoint holds'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a convert -d 'Convert pickle <-> safetensors; archive checkpoints'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a help -d 'Show the options of a subcommand'
@@ -35,6 +36,40 @@ complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l keep-archives -x -d 
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l dry-run -d 'Show decisions, change nothing'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -l no-wait -d 'Fail instead of waiting for the lock'
 complete -c ckpt -n "__fish_seen_subcommand_from rotate" -s q -l quiet -d 'Print nothing unless there is an error'
+# After tag: the run directory, then its checkpoints and archives as list names them (with --delete, its named
+# checkpoints: directories holding trainer_state.json that are no checkpoint-N or staging directory), then nothing.
+function __ckpt_tag_arguments
+    set -l run
+    set -l positional 0
+    set -l delete 0
+    for word in (commandline -opc)[3..-1]
+        switch $word
+            case --delete
+                set delete 1
+            case '-*'
+            case '*'
+                test $positional -eq 0; and set run $word
+                set positional (math $positional + 1)
+        end
+    end
+    if test $positional -eq 0
+        __fish_complete_directories
+    else if test $positional -eq 1; and test -d "$run"
+        if test $delete -eq 1
+            __ckpt_named $run
+        else
+            for d in $run/checkpoint-*/
+                basename $d
+            end
+            for a in $run/checkpoint-*.ckpt $run/archive/checkpoint-*.ckpt
+                string replace -- $run/ '' $a
+            end
+        end
+    end
+end
+complete -c ckpt -n "__fish_seen_subcommand_from tag" -a '(__ckpt_tag_arguments)'
+complete -c ckpt -n "__fish_seen_subcommand_from tag" -l delete -d 'Delete the named checkpoint NAME'
+complete -c ckpt -n "__fish_seen_subcommand_from tag" -l json -d 'Print the result as JSON'
 complete -c ckpt -n "__fish_seen_subcommand_from inspect" -l summary -d 'Print only the summary'
 complete -c ckpt -n "__fish_seen_subcommand_from inspect" -l verify -d 'Check CRCs, tensor extents and consistency'
 complete -c ckpt -n "__fish_seen_subcommand_from inspect" -F
@@ -52,7 +87,19 @@ complete -c ckpt -n "__fish_seen_subcommand_from convert" -l force -d 'Replace a
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l json -d 'Print a JSON summary'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -s q -l quiet -d 'Print nothing unless there is an error'
 
-# The checkpoint-N directories of the run directory named earlier on the line, and its archived checkpoints.
+# The named checkpoints of run directory $argv[1]: directories (not symlinks) holding trainer_state.json that are no
+# checkpoint-N or staging directory, as ckpt list shows them.
+function __ckpt_named
+    for d in $argv[1]/*/
+        set -l name (basename $d)
+        if not test -L $argv[1]/$name; and test -e $argv[1]/$name/trainer_state.json; and not string match -qr -- '^(checkpoint-[0-9]+|tmp-checkpoint-.*)$' $name
+            echo $name
+        end
+    end
+end
+
+# The checkpoint-N directories of the run directory named earlier on the line, its archived checkpoints and its
+# named checkpoints.
 function __ckpt_checkpoints
     for word in (commandline -opc)[3..-1]
         if not string match -q -- '-*' $word; and test -d $word
@@ -62,6 +109,7 @@ function __ckpt_checkpoints
             for a in $word/archive/checkpoint-*.ckpt
                 basename $a .ckpt
             end
+            __ckpt_named $word
             return
         end
     end
@@ -71,6 +119,7 @@ complete -c ckpt -n "__fish_seen_subcommand_from resume" -l from -x -a '(__ckpt_
 complete -c ckpt -n "__fish_seen_subcommand_from save" -l output-dir -x -a '(__fish_complete_directories)' -d 'The run directory'
 complete -c ckpt -n "__fish_seen_subcommand_from save" -l overwrite-output-dir -d "Delete an earlier run's checkpoints there first"
 complete -c ckpt -n "__fish_seen_subcommand_from save" -l resume-if-exists -d "Continue an earlier run's checkpoints there"
+complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l save-name -x -d 'When training finishes, keep its last checkpoint as RUN_DIR/NAME too'
 complete -c ckpt -n "__fish_seen_subcommand_from save resume" -l json -d 'Print a JSON summary'
 complete -c ckpt -n "__fish_seen_subcommand_from save resume" -s q -l quiet -d 'Print nothing unless there is an error'
 complete -c ckpt -n "__fish_seen_subcommand_from save resume" -s v -l verbose -d 'Print every log record as a JSON line on stdout'

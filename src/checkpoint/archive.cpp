@@ -58,20 +58,16 @@ struct InputFile {
 // Every regular file below `dir`, by name. Anything else is refused: an archive restores files only.
 std::vector<InputFile> list_files(const std::string& dir) {
   std::vector<InputFile> files;
-  std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    const auto status = it->symlink_status(ec);
-    if (ec) break;
-    const std::string path = it->path().string();
-    if (!fs_util::require_regular_file(path)) continue;  // a directory: its files follow
+  for (const auto& name : fs_util::regular_files_below(dir)) {
     InputFile f;
-    f.name = it->path().lexically_relative(dir).generic_string();
-    f.path = path;
+    f.name = name;
+    f.path = (fs::path(dir) / name).string();
+    std::error_code ec;
+    const auto status = fs::symlink_status(f.path, ec);
+    if (ec) fail_io(f.path, "stat", ec.value());
     f.mode = static_cast<std::uint32_t>(status.permissions()) & 0777;
     files.push_back(std::move(f));
   }
-  if (ec) throw Error(ErrorKind::io, dir, "", "cannot read the directory: " + ec.message());
-  std::sort(files.begin(), files.end(), [](const InputFile& a, const InputFile& b) { return a.name < b.name; });
   return files;
 }
 
@@ -544,10 +540,10 @@ ArchiveSummary restore_archive(const std::string& archive_path, const std::strin
   return summary_of(m, archive_path, archive_file.size());
 }
 
-ArchiveSummary extract_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options) {
+ArchiveSummary extract_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options, bool durable) {
   ReadOnlyFile archive_file(archive_path);
   const Manifest m = archive::read_manifest(archive_file);
-  write_files(archive_file, m, options, dir, false);
+  write_files(archive_file, m, options, dir, durable);
   return summary_of(m, archive_path, archive_file.size());
 }
 

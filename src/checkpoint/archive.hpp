@@ -55,10 +55,12 @@ ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& arc
 // checked before. Throws Error: corrupt (naming the file and tensor), unsupported, invalid_argument, io.
 ArchiveSummary restore_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options);
 
-// Writes the archive's files into the existing, empty directory `dir` without fsyncing anything: for a copy that
-// lives only as long as its caller (resume restores into a staging directory it removes). Throws like
-// restore_archive; what was written stays for the caller to remove.
-ArchiveSummary extract_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options);
+// Writes the archive's files into the existing, empty directory `dir`, every file's sha256 checked. With `durable`
+// the files and the subdirectories made are fsynced (`dir` itself is the caller's to fsync before it publishes it:
+// tag restores into a staging directory); without, nothing is, for a copy that lives only as long as its caller
+// (resume restores into a staging directory it removes). Throws like restore_archive; what was written stays for
+// the caller to remove.
+ArchiveSummary extract_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options, bool durable);
 
 // Decodes every frame and checks every file's sha256 without writing anything. Throws like restore_archive.
 ArchiveSummary verify_archive(const std::string& archive_path, const ArchiveOptions& options);

@@ -31,6 +31,7 @@ RunListing list_run(const std::string& run_dir, const ListOptions& options) {
     row.kind = e.kind;
     row.step = e.step;
     row.complete = e.complete;
+    row.named = e.named;
     row.is_best = best && best->entry == i;
     row.is_latest = newest && *newest == i;
     row.size_bytes = e.size_bytes;

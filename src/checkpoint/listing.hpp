@@ -20,6 +20,7 @@ struct ListRow {
   std::optional<std::int64_t> step;
   std::optional<double> epoch;
   bool complete = false;
+  bool named = false;  // a named checkpoint (RunEntry::named); its step is its trainer_state.json's
   bool is_best = false;
   bool is_latest = false;  // the newest complete checkpoint: what resume picks
   std::uint64_t size_bytes = 0;     // an archive: the archive file's

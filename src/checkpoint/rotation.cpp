@@ -41,7 +41,7 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
     Decision& d = plan.decisions[i];
     const bool stale = now - e.mtime > options.stale_after_seconds;
     switch (e.kind) {
-      case EntryKind::custom: d.reason = "custom directory, never rotated"; break;
+      case EntryKind::custom: d.reason = e.named ? "named checkpoint, never rotated" : "custom directory, never rotated"; break;
       case EntryKind::archive: d.reason = "archive, bounded only by --keep-archives"; break;
       case EntryKind::trash: d.remove = true; d.reason = "leftover of an interrupted deletion"; break;
       case EntryKind::staging:
@@ -262,11 +262,6 @@ void plan_archive_retention(const std::string& run_dir, const RotateOptions& opt
   }
 }
 
-// Carries out the plan: victims renamed to trash, then removed; archives beyond --keep-archives unlinked. One
-// entry that cannot be deleted (immutable, EACCES) is kept, its decision says why, and the others still go; the
-// first such failure is returned for the caller to report once the rotation is done.
-std::optional<Error> delete_planned(const std::string& run_dir, const RotateOptions& options, RotationResult& result);
-
 }  // namespace
 
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock) {
@@ -323,8 +318,6 @@ RotationResult rotate(const std::string& run_dir, const RotateOptions& options, 
   if (delete_error) throw *delete_error;
   return result;
 }
-
-namespace {
 
 std::optional<Error> delete_planned(const std::string& run_dir, const RotateOptions& options, RotationResult& result) {
   std::optional<Error> first_error;
@@ -384,8 +377,6 @@ std::optional<Error> delete_planned(const std::string& run_dir, const RotateOpti
   }
   return first_error;
 }
-
-}  // namespace
 
 RotationResult clear_earlier_run(const std::string& run_dir) {
   RunLock lock(run_dir, true);

@@ -81,6 +81,15 @@ struct RotationResult {
 // on, then its error is thrown.
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock);
 
+// Carries out decisions (the caller holds the run lock): the entries marked remove are renamed to hidden trash
+// names in the run directory, the run directory fsynced once, then the trees removed (what a kill leaves is trash,
+// never a partial checkpoint, cleared by the next rotate); archives are unlinked, and with options.archive_dir the
+// abandoned temporaries there cleared. Never through a symlink: a rename moves the entry itself. One entry that
+// cannot be deleted (immutable, EACCES) is kept, its decision says why, and the others still go; the first such
+// failure is returned for the caller to report. The one way ckpt deletes: rotate, --overwrite-output-dir and tag
+// --delete.
+std::optional<Error> delete_planned(const std::string& run_dir, const RotateOptions& options, RotationResult& result);
+
 // `ckpt save --overwrite-output-dir`: deletes what an earlier run left (earlier_checkpoints: checkpoint
 // directories and archives, in the run directory and its archive/), and leftover trash, as rotate deletes: under
 // the run lock, directories renamed to trash, one fsync, then removed; archives unlinked; never through a symlink.

@@ -278,6 +278,11 @@ Completeness assess_model_directory(const std::string& dir) {
   return result;
 }
 
+bool holds_named_checkpoint(const std::string& dir) {
+  std::error_code ec;
+  return fs::exists(fs::symlink_status(fs::path(dir) / "trainer_state.json", ec));
+}
+
 const char* to_string(EntryKind kind) {
   switch (kind) {
     case EntryKind::checkpoint: return "checkpoint";
@@ -395,20 +400,23 @@ RunScan scan_run(const std::string& run_dir) {
     e.dir_mtime = mtime_of(dirent.path());
     e.size_bytes = stats.size_bytes;
     e.num_files = stats.num_files;
-    if (e.kind == EntryKind::checkpoint) {
+    e.named = e.kind == EntryKind::custom && holds_named_checkpoint(e.path);
+    if (e.kind == EntryKind::checkpoint || e.named) {
       Completeness c = assess_completeness(e.path);
       e.complete = c.complete;
       e.unreadable = c.unreadable;
       e.has_trainer_state = c.has_trainer_state;
       e.problems = std::move(c.problems);
       e.state = std::move(c.state);
+      if (e.named && e.state) e.step = e.state->global_step;
     }
     scan.entries.push_back(std::move(e));
   }
   // Checkpoints by step (an archive after the live checkpoint of its step), then the others by name.
-  std::sort(scan.entries.begin(), scan.entries.end(), [](const RunEntry& a, const RunEntry& b) {
-    if (a.step.has_value() != b.step.has_value()) return a.step.has_value();
-    if (a.step && *a.step != *b.step) return *a.step < *b.step;
+  const auto by_step = [](const RunEntry& e) { return e.step.has_value() && !e.named; };
+  std::sort(scan.entries.begin(), scan.entries.end(), [&](const RunEntry& a, const RunEntry& b) {
+    if (by_step(a) != by_step(b)) return by_step(a);
+    if (by_step(a) && *a.step != *b.step) return *a.step < *b.step;
     if ((a.kind == EntryKind::archive) != (b.kind == EntryKind::archive)) return b.kind == EntryKind::archive;
     return a.path < b.path;
   });
@@ -507,8 +515,6 @@ std::optional<std::size_t> newest_complete(const RunScan& scan) {
   return order.back();
 }
 
-namespace {
-
 std::string shell_word(const std::string& word) {
   const bool plain = !word.empty() && std::all_of(word.begin(), word.end(), [](unsigned char c) {
     return std::isalnum(c) || std::string_view("@%+=:,./_-").find(static_cast<char>(c)) != std::string_view::npos;
@@ -518,8 +524,6 @@ std::string shell_word(const std::string& word) {
   for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return quoted + "'";
 }
-
-}  // namespace
 
 std::vector<RunEntry> earlier_checkpoints(const std::string& run_dir) {
   std::error_code ec;
@@ -546,19 +550,32 @@ Error earlier_run_error(const std::string& run_dir, const std::vector<RunEntry>&
                      ", or choose another --output-dir");
   }
   // `ckpt resume` takes the newest complete checkpoint directory; an archive is restored with --from, by its
-  // checkpoint's name when that finds it (no directory of the name in the way), else by its path.
+  // checkpoint's name when that finds it (resume_source: no directory of the name in the way), else by its path.
   std::string resume = resume_command(run_dir);
   if (newest->kind == EntryKind::archive) {
     const std::string name = fs::path(newest->path).stem().string();
-    std::error_code ec;
-    const bool by_name = checkpoint_step(name) && !fs::exists(fs::symlink_status(fs::path(run_dir) / name, ec));
-    resume = resume_command(run_dir, by_name ? name : newest->path);
+    resume = resume_command(run_dir, resume_source(run_dir, name) == newest->path ? name : newest->path);
   }
   const std::string which = *newest->step < highest->step.value_or(0)
                                 ? "up to " + highest->name + " (the newest complete: " + newest->name + ")"
                                 : "the newest " + newest->name;
   return Error(ErrorKind::invalid_argument, run_dir, "--output-dir",
                "holds checkpoints of an earlier run, " + which + ": continue it with `" + resume + "`, or " + start_over);
+}
+
+std::string resume_source(const std::string& run_dir, const std::string& from) {
+  if (from.empty() || from == "." || from == ".." || from.find('/') != std::string::npos) return from;
+  std::vector<fs::path> candidates{fs::path(run_dir) / from};
+  if (checkpoint_step(from)) {
+    const std::string archive = from + kArchiveExtension;
+    candidates.push_back(fs::path(run_dir) / kArchiveDirName / archive);
+    candidates.push_back(fs::path(run_dir) / archive);
+  }
+  std::error_code ec;
+  for (const auto& candidate : candidates) {
+    if (fs::exists(candidate, ec)) return candidate.string();
+  }
+  return from;
 }
 
 std::string resume_command(const std::string& run_dir, const std::optional<std::string>& from) {

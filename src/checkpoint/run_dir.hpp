@@ -9,6 +9,9 @@
 //   .ckpt-trash-*/         a checkpoint being deleted (renamed first so it never looks complete)
 //   archive/*.ckpt, *.ckpt archived checkpoints (checkpoint/archive.hpp): listed, bounded only by
 //                          rotate --keep-archives; the archive/ directory itself is not an entry
+//   NAME/ with trainer_state.json
+//                          a named checkpoint (`ckpt tag`, save --save-name; checkpoint/named.hpp): a custom
+//                          directory assessed as a checkpoint is, listed as named, never rotated, never best or latest
 //   any other directory    custom (a milestone copy, an export): listed, never rotated
 // Symlinks are never followed.
 #pragma once
@@ -104,6 +107,11 @@ bool is_model_directory(const std::string& dir);
 // object. Reads headers only.
 Completeness assess_model_directory(const std::string& dir);
 
+// Whether `dir`, a directory of a run directory that is none of its checkpoint-N, staging, trash or hidden entries,
+// is a named checkpoint: it holds trainer_state.json, as the Trainer's and ckpt's checkpoints do. The one test of
+// scan_run (RunEntry::named) and of the commands that make and delete named checkpoints (checkpoint/named.hpp).
+bool holds_named_checkpoint(const std::string& dir);
+
 enum class EntryKind { checkpoint, staging, trash, custom, archive };
 const char* to_string(EntryKind kind);
 
@@ -111,7 +119,7 @@ struct RunEntry {
   std::string name;
   std::string path;
   EntryKind kind = EntryKind::custom;
-  std::optional<std::int64_t> step;  // checkpoints and archives
+  std::optional<std::int64_t> step;  // checkpoints and archives (from the name); named checkpoints (global_step)
   double mtime = 0;      // newest modification time of the directory and the files directly inside it (age)
   double dir_mtime = 0;  // the directory's own modification time (Hugging Face's use_mtime order)
   std::uint64_t size_bytes = 0;  // regular files below it, symlinks not followed (an archive: its file)
@@ -121,13 +129,14 @@ struct RunEntry {
   bool complete = false;  // an archive: its manifest reads
   bool unreadable = false;  // see Completeness
   bool has_trainer_state = false;  // see Completeness
+  bool named = false;  // custom: a named checkpoint, assessed for completeness as checkpoints are
   std::vector<std::string> problems;
   std::optional<TrainerStateSummary> state;
 };
 
 struct RunScan {
   std::string path;
-  std::vector<RunEntry> entries;  // checkpoints by step, then the others by name
+  std::vector<RunEntry> entries;  // checkpoints and archives by step, then the others (named ones too) by name
 };
 
 // Reads a run directory: every subdirectory, classified; checkpoints assessed for completeness.
@@ -167,8 +176,17 @@ std::vector<RunEntry> earlier_checkpoints(const std::string& run_dir);
 // checkpoint) and --overwrite-output-dir.
 Error earlier_run_error(const std::string& run_dir, const std::vector<RunEntry>& earlier);
 
-// `ckpt resume RUN_DIR [--from FROM]` as messages tell the user to type it: a word holding anything a POSIX
-// shell treats specially is single-quoted.
+// What `resume --from FROM` names. A bare name (one path component) is an entry of the run directory when it holds
+// one: RUN_DIR/FROM (checkpoint-N, a named checkpoint), or for checkpoint-N its archive where list shows archives
+// (RUN_DIR/archive/checkpoint-N.ckpt, RUN_DIR/checkpoint-N.ckpt); anything else, a bare name the run directory does
+// not hold included, is the path as given. Existence only: the caller reads what it names.
+std::string resume_source(const std::string& run_dir, const std::string& from);
+
+// A word of a command as messages tell the user to type it: one holding anything a POSIX shell treats specially
+// is single-quoted.
+std::string shell_word(const std::string& word);
+
+// `ckpt resume RUN_DIR [--from FROM]` as messages tell the user to type it (shell_word).
 std::string resume_command(const std::string& run_dir, const std::optional<std::string>& from = std::nullopt);
 
 

@@ -31,6 +31,7 @@ constexpr Subcommand kSubcommands[] = {
     {"best", "Print the best checkpoint of a run directory; link or export it", attach_best},
     {"latest", "Print the newest complete checkpoint of a run directory, for job scripts; verify it, restore an archive", attach_latest},
     {"rotate", "Delete old checkpoints safely (or archive them first), keeping the best, the newest and the last N", attach_rotate},
+    {"tag", "Keep a checkpoint under a name (RUN_DIR/NAME) that rotate never deletes; delete such a named checkpoint", attach_tag},
     {"inspect", "Show what a checkpoint file, checkpoint directory or run directory holds", attach_inspect},
     {"convert", "Convert weights and checkpoint files between pickle and safetensors, shard, cast; archive checkpoints compressed and restore them", attach_convert},
 };

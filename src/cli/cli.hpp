@@ -34,6 +34,7 @@ Action attach_list(CLI::App& sub);
 Action attach_best(CLI::App& sub);
 Action attach_latest(CLI::App& sub);
 Action attach_rotate(CLI::App& sub);
+Action attach_tag(CLI::App& sub);
 Action attach_convert(CLI::App& sub);
 Action attach_save(CLI::App& sub);
 Action attach_resume(CLI::App& sub);

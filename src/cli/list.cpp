@@ -43,6 +43,7 @@ json::Json listing_json(const checkpoint::RunListing& listing) {
                     {"step", r.step ? json::Json(*r.step) : json::Json(nullptr)},
                     {"epoch", optional_number(r.epoch)},
                     {"complete", r.complete},
+                    {"named", r.named},
                     {"is_best", r.is_best},
                     {"is_latest", r.is_latest},
                     {"global_step", r.global_step ? json::Json(*r.global_step) : json::Json(nullptr)},
@@ -86,12 +87,13 @@ std::string listing_text(const checkpoint::RunListing& listing) {
   if (listing.rows.empty()) return fmt::format("{}: no checkpoints\n", printable(listing.path));
   const double now = now_seconds();
   Table table({"name", "step", "epoch", "loss", listing.metric.value_or("metric"), "", "complete", "size", "age", "note"});
-  std::size_t checkpoints = 0, complete_checkpoints = 0, archives = 0;
+  std::size_t checkpoints = 0, complete_checkpoints = 0, archives = 0, named = 0;
   std::uint64_t total_bytes = 0;
   for (const auto& r : listing.rows) {
     std::string marks;
     if (r.is_best) marks += "best";
     if (r.is_latest) marks += marks.empty() ? "newest" : ",newest";
+    if (r.named) marks += "named";  // never best or newest: those are checkpoint-N or archives
     std::optional<std::int64_t> step = r.step;
     std::string complete;
     switch (r.kind) {
@@ -101,7 +103,7 @@ std::string listing_text(const checkpoint::RunListing& listing) {
         step = staging_step(r.name);
         complete = step ? fmt::format("(writing step {})", *step) : "staging";
         break;
-      default: complete = checkpoint::to_string(r.kind);
+      default: complete = r.named ? (r.complete ? "yes" : "NO") : checkpoint::to_string(r.kind);
     }
     std::string size = human_bytes(r.size_bytes);
     if (r.kind == EntryKind::archive && r.complete && r.size_bytes) {
@@ -110,13 +112,14 @@ std::string listing_text(const checkpoint::RunListing& listing) {
     checkpoints += r.kind == EntryKind::checkpoint;
     complete_checkpoints += r.kind == EntryKind::checkpoint && r.complete;
     archives += r.kind == EntryKind::archive;
+    named += r.named;
     total_bytes += r.size_bytes;
     table.add({r.name, step ? std::to_string(*step) : "-", epoch_text(r.epoch), number_text(r.loss), number_text(r.metric), marks,
                complete, size, human_age(now - r.mtime), r.problems.empty() ? "" : r.problems.front()});
   }
-  return table.render() + fmt::format("total: {} checkpoint{} ({} complete), {} archive{}, {}\n", checkpoints,
+  return table.render() + fmt::format("total: {} checkpoint{} ({} complete), {} archive{}, {}{}\n", checkpoints,
                                       checkpoints == 1 ? "" : "s", complete_checkpoints, archives, archives == 1 ? "" : "s",
-                                      human_bytes(total_bytes));
+                                      named ? fmt::format("{} named, ", named) : "", human_bytes(total_bytes));
 }
 
 Action attach_list(CLI::App& sub) {

@@ -14,6 +14,8 @@
 #include <optional>
 #include <string>
 
+#include "checkpoint/archive.hpp"
+#include "checkpoint/named.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/trainer_library.hpp"
 #include "cli/cli.hpp"
@@ -35,6 +37,7 @@ struct TrainFlags {
   train::TrainMode mode = train::TrainMode::save;
   std::string run_dir;
   std::string from;
+  std::optional<std::string> save_name;
   CLI::Option* output_dir = nullptr;  // save
   bool overwrite_output_dir = false;
   bool resume_if_exists = false;
@@ -124,7 +127,20 @@ std::string default_text(const train::ArgValue& value) {
   return "";
 }
 
-json::Json result_json(const train::TrainResult& r) {
+// --save-name: the run's last checkpoint (the trainer saved its last step; a resumed run with nothing left to train
+// has the one it resumed from), named as list names it, for tag_checkpoint.
+std::string last_checkpoint_name(const train::TrainResult& r) {
+  if (!r.last_checkpoint) throw Error(ErrorKind::not_found, r.output_dir, "", "no checkpoint holds this run");
+  const fs::path last(*r.last_checkpoint);
+  std::error_code ec;
+  if (fs::equivalent(last.parent_path(), r.output_dir, ec)) return last.filename().string();
+  if (fs::equivalent(last.parent_path(), fs::path(r.output_dir) / checkpoint::kArchiveDirName, ec)) {
+    return std::string(checkpoint::kArchiveDirName) + "/" + last.filename().string();
+  }
+  throw Error(ErrorKind::invalid_argument, *r.last_checkpoint, "", "is outside the run directory " + r.output_dir + "; a named checkpoint is made of the run's own");
+}
+
+json::Json result_json(const train::TrainResult& r, const std::optional<checkpoint::TagResult>& named) {
   json::ObjectBuilder metrics;
   for (const auto& [k, v] : r.final_metrics) metrics.set(k, v);
   return {{"output_dir", r.output_dir},
@@ -147,7 +163,8 @@ json::Json result_json(const train::TrainResult& r) {
           {"warnings", r.warnings},
           {"last_checkpoint", r.last_checkpoint ? json::Json(*r.last_checkpoint) : json::Json(nullptr)},
           {"last_checkpoint_step", r.last_checkpoint_step ? json::Json(*r.last_checkpoint_step) : json::Json(nullptr)},
-          {"resume_takes_last_checkpoint", r.resume_takes_last_checkpoint}};
+          {"resume_takes_last_checkpoint", r.resume_takes_last_checkpoint},
+          {"named_checkpoint", named ? json::Json(named->path) : json::Json(nullptr)}};
 }
 
 // An integer from the environment, or `fallback` when unset.
@@ -187,6 +204,14 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
 int run_train(const TrainFlags& f) {
   train::TrainRequest request;
   const auto worker = worker_settings();
+  if (f.save_name) {
+    // Refused before anything trains (made at the end, the name is checked again).
+    try {
+      checkpoint::check_new_checkpoint_name(f.mode == train::TrainMode::save ? f.output_dir->as<std::string>() : f.run_dir, *f.save_name);
+    } catch (const Error& e) {
+      throw e.with_context("", "--save-name");
+    }
+  }
   if (!worker && f.mode == train::TrainMode::save && !f.overwrite_output_dir && !f.resume_if_exists) {
     // Refused before the trainer library loads and before any worker starts: one error line, not one per rank.
     // (The trainer's rank 0 looks again, holding its lock, and decides for the group.)
@@ -217,6 +242,7 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
                                                : train::EarlierRun::refuse;
   request.run_dir = f.run_dir;
   if (!f.from.empty()) request.from = f.from;
+  request.checkpoint_at_end = f.save_name.has_value();
   for (const auto& [spec, option] : f.given) {
     if (option->count() == 0) continue;
     switch (spec->type) {
@@ -301,8 +327,23 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
   sigaction(SIGTERM, &previous_term, nullptr);
   progress.clear();
 
+  // The run's work is done and saved whatever happens here: a failure to name it is reported after the summary.
+  std::optional<checkpoint::TagResult> named;
+  std::optional<Error> naming_failure;
+  if (main_process && !result.interrupted && f.save_name) {
+    std::string source;
+    try {
+      source = last_checkpoint_name(result);
+      named = checkpoint::tag_checkpoint(result.output_dir, source, *f.save_name);
+    } catch (const Error& e) {
+      const std::string way_out = source.empty() ? "" : "; `ckpt tag " + checkpoint::shell_word(result.output_dir) + " " + checkpoint::shell_word(source) + " NAME` names it";
+      naming_failure = Error(ErrorKind::io, e.path(), "--save-name",
+                             e.detail() + "; training finished and its last checkpoint is saved, but not named" + way_out);
+    }
+  }
+
   if (json) {
-    std::cout << json::dump(result_json(result), 2) << "\n";
+    std::cout << json::dump(result_json(result, named), 2) << "\n";
   } else if (!quiet) {
     if (result.interrupted) {
       out << fmt::format("interrupted at step {}/{} (epoch {:.2f}); {}\n", result.global_step, result.max_steps, result.epoch,
@@ -322,7 +363,9 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
       }
     }
     if (!result.checkpoints_removed.empty()) out << "removed by --save-total-limit: " << result.checkpoints_removed.size() << "\n";
+    if (named) out << "tagged " << printable(named->source) << " as " << printable(named->path) << "\n";
   }
+  if (naming_failure) throw *naming_failure;
   return result.interrupted ? exit_interrupted : exit_ok;
 }
 
@@ -331,7 +374,7 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
   f->mode = mode;
   if (mode == train::TrainMode::resume) {
     sub.add_option("RUN_DIR", f->run_dir, "The run directory to continue (new checkpoints go there too)")->required();
-    sub.add_option("--from", f->from, "checkpoint-N in RUN_DIR (or its archive in RUN_DIR/archive or RUN_DIR), a checkpoint directory, or a .ckpt archive (restored to a staging directory first) [default: the newest complete checkpoint]");
+    sub.add_option("--from", f->from, "A name in RUN_DIR, looked up there first: checkpoint-N (or its archive in RUN_DIR/archive or RUN_DIR) or a named checkpoint; else the path of a checkpoint directory or a .ckpt archive (an archive is restored to a staging directory first) [default: the newest complete checkpoint]");
   }
   for (const auto& spec : train::argument_specs()) {
     if (mode == train::TrainMode::resume && std::string(spec.key) == "output_dir") continue;
@@ -384,6 +427,9 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
   sub.add_option("--master-port", f->launch.master_port, "Rendezvous port on --master-addr [default: a free port on one machine, 29500 across machines]")
       ->transform(integer_between(1, 65535))
       ->group(dist);
+  sub.add_option("--save-name", f->save_name,
+                 "When training finishes, also keep its last checkpoint as RUN_DIR/NAME, a named checkpoint that rotate never deletes (as ckpt tag "
+                 "makes it; the last step is saved even off --save-steps). NAME is checked before training starts; an interrupted run names nothing");
   CLI::Option* json = sub.add_flag("--json", f->json, "Print a JSON summary at the end (nothing else on stdout)");
   sub.add_flag("-q,--quiet", f->quiet, "Print nothing unless there is an error");
   sub.add_flag("-v,--verbose", f->verbose,

@@ -20,7 +20,7 @@
 
 namespace ckpt::train {
 
-inline constexpr int kApiVersion = 3;
+inline constexpr int kApiVersion = 4;
 inline constexpr const char* kEntryPoint = "ckpt_train_run";
 inline constexpr const char* kLibraryName = "libckpt_train.so";
 
@@ -68,6 +68,9 @@ struct TrainRequest {
   EarlierRun earlier_run = EarlierRun::refuse;  // save
   std::string run_dir;                // resume: the run directory
   std::optional<std::string> from;    // resume: checkpoint-N (in run_dir) or a checkpoint directory's path
+  // The last step is saved as a checkpoint even when --save-steps does not fall on it: --save-name, which the
+  // binary then tags (checkpoint::tag_checkpoint) from TrainResult::last_checkpoint.
+  bool checkpoint_at_end = false;
   Arguments given;                    // the flags given on the command line, by key
   DistributedSettings distributed;
   std::function<void(const TrainEvent&)> on_event;

@@ -357,7 +357,7 @@ void Trainer::train() {
       }
       std::map<std::string, double> metrics;
       if (state_.eval_steps > 0 && step % state_.eval_steps == 0 && main_process()) metrics = evaluate();
-      if (step % state_.save_steps == 0) save_checkpoint(metrics);
+      if (step % state_.save_steps == 0 || (request_.checkpoint_at_end && step >= max_steps_)) save_checkpoint(metrics);
       emit(TrainEvent::Kind::progress);
       if (step < max_steps_ && (group_ ? stop_requested_ : interrupted())) stopped_early_ = true;
       if (step >= max_steps_ || stopped_early_) {

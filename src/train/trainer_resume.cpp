@@ -48,18 +48,7 @@ void check_weights_match(const std::string& dir, const ModelConfig& config) {
 std::string Trainer::find_checkpoint() {
   std::string dir;
   if (request_.from) {
-    // checkpoint-N in the run directory, or its archive where list shows archives (RUN/archive/, RUN/); or a path.
-    const fs::path in_run = fs::path(run_dir_) / *request_.from;
-    dir = *request_.from;
-    if (checkpoint::checkpoint_step(*request_.from)) {
-      const std::string file = *request_.from + checkpoint::kArchiveExtension;
-      for (const fs::path& candidate : {in_run, fs::path(run_dir_) / checkpoint::kArchiveDirName / file, fs::path(run_dir_) / file}) {
-        if (fs::exists(candidate)) {
-          dir = candidate.string();
-          break;
-        }
-      }
-    }
+    dir = checkpoint::resume_source(run_dir_, *request_.from);
     if (checkpoint::is_archive(dir)) {
       // Restored into a staging directory of the run: the trainer lock makes it ours (open_run_directory ran), and
       // a kill leaves it for the next run to clear. A throwaway copy, so nothing is fsynced.
@@ -68,7 +57,7 @@ std::string Trainer::find_checkpoint() {
       restored_dir_ = staging;
       result_.resumed_from = dir;
       restored_from_ = dir;
-      checkpoint::extract_archive(dir, staging, {});
+      checkpoint::extract_archive(dir, staging, {}, false);
       dir = staging;
     } else if (!fs::is_directory(dir)) {
       throw Error(ErrorKind::not_found, dir, "", "no such checkpoint directory or archive");

@@ -166,6 +166,9 @@ bool link_or_copy(const std::string& from, const std::string& to) {
   const std::filesystem::path dest(to);
   const std::string temp = (dest.parent_path() / ("." + dest.filename().string() + ".tmp-" + unique_suffix())).string();
   if (::link(from.c_str(), temp.c_str()) != 0) {
+    const int e = errno;
+    if (e == ENOENT || e == ENOTDIR) fail_io(from, "hard-link", e);
+    if (e != EXDEV && e != EPERM && e != EMLINK) fail_create(to, e);
     copy_file(from, to);
     return false;
   }
@@ -175,6 +178,39 @@ bool link_or_copy(const std::string& from, const std::string& to) {
   ::unlink(temp.c_str());
   if (renamed != 0) fail_io(to, "rename into place", e);
   return true;
+}
+
+std::vector<std::string> regular_files_below(const std::string& dir) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (require_regular_file(it->path().string())) files.push_back(it->path().lexically_relative(dir).generic_string());
+  }
+  if (ec) throw Error(ec == std::errc::no_such_file_or_directory ? ErrorKind::not_found : ErrorKind::io, dir, "",
+                      "cannot read the directory: " + ec.message());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+LinkedTree link_tree(const std::string& from, const std::string& to) {
+  const fs::path root(to);
+  LinkedTree result;
+  std::vector<std::string> directories;  // made here
+  for (const auto& name : regular_files_below(from)) {
+    std::vector<fs::path> missing;  // the file's parent directories not made yet, innermost first
+    for (fs::path relative = fs::path(name).parent_path(); !relative.empty() && !fs::is_directory(root / relative); relative = relative.parent_path()) {
+      missing.push_back(root / relative);
+    }
+    for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+      if (::mkdir(it->c_str(), 0755) != 0) fail_create(it->string(), errno);
+      directories.push_back(it->string());
+    }
+    if (link_or_copy((fs::path(from) / name).string(), (root / name).string())) ++result.hard_linked;
+    ++result.files;
+  }
+  // A link is only a directory entry: each directory's entries must be durable before the caller publishes `to`.
+  for (const auto& directory : directories) fsync_directory(directory);
+  return result;
 }
 
 void remove_tree(const std::string& path) {

@@ -43,8 +43,24 @@ void remove_tree(const std::string& path);
 void copy_file(const std::string& from, const std::string& to);
 
 // The same, but a hard link when both are on one file system (for files nobody will modify, such as an
-// export of immutable checkpoint files). Returns true when it hard-linked.
+// export of immutable checkpoint files). Returns true when it hard-linked. A copy is made only where a link cannot
+// be (EXDEV: another file system; EPERM: one without hard links, or protected_hardlinks; EMLINK: the link count
+// at its limit); any other failure is an Error naming `from` (it vanished) or `to` (its directory refused).
 bool link_or_copy(const std::string& from, const std::string& to);
+
+// The regular files below `dir` (subdirectories walked, symlinks never followed), as paths relative to it, sorted.
+// A symlink, FIFO, socket or device anywhere below is an Error as require_regular_file makes it: what ckpt reads
+// whole or links must be the directory's own files.
+std::vector<std::string> regular_files_below(const std::string& dir);
+
+// Places every regular file below `from` (regular_files_below) at the same relative path in the existing directory
+// `to` with link_or_copy, creating subdirectories; the subdirectories are fsynced once filled, `to` is the caller's
+// to fsync.
+struct LinkedTree {
+  std::size_t files = 0;
+  std::size_t hard_linked = 0;  // the others were copied
+};
+LinkedTree link_tree(const std::string& from, const std::string& to);
 
 // Throws Error (not_found) unless `path` is a directory (or a symlink to one): "no such directory", the one
 // wording of every subcommand for a directory argument that is missing.

@@ -98,7 +98,7 @@ class UsageErrors(unittest.TestCase):
             cases = (
                 (["inspekt", DATA], ["'inspekt' is not a subcommand", "did you mean 'inspect'?"]),
                 (["help", "rotat"], ["'rotat' is not a subcommand", "did you mean 'rotate'?"]),
-                ([], ["a subcommand is required", "save, resume, list, best, latest, rotate, inspect, convert"]),
+                ([], ["a subcommand is required", "save, resume, list, best, latest, rotate, tag, inspect, convert"]),
                 (["--bogus"], ["unknown option --bogus"]),
                 (["inspect", "--bogus", DATA], ["unknown option --bogus"]),
                 (["inspect", DATA, "--jsn"], ["unknown option --jsn", "did you mean '--json'?"]),

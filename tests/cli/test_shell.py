@@ -269,7 +269,7 @@ class Completions(unittest.TestCase):
 
     def test_bash_completes_subcommands_and_options(self):
         self.assertEqual(bash_complete("ckpt ins"), ["inspect"])
-        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "help", "inspect", "latest", "list", "resume", "rotate", "save"])
+        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "help", "inspect", "latest", "list", "resume", "rotate", "save", "tag"])
         self.assertEqual(bash_complete("ckpt help ro"), ["rotate"])
         self.assertEqual(bash_complete("ckpt help rotate "), [])
         self.assertEqual(sorted(bash_complete("ckpt latest --")), ["--archives", "--help", "--json", "--restore-to", "--verify"])
@@ -306,6 +306,10 @@ class Completions(unittest.TestCase):
                 open(os.path.join(tmp, "archive", name), "w").close()
             self.assertEqual(sorted(bash_complete(f"ckpt resume {tmp} --from ")), ["checkpoint-10", "checkpoint-20", "checkpoint-5"])
             self.assertEqual(bash_complete(f"ckpt resume --max-steps 100 {tmp} --from checkpoint-2"), ["checkpoint-20"])
+            # Named checkpoints too, which resume finds by name; not a directory without trainer_state.json.
+            os.mkdir(os.path.join(tmp, "milestone"))
+            open(os.path.join(tmp, "milestone", "trainer_state.json"), "w").close()
+            self.assertEqual(sorted(bash_complete(f"ckpt resume {tmp} --from ")), ["checkpoint-10", "checkpoint-20", "checkpoint-5", "milestone"])
             self.assertIn("--save-total-limit", bash_complete("ckpt save --save-total"))
             self.assertEqual(bash_complete("ckpt save --metric-for-best-model eval_a"), ["eval_accuracy"])
 
@@ -318,8 +322,48 @@ class Completions(unittest.TestCase):
             self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["checkpoint-10", "checkpoint-20"])
             os.mkdir(os.path.join(tmp, "archive"))
             open(os.path.join(tmp, "archive", "checkpoint-5.ckpt"), "w").close()
+            os.mkdir(os.path.join(tmp, "milestone"))
+            open(os.path.join(tmp, "milestone", "trainer_state.json"), "w").close()
             out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
-            self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["checkpoint-10", "checkpoint-20", "checkpoint-5"])
+            self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["checkpoint-10", "checkpoint-20", "checkpoint-5", "milestone"])
+
+    def tag_run(self, tmp):
+        """A run directory with checkpoints, archives, named checkpoints and what is neither (completions must tell)."""
+        for name in ("checkpoint-10", "checkpoint-20", "keep", "final", "plain", "tmp-checkpoint-30", "archive"):
+            os.mkdir(os.path.join(tmp, name))
+        for name in ("keep", "final", "checkpoint-10", "tmp-checkpoint-30"):
+            open(os.path.join(tmp, name, "trainer_state.json"), "w").close()
+        os.symlink("keep", os.path.join(tmp, "link"))
+        for name in ("checkpoint-5.ckpt", "notes.txt"):
+            open(os.path.join(tmp, "archive", name), "w").close()
+        open(os.path.join(tmp, "checkpoint-7.ckpt"), "w").close()
+        return ["archive/checkpoint-5.ckpt", "checkpoint-10", "checkpoint-20", "checkpoint-7.ckpt"], ["final", "keep"]
+
+    def test_bash_completes_checkpoints_and_named_checkpoints_after_tag(self):
+        self.assertEqual(sorted(bash_complete("ckpt tag --")), ["--delete", "--help", "--json"])
+        with tempfile.TemporaryDirectory() as tmp:
+            sources, named = self.tag_run(tmp)
+            self.assertEqual(bash_complete(f"ckpt tag {tmp[:-1]}"), [tmp])
+            self.assertEqual(sorted(bash_complete(f"ckpt tag {tmp} ")), sources)
+            self.assertEqual(sorted(bash_complete(f"ckpt tag --json {tmp} ")), sources)
+            self.assertEqual(bash_complete(f"ckpt tag {tmp} archive/"), ["archive/checkpoint-5.ckpt"])
+            self.assertEqual(bash_complete(f"ckpt tag {tmp} checkpoint-10 "), [])  # the new NAME
+            self.assertEqual(sorted(bash_complete(f"ckpt tag --delete {tmp} ")), named)
+            self.assertEqual(sorted(bash_complete(f"ckpt tag {tmp} --delete ")), named)
+
+    def test_zsh_and_fish_complete_checkpoints_and_named_checkpoints_after_tag(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            sources, named = self.tag_run(tmp)
+            self.assertEqual(zsh_complete(f"ckpt tag {tmp} archive/"), f"ckpt tag {tmp} archive/checkpoint-5.ckpt ")
+            self.assertEqual(zsh_complete(f"ckpt tag {tmp} checkpoint-2"), f"ckpt tag {tmp} checkpoint-20 ")
+            self.assertEqual(zsh_complete(f"ckpt tag --delete {tmp} k"), f"ckpt tag --delete {tmp} keep ")
+            self.assertEqual(zsh_complete(f"ckpt tag --delete {tmp} f"), f"ckpt tag --delete {tmp} final ")
+            for line, expected in ((f"ckpt tag {tmp} ", sources), (f"ckpt tag --delete {tmp} ", named),
+                                   (f"ckpt tag {tmp} checkpoint-10 ", [])):
+                with self.subTest(line=line):
+                    script = f"source {ROOT}/completions/ckpt.fish; complete -C '{line}'"
+                    out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
+                    self.assertEqual(sorted(row.split("\t")[0] for row in out.splitlines()), expected)
 
     def test_zsh_and_fish_parse(self):
         subprocess.run(["zsh", "-n", os.path.join(ROOT, "completions", "_ckpt")], check=True)
@@ -338,6 +382,9 @@ class Completions(unittest.TestCase):
             for name in ("checkpoint-10", "checkpoint-200"):
                 os.mkdir(os.path.join(tmp, name))
             self.assertEqual(zsh_complete(f"ckpt resume {tmp} --from checkpoint-1"), f"ckpt resume {tmp} --from checkpoint-10 ")
+            os.mkdir(os.path.join(tmp, "milestone"))
+            open(os.path.join(tmp, "milestone", "trainer_state.json"), "w").close()
+            self.assertEqual(zsh_complete(f"ckpt resume {tmp} --from mile"), f"ckpt resume {tmp} --from milestone ")
 
     def test_fish_completes(self):
         script = (f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt ins'; complete -C 'ckpt inspect --v'; "
@@ -347,7 +394,7 @@ class Completions(unittest.TestCase):
         help_completions = subprocess.run(["fish", "--no-config", "-c", f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt help '"],
                                           capture_output=True, text=True, check=True).stdout
         self.assertEqual(sorted(line.split("\t")[0] for line in help_completions.splitlines()),
-                         ["best", "convert", "inspect", "latest", "list", "resume", "rotate", "save"])
+                         ["best", "convert", "inspect", "latest", "list", "resume", "rotate", "save", "tag"])
         self.assertIn("--verify", out)
         self.assertIn("mtime", out)
         script = f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt latest --'"

@@ -286,10 +286,14 @@ class DistributedTest(unittest.TestCase):
         self.ok(["rotate", run, "--keep", "1", "--archive", "-q"])
         self.assertTrue(os.path.isfile(os.path.join(run, "archive", "checkpoint-20.ckpt")))
         shutil.rmtree(os.path.join(run, "checkpoint-60"))
-        self.ok(["resume", run, "--from", "checkpoint-20"] + TWO + ["-q"])
+        # --save-name: rank 0 alone names the final checkpoint (another rank trying too would find the name taken).
+        self.ok(["resume", run, "--from", "checkpoint-20", "--save-name", "final"] + TWO + ["-q"])
         self.assertEqual(sha(os.path.join(a, "model.safetensors")), sha(os.path.join(run, "model.safetensors")))
         self.assertEqual(sha(os.path.join(a, "checkpoint-60", "optimizer_1.pt")), sha(os.path.join(run, "checkpoint-60", "optimizer_1.pt")))
         self.assertFalse([d for d in os.listdir(run) if d.startswith(".ckpt-staging-")])
+        final = os.path.join(run, "final")
+        self.assertEqual(sorted(os.listdir(final)), sorted(os.listdir(os.path.join(run, "checkpoint-60"))))
+        self.assertTrue(os.path.samefile(os.path.join(final, "optimizer_1.pt"), os.path.join(run, "checkpoint-60", "optimizer_1.pt")))
 
     def test_worker_killed_during_a_save(self):
         if not SHIM:

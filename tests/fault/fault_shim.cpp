@@ -8,7 +8,7 @@
 //                     mmap:N:run  once the Nth file map is made, runs the shell command CKPT_FAULT_RUN (without
 //                                 this shim) and waits for it (another process acting at a chosen moment: a rotate
 //                                 deleting the checkpoint being read)
-//                     OP is write, pwrite, fsync, rename (rename and renameat2), copy_file_range or mmap
+//                     OP is write, pwrite, fsync, rename (rename and renameat2), link, copy_file_range or mmap
 //   CKPT_FAULT_MATCH  only paths containing this string count (default: every path)
 // Calls on other paths, and every call once the fault has fired, go to libc unchanged.
 #include <dlfcn.h>
@@ -136,6 +136,15 @@ int renameat2(int olddirfd, const char* from, int newdirfd, const char* to, unsi
     return -1;
   }
   return real(olddirfd, from, newdirfd, to, flags);
+}
+
+int link(const char* from, const char* to) {
+  static auto real = next<int (*)(const char*, const char*)>("link");
+  if (fires("link", to)) {
+    errno = fault().error;
+    return -1;
+  }
+  return real(from, to);
 }
 
 ssize_t copy_file_range(int fd_in, off64_t* off_in, int fd_out, off64_t* off_out, size_t len, unsigned int flags) {

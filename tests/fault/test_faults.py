@@ -217,6 +217,64 @@ class Rotate(FaultTest):
         self.assertEqual(sorted(c for c in os.listdir(run_dir) if c.startswith("checkpoint-")), ["checkpoint-40"])
 
 
+class Tag(FaultTest):
+    """tag hard-links a checkpoint's files into its staging directory. Where a link cannot be made (another file
+    system, one without hard links, the link count at its limit) it copies; any other failure fails the tag, which
+    leaves nothing behind."""
+
+    def test_a_link_that_cannot_be_made_is_a_copy_and_any_other_failure_an_error(self):
+        run_dir = self.path("run")
+        runs.make_run(run_dir, [10])
+        source = os.path.join(run_dir, "checkpoint-10")
+        before = tree(source)
+        for error in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            name = "copy-%s" % errno.errorcode[error]
+            r = run(["tag", "--json", run_dir, "checkpoint-10", name], "link:2:%d" % error)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            doc = json.loads(r.stdout)
+            self.assertEqual((doc["files"], doc["hard_linked"]), (len(before), len(before) - 1), name)
+            self.assertEqual(tree(os.path.join(run_dir, name)), before, name)
+            inodes = {f: os.stat(os.path.join(run_dir, name, f)).st_ino == os.stat(os.path.join(source, f)).st_ino for f in before}
+            self.assertEqual(sorted(inodes.values()), [False] + [True] * (len(before) - 1), name)
+        for error in (errno.EIO, errno.ENOSPC):
+            r = run(["tag", run_dir, "checkpoint-10", "failed"], "link:2:%d" % error)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertRegex(r.stderr, r"^ckpt: error: %s/failed/[^/:]+: cannot create: %s\n$" % (run_dir, os.strerror(error)))
+            self.assertFalse(os.path.exists(os.path.join(run_dir, "failed")))
+            self.assertEqual(hidden(run_dir), [])
+        self.assertEqual(tree(source), before)
+
+
+class SaveNameTakenMeanwhile(FaultTest):
+    """resume --save-name NAME where NAME appears while the run trains (the shim makes it when the trainer first maps
+    the checkpoint's weights, after the name was checked): the run ends with its checkpoint saved, exit 1 naming why
+    it is not named and how to name it."""
+
+    def test_the_run_is_saved_and_the_failure_reported(self):
+        run_dir = self.path("run")
+        r = run(["save", "--output-dir", run_dir, "-q", "--max-steps", "20", "--save-steps", "20"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        final = os.path.join(run_dir, "final")
+        for output, start, steps in (("text", 20, "30"), ("--json", 30, "40")):
+            with self.subTest(output=output):
+                args = ["resume", run_dir, "--max-steps", steps, "--save-steps", "20", "--save-name", "final"]
+                r = run(args + (["--json"] if output == "--json" else []), "mmap:1:run", match="checkpoint-%d/model.safetensors" % start,
+                        command="mkdir " + shlex.quote(final))
+                self.addCleanup(shutil.rmtree, final, True)
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                self.assertEqual(r.stderr, "ckpt: error: %s: --save-name: already exists (a directory); training finished and its last "
+                                           "checkpoint is saved, but not named; `ckpt tag %s checkpoint-%s NAME` names it\n"
+                                 % (final, run_dir, steps))
+                if output == "text":
+                    self.assertIn("\ntrained %s at step 30/30 " % run_dir, r.stdout)
+                    self.assertNotIn("tagged", r.stdout)
+                else:
+                    self.assertEqual(json.loads(r.stdout)["error"]["kind"], "io")
+                self.assertTrue(os.path.isdir(os.path.join(run_dir, "checkpoint-" + steps)))
+                self.assertEqual(os.listdir(final), [])
+                os.rmdir(final)  # for the next subtest
+
+
 class InspectWhileRotating(FaultTest):
     """`inspect --verify RUN` while a rotate deletes checkpoints it has listed (the shim runs the rotate when inspect
     maps checkpoint-10's weights, so the moment is the same every time): those are reported gone, not corrupt."""

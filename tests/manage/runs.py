@@ -361,3 +361,13 @@ def copy_fixture_run(dest_parent, name="run_safetensors"):
 
 def now():
     return time.time()
+
+
+def blocked_in_flock(pid):
+    """Whether process pid waits for a flock another holder has (/proc/locks marks a waiter's line with "->")."""
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if fields[1:3] == ["->", "FLOCK"] and fields[5] == str(pid):
+                return True
+    return False

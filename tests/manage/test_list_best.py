@@ -5,6 +5,7 @@ Run:  cd tests/manage && /usr/bin/python3 -m unittest -v test_list_best
 The binary is $CKPT_BIN (default: build/ckpt in the repository).
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -17,9 +18,9 @@ import unittest
 
 import hf_reference
 import runs
-from runs import ckpt, ckpt_ok
+from runs import blocked_in_flock, ckpt, ckpt_ok
 
-LIST_FIELDS = {"name", "path", "kind", "step", "epoch", "complete", "is_best", "is_latest", "size_bytes", "mtime",
+LIST_FIELDS = {"name", "path", "kind", "step", "epoch", "complete", "named", "is_best", "is_latest", "size_bytes", "mtime",
                "metric", "metrics", "problems"}
 HOUR = 3600.0
 
@@ -278,6 +279,37 @@ class ListSyntheticTest(Tmp):
         rows, r = self.list_json(d2, "--sort", "mtime")
         self.assertEqual([row["name"] for row in rows], ["checkpoint-5", "checkpoint-20", "checkpoint-100"],
                          r.describe())
+
+    def test_a_directory_holding_trainer_state_json_is_a_named_checkpoint(self):
+        # What ckpt tag and save --save-name make, and what a Trainer's checkpoint copied under another name is: listed
+        # as named with the step and completeness of a checkpoint, never best, newest or rotated.
+        d = os.path.join(self.tmp, "run")
+        runs.make_run(d, [10, 20], evals={10: {"eval_loss": 2.0}, 20: {"eval_loss": 1.0}})
+        runs.make_checkpoint(d, 30, name="milestone", state=runs.trainer_state(30, evals={30: {"eval_loss": 0.5}}))
+        runs.make_checkpoint(d, 40, name="broken-copy", broken="truncated")
+        runs.make_dir_entry(d, "plain")
+        rows, r = self.list_json(d)
+        self.assertEqual([row["name"] for row in rows], ["checkpoint-10", "checkpoint-20", "broken-copy", "milestone", "plain"])
+        by = self.rows_by_name(rows)
+        self.assertEqual({n: row["named"] for n, row in by.items()},
+                         {"checkpoint-10": False, "checkpoint-20": False, "broken-copy": True, "milestone": True, "plain": False})
+        milestone = by["milestone"]
+        self.assertEqual((milestone["kind"], milestone["step"], milestone["global_step"], milestone["complete"], milestone["metric"],
+                          milestone["is_best"], milestone["is_latest"]), ("custom", 30, 30, True, 0.5, False, False), r.describe())
+        self.assertTrue(by["checkpoint-20"]["is_latest"])
+        self.assertFalse(by["broken-copy"]["complete"])
+        self.assertIn("model.safetensors", " ".join(by["broken-copy"]["problems"]))
+        self.assertEqual((by["plain"]["step"], by["plain"]["complete"]), (None, False))
+        lines = ckpt_ok(self, "list", d).stdout.splitlines()
+        row = {line.split()[0]: line for line in lines[1:-1]}
+        self.assertRegex(row["milestone"], r"^milestone +30 .* named +yes ")
+        self.assertRegex(row["broken-copy"], r"^broken-copy +40 .* named +NO ")
+        self.assertRegex(row["plain"], r"^plain +- .* custom ")
+        self.assertRegex(lines[-1], r"^total: 2 checkpoints \(2 complete\), 0 archives, 2 named, ")
+        decisions = {x["name"]: x for x in ckpt_ok(self, "rotate", d, "--keep", "1", "--json").json()["decisions"]}
+        self.assertEqual(decisions["milestone"]["reason"], "named checkpoint, never rotated")
+        self.assertEqual(decisions["plain"]["reason"], "custom directory, never rotated")
+        self.assertEqual(runs.entries(d), ["broken-copy", "checkpoint-20", "milestone", "plain"])
 
     def test_symlinks_are_not_listed_as_checkpoints(self):
         d = os.path.join(self.tmp, "run")
@@ -776,6 +808,248 @@ class LatestTest(Tmp):
         self.assertEqual(path, os.path.join(d, "checkpoint-10"), r.describe())
         self.assertRegex(r.stderr, r"^ckpt: latest: skipped archive/checkpoint-20.ckpt: verification failed: .*checksum mismatch")
         self.assertFalse(os.path.exists(restored))
+
+
+def inodes(path):
+    """{relative path: (st_dev, st_ino)} of every regular file below `path`."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            st = os.lstat(os.path.join(root, f))
+            out[os.path.relpath(os.path.join(root, f), path)] = (st.st_dev, st.st_ino)
+    return out
+
+
+class TagTest(Tmp):
+    """ckpt tag: named checkpoints (hard-linked copies listed as named, never rotated), and tag --delete."""
+
+    def build(self):
+        d = os.path.join(self.tmp, "run")
+        evals = {10: {"eval_loss": 2.0}, 20: {"eval_loss": 1.0}, 30: {"eval_loss": 1.5}}
+        runs.make_run(d, [10, 20, 30], best_step=20, evals=evals, extra_files=2)
+        return d
+
+    def tag(self, *args):
+        r = ckpt_ok(self, "tag", *args)
+        self.assertEqual(r.stderr, "", r.describe())
+        return r
+
+    def assertRefused(self, r, code, message, kind):
+        """Exit `code`, the one error line `message` (a regex), and with --json only the error object of `kind`."""
+        self.assertEqual(r.returncode, code, r.describe())
+        if "--json" in r.args:
+            self.assertEqual(json.loads(r.stdout)["error"]["kind"], kind, r.describe())
+        else:
+            self.assertEqual(r.stdout, "", r.describe())
+        self.assertEqual(len(r.stderr.splitlines()), 1, r.describe())
+        self.assertRegex(r.stderr, "^ckpt: error: " + message, r.describe())
+
+    def test_a_tag_is_a_hard_linked_complete_copy_listed_as_named(self):
+        d = self.build()
+        source = os.path.join(d, "checkpoint-20")
+        os.makedirs(os.path.join(source, "extra", "deeper"))
+        with open(os.path.join(source, "extra", "deeper", "notes.txt"), "w") as f:
+            f.write("sub directories are linked too\n")
+        r = self.tag(d, "checkpoint-20", "milestone")
+        named = os.path.join(d, "milestone")
+        self.assertEqual(r.stdout, "tagged checkpoint-20 as %s (6 files, 6 hard-linked)\n" % named, r.describe())
+        self.assertEqual(runs.tree_digest(named), runs.tree_digest(source))
+        self.assertEqual(inodes(named), inodes(source))
+        self.assertEqual([n for n in os.listdir(d) if n.startswith(".") and n != ".ckpt.lock"], [])  # no staging left
+        rows, r = self.list_json(d)
+        by = self.rows_by_name(rows)
+        row = by["milestone"]
+        self.assertEqual((row["kind"], row["named"], row["step"], row["complete"], row["is_best"], row["is_latest"]),
+                         ("custom", True, 20, True, False, False), r.describe())
+        self.assertEqual(row["metric"], 1.0, r.describe())  # its own trainer_state.json's evaluation at its step
+        self.assertEqual(row["size_bytes"], tree_size(named))
+        self.assertEqual([n for n, row in by.items() if row["named"]], ["milestone"])
+        self.assertEqual([row["name"] for row in rows][-1], "milestone", "named checkpoints after the checkpoints")
+        self.assertTrue(by["checkpoint-20"]["is_best"] and by["checkpoint-30"]["is_latest"], r.describe())
+        text = ckpt_ok(self, "list", d).stdout.splitlines()
+        line = next(l for l in text if l.startswith("milestone "))
+        self.assertRegex(line, r"^milestone +20 .* named +yes ", text)
+        self.assertRegex(text[-1], r"^total: 3 checkpoints \(3 complete\), 0 archives, 1 named, ")
+        doc = self.tag("--json", d, "checkpoint-10", "first").json()
+        self.assertEqual(doc, {"name": "first", "path": os.path.join(d, "first"), "source": "checkpoint-10",
+                               "source_path": os.path.join(d, "checkpoint-10"), "source_kind": "checkpoint", "step": 10,
+                               "files": 5, "hard_linked": 5})
+
+    def test_best_latest_and_rotate_never_take_a_named_checkpoint(self):
+        d = self.build()
+        self.tag(d, "checkpoint-30", "newest-copy")
+        shutil.rmtree(os.path.join(d, "checkpoint-30"))
+        self.assertEqual(ckpt_ok(self, "latest", d).stdout, os.path.join(d, "checkpoint-20") + "\n")
+        self.assertEqual(ckpt_ok(self, "best", d, "--metric", "eval_loss", "--mode", "max").stdout,
+                         os.path.join(d, "checkpoint-10") + "\n")  # newest-copy's 1.5 is higher, but it is a copy
+        decisions = {x["name"]: x for x in ckpt_ok(self, "rotate", d, "--keep", "1", "--json").json()["decisions"]}
+        self.assertEqual((decisions["newest-copy"]["action"], decisions["newest-copy"]["reason"]),
+                         ("keep", "named checkpoint, never rotated"))
+        self.assertTrue(os.path.isdir(os.path.join(d, "newest-copy")))
+
+    def test_rotating_the_source_away_leaves_the_tag_complete_and_identical(self):
+        d = self.build()
+        self.tag(d, "checkpoint-10", "first")
+        before = runs.tree_digest(os.path.join(d, "checkpoint-10"))
+        ckpt_ok(self, "rotate", d, "--keep", "1", "-q")
+        self.assertEqual(runs.entries(d), ["checkpoint-20", "checkpoint-30", "first"])
+        self.assertEqual(runs.tree_digest(os.path.join(d, "first")), before)
+        row = self.rows_by_name(self.list_json(d)[0])["first"]
+        self.assertTrue(row["complete"] and row["named"], row)
+
+    def test_hostile_names_are_refused_and_nothing_is_made(self):
+        d = self.build()
+        os.makedirs(os.path.join(d, "plain"))
+        with open(os.path.join(d, "notes"), "w") as f:
+            f.write("a file")
+        os.symlink("checkpoint-10", os.path.join(d, "link"))
+        os.symlink("nowhere", os.path.join(d, "dangling"))
+        self.tag(d, "checkpoint-10", "kept")
+        before = runs.tree_digest(d)
+        not_one = "'%s' is not one name: a named checkpoint is an entry of the run directory, without '/'"
+        cases = [("../x", not_one % r"\.\./x"), ("a/b", not_one % "a/b"), ("/tmp/x", not_one % "/tmp/x"),
+                 ("", "a checkpoint name must not be empty"),
+                 (".hidden", "'.hidden' begins with '.'"), (".", "'.' begins with '.'"), ("..", r"'\.\.' begins with '\.'"),
+                 ("x" * 201, r"'x{201}' is longer than 200 bytes \(the file system's 255 less room for its staging name\)$"),
+                 ("checkpoint-5", "'checkpoint-5' begins with checkpoint-: such names are rotation's"),
+                 ("checkpoint-best", "'checkpoint-best' begins with checkpoint-"),
+                 ("tmp-checkpoint-5", "'tmp-checkpoint-5' begins with tmp-checkpoint-, the Trainer's staging name"),
+                 ("archive", "'archive' is the run directory's archive directory"),
+                 ("final.ckpt", r"'final\.ckpt' ends in \.ckpt, an archive's name"),
+                 ("config.json", r"'config\.json' is a file the Trainer writes in the run directory"),
+                 ("runs", "'runs' is a file the Trainer writes"),
+                 ("notes", "%s/notes: already exists \\(a regular file\\)$" % d),
+                 ("plain", "%s/plain: already exists \\(a directory\\)$" % d),
+                 ("link", "%s/link: already exists \\(a symlink\\)$" % d),
+                 ("dangling", "%s/dangling: already exists \\(a symlink\\)$" % d),
+                 ("kept", "%s/kept: already exists \\(a named checkpoint: `ckpt tag --delete %s kept` deletes it\\)$" % (d, d))]
+        for name, message in cases:
+            for json_flag in ([], ["--json"]):
+                with self.subTest(name=name[:20], json=bool(json_flag)):
+                    self.assertRefused(ckpt("tag", *json_flag, d, "checkpoint-20", name), 2, message, "invalid_argument")
+        self.assertEqual(runs.tree_digest(d), before)
+        self.assertEqual(len(runs.tree_digest(d, ignore=())), len(before) + 1)  # the lock file, nothing else
+        # The longest NAME, and deleted again: its staging and trash names fit too.
+        self.tag(d, "checkpoint-20", "n" * 200)
+        self.tag("--delete", d, "n" * 200)
+
+    def test_the_checkpoint_is_a_complete_one_as_list_names_it(self):
+        d = self.build()
+        runs.make_checkpoint(d, 40, broken="truncated")
+        runs.make_checkpoint(d, 50)
+        os.symlink("../checkpoint-10/model.safetensors", os.path.join(d, "checkpoint-50", "weights-link"))
+        runs.make_dir_entry(d, "tmp-checkpoint-60")
+        self.tag(d, "checkpoint-10", "first")
+        before = runs.tree_digest(d)
+        cases = [("checkpoint-40", 3, "%s/checkpoint-40: not a complete checkpoint: .*model.safetensors" % d, "corrupt"),
+                 ("checkpoint-50", 3, "%s/checkpoint-50/weights-link: not a regular file \\(a symlink\\); only regular files "
+                                      "are read, symlinks are not followed" % d, "unsupported"),
+                 ("checkpoint-99", 1, "%s: no checkpoint or archive named 'checkpoint-99' \\(the names ckpt list shows: "
+                                      "checkpoint-N, archive/checkpoint-N.ckpt\\)$" % d, "not_found"),
+                 ("best", 1, "%s: no checkpoint or archive named 'best'" % d, "not_found"),
+                 ("latest", 1, "%s: no checkpoint or archive named 'latest'" % d, "not_found"),
+                 (os.path.join(d, "checkpoint-10"), 1, "%s: no checkpoint or archive named" % d, "not_found"),
+                 ("first", 2, "%s/first: is a named checkpoint, not a checkpoint-N or an archive of one" % d, "invalid_argument"),
+                 ("tmp-checkpoint-60", 2, "%s/tmp-checkpoint-60: is a staging directory, not a checkpoint-N" % d, "invalid_argument")]
+        for source, code, message, kind in cases:
+            for json_flag in ([], ["--json"]):
+                with self.subTest(source=source, json=bool(json_flag)):
+                    self.assertRefused(ckpt("tag", *json_flag, d, source, "copy"), code, message, kind)
+        self.assertEqual(runs.tree_digest(d), before)
+
+    def test_an_archive_is_restored_into_the_tag(self):
+        d = self.build()
+        archived = os.path.join(d, "archive", "checkpoint-20.ckpt")
+        os.makedirs(os.path.dirname(archived))
+        ckpt_ok(self, "convert", os.path.join(d, "checkpoint-20"), "--to", "archive", "-o", archived, "-q")
+        original = runs.tree_digest(os.path.join(d, "checkpoint-20"))
+        shutil.rmtree(os.path.join(d, "checkpoint-20"))
+        r = self.tag(d, "archive/checkpoint-20.ckpt", "best-20")
+        self.assertEqual(r.stdout, "tagged archive/checkpoint-20.ckpt as %s (5 files restored)\n" % os.path.join(d, "best-20"))
+        self.assertEqual(runs.tree_digest(os.path.join(d, "best-20")), original)
+        row = self.rows_by_name(self.list_json(d)[0])["best-20"]
+        self.assertEqual((row["named"], row["complete"], row["step"]), (True, True, 20))
+        # An archive in the run directory itself, as list names it; its manifest names the checkpoint it holds.
+        os.rename(archived, os.path.join(d, "checkpoint-20.ckpt"))
+        doc = self.tag("--json", d, "checkpoint-20.ckpt", "again").json()
+        self.assertEqual((doc["source_kind"], doc["step"], doc["files"], doc["hard_linked"]), ("archive", 20, 5, 0))
+        # A damaged archive: its sha256 fails, nothing appears.
+        flip_archive_frame_byte(os.path.join(d, "checkpoint-20.ckpt"), "model.safetensors")
+        r = ckpt("tag", d, "checkpoint-20.ckpt", "damaged")
+        self.assertRefused(r, 3, ".*checksum mismatch", "corrupt")
+        self.assertFalse(os.path.exists(os.path.join(d, "damaged")))
+        self.assertEqual([n for n in os.listdir(d) if n.startswith(".") and n != ".ckpt.lock"], [])
+
+    def test_tag_and_delete_wait_for_the_run_directorys_lock(self):
+        # rotate deletes under the lock: a tag links its source, and a delete renames, only while holding it.
+        d = self.build()
+        self.tag(d, "checkpoint-20", "old")
+        fd = os.open(os.path.join(d, ".ckpt.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            procs = [subprocess.Popen([runs.CKPT_BIN, "tag", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                     for args in ([d, "checkpoint-10", "new"], ["--delete", d, "old"])]
+            deadline = time.monotonic() + 60
+            for p in procs:
+                while not blocked_in_flock(p.pid):
+                    self.assertIsNone(p.poll(), "tag did not wait for the held lock")
+                    self.assertLess(time.monotonic(), deadline, "tag never blocked on the lock")
+                    time.sleep(0.01)
+            self.assertFalse(os.path.exists(os.path.join(d, "new")))
+            self.assertTrue(os.path.exists(os.path.join(d, "old")))
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, 0, err)
+        self.assertEqual(runs.entries(d), ["checkpoint-10", "checkpoint-20", "checkpoint-30", "new"])
+
+    def test_delete_removes_only_a_named_checkpoint(self):
+        d = self.build()
+        self.tag(d, "checkpoint-20", "keep")
+        self.tag(d, "checkpoint-30", "gone")
+        os.symlink("keep", os.path.join(d, "link-to-keep"))
+        os.makedirs(os.path.join(d, "outside"))
+        shutil.copytree(os.path.join(d, "keep"), os.path.join(self.tmp, "other-run-named"))
+        runs.make_dir_entry(d, "plain")
+        with open(os.path.join(d, "notes"), "w") as f:
+            f.write("a file")
+        r = self.tag("--delete", d, "gone")
+        self.assertEqual(r.stdout, "deleted %s\n" % os.path.join(d, "gone"))
+        self.assertFalse(os.path.exists(os.path.join(d, "gone")))
+        self.assertEqual(runs.trash_entries(d), [])
+        self.assertTrue(os.path.isdir(os.path.join(d, "checkpoint-30")), "its source stays")
+        before = runs.tree_digest(self.tmp)
+        cases = [("link-to-keep", 2, "%s/link-to-keep: is a symlink, not a named checkpoint" % d, "invalid_argument"),
+                 ("notes", 2, "%s/notes: is a regular file, not a named checkpoint" % d, "invalid_argument"),
+                 ("plain", 2, "%s/plain: holds no trainer_state.json: not a named checkpoint" % d, "invalid_argument"),
+                 ("checkpoint-10", 2, "%s/checkpoint-10: is a checkpoint of the run, not a named one \\(rotate deletes those\\)$" % d,
+                  "invalid_argument"),
+                 ("gone", 1, "%s/gone: no such named checkpoint$" % d, "not_found"),
+                 ("../other-run-named", 2, "'../other-run-named' is not one name", "invalid_argument"),
+                 (".ckpt.lock", 2, "'.ckpt.lock' begins with '.'", "invalid_argument")]
+        for name, code, message, kind in cases:
+            for json_flag in ([], ["--json"]):
+                with self.subTest(name=name, json=bool(json_flag)):
+                    self.assertRefused(ckpt("tag", "--delete", *json_flag, d, name), code, message, kind)
+        self.assertEqual(runs.tree_digest(self.tmp), before)
+        doc = self.tag("--delete", "--json", d, "keep").json()
+        self.assertEqual(doc, {"name": "keep", "path": os.path.join(d, "keep"), "step": 20, "size_bytes": doc["size_bytes"]})
+        self.assertGreater(doc["size_bytes"], 0)
+        self.assertFalse(os.path.exists(os.path.join(d, "keep")))
+        self.assertTrue(os.path.islink(os.path.join(d, "link-to-keep")))
+
+    def test_usage(self):
+        d = self.build()
+        for args, message in ((["tag", d], "tag takes RUN_DIR, CHECKPOINT and NAME"),
+                              (["tag", d, "checkpoint-10"], "tag takes RUN_DIR, CHECKPOINT and NAME"),
+                              (["tag", "--delete", d], "--delete takes RUN_DIR and the NAME to delete"),
+                              (["tag", "--delete", d, "checkpoint-10", "x"], "--delete takes RUN_DIR and the NAME to delete")):
+            with self.subTest(args=args):
+                self.assertRefused(ckpt(*args), 2, message, "usage")
+        self.assertRefused(ckpt("tag", os.path.join(self.tmp, "nope"), "checkpoint-10", "x"), 1,
+                           "%s: no such directory" % os.path.join(self.tmp, "nope"), "not_found")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import unittest
 
 import hf_reference
 import runs
-from runs import ckpt, ckpt_ok
+from runs import blocked_in_flock, ckpt, ckpt_ok
 
 # Steps chosen so that lexicographic order differs from numeric order.
 STEPS = [5, 20, 100, 250, 1000, 1500, 12000]
@@ -30,16 +30,6 @@ ORDERS = [
     "mtime_close",    # --sort mtime; mtimes disagreeing with steps but all within 0.6 s: falls back to steps
     "mtime_edge",     # --sort mtime; spread exactly 1.0 s (no fallback: HF's rule is "< 1 s")
 ]
-
-
-def blocked_in_flock(pid):
-    """Whether process pid waits for a flock another holder has (/proc/locks marks a waiter's line with "->")."""
-    with open("/proc/locks") as f:
-        for line in f:
-            fields = line.split()
-            if fields[1:3] == ["->", "FLOCK"] and fields[5] == str(pid):
-                return True
-    return False
 
 
 def _case_mtimes(order, steps, rng, base):

@@ -71,6 +71,18 @@ class TrainTest(unittest.TestCase):
         for f in files:
             self.assertEqual(sha(os.path.join(a, f)), sha(os.path.join(b, f)), "%s differs between %s and %s" % (f, a, b))
 
+    def interrupted_after_a_checkpoint(self, run, args):
+        """Runs ckpt `args` training into `run`, sends SIGINT once a checkpoint is there; returns (stdout, stderr) of
+        the exit 130."""
+        p = subprocess.Popen([R.CKPT_BIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and not (os.path.isdir(run) and checkpoints(run)):
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 130, err)
+        return out, err
+
     def resumed_copy(self, run, checkpoint, name, *flags):
         """Copies one checkpoint of `run` into a fresh run directory and resumes it there."""
         other = self.path(name)
@@ -881,6 +893,69 @@ class OutputDirectoryGuard(TrainTest):
         self.assertTrue(os.path.exists(os.path.join(run, "checkpoint-75", "rng_state_1.pth")))
 
 
+class NamedCheckpoints(TrainTest):
+    """--save-name keeps the final checkpoint as RUN/NAME (ckpt tag's named checkpoint); resume --from NAME."""
+
+    def inodes(self, directory):
+        return {f: os.stat(os.path.join(directory, f)).st_ino for f in os.listdir(directory)}
+
+    def test_the_final_checkpoint_is_named_and_resuming_from_the_name_is_resuming_from_it(self):
+        run = self.path("run")
+        # 30 is no multiple of --save-steps: with --save-name the last step is saved all the same.
+        summary = json.loads(self.ok(["save", "--output-dir", run, "--max-steps", "30", "--save-steps", "20", "--save-name", "final",
+                                      "--json"]).stdout)
+        self.assertEqual(checkpoints(run), ["checkpoint-20", "checkpoint-30"])
+        self.assertEqual(summary["named_checkpoint"], os.path.join(run, "final"))
+        self.assertEqual(self.inodes(os.path.join(run, "final")), self.inodes(os.path.join(run, "checkpoint-30")))
+        listed = {row["name"]: row for row in json.loads(self.ok(["list", "--json", run]).stdout)}
+        self.assertEqual((listed["final"]["named"], listed["final"]["step"], listed["final"]["complete"]), (True, 30, True))
+        # Resuming from the name is resuming from checkpoint-30, bit for bit; resume takes --save-name too.
+        by_name, by_step = self.path("by-name"), self.path("by-step")
+        shutil.copytree(run, by_name)
+        shutil.copytree(run, by_step)
+        r = self.ok(["resume", by_name, "--from", "final", "--max-steps", "40", "--save-steps", "10", "--save-name", "final-40"])
+        self.assertEqual(r.stdout.splitlines()[0], "resuming from %s at step 30 of 40" % os.path.join(by_name, "final"))
+        self.assertIn("\ntagged checkpoint-40 as %s\n" % os.path.join(by_name, "final-40"), r.stdout)
+        self.ok(["resume", by_step, "--from", "checkpoint-30", "--max-steps", "40", "--save-steps", "10", "-q"])
+        self.assert_same_state(os.path.join(by_name, "checkpoint-40"), os.path.join(by_step, "checkpoint-40"))
+        self.assertEqual(sha(os.path.join(by_name, "model.safetensors")), sha(os.path.join(by_step, "model.safetensors")))
+        self.assertEqual(self.inodes(os.path.join(by_name, "final-40")), self.inodes(os.path.join(by_name, "checkpoint-40")))
+
+    def test_a_name_is_refused_before_anything_trains(self):
+        run = self.path("run")
+        self.save(run, "--max-steps", "10", "--save-steps", "10", "--save-name", "kept")
+        with open(os.path.join(run, "notes"), "w") as f:
+            f.write("a file")
+        before = sorted(os.listdir(run))
+        # No trainer library to load: the name is refused before it would be.
+        env = dict(os.environ, CKPT_TRAIN_LIBRARY=self.path("no-such-library.so"))
+        fresh = self.path("fresh")
+        for args, message in (
+                (["save", "--output-dir", fresh, "--save-name", "../x"], "--save-name: '../x' is not one name"),
+                (["save", "--output-dir", fresh, "--save-name", "checkpoint-5"], "--save-name: 'checkpoint-5' begins with checkpoint-"),
+                (["save", "--output-dir", fresh, "--save-name", ""], "--save-name: a checkpoint name must not be empty"),
+                (["resume", run, "--save-name", ".hidden"], "--save-name: '.hidden' begins with '.'"),
+                (["resume", run, "--save-name", "notes"], "%s/notes: --save-name: already exists \\(a regular file\\)$" % run),
+                (["resume", run, "--save-name", "kept", "--json"],
+                 "%s/kept: --save-name: already exists \\(a named checkpoint: `ckpt tag --delete %s kept` deletes it\\)$" % (run, run))):
+            with self.subTest(args=args):
+                r = R.run_ckpt(args + ["--max-steps", "20"], env=env)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertEqual(r.stderr.count("\n"), 1, r.stderr)
+                self.assertRegex(r.stderr, "^ckpt: error: " + message)
+                self.assertEqual(json.loads(r.stdout)["error"]["kind"] if "--json" in args else r.stdout,
+                                 "invalid_argument" if "--json" in args else "")
+        self.assertEqual(sorted(os.listdir(run)), before)
+        self.assertFalse(os.path.exists(fresh))
+
+    def test_an_interrupted_run_names_nothing(self):
+        run = self.path("run")
+        out, _ = self.interrupted_after_a_checkpoint(run, ["save", "--output-dir", run, "--max-steps", "100000", "--save-steps", "50",
+                                                           "--save-name", "final"])
+        self.assertFalse(os.path.exists(os.path.join(run, "final")))
+        self.assertNotIn("tagged", out)
+
+
 class Messages(TrainTest):
     """What save and resume say: where an interrupted run can continue, what resume restores, the ETA, the best."""
 
@@ -893,14 +968,7 @@ class Messages(TrainTest):
 
     def test_interrupt_says_what_is_kept_and_where_resume_continues(self):
         run = self.path("run")
-        p = subprocess.Popen([R.CKPT_BIN, "save", "--output-dir", run, "--max-steps", "100000", "--save-steps", "50"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 60
-        while time.time() < deadline and not (os.path.isdir(run) and checkpoints(run)):
-            time.sleep(0.05)
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
-        self.assertEqual(p.returncode, 130, err)
+        out, _ = self.interrupted_after_a_checkpoint(run, ["save", "--output-dir", run, "--max-steps", "100000", "--save-steps", "50"])
         last = checkpoints(run)[-1]
         saved = int(last.split("-")[1])
         m = re.search(r"^interrupted at step (\d+)/100000 \(epoch \d+\.\d\d\); (.*)$", out, re.M)

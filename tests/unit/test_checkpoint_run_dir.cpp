@@ -53,3 +53,27 @@ TEST_CASE("a weights index names only files beside it: every reader refuses othe
   CHECK_THROWS_AS(checkpoint::read_weights_index(path), Error);
   fs::remove_all(dir);
 }
+
+TEST_CASE("resume --from: a bare name is the run directory's entry first, a checkpoint-N's archive next, else a path") {
+  namespace fs = std::filesystem;
+  const fs::path base = fs::temp_directory_path() / ("ckpt-resume-source-test-" + std::to_string(::getpid()));
+  fs::remove_all(base);
+  const fs::path run = base / "run";
+  for (const char* dir : {"checkpoint-10", "final", "archive"}) fs::create_directories(run / dir);
+  std::ofstream(run / "archive" / "checkpoint-20.ckpt") << "x";
+  std::ofstream(run / "checkpoint-30.ckpt") << "x";
+  const std::string r = run.string();
+
+  CHECK(checkpoint::resume_source(r, "checkpoint-10") == (run / "checkpoint-10").string());
+  CHECK(checkpoint::resume_source(r, "final") == (run / "final").string());  // a named checkpoint
+  CHECK(checkpoint::resume_source(r, "checkpoint-20") == (run / "archive" / "checkpoint-20.ckpt").string());
+  CHECK(checkpoint::resume_source(r, "checkpoint-30") == (run / "checkpoint-30.ckpt").string());
+  // Nothing of the name in the run directory, or not a bare name: the path as given.
+  CHECK(checkpoint::resume_source(r, "elsewhere") == "elsewhere");
+  CHECK(checkpoint::resume_source(r, "checkpoint-40") == "checkpoint-40");
+  CHECK(checkpoint::resume_source(r, "other/final") == "other/final");
+  CHECK(checkpoint::resume_source(r, (base / "copy").string()) == (base / "copy").string());
+  CHECK(checkpoint::resume_source(r, "..") == "..");
+  CHECK(checkpoint::resume_source(r, ".") == ".");
+  fs::remove_all(base);
+}

@@ -117,3 +117,34 @@ TEST_CASE("errors of writing name what the user asked for, never a temporary bes
   CHECK_THROWS_AS(fs_util::create_parent_directories((dir / "file" / "x" / "out").string()), Error);
   fs::remove_all(dir);
 }
+
+TEST_CASE("link_tree hard-links every regular file below a directory, subdirectories too, and refuses a symlink") {
+  const fs::path dir = fs::temp_directory_path() / ("ckpt-fs-link-test-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  const fs::path from = dir / "from";
+  fs::create_directories(from / "sub" / "deeper");
+  std::ofstream(from / "a.bin") << "a";
+  std::ofstream(from / "sub" / "b.bin") << "b";
+  std::ofstream(from / "sub" / "deeper" / "c.bin") << "c";
+  CHECK(fs_util::regular_files_below(from.string()) == std::vector<std::string>{"a.bin", "sub/b.bin", "sub/deeper/c.bin"});
+
+  fs::create_directories(dir / "to");
+  const auto linked = fs_util::link_tree(from.string(), (dir / "to").string());
+  CHECK(linked.files == 3);
+  CHECK(linked.hard_linked == 3);
+  for (const char* name : {"a.bin", "sub/b.bin", "sub/deeper/c.bin"}) {
+    CHECK(fs::equivalent(from / name, dir / "to" / name));
+  }
+  CHECK(fs::hard_link_count(from / "sub" / "deeper" / "c.bin") == 2);
+
+  fs::create_symlink("../a.bin", from / "sub" / "link");
+  fs::create_directories(dir / "again");
+  try {
+    fs_util::link_tree(from.string(), (dir / "again").string());
+    FAIL("a symlink was linked or followed");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::unsupported);
+    CHECK(e.path() == (from / "sub" / "link").string());
+  }
+  fs::remove_all(dir);
+}
