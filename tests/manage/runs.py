@@ -361,3 +361,13 @@ def copy_fixture_run(dest_parent, name="run_safetensors"):
 
 def now():
     return time.time()
+
+
+def human_bytes(n):
+    """A size as ckpt prints it: exact bytes below 1 KiB, else one decimal and a binary unit."""
+    if n < 1024:
+        return "%d B" % n
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024.0
+        if n < 1024:
+            return "%.1f %s" % (n, unit)
