@@ -97,8 +97,8 @@ struct DirectoryEntry {
 class OpenDirectory {
  public:
   // `name` in the directory open at `parent` (AT_FDCWD: relative to the working directory), only if it is a
-  // directory, and never through a symlink unless `follow`. Nullopt with errno set when it cannot be opened (ELOOP
-  // for a symlink, ENOTDIR for anything else that is no directory).
+  // directory, and never through a symlink unless `follow`. Nullopt with errno set when it cannot be opened (ENOTDIR
+  // for a symlink not followed, as for anything else that is no directory; ELOOP on some systems).
   static std::optional<OpenDirectory> open(int parent, const std::string& name, bool follow);
   int fd() const { return ::dirfd(dir_.get()); }
   // Every entry but . and .., in the file system's order. Throws Error (io) naming `path` when reading fails.
