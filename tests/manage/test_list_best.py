@@ -981,6 +981,12 @@ class SeveralRunsLatestTest(Tmp):
         lines = r.stderr.splitlines()
         self.assertRegex(lines[0], r"^ckpt: latest: skipped %s: verification failed: .*CRC-32" % bad, r.describe())
         self.assertEqual(lines[1:], ["ckpt: latest: %s is the newest that verifies" % os.path.join(a, "checkpoint-10")])
+        # A run where none verifies is corrupt input (exit 3), and the other runs are still answered.
+        shutil.rmtree(os.path.join(a, "checkpoint-10"))
+        r = ckpt("latest", "--verify", a, b)
+        self.assertEqual(r.returncode, 3, r.describe())
+        self.assertEqual(r.stdout, "%s\t%s\n" % (b, os.path.join(b, "checkpoint-10")))
+        self.assertEqual(r.stderr.splitlines()[-1], "ckpt: error: %s: no complete checkpoint verifies (1 failed --verify)" % a)
         r = ckpt("latest", "--archives", "--restore-to", os.path.join(self.tmp, "scratch"), a, b)
         self.assertEqual(r.returncode, 2, r.describe())
         self.assertEqual(r.stderr, "ckpt: error: --restore-to restores one run's archive: give one RUN_DIR, not several\n")
