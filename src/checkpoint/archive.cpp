@@ -79,7 +79,7 @@ std::vector<InputFile> list_files(const std::string& dir) {
 // numbers as pairs of floats, integers as plain byte planes, one-byte types as bytes.
 void layout_for(DType dtype, Segment& s) {
   const std::size_t size = element_size(dtype);
-  const bool complex = dtype == DType::complex64 || dtype == DType::complex128;
+  const bool complex = is_complex(dtype);
   s.element_size = static_cast<std::uint32_t>(complex ? size / 2 : size);
   if (s.element_size == 1 || s.size % s.element_size != 0) {
     s.layout = Layout::bytes;

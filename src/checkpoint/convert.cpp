@@ -213,8 +213,8 @@ struct SafetensorsItem {
 };
 
 void check_safetensors_dtype(DType dtype, const std::string& name) {
-  if (dtype == DType::complex128) {
-    throw Error(ErrorKind::unsupported, "", "tensor '" + name + "'", "complex128 has no safetensors dtype");
+  if (!safetensors_code(dtype)) {
+    throw Error(ErrorKind::unsupported, "", "tensor '" + name + "'", std::string(torch_name(dtype)) + " has no safetensors dtype");
   }
 }
 
@@ -280,11 +280,7 @@ class GraphBuilder {
     pickle::TensorRef t = st;
     t.storage = sit->second;
     t.dtype = output_dtype(st.dtype, options_);
-    g_.tensors.push_back(std::move(t));
-    pickle::Node n;
-    n.kind = Kind::tensor;
-    n.integer = static_cast<std::int64_t>(g_.tensors.size() - 1);
-    return nodes_[{&s, source_node}] = g_.add(std::move(n));
+    return nodes_[{&s, source_node}] = g_.add_tensor(std::move(t));
   }
 
  private:
@@ -471,18 +467,7 @@ void write_weights(const std::vector<Weight>& weights, const std::optional<json:
 
 // Loads the shards an index names, in order; a missing shard is an error.
 std::vector<std::unique_ptr<Source>> load_index(const std::string& index_path) {
-  const json::Json doc = json::parse_file(index_path);
-  if (!doc.is_object() || !doc.contains("weight_map") || !doc["weight_map"].is_object()) {
-    throw Error(ErrorKind::corrupt, index_path, "weight_map", "missing or not an object");
-  }
-  std::vector<std::string> files;
-  std::set<std::string> seen;
-  for (const auto& [tensor, shard] : doc["weight_map"].items()) {
-    if (!shard.is_string()) throw Error(ErrorKind::corrupt, index_path, "weight_map", "'" + tensor + "' maps to a non-string");
-    const std::string file = shard.get<std::string>();
-    if (!is_shard_file_name(file)) throw Error(ErrorKind::corrupt, index_path, "weight_map", "shard name '" + file + "' is not a file beside the index");
-    if (seen.insert(file).second) files.push_back(file);
-  }
+  std::vector<std::string> files = read_weights_index(index_path).files;
   // In shard order (the numbered names sort so), as Hugging Face loads them: the merged state dict then has
   // the original key order.
   std::sort(files.begin(), files.end());

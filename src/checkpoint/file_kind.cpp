@@ -96,30 +96,63 @@ std::optional<std::string> rng_problem(const Graph& g, NodeId root) {
 
 }  // namespace
 
-std::optional<std::string> promised_kind(const std::string& name) {
+std::string_view kind_name(FileKind kind) {
+  switch (kind) {
+    case FileKind::weights: return "weights";
+    case FileKind::weights_index: return "weights_index";
+    case FileKind::optimizer: return "optimizer";
+    case FileKind::scheduler: return "scheduler";
+    case FileKind::scaler: return "scaler";
+    case FileKind::rng_state: return "rng_state";
+    case FileKind::trainer_state: return "trainer_state";
+    case FileKind::training_args: return "training_args";
+    case FileKind::config: return "config";
+    case FileKind::json: return "json";
+    case FileKind::pickle: return "pickle";
+    case FileKind::archive: return "archive";
+    case FileKind::other: return "other";
+    case FileKind::error: return "error";
+  }
+  return "other";
+}
+
+std::optional<FileKind> promised_kind(const std::string& name) {
   if (name == "pytorch_model.bin" || name == "model.safetensors" || name == "adapter_model.bin" || name == "adapter_model.safetensors" ||
       (name.starts_with("pytorch_model-") && name.ends_with(".bin")) || (name.starts_with("model-") && name.ends_with(".safetensors"))) {
-    return "weights";
+    return FileKind::weights;
   }
-  if (name == "optimizer.pt" || has_rank_suffix(name, "optimizer_", ".pt")) return "optimizer";
-  if (name == "scheduler.pt") return "scheduler";
-  if (name == "scaler.pt") return "scaler";
-  if (name == "rng_state.pth" || has_rank_suffix(name, "rng_state_", ".pth")) return "rng_state";
+  if (name == "optimizer.pt" || has_rank_suffix(name, "optimizer_", ".pt")) return FileKind::optimizer;
+  if (name == "scheduler.pt") return FileKind::scheduler;
+  if (name == "scaler.pt") return FileKind::scaler;
+  if (name == "rng_state.pth" || has_rank_suffix(name, "rng_state_", ".pth")) return FileKind::rng_state;
   return std::nullopt;
 }
 
-std::optional<std::string> kind_problem(const Graph& g, const std::string& kind) {
+std::optional<std::string> kind_problem(const Graph& g, FileKind kind) {
   const NodeId root = g.root();
-  if (kind == "weights") {
+  if (kind == FileKind::weights) {
     if (!is_state_dict(g)) return "not a dict of tensor names -> tensors";
     if (g.at(root).items.empty()) return "holds no tensors";
     return std::nullopt;
   }
   if (!g.is(root, Kind::dict)) return "not a dict";
-  if (kind == "optimizer") return optimizer_problem(g, root);
-  if (kind == "scheduler") return scheduler_problem(g, root);
-  if (kind == "scaler") return scaler_problem(g, root);
-  if (kind == "rng_state") return rng_problem(g, root);
+  switch (kind) {
+    case FileKind::optimizer: return optimizer_problem(g, root);
+    case FileKind::scheduler: return scheduler_problem(g, root);
+    case FileKind::scaler: return scaler_problem(g, root);
+    case FileKind::rng_state: return rng_problem(g, root);
+    case FileKind::weights:
+    case FileKind::weights_index:
+    case FileKind::trainer_state:
+    case FileKind::training_args:
+    case FileKind::config:
+    case FileKind::json:
+    case FileKind::pickle:
+    case FileKind::archive:
+    case FileKind::other:
+    case FileKind::error:
+      break;
+  }
   return std::nullopt;
 }
 

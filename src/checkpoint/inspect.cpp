@@ -54,26 +54,26 @@ bool is_rng_state(const Graph& g, NodeId root) {
   return true;
 }
 
-std::string classify_pickle(const Graph& g, const std::string& file_name) {
+FileKind classify_pickle(const Graph& g, const std::string& file_name) {
   const NodeId root = g.root();
-  if (is_state_dict(g)) return "weights";
+  if (is_state_dict(g)) return FileKind::weights;
   if (g.is(root, Kind::dict)) {
-    if (g.at(root).items.empty()) return file_name.find("scaler") != std::string::npos ? "scaler" : "pickle";
+    if (g.at(root).items.empty()) return file_name.find("scaler") != std::string::npos ? FileKind::scaler : FileKind::pickle;
     const NodeId* state = g.dict_get(root, "state");
     const NodeId* groups = g.dict_get(root, "param_groups");
-    if (state && groups && g.is(*state, Kind::dict) && g.is(*groups, Kind::list)) return "optimizer";
-    if (g.dict_get(root, "last_epoch") && (g.dict_get(root, "base_lrs") || g.dict_get(root, "_last_lr"))) return "scheduler";
-    if (has_keys(g, root, {"scale", "_growth_tracker"})) return "scaler";
-    if (is_rng_state(g, root)) return "rng_state";
+    if (state && groups && g.is(*state, Kind::dict) && g.is(*groups, Kind::list)) return FileKind::optimizer;
+    if (g.dict_get(root, "last_epoch") && (g.dict_get(root, "base_lrs") || g.dict_get(root, "_last_lr"))) return FileKind::scheduler;
+    if (has_keys(g, root, {"scale", "_growth_tracker"})) return FileKind::scaler;
+    if (is_rng_state(g, root)) return FileKind::rng_state;
     // ckpt save writes TrainingArguments' keys as a plain dict.
-    if (file_name.rfind("training_args", 0) == 0) return "training_args";
+    if (file_name.rfind("training_args", 0) == 0) return FileKind::training_args;
   }
   if (g.is(root, Kind::object)) {
     const NodeId callable = g.at(root).items[pickle::object_callable];
     const std::string cls = g.is(callable, Kind::global) ? g.global_name(callable) : "";
-    if (file_name.rfind("training_args", 0) == 0 || cls.ends_with("Arguments")) return "training_args";
+    if (file_name.rfind("training_args", 0) == 0 || cls.ends_with("Arguments")) return FileKind::training_args;
   }
-  return "pickle";
+  return FileKind::pickle;
 }
 
 // ---- weights ----
@@ -306,9 +306,9 @@ void verify_kind(const Graph& g, const std::string& name, Verification& v) {
   const auto kind = promised_kind(name);
   if (!kind) return;
   if (auto why = kind_problem(g, *kind)) {
-    v.errors.push_back("named " + name + " (" + *kind + ") but " + *why);
+    v.errors.push_back("named " + name + " (" + std::string(kind_name(*kind)) + ") but " + *why);
   } else {
-    v.checks.push_back("a " + *kind + " file as resume reads it");
+    v.checks.push_back("a " + std::string(kind_name(*kind)) + " file as resume reads it");
   }
 }
 
@@ -316,7 +316,7 @@ void verify_kind(const Graph& g, const std::string& name, Verification& v) {
 void verify_safetensors_kind(const std::string& name, const safetensors::Header& header, Verification& v) {
   const auto kind = promised_kind(name);
   if (!kind) return;
-  if (*kind != "weights") v.errors.push_back("named " + name + " (" + *kind + ") but holds weights");
+  if (*kind != FileKind::weights) v.errors.push_back("named " + name + " (" + std::string(kind_name(*kind)) + ") but holds weights");
   else if (header.tensors.empty()) v.errors.push_back("named " + name + " (weights) but holds no tensors");
   else v.checks.push_back("a weights file as resume reads it");
 }
@@ -336,13 +336,24 @@ void summarize_value(const Source& file, FileReport& report, const InspectOption
   const std::string source_name = file.has_structure() && file.metadata.count(kSourceNameKey) ? file.metadata.at(kSourceNameKey) : report.file;
   report.kind = classify_pickle(g, source_name);
   try {
-    if (report.kind == "weights") summarize_pickled_weights(file, report, options);
-    else if (report.kind == "optimizer") summarize_optimizer(file, report);
-    else if (report.kind == "scheduler") summarize_scheduler(g, report);
-    else if (report.kind == "scaler") summarize_scaler(g, report);
-    else if (report.kind == "rng_state") summarize_rng(file, report);
-    else if (report.kind == "training_args") summarize_training_args(g, report);
-    else report.fields["value"] = to_data(g, g.root());
+    switch (report.kind) {
+      case FileKind::weights: summarize_pickled_weights(file, report, options); break;
+      case FileKind::optimizer: summarize_optimizer(file, report); break;
+      case FileKind::scheduler: summarize_scheduler(g, report); break;
+      case FileKind::scaler: summarize_scaler(g, report); break;
+      case FileKind::rng_state: summarize_rng(file, report); break;
+      case FileKind::training_args: summarize_training_args(g, report); break;
+      case FileKind::weights_index:  // JSON and archives are never pickles
+      case FileKind::trainer_state:
+      case FileKind::config:
+      case FileKind::json:
+      case FileKind::archive:
+      case FileKind::pickle:
+      case FileKind::other:
+      case FileKind::error:
+        report.fields["value"] = to_data(g, g.root());
+        break;
+    }
   } catch (const Error& e) {
     throw e.with_context(file.path, "");
   }
@@ -373,14 +384,14 @@ void summarize_json(const std::string& path, FileReport& report) {
   const json::Json doc = json::parse_file(path);
   auto field = [&](const char* key) { return doc.is_object() && doc.contains(key) ? doc[key] : json::Json(nullptr); };
   if (doc.is_object() && doc.contains("global_step") && doc.contains("log_history")) {
-    report.kind = "trainer_state";
+    report.kind = FileKind::trainer_state;
     for (const char* key : {"global_step", "epoch", "max_steps", "best_metric", "best_model_checkpoint"}) report.fields[key] = field(key);
     const json::Json history = field("log_history");
     report.fields["num_log_entries"] = history.is_array() ? history.size() : 0;
     report.fields["last_train_log"] = last_log_with(history, [](const std::string& k) { return k == "loss"; });
     report.fields["last_eval_log"] = last_log_with(history, [](const std::string& k) { return k.rfind("eval_", 0) == 0; });
   } else if (doc.is_object() && doc.contains("weight_map")) {
-    report.kind = "weights_index";
+    report.kind = FileKind::weights_index;
     const json::Json meta = field("metadata");
     report.fields["total_size"] = meta.is_object() && meta.contains("total_size") ? meta["total_size"] : json::Json(nullptr);
     std::vector<std::pair<std::string, std::uint64_t>> shard_counts;  // in order of first appearance
@@ -400,11 +411,11 @@ void summarize_json(const std::string& path, FileReport& report) {
     report.fields["num_tensors"] = count;
     report.fields["shards"] = shards.take();
   } else if (doc.is_object() && (doc.contains("model_type") || report.file == "config.json")) {
-    report.kind = "config";
+    report.kind = FileKind::config;
     for (const char* key : {"model_type", "architectures", "torch_dtype"}) report.fields[key] = field(key);
     report.fields["config"] = doc;
   } else {
-    report.kind = "json";
+    report.kind = FileKind::json;
     report.fields["value"] = doc;
   }
 }
@@ -412,7 +423,7 @@ void summarize_json(const std::string& path, FileReport& report) {
 // An archive (checkpoint/archive.hpp) from its manifest; --verify decodes every frame and checks every sha256.
 void summarize_archive(const std::string& path, FileReport& report, const InspectOptions& options) {
   report.format = "ckpt_archive";
-  report.kind = "archive";
+  report.kind = FileKind::archive;
   const auto info = read_archive_info(path);
   const auto& m = info.manifest;
   json::Json files = json::Json::array();
@@ -463,7 +474,7 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
       try {
         const safetensors::Header header = safetensors::parse(file.bytes());
         if (std::none_of(header.metadata.begin(), header.metadata.end(), [](const auto& m) { return m.first == kStructureKey; })) {
-          report.kind = "weights";
+          report.kind = FileKind::weights;
           summarize_safetensors(file, header, report, options);
           if (options.verify) verify_weights_metadata(path, header, *report.verify);
           if (options.verify) verify_safetensors_kind(report.file, header, *report.verify);
@@ -490,7 +501,7 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
                     "not a torch.save zip, a safetensors file or JSON (detected from the content)");
       }
       report.format = "other";
-      report.kind = "other";
+      report.kind = FileKind::other;
   }
   if (options.verify && report.format == "json") report.verify->checks.push_back("JSON parses");
   return report;
@@ -529,22 +540,15 @@ json::Json check_param_shapes(const FileReport& optimizer, const std::vector<con
 }
 
 void check_index(const std::string& dir, const FileReport& index, const std::vector<FileReport>& files, Verification& v) {
-  const json::Json doc = json::parse_file(index.path);
+  // The file is read again here: what summarize_json saw may have changed since.
+  const WeightsIndex weights_index = read_weights_index(index.path);
   std::map<std::string, std::set<std::string>> shard_tensors;
   for (const auto& f : files) {
     for (const auto& t : f.tensors) shard_tensors[f.file].insert(t.name);
   }
-  // The file is read again here: what summarize_json saw may have changed since.
-  const auto weight_map = doc.find("weight_map");
-  if (weight_map == doc.end() || !weight_map->is_object()) throw Error(ErrorKind::corrupt, index.path, "weight_map", "missing or not an object");
   std::size_t listed = 0;
-  for (const auto& [tensor, shard] : weight_map->items()) {
+  for (const auto& [tensor, file] : weights_index.tensor_to_file) {
     ++listed;
-    const std::string file = shard.is_string() ? shard.get<std::string>() : "";
-    if (!is_shard_file_name(file)) {
-      v.errors.push_back(index.file + ": weight_map: shard name '" + file + "' of '" + tensor + "' is not a file beside the index");
-      continue;
-    }
     auto it = shard_tensors.find(file);
     if (it == shard_tensors.end()) {
       if (!fs::exists(fs::path(dir) / file)) v.errors.push_back(index.file + ": shard '" + file + "' is missing");
@@ -628,7 +632,7 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
       failed.file = base_name(path);
       struct stat st {};
       if (::lstat(path.c_str(), &st) == 0) failed.size_bytes = static_cast<std::uint64_t>(st.st_size);
-      failed.kind = "error";
+      failed.kind = FileKind::error;
       failed.error = e;
       report.files.push_back(std::move(failed));
     }
@@ -652,12 +656,12 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   const FileReport* index = nullptr;
   const FileReport* trainer_state = nullptr;
   for (auto& f : report.files) {
-    if (f.kind == "weights" && f.file.rfind("adapter_", 0) != 0) weights.push_back(&f);
-    if (f.kind == "optimizer" && (f.file == "optimizer.pt" || f.file == "optimizer.safetensors" || f.fields.contains(kShardKey))) {
+    if (f.kind == FileKind::weights && f.file.rfind("adapter_", 0) != 0) weights.push_back(&f);
+    if (f.kind == FileKind::optimizer && (f.file == "optimizer.pt" || f.file == "optimizer.safetensors" || f.fields.contains(kShardKey))) {
       optimizers.push_back(&f);
     }
-    if (f.kind == "weights_index") index = &f;
-    if (f.kind == "trainer_state") trainer_state = &f;
+    if (f.kind == FileKind::weights_index) index = &f;
+    if (f.kind == FileKind::trainer_state) trainer_state = &f;
   }
   // With a sharded set, only its shards are the model (a stray single file would be counted twice).
   if (index) {
@@ -671,7 +675,7 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   }
   if (weights.empty()) {  // an adapter's checkpoint: its weights are the model it trains
     for (const auto& f : report.files) {
-      if (f.kind == "weights" && f.file.rfind("adapter_", 0) == 0) weights.push_back(&f);
+      if (f.kind == FileKind::weights && f.file.rfind("adapter_", 0) == 0) weights.push_back(&f);
     }
   }
   report.summary = summarize_checkpoint(report, completeness.state, weights);

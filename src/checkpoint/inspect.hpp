@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/file_kind.hpp"
 #include "format/dtype.hpp"
 #include "format/json.hpp"
 #include "util/error.hpp"
@@ -42,8 +43,7 @@ struct FileReport {
   std::string file;  // base name
   std::uint64_t size_bytes = 0;
   std::string format;  // torch_zip, safetensors, json, other
-  std::string kind;    // weights, weights_index, optimizer, scheduler, scaler, rng_state, trainer_state,
-                       // training_args, config, json, pickle, other
+  FileKind kind = FileKind::other;
   std::vector<TensorSummary> tensors;  // weights only
   json::Json fields = json::Json::object();  // the kind's summary fields
   std::optional<Verification> verify;

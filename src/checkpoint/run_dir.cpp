@@ -92,30 +92,39 @@ std::vector<CheckpointDir> discover_checkpoints(const std::string& run_dir) {
   return found;
 }
 
+namespace {
+
 bool is_shard_file_name(const std::string& name) {
   return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos && name.find('\0') == std::string::npos;
+}
+
+}  // namespace
+
+WeightsIndex read_weights_index(const std::string& index_path) {
+  const json::Json doc = json::parse_file(index_path);
+  const auto weight_map = doc.is_object() ? doc.find("weight_map") : doc.end();
+  if (!doc.is_object() || weight_map == doc.end() || !weight_map->is_object()) {
+    throw Error(ErrorKind::corrupt, index_path, "weight_map", "missing or not an object");
+  }
+  WeightsIndex index;
+  std::set<std::string> seen;
+  for (const auto& [tensor, shard] : weight_map->items()) {
+    if (!shard.is_string()) throw Error(ErrorKind::corrupt, index_path, "weight_map", "'" + tensor + "' maps to a non-string");
+    std::string file = shard.get<std::string>();
+    if (!is_shard_file_name(file)) {
+      throw Error(ErrorKind::corrupt, index_path, "weight_map", "shard name '" + file + "' is not a file beside the index");
+    }
+    if (seen.insert(file).second) index.files.push_back(file);
+    index.tensor_to_file.emplace_back(tensor, std::move(file));
+  }
+  return index;
 }
 
 std::optional<WeightsFiles> find_weights(const std::string& dir) {
   const fs::path base(dir);
   for (const char* index : {"model.safetensors.index.json", "pytorch_model.bin.index.json"}) {
     if (!fs::exists(base / index)) continue;
-    WeightsFiles w;
-    w.index = index;
-    const json::Json doc = json::parse_file((base / index).string());
-    if (!doc.is_object() || !doc.contains("weight_map") || !doc["weight_map"].is_object()) {
-      throw Error(ErrorKind::corrupt, (base / index).string(), "weight_map", "missing or not an object");
-    }
-    std::set<std::string> seen;
-    for (const auto& [tensor, shard] : doc["weight_map"].items()) {
-      if (!shard.is_string()) throw Error(ErrorKind::corrupt, (base / index).string(), "weight_map", "'" + tensor + "' maps to a non-string");
-      const std::string file = shard.get<std::string>();
-      if (!is_shard_file_name(file)) {
-        throw Error(ErrorKind::corrupt, (base / index).string(), "weight_map", "shard name '" + file + "' is not a file beside the index");
-      }
-      if (seen.insert(file).second) w.files.push_back(file);
-    }
-    return w;
+    return WeightsFiles{index, read_weights_index((base / index).string()).files};
   }
   for (const char* single : {"model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin"}) {
     if (fs::exists(base / single)) return WeightsFiles{std::nullopt, {single}};
@@ -214,7 +223,7 @@ bool assess_files_and_weights(const fs::path& base, Completeness& result) {
             if (header.tensors.empty()) throw Error(ErrorKind::unsupported, path, "", "holds no tensors, not weights");
           } else {
             torch_archive::TorchFile torch(path);
-            if (auto why = kind_problem(torch.graph(), "weights")) throw Error(ErrorKind::unsupported, path, "", "is not weights: " + *why);
+            if (auto why = kind_problem(torch.graph(), FileKind::weights)) throw Error(ErrorKind::unsupported, path, "", "is not weights: " + *why);
           }
         } catch (const Error& e) {
           result.problems.push_back(e.with_context(path, "").what());
@@ -273,7 +282,7 @@ bool is_model_directory(const std::string& dir) {
     const std::string name = it->path().filename().string();
     if (name == "trainer_state.json") return false;
     const auto kind = promised_kind(name);
-    if (kind && *kind != "weights") return false;
+    if (kind && *kind != FileKind::weights) return false;
   }
   return true;
 }

@@ -49,9 +49,14 @@ struct WeightsFiles {
 };
 std::optional<WeightsFiles> find_weights(const std::string& dir);
 
-// Whether a weight_map value names a file beside its index: not empty, not `.` or `..`, no `/`. Every reader of
-// an index refuses other names as corrupt (find_weights, convert, inspect --verify).
-bool is_shard_file_name(const std::string& name);
+// A Hugging Face weights index (model.safetensors.index.json, pytorch_model.bin.index.json): its weight_map, read
+// by find_weights, convert and inspect --verify alike. Every shard name is a file beside the index (not empty, not
+// `.` or `..`, no `/` or NUL); any other name, a non-string, or a missing weight_map object is corrupt.
+struct WeightsIndex {
+  std::vector<std::pair<std::string, std::string>> tensor_to_file;  // in the index's order
+  std::vector<std::string> files;                                   // each shard once, in order of first mention
+};
+WeightsIndex read_weights_index(const std::string& index_path);
 
 // What list, best and rotate need from a checkpoint's trainer_state.json.
 struct TrainerStateSummary {

@@ -15,14 +15,10 @@ using pickle::NodeId;
 
 std::span<const std::uint8_t> Source::tensor_extent(const pickle::TensorRef& t) const {
   const std::size_t es = element_size(t.dtype);
-  std::uint64_t last = static_cast<std::uint64_t>(t.storage_offset);
-  for (std::size_t i = 0; i < t.shape.size(); ++i) {
-    if (t.shape[i] == 0) return {};
-    last += static_cast<std::uint64_t>(t.shape[i] - 1) * static_cast<std::uint64_t>(t.stride[i]);
-  }
+  const std::uint64_t elements = t.element_extent();
+  if (elements == 0) return {};
   const std::uint64_t begin = storage_offsets[t.storage] + static_cast<std::uint64_t>(t.storage_offset) * es;
-  return file().bytes().subspan(static_cast<std::size_t>(begin),
-                                static_cast<std::size_t>(last + 1 - static_cast<std::uint64_t>(t.storage_offset)) * es);
+  return file().bytes().subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(elements * es));
 }
 
 namespace {
@@ -43,11 +39,7 @@ NodeId add_storage_tensor(Graph& g, std::vector<std::uint64_t>& offsets, DType d
   t.stride = contiguous_strides(shape);
   t.requires_grad = requires_grad;
   t.is_parameter = parameter;
-  g.tensors.push_back(std::move(t));
-  pickle::Node n;
-  n.kind = Kind::tensor;
-  n.integer = static_cast<std::int64_t>(g.tensors.size() - 1);
-  return g.add(std::move(n));
+  return g.add_tensor(std::move(t));
 }
 
 [[noreturn]] void fail_metadata(const std::string& path, const char* key, const std::string& detail) {

@@ -231,11 +231,7 @@ class Decoder {
       array.data = array_bytes_(name);
       if (array.descr.empty() && !array.data.empty()) fail_corrupt("structure", "$ndarray '" + name + "' has bytes but no descr");
       if (auto why = numpy_unstorable(array)) fail_corrupt("structure", "$ndarray '" + name + "' is " + *why);
-      g_.arrays.push_back(std::move(array));
-      Node n;
-      n.kind = Kind::ndarray;
-      n.integer = static_cast<std::int64_t>(g_.arrays.size() - 1);
-      return tensors_[name] = g_.add(std::move(n));
+      return tensors_[name] = g_.add_array(std::move(array));
     }
     if (v.contains("$numpy_dtype")) {
       const std::string descr = string_field(v, "$numpy_dtype");

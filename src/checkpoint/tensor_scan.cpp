@@ -23,8 +23,20 @@ int classify_element(const std::uint8_t* p, DType dtype) {
     case DType::bfloat16: return classify<std::uint16_t, 0x7F80, 0x007F>(p);
     case DType::float8_e5m2: return classify<std::uint8_t, 0x7C, 0x03>(p);
     case DType::float8_e4m3fn: return (p[0] & 0x7F) == 0x7F ? 1 : 0;  // no infinities in e4m3fn
-    default: return 0;
+    case DType::int64:
+    case DType::int32:
+    case DType::int16:
+    case DType::int8:
+    case DType::uint64:
+    case DType::uint32:
+    case DType::uint16:
+    case DType::uint8:
+    case DType::boolean:
+    case DType::complex128:  // complex tensors are not scanned (count_nonfinite: real floating point only)
+    case DType::complex64:
+      break;
   }
+  return 0;
 }
 
 }  // namespace
@@ -125,8 +137,16 @@ std::optional<double> scalar_value(std::span<const std::uint8_t> bytes, DType dt
       std::memcpy(&v, &f, 4);
       return v;
     }
-    default: return std::nullopt;
+    case DType::uint64:
+    case DType::uint32:
+    case DType::uint16:
+    case DType::float8_e5m2:
+    case DType::float8_e4m3fn:
+    case DType::complex128:
+    case DType::complex64:
+      break;
   }
+  return std::nullopt;
 }
 
 std::vector<std::int64_t> contiguous_strides(const std::vector<std::int64_t>& shape) {

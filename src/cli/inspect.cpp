@@ -14,6 +14,7 @@ namespace ckpt::cli {
 namespace {
 
 using checkpoint::CheckpointReport;
+using checkpoint::FileKind;
 using checkpoint::FileReport;
 using checkpoint::Verification;
 
@@ -31,12 +32,12 @@ json::Json verification_json(const Verification& v) {
 }
 
 json::Json file_json(const FileReport& f) {
-  json::Json out{{"path", f.path}, {"file", f.file}, {"size_bytes", f.size_bytes}, {"format", f.format}, {"kind", f.kind}};
+  json::Json out{{"path", f.path}, {"file", f.file}, {"size_bytes", f.size_bytes}, {"format", f.format}, {"kind", kind_name(f.kind)}};
   if (f.error) {
     out["error"] = f.error->what();
     return out;
   }
-  if (f.kind == "weights" || f.kind == "archive") {
+  if (f.kind == FileKind::weights || f.kind == FileKind::archive) {
     json::Json tensors = json::Json::array();
     for (const auto& t : f.tensors) {
       json::Json j{{"name", t.name},
@@ -67,7 +68,7 @@ json::Json summary_json(const checkpoint::CheckpointSummary& s, const std::vecto
   json::Json dtypes = json::Json::object();
   for (const auto& d : s.dtypes) dtypes[std::string(torch_name(d.dtype))] = {{"count", d.tensors}, {"numel", d.parameters}, {"nbytes", d.bytes}};
   json::ObjectBuilder kinds(files.size());
-  for (const auto& f : files) kinds.set(f.file, f.kind);
+  for (const auto& f : files) kinds.set(f.file, std::string(kind_name(f.kind)));
   json::Json best = nullptr;
   if (s.best_checkpoint) best = {{"checkpoint", *s.best_checkpoint}, {"metric", optional(s.best_metric_name)}, {"value", optional(s.best_metric)}};
   return {{"step", optional(s.step)},
@@ -200,53 +201,80 @@ std::string optimizer_text(const FileReport& f) {
 
 // `detail` false (--summary) leaves out the tables that grow with the file: weights' tensors, training_args' fields.
 std::string file_text(const FileReport& f, bool detail) {
-  std::string out = fmt::format("{}: {} ({}, {})\n", printable(f.path), f.kind, f.format, human_bytes(f.size_bytes));
+  std::string out = fmt::format("{}: {} ({}, {})\n", printable(f.path), kind_name(f.kind), f.format, human_bytes(f.size_bytes));
   if (f.error) return fmt::format("{}: error: {}\n", printable(f.path), printable(f.error->what()));
   const json::Json& x = f.fields;
-  if (f.kind == "weights") {
-    out += weights_text(f, detail);
-  } else if (f.kind == "optimizer") {
-    out += optimizer_text(f);
-  } else if (f.kind == "scheduler") {
-    out += fmt::format("  last_epoch {}, last lr {}\n", value_text(x["last_epoch"]), value_text(x["last_lr"]));
-    out += "  " + fields_text(x["state"], {"last_epoch", "_last_lr"}) + "\n";
-  } else if (f.kind == "scaler") {
-    out += x["enabled"].get<bool>() ? "  enabled: " + fields_text(x, {"enabled"}) + "\n" : "  disabled (empty state)\n";
-  } else if (f.kind == "rng_state") {
-    out += fmt::format("  generators: {}\n", names_text(x["generators"]));
-    for (const char* g : {"python", "numpy", "cpu", "cuda"}) {
-      if (x.contains(g)) out += fmt::format("  {}: {}\n", g, fields_text(x[g]));
+  switch (f.kind) {
+    case FileKind::weights: {
+      out += weights_text(f, detail);
+      break;
     }
-  } else if (f.kind == "trainer_state") {
-    out += "  " + fields_text(x, {"last_train_log", "last_eval_log"}) + "\n";
-    out += "  last train log: " + value_text(x["last_train_log"]) + "\n";
-    out += "  last eval log: " + value_text(x["last_eval_log"]) + "\n";
-  } else if (f.kind == "training_args") {
-    out += x["class"].is_null() ? "  a plain dict\n" : "  class " + value_text(x["class"]) + "\n";
-    if (!detail) {
-      out += fmt::format("  {} fields\n", x["fields"].size());
-    } else if (x["fields"].is_object()) {
-      Table table({"field", "value"});
-      for (const auto& [key, value] : x["fields"].items()) table.add({key, value_text(value)});
+    case FileKind::optimizer: {
+      out += optimizer_text(f);
+      break;
+    }
+    case FileKind::scheduler: {
+      out += fmt::format("  last_epoch {}, last lr {}\n", value_text(x["last_epoch"]), value_text(x["last_lr"]));
+      out += "  " + fields_text(x["state"], {"last_epoch", "_last_lr"}) + "\n";
+      break;
+    }
+    case FileKind::scaler: {
+      out += x["enabled"].get<bool>() ? "  enabled: " + fields_text(x, {"enabled"}) + "\n" : "  disabled (empty state)\n";
+      break;
+    }
+    case FileKind::rng_state: {
+      out += fmt::format("  generators: {}\n", names_text(x["generators"]));
+      for (const char* g : {"python", "numpy", "cpu", "cuda"}) {
+        if (x.contains(g)) out += fmt::format("  {}: {}\n", g, fields_text(x[g]));
+      }
+      break;
+    }
+    case FileKind::trainer_state: {
+      out += "  " + fields_text(x, {"last_train_log", "last_eval_log"}) + "\n";
+      out += "  last train log: " + value_text(x["last_train_log"]) + "\n";
+      out += "  last eval log: " + value_text(x["last_eval_log"]) + "\n";
+      break;
+    }
+    case FileKind::training_args: {
+      out += x["class"].is_null() ? "  a plain dict\n" : "  class " + value_text(x["class"]) + "\n";
+      if (!detail) {
+        out += fmt::format("  {} fields\n", x["fields"].size());
+      } else if (x["fields"].is_object()) {
+        Table table({"field", "value"});
+        for (const auto& [key, value] : x["fields"].items()) table.add({key, value_text(value)});
+        out += table.render("  ");
+      } else {
+        out += "  state: " + value_text(x["fields"]) + "\n";
+      }
+      break;
+    }
+    case FileKind::config: {
+      out += "  " + fields_text(x, {"config"}) + "\n";
+      break;
+    }
+    case FileKind::archive: {
+      out += fmt::format("  {} (step {}): {} files, {} tensors, {} archived at {:.3f}x\n", value_text(x["checkpoint"]), value_text(x["step"]),
+                         x["files"].size(), f.tensors.size(), human_bytes(x["original_bytes"].get<std::uint64_t>()), x["ratio"].get<double>());
+      Table table({"file", "size", "sha256"});
+      for (const auto& file : x["files"]) {
+        table.add({file["name"].get<std::string>(), human_bytes(file["size_bytes"].get<std::uint64_t>()), file["sha256"].get<std::string>()});
+      }
       out += table.render("  ");
-    } else {
-      out += "  state: " + value_text(x["fields"]) + "\n";
+      break;
     }
-  } else if (f.kind == "config") {
-    out += "  " + fields_text(x, {"config"}) + "\n";
-  } else if (f.kind == "archive") {
-    out += fmt::format("  {} (step {}): {} files, {} tensors, {} archived at {:.3f}x\n", value_text(x["checkpoint"]), value_text(x["step"]),
-                       x["files"].size(), f.tensors.size(), human_bytes(x["original_bytes"].get<std::uint64_t>()), x["ratio"].get<double>());
-    Table table({"file", "size", "sha256"});
-    for (const auto& file : x["files"]) {
-      table.add({file["name"].get<std::string>(), human_bytes(file["size_bytes"].get<std::uint64_t>()), file["sha256"].get<std::string>()});
+    case FileKind::weights_index: {
+      out += fmt::format("  {} tensors in {} shards, total_size {}\n", value_text(x["num_tensors"]), x["shards"].size(),
+                         value_text(x["total_size"]));
+      break;
     }
-    out += table.render("  ");
-  } else if (f.kind == "weights_index") {
-    out += fmt::format("  {} tensors in {} shards, total_size {}\n", value_text(x["num_tensors"]), x["shards"].size(),
-                       value_text(x["total_size"]));
-  } else if (f.kind != "other") {
-    out += "  " + printable(json::dump(x["value"])) + "\n";
+    case FileKind::json:
+    case FileKind::pickle: {
+      out += "  " + printable(json::dump(x["value"])) + "\n";
+      break;
+    }
+    case FileKind::other:
+    case FileKind::error:
+      break;
   }
   return out;
 }
@@ -285,7 +313,7 @@ std::string summary_text(const CheckpointReport& c, const std::vector<std::strin
   }
   for (std::size_t i = 0; i < c.files.size(); ++i) {
     const FileReport& f = c.files[i];
-    rows.push_back({i == 0 ? "files" : "", fmt::format("{} ({}, {})", f.file, f.kind, human_bytes(f.size_bytes))});
+    rows.push_back({i == 0 ? "files" : "", fmt::format("{} ({}, {})", f.file, kind_name(f.kind), human_bytes(f.size_bytes))});
   }
   if (verify_errors) {
     const auto& errors = *verify_errors;

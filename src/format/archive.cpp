@@ -228,7 +228,7 @@ Manifest parse_manifest(std::span<const std::uint8_t> text, std::uint64_t payloa
     const std::string tw = "tensors[" + std::to_string(i) + "]";
     Tensor t;
     t.name = string_member(tensors[i], "name", tw);
-    const auto dtype = dtype_from_safetensors_code(string_member(tensors[i], "dtype", tw));
+    const auto dtype = dtype_from_short_code(string_member(tensors[i], "dtype", tw));
     if (!dtype) bad(tw + ".dtype", "unknown dtype");
     t.dtype = *dtype;
     for (const auto& d : array_member(tensors[i], "shape", tw)) {
@@ -609,7 +609,7 @@ std::string serialize_manifest(const Manifest& m) {
   json::Json tensors = json::Json::array();
   for (const auto& t : m.tensors) {
     tensors.push_back({{"name", t.name},
-                       {"dtype", safetensors_code(t.dtype)},
+                       {"dtype", short_code(t.dtype)},
                        {"shape", t.shape},
                        {"file", t.file},
                        {"segment", t.segment},

@@ -20,8 +20,6 @@ float float_of(std::uint32_t u) {
   return f;
 }
 
-bool castable(DType d) { return d == DType::float64 || d == DType::float32 || d == DType::float16 || d == DType::bfloat16; }
-
 float load_as_float(const std::uint8_t* p, DType dtype) {
   switch (dtype) {
     case DType::float32: {
@@ -39,12 +37,27 @@ float load_as_float(const std::uint8_t* p, DType dtype) {
       std::memcpy(&h, p, 2);
       return half_to_float(h);
     }
-    default: {
+    case DType::bfloat16: {
       std::uint16_t b;
       std::memcpy(&b, p, 2);
       return bfloat16_to_float(b);
     }
+    case DType::float8_e5m2:
+    case DType::float8_e4m3fn:
+    case DType::int64:
+    case DType::int32:
+    case DType::int16:
+    case DType::int8:
+    case DType::uint64:
+    case DType::uint32:
+    case DType::uint16:
+    case DType::uint8:
+    case DType::boolean:
+    case DType::complex128:
+    case DType::complex64:
+      break;
   }
+  fail(ErrorKind::unsupported, "", "cannot cast from " + std::string(torch_name(dtype)));
 }
 
 }  // namespace
@@ -126,13 +139,29 @@ void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std:
         std::memcpy(out, &h, 2);
         break;
       }
-      default: {
+      case DType::float64:  // written above, exactly
+        break;
+      case DType::bfloat16: {
         // torch's vectorised float32 -> bfloat16 kernel (the path every CPU tensor of one or more dimensions
         // takes) writes NaN as 0xFFFF; its scalar conversion (0-d tensors, the other dtypes) as 0x7FC0.
         const std::uint16_t b = from == DType::float32 && !zero_dim && std::isnan(f) ? 0xFFFF : float_to_bfloat16(f);
         std::memcpy(out, &b, 2);
         break;
       }
+      case DType::float8_e5m2:
+      case DType::float8_e4m3fn:
+      case DType::int64:
+      case DType::int32:
+      case DType::int16:
+      case DType::int8:
+      case DType::uint64:
+      case DType::uint32:
+      case DType::uint16:
+      case DType::uint8:
+      case DType::boolean:
+      case DType::complex128:
+      case DType::complex64:
+        break;
     }
   }
 }

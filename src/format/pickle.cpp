@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "format/big_int.hpp"
+#include "format/pickle_opcodes.hpp"
 #include "util/byte_reader.hpp"
 #include "util/error.hpp"
 #include "util/utf8.hpp"
@@ -74,8 +75,8 @@ class Parser {
   Graph run() {
     while (true) {
       op_start_ = in_.position();
-      const std::uint8_t op = in_.u8();
-      if (op == '.') {  // STOP
+      const Op op{in_.u8()};
+      if (op == Op::stop) {
         graph_.set_root(pop());
         break;
       }
@@ -265,10 +266,29 @@ class Parser {
     return add_text(Kind::global, normalize_module(module) + "\n" + std::string(name));
   }
 
-  void step(std::uint8_t op);
+  void step(Op op);
   NodeId interpret_call(NodeId callable, NodeId args, bool newobj);
   NodeId opaque_call(NodeId callable, NodeId args, bool newobj);
+  using Reconstruct = std::optional<NodeId> (Parser::*)(std::string_view name, const std::vector<NodeId>& args);
+  struct Reconstructor {
+    std::string_view module;
+    std::string_view name;
+    Reconstruct build;
+  };
+  static const Reconstructor kReconstructors[];
+  std::optional<NodeId> ordered_dict(std::string_view name, const std::vector<NodeId>& args);
   std::optional<NodeId> rebuild_tensor(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> rebuild_parameter(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> rebuild_from_type(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> torch_device(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> torch_size(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> codecs_encode(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> set_of(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> bytes_of(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> enum_member(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> ndarray_reconstruct(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> numpy_scalar(std::string_view name, const std::vector<NodeId>& args);
+  std::optional<NodeId> numpy_dtype(std::string_view name, const std::vector<NodeId>& args);
   void build(NodeId target, NodeId state);
   void append_to(NodeId target, const std::vector<NodeId>& values);
   void set_items(NodeId target, const std::vector<NodeId>& pairs);
@@ -313,33 +333,33 @@ class Parser {
   std::size_t copied_ = 0;
 };
 
-void Parser::step(std::uint8_t op) {
+void Parser::step(Op op) {
   switch (op) {
-    case 0x80: {  // PROTO
+    case Op::proto: {
       std::uint8_t version = in_.u8();
       if (version > 5) refuse("pickle protocol " + std::to_string(version) + " is newer than 5");
       return;
     }
-    case 0x95:  // FRAME: a buffering hint, but one that must fit
+    case Op::frame:  // a buffering hint, but one that must fit
       if (in_.u64le() > in_.remaining()) bad("FRAME longer than the rest of the pickle");
       return;
-    case '(': marks_.push_back(stack_.size()); return;  // MARK
-    case '0':  // POP (pops the mark when the stack above it is empty, as CPython does)
+    case Op::mark: marks_.push_back(stack_.size()); return;
+    case Op::pop:  // (pops the mark when the stack above it is empty, as CPython does)
       if (stack_.size() > floor()) stack_.pop_back();
       else pop_mark();
       return;
-    case '1': pop_mark(); return;  // POP_MARK
-    case '2': push(top()); return;  // DUP
-    case 'N': push(graph_.none()); return;
-    case 0x88:
-    case 0x89: {  // NEWTRUE, NEWFALSE
+    case Op::pop_mark: pop_mark(); return;
+    case Op::dup: push(top()); return;
+    case Op::none: push(graph_.none()); return;
+    case Op::newtrue:
+    case Op::newfalse: {
       Node n;
       n.kind = Kind::boolean;
-      n.flag = op == 0x88;
+      n.flag = op == Op::newtrue;
       push(add(std::move(n)));
       return;
     }
-    case 'I': {  // INT: also spells booleans as I01 / I00
+    case Op::int_text: {  // also spells booleans as I01 / I00
       std::string_view text = line();
       if (text == "01" || text == "00") {
         Node n;
@@ -351,18 +371,18 @@ void Parser::step(std::uint8_t op) {
       }
       return;
     }
-    case 'L': push(parse_decimal_int(line())); return;  // LONG
-    case 'J': push(add_int(in_.i32le())); return;  // BININT
-    case 'K': push(add_int(in_.u8())); return;  // BININT1
-    case 'M': push(add_int(in_.u16le())); return;  // BININT2
-    case 0x8a: push(add_long(in_.take(in_.u8()))); return;  // LONG1
-    case 0x8b: {  // LONG4
+    case Op::long_text: push(parse_decimal_int(line())); return;
+    case Op::binint: push(add_int(in_.i32le())); return;
+    case Op::binint1: push(add_int(in_.u8())); return;
+    case Op::binint2: push(add_int(in_.u16le())); return;
+    case Op::long1: push(add_long(in_.take(in_.u8()))); return;
+    case Op::long4: {
       std::int32_t n = in_.i32le();
       if (n < 0) bad("LONG4 with a negative length");
       push(add_long(in_.take(static_cast<std::uint64_t>(n))));
       return;
     }
-    case 'F': {  // FLOAT
+    case Op::float_text: {
       std::string_view text = line();
       Node n;
       n.kind = Kind::floating;
@@ -371,7 +391,7 @@ void Parser::step(std::uint8_t op) {
       push(add(std::move(n)));
       return;
     }
-    case 'G': {  // BINFLOAT: big-endian IEEE 754 double
+    case Op::binfloat: {  // big-endian IEEE 754 double
       auto b = in_.take(8);
       std::uint64_t bits = 0;
       for (int i = 0; i < 8; ++i) bits = (bits << 8) | b[static_cast<std::size_t>(i)];
@@ -381,68 +401,68 @@ void Parser::step(std::uint8_t op) {
       push(add(std::move(n)));
       return;
     }
-    case 'S': push(add_text(Kind::string, latin1_to_utf8(unescape_python_string(line())))); return;  // STRING
-    case 'T': {  // BINSTRING
+    case Op::string: push(add_text(Kind::string, latin1_to_utf8(unescape_python_string(line())))); return;
+    case Op::binstring: {
       std::int32_t n = in_.i32le();
       if (n < 0) bad("BINSTRING with a negative length");
       push(add_text(Kind::string, latin1_to_utf8(in_.take_chars(static_cast<std::uint64_t>(n)))));
       return;
     }
-    case 'U': push(add_text(Kind::string, latin1_to_utf8(in_.take_chars(in_.u8())))); return;  // SHORT_BINSTRING
-    case 'V': push(add_text(Kind::string, decode_raw_unicode_escape(line()))); return;  // UNICODE
-    case 'X': push(add_text(Kind::string, std::string(in_.take_chars(in_.u32le())))); return;  // BINUNICODE
-    case 0x8c: push(add_text(Kind::string, std::string(in_.take_chars(in_.u8())))); return;  // SHORT_BINUNICODE
-    case 0x8d: push(add_text(Kind::string, std::string(in_.take_chars(in_.u64le())))); return;  // BINUNICODE8
-    case 'B': push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u32le())))); return;  // BINBYTES
-    case 'C': push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u8())))); return;  // SHORT_BINBYTES
-    case 0x8e:  // BINBYTES8
-    case 0x96:  // BYTEARRAY8
+    case Op::short_binstring: push(add_text(Kind::string, latin1_to_utf8(in_.take_chars(in_.u8())))); return;
+    case Op::unicode: push(add_text(Kind::string, decode_raw_unicode_escape(line()))); return;
+    case Op::binunicode: push(add_text(Kind::string, std::string(in_.take_chars(in_.u32le())))); return;
+    case Op::short_binunicode: push(add_text(Kind::string, std::string(in_.take_chars(in_.u8())))); return;
+    case Op::binunicode8: push(add_text(Kind::string, std::string(in_.take_chars(in_.u64le())))); return;
+    case Op::binbytes: push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u32le())))); return;
+    case Op::short_binbytes: push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u8())))); return;
+    case Op::binbytes8:
+    case Op::bytearray8:
       push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u64le()))));
       return;
-    case ')': push(add_container(Kind::tuple)); return;  // EMPTY_TUPLE
-    case ']': push(add_container(Kind::list)); return;  // EMPTY_LIST
-    case '}': push(add_container(Kind::dict)); return;  // EMPTY_DICT
-    case 0x8f: push(add_container(Kind::set)); return;  // EMPTY_SET
-    case 't': push(add_container(Kind::tuple, pop_mark())); return;  // TUPLE
-    case 0x85:
-    case 0x86:
-    case 0x87: {  // TUPLE1, TUPLE2, TUPLE3
-      std::vector<NodeId> items(static_cast<std::size_t>(op - 0x84));
+    case Op::empty_tuple: push(add_container(Kind::tuple)); return;
+    case Op::empty_list: push(add_container(Kind::list)); return;
+    case Op::empty_dict: push(add_container(Kind::dict)); return;
+    case Op::empty_set: push(add_container(Kind::set)); return;
+    case Op::tuple: push(add_container(Kind::tuple, pop_mark())); return;
+    case Op::tuple1:
+    case Op::tuple2:
+    case Op::tuple3: {
+      std::vector<NodeId> items(static_cast<std::size_t>(op) - static_cast<std::size_t>(Op::tuple1) + 1);
       for (auto it = items.rbegin(); it != items.rend(); ++it) *it = pop();
       push(add_container(Kind::tuple, std::move(items)));
       return;
     }
-    case 'l': push(add_container(Kind::list, pop_mark())); return;  // LIST
-    case 0x91: push(add_container(Kind::frozenset, pop_mark())); return;  // FROZENSET
-    case 'd': {  // DICT
+    case Op::list: push(add_container(Kind::list, pop_mark())); return;
+    case Op::frozenset: push(add_container(Kind::frozenset, pop_mark())); return;
+    case Op::dict: {
       std::vector<NodeId> items = pop_mark();
       if (items.size() % 2 != 0) bad("DICT with an odd number of keys and values");
       push(add_container(Kind::dict, std::move(items)));
       return;
     }
-    case 'a': {  // APPEND
+    case Op::append: {
       NodeId value = pop();
       append_to(top(), {value});
       return;
     }
-    case 'e': {  // APPENDS
+    case Op::appends: {
       std::vector<NodeId> values = pop_mark();
       append_to(top(), values);
       return;
     }
-    case 's': {  // SETITEM
+    case Op::setitem: {
       NodeId value = pop();
       NodeId key = pop();
       set_items(top(), {key, value});
       return;
     }
-    case 'u': {  // SETITEMS
+    case Op::setitems: {
       std::vector<NodeId> pairs = pop_mark();
       if (pairs.size() % 2 != 0) bad("SETITEMS with an odd number of keys and values");
       set_items(top(), pairs);
       return;
     }
-    case 0x90: {  // ADDITEMS
+    case Op::additems: {
       std::vector<NodeId> values = pop_mark();
       NodeId target = top();
       if (!graph_.is(target, Kind::set)) bad("ADDITEMS to something that is not a set");
@@ -450,22 +470,22 @@ void Parser::step(std::uint8_t op) {
       items.insert(items.end(), values.begin(), values.end());
       return;
     }
-    case 'c': {  // GLOBAL
+    case Op::global: {
       std::string module(line());
       std::string name(line());
       push(add_global(module, name));
       return;
     }
-    case 0x93: {  // STACK_GLOBAL
+    case Op::stack_global: {
       NodeId name = pop();
       NodeId module = pop();
       if (!as_str(name) || !as_str(module)) bad("STACK_GLOBAL operands are not strings");
       push(add_global(*as_str(module), *as_str(name)));
       return;
     }
-    case 'P':  // PERSID
-    case 'Q': {  // BINPERSID
-      NodeId pid = op == 'P' ? add_text(Kind::string, std::string(line())) : pop();
+    case Op::persid:
+    case Op::binpersid: {
+      NodeId pid = op == Op::persid ? add_text(Kind::string, std::string(line())) : pop();
       if (!persistent_load_) refuse("persistent id outside a torch archive");
       try {
         push(persistent_load_(graph_, pid));
@@ -474,21 +494,21 @@ void Parser::step(std::uint8_t op) {
       }
       return;
     }
-    case 'R': {  // REDUCE
+    case Op::reduce: {
       NodeId args = pop();
       NodeId callable = pop();
       if (!graph_.is(args, Kind::tuple)) bad("REDUCE arguments are not a tuple");
       push(interpret_call(callable, args, false));
       return;
     }
-    case 0x81: {  // NEWOBJ
+    case Op::newobj: {
       NodeId args = pop();
       NodeId cls = pop();
       if (!graph_.is(args, Kind::tuple)) bad("NEWOBJ arguments are not a tuple");
       push(interpret_call(cls, args, true));
       return;
     }
-    case 0x92: {  // NEWOBJ_EX: keyword arguments become the object's set items
+    case Op::newobj_ex: {  // keyword arguments become the object's set items
       NodeId kwargs = pop();
       NodeId args = pop();
       NodeId cls = pop();
@@ -499,7 +519,7 @@ void Parser::step(std::uint8_t op) {
       push(object);
       return;
     }
-    case 'i': {  // INST
+    case Op::inst: {
       std::string module(line());
       std::string name(line());
       std::vector<NodeId> args = pop_mark();
@@ -507,7 +527,7 @@ void Parser::step(std::uint8_t op) {
       push(opaque_call(cls, add_container(Kind::tuple, std::move(args)), false));
       return;
     }
-    case 'o': {  // OBJ
+    case Op::obj: {
       std::vector<NodeId> items = pop_mark();
       if (items.empty()) bad("OBJ without a class");
       NodeId cls = items.front();
@@ -515,32 +535,32 @@ void Parser::step(std::uint8_t op) {
       push(opaque_call(cls, add_container(Kind::tuple, std::move(items)), false));
       return;
     }
-    case 'b': {  // BUILD
+    case Op::build: {
       NodeId state = pop();
       build(top(), state);
       return;
     }
-    case 'p': memo_[line_index()] = top(); return;  // PUT
-    case 'q': memo_[in_.u8()] = top(); return;  // BINPUT
-    case 'r': memo_[in_.u32le()] = top(); return;  // LONG_BINPUT
-    case 0x94: memo_[memo_.size()] = top(); return;  // MEMOIZE
-    case 'g':
-    case 'h':
-    case 'j': {  // GET, BINGET, LONG_BINGET
-      std::uint64_t index = op == 'g' ? line_index() : op == 'h' ? in_.u8() : in_.u32le();
+    case Op::put: memo_[line_index()] = top(); return;
+    case Op::binput: memo_[in_.u8()] = top(); return;
+    case Op::long_binput: memo_[in_.u32le()] = top(); return;
+    case Op::memoize: memo_[memo_.size()] = top(); return;
+    case Op::get:
+    case Op::binget:
+    case Op::long_binget: {
+      std::uint64_t index = op == Op::get ? line_index() : op == Op::binget ? in_.u8() : in_.u32le();
       auto it = memo_.find(index);
       if (it == memo_.end()) bad("memo entry " + std::to_string(index) + " was never stored");
       push(it->second);
       return;
     }
-    case 0x82:
-    case 0x83:
-    case 0x84: refuse("copyreg extension codes (EXT1/EXT2/EXT4) are not supported");
-    case 0x97:
-    case 0x98: refuse("out-of-band buffers (pickle protocol 5) are not supported");
+    case Op::ext1:
+    case Op::ext2:
+    case Op::ext4: refuse("copyreg extension codes (EXT1/EXT2/EXT4) are not supported");
+    case Op::next_buffer:
+    case Op::readonly_buffer: refuse("out-of-band buffers (pickle protocol 5) are not supported");
     default: {
       char hex[8];
-      std::snprintf(hex, sizeof hex, "0x%02x", op);
+      std::snprintf(hex, sizeof hex, "0x%02x", static_cast<unsigned>(op));
       bad(std::string("unknown pickle opcode ") + hex);
     }
   }
@@ -644,12 +664,34 @@ std::optional<NodeId> Parser::rebuild_tensor(std::string_view name, const std::v
           " bytes)");
     }
   }
-  graph_.tensors.push_back(std::move(t));
-  Node n;
-  n.kind = Kind::tensor;
-  n.integer = static_cast<std::int64_t>(graph_.tensors.size() - 1);
-  return add(std::move(n));
+  return graph_.add_tensor(std::move(t));
 }
+
+// The globals a checkpoint's pickle calls that become values: each reconstructor checks its arguments and builds the
+// value, or returns nullopt when they are not what it knows, and the call stays an opaque object node. Nothing else
+// is ever called.
+const Parser::Reconstructor Parser::kReconstructors[] = {
+    {"collections", "OrderedDict", &Parser::ordered_dict},
+    {"torch._utils", "_rebuild_tensor", &Parser::rebuild_tensor},
+    {"torch._utils", "_rebuild_tensor_v2", &Parser::rebuild_tensor},
+    {"torch._utils", "_rebuild_tensor_v3", &Parser::rebuild_tensor},
+    {"torch._utils", "_rebuild_parameter", &Parser::rebuild_parameter},
+    {"torch._utils", "_rebuild_parameter_with_state", &Parser::rebuild_parameter},
+    {"torch._utils", "_rebuild_from_type_v2", &Parser::rebuild_from_type},
+    {"torch", "device", &Parser::torch_device},
+    {"torch", "Size", &Parser::torch_size},
+    {"_codecs", "encode", &Parser::codecs_encode},
+    {"builtins", "set", &Parser::set_of},
+    {"builtins", "frozenset", &Parser::set_of},
+    {"builtins", "bytes", &Parser::bytes_of},
+    {"builtins", "bytearray", &Parser::bytes_of},
+    {"builtins", "getattr", &Parser::enum_member},
+    {"numpy.core.multiarray", "_reconstruct", &Parser::ndarray_reconstruct},
+    {"numpy._core.multiarray", "_reconstruct", &Parser::ndarray_reconstruct},
+    {"numpy.core.multiarray", "scalar", &Parser::numpy_scalar},
+    {"numpy._core.multiarray", "scalar", &Parser::numpy_scalar},
+    {"numpy", "dtype", &Parser::numpy_dtype},
+};
 
 NodeId Parser::interpret_call(NodeId callable, NodeId args_id, bool newobj) {
   if (!graph_.is(callable, Kind::global)) return opaque_call(callable, args_id, newobj);
@@ -658,140 +700,144 @@ NodeId Parser::interpret_call(NodeId callable, NodeId args_id, bool newobj) {
   const std::string_view module(full.data(), split);
   const std::string_view name(full.data() + split + 1, full.size() - split - 1);
   charge(graph_.at(args_id).items.size());
-  const std::vector<NodeId> args = graph_.at(args_id).items;  // a copy: adding nodes may move the vector
-
-  if (module == "collections" && name == "OrderedDict") {
-    if (args.empty()) {
-      NodeId d = add_container(Kind::dict);
-      graph_.at(d).flag = true;
-      return d;
-    }
-    if (args.size() == 1 && graph_.is(args[0], Kind::list)) {
-      std::vector<NodeId> pairs;
-      for (NodeId item : graph_.at(args[0]).items) {
-        if (!graph_.is(item, Kind::tuple) || graph_.at(item).items.size() != 2) return opaque_call(callable, args_id, newobj);
-        pairs.push_back(graph_.at(item).items[0]);
-        pairs.push_back(graph_.at(item).items[1]);
-      }
-      NodeId d = add_container(Kind::dict);
-      graph_.at(d).flag = true;
-      set_items(d, pairs);
-      return d;
-    }
-  }
-  if (module == "torch._utils") {
-    if (name == "_rebuild_tensor_v2" || name == "_rebuild_tensor_v3" || name == "_rebuild_tensor") {
-      if (auto t = rebuild_tensor(name, args)) return *t;
-    }
-    if ((name == "_rebuild_parameter" || name == "_rebuild_parameter_with_state") && !args.empty() &&
-        graph_.is(args[0], Kind::tensor)) {
-      TensorRef t = graph_.tensors[static_cast<std::size_t>(graph_.at(args[0]).integer)];
-      t.is_parameter = true;
-      std::int64_t requires_grad = 1;
-      if (args.size() > 1) as_int(args[1], requires_grad);
-      t.requires_grad = requires_grad != 0;
-      graph_.tensors.push_back(std::move(t));
-      Node n;
-      n.kind = Kind::tensor;
-      n.integer = static_cast<std::int64_t>(graph_.tensors.size() - 1);
-      return add(std::move(n));
-    }
-    if (name == "_rebuild_from_type_v2" && args.size() >= 3 && graph_.is(args[0], Kind::global) &&
-        graph_.is(args[2], Kind::tuple)) {
-      // (func, new_type, args, state): the tensor is func(*args); a plain Tensor/Parameter type adds nothing.
-      const std::string type = graph_.is(args[1], Kind::global) ? graph_.global_name(args[1]) : "";
-      const std::string func = graph_.global_name(args[0]);
-      if ((type == "torch.Tensor" || type == "torch.nn.parameter.Parameter") && func.rfind("torch._utils._rebuild_tensor", 0) == 0) {
-        // Applied directly (never through interpret_call again), so nesting cannot recurse.
-        charge(graph_.at(args[2]).items.size());
-        if (auto inner = rebuild_tensor(func.substr(13), graph_.at(args[2]).items)) {
-          graph_.tensors[static_cast<std::size_t>(graph_.at(*inner).integer)].is_parameter = type != "torch.Tensor";
-          return *inner;
-        }
-      }
-    }
-  }
-  if (module == "torch" && name == "device" && !args.empty() && as_str(args[0])) {
-    std::string device = *as_str(args[0]);
-    std::int64_t index = 0;
-    if (args.size() > 1 && as_int(args[1], index)) device += ":" + std::to_string(index);
-    return add_text(Kind::device, device);
-  }
-  if (module == "torch" && name == "Size" && args.size() == 1) {
-    std::vector<std::int64_t> dims;
-    if (as_int_tuple(args[0], dims)) return add_container(Kind::tuple, graph_.at(args[0]).items);
-  }
-  if (module == "_codecs" && name == "encode" && args.size() == 2 && as_str(args[0]) && as_str(args[1])) {
-    const std::string& encoding = *as_str(args[1]);
-    if (encoding == "latin1" || encoding == "latin-1" || encoding == "iso-8859-1") {
-      std::vector<std::uint32_t> cps;
-      if (!utf8_code_points(*as_str(args[0]), cps)) bad("_codecs.encode of malformed UTF-8");
-      std::string bytes;
-      bytes.reserve(cps.size());
-      for (std::uint32_t cp : cps) {
-        if (cp > 0xFF) bad("_codecs.encode of a character outside latin-1");
-        bytes += static_cast<char>(cp);
-      }
-      return add_text(Kind::bytes, std::move(bytes));
-    }
-    if (encoding == "utf-8" || encoding == "utf8") return add_text(Kind::bytes, *as_str(args[0]));
-  }
-  if (module == "builtins") {
-    if ((name == "set" || name == "frozenset") && args.size() <= 1) {
-      std::vector<NodeId> items;
-      if (args.size() == 1) {
-        const Node& from = graph_.at(args[0]);
-        if (from.kind != Kind::list && from.kind != Kind::tuple && from.kind != Kind::set && from.kind != Kind::frozenset) {
-          return opaque_call(callable, args_id, newobj);
-        }
-        items = from.items;
-      }
-      return add_container(name == "set" ? Kind::set : Kind::frozenset, std::move(items));
-    }
-    if (name == "bytes" || name == "bytearray") {
-      if (args.empty()) return add_text(Kind::bytes, "");
-      if (graph_.is(args[0], Kind::bytes)) return add_text(Kind::bytes, graph_.at(args[0]).text);
-      if (args.size() == 2 && as_str(args[0]) && as_str(args[1])) {
-        std::vector<NodeId> encode_args = {args[0], args[1]};
-        NodeId codecs = add_global("_codecs", "encode");
-        return interpret_call(codecs, add_container(Kind::tuple, std::move(encode_args)), false);
-      }
-    }
-    if (name == "getattr" && args.size() == 2 && graph_.is(args[0], Kind::global) && as_str(args[1])) {
-      // An enum member (getattr(IntervalStrategy, 'STEPS')): a longer name, still never resolved.
-      return add_text(Kind::global, graph_.at(args[0]).text + "." + *as_str(args[1]));
-    }
-  }
-  if (module == "numpy.core.multiarray" || module == "numpy._core.multiarray") {
-    if (name == "_reconstruct" && args.size() == 3 && graph_.is_global(args[0], "numpy", "ndarray")) {
-      graph_.arrays.push_back({});
-      Node n;
-      n.kind = Kind::ndarray;
-      n.integer = static_cast<std::int64_t>(graph_.arrays.size() - 1);
-      return add(std::move(n));
-    }
-    if (name == "scalar" && args.size() == 2 && graph_.is(args[0], Kind::numpy_dtype) && graph_.is(args[1], Kind::bytes)) {
-      NdArray array;
-      const Node& dtype = graph_.at(args[0]);
-      array.descr = std::string(1, static_cast<char>(dtype.integer)) + dtype.text;
-      array.plain_dtype = !dtype.flag;
-      array.scalar = true;
-      array.data = graph_.at(args[1]).text;
-      graph_.arrays.push_back(std::move(array));
-      Node n;
-      n.kind = Kind::ndarray;
-      n.integer = static_cast<std::int64_t>(graph_.arrays.size() - 1);
-      return add(std::move(n));
-    }
-  }
-  if (module == "numpy" && name == "dtype" && !args.empty() && as_str(args[0])) {
-    Node n;
-    n.kind = Kind::numpy_dtype;
-    n.text = *as_str(args[0]);
-    n.integer = '|';
-    return add(std::move(n));
+  for (const Reconstructor& r : kReconstructors) {
+    if (r.module != module || r.name != name) continue;
+    const std::vector<NodeId> args = graph_.at(args_id).items;  // a copy: adding nodes may move the vector
+    if (const auto value = (this->*r.build)(r.name, args)) return *value;
+    break;
   }
   return opaque_call(callable, args_id, newobj);
+}
+
+std::optional<NodeId> Parser::ordered_dict(std::string_view, const std::vector<NodeId>& args) {
+  if (args.empty()) {
+    NodeId d = add_container(Kind::dict);
+    graph_.at(d).flag = true;
+    return d;
+  }
+  if (args.size() != 1 || !graph_.is(args[0], Kind::list)) return std::nullopt;
+  std::vector<NodeId> pairs;
+  for (NodeId item : graph_.at(args[0]).items) {
+    if (!graph_.is(item, Kind::tuple) || graph_.at(item).items.size() != 2) return std::nullopt;
+    pairs.push_back(graph_.at(item).items[0]);
+    pairs.push_back(graph_.at(item).items[1]);
+  }
+  NodeId d = add_container(Kind::dict);
+  graph_.at(d).flag = true;
+  set_items(d, pairs);
+  return d;
+}
+
+std::optional<NodeId> Parser::rebuild_parameter(std::string_view, const std::vector<NodeId>& args) {
+  if (args.empty() || !graph_.is(args[0], Kind::tensor)) return std::nullopt;
+  TensorRef t = graph_.tensors[static_cast<std::size_t>(graph_.at(args[0]).integer)];
+  t.is_parameter = true;
+  std::int64_t requires_grad = 1;
+  if (args.size() > 1) as_int(args[1], requires_grad);
+  t.requires_grad = requires_grad != 0;
+  return graph_.add_tensor(std::move(t));
+}
+
+// (func, new_type, args, state): the tensor is func(*args); a plain Tensor/Parameter type adds nothing.
+std::optional<NodeId> Parser::rebuild_from_type(std::string_view, const std::vector<NodeId>& args) {
+  if (args.size() < 3 || !graph_.is(args[0], Kind::global) || !graph_.is(args[2], Kind::tuple)) return std::nullopt;
+  const std::string type = graph_.is(args[1], Kind::global) ? graph_.global_name(args[1]) : "";
+  const std::string func = graph_.global_name(args[0]);
+  if ((type != "torch.Tensor" && type != "torch.nn.parameter.Parameter") || func.rfind("torch._utils._rebuild_tensor", 0) != 0) {
+    return std::nullopt;
+  }
+  // Applied directly (never through interpret_call again), so nesting cannot recurse.
+  charge(graph_.at(args[2]).items.size());
+  const auto inner = rebuild_tensor(std::string_view(func).substr(13), graph_.at(args[2]).items);
+  if (inner) graph_.tensors[static_cast<std::size_t>(graph_.at(*inner).integer)].is_parameter = type != "torch.Tensor";
+  return inner;
+}
+
+std::optional<NodeId> Parser::torch_device(std::string_view, const std::vector<NodeId>& args) {
+  if (args.empty() || !as_str(args[0])) return std::nullopt;
+  std::string device = *as_str(args[0]);
+  std::int64_t index = 0;
+  if (args.size() > 1 && as_int(args[1], index)) device += ":" + std::to_string(index);
+  return add_text(Kind::device, device);
+}
+
+std::optional<NodeId> Parser::torch_size(std::string_view, const std::vector<NodeId>& args) {
+  std::vector<std::int64_t> dims;
+  if (args.size() != 1 || !as_int_tuple(args[0], dims)) return std::nullopt;
+  return add_container(Kind::tuple, graph_.at(args[0]).items);
+}
+
+std::optional<NodeId> Parser::codecs_encode(std::string_view, const std::vector<NodeId>& args) {
+  if (args.size() != 2 || !as_str(args[0]) || !as_str(args[1])) return std::nullopt;
+  const std::string& encoding = *as_str(args[1]);
+  if (encoding == "latin1" || encoding == "latin-1" || encoding == "iso-8859-1") {
+    std::vector<std::uint32_t> cps;
+    if (!utf8_code_points(*as_str(args[0]), cps)) bad("_codecs.encode of malformed UTF-8");
+    std::string bytes;
+    bytes.reserve(cps.size());
+    for (std::uint32_t cp : cps) {
+      if (cp > 0xFF) bad("_codecs.encode of a character outside latin-1");
+      bytes += static_cast<char>(cp);
+    }
+    return add_text(Kind::bytes, std::move(bytes));
+  }
+  if (encoding == "utf-8" || encoding == "utf8") return add_text(Kind::bytes, *as_str(args[0]));
+  return std::nullopt;
+}
+
+std::optional<NodeId> Parser::set_of(std::string_view name, const std::vector<NodeId>& args) {
+  if (args.size() > 1) return std::nullopt;
+  std::vector<NodeId> items;
+  if (args.size() == 1) {
+    const Node& from = graph_.at(args[0]);
+    if (from.kind != Kind::list && from.kind != Kind::tuple && from.kind != Kind::set && from.kind != Kind::frozenset) {
+      return std::nullopt;
+    }
+    items = from.items;
+  }
+  return add_container(name == "set" ? Kind::set : Kind::frozenset, std::move(items));
+}
+
+// bytes(), bytes(b'...'), or bytes(str, encoding), which is _codecs.encode(str, encoding).
+std::optional<NodeId> Parser::bytes_of(std::string_view, const std::vector<NodeId>& args) {
+  if (args.empty()) return add_text(Kind::bytes, "");
+  if (graph_.is(args[0], Kind::bytes)) return add_text(Kind::bytes, graph_.at(args[0]).text);
+  if (args.size() != 2 || !as_str(args[0]) || !as_str(args[1])) return std::nullopt;
+  if (auto encoded = codecs_encode("encode", args)) return encoded;
+  // An encoding ckpt does not know stays a call of _codecs.encode, as Python would make it.
+  return opaque_call(add_global("_codecs", "encode"), add_container(Kind::tuple, std::vector<NodeId>(args)), false);
+}
+
+// An enum member (getattr(IntervalStrategy, 'STEPS')): a longer name, still never resolved.
+std::optional<NodeId> Parser::enum_member(std::string_view, const std::vector<NodeId>& args) {
+  if (args.size() != 2 || !graph_.is(args[0], Kind::global) || !as_str(args[1])) return std::nullopt;
+  return add_text(Kind::global, graph_.at(args[0]).text + "." + *as_str(args[1]));
+}
+
+// The array's contents come with BUILD (see build()).
+std::optional<NodeId> Parser::ndarray_reconstruct(std::string_view, const std::vector<NodeId>& args) {
+  if (args.size() != 3 || !graph_.is_global(args[0], "numpy", "ndarray")) return std::nullopt;
+  return graph_.add_array({});
+}
+
+std::optional<NodeId> Parser::numpy_scalar(std::string_view, const std::vector<NodeId>& args) {
+  if (args.size() != 2 || !graph_.is(args[0], Kind::numpy_dtype) || !graph_.is(args[1], Kind::bytes)) return std::nullopt;
+  NdArray array;
+  const Node& dtype = graph_.at(args[0]);
+  array.descr = std::string(1, static_cast<char>(dtype.integer)) + dtype.text;
+  array.plain_dtype = !dtype.flag;
+  array.scalar = true;
+  array.data = graph_.at(args[1]).text;
+  return graph_.add_array(std::move(array));
+}
+
+std::optional<NodeId> Parser::numpy_dtype(std::string_view, const std::vector<NodeId>& args) {
+  if (args.empty() || !as_str(args[0])) return std::nullopt;
+  Node n;
+  n.kind = Kind::numpy_dtype;
+  n.text = *as_str(args[0]);
+  n.integer = '|';
+  return add(std::move(n));
 }
 
 void Parser::build(NodeId target, NodeId state) {
@@ -901,6 +947,31 @@ Graph::Graph() { nodes_.push_back(Node{}); }  // node 0 is the shared None
 NodeId Graph::add(Node node) {
   nodes_.push_back(std::move(node));
   return static_cast<NodeId>(nodes_.size() - 1);
+}
+
+NodeId Graph::add_tensor(TensorRef tensor) {
+  tensors.push_back(std::move(tensor));
+  Node n;
+  n.kind = Kind::tensor;
+  n.integer = static_cast<std::int64_t>(tensors.size() - 1);
+  return add(std::move(n));
+}
+
+NodeId Graph::add_array(NdArray array) {
+  arrays.push_back(std::move(array));
+  Node n;
+  n.kind = Kind::ndarray;
+  n.integer = static_cast<std::int64_t>(arrays.size() - 1);
+  return add(std::move(n));
+}
+
+std::uint64_t TensorRef::element_extent() const {
+  std::uint64_t last = 0;
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] == 0) return 0;
+    last += static_cast<std::uint64_t>(shape[i] - 1) * static_cast<std::uint64_t>(stride[i]);
+  }
+  return last + 1;
 }
 
 bool Graph::is_global(NodeId id, std::string_view module, std::string_view name) const {

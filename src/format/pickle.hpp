@@ -89,6 +89,10 @@ struct TensorRef {
   std::vector<std::int64_t> stride;
   bool requires_grad = false;
   bool is_parameter = false;
+
+  // Storage elements from the view's first element to its last (0 when it has none). Only for views the reader
+  // accepted or a writer built: their arithmetic is known not to overflow.
+  std::uint64_t element_extent() const;
 };
 
 // A numpy array as ndarray.__reduce__ pickles it: _reconstruct, then BUILD (version, shape, dtype, is_fortran,
@@ -109,6 +113,9 @@ class Graph {
  public:
   Graph();
   NodeId add(Node node);
+  // A tensor or numpy array node for the value, which the graph keeps in `tensors` / `arrays`.
+  NodeId add_tensor(TensorRef tensor);
+  NodeId add_array(NdArray array);
   const Node& at(NodeId id) const { return nodes_[id]; }
   Node& at(NodeId id) { return nodes_[id]; }
   std::size_t size() const { return nodes_.size(); }

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "format/pickle_opcodes.hpp"
 #include "util/error.hpp"
 
 namespace ckpt::pickle {
@@ -15,27 +16,33 @@ class Writer {
   explicit Writer(const Graph& graph) : g_(graph) {}
 
   std::string run(NodeId root) {
-    out_ += "\x80\x02";
+    op(Op::proto);
+    u8(2);
     value(root);
-    out_ += '.';
+    op(Op::stop);
     return std::move(out_);
   }
 
  private:
   void u8(std::uint8_t v) { out_ += static_cast<char>(v); }
+  void op(Op code) { u8(static_cast<std::uint8_t>(code)); }
+  // The callable and its last one, two or three arguments are on the stack: call it.
+  void call_with_one() { op(Op::tuple1); op(Op::reduce); }
+  void call_with_pair() { op(Op::tuple2); op(Op::reduce); }
+  void call_with_three() { op(Op::tuple3); op(Op::reduce); }
   void le(std::uint64_t v, int bytes) {
     for (int i = 0; i < bytes; ++i) u8(static_cast<std::uint8_t>(v >> (8 * i)));
   }
 
   void integer(std::int64_t v) {
     if (v >= 0 && v < 256) {
-      u8('K');
+      op(Op::binint1);
       u8(static_cast<std::uint8_t>(v));
     } else if (v >= 0 && v < 65536) {
-      u8('M');
+      op(Op::binint2);
       le(static_cast<std::uint64_t>(v), 2);
     } else if (v >= INT32_MIN && v <= INT32_MAX) {
-      u8('J');
+      op(Op::binint);
       le(static_cast<std::uint32_t>(static_cast<std::int32_t>(v)), 4);
     } else {
       // LONG1: the shortest little-endian two's complement, as CPython's encode_long writes it.
@@ -49,10 +56,10 @@ class Writer {
   }
   void long1(const std::string& le_bytes) {
     if (le_bytes.size() > 255) {
-      u8(0x8b);  // LONG4
+      op(Op::long4);
       le(le_bytes.size(), 4);
     } else {
-      u8(0x8a);
+      op(Op::long1);
       u8(static_cast<std::uint8_t>(le_bytes.size()));
     }
     out_ += le_bytes;
@@ -60,11 +67,11 @@ class Writer {
   void floating(double v) {
     std::uint64_t bits;
     std::memcpy(&bits, &v, 8);
-    u8('G');
+    op(Op::binfloat);
     for (int i = 7; i >= 0; --i) u8(static_cast<std::uint8_t>(bits >> (8 * i)));
   }
   void unicode(const std::string& s) {
-    u8('X');
+    op(Op::binunicode);
     le(s.size(), 4);
     out_ += s;
   }
@@ -79,7 +86,7 @@ class Writer {
   void global(const std::string& module, const std::string& name) {
     check_name(module);
     check_name(name);
-    u8('c');
+    op(Op::global);
     out_ += module;
     u8('\n');
     out_ += name;
@@ -87,7 +94,8 @@ class Writer {
   }
   void empty_call(const std::string& module, const std::string& name) {
     global(module, name);
-    out_ += ")R";
+    op(Op::empty_tuple);
+    op(Op::reduce);
   }
 
   // Python 3 bytes in protocol 2: _codecs.encode(<the bytes as latin-1 text>, 'latin1'); b'' is bytes().
@@ -108,36 +116,36 @@ class Writer {
     }
     unicode(latin1);
     unicode("latin1");
-    out_ += "\x86R";
+    call_with_pair();
   }
 
   void tuple_of(const std::vector<NodeId>& items) {
     switch (items.size()) {
-      case 0: u8(')'); return;
-      case 1: value(items[0]); u8(0x85); return;
-      case 2: value(items[0]); value(items[1]); u8(0x86); return;
-      case 3: value(items[0]); value(items[1]); value(items[2]); u8(0x87); return;
+      case 0: op(Op::empty_tuple); return;
+      case 1: value(items[0]); op(Op::tuple1); return;
+      case 2: value(items[0]); value(items[1]); op(Op::tuple2); return;
+      case 3: value(items[0]); value(items[1]); value(items[2]); op(Op::tuple3); return;
       default:
-        u8('(');
+        op(Op::mark);
         for (NodeId item : items) value(item);
-        u8('t');
+        op(Op::tuple);
     }
   }
   void int_tuple(const std::vector<std::int64_t>& values) {
     if (values.empty()) {
-      u8(')');
+      op(Op::empty_tuple);
       return;
     }
-    if (values.size() > 3) u8('(');
+    if (values.size() > 3) op(Op::mark);
     for (std::int64_t v : values) integer(v);
-    u8(values.size() == 1 ? 0x85 : values.size() == 2 ? 0x86 : values.size() == 3 ? 0x87 : 't');
+    op(values.size() == 1 ? Op::tuple1 : values.size() == 2 ? Op::tuple2 : values.size() == 3 ? Op::tuple3 : Op::tuple);
   }
   // Container contents in batches of 1000, as CPython writes them.
-  void batched(const std::vector<NodeId>& items, std::size_t step, char op) {
+  void batched(const std::vector<NodeId>& items, std::size_t step, Op closing) {
     for (std::size_t i = 0; i < items.size(); i += 1000 * step) {
-      u8('(');
+      op(Op::mark);
       for (std::size_t k = i; k < std::min(items.size(), i + 1000 * step); ++k) value(items[k]);
-      u8(static_cast<std::uint8_t>(op));
+      op(closing);
     }
   }
 
@@ -148,33 +156,33 @@ class Writer {
         dtype == DType::float8_e4m3fn) {
       fail(ErrorKind::unsupported, "storage '" + s.key + "'", std::string(torch_name(dtype)) + " has no torch.save storage type in torch 1.13");
     }
-    u8('(');
+    op(Op::mark);
     unicode("storage");
     global("torch", std::string(storage_class(dtype)));
     unicode(s.key);
     unicode(s.location);
     integer(static_cast<std::int64_t>(s.untyped ? s.numel / element_size(dtype) : s.numel));
-    u8('t');
-    u8('Q');
+    op(Op::tuple);
+    op(Op::binpersid);
   }
 
   void tensor(const TensorRef& t) {
     if (t.is_parameter) global("torch._utils", "_rebuild_parameter");
     global("torch._utils", "_rebuild_tensor_v2");
-    u8('(');
+    op(Op::mark);
     storage_pid(g_.storages[t.storage], t.dtype);
     integer(t.storage_offset);
     int_tuple(t.shape);
     int_tuple(t.stride);
-    u8(t.is_parameter ? 0x89 : (t.requires_grad ? 0x88 : 0x89));
+    op(t.is_parameter ? Op::newfalse : (t.requires_grad ? Op::newtrue : Op::newfalse));
     empty_call("collections", "OrderedDict");
-    u8('t');
-    u8('R');
+    op(Op::tuple);
+    op(Op::reduce);
     if (t.is_parameter) {
-      u8(t.requires_grad ? 0x88 : 0x89);
+      op(t.requires_grad ? Op::newtrue : Op::newfalse);
       empty_call("collections", "OrderedDict");
-      u8(0x87);
-      u8('R');
+      op(Op::tuple3);
+      op(Op::reduce);
     }
   }
 
@@ -188,10 +196,10 @@ class Writer {
     const std::uint32_t index = static_cast<std::uint32_t>(memo_.size());
     memo_.emplace(id, index);
     if (index < 256) {
-      u8('q');
+      op(Op::binput);
       u8(static_cast<std::uint8_t>(index));
     } else {
-      u8('r');
+      op(Op::long_binput);
       le(index, 4);
     }
   }
@@ -200,17 +208,17 @@ class Writer {
     const Node& n = g_.at(id);
     if (auto it = memo_.find(id); it != memo_.end()) {
       if (it->second < 256) {
-        u8('h');
+        op(Op::binget);
         u8(static_cast<std::uint8_t>(it->second));
       } else {
-        u8('j');
+        op(Op::long_binget);
         le(it->second, 4);
       }
       return;
     }
     switch (n.kind) {
-      case Kind::none: u8('N'); return;
-      case Kind::boolean: u8(n.flag ? 0x88 : 0x89); return;
+      case Kind::none: op(Op::none); return;
+      case Kind::boolean: op(n.flag ? Op::newtrue : Op::newfalse); return;
       case Kind::integer: integer(n.integer); return;
       case Kind::big_integer: long1(n.text); return;
       case Kind::floating: floating(n.number); return;
@@ -218,24 +226,24 @@ class Writer {
       case Kind::bytes: bytes(n.text); break;
       case Kind::tuple: tuple_of(n.items); break;
       case Kind::list:
-        u8(']');
-        batched(n.items, 1, 'e');
+        op(Op::empty_list);
+        batched(n.items, 1, Op::appends);
         break;
       case Kind::dict:
         if (n.flag) empty_call("collections", "OrderedDict");
-        else u8('}');
-        batched(n.items, 2, 'u');
+        else op(Op::empty_dict);
+        batched(n.items, 2, Op::setitems);
         if (n.attributes != 0) {
           value(n.attributes);
-          u8('b');
+          op(Op::build);
         }
         break;
       case Kind::set:
       case Kind::frozenset:
         global("__builtin__", n.kind == Kind::set ? "set" : "frozenset");
-        u8(']');
-        batched(n.items, 1, 'e');
-        out_ += "\x85R";
+        op(Op::empty_list);
+        batched(n.items, 1, Op::appends);
+        call_with_one();
         break;
       case Kind::global: {
         std::string module, name;
@@ -246,7 +254,7 @@ class Writer {
           global("__builtin__", "getattr");
           global(module, name.substr(0, dot));
           unicode(name.substr(dot + 1));
-          out_ += "\x86R";
+          call_with_pair();
         } else {
           global(module, name);
         }
@@ -255,7 +263,7 @@ class Writer {
       case Kind::device:
         global("torch", "device");
         unicode(n.text);
-        out_ += "\x85R";
+        call_with_one();
         break;
       case Kind::storage: {
         // A bare storage (rare outside tensors) is its persistent id.
@@ -275,15 +283,20 @@ class Writer {
   void numpy_dtype(const std::string& type, char byteorder) {
     global("numpy", "dtype");
     unicode(type);
-    out_ += "\x89\x88\x87R";
-    u8('(');
+    op(Op::newfalse);
+    op(Op::newtrue);
+    call_with_three();
+    op(Op::mark);
     integer(3);
     unicode(std::string(1, byteorder));
-    out_ += "NNN";
+    op(Op::none);
+    op(Op::none);
+    op(Op::none);
     integer(-1);
     integer(-1);
     integer(0);
-    out_ += "tb";
+    op(Op::tuple);
+    op(Op::build);
   }
 
   void ndarray(const NdArray& a) {
@@ -291,35 +304,36 @@ class Writer {
       global("numpy.core.multiarray", "scalar");
       numpy_dtype(a.descr.substr(1), a.descr[0]);
       bytes(a.data);
-      out_ += "\x86R";
+      call_with_pair();
       return;
     }
     global("numpy.core.multiarray", "_reconstruct");
     global("numpy", "ndarray");
     integer(0);
-    u8(0x85);
+    op(Op::tuple1);
     bytes("b");
-    out_ += "\x87R";
+    call_with_three();
     if (a.descr.empty()) return;  // never given its state (no BUILD was read): written as it was read
-    u8('(');
+    op(Op::mark);
     integer(1);
     int_tuple(a.shape);
     numpy_dtype(a.descr.substr(1), a.descr[0]);
-    u8(a.fortran_order ? 0x88 : 0x89);
+    op(a.fortran_order ? Op::newtrue : Op::newfalse);
     bytes(a.data);
-    out_ += "tb";
+    op(Op::tuple);
+    op(Op::build);
   }
 
   void object(const Node& n) {
     const auto& slots = n.items;
     value(slots[object_callable]);
     value(slots[object_args]);
-    u8(n.flag ? 0x81 : 'R');
-    if (slots[object_appended] != g_.none()) batched(g_.at(slots[object_appended]).items, 1, 'e');
-    if (slots[object_set_items] != g_.none()) batched(g_.at(slots[object_set_items]).items, 2, 'u');
+    op(n.flag ? Op::newobj : Op::reduce);
+    if (slots[object_appended] != g_.none()) batched(g_.at(slots[object_appended]).items, 1, Op::appends);
+    if (slots[object_set_items] != g_.none()) batched(g_.at(slots[object_set_items]).items, 2, Op::setitems);
     if (slots[object_state] != g_.none()) {
       value(slots[object_state]);
-      u8('b');
+      op(Op::build);
     }
   }
 

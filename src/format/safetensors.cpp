@@ -143,7 +143,9 @@ std::string make_header(std::vector<OutputTensor>& tensors, const std::vector<st
   for (const auto& t : tensors) {
     std::uint64_t nbytes = element_size(t.dtype);
     for (std::int64_t d : t.shape) nbytes *= static_cast<std::uint64_t>(d);
-    header.set(t.name, {{"dtype", safetensors_code(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}});
+    const auto code = safetensors_code(t.dtype);
+    if (!code) fail(ErrorKind::unsupported, tensor_where(t.name), std::string(torch_name(t.dtype)) + " has no safetensors dtype");
+    header.set(t.name, {{"dtype", *code}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}});
     offset += nbytes;
   }
   std::string text = json::dump(header.take());

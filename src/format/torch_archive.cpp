@@ -118,14 +118,10 @@ TorchFile::TorchFile(MappedFile mapped) : file_(std::move(mapped)), zip_([&]() -
 std::span<const std::uint8_t> TorchFile::tensor_extent(const pickle::TensorRef& tensor) const {
   // The parser checked that the view lies inside its storage, so this arithmetic cannot overflow.
   const std::size_t es = element_size(tensor.dtype);
-  std::uint64_t last = static_cast<std::uint64_t>(tensor.storage_offset);
-  for (std::size_t i = 0; i < tensor.shape.size(); ++i) {
-    if (tensor.shape[i] == 0) return {};
-    last += static_cast<std::uint64_t>(tensor.shape[i] - 1) * static_cast<std::uint64_t>(tensor.stride[i]);
-  }
-  const auto storage = storage_bytes_[tensor.storage];
-  return storage.subspan(static_cast<std::size_t>(tensor.storage_offset) * es,
-                         static_cast<std::size_t>(last + 1 - static_cast<std::uint64_t>(tensor.storage_offset)) * es);
+  const std::uint64_t elements = tensor.element_extent();
+  if (elements == 0) return {};
+  return storage_bytes_[tensor.storage].subspan(static_cast<std::size_t>(tensor.storage_offset) * es,
+                                                static_cast<std::size_t>(elements * es));
 }
 
 Container sniff(std::span<const std::uint8_t> head) {

@@ -10,11 +10,6 @@
 namespace ckpt::zip {
 namespace {
 
-constexpr std::uint32_t kLocalSig = 0x04034b50;
-constexpr std::uint32_t kCentralSig = 0x02014b50;
-constexpr std::uint32_t kEndSig = 0x06054b50;
-constexpr std::uint32_t kZip64EndSig = 0x06064b50;
-constexpr std::uint32_t kZip64LocatorSig = 0x07064b50;
 constexpr std::size_t kEndSize = 22;
 constexpr std::size_t kCentralFixedSize = 46;
 constexpr std::size_t kLocalFixedSize = 30;
@@ -29,7 +24,8 @@ std::size_t find_end_record(std::span<const std::uint8_t> file) {
   std::size_t lowest = file.size() > kEndSize + 0xFFFF ? file.size() - kEndSize - 0xFFFF : 0;
   std::optional<std::size_t> loose;
   for (std::size_t pos = file.size() - kEndSize + 1; pos-- > lowest;) {
-    if (file[pos] != 'P' || file[pos + 1] != 'K' || file[pos + 2] != 5 || file[pos + 3] != 6) continue;
+    const std::uint32_t signature = file[pos] | (file[pos + 1] << 8) | (file[pos + 2] << 16) | (std::uint32_t{file[pos + 3]} << 24);
+    if (signature != kEndSig) continue;
     std::size_t comment_len = file[pos + 20] | (file[pos + 21] << 8);
     if (pos + kEndSize + comment_len == file.size()) return pos;
     if (!loose) loose = pos;

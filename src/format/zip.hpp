@@ -28,6 +28,14 @@
 
 namespace ckpt::zip {
 
+// The records' signatures ("PK\3\4", ...) as little-endian u32s, shared by the reader and the writer (zip_writer).
+inline constexpr std::uint32_t kLocalSig = 0x04034b50;
+inline constexpr std::uint32_t kDescriptorSig = 0x08074b50;
+inline constexpr std::uint32_t kCentralSig = 0x02014b50;
+inline constexpr std::uint32_t kEndSig = 0x06054b50;
+inline constexpr std::uint32_t kZip64EndSig = 0x06064b50;
+inline constexpr std::uint32_t kZip64LocatorSig = 0x07064b50;
+
 struct Entry {
   std::string name;
   std::uint16_t method = 0;  // 0 stored; anything else we refuse to read (torch never compresses)

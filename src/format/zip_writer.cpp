@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <future>
 
+#include "format/zip.hpp"
 #include "util/crc32.hpp"
 #include "util/error.hpp"
 
@@ -52,7 +53,7 @@ void Writer::begin(const std::string& name) {
   const std::uint64_t unpadded = m.header_offset + 30 + name.size() + 4;
   const std::size_t pad = static_cast<std::size_t>((kAlignment - unpadded % kAlignment) % kAlignment);
   Bytes h;
-  h.u32(0x04034b50).u16(0).u16(0x0808).u16(0).u16(0).u16(0).u32(0).u32(0).u32(0);
+  h.u32(kLocalSig).u16(0).u16(0x0808).u16(0).u16(0).u16(0).u32(0).u32(0).u32(0);
   h.u16(static_cast<std::uint32_t>(name.size())).u16(static_cast<std::uint32_t>(4 + pad)).text(name);
   h.text("FB").u16(static_cast<std::uint32_t>(pad)).text(std::string(pad, 'Z'));
   out_.write(h.str());
@@ -92,7 +93,7 @@ void Writer::append_file_range(const ReadOnlyFile& source, std::uint64_t offset,
 void Writer::end() {
   const Member& m = members_.back();
   Bytes d;
-  d.u32(0x08074b50).u32(m.crc);
+  d.u32(kDescriptorSig).u32(m.crc);
   if (m.size >= kAllOnes32) d.u64(m.size).u64(m.size);
   else d.u32(m.size).u32(m.size);
   out_.write(d.str());
@@ -112,7 +113,7 @@ void Writer::finish() {
       extra.u16(1).u16(static_cast<std::uint32_t>(fields.str().size())).text(fields.str());
     }
     Bytes c;
-    c.u32(0x02014b50).u16(0).u16(0).u16(0x0808).u16(0).u16(0).u16(0).u32(m.crc);
+    c.u32(kCentralSig).u16(0).u16(0).u16(0x0808).u16(0).u16(0).u16(0).u32(m.crc);
     c.u32(big_size ? kAllOnes32 : m.size).u32(big_size ? kAllOnes32 : m.size);
     c.u16(static_cast<std::uint32_t>(m.name.size())).u16(static_cast<std::uint32_t>(extra.str().size())).u16(0);
     c.u16(0).u16(0).u32(0).u32(big_offset ? kAllOnes32 : m.header_offset);
@@ -123,9 +124,9 @@ void Writer::finish() {
   const std::uint64_t zip64_end_offset = out_.position();
   const std::uint64_t count = members_.size();
   Bytes e;
-  e.u32(0x06064b50).u64(44).u16(0x031e).u16(0x2d).u32(0).u32(0).u64(count).u64(count).u64(cd_size).u64(cd_offset);
-  e.u32(0x07064b50).u32(0).u64(zip64_end_offset).u32(1);
-  e.u32(0x06054b50).u16(0).u16(0);
+  e.u32(kZip64EndSig).u64(44).u16(0x031e).u16(0x2d).u32(0).u32(0).u64(count).u64(count).u64(cd_size).u64(cd_offset);
+  e.u32(kZip64LocatorSig).u32(0).u64(zip64_end_offset).u32(1);
+  e.u32(kEndSig).u16(0).u16(0);
   e.u16(std::min<std::uint64_t>(count, 0xFFFF)).u16(std::min<std::uint64_t>(count, 0xFFFF));
   e.u32(std::min<std::uint64_t>(cd_size, kAllOnes32)).u32(std::min<std::uint64_t>(cd_offset, kAllOnes32)).u16(0);
   out_.write(e.str());

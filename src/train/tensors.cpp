@@ -27,7 +27,12 @@ at::ScalarType to_scalar_type(DType dtype) {
     case DType::boolean: return at::kBool;
     case DType::complex128: return at::kComplexDouble;
     case DType::complex64: return at::kComplexFloat;
-    default: break;
+    case DType::float8_e5m2:
+    case DType::float8_e4m3fn:
+    case DType::uint64:
+    case DType::uint32:
+    case DType::uint16:
+      break;
   }
   throw Error(ErrorKind::unsupported, "", "", std::string("LibTorch 1.13 has no ") + std::string(torch_name(dtype)) + " tensors");
 }
@@ -171,11 +176,7 @@ NodeId GraphMaker::tensor(const at::Tensor& tensor) {
   ref.dtype = storage.dtype;
   ref.shape = tensor.sizes().vec();
   ref.stride = tensor.strides().vec();
-  graph.tensors.push_back(std::move(ref));
-  Node n;
-  n.kind = Kind::tensor;
-  n.integer = static_cast<std::int64_t>(graph.tensors.size() - 1);
-  return graph.add(std::move(n));
+  return graph.add_tensor(std::move(ref));
 }
 
 NodeId GraphMaker::uint32_array(std::span<const std::uint32_t> values) {
@@ -186,11 +187,7 @@ NodeId GraphMaker::uint32_array(std::span<const std::uint32_t> values) {
   for (std::size_t i = 0; i < values.size(); ++i) {
     for (int b = 0; b < 4; ++b) array.data[i * 4 + b] = static_cast<char>((values[i] >> (8 * b)) & 0xffu);
   }
-  graph.arrays.push_back(std::move(array));
-  Node n;
-  n.kind = Kind::ndarray;
-  n.integer = static_cast<std::int64_t>(graph.arrays.size() - 1);
-  return graph.add(std::move(n));
+  return graph.add_array(std::move(array));
 }
 
 void GraphMaker::write(const std::string& path, NodeId root, bool durable) {

@@ -19,6 +19,41 @@ TEST_CASE("the resume command shown in messages is one a POSIX shell reads back 
   CHECK(checkpoint::resume_command("r\xc3\xa9sum\xc3\xa9") == "ckpt resume 'r\xc3\xa9sum\xc3\xa9'");
 }
 
+TEST_CASE("a weights index names only files beside it: every reader refuses other shard names as corrupt") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("ckpt-index-test-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = (dir / "model.safetensors.index.json").string();
+  auto write = [&](const std::string& text) { std::ofstream(path, std::ios::binary | std::ios::trunc) << text; };
+
+  write(R"({"metadata": {"total_size": 8}, "weight_map": {"b": "model-00002.safetensors", "a": "model-00001.safetensors",)"
+        R"( "c": "model-00002.safetensors"}})");
+  const auto index = checkpoint::read_weights_index(path);
+  CHECK(index.files == std::vector<std::string>{"model-00002.safetensors", "model-00001.safetensors"});
+  REQUIRE(index.tensor_to_file.size() == 3);
+  CHECK(index.tensor_to_file[1] == std::pair<std::string, std::string>{"a", "model-00001.safetensors"});
+  CHECK(checkpoint::find_weights(dir.string())->files == index.files);
+
+  for (const char* map : {R"({"a": "../model.safetensors"})", R"({"a": "sub/model.safetensors"})", R"({"a": ".."})",
+                          R"({"a": ""})", R"({"a": "x\u0000y"})", R"({"a": 3})", R"([])", R"("x")"}) {
+    CAPTURE(map);
+    write(std::string(R"({"weight_map": )") + map + "}");
+    CHECK_THROWS_AS(checkpoint::read_weights_index(path), Error);
+    try {
+      checkpoint::find_weights(dir.string());
+      FAIL("find_weights accepted the index");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::corrupt);
+      CHECK(e.path() == path);
+      CHECK(e.where() == "weight_map");
+    }
+  }
+  write(R"({"metadata": {}})");
+  CHECK_THROWS_AS(checkpoint::read_weights_index(path), Error);
+  fs::remove_all(dir);
+}
+
 namespace {
 
 namespace fs = std::filesystem;

@@ -73,6 +73,19 @@ TEST_CASE("an unknown dtype is unsupported, not corrupt") {
   }
 }
 
+TEST_CASE("complex128, which safetensors has no dtype for, is neither read nor written") {
+  const std::string file = safetensors_file(R"({"a":{"dtype":"C128","shape":[1],"data_offsets":[0,16]}})", 16);
+  CHECK_THROWS_AS(safetensors::parse(as_bytes(file)), Error);
+  std::vector<safetensors::OutputTensor> tensors{{"z", DType::complex128, {1}}};
+  try {
+    safetensors::make_header(tensors, {});
+    FAIL("a header with complex128 was made");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::unsupported);
+    CHECK(e.where() == "tensor 'z'");
+  }
+}
+
 TEST_CASE("every truncation fails") {
   const std::string file = safetensors_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8);
   CHECK_NOTHROW(safetensors::parse(as_bytes(file)));
