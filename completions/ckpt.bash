@@ -50,7 +50,7 @@ _ckpt() {
     -o | --output) _filedir; return ;;
     --metric) COMPREPLY=($(compgen -W "eval_loss eval_accuracy" -- "$cur")); return ;;
     --keep | --keep-every | --stale-after | --link | --keep-archives | --level | --save-name) return ;;
-    --export | --output-dir | --archive-dir | --restore-to) _filedir -d; return ;;
+    --export | --output-dir | --archive-dir | --restore-to | --recursive) _filedir -d; return ;;
     --from)
       # The checkpoints of the run directory given earlier on the line.
       local run="" j
@@ -85,11 +85,11 @@ _ckpt() {
   case $subcommand in
     save) options="--output-dir --overwrite-output-dir --resume-if-exists --save-name $training" ;;
     resume) options="--from --save-name $training" ;;
-    list) options="--json --metric --mode --sort --use-mtime --help" ;;
+    list) options="--recursive --json --metric --mode --sort --use-mtime --help" ;;
     best) options="--metric --mode --json --link --export --help" ;;
-    latest) options="--verify --archives --restore-to --json --help" ;;
+    latest) options="--recursive --verify --archives --restore-to --json --help" ;;
     tag) options="--delete --json --help" ;;
-    rotate) options="--keep --keep-every --stale-after --sort --use-mtime --metric --mode --archive --archive-dir --keep-archives --level --threads --dry-run --no-wait --json --quiet --help" ;;
+    rotate) options="--recursive --keep --keep-every --stale-after --sort --use-mtime --metric --mode --archive --archive-dir --keep-archives --level --threads --dry-run --no-wait --json --quiet --help" ;;
     inspect) options="--json --summary --verify --help" ;;
     convert) options="--to --output --max-shard-size --dtype --include-state --consolidate --level --threads --dry-run --force --json --quiet --help" ;;
   esac

@@ -17,6 +17,7 @@ complete -c ckpt -n "__fish_seen_subcommand_from help; and not __fish_seen_subco
 complete -c ckpt -n "__fish_seen_subcommand_from $subcommands" -l help -d 'Show the options of the subcommand'
 
 complete -c ckpt -n "__fish_seen_subcommand_from list best latest rotate" -a '(__fish_complete_directories)'
+complete -c ckpt -n "__fish_seen_subcommand_from list latest rotate" -l recursive -x -a '(__fish_complete_directories)' -d 'Every run directory at or below ROOT'
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -l metric -x -a 'eval_loss eval_accuracy' -d 'Find the best by this metric'
 complete -c ckpt -n "__fish_seen_subcommand_from list best rotate" -l mode -x -a 'min max' -d 'min or max for --metric'
 complete -c ckpt -n "__fish_seen_subcommand_from list rotate" -l sort -x -a 'step mtime' -d 'Order checkpoints'

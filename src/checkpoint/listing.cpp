@@ -51,4 +51,25 @@ RunListing list_run(const std::string& run_dir, const ListOptions& options) {
   return listing;
 }
 
+ListingTotals& ListingTotals::operator+=(const ListingTotals& other) {
+  checkpoints += other.checkpoints;
+  complete += other.complete;
+  archives += other.archives;
+  named += other.named;
+  size_bytes += other.size_bytes;
+  return *this;
+}
+
+ListingTotals totals_of(const RunListing& listing) {
+  ListingTotals totals;
+  for (const auto& r : listing.rows) {
+    totals.checkpoints += r.kind == EntryKind::checkpoint;
+    totals.complete += r.kind == EntryKind::checkpoint && r.complete;
+    totals.archives += r.kind == EntryKind::archive;
+    totals.named += r.named;
+    totals.size_bytes += r.size_bytes;
+  }
+  return totals;
+}
+
 }  // namespace ckpt::checkpoint

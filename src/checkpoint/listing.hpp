@@ -47,4 +47,16 @@ struct ListOptions {
 
 RunListing list_run(const std::string& run_dir, const ListOptions& options);
 
+// What a listing's total line counts, per run and over several: checkpoint directories (and how many are complete),
+// archives, and the bytes of every entry listed.
+struct ListingTotals {
+  std::size_t checkpoints = 0;
+  std::size_t complete = 0;
+  std::size_t archives = 0;
+  std::size_t named = 0;
+  std::uint64_t size_bytes = 0;
+  ListingTotals& operator+=(const ListingTotals& other);
+};
+ListingTotals totals_of(const RunListing& listing);
+
 }  // namespace ckpt::checkpoint

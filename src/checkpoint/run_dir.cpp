@@ -1,11 +1,16 @@
 #include "checkpoint/run_dir.hpp"
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <sys/stat.h>
-
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <memory>
 #include <set>
 #include <string_view>
 
@@ -17,6 +22,7 @@
 #include "format/safetensors.hpp"
 #include "format/torch_archive.hpp"
 #include "util/error.hpp"
+#include "util/fs.hpp"
 #include "util/mapped_file.hpp"
 
 namespace ckpt::checkpoint {
@@ -24,14 +30,37 @@ namespace fs = std::filesystem;
 
 namespace {
 
+Error cannot_list(const std::string& dir, int error_number) {
+  return Error(error_number == ENOENT ? ErrorKind::not_found : ErrorKind::io, dir, "",
+               std::string("cannot list directory: ") + std::strerror(error_number));
+}
+
 fs::directory_iterator list_directory(const std::string& dir) {
   std::error_code ec;
   fs::directory_iterator it(dir, ec);
-  if (ec) {
-    throw Error(ec == std::errc::no_such_file_or_directory ? ErrorKind::not_found : ErrorKind::io, dir, "",
-                "cannot list directory: " + ec.message());
-  }
+  if (ec) throw cannot_list(dir, ec.value());
   return it;
+}
+
+// A visible `*.ckpt` name: an archive, when it is a regular file.
+bool is_archive_name(const std::string& name) {
+  return !name.empty() && name.front() != '.' && fs::path(name).extension() == kArchiveExtension;
+}
+
+// The one rule of what makes a run directory, from its entries (`dir` open at `path`): it holds what scan_run lists
+// as a checkpoint or an archive, a checkpoint-N directory or a regular *.ckpt file there or in its archive
+// directory; symlinks are not followed.
+bool holds_checkpoints(fs_util::OpenDirectory& dir, const std::vector<fs_util::DirectoryEntry>& entries, const std::string& path) {
+  bool archive_dir = false;
+  for (const auto& e : entries) {
+    if ((e.type == DT_DIR && checkpoint_step(e.name)) || (e.type == DT_REG && is_archive_name(e.name))) return true;
+    archive_dir |= e.type == DT_DIR && e.name == kArchiveDirName;
+  }
+  if (!archive_dir) return false;
+  auto archives = fs_util::OpenDirectory::open(dir.fd(), kArchiveDirName, false);
+  if (!archives) return false;
+  const auto archived = archives->entries((fs::path(path) / kArchiveDirName).string());
+  return std::any_of(archived.begin(), archived.end(), [](const auto& e) { return e.type == DT_REG && is_archive_name(e.name); });
 }
 
 }  // namespace
@@ -368,7 +397,7 @@ std::vector<RunEntry> scan_archive_dir(const std::string& dir, const std::string
   std::error_code ec;
   for (const auto& dirent : fs::directory_iterator(dir, ec)) {
     const std::string name = dirent.path().filename().string();
-    if (name.front() == '.' || dirent.path().extension() != kArchiveExtension || dirent.is_symlink(ec) || !dirent.is_regular_file(ec)) continue;
+    if (!is_archive_name(name) || dirent.is_symlink(ec) || !dirent.is_regular_file(ec)) continue;
     entries.push_back(archive_entry(dirent.path(), prefix + name));
   }
   std::sort(entries.begin(), entries.end(), [](const RunEntry& a, const RunEntry& b) { return a.name < b.name; });
@@ -430,24 +459,23 @@ bool check_run_directory(const std::string& path) {
     fail_io(path, "stat", errno);
   }
   if (!S_ISDIR(st.st_mode)) throw Error(ErrorKind::not_found, path, "", "is a file, not a run directory");
+  auto listing = fs_util::OpenDirectory::open(AT_FDCWD, path, true);
+  if (!listing) throw cannot_list(path, errno);
+  const auto entries = listing->entries(path);
+  if (holds_checkpoints(*listing, entries, path)) return false;
   const fs::path dir = fs::path(path).lexically_normal();
   std::error_code ec;
   std::vector<std::string> others;  // what the directory holds instead of checkpoints
   std::vector<std::string> runs_below;
-  for (const auto& entry : list_directory(path)) {
-    const std::string name = entry.path().filename().string();
-    if (checkpoint_step(name) || entry.path().extension() == kArchiveExtension) return false;
+  for (const auto& entry : entries) {
+    const std::string& name = entry.name;
     if (name.front() == '.' || name.rfind("tmp-checkpoint-", 0) == 0 || name == "runs" || name == kArchiveDirName) continue;
     others.push_back(name);
-    if (entry.is_symlink(ec) || !entry.is_directory(ec)) continue;
-    for (const auto& inner : fs::directory_iterator(entry.path(), ec)) {
-      if (checkpoint_step(inner.path().filename().string())) {
-        runs_below.push_back(entry.path().string());
-        break;
-      }
-    }
+    if (entry.type != DT_DIR) continue;
+    const std::string below = (fs::path(path) / name).string();
+    auto inner = fs_util::OpenDirectory::open(listing->fd(), name, false);
+    if (inner && holds_checkpoints(*inner, inner->entries(below), below)) runs_below.push_back(below);
   }
-  if (fs::is_directory(dir / kArchiveDirName, ec) && !scan_archive_dir((dir / kArchiveDirName).string(), "").empty()) return false;
   if (others.empty()) return true;
   // No checkpoints in it: is it one itself? (A run directory may hold the final weights and trainer_state.json too,
   // which is why its checkpoints were looked for first.)
@@ -471,6 +499,93 @@ bool check_run_directory(const std::string& path) {
     if (runs_below.size() > 3) what += ", and " + std::to_string(runs_below.size() - 3) + " more";
   }
   throw Error(ErrorKind::not_found, path, "", what);
+}
+
+namespace {
+
+// find_run_directories' walk, one directory at a time, depth first.
+class RunSearch {
+ public:
+  RunSearch(const std::string& root, const RunSearchLimits& limits) : root_(root), limits_(limits) {}
+
+  // `dir`, open at `path` `depth` levels below the root: a run directory or not, then what is below it.
+  void visit(fs_util::OpenDirectory& dir, const std::string& path, int depth) {
+    if (++directories_ > limits_.max_directories) {
+      throw Error(ErrorKind::unsupported, root_, "--recursive",
+                  "holds more than " + std::to_string(limits_.max_directories) + " directories; give a directory nearer the runs");
+    }
+    std::vector<fs_util::DirectoryEntry> entries;
+    bool run = false;
+    try {
+      entries = dir.entries(path);
+      run = holds_checkpoints(dir, entries, path);
+    } catch (const Error& e) {
+      if (depth == 0) throw;
+      found_.push_back({path, e});
+      return;
+    }
+    if (run) found_.push_back({path, std::nullopt});
+    for (const auto& entry : entries) {
+      if (entry.type != DT_DIR || entry.name.front() == '.' || checkpoint_step(entry.name) || (run && entry.name == kArchiveDirName)) continue;
+      const std::string below = (fs::path(path) / entry.name).string();
+      if (depth == limits_.max_depth) {
+        throw Error(ErrorKind::unsupported, root_, "--recursive",
+                    "directories nest more than " + std::to_string(limits_.max_depth) + " levels deep below it (" + below +
+                        "); give a directory nearer the runs");
+      }
+      auto inner = fs_util::OpenDirectory::open(dir.fd(), entry.name, false);
+      if (inner) {
+        visit(*inner, below, depth + 1);
+      } else if (errno != ENOENT && errno != ENOTDIR && errno != ELOOP) {  // not gone or replaced meanwhile
+        found_.push_back({below, cannot_list(below, errno)});
+      }
+    }
+  }
+
+  std::vector<RunTarget> take() { return std::move(found_); }
+
+ private:
+  const std::string& root_;
+  const RunSearchLimits& limits_;
+  std::size_t directories_ = 0;
+  std::vector<RunTarget> found_;
+};
+
+}  // namespace
+
+std::vector<RunTarget> find_run_directories(const std::string& root, const RunSearchLimits& limits) {
+  fs_util::require_directory(root);
+  auto dir = fs_util::OpenDirectory::open(AT_FDCWD, root, true);
+  if (!dir) throw cannot_list(root, errno);
+  RunSearch search(root, limits);
+  search.visit(*dir, root, 0);
+  std::vector<RunTarget> found = search.take();
+  std::sort(found.begin(), found.end(), [](const RunTarget& a, const RunTarget& b) { return a.path < b.path; });
+  return found;
+}
+
+std::vector<RunTarget> select_runs(const std::vector<std::string>& run_dirs, const std::vector<std::string>& roots) {
+  std::vector<RunTarget> selected;
+  for (const auto& run_dir : run_dirs) selected.push_back({run_dir, std::nullopt});
+  for (const auto& root : roots) {
+    try {
+      auto found = find_run_directories(root);
+      if (found.empty()) {
+        throw Error(ErrorKind::not_found, root, "--recursive", "holds no run directories (directories holding checkpoint-N directories or archives)");
+      }
+      for (auto& target : found) selected.push_back(std::move(target));
+    } catch (const Error& e) {
+      selected.push_back({root, e});
+    }
+  }
+  std::set<std::string> seen;
+  std::vector<RunTarget> unique;
+  for (auto& target : selected) {
+    const std::unique_ptr<char, void (*)(void*)> real(::realpath(target.path.c_str(), nullptr), std::free);
+    if (real && !seen.insert(real.get()).second) continue;
+    unique.push_back(std::move(target));
+  }
+  return unique;
 }
 
 std::vector<std::size_t> ordered_checkpoints(const RunScan& scan, bool complete_only, bool by_mtime) {

@@ -142,12 +142,43 @@ struct RunScan {
 // Reads a run directory: every subdirectory, classified; checkpoints assessed for completeness.
 RunScan scan_run(const std::string& run_dir);
 
-// For commands that take a run directory (list, best, rotate), given the wrong path: throws not_found saying what
+// For commands that take a run directory (list, best, latest, rotate), given the wrong path: throws not_found saying what
 // `path` is instead (a file; a checkpoint, naming its run directory; a directory holding no checkpoints, naming
 // run directories below it), so that a slip in a cron line fails instead of doing nothing forever. A run directory
 // with nothing in it yet (it exists and holds only hidden, staging or TensorBoard `runs` entries) is fine:
-// returns true for it, false for a run directory with checkpoints or archives.
+// returns true for it, false for a run directory with checkpoints or archives (a checkpoint-N directory or an
+// archive that scan_run would list; symlinks are not followed).
 bool check_run_directory(const std::string& path);
+
+// A run directory for a command of several runs: its path, or why a directory that may hold runs could not be read.
+struct RunTarget {
+  std::string path;
+  std::optional<Error> error;
+};
+
+// Bounds of a search for run directories: a tree of runs is neither this deep nor this large, so a search that gets
+// there (a loop of bind mounts, a whole file system given by mistake) fails rather than runs on.
+struct RunSearchLimits {
+  int max_depth = 32;                    // levels of directories below the root
+  std::size_t max_directories = 100000;  // directories read, the root included
+};
+
+// `--recursive ROOT`: the run directories at or below `root` (itself included), sorted by path, each path `root` as
+// given joined with the names below it. A run directory is one check_run_directory accepts as holding checkpoints:
+// a checkpoint-N directory or an archive that scan_run would list (the same rule). Each directory is opened through
+// its parent, never through a symlink (`root` itself is followed, as given); hidden entries (ckpt's staging and
+// trash directories) are skipped, and so are a run's checkpoint-N directories and its archive directory, but not
+// its other subdirectories (a sweep's runs nested in a run). A subdirectory that cannot be read is an entry with its
+// error (it may hold runs); one that vanishes or turns out no directory meanwhile is passed over. Throws Error
+// naming `root`: not_found when it is missing or no directory, io when it cannot be read, unsupported when the
+// tree goes beyond `limits`.
+std::vector<RunTarget> find_run_directories(const std::string& root, const RunSearchLimits& limits = {});
+
+// The runs of a command of several runs: `run_dirs` as given, in order, then each root's (find_run_directories)
+// in turn; a directory reached twice (the same realpath) is handled once, under its first name. A root that fails,
+// or holds no run directory at all (not_found: a slip in a cron line must fail, not do nothing forever), is an
+// entry with its error.
+std::vector<RunTarget> select_runs(const std::vector<std::string>& run_dirs, const std::vector<std::string>& roots);
 
 // The archives directly in `dir` (visible `*.ckpt` files), as scan_run lists them, named `prefix` + file name.
 std::vector<RunEntry> scan_archive_dir(const std::string& dir, const std::string& prefix);

@@ -139,6 +139,8 @@ std::string usage_message(const CLI::App& scope, const CLI::ParseError& e) {
   return dynamic_cast<const CLI::RequiredError*>(&e) ? message + see : message;
 }
 
+}  // namespace
+
 int exit_code_for(ErrorKind kind) {
   switch (kind) {
     case ErrorKind::corrupt:
@@ -151,6 +153,8 @@ int exit_code_for(ErrorKind kind) {
   }
   return exit_failure;
 }
+
+namespace {
 
 // The spellings of error kinds in --json errors: a stable list (docs/inspect-json.md), beside "usage" (a wrong command
 // line), "out_of_memory" and "internal" (an exception that is no ckpt::Error).
@@ -166,6 +170,17 @@ const char* json_kind(ErrorKind kind) {
   }
   return "internal";
 }
+
+json::Json error_fields(const std::string& kind, const std::string& path, const std::string& where, const std::string& message) {
+  const auto text_or_null = [](const std::string& text) { return text.empty() ? json::Json(nullptr) : json::Json(text); };
+  return {{"kind", kind}, {"path", text_or_null(path)}, {"where", text_or_null(where)}, {"message", message}};
+}
+
+}  // namespace
+
+json::Json error_object(const Error& error) { return error_fields(json_kind(error.kind()), error.path(), error.where(), error.what()); }
+
+namespace {
 
 // Whether a failure is also one JSON object on stdout: --json was given, and this process is not one of a training
 // group's other workers (RANK above 0), which share rank 0's stdout and fail as it does.
@@ -276,11 +291,7 @@ int run(int argc, char** argv) {
     held.reset();
     std::cout.flush();
     print_error(message);
-    if (as_json) {
-      const auto text_or_null = [](const std::string& text) { return text.empty() ? json::Json(nullptr) : json::Json(text); };
-      json::Json error{{"kind", kind}, {"path", text_or_null(path)}, {"where", text_or_null(where)}, {"message", message}};
-      std::cout << json::dump({{"error", std::move(error)}}, 2) << "\n";
-    }
+    if (as_json) std::cout << json::dump({{"error", error_fields(kind, path, where, message)}}, 2) << "\n";
     return code;
   };
   const auto usage_error = [&](const std::string& message) { return fail("usage", "", "", message, exit_usage); };

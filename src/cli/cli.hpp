@@ -8,6 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "format/json.hpp"
+#include "util/error.hpp"
+
 namespace ckpt::cli {
 
 // Exit statuses, documented in man/ckpt.1.
@@ -59,6 +62,11 @@ CLI::Validator one_of(std::vector<std::string> values);
 // The RUN_DIR argument of list, best, latest and rotate: refused when it is no run directory (checkpoint::
 // check_run_directory), with a note on stderr when it holds nothing yet.
 void require_run_directory(const std::string& run_dir);
+
+// A failure's exit status, and its object in --json output ({"kind", "path", "where", "message"}, the value of
+// {"error": ...}): the one mapping, for a command's failure and for each failing run of several.
+int exit_code_for(ErrorKind kind);
+json::Json error_object(const Error& error);
 
 int run(int argc, char** argv);
 

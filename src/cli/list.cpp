@@ -1,4 +1,4 @@
-// `ckpt list RUN_DIR [--json] [--metric NAME] [--mode min|max] [--sort step|mtime]`
+// `ckpt list RUN_DIR... [--recursive ROOT] [--json] [--metric NAME] [--mode min|max] [--sort step|mtime]`
 #include "cli/list.hpp"
 
 #include <fmt/format.h>
@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "cli/cli.hpp"
+#include "cli/several_runs.hpp"
 #include "cli/text.hpp"
 
 namespace ckpt::cli {
@@ -22,7 +23,7 @@ double now_seconds() {
 json::Json optional_number(const std::optional<double>& v) { return v ? json::Json(*v) : json::Json(nullptr); }
 
 struct ListOptions {
-  std::string run_dir;
+  RunSelection runs;
   bool json = false;
   std::string metric;
   std::string mode;
@@ -62,6 +63,22 @@ json::Json listing_json(const checkpoint::RunListing& listing) {
 
 namespace {
 
+// "3 checkpoints (2 complete), 1 archive, 1.2 MiB"
+std::string totals_text(const checkpoint::ListingTotals& t) {
+  return fmt::format("{} checkpoint{} ({} complete), {} archive{}, {}{}", t.checkpoints, t.checkpoints == 1 ? "" : "s", t.complete,
+                     t.archives, t.archives == 1 ? "" : "s", t.named ? fmt::format("{} named, ", t.named) : "", human_bytes(t.size_bytes));
+}
+
+// `out` with {checkpoints, complete, archives, size_bytes}.
+json::Json totals_json(const checkpoint::ListingTotals& t, json::Json out = json::Json::object()) {
+  out["checkpoints"] = t.checkpoints;
+  out["complete"] = t.complete;
+  out["archives"] = t.archives;
+  out["named"] = t.named;
+  out["size_bytes"] = t.size_bytes;
+  return out;
+}
+
 // The step a staging directory is writing, from its name (tmp-checkpoint-N, .ckpt-staging-checkpoint-N-*).
 std::optional<std::int64_t> staging_step(const std::string& name) {
   for (const std::string prefix : {"tmp-", ".ckpt-staging-"}) {
@@ -87,8 +104,6 @@ std::string listing_text(const checkpoint::RunListing& listing) {
   if (listing.rows.empty()) return fmt::format("{}: no checkpoints\n", printable(listing.path));
   const double now = now_seconds();
   Table table({"name", "step", "epoch", "loss", listing.metric.value_or("metric"), "", "complete", "size", "age", "note"});
-  std::size_t checkpoints = 0, complete_checkpoints = 0, archives = 0, named = 0;
-  std::uint64_t total_bytes = 0;
   for (const auto& r : listing.rows) {
     std::string marks;
     if (r.is_best) marks += "best";
@@ -109,36 +124,61 @@ std::string listing_text(const checkpoint::RunListing& listing) {
     if (r.kind == EntryKind::archive && r.complete && r.size_bytes) {
       size += fmt::format(" ({:.2f}x)", static_cast<double>(r.original_bytes) / static_cast<double>(r.size_bytes));
     }
-    checkpoints += r.kind == EntryKind::checkpoint;
-    complete_checkpoints += r.kind == EntryKind::checkpoint && r.complete;
-    archives += r.kind == EntryKind::archive;
-    named += r.named;
-    total_bytes += r.size_bytes;
     table.add({r.name, step ? std::to_string(*step) : "-", epoch_text(r.epoch), number_text(r.loss), number_text(r.metric), marks,
                complete, size, human_age(now - r.mtime), r.problems.empty() ? "" : r.problems.front()});
   }
-  return table.render() + fmt::format("total: {} checkpoint{} ({} complete), {} archive{}, {}{}\n", checkpoints,
-                                      checkpoints == 1 ? "" : "s", complete_checkpoints, archives, archives == 1 ? "" : "s",
-                                      named ? fmt::format("{} named, ", named) : "", human_bytes(total_bytes));
+  return table.render() + "total: " + totals_text(checkpoint::totals_of(listing)) + "\n";
 }
+
+namespace {
+
+// Each run under a line naming it (one with nothing to list says so in its one line), a blank line between runs,
+// then the totals over them; --json: {"runs": [{"run_dir", "checkpoints": [...], "totals"} or {"run_dir", "error"}],
+// "totals"}.
+int list_several(const ListOptions& o, const checkpoint::ListOptions& options) {
+  checkpoint::ListingTotals overall;
+  bool printed = false;
+  const SeveralRuns done = for_each_run(o.runs, [&](const std::string& run_dir) -> json::Json {
+    require_run_directory(run_dir);
+    const auto listing = checkpoint::list_run(run_dir, options);
+    const auto totals = checkpoint::totals_of(listing);
+    overall += totals;
+    if (o.json) return {{"run_dir", run_dir}, {"checkpoints", listing_json(listing)}, {"totals", totals_json(totals)}};
+    print_text((printed ? "\n" : "") + (listing.rows.empty() ? "" : printable(run_dir) + ":\n") + listing_text(listing));
+    printed = true;
+    return nullptr;
+  });
+  if (o.json) {
+    const json::Json totals = totals_json(overall, {{"runs", done.handled}, {"failed", done.failed}});
+    std::cout << json::dump({{"runs", done.runs}, {"totals", totals}}, 2) << "\n";
+  } else {
+    print_text((printed ? "\n" : "") + overall_text(done, totals_text(overall)));
+  }
+  return done.exit_code;
+}
+
+}  // namespace
 
 Action attach_list(CLI::App& sub) {
   auto o = std::make_shared<ListOptions>();
-  sub.add_option("RUN_DIR", o->run_dir, "The run directory (holding checkpoint-N directories)")->required();
-  sub.add_flag("--json", o->json, "Print a JSON array of objects on stdout");
+  add_run_selection(sub, o->runs);
+  sub.add_flag("--json", o->json, "Print a JSON array of objects on stdout (several runs: one document of them, with totals)");
   sub.add_option("--metric", o->metric, "Recompute the best from this metric (eval_ prefixed if missing)");
   sub.add_option("--mode", o->mode, "min or max [default: min for names containing 'loss', else max]")
       ->check(one_of({"min", "max"}));
   sub.add_option("--sort", o->sort, "Order checkpoints by step or by mtime (Hugging Face's use_mtime rule)")
       ->check(one_of({"step", "mtime"}));
   sub.add_flag_callback("--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");
-  return [o] {
+  return [o]() -> int {
+    require_runs(o->runs, "list");
     checkpoint::ListOptions options;
     if (!o->metric.empty()) options.best.metric = o->metric;
     if (!o->mode.empty()) options.best.greater_is_better = o->mode == "max";
     options.by_mtime = o->sort == "mtime";
-    require_run_directory(o->run_dir);
-    const auto listing = checkpoint::list_run(o->run_dir, options);
+    if (o->runs.several()) return list_several(*o, options);
+    const std::string& run_dir = o->runs.run_dirs.front();
+    require_run_directory(run_dir);
+    const auto listing = checkpoint::list_run(run_dir, options);
     if (o->json) std::cout << json::dump(listing_json(listing), 2) << "\n";
     else print_text(listing_text(listing));
     return exit_ok;

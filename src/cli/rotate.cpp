@@ -1,20 +1,23 @@
-// `ckpt rotate RUN_DIR --keep N [--keep-every K] [--stale-after DURATION] [--sort step|mtime] [--dry-run]
+// `ckpt rotate RUN_DIR... [--recursive ROOT] --keep N [--keep-every K] [--stale-after DURATION] [--sort step|mtime] [--dry-run]
 //  [--no-wait] [--json] [--metric NAME --mode min|max] [--archive] [--archive-dir DIR] [--keep-archives M] [--level N]
 //  [--threads N]`
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <iostream>
 
 #include "checkpoint/archive.hpp"
 #include "checkpoint/rotation.hpp"
 #include "cli/cli.hpp"
+#include "cli/several_runs.hpp"
 #include "cli/text.hpp"
 
 namespace ckpt::cli {
 namespace {
 
 struct RotateOptions {
-  std::string run_dir;
+  RunSelection runs;
   std::int64_t keep = 0;
   std::int64_t keep_every = 0;
   std::string stale_after = "1h";
@@ -33,7 +36,7 @@ struct RotateOptions {
   unsigned threads = 0;
 };
 
-int run_rotate(const RotateOptions& o) {
+checkpoint::RotateOptions rotate_options(const RotateOptions& o) {
   checkpoint::RotateOptions options;
   options.keep = o.keep;
   if (o.keep_every > 0) options.keep_every = o.keep_every;
@@ -45,60 +48,117 @@ int run_rotate(const RotateOptions& o) {
   if (o.keep_archives > 0) options.keep_archives = o.keep_archives;
   options.archive_level = o.level;
   options.archive_threads = o.threads;
+  return options;
+}
 
-  require_run_directory(o.run_dir);
-  const auto result = with_progress(!o.quiet && !o.json, "archiving", [&](ProgressLine& progress) {
+checkpoint::RotationResult rotate_run(const RotateOptions& o, checkpoint::RotateOptions options, const std::string& run_dir) {
+  require_run_directory(run_dir);
+  return with_progress(!o.quiet && !o.json, "archiving", [&](ProgressLine& progress) {
     options.archive_progress = [&progress](const std::string& name, std::uint64_t done, std::uint64_t total) {
       progress.set_label("archiving " + printable(name));
       progress.update(done, total);
     };
-    return checkpoint::rotate(o.run_dir, options, o.dry_run, !o.no_wait);
+    return checkpoint::rotate(run_dir, options, o.dry_run, !o.no_wait);
+  });
+}
+
+json::Json rotation_json(const RotateOptions& o, const std::string& run_dir, const checkpoint::RotationResult& result) {
+  json::Json decisions = json::Json::array();
+  for (const auto& d : result.plan.decisions) {
+    decisions.push_back({{"name", d.name},
+                         {"path", d.path},
+                         {"kind", checkpoint::to_string(d.kind)},
+                         {"step", d.step ? json::Json(*d.step) : json::Json(nullptr)},
+                         {"action", d.remove ? "delete" : "keep"},
+                         {"archived_to", d.archived_to.empty() ? json::Json(nullptr) : json::Json(d.archived_to)},
+                         {"reason", d.reason}});
+  }
+  return {{"run_dir", run_dir},
+          {"dry_run", o.dry_run},
+          {"best", result.plan.best ? json::Json(*result.plan.best) : json::Json(nullptr)},
+          {"newest", result.plan.newest ? json::Json(*result.plan.newest) : json::Json(nullptr)},
+          {"removed", result.removed},
+          {"archived", result.archived},
+          {"archives_removed", result.archives_removed},
+          {"temporaries_cleared", result.temporaries_cleared},
+          {"freed_bytes", result.freed_bytes},
+          {"archived_bytes", result.archived_bytes},
+          {"decisions", std::move(decisions)}};
+}
+
+// What it freed (would free) and archived: "freed 1.2 MiB, archived 800.0 KiB into 2 archives".
+std::string freed_text(const RotateOptions& o, std::uint64_t freed_bytes, std::size_t archived, std::uint64_t archived_bytes) {
+  std::string text = fmt::format("{} {}", o.dry_run ? "would free" : "freed", human_bytes(freed_bytes));
+  if (archived > 0) text += fmt::format(", archived {} into {} archive{}", human_bytes(archived_bytes), archived, archived == 1 ? "" : "s");
+  return text;
+}
+
+// Printed at all: with --dry-run, or without --quiet.
+bool prints_text(const RotateOptions& o) { return !o.json && (o.dry_run || !o.quiet); }
+
+std::string rotation_text(const RotateOptions& o, const checkpoint::RotationResult& result) {
+  Table table({"name", "action", "reason"});
+  for (const auto& d : result.plan.decisions) {
+    if (!o.dry_run && !d.remove) continue;
+    std::string action = d.remove ? (o.dry_run ? "would delete" : "deleted") : "keep";
+    if (d.remove && !d.archived_to.empty()) action = (o.dry_run ? "would archive to " : "archived to ") + d.archived_to + ", " + action;
+    table.add({d.name, action, d.reason});
+  }
+  return table.render() + freed_text(o, result.freed_bytes, result.archived, result.archived_bytes) + "\n";
+}
+
+int run_rotate(const RotateOptions& o) {
+  const std::string& run_dir = o.runs.run_dirs.front();
+  const auto result = rotate_run(o, rotate_options(o), run_dir);
+  if (o.json) std::cout << json::dump(rotation_json(o, run_dir, result), 2) << "\n";
+  else if (prints_text(o)) print_text(rotation_text(o, result));
+  return exit_ok;
+}
+
+// Each run's report under a line naming it, a blank line between runs, then the totals over them; --json: {"runs":
+// [each run's single-run document, or {"run_dir", "error"}], "totals"}.
+int rotate_several(const RotateOptions& o) {
+  const checkpoint::RotateOptions options = rotate_options(o);
+  checkpoint::RotationResult overall;
+  bool printed = false;
+  const SeveralRuns done = for_each_run(o.runs, [&](const std::string& run_dir) -> json::Json {
+    const auto result = rotate_run(o, options, run_dir);
+    overall.removed += result.removed;
+    overall.archived += result.archived;
+    overall.archives_removed += result.archives_removed;
+    overall.freed_bytes += result.freed_bytes;
+    overall.archived_bytes += result.archived_bytes;
+    if (o.json) return rotation_json(o, run_dir, result);
+    if (prints_text(o)) print_text((printed ? "\n" : "") + printable(run_dir) + ":\n" + rotation_text(o, result));
+    printed = true;
+    return nullptr;
   });
   if (o.json) {
-    json::Json decisions = json::Json::array();
-    for (const auto& d : result.plan.decisions) {
-      decisions.push_back({{"name", d.name},
-                           {"path", d.path},
-                           {"kind", checkpoint::to_string(d.kind)},
-                           {"step", d.step ? json::Json(*d.step) : json::Json(nullptr)},
-                           {"action", d.remove ? "delete" : "keep"},
-                           {"archived_to", d.archived_to.empty() ? json::Json(nullptr) : json::Json(d.archived_to)},
-                           {"reason", d.reason}});
-    }
-    std::cout << json::dump({{"run_dir", o.run_dir},
-                             {"dry_run", o.dry_run},
-                             {"best", result.plan.best ? json::Json(*result.plan.best) : json::Json(nullptr)},
-                             {"newest", result.plan.newest ? json::Json(*result.plan.newest) : json::Json(nullptr)},
-                             {"removed", result.removed},
-                             {"archived", result.archived},
-                             {"archives_removed", result.archives_removed},
-                             {"temporaries_cleared", result.temporaries_cleared},
-                             {"freed_bytes", result.freed_bytes},
-                             {"archived_bytes", result.archived_bytes},
-                             {"decisions", std::move(decisions)}},
-                            2)
-              << "\n";
-  } else if (o.dry_run || !o.quiet) {
-    Table table({"name", "action", "reason"});
-    for (const auto& d : result.plan.decisions) {
-      if (!o.dry_run && !d.remove) continue;
-      std::string action = d.remove ? (o.dry_run ? "would delete" : "deleted") : "keep";
-      if (d.remove && !d.archived_to.empty()) action = (o.dry_run ? "would archive to " : "archived to ") + d.archived_to + ", " + action;
-      table.add({d.name, action, d.reason});
-    }
-    print_text(table.render());
-    std::cout << fmt::format("{} {}", o.dry_run ? "would free" : "freed", human_bytes(result.freed_bytes));
-    if (result.archived > 0) std::cout << fmt::format(", archived {} into {} archive{}", human_bytes(result.archived_bytes), result.archived, result.archived == 1 ? "" : "s");
-    std::cout << "\n";
+    const json::Json totals{{"runs", done.handled},
+                            {"failed", done.failed},
+                            {"removed", overall.removed},
+                            {"archived", overall.archived},
+                            {"archives_removed", overall.archives_removed},
+                            {"freed_bytes", overall.freed_bytes},
+                            {"archived_bytes", overall.archived_bytes}};
+    std::cout << json::dump({{"runs", done.runs}, {"totals", totals}}, 2) << "\n";
+  } else if (prints_text(o)) {
+    print_text((printed ? "\n" : "") + overall_text(done, freed_text(o, overall.freed_bytes, overall.archived, overall.archived_bytes)));
   }
-  return exit_ok;
+  return done.exit_code;
+}
+
+// Whether an archive directory would be one for several runs: elsewhere than inside each of them.
+bool shared_by_runs(const std::string& archive_dir) {
+  const std::filesystem::path dir(archive_dir);
+  return dir.is_absolute() || std::any_of(dir.begin(), dir.end(), [](const std::filesystem::path& part) { return part == ".."; });
 }
 
 }  // namespace
 
 Action attach_rotate(CLI::App& sub) {
   auto o = std::make_shared<RotateOptions>();
-  sub.add_option("RUN_DIR", o->run_dir, "The run directory")->required();
+  add_run_selection(sub, o->runs);
   sub.add_option("--keep", o->keep, "Keep N complete checkpoints, the best counting toward N as in Hugging Face's save_total_limit (with N=1 and an older best, two stay); the newest complete always stays")
       ->required()
       ->transform(positive_integer());
@@ -128,14 +188,19 @@ Action attach_rotate(CLI::App& sub) {
   sub.add_flag("--json", o->json, "Print the decisions as JSON");
   sub.add_flag("-q,--quiet", o->quiet, "Print nothing unless there is an error");
   return [o, archive, archive_dir] {
+    require_runs(o->runs, "rotate");
     o->archive = archive->count() > 0 || archive_dir->count() > 0;
     if (o->keep_archives > 0 && !o->archive) throw UsageError("--keep-archives needs --archive (or --archive-dir)");
-    if (!o->legacy_archive_dir.empty() && o->legacy_archive_dir != "true") {
+    const bool legacy = !o->legacy_archive_dir.empty() && o->legacy_archive_dir != "true";
+    if (legacy) {
       if (archive_dir->count() > 0) throw UsageError("--archive: give the directory once, as --archive-dir DIR");
-      std::cerr << "ckpt: note: --archive=DIR is deprecated; use --archive-dir DIR\n";
       o->archive_dir = o->legacy_archive_dir;
     }
-    return run_rotate(*o);
+    if (o->runs.several() && o->archive && shared_by_runs(o->archive_dir)) {
+      throw UsageError("--archive-dir: with several runs, a directory inside each run (relative, no ..): all runs' archives in one would collide");
+    }
+    if (legacy) std::cerr << "ckpt: note: --archive=DIR is deprecated; use --archive-dir DIR\n";
+    return o->runs.several() ? rotate_several(*o) : run_rotate(*o);
   };
 }
 

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <system_error>
@@ -211,6 +212,36 @@ LinkedTree link_tree(const std::string& from, const std::string& to) {
   // A link is only a directory entry: each directory's entries must be durable before the caller publishes `to`.
   for (const auto& directory : directories) fsync_directory(directory);
   return result;
+}
+
+std::optional<OpenDirectory> OpenDirectory::open(int parent, const std::string& name, bool follow) {
+  const int fd = ::openat(parent, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW));
+  if (fd < 0) return std::nullopt;
+  DIR* dir = ::fdopendir(fd);
+  if (dir == nullptr) {
+    const int e = errno;
+    ::close(fd);
+    errno = e;
+    return std::nullopt;
+  }
+  return OpenDirectory(dir);
+}
+
+std::vector<DirectoryEntry> OpenDirectory::entries(const std::string& path) {
+  ::rewinddir(dir_.get());
+  std::vector<DirectoryEntry> found;
+  errno = 0;
+  while (const dirent* entry = ::readdir(dir_.get())) {
+    const std::string name = entry->d_name;
+    if (name == "." || name == "..") continue;
+    unsigned char type = entry->d_type;
+    struct stat st {};
+    if (type == DT_UNKNOWN && ::fstatat(fd(), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) type = IFTODT(st.st_mode);
+    found.push_back({name, type});
+    errno = 0;
+  }
+  if (errno != 0) throw Error(ErrorKind::io, path, "", std::string("cannot list directory: ") + std::strerror(errno));
+  return found;
 }
 
 void remove_tree(const std::string& path) {

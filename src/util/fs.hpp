@@ -2,8 +2,12 @@
 // removal that never follows links.
 #pragma once
 
+#include <dirent.h>
+
 #include <filesystem>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -98,5 +102,27 @@ void clear_abandoned_temporaries_of(const std::string& destination);
 
 // A name unique to this process and call, for temporary entries beside a destination.
 std::string unique_suffix();
+
+struct DirectoryEntry {
+  std::string name;
+  unsigned char type = DT_UNKNOWN;  // readdir's DT_DIR, DT_REG, DT_LNK...; from lstat when readdir does not say
+};
+
+// A directory open for reading by descriptor, for walks that reach what is below it through it (openat) rather than
+// by a path, which a symlink put in its place meanwhile could redirect. Closed on destruction.
+class OpenDirectory {
+ public:
+  // `name` in the directory open at `parent` (AT_FDCWD: relative to the working directory), only if it is a
+  // directory, and never through a symlink unless `follow`. Nullopt with errno set when it cannot be opened (ENOTDIR
+  // for a symlink not followed, as for anything else that is no directory; ELOOP on some systems).
+  static std::optional<OpenDirectory> open(int parent, const std::string& name, bool follow);
+  int fd() const { return ::dirfd(dir_.get()); }
+  // Every entry but . and .., in the file system's order. Throws Error (io) naming `path` when reading fails.
+  std::vector<DirectoryEntry> entries(const std::string& path);
+
+ private:
+  explicit OpenDirectory(DIR* dir) : dir_(dir, ::closedir) {}
+  std::unique_ptr<DIR, int (*)(DIR*)> dir_;
+};
 
 }  // namespace ckpt::fs_util

@@ -272,7 +272,7 @@ class Completions(unittest.TestCase):
         self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "help", "inspect", "latest", "list", "resume", "rotate", "save", "tag"])
         self.assertEqual(bash_complete("ckpt help ro"), ["rotate"])
         self.assertEqual(bash_complete("ckpt help rotate "), [])
-        self.assertEqual(sorted(bash_complete("ckpt latest --")), ["--archives", "--help", "--json", "--restore-to", "--verify"])
+        self.assertEqual(sorted(bash_complete("ckpt latest --")), ["--archives", "--help", "--json", "--recursive", "--restore-to", "--verify"])
         self.assertEqual(sorted(bash_complete("ckpt inspect --")), ["--help", "--json", "--summary", "--verify"])
 
     def test_bash_completes_option_values(self):
@@ -290,6 +290,10 @@ class Completions(unittest.TestCase):
             os.mkdir(os.path.join(tmp, "run1"))
             open(os.path.join(tmp, "run.txt"), "w").close()
             self.assertEqual(bash_complete(f"ckpt list {tmp}/ru"), [f"{tmp}/run1"])
+            # Several runs: every RUN_DIR and --recursive's ROOT.
+            for sub in ("list", "latest", "rotate"):
+                self.assertEqual(bash_complete(f"ckpt {sub} {tmp}/run1 {tmp}/ru"), [f"{tmp}/run1"], sub)
+                self.assertEqual(bash_complete(f"ckpt {sub} --recursive {tmp}/ru"), [f"{tmp}/run1"], sub)
 
     def test_bash_completes_paths_after_inspect(self):
         with tempfile.TemporaryDirectory() as tmp:
@@ -378,6 +382,7 @@ class Completions(unittest.TestCase):
         self.assertEqual(zsh_complete("ckpt save --nproc"), "ckpt save --nproc-per-node ")
         self.assertEqual(zsh_complete("ckpt rotate --sort m"), "ckpt rotate --sort mtime ")
         self.assertEqual(zsh_complete("ckpt latest --rest"), "ckpt latest --restore-to ")
+        self.assertEqual(zsh_complete("ckpt list --recur"), "ckpt list --recursive ")
         with tempfile.TemporaryDirectory() as tmp:
             for name in ("checkpoint-10", "checkpoint-200"):
                 os.mkdir(os.path.join(tmp, name))
@@ -399,7 +404,13 @@ class Completions(unittest.TestCase):
         self.assertIn("mtime", out)
         script = f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt latest --'"
         out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
-        self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["--archives", "--help", "--json", "--restore-to", "--verify"])
+        self.assertEqual(sorted(line.split("\t")[0] for line in out.splitlines()), ["--archives", "--help", "--json", "--recursive", "--restore-to", "--verify"])
+        with tempfile.TemporaryDirectory() as tmp:
+            os.mkdir(os.path.join(tmp, "runs"))
+            open(os.path.join(tmp, "runs.txt"), "w").close()
+            script = f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt rotate --recursive {tmp}/ru'"
+            out = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True, check=True).stdout
+            self.assertEqual([line.split("\t")[0] for line in out.splitlines()], [f"{tmp}/runs/"])
 
 
 class Install(unittest.TestCase):

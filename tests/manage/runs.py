@@ -371,3 +371,20 @@ def blocked_in_flock(pid):
             if fields[1:3] == ["->", "FLOCK"] and fields[5] == str(pid):
                 return True
     return False
+
+
+def wait_until_blocked_in_flock(testcase, p):
+    """Waits (60 s at most) until process p waits for a lock someone holds; fails `testcase` if it ends first."""
+    deadline = time.monotonic() + 60
+    while not blocked_in_flock(p.pid):
+        testcase.assertIsNone(p.poll(), "it did not wait for the held lock")
+        testcase.assertLess(time.monotonic(), deadline, "it never blocked on the lock")
+        time.sleep(0.01)
+def human_bytes(n):
+    """A size as ckpt prints it: exact bytes below 1 KiB, else one decimal and a binary unit."""
+    if n < 1024:
+        return "%d B" % n
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024.0
+        if n < 1024:
+            return "%.1f %s" % (n, unit)

@@ -18,7 +18,7 @@ import unittest
 
 import hf_reference
 import runs
-from runs import blocked_in_flock, ckpt, ckpt_ok
+from runs import ckpt, ckpt_ok, wait_until_blocked_in_flock
 
 LIST_FIELDS = {"name", "path", "kind", "step", "epoch", "complete", "named", "is_best", "is_latest", "size_bytes", "mtime",
                "metric", "metrics", "problems"}
@@ -989,12 +989,8 @@ class TagTest(Tmp):
             fcntl.flock(fd, fcntl.LOCK_EX)
             procs = [subprocess.Popen([runs.CKPT_BIN, "tag", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                      for args in ([d, "checkpoint-10", "new"], ["--delete", d, "old"])]
-            deadline = time.monotonic() + 60
             for p in procs:
-                while not blocked_in_flock(p.pid):
-                    self.assertIsNone(p.poll(), "tag did not wait for the held lock")
-                    self.assertLess(time.monotonic(), deadline, "tag never blocked on the lock")
-                    time.sleep(0.01)
+                wait_until_blocked_in_flock(self, p)
             self.assertFalse(os.path.exists(os.path.join(d, "new")))
             self.assertTrue(os.path.exists(os.path.join(d, "old")))
         finally:
@@ -1050,6 +1046,222 @@ class TagTest(Tmp):
                 self.assertRefused(ckpt(*args), 2, message, "usage")
         self.assertRefused(ckpt("tag", os.path.join(self.tmp, "nope"), "checkpoint-10", "x"), 1,
                            "%s: no such directory" % os.path.join(self.tmp, "nope"), "not_found")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several runs at once: list and latest over RUN_DIR... and --recursive ROOT
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def listed_bytes(run_dir):
+    """The bytes list counts for a run: every file below its entries (checkpoints, staging and custom directories,
+    archives in it and in archive/), symlinks and hidden entries aside, measured on disk."""
+    total = 0
+    for entry in os.scandir(run_dir):
+        if entry.name.startswith(".") or entry.is_symlink():
+            continue
+        if entry.is_dir() and entry.name == "archive":
+            total += sum(os.path.getsize(a.path) for a in os.scandir(entry.path)
+                         if a.name.endswith(".ckpt") and not a.name.startswith(".") and a.is_file(follow_symlinks=False))
+        elif entry.is_dir():
+            total += tree_size(entry.path)
+        elif entry.name.endswith(".ckpt"):
+            total += entry.stat().st_size
+    return total
+
+
+def as_nobody():
+    """preexec_fn that drops root (tests run as root here, whom no permission stops) to nobody; None otherwise."""
+    if os.geteuid() != 0:
+        return None
+
+    def drop():
+        os.setgid(65534)
+        os.setuid(65534)
+    return drop
+
+
+class SeveralRunsListTest(Tmp):
+    def build(self):
+        """runs/a (three checkpoints, one archived, a custom directory), runs/b (two, one incomplete), runs/c (none
+        yet)."""
+        a = os.path.join(self.tmp, "runs", "a")
+        b = os.path.join(self.tmp, "runs", "b")
+        c = os.path.join(self.tmp, "runs", "c")
+        runs.make_run(a, [10, 20, 30], extra_files=2)
+        out = os.path.join(a, "archive", "checkpoint-5.ckpt")
+        os.makedirs(os.path.dirname(out))
+        ckpt_ok(self, "convert", os.path.join(a, "checkpoint-10"), "--to", "archive", "-o", out, "-q")
+        runs.make_dir_entry(a, "milestone", files=3)
+        runs.make_run(b, [100, 200])
+        runs.make_checkpoint(b, 300, broken="no_state")
+        os.makedirs(c)
+        return a, b, c
+
+    def test_text_is_each_run_under_its_path_then_the_totals(self):
+        a, b, c = self.build()
+        r = ckpt_ok(self, "list", a, b, c)
+        alone = {d: ckpt_ok(self, "list", d).stdout for d in (a, b, c)}
+        # Each run's section is its single-run listing (table and total line) under a line naming it; a run with
+        # nothing in it says so in one line; a blank line between runs.
+        self.assertEqual(r.stdout.split("\n\n")[:3], [a + ":\n" + alone[a].rstrip("\n"), b + ":\n" + alone[b].rstrip("\n"),
+                                                      alone[c].rstrip("\n")], r.describe())
+        self.assertEqual(alone[c], "%s: no checkpoints\n" % c)
+        self.assertEqual(r.stderr, "ckpt: note: %s holds no checkpoints yet\n" % c, r.describe())
+        total = sum(listed_bytes(d) for d in (a, b, c))
+        self.assertEqual(r.stdout.split("\n\n")[3], "overall: 3 runs, 6 checkpoints (5 complete), 1 archive, %s\n" % runs.human_bytes(total),
+                         r.describe())
+
+    def test_json_is_one_document_with_totals_of_the_real_sizes(self):
+        a, b, c = self.build()
+        first = next(row["name"] for row in ckpt_ok(self, "list", "--json", a).json() if row["kind"] == "checkpoint")
+        ckpt_ok(self, "tag", a, first, "kept")  # a named checkpoint: counted apart, its (linked) bytes too
+        r = ckpt_ok(self, "list", "--json", a, b, c)
+        doc = r.json()
+        self.assertEqual(list(doc), ["runs", "totals"], r.describe())
+        self.assertEqual([run["run_dir"] for run in doc["runs"]], [a, b, c])
+        for run in doc["runs"]:
+            self.assertEqual(list(run), ["run_dir", "checkpoints", "totals"], r.describe())
+            alone = ckpt_ok(self, "list", "--json", run["run_dir"]).json()
+            self.assertEqual([row["name"] for row in run["checkpoints"]], [row["name"] for row in alone])
+            self.assertEqual(run["checkpoints"], alone, run["run_dir"])
+        by_run = {run["run_dir"]: run["totals"] for run in doc["runs"]}
+        self.assertEqual(by_run[a], {"checkpoints": 3, "complete": 3, "archives": 1, "named": 1, "size_bytes": listed_bytes(a)})
+        self.assertEqual(by_run[b], {"checkpoints": 3, "complete": 2, "archives": 0, "named": 0, "size_bytes": listed_bytes(b)})
+        self.assertEqual(by_run[c], {"checkpoints": 0, "complete": 0, "archives": 0, "named": 0, "size_bytes": 0})
+        self.assertEqual(doc["totals"], {"runs": 3, "failed": 0, "checkpoints": 6, "complete": 5, "archives": 1,
+                                         "named": 1, "size_bytes": listed_bytes(a) + listed_bytes(b)})
+        # The sizes are those of the files, not of a guess: a megabyte more in one checkpoint is a megabyte more.
+        with open(os.path.join(b, "checkpoint-100", "optimizer.pt"), "wb") as f:
+            f.write(b"\0" * (1 << 20))
+        doc2 = ckpt_ok(self, "list", "--json", a, b, c).json()
+        self.assertEqual(doc2["totals"]["size_bytes"], doc["totals"]["size_bytes"] + (1 << 20))
+
+    def test_recursive_finds_nested_runs_by_path_and_never_follows_a_symlink(self):
+        root = os.path.join(self.tmp, "runs")
+        runs.make_run(os.path.join(root, "b"), [10])
+        runs.make_run(os.path.join(root, "a"), [10, 20])
+        runs.make_run(os.path.join(root, "a", "sweep-1"), [5])  # a run nested in a run
+        runs.make_run(os.path.join(root, "team", "exp"), [7])
+        os.makedirs(os.path.join(root, "notes", "drafts"))
+        runs.make_run(os.path.join(root, ".old"), [1])  # hidden: skipped
+        runs.make_dir_entry(os.path.join(root, "a"), ".ckpt-staging-checkpoint-30-1-x")
+        outside = os.path.join(self.tmp, "elsewhere", "run")
+        runs.make_run(outside, [99])
+        os.symlink(outside, os.path.join(root, "link"))  # never followed
+        doc = ckpt_ok(self, "list", "--json", "--recursive", root).json()
+        expected = [os.path.join(root, p) for p in ("a", "a/sweep-1", "b", "team/exp")]
+        self.assertEqual([run["run_dir"] for run in doc["runs"]], expected)
+        self.assertEqual(doc["totals"]["runs"], 4)
+        r = ckpt_ok(self, "list", "--recursive", root)
+        headers = [line for line in r.stdout.splitlines() if line.endswith(":")]
+        self.assertEqual(headers, [p + ":" for p in expected], r.describe())
+        # ROOT itself counts when it is a run; a RUN_DIR also found below a ROOT (the same directory, by any name)
+        # is listed once, under the name it was given first.
+        self.assertEqual([run["run_dir"] for run in ckpt_ok(self, "list", "--json", "--recursive", os.path.join(root, "a")).json()["runs"]],
+                         expected[:2])
+        os.symlink(os.path.join(root, "b"), os.path.join(self.tmp, "b-link"))
+        doc = ckpt_ok(self, "list", "--json", os.path.join(self.tmp, "b-link"), "--recursive", root, "--recursive", root + "/team").json()
+        self.assertEqual([run["run_dir"] for run in doc["runs"]], [os.path.join(self.tmp, "b-link")] + expected[:2] + expected[3:])
+        # Several roots, each searched; one that holds no run directory is an error (a slip in a cron line must not
+        # list nothing forever), and the others are still listed.
+        r = ckpt("list", "--json", "--recursive", os.path.join(root, "notes"), "--recursive", os.path.join(root, "team"))
+        self.assertEqual(r.returncode, 1, r.describe())
+        doc = r.json()
+        self.assertEqual(doc["runs"][0], {"run_dir": os.path.join(root, "notes"), "error": {
+            "kind": "not_found", "path": os.path.join(root, "notes"), "where": "--recursive",
+            "message": "%s: --recursive: holds no run directories (directories holding checkpoint-N directories or archives)"
+                       % os.path.join(root, "notes")}})
+        self.assertEqual(doc["runs"][1]["run_dir"], os.path.join(root, "team", "exp"))
+        self.assertEqual(doc["totals"]["failed"], 1)
+
+    def test_a_failing_run_is_reported_and_the_others_listed(self):
+        os.chmod(self.tmp, 0o755)  # nobody must reach the runs below it
+        root = os.path.join(self.tmp, "runs")
+        a = os.path.join(root, "a")
+        runs.make_run(a, [10])
+        locked_away = os.path.join(root, "private")
+        runs.make_run(os.path.join(locked_away, "x"), [10])
+        os.chmod(locked_away, 0)
+        missing = os.path.join(self.tmp, "missing")
+        try:
+            for json_flag in ([], ["--json"]):
+                with self.subTest(json=json_flag):
+                    p = subprocess.run([runs.CKPT_BIN, "list", *json_flag, missing, "--recursive", root], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, timeout=60, preexec_fn=as_nobody())
+                    self.assertEqual(p.returncode, 1, p.stderr)
+                    self.assertEqual(p.stderr, "ckpt: error: %s: no such directory\n"
+                                               "ckpt: error: %s: cannot list directory: Permission denied\n" % (missing, locked_away))
+                    if json_flag:
+                        doc = json.loads(p.stdout)
+                        self.assertEqual([(run["run_dir"], run.get("error", {}).get("kind")) for run in doc["runs"]],
+                                         [(missing, "not_found"), (a, None), (locked_away, "io")])
+                        self.assertEqual((doc["totals"]["runs"], doc["totals"]["failed"], doc["totals"]["checkpoints"]), (1, 2, 1))
+                    else:
+                        self.assertTrue(p.stdout.startswith(a + ":\n"), p.stdout)
+                        self.assertRegex(p.stdout, r"\n\noverall: 1 run, 1 checkpoint \(1 complete\), 0 archives, [0-9.]+ [KM]?i?B; 2 runs failed\n$")
+        finally:
+            os.chmod(locked_away, 0o755)
+
+    def test_one_run_dir_keeps_the_single_run_output(self):
+        # Job scripts parse it: one RUN_DIR and no --recursive is the output as it always was, not a document of one.
+        a, _, _ = self.build()
+        self.assertIsInstance(ckpt_ok(self, "list", "--json", a).json(), list)
+        self.assertFalse(ckpt_ok(self, "list", a).stdout.startswith(a + ":"))
+        # --recursive is several runs even when it finds one: the shape follows the command line, not the tree.
+        doc = ckpt_ok(self, "list", "--json", "--recursive", a).json()
+        self.assertEqual([run["run_dir"] for run in doc["runs"]], [a])
+
+    def test_a_run_dir_or_root_is_required(self):
+        r = ckpt("list")
+        self.assertEqual(r.returncode, 2, r.describe())
+        self.assertEqual(r.stderr, "ckpt: error: RUN_DIR is required, or --recursive ROOT (see ckpt help list)\n")
+
+
+class SeveralRunsLatestTest(Tmp):
+    def test_a_line_per_run_and_a_run_without_one_on_stderr(self):
+        a = os.path.join(self.tmp, "runs", "a")
+        b = os.path.join(self.tmp, "runs", "b")
+        c = os.path.join(self.tmp, "runs", "c")
+        runs.make_run(a, [10, 20])
+        runs.make_checkpoint(a, 30, broken="truncated")
+        runs.make_checkpoint(b, 10, broken="no_state")
+        runs.make_run(c, [5])
+        r = ckpt("latest", a, b, c)
+        self.assertEqual(r.returncode, 1, r.describe())
+        self.assertEqual(r.stdout, "%s\t%s\n%s\t%s\n" % (a, os.path.join(a, "checkpoint-20"), c, os.path.join(c, "checkpoint-5")))
+        self.assertEqual(r.stderr, "ckpt: error: %s: no complete checkpoint\n" % b)
+        r = ckpt("latest", "--json", "--recursive", os.path.join(self.tmp, "runs"))
+        self.assertEqual(r.returncode, 1, r.describe())
+        doc = r.json()
+        self.assertEqual(list(doc), ["runs"])
+        self.assertEqual(doc["runs"], [
+            {"run_dir": a, "name": "checkpoint-20", "path": os.path.join(a, "checkpoint-20"), "step": 20, "kind": "checkpoint", "skipped": []},
+            {"run_dir": b, "error": {"kind": "not_found", "path": b, "where": None, "message": "%s: no complete checkpoint" % b}},
+            {"run_dir": c, "name": "checkpoint-5", "path": os.path.join(c, "checkpoint-5"), "step": 5, "kind": "checkpoint", "skipped": []}])
+        self.assertEqual(r.stderr, "ckpt: error: %s: no complete checkpoint\n" % b)
+
+    def test_verify_names_the_run_and_restore_to_takes_one_run(self):
+        a = os.path.join(self.tmp, "a")
+        b = os.path.join(self.tmp, "b")
+        runs.make_run(a, [10])
+        bad = runs.make_checkpoint(a, 20, weights="bin")
+        flip_zip_member_byte(os.path.join(bad, "pytorch_model.bin"), "/data/0")
+        runs.make_run(b, [10])
+        r = ckpt_ok(self, "latest", "--verify", a, b)
+        self.assertEqual(r.stdout, "%s\t%s\n%s\t%s\n" % (a, os.path.join(a, "checkpoint-10"), b, os.path.join(b, "checkpoint-10")))
+        lines = r.stderr.splitlines()
+        self.assertRegex(lines[0], r"^ckpt: latest: skipped %s: verification failed: .*CRC-32" % bad, r.describe())
+        self.assertEqual(lines[1:], ["ckpt: latest: %s is the newest that verifies" % os.path.join(a, "checkpoint-10")])
+        # A run where none verifies is corrupt input (exit 3), and the other runs are still answered.
+        shutil.rmtree(os.path.join(a, "checkpoint-10"))
+        r = ckpt("latest", "--verify", a, b)
+        self.assertEqual(r.returncode, 3, r.describe())
+        self.assertEqual(r.stdout, "%s\t%s\n" % (b, os.path.join(b, "checkpoint-10")))
+        self.assertEqual(r.stderr.splitlines()[-1], "ckpt: error: %s: no complete checkpoint verifies (1 failed --verify)" % a)
+        r = ckpt("latest", "--archives", "--restore-to", os.path.join(self.tmp, "scratch"), a, b)
+        self.assertEqual(r.returncode, 2, r.describe())
+        self.assertEqual(r.stderr, "ckpt: error: --restore-to restores one run's archive: give one RUN_DIR, not several\n")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import fcntl
 import json
 import os
 import random
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -18,7 +20,7 @@ import unittest
 
 import hf_reference
 import runs
-from runs import blocked_in_flock, ckpt, ckpt_ok
+from runs import ckpt, ckpt_ok, wait_until_blocked_in_flock
 
 # Steps chosen so that lexicographic order differs from numeric order.
 STEPS = [5, 20, 100, 250, 1000, 1500, 12000]
@@ -307,16 +309,6 @@ class RotateParityTest(Tmp):
 HOUR = 3600.0
 
 
-def human(n):
-    """As ckpt prints sizes: exact bytes below 1 KiB, else one decimal and a binary unit."""
-    if n < 1024:
-        return "%d B" % n
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        n /= 1024.0
-        if n < 1024:
-            return "%.1f %s" % (n, unit)
-
-
 class RotateSafetyTest(Tmp):
     def run_dir(self, steps=(10, 20, 30, 40, 50), **kw):
         d = os.path.join(self.tmp, "run")
@@ -352,7 +344,7 @@ class RotateSafetyTest(Tmp):
         data, r = self.rotate_json(d, "--keep", "2", "--dry-run")
         self.assertEqual(data["freed_bytes"], expected, r.describe())
         r = ckpt_ok(self, "rotate", d, "--keep", "2", "--dry-run")
-        self.assertTrue(r.stdout.endswith("would free %s\n" % human(expected)), r.describe())
+        self.assertTrue(r.stdout.endswith("would free %s\n" % runs.human_bytes(expected)), r.describe())
         data, r = self.rotate_json(d, "--keep", "2")
         self.assertEqual((data["freed_bytes"], data["archived_bytes"]), (expected, 0), r.describe())
 
@@ -614,11 +606,7 @@ class RotateConcurrencyTest(Tmp):
             # Without --no-wait it waits for the lock, then rotates.
             p = subprocess.Popen([runs.CKPT_BIN, "rotate", d, "--keep", "1", "-q"], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
-            deadline = time.monotonic() + 60
-            while not blocked_in_flock(p.pid):
-                self.assertIsNone(p.poll(), "rotate did not wait for the held lock")
-                self.assertLess(time.monotonic(), deadline, "rotate never blocked on the lock")
-                time.sleep(0.01)
+            wait_until_blocked_in_flock(self, p)
             self.assertEqual(runs.entries(d), before)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -724,6 +712,186 @@ class RotateConcurrencyTest(Tmp):
         ckpt_ok(self, "rotate", d, "--keep", "10", "-q")
         self.assertEqual(runs.trash_entries(d), [])
         self.assertEqual(set(runs.entries(d)), {"checkpoint-%d" % s for s in steps[1:]})
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several runs at once: RUN_DIR... and --recursive ROOT
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def readme_crontab_line():
+    """The README's crontab line for a tree of runs: (the command's words, the root it names)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")) as f:
+        m = re.search(r"^    (?:\S+ ){5}(ckpt rotate .*--recursive (\S+).*)$", f.read(), re.M)
+    assert m, "the README shows no crontab line rotating a tree of runs"
+    return shlex.split(m.group(1)), m.group(2)
+
+
+class RotateSeveralRunsTest(Tmp):
+    def build(self, where, steps=(10, 20, 30, 40, 50), best_step=20):
+        d = os.path.join(self.tmp, where)
+        runs.make_run(d, list(steps), best_step=best_step, extra_files=1)
+        return d
+
+    def expected_after(self, run_dir, keep, best_step=20):
+        """The entries Hugging Face's rotation leaves (the best and the newest complete are kept as ckpt keeps them)."""
+        best = os.path.join(run_dir, "checkpoint-%d" % best_step) if best_step else None
+        return set(runs.entries(run_dir)) - hf_reference.names_to_delete(run_dir, keep, best)
+
+    def hold_lock(self, run_dir):
+        fd = os.open(os.path.join(run_dir, ".ckpt.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self.addCleanup(os.close, fd)
+        return fd
+
+    def test_each_run_rotated_as_alone_then_the_totals(self):
+        a, b = self.build("runs/a"), self.build("runs/b", steps=(5, 15, 25), best_step=None)
+        twins = [self.build("twin/a"), self.build("twin/b", steps=(5, 15, 25), best_step=None)]  # paths of the same length
+        want = {a: self.expected_after(a, 2), b: self.expected_after(b, 2, None)}
+        alone = [ckpt_ok(self, "rotate", "--keep", "2", "--json", t).json() for t in twins]
+        r = ckpt_ok(self, "rotate", "--keep", "2", "--json", a, b)
+        doc = r.json()
+        self.assertEqual(list(doc), ["runs", "totals"], r.describe())
+        for run, single, twin in zip(doc["runs"], alone, twins):
+            # The document of each run is its single-run document.
+            self.assertEqual(list(run), list(single))
+            self.assertEqual(json.loads(json.dumps(run).replace(run["run_dir"], twin)), single)
+        self.assertEqual({d: set(runs.entries(d)) for d in (a, b)}, want)
+        self.assertEqual(doc["totals"], {"runs": 2, "failed": 0, "removed": sum(s["removed"] for s in alone), "archived": 0, "archives_removed": 0,
+                                         "freed_bytes": sum(s["freed_bytes"] for s in alone), "archived_bytes": 0})
+        # Text: each run's report under its path, a blank line between, then the totals.
+        a, b = self.build("runs-text/a"), self.build("runs-text/b", steps=(5, 15, 25), best_step=None)
+        twins = [self.build("twin-text/a"), self.build("twin-text/b", steps=(5, 15, 25), best_step=None)]
+        alone = [ckpt_ok(self, "rotate", "--keep", "1", t).stdout for t in twins]
+        freed = sum(ckpt_ok(self, "rotate", "--keep", "1", "--dry-run", "--json", d).json()["freed_bytes"] for d in (a, b))
+        r = ckpt_ok(self, "rotate", "--keep", "1", a, b)
+        self.assertEqual(r.stdout, "%s:\n%s\n%s:\n%s\noverall: 2 runs, freed %s\n" % (a, alone[0], b, alone[1], runs.human_bytes(freed)))
+        self.assertEqual(r.stderr, "")
+        self.assertEqual(ckpt_ok(self, "rotate", "-q", "--keep", "1", a, b).stdout, "")
+
+    def test_a_locked_run_is_skipped_with_75_and_the_others_rotated(self):
+        a, b, c = (self.build("runs/" + n) for n in "abc")
+        want = {d: self.expected_after(d, 1) for d in (a, c)}
+        before = runs.entries(b)
+        self.hold_lock(b)
+        r = ckpt("rotate", "--no-wait", "--keep", "1", a, b, c)
+        self.assertEqual(r.returncode, 75, r.describe())
+        self.assertEqual(r.stderr, "ckpt: error: %s: another ckpt process holds the run directory's lock\n" % b)
+        self.assertEqual({d: set(runs.entries(d)) for d in (a, c)}, want)
+        self.assertEqual(runs.entries(b), before)
+        self.assertEqual([s.split("\n", 1)[0] for s in r.stdout.split("\n\n")], [a + ":", c + ":", "overall: 2 runs, freed %s; 1 run failed" % (
+            re.search(r"^overall: 2 runs, freed (.*); 1 run failed$", r.stdout, re.M).group(1))], r.describe())
+        for d in (a, c):
+            shutil.rmtree(d)
+            self.build(os.path.relpath(d, self.tmp))
+        r = ckpt("rotate", "--no-wait", "--keep", "1", "--json", a, b, c)
+        self.assertEqual(r.returncode, 75, r.describe())
+        doc = r.json()
+        self.assertEqual(doc["runs"][1], {"run_dir": b, "error": {"kind": "locked", "path": b, "where": None,
+                                          "message": "%s: another ckpt process holds the run directory's lock" % b}})
+        self.assertEqual([run["removed"] for run in (doc["runs"][0], doc["runs"][2])], [3, 3])
+        self.assertEqual((doc["totals"]["runs"], doc["totals"]["failed"], doc["totals"]["removed"]), (2, 1, 6))
+
+    def test_the_exit_status_is_the_worst_by_severity(self):
+        """interrupted > corrupt or unsupported (3) > refused (2) > other failures (1) > locked (75) > 0."""
+        def setup(kind):
+            d = self.build(os.path.join("case-%d" % len(os.listdir(self.tmp)), kind))
+            if kind == "locked":
+                self.hold_lock(d)
+            elif kind == "missing":
+                shutil.rmtree(d)
+            elif kind == "unsupported":  # a symlink where the lock file belongs is never followed
+                os.symlink(os.path.join(self.tmp, "nowhere"), os.path.join(d, ".ckpt.lock"))
+            elif kind == "refused":  # an archive directory inside the run reached through a symlink
+                os.makedirs(os.path.join(self.tmp, "elsewhere"), exist_ok=True)
+                os.symlink(os.path.join(self.tmp, "elsewhere"), os.path.join(d, "archive"))
+            return d
+
+        cases = [(["ok", "ok"], 0), (["ok", "locked"], 75), (["locked", "missing", "ok"], 1), (["missing", "refused"], 2),
+                 (["refused", "locked"], 2), (["locked", "unsupported", "refused", "missing"], 3), (["unsupported", "ok"], 3)]
+        for kinds, status in cases:
+            with self.subTest(kinds=kinds):
+                dirs = [setup(kind) for kind in kinds]
+                r = ckpt("rotate", "--no-wait", "--keep", "1", "--archive", "--json", *dirs)
+                self.assertEqual(r.returncode, status, r.describe())
+                doc = r.json()
+                self.assertEqual([run["run_dir"] for run in doc["runs"]], dirs)
+                self.assertEqual(len(r.stderr.splitlines()), len(kinds) - kinds.count("ok"), r.describe())
+                for kind, d, run in zip(kinds, dirs, doc["runs"]):
+                    self.assertEqual("error" in run, kind != "ok", run)
+                    if kind == "ok":
+                        self.assertEqual(run["archived"], 3, run)
+                        self.assertEqual(set(runs.entries(d)), {"archive", "checkpoint-20", "checkpoint-50"})
+
+    def test_ctrl_c_or_sigterm_stops_at_once(self):
+        # Nothing of rotate needs finishing (every step is safe to kill): the signal ends it, no later run is begun.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with self.subTest(signal=sig):
+                a, b, c = (self.build("%s/%s" % (sig.name, n)) for n in "abc")
+                want_a = self.expected_after(a, 1)
+                before = {d: runs.tree_digest(d) for d in (b, c)}
+                fd = self.hold_lock(b)  # rotate waits for b's lock
+                p = subprocess.Popen([runs.CKPT_BIN, "rotate", "--keep", "1", a, b, c], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                wait_until_blocked_in_flock(self, p)
+                self.assertEqual(set(runs.entries(a)), want_a)
+                p.send_signal(sig)
+                p.communicate(timeout=60)
+                self.assertEqual(p.returncode, -sig)  # a shell reports 128 + the signal: 130 for Ctrl-C
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                self.assertEqual({d: runs.tree_digest(d) for d in (b, c)}, before)
+
+    def test_a_tree_of_fifty_runs_rotated_by_the_readme_crontab_line(self):
+        command, shown_root = readme_crontab_line()
+        keep = int(command[command.index("--keep") + 1])
+        root = os.path.join(self.tmp, "data", "runs")
+        want = {}
+        for team in range(5):
+            for exp in range(10):
+                d = os.path.join(root, "team%d" % team, "exp%d" % exp)
+                best_step = (10, 20, 30, None)[(team + exp) % 4]
+                runs.make_run(d, [10, 20, 30, 40, 50], best_step=best_step)
+                want[d] = self.expected_after(d, keep, best_step)
+        hidden = os.path.join(root, "team0", ".ckpt-trash-sweep-1")  # hidden: not searched
+        runs.make_run(hidden, [10, 20, 30, 40, 50])
+        argv = [runs.CKPT_BIN if w == "ckpt" else root if w == shown_root else w for w in command]
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+        self.assertEqual((p.returncode, p.stdout, p.stderr), (0, "", ""), " ".join(argv))
+        self.assertEqual(len(want), 50)
+        self.assertEqual({d: set(runs.entries(d)) for d in want}, want)
+        self.assertTrue(all(len(w) < 5 for w in want.values()))
+        self.assertEqual(len(runs.entries(hidden)), 5)
+
+    def test_recursive_never_follows_a_symlink_nor_enters_hidden_directories(self):
+        root = os.path.join(self.tmp, "runs")
+        a = self.build("runs/a")
+        nested = self.build("runs/a/sweep-1")
+        hidden = self.build("runs/.old")
+        outside = self.build("outside")
+        os.symlink(outside, os.path.join(root, "link"))
+        untouched = {d: runs.tree_digest(d) for d in (hidden, outside)}
+        want = {d: self.expected_after(d, 1) for d in (a, nested)}
+        doc = ckpt_ok(self, "rotate", "--keep", "1", "--json", "--recursive", root).json()
+        self.assertEqual([run["run_dir"] for run in doc["runs"]], [a, nested])
+        self.assertEqual({d: set(runs.entries(d)) for d in (a, nested)}, want)
+        self.assertEqual({d: runs.tree_digest(d) for d in (hidden, outside)}, untouched)
+
+    def test_an_archive_directory_shared_by_several_runs_is_refused(self):
+        a, b = self.build("runs/a"), self.build("runs/b")
+        shared = os.path.join(self.tmp, "archives")
+        for args in (["--archive-dir", shared], ["--archive-dir", "../archives"], ["--archive=" + shared]):
+            with self.subTest(args=args):
+                r = ckpt("rotate", "--keep", "1", *args, a, b)
+                self.assertEqual(r.returncode, 2, r.describe())
+                self.assertEqual(r.stderr, "ckpt: error: --archive-dir: with several runs, a directory inside each run "
+                                           "(relative, no ..): all runs' archives in one would collide\n")
+        self.assertFalse(os.path.exists(shared))
+        ckpt_ok(self, "rotate", "--keep", "1", "-q", "--archive-dir", "old", a, b)
+        for d in (a, b):
+            self.assertEqual(sorted(os.listdir(os.path.join(d, "old"))), ["checkpoint-10.ckpt", "checkpoint-30.ckpt", "checkpoint-40.ckpt"])
+        # One run may archive anywhere, as before.
+        c = self.build("runs/c")
+        ckpt_ok(self, "rotate", "--keep", "1", "-q", "--archive-dir", shared, c)
+        self.assertEqual(len(os.listdir(shared)), 3)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -77,3 +77,131 @@ TEST_CASE("resume --from: a bare name is the run directory's entry first, a chec
   CHECK(checkpoint::resume_source(r, ".") == ".");
   fs::remove_all(base);
 }
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// A scratch directory removed at the end of the test case.
+struct ScratchTree {
+  fs::path root;
+  explicit ScratchTree(const std::string& name) : root(fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))) {
+    fs::remove_all(root);
+    fs::create_directories(root);
+  }
+  ~ScratchTree() { fs::remove_all(root); }
+  std::string at(const std::string& relative) const { return (root / relative).string(); }
+  void directory(const std::string& relative) const { fs::create_directories(root / relative); }
+  void file(const std::string& relative) const {
+    fs::create_directories((root / relative).parent_path());
+    std::ofstream(root / relative) << "x";
+  }
+};
+
+std::vector<std::string> paths_of(const std::vector<checkpoint::RunTarget>& targets) {
+  std::vector<std::string> paths;
+  for (const auto& t : targets) {
+    CHECK_MESSAGE(!t.error, t.path);
+    paths.push_back(t.path);
+  }
+  return paths;
+}
+
+}  // namespace
+
+TEST_CASE("--recursive finds run directories, nested ones too, by path, never through a symlink or into a run's own entries") {
+  ScratchTree tree("ckpt-find-runs");
+  tree.directory("a/checkpoint-10/inner/checkpoint-3");   // inside a checkpoint: not a run of its own
+  tree.directory("a/sweep-1/checkpoint-5");               // a run nested in a run
+  tree.directory("a/archive/old/checkpoint-1");           // a run's archive directory is not searched
+  tree.directory("a/.ckpt-staging-checkpoint-20-1/checkpoint-2");  // hidden: ckpt's staging, trash, anyone's
+  tree.directory(".hidden/checkpoint-1");
+  tree.file("b/archive/checkpoint-20.ckpt");              // archives alone make a run
+  tree.file("c/model.ckpt");
+  tree.directory("d/notes/more");                         // no run
+  tree.directory("e/x.ckpt");                             // a directory named like an archive is none
+  tree.file("f/.partial.ckpt");                           // a hidden file is no archive
+  tree.file("g/checkpoint-4");                            // a file named like a checkpoint is none
+  tree.directory("h");
+  fs::create_directory_symlink(tree.root / "a" / "checkpoint-10", tree.root / "h" / "checkpoint-10");
+  fs::create_directory_symlink(tree.root / "a", tree.root / "link-to-a");
+  tree.directory("i/archive");
+  fs::create_symlink(tree.root / "b" / "archive" / "checkpoint-20.ckpt", tree.root / "i" / "archive" / "checkpoint-20.ckpt");
+  tree.directory("deep/archive/checkpoint-9");            // `archive` of no run is an ordinary directory
+
+  const std::string root = tree.root.string();
+  const std::vector<std::string> expected = {tree.at("a"), tree.at("a/sweep-1"), tree.at("b"), tree.at("c"), tree.at("deep/archive")};
+  CHECK(paths_of(checkpoint::find_run_directories(root)) == expected);
+
+  // The root itself, when it is a run, and as given (a trailing separator kept, nothing doubled).
+  tree.directory("checkpoint-1");
+  auto with_root = expected;
+  with_root.insert(with_root.begin(), root);
+  CHECK(paths_of(checkpoint::find_run_directories(root)) == with_root);
+  CHECK(paths_of(checkpoint::find_run_directories(root + "/")).at(1) == root + "/a");
+
+  // The root is followed when it is a symlink: the user named it.
+  CHECK(paths_of(checkpoint::find_run_directories(tree.at("link-to-a"))) == std::vector<std::string>{tree.at("link-to-a"), tree.at("link-to-a/sweep-1")});
+}
+
+TEST_CASE("--recursive stops with an error naming the root beyond its depth and size limits") {
+  ScratchTree tree("ckpt-find-runs-limits");
+  tree.directory("l1/l2/l3/checkpoint-1");
+  const std::string root = tree.root.string();
+  checkpoint::RunSearchLimits limits;
+  limits.max_depth = 3;
+  CHECK(paths_of(checkpoint::find_run_directories(root, limits)) == std::vector<std::string>{tree.at("l1/l2/l3")});
+  tree.directory("l1/l2/l3/l4");
+  try {
+    checkpoint::find_run_directories(root, limits);
+    FAIL("searched deeper than the limit");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::unsupported);
+    CHECK(e.path() == root);
+    CHECK(e.where() == "--recursive");
+    CHECK(std::string(e.what()).find("more than 3 levels deep below it (" + tree.at("l1/l2/l3/l4") + ")") != std::string::npos);
+  }
+  limits = {};
+  limits.max_directories = 4;  // the root and l1..l3: l4 is the fifth
+  try {
+    checkpoint::find_run_directories(root, limits);
+    FAIL("searched more directories than the limit");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::unsupported);
+    CHECK(e.path() == root);
+    CHECK(std::string(e.what()).find("holds more than 4 directories") != std::string::npos);
+  }
+  limits.max_directories = 5;
+  CHECK(checkpoint::find_run_directories(root, limits).size() == 1);
+
+  for (const std::string& wrong : {tree.at("missing"), tree.at("l1/l2/l3/checkpoint-1/file")}) {
+    if (wrong.find("file") != std::string::npos) std::ofstream(wrong) << "x";
+    CAPTURE(wrong);
+    try {
+      checkpoint::find_run_directories(wrong);
+      FAIL("searched what is no directory");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::not_found);
+      CHECK(e.path() == wrong);
+    }
+  }
+}
+
+TEST_CASE("the runs of several RUN_DIRs and roots: in order, each directory once, a root without runs an error") {
+  ScratchTree tree("ckpt-select-runs");
+  tree.directory("runs/x/checkpoint-1");
+  tree.directory("runs/y/checkpoint-1");
+  tree.directory("empty/notes");
+  fs::create_directory_symlink(tree.root / "runs" / "y", tree.root / "y-link");
+  const auto selected = checkpoint::select_runs({tree.at("y-link"), tree.at("missing")}, {tree.at("runs"), tree.at("empty"), tree.at("runs/x")});
+  REQUIRE(selected.size() == 4);
+  CHECK(selected[0].path == tree.at("y-link"));  // first named as given; runs/y is the same directory
+  CHECK(!selected[0].error);
+  CHECK(selected[1].path == tree.at("missing"));  // handled, and failing, as the run it was given as
+  CHECK(!selected[1].error);
+  CHECK(selected[2].path == tree.at("runs/x"));
+  CHECK(selected[3].path == tree.at("empty"));
+  REQUIRE(selected[3].error);
+  CHECK(selected[3].error->kind() == ErrorKind::not_found);
+  CHECK(std::string(selected[3].error->what()) == tree.at("empty") + ": --recursive: holds no run directories (directories holding checkpoint-N directories or archives)");
+}

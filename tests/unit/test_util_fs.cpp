@@ -1,8 +1,12 @@
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 
@@ -146,5 +150,37 @@ TEST_CASE("link_tree hard-links every regular file below a directory, subdirecto
     CHECK(e.kind() == ErrorKind::unsupported);
     CHECK(e.path() == (from / "sub" / "link").string());
   }
+  fs::remove_all(dir);
+}
+
+TEST_CASE("OpenDirectory opens only a directory, never through a symlink unless asked, and types every entry without following") {
+  const fs::path dir = fs::temp_directory_path() / ("ckpt-open-directory-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "sub");
+  std::ofstream(dir / "file") << "x";
+  fs::create_directory_symlink(dir / "sub", dir / "link");
+  REQUIRE(::mkfifo((dir / "fifo").c_str(), 0600) == 0);
+
+  auto opened = fs_util::OpenDirectory::open(AT_FDCWD, dir.string(), false);
+  REQUIRE(opened);
+  auto entries = opened->entries(dir.string());
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  REQUIRE(entries.size() == 4);
+  CHECK((entries[0].name == "fifo" && entries[0].type == DT_FIFO));
+  CHECK((entries[1].name == "file" && entries[1].type == DT_REG));
+  CHECK((entries[2].name == "link" && entries[2].type == DT_LNK));
+  CHECK((entries[3].name == "sub" && entries[3].type == DT_DIR));
+  CHECK(opened->entries(dir.string()).size() == 4);  // read again from the start
+
+  CHECK(fs_util::OpenDirectory::open(opened->fd(), "sub", false));
+  CHECK(!fs_util::OpenDirectory::open(opened->fd(), "link", false));
+  CHECK((errno == ENOTDIR || errno == ELOOP));  // Linux says ENOTDIR when O_DIRECTORY meets the link itself
+  CHECK(fs_util::OpenDirectory::open(opened->fd(), "link", true));
+  CHECK(!fs_util::OpenDirectory::open(opened->fd(), "file", false));
+  CHECK(errno == ENOTDIR);
+  CHECK(!fs_util::OpenDirectory::open(opened->fd(), "fifo", true));  // refused at once, never waited on
+  CHECK(errno == ENOTDIR);
+  CHECK(!fs_util::OpenDirectory::open(opened->fd(), "missing", false));
+  CHECK(errno == ENOENT);
   fs::remove_all(dir);
 }
