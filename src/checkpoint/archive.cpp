@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <set>
@@ -250,6 +251,23 @@ std::vector<ChunkJob> chunk_jobs(const Manifest& m) {
   return jobs;
 }
 
+// Decodes chunk `job.chunk` of a segment into `raw` (through `stored`, the frames as the archive holds them).
+// Throws corrupt naming the archive, the file and what the segment holds.
+void decode_chunk(const ReadOnlyFile& archive_file, const Manifest& m, const ChunkJob& job, archive::ChunkCoder& coder, ByteBuffer& stored,
+                  ByteBuffer& raw) {
+  const auto& segment = m.files[job.file].segments[job.segment];
+  const auto extent = archive::chunk_extent(segment, job.chunk);
+  stored.resize(extent.size);
+  raw.resize(job.length);
+  archive_file.read_at(extent.offset, stored.span());
+  try {
+    coder.decode(segment, job.chunk, stored.span(), extent.offset, raw.span());
+  } catch (const Error& e) {
+    throw Error(e.kind(), archive_file.path(), m.files[job.file].name + ": " + segment_label(m, job.file, job.segment, job.file_offset) + ": " + e.where(),
+                e.detail());
+  }
+}
+
 ArchiveSummary summary_of(const Manifest& m, const std::string& path, std::uint64_t archive_bytes) {
   ArchiveSummary s;
   s.path = path;
@@ -308,17 +326,7 @@ void decode_all(const ReadOnlyFile& archive_file, const Manifest& m, const Archi
       [&](std::size_t j, unsigned worker) {
         const auto& job = jobs[j];
         auto& slot = slots[j % window];
-        const auto& segment = m.files[job.file].segments[job.segment];
-        const auto extent = archive::chunk_extent(segment, job.chunk);
-        slot.stored.resize(extent.size);
-        slot.raw.resize(job.length);
-        archive_file.read_at(extent.offset, slot.stored.span());
-        try {
-          coders[worker]->decode(segment, job.chunk, slot.stored.span(), extent.offset, slot.raw.span());
-        } catch (const Error& e) {
-          throw Error(e.kind(), archive_path, m.files[job.file].name + ": " + segment_label(m, job.file, job.segment, job.file_offset) + ": " + e.where(),
-                      e.detail());
-        }
+        decode_chunk(archive_file, m, job, *coders[worker], slot.stored, slot.raw);
       },
       [&](std::size_t j) {
         const auto& job = jobs[j];
@@ -374,6 +382,75 @@ std::optional<TrainerStateSummary> trainer_state_from_manifest(const json::Json&
     }
   }
   return s;
+}
+
+ArchiveFiles::ArchiveFiles(const std::string& archive_path) : file_(archive_path), manifest_(archive::read_manifest(file_)) {
+  for (const auto& f : manifest_.files) {
+    auto& offsets = segment_offsets_.emplace_back();
+    std::uint64_t at = 0;
+    for (const auto& segment : f.segments) {
+      offsets.push_back(at);
+      at += segment.size;  // read_manifest checked that the segments cover the file exactly
+    }
+  }
+}
+
+std::optional<std::size_t> ArchiveFiles::find(const std::string& name) const {
+  for (std::size_t i = 0; i < manifest_.files.size(); ++i) {
+    if (manifest_.files[i].name == name) return i;
+  }
+  return std::nullopt;
+}
+
+std::uint64_t ArchiveFiles::load_chunk(std::size_t file, std::uint64_t at, ChunkCache& cache) const {
+  const archive::File& f = manifest_.files[file];
+  const auto& offsets = segment_offsets_[file];
+  // The last segment beginning at or before `at`: an empty segment shares its offset with the one after it.
+  const std::size_t segment = static_cast<std::size_t>(std::upper_bound(offsets.begin(), offsets.end(), at) - offsets.begin()) - 1;
+  const std::uint64_t chunk = (at - offsets[segment]) / manifest_.chunk_size;
+  const ChunkJob job{file, segment, chunk, offsets[segment] + chunk * manifest_.chunk_size,
+                     archive::chunk_length(f.segments[segment], manifest_.chunk_size, chunk)};
+  if (!cache.holds_chunk || cache.file != file || cache.segment != segment || cache.chunk != chunk) {
+    if (!cache.coder) cache.coder = std::make_unique<archive::ChunkCoder>(kDefaultArchiveLevel);
+    cache.holds_chunk = false;
+    decode_chunk(file_, manifest_, job, *cache.coder, cache.stored, cache.raw);
+    cache.file = file;
+    cache.segment = segment;
+    cache.chunk = chunk;
+    cache.holds_chunk = true;
+  }
+  return job.file_offset;
+}
+
+void ArchiveFiles::read(std::size_t file, std::uint64_t offset, std::span<std::uint8_t> out, ChunkCache& cache) const {
+  const archive::File& f = manifest_.files[file];
+  if (offset > f.size || out.size() > f.size - offset) {
+    throw Error(ErrorKind::corrupt, path(), f.name + ": byte " + std::to_string(offset), "read past the end of the file");
+  }
+  for (std::size_t done = 0; done < out.size();) {
+    const std::uint64_t at = offset + done;
+    const std::uint64_t in_chunk = at - load_chunk(file, at, cache);
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(out.size() - done, cache.raw.size() - in_chunk));
+    std::memcpy(out.data() + done, cache.raw.data() + in_chunk, n);
+    done += n;
+  }
+}
+
+std::unique_ptr<MemoryFile> ArchiveFiles::metadata_copy(std::size_t file) const {
+  const archive::File& f = manifest_.files[file];
+  auto copy = std::make_unique<MemoryFile>(f.name, f.size);
+  ChunkCache cache;
+  for (std::size_t s = 0; s < f.segments.size(); ++s) {
+    if (f.segments[s].layout == Layout::planes) continue;
+    const std::uint64_t end = segment_offsets_[file][s] + f.segments[s].size;
+    for (std::uint64_t at = segment_offsets_[file][s]; at < end;) {
+      const std::uint64_t in_chunk = at - load_chunk(file, at, cache);
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(end - at, cache.raw.size() - in_chunk));
+      copy->write_at(at, cache.raw.span().subspan(static_cast<std::size_t>(in_chunk), n));
+      at += n;
+    }
+  }
+  return copy;
 }
 
 bool is_archive(const std::string& path) {

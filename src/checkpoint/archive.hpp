@@ -11,11 +11,14 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "checkpoint/run_dir.hpp"
 #include "format/archive.hpp"
+#include "util/byte_buffer.hpp"
+#include "util/memory_file.hpp"
 
 namespace ckpt::checkpoint {
 
@@ -74,6 +77,48 @@ struct ArchiveInfo {
   ArchiveSummary summary;
 };
 ArchiveInfo read_archive_info(const std::string& archive_path);
+
+// An archive's files read in place, without restoring it (diff compares archived checkpoints so): a chunk is decoded
+// when bytes in it are read, its frames' CRC-32 checked. The files' sha256 are not: that needs every file decoded
+// whole (restore and inspect --verify check them). Memory: a chunk and its stored frames per reader.
+class ArchiveFiles {
+ public:
+  // Reads the manifest (no frame). Throws Error naming the archive.
+  explicit ArchiveFiles(const std::string& archive_path);
+
+  const std::string& path() const { return file_.path(); }
+  const archive::Manifest& manifest() const { return manifest_; }
+  // The index of the file named `name` (a path relative to the archived directory), if there is one.
+  std::optional<std::size_t> find(const std::string& name) const;
+
+  // The chunk a reader decoded last, and the coder decoding them: one per thread reading.
+  struct ChunkCache {
+    std::unique_ptr<archive::ChunkCoder> coder;
+    ByteBuffer stored;
+    ByteBuffer raw;
+    std::size_t file = 0;
+    std::size_t segment = 0;
+    std::uint64_t chunk = 0;
+    bool holds_chunk = false;
+  };
+  // Fills `out` with the bytes of file `file` from `offset`. Throws corrupt naming the archive, the file and what the
+  // segment holds, past the end of the file or when a frame does not decode.
+  void read(std::size_t file, std::uint64_t offset, std::span<std::uint8_t> out, ChunkCache& cache) const;
+
+  // File `file` for parsers that take a path (load_source, json::parse_file): an in-memory copy holding every byte
+  // but those of its byte-plane segments (tensor storages of elements wider than a byte: nearly all of a
+  // checkpoint), which read as zeros there and take no memory; read() gives those. Errors of parsers name the copy's
+  // path: callers name the archive and the file instead.
+  std::unique_ptr<MemoryFile> metadata_copy(std::size_t file) const;
+
+ private:
+  // Makes `cache` hold the chunk of file `file` that byte `at` lies in; returns where in the file the chunk begins.
+  std::uint64_t load_chunk(std::size_t file, std::uint64_t at, ChunkCache& cache) const;
+
+  ReadOnlyFile file_;
+  archive::Manifest manifest_;
+  std::vector<std::vector<std::uint64_t>> segment_offsets_;  // per file, where each segment begins in it
+};
 
 // trainer_state.json's summary as an archive's manifest stores it, and back.
 json::Json trainer_state_to_manifest(const TrainerStateSummary& state);

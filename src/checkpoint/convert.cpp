@@ -156,13 +156,7 @@ void write_contiguous(Sink& sink, const MappedFile& file, std::uint64_t offset, 
 void write_tensor(Sink& sink, const Source& s, const pickle::TensorRef& t, DType to, Progress& progress) {
   const std::uint64_t numel = *torch_archive::numel(t.shape);
   if (numel == 0) return;
-  // An expanded view (stride 0) is written out element by element: refuse one that would blow up.
-  const auto& storage = s.graph().storages[t.storage];
-  const std::uint64_t storage_bytes = storage.untyped ? storage.numel : storage.numel * element_size(storage.dtype);
-  if (numel * element_size(t.dtype) > 16 * storage_bytes + (1u << 20)) {
-    throw Error(ErrorKind::unsupported, s.path, "", "an expanded tensor view of " + std::to_string(numel) +
-                                                        " elements would be written out from a storage of " + std::to_string(storage_bytes) + " bytes");
-  }
+  check_view_size(s, t);  // an expanded view (stride 0) is written out element by element
   const std::size_t es = element_size(t.dtype);
   const std::uint64_t base = s.storage_offsets[t.storage] + static_cast<std::uint64_t>(t.storage_offset) * es;
   if (numel == 1 || t.stride == contiguous_strides(t.shape)) {

@@ -233,45 +233,15 @@ void summarize_scaler(const Graph& g, FileReport& report) {
 
 void summarize_rng(const Source& file, FileReport& report) {
   const Graph& g = file.graph();
-  const NodeId root = g.root();
   json::Json generators = json::Json::array();
-  const auto& items = g.at(root).items;
+  const auto& items = g.at(g.root()).items;
   for (std::size_t i = 0; i + 1 < items.size(); i += 2) generators.push_back(g.at(items[i]).text);
   report.fields["generators"] = generators;
-  if (const NodeId* py = g.dict_get(root, "python")) {
-    const auto& t = g.at(*py);
-    if (t.kind == Kind::tuple && t.items.size() == 3 && g.is(t.items[1], Kind::tuple) && !g.at(t.items[1]).items.empty()) {
-      report.fields["python"] = {{"version", to_data(g, t.items[0])},
-                                 {"position", to_data(g, g.at(t.items[1]).items.back())},
-                                 {"gauss", to_data(g, t.items[2])}};
-    }
-  }
-  if (const NodeId* np = g.dict_get(root, "numpy")) {
-    const auto& t = g.at(*np);
-    if (t.kind == Kind::tuple && t.items.size() == 5) {
-      report.fields["numpy"] = {{"algorithm", to_data(g, t.items[0])},
-                                {"position", to_data(g, t.items[2])},
-                                {"has_gauss", to_data(g, t.items[3])},
-                                {"cached_gaussian", to_data(g, t.items[4])}};
-    }
-  }
-  if (const NodeId* cpu = g.dict_get(root, "cpu")) {
-    if (const auto* t = tensor_of(g, *cpu)) report.fields["cpu"] = {{"nbytes", *torch_archive::numel(t->shape) * element_size(t->dtype)}};
-  }
-  if (const NodeId* cuda = g.dict_get(root, "cuda")) {
-    std::uint64_t count = 0, nbytes = 0;
-    auto add = [&](NodeId id) {
-      if (const auto* t = tensor_of(g, id)) {
-        ++count;
-        nbytes += *torch_archive::numel(t->shape) * element_size(t->dtype);
-      }
-    };
-    if (g.is(*cuda, Kind::list) || g.is(*cuda, Kind::tuple)) {
-      for (NodeId id : g.at(*cuda).items) add(id);
-    } else {
-      add(*cuda);
-    }
-    report.fields["cuda"] = {{"count", count}, {"nbytes", nbytes}};
+  for (const char* name : {"python", "numpy", "cpu", "cuda"}) {
+    const NodeId* value = g.dict_get(g.root(), name);
+    if (!value) continue;
+    json::Json summary = rng_generator_summary(g, name, *value);
+    if (!summary.is_null()) report.fields[name] = std::move(summary);
   }
 }
 
@@ -367,17 +337,6 @@ void summarize_value(const Source& file, FileReport& report, const InspectOption
 }
 
 // ---- JSON files ----
-
-json::Json last_log_with(const json::Json& history, const std::function<bool(const std::string&)>& key_matches) {
-  if (!history.is_array()) return nullptr;
-  for (auto it = history.rbegin(); it != history.rend(); ++it) {
-    if (!it->is_object()) continue;
-    for (const auto& [key, value] : it->items()) {
-      if (key_matches(key)) return *it;
-    }
-  }
-  return nullptr;
-}
 
 void summarize_json(const std::string& path, FileReport& report) {
   report.format = "json";
@@ -593,6 +552,41 @@ CheckpointSummary summarize_checkpoint(const CheckpointReport& report, const std
 }
 
 }  // namespace
+
+json::Json rng_generator_summary(const Graph& g, std::string_view generator, NodeId value) {
+  const auto& t = g.at(value);
+  if (generator == "python") {
+    if (t.kind != Kind::tuple || t.items.size() != 3 || !g.is(t.items[1], Kind::tuple) || g.at(t.items[1]).items.empty()) return nullptr;
+    return {{"version", to_data(g, t.items[0])}, {"position", to_data(g, g.at(t.items[1]).items.back())}, {"gauss", to_data(g, t.items[2])}};
+  }
+  if (generator == "numpy") {
+    if (t.kind != Kind::tuple || t.items.size() != 5) return nullptr;
+    return {{"algorithm", to_data(g, t.items[0])},
+            {"position", to_data(g, t.items[2])},
+            {"has_gauss", to_data(g, t.items[3])},
+            {"cached_gaussian", to_data(g, t.items[4])}};
+  }
+  if (generator == "cpu") {
+    const auto* tensor = tensor_of(g, value);
+    return tensor ? json::Json{{"nbytes", *torch_archive::numel(tensor->shape) * element_size(tensor->dtype)}} : json::Json(nullptr);
+  }
+  if (generator == "cuda") {
+    std::uint64_t count = 0, nbytes = 0;
+    auto add = [&](NodeId id) {
+      if (const auto* tensor = tensor_of(g, id)) {
+        ++count;
+        nbytes += *torch_archive::numel(tensor->shape) * element_size(tensor->dtype);
+      }
+    };
+    if (t.kind == Kind::list || t.kind == Kind::tuple) {
+      for (NodeId id : t.items) add(id);
+    } else {
+      add(value);
+    }
+    return {{"count", count}, {"nbytes", nbytes}};
+  }
+  return nullptr;
+}
 
 FileReport inspect_file(const std::string& path, const InspectOptions& options) { return inspect_one(path, options, true); }
 

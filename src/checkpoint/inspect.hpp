@@ -6,11 +6,13 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "checkpoint/file_kind.hpp"
 #include "format/dtype.hpp"
 #include "format/json.hpp"
+#include "format/pickle.hpp"
 #include "util/error.hpp"
 
 namespace ckpt::checkpoint {
@@ -111,6 +113,10 @@ std::optional<CheckpointReport> inspect_run_checkpoint(const std::string& dir, c
 // What fails a checkpoint report: member files that could not be read, their failed checks (`FILE: message`) and
 // the checks across files. inspect --verify passes a checkpoint, and latest --verify picks it, when this is empty.
 std::vector<std::string> verification_errors(const CheckpointReport& report);
+
+// What inspect shows of one generator of an RNG state file (python, numpy: the position in its state; cpu: its size;
+// cuda: how many and their size); null for another generator or one not of the shape the Trainer saves.
+json::Json rng_generator_summary(const pickle::Graph& graph, std::string_view generator, pickle::NodeId value);
 
 enum class PathKind { file, checkpoint, run };
 // A directory holding checkpoint-N subdirectories is a run; a checkpoint-N, or one holding trainer_state.json,

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string_view>
@@ -121,15 +122,33 @@ WeightsIndex read_weights_index(const std::string& index_path) {
 }
 
 std::optional<WeightsFiles> find_weights(const std::string& dir) {
-  const fs::path base(dir);
+  return find_weights_in([&](const std::string& name) -> std::optional<std::string> {
+    const fs::path path = fs::path(dir) / name;
+    return fs::exists(path) ? std::optional(path.string()) : std::nullopt;
+  });
+}
+
+std::optional<WeightsFiles> find_weights_in(const std::function<std::optional<std::string>(const std::string& name)>& path_of) {
   for (const char* index : {"model.safetensors.index.json", "pytorch_model.bin.index.json"}) {
-    if (!fs::exists(base / index)) continue;
-    return WeightsFiles{index, read_weights_index((base / index).string()).files};
+    const auto path = path_of(index);
+    if (!path) continue;
+    return WeightsFiles{index, read_weights_index(*path).files};
   }
   for (const char* single : {"model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin"}) {
-    if (fs::exists(base / single)) return WeightsFiles{std::nullopt, {single}};
+    if (path_of(single)) return WeightsFiles{std::nullopt, {single}};
   }
   return std::nullopt;
+}
+
+json::Json last_log_with(const json::Json& history, const std::function<bool(const std::string&)>& key_matches) {
+  if (!history.is_array()) return nullptr;
+  for (auto it = history.rbegin(); it != history.rend(); ++it) {
+    if (!it->is_object()) continue;
+    for (const auto& [key, value] : it->items()) {
+      if (key_matches(key)) return *it;
+    }
+  }
+  return nullptr;
 }
 
 TrainerStateSummary summarize_trainer_state(const json::Json& state) {

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -51,6 +52,9 @@ struct WeightsFiles {
   std::vector<std::string> files;    // file names of the weights (shards in index order)
 };
 std::optional<WeightsFiles> find_weights(const std::string& dir);
+// The same rule over any set of files (an archive's): `path_of(name)` is where the file of that name can be read, or
+// nullopt when there is none.
+std::optional<WeightsFiles> find_weights_in(const std::function<std::optional<std::string>(const std::string& name)>& path_of);
 
 // A Hugging Face weights index (model.safetensors.index.json, pytorch_model.bin.index.json): its weight_map, read
 // by find_weights, convert and inspect --verify alike. Every shard name is a file beside the index (not empty, not
@@ -72,6 +76,9 @@ struct TrainerStateSummary {
   std::map<std::int64_t, std::map<std::string, double>> eval_by_step;
 };
 TrainerStateSummary summarize_trainer_state(const json::Json& state);
+
+// The newest entry of a log_history holding a key that `key_matches`; null when none does (or it is no list).
+json::Json last_log_with(const json::Json& log_history, const std::function<bool(const std::string&)>& key_matches);
 
 // The newest evaluation logged at or before `step` (its step and metrics), the one a checkpoint of that step
 // reports; null when none was.

@@ -21,6 +21,16 @@ std::span<const std::uint8_t> Source::tensor_extent(const pickle::TensorRef& t) 
   return file().bytes().subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(elements * es));
 }
 
+void check_view_size(const Source& s, const pickle::TensorRef& t) {
+  const std::uint64_t numel = *torch_archive::numel(t.shape);
+  const auto& storage = s.graph().storages[t.storage];
+  const std::uint64_t storage_bytes = storage.untyped ? storage.numel : storage.numel * element_size(storage.dtype);
+  if (numel > (16 * storage_bytes + (1u << 20)) / element_size(t.dtype)) {
+    throw Error(ErrorKind::unsupported, s.path, "", "an expanded tensor view of " + std::to_string(numel) +
+                                                        " elements from a storage of " + std::to_string(storage_bytes) + " bytes");
+  }
+}
+
 namespace {
 
 NodeId add_storage_tensor(Graph& g, std::vector<std::uint64_t>& offsets, DType dtype, const std::vector<std::int64_t>& shape,

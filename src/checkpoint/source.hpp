@@ -40,6 +40,11 @@ struct Source {
 };
 
 
+// Refuses a tensor view whose elements, taken one by one (written out, compared), would be far more than its storage
+// holds: an expanded view (stride 0) of more than 16 times its storage's bytes and 1 MiB, which a few bytes of pickle
+// can declare. Throws unsupported naming the file.
+void check_view_size(const Source& source, const pickle::TensorRef& tensor);
+
 // Reads a torch.save zip or a safetensors file. Throws Error naming the path (unsupported for anything else).
 std::unique_ptr<Source> load_source(const std::string& path);
 

@@ -1,7 +1,8 @@
 #include "checkpoint/tensor_scan.hpp"
 
-#include <cmath>
 #include <cstring>
+
+#include "format/dtype_cast.hpp"
 
 namespace ckpt::checkpoint {
 namespace {
@@ -105,48 +106,10 @@ NonFiniteCount count_distinct(std::span<const std::uint8_t> bytes, DType dtype, 
 }
 
 std::optional<double> scalar_value(std::span<const std::uint8_t> bytes, DType dtype) {
-  if (bytes.size() < element_size(dtype)) return std::nullopt;
-  auto load = [&](auto v) {
-    std::memcpy(&v, bytes.data(), sizeof v);
-    return static_cast<double>(v);
-  };
-  switch (dtype) {
-    case DType::float32: return load(float{});
-    case DType::float64: return load(double{});
-    case DType::int64: return load(std::int64_t{});
-    case DType::int32: return load(std::int32_t{});
-    case DType::int16: return load(std::int16_t{});
-    case DType::int8: return load(std::int8_t{});
-    case DType::uint8: return load(std::uint8_t{});
-    case DType::boolean: return bytes[0] != 0 ? 1.0 : 0.0;
-    case DType::float16: {
-      std::uint16_t h;
-      std::memcpy(&h, bytes.data(), 2);
-      const int exponent = (h >> 10) & 0x1F;
-      const int mantissa = h & 0x3FF;
-      double v = exponent == 0 ? std::ldexp(mantissa, -24)
-                 : exponent == 31 ? (mantissa ? std::nan("") : INFINITY)
-                                  : std::ldexp(mantissa + 1024, exponent - 25);
-      return (h & 0x8000) ? -v : v;
-    }
-    case DType::bfloat16: {
-      std::uint16_t b;
-      std::memcpy(&b, bytes.data(), 2);
-      std::uint32_t f = static_cast<std::uint32_t>(b) << 16;
-      float v;
-      std::memcpy(&v, &f, 4);
-      return v;
-    }
-    case DType::uint64:
-    case DType::uint32:
-    case DType::uint16:
-    case DType::float8_e5m2:
-    case DType::float8_e4m3fn:
-    case DType::complex128:
-    case DType::complex64:
-      break;
-  }
-  return std::nullopt;
+  if (bytes.size() < element_size(dtype) || is_complex(dtype)) return std::nullopt;
+  double value = 0;
+  widen_to_double(bytes.first(element_size(dtype)), dtype, std::span(&value, 1));
+  return value;
 }
 
 std::vector<std::int64_t> contiguous_strides(const std::vector<std::int64_t>& shape) {

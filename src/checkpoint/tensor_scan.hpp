@@ -21,7 +21,7 @@ struct NonFiniteCount {
 NonFiniteCount count_nonfinite(std::span<const std::uint8_t> bytes, DType dtype,
                                const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& stride);
 
-// The value of a one-element tensor as a double, for float and integer dtypes.
+// The value of a one-element tensor as a double (widen_to_double); nullopt for complex dtypes.
 std::optional<double> scalar_value(std::span<const std::uint8_t> bytes, DType dtype);
 
 // Strides of a contiguous (row-major) tensor of `shape`.

@@ -109,6 +109,65 @@ float half_to_float(std::uint16_t h) {
 
 float bfloat16_to_float(std::uint16_t bits) { return float_of(static_cast<std::uint32_t>(bits) << 16); }
 
+namespace {
+
+double float8_e4m3fn_to_double(std::uint8_t bits) {
+  const int exponent = (bits >> 3) & 0xF;
+  const int mantissa = bits & 0x7;
+  double v = exponent == 0xF && mantissa == 0x7 ? std::nan("")
+             : exponent == 0                   ? std::ldexp(mantissa, -9)
+                                               : std::ldexp(8 + mantissa, exponent - 10);
+  return (bits & 0x80) ? -v : v;
+}
+
+template <typename T>
+void widen_each(const std::uint8_t* src, std::size_t count, double* out) {
+  for (std::size_t i = 0; i < count; ++i) {
+    T v;
+    std::memcpy(&v, src + i * sizeof(T), sizeof(T));
+    out[i] = static_cast<double>(v);
+  }
+}
+
+template <typename Bits, typename Widen>
+void widen_bits(const std::uint8_t* src, std::size_t count, double* out, Widen widen) {
+  for (std::size_t i = 0; i < count; ++i) {
+    Bits v;
+    std::memcpy(&v, src + i * sizeof(Bits), sizeof(Bits));
+    out[i] = widen(v);
+  }
+}
+
+}  // namespace
+
+void widen_to_double(std::span<const std::uint8_t> src, DType dtype, std::span<double> out) {
+  const std::size_t count = src.size() / element_size(dtype);
+  const std::uint8_t* in = src.data();
+  double* o = out.data();
+  switch (dtype) {
+    case DType::float64: widen_each<double>(in, count, o); break;
+    case DType::float32: widen_each<float>(in, count, o); break;
+    case DType::float16: widen_bits<std::uint16_t>(in, count, o, [](std::uint16_t h) { return static_cast<double>(half_to_float(h)); }); break;
+    case DType::bfloat16: widen_bits<std::uint16_t>(in, count, o, [](std::uint16_t b) { return static_cast<double>(bfloat16_to_float(b)); }); break;
+    // e5m2 is float16's upper byte.
+    case DType::float8_e5m2:
+      widen_bits<std::uint8_t>(in, count, o, [](std::uint8_t b) { return static_cast<double>(half_to_float(static_cast<std::uint16_t>(b << 8))); });
+      break;
+    case DType::float8_e4m3fn: widen_bits<std::uint8_t>(in, count, o, float8_e4m3fn_to_double); break;
+    case DType::int64: widen_each<std::int64_t>(in, count, o); break;
+    case DType::int32: widen_each<std::int32_t>(in, count, o); break;
+    case DType::int16: widen_each<std::int16_t>(in, count, o); break;
+    case DType::int8: widen_each<std::int8_t>(in, count, o); break;
+    case DType::uint64: widen_each<std::uint64_t>(in, count, o); break;
+    case DType::uint32: widen_each<std::uint32_t>(in, count, o); break;
+    case DType::uint16: widen_each<std::uint16_t>(in, count, o); break;
+    case DType::uint8: widen_each<std::uint8_t>(in, count, o); break;
+    case DType::boolean: widen_bits<std::uint8_t>(in, count, o, [](std::uint8_t b) { return b != 0 ? 1.0 : 0.0; }); break;
+    case DType::complex128: widen_each<double>(in, 2 * count, o); break;
+    case DType::complex64: widen_each<float>(in, 2 * count, o); break;
+  }
+}
+
 bool can_cast(DType from, DType to) { return castable(from) && castable(to); }
 
 void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to, bool zero_dim) {

@@ -19,6 +19,11 @@ bool can_cast(DType from, DType to);
 // (NaN differs).
 void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to, bool zero_dim = false);
 
+// Every element of `src` (little-endian, contiguous) as doubles, in order: `out` holds one per element, two (real,
+// imaginary) for a complex dtype. Exact for every dtype but 64-bit integers beyond 2^53, which round to the nearest
+// double; bool is 0 or 1; float8 e4m3fn's NaN (S.1111.111) is NaN.
+void widen_to_double(std::span<const std::uint8_t> src, DType dtype, std::span<double> out);
+
 std::uint16_t float_to_bfloat16(float value);
 std::uint16_t float_to_half(float value);
 float half_to_float(std::uint16_t bits);

@@ -49,3 +49,35 @@ TEST_CASE("half precision widens exactly") {
   CHECK(can_cast(DType::float64, DType::bfloat16));
   CHECK_FALSE(can_cast(DType::int64, DType::float32));
 }
+
+namespace {
+
+template <typename T>
+std::vector<double> widened(const std::vector<T>& values, DType dtype) {
+  std::vector<double> out(values.size() * sizeof(T) / element_size(dtype) * (is_complex(dtype) ? 2 : 1));
+  widen_to_double({reinterpret_cast<const std::uint8_t*>(values.data()), values.size() * sizeof(T)}, dtype, out);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("every dtype widens to double") {
+  CHECK(widened(std::vector<float>{1.5f, -0.1f}, DType::float32) == std::vector<double>{1.5, static_cast<double>(-0.1f)});
+  CHECK(widened(std::vector<double>{0.1}, DType::float64) == std::vector<double>{0.1});
+  CHECK(widened(std::vector<std::uint16_t>{0x3c00, 0x0001, 0xfc00}, DType::float16) ==
+        std::vector<double>{1.0, std::ldexp(1.0, -24), -std::numeric_limits<double>::infinity()});
+  CHECK(widened(std::vector<std::uint16_t>{0x3f80, 0xc040}, DType::bfloat16) == std::vector<double>{1.0, -3.0});
+  // float8: e5m2 is float16's upper byte; e4m3fn has bias 7, no infinities, 448 its largest value, S.1111.111 NaN.
+  CHECK(widened(std::vector<std::uint8_t>{0x3c, 0x7c, 0x01}, DType::float8_e5m2) ==
+        std::vector<double>{1.0, std::numeric_limits<double>::infinity(), std::ldexp(1.0, -16)});
+  const auto e4m3 = widened(std::vector<std::uint8_t>{0x38, 0x7e, 0x01, 0xb8, 0x7f}, DType::float8_e4m3fn);
+  CHECK(std::vector<double>(e4m3.begin(), e4m3.end() - 1) == std::vector<double>{1.0, 448.0, std::ldexp(1.0, -9), -1.0});
+  CHECK(std::isnan(e4m3.back()));
+  CHECK(widened(std::vector<std::int64_t>{-3, (1ll << 53) + 1}, DType::int64) == std::vector<double>{-3.0, std::ldexp(1.0, 53)});
+  CHECK(widened(std::vector<std::uint64_t>{~0ull}, DType::uint64) == std::vector<double>{std::ldexp(1.0, 64)});
+  CHECK(widened(std::vector<std::int8_t>{-128, 127}, DType::int8) == std::vector<double>{-128.0, 127.0});
+  CHECK(widened(std::vector<std::uint8_t>{0, 1, 2}, DType::boolean) == std::vector<double>{0.0, 1.0, 1.0});
+  // A complex element is two doubles, real then imaginary.
+  CHECK(widened(std::vector<float>{1.0f, -2.0f, 0.5f, 4.0f}, DType::complex64) == std::vector<double>{1.0, -2.0, 0.5, 4.0});
+  CHECK(widened(std::vector<double>{1.0, -2.0}, DType::complex128) == std::vector<double>{1.0, -2.0});
+}
