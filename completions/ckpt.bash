@@ -22,7 +22,7 @@ _ckpt() {
   local cur prev words cword
   _init_completion || return
 
-  local subcommands="save resume list best latest rotate tag inspect convert"
+  local subcommands="save resume list best latest rotate tag inspect diff convert"
   local subcommand=""
   local i
   for ((i = 1; i < cword; i++)); do
@@ -49,7 +49,7 @@ _ckpt() {
     --max-shard-size) COMPREPLY=($(compgen -W "500MB 1GB 2GB 5GB 10GB" -- "$cur")); return ;;
     -o | --output) _filedir; return ;;
     --metric) COMPREPLY=($(compgen -W "eval_loss eval_accuracy" -- "$cur")); return ;;
-    --keep | --keep-every | --stale-after | --link | --keep-archives | --level | --save-name) return ;;
+    --keep | --keep-every | --stale-after | --link | --keep-archives | --level | --save-name | --tolerance | --rtol | --only) return ;;
     --export | --output-dir | --archive-dir | --restore-to | --recursive) _filedir -d; return ;;
     --from)
       # The checkpoints of the run directory given earlier on the line.
@@ -91,6 +91,7 @@ _ckpt() {
     tag) options="--delete --json --help" ;;
     rotate) options="--recursive --keep --keep-every --stale-after --sort --use-mtime --metric --mode --archive --archive-dir --keep-archives --level --threads --dry-run --no-wait --json --quiet --help" ;;
     inspect) options="--json --summary --verify --help" ;;
+    diff) options="--tolerance --rtol --only --all --json --quiet --help" ;;
     convert) options="--to --output --max-shard-size --dtype --include-state --consolidate --level --threads --dry-run --force --json --quiet --help" ;;
   esac
   if [[ $cur == -* ]]; then
@@ -117,7 +118,7 @@ _ckpt() {
         COMPREPLY=($(compgen -W "$(_ckpt_tag_sources "$run")" -- "$cur"))
       fi
     fi
-  elif [[ $subcommand == inspect || $subcommand == convert ]]; then
+  elif [[ $subcommand == inspect || $subcommand == convert || $subcommand == diff ]]; then
     _filedir
   else
     _filedir -d

@@ -1,5 +1,5 @@
 # fish completion for ckpt
-set -l subcommands save resume list best latest rotate tag inspect convert
+set -l subcommands save resume list best latest rotate tag inspect diff convert
 complete -c ckpt -f
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -l help -d 'Show help'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -l version -d 'Show the version'
@@ -11,6 +11,7 @@ complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a lates
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a rotate -d 'Delete old checkpoints safely'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a tag -d 'Keep a checkpoint under a name that rotate never deletes'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a inspect -d 'Show what a checkpoint holds'
+complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a diff -d 'Compare two weights files, checkpoints or archives'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a convert -d 'Convert pickle <-> safetensors; archive checkpoints'
 complete -c ckpt -n "not __fish_seen_subcommand_from $subcommands help" -a help -d 'Show the options of a subcommand'
 complete -c ckpt -n "__fish_seen_subcommand_from help; and not __fish_seen_subcommand_from $subcommands" -a "$subcommands"
@@ -75,6 +76,13 @@ complete -c ckpt -n "__fish_seen_subcommand_from inspect" -l summary -d 'Print o
 complete -c ckpt -n "__fish_seen_subcommand_from inspect" -l verify -d 'Check CRCs, tensor extents and consistency'
 complete -c ckpt -n "__fish_seen_subcommand_from inspect" -F
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -F
+complete -c ckpt -n "__fish_seen_subcommand_from diff" -F
+complete -c ckpt -n "__fish_seen_subcommand_from diff" -l tolerance -x -d 'Elements within tolerance + rtol * |b| count as the same'
+complete -c ckpt -n "__fish_seen_subcommand_from diff" -l rtol -x -d 'The relative part of that bound'
+complete -c ckpt -n "__fish_seen_subcommand_from diff" -l only -x -d 'Compare only names matching this glob (repeatable)'
+complete -c ckpt -n "__fish_seen_subcommand_from diff" -l all -d 'List identical tensors and equal values too'
+complete -c ckpt -n "__fish_seen_subcommand_from diff" -l json -d 'Print every tensor and value compared as JSON'
+complete -c ckpt -n "__fish_seen_subcommand_from diff" -s q -l quiet -d 'Print nothing: the exit status says'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l to -x -a 'safetensors pytorch archive dir' -d 'Target format'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -s o -l output -r -d 'Destination'
 complete -c ckpt -n "__fish_seen_subcommand_from convert" -l max-shard-size -x -a '500MB 1GB 2GB 5GB 10GB' -d 'Split weights into shards'

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -33,6 +34,7 @@ constexpr Subcommand kSubcommands[] = {
     {"rotate", "Delete old checkpoints safely (or archive them first), keeping the best, the newest and the last N", attach_rotate},
     {"tag", "Keep a checkpoint under a name (RUN_DIR/NAME) that rotate never deletes; delete such a named checkpoint", attach_tag},
     {"inspect", "Show what a checkpoint file, checkpoint directory or run directory holds", attach_inspect},
+    {"diff", "Compare two weights files, checkpoints or archives tensor by tensor, and their training state", attach_diff},
     {"convert", "Convert weights and checkpoint files between pickle and safetensors, shard, cast; archive checkpoints compressed and restore them", attach_convert},
 };
 
@@ -255,6 +257,17 @@ CLI::Validator one_of(std::vector<std::string> values) {
         return "'" + text + "' is not one of " + joined(values) + did_you_mean(text, values);
       },
       "{" + description + "}");
+}
+
+CLI::Validator non_negative_number() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        if (!is_number(text)) return "'" + text + "' is not a number";
+        const double value = std::strtod(text.c_str(), nullptr);
+        if (!std::isfinite(value) || value < 0) return "must be a finite number >= 0, not " + text;
+        return "";
+      },
+      "NONNEGATIVE");
 }
 
 void require_run_directory(const std::string& run_dir) {

@@ -39,6 +39,7 @@ Action attach_latest(CLI::App& sub);
 Action attach_rotate(CLI::App& sub);
 Action attach_tag(CLI::App& sub);
 Action attach_convert(CLI::App& sub);
+Action attach_diff(CLI::App& sub);
 Action attach_save(CLI::App& sub);
 Action attach_resume(CLI::App& sub);
 
@@ -58,6 +59,8 @@ CLI::Validator whole_number();
 CLI::Validator positive_integer();
 CLI::Validator integer_between(std::int64_t low, std::int64_t high);
 CLI::Validator one_of(std::vector<std::string> values);
+// A finite number >= 0 as strtod reads it ("0", "1e-5", ".5"): "--rtol: must be a finite number >= 0, not -1".
+CLI::Validator non_negative_number();
 
 // The RUN_DIR argument of list, best, latest and rotate: refused when it is no run directory (checkpoint::
 // check_run_directory), with a note on stderr when it holds nothing yet.

@@ -98,7 +98,7 @@ class UsageErrors(unittest.TestCase):
             cases = (
                 (["inspekt", DATA], ["'inspekt' is not a subcommand", "did you mean 'inspect'?"]),
                 (["help", "rotat"], ["'rotat' is not a subcommand", "did you mean 'rotate'?"]),
-                ([], ["a subcommand is required", "save, resume, list, best, latest, rotate, tag, inspect, convert"]),
+                ([], ["a subcommand is required", "save, resume, list, best, latest, rotate, tag, inspect, diff, convert"]),
                 (["--bogus"], ["unknown option --bogus"]),
                 (["inspect", "--bogus", DATA], ["unknown option --bogus"]),
                 (["inspect", DATA, "--jsn"], ["unknown option --jsn", "did you mean '--json'?"]),
@@ -132,6 +132,10 @@ class UsageErrors(unittest.TestCase):
                 (["save", "--output-dir", out, "--max-steps", "abc"], ["--max-steps: 'abc' is not a whole number"]),
                 (["save", "--output-dir", out, "--learning-rate", "fast"], ["--learning-rate: 'fast' is not a number"]),
                 (["save", "--output-dir", out, "--nproc-per-node", "0"], ["--nproc-per-node: must be between 1 and 1024, not 0"]),
+                (["diff", tiny], ["B is required"]),
+                (["diff", tiny, tiny, "--tolerance", "-1"], ["--tolerance: must be a finite number >= 0, not -1"]),
+                (["diff", tiny, tiny, "--rtol", "x"], ["--rtol: 'x' is not a number"]),
+                (["diff", tiny, tiny, "--only"], ["--only needs a value"]),
             )
             for args, expected in cases:
                 with self.subTest(args=args):

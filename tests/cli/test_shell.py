@@ -269,11 +269,13 @@ class Completions(unittest.TestCase):
 
     def test_bash_completes_subcommands_and_options(self):
         self.assertEqual(bash_complete("ckpt ins"), ["inspect"])
-        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "help", "inspect", "latest", "list", "resume", "rotate", "save", "tag"])
+        self.assertEqual(sorted(bash_complete("ckpt ")), ["--help", "--version", "best", "convert", "diff", "help", "inspect", "latest", "list", "resume", "rotate", "save", "tag"])
         self.assertEqual(bash_complete("ckpt help ro"), ["rotate"])
         self.assertEqual(bash_complete("ckpt help rotate "), [])
         self.assertEqual(sorted(bash_complete("ckpt latest --")), ["--archives", "--help", "--json", "--recursive", "--restore-to", "--verify"])
         self.assertEqual(sorted(bash_complete("ckpt inspect --")), ["--help", "--json", "--summary", "--verify"])
+        self.assertEqual(sorted(bash_complete("ckpt diff --")), ["--all", "--help", "--json", "--only", "--quiet", "--rtol", "--tolerance"])
+        self.assertEqual(bash_complete("ckpt diff --tolerance "), [])
 
     def test_bash_completes_option_values(self):
         self.assertEqual(sorted(bash_complete("ckpt rotate --sort ")), ["mtime", "step"])
@@ -383,6 +385,7 @@ class Completions(unittest.TestCase):
         self.assertEqual(zsh_complete("ckpt rotate --sort m"), "ckpt rotate --sort mtime ")
         self.assertEqual(zsh_complete("ckpt latest --rest"), "ckpt latest --restore-to ")
         self.assertEqual(zsh_complete("ckpt list --recur"), "ckpt list --recursive ")
+        self.assertEqual(zsh_complete("ckpt diff --rt"), "ckpt diff --rtol ")
         with tempfile.TemporaryDirectory() as tmp:
             for name in ("checkpoint-10", "checkpoint-200"):
                 os.mkdir(os.path.join(tmp, name))
@@ -399,7 +402,7 @@ class Completions(unittest.TestCase):
         help_completions = subprocess.run(["fish", "--no-config", "-c", f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt help '"],
                                           capture_output=True, text=True, check=True).stdout
         self.assertEqual(sorted(line.split("\t")[0] for line in help_completions.splitlines()),
-                         ["best", "convert", "inspect", "latest", "list", "resume", "rotate", "save", "tag"])
+                         ["best", "convert", "diff", "inspect", "latest", "list", "resume", "rotate", "save", "tag"])
         self.assertIn("--verify", out)
         self.assertIn("mtime", out)
         script = f"source {ROOT}/completions/ckpt.fish; complete -C 'ckpt latest --'"
