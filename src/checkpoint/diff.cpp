@@ -135,8 +135,15 @@ void accumulate_equal(std::span<const std::uint8_t> a, DType dtype, ElementStats
   for (std::size_t start = 0; start < count; start += kBlock) {
     const std::size_t n = std::min(kBlock, count - start);
     widen_to_double(a.subspan(start * size, n * size), dtype, w);
-    double squares = 0;
-    for (std::size_t i = 0; i < n * parts; ++i) squares += w[i] * w[i];
+    // Four running sums, which the compiler may keep in one vector register (one would be a chain of dependent adds).
+    std::array<double, 4> lanes{};
+    const std::size_t values = n * parts;
+    std::size_t i = 0;
+    for (; i + 4 <= values; i += 4) {
+      for (std::size_t lane = 0; lane < 4; ++lane) lanes[lane] += w[i + lane] * w[i + lane];
+    }
+    for (; i < values; ++i) lanes[0] += w[i] * w[i];
+    const double squares = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
     s.elements += n;
     s.sum_sq_a += squares;
     s.sum_sq_b += squares;
