@@ -581,22 +581,36 @@ class Comparison {
 
   // Compares the values of every pending pair, chunk by chunk on every core, and sets their statuses.
   void compare_tensors() {
-    struct Job {
+    // A piece is one chunk of a tensor pair; a job, consecutive pieces of at most a chunk's bytes per side (small
+    // tensors share one), so that the threads hand over work once per chunk, not once per tensor.
+    struct Piece {
       std::size_t pair;
       std::uint64_t first;
       std::uint64_t count;
     };
-    std::vector<Job> jobs;
+    std::vector<Piece> pieces;
     std::uint64_t total = 0;
     for (std::size_t p = 0; p < pending_.size(); ++p) {
-      const auto& ta = *pending_[p].a.tensor;
-      const auto& tb = *pending_[p].b.tensor;
-      const std::uint64_t numel = numel_of(ta);
-      const std::uint64_t widest = std::max(element_size(ta.dtype), element_size(tb.dtype));
-      const std::uint64_t per_job = std::max<std::uint64_t>(1, options_.chunk_bytes / widest);
-      for (std::uint64_t first = 0; first < numel; first += per_job) jobs.push_back({p, first, std::min(per_job, numel - first)});
-      total += numel * (element_size(ta.dtype) + element_size(tb.dtype));
+      const std::uint64_t numel = numel_of(*pending_[p].a.tensor);
+      const std::uint64_t per_piece = std::max<std::uint64_t>(1, options_.chunk_bytes / widest(p));
+      for (std::uint64_t first = 0; first < numel; first += per_piece) pieces.push_back({p, first, std::min(per_piece, numel - first)});
+      total += numel * (element_size(pending_[p].a.tensor->dtype) + element_size(pending_[p].b.tensor->dtype));
     }
+    const auto jobs_of = [&](const std::vector<std::size_t>& piece_indices) {
+      std::vector<std::pair<std::size_t, std::size_t>> jobs;  // [begin, end) in piece_indices
+      std::uint64_t bytes = 0;
+      for (std::size_t i = 0; i < piece_indices.size(); ++i) {
+        const Piece& piece = pieces[piece_indices[i]];
+        const std::uint64_t piece_bytes = piece.count * widest(piece.pair);
+        if (jobs.empty() || bytes + piece_bytes > options_.chunk_bytes) {
+          jobs.emplace_back(i, i);
+          bytes = 0;
+        }
+        jobs.back().second = i + 1;
+        bytes += piece_bytes;
+      }
+      return jobs;
+    };
     struct Worker {
       Readers readers;
       ByteBuffer a, b;
@@ -605,74 +619,85 @@ class Comparison {
     const unsigned threads = options_.threads ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
     const std::size_t window = 2 * static_cast<std::size_t>(threads);
     std::vector<Worker> workers(threads);
-    struct Slot {
+    struct Result {
       bool equal = false;
       ElementStats stats;
     };
-    std::vector<Slot> slots(window);
+    std::vector<std::vector<Result>> slots(window);  // per job in flight, a result per piece
     struct PairState {
       bool bytes_differ = false;
       ElementStats stats;
-      std::vector<std::size_t> equal_jobs;
+      std::vector<std::size_t> equal_pieces;
     };
     std::vector<PairState> states(pending_.size());
-    const auto named = [&](const Pending& p, const auto& work) {
+    const auto read = [&](const Piece& piece, bool both, Worker& worker) {
+      const Pending& p = pending_[piece.pair];
       try {
-        work();
+        read_elements(p.a, piece.first, piece.count, options_.chunk_bytes, worker.a, worker.readers, worker.window_a);
+        if (both) read_elements(p.b, piece.first, piece.count, options_.chunk_bytes, worker.b, worker.readers, worker.window_b);
       } catch (const Error& e) {
         throw e.with_context("", "tensor '" + result_.sections[p.section].tensors[p.tensor].name + "'");
       }
     };
 
-    // Every chunk's bytes, then the values of those whose bytes differ.
+    // Every piece's bytes, then the values of those whose bytes differ.
+    std::vector<std::size_t> all(pieces.size());
+    for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+    const auto jobs = jobs_of(all);
     std::uint64_t done = 0;
     run_ordered(
         jobs.size(), threads, window,
         [&](std::size_t j, unsigned w) {
-          const Job& job = jobs[j];
-          const Pending& p = pending_[job.pair];
-          Worker& worker = workers[w];
-          Slot& slot = slots[j % window];
-          named(p, [&] {
-            read_elements(p.a, job.first, job.count, options_.chunk_bytes, worker.a, worker.readers, worker.window_a);
-            read_elements(p.b, job.first, job.count, options_.chunk_bytes, worker.b, worker.readers, worker.window_b);
-          });
-          slot.equal = p.a.tensor->dtype == p.b.tensor->dtype && std::memcmp(worker.a.data(), worker.b.data(), worker.a.size()) == 0;
-          if (slot.equal) return;
-          slot.stats = {};
-          accumulate(worker.a.span(), p.a.tensor->dtype, worker.b.span(), p.b.tensor->dtype, options_.tolerance, slot.stats);
+          auto& results = slots[j % window];
+          results.assign(jobs[j].second - jobs[j].first, Result{});
+          for (std::size_t k = jobs[j].first; k < jobs[j].second; ++k) {
+            const Piece& piece = pieces[k];
+            const Pending& p = pending_[piece.pair];
+            Worker& worker = workers[w];
+            read(piece, true, worker);
+            Result& r = results[k - jobs[j].first];
+            r.equal = p.a.tensor->dtype == p.b.tensor->dtype && std::memcmp(worker.a.data(), worker.b.data(), worker.a.size()) == 0;
+            if (!r.equal) accumulate(worker.a.span(), p.a.tensor->dtype, worker.b.span(), p.b.tensor->dtype, options_.tolerance, r.stats);
+          }
         },
         [&](std::size_t j) {
-          const Job& job = jobs[j];
-          PairState& state = states[job.pair];
-          const Slot& slot = slots[j % window];
-          if (slot.equal) {
-            state.equal_jobs.push_back(j);
-          } else {
-            state.bytes_differ = true;
-            state.stats.merge(slot.stats);
+          for (std::size_t k = jobs[j].first; k < jobs[j].second; ++k) {
+            const Piece& piece = pieces[k];
+            const Result& r = slots[j % window][k - jobs[j].first];
+            PairState& state = states[piece.pair];
+            if (r.equal) {
+              state.equal_pieces.push_back(k);
+            } else {
+              state.bytes_differ = true;
+              state.stats.merge(r.stats);
+            }
+            done += piece.count * (element_size(pending_[piece.pair].a.tensor->dtype) + element_size(pending_[piece.pair].b.tensor->dtype));
           }
-          done += job.count * (element_size(pending_[job.pair].a.tensor->dtype) + element_size(pending_[job.pair].b.tensor->dtype));
           if (options_.progress) options_.progress(done, total);
         });
 
-    // The norms of a tensor whose bytes differ somewhere count its equal chunks too.
-    std::vector<std::size_t> norm_jobs;
+    // The norms of a tensor whose bytes differ somewhere count its equal pieces too.
+    std::vector<std::size_t> norm_pieces;
     for (const auto& state : states) {
-      if (state.bytes_differ) norm_jobs.insert(norm_jobs.end(), state.equal_jobs.begin(), state.equal_jobs.end());
+      if (state.bytes_differ) norm_pieces.insert(norm_pieces.end(), state.equal_pieces.begin(), state.equal_pieces.end());
     }
+    const auto norm_jobs = jobs_of(norm_pieces);
     run_ordered(
         norm_jobs.size(), threads, window,
-        [&](std::size_t k, unsigned w) {
-          const Job& job = jobs[norm_jobs[k]];
-          const Pending& p = pending_[job.pair];
-          Worker& worker = workers[w];
-          Slot& slot = slots[k % window];
-          named(p, [&] { read_elements(p.a, job.first, job.count, options_.chunk_bytes, worker.a, worker.readers, worker.window_a); });
-          slot.stats = {};
-          accumulate_equal(worker.a.span(), p.a.tensor->dtype, slot.stats);
+        [&](std::size_t j, unsigned w) {
+          auto& results = slots[j % window];
+          results.assign(norm_jobs[j].second - norm_jobs[j].first, Result{});
+          for (std::size_t k = norm_jobs[j].first; k < norm_jobs[j].second; ++k) {
+            const Piece& piece = pieces[norm_pieces[k]];
+            read(piece, false, workers[w]);
+            accumulate_equal(workers[w].a.span(), pending_[piece.pair].a.tensor->dtype, results[k - norm_jobs[j].first].stats);
+          }
         },
-        [&](std::size_t k) { states[jobs[norm_jobs[k]].pair].stats.merge(slots[k % window].stats); });
+        [&](std::size_t j) {
+          for (std::size_t k = norm_jobs[j].first; k < norm_jobs[j].second; ++k) {
+            states[pieces[norm_pieces[k]].pair].stats.merge(slots[j % window][k - norm_jobs[j].first].stats);
+          }
+        });
 
     for (std::size_t p = 0; p < pending_.size(); ++p) {
       TensorDiff& t = result_.sections[pending_[p].section].tensors[pending_[p].tensor];
@@ -685,6 +710,11 @@ class Comparison {
   }
 
  private:
+  // The larger element size of a pending pair: its pieces hold a chunk's bytes of that side.
+  std::uint64_t widest(std::size_t pair) const {
+    return std::max(element_size(pending_[pair].a.tensor->dtype), element_size(pending_[pair].b.tensor->dtype));
+  }
+
   // Whether two values are equal whole: of one kind, with equal contents; numbers as elements compare, tensors by
   // dtype, shape and bytes, numpy arrays by their bytes. Pairs found equal are remembered, so shared references do
   // not expand.
