@@ -20,7 +20,6 @@
 #include "checkpoint/inspect.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/source.hpp"
-#include "checkpoint/tensor_scan.hpp"
 #include "checkpoint/value_data.hpp"
 #include "format/dtype_cast.hpp"
 #include "format/torch_archive.hpp"
@@ -206,12 +205,6 @@ struct LoadedFile {
   Location bytes;
 };
 
-// An error a parser raised about an archived file's metadata copy, named as the user knows the file.
-Error named_in_archive(const Error& e, const MemoryFile& copy, const ArchiveFiles& archive, const std::string& name) {
-  if (e.path() != copy.path()) return e;
-  return Error(e.kind(), archive.path(), e.where().empty() ? name : name + ": " + e.where(), e.detail());
-}
-
 // ---- the inputs ----
 
 enum class InputKind { file, weights_index, checkpoint, model_directory, archive };
@@ -337,10 +330,12 @@ class Input {
   }
 
  private:
+  // An error about an archived file (about its metadata copy, when a parser raised it) named as the user knows the
+  // file: the archive, then the file in it.
   Error renamed(const Error& e, const std::string& name) const {
     if (!archive_) return e;
     for (const auto& [copy_name, copy] : copies_) {
-      if (e.path() == copy->path()) return named_in_archive(e, *copy, *archive_, copy_name);
+      if (e.path() == copy->path()) return Error(e.kind(), archive_->path(), e.where().empty() ? copy_name : copy_name + ": " + e.where(), e.detail());
     }
     return name.empty() ? e : e.with_context(archive_->path(), name);
   }
