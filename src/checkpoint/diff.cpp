@@ -12,6 +12,7 @@
 #include <memory>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 
 #include "checkpoint/archive.hpp"
@@ -41,6 +42,8 @@ namespace {
 
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
 constexpr std::size_t kBlock = 1024;  // elements widened to double at a time
+// Bytes per side read and compared at a time: a multiple of kBlock elements of every dtype.
+constexpr std::uint64_t kCompareBlock = 256u << 10;
 
 bool same_number(double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); }
 
@@ -507,7 +510,11 @@ class Comparison {
       // Elements are compared one by one: an expanded view may not claim far more than its storage holds.
       check_view_size(*a->file->source, *a->tensor);
       check_view_size(*b->file->source, *b->tensor);
-      pending_.push_back({section, tensors.size(), *a, *b});
+      // Tied tensors (one view of one storage under two names, on both sides alike) are compared once.
+      const ViewPair views{view_of(*a), view_of(*b)};
+      const auto [first, inserted] = compared_views_.try_emplace(views, pending_.size());
+      if (inserted) pending_.push_back({section, tensors.size(), *a, *b});
+      else tied_.push_back({first->second, section, tensors.size()});
     }
     tensors.push_back(std::move(t));
   }
@@ -610,6 +617,7 @@ class Comparison {
       Readers readers;
       ByteBuffer a, b;
       Window window_a, window_b;
+      ByteBuffer block_a, block_b;
     };
     const unsigned threads = options_.threads ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
     const std::size_t window = 2 * static_cast<std::size_t>(threads);
@@ -635,6 +643,34 @@ class Comparison {
       }
     };
 
+    // Whether a piece's bytes are the same on both sides, compared a block at a time: blocks small enough to stay in
+    // the core's cache between the read and the comparison (reading a whole piece first would go out to memory and
+    // back). Strided views are gathered whole.
+    const auto same_bytes = [&](const Piece& piece, Worker& worker) {
+      const Pending& p = pending_[piece.pair];
+      if (!is_contiguous(*p.a.tensor) || !is_contiguous(*p.b.tensor)) {
+        read(piece, true, worker);
+        return std::memcmp(worker.a.data(), worker.b.data(), worker.a.size()) == 0;
+      }
+      const std::uint64_t es = element_size(p.a.tensor->dtype);
+      const std::uint64_t begin_a = first_byte(p.a) + piece.first * es;
+      const std::uint64_t begin_b = first_byte(p.b) + piece.first * es;
+      const std::uint64_t length = piece.count * es;
+      for (std::uint64_t at = 0; at < length; at += kCompareBlock) {
+        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kCompareBlock, length - at));
+        worker.block_a.resize(n);
+        worker.block_b.resize(n);
+        try {
+          worker.readers.read(p.a.file->bytes, begin_a + at, worker.block_a.span());
+          worker.readers.read(p.b.file->bytes, begin_b + at, worker.block_b.span());
+        } catch (const Error& e) {
+          throw e.with_context("", "tensor '" + result_.sections[p.section].tensors[p.tensor].name + "'");
+        }
+        if (std::memcmp(worker.block_a.data(), worker.block_b.data(), n) != 0) return false;
+      }
+      return true;
+    };
+
     // Every piece's bytes, then the values of those whose bytes differ.
     std::vector<std::size_t> all(pieces.size());
     for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
@@ -649,10 +685,11 @@ class Comparison {
             const Piece& piece = pieces[k];
             const Pending& p = pending_[piece.pair];
             Worker& worker = workers[w];
-            read(piece, true, worker);
             Result& r = results[k - jobs[j].first];
-            r.equal = p.a.tensor->dtype == p.b.tensor->dtype && std::memcmp(worker.a.data(), worker.b.data(), worker.a.size()) == 0;
-            if (!r.equal) accumulate(worker.a.span(), p.a.tensor->dtype, worker.b.span(), p.b.tensor->dtype, options_.tolerance, r.stats);
+            r.equal = p.a.tensor->dtype == p.b.tensor->dtype && same_bytes(piece, worker);
+            if (r.equal) continue;
+            read(piece, true, worker);
+            accumulate(worker.a.span(), p.a.tensor->dtype, worker.b.span(), p.b.tensor->dtype, options_.tolerance, r.stats);
           }
         },
         [&](std::size_t j) {
@@ -684,8 +721,23 @@ class Comparison {
           results.assign(norm_jobs[j].second - norm_jobs[j].first, Result{});
           for (std::size_t k = norm_jobs[j].first; k < norm_jobs[j].second; ++k) {
             const Piece& piece = pieces[norm_pieces[k]];
-            read(piece, false, workers[w]);
-            accumulate_equal(workers[w].a.span(), pending_[piece.pair].a.tensor->dtype, results[k - norm_jobs[j].first].stats);
+            const TensorSide& a = pending_[piece.pair].a;
+            Worker& worker = workers[w];
+            ElementStats& stats = results[k - norm_jobs[j].first].stats;
+            if (!is_contiguous(*a.tensor)) {
+              read(piece, false, worker);
+              accumulate_equal(worker.a.span(), a.tensor->dtype, stats);
+              continue;
+            }
+            // A block at a time, as same_bytes reads: whole elements, whole widening blocks, so the sums come out as
+            // from the whole piece.
+            const std::uint64_t es = element_size(a.tensor->dtype);
+            const std::uint64_t begin = first_byte(a) + piece.first * es;
+            for (std::uint64_t at = 0; at < piece.count * es; at += kCompareBlock) {
+              worker.block_a.resize(static_cast<std::size_t>(std::min<std::uint64_t>(kCompareBlock, piece.count * es - at)));
+              worker.readers.read(a.file->bytes, begin + at, worker.block_a.span());
+              accumulate_equal(worker.block_a.span(), a.tensor->dtype, stats);
+            }
           }
         },
         [&](std::size_t j) {
@@ -701,6 +753,12 @@ class Comparison {
       t.stats->elements = numel_of(*pending_[p].a.tensor);
       if (t.status == TensorStatus::dtype_changed) continue;
       t.status = t.stats->outside_tolerance == 0 ? TensorStatus::within_tolerance : TensorStatus::different;
+    }
+    for (const Tied& tied : tied_) {
+      const TensorDiff& compared = result_.sections[pending_[tied.pending].section].tensors[pending_[tied.pending].tensor];
+      TensorDiff& t = result_.sections[tied.section].tensors[tied.tensor];
+      t.status = compared.status;
+      t.stats = compared.stats;
     }
   }
 
@@ -767,6 +825,21 @@ class Comparison {
   const DiffOptions& options_;
   DiffResult& result_;
   std::vector<Pending> pending_;
+  // A tensor view: its file, storage, offset, shape and strides (dtype and shape are compared before).
+  using View = std::tuple<const LoadedFile*, std::uint32_t, std::int64_t, std::vector<std::int64_t>, std::vector<std::int64_t>>;
+  using ViewPair = std::pair<View, View>;
+  static View view_of(const TensorSide& side) {
+    const auto& t = *side.tensor;
+    return {side.file, t.storage, t.storage_offset, t.shape, t.stride};
+  }
+  std::map<ViewPair, std::size_t> compared_views_;  // -> index into pending_
+  // A pair of views compared as an earlier pending pair: its TensorDiff takes that one's result.
+  struct Tied {
+    std::size_t pending;
+    std::size_t section;
+    std::size_t tensor;
+  };
+  std::vector<Tied> tied_;
   std::set<std::tuple<const LoadedFile*, NodeId, const LoadedFile*, NodeId>> equal_pairs_;
   Readers values_readers_;
   ByteBuffer values_worker_a_, values_worker_b_;

@@ -311,6 +311,22 @@ class InputsTest(Tmp):
         self.assertEqual(self.diff_json(a["archive"], b["checkpoint"])["a"], {"path": a["archive"], "kind": "archive"})
         self.assertEqual(self.diff_json(a["sharded"], b["index"])["b"], {"path": b["index"], "kind": "weights_index"})
 
+    def test_tied_tensors_are_reported_under_each_name(self):
+        # lm_head.weight is embed.weight on both sides: compared once, reported twice; untied on one side, twice.
+        embed = torch.randn(50, 8, generator=torch.Generator().manual_seed(4))
+        changed = embed.clone()
+        changed[7, 3] = 100.0
+        pa = save_bin(self.path("a.bin"), {"embed.weight": embed, "lm_head.weight": embed})
+        pb = save_bin(self.path("b.bin"), {"embed.weight": changed, "lm_head.weight": changed})
+        untied = save_bin(self.path("c.bin"), {"embed.weight": changed, "lm_head.weight": embed.clone()})
+        for other, lm_head_same in ((pb, False), (untied, True)):
+            with self.subTest(other=other):
+                t = self.tensors(self.diff_json(pa, other, code=1))
+                self.assertMetrics(t["embed.weight"], embed, changed)
+                self.assertEqual(t["lm_head.weight"]["same"], lm_head_same)
+                if not lm_head_same:
+                    self.assertEqual(t["lm_head.weight"], dict(t["embed.weight"], name="lm_head.weight"))
+
     def test_strided_and_expanded_views_compare_by_their_values(self):
         base = torch.randn(40, 30, generator=torch.Generator().manual_seed(2))
         a = {"t": base.t(), "column": base[:, 3], "expanded": torch.arange(5.0).expand(4, 5)}
