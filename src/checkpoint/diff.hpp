@@ -122,7 +122,9 @@ struct DiffOptions {
   // are compared (a section's file only in A or B is named by the section's name). Empty: everything.
   std::vector<std::string> only;
   unsigned threads = 0;                 // 0: every core
-  std::uint64_t chunk_bytes = 4u << 20;  // per tensor read, per side
+  // Per side, the most a job reads whole: a tensor piece whose bytes differ is widened from buffers of this size
+  // (equal bytes are found 256 KiB at a time); small tensors share a job up to it.
+  std::uint64_t chunk_bytes = 4u << 20;
   // Called with bytes compared and bytes to compare in all (both sides).
   std::function<void(std::uint64_t done, std::uint64_t total)> progress;
 };
