@@ -469,7 +469,7 @@ bool is_walked(const Graph& g, NodeId id) {
                      [&](NodeId item) { return g.is(item, Kind::dict) || is_sequence(g, item) || g.is(item, Kind::tensor); });
 }
 
-// Bytes, JSON values and the like equal, with NaN equal to NaN (as elements compare).
+// Whether two JSON values are equal, NaN equal to NaN (as elements compare).
 bool same_json(const json::Json& a, const json::Json& b) {
   if (a.is_number_float() && b.is_number_float()) return same_number(a.get<double>(), b.get<double>());
   return a == b;
