@@ -590,7 +590,10 @@ class OutputTest(Tmp):
         out = subprocess.run([sys.executable, "-c", measure, CKPT_BIN, "diff", "-q", pa, pb], capture_output=True, text=True, check=True).stdout
         code, peak = map(int, out.split())
         self.assertEqual(code, 1)
-        self.assertLess(peak, 48 << 20, "peak RSS %.1f MiB" % (peak / 2 ** 20))
+        # Under AddressSanitizer (scripts/test.sh sets ASAN_OPTIONS for that pass) shadow memory and the allocator's
+        # quarantine add a fixed overhead: the bound there is looser, but still far below the inputs' 192 MiB.
+        bound = (128 if "ASAN_OPTIONS" in os.environ else 48) << 20
+        self.assertLess(peak, bound, "peak RSS %.1f MiB" % (peak / 2 ** 20))
 
 
 if __name__ == "__main__":
