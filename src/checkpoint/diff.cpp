@@ -1003,8 +1003,10 @@ void compare_training_state(Comparison& c, Input& a, Input& b, std::vector<std::
   const auto files_b = state_files(b);
   std::vector<std::pair<std::string, FileKind>> stems;
   for (const auto* files : {&files_a, &files_b}) {
-    for (const auto& [stem, file] : *files) {
-      if (std::find_if(stems.begin(), stems.end(), [&](const auto& s) { return s.first == stem; }) == stems.end()) stems.emplace_back(stem, file.kind);
+    for (const auto& entry : *files) {
+      const std::string& stem = entry.first;
+      const bool seen = std::any_of(stems.begin(), stems.end(), [&](const auto& s) { return s.first == stem; });
+      if (!seen) stems.emplace_back(stem, entry.second.kind);
     }
   }
   std::stable_sort(stems.begin(), stems.end(), [](const auto& x, const auto& y) {
