@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_zero_checkpoint as gen  # noqa: E402
 
 ALLOWED_GLOBAL_MODULES = ("torch", "torch._utils", "collections", "__builtin__", "_codecs", "numpy",
+                          "accelerate.utils.dataclasses",
                           "numpy.core.multiarray", "deepspeed.runtime.fp16.loss_scaler",
                           "deepspeed.runtime.zero.config", "deepspeed.utils.tensor_fragment",
                           "transformers.training_args",
@@ -40,6 +41,19 @@ def pickle_globals(path):
         data = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
     found = {arg for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"}
     return data[:2], found
+
+
+def top_level_globals(path):
+    """The GLOBAL opcodes met before the pickle's first container opcode: the top-level object's class, if any."""
+    with zipfile.ZipFile(path) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    found = []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name == "GLOBAL":
+            found.append(arg)
+        elif op.name in ("EMPTY_DICT", "EMPTY_LIST", "MARK"):
+            break
+    return found
 
 
 def partition_sizes_add_up(tag_dir, stage, world, dtype):
@@ -55,16 +69,19 @@ def partition_sizes_add_up(tag_dir, stage, world, dtype):
             wanted = [sum((s.numel() + world - 1) // world for s in group.values()) for group in shapes]
             got = [t.numel() for t in zero["fp32_flat_groups"]]
         else:
-            wanted = []
+            # stage_1_and_2.py: the group is aligned to 2 x world and cut in equal partitions; a rank's padding is
+            # the part of its partition past the group's end (the whole partition when it starts past the end),
+            # and its saved group is the partition without that padding.
+            wanted, paddings = [], []
             for group in shapes:
                 numel = sum(s.numel() for s in group.values())
                 size = gen.ceil_to(numel, 2 * world) // world
-                padding = gen.ceil_to(numel, 2 * world) - numel
-                if rank < world - 1:
-                    wanted.append(size)
-                else:
-                    # Python's slice [:size - padding]: a negative stop counts from the end, clamped at 0.
-                    wanted.append(size - padding if padding <= size else max(0, 2 * size - padding))
+                padding = min(size, max(0, (rank + 1) * size - numel))
+                wanted.append(size - padding)
+                paddings.append(padding)
+            if zero["group_paddings"] != paddings:
+                return "rank %d: group_paddings %s, DeepSpeed's rule gives %s" % (rank, zero["group_paddings"],
+                                                                                   paddings)
             got = [t.numel() for t in zero["single_partition_of_fp32_groups"]]
         if wanted != got:
             return "rank %d: flat groups of %s elements, param_shapes need %s" % (rank, got, wanted)
@@ -75,7 +92,7 @@ def expected_files(opts, step):
     ranks = range(opts.world_size)
     prefix = "bf16_" if opts.dtype == "bf16" else ""
     tag = "global_step%d" % step
-    files = {"latest", "zero_to_fp32.py", "trainer_state.json", "training_args.bin", "config.json"}
+    files = {"latest", "zero_to_fp32.py", "trainer_state.json", "training_args.bin", "config.json", "scheduler.pt"}
     files |= {"rng_state.pth"} if opts.world_size == 1 else {"rng_state_%d.pth" % r for r in ranks}
     if opts.stage < 3 or opts.gather_16bit:
         files.add("model.safetensors")
@@ -157,6 +174,24 @@ class GeneratorTest(unittest.TestCase):
                 self.assertEqual("__builtin__ getattr" in found, not opts.enum_by_value, name)
                 if opts.stage < 3:
                     self.assertIn("deepspeed.utils.tensor_fragment fragment_address", found, name)
+            if name.endswith(("optim_states.pt", "model_states.pt")):
+                # engine._save_checkpoint, _save_zero_checkpoint and the optimizers' state_dict build plain dicts.
+                self.assertNotIn("collections OrderedDict", top_level_globals(path), name)
+                saved = torch.load(path)
+                self.assertIs(type(saved), dict, name)
+                if name.endswith("optim_states.pt"):
+                    self.assertIs(type(saved["optimizer_state_dict"]), dict, name)
+                    groups = saved["optimizer_state_dict"]["base_optimizer_state" if opts.stage < 3
+                                                           else "optimizer_state_dict"]["param_groups"]
+                    for group in groups:
+                        self.assertEqual(group["initial_lr"], 1e-4 if group["weight_decay"] == 0.0 and
+                                         opts.param_groups == 3 and group is groups[-1] else 1e-3, name)
+                        self.assertLess(group["lr"], group["initial_lr"], "the schedule has decayed lr")
+                else:
+                    # The Trainer built the scheduler, so accelerate kept it from the engine: scheduler.pt has it.
+                    self.assertIsNone(saved["lr_scheduler"], name)
+        scheduler = torch.load(os.path.join(checkpoint, "scheduler.pt"))
+        self.assertEqual(scheduler["last_epoch"], step)
         tag_dir = os.path.join(checkpoint, "global_step%d" % step)
         self.assertIsNone(partition_sizes_add_up(tag_dir, opts.stage, opts.world_size, opts.dtype))
 

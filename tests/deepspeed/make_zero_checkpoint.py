@@ -4,8 +4,10 @@
     make_zero_checkpoint.py RUN_DIR --stage {1,2,3} --world-size N --dtype {fp16,bf16} [--reference OUT.pt] ...
 
 RUN_DIR gets one `checkpoint-<step>/` per `--checkpoints` step, each holding `global_step<step>/` (the ZeRO files
-of every rank), `latest`, a `zero_to_fp32.py` stand-in, `rng_state[_<rank>].pth`, `trainer_state.json`,
-`training_args.bin`, `config.json` and, when the Trainer would have gathered them, `model.safetensors`. The layout,
+of every rank), `latest`, a `zero_to_fp32.py` stand-in, `rng_state[_<rank>].pth`, `scheduler.pt`,
+`trainer_state.json`, `training_args.bin`, `config.json` and, when the Trainer would have gathered them,
+`model.safetensors`. The run is the Trainer's default with DeepSpeed: a config without "optimizer" and "scheduler"
+sections, so the Trainer's torch AdamW and linear LambdaLR are used. The layout,
 keys, dtypes, flattening, partitioning, alignment and padding follow DeepSpeed's save code as
 docs/deepspeed-format.md records it (with the DeepSpeed commits read); nothing here comes from DeepSpeed's code.
 
@@ -15,8 +17,8 @@ fp32 master weights, one tensor per parameter, with seeded gradients; its 16-bit
 Flat partitions and their optimizer state are then cut out of those per-parameter tensors, so what DeepSpeed's
 `get_fp32_state_dict_from_zero_checkpoint` would return is known before any file is written.
 
-DeepSpeed and transformers pickle some of their own classes (loss scalers, the ZeRO stage enum, fragment
-addresses, TrainingArguments). Stand-ins with the same module and class names are registered in sys.modules
+DeepSpeed, transformers and accelerate pickle some of their own classes (loss scalers, the ZeRO stage enum,
+fragment addresses, TrainingArguments and the DeepSpeed config objects inside it). Stand-ins with the same module and class names are registered in sys.modules
 below, so the pickles' GLOBAL opcodes name the real classes, as in real files; loading these files needs this
 module imported (or the real packages).
 
@@ -130,12 +132,26 @@ class fragment_address:  # noqa: N801  (DeepSpeed's name)
 
 @_stand_in("transformers.integrations.deepspeed")
 class HfTrainerDeepSpeedConfig:
-    """TrainingArguments.hf_deepspeed_config: the resolved DeepSpeed config, pickled inside training_args.bin."""
+    """TrainingArguments.hf_deepspeed_config: the resolved DeepSpeed config, pickled inside training_args.bin.
+    Attributes in the order accelerate's HfDeepSpeedConfig and then transformers' subclass set them."""
 
     def __init__(self, config, dtype):
         self.config = config
+        self._stage = config["zero_optimization"]["stage"]
+        self._offload = False
         self._dtype = dtype
         self.mismatches = []
+
+
+@_stand_in("accelerate.utils.dataclasses")
+class DeepSpeedPlugin:
+    """TrainingArguments.deepspeed_plugin, built from hf_deepspeed_config (a few of its many fields)."""
+
+    def __init__(self, hf_ds_config):
+        self.hf_ds_config = hf_ds_config
+        self.gradient_accumulation_steps = hf_ds_config.config["gradient_accumulation_steps"]
+        self.gradient_clipping = hf_ds_config.config["gradient_clipping"]
+        self.zero_stage = hf_ds_config._stage
 
 
 @_stand_in("transformers.training_args")
@@ -175,6 +191,10 @@ class ZeroTestModel(torch.nn.Module):
             self.head.weight = self.embed.weight
 
 
+LR = 1e-3
+TOTAL_STEPS = 1000
+
+
 @dataclasses.dataclass
 class Options:
     stage: int
@@ -191,7 +211,7 @@ class Options:
     gather_16bit: bool = False
     enum_by_value: bool = False
     seed: int = 1234
-    ds_version: str = "0.16.4"
+    ds_version: str = "0.19.8"
     micro_batch: int = 4
 
     @property
@@ -213,9 +233,15 @@ class Training:
         self.masters = collections.OrderedDict(
             (n, p.detach().clone().float()) for n, p in self.model.named_parameters() if p.requires_grad)
         self.groups = self._param_groups()
+        # As Trainer.create_optimizer: groups name params and weight_decay, the rest comes from the defaults (the
+        # third group's own lr stands for a user's custom group).
         self.optimizer = torch.optim.AdamW(
-            [{"params": [self.masters[n] for n in names], "weight_decay": wd, "lr": lr}
-             for names, wd, lr in self.groups], betas=(0.9, 0.999), eps=1e-8)
+            [dict({"params": [self.masters[n] for n in names], "weight_decay": wd}, **({} if lr == LR else {"lr": lr}))
+             for names, wd, lr in self.groups], lr=LR, betas=(0.9, 0.999), eps=1e-8)
+        # Trainer.create_scheduler's linear schedule (a LambdaLR over a functools.partial) on the same optimizer,
+        # so that the saved param groups carry initial_lr and the decayed lr, as in a real run.
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                          functools.partial(linear_decay, total=TOTAL_STEPS))
         self.generator = torch.Generator().manual_seed(opts.seed + 1)
         self.step = 0
 
@@ -231,10 +257,10 @@ class Training:
         decay = [n for n in names if n not in no_decay and n not in own]
         rest = [n for n in names if n in no_decay and n not in own]
         if self.opts.param_groups == 1:
-            return [(decay + rest, 0.01, 1e-3)]
-        groups = [(decay, 0.01, 1e-3), (rest, 0.0, 1e-3)]
+            return [(decay + rest, 0.01, LR)]
+        groups = [(decay, 0.01, LR), (rest, 0.0, LR)]
         if own:
-            groups.append((own, 0.0, 1e-4))
+            groups.append((own, 0.0, LR / 10))
         return groups
 
     def train_to(self, step):
@@ -242,6 +268,7 @@ class Training:
             for master in self.masters.values():
                 master.grad = torch.randn(master.shape, generator=self.generator) * 0.1
             self.optimizer.step()
+            self.schedule.step()
             self.step += 1
         with torch.no_grad():
             for name, param in self.model.named_parameters():
@@ -339,7 +366,9 @@ def stage12_rank_files(training, rank):
         flat = torch.cat([training.masters[n].reshape(-1) for n in names])
         aligned = ceil_to(flat.numel(), 2 * world)
         size = aligned // world
-        padding = aligned - flat.numel() if rank == world - 1 else 0
+        # DeepSpeedZeroOptimizer.__init__: the part of this rank's partition past the group's end, the whole
+        # partition when it starts past the end (a group smaller than world - 1 partitions pads several ranks).
+        padding = min(size, max(0, (rank + 1) * size - flat.numel()))
 
         def cut(values):
             padded = torch.zeros(aligned)
@@ -347,8 +376,7 @@ def stage12_rank_files(training, rank):
             return padded[rank * size:(rank + 1) * size].clone()
 
         partition = cut(flat)
-        # _get_groups_without_padding: a view, so torch.save stores the whole padded partition; a negative
-        # length slices from the end, as Python does.
+        # _get_groups_without_padding: a view, so torch.save stores the whole padded partition's storage.
         partitions.append(partition[:size - padding])
         paddings.append(padding)
         step = training.optimizer_state(names[0])["step"]
@@ -368,19 +396,20 @@ def stage12_rank_files(training, rank):
     param_groups = training.group_hyperparameters()
     for g, group in enumerate(param_groups):
         group["params"] = [g]
-    return collections.OrderedDict([
-        ("loss_scaler", loss_scaler(opts, training.step)),
-        ("dynamic_loss_scale", opts.dtype == "fp16"),
-        ("overflow", False),
-        ("clip_grad", 1.0),
-        ("base_optimizer_state", {"state": states, "param_groups": param_groups}),
-        ("single_partition_of_fp32_groups", partitions),
-        ("zero_stage", zero_stage(opts)),
-        ("group_paddings", paddings),
-        ("partition_count", [world] * len(training.groups)),
-        ("ds_version", opts.ds_version),
-        ("param_slice_mappings", mappings),
-    ])
+    # A plain dict in this key order, as state_dict() fills it.
+    return {
+        "loss_scaler": loss_scaler(opts, training.step),
+        "dynamic_loss_scale": opts.dtype == "fp16",
+        "overflow": False,
+        "clip_grad": 1.0,
+        "base_optimizer_state": {"state": states, "param_groups": param_groups},
+        "single_partition_of_fp32_groups": partitions,
+        "zero_stage": zero_stage(opts),
+        "group_paddings": paddings,
+        "partition_count": [world] * len(training.groups),
+        "ds_version": opts.ds_version,
+        "param_slice_mappings": mappings,
+    }
 
 
 def stage3_sub_groups(training):
@@ -420,15 +449,16 @@ def stage3_rank_files(training, rank, padding_fill):
     param_groups = training.group_hyperparameters()
     for g, group in enumerate(param_groups):
         group["params"] = [s for s, (owner, _) in enumerate(sub_groups) if owner == g]
-    return collections.OrderedDict([
-        ("zero_stage", zero_stage(opts)),
-        ("loss_scaler", loss_scaler(opts, training.step)),
-        ("dynamic_loss_scale", opts.dtype == "fp16"),
-        ("overflow", False),
-        ("partition_count", world),
-        ("optimizer_state_dict", {"state": states, "param_groups": param_groups}),
-        ("fp32_flat_groups", flats),
-    ])
+    # _rigid_state_dict: a plain dict in this key order.
+    return {
+        "zero_stage": zero_stage(opts),
+        "loss_scaler": loss_scaler(opts, training.step),
+        "dynamic_loss_scale": opts.dtype == "fp16",
+        "overflow": False,
+        "partition_count": world,
+        "optimizer_state_dict": {"state": states, "param_groups": param_groups},
+        "fp32_flat_groups": flats,
+    }
 
 
 def zero_stage(opts):
@@ -477,17 +507,6 @@ def ds_config(opts):
     }
 
 
-def lr_scheduler_state(training):
-    """The Trainer's linear schedule (a LambdaLR over a functools.partial, so lr_lambdas hold {}), which the
-    engine saves as lr_scheduler when the DeepSpeed config names no scheduler."""
-    dummy = torch.optim.SGD([{"params": [torch.zeros(1)], "lr": lr} for _, _, lr in training.groups], lr=1e-3)
-    schedule = torch.optim.lr_scheduler.LambdaLR(dummy, functools.partial(linear_decay, total=1000))
-    for _ in range(training.step):
-        dummy.step()
-        schedule.step()
-    return schedule.state_dict()
-
-
 def linear_decay(step, total):
     return max(0.0, (total - step) / total)
 
@@ -511,28 +530,31 @@ def model_states(training, rank, module, padding_fill):
                                  padding_fill)) for n in frozen)
     else:
         fragments = collections.OrderedDict((n, by_name[n].detach().to(opts.torch_dtype)) for n in frozen)
-    return collections.OrderedDict([
-        ("module", module),
-        ("buffer_names", persistent_buffer_names(training.model)),
-        ("optimizer", None),
-        ("param_shapes", param_shapes),
-        ("frozen_param_shapes", collections.OrderedDict((n, by_name[n].shape) for n in frozen) if save_frozen
-         else None),
+    # engine._save_checkpoint builds a plain dict(...) in this key order.
+    return {
+        "module": module,
+        "buffer_names": persistent_buffer_names(training.model),
+        "optimizer": None,
+        "param_shapes": param_shapes,
+        "frozen_param_shapes": collections.OrderedDict((n, by_name[n].shape) for n in frozen) if save_frozen
+        else None,
         # Computed on global rank 0 only: the other ranks' files hold {}.
-        ("shared_params", shared_params(training.model) if rank == 0 else {}),
-        ("frozen_param_fragments", fragments if save_frozen else None),
-        ("lr_scheduler", lr_scheduler_state(training)),
-        ("data_sampler", None),
-        ("random_ltd", None),
-        ("sparse_tensor_module_names", set()),
-        ("skipped_steps", 0),
-        ("global_steps", training.step),
-        ("global_samples", training.step * opts.micro_batch * opts.world_size),
-        ("dp_world_size", opts.world_size),
-        ("mp_world_size", 1),
-        ("ds_config", ds_config(opts)),
-        ("ds_version", opts.ds_version),
-    ])
+        "shared_params": shared_params(training.model) if rank == 0 else {},
+        "frozen_param_fragments": fragments if save_frozen else None,
+        # The Trainer's own LambdaLR is not one of DeepSpeed's schedulers, so accelerate does not hand it to
+        # deepspeed.initialize: the engine has none, and the Trainer writes scheduler.pt itself.
+        "lr_scheduler": None,
+        "data_sampler": None,
+        "random_ltd": None,
+        "sparse_tensor_module_names": set(),
+        "skipped_steps": 0,
+        "global_steps": training.step,
+        "global_samples": training.step * opts.micro_batch * opts.world_size,
+        "dp_world_size": opts.world_size,
+        "mp_world_size": 1,
+        "ds_config": ds_config(opts),
+        "ds_version": opts.ds_version,
+    }
 
 
 def module_state(training):
@@ -589,8 +611,8 @@ def write_checkpoint(run_dir, training):
 
 
 def write_hf_files(checkpoint, training, module):
-    """What the Trainer writes beside DeepSpeed's files: weights (when gathered), config, RNG states, state,
-    arguments. No optimizer.pt, and no scheduler.pt: the engine saved the scheduler."""
+    """What the Trainer writes beside DeepSpeed's files: weights (when gathered), config, RNG states, the
+    scheduler, state, arguments. No optimizer.pt: the engine saved the optimizer."""
     opts = training.opts
     if opts.stage < 3 or opts.gather_16bit:
         # save_pretrained keeps one name of tied weights: the first.
@@ -610,12 +632,15 @@ def write_hf_files(checkpoint, training, module):
     for rank in range(opts.world_size):
         name = "rng_state.pth" if opts.world_size == 1 else "rng_state_%d.pth" % rank
         torch.save(rng_states(opts.seed + rank + training.step), os.path.join(checkpoint, name))
+    # Trainer._save_optimizer_and_scheduler: the scheduler is not the engine's (see model_states), so it is saved.
+    torch.save(training.schedule.state_dict(), os.path.join(checkpoint, "scheduler.pt"))
     runs.write_json(os.path.join(checkpoint, "trainer_state.json"), runs.trainer_state(training.step))
+    hf_config = HfTrainerDeepSpeedConfig(ds_config(opts), opts.torch_dtype)
     torch.save(TrainingArguments(
-        output_dir=os.path.dirname(checkpoint), per_device_train_batch_size=opts.micro_batch, learning_rate=1e-3,
-        weight_decay=0.01, max_grad_norm=1.0, max_steps=1000, save_steps=max(opts.checkpoints[0], 1),
+        output_dir=os.path.dirname(checkpoint), per_device_train_batch_size=opts.micro_batch, learning_rate=LR,
+        weight_decay=0.01, max_grad_norm=1.0, max_steps=TOTAL_STEPS, save_steps=max(opts.checkpoints[0], 1),
         save_total_limit=None, fp16=opts.dtype == "fp16", bf16=opts.dtype == "bf16", deepspeed="ds_config.json",
-        seed=opts.seed, local_rank=0, hf_deepspeed_config=HfTrainerDeepSpeedConfig(ds_config(opts), opts.torch_dtype)),
+        seed=opts.seed, local_rank=0, hf_deepspeed_config=hf_config, deepspeed_plugin=DeepSpeedPlugin(hf_config)),
         os.path.join(checkpoint, "training_args.bin"))
 
 
@@ -690,8 +715,11 @@ def consolidate(checkpoint):
     assert world == len(optim), "%d optimizer shards for a partition count of %d" % (len(optim), world)
     out = collections.OrderedDict()
     first = model[0]
-    for name in first["buffer_names"]:
-        out[name] = first["module"][name].float()
+    # parse_model_states: the module's entries named in buffer_names, in the module's order, all as float32
+    # (num_batches_tracked too).
+    for name, tensor in first["module"].items():
+        if name in first["buffer_names"]:
+            out[name] = tensor.float()
     for name, shape in (first["frozen_param_shapes"] or {}).items():
         if stage <= 2:
             out[name] = first["frozen_param_fragments"][name]
@@ -785,7 +813,7 @@ def parse(argv):
     p.add_argument("--enum-by-value", action="store_true",
                    help="pickle zero_stage as ZeroStageEnum(2) (Pythons other than 3.11) instead of by name")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--ds-version", default="0.16.4")
+    p.add_argument("--ds-version", default="0.19.8")
     p.add_argument("--damage", choices=DAMAGES, help="damage the newest checkpoint this way")
     p.add_argument("--reference", metavar="OUT.pt",
                    help="write the consolidated fp32 state dict of the newest checkpoint")
