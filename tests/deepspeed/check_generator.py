@@ -43,6 +43,14 @@ def pickle_globals(path):
     return data[:2], found
 
 
+def storage_locations(path):
+    """The device strings of the storages a torch.save zip file records ('cpu', 'cuda:0'...)."""
+    with zipfile.ZipFile(path) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    strings = [arg for op, arg, _ in pickletools.genops(data) if isinstance(arg, str)]
+    return {a for a in strings if a == "cpu" or (a.startswith("cuda:") and a[5:].isdigit())}
+
+
 def top_level_globals(path):
     """The GLOBAL opcodes met before the pickle's first container opcode: the top-level object's class, if any."""
     with zipfile.ZipFile(path) as z:
@@ -61,9 +69,10 @@ def partition_sizes_add_up(tag_dir, stage, world, dtype):
     the sizes param_shapes imply. Returns the first mismatch as text, or None."""
     prefix = "bf16_" if dtype == "bf16" else ""
     model_name = "zero_pp_rank_0_mp_rank_00_model_states.pt" if stage == 3 else "mp_rank_00_model_states.pt"
-    shapes = torch.load(os.path.join(tag_dir, model_name))["param_shapes"]
+    shapes = torch.load(os.path.join(tag_dir, model_name), map_location="cpu")["param_shapes"]
     for rank in range(world):
-        zero = torch.load(os.path.join(tag_dir, "%szero_pp_rank_%d_mp_rank_00_optim_states.pt" % (prefix, rank)))
+        zero = torch.load(os.path.join(tag_dir, "%szero_pp_rank_%d_mp_rank_00_optim_states.pt" % (prefix, rank)),
+                          map_location="cpu")
         zero = zero["optimizer_state_dict"]
         if stage == 3:
             wanted = [sum((s.numel() + world - 1) // world for s in group.values()) for group in shapes]
@@ -177,7 +186,7 @@ class GeneratorTest(unittest.TestCase):
             if name.endswith(("optim_states.pt", "model_states.pt")):
                 # engine._save_checkpoint, _save_zero_checkpoint and the optimizers' state_dict build plain dicts.
                 self.assertNotIn("collections OrderedDict", top_level_globals(path), name)
-                saved = torch.load(path)
+                saved = torch.load(path, map_location="cpu")
                 self.assertIs(type(saved), dict, name)
                 if name.endswith("optim_states.pt"):
                     self.assertIs(type(saved["optimizer_state_dict"]), dict, name)
@@ -190,10 +199,31 @@ class GeneratorTest(unittest.TestCase):
                 else:
                     # The Trainer built the scheduler, so accelerate kept it from the engine: scheduler.pt has it.
                     self.assertIsNone(saved["lr_scheduler"], name)
+        self.check_devices_and_views(opts, os.path.join(checkpoint, "global_step%d" % step))
         scheduler = torch.load(os.path.join(checkpoint, "scheduler.pt"))
         self.assertEqual(scheduler["last_epoch"], step)
         tag_dir = os.path.join(checkpoint, "global_step%d" % step)
         self.assertIsNone(partition_sizes_add_up(tag_dir, opts.stage, opts.world_size, opts.dtype))
+
+    def check_devices_and_views(self, opts, tag_dir):
+        for rank in range(opts.world_size):
+            optim = os.path.join(tag_dir, gen.optim_file_name(opts, rank))
+            # GPU tensors are tagged with the saving rank's device; AdamW's step counters live on the CPU.
+            self.assertEqual(storage_locations(optim), {"cuda:%d" % rank, "cpu"}, optim)
+            if opts.stage == 3 or rank == 0:
+                model = os.path.join(tag_dir, gen.model_file_name(opts, rank))
+                frozen_on_cpu = {"cpu"} if opts.frozen and opts.stage > 1 else set()
+                self.assertEqual(storage_locations(model), {"cuda:%d" % rank} | frozen_on_cpu, model)
+        if opts.stage == 3:
+            return
+        saved = torch.load(os.path.join(tag_dir, "mp_rank_00_model_states.pt"), map_location="cpu")
+        for shapes in saved["param_shapes"]:
+            views = [saved["module"][name] for name in shapes]
+            numel = sum(shape.numel() for shape in shapes.values())
+            self.assertEqual(len({v.storage().data_ptr() for v in views}), 1, "one flat buffer per group")
+            self.assertEqual(views[0].storage().size(), gen.ceil_to(numel, 2 * opts.world_size))
+            offsets = [v.storage_offset() for v in views]
+            self.assertEqual(offsets, [sum(s.numel() for s in list(shapes.values())[:i]) for i in range(len(views))])
 
     def test_matrix(self):
         started = time.monotonic()
@@ -225,7 +255,8 @@ class GeneratorTest(unittest.TestCase):
 
     def test_stage3_sub_groups_split_param_groups(self):
         opts, training, checkpoint, _ = self.build("sub", stage=3, world_size=2, dtype="bf16", sub_group_size=40)
-        zero = torch.load(os.path.join(checkpoint, "global_step5", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"))
+        zero = torch.load(os.path.join(checkpoint, "global_step5", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"),
+                          map_location="cpu")
         zero = zero["optimizer_state_dict"]
         self.assertGreater(len(zero["fp32_flat_groups"]), len(training.groups))
         owned = [g["params"] for g in zero["optimizer_state_dict"]["param_groups"]]
@@ -255,7 +286,7 @@ class GeneratorTest(unittest.TestCase):
                         self.assertTrue(os.path.exists(shard(1)))
                     elif kind == "truncated-shard":
                         with self.assertRaises(Exception):
-                            torch.load(shard(0))
+                            torch.load(shard(0), map_location="cpu")
                     elif kind == "latest-missing-tag":
                         self.assertEqual(latest, "global_step6")
                         self.assertFalse(os.path.exists(os.path.join(checkpoint, latest)))

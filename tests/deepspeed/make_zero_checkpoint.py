@@ -567,11 +567,55 @@ def module_state(training):
             placeholders.setdefault(id(param), torch.empty(0, dtype=training.opts.torch_dtype))
             module[name] = placeholders[id(param)]
     else:
-        # Tied names share one storage in the engine's module, and torch.save keeps them shared.
-        first = {}
+        # DeepSpeedZeroOptimizer points every trainable parameter into its group's flat 16-bit buffer (aligned to
+        # 2 x world, zero padded): the module's entries are views with storage offsets into one storage per
+        # group, and tied names share the view. Frozen parameters and buffers keep storages of their own.
+        views = {}
+        for names, _, _ in training.groups:
+            numel = sum(training.masters[n].numel() for n in names)
+            flat = torch.zeros(ceil_to(numel, 2 * training.opts.world_size), dtype=training.opts.torch_dtype)
+            offset = 0
+            for n in names:
+                count = training.masters[n].numel()
+                flat[offset:offset + count] = module[n].reshape(-1)
+                views[n] = flat[offset:offset + count].view(training.masters[n].shape)
+                offset += count
         for name, param in every_parameter_name(training.model):
-            module[name] = first.setdefault(id(param), module[name])
+            first = training.names[id(param)]
+            if first in views:
+                module[name] = views[first]
+            else:
+                module[name] = module[first]
     return collections.OrderedDict((n, module[n]) for n in training.model.state_dict())
+
+
+def cpu_resident_storages(saved):
+    """The storages that a real run holds in host memory when it saves `saved` (an optim_states or model_states
+    dict): the optimizers' step counters (torch's AdamW keeps them on the CPU) and the frozen fragments
+    (engine._get_param_fragment_func copies them with .cpu()). Everything else lives on the rank's GPU."""
+    out = set()
+    zero = saved.get("optimizer_state_dict")
+    if zero is not None:
+        base = zero.get("base_optimizer_state") or zero.get("optimizer_state_dict")
+        out |= {state["step"].storage().data_ptr() for state in base["state"].values()}
+    out |= {t.storage().data_ptr() for t in (saved.get("frozen_param_fragments") or {}).values()}
+    return out
+
+
+def save_from_gpu(saved, path, rank):
+    """torch.save as rank `rank` of a one-node run would: storages on its GPU are tagged 'cuda:<rank>' in the
+    pickle (torch.load needs map_location without CUDA), host-memory ones 'cpu'."""
+    on_cpu = cpu_resident_storages(saved)
+    original = torch.serialization.location_tag
+
+    def location(storage):
+        return original(storage) if storage.data_ptr() in on_cpu else "cuda:%d" % rank
+
+    torch.serialization.location_tag = location
+    try:
+        torch.save(saved, path)
+    finally:
+        torch.serialization.location_tag = original
 
 
 def optim_file_name(opts, rank):
@@ -593,12 +637,12 @@ def write_checkpoint(run_dir, training):
     padding = torch.Generator().manual_seed(opts.seed + 7 + step)
     for rank in range(opts.world_size):
         if opts.stage == 3 or rank == 0:
-            torch.save(model_states(training, rank, module, garbage(padding)),
-                       os.path.join(tag_dir, model_file_name(opts, rank)))
+            save_from_gpu(model_states(training, rank, module, garbage(padding)),
+                          os.path.join(tag_dir, model_file_name(opts, rank)), rank)
         optimizer = (stage3_rank_files(training, rank, garbage(padding)) if opts.stage == 3
                      else stage12_rank_files(training, rank))
-        torch.save({"optimizer_state_dict": optimizer, "ds_config": ds_config(opts), "ds_version": opts.ds_version},
-                   os.path.join(tag_dir, optim_file_name(opts, rank)))
+        save_from_gpu({"optimizer_state_dict": optimizer, "ds_config": ds_config(opts), "ds_version": opts.ds_version},
+                      os.path.join(tag_dir, optim_file_name(opts, rank)), rank)
     with open(os.path.join(checkpoint, "latest"), "w") as f:
         f.write(tag)
     script = os.path.join(checkpoint, "zero_to_fp32.py")
@@ -686,11 +730,11 @@ def damage(checkpoint, opts, kind):
             f.write("../global_step%d" % step)
     elif kind == "sizes-mismatch":
         path = os.path.join(tag_dir, optim_file_name(opts, 0))
-        saved = torch.load(path)
+        saved = torch.load(path, map_location="cpu")
         key = "fp32_flat_groups" if opts.stage == 3 else "single_partition_of_fp32_groups"
         groups = saved["optimizer_state_dict"][key]
         groups[0] = groups[0][:-1].clone()
-        torch.save(saved, path)
+        save_from_gpu(saved, path, 0)
     else:
         raise ValueError(kind)
 
@@ -707,8 +751,8 @@ def consolidate(checkpoint):
     with open(os.path.join(checkpoint, "latest")) as f:
         tag_dir = os.path.join(checkpoint, f.read().strip())
     names = sorted(os.listdir(tag_dir), key=natural_key)
-    optim = [torch.load(os.path.join(tag_dir, n)) for n in names if n.endswith("_optim_states.pt")]
-    model = [torch.load(os.path.join(tag_dir, n)) for n in names if n.endswith("_model_states.pt")]
+    optim = [torch.load(os.path.join(tag_dir, n), map_location="cpu") for n in names if n.endswith("_optim_states.pt")]
+    model = [torch.load(os.path.join(tag_dir, n), map_location="cpu") for n in names if n.endswith("_model_states.pt")]
     zero = optim[0]["optimizer_state_dict"]
     stage = int(zero["zero_stage"])
     world = max(zero["partition_count"]) if isinstance(zero["partition_count"], list) else zero["partition_count"]
