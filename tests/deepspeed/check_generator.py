@@ -4,8 +4,10 @@ param groups, small stage-3 sub-groups, untied weights, enums pickled by value, 
 checkpoints), the reference it writes equals the model's fp32 master weights bit for bit (frozen parameters and
 buffers as DeepSpeed's get_fp32_state_dict_from_zero_checkpoint returns them); every file DeepSpeed and the
 Trainer would write is there and nothing else; every pickle is a protocol-2 torch.save zip whose GLOBAL opcodes
-name only torch, Python, numpy, DeepSpeed and transformers (never this generator); partition sizes follow the
-rules of docs/deepspeed-format.md; each damaged variant is damaged as it says.
+name only torch, Python, numpy, DeepSpeed, transformers and accelerate (never this generator); the DeepSpeed files
+are plain dicts with storages tagged 'cuda:<rank>' (AdamW steps and frozen fragments 'cpu') and stage 1/2 modules
+are views into one flat buffer per group; partition sizes and group_paddings follow the rules of
+docs/deepspeed-format.md; scheduler.pt holds the schedule; each damaged variant is damaged as it says.
 
     /usr/bin/python3 tests/deepspeed/check_generator.py      (a few seconds; exits non-zero on the first failure)
 

@@ -18,9 +18,11 @@ Flat partitions and their optimizer state are then cut out of those per-paramete
 `get_fp32_state_dict_from_zero_checkpoint` would return is known before any file is written.
 
 DeepSpeed, transformers and accelerate pickle some of their own classes (loss scalers, the ZeRO stage enum,
-fragment addresses, TrainingArguments and the DeepSpeed config objects inside it). Stand-ins with the same module and class names are registered in sys.modules
-below, so the pickles' GLOBAL opcodes name the real classes, as in real files; loading these files needs this
-module imported (or the real packages).
+fragment addresses, TrainingArguments and the DeepSpeed config objects inside it). Stand-ins with the same module
+and class names are registered in sys.modules below, so the pickles' GLOBAL opcodes name the real classes, as in
+real files; loading these files needs this module imported (or the real packages). Storages are tagged with the
+device a real run saves them from ('cuda:<rank>' for most, so torch.load needs map_location='cpu'), and under
+stages 1/2 the module's parameters are views into one flat 16-bit buffer per param group, as DeepSpeed leaves them.
 
 --reference OUT.pt consolidates the newest checkpoint from its files (torch.cat of the partitions, narrowing,
 padding dropped, frozen parameters, buffers and tied names as zero_to_fp32 rebuilds them), asserts that the
