@@ -11,8 +11,8 @@ docs/deepspeed-format.md; scheduler.pt holds the schedule; each damaged variant 
 
     /usr/bin/python3 tests/deepspeed/check_generator.py      (a few seconds; exits non-zero on the first failure)
 
-Not registered in ctest yet: the C++ reader that these fixtures are for comes later, and its tests will run this
-generator themselves.
+In ctest as deepspeed_check_generator, so the fixtures stay right before the C++ reader they are for (issue 17)
+lands and its tests run the generator themselves.
 """
 
 import os
