@@ -2,11 +2,16 @@
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import unittest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-CKPT = os.environ.get("CKPT_BIN", os.path.join(ROOT, "build", "ckpt"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
+
+import harness  # noqa: E402
+from harness import ckpt_ok  # noqa: E402
+
+ROOT = harness.REPO
 
 
 def read_text(*parts):
@@ -15,14 +20,14 @@ def read_text(*parts):
 
 
 def subcommands():
-    out = subprocess.run([CKPT, "--help"], capture_output=True, text=True, check=True).stdout
+    out = ckpt_ok(None, "--help").stdout
     section = out.split("Subcommands:", 1)[1]
     return re.findall(r"^\s+([a-z]+)\s", section, re.M)
 
 
 def help_options(sub):
     """{option: (takes_value, description)} from `ckpt SUB --help`, each long option and -o, -q, -v on its own."""
-    out = subprocess.run([CKPT, sub, "--help"], capture_output=True, text=True, check=True).stdout
+    out = ckpt_ok(None, sub, "--help").stdout
     options = {}
     current = None
     for line in out.splitlines():
@@ -131,7 +136,7 @@ class ManPage(unittest.TestCase):
         man = read_text("man", "ckpt.1").replace("\\-", "-")
         for sub in subcommands():
             self.assertIn(f".SS {sub}", man)
-            help_text = subprocess.run([CKPT, sub, "--help"], capture_output=True, text=True, check=True).stdout
+            help_text = ckpt_ok(self, sub, "--help").stdout
             for option in re.findall(r"(--[a-z][a-z-]*)", help_text):
                 self.assertIn(option, man, f"{sub} {option}")
 
@@ -149,7 +154,7 @@ class HelpAndManAgree(unittest.TestCase):
 
     def test_options_are_plain_names(self):
         for sub in subcommands():
-            out = subprocess.run([CKPT, sub, "--help"], capture_output=True, text=True, check=True).stdout
+            out = ckpt_ok(None, sub, "--help").stdout
             self.assertNotRegex(out, r"\n  -[^ \n]*[{}]", sub)
 
     def test_same_options_taking_a_value_alike(self):
@@ -418,7 +423,7 @@ class Completions(unittest.TestCase):
 
 class Install(unittest.TestCase):
     def test_cmake_install_lays_out_files(self):
-        build = os.path.dirname(CKPT)
+        build = os.path.dirname(harness.CKPT_BIN)
         with tempfile.TemporaryDirectory() as dest:
             subprocess.run(["cmake", "--install", build, "--prefix", "/usr/local"], check=True, capture_output=True,
                            env={**os.environ, "DESTDIR": dest})
