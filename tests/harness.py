@@ -11,13 +11,15 @@ package, `from manage import runs`):
   text, `json()`, `error_line()`, `describe()` for assertion messages); it never raises on a non-zero exit.
   A run past `timeout` is killed and fails the test, unless the caller judges hangs itself
   (`report_timeout=True`: `Result.timed_out`). `limit_memory=True` caps the child's address space (hostile
-  input must not take the machine down); `cap` bounds what is kept of each stream. `ckpt_ok(testcase, ...)`
-  also fails the test unless the exit status is 0, with the command and both streams in the message.
-  `ckpt_untrusted` is ckpt() with both, for hostile input.
-  `environment()` is this process's environment with some variables set or removed, for `env=`.
+  input must not take the machine down), `file_size_limit` the size of its files (a full disk); `cap` bounds
+  what is kept of each stream. `ckpt_untrusted` is ckpt() with limit_memory and report_timeout, for hostile
+  input. `ckpt_ok(testcase, ...)` also fails the test unless the exit status is 0, with the command and both
+  streams in the message. `environment()` is this process's environment with some variables set or removed,
+  for `env=`.
 * safetensors, read with nothing but the format's rules (no `safetensors` package is installed for
   /usr/bin/python3): `read_header`, `read_safetensors` (torch tensors), `validate_safetensors` (every rule
-  of docs/formats.md section 4 and the safetensors library's data order; a list of problems).
+  of the format (an 8-byte header length, a JSON header padded with spaces, contiguous data) and the
+  safetensors library's data order; a list of problems).
 * Files: `TempDirTest` (a fresh self.tmp per test, self.path()), `make_temp_dir`/`remove_temp_dir` for a
   module's directory ($CKPT_TEST_KEEP keeps it), `copy_tree_writable`, `copy_fixture_run`,
   `tree_snapshot` (every file, directory and symlink below a directory, to compare before and after),
@@ -36,9 +38,11 @@ import hashlib
 import json
 import os
 import pty
+import resource
 import select
 import shlex
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -152,14 +156,15 @@ _memory_limit = []  # [kb or None] once computed: reading the binary once per pr
 
 
 def ckpt(*args, cwd=None, env=None, timeout=60, input=None, cap=64 * 1024 * 1024, limit_memory=False,
-         report_timeout=False):
+         report_timeout=False, file_size_limit=None):
     """Runs `ckpt ARGS...` (each argument str()-ed) and returns its Result; never raises on a non-zero exit.
 
     env: the child's whole environment (see environment()), default this process's. input: bytes or text for
     stdin, which is otherwise /dev/null. At most `cap` bytes of each stream are kept (a buggy binary may write
     without end). A run longer than `timeout` seconds is killed; that raises AssertionError unless
     report_timeout, where the Result says timed_out. limit_memory: `ulimit -v` for the child (see
-    _memory_limit_kb)."""
+    _memory_limit_kb). file_size_limit: no file of the child grows past that many bytes, and a write() that would
+    fails with EFBIG (SIGXFSZ ignored): a full disk without mounting one."""
     argv = [CKPT_BIN] + [str(a) for a in args]
     command = argv
     if limit_memory:
@@ -169,9 +174,14 @@ def ckpt(*args, cwd=None, env=None, timeout=60, input=None, cap=64 * 1024 * 1024
             command = ["/bin/sh", "-c", 'ulimit -v %d; exec "$0" "$@"' % _memory_limit[0]] + argv
     if isinstance(input, str):
         input = input.encode()
+    limit_file_size = None
+    if file_size_limit is not None:
+        def limit_file_size():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
     start = time.monotonic()
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env, preexec_fn=limit_file_size)
     kept = {"out": [bytearray(), 0], "err": [bytearray(), 0]}
 
     def pump(stream, key):

@@ -1482,24 +1482,12 @@ class WriteFailures(ConvertCase):
     """A write that fails part way (the file-size limit stands in for a full disk) leaves no destination and no
     temporary file, and says what failed."""
 
-    def convert_with_file_limit(self, src, dst, limit_bytes, *options):
-        import resource
-        import signal
-        import subprocess
-
-        def limit():
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of a signal
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-
-        return subprocess.run([harness.CKPT_BIN, "convert", src, "-o", dst, *options], capture_output=True, text=True,
-                              preexec_fn=limit, timeout=120)
-
     def test_file_too_large_midway(self):
         sd = rich_state_dict()
         src = self.save(sd, "pytorch_model.bin")
         for target, limit_bytes in (("safetensors", 600), ("safetensors", 4096), ("pytorch", 1500)):
             dst = self.path("out-%s-%d" % (target, limit_bytes))
-            r = self.convert_with_file_limit(src, dst, limit_bytes, "--to", target)
+            r = harness.ckpt("convert", src, "-o", dst, "--to", target, file_size_limit=limit_bytes, timeout=120)
             self.assertEqual(r.returncode, 1, r.stderr)
             self.assertTrue(r.stderr.startswith("ckpt: error: " + dst), r.stderr)
             self.assertIn("File too large", r.stderr)
@@ -1513,7 +1501,7 @@ class WriteFailures(ConvertCase):
         with open(os.path.join(src_dir, "config.json"), "w") as f:
             f.write("{}" + " " * 5000)
         dst = self.path("converted")
-        r = self.convert_with_file_limit(src_dir, dst, 4096, "--to", "safetensors")
+        r = harness.ckpt("convert", src_dir, "-o", dst, "--to", "safetensors", file_size_limit=4096, timeout=120)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertFalse(os.path.exists(dst))
         self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".")], [])

@@ -9,7 +9,6 @@ import os
 import pickletools
 import random
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -362,17 +361,11 @@ class Reliability(TrainTest):
             # and it resumes from there
             self.ok(["resume", run, "--max-steps", str(int(checkpoints(run)[-1].split("-")[1]) + 10), "--save-steps", "10", "-q"])
 
-    def run_with_file_limit(self, args, limit_bytes):
-        def limit():
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write() rather than a signal
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-        return subprocess.run([harness.CKPT_BIN, *args], capture_output=True, text=True, preexec_fn=limit, timeout=300)
-
     def test_full_disk(self):
         run = self.path("run")
         self.save(run, "--max-steps", "20", "--save-steps", "20")
         before = {f: harness.sha256_file(os.path.join(run, "checkpoint-20", f)) for f in os.listdir(os.path.join(run, "checkpoint-20"))}
-        r = self.run_with_file_limit(["resume", run, "--max-steps", "40"], 40000)
+        r = ckpt("resume", run, "--max-steps", "40", file_size_limit=40000, timeout=300)
         self.assertEqual(r.returncode, 1, r.stderr)
         # Named where the file would have appeared, not in the hidden staging directory (issue 18 item 9).
         self.assertRegex(r.stderr, r"^ckpt: error: %s: write: File too large" % re.escape(os.path.join(run, "checkpoint-40", "optimizer.pt")))
