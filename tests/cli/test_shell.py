@@ -222,14 +222,15 @@ def bash_options():
 
 
 def zsh_options():
-    """{subcommand: {option: takes_value}} from completions/_ckpt."""
+    """{subcommand: {option: takes_value}} from completions/_ckpt; both names of a `{-q,--quiet}` spec."""
     text = read_text("completions", "_ckpt")
     arrays = {name: body for name, body in re.findall(r"^\s*(\w+)=\(\n(.*?)^\s*\)", text, re.M | re.S)}
-    spec = re.compile(r"(?:\{[-a-z,]*,)?(--?[a-z][-a-z0-9]*)\}?'?\[[^]]*\](:?)")
+    spec = re.compile(r"(?:\{([-a-z0-9,]+)\}|(--?[a-z][-a-z0-9]*))'?\[[^]]*\](:?)")
     result = {}
     for sub, body in re.findall(r"^\s{8}(\w+)\)\n(.*?);;", text, re.M | re.S):
         body = re.sub(r"\$(\w+)", lambda m: arrays.get(m.group(1), ""), body)
-        result[sub] = {name: bool(colon) for name, colon in spec.findall(body)}
+        result[sub] = {name: bool(colon) for names, name_alone, colon in spec.findall(body)
+                       for name in (names.split(",") if names else [name_alone])}
     return result
 
 
@@ -255,9 +256,14 @@ class Completions(unittest.TestCase):
     def test_every_option_of_every_subcommand_alike_in_each_script(self):
         bash_offered, bash_taking_value = bash_options()
         zsh, fish = zsh_options(), fish_options()
+        self.assertEqual(sorted(subcommands()), ["best", "convert", "diff", "inspect", "latest", "list", "resume", "rotate", "save", "tag"])
         for sub in subcommands():
             help = {o: v[0] for o, v in help_options(sub).items() if o.startswith("--")}
+            # Short names (-o, -q, -v) as zsh and fish offer them beside the long ones; bash offers long names only.
+            short = {o: v[0] for o, v in help_options(sub).items() if not o.startswith("--") and o != "-h"}
             with self.subTest(sub=sub):
+                self.assertEqual({o: v for o, v in zsh[sub].items() if not o.startswith("--")}, short, "zsh")
+                self.assertEqual({o: v for o, v in fish[sub].items() if not o.startswith("--")}, short, "fish")
                 self.assertEqual(sorted(bash_offered[sub]), sorted(help), "bash")
                 for option, takes_value in help.items():
                     self.assertEqual(option in bash_taking_value, takes_value, "bash " + option)
