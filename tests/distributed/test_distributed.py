@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
 
 import harness  # noqa: E402
+from harness import sha256_file as sha  # noqa: E402
 
 SHIM = os.environ.get("CKPT_FAULT_SHIM", "")
 RUN = ["--max-steps", "60", "--save-steps", "20", "--dropout", "0.1", "--train-examples", "1024", "-q"]
@@ -80,9 +81,9 @@ class DistributedTest(harness.TempDirTest):
                          ["config.json", "model.safetensors", "optimizer.pt", "rng_state_0.pth", "rng_state_1.pth", "scheduler.pt",
                           "trainer_state.json", "training_args.bin"])
         b = self.resume_from_20("b")
-        self.assertEqual(harness.sha256_file(os.path.join(a, "model.safetensors")), harness.sha256_file(os.path.join(b, "model.safetensors")))
+        self.assertEqual(sha(os.path.join(a, "model.safetensors")), sha(os.path.join(b, "model.safetensors")))
         for f in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state_0.pth", "rng_state_1.pth"):
-            self.assertEqual(harness.sha256_file(os.path.join(a, "checkpoint-60", f)), harness.sha256_file(os.path.join(b, "checkpoint-60", f)), f)
+            self.assertEqual(sha(os.path.join(a, "checkpoint-60", f)), sha(os.path.join(b, "checkpoint-60", f)), f)
         # Each rank's generators, in the Hugging Face format, loaded by Python; the two ranks' files are distinct files.
         for rank in (0, 1):
             rng = torch.load(os.path.join(a, "checkpoint-60", f"rng_state_{rank}.pth"), weights_only=False)
@@ -105,10 +106,10 @@ class DistributedTest(harness.TempDirTest):
         self.assertEqual([sorted(s["state"]) for s in shards], [s["shard"]["params"] for s in shards])
         b = self.resume_from_20("b", ["--shard-optimizer"])
         for f in ("model.safetensors", "optimizer_0.pt", "optimizer_1.pt", "rng_state_0.pth", "rng_state_1.pth"):
-            self.assertEqual(harness.sha256_file(os.path.join(a, "checkpoint-60", f)), harness.sha256_file(os.path.join(b, "checkpoint-60", f)), f)
+            self.assertEqual(sha(os.path.join(a, "checkpoint-60", f)), sha(os.path.join(b, "checkpoint-60", f)), f)
         # Sharding changes where the state lives, not the arithmetic.
         plain = self.save("plain")
-        self.assertEqual(harness.sha256_file(os.path.join(a, "model.safetensors")), harness.sha256_file(os.path.join(plain, "model.safetensors")))
+        self.assertEqual(sha(os.path.join(a, "model.safetensors")), sha(os.path.join(plain, "model.safetensors")))
 
     def test_matches_one_process_with_the_same_global_batch(self):
         # Without dropout (each rank draws masks for its own rows), two processes with per-device batch 32 take
@@ -256,8 +257,8 @@ class DistributedTest(harness.TempDirTest):
         shutil.rmtree(os.path.join(run, "checkpoint-60"))
         # --save-name: rank 0 alone names the final checkpoint (another rank trying too would find the name taken).
         self.ok(["resume", run, "--from", "checkpoint-20", "--save-name", "final"] + TWO + ["-q"])
-        self.assertEqual(harness.sha256_file(os.path.join(a, "model.safetensors")), harness.sha256_file(os.path.join(run, "model.safetensors")))
-        self.assertEqual(harness.sha256_file(os.path.join(a, "checkpoint-60", "optimizer_1.pt")), harness.sha256_file(os.path.join(run, "checkpoint-60", "optimizer_1.pt")))
+        self.assertEqual(sha(os.path.join(a, "model.safetensors")), sha(os.path.join(run, "model.safetensors")))
+        self.assertEqual(sha(os.path.join(a, "checkpoint-60", "optimizer_1.pt")), sha(os.path.join(run, "checkpoint-60", "optimizer_1.pt")))
         self.assertFalse([d for d in os.listdir(run) if d.startswith(".ckpt-staging-")])
         final = os.path.join(run, "final")
         self.assertEqual(sorted(os.listdir(final)), sorted(os.listdir(os.path.join(run, "checkpoint-60"))))
@@ -281,7 +282,7 @@ class DistributedTest(harness.TempDirTest):
         self.assertEqual(sorted(d for d in os.listdir(run) if not d.startswith(".ckpt.")), ["checkpoint-20"])
         # The next run continues from the last complete checkpoint, as if nothing had happened.
         self.ok(["resume", run] + TWO + ["-q"])
-        self.assertEqual(harness.sha256_file(os.path.join(a, "model.safetensors")), harness.sha256_file(os.path.join(run, "model.safetensors")))
+        self.assertEqual(sha(os.path.join(a, "model.safetensors")), sha(os.path.join(run, "model.safetensors")))
 
     def test_launcher_environment_is_honoured(self):
         # Workers started by another launcher (torchrun's variables) train exactly as ckpt's own launcher does.
@@ -298,7 +299,7 @@ class DistributedTest(harness.TempDirTest):
         self.assertEqual([p.returncode for p in procs], [0, 0], outs)
         self.assertEqual(json.loads(outs[0][0])["global_step"], 60)
         self.assertEqual(outs[1][0], "")  # only rank 0 prints
-        self.assertEqual(harness.sha256_file(os.path.join(reference, "model.safetensors")), harness.sha256_file(os.path.join(run, "model.safetensors")))
+        self.assertEqual(sha(os.path.join(reference, "model.safetensors")), sha(os.path.join(run, "model.safetensors")))
 
     def test_ranks_with_different_arguments_are_refused(self):
         port = str(free_port())

@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
 
 import harness  # noqa: E402
+from harness import sha256_file as sha, tree_snapshot as tree  # noqa: E402
 from manage import runs  # noqa: E402
 
 SHIM = os.environ.get("CKPT_FAULT_SHIM") or os.path.join(harness.REPO, "build", "tests", "libckpt_fault_shim.so")
@@ -77,7 +78,7 @@ class Convert(FaultTest):
             dst = self.path("short.safetensors")
             r = run(["convert", self.src, "--to", "safetensors", "-o", dst, "--force"], fault, match=self.tmp)
             self.assertEqual(r.returncode, 0, (fault, r.stderr))
-            self.assertEqual(harness.sha256_file(dst), harness.sha256_file(reference), fault)
+            self.assertEqual(sha(dst), sha(reference), fault)
 
 
 class Archive(FaultTest):
@@ -92,7 +93,7 @@ class Archive(FaultTest):
             f.write('{"model_type": "tiny"}')
         self.reference = self.path("reference.ckpt")
         self.assertEqual(run(["convert", self.src, "--to", "archive", "-o", self.reference]).returncode, 0)
-        self.before = harness.tree_snapshot(self.src)
+        self.before = tree(self.src)
 
     def test_archive_each_failing_operation(self):
         dst = self.path("out.ckpt")
@@ -103,11 +104,11 @@ class Archive(FaultTest):
             self.assertRegex(r.stderr, r"^ckpt: error: [^\n]*out\.ckpt[^\n]*%s[^\n]*: Input/output error\n$" % action, fault)
             self.assertFalse(os.path.exists(dst), fault)
             self.assertEqual(hidden(self.tmp), [], fault)
-            self.assertEqual(harness.tree_snapshot(self.src), self.before, fault)
+            self.assertEqual(tree(self.src), self.before, fault)
         for fault in ("pwrite:1:short", "pwrite:2:short"):
             r = run(["convert", self.src, "--to", "archive", "-o", dst, "--force"], fault, match="out.ckpt")
             self.assertEqual(r.returncode, 0, (fault, r.stderr))
-            self.assertEqual(harness.sha256_file(dst), harness.sha256_file(self.reference), fault)
+            self.assertEqual(sha(dst), sha(self.reference), fault)
 
     def test_restore_each_failing_operation(self):
         dst = self.path("restored")
@@ -119,19 +120,19 @@ class Archive(FaultTest):
             self.assertEqual(hidden(self.tmp), [], fault)
         r = run(["convert", self.reference, "--to", "dir", "-o", dst], "pwrite:1:short", match=self.tmp)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(harness.tree_snapshot(dst), self.before)
+        self.assertEqual(tree(dst), self.before)
 
     def test_rotate_keeps_a_checkpoint_whose_archive_failed(self):
         run_dir = self.path("run")
         r = run(["save", "--output-dir", run_dir, "-q", "--max-steps", "30", "--save-steps", "10"])
         self.assertEqual(r.returncode, 0, r.stderr)
-        before = {c: harness.tree_snapshot(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
+        before = {c: tree(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
         # The first archive (checkpoint-10's) fails; rotate still archives and deletes checkpoint-20, then reports.
         for fault in ("pwrite:1:" + EIO, "fsync:1:" + EIO, "rename:1:" + EIO):
             r = run(["rotate", run_dir, "--keep", "1", "--archive"], fault, match="archive")
             self.assertEqual(r.returncode, 1, (fault, r.stderr))
             self.assertRegex(r.stderr, r"^ckpt: error: .*checkpoint-10\.ckpt.*: Input/output error\n$", fault)
-            after = {c: harness.tree_snapshot(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
+            after = {c: tree(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
             self.assertEqual(after, {c: before[c] for c in ("checkpoint-10", "checkpoint-30")}, fault)
             self.assertEqual(os.listdir(os.path.join(run_dir, "archive")), ["checkpoint-20.ckpt"], fault)
         self.assertEqual(run(["rotate", run_dir, "--keep", "1", "--archive", "-q"]).returncode, 0)
@@ -149,7 +150,7 @@ class Trainer(FaultTest):
         self.reference = self.path("reference")
         shutil.copytree(self.run_dir, self.reference)
         self.assertEqual(run(["resume", self.reference, "-q", "--max-steps", "40"]).returncode, 0)
-        self.before = harness.tree_snapshot(os.path.join(self.run_dir, "checkpoint-20"))
+        self.before = tree(os.path.join(self.run_dir, "checkpoint-20"))
 
     def test_each_failing_operation(self):
         for fault in ("pwrite:1:" + EIO, "pwrite:3:" + EIO, "write:1:" + EIO, "fsync:1:" + EIO, "fsync:4:" + EIO, "rename:1:" + EIO):
@@ -157,7 +158,7 @@ class Trainer(FaultTest):
             self.assertEqual(r.returncode, 1, (fault, r.stderr))
             self.assertRegex(r.stderr, r"^ckpt: error: .*checkpoint-40.*: Input/output error\n$", fault)
             self.assertEqual(sorted(d for d in os.listdir(self.run_dir) if d.startswith("checkpoint-")), ["checkpoint-20"], fault)
-            self.assertEqual(harness.tree_snapshot(os.path.join(self.run_dir, "checkpoint-20")), self.before, fault)
+            self.assertEqual(tree(os.path.join(self.run_dir, "checkpoint-20")), self.before, fault)
             self.assertEqual(hidden(self.run_dir), [], fault)
 
     def test_checkpoint_cut_while_resume_reads_it(self):
@@ -175,7 +176,7 @@ class Trainer(FaultTest):
         for fault in ("pwrite:1:short", "pwrite:2:short"):
             r = run(["resume", self.run_dir, "--max-steps", "40", "-q"], fault, match="checkpoint-40")
             self.assertEqual(r.returncode, 0, (fault, r.stderr))
-            got, expected = harness.tree_snapshot(os.path.join(self.run_dir, "checkpoint-40")), harness.tree_snapshot(os.path.join(self.reference, "checkpoint-40"))
+            got, expected = tree(os.path.join(self.run_dir, "checkpoint-40")), tree(os.path.join(self.reference, "checkpoint-40"))
             for state in (got, expected):
                 del state["trainer_state.json"]  # holds eval_runtime, different in every run
                 del state["training_args.bin"]  # holds output_dir, another directory here
@@ -188,14 +189,14 @@ class Rotate(FaultTest):
         run_dir = self.path("run")
         r = run(["save", "--output-dir", run_dir, "-q", "--max-steps", "40", "--save-steps", "10"])
         self.assertEqual(r.returncode, 0, r.stderr)
-        before = {c: harness.tree_snapshot(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
+        before = {c: tree(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
         # The second victim (checkpoint-20) cannot be moved to the trash (as an immutable directory could not).
         r = run(["rotate", run_dir, "--keep", "1"], "rename:2:" + EIO, match=".ckpt-trash-")
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertRegex(r.stderr, r"^ckpt: error: .*checkpoint-20: cannot delete: moving it to the trash: Input/output error\n$")
         self.assertEqual(sorted(c for c in os.listdir(run_dir) if c.startswith("checkpoint-")), ["checkpoint-20", "checkpoint-40"])
         for c in ("checkpoint-20", "checkpoint-40"):
-            self.assertEqual(harness.tree_snapshot(os.path.join(run_dir, c)), before[c], c)
+            self.assertEqual(tree(os.path.join(run_dir, c)), before[c], c)
         self.assertEqual(hidden(run_dir), [])
         self.assertEqual(run(["rotate", run_dir, "--keep", "1"]).returncode, 0)
         self.assertEqual(sorted(c for c in os.listdir(run_dir) if c.startswith("checkpoint-")), ["checkpoint-40"])
@@ -210,14 +211,14 @@ class Tag(FaultTest):
         run_dir = self.path("run")
         runs.make_run(run_dir, [10])
         source = os.path.join(run_dir, "checkpoint-10")
-        before = harness.tree_snapshot(source)
+        before = tree(source)
         for error in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             name = "copy-%s" % errno.errorcode[error]
             r = run(["tag", "--json", run_dir, "checkpoint-10", name], "link:2:%d" % error)
             self.assertEqual(r.returncode, 0, r.stderr)
             doc = json.loads(r.stdout)
             self.assertEqual((doc["files"], doc["hard_linked"]), (len(before), len(before) - 1), name)
-            self.assertEqual(harness.tree_snapshot(os.path.join(run_dir, name)), before, name)
+            self.assertEqual(tree(os.path.join(run_dir, name)), before, name)
             inodes = {f: os.stat(os.path.join(run_dir, name, f)).st_ino == os.stat(os.path.join(source, f)).st_ino for f in before}
             self.assertEqual(sorted(inodes.values()), [False] + [True] * (len(before) - 1), name)
         for error in (errno.EIO, errno.ENOSPC):
@@ -226,7 +227,7 @@ class Tag(FaultTest):
             self.assertRegex(r.stderr, r"^ckpt: error: %s/failed/[^/:]+: cannot create: %s\n$" % (run_dir, os.strerror(error)))
             self.assertFalse(os.path.exists(os.path.join(run_dir, "failed")))
             self.assertEqual(hidden(run_dir), [])
-        self.assertEqual(harness.tree_snapshot(source), before)
+        self.assertEqual(tree(source), before)
 
 
 class SaveNameTakenMeanwhile(FaultTest):
@@ -299,7 +300,7 @@ class Export(FaultTest):
         r = run(["save", "--output-dir", self.run_dir, "-q", "--max-steps", "20", "--save-steps", "10", "--eval-steps",
                  "10", "--max-shard-size", "10KB"])
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.trees = {c: {n: h for n, h in harness.tree_snapshot(os.path.join(self.run_dir, c)).items()
+        self.trees = {c: {n: h for n, h in tree(os.path.join(self.run_dir, c)).items()
                           if n.startswith("model") or n.endswith("config.json")} for c in ("checkpoint-10", "checkpoint-20")}
         self.assertGreater(len(self.trees["checkpoint-10"]), 3, self.trees)  # an index, two shards or more, config
 
@@ -309,7 +310,7 @@ class Export(FaultTest):
 
     @staticmethod
     def visible(path):  # a killed export's temporaries are hidden, and cleared by the next export once stale
-        return {n: h for n, h in harness.tree_snapshot(path).items() if not n.startswith(".")}
+        return {n: h for n, h in tree(path).items() if not n.startswith(".")}
 
     def kills(self):
         for n in range(1, len(self.trees["checkpoint-10"]) + 4):  # every file, the exchange, and one past
@@ -415,7 +416,7 @@ class FullDisk(FaultTest):
     def test_convert_into_a_full_disk(self):
         src = self.path("checkpoint-5")
         make_checkpoint(src, 4)
-        before = harness.tree_snapshot(src)
+        before = tree(src)
         mount = self.mount("1m")
         for args, dst in ((["--to", "safetensors"], os.path.join(mount, "out")),
                           (["--to", "pytorch"], os.path.join(mount, "out")),
@@ -428,13 +429,13 @@ class FullDisk(FaultTest):
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("No space left on device", r.stderr)
         self.assertEqual(os.listdir(mount), [])
-        self.assertEqual(harness.tree_snapshot(src), before)
+        self.assertEqual(tree(src), before)
 
     def test_rotate_archive_into_a_full_disk(self):
         run_dir = self.path("run")
         r = run(["save", "--output-dir", run_dir, "-q", "--max-steps", "40", "--save-steps", "10", "--hidden-size", "256"])
         self.assertEqual(r.returncode, 0, r.stderr)
-        before = {c: harness.tree_snapshot(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
+        before = {c: tree(os.path.join(run_dir, c)) for c in os.listdir(run_dir) if c.startswith("checkpoint-")}
         mount = self.mount("300k")  # room for one archive of the four, not two
         r = run(["rotate", run_dir, "--keep", "1", "--archive-dir", mount, "--json"])
         self.assertEqual(r.returncode, 1, r.stderr)
@@ -446,9 +447,9 @@ class FullDisk(FaultTest):
                 self.assertFalse(os.path.exists(os.path.join(run_dir, c)), c)
                 restored = self.path("restored-" + c)
                 self.assertEqual(run(["convert", os.path.join(mount, c + ".ckpt"), "--to", "dir", "-o", restored]).returncode, 0)
-                self.assertEqual(harness.tree_snapshot(restored), files, c)
+                self.assertEqual(tree(restored), files, c)
             else:
-                self.assertEqual(harness.tree_snapshot(os.path.join(run_dir, c)), files, c)  # kept whole: its archive failed
+                self.assertEqual(tree(os.path.join(run_dir, c)), files, c)  # kept whole: its archive failed
         self.assertEqual(hidden(run_dir), [])
 
 
@@ -461,7 +462,7 @@ class Kills(FaultTest):
         started = time.monotonic()
         self.assertEqual(run(["convert"] + args + ["-o", reference]).returncode, 0)
         duration = time.monotonic() - started
-        expected = harness.tree_snapshot(reference) if os.path.isdir(reference) else harness.sha256_file(reference)
+        expected = tree(reference) if os.path.isdir(reference) else sha(reference)
         rng = random.Random(11)
         outcomes = {"absent": 0, "complete": 0}
         for trial in range(trials):
@@ -471,7 +472,7 @@ class Kills(FaultTest):
             p.wait()
             label = "trial %d" % trial
             if os.path.exists(dst):
-                self.assertEqual(harness.tree_snapshot(dst) if os.path.isdir(dst) else harness.sha256_file(dst), expected, label)
+                self.assertEqual(tree(dst) if os.path.isdir(dst) else sha(dst), expected, label)
                 outcomes["complete"] += 1
                 shutil.rmtree(dst) if os.path.isdir(dst) else os.remove(dst)
             else:

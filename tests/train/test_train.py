@@ -26,6 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
 
 import harness  # noqa: E402
+from harness import sha256_file as sha  # noqa: E402
 import reference as R  # noqa: E402
 
 # A training run takes a while: each run of ckpt here may take ten minutes before it counts as hung.
@@ -62,7 +63,7 @@ class TrainTest(harness.TempDirTest):
 
     def assert_same_state(self, a, b, files=STATE_FILES):
         for f in files:
-            self.assertEqual(harness.sha256_file(os.path.join(a, f)), harness.sha256_file(os.path.join(b, f)), "%s differs between %s and %s" % (f, a, b))
+            self.assertEqual(sha(os.path.join(a, f)), sha(os.path.join(b, f)), "%s differs between %s and %s" % (f, a, b))
 
     def interrupted_after_a_checkpoint(self, run, args):
         """Runs ckpt `args` training into `run`, sends SIGINT once a checkpoint is there; returns (stdout, stderr) of
@@ -95,7 +96,7 @@ class BitExactResume(TrainTest):
             for step in (40, 60):
                 if os.path.isdir(os.path.join(other, "checkpoint-%d" % step)):
                     self.assert_same_state(os.path.join(run, "checkpoint-%d" % step), os.path.join(other, "checkpoint-%d" % step), files)
-            self.assertEqual(harness.sha256_file(os.path.join(run, "model.safetensors")), harness.sha256_file(os.path.join(other, "model.safetensors")))
+            self.assertEqual(sha(os.path.join(run, "model.safetensors")), sha(os.path.join(other, "model.safetensors")))
 
     def test_default(self):
         self.check_variant()
@@ -314,7 +315,7 @@ class Reliability(TrainTest):
 
         def finish_and_compare(run):
             self.assert_same_state(os.path.join(reference, "checkpoint-120"), os.path.join(run, "checkpoint-120"))
-            self.assertEqual(harness.sha256_file(os.path.join(reference, "model.safetensors")), harness.sha256_file(os.path.join(run, "model.safetensors")))
+            self.assertEqual(sha(os.path.join(reference, "model.safetensors")), sha(os.path.join(run, "model.safetensors")))
             self.assertEqual([e for e in os.listdir(run) if e.startswith(".ckpt-staging-")], [])
 
         while kills < 12:
@@ -364,13 +365,13 @@ class Reliability(TrainTest):
     def test_full_disk(self):
         run = self.path("run")
         self.save(run, "--max-steps", "20", "--save-steps", "20")
-        before = {f: harness.sha256_file(os.path.join(run, "checkpoint-20", f)) for f in os.listdir(os.path.join(run, "checkpoint-20"))}
+        before = {f: sha(os.path.join(run, "checkpoint-20", f)) for f in os.listdir(os.path.join(run, "checkpoint-20"))}
         r = ckpt("resume", run, "--max-steps", "40", file_size_limit=40000, timeout=300)
         self.assertEqual(r.returncode, 1, r.stderr)
         # Named where the file would have appeared, not in the hidden staging directory (issue 18 item 9).
         self.assertRegex(r.stderr, r"^ckpt: error: %s: write: File too large" % re.escape(os.path.join(run, "checkpoint-40", "optimizer.pt")))
         self.assertEqual(checkpoints(run), ["checkpoint-20"])
-        self.assertEqual({f: harness.sha256_file(os.path.join(run, "checkpoint-20", f)) for f in os.listdir(os.path.join(run, "checkpoint-20"))}, before)
+        self.assertEqual({f: sha(os.path.join(run, "checkpoint-20", f)) for f in os.listdir(os.path.join(run, "checkpoint-20"))}, before)
         self.assertEqual(sorted(e for e in os.listdir(run) if e.startswith(".")), [".ckpt.lock", ".ckpt.train.lock"])
 
     def test_tmpfs_full(self):
@@ -617,7 +618,7 @@ class Refusals(TrainTest):
         self.ok(["resume", run, "--max-steps", "20", "--max-shard-size", "5GB", "-q"])
         weights = sorted(f for f in os.listdir(run) if f.startswith("model"))
         self.assertEqual(weights, ["model.safetensors"])
-        self.assertEqual(harness.sha256_file(os.path.join(run, "model.safetensors")), harness.sha256_file(os.path.join(run, "checkpoint-20", "model.safetensors")))
+        self.assertEqual(sha(os.path.join(run, "model.safetensors")), sha(os.path.join(run, "checkpoint-20", "model.safetensors")))
 
     def test_missing_and_broken_library(self):
         lone = self.path("bin")
@@ -666,7 +667,7 @@ class Refusals(TrainTest):
         self.assertIn("checkpoint-100", kept)
         self.assertLessEqual(len(kept), 3)
         self.assertEqual(len(result["checkpoints_removed"]), 10 - len(kept))
-        self.assertEqual(harness.sha256_file(os.path.join(run, "model.safetensors")), harness.sha256_file(os.path.join(run, best, "model.safetensors")))
+        self.assertEqual(sha(os.path.join(run, "model.safetensors")), sha(os.path.join(run, best, "model.safetensors")))
         # ckpt best agrees with the trainer
         b = self.ok(["best", run, "--json"])
         self.assertEqual(os.path.basename(json.loads(b.stdout)["name"]), best)
@@ -713,7 +714,7 @@ class OutputDirectoryGuard(TrainTest):
         self.assertIn("--overwrite-output-dir", r.stderr)
 
     def weights(self, run):
-        return {c: harness.sha256_file(os.path.join(run, c, "model.safetensors")) for c in checkpoints(run)
+        return {c: sha(os.path.join(run, c, "model.safetensors")) for c in checkpoints(run)
                 if os.path.exists(os.path.join(run, c, "model.safetensors"))}
 
     def test_refused_naming_the_newest_checkpoint_and_the_ways_out(self):
@@ -786,7 +787,7 @@ class OutputDirectoryGuard(TrainTest):
         self.assertEqual(checkpoints(run), ["checkpoint-10", "checkpoint-20"])
         self.assertEqual(torch.load(os.path.join(run, "checkpoint-20", "training_args.bin"))["seed"], 7)
         for c in checkpoints(run):
-            self.assertNotEqual(harness.sha256_file(os.path.join(run, c, "model.safetensors")), old[c])
+            self.assertNotEqual(sha(os.path.join(run, c, "model.safetensors")), old[c])
         self.assertEqual(os.listdir(os.path.join(run, "archive")), [])
         self.assertEqual(read_text(outside), "not the run's\n")
         self.assertTrue(os.path.isdir(os.path.join(run, "notes")))
@@ -899,7 +900,7 @@ class NamedCheckpoints(TrainTest):
         self.assertIn("\ntagged checkpoint-40 as %s\n" % os.path.join(by_name, "final-40"), r.stdout)
         self.ok(["resume", by_step, "--from", "checkpoint-30", "--max-steps", "40", "--save-steps", "10", "-q"])
         self.assert_same_state(os.path.join(by_name, "checkpoint-40"), os.path.join(by_step, "checkpoint-40"))
-        self.assertEqual(harness.sha256_file(os.path.join(by_name, "model.safetensors")), harness.sha256_file(os.path.join(by_step, "model.safetensors")))
+        self.assertEqual(sha(os.path.join(by_name, "model.safetensors")), sha(os.path.join(by_step, "model.safetensors")))
         self.assertEqual(self.inodes(os.path.join(by_name, "final-40")), self.inodes(os.path.join(by_name, "checkpoint-40")))
 
     def test_a_name_is_refused_before_anything_trains(self):
