@@ -27,8 +27,6 @@ import harness
 # ----------------------------------------------------------------------------------------------------------------
 
 
-
-
 def tiny_tensors(seed=0, n=2):
     """A small deterministic state dict: name -> (dtype, shape, raw bytes)."""
     tensors = {}
@@ -291,8 +289,8 @@ def blocked_in_flock(pid):
     return False
 
 
-def wait_until_blocked_in_flock(testcase, p):
-    """Waits (60 s at most) until process p waits for a lock someone holds; fails if it ends first."""
+def wait_until_blocked_in_flock(p):
+    """Waits (60 s at most) until process p waits for a lock someone holds; AssertionError if it ends first."""
     harness.wait_until(lambda: blocked_in_flock(p.pid), "wait for the held lock", interval=0.01, process=p)
 
 

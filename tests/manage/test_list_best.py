@@ -995,7 +995,7 @@ class TagTest(Tmp):
             procs = [subprocess.Popen([harness.CKPT_BIN, "tag", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                      for args in ([d, "checkpoint-10", "new"], ["--delete", d, "old"])]
             for p in procs:
-                wait_until_blocked_in_flock(self, p)
+                wait_until_blocked_in_flock(p)
             self.assertFalse(os.path.exists(os.path.join(d, "new")))
             self.assertTrue(os.path.exists(os.path.join(d, "old")))
         finally:

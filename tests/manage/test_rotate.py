@@ -611,7 +611,7 @@ class RotateConcurrencyTest(Tmp):
             # Without --no-wait it waits for the lock, then rotates.
             p = subprocess.Popen([harness.CKPT_BIN, "rotate", d, "--keep", "1", "-q"], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
-            wait_until_blocked_in_flock(self, p)
+            wait_until_blocked_in_flock(p)
             self.assertEqual(runs.entries(d), before)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -836,7 +836,7 @@ class RotateSeveralRunsTest(Tmp):
                 before = {d: harness.tree_snapshot(d) for d in (b, c)}
                 fd = self.hold_lock(b)  # rotate waits for b's lock
                 p = subprocess.Popen([harness.CKPT_BIN, "rotate", "--keep", "1", a, b, c], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                wait_until_blocked_in_flock(self, p)
+                wait_until_blocked_in_flock(p)
                 self.assertEqual(set(runs.entries(a)), want_a)
                 p.send_signal(sig)
                 p.communicate(timeout=60)
