@@ -20,8 +20,8 @@ package, `from manage import runs`):
   /usr/bin/python3): `read_header`, `read_safetensors` (torch tensors), `validate_safetensors` (every rule
   of the format (an 8-byte header length, a JSON header padded with spaces, contiguous data) and the
   safetensors library's data order; a list of problems).
-* Files: `TempDirTest` (a fresh self.tmp per test, self.path()), `make_temp_dir`/`remove_temp_dir` for a
-  module's directory ($CKPT_TEST_KEEP keeps it), `copy_tree_writable`, `copy_fixture_run`,
+* Files: `TempDirTest` (a fresh self.tmp per test, self.path()), `remove_temp_dir` for a module's
+  directory ($CKPT_TEST_KEEP keeps it), `copy_tree_writable`, `copy_fixture_run`,
   `tree_snapshot` (every file, directory and symlink below a directory, to compare before and after),
   `leftover_temporaries` (ckpt's `.NAME.tmp-*` files and staging directories).
 * `run_on_terminal(argv, term)`: a command with stdout and stderr on one pseudo-terminal, as in an interactive
@@ -77,14 +77,14 @@ class Result:
     """One finished run of ckpt. stdout and stderr are text (UTF-8, invalid bytes replaced), at most the cap each;
     stdout_bytes counts all of stdout."""
 
-    def __init__(self, argv, returncode, stdout, stderr, timed_out=False, stdout_bytes=None, elapsed=0.0):
+    def __init__(self, argv, returncode, stdout, stderr, timed_out, stdout_bytes, elapsed):
         self.argv = argv
         self.args = argv[1:]
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
         self.timed_out = timed_out
-        self.stdout_bytes = len(stdout.encode()) if stdout_bytes is None else stdout_bytes
+        self.stdout_bytes = stdout_bytes
         self.elapsed = elapsed
 
     def command(self):
@@ -418,13 +418,9 @@ class TempDirTest(unittest.TestCase):
         return os.path.join(self.tmp, *parts)
 
 
-def make_temp_dir(prefix):
-    """A temporary directory for a whole test module (setUpModule); remove_temp_dir removes it."""
-    return tempfile.mkdtemp(prefix=prefix)
-
-
 def remove_temp_dir(path):
-    """Removes a module's temporary directory, unless $CKPT_TEST_KEEP asks to keep it for a look (then says where)."""
+    """Removes a test module's temporary directory (tearDownModule), unless $CKPT_TEST_KEEP asks to keep it for a
+    look (then says where)."""
     if not path:
         return
     if os.environ.get("CKPT_TEST_KEEP"):

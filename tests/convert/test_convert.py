@@ -35,7 +35,7 @@ TMP = None
 def setUpModule():
     global TMP
     harness.require_binary()
-    TMP = harness.make_temp_dir("ckpt-convert-test-")
+    TMP = tempfile.mkdtemp(prefix="ckpt-convert-test-")
 
 
 def tearDownModule():

@@ -55,7 +55,7 @@ PLAN = None         # sampling decisions, filled in setUpModule
 def setUpModule():
     global TMP, PLAN
     harness.require_binary()
-    TMP = harness.make_temp_dir("ckpt-corruption-")
+    TMP = tempfile.mkdtemp(prefix="ckpt-corruption-")
     SMALL["bin"] = make_small_bin(os.path.join(TMP, "small.bin"))
     SMALL["safetensors"] = make_small_safetensors(os.path.join(TMP, "small.safetensors"))
     PLAN = make_plan()

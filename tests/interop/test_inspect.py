@@ -32,7 +32,7 @@ FX = None
 def setUpModule():
     global TMP, FX
     harness.require_binary()
-    TMP = harness.make_temp_dir("ckpt-interop-")
+    TMP = tempfile.mkdtemp(prefix="ckpt-interop-")
     FX = F.build_all(os.path.join(TMP, "fx"))
 
 
