@@ -7,7 +7,7 @@ package, `from manage import runs`):
 
 * The binary is $CKPT_BIN (CTest sets it), else build/ckpt in the repository; `require_binary()` says which
   is missing. REPO, DATA, HF_FIXTURES and FIXTURE_RUN name the checked-in fixtures.
-* `ckpt(*args, cwd=, env=, timeout=, input=)` runs it and returns a `Result` (returncode, stdout, stderr as
+* `ckpt(*args, cwd=, env=, timeout=)` runs it (stdin /dev/null) and returns a `Result` (returncode, stdout, stderr as
   text, `json()`, `error_line()`, `describe()` for assertion messages); it never raises on a non-zero exit.
   A run past `timeout` is killed and fails the test, unless the caller judges hangs itself
   (`report_timeout=True`: `Result.timed_out`). `limit_memory=True` caps the child's address space (hostile
@@ -155,16 +155,16 @@ def _memory_limit_kb():
 _memory_limit = []  # [kb or None] once computed: reading the binary once per process is enough
 
 
-def ckpt(*args, cwd=None, env=None, timeout=60, input=None, cap=64 * 1024 * 1024, limit_memory=False,
+def ckpt(*args, cwd=None, env=None, timeout=60, cap=64 * 1024 * 1024, limit_memory=False,
          report_timeout=False, file_size_limit=None):
     """Runs `ckpt ARGS...` (each argument str()-ed) and returns its Result; never raises on a non-zero exit.
 
-    env: the child's whole environment (see environment()), default this process's. input: bytes or text for
-    stdin, which is otherwise /dev/null. At most `cap` bytes of each stream are kept (a buggy binary may write
-    without end). A run longer than `timeout` seconds is killed; that raises AssertionError unless
-    report_timeout, where the Result says timed_out. limit_memory: `ulimit -v` for the child (see
-    _memory_limit_kb). file_size_limit: no file of the child grows past that many bytes, and a write() that would
-    fails with EFBIG (SIGXFSZ ignored): a full disk without mounting one."""
+    env: the child's whole environment (see environment()), default this process's; stdin is /dev/null. At most
+    `cap` bytes of each stream are kept (a buggy binary may write without end). A run longer than `timeout`
+    seconds is killed; that raises AssertionError unless report_timeout, where the Result says timed_out.
+    limit_memory: `ulimit -v` for the child (see _memory_limit_kb). file_size_limit: no file of the child grows
+    past that many bytes, and a write() that would fails with EFBIG (SIGXFSZ ignored): a full disk without
+    mounting one."""
     argv = [CKPT_BIN] + [str(a) for a in args]
     command = argv
     if limit_memory:
@@ -172,16 +172,14 @@ def ckpt(*args, cwd=None, env=None, timeout=60, input=None, cap=64 * 1024 * 1024
             _memory_limit.append(_memory_limit_kb())
         if _memory_limit[0]:
             command = ["/bin/sh", "-c", 'ulimit -v %d; exec "$0" "$@"' % _memory_limit[0]] + argv
-    if isinstance(input, str):
-        input = input.encode()
     limit_file_size = None
     if file_size_limit is not None:
         def limit_file_size():
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
     start = time.monotonic()
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env, preexec_fn=limit_file_size)
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                            env=env, preexec_fn=limit_file_size)
     kept = {"out": [bytearray(), 0], "err": [bytearray(), 0]}
 
     def pump(stream, key):
@@ -198,12 +196,6 @@ def ckpt(*args, cwd=None, env=None, timeout=60, input=None, cap=64 * 1024 * 1024
                threading.Thread(target=pump, args=(proc.stderr, "err"), daemon=True)]
     for t in threads:
         t.start()
-    if input is not None:
-        try:
-            proc.stdin.write(input)
-        except BrokenPipeError:  # ckpt need not read its input to the end
-            pass
-        proc.stdin.close()
     timed_out = False
     try:
         proc.wait(timeout=timeout)
