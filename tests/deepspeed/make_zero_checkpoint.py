@@ -51,8 +51,8 @@ import types
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "manage"))
-import runs  # noqa: E402  (trainer_state, write_json, safetensors_bytes)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from manage import runs  # noqa: E402  (trainer_state, write_json, safetensors_bytes)
 
 DAMAGES = ("missing-rank", "truncated-shard", "latest-missing-tag", "latest-escape", "sizes-mismatch")
 
