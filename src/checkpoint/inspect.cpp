@@ -78,28 +78,32 @@ FileKind classify_pickle(const Graph& g, const std::string& file_name) {
 
 // ---- weights ----
 
-void add_dtype_total(json::Json& dtypes, DType dtype, std::uint64_t numel) {
-  auto& entry = dtypes[std::string(torch_name(dtype))];
-  if (entry.is_null()) entry = json::Json{{"count", 0}, {"numel", 0}, {"nbytes", 0}};
-  entry["count"] = entry["count"].get<std::uint64_t>() + 1;
-  entry["numel"] = entry["numel"].get<std::uint64_t>() + numel;
-  entry["nbytes"] = entry["nbytes"].get<std::uint64_t>() + numel * element_size(dtype);
-}
-
-// Fills the totals of a weights report from its tensors (tied views counted once).
+// Fills the totals of a weights report from its tensors (tied views counted once); dtypes in order of appearance.
 void total_weights(FileReport& report, std::uint64_t storage_bytes, json::Json metadata) {
+  struct DTypeTotal {
+    DType dtype;
+    std::uint64_t count = 0;
+    std::uint64_t numel = 0;
+  };
+  std::vector<DTypeTotal> totals;
   std::uint64_t parameters = 0;
-  json::Json dtypes = json::Json::object();
   for (const auto& t : report.tensors) {
     if (t.tied_to) continue;
     const std::uint64_t n = *torch_archive::numel(t.shape);
     parameters += n;
-    add_dtype_total(dtypes, t.dtype, n);
+    auto total = std::find_if(totals.begin(), totals.end(), [&](const DTypeTotal& d) { return d.dtype == t.dtype; });
+    if (total == totals.end()) total = totals.insert(totals.end(), DTypeTotal{t.dtype});
+    ++total->count;
+    total->numel += n;
+  }
+  json::ObjectBuilder dtypes(totals.size());
+  for (const auto& d : totals) {
+    dtypes.set(std::string(torch_name(d.dtype)), {{"count", d.count}, {"numel", d.numel}, {"nbytes", d.numel * element_size(d.dtype)}});
   }
   report.fields["num_tensors"] = report.tensors.size();
   report.fields["num_parameters"] = parameters;
   report.fields["storage_bytes"] = storage_bytes;
-  report.fields["dtypes"] = std::move(dtypes);
+  report.fields["dtypes"] = dtypes.take();
   report.fields["metadata"] = std::move(metadata);
 }
 
@@ -341,37 +345,43 @@ void summarize_value(const Source& file, FileReport& report, const InspectOption
 void summarize_json(const std::string& path, FileReport& report) {
   report.format = "json";
   const json::Json doc = json::parse_file(path);
-  auto field = [&](const char* key) { return doc.is_object() && doc.contains(key) ? doc[key] : json::Json(nullptr); };
-  if (doc.is_object() && doc.contains("global_step") && doc.contains("log_history")) {
+  if (!doc.is_object()) {
+    report.kind = FileKind::json;
+    report.fields["value"] = doc;
+    return;
+  }
+  // Shown as the file has them: a member of an unexpected type is shown as it is, or left out of a count.
+  const json::Fields fields(doc, path, "", json::WrongType::absent);
+  if (fields.has("global_step") && fields.has("log_history")) {
     report.kind = FileKind::trainer_state;
-    for (const char* key : {"global_step", "epoch", "max_steps", "best_metric", "best_model_checkpoint"}) report.fields[key] = field(key);
-    const json::Json history = field("log_history");
+    for (const char* key : {"global_step", "epoch", "max_steps", "best_metric", "best_model_checkpoint"}) report.fields[key] = fields.value_or_null(key);
+    const json::Json history = fields.value_or_null("log_history");
     report.fields["num_log_entries"] = history.is_array() ? history.size() : 0;
     report.fields["last_train_log"] = last_log_with(history, [](const std::string& k) { return k == "loss"; });
     report.fields["last_eval_log"] = last_log_with(history, [](const std::string& k) { return k.rfind("eval_", 0) == 0; });
-  } else if (doc.is_object() && doc.contains("weight_map")) {
+  } else if (fields.has("weight_map")) {
     report.kind = FileKind::weights_index;
-    const json::Json meta = field("metadata");
-    report.fields["total_size"] = meta.is_object() && meta.contains("total_size") ? meta["total_size"] : json::Json(nullptr);
+    const auto meta = fields.optional_object("metadata");
+    report.fields["total_size"] = meta ? meta->value_or_null("total_size") : json::Json(nullptr);
     std::vector<std::pair<std::string, std::uint64_t>> shard_counts;  // in order of first appearance
     std::unordered_map<std::string, std::size_t> shard_position;
     std::size_t count = 0;
-    if (doc["weight_map"].is_object()) {
-      for (const auto& [tensor, shard] : doc["weight_map"].items()) {
+    if (const auto weight_map = fields.optional_object("weight_map")) {
+      weight_map->for_each([&](const std::string&, const json::Value& shard) {
         ++count;
-        const std::string name = shard.is_string() ? shard.get<std::string>() : json::dump(shard);
+        const std::string name = shard.json().is_string() ? shard.string() : json::dump(shard.json());
         const auto [it, inserted] = shard_position.try_emplace(name, shard_counts.size());
         if (inserted) shard_counts.emplace_back(name, 0);
         ++shard_counts[it->second].second;
-      }
+      });
     }
     json::ObjectBuilder shards;
     for (auto& [name, n] : shard_counts) shards.set(std::move(name), n);
     report.fields["num_tensors"] = count;
     report.fields["shards"] = shards.take();
-  } else if (doc.is_object() && (doc.contains("model_type") || report.file == "config.json")) {
+  } else if (fields.has("model_type") || report.file == "config.json") {
     report.kind = FileKind::config;
-    for (const char* key : {"model_type", "architectures", "torch_dtype"}) report.fields[key] = field(key);
+    for (const char* key : {"model_type", "architectures", "torch_dtype"}) report.fields[key] = fields.value_or_null(key);
     report.fields["config"] = doc;
   } else {
     report.kind = FileKind::json;
@@ -590,6 +600,7 @@ json::Json rng_generator_summary(const Graph& g, std::string_view generator, Nod
 
 FileReport inspect_file(const std::string& path, const InspectOptions& options) { return inspect_one(path, options, true); }
 
+
 PathKind classify_path(const std::string& path) {
   std::error_code ec;
   const auto status = fs::status(path, ec);
@@ -687,9 +698,11 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
       }
     }
     for (const FileReport* optimizer : optimizers) {
-      if (!optimizer->fields.contains("param_shape_check")) continue;
+      const auto check = optimizer->fields.find("param_shape_check");
+      if (check == optimizer->fields.end()) continue;
       v.checks.push_back(optimizer->file + " state shapes match the weights");
-      if (optimizer->fields["param_shape_check"]["status"] != "ok") v.errors.push_back(optimizer->file + ": state shapes do not match the weights");
+      const auto status = check->find("status");
+      if (status == check->end() || *status != "ok") v.errors.push_back(optimizer->file + ": state shapes do not match the weights");
     }
     if (trainer_state && report.step) {
       v.checks.push_back("trainer_state.json global_step matches the directory name");

@@ -103,21 +103,15 @@ bool is_shard_file_name(const std::string& name) {
 
 WeightsIndex read_weights_index(const std::string& index_path) {
   const json::Json doc = json::parse_file(index_path);
-  const auto weight_map = doc.is_object() ? doc.find("weight_map") : doc.end();
-  if (!doc.is_object() || weight_map == doc.end() || !weight_map->is_object()) {
-    throw Error(ErrorKind::corrupt, index_path, "weight_map", "missing or not an object");
-  }
+  const json::Fields weight_map = json::Fields(doc, index_path, "").object("weight_map");
   WeightsIndex index;
   std::set<std::string> seen;
-  for (const auto& [tensor, shard] : weight_map->items()) {
-    if (!shard.is_string()) throw Error(ErrorKind::corrupt, index_path, "weight_map", "'" + tensor + "' maps to a non-string");
-    std::string file = shard.get<std::string>();
-    if (!is_shard_file_name(file)) {
-      throw Error(ErrorKind::corrupt, index_path, "weight_map", "shard name '" + file + "' is not a file beside the index");
-    }
+  weight_map.for_each([&](const std::string& tensor, const json::Value& shard) {
+    std::string file = shard.string();
+    if (!is_shard_file_name(file)) shard.fail("shard name '" + file + "' is not a file beside the index");
     if (seen.insert(file).second) index.files.push_back(file);
     index.tensor_to_file.emplace_back(tensor, std::move(file));
-  }
+  });
   return index;
 }
 
@@ -154,30 +148,26 @@ json::Json last_log_with(const json::Json& history, const std::function<bool(con
 TrainerStateSummary summarize_trainer_state(const json::Json& state) {
   TrainerStateSummary summary;
   if (!state.is_object()) return summary;
-  auto number = [](const json::Json& v) -> std::optional<double> {
-    if (v.is_number()) return v.get<double>();
-    return std::nullopt;
-  };
-  if (state.contains("global_step") && state["global_step"].is_number_integer()) {
-    summary.global_step = state["global_step"].get<std::int64_t>();
-  }
-  if (state.contains("epoch")) summary.epoch = number(state["epoch"]);
-  if (state.contains("best_metric")) summary.best_metric = number(state["best_metric"]);
-  if (state.contains("best_model_checkpoint") && state["best_model_checkpoint"].is_string()) {
-    summary.best_model_checkpoint = state["best_model_checkpoint"].get<std::string>();
-  }
-  if (!state.contains("log_history") || !state["log_history"].is_array()) return summary;
-  for (const auto& entry : state["log_history"]) {
-    if (!entry.is_object()) continue;
-    if (entry.contains("loss")) {
-      if (auto loss = number(entry["loss"])) summary.last_loss = loss;
-    }
-    if (!entry.contains("step") || !entry["step"].is_number_integer()) continue;
+  // Lenient: what list, best and rotate show is a summary, so a member of the wrong type is left out, not an error.
+  const json::Fields fields(state, "", "", json::WrongType::absent);
+  summary.global_step = fields.optional_int64("global_step");
+  summary.epoch = fields.optional_number("epoch");
+  summary.best_metric = fields.optional_number("best_metric");
+  summary.best_model_checkpoint = fields.optional_string("best_model_checkpoint");
+  const auto history = fields.optional_array("log_history");
+  if (!history) return summary;
+  for (std::size_t i = 0; i < history->size(); ++i) {
+    const json::Value item = history->at(i);
+    if (!item.json().is_object()) continue;
+    const json::Fields entry = item.object();
+    if (auto loss = entry.optional_number("loss")) summary.last_loss = loss;
+    const auto step = entry.optional_int64("step");
+    if (!step) continue;
     std::map<std::string, double> metrics;
-    for (const auto& [key, value] : entry.items()) {
-      if (key.rfind("eval_", 0) == 0 && value.is_number()) metrics[key] = value.get<double>();
-    }
-    if (!metrics.empty()) summary.eval_by_step[entry["step"].get<std::int64_t>()] = std::move(metrics);
+    entry.for_each([&](const std::string& key, const json::Value& value) {
+      if (key.rfind("eval_", 0) == 0 && value.json().is_number()) metrics[key] = value.number();
+    });
+    if (!metrics.empty()) summary.eval_by_step[*step] = std::move(metrics);
   }
   return summary;
 }
