@@ -47,16 +47,15 @@ json::Json ModelConfig::to_json() const {
 }
 
 ModelConfig ModelConfig::from_json(const json::Json& config, const std::string& path) {
-  if (!config.is_object() || config.value("model_type", json::Json()) != kModelType) {
+  const std::optional<std::string> model_type =
+      config.is_object() ? json::Fields(config, path, "", json::WrongType::absent).optional_string("model_type") : std::nullopt;
+  if (model_type != kModelType) {
     throw Error(ErrorKind::unsupported, path, "model_type", std::string("not a ") + kModelType + " model (ckpt resume continues runs of its own trainer)");
   }
+  const json::Fields fields(config, path, "");
   Arguments args;
-  for (const char* key : {"input_size", "hidden_size", "num_layers", "num_labels"}) {
-    if (!config.contains(key) || !config[key].is_number_integer()) throw Error(ErrorKind::corrupt, path, key, "missing or not an integer");
-    args[key] = config[key].get<std::int64_t>();
-  }
-  if (!config.contains("dropout") || !config["dropout"].is_number()) throw Error(ErrorKind::corrupt, path, "dropout", "missing or not a number");
-  args["dropout"] = config["dropout"].get<double>();
+  for (const char* key : {"input_size", "hidden_size", "num_layers", "num_labels"}) args[key] = fields.int64(key);
+  args["dropout"] = fields.number("dropout");
   try {
     return from_arguments(resolve_arguments(args, {}));
   } catch (const Error& e) {

@@ -762,19 +762,19 @@ class HostileInputTests(CorruptionCase):
 
     def test_hostile_structure_metadata(self):
         """ckpt_structure (checkpoint/structure.hpp) with members missing or of the wrong type: each is refused as
-        corrupt by name, never read past the JSON object (the first case read out of bounds; an ASan build
+        corrupt naming its key path and why, never read past the JSON object (the first case read out of bounds; an ASan build
         reported it)."""
         d = os.path.join(TMP, "hostile_structure")
         os.makedirs(d, exist_ok=True)
         tensor = [("x", torch.zeros(2, dtype=torch.uint8))]
         specs = [
-            ("ndarray_without_descr", {"$ndarray": "x", "shape": []}, "descr is missing"),
-            ("ndarray_descr_number", {"$ndarray": "x", "descr": 1, "shape": []}, "descr is missing or not a string"),
-            ("ndarray_name_number", {"$ndarray": 1, "descr": "|u1", "shape": []}, "$ndarray is missing or not a"),
-            ("tensor_name_list", {"$tensor": []}, "$tensor is missing or not a string"),
-            ("int_not_string", {"$int": 5}, "$int is missing or not a string"),
-            ("float_null", {"$float": None}, "$float is missing or not a string"),
-            ("device_object", {"$device": {}}, "$device is missing or not a string"),
+            ("ndarray_without_descr", {"$ndarray": "x", "shape": []}, "structure.descr: is missing"),
+            ("ndarray_descr_number", {"$ndarray": "x", "descr": 1, "shape": []}, "structure.descr: is not a string"),
+            ("ndarray_name_number", {"$ndarray": 1, "descr": "|u1", "shape": []}, "structure.$ndarray: is not a string"),
+            ("tensor_name_list", {"$tensor": []}, "structure.$tensor: is not a string"),
+            ("int_not_string", {"$int": 5}, "structure.$int: is not a string"),
+            ("float_null", {"$float": None}, "structure.$float: is not a string"),
+            ("device_object", {"$device": {}}, "structure.$device: is not a string"),
         ]
         cases = []
         for name, structure, message in specs:
