@@ -119,14 +119,7 @@ void write_tensor(Sink& sink, const Source& s, const pickle::TensorRef& t, DType
     const std::uint8_t* p = bytes.data() + base + element * es;
     gathered.insert(gathered.end(), p, p + es);
     if (gathered.size() >= kChunk) flush();
-    for (std::size_t d = t.shape.size(); d-- > 0;) {
-      if (++index[d] < t.shape[d]) {
-        element += static_cast<std::uint64_t>(t.stride[d]);
-        break;
-      }
-      element -= static_cast<std::uint64_t>(t.stride[d]) * static_cast<std::uint64_t>(t.shape[d] - 1);
-      index[d] = 0;
-    }
+    next_element(t.shape, t.stride, index, element);
   }
   flush();
 }

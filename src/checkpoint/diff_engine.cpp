@@ -7,6 +7,7 @@
 #include <limits>
 #include <thread>
 
+#include "checkpoint/tensor_scan.hpp"
 #include "format/dtype_cast.hpp"
 #include "format/torch_archive.hpp"
 #include "util/error.hpp"
@@ -184,14 +185,7 @@ void read_elements(const TensorSide& side, std::uint64_t first, std::uint64_t co
       readers.read(side.file->bytes, at, window.bytes.span());
     }
     std::memcpy(out.data() + i * es, window.bytes.data() + (at - window.start), es);
-    for (std::size_t d = t.shape.size(); d-- > 0;) {
-      if (++index[d] < t.shape[d]) {
-        element += static_cast<std::uint64_t>(t.stride[d]);
-        break;
-      }
-      element -= static_cast<std::uint64_t>(t.stride[d]) * static_cast<std::uint64_t>(t.shape[d] - 1);
-      index[d] = 0;
-    }
+    next_element(t.shape, t.stride, index, element);
   }
 }
 
