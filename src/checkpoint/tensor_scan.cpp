@@ -85,24 +85,12 @@ NonFiniteCount count_distinct(std::span<const std::uint8_t> bytes, DType dtype, 
     for (std::uint64_t i = 0; i < n; ++i) tally(bytes.data() + i * es);
     return count;
   }
-  // An odometer over the indices of a strided view.
   std::vector<std::int64_t> index(shape.size(), 0);
   std::uint64_t offset = 0;
-  while (true) {
+  do {
     tally(bytes.data() + offset * es);
-    std::size_t dim = shape.size();
-    while (dim > 0) {
-      --dim;
-      if (++index[dim] < shape[dim]) {
-        offset += static_cast<std::uint64_t>(stride[dim]);
-        break;
-      }
-      offset -= static_cast<std::uint64_t>(stride[dim]) * static_cast<std::uint64_t>(shape[dim] - 1);
-      index[dim] = 0;
-      if (dim == 0) return count;
-    }
-    if (shape.empty()) return count;
-  }
+  } while (next_element(shape, stride, index, offset));
+  return count;
 }
 
 std::optional<double> scalar_value(std::span<const std::uint8_t> bytes, DType dtype) {
@@ -116,6 +104,19 @@ std::vector<std::int64_t> contiguous_strides(const std::vector<std::int64_t>& sh
   std::vector<std::int64_t> strides(shape.size(), 1);
   for (std::size_t i = shape.size(); i-- > 1;) strides[i - 1] = strides[i] * shape[i];
   return strides;
+}
+
+bool next_element(const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& stride, std::vector<std::int64_t>& index,
+                  std::uint64_t& element) {
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    if (++index[d] < shape[d]) {
+      element += static_cast<std::uint64_t>(stride[d]);
+      return true;
+    }
+    element -= static_cast<std::uint64_t>(stride[d]) * static_cast<std::uint64_t>(shape[d] - 1);
+    index[d] = 0;
+  }
+  return false;
 }
 
 }  // namespace ckpt::checkpoint

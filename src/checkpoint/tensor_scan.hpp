@@ -27,4 +27,10 @@ std::optional<double> scalar_value(std::span<const std::uint8_t> bytes, DType dt
 // Strides of a contiguous (row-major) tensor of `shape`.
 std::vector<std::int64_t> contiguous_strides(const std::vector<std::int64_t>& shape);
 
+// One step of a row-major walk over a strided view (an odometer): `index`, a position in `shape`, to the next one, and
+// `element`, that position's offset in elements (the sum of index[d] * stride[d]), with it. After the last position
+// both return to the first and the result is false.
+bool next_element(const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& stride, std::vector<std::int64_t>& index,
+                  std::uint64_t& element);
+
 }  // namespace ckpt::checkpoint

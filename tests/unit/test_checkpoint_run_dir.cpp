@@ -4,7 +4,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
 
+#include "checkpoint/archive.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "util/error.hpp"
 
@@ -204,4 +209,89 @@ TEST_CASE("the runs of several RUN_DIRs and roots: in order, each directory once
   REQUIRE(selected[3].error);
   CHECK(selected[3].error->kind() == ErrorKind::not_found);
   CHECK(std::string(selected[3].error->what()) == tree.at("empty") + ": --recursive: holds no run directories (directories holding checkpoint-N directories or archives)");
+}
+
+TEST_CASE("a checkpoint's step is the whole decimal suffix of checkpoint-, within 64 bits") {
+  CHECK(checkpoint::checkpoint_step("checkpoint-0") == 0);
+  CHECK(checkpoint::checkpoint_step("checkpoint-500") == 500);
+  CHECK(checkpoint::checkpoint_step("checkpoint-007") == 7);
+  CHECK(checkpoint::checkpoint_step("checkpoint-9223372036854775807") == 9223372036854775807);
+  for (const char* name : {"checkpoint-", "checkpoint", "checkpoint-1a", "checkpoint--1", "checkpoint-+1", "checkpoint- 1", "Checkpoint-1",
+                           "tmp-checkpoint-5", "checkpoint-9223372036854775808", "checkpoint-99999999999999999999", "checkpoint-10.ckpt"}) {
+    CAPTURE(name);
+    CHECK_FALSE(checkpoint::checkpoint_step(name));
+  }
+}
+
+TEST_CASE("discovery: checkpoint-N directories by numeric step, never a symlink, a file or a staging directory") {
+  namespace fs = std::filesystem;
+  const fs::path run = fs::temp_directory_path() / ("ckpt-discover-test-" + std::to_string(::getpid()));
+  fs::remove_all(run);
+  for (const char* dir : {"checkpoint-10", "checkpoint-2", "checkpoint-x", "tmp-checkpoint-5", ".ckpt-staging-checkpoint-6-a1", "other"}) {
+    fs::create_directories(run / dir);
+  }
+  std::ofstream(run / "checkpoint-3") << "a file";
+  fs::create_directory_symlink("checkpoint-10", run / "checkpoint-4");
+  fs::create_directory_symlink(run / "other", run / "checkpoint-5");
+
+  const auto found = checkpoint::discover_checkpoints(run.string());
+  REQUIRE(found.size() == 2);
+  CHECK(found[0].name == "checkpoint-2");
+  CHECK(found[0].step == 2);
+  CHECK(found[0].path == (run / "checkpoint-2").string());
+  CHECK(found[1].name == "checkpoint-10");
+  CHECK(found[1].step == 10);
+  fs::remove_all(run);
+}
+
+TEST_CASE("scan_run: checkpoints and archives by step, then staging, trash, named and custom directories by path") {
+  namespace fs = std::filesystem;
+  using checkpoint::EntryKind;
+  const fs::path base = fs::temp_directory_path() / ("ckpt-scan-test-" + std::to_string(::getpid()));
+  fs::remove_all(base);
+  const fs::path run = base / "run";
+  const auto trainer_state = [](const fs::path& dir, int step) {
+    fs::create_directories(dir);
+    std::ofstream(dir / "trainer_state.json") << R"({"global_step": )" << step << R"(, "log_history": []})";
+  };
+  // Archives of checkpoints 10 and 20, in archive/ and in the run directory itself.
+  trainer_state(base / "checkpoint-10", 10);
+  trainer_state(base / "checkpoint-20", 20);
+  fs::create_directories(run / "archive");
+  checkpoint::archive_checkpoint((base / "checkpoint-10").string(), (run / "archive" / "checkpoint-10.ckpt").string(), {});
+  checkpoint::archive_checkpoint((base / "checkpoint-20").string(), (run / "checkpoint-20.ckpt").string(), {});
+  trainer_state(run / "checkpoint-30", 30);
+  for (const char* dir : {"tmp-checkpoint-40", ".ckpt-staging-checkpoint-40-x1", ".ckpt-trash-checkpoint-5-y2", ".cache", "milestone"}) {
+    fs::create_directories(run / dir);
+  }
+  trainer_state(run / "final", 25);  // a named checkpoint
+  // Symlinks are never followed, to checkpoints, archives or named checkpoints.
+  fs::create_directory_symlink(run / "checkpoint-30", run / "checkpoint-50");
+  fs::create_symlink(run / "checkpoint-20.ckpt", run / "checkpoint-60.ckpt");
+  fs::create_directory_symlink(run / "final", run / "best");
+  fs::create_directory_symlink(run / "archive", run / "archive-link");
+
+  const auto scan = checkpoint::scan_run(run.string());
+  std::vector<std::tuple<std::string, EntryKind, std::optional<std::int64_t>, bool>> entries;
+  for (const auto& e : scan.entries) entries.emplace_back(e.name, e.kind, e.step, e.named);
+  using Entry = std::tuple<std::string, EntryKind, std::optional<std::int64_t>, bool>;
+  CHECK(entries == std::vector<Entry>{
+                       {"archive/checkpoint-10.ckpt", EntryKind::archive, 10, false},
+                       {"checkpoint-20.ckpt", EntryKind::archive, 20, false},
+                       {"checkpoint-30", EntryKind::checkpoint, 30, false},
+                       {".ckpt-staging-checkpoint-40-x1", EntryKind::staging, std::nullopt, false},
+                       {".ckpt-trash-checkpoint-5-y2", EntryKind::trash, std::nullopt, false},
+                       {"final", EntryKind::custom, 25, true},
+                       {"milestone", EntryKind::custom, std::nullopt, false},
+                       {"tmp-checkpoint-40", EntryKind::staging, std::nullopt, false},
+                   });
+  CHECK(scan.entries[0].archived_name == "checkpoint-10");
+  CHECK(scan.entries[0].complete);  // an archive is complete when its manifest reads
+  CHECK_FALSE(scan.entries[2].complete);  // no weights
+  CHECK(scan.entries[2].has_trainer_state);
+  // Named checkpoints are assessed as checkpoints are, but are never among the candidates of best, latest or resume.
+  CHECK(scan.entries[5].has_trainer_state);
+  CHECK(checkpoint::holds_named_checkpoint((run / "final").string()));
+  CHECK_FALSE(checkpoint::holds_named_checkpoint((run / "milestone").string()));
+  fs::remove_all(base);
 }

@@ -62,3 +62,25 @@ TEST_CASE("expanded views (stride 0) are counted without walking every repeat (f
   c = count_nonfinite(bytes_of(two), DType::float32, {3, 2}, {0, 1});
   CHECK(c.nan == 3);
 }
+
+TEST_CASE("next_element walks a strided view in row-major order and wraps after its last element") {
+  // A transposed 2x3 view of a contiguous 3x2 storage: torch.arange(6).reshape(3, 2).t() reads 0, 2, 4, 1, 3, 5.
+  const std::vector<std::int64_t> shape{2, 3};
+  const std::vector<std::int64_t> stride{1, 2};
+  std::vector<std::int64_t> index(2, 0);
+  std::uint64_t element = 0;
+  std::vector<std::uint64_t> visited{element};
+  while (checkpoint::next_element(shape, stride, index, element)) visited.push_back(element);
+  CHECK(visited == std::vector<std::uint64_t>{0, 2, 4, 1, 3, 5});
+  CHECK(element == 0);
+  CHECK(index == std::vector<std::int64_t>{0, 0});
+
+  // An expanded dimension (stride 0) repeats elements; a 0-d view has one position.
+  std::vector<std::int64_t> expanded_index(2, 0);
+  element = 0;
+  visited = {element};
+  while (checkpoint::next_element({2, 2}, {0, 1}, expanded_index, element)) visited.push_back(element);
+  CHECK(visited == std::vector<std::uint64_t>{0, 1, 0, 1});
+  std::vector<std::int64_t> no_index;
+  CHECK_FALSE(checkpoint::next_element({}, {}, no_index, element));
+}
