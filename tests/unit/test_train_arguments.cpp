@@ -105,10 +105,9 @@ TEST_CASE("arguments: the command line over the saved arguments over the default
 }
 
 TEST_CASE("arguments: every field round trips through its value by key") {
-  Arguments args;
+  Arguments args = resolve_arguments({{"output_dir", std::string("/runs/a")}}, {});
   args.model.hidden_size = 128;
   args.model.dropout = 0.25;
-  args.training.output_dir = "/runs/a";
   args.training.learning_rate = 0.5;
   args.training.eval_steps = 0;
   args.training.save_total_limit = 3;
