@@ -150,10 +150,9 @@ void apply(Arguments& args, const ArgumentValues& values) {
 
 }  // namespace
 
-Arguments resolve_arguments(const ArgumentValues& given, const ArgumentValues& base) {
+Arguments resolve_arguments(const ArgumentValues& values) {
   Arguments args;
-  apply(args, base);
-  apply(args, given);
+  apply(args, values);
   return args;
 }
 
@@ -165,7 +164,7 @@ Arguments resume_arguments(const ArgumentValues& given, const ArgumentValues& sa
     throw Error(ErrorKind::corrupt, e.path(), e.where(), e.detail());
   }
   args.model = model;
-  const Arguments flags = resolve_arguments(given, {});
+  const Arguments flags = resolve_arguments(given);
   for (const auto& spec : argument_specs()) {
     if (spec.scope == ArgScope::model && given.contains(spec.key) && spec.get(flags) != spec.get(args)) {
       throw Error(ErrorKind::invalid_argument, "", spec.key,

@@ -150,9 +150,9 @@ const ArgSpec* find_spec(const std::string& key);
 // "per_device_train_batch_size" -> "per-device-train-batch-size"
 std::string flag_name(const std::string& key);
 
-// `given` over `base` over the table's defaults. Throws invalid_argument for a key the table does not know
-// or a value of the wrong type (a training_args.bin from elsewhere).
-Arguments resolve_arguments(const ArgumentValues& given, const ArgumentValues& base);
+// `values` over the table's defaults. Throws invalid_argument naming the key for a key the table does not know
+// or a value of the wrong type.
+Arguments resolve_arguments(const ArgumentValues& values);
 
 // Resume: the flags `given` now over the checkpoint's `saved` training arguments over the defaults, with the
 // checkpoint's `model` (config.json). Throws corrupt naming the key for a `saved` key the table does not know or of

@@ -74,7 +74,7 @@ std::string Trainer::find_checkpoint() {
 // `dir` empty: a new run's arguments; else the checkpoint's to resume from.
 void Trainer::prepare_arguments(const std::string& dir) {
   if (dir.empty()) {
-    args_ = resolve_arguments(request_.given, {});
+    args_ = resolve_arguments(request_.given);
     const auto& output = args_.training.output_dir;
     if (!output || output->empty()) throw Error(ErrorKind::invalid_argument, "", "--output-dir", "is required");
     run_dir_ = *output;
