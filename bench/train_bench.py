@@ -30,7 +30,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "train"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "train"))  # reference.py
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # harness.py, which reference.py reads safetensors with
 
 BIG = ["--hidden-size", "4096", "--num-layers", "6", "--train-examples", "64", "--per-device-train-batch-size", "8",
        "--eval-steps", "0", "--max-steps", "3", "--save-steps", "1", "--no-save-safetensors"]

@@ -361,24 +361,26 @@ json::Json trainer_state_to_manifest(const TrainerStateSummary& state) {
 
 std::optional<TrainerStateSummary> trainer_state_from_manifest(const json::Json& stored) {
   if (!stored.is_object()) return std::nullopt;
+  // As lenient as summarize_trainer_state: a member of the wrong type is left out of the summary.
+  const json::Fields fields(stored, "", "manifest.trainer_state", json::WrongType::absent);
   TrainerStateSummary s;
-  auto number = [&](const char* key) -> std::optional<double> {
-    auto it = stored.find(key);
-    if (it != stored.end() && it->is_number()) return it->get<double>();
-    return std::nullopt;
-  };
-  if (auto it = stored.find("global_step"); it != stored.end() && it->is_number_integer()) s.global_step = it->get<std::int64_t>();
-  s.epoch = number("epoch");
-  s.best_metric = number("best_metric");
-  s.last_loss = number("loss");
-  if (auto it = stored.find("best_model_checkpoint"); it != stored.end() && it->is_string()) s.best_model_checkpoint = it->get<std::string>();
-  if (auto it = stored.find("evaluations"); it != stored.end() && it->is_array()) {
-    for (const auto& e : *it) {
-      if (!e.is_object() || !e.contains("step") || !e["step"].is_number_integer() || !e.contains("metrics") || !e["metrics"].is_object()) continue;
-      auto& metrics = s.eval_by_step[e["step"].get<std::int64_t>()];
-      for (const auto& [k, v] : e["metrics"].items()) {
-        if (v.is_number()) metrics[k] = v.get<double>();
-      }
+  s.global_step = fields.optional_int64("global_step");
+  s.epoch = fields.optional_number("epoch");
+  s.best_metric = fields.optional_number("best_metric");
+  s.last_loss = fields.optional_number("loss");
+  s.best_model_checkpoint = fields.optional_string("best_model_checkpoint");
+  if (const auto evaluations = fields.optional_array("evaluations")) {
+    for (std::size_t i = 0; i < evaluations->size(); ++i) {
+      const json::Value evaluation = evaluations->at(i);
+      if (!evaluation.json().is_object()) continue;
+      const json::Fields e = evaluation.object();
+      const auto step = e.optional_int64("step");
+      const auto values = e.optional_object("metrics");
+      if (!step || !values) continue;
+      auto& metrics = s.eval_by_step[*step];
+      values->for_each([&](const std::string& key, const json::Value& value) {
+        if (value.json().is_number()) metrics[key] = value.number();
+      });
     }
   }
   return s;

@@ -930,12 +930,12 @@ int kind_rank(FileKind kind) {
 
 // The values of trainer_state.json a resume depends on or a reader checks, by name.
 std::vector<std::pair<std::string, json::Json>> trainer_state_values(const json::Json& doc, const std::string& shown_path) {
-  if (!doc.is_object()) throw Error(ErrorKind::corrupt, shown_path, "", "not a JSON object");
-  const auto field = [&](const char* key) { return doc.contains(key) ? doc[key] : json::Json(nullptr); };
+  const json::Fields fields(doc, shown_path, "");
+  const auto field = [&](const char* key) { return fields.value_or_null(key); };
   const json::Json history = field("log_history");
   const auto last_logged = [&](const char* key) {
     const json::Json entry = last_log_with(history, [&](const std::string& k) { return k == key; });
-    return entry.is_null() ? entry : entry[key];
+    return entry.is_null() ? entry : json::Fields(entry, shown_path, "").value_or_null(key);
   };
   json::Json best = field("best_model_checkpoint");
   if (best.is_string()) best = recorded_checkpoint_name(best.get<std::string>());

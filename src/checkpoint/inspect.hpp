@@ -101,6 +101,10 @@ struct InspectOptions {
 // Throws Error for an unreadable or corrupt file.
 FileReport inspect_file(const std::string& path, const InspectOptions& options);
 
+// inspect_file for a file of a checkpoint directory, which may hold files of no format ckpt knows (a README,
+// tokenizer files): such a file is reported as FileKind::other, not refused.
+FileReport inspect_checkpoint_file(const std::string& path, const InspectOptions& options);
+
 // Never throws for a bad member file: its report carries the error and the checkpoint is incomplete. A model
 // directory (is_model_directory) is judged complete as one (assess_model_directory).
 CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions& options);

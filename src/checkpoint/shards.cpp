@@ -115,9 +115,9 @@ void check_shard_set(const std::vector<const Source*>& shards) {
     const json::Json these_groups = to_data(g, *param_groups);
     if (!groups) {
       groups = these_groups;
-      for (const auto& group : these_groups) {
-        if (!group.is_object() || !group.contains("params") || !group["params"].is_array()) bad("param_groups", "a group without params");
-        parameters += static_cast<std::int64_t>(group["params"].size());
+      const json::Elements group_list(these_groups, s->path, "param_groups");
+      for (std::size_t i = 0; i < group_list.size(); ++i) {
+        parameters += static_cast<std::int64_t>(group_list.at(i).object().array("params").size());
       }
     } else if (these_groups != *groups) {
       bad("param_groups", "differ from the first shard's");

@@ -121,26 +121,24 @@ std::unique_ptr<Source> load_safetensors(const std::string& path) {
   std::map<std::string, std::string> aliases;  // a tied name left out of the file -> the stored tensor it shares
   if (s->metadata.count(kAliasesKey)) {
     const json::Json recorded = metadata_json(*s, kAliasesKey);
-    if (!recorded.is_object()) bad_metadata(kAliasesKey, "is not an object of alias -> tensor names");
-    for (const auto& [alias, target] : recorded.items()) {
+    const json::Fields fields(recorded, path, std::string("__metadata__ ") + kAliasesKey);
+    fields.for_each([&](const std::string& alias, const json::Value& value) {
       if (by_name.count(alias)) bad_metadata(kAliasesKey, "'" + alias + "' is a stored tensor, not an alias");
-      if (!target.is_string() || !by_name.count(target.get<std::string>())) {
-        bad_metadata(kAliasesKey, "alias '" + alias + "' is not tied to a stored tensor");
-      }
-      aliases[alias] = target.get<std::string>();
-    }
+      std::string target = value.string();
+      if (!by_name.count(target)) bad_metadata(kAliasesKey, "alias '" + alias + "' is not tied to a stored tensor");
+      aliases[alias] = std::move(target);
+    });
   }
   std::vector<std::string> order;
   if (s->metadata.count(kOrderKey)) {
     const json::Json recorded = metadata_json(*s, kOrderKey);
-    if (!recorded.is_array()) bad_metadata(kOrderKey, "is not an array of tensor names");
+    const json::Elements names(recorded, path, std::string("__metadata__ ") + kOrderKey);
     std::set<std::string> listed;
-    for (const auto& n : recorded) {
-      if (!n.is_string()) bad_metadata(kOrderKey, "holds " + json::dump(n) + ", not a tensor name");
-      const std::string& name = n.get_ref<const std::string&>();
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      std::string name = names.at(i).string();
       if (!by_name.count(name) && !aliases.count(name)) bad_metadata(kOrderKey, "names '" + name + "', neither a stored tensor nor an alias");
       if (!listed.insert(name).second) bad_metadata(kOrderKey, "names '" + name + "' twice");
-      order.push_back(name);
+      order.push_back(std::move(name));
     }
   } else {
     for (const auto& t : header.tensors) order.push_back(t.name);

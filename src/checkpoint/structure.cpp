@@ -161,14 +161,16 @@ class Encoder {
   BigIntDecimals decimals_;
 };
 
+// Reads the encoding Encoder writes. Its flags (`$ordered`, `requires_grad`, `fortran_order`...) are false unless
+// true, as they always were (WrongType::absent); every other member is required and typed.
 class Decoder {
  public:
   Decoder(pickle::Graph& g, const std::function<NodeId(const std::string&, bool, bool)>& make_tensor,
           const std::function<std::string(const std::string&)>& array_bytes)
       : g_(g), make_tensor_(make_tensor), array_bytes_(array_bytes) {}
 
-  NodeId decode(const json::Json& v, std::size_t depth) {
-    if (depth > pickle::kMaxDepth) fail_corrupt("structure", "nested too deeply");
+  NodeId decode(const json::Json& v, const std::string& key_path, std::size_t depth) {
+    if (depth > pickle::kMaxDepth) fail_corrupt(key_path, "nested too deeply");
     if (v.is_null()) return g_.none();
     if (v.is_boolean()) return scalar(Kind::boolean, [&](Node& n) { n.flag = v.get<bool>(); });
     if (v.is_number_integer()) {
@@ -179,94 +181,86 @@ class Decoder {
     }
     if (v.is_number_float()) return scalar(Kind::floating, [&](Node& n) { n.number = v.get<double>(); });
     if (v.is_string()) return text(Kind::string, v.get<std::string>());
-    if (v.is_array()) return sequence(Kind::list, v, depth);
-    if (!v.is_object()) fail_corrupt("structure", "unexpected JSON value");
-    if (v.contains("$int")) return text(Kind::big_integer, decimal_to_le(string_field(v, "$int")));
-    if (v.contains("$float")) {
-      const std::string f = string_field(v, "$float");
-      const double d = f == "nan" ? NAN : f == "inf" ? INFINITY : f == "-inf" ? -INFINITY : 0;
-      if (d == 0) fail_corrupt("structure", "bad $float");
+    if (v.is_array()) return sequence(Kind::list, json::Elements(v, at(key_path)), depth);
+    if (!v.is_object()) fail_corrupt(key_path, "unexpected JSON value");
+    const json::Fields f(v, at(key_path));
+    if (f.has("$int")) return text(Kind::big_integer, decimal_to_le(f.string("$int")));
+    if (f.has("$float")) {
+      const std::string name = f.string("$float");
+      const double d = name == "nan" ? NAN : name == "inf" ? INFINITY : name == "-inf" ? -INFINITY : 0;
+      if (d == 0) f.required("$float").fail("is not nan, inf or -inf");
       return scalar(Kind::floating, [&](Node& n) { n.number = d; });
     }
-    if (v.contains("$bytes")) return text(Kind::bytes, bytes_of_hex(string_field(v, "$bytes")));
-    if (v.contains("$tuple")) return sequence(Kind::tuple, v["$tuple"], depth);
-    if (v.contains("$set")) return sequence(Kind::set, v["$set"], depth);
-    if (v.contains("$frozenset")) return sequence(Kind::frozenset, v["$frozenset"], depth);
-    if (v.contains("$dict")) {
-      const json::Json& pairs = v["$dict"];
-      if (!pairs.is_array()) fail_corrupt("structure", "$dict is not an array");
+    if (f.has("$bytes")) return text(Kind::bytes, bytes_of_hex(f.string("$bytes")));
+    if (f.has("$tuple")) return sequence(Kind::tuple, f.array("$tuple"), depth);
+    if (f.has("$set")) return sequence(Kind::set, f.array("$set"), depth);
+    if (f.has("$frozenset")) return sequence(Kind::frozenset, f.array("$frozenset"), depth);
+    if (f.has("$dict")) {
+      const json::Elements pairs = f.array("$dict");
       std::vector<NodeId> items;
-      for (const auto& pair : pairs) {
-        if (!pair.is_array() || pair.size() != 2) fail_corrupt("structure", "$dict entry is not a pair");
-        items.push_back(decode(pair[0], depth + 1));
-        items.push_back(decode(pair[1], depth + 1));
+      for (std::size_t i = 0; i < pairs.size(); ++i) {
+        const json::Elements pair = pairs.at(i).array();
+        if (pair.size() != 2) pair.fail("is not a [key, value] pair");
+        items.push_back(decode(pair.at(0), depth + 1));
+        items.push_back(decode(pair.at(1), depth + 1));
       }
       Node n;
       n.kind = Kind::dict;
       n.items = std::move(items);
-      n.flag = flag_field(v, "$ordered");
-      if (v.contains("$attrs")) n.attributes = decode(v["$attrs"], depth + 1);
+      n.flag = flag(f, "$ordered");
+      if (const auto attributes = f.optional("$attrs")) n.attributes = decode(*attributes, depth + 1);
       return g_.add(std::move(n));
     }
-    if (v.contains("$tensor")) {
-      const std::string name = string_field(v, "$tensor");
+    if (f.has("$tensor")) {
+      const std::string name = f.string("$tensor");
       if (auto it = tensors_.find(name); it != tensors_.end()) return it->second;
-      const bool requires_grad = flag_field(v, "requires_grad");
-      const bool parameter = flag_field(v, "parameter");
+      const bool requires_grad = flag(f, "requires_grad");
+      const bool parameter = flag(f, "parameter");
       return tensors_[name] = make_tensor_(name, requires_grad, parameter);
     }
-    if (v.contains("$ndarray")) {
-      const std::string name = string_field(v, "$ndarray");
+    if (f.has("$ndarray")) {
+      const std::string name = f.string("$ndarray");
       if (auto it = tensors_.find(name); it != tensors_.end()) return it->second;
       pickle::NdArray array;
-      array.descr = string_field(v, "descr");
-      if (!v.contains("shape") || !v["shape"].is_array()) fail_corrupt("structure", "$ndarray without a shape");
-      for (const auto& d : v["shape"]) {
-        if (!d.is_number_integer()) fail_corrupt("structure", "$ndarray shape is not integers");
-        array.shape.push_back(d.get<std::int64_t>());
-      }
-      array.fortran_order = flag_field(v, "fortran_order");
-      array.scalar = flag_field(v, "scalar");
-      if (array.scalar && !array.shape.empty()) fail_corrupt("structure", "a numpy scalar with a shape");
+      array.descr = f.string("descr");
+      const json::Elements shape = f.array("shape");
+      for (std::size_t i = 0; i < shape.size(); ++i) array.shape.push_back(shape.at(i).int64());
+      array.fortran_order = flag(f, "fortran_order");
+      array.scalar = flag(f, "scalar");
+      if (array.scalar && !array.shape.empty()) f.fail("a numpy scalar with a shape");
       array.data = array_bytes_(name);
-      if (array.descr.empty() && !array.data.empty()) fail_corrupt("structure", "$ndarray '" + name + "' has bytes but no descr");
-      if (auto why = numpy_unstorable(array)) fail_corrupt("structure", "$ndarray '" + name + "' is " + *why);
+      if (array.descr.empty() && !array.data.empty()) f.fail("$ndarray '" + name + "' has bytes but no descr");
+      if (auto why = numpy_unstorable(array)) f.fail("$ndarray '" + name + "' is " + *why);
       return tensors_[name] = g_.add_array(std::move(array));
     }
-    if (v.contains("$numpy_dtype")) {
-      const std::string descr = string_field(v, "$numpy_dtype");
-      if (auto why = numpy_dtype_unstorable(descr, true)) fail_corrupt("structure", "$numpy_dtype is " + *why);
+    if (f.has("$numpy_dtype")) {
+      const std::string descr = f.string("$numpy_dtype");
+      if (auto why = numpy_dtype_unstorable(descr, true)) f.required("$numpy_dtype").fail("is " + *why);
       Node n;
       n.kind = Kind::numpy_dtype;
       n.integer = descr[0];
       n.text = descr.substr(1);
       return g_.add(std::move(n));
     }
-    if (v.contains("$device")) return text(Kind::device, string_field(v, "$device"));
-    if (v.contains("$global")) {
-      const json::Json& parts = v["$global"];
-      if (!parts.is_array() || parts.size() != 2 || !parts[0].is_string() || !parts[1].is_string()) fail_corrupt("structure", "bad $global");
-      return text(Kind::global, parts[0].get<std::string>() + "\n" + parts[1].get<std::string>());
+    if (f.has("$device")) return text(Kind::device, f.string("$device"));
+    if (f.has("$global")) {
+      const json::Elements parts = f.array("$global");
+      if (parts.size() != 2) parts.fail("is not [module, name]");
+      return text(Kind::global, parts.at(0).string() + "\n" + parts.at(1).string());
     }
     Node n;
     n.kind = Kind::dict;
-    for (const auto& [key, value] : v.items()) {
+    f.for_each([&](const std::string& key, const json::Value& value) {
       n.items.push_back(text(Kind::string, key));
       n.items.push_back(decode(value, depth + 1));
-    }
+    });
     return g_.add(std::move(n));
   }
 
  private:
-  static std::string string_field(const json::Json& v, const char* key) {
-    const auto it = v.find(key);
-    if (it == v.end() || !it->is_string()) fail_corrupt("structure", std::string(key) + " is missing or not a string");
-    return it->get<std::string>();
-  }
-  static bool flag_field(const json::Json& v, const char* key) {
-    const auto it = v.find(key);
-    return it != v.end() && it->is_boolean() && it->get<bool>();
-  }
+  NodeId decode(const json::Value& v, std::size_t depth) { return decode(v.json(), v.key_path(), depth); }
+  json::Location at(const std::string& key_path) const { return {path_, key_path, json::WrongType::absent}; }
+  static bool flag(const json::Fields& f, std::string_view key) { return f.optional_boolean(key).value_or(false); }
   template <typename Fill>
   NodeId scalar(Kind kind, Fill fill) {
     Node n;
@@ -280,17 +274,17 @@ class Decoder {
     n.text = std::move(s);
     return g_.add(std::move(n));
   }
-  NodeId sequence(Kind kind, const json::Json& items, std::size_t depth) {
-    if (!items.is_array()) fail_corrupt("structure", "expected an array");
+  NodeId sequence(Kind kind, const json::Elements& items, std::size_t depth) {
     Node n;
     n.kind = kind;
-    for (const auto& item : items) n.items.push_back(decode(item, depth + 1));
+    for (std::size_t i = 0; i < items.size(); ++i) n.items.push_back(decode(items.at(i), depth + 1));
     return g_.add(std::move(n));
   }
 
   pickle::Graph& g_;
   const std::function<NodeId(const std::string&, bool, bool)>& make_tensor_;
   const std::function<std::string(const std::string&)>& array_bytes_;
+  const std::shared_ptr<const std::string> path_ = std::make_shared<const std::string>();  // the caller names the file
   std::unordered_map<std::string, NodeId> tensors_;
 };
 
@@ -304,7 +298,7 @@ json::Json encode_structure(const pickle::Graph& graph, pickle::NodeId root, std
 pickle::NodeId decode_structure(const json::Json& encoded, pickle::Graph& graph,
                                 const std::function<pickle::NodeId(const std::string&, bool, bool)>& make_tensor,
                                 const std::function<std::string(const std::string&)>& array_bytes) {
-  return Decoder(graph, make_tensor, array_bytes).decode(encoded, 0);
+  return Decoder(graph, make_tensor, array_bytes).decode(encoded, "structure", 0);
 }
 
 }  // namespace ckpt::checkpoint

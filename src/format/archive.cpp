@@ -28,42 +28,14 @@ constexpr std::size_t kMaxNameLength = 4096;
 // codec: measured on mantissa planes, zstd never shrinks them, and trying costs most of the compression time.
 constexpr double kIncompressibleBits = 7.9;
 
-[[noreturn]] void bad(const std::string& where, const std::string& what) { fail_corrupt("manifest: " + where, what); }
+// The key path of the manifest's members in errors: "manifest.files[0].segments[1].frames[2]".
+constexpr const char* kManifest = "manifest";
+
+[[noreturn]] void bad(const std::string& where, const std::string& what) { fail_corrupt(where, what); }
 
 std::uint64_t add_checked(std::uint64_t a, std::uint64_t b, const std::string& where) {
   if (a > std::numeric_limits<std::uint64_t>::max() - b) bad(where, "sizes overflow");
   return a + b;
-}
-
-const json::Json& member(const json::Json& object, const char* key, const std::string& where) {
-  if (!object.is_object()) bad(where, "not an object");
-  auto it = object.find(key);
-  if (it == object.end()) bad(where, std::string("missing \"") + key + "\"");
-  return *it;
-}
-
-std::uint64_t unsigned_member(const json::Json& object, const char* key, const std::string& where) {
-  const auto& v = member(object, key, where);
-  if (!v.is_number_unsigned()) bad(where + "." + key, "not a non-negative integer");
-  return v.get<std::uint64_t>();
-}
-
-std::uint64_t unsigned_item(const json::Json& array, std::size_t index, const std::string& where) {
-  const auto& v = array.at(index);
-  if (!v.is_number_unsigned()) bad(where, "not a non-negative integer");
-  return v.get<std::uint64_t>();
-}
-
-const std::string& string_member(const json::Json& object, const char* key, const std::string& where) {
-  const auto& v = member(object, key, where);
-  if (!v.is_string()) bad(where + "." + key, "not a string");
-  return v.get_ref<const std::string&>();
-}
-
-const json::Json& array_member(const json::Json& object, const char* key, const std::string& where) {
-  const auto& v = member(object, key, where);
-  if (!v.is_array()) bad(where + "." + key, "not an array");
-  return v;
 }
 
 bool safe_relative_path(std::string_view name) {
@@ -116,41 +88,42 @@ std::uint64_t min_stored_size(Codec codec, std::uint64_t plane) {
 
 // `next_frame` is where the next frame must begin: frames tile the bytes between the header and the manifest in
 // manifest order, so each stored byte belongs to one frame of one chunk and is decoded once.
-Segment parse_segment(const json::Json& j, std::uint64_t chunk_size, std::uint64_t payload_end, std::uint64_t& next_frame,
-                      const std::string& where) {
+Segment parse_segment(const json::Fields& j, std::uint64_t chunk_size, std::uint64_t payload_end, std::uint64_t& next_frame) {
+  const std::string& where = j.key_path();
   Segment s;
-  s.size = unsigned_member(j, "size", where);
-  const std::string& layout = string_member(j, "layout", where);
-  const std::string& transform = string_member(j, "transform", where);
-  const std::uint64_t element_size = unsigned_member(j, "element_size", where);
+  s.size = j.uint64("size");
+  const std::string layout = j.string("layout");
+  const std::string transform = j.string("transform");
+  const std::uint64_t element_size = j.uint64("element_size");
   if (layout == "bytes") s.layout = Layout::bytes;
   else if (layout == "planes") s.layout = Layout::planes;
-  else bad(where + ".layout", "unknown layout '" + layout + "'");
+  else bad(j.key_path("layout"), "unknown layout '" + layout + "'");
   if (transform == "none") s.transform = Transform::none;
   else if (transform == "rotl1") s.transform = Transform::rotl1;
-  else bad(where + ".transform", "unknown transform '" + transform + "'");
-  if (element_size != 1 && element_size != 2 && element_size != 4 && element_size != 8) bad(where + ".element_size", "must be 1, 2, 4 or 8");
+  else bad(j.key_path("transform"), "unknown transform '" + transform + "'");
+  if (element_size != 1 && element_size != 2 && element_size != 4 && element_size != 8) bad(j.key_path("element_size"), "must be 1, 2, 4 or 8");
   s.element_size = static_cast<std::uint32_t>(element_size);
   if (s.layout == Layout::bytes && (s.element_size != 1 || s.transform != Transform::none)) bad(where, "a bytes segment has no planes");
   if (s.transform == Transform::rotl1 && s.element_size == 1) bad(where, "rotl1 needs elements of 2 bytes or more");
-  if (s.size % s.element_size != 0) bad(where + ".size", "not a whole number of elements");
+  if (s.size % s.element_size != 0) bad(j.key_path("size"), "not a whole number of elements");
 
-  const auto& frames = array_member(j, "frames", where);
+  const json::Elements frames = j.array("frames");
   const std::uint64_t chunks = chunk_count(s, chunk_size);
   const std::uint64_t per_chunk = s.layout == Layout::planes ? s.element_size : 1;
-  if (frames.size() / per_chunk != chunks || frames.size() % per_chunk != 0) bad(where + ".frames", "the frame count does not match the size");
+  if (frames.size() / per_chunk != chunks || frames.size() % per_chunk != 0) bad(frames.key_path(), "the frame count does not match the size");
   s.frames.reserve(frames.size());
   for (std::size_t i = 0; i < frames.size(); ++i) {
-    const std::string fw = where + ".frames[" + std::to_string(i) + "]";
-    const auto& f = frames[i];
-    if (!f.is_array() || f.size() != 4) bad(fw, "not [codec, offset, size, crc32]");
+    const json::Value item = frames.at(i);
+    const json::Elements f = item.array();
+    const std::string fw = f.key_path();
+    if (f.size() != 4) bad(fw, "not [codec, offset, size, crc32]");
     Frame frame;
-    const std::uint64_t codec = unsigned_item(f, 0, fw);
+    const std::uint64_t codec = f.at(0).uint64();
     if (codec > 2) bad(fw, "unknown codec " + std::to_string(codec));
     frame.codec = static_cast<Codec>(codec);
-    frame.offset = unsigned_item(f, 1, fw);
-    frame.stored_size = unsigned_item(f, 2, fw);
-    const std::uint64_t crc = unsigned_item(f, 3, fw);
+    frame.offset = f.at(1).uint64();
+    frame.stored_size = f.at(2).uint64();
+    const std::uint64_t crc = f.at(3).uint64();
     if (crc > 0xffffffffu) bad(fw, "crc32 out of range");
     frame.crc32 = static_cast<std::uint32_t>(crc);
     if (frame.offset < kHeaderSize || add_checked(frame.offset, frame.stored_size, fw) > payload_end) bad(fw, "outside the archive's frames");
@@ -172,81 +145,81 @@ Segment parse_segment(const json::Json& j, std::uint64_t chunk_size, std::uint64
 }
 
 Manifest parse_manifest(std::span<const std::uint8_t> text, std::uint64_t payload_end) {
-  const json::Json j = json::parse(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
-  if (!j.is_object()) bad("", "not an object");
-  if (string_member(j, "format", "") != "ckpt-archive") bad("format", "not a ckpt archive");
-  if (unsigned_member(j, "version", "") != kVersion) {
-    fail(ErrorKind::unsupported, "manifest", "archive version " + member(j, "version", "").dump() + " (this ckpt reads version 1)");
+  const json::Json doc = json::parse(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+  const json::Fields j(doc, "", kManifest);
+  if (j.string("format") != "ckpt-archive") bad(j.key_path("format"), "not a ckpt archive");
+  if (const std::uint64_t version = j.uint64("version"); version != kVersion) {
+    fail(ErrorKind::unsupported, kManifest, "archive version " + std::to_string(version) + " (this ckpt reads version 1)");
   }
   Manifest m;
-  m.checkpoint = string_member(j, "checkpoint", "");
-  const auto& step = member(j, "step", "");
-  if (step.is_number_unsigned() && step.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-    m.step = step.get<std::int64_t>();
-  } else if (!step.is_null()) {
-    bad("step", "not a step");
+  m.checkpoint = j.string("checkpoint");
+  if (const json::Value step = j.required("step"); !step.json().is_null()) {
+    if (!step.json().is_number_unsigned() || step.json().get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+      step.fail("not a step");
+    }
+    m.step = step.json().get<std::int64_t>();
   }
-  m.chunk_size = unsigned_member(j, "chunk_size", "");
+  m.chunk_size = j.uint64("chunk_size");
   if (m.chunk_size < kMinChunkSize || m.chunk_size > kMaxChunkSize || m.chunk_size % kMaxElementSize != 0) {
-    bad("chunk_size", "out of range");
+    bad(j.key_path("chunk_size"), "out of range");
   }
-  m.trainer_state = member(j, "trainer_state", "");
+  m.trainer_state = j.required("trainer_state").json();
   std::set<std::string_view> names;
   std::uint64_t total = 0;
   std::uint64_t next_frame = kHeaderSize;
-  const auto& files = array_member(j, "files", "");
+  const json::Elements files = j.array("files");
   for (std::size_t i = 0; i < files.size(); ++i) {
-    const std::string fw = "files[" + std::to_string(i) + "]";
+    const json::Fields file = files.at(i).object();
+    const std::string& fw = file.key_path();
     File f;
-    f.name = string_member(files[i], "name", fw);
-    if (!safe_relative_path(f.name)) bad(fw + ".name", "not a safe relative path: '" + f.name + "'");
-    f.size = unsigned_member(files[i], "size", fw);
-    f.mode = static_cast<std::uint32_t>(unsigned_member(files[i], "mode", fw) & 0777);
-    f.sha256 = parse_digest(string_member(files[i], "sha256", fw), fw + ".sha256");
-    const auto& segments = array_member(files[i], "segments", fw);
+    f.name = file.string("name");
+    if (!safe_relative_path(f.name)) bad(file.key_path("name"), "not a safe relative path: '" + f.name + "'");
+    f.size = file.uint64("size");
+    f.mode = static_cast<std::uint32_t>(file.uint64("mode") & 0777);
+    f.sha256 = parse_digest(file.string("sha256"), file.key_path("sha256"));
+    const json::Elements segments = file.array("segments");
     std::uint64_t covered = 0;
     for (std::size_t k = 0; k < segments.size(); ++k) {
-      f.segments.push_back(parse_segment(segments[k], m.chunk_size, payload_end, next_frame, fw + ".segments[" + std::to_string(k) + "]"));
+      f.segments.push_back(parse_segment(segments.at(k).object(), m.chunk_size, payload_end, next_frame));
       covered = add_checked(covered, f.segments.back().size, fw);
     }
     if (covered != f.size) bad(fw, "segments do not cover the file");
     total = add_checked(total, f.size, fw);
     m.files.push_back(std::move(f));
   }
-  if (next_frame != payload_end) bad("files", "the frames end at byte " + std::to_string(next_frame) + ", not at the manifest");
+  if (next_frame != payload_end) bad(files.key_path(), "the frames end at byte " + std::to_string(next_frame) + ", not at the manifest");
   for (const auto& f : m.files) {
-    if (!names.insert(f.name).second) bad("files", "'" + f.name + "' appears twice");
+    if (!names.insert(f.name).second) bad(files.key_path(), "'" + f.name + "' appears twice");
   }
   // No file may also be a directory of another ("a" and "a/b"): restoring could not create both.
   for (const auto& f : m.files) {
     for (std::size_t slash = f.name.find('/'); slash != std::string::npos; slash = f.name.find('/', slash + 1)) {
-      if (names.count(std::string_view(f.name).substr(0, slash))) bad("files", "'" + f.name.substr(0, slash) + "' is both a file and a directory");
+      if (names.count(std::string_view(f.name).substr(0, slash))) {
+        bad(files.key_path(), "'" + f.name.substr(0, slash) + "' is both a file and a directory");
+      }
     }
   }
-  const auto& tensors = array_member(j, "tensors", "");
+  const json::Elements tensors = j.array("tensors");
   for (std::size_t i = 0; i < tensors.size(); ++i) {
-    const std::string tw = "tensors[" + std::to_string(i) + "]";
+    const json::Fields tensor = tensors.at(i).object();
+    const std::string& tw = tensor.key_path();
     Tensor t;
-    t.name = string_member(tensors[i], "name", tw);
-    const auto dtype = dtype_from_short_code(string_member(tensors[i], "dtype", tw));
-    if (!dtype) bad(tw + ".dtype", "unknown dtype");
+    t.name = tensor.string("name");
+    const auto dtype = dtype_from_short_code(tensor.string("dtype"));
+    if (!dtype) bad(tensor.key_path("dtype"), "unknown dtype");
     t.dtype = *dtype;
-    for (const auto& d : array_member(tensors[i], "shape", tw)) {
-      if (!d.is_number_unsigned() || d.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-        bad(tw + ".shape", "not a dimension");
-      }
-      t.shape.push_back(d.get<std::int64_t>());
-    }
-    t.file = unsigned_member(tensors[i], "file", tw);
-    t.segment = unsigned_member(tensors[i], "segment", tw);
-    t.offset = unsigned_member(tensors[i], "offset", tw);
+    const json::Elements shape = tensor.array("shape");
+    for (std::size_t k = 0; k < shape.size(); ++k) t.shape.push_back(shape.at(k).int64(0));
+    t.file = tensor.uint64("file");
+    t.segment = tensor.uint64("segment");
+    t.offset = tensor.uint64("offset");
     if (t.file >= m.files.size() || t.segment >= m.files[t.file].segments.size() || t.offset > m.files[t.file].segments[t.segment].size) {
       bad(tw, "points outside the archive's files");
     }
     // Its elements lie inside its segment (numel overflow-checked: each dimension is below 2^63).
     std::uint64_t bytes = element_size(t.dtype);
     for (std::int64_t d : t.shape) {
-      if (d != 0 && bytes > std::numeric_limits<std::uint64_t>::max() / static_cast<std::uint64_t>(d)) bad(tw + ".shape", "too many elements");
+      if (d != 0 && bytes > std::numeric_limits<std::uint64_t>::max() / static_cast<std::uint64_t>(d)) bad(shape.key_path(), "too many elements");
       bytes *= static_cast<std::uint64_t>(d);
     }
     if (bytes > m.files[t.file].segments[t.segment].size - t.offset) bad(tw, "extends past its segment");

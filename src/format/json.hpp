@@ -21,6 +21,10 @@
 // Documents are at most kMaxDepth deep, so every later recursive walk terminates.
 #pragma once
 
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -71,5 +75,125 @@ std::string dump_python_sorted(const Json& value, int indent);
 // Python's repr of a double: the shortest digits that round-trip, positional for exponents -4..15, otherwise
 // scientific with a signed two-digit exponent ("0.0001", "1e-05", "1e+16", "2.0").
 std::string python_float_repr(double value);
+
+// ---- Reading what a file holds ----
+//
+// Every read of JSON that came from a file goes through Fields, Elements and Value: typed reads that throw an Error
+// of kind corrupt naming the file (`path`, empty when the caller adds it later through Error::with_context) and, in
+// `where`, the key path of the value (`header["layer.0.weight"].shape[1]`, `log_history[3].loss`): a member whose
+// key is letters, digits, '_', '$' or '-' is appended as `.key`, any other as `["key"]` (JSON-quoted), an element
+// as `[index]`. Lookups search with find(); nothing here indexes a const object, whose operator[] has undefined
+// behaviour on a missing key. Integers are exact (a float is not an integer; a number beyond 64 bits is a
+// big_integer, which no integer read accepts); a number read accepts integers and floats (NaN, infinities).
+//
+// A reader that is lenient today about optional members (trainer_state.json's summary skips a field of the wrong
+// type) says so once, with WrongType::absent: then every optional_* read of that object, and of the objects and
+// arrays read from it, returns nullopt for a value of the wrong type as for a missing one. Required reads always
+// throw. A Value refers to the Fields or Elements it came from and must not outlive it.
+
+// What an optional read does with a member of the wrong type.
+enum class WrongType { fail, absent };
+
+class Fields;
+class Elements;
+
+// Where values are: the file, the key path of the enclosing object or array, and the reading rule.
+struct Location {
+  std::shared_ptr<const std::string> path;
+  std::string key_path;
+  WrongType wrong_type = WrongType::fail;
+};
+
+// One value of an object or array, read by type.
+class Value {
+ public:
+  Value(const Json& json, const Location& parent, std::string_view key) : json_(&json), parent_(&parent), key_(key) {}
+  Value(const Json& json, const Location& parent, std::size_t index) : json_(&json), parent_(&parent), index_(index) {}
+
+  const Json& json() const { return *json_; }
+  std::string key_path() const;
+
+  std::string string() const;
+  std::int64_t int64(std::int64_t min = std::numeric_limits<std::int64_t>::min(),
+                     std::int64_t max = std::numeric_limits<std::int64_t>::max()) const;
+  std::uint64_t uint64(std::uint64_t max = std::numeric_limits<std::uint64_t>::max()) const;
+  double number() const;
+  bool boolean() const;
+  Fields object() const;
+  Elements array() const;
+
+  // Throws corrupt about this value: for the rules a reader adds to the types (a range, a known name).
+  [[noreturn]] void fail(const std::string& what) const;
+
+ private:
+  const Json* json_;
+  const Location* parent_;
+  std::string_view key_;
+  std::optional<std::size_t> index_;
+};
+
+// An array's elements, each read as a Value named `[index]`.
+class Elements {
+ public:
+  Elements(const Json& array, std::string path, std::string key_path, WrongType wrong_type = WrongType::fail);
+  Elements(const Json& array, Location where);  // throws corrupt unless `array` is an array
+
+  std::size_t size() const { return items_->size(); }
+  Value at(std::size_t index) const;  // throws corrupt past the end
+  const Json& json() const { return *array_; }
+  const std::string& key_path() const { return where_.key_path; }
+  [[noreturn]] void fail(const std::string& what) const;
+
+ private:
+  const Json* array_;
+  const Json::array_t* items_;
+  Location where_;
+};
+
+// An object's members by key. The root of a document: Fields(doc, path, "") (or a prefix such as "header").
+class Fields {
+ public:
+  Fields(const Json& object, std::string path, std::string key_path, WrongType wrong_type = WrongType::fail);
+  Fields(const Json& object, Location where);  // throws corrupt unless `object` is an object
+
+  const Json& json() const { return *object_; }
+  const std::string& path() const { return *where_.path; }
+  const std::string& key_path() const { return where_.key_path; }
+  std::string key_path(std::string_view key) const;
+
+  bool has(std::string_view key) const;
+  std::optional<Value> optional(std::string_view key) const;  // any type
+  Value required(std::string_view key) const;                  // any type; throws corrupt when missing
+  Json value_or_null(std::string_view key) const;              // a copy of the member, null when missing
+
+  std::string string(std::string_view key) const;
+  std::optional<std::string> optional_string(std::string_view key) const;
+  std::int64_t int64(std::string_view key, std::int64_t min = std::numeric_limits<std::int64_t>::min(),
+                     std::int64_t max = std::numeric_limits<std::int64_t>::max()) const;
+  std::optional<std::int64_t> optional_int64(std::string_view key, std::int64_t min = std::numeric_limits<std::int64_t>::min(),
+                                             std::int64_t max = std::numeric_limits<std::int64_t>::max()) const;
+  std::uint64_t uint64(std::string_view key, std::uint64_t max = std::numeric_limits<std::uint64_t>::max()) const;
+  std::optional<std::uint64_t> optional_uint64(std::string_view key, std::uint64_t max = std::numeric_limits<std::uint64_t>::max()) const;
+  double number(std::string_view key) const;
+  std::optional<double> optional_number(std::string_view key) const;
+  bool boolean(std::string_view key) const;
+  std::optional<bool> optional_boolean(std::string_view key) const;
+  Fields object(std::string_view key) const;
+  std::optional<Fields> optional_object(std::string_view key) const;
+  Elements array(std::string_view key) const;
+  std::optional<Elements> optional_array(std::string_view key) const;
+
+  // Calls `visit` with each member in the file's order.
+  void for_each(const std::function<void(const std::string& key, const Value& value)>& visit) const;
+
+  [[noreturn]] void fail(const std::string& what) const;  // corrupt about the object itself
+
+ private:
+  // The member; nullopt when missing, or when not `of_type` where the wrong type counts as absent.
+  std::optional<Value> present(std::string_view key, const std::function<bool(const Json&)>& of_type) const;
+
+  const Json* object_;
+  Location where_;
+};
 
 }  // namespace ckpt::json

@@ -13,11 +13,6 @@ namespace {
 
 std::string tensor_where(const std::string& name) { return "tensor '" + name + "'"; }
 
-std::uint64_t as_u64(const json::Json& v, const std::string& where, const char* what) {
-  if (!v.is_number_unsigned()) fail_corrupt(where, std::string(what) + " is not a non-negative integer");
-  return v.get<std::uint64_t>();
-}
-
 }  // namespace
 
 namespace {
@@ -42,42 +37,33 @@ Header parse_header(std::string_view text, std::uint64_t file_size) {
     // Offsets inside the header are shifted by the 8-byte length prefix.
     throw Error(e.kind(), "", "header", e.detail() + " (" + e.where() + " of the header)");
   }
-  if (!header.is_object()) fail_corrupt("header", "is not a JSON object");
-
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    const std::string& name = it.key();
-    const json::Json& v = it.value();
+  const json::Fields fields(header, "", "header");
+  fields.for_each([&](const std::string& name, const json::Value& value) {
+    const json::Fields entry = value.object();
     if (name == "__metadata__") {
-      if (!v.is_object()) fail_corrupt("__metadata__", "is not an object");
-      for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string()) fail_corrupt("__metadata__", "value of '" + m.key() + "' is not a string");
-        h.metadata.emplace_back(m.key(), m.value().get<std::string>());
-      }
-      continue;
+      entry.for_each([&](const std::string& key, const json::Value& text) { h.metadata.emplace_back(key, text.string()); });
+      return;
     }
     const std::string where = tensor_where(name);
-    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets")) {
-      fail_corrupt(where, "entry lacks dtype, shape or data_offsets");
-    }
     Tensor t;
     t.name = name;
-    if (!v["dtype"].is_string()) fail_corrupt(where, "dtype is not a string");
-    auto dtype = dtype_from_safetensors_code(v["dtype"].get<std::string>());
-    if (!dtype) fail(ErrorKind::unsupported, where, "unknown dtype " + v["dtype"].get<std::string>());
+    const std::string code = entry.string("dtype");
+    auto dtype = dtype_from_safetensors_code(code);
+    if (!dtype) fail(ErrorKind::unsupported, where, "unknown dtype " + code);
     t.dtype = *dtype;
-    if (!v["shape"].is_array()) fail_corrupt(where, "shape is not an array");
+    const json::Elements shape = entry.array("shape");
     std::uint64_t numel = 1;
-    for (const auto& d : v["shape"]) {
-      std::uint64_t dim = as_u64(d, where, "a shape dimension");
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+      const std::uint64_t dim = shape.at(i).uint64();
       if (dim > static_cast<std::uint64_t>(INT64_MAX) || !checked_mul(numel, dim, numel)) {
         fail_corrupt(where, "shape overflows 64 bits");
       }
       t.shape.push_back(static_cast<std::int64_t>(dim));
     }
-    const auto& offsets = v["data_offsets"];
-    if (!offsets.is_array() || offsets.size() != 2) fail_corrupt(where, "data_offsets is not [begin, end]");
-    t.begin = as_u64(offsets[0], where, "data_offsets begin");
-    t.end = as_u64(offsets[1], where, "data_offsets end");
+    const json::Elements offsets = entry.array("data_offsets");
+    if (offsets.size() != 2) offsets.fail("is not [begin, end]");
+    t.begin = offsets.at(0).uint64();
+    t.end = offsets.at(1).uint64();
     std::uint64_t nbytes = 0;
     if (t.end < t.begin) fail_corrupt(where, "data_offsets end before begin");
     if (!checked_mul(numel, element_size(t.dtype), nbytes) || nbytes != t.end - t.begin) {
@@ -85,7 +71,7 @@ Header parse_header(std::string_view text, std::uint64_t file_size) {
                               (nbytes == 0 && numel != 0 ? std::string("more than 2^64") : std::to_string(nbytes)));
     }
     h.tensors.push_back(std::move(t));
-  }
+  });
 
   std::stable_sort(h.tensors.begin(), h.tensors.end(), [](const Tensor& a, const Tensor& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;

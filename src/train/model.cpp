@@ -38,18 +38,16 @@ json::Json config_json(const ModelArguments& model) {
 }
 
 ModelArguments read_config_json(const json::Json& config, const std::string& path) {
-  if (!config.is_object() || config.value("model_type", json::Json()) != kModelType) {
+  const std::optional<std::string> model_type =
+      config.is_object() ? json::Fields(config, path, "", json::WrongType::absent).optional_string("model_type") : std::nullopt;
+  if (model_type != kModelType) {
     throw Error(ErrorKind::unsupported, path, "model_type", std::string("not a ") + kModelType + " model (ckpt resume continues runs of its own trainer)");
   }
+  const json::Fields fields(config, path, "");
   Arguments args;
   for (const auto& spec : argument_specs()) {
     if (spec.scope != ArgScope::model) continue;
-    const bool integer = spec.type == ArgType::integer;
-    const auto it = config.find(spec.key);
-    if (it == config.end() || !(integer ? it->is_number_integer() : it->is_number())) {
-      throw Error(ErrorKind::corrupt, path, spec.key, integer ? "missing or not an integer" : "missing or not a number");
-    }
-    spec.set(args, integer ? ArgValue(it->get<std::int64_t>()) : ArgValue(it->get<double>()));
+    spec.set(args, spec.type == ArgType::integer ? ArgValue(fields.int64(spec.key)) : ArgValue(fields.number(spec.key)));
   }
   try {
     check_bounds(args.model);

@@ -41,18 +41,14 @@ std::string TrainerState::to_text() const {
 }
 
 void TrainerState::load(const std::string& path) {
-  const json::Json j = json::parse_file(path);
-  auto bad = [&](const char* key) { throw Error(ErrorKind::corrupt, path, key, "missing or of the wrong type"); };
-  if (!j.is_object()) bad("trainer_state");
-  if (!j.contains("global_step") || !j["global_step"].is_number_integer()) bad("global_step");
-  global_step = j["global_step"].get<std::int64_t>();
-  if (global_step < 0) bad("global_step");
-  if (j.contains("total_flos") && j["total_flos"].is_number()) total_flos = j["total_flos"].get<double>();
-  if (j.contains("log_history") && j["log_history"].is_array()) log_history = j["log_history"];
-  if (j.contains("best_metric") && j["best_metric"].is_number()) best_metric = j["best_metric"].get<double>();
-  if (j.contains("best_model_checkpoint") && j["best_model_checkpoint"].is_string()) {
-    best_model_checkpoint = j["best_model_checkpoint"].get<std::string>();
-  }
+  const json::Json doc = json::parse_file(path);
+  // global_step is what a resume continues from; the rest is carried over when it has its type, as before.
+  const json::Fields j(doc, path, "", json::WrongType::absent);
+  global_step = j.int64("global_step", 0);
+  if (auto flos = j.optional_number("total_flos")) total_flos = *flos;
+  if (auto history = j.optional_array("log_history")) log_history = history->json();
+  if (auto metric = j.optional_number("best_metric")) best_metric = metric;
+  if (auto best = j.optional_string("best_model_checkpoint")) best_model_checkpoint = std::move(best);
 }
 
 }  // namespace ckpt::train

@@ -21,19 +21,17 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 import zlib
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "manage"))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
 
 import torch  # noqa: E402
 
-import runs  # noqa: E402
-from runs import ckpt, ckpt_ok  # noqa: E402
-from terminal import run_on_terminal, terminal_screen  # noqa: E402
+import harness  # noqa: E402
+from harness import ckpt, ckpt_ok, run_on_terminal, terminal_screen  # noqa: E402
+from manage import runs  # noqa: E402
 
 
 def same_tree(a, b):
@@ -66,15 +64,8 @@ def random_weights_checkpoint(path, step, mib=4, seed=0):
     return path
 
 
-class Tmp(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="ckpt-archive-test-")
-
-    def tearDown(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def path(self, *parts):
-        return os.path.join(self.tmp, *parts)
+class Tmp(harness.TempDirTest):
+    TEMP_PREFIX = "ckpt-archive-test-"
 
     def round_trip(self, directory, name):
         """Archives `directory`, restores it, checks every byte; returns (archive path, restored path, --json)."""
@@ -83,8 +74,7 @@ class Tmp(unittest.TestCase):
         made = ckpt_ok(self, "convert", directory, "--to", "archive", "-o", archive, "--json").json()
         ckpt_ok(self, "convert", archive, "--to", "dir", "-o", restored, "-q")
         self.assertEqual(same_tree(directory, restored), [], "restored %s differs from %s" % (restored, directory))
-        leftovers = [n for n in os.listdir(self.tmp) if ".tmp-" in n]
-        self.assertEqual(leftovers, [])
+        self.assertEqual(harness.leftover_temporaries(self.tmp), [])
         return archive, restored, made
 
     def train(self, run_dir, *args):
@@ -108,12 +98,12 @@ class RoundTripTest(Tmp):
                     self.assertIn("scale", torch.load(os.path.join(restored, "scaler.pt")))
 
     def test_real_trainer_run(self):
-        run = runs.copy_fixture_run(self.tmp)
+        run = harness.copy_fixture_run(self.tmp)
         for step in (10, 20, 30, 40):
             self.round_trip(os.path.join(run, "checkpoint-%d" % step), "hf-%d" % step)
 
     def test_bf16_and_fp16_weights_and_sharded_weights(self):
-        run = runs.copy_fixture_run(self.tmp)
+        run = harness.copy_fixture_run(self.tmp)
         source = os.path.join(run, "checkpoint-40")
         for dtype in ("bf16", "fp16"):
             cast = self.path("cast-" + dtype)
@@ -168,7 +158,7 @@ class RoundTripTest(Tmp):
         self.assertNotIn("values.pt:expanded", tensors)  # its dense extent would pass its storage: not listed
 
     def test_tensors_of_the_manifest_match_python(self):
-        run = runs.copy_fixture_run(self.tmp)
+        run = harness.copy_fixture_run(self.tmp)
         source = os.path.join(run, "checkpoint-20")
         archive, _, _ = self.round_trip(source, "names")
         info = ckpt_ok(self, "inspect", archive, "--json").json()
@@ -201,7 +191,7 @@ class RoundTripTest(Tmp):
         self.assertLess(made["archive_bytes"], len(plain) / 1.08)
 
     def test_destinations_and_refusals(self):
-        run = runs.copy_fixture_run(self.tmp)
+        run = harness.copy_fixture_run(self.tmp)
         source = os.path.join(run, "checkpoint-10")
         archive, restored, _ = self.round_trip(source, "c10")
         r = ckpt("convert", source, "--to", "archive", "-o", archive)
@@ -238,7 +228,7 @@ class RoundTripTest(Tmp):
 class CorruptionTest(Tmp):
     def setUp(self):
         super().setUp()
-        self.source = runs.copy_fixture_run(self.tmp) + "/checkpoint-30"
+        self.source = harness.copy_fixture_run(self.tmp) + "/checkpoint-30"
         self.archive = self.path("good.ckpt")
         ckpt_ok(self, "convert", self.source, "--to", "archive", "-o", self.archive, "-q")
         with open(self.archive, "rb") as f:
@@ -262,7 +252,7 @@ class CorruptionTest(Tmp):
             self.assertEqual(r.returncode, 3, label + "\n" + r.describe())
             self.assertTrue(r.stderr.startswith("ckpt: error: " + bad), label + ": " + r.stderr)
             self.assertFalse(os.path.exists(out), label + ": a destination appeared")
-        self.assertEqual([n for n in os.listdir(self.tmp) if ".tmp-" in n], [], label + ": leftovers")
+        self.assertEqual(harness.leftover_temporaries(self.tmp), [], label + ": leftovers")
         return r
 
     def test_truncation_anywhere(self):
@@ -402,7 +392,7 @@ class RotateArchiveTest(Tmp):
                 run = self.path("run-" + term)
                 for step in (10, 20):
                     random_weights_checkpoint(os.path.join(run, "checkpoint-%d" % step), step, mib=72)
-                status, output = run_on_terminal([runs.CKPT_BIN, "rotate", run, "--keep", "1", "--archive"], term)
+                status, output = run_on_terminal([harness.CKPT_BIN, "rotate", run, "--keep", "1", "--archive"], term)
                 self.assertEqual(status, 0, output)
                 self.assertIn("archiving checkpoint-10: ", output)
                 self.assertEqual(("\x1b" in output), term != "dumb", repr(output[:300]))
@@ -411,8 +401,8 @@ class RotateArchiveTest(Tmp):
                 self.assertFalse([line for line in screen if "archiving" in line or "%" in line], "\n".join(screen))
 
     def test_rotate_archives_then_deletes_and_bounds_the_archives(self):
-        run = runs.copy_fixture_run(self.tmp)
-        originals = {s: runs.tree_digest(os.path.join(run, "checkpoint-%d" % s)) for s in (10, 20, 30, 40)}
+        run = harness.copy_fixture_run(self.tmp)
+        originals = {s: harness.tree_snapshot(os.path.join(run, "checkpoint-%d" % s)) for s in (10, 20, 30, 40)}
         # --archive without a value: RUN_DIR/archive.
         out = ckpt_ok(self, "rotate", run, "--keep", "1", "--archive", "--json").json()
         self.assertEqual(out["archived"], 3)
@@ -423,7 +413,7 @@ class RotateArchiveTest(Tmp):
         for s in (10, 20, 30):
             restored = self.path("r%d" % s)
             ckpt_ok(self, "convert", os.path.join(run, "archive", "checkpoint-%d.ckpt" % s), "--to", "dir", "-o", restored, "-q")
-            self.assertEqual(runs.tree_digest(restored), originals[s])
+            self.assertEqual(harness.tree_snapshot(restored), originals[s])
         rows = ckpt_ok(self, "list", run, "--json").json()
         by_name = {r["name"]: r for r in rows}
         self.assertEqual(by_name["archive/checkpoint-20.ckpt"]["kind"], "archive")
@@ -442,10 +432,10 @@ class RotateArchiveTest(Tmp):
         self.assertEqual(r.returncode, 2, r.describe())
 
     def test_custom_archive_directory_and_dry_run(self):
-        run = runs.copy_fixture_run(self.tmp)
-        before = runs.tree_digest(run)
+        run = harness.copy_fixture_run(self.tmp)
+        before = harness.tree_snapshot(run)
         out = ckpt_ok(self, "rotate", run, "--keep", "2", "--archive-dir", "old", "--dry-run", "--json").json()
-        self.assertEqual(runs.tree_digest(run), before)
+        self.assertEqual(harness.tree_snapshot(run), before)
         self.assertEqual([d["archived_to"] for d in out["decisions"] if d["action"] == "delete"],
                          [os.path.join(run, "old", "checkpoint-10.ckpt"), os.path.join(run, "old", "checkpoint-20.ckpt")])
         elsewhere = self.path("elsewhere")
@@ -455,7 +445,7 @@ class RotateArchiveTest(Tmp):
 
     def test_archive_is_a_flag_and_never_takes_the_run_directory(self):
         # `rotate --keep 1 --archive RUN` once read RUN as the archive directory and then found no RUN_DIR.
-        run = runs.copy_fixture_run(self.tmp)
+        run = harness.copy_fixture_run(self.tmp)
         out = ckpt_ok(self, "rotate", "--keep", "2", "--archive", run, "--json").json()
         self.assertEqual(sorted(os.listdir(os.path.join(run, "archive"))), ["checkpoint-10.ckpt", "checkpoint-20.ckpt"])
         self.assertEqual(out["run_dir"], run)
@@ -468,23 +458,23 @@ class RotateArchiveTest(Tmp):
 
     def test_archive_directory_through_a_symlink_is_refused(self):
         # Another run's archives, reached through a symlinked RUN/archive: rotate neither deletes nor adds any.
-        other = runs.copy_fixture_run(self.path("other"))
+        other = harness.copy_fixture_run(self.path("other"))
         ckpt_ok(self, "rotate", other, "--keep", "1", "--archive", "-q")
         self.assertEqual(len(os.listdir(os.path.join(other, "archive"))), 3)
-        run = runs.copy_fixture_run(self.tmp)
+        run = harness.copy_fixture_run(self.tmp)
         os.symlink(os.path.join(other, "archive"), os.path.join(run, "archive"))
         # Another user's symlink on the way to an explicit archive directory.
         foreign = self.path("foreign")
         os.symlink(other, foreign)
         os.lchown(foreign, 65534, 65534)
-        before = runs.tree_digest(self.tmp)
+        before = harness.tree_snapshot(self.tmp)
         for archive in (["--archive"], ["--archive-dir", "archive"], ["--archive-dir", os.path.join(run, "archive")],
                         ["--archive-dir", os.path.join(foreign, "archive")]):
             with self.subTest(archive=archive):
                 r = ckpt("rotate", run, "--keep", "1", *archive, "--keep-archives", "1")
                 self.assertEqual(r.returncode, 2, r.describe())
                 self.assertIn("symlink", r.stderr, r.describe())
-                self.assertEqual(runs.tree_digest(self.tmp), before)
+                self.assertEqual(harness.tree_snapshot(self.tmp), before)
         # Through one's own symlink, as asked.
         real = self.path("mine")
         os.makedirs(real)
@@ -494,7 +484,7 @@ class RotateArchiveTest(Tmp):
         self.assertEqual(len(os.listdir(os.path.join(other, "archive"))), 3)
 
     def test_best_points_at_an_archived_checkpoint(self):
-        run = runs.copy_fixture_run(self.tmp)
+        run = harness.copy_fixture_run(self.tmp)
         os.makedirs(os.path.join(run, "archive"))
         ckpt_ok(self, "convert", os.path.join(run, "checkpoint-10"), "--to", "archive", "-o",
                 os.path.join(run, "archive", "checkpoint-10.ckpt"), "-q")
@@ -527,7 +517,7 @@ class RotateArchiveTest(Tmp):
         self.assertIn("checkpoint-10.ckpt", os.listdir(os.path.join(run, "archive")))
 
     def test_abandoned_temporaries_are_cleared(self):
-        run = runs.copy_fixture_run(self.tmp)
+        run = harness.copy_fixture_run(self.tmp)
         archive_dir = os.path.join(run, "archive")
         os.makedirs(archive_dir)
         p = subprocess.Popen(["true"])
@@ -549,8 +539,8 @@ class RotateArchiveTest(Tmp):
         self.assertTrue(os.path.exists(recent))
 
     def test_an_archive_already_there_counts_only_if_it_holds_the_same_bytes(self):
-        run = runs.copy_fixture_run(self.tmp)
-        original = runs.tree_digest(os.path.join(run, "checkpoint-10"))
+        run = harness.copy_fixture_run(self.tmp)
+        original = harness.tree_snapshot(os.path.join(run, "checkpoint-10"))
         # An archive of another checkpoint-10 with files of the same sizes (a restarted run, a shared directory).
         other = self.path("other", "checkpoint-10")
         shutil.copytree(os.path.join(run, "checkpoint-10"), other)
@@ -564,10 +554,10 @@ class RotateArchiveTest(Tmp):
         self.assertEqual(out["archived"], 1)
         restored = self.path("restored")
         ckpt_ok(self, "convert", os.path.join(run, "archive", "checkpoint-10.ckpt"), "--to", "dir", "-o", restored, "-q")
-        self.assertEqual(runs.tree_digest(restored), original)
+        self.assertEqual(harness.tree_snapshot(restored), original)
         # The same archive again is recognised (every sha256 checked) and not written twice.
         ckpt_ok(self, "convert", restored, "--to", "archive", "-o", self.path("again.ckpt"), "-q")
-        run2 = runs.copy_fixture_run(self.path("second"))
+        run2 = harness.copy_fixture_run(self.path("second"))
         os.makedirs(os.path.join(run2, "archive"))
         shutil.copy(self.path("again.ckpt"), os.path.join(run2, "archive", "checkpoint-10.ckpt"))
         out = ckpt_ok(self, "rotate", run2, "--keep", "3", "--archive", "--json").json()
@@ -587,7 +577,7 @@ class RotateArchiveTest(Tmp):
             return run
 
         ref = build("ref")
-        digests = {s: runs.tree_digest(os.path.join(ref, "checkpoint-%d" % s)) for s in steps}
+        digests = {s: harness.tree_snapshot(os.path.join(ref, "checkpoint-%d" % s)) for s in steps}
         t0 = time.monotonic()
         ckpt_ok(self, "rotate", ref, "--keep", "1", "--archive", "-q", timeout=300)
         full = time.monotonic() - t0
@@ -597,7 +587,7 @@ class RotateArchiveTest(Tmp):
         for trial in range(16):
             run = build("run-%d" % trial)
             delay = rng.uniform(0, 1.1 * full)
-            p = subprocess.Popen([runs.CKPT_BIN, "rotate", run, "--keep", "1", "--archive", "-q"], stdout=subprocess.DEVNULL,
+            p = subprocess.Popen([harness.CKPT_BIN, "rotate", run, "--keep", "1", "--archive", "-q"], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
             time.sleep(delay)
             p.send_signal(signal.SIGKILL)
@@ -610,12 +600,12 @@ class RotateArchiveTest(Tmp):
             for s in steps:
                 a = os.path.join(archive_dir, "checkpoint-%d.ckpt" % s)
                 if s in live:
-                    if runs.tree_digest(os.path.join(run, "checkpoint-%d" % s)) != digests[s]:
+                    if harness.tree_snapshot(os.path.join(run, "checkpoint-%d" % s)) != digests[s]:
                         problems.append("%s: checkpoint-%d changed" % (label, s))
                 elif os.path.exists(a):
                     restored = self.path("check")
                     r = ckpt("convert", a, "--to", "dir", "-o", restored)
-                    if r.returncode != 0 or runs.tree_digest(restored) != digests[s]:
+                    if r.returncode != 0 or harness.tree_snapshot(restored) != digests[s]:
                         problems.append("%s: the archive of checkpoint-%d does not restore it: %s" % (label, s, r.describe()))
                     shutil.rmtree(restored, ignore_errors=True)
                 else:

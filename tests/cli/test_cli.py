@@ -5,37 +5,21 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import unittest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-CKPT = os.environ.get("CKPT_BIN", os.path.join(ROOT, "build", "ckpt"))
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data")
-FIXTURE_RUN = os.path.join(DATA, "hf-trainer-4.40.2", "run_safetensors")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
+
+import harness  # noqa: E402
+from harness import DATA, FIXTURE_RUN, ckpt  # noqa: E402
+
+ROOT = harness.REPO
 
 
 def read(path):
     with open(path, "rb") as f:
         return f.read()
-
-
-def ckpt(*args, env=None):
-    return subprocess.run([CKPT, *args], capture_output=True, text=True, timeout=60,
-                          env=None if env is None else {**os.environ, **env})
-
-
-def copy_run(parent):
-    """A writable copy of the fixture run (the fixture itself is read-only)."""
-    run = os.path.join(parent, "run")
-    shutil.copytree(FIXTURE_RUN, run)
-    return run
-
-
-def error_line(r):
-    """The message of the one `ckpt: error:` line on stderr (asserting there is exactly one line)."""
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ckpt: error: "), "not one error line: %r" % r.stderr
-    return lines[0][len("ckpt: error: "):]
 
 
 class ExitCodes(unittest.TestCase):
@@ -142,7 +126,7 @@ class UsageErrors(unittest.TestCase):
                     r = ckpt(*args)
                     self.assertEqual(r.returncode, 2, r.stderr)
                     self.assertEqual(r.stdout, "")
-                    line = error_line(r)
+                    line = r.error_line()
                     for text in expected:
                         self.assertIn(text, line)
                     self.assertLess(len(line), 200, "a usage error says what to do in a few words")
@@ -224,12 +208,12 @@ class JsonErrors(unittest.TestCase):
         error = doc["error"]
         self.assertEqual(error["kind"], kind, r.stdout)
         self.assertEqual(error["path"], path, r.stdout)
-        self.assertEqual(error["message"], error_line(r))
+        self.assertEqual(error["message"], r.error_line())
         self.assertIn("where", error)
 
     def test_failures(self):
         with tempfile.TemporaryDirectory() as tmp:
-            run = copy_run(tmp)
+            run = harness.copy_fixture_run(tmp, "run")
             cut = os.path.join(tmp, "cut.pt")
             with open(cut, "wb") as f:
                 src = read(os.path.join(DATA, "tiny_state_dict.pt"))
@@ -282,19 +266,19 @@ class JsonErrors(unittest.TestCase):
     def test_only_rank_zero_of_a_group_prints_the_object(self):
         """Every worker of `save --nproc-per-node N --json` fails alike; stdout, which they share, gets one object."""
         args = ["save", "--json", "--output-dir", "x", "--max-steps", "many"]
-        self.assertEqual(ckpt(*args, env={"RANK": "1", "WORLD_SIZE": "2"}).stdout, "")
-        self.assertJsonError(ckpt(*args, env={"RANK": "0", "WORLD_SIZE": "2"}), "usage", None)
+        self.assertEqual(ckpt(*args, env=harness.environment({"RANK": "1", "WORLD_SIZE": "2"})).stdout, "")
+        self.assertJsonError(ckpt(*args, env=harness.environment({"RANK": "0", "WORLD_SIZE": "2"})), "usage", None)
 
     def test_a_report_made_before_the_failure_is_not_printed(self):
         """A file cut short while read: the report built from the zeros is dropped; stdout holds the error alone."""
-        shim = os.environ.get("CKPT_FAULT_SHIM", os.path.join(os.path.dirname(CKPT), "tests", "libckpt_fault_shim.so"))
+        shim = os.environ.get("CKPT_FAULT_SHIM", os.path.join(os.path.dirname(harness.CKPT_BIN), "tests", "libckpt_fault_shim.so"))
         self.assertTrue(os.path.exists(shim), shim)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.safetensors")
             shutil.copy(os.path.join(FIXTURE_RUN, "checkpoint-10", "model.safetensors"), path)
             r = ckpt("inspect", "--json", "--verify", path,
-                     env={"LD_PRELOAD": shim, "CKPT_FAULT": "mmap:1:truncate", "CKPT_FAULT_MATCH": path,
-                          "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"})
+                     env=harness.environment({"LD_PRELOAD": shim, "CKPT_FAULT": "mmap:1:truncate", "CKPT_FAULT_MATCH": path,
+                                              "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}))
             self.assertJsonError(r, "io", path)
             self.assertIn("shrank", r.stderr)
 
@@ -334,17 +318,17 @@ class FileSystemErrors(unittest.TestCase):
             with self.subTest(args=args):
                 r = ckpt(*args)
                 self.assertEqual(r.returncode, 1, r.stderr)
-                self.assertEqual(error_line(r), missing + ": no such directory")
+                self.assertEqual(r.error_line(), missing + ": no such directory")
         for args in (["inspect", missing], ["convert", missing, "--to", "safetensors", "-o", self.path("x")],
                      ["convert", missing, "--to", "dir", "-o", self.path("x")]):
             with self.subTest(args=args):
                 r = ckpt(*args)
                 self.assertEqual(r.returncode, 1, r.stderr)
-                self.assertEqual(error_line(r), missing + ": no such file or directory")
+                self.assertEqual(r.error_line(), missing + ": no such file or directory")
 
     def test_a_failure_inside_a_directory_being_built_names_its_destination(self):
         """Directories are built under a hidden temporary name and renamed whole: an error names the destination."""
-        shim = os.environ.get("CKPT_FAULT_SHIM", os.path.join(os.path.dirname(CKPT), "tests", "libckpt_fault_shim.so"))
+        shim = os.environ.get("CKPT_FAULT_SHIM", os.path.join(os.path.dirname(harness.CKPT_BIN), "tests", "libckpt_fault_shim.so"))
         checkpoint = os.path.join(FIXTURE_RUN, "checkpoint-10")
         archive = self.path("checkpoint-10.ckpt")
         self.assertEqual(ckpt("convert", checkpoint, "--to", "archive", "-o", archive).returncode, 0)
@@ -353,22 +337,22 @@ class FileSystemErrors(unittest.TestCase):
                                   (["best", FIXTURE_RUN, "--export"], self.path("export"), ("fsync", "rename"))):  # hard links
             for fault in (f + ":1:5" for f in faults):
                 with self.subTest(args=args, fault=fault):
-                    r = ckpt(*args, out, env={"LD_PRELOAD": shim, "CKPT_FAULT": fault, "CKPT_FAULT_MATCH": self.tmp,
-                                              "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"})
+                    r = ckpt(*args, out, env=harness.environment({"LD_PRELOAD": shim, "CKPT_FAULT": fault, "CKPT_FAULT_MATCH": self.tmp,
+                                                                  "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}))
                     self.assertEqual(r.returncode, 1, r.stderr)
-                    line = error_line(r)
+                    line = r.error_line()
                     self.assertTrue(line.startswith(out + ": ") or line.startswith(out + "/"), line)
                     self.assertNotIn(".tmp-", line)
                     self.assertIn("Input/output error", line)
                     self.assertFalse(os.path.exists(out))
 
     def test_a_locked_run_is_named_not_its_lock_file(self):
-        run = copy_run(self.tmp)
+        run = harness.copy_fixture_run(self.tmp, "run")
         with open(os.path.join(run, ".ckpt.lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             r = ckpt("rotate", run, "--keep", "1", "--no-wait")
         self.assertEqual(r.returncode, 75, r.stderr)
-        self.assertTrue(error_line(r).startswith(run + ": "), r.stderr)
+        self.assertTrue(r.error_line().startswith(run + ": "), r.stderr)
         self.assertNotIn(".ckpt.lock", r.stderr)
 
     def test_a_read_only_file_system_names_the_users_path(self):
@@ -377,7 +361,7 @@ class FileSystemErrors(unittest.TestCase):
         if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", mount]).returncode != 0:
             self.fail("mounting a tmpfs needs root (the CI runs as root)")
         self.addCleanup(subprocess.run, ["umount", mount])
-        run = copy_run(mount)
+        run = harness.copy_fixture_run(mount, "run")
         checkpoint = os.path.join(run, "checkpoint-10")
         archive = os.path.join(mount, "checkpoint-10.ckpt")
         self.assertEqual(ckpt("convert", checkpoint, "--to", "archive", "-o", archive).returncode, 0)
@@ -397,7 +381,7 @@ class FileSystemErrors(unittest.TestCase):
             with self.subTest(args=args):
                 r = ckpt(*args)
                 self.assertEqual(r.returncode, 1, r.stderr)
-                line = error_line(r)
+                line = r.error_line()
                 self.assertTrue(line.startswith(named + ": "), line)
                 self.assertIn("Read-only file system", line)
                 self.assertNotIn(".tmp-", line)

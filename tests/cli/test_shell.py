@@ -2,11 +2,16 @@
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import unittest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-CKPT = os.environ.get("CKPT_BIN", os.path.join(ROOT, "build", "ckpt"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
+
+import harness  # noqa: E402
+from harness import ckpt_ok  # noqa: E402
+
+ROOT = harness.REPO
 
 
 def read_text(*parts):
@@ -15,14 +20,14 @@ def read_text(*parts):
 
 
 def subcommands():
-    out = subprocess.run([CKPT, "--help"], capture_output=True, text=True, check=True).stdout
+    out = ckpt_ok(None, "--help").stdout
     section = out.split("Subcommands:", 1)[1]
     return re.findall(r"^\s+([a-z]+)\s", section, re.M)
 
 
 def help_options(sub):
     """{option: (takes_value, description)} from `ckpt SUB --help`, each long option and -o, -q, -v on its own."""
-    out = subprocess.run([CKPT, sub, "--help"], capture_output=True, text=True, check=True).stdout
+    out = ckpt_ok(None, sub, "--help").stdout
     options = {}
     current = None
     for line in out.splitlines():
@@ -131,7 +136,7 @@ class ManPage(unittest.TestCase):
         man = read_text("man", "ckpt.1").replace("\\-", "-")
         for sub in subcommands():
             self.assertIn(f".SS {sub}", man)
-            help_text = subprocess.run([CKPT, sub, "--help"], capture_output=True, text=True, check=True).stdout
+            help_text = ckpt_ok(self, sub, "--help").stdout
             for option in re.findall(r"(--[a-z][a-z-]*)", help_text):
                 self.assertIn(option, man, f"{sub} {option}")
 
@@ -149,7 +154,7 @@ class HelpAndManAgree(unittest.TestCase):
 
     def test_options_are_plain_names(self):
         for sub in subcommands():
-            out = subprocess.run([CKPT, sub, "--help"], capture_output=True, text=True, check=True).stdout
+            out = ckpt_ok(None, sub, "--help").stdout
             self.assertNotRegex(out, r"\n  -[^ \n]*[{}]", sub)
 
     def test_same_options_taking_a_value_alike(self):
@@ -217,14 +222,15 @@ def bash_options():
 
 
 def zsh_options():
-    """{subcommand: {option: takes_value}} from completions/_ckpt."""
+    """{subcommand: {option: takes_value}} from completions/_ckpt; both names of a `{-q,--quiet}` spec."""
     text = read_text("completions", "_ckpt")
     arrays = {name: body for name, body in re.findall(r"^\s*(\w+)=\(\n(.*?)^\s*\)", text, re.M | re.S)}
-    spec = re.compile(r"(?:\{[-a-z,]*,)?(--?[a-z][-a-z0-9]*)\}?'?\[[^]]*\](:?)")
+    spec = re.compile(r"(?:\{([-a-z0-9,]+)\}|(--?[a-z][-a-z0-9]*))'?\[[^]]*\](:?)")
     result = {}
     for sub, body in re.findall(r"^\s{8}(\w+)\)\n(.*?);;", text, re.M | re.S):
         body = re.sub(r"\$(\w+)", lambda m: arrays.get(m.group(1), ""), body)
-        result[sub] = {name: bool(colon) for name, colon in spec.findall(body)}
+        result[sub] = {name: bool(colon) for names, name_alone, colon in spec.findall(body)
+                       for name in (names.split(",") if names else [name_alone])}
     return result
 
 
@@ -250,9 +256,14 @@ class Completions(unittest.TestCase):
     def test_every_option_of_every_subcommand_alike_in_each_script(self):
         bash_offered, bash_taking_value = bash_options()
         zsh, fish = zsh_options(), fish_options()
+        self.assertEqual(sorted(subcommands()), ["best", "convert", "diff", "inspect", "latest", "list", "resume", "rotate", "save", "tag"])
         for sub in subcommands():
             help = {o: v[0] for o, v in help_options(sub).items() if o.startswith("--")}
+            # Short names (-o, -q, -v) as zsh and fish offer them beside the long ones; bash offers long names only.
+            short = {o: v[0] for o, v in help_options(sub).items() if not o.startswith("--") and o != "-h"}
             with self.subTest(sub=sub):
+                self.assertEqual({o: v for o, v in zsh[sub].items() if not o.startswith("--")}, short, "zsh")
+                self.assertEqual({o: v for o, v in fish[sub].items() if not o.startswith("--")}, short, "fish")
                 self.assertEqual(sorted(bash_offered[sub]), sorted(help), "bash")
                 for option, takes_value in help.items():
                     self.assertEqual(option in bash_taking_value, takes_value, "bash " + option)
@@ -418,7 +429,7 @@ class Completions(unittest.TestCase):
 
 class Install(unittest.TestCase):
     def test_cmake_install_lays_out_files(self):
-        build = os.path.dirname(CKPT)
+        build = os.path.dirname(harness.CKPT_BIN)
         with tempfile.TemporaryDirectory() as dest:
             subprocess.run(["cmake", "--install", build, "--prefix", "/usr/local"], check=True, capture_output=True,
                            env={**os.environ, "DESTDIR": dest})

@@ -11,7 +11,6 @@ temporary directory.
 import collections
 import copy
 import json
-import math
 import os
 import random
 import shutil
@@ -20,31 +19,27 @@ import sys
 import tempfile
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import convert_helpers as H  # noqa: E402
-from terminal import run_on_terminal, terminal_screen  # noqa: E402
+import harness  # noqa: E402
+from harness import run_on_terminal, terminal_screen  # noqa: E402
 
 TMP = None
 
 
 def setUpModule():
     global TMP
-    if not (os.path.isfile(H.CKPT_BIN) and os.access(H.CKPT_BIN, os.X_OK)):
-        raise RuntimeError("no ckpt binary at %s (build it, or set CKPT_BIN)" % H.CKPT_BIN)
+    harness.require_binary()
     TMP = tempfile.mkdtemp(prefix="ckpt-convert-test-")
 
 
 def tearDownModule():
-    if TMP and not os.environ.get("CKPT_TEST_KEEP"):
-        shutil.rmtree(TMP, ignore_errors=True)
-    elif TMP:
-        print("kept", TMP, file=sys.stderr)
+    harness.remove_temp_dir(TMP)
 
 
 class Opaque:
@@ -210,7 +205,7 @@ class ConvertCase(unittest.TestCase):
         return os.path.join(self.dir, *parts)
 
     def ckpt(self, args, expect=0, cwd=None):
-        r = H.run_ckpt(args, cwd=cwd)
+        r = harness.ckpt(*args, cwd=cwd, timeout=120)
         if expect is not None:
             self.assertEqual(r.returncode, expect, "unexpected exit code\n" + r.describe())
         if r.returncode != 0 and expect is not None:
@@ -220,10 +215,10 @@ class ConvertCase(unittest.TestCase):
     def convert(self, src, dst, *options, expect=0):
         r = self.ckpt(["convert", src, "-o", dst] + list(options), expect=expect)
         parent = os.path.dirname(os.path.abspath(dst))
-        self.assertEqual(H.leftover_temporaries(parent), [],
+        self.assertEqual(harness.leftover_temporaries(parent), [],
                          "temporary files left beside the destination\n" + r.describe())
         if os.path.isdir(dst):
-            self.assertEqual(H.leftover_temporaries(dst), [], "temporary files left in the destination\n" + r.describe())
+            self.assertEqual(harness.leftover_temporaries(dst), [], "temporary files left in the destination\n" + r.describe())
         return r
 
     def assertOneErrorLine(self, r):
@@ -233,7 +228,7 @@ class ConvertCase(unittest.TestCase):
         self.assertEqual(len([l for l in lines if l.startswith("ckpt: error:")]), 1, r.describe())
 
     def assertValidSafetensors(self, path):
-        problems = H.validate_safetensors(path)
+        problems = harness.validate_safetensors(path)
         self.assertEqual(problems, [], "%s is not valid safetensors" % path)
 
     def assertNoDiff(self, a, b, what):
@@ -323,7 +318,7 @@ class WeightsRoundTrip(ConvertCase):
         self.assertEqual(sd2["empty2d.f16"].shape, (3, 0))
 
     def test_safetensors_content(self):
-        meta, tensors = H.read_safetensors(self.st)
+        meta, tensors = harness.read_safetensors(self.st)
         self.assertEqual(meta.get("format"), "pt")
         self.assertNotIn("lm_head.weight", tensors, "tied alias should be dropped from the safetensors file")
         aliases = json.loads(meta.get("ckpt_aliases", "{}"))
@@ -352,7 +347,7 @@ class WeightsRoundTrip(ConvertCase):
         out = self.path("plain.bin")
         self.convert(p, out, "--to", "pytorch")
         sd = torch.load(out, weights_only=True)
-        _, want = H.read_safetensors(p)
+        _, want = harness.read_safetensors(p)
         self.assertSameTensors(sd, want, "plain safetensors -> pytorch", check_order=False)
 
 
@@ -380,12 +375,12 @@ class SafetensorsValidity(ConvertCase):
     def test_validator_catches_bad_files(self):
         p = self.path("bad.safetensors")
         write_plain_safetensors(p, collections.OrderedDict([("x", torch.randn(3)), ("y", torch.randn(2))]))
-        self.assertEqual(H.validate_safetensors(p), [])
+        self.assertEqual(harness.validate_safetensors(p), [])
         with open(p, "rb") as f:
             data = f.read()
         with open(p, "wb") as f:
             f.write(data + b"\0")
-        self.assertTrue(H.validate_safetensors(p), "validator missed a trailing byte")
+        self.assertTrue(harness.validate_safetensors(p), "validator missed a trailing byte")
 
         def write(header, blob):
             text = json.dumps(header, separators=(",", ":")).encode()
@@ -398,14 +393,14 @@ class SafetensorsValidity(ConvertCase):
         if len(text) % 8 == 0:
             unpadded["__metadata__"] = {"format": "pt", "xx": "y"}  # 9 more bytes
         write(unpadded, b"\0" * 4)
-        self.assertTrue(H.validate_safetensors(p), "validator missed an unpadded header")
+        self.assertTrue(harness.validate_safetensors(p), "validator missed an unpadded header")
         misordered = {"__metadata__": meta, "h": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]},
                       "w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}
         text = json.dumps(misordered, separators=(",", ":")).encode()
         with open(p, "wb") as f:
             pad = b" " * ((8 - (len(text) + 8) % 8) % 8)
             f.write(struct.pack("<Q", len(text) + len(pad)) + text + pad + b"\0" * 8)
-        problems = H.validate_safetensors(p)
+        problems = harness.validate_safetensors(p)
         self.assertTrue(problems and "order" in problems[0], "validator missed F16 data before F32: %r" % problems)
 
     def test_weights_file_valid(self):
@@ -492,7 +487,7 @@ class Sharding(ConvertCase):
         for shard in shards:
             p = os.path.join(out, shard)
             self.assertValidSafetensors(p)
-            meta, tensors = H.read_safetensors(p)
+            meta, tensors = harness.read_safetensors(p)
             aliases = json.loads(meta.get("ckpt_aliases", "{}"))
             names = set(tensors) | set(aliases)
             self.assertEqual(names, {k for k, v in wm.items() if v == shard}, "tensors in %s vs weight_map" % shard)
@@ -512,7 +507,7 @@ class Sharding(ConvertCase):
         merged_st = self.path("merged.safetensors")
         self.convert(os.path.join(out, "model.safetensors.index.json"), merged_st, "--to", "safetensors")
         self.assertValidSafetensors(merged_st)
-        meta, tensors = H.read_safetensors(merged_st)
+        meta, tensors = harness.read_safetensors(merged_st)
         self.assertEqual(len(tensors), len(self.sd) - 1)
         for k, t in tensors.items():
             self.assertTrue(torch.equal(t, self.sd[k]), k)
@@ -588,7 +583,7 @@ class Sharding(ConvertCase):
         self.convert(self.src, out, "--to", "safetensors", "--max-shard-size", "100KiB")
         index = load_json(os.path.join(out, "model.safetensors.index.json"))
         for shard in set(index["weight_map"].values()):
-            _, tensors = H.read_safetensors(os.path.join(out, shard))
+            _, tensors = harness.read_safetensors(os.path.join(out, shard))
             size = sum(t.numel() * t.element_size() for t in tensors.values())
             if len(tensors) > 1:
                 self.assertLessEqual(size, 102400)
@@ -671,7 +666,7 @@ class StateRoundTrip(ConvertCase):
         st, back = self.round_trip(opt.state_dict(), "optimizer.pt")
         _, sched_back = self.round_trip(sched.state_dict(), "scheduler.pt")
 
-        meta, tensors = H.read_safetensors(st)
+        meta, tensors = harness.read_safetensors(st)
         json.loads(meta["ckpt_structure"])
         self.assertEqual(meta.get("ckpt_source_name"), "optimizer.pt")
         for name in ("state.0.exp_avg", "state.0.exp_avg_sq", "state.0.step", "state.3.exp_avg"):
@@ -726,7 +721,7 @@ class StateRoundTrip(ConvertCase):
     def test_rng_round_trip(self):
         state = rng_state()
         st, back = self.round_trip(state, "rng_state.pth")
-        _, tensors = H.read_safetensors(st)
+        _, tensors = harness.read_safetensors(st)
         self.assertIn("cpu", tensors)
         restored = torch.load(back)
         self.assertNoDiff(restored, state, "rng state after round trip")
@@ -758,7 +753,7 @@ class Casts(ConvertCase):
             out = self.path("cast-%s-%d.safetensors" % (dtype_flag, n))
             self.convert(src, out, "--to", "safetensors", "--dtype", dtype_flag)
             self.assertValidSafetensors(out)
-            return H.read_safetensors(out)[1]
+            return harness.read_safetensors(out)[1]
         out = self.path("cast-%s-%d.bin" % (dtype_flag, n))
         self.convert(src, out, "--to", "pytorch", "--dtype", dtype_flag)
         return torch.load(out, weights_only=True)
@@ -830,7 +825,7 @@ class Casts(ConvertCase):
                 with self.subTest(dtype=flag, to=to):
                     out = self.path("from-st-%s.%s" % (flag, "safetensors" if to == "safetensors" else "bin"))
                     self.convert(st, out, "--to", to, "--dtype", flag)
-                    got = H.read_safetensors(out)[1] if to == "safetensors" else torch.load(out, weights_only=True)
+                    got = harness.read_safetensors(out)[1] if to == "safetensors" else torch.load(out, weights_only=True)
                     want = src.to(target)
                     self.assertTrue(torch.equal(bits16(got["x"]), bits16(want)), describe_bit_mismatch(src, got["x"], want))
                     self.assertTrue(torch.equal(got["i"], sd["i"]))
@@ -879,11 +874,11 @@ class Casts(ConvertCase):
 class TrainerCheckpoint(ConvertCase):
     def setUp(self):
         super().setUp()
-        fixture = os.path.join(H.HF_FIXTURES, "run_safetensors", "checkpoint-40")
+        fixture = os.path.join(harness.HF_FIXTURES, "run_safetensors", "checkpoint-40")
         if not os.path.isdir(fixture):
             self.skipTest("no Trainer fixture at %s" % fixture)
         self.orig = self.path("checkpoint-40")
-        H.copy_tree_writable(fixture, self.orig)
+        harness.copy_tree_writable(fixture, self.orig)
         self.pt = self.path("pt")
         self.st = self.path("st")
         self.convert(self.orig, self.pt, "--to", "pytorch", "--include-state")
@@ -907,11 +902,11 @@ class TrainerCheckpoint(ConvertCase):
             self.fail("model.safetensors differs after pytorch and back: header %d vs %d bytes, %d vs %d total\n"
                       "original header starts %r\nckpt header starts     %r\nckpt metadata %r" % (
                           n1, n2, len(want), len(got), want[8:8 + 160], got[8:8 + 160],
-                          H.read_header(os.path.join(self.st, "model.safetensors")).get("__metadata__")))
+                          harness.read_header(os.path.join(self.st, "model.safetensors")).get("__metadata__")))
 
     def test_intermediate_pytorch_weights(self):
         sd = torch.load(os.path.join(self.pt, "pytorch_model.bin"), weights_only=True)
-        _, want = H.read_safetensors(os.path.join(self.orig, "model.safetensors"))
+        _, want = harness.read_safetensors(os.path.join(self.orig, "model.safetensors"))
         self.assertEqual(len(want), 28)
         self.assertSameTensors(sd, want, "pytorch_model.bin from the Trainer's model.safetensors")
 
@@ -934,7 +929,7 @@ class TrainerCheckpoint(ConvertCase):
                 self.assertTrue(os.path.isfile(p), "%s not restored under its name: %s" % (name, sorted(os.listdir(back))))
                 self.assertNoDiff(torch.load(p), self.original(name), name + " via safetensors")
         sd = torch.load(os.path.join(back, "pytorch_model.bin"), weights_only=True)
-        _, want = H.read_safetensors(os.path.join(self.orig, "model.safetensors"))
+        _, want = harness.read_safetensors(os.path.join(self.orig, "model.safetensors"))
         self.assertSameTensors(sd, want, "weights after a second round")
         # The rng state from the Trainer still drives all generators.
         rng = torch.load(os.path.join(back, "rng_state.pth"))
@@ -966,8 +961,8 @@ class TrainerCheckpoint(ConvertCase):
                                  "rng_state.pth", "scheduler.pt", "trainer_state.json", "training_args.bin"]))
 
     def test_source_untouched(self):
-        fixture = os.path.join(H.HF_FIXTURES, "run_safetensors", "checkpoint-40")
-        self.assertEqual(H.tree_snapshot(self.orig), H.tree_snapshot(fixture))
+        fixture = os.path.join(harness.HF_FIXTURES, "run_safetensors", "checkpoint-40")
+        self.assertEqual(harness.tree_snapshot(self.orig, ignore=()), harness.tree_snapshot(fixture, ignore=()))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1047,7 +1042,7 @@ class MetadataValidation(ConvertCase):
         self.sd = rich_state_dict()
         self.st = self.path("model.safetensors")
         self.convert(self.save(self.sd, "pytorch_model.bin"), self.st, "--to", "safetensors")
-        self.meta, self.tensors = H.read_safetensors(self.st)
+        self.meta, self.tensors = harness.read_safetensors(self.st)
         self.assertIn("ckpt_order", self.meta)
         self.assertIn("ckpt_aliases", self.meta)
         self.assertIn("ckpt_attributes", self.meta)
@@ -1110,7 +1105,7 @@ class MetadataValidation(ConvertCase):
         src = self.save(opt.state_dict(), "optimizer.pt")
         st = self.path("optimizer.safetensors")
         self.convert(src, st, "--to", "safetensors")
-        meta, tensors = H.read_safetensors(st)
+        meta, tensors = harness.read_safetensors(st)
         structure = json.loads(meta["ckpt_structure"])
         del structure["state"]["$dict"][0]
         H.rewrite_metadata(st, ckpt_structure=json.dumps(structure))
@@ -1317,9 +1312,9 @@ class Conventions(ConvertCase):
         self.assertIn("pytorch_model.bin.index.json", os.listdir(dst))
 
     def test_force_replaces_only_an_earlier_output(self):
-        fixture = os.path.join(H.HF_FIXTURES, "run_safetensors", "checkpoint-10")
+        fixture = os.path.join(harness.HF_FIXTURES, "run_safetensors", "checkpoint-10")
         src = self.path("checkpoint-10")
-        H.copy_tree_writable(fixture, src)
+        harness.copy_tree_writable(fixture, src)
         out = self.path("out")
         self.convert(src, out, "--to", "pytorch", "--include-state")
         self.convert(src, out, "--to", "pytorch", "--include-state", "--force")
@@ -1372,11 +1367,11 @@ class Conventions(ConvertCase):
         self.assertEqual(sorted(os.listdir(self.dir)), before)
 
     def test_dry_run_directory(self):
-        fixture = os.path.join(H.HF_FIXTURES, "run_safetensors", "checkpoint-10")
+        fixture = os.path.join(harness.HF_FIXTURES, "run_safetensors", "checkpoint-10")
         if not os.path.isdir(fixture):
             self.skipTest("no fixture")
         src = self.path("checkpoint-10")
-        H.copy_tree_writable(fixture, src)
+        harness.copy_tree_writable(fixture, src)
         before = sorted(os.listdir(self.dir))
         self.convert(src, self.path("out"), "--to", "safetensors", "--include-state", "--dry-run")
         self.assertEqual(sorted(os.listdir(self.dir)), before)
@@ -1487,29 +1482,17 @@ class WriteFailures(ConvertCase):
     """A write that fails part way (the file-size limit stands in for a full disk) leaves no destination and no
     temporary file, and says what failed."""
 
-    def convert_with_file_limit(self, src, dst, limit_bytes, *options):
-        import resource
-        import signal
-        import subprocess
-
-        def limit():
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of a signal
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-
-        return subprocess.run([H.CKPT_BIN, "convert", src, "-o", dst, *options], capture_output=True, text=True,
-                              preexec_fn=limit, timeout=120)
-
     def test_file_too_large_midway(self):
         sd = rich_state_dict()
         src = self.save(sd, "pytorch_model.bin")
         for target, limit_bytes in (("safetensors", 600), ("safetensors", 4096), ("pytorch", 1500)):
             dst = self.path("out-%s-%d" % (target, limit_bytes))
-            r = self.convert_with_file_limit(src, dst, limit_bytes, "--to", target)
+            r = harness.ckpt("convert", src, "-o", dst, "--to", target, file_size_limit=limit_bytes, timeout=120)
             self.assertEqual(r.returncode, 1, r.stderr)
             self.assertTrue(r.stderr.startswith("ckpt: error: " + dst), r.stderr)
             self.assertIn("File too large", r.stderr)
             self.assertFalse(os.path.exists(dst))
-            self.assertEqual(H.leftover_temporaries(self.dir), [])
+            self.assertEqual(harness.leftover_temporaries(self.dir), [])
 
     def test_directory_conversion_failing_leaves_no_directory(self):
         src_dir = self.path("checkpoint-7")
@@ -1518,7 +1501,7 @@ class WriteFailures(ConvertCase):
         with open(os.path.join(src_dir, "config.json"), "w") as f:
             f.write("{}" + " " * 5000)
         dst = self.path("converted")
-        r = self.convert_with_file_limit(src_dir, dst, 4096, "--to", "safetensors")
+        r = harness.ckpt("convert", src_dir, "-o", dst, "--to", "safetensors", file_size_limit=4096, timeout=120)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertFalse(os.path.exists(dst))
         self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".")], [])
@@ -1555,7 +1538,7 @@ class ProgressAndInterruption(ConvertCase):
         for term in ("xterm", "dumb"):
             with self.subTest(term=term):
                 dst = self.path("out-" + term)
-                status, output = run_on_terminal([H.CKPT_BIN, "convert", self.checkpoint, "--to", "safetensors",
+                status, output = run_on_terminal([harness.CKPT_BIN, "convert", self.checkpoint, "--to", "safetensors",
                                                        "--include-state", "-o", dst], term)
                 self.assertEqual(status, 0, output)
                 for name in ("pytorch_model.bin", "optimizer.pt"):
@@ -1567,16 +1550,9 @@ class ProgressAndInterruption(ConvertCase):
 
     def interrupt(self, args, where, sig):
         """Starts `ckpt convert ARGS`, sends `sig` once a temporary appears in `where`: (exit status, stderr)."""
-        import signal  # noqa: F401
         import subprocess
-        import time
-        p = subprocess.Popen([H.CKPT_BIN, "convert"] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while not H.leftover_temporaries(where):
-            if p.poll() is not None:
-                self.fail("convert ended before its temporary was seen: %s" % (p.communicate(),))
-            self.assertLess(time.monotonic(), deadline, "no temporary appeared in %s" % where)
-            time.sleep(0.001)
+        p = subprocess.Popen([harness.CKPT_BIN, "convert"] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        harness.wait_until(lambda: harness.leftover_temporaries(where), "temporary in %s" % where, interval=0.001, process=p)
         p.send_signal(sig)
         _, err = p.communicate(timeout=60)
         return p.returncode, err
@@ -1584,7 +1560,7 @@ class ProgressAndInterruption(ConvertCase):
     def assertInterrupted(self, status, err, dst):
         self.assertEqual(status, 130, err)
         self.assertTrue(err.startswith("ckpt: error: ") and "interrupted" in err and err.count("\n") == 1, err)
-        self.assertEqual(H.leftover_temporaries(os.path.dirname(dst)), [])
+        self.assertEqual(harness.leftover_temporaries(os.path.dirname(dst)), [])
 
     def test_interrupted_file_conversion_leaves_the_destination_as_it_was(self):
         import signal

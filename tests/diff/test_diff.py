@@ -20,17 +20,13 @@ import sys
 import tempfile
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "manage"))
-sys.path.insert(0, os.path.join(HERE, "..", "interop"))
-sys.path.insert(0, os.path.join(HERE, "..", "convert"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
 
 import torch  # noqa: E402
 
-import convert_helpers  # noqa: E402
-import fixtures  # noqa: E402
-import runs  # noqa: E402
-from runs import CKPT_BIN, ckpt, ckpt_ok  # noqa: E402
+import harness  # noqa: E402
+from harness import CKPT_BIN, ckpt, ckpt_ok  # noqa: E402
+from interop import fixtures  # noqa: E402
 
 
 def save_bin(path, state):
@@ -62,16 +58,8 @@ def expected_metrics(a, b):
     }
 
 
-class Tmp(unittest.TestCase):
-    def setUp(self):
-        self._tmp = tempfile.TemporaryDirectory(prefix="ckpt-diff-test-")
-        self.tmp = self._tmp.name
-
-    def tearDown(self):
-        self._tmp.cleanup()
-
-    def path(self, *parts):
-        return os.path.join(self.tmp, *parts)
+class Tmp(harness.TempDirTest):
+    TEMP_PREFIX = "ckpt-diff-test-"
 
     def diff_json(self, a, b, *args, code=None):
         r = ckpt("diff", a, b, "--json", *args, timeout=300)
@@ -443,8 +431,8 @@ class CheckpointsTest(Tmp):
         self.assertTrue(scheduler["scheduler.last_epoch"]["same"])
         self.assertEqual(scheduler["scheduler.last_epoch"]["a"], torch.load(os.path.join(a, "scheduler.pt"))["last_epoch"])
         weights = self.tensors(doc)
-        state_a = convert_helpers.read_safetensors(os.path.join(a, "model.safetensors"))[1]
-        state_b = convert_helpers.read_safetensors(os.path.join(b, "model.safetensors"))[1]
+        state_a = harness.read_safetensors(os.path.join(a, "model.safetensors"))[1]
+        state_b = harness.read_safetensors(os.path.join(b, "model.safetensors"))[1]
         for name in state_a:
             self.assertMetrics(weights[name], state_a[name], state_b[name])
         opt_a, opt_b = torch.load(os.path.join(a, "optimizer.pt")), torch.load(os.path.join(b, "optimizer.pt"))

@@ -4,28 +4,25 @@ sharded optimizer and its consolidation (checked by Debian's torch via /usr/bin/
 middle of a save, and the refusals.
 """
 
-import hashlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
-import time
+import sys
 import unittest
 
 import torch
 
-CKPT = os.environ["CKPT_BIN"]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
+
+import harness  # noqa: E402
+from harness import sha256_file as sha  # noqa: E402
+
 SHIM = os.environ.get("CKPT_FAULT_SHIM", "")
 RUN = ["--max-steps", "60", "--save-steps", "20", "--dropout", "0.1", "--train-examples", "1024", "-q"]
 TWO = ["--nproc-per-node", "2"]
-
-
-def sha(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def read_json(path):
@@ -33,26 +30,9 @@ def read_json(path):
         return json.load(f)
 
 
-def safetensors_tensors(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        assert info["dtype"] == "F32"
-        begin, end = info["data_offsets"]
-        out[name] = torch.frombuffer(bytearray(data[8 + n + begin:8 + n + end]), dtype=torch.float32).reshape(info["shape"])
-    return out
-
-
 def clean_env():
-    env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LD_PRELOAD", "CKPT_FAULT"):
-        env.pop(key, None)
-    return env
+    return harness.environment(remove=("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                                       "LD_PRELOAD", "CKPT_FAULT"))
 
 
 def alive(pid):
@@ -70,18 +50,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-class DistributedTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="ckpt-dist-")
-
-    def tearDown(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def path(self, *parts):
-        return os.path.join(self.tmp, *parts)
+class DistributedTest(harness.TempDirTest):
+    TEMP_PREFIX = "ckpt-dist-"
 
     def run_ckpt(self, args, env=None, timeout=300):
-        return subprocess.run([CKPT] + args, capture_output=True, text=True, env=env or clean_env(), timeout=timeout)
+        return harness.ckpt(*args, env=env or clean_env(), timeout=timeout)
 
     def ok(self, args, **kwargs):
         r = self.run_ckpt(args, **kwargs)
@@ -147,8 +120,8 @@ class DistributedTest(unittest.TestCase):
         args = ["--max-steps", "60", "--save-steps", "60", "--dropout", "0", "--train-examples", "1024", "-q"]
         self.ok(["save", "--output-dir", self.path("two")] + args + TWO + ["--per-device-train-batch-size", "32"])
         self.ok(["save", "--output-dir", self.path("one")] + args + ["--per-device-train-batch-size", "64"])
-        two = safetensors_tensors(self.path("two", "model.safetensors"))
-        one = safetensors_tensors(self.path("one", "model.safetensors"))
+        two = harness.read_safetensors(self.path("two", "model.safetensors"))[1]
+        one = harness.read_safetensors(self.path("one", "model.safetensors"))[1]
         self.assertEqual(sorted(two), sorted(one))
         for name in one:
             torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5, msg=name)
@@ -177,7 +150,7 @@ class DistributedTest(unittest.TestCase):
             for key in ("step", "exp_avg", "exp_avg_sq"):
                 torch.testing.assert_close(merged["state"][i][key], s[key], rtol=0, atol=0)
         # Python's AdamW takes it, with parameters shaped as the weights (weights group, then biases).
-        weights = safetensors_tensors(os.path.join(out, "model.safetensors"))
+        weights = harness.read_safetensors(os.path.join(out, "model.safetensors"))[1]
         order = ["hidden.0.weight", "hidden.1.weight", "classifier.weight", "hidden.0.bias", "hidden.1.bias", "classifier.bias"]
         params = [torch.nn.Parameter(weights[n].clone()) for n in order]
         opt = torch.optim.AdamW([{"params": params[:3], "weight_decay": 0.0}, {"params": params[3:], "weight_decay": 0.0}], lr=1e-3)
@@ -221,12 +194,10 @@ class DistributedTest(unittest.TestCase):
 
     def test_sigterm_stops_every_worker_after_the_step_and_the_launcher_takes_them_along(self):
         run = self.path("run")
-        args = [CKPT, "save", "--output-dir", run, "--max-steps", "100000", "--save-steps", "50", "--train-examples", "1024", "-q"] + TWO
+        args = [harness.CKPT_BIN, "save", "--output-dir", run, "--max-steps", "100000", "--save-steps", "50", "--train-examples", "1024", "-q"] + TWO
         p = subprocess.Popen(args, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while not any(d.startswith("checkpoint-") for d in (os.listdir(run) if os.path.isdir(run) else [])):
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.1)
+        harness.wait_until(lambda: any(d.startswith("checkpoint-") for d in (os.listdir(run) if os.path.isdir(run) else [])),
+                           "checkpoint in " + run, timeout=120, interval=0.1)
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=120)
         self.assertEqual(p.returncode, 130, err)
@@ -235,19 +206,17 @@ class DistributedTest(unittest.TestCase):
             self.assertEqual(self.run_ckpt(["inspect", os.path.join(run, c), "--verify"]).returncode, 0, c)
         # A launcher killed outright takes its workers with it.
         p = subprocess.Popen(args[:3] + [run + "2"] + args[4:], env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        workers = []
-        while len(workers) < 2:
-            self.assertLess(time.monotonic(), deadline, "the launcher did not start its two workers")
-            time.sleep(0.1)
+
+        def two_workers():
             workers = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+            return workers if len(workers) >= 2 else None
+
+        workers = harness.wait_until(two_workers, "two workers started by the launcher", timeout=120, interval=0.1)
         self.assertEqual(len(workers), 2)
         p.kill()
         p.wait()
-        deadline = time.monotonic() + 30
-        while any(alive(w) for w in workers):
-            self.assertLess(time.monotonic(), deadline, "a worker outlived its launcher")
-            time.sleep(0.1)
+        harness.wait_until(lambda: not any(alive(w) for w in workers), "end of every worker with its launcher", timeout=30,
+                           interval=0.1)
 
     def test_list_and_inspect_count_shards(self):
         run = self.save("run", ["--shard-optimizer"])
@@ -324,7 +293,7 @@ class DistributedTest(unittest.TestCase):
         for rank in (0, 1):
             env = clean_env()
             env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-            procs.append(subprocess.Popen([CKPT, "save", "--output-dir", run] + RUN + ["--json"], env=env, stdout=subprocess.PIPE,
+            procs.append(subprocess.Popen([harness.CKPT_BIN, "save", "--output-dir", run] + RUN + ["--json"], env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True))
         outs = [p.communicate(timeout=300) for p in procs]
         self.assertEqual([p.returncode for p in procs], [0, 0], outs)
@@ -339,7 +308,7 @@ class DistributedTest(unittest.TestCase):
         for rank, lr in ((0, "0.001"), (1, "0.002")):
             env = clean_env()
             env.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-            procs.append(subprocess.Popen([CKPT, "save", "--output-dir", run, "--learning-rate", lr] + RUN, env=env, stdout=subprocess.PIPE,
+            procs.append(subprocess.Popen([harness.CKPT_BIN, "save", "--output-dir", run, "--learning-rate", lr] + RUN, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True))
         outs = [p.communicate(timeout=300) for p in procs]
         self.assertEqual([p.returncode for p in procs], [2, 2], outs)

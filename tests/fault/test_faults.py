@@ -5,7 +5,6 @@ write: the same bytes as without it.
 """
 
 import errno
-import hashlib
 import json
 import os
 import random
@@ -13,24 +12,23 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "manage"))
-import runs  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
 
-REPO = os.path.dirname(os.path.dirname(HERE))
-CKPT_BIN = os.environ.get("CKPT_BIN") or os.path.join(REPO, "build", "ckpt")
-SHIM = os.environ.get("CKPT_FAULT_SHIM") or os.path.join(REPO, "build", "tests", "libckpt_fault_shim.so")
+import harness  # noqa: E402
+from harness import sha256_file as sha, tree_snapshot as tree  # noqa: E402
+from manage import runs  # noqa: E402
+
+SHIM = os.environ.get("CKPT_FAULT_SHIM") or os.path.join(harness.REPO, "build", "tests", "libckpt_fault_shim.so")
 EIO = str(errno.EIO)
 
 
 def run(args, fault=None, match=None, command=None):
-    env = dict(os.environ)
+    env = harness.environment()
     if command:
         env["CKPT_FAULT_RUN"] = command
     if fault:
@@ -39,32 +37,19 @@ def run(args, fault=None, match=None, command=None):
         env["CKPT_FAULT_MATCH"] = match or ""
         # The shim is not instrumented; under ASan it comes first in the library list by design.
         env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
-    return subprocess.run([CKPT_BIN, *args], capture_output=True, text=True, env=env, timeout=300)
-
-
-def sha(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def tree(path):
-    return {os.path.relpath(os.path.join(d, f), path): sha(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs}
+    return harness.ckpt(*args, env=env, timeout=300)
 
 
 def hidden(path):
     return sorted(n for n in os.listdir(path) if n.startswith(".") and not n.endswith(".lock"))
 
 
-class FaultTest(unittest.TestCase):
+class FaultTest(harness.TempDirTest):
+    TEMP_PREFIX = "ckpt-fault-"
+
     def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="ckpt-fault-")
+        super().setUp()
         self.assertTrue(os.path.exists(SHIM), SHIM)
-
-    def tearDown(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def path(self, *parts):
-        return os.path.join(self.tmp, *parts)
 
 
 class Convert(FaultTest):
@@ -284,7 +269,7 @@ class InspectWhileRotating(FaultTest):
             with self.subTest(output=output):
                 run_dir = self.path("run" + output)
                 runs.make_run(run_dir, [10, 20, 30])
-                rotate = " ".join(shlex.quote(a) for a in (CKPT_BIN, "rotate", run_dir, "--keep", "1", "-q"))
+                rotate = " ".join(shlex.quote(a) for a in (harness.CKPT_BIN, "rotate", run_dir, "--keep", "1", "-q"))
                 args = ["inspect", "--verify", run_dir] + (["--json"] if output == "--json" else [])
                 r = run(args, "mmap:1:run", match="checkpoint-10/", command=rotate)
                 self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -481,7 +466,7 @@ class Kills(FaultTest):
         rng = random.Random(11)
         outcomes = {"absent": 0, "complete": 0}
         for trial in range(trials):
-            p = subprocess.Popen([CKPT_BIN, "convert"] + args + ["-o", dst], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            p = subprocess.Popen([harness.CKPT_BIN, "convert"] + args + ["-o", dst], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(rng.uniform(0, duration * 1.2))
             p.kill()
             p.wait()

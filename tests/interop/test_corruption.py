@@ -34,11 +34,12 @@ import tempfile
 import unittest
 import zipfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
 
 import torch  # noqa: E402
 
 import fixtures as F  # noqa: E402
+import harness  # noqa: E402
 
 TIMEOUT_S = 10.0
 WORKERS = 2
@@ -53,7 +54,7 @@ PLAN = None         # sampling decisions, filled in setUpModule
 
 def setUpModule():
     global TMP, PLAN
-    F.require_binary()
+    harness.require_binary()
     TMP = tempfile.mkdtemp(prefix="ckpt-corruption-")
     SMALL["bin"] = make_small_bin(os.path.join(TMP, "small.bin"))
     SMALL["safetensors"] = make_small_safetensors(os.path.join(TMP, "small.safetensors"))
@@ -61,8 +62,7 @@ def setUpModule():
 
 
 def tearDownModule():
-    if TMP and not os.environ.get("CKPT_TEST_KEEP"):
-        shutil.rmtree(TMP, ignore_errors=True)
+    harness.remove_temp_dir(TMP)
 
 
 def small_state():
@@ -89,7 +89,7 @@ Case = collections.namedtuple("Case", "name path args allowed why")
 
 def run_cases(cases):
     def one(case):
-        return case, F.run_ckpt(case.args, timeout=TIMEOUT_S, cap=8 * 1024 * 1024, cwd=TMP)
+        return case, harness.ckpt_untrusted(*case.args, timeout=TIMEOUT_S, cap=8 * 1024 * 1024, cwd=TMP)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS) as pool:
         return list(pool.map(one, cases))
@@ -105,7 +105,7 @@ def judge(case, r):
     elif r.returncode not in case.allowed:
         problem = "exit %d, allowed %s (%s)" % (r.returncode, sorted(case.allowed), case.why)
     elif r.returncode == 3:
-        problem = F.error_line_problem(r, case.path)
+        problem = r.error_line_problem(case.path)
     elif "--json" in case.args:
         if r.stdout_bytes > 8 * 1024 * 1024:
             problem = "wrote %d bytes of JSON for a %d-byte input" % (r.stdout_bytes, os.path.getsize(case.path))
@@ -343,7 +343,7 @@ def make_plan():
     """How many runs fit the time budget (measured on this machine, with this binary)."""
     times = []
     for _ in range(3):
-        r = F.run_ckpt(["inspect", SMALL["safetensors"], "--json"], timeout=60, cwd=TMP)
+        r = harness.ckpt_untrusted("inspect", SMALL["safetensors"], "--json", timeout=60, cwd=TMP)
         times.append(r.elapsed)
     per_run = sorted(times)[1]
     full = os.environ.get("CKPT_CORRUPTION_FULL") == "1"
@@ -382,7 +382,7 @@ class BaselineTests(CorruptionCase):
     def test_small_files_are_valid(self):
         for kind, path in SMALL.items():
             with self.subTest(kind=kind):
-                r = F.run_ckpt(["inspect", path, "--json", "--verify"], timeout=TIMEOUT_S, cwd=TMP)
+                r = harness.ckpt_untrusted("inspect", path, "--json", "--verify", timeout=TIMEOUT_S, cwd=TMP)
                 self.assertEqual(r.returncode, 0, r.describe())
                 doc = json.loads(r.stdout)
                 self.assertEqual([t["name"] for t in doc["tensors"]], ["w", "b"], r.command())
@@ -762,19 +762,19 @@ class HostileInputTests(CorruptionCase):
 
     def test_hostile_structure_metadata(self):
         """ckpt_structure (checkpoint/structure.hpp) with members missing or of the wrong type: each is refused as
-        corrupt by name, never read past the JSON object (the first case read out of bounds; an ASan build
+        corrupt naming its key path and why, never read past the JSON object (the first case read out of bounds; an ASan build
         reported it)."""
         d = os.path.join(TMP, "hostile_structure")
         os.makedirs(d, exist_ok=True)
         tensor = [("x", torch.zeros(2, dtype=torch.uint8))]
         specs = [
-            ("ndarray_without_descr", {"$ndarray": "x", "shape": []}, "descr is missing"),
-            ("ndarray_descr_number", {"$ndarray": "x", "descr": 1, "shape": []}, "descr is missing or not a string"),
-            ("ndarray_name_number", {"$ndarray": 1, "descr": "|u1", "shape": []}, "$ndarray is missing or not a"),
-            ("tensor_name_list", {"$tensor": []}, "$tensor is missing or not a string"),
-            ("int_not_string", {"$int": 5}, "$int is missing or not a string"),
-            ("float_null", {"$float": None}, "$float is missing or not a string"),
-            ("device_object", {"$device": {}}, "$device is missing or not a string"),
+            ("ndarray_without_descr", {"$ndarray": "x", "shape": []}, "structure.descr: is missing"),
+            ("ndarray_descr_number", {"$ndarray": "x", "descr": 1, "shape": []}, "structure.descr: is not a string"),
+            ("ndarray_name_number", {"$ndarray": 1, "descr": "|u1", "shape": []}, "structure.$ndarray: is not a string"),
+            ("tensor_name_list", {"$tensor": []}, "structure.$tensor: is not a string"),
+            ("int_not_string", {"$int": 5}, "structure.$int: is not a string"),
+            ("float_null", {"$float": None}, "structure.$float: is not a string"),
+            ("device_object", {"$device": {}}, "structure.$device: is not a string"),
         ]
         cases = []
         for name, structure, message in specs:
@@ -828,9 +828,9 @@ class HostileNameTests(unittest.TestCase):
         self.assertEqual(bad, [], "%s passes control characters or invalid UTF-8 through: %r" % (what, text[:2000]))
 
     def assertOneSafeErrorLine(self, path, args=None):
-        r = F.run_ckpt(args or ["inspect", path], timeout=TIMEOUT_S, cwd=TMP)
+        r = harness.ckpt_untrusted(*(args or ["inspect", path]), timeout=TIMEOUT_S, cwd=TMP)
         self.assertEqual(r.returncode, 3, r.describe())
-        self.assertIsNone(F.error_line_problem(r, path), r.describe())
+        self.assertIsNone(r.error_line_problem(path), r.describe())
         self.assertTerminalSafe(r.stderr, "the error line")
         self.assertIn("\\n", r.stderr, "the newline is shown escaped: " + r.describe())
         return r
@@ -884,7 +884,7 @@ class HostileNameTests(unittest.TestCase):
         shutil.copy(pt, os.path.join(checkpoint, "optimizer.pt"))
         for p in (path, pt, checkpoint):
             with self.subTest(path=p):
-                r = F.run_ckpt(["inspect", p], timeout=TIMEOUT_S, cwd=TMP)
+                r = harness.ckpt_untrusted("inspect", p, timeout=TIMEOUT_S, cwd=TMP)
                 self.assertEqual(r.returncode, 0, r.describe())
                 self.assertTerminalSafe(r.stdout, "inspect's text")
                 self.assertIn("a\\n\\x1b[2J\\u{9b}2J\\u{202e}", r.stdout)

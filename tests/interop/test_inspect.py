@@ -18,11 +18,12 @@ import tempfile
 import unittest
 import zipfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
 
 import torch  # noqa: E402
 
 import fixtures as F  # noqa: E402
+import harness  # noqa: E402
 
 TMP = None
 FX = None
@@ -30,21 +31,20 @@ FX = None
 
 def setUpModule():
     global TMP, FX
-    F.require_binary()
+    harness.require_binary()
     TMP = tempfile.mkdtemp(prefix="ckpt-interop-")
     FX = F.build_all(os.path.join(TMP, "fx"))
 
 
 def tearDownModule():
-    if TMP and not os.environ.get("CKPT_TEST_KEEP"):
-        shutil.rmtree(TMP, ignore_errors=True)
+    harness.remove_temp_dir(TMP)
 
 
 class InspectCase(unittest.TestCase):
     maxDiff = None
 
     def run_ok(self, args, expect_exit=0):
-        r = F.run_ckpt(args, cwd=TMP)
+        r = harness.ckpt_untrusted(*args, cwd=TMP)
         self.assertFalse(r.timed_out, "timed out\n" + r.describe())
         self.assertGreaterEqual(r.returncode, 0, "killed by a signal\n" + r.describe())
         if expect_exit is not None:
@@ -163,30 +163,30 @@ class SingleFileExtraTests(InspectCase):
 
     def test_legacy_format_is_recognised(self):
         path, _ = FX["legacy.bin"]
-        r = F.run_ckpt(["inspect", path, "--json"], cwd=TMP)
+        r = harness.ckpt_untrusted("inspect", path, "--json", cwd=TMP)
         self.assertFalse(r.timed_out, r.describe())
         self.assertIn(r.returncode, (0, 3), r.describe())
         if r.returncode == 3:
-            problem = F.error_line_problem(r, path)
+            problem = r.error_line_problem(path)
             self.assertIsNone(problem, problem and problem + "\n" + r.describe())
 
     def test_missing_file(self):
         path = os.path.join(TMP, "no-such-file.bin")
-        r = F.run_ckpt(["inspect", path, "--json"], cwd=TMP)
+        r = harness.ckpt_untrusted("inspect", path, "--json", cwd=TMP)
         self.assertEqual(r.returncode, 1, r.describe())
-        problem = F.error_line_problem(r, path)
+        problem = r.error_line_problem(path)
         self.assertIsNone(problem, problem and problem + "\n" + r.describe())
 
     def test_usage_errors(self):
         for args in (["inspect"], ["inspect", FX["dtypes.bin"][0], "--no-such-option"]):
             with self.subTest(args=args):
-                r = F.run_ckpt(args, cwd=TMP)
+                r = harness.ckpt_untrusted(*args, cwd=TMP)
                 self.assertEqual(r.returncode, 2, r.describe())
 
     def test_path_is_reported_as_given(self):
         # a relative path, run from the fixture's directory
         path, exp = FX["dtypes.bin"]
-        r = F.run_ckpt(["inspect", os.path.basename(path), "--json"], cwd=os.path.dirname(path))
+        r = harness.ckpt_untrusted("inspect", os.path.basename(path), "--json", cwd=os.path.dirname(path))
         self.assertEqual(r.returncode, 0, r.describe())
         doc = json.loads(r.stdout)
         self.assertEqual(doc.get("path"), os.path.basename(path), r.command())
@@ -231,7 +231,7 @@ class ManyKeysTests(InspectCase):
         value = {"k%d" % i: i for i in range(200000)}
         path = os.path.join(TMP, "many_keys.pt")
         torch.save(value, path)
-        r = F.run_ckpt(["inspect", path, "--json"], timeout=self.DEADLINE_S, cwd=TMP)
+        r = harness.ckpt_untrusted("inspect", path, "--json", timeout=self.DEADLINE_S, cwd=TMP)
         self.assertFalse(r.timed_out, "not done within %d s: quadratic in the number of keys?" % self.DEADLINE_S)
         self.assertEqual(r.returncode, 0, r.describe())
         shown = json.loads(r.stdout)["value"]
@@ -336,7 +336,7 @@ class VerifyFailureTests(InspectCase):
             f.write(data)
 
     def check_failed(self, path, what):
-        r = F.run_ckpt(["inspect", path, "--json", "--verify"], cwd=TMP)
+        r = harness.ckpt_untrusted("inspect", path, "--json", "--verify", cwd=TMP)
         self.assertIn(r.returncode, (1, 3), "--verify of a %s with a CRC mismatch must fail\n%s" % (
             what, r.describe()))
         doc = json.loads(r.stdout)
@@ -359,9 +359,9 @@ class VerifyFailureTests(InspectCase):
     def test_exit_3_comes_with_an_error_line(self):
         for path in (self.file, self.ckpt):
             with self.subTest(path=path):
-                r = F.run_ckpt(["inspect", path, "--json", "--verify"], cwd=TMP)
+                r = harness.ckpt_untrusted("inspect", path, "--json", "--verify", cwd=TMP)
                 if r.returncode == 3:
-                    problem = F.error_line_problem(r, path)
+                    problem = r.error_line_problem(path)
                     self.assertIsNone(problem, "exit 3 (corrupt input) without the error line: %s\n%s" % (
                         problem, r.describe()))
 
@@ -461,7 +461,7 @@ class FileKindTests(InspectCase):
 
 
 def hf_path(*parts):
-    return os.path.join(F.HF_FIXTURES, *parts)
+    return os.path.join(harness.HF_FIXTURES, *parts)
 
 
 def expected_hf_file(path):
@@ -704,7 +704,7 @@ class SummaryTests(InspectCase):
 
     def test_metadata_only(self):
         # 2^38 float32 parameters in a sparse 1 TiB file: reading its bytes would take minutes. Run without the
-        # address-space cap of run_ckpt, since the file is mapped whole.
+        # address-space cap of ckpt_untrusted, since the file is mapped whole.
         cdir = os.path.join(tempfile.mkdtemp(dir=TMP), "huge")
         os.makedirs(cdir)
         header = json.dumps({"w": {"dtype": "F32", "shape": [1 << 20, 1 << 18], "data_offsets": [0, 1 << 40]}}).encode()
@@ -714,7 +714,7 @@ class SummaryTests(InspectCase):
             f.truncate(8 + len(header) + (1 << 40))
         with open(os.path.join(cdir, "config.json"), "w") as f:
             json.dump({"model_type": "huge"}, f)
-        r = subprocess.run([F.ckpt_bin(), "inspect", "--json", cdir], capture_output=True, text=True, timeout=60)
+        r = harness.ckpt("inspect", "--json", cdir)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(json.loads(r.stdout)["summary"]["num_parameters"], 1 << 38)
 
@@ -879,7 +879,7 @@ class NoCodeExecutionTests(InspectCase):
             for args in (["inspect", path, "--json"], ["inspect", path, "--json", "--verify"],
                          ["inspect", path]):
                 with self.subTest(payload=name, args=args[2:]):
-                    r = F.run_ckpt(args, cwd=self.dir)
+                    r = harness.ckpt_untrusted(*args, cwd=self.dir)
                     self.assertFalse(os.path.exists(marker), "ckpt EXECUTED the pickle\n" + r.describe())
                     self.assertFalse(r.timed_out, r.describe())
                     self.assertGreaterEqual(r.returncode, 0, "killed by a signal\n" + r.describe())
@@ -888,7 +888,7 @@ class NoCodeExecutionTests(InspectCase):
                     else:
                         self.assertIn(r.returncode, (0, 3), r.describe())
                     if r.returncode == 3:
-                        problem = F.error_line_problem(r, path)
+                        problem = r.error_line_problem(path)
                         self.assertIsNone(problem, problem and problem + "\n" + r.describe())
                     elif args[-1] == "--json":
                         doc = json.loads(r.stdout)

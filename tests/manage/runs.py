@@ -9,67 +9,22 @@ hand from the formats' rules:
 * `trainer_state.json`: Hugging Face's TrainerState, indent 2, sorted keys, with log_history holding training
   entries (loss) and evaluation entries (eval_loss, eval_accuracy, ...).
 
-Also: the ckpt binary runner (`ckpt()`), mtime helpers (`set_mtime`, which touches a directory and the files in
-it), staging / custom / trash directories, and a copier for the read-only fixture run.
+Also: mtime helpers (`set_mtime`, which touches a directory and the files in it), staging / custom / trash
+directories, and waiting for a process to block on the run lock. Running ckpt, tree snapshots and the fixture
+run's copy are tests/harness.py's.
 
 Only `write_pytorch_bin` needs torch (imported lazily); nothing else does.
 """
 
 import json
 import os
-import shutil
 import struct
-import subprocess
-import time
 
-_REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-CKPT_BIN = os.environ.get("CKPT_BIN", os.path.join(_REPO, "build", "ckpt"))
-FIXTURE_ROOT = os.path.join(_REPO, "tests", "data", "hf-trainer-4.40.2")
-FIXTURE_RUN = os.path.join(FIXTURE_ROOT, "run_safetensors")
-
-# ----------------------------------------------------------------------------------------------------------------
-# Running ckpt
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class Result:
-    def __init__(self, args, returncode, stdout, stderr):
-        self.args = args
-        self.returncode = returncode
-        self.stdout = stdout
-        self.stderr = stderr
-
-    def json(self):
-        try:
-            return json.loads(self.stdout)
-        except ValueError as e:
-            raise AssertionError("ckpt %s printed no JSON (%s)\nexit %d\nstdout: %s\nstderr: %s" % (
-                " ".join(self.args), e, self.returncode, self.stdout[:2000], self.stderr[:2000]))
-
-    def describe(self):
-        return "command: %s\nexit: %d\nstdout: %s\nstderr: %s" % (
-            " ".join([CKPT_BIN] + list(self.args)), self.returncode, self.stdout[:3000], self.stderr[:3000])
-
-
-def ckpt(*args, timeout=60, cwd=None):
-    """Runs the ckpt binary; returns a Result (never raises on a non-zero exit)."""
-    args = [str(a) for a in args]
-    p = subprocess.run([CKPT_BIN] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, cwd=cwd)
-    return Result(args, p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace"))
-
-
-def ckpt_ok(testcase, *args, **kw):
-    """Runs ckpt and fails `testcase` unless it exits 0."""
-    r = ckpt(*args, **kw)
-    testcase.assertEqual(r.returncode, 0, "ckpt failed\n" + r.describe())
-    return r
-
+import harness
 
 # ----------------------------------------------------------------------------------------------------------------
 # safetensors
 # ----------------------------------------------------------------------------------------------------------------
-
-_DTYPE_SIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def tiny_tensors(seed=0, n=2):
@@ -97,7 +52,7 @@ def safetensors_bytes(tensors, metadata=None):
         count = 1
         for d in shape:
             count *= d
-        assert len(data) == count * _DTYPE_SIZE[dtype], name
+        assert len(data) == count * harness.DTYPE_SIZES[dtype], name
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
         blobs.append(data)
@@ -324,45 +279,6 @@ def trash_entries(run_dir):
     return sorted(n for n in os.listdir(run_dir) if n.startswith(".ckpt-trash-"))
 
 
-def tree_digest(path, ignore=(".ckpt.lock",)):
-    """{relative path: bytes or ('link', target)} for everything under `path` (symlinks not followed); names in
-    `ignore` directly under `path` are skipped (the run lock file that every rotate creates)."""
-    out = {}
-    for root, dirs, files in os.walk(path):
-        if root == path:
-            files = [f for f in files if f not in ignore]
-        for d in list(dirs):
-            full = os.path.join(root, d)
-            if os.path.islink(full):
-                out[os.path.relpath(full, path)] = ("link", os.readlink(full))
-                dirs.remove(d)
-            else:
-                out[os.path.relpath(full, path) + "/"] = ("dir",)
-        for f in files:
-            full = os.path.join(root, f)
-            if os.path.islink(full):
-                out[os.path.relpath(full, path)] = ("link", os.readlink(full))
-            else:
-                with open(full, "rb") as fh:
-                    out[os.path.relpath(full, path)] = fh.read()
-    return out
-
-
-def copy_fixture_run(dest_parent, name="run_safetensors"):
-    """Copies the read-only fixture run into dest_parent/name, writable (the fixture's modes are r-x/r--)."""
-    dest = os.path.join(dest_parent, name)
-    shutil.copytree(FIXTURE_RUN, dest, copy_function=shutil.copyfile)
-    for root, dirs, files in os.walk(dest):
-        os.chmod(root, 0o755)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o644)
-    return dest
-
-
-def now():
-    return time.time()
-
-
 def blocked_in_flock(pid):
     """Whether process pid waits for a flock another holder has (/proc/locks marks a waiter's line with "->")."""
     with open("/proc/locks") as f:
@@ -373,13 +289,11 @@ def blocked_in_flock(pid):
     return False
 
 
-def wait_until_blocked_in_flock(testcase, p):
-    """Waits (60 s at most) until process p waits for a lock someone holds; fails `testcase` if it ends first."""
-    deadline = time.monotonic() + 60
-    while not blocked_in_flock(p.pid):
-        testcase.assertIsNone(p.poll(), "it did not wait for the held lock")
-        testcase.assertLess(time.monotonic(), deadline, "it never blocked on the lock")
-        time.sleep(0.01)
+def wait_until_blocked_in_flock(p):
+    """Waits (60 s at most) until process p waits for a lock someone holds; AssertionError if it ends first."""
+    harness.wait_until(lambda: blocked_in_flock(p.pid), "wait for the held lock", interval=0.01, process=p)
+
+
 def human_bytes(n):
     """A size as ckpt prints it: exact bytes below 1 KiB, else one decimal and a binary unit."""
     if n < 1024:

@@ -12,13 +12,18 @@ import shutil
 import stat
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
 
-import hf_reference
-import runs
-from runs import ckpt, ckpt_ok, wait_until_blocked_in_flock
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
+
+import harness  # noqa: E402
+import hf_reference  # noqa: E402
+import runs  # noqa: E402
+from harness import ckpt, ckpt_ok  # noqa: E402
+from runs import wait_until_blocked_in_flock  # noqa: E402
 
 LIST_FIELDS = {"name", "path", "kind", "step", "epoch", "complete", "named", "is_best", "is_latest", "size_bytes", "mtime",
                "metric", "metrics", "problems"}
@@ -349,7 +354,7 @@ class BestSyntheticTest(Tmp):
         runs.make_run(os.fsdecode(d), [10, 20], best_step=20)
         os.makedirs(os.path.join(d, b"custom-\xff"))
         for args in (["list", d, "--json"], ["best", d, "--json"]):
-            p = subprocess.run([runs.CKPT_BIN] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+            p = subprocess.run([harness.CKPT_BIN] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
             self.assertEqual(p.returncode, 0, p.stderr)
             self.assertNotIn("\ufffd".encode(), p.stdout)
             data = json.loads(p.stdout)
@@ -504,12 +509,12 @@ class BestSyntheticTest(Tmp):
     def test_link_never_replaces_a_directory(self):
         d = self.run_dir([10, 20], evals={10: {"eval_loss": 1.0}, 20: {"eval_loss": 2.0}})
         runs.make_dir_entry(d, "best", files=2)
-        before = runs.tree_digest(os.path.join(d, "best"))
+        before = harness.tree_snapshot(os.path.join(d, "best"))
         r = ckpt("best", d, "--link", "best")
         self.assertNotEqual(r.returncode, 0, "replaced or ignored a real directory named best\n" + r.describe())
         self.assertIn("ckpt: error:", r.stderr, r.describe())
         self.assertFalse(os.path.islink(os.path.join(d, "best")))
-        self.assertEqual(runs.tree_digest(os.path.join(d, "best")), before)
+        self.assertEqual(harness.tree_snapshot(os.path.join(d, "best")), before)
         self.assertEqual(sorted(os.listdir(d)), ["best", "checkpoint-10", "checkpoint-20"], "temporary link left")
 
     def test_link_replaces_only_a_symlink(self):
@@ -531,7 +536,7 @@ class BestSyntheticTest(Tmp):
                 if name not in ("fifo", "device"):
                     with open(path) as f:
                         self.assertEqual(f.read(), "user data")
-        self.assertEqual([n for n in os.listdir(d) if ".tmp-" in n], [], "temporary link left")
+        self.assertEqual(harness.leftover_temporaries(d), [], "temporary link left")
 
     def test_export_into_a_checkpoint_is_refused(self):
         d = self.run_dir([10, 20], evals={10: {"eval_loss": 2.0}, 20: {"eval_loss": 1.0}})
@@ -540,7 +545,7 @@ class BestSyntheticTest(Tmp):
         like_a_checkpoint = os.path.join(self.tmp, "saved")  # a checkpoint by its content, whatever its name
         runs.make_checkpoint(self.tmp, 7, name="saved")
         os.symlink(os.path.join(d, "checkpoint-10"), os.path.join(self.tmp, "link-to-10"))
-        before = runs.tree_digest(self.tmp)
+        before = harness.tree_snapshot(self.tmp)
         for dest in (os.path.join(d, "checkpoint-10"), os.path.join(d, "checkpoint-20"), os.path.join(d, "checkpoint-10/"),
                      os.path.join(d, "checkpoint-10", "sub"), os.path.join(d, "checkpoint-30"),
                      os.path.join(other, "checkpoint-5"), os.path.join(other, "checkpoint-5", "a", "b"),
@@ -550,7 +555,7 @@ class BestSyntheticTest(Tmp):
                 r = ckpt("best", d, "--export", dest)
                 self.assertEqual(r.returncode, 2, r.describe())
                 self.assertIn("checkpoint", r.stderr, r.describe())
-                self.assertEqual(runs.tree_digest(self.tmp), before)
+                self.assertEqual(harness.tree_snapshot(self.tmp), before)
         # The run directory itself (where Hugging Face's save_model writes) and a directory beside the run's
         # checkpoints stay valid destinations.
         self.best_path(d, "--export", d)
@@ -620,7 +625,7 @@ class BestSyntheticTest(Tmp):
         # Exporting into the run directory twice leaves no link temporaries.
         self.best_path(d, "--export", d)
         self.best_path(d, "--export", d)
-        self.assertEqual([n for n in os.listdir(d) if ".tmp-" in n], [])
+        self.assertEqual(harness.leftover_temporaries(d), [])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -715,7 +720,7 @@ class LatestTest(Tmp):
         d = os.path.join(self.tmp, "run")
         runs.make_run(d, [10, 20, 30])
         archived = self.archive(d, 30)
-        original = runs.tree_digest(os.path.join(d, "checkpoint-30"))
+        original = harness.tree_snapshot(os.path.join(d, "checkpoint-30"))
         shutil.rmtree(os.path.join(d, "checkpoint-30"))
         runs.make_checkpoint(d, 40, broken="truncated")  # half-written when the job was killed
         self.archive(d, 20)  # a live checkpoint of the same step is preferred to its archive
@@ -730,7 +735,7 @@ class LatestTest(Tmp):
         path, r = self.latest(d, "--archives", "--restore-to", restored)
         self.assertEqual(path, restored, r.describe())
         self.assertEqual(r.stderr, "ckpt: latest: restored archive/checkpoint-30.ckpt into %s\n" % restored, r.describe())
-        self.assertEqual(runs.tree_digest(restored), original)
+        self.assertEqual(harness.tree_snapshot(restored), original)
         # A restore never writes over anything.
         r = ckpt("latest", d, "--archives", "--restore-to", restored)
         self.assertEqual(r.returncode, 2, r.describe())
@@ -853,7 +858,7 @@ class TagTest(Tmp):
         r = self.tag(d, "checkpoint-20", "milestone")
         named = os.path.join(d, "milestone")
         self.assertEqual(r.stdout, "tagged checkpoint-20 as %s (6 files, 6 hard-linked)\n" % named, r.describe())
-        self.assertEqual(runs.tree_digest(named), runs.tree_digest(source))
+        self.assertEqual(harness.tree_snapshot(named), harness.tree_snapshot(source))
         self.assertEqual(inodes(named), inodes(source))
         self.assertEqual([n for n in os.listdir(d) if n.startswith(".") and n != ".ckpt.lock"], [])  # no staging left
         rows, r = self.list_json(d)
@@ -890,10 +895,10 @@ class TagTest(Tmp):
     def test_rotating_the_source_away_leaves_the_tag_complete_and_identical(self):
         d = self.build()
         self.tag(d, "checkpoint-10", "first")
-        before = runs.tree_digest(os.path.join(d, "checkpoint-10"))
+        before = harness.tree_snapshot(os.path.join(d, "checkpoint-10"))
         ckpt_ok(self, "rotate", d, "--keep", "1", "-q")
         self.assertEqual(runs.entries(d), ["checkpoint-20", "checkpoint-30", "first"])
-        self.assertEqual(runs.tree_digest(os.path.join(d, "first")), before)
+        self.assertEqual(harness.tree_snapshot(os.path.join(d, "first")), before)
         row = self.rows_by_name(self.list_json(d)[0])["first"]
         self.assertTrue(row["complete"] and row["named"], row)
 
@@ -905,7 +910,7 @@ class TagTest(Tmp):
         os.symlink("checkpoint-10", os.path.join(d, "link"))
         os.symlink("nowhere", os.path.join(d, "dangling"))
         self.tag(d, "checkpoint-10", "kept")
-        before = runs.tree_digest(d)
+        before = harness.tree_snapshot(d)
         not_one = "'%s' is not one name: a named checkpoint is an entry of the run directory, without '/'"
         cases = [("../x", not_one % r"\.\./x"), ("a/b", not_one % "a/b"), ("/tmp/x", not_one % "/tmp/x"),
                  ("", "a checkpoint name must not be empty"),
@@ -927,8 +932,8 @@ class TagTest(Tmp):
             for json_flag in ([], ["--json"]):
                 with self.subTest(name=name[:20], json=bool(json_flag)):
                     self.assertRefused(ckpt("tag", *json_flag, d, "checkpoint-20", name), 2, message, "invalid_argument")
-        self.assertEqual(runs.tree_digest(d), before)
-        self.assertEqual(len(runs.tree_digest(d, ignore=())), len(before) + 1)  # the lock file, nothing else
+        self.assertEqual(harness.tree_snapshot(d), before)
+        self.assertEqual(len(harness.tree_snapshot(d, ignore=())), len(before) + 1)  # the lock file, nothing else
         # The longest NAME, and deleted again: its staging and trash names fit too.
         self.tag(d, "checkpoint-20", "n" * 200)
         self.tag("--delete", d, "n" * 200)
@@ -940,7 +945,7 @@ class TagTest(Tmp):
         os.symlink("../checkpoint-10/model.safetensors", os.path.join(d, "checkpoint-50", "weights-link"))
         runs.make_dir_entry(d, "tmp-checkpoint-60")
         self.tag(d, "checkpoint-10", "first")
-        before = runs.tree_digest(d)
+        before = harness.tree_snapshot(d)
         cases = [("checkpoint-40", 3, "%s/checkpoint-40: not a complete checkpoint: .*model.safetensors" % d, "corrupt"),
                  ("checkpoint-50", 3, "%s/checkpoint-50/weights-link: not a regular file \\(a symlink\\); only regular files "
                                       "are read, symlinks are not followed" % d, "unsupported"),
@@ -955,18 +960,18 @@ class TagTest(Tmp):
             for json_flag in ([], ["--json"]):
                 with self.subTest(source=source, json=bool(json_flag)):
                     self.assertRefused(ckpt("tag", *json_flag, d, source, "copy"), code, message, kind)
-        self.assertEqual(runs.tree_digest(d), before)
+        self.assertEqual(harness.tree_snapshot(d), before)
 
     def test_an_archive_is_restored_into_the_tag(self):
         d = self.build()
         archived = os.path.join(d, "archive", "checkpoint-20.ckpt")
         os.makedirs(os.path.dirname(archived))
         ckpt_ok(self, "convert", os.path.join(d, "checkpoint-20"), "--to", "archive", "-o", archived, "-q")
-        original = runs.tree_digest(os.path.join(d, "checkpoint-20"))
+        original = harness.tree_snapshot(os.path.join(d, "checkpoint-20"))
         shutil.rmtree(os.path.join(d, "checkpoint-20"))
         r = self.tag(d, "archive/checkpoint-20.ckpt", "best-20")
         self.assertEqual(r.stdout, "tagged archive/checkpoint-20.ckpt as %s (5 files restored)\n" % os.path.join(d, "best-20"))
-        self.assertEqual(runs.tree_digest(os.path.join(d, "best-20")), original)
+        self.assertEqual(harness.tree_snapshot(os.path.join(d, "best-20")), original)
         row = self.rows_by_name(self.list_json(d)[0])["best-20"]
         self.assertEqual((row["named"], row["complete"], row["step"]), (True, True, 20))
         # An archive in the run directory itself, as list names it; its manifest names the checkpoint it holds.
@@ -987,10 +992,10 @@ class TagTest(Tmp):
         fd = os.open(os.path.join(d, ".ckpt.lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            procs = [subprocess.Popen([runs.CKPT_BIN, "tag", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            procs = [subprocess.Popen([harness.CKPT_BIN, "tag", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                      for args in ([d, "checkpoint-10", "new"], ["--delete", d, "old"])]
             for p in procs:
-                wait_until_blocked_in_flock(self, p)
+                wait_until_blocked_in_flock(p)
             self.assertFalse(os.path.exists(os.path.join(d, "new")))
             self.assertTrue(os.path.exists(os.path.join(d, "old")))
         finally:
@@ -1016,7 +1021,7 @@ class TagTest(Tmp):
         self.assertFalse(os.path.exists(os.path.join(d, "gone")))
         self.assertEqual(runs.trash_entries(d), [])
         self.assertTrue(os.path.isdir(os.path.join(d, "checkpoint-30")), "its source stays")
-        before = runs.tree_digest(self.tmp)
+        before = harness.tree_snapshot(self.tmp)
         cases = [("link-to-keep", 2, "%s/link-to-keep: is a symlink, not a named checkpoint" % d, "invalid_argument"),
                  ("notes", 2, "%s/notes: is a regular file, not a named checkpoint" % d, "invalid_argument"),
                  ("plain", 2, "%s/plain: holds no trainer_state.json: not a named checkpoint" % d, "invalid_argument"),
@@ -1029,7 +1034,7 @@ class TagTest(Tmp):
             for json_flag in ([], ["--json"]):
                 with self.subTest(name=name, json=bool(json_flag)):
                     self.assertRefused(ckpt("tag", "--delete", *json_flag, d, name), code, message, kind)
-        self.assertEqual(runs.tree_digest(self.tmp), before)
+        self.assertEqual(harness.tree_snapshot(self.tmp), before)
         doc = self.tag("--delete", "--json", d, "keep").json()
         self.assertEqual(doc, {"name": "keep", "path": os.path.join(d, "keep"), "step": 20, "size_bytes": doc["size_bytes"]})
         self.assertGreater(doc["size_bytes"], 0)
@@ -1187,7 +1192,7 @@ class SeveralRunsListTest(Tmp):
         try:
             for json_flag in ([], ["--json"]):
                 with self.subTest(json=json_flag):
-                    p = subprocess.run([runs.CKPT_BIN, "list", *json_flag, missing, "--recursive", root], stdout=subprocess.PIPE,
+                    p = subprocess.run([harness.CKPT_BIN, "list", *json_flag, missing, "--recursive", root], stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True, timeout=60, preexec_fn=as_nobody())
                     self.assertEqual(p.returncode, 1, p.stderr)
                     self.assertEqual(p.stderr, "ckpt: error: %s: no such directory\n"
@@ -1391,20 +1396,20 @@ FIXTURE_BEST_METRIC = 3.999075174331665
 class FixtureRunTest(Tmp):
     @classmethod
     def setUpClass(cls):
-        cls.fixture_digest = runs.tree_digest(runs.FIXTURE_RUN)
-        with open(os.path.join(runs.FIXTURE_RUN, "trainer_state.json")) as f:
+        cls.fixture_digest = harness.tree_snapshot(harness.FIXTURE_RUN)
+        with open(os.path.join(harness.FIXTURE_RUN, "trainer_state.json")) as f:
             cls.root_state = json.load(f)
-        with open(os.path.join(runs.FIXTURE_RUN, "checkpoint-40", "trainer_state.json")) as f:
+        with open(os.path.join(harness.FIXTURE_RUN, "checkpoint-40", "trainer_state.json")) as f:
             cls.state40 = json.load(f)
 
     @classmethod
     def tearDownClass(cls):
-        assert runs.tree_digest(runs.FIXTURE_RUN) == cls.fixture_digest, "the read-only fixture changed"
+        assert harness.tree_snapshot(harness.FIXTURE_RUN) == cls.fixture_digest, "the read-only fixture changed"
 
     def copy(self, where="copy"):
         parent = os.path.join(self.tmp, where)
         os.makedirs(parent)
-        return runs.copy_fixture_run(parent)
+        return harness.copy_fixture_run(parent)
 
     def test_fixture_state_is_what_the_readme_says(self):
         self.assertEqual(self.state40["best_model_checkpoint"], "run_safetensors/checkpoint-40")
@@ -1437,10 +1442,10 @@ class FixtureRunTest(Tmp):
         self.assertEqual(len(rows), 4, r.describe())
 
     def test_list_on_the_read_only_fixture_itself(self):
-        rows, r = self.list_json(runs.FIXTURE_RUN)
+        rows, r = self.list_json(harness.FIXTURE_RUN)
         self.assertEqual([row["name"] for row in rows], ["checkpoint-10", "checkpoint-20", "checkpoint-30",
                                                          "checkpoint-40"], r.describe())
-        self.assertBestIs(runs.FIXTURE_RUN, "checkpoint-40")
+        self.assertBestIs(harness.FIXTURE_RUN, "checkpoint-40")
 
     def test_best(self):
         d = self.copy()
@@ -1481,12 +1486,12 @@ class FixtureRunTest(Tmp):
                     self.assertEqual([n for n in os.listdir(d) if n.startswith(".ckpt-trash-")], [])
                     # The run root's final model is untouched.
                     with open(os.path.join(d, "model.safetensors"), "rb") as a, \
-                            open(os.path.join(runs.FIXTURE_RUN, "model.safetensors"), "rb") as b:
+                            open(os.path.join(harness.FIXTURE_RUN, "model.safetensors"), "rb") as b:
                         self.assertEqual(a.read(), b.read())
 
     def test_reference_on_fixture_by_hand(self):
         # keep 1 -> 40 only; keep 2 -> 30, 40; best by max loss (10): keep 1 -> 10 and 40, keep 2 -> 10 and 40.
-        d = runs.FIXTURE_RUN
+        d = harness.FIXTURE_RUN
         best40 = os.path.join(os.path.dirname(d), self.state40["best_model_checkpoint"])
         best10 = os.path.join(d, "checkpoint-10")
         c = lambda *s: {"checkpoint-%d" % x for x in s}  # noqa: E731
@@ -1505,10 +1510,10 @@ class FixtureRunTest(Tmp):
         self.best_path(d, "--link", "best")
         self.assertEqual(os.readlink(link), "checkpoint-40")
         with open(os.path.join(link, "model.safetensors"), "rb") as a, \
-                open(os.path.join(runs.FIXTURE_RUN, "checkpoint-40", "model.safetensors"), "rb") as b:
+                open(os.path.join(harness.FIXTURE_RUN, "checkpoint-40", "model.safetensors"), "rb") as b:
             self.assertEqual(a.read(), b.read())
         leftovers = [n for n in os.listdir(d) if n not in ("best", "checkpoint-10", "checkpoint-20", "checkpoint-30",
-                                                           "checkpoint-40") and n not in os.listdir(runs.FIXTURE_RUN)]
+                                                           "checkpoint-40") and n not in os.listdir(harness.FIXTURE_RUN)]
         self.assertEqual(leftovers, [], "temporary link names left behind")
 
     def test_export(self):
@@ -1530,7 +1535,7 @@ class FixtureRunTest(Tmp):
             self.assertEqual(a.read(), b.read(), r.describe())
         # The checkpoint it came from is unchanged (hard links must not let the export alias a later write).
         with open(os.path.join(src, "model.safetensors"), "rb") as a, \
-                open(os.path.join(runs.FIXTURE_RUN, "checkpoint-40", "model.safetensors"), "rb") as b:
+                open(os.path.join(harness.FIXTURE_RUN, "checkpoint-40", "model.safetensors"), "rb") as b:
             self.assertEqual(a.read(), b.read())
 
 

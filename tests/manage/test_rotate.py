@@ -14,13 +14,18 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
 
-import hf_reference
-import runs
-from runs import ckpt, ckpt_ok, wait_until_blocked_in_flock
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
+
+import harness  # noqa: E402
+import hf_reference  # noqa: E402
+import runs  # noqa: E402
+from harness import ckpt, ckpt_ok  # noqa: E402
+from runs import wait_until_blocked_in_flock  # noqa: E402
 
 # Steps chosen so that lexicographic order differs from numeric order.
 STEPS = [5, 20, 100, 250, 1000, 1500, 12000]
@@ -154,7 +159,7 @@ class RotateParityTest(Tmp):
         coverage = {order: 0 for order in ORDERS}  # cases where the order changes HF's choice vs step order
         for i, (n, best_kind, best_pos, order) in enumerate(parity_cases()):
             run_dir, steps, best_step, hf_best = self.build("dry-%d" % i, n, best_kind, best_pos, order, seed=i)
-            before = runs.tree_digest(run_dir)
+            before = harness.tree_snapshot(run_dir)
             for limit in LIMITS:
                 args = ["--keep", limit, "--dry-run"] + (["--sort", "mtime"] if order != "step" else [])
                 r = ckpt("rotate", run_dir, *args, "--json")
@@ -171,7 +176,7 @@ class RotateParityTest(Tmp):
                 for p in self.check_plan(r.json(), run_dir, steps, best_step, limit, hf, expected, newest_diverges,
                                          order):
                     mismatches.append(label + ": " + p)
-            after = runs.tree_digest(run_dir)
+            after = harness.tree_snapshot(run_dir)
             if before != after:
                 mismatches.append("n=%d best=%s@%s order=%s: --dry-run changed the run directory" % (
                     n, best_kind, best_pos, order))
@@ -496,14 +501,14 @@ class RotateSafetyTest(Tmp):
         for name in custom:
             runs.make_dir_entry(d, name, files=2, mtime=old)
         hidden = runs.make_dir_entry(d, ".cache", mtime=old)
-        digests = {name: runs.tree_digest(os.path.join(d, name)) for name in custom + [".cache"]}
+        digests = {name: harness.tree_snapshot(os.path.join(d, name)) for name in custom + [".cache"]}
         data, r = self.rotate_json(d, "--keep", "1", "--stale-after", "1m")
         dec = self.decisions(data)
         for name in custom:
             if name in dec:
                 self.assertEqual(dec[name]["action"], "keep", r.describe())
         for name in custom + [".cache"]:
-            self.assertEqual(runs.tree_digest(os.path.join(d, name)), digests[name], name)
+            self.assertEqual(harness.tree_snapshot(os.path.join(d, name)), digests[name], name)
         self.assertTrue(os.path.isdir(hidden))
         self.assertEqual(sorted(n for n in runs.entries(d) if n.startswith("checkpoint-") and n[11:].isdigit()),
                          ["checkpoint-20", "checkpoint-50"])
@@ -524,14 +529,14 @@ class RotateSafetyTest(Tmp):
 
     def test_keep_zero_and_bad_options_are_usage_errors(self):
         d = self.run_dir()
-        before = runs.tree_digest(d)
+        before = harness.tree_snapshot(d)
         for args in (["--keep", "0"], ["--keep", "-1"], ["--keep", "two"], [], ["--keep", "2", "--keep-every", "0"],
                      ["--keep", "2", "--sort", "name"], ["--keep", "2", "--mode", "up"]):
             with self.subTest(args=args):
                 r = ckpt("rotate", d, *args)
                 self.assertEqual(r.returncode, 2, r.describe())
                 self.assertIn("ckpt: error:", r.stderr, r.describe())
-        self.assertEqual(runs.tree_digest(d), before)
+        self.assertEqual(harness.tree_snapshot(d), before)
 
     def test_missing_run_dir(self):
         r = ckpt("rotate", os.path.join(self.tmp, "nope"), "--keep", "1")
@@ -542,9 +547,9 @@ class RotateSafetyTest(Tmp):
     def test_leftover_trash_cleared_and_dry_run_changes_nothing(self):
         d = self.run_dir()
         runs.make_dir_entry(d, ".ckpt-trash-checkpoint-5-1234", files=3)
-        before = runs.tree_digest(d)
+        before = harness.tree_snapshot(d)
         data, r = self.rotate_json(d, "--keep", "3", "--dry-run")
-        self.assertEqual(runs.tree_digest(d), before, "dry run changed the run directory")
+        self.assertEqual(harness.tree_snapshot(d), before, "dry run changed the run directory")
         self.rotate_json(d, "--keep", "3")
         self.assertEqual(runs.entries(d), ["checkpoint-30", "checkpoint-40", "checkpoint-50"])
 
@@ -561,9 +566,9 @@ class RotateSafetyTest(Tmp):
         # A symlink inside a checkpoint that is going to be deleted.
         os.symlink(data_dir, os.path.join(d, "checkpoint-10", "linked-data"))
         os.symlink(os.path.join(data_dir, "part-0.bin"), os.path.join(d, "checkpoint-30", "linked-file"))
-        outside_before = runs.tree_digest(outside)
+        outside_before = harness.tree_snapshot(outside)
         data, r = self.rotate_json(d, "--keep", "1", "--stale-after", "1m")
-        self.assertEqual(runs.tree_digest(outside), outside_before, "rotate changed files outside RUN_DIR")
+        self.assertEqual(harness.tree_snapshot(outside), outside_before, "rotate changed files outside RUN_DIR")
         self.assertTrue(os.path.islink(os.path.join(d, "checkpoint-99")))
         self.assertEqual(os.readlink(os.path.join(d, "checkpoint-99")), target)
         self.assertTrue(os.path.islink(os.path.join(d, "tmp-checkpoint-98")))
@@ -604,9 +609,9 @@ class RotateConcurrencyTest(Tmp):
             self.assertIn("ckpt: error:", r.stderr, r.describe())
             self.assertEqual(runs.entries(d), before)
             # Without --no-wait it waits for the lock, then rotates.
-            p = subprocess.Popen([runs.CKPT_BIN, "rotate", d, "--keep", "1", "-q"], stdout=subprocess.PIPE,
+            p = subprocess.Popen([harness.CKPT_BIN, "rotate", d, "--keep", "1", "-q"], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
-            wait_until_blocked_in_flock(self, p)
+            wait_until_blocked_in_flock(p)
             self.assertEqual(runs.entries(d), before)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -625,7 +630,7 @@ class RotateConcurrencyTest(Tmp):
                 self.assertEqual(set(want), {"checkpoint-%d" % s for s in steps} - hf)  # and it is HF's result
                 d, _, _ = self.build_big("run-%d" % trial)
                 runs.make_dir_entry(d, ".ckpt-trash-checkpoint-1-old", files=3)
-                procs = [subprocess.Popen([runs.CKPT_BIN, "rotate", d, "--keep", "2", "--json"],
+                procs = [subprocess.Popen([harness.CKPT_BIN, "rotate", d, "--keep", "2", "--json"],
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
                 results = [p.communicate(timeout=60) + (p.returncode,) for p in procs]
                 for out, err, rc in results:
@@ -658,7 +663,7 @@ class RotateConcurrencyTest(Tmp):
         for trial, delay in enumerate(delays):
             d, _, _ = self.build_big("run-%d" % trial, n=40, extra_files=5, extra_size=16384)
             original = set(runs.entries(d))
-            p = subprocess.Popen([runs.CKPT_BIN, "rotate", d, "--keep", "1", "-q"], stdout=subprocess.DEVNULL,
+            p = subprocess.Popen([harness.CKPT_BIN, "rotate", d, "--keep", "1", "-q"], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
             time.sleep(delay)
             p.send_signal(signal.SIGKILL)
@@ -828,16 +833,16 @@ class RotateSeveralRunsTest(Tmp):
             with self.subTest(signal=sig):
                 a, b, c = (self.build("%s/%s" % (sig.name, n)) for n in "abc")
                 want_a = self.expected_after(a, 1)
-                before = {d: runs.tree_digest(d) for d in (b, c)}
+                before = {d: harness.tree_snapshot(d) for d in (b, c)}
                 fd = self.hold_lock(b)  # rotate waits for b's lock
-                p = subprocess.Popen([runs.CKPT_BIN, "rotate", "--keep", "1", a, b, c], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                wait_until_blocked_in_flock(self, p)
+                p = subprocess.Popen([harness.CKPT_BIN, "rotate", "--keep", "1", a, b, c], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                wait_until_blocked_in_flock(p)
                 self.assertEqual(set(runs.entries(a)), want_a)
                 p.send_signal(sig)
                 p.communicate(timeout=60)
                 self.assertEqual(p.returncode, -sig)  # a shell reports 128 + the signal: 130 for Ctrl-C
                 fcntl.flock(fd, fcntl.LOCK_UN)
-                self.assertEqual({d: runs.tree_digest(d) for d in (b, c)}, before)
+                self.assertEqual({d: harness.tree_snapshot(d) for d in (b, c)}, before)
 
     def test_a_tree_of_fifty_runs_rotated_by_the_readme_crontab_line(self):
         command, shown_root = readme_crontab_line()
@@ -852,7 +857,7 @@ class RotateSeveralRunsTest(Tmp):
                 want[d] = self.expected_after(d, keep, best_step)
         hidden = os.path.join(root, "team0", ".ckpt-trash-sweep-1")  # hidden: not searched
         runs.make_run(hidden, [10, 20, 30, 40, 50])
-        argv = [runs.CKPT_BIN if w == "ckpt" else root if w == shown_root else w for w in command]
+        argv = [harness.CKPT_BIN if w == "ckpt" else root if w == shown_root else w for w in command]
         p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
         self.assertEqual((p.returncode, p.stdout, p.stderr), (0, "", ""), " ".join(argv))
         self.assertEqual(len(want), 50)
@@ -867,12 +872,12 @@ class RotateSeveralRunsTest(Tmp):
         hidden = self.build("runs/.old")
         outside = self.build("outside")
         os.symlink(outside, os.path.join(root, "link"))
-        untouched = {d: runs.tree_digest(d) for d in (hidden, outside)}
+        untouched = {d: harness.tree_snapshot(d) for d in (hidden, outside)}
         want = {d: self.expected_after(d, 1) for d in (a, nested)}
         doc = ckpt_ok(self, "rotate", "--keep", "1", "--json", "--recursive", root).json()
         self.assertEqual([run["run_dir"] for run in doc["runs"]], [a, nested])
         self.assertEqual({d: set(runs.entries(d)) for d in (a, nested)}, want)
-        self.assertEqual({d: runs.tree_digest(d) for d in (hidden, outside)}, untouched)
+        self.assertEqual({d: harness.tree_snapshot(d) for d in (hidden, outside)}, untouched)
 
     def test_an_archive_directory_shared_by_several_runs_is_refused(self):
         a, b = self.build("runs/a"), self.build("runs/b")

@@ -2,30 +2,14 @@
 model.hpp, trainer.cpp's draw order), for the interop tests and the benchmark's Python loop.
 """
 
-import math
-import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-CKPT_BIN = os.environ.get("CKPT_BIN") or os.path.join(REPO, "build", "ckpt")
-
-sys.path.insert(0, os.path.join(REPO, "tests", "convert"))
-import convert_helpers  # noqa: E402  (the safetensors reader written from the format's rules)
-
-read_safetensors = convert_helpers.read_safetensors
-validate_safetensors = convert_helpers.validate_safetensors
-
-
-def run_ckpt(args, timeout=600, env=None, **kwargs):
-    return subprocess.run([CKPT_BIN, *args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+from harness import read_safetensors  # the safetensors reader written from the format's rules
 
 
 def make_data(seed, input_size=32, num_labels=4, train_examples=2048, eval_examples=512):

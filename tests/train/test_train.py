@@ -3,18 +3,17 @@ atomic checkpoints under SIGKILL and full disks, refusals. Runs the built binary
 torch checks every file.
 """
 
-import glob
-import hashlib
+import functools
 import json
 import os
 import pickletools
 import random
 import re
-import resource
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -24,15 +23,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import reference as R
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness, suites
+
+import harness  # noqa: E402
+from harness import sha256_file as sha  # noqa: E402
+import reference as R  # noqa: E402
+
+# A training run takes a while: each run of ckpt here may take ten minutes before it counts as hung.
+ckpt = functools.partial(harness.ckpt, timeout=600)
 
 SMALL = ["--max-steps", "60", "--save-steps", "20"]
 STATE_FILES = ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"]
-
-
-def sha(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def read_json(path):
@@ -49,18 +50,11 @@ def checkpoints(run):
     return sorted((d for d in os.listdir(run) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
 
 
-class TrainTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="ckpt-train-")
-
-    def tearDown(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def path(self, *parts):
-        return os.path.join(self.tmp, *parts)
+class TrainTest(harness.TempDirTest):
+    TEMP_PREFIX = "ckpt-train-"
 
     def ok(self, args, **kwargs):
-        r = R.run_ckpt(args, **kwargs)
+        r = ckpt(*args, **kwargs)
         self.assertEqual(r.returncode, 0, "ckpt %s failed:\n%s%s" % (" ".join(args), r.stdout, r.stderr))
         return r
 
@@ -74,10 +68,8 @@ class TrainTest(unittest.TestCase):
     def interrupted_after_a_checkpoint(self, run, args):
         """Runs ckpt `args` training into `run`, sends SIGINT once a checkpoint is there; returns (stdout, stderr) of
         the exit 130."""
-        p = subprocess.Popen([R.CKPT_BIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 60
-        while time.time() < deadline and not (os.path.isdir(run) and checkpoints(run)):
-            time.sleep(0.05)
+        p = subprocess.Popen([harness.CKPT_BIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        harness.wait_until(lambda: os.path.isdir(run) and checkpoints(run), "checkpoint in " + run)
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 130, err)
@@ -116,7 +108,7 @@ class BitExactResume(TrainTest):
         # A large learning rate makes the scaled fp16 gradients overflow: steps are skipped and the scale backs off.
         self.check_variant("--fp16", "--learning-rate", "0.05")
         scaler = torch.load(self.path("full", "checkpoint-60", "scaler.pt"))
-        reference = torch.load(os.path.join(R.REPO, "tests", "data", "hf-trainer-4.40.2", "scaler_example",
+        reference = torch.load(os.path.join(harness.HF_FIXTURES, "scaler_example",
                                             "scaler_enabled_initial.pt"))
         self.assertEqual(list(scaler), list(reference))
         self.assertEqual([type(v) for v in scaler.values()], [type(v) for v in reference.values()])
@@ -155,7 +147,7 @@ class PythonInterop(TrainTest):
         cls.shared = tempfile.mkdtemp(prefix="ckpt-train-shared-")
         cls.run_dir = os.path.join(cls.shared, "run")
         flags = ["--train-examples", "256", "--max-steps", "40", "--save-steps", "20", "--dropout", "0.1", "--weight-decay", "0.01"]
-        r = R.run_ckpt(["save", "--output-dir", cls.run_dir, "--json", *flags])
+        r = ckpt("save", "--output-dir", cls.run_dir, "--json", *flags)
         assert r.returncode == 0, r.stderr
         cls.result = json.loads(r.stdout)
 
@@ -184,11 +176,11 @@ class PythonInterop(TrainTest):
                                                             "scheduler.pt", "trainer_state.json", "training_args.bin"])
         for f in ("model.safetensors", "config.json", "trainer_state.json", "training_args.bin"):
             self.assertTrue(os.path.exists(os.path.join(self.run_dir, f)), f)
-        self.assertEqual(R.validate_safetensors(self.ckpt(20, "model.safetensors")), [])
+        self.assertEqual(harness.validate_safetensors(self.ckpt(20, "model.safetensors")), [])
         text = read_text(self.ckpt(40, "trainer_state.json"))
         state = json.loads(text)
         self.assertEqual(text, json.dumps(state, indent=2, sort_keys=True) + "\n")
-        fixture = read_json(os.path.join(R.REPO, "tests", "data", "hf-trainer-4.40.2", "run_safetensors",
+        fixture = read_json(os.path.join(harness.HF_FIXTURES, "run_safetensors",
                                               "checkpoint-40", "trainer_state.json"))
         self.assertEqual(sorted(state), sorted(fixture))
         self.assertEqual(state["global_step"], 40)
@@ -331,7 +323,7 @@ class Reliability(TrainTest):
                 run = self.path("killed-%d" % finished_runs)
             resuming = os.path.isdir(run) and checkpoints(run)
             command = ["resume", run, "-q"] if resuming else ["save", "--output-dir", run, "-q", *self.FLAGS]
-            p = subprocess.Popen([R.CKPT_BIN, *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            p = subprocess.Popen([harness.CKPT_BIN, *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:
                 p.wait(timeout=rng.uniform(0.3, duration))
             except subprocess.TimeoutExpired:
@@ -339,7 +331,7 @@ class Reliability(TrainTest):
                 p.wait()
                 kills += 1
                 for c in checkpoints(run) if os.path.isdir(run) else []:
-                    r = R.run_ckpt(["inspect", os.path.join(run, c), "--verify"])
+                    r = ckpt("inspect", os.path.join(run, c), "--verify")
                     self.assertEqual(r.returncode, 0, "after kill %d, %s: %s%s" % (kills, c, r.stdout, r.stderr))
             else:
                 self.assertEqual(p.returncode, 0, p.stderr.read().decode())
@@ -356,33 +348,25 @@ class Reliability(TrainTest):
         run = self.path("run")
         for flags, sig in (([], signal.SIGINT), (["--async-save"], signal.SIGINT), ([], signal.SIGTERM)):
             shutil.rmtree(run, ignore_errors=True)
-            p = subprocess.Popen([R.CKPT_BIN, "save", "--output-dir", run, "--json", "--max-steps", "100000", "--save-steps", "50",
+            p = subprocess.Popen([harness.CKPT_BIN, "save", "--output-dir", run, "--json", "--max-steps", "100000", "--save-steps", "50",
                                   *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            deadline = time.time() + 60
-            while time.time() < deadline and not (os.path.isdir(run) and checkpoints(run)):
-                time.sleep(0.05)
+            harness.wait_until(lambda: os.path.isdir(run) and checkpoints(run), "checkpoint in " + run)
             p.send_signal(sig)
             out, err = p.communicate(timeout=60)
             self.assertEqual(p.returncode, 130, err)
             result = json.loads(out)
             self.assertTrue(result["interrupted"])
             for c in checkpoints(run):
-                self.assertEqual(R.run_ckpt(["inspect", os.path.join(run, c), "--verify"]).returncode, 0, c)
+                self.assertEqual(ckpt("inspect", os.path.join(run, c), "--verify").returncode, 0, c)
             self.assertEqual([e for e in os.listdir(run) if e.startswith(".ckpt-staging-")], [])
             # and it resumes from there
             self.ok(["resume", run, "--max-steps", str(int(checkpoints(run)[-1].split("-")[1]) + 10), "--save-steps", "10", "-q"])
-
-    def run_with_file_limit(self, args, limit_bytes):
-        def limit():
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write() rather than a signal
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-        return subprocess.run([R.CKPT_BIN, *args], capture_output=True, text=True, preexec_fn=limit, timeout=300)
 
     def test_full_disk(self):
         run = self.path("run")
         self.save(run, "--max-steps", "20", "--save-steps", "20")
         before = {f: sha(os.path.join(run, "checkpoint-20", f)) for f in os.listdir(os.path.join(run, "checkpoint-20"))}
-        r = self.run_with_file_limit(["resume", run, "--max-steps", "40"], 40000)
+        r = ckpt("resume", run, "--max-steps", "40", file_size_limit=40000, timeout=300)
         self.assertEqual(r.returncode, 1, r.stderr)
         # Named where the file would have appeared, not in the hidden staging directory (issue 18 item 9).
         self.assertRegex(r.stderr, r"^ckpt: error: %s: write: File too large" % re.escape(os.path.join(run, "checkpoint-40", "optimizer.pt")))
@@ -397,11 +381,11 @@ class Reliability(TrainTest):
             self.fail("mounting a tmpfs needs root (the CI runs as root)")
         try:
             run = os.path.join(mount, "run")
-            r = R.run_ckpt(["save", "--output-dir", run, "--max-steps", "100", "--save-steps", "20"])
+            r = ckpt("save", "--output-dir", run, "--max-steps", "100", "--save-steps", "20")
             self.assertEqual(r.returncode, 1, r.stderr)
             self.assertIn("No space left on device", r.stderr)
             for c in checkpoints(run):
-                self.assertEqual(R.run_ckpt(["inspect", os.path.join(run, c), "--verify"]).returncode, 0, c)
+                self.assertEqual(ckpt("inspect", os.path.join(run, c), "--verify").returncode, 0, c)
             self.assertEqual([e for e in os.listdir(run) if e.startswith(".ckpt-staging-")], [])
         finally:
             subprocess.run(["umount", mount])
@@ -412,7 +396,7 @@ class Output(TrainTest):
         import pty
         run = self.path("run")
         primary, secondary = pty.openpty()
-        p = subprocess.Popen([R.CKPT_BIN, "save", "--output-dir", run, "--max-steps", "300", "--save-steps", "100"],
+        p = subprocess.Popen([harness.CKPT_BIN, "save", "--output-dir", run, "--max-steps", "300", "--save-steps", "100"],
                              stdout=subprocess.PIPE, stderr=secondary, text=True)
         os.close(secondary)
         terminal = b""
@@ -475,7 +459,7 @@ class Output(TrainTest):
             json.loads(line)
         self.assertRegex(r.stderr, r"^resuming from " + re.escape(os.path.join(run, "checkpoint-20")) + " at step 20 of 30\n")
         for flags in (["--json", "-v"], ["--json", "--verbose"]):
-            r = R.run_ckpt(["save", "--output-dir", self.path("other"), *flags])
+            r = ckpt("save", "--output-dir", self.path("other"), *flags)
             self.assertEqual(r.returncode, 2, r.stderr)
             self.assertIn("--json", r.stderr)
             self.assertIn("--verbose", r.stderr)
@@ -483,10 +467,10 @@ class Output(TrainTest):
         self.assertFalse(os.path.exists(self.path("other")))
 
     def test_usage_errors(self):
-        r = R.run_ckpt(["save"])
+        r = ckpt("save")
         self.assertEqual(r.returncode, 2)
         self.assertIn("--output-dir", r.stderr)
-        r = R.run_ckpt(["save", "--output-dir", self.path("x"), "--max-step", "5"])
+        r = ckpt("save", "--output-dir", self.path("x"), "--max-step", "5")
         self.assertEqual(r.returncode, 2)
         self.assertIn("--max-steps", r.stderr)
         for flags, where in ((["--seed", "-1"], "--seed"), (["--per-device-train-batch-size", "0"], "--per-device-train-batch-size"),
@@ -495,7 +479,7 @@ class Output(TrainTest):
                              # checked before the size of the data is computed from it (a division by zero once)
                              (["--input-size", "0"], "--input-size: must be between 1 and 1048576"),
                              (["--threads", "1025"], "--threads")):
-            r = R.run_ckpt(["save", "--output-dir", self.path("x"), *flags])
+            r = ckpt("save", "--output-dir", self.path("x"), *flags)
             self.assertEqual(r.returncode, 2, (flags, r.stderr))
             self.assertIn(where, r.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.path("x"), "checkpoint-20")))
@@ -513,9 +497,9 @@ class Concurrency(TrainTest):
         stop = time.time() + self.SECONDS
         loops = []
         for i in range(4):
-            loops.append(subprocess.Popen(["bash", "-c", f'while [ $(date +%s) -lt {int(stop)} ]; do "{R.CKPT_BIN}" rotate -q --keep 2 "{run}" || exit 1; done']))
+            loops.append(subprocess.Popen(["bash", "-c", f'while [ $(date +%s) -lt {int(stop)} ]; do "{harness.CKPT_BIN}" rotate -q --keep 2 "{run}" || exit 1; done']))
         loops.append(subprocess.Popen(["bash", "-c", f'while [ $(date +%s) -lt {int(stop)} ]; do for c in "{run}"/checkpoint-*; do [ -d "$c" ] || continue; '
-                                                     f'out=$("{R.CKPT_BIN}" inspect --verify "$c" 2>&1) || {{ [ -d "$c" ] && {{ echo "$out"; exit 1; }}; }}; done; done'],
+                                                     f'out=$("{harness.CKPT_BIN}" inspect --verify "$c" 2>&1) || {{ [ -d "$c" ] && {{ echo "$out"; exit 1; }}; }}; done; done'],
                                       stdout=subprocess.PIPE, text=True))
         saves = 0
         try:
@@ -535,7 +519,7 @@ class Concurrency(TrainTest):
         self.assertEqual(codes, [0] * 5, loops[-1].stdout.read())
         loops[-1].stdout.close()
         for c in checkpoints(run):
-            self.assertEqual(R.run_ckpt(["inspect", "--verify", os.path.join(run, c)]).returncode, 0, c)
+            self.assertEqual(ckpt("inspect", "--verify", os.path.join(run, c)).returncode, 0, c)
 
 
 class Refusals(TrainTest):
@@ -543,7 +527,7 @@ class Refusals(TrainTest):
     def setUpClass(cls):
         cls.shared = tempfile.mkdtemp(prefix="ckpt-train-refusals-")
         cls.run_dir = os.path.join(cls.shared, "run")
-        r = R.run_ckpt(["save", "--output-dir", cls.run_dir, "-q", "--max-steps", "20", "--save-steps", "10"])
+        r = ckpt("save", "--output-dir", cls.run_dir, "-q", "--max-steps", "20", "--save-steps", "10")
         assert r.returncode == 0, r.stderr
 
     @classmethod
@@ -557,14 +541,14 @@ class Refusals(TrainTest):
 
     def test_no_checkpoint(self):
         os.makedirs(self.path("empty"))
-        r = R.run_ckpt(["resume", self.path("empty")])
+        r = ckpt("resume", self.path("empty"))
         self.assertEqual(r.returncode, 1)
         self.assertIn("no complete checkpoint", r.stderr)
 
     def test_incomplete_checkpoint(self):
         run = self.copy()
         os.remove(os.path.join(run, "checkpoint-20", "trainer_state.json"))
-        r = R.run_ckpt(["resume", run, "--from", "checkpoint-20"])
+        r = ckpt("resume", run, "--from", "checkpoint-20")
         self.assertEqual(r.returncode, 3, r.stderr)
         self.assertIn("incomplete checkpoint", r.stderr)
         # without --from, the newest complete one is taken
@@ -573,12 +557,12 @@ class Refusals(TrainTest):
     def test_missing_optimizer(self):
         run = self.copy()
         os.remove(os.path.join(run, "checkpoint-20", "optimizer.pt"))
-        r = R.run_ckpt(["resume", run])
+        r = ckpt("resume", run)
         self.assertEqual(r.returncode, 3, r.stderr)
         self.assertRegex(r.stderr, r"checkpoint-20/optimizer\.pt: missing")
 
     def test_config_mismatch(self):
-        r = R.run_ckpt(["resume", self.copy(), "--hidden-size", "128"])
+        r = ckpt("resume", self.copy(), "--hidden-size", "128")
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("hidden_size", r.stderr)
 
@@ -595,7 +579,7 @@ class Refusals(TrainTest):
             args = torch.load(path)
             args.update(change)
             torch.save(args, path)
-            r = R.run_ckpt(["resume", run, "--max-steps", "30"])
+            r = ckpt("resume", run, "--max-steps", "30")
             self.assertEqual(r.returncode, code, (change, r.stderr))
             self.assertIn(message, r.stderr)
             shutil.rmtree(run)
@@ -603,7 +587,7 @@ class Refusals(TrainTest):
     def test_missing_rng_state_warns(self):
         run = self.copy()
         os.remove(os.path.join(run, "checkpoint-20", "rng_state.pth"))
-        r = R.run_ckpt(["resume", run, "--max-steps", "30"])
+        r = ckpt("resume", run, "--max-steps", "30")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertRegex(r.stderr, r"ckpt: warning: .*rng_state\.pth is missing")
 
@@ -614,7 +598,7 @@ class Refusals(TrainTest):
         opt = torch.load(path)
         opt["state"][0]["exp_avg"] = torch.zeros(1).expand(1 << 36)
         torch.save(opt, path)
-        r = R.run_ckpt(["resume", run])
+        r = ckpt("resume", run)
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("state.0.exp_avg", r.stderr)
         # A torch generator state whose position would read past its array.
@@ -626,7 +610,7 @@ class Refusals(TrainTest):
         raw[16:24] = (624).to_bytes(8, "little")  # next = 624 with left unchanged
         states["cpu"] = torch.frombuffer(raw, dtype=torch.uint8).clone()
         torch.save(states, path)
-        r = R.run_ckpt(["resume", run])
+        r = ckpt("resume", run)
         self.assertEqual(r.returncode, 3, r.stderr)
         self.assertIn("not a valid torch generator state", r.stderr)
 
@@ -638,13 +622,13 @@ class Refusals(TrainTest):
         config["num_layers"] = 1000
         with open(path, "w") as f:
             json.dump(config, f)
-        r = R.run_ckpt(["resume", run])
+        r = ckpt("resume", run)
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("the weights do not match config.json", r.stderr)
         config["hidden_size"] = 1 << 20
         with open(path, "w") as f:
             json.dump(config, f)
-        r = R.run_ckpt(["resume", run])
+        r = ckpt("resume", run)
         self.assertEqual(r.returncode, 3, r.stderr)
         self.assertIn("more than 2^34 parameters", r.stderr)
 
@@ -660,7 +644,7 @@ class Refusals(TrainTest):
     def test_missing_and_broken_library(self):
         lone = self.path("bin")
         os.makedirs(lone)
-        shutil.copy(R.CKPT_BIN, lone)
+        shutil.copy(harness.CKPT_BIN, lone)
         env = dict(os.environ)
         env.pop("CKPT_TRAIN_LIBRARY", None)
         r = subprocess.run([os.path.join(lone, "ckpt"), "save", "--output-dir", self.path("x")], capture_output=True, text=True, env=env)
@@ -677,18 +661,16 @@ class Refusals(TrainTest):
     def test_other_subcommands_do_not_load_torch(self):
         env = dict(os.environ, LD_DEBUG="files")
         for args in (["list", self.run_dir], ["inspect", self.run_dir], ["rotate", self.run_dir, "--keep", "5", "--dry-run"]):
-            r = R.run_ckpt(args, env=env)
+            r = ckpt(*args, env=env)
             self.assertEqual(r.returncode, 0, r.stderr[-2000:])
             self.assertNotIn("libtorch", r.stderr)
 
     def test_two_trainers_never_share_a_run_directory(self):
         run = self.copy()
-        p = subprocess.Popen([R.CKPT_BIN, "resume", run, "--max-steps", "100000", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen([harness.CKPT_BIN, "resume", run, "--max-steps", "100000", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.time() + 60
-            while time.time() < deadline and "checkpoint-30" not in os.listdir(run):
-                time.sleep(0.05)
-            r = R.run_ckpt(["resume", run])
+            harness.wait_until(lambda: "checkpoint-30" in os.listdir(run), "checkpoint-30 in " + run)
+            r = ckpt("resume", run)
             self.assertEqual(r.returncode, 75, r.stderr)
             self.assertIn("another trainer is writing into this run directory", r.stderr)
         finally:
@@ -717,7 +699,7 @@ def terminal_frames(args, until, timeout=120):
     Returns the process (finished), its stdout and what the terminal showed."""
     import pty
     primary, secondary = pty.openpty()
-    p = subprocess.Popen([R.CKPT_BIN, *args], stdout=subprocess.PIPE, stderr=secondary, text=True)
+    p = subprocess.Popen([harness.CKPT_BIN, *args], stdout=subprocess.PIPE, stderr=secondary, text=True)
     os.close(secondary)
     terminal = ""
     deadline = time.time() + timeout
@@ -762,10 +744,10 @@ class OutputDirectoryGuard(TrainTest):
         before = self.weights(run)
         # The same run retrained from step 0, another model, a longer run: each would mix its checkpoints in.
         for flags in (self.FLAGS, ["--hidden-size", "128", *self.FLAGS], ["--max-steps", "40", "--seed", "7"]):
-            r = R.run_ckpt(["save", "--output-dir", run, *flags])
+            r = ckpt("save", "--output-dir", run, *flags)
             self.assert_refused(r, run, "checkpoint-20", "ckpt resume " + run)
         # Several processes: refused by the launcher before any worker starts (one line, no worker named).
-        r = R.run_ckpt(["save", "--output-dir", run, "--nproc-per-node", "2", *self.FLAGS])
+        r = ckpt("save", "--output-dir", run, "--nproc-per-node", "2", *self.FLAGS)
         self.assert_refused(r, run, "checkpoint-20", "ckpt resume " + run)
         self.assertEqual(self.weights(run), before)
         # Archived only: resume restores it by name.
@@ -774,7 +756,7 @@ class OutputDirectoryGuard(TrainTest):
         self.ok(["convert", os.path.join(run, "checkpoint-20"), "--to", "archive", "-o", archive, "-q"])
         for c in checkpoints(run):
             shutil.rmtree(os.path.join(run, c))
-        r = R.run_ckpt(["save", "--output-dir", run, *self.FLAGS])
+        r = ckpt("save", "--output-dir", run, *self.FLAGS)
         self.assert_refused(r, run, "archive/checkpoint-20.ckpt", "ckpt resume %s --from checkpoint-20" % run)
         # Files that are no checkpoints (the final model, logs) do not stop a new run, and it leaves them.
         os.remove(archive)
@@ -785,7 +767,7 @@ class OutputDirectoryGuard(TrainTest):
         # A name that needs quoting in a shell is quoted in the command shown.
         spaced = self.path("my run")
         self.save(spaced, *self.FLAGS)
-        r = R.run_ckpt(["save", "--output-dir", spaced, *self.FLAGS])
+        r = ckpt("save", "--output-dir", spaced, *self.FLAGS)
         self.assert_refused(r, spaced, "checkpoint-20", "ckpt resume '%s'" % spaced)
 
     def test_workers_of_another_launcher_are_refused_by_rank_0(self):
@@ -797,7 +779,7 @@ class OutputDirectoryGuard(TrainTest):
         procs = []
         for rank in (0, 1):
             env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-            procs.append(subprocess.Popen([R.CKPT_BIN, "save", "--output-dir", run, *self.FLAGS], env=env, stdout=subprocess.PIPE,
+            procs.append(subprocess.Popen([harness.CKPT_BIN, "save", "--output-dir", run, *self.FLAGS], env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True))
         outs = [p.communicate(timeout=300) for p in procs]
         self.assertEqual([p.returncode for p in procs], [2, 2], outs)
@@ -849,7 +831,7 @@ class OutputDirectoryGuard(TrainTest):
         lightning = os.path.join(run, "epoch=3.ckpt")  # another tool's checkpoint, not a ckpt archive
         with open(lightning, "wb") as f:
             f.write(b"PK\x03\x04 not ckpt's")
-        r = R.run_ckpt(["save", "--output-dir", run, "--overwrite-output-dir", *self.FLAGS])
+        r = ckpt("save", "--output-dir", run, "--overwrite-output-dir", *self.FLAGS)
         self.assertEqual(r.returncode, 3, r.stderr)
         self.assertTrue(r.stderr.startswith("ckpt: error: " + lightning + ": "), r.stderr)
         self.assertIn("--overwrite-output-dir", r.stderr)
@@ -858,7 +840,7 @@ class OutputDirectoryGuard(TrainTest):
         os.makedirs(os.path.join(deepspeed, "global_step30"))
         with open(os.path.join(deepspeed, "latest"), "w") as f:
             f.write("global_step30")
-        r = R.run_ckpt(["save", "--output-dir", run, "--overwrite-output-dir", *self.FLAGS])
+        r = ckpt("save", "--output-dir", run, "--overwrite-output-dir", *self.FLAGS)
         self.assertEqual(r.returncode, 3, r.stderr)
         self.assertTrue(r.stderr.startswith("ckpt: error: " + deepspeed + ": "), r.stderr)
         self.assertEqual(self.weights(run), before)
@@ -872,7 +854,7 @@ class OutputDirectoryGuard(TrainTest):
         self.ok(["save", "--output-dir", run, "--overwrite-output-dir", "--seed", "7", *self.FLAGS, "-q"])
         self.assertTrue(os.path.exists(os.path.join(elsewhere, "checkpoint-10.ckpt")))
         self.assertNotEqual(self.weights(run), before)
-        r = R.run_ckpt(["save", "--output-dir", run, "--overwrite-output-dir", "--resume-if-exists", *self.FLAGS])
+        r = ckpt("save", "--output-dir", run, "--overwrite-output-dir", "--resume-if-exists", *self.FLAGS)
         self.assertEqual(r.returncode, 2, r.stderr)
 
     def test_resume_if_exists(self):
@@ -894,7 +876,7 @@ class OutputDirectoryGuard(TrainTest):
         self.assertEqual(checkpoints(run), ["checkpoint-20", "checkpoint-40"])
         self.assert_same_state(os.path.join(reference, "checkpoint-40"), os.path.join(run, "checkpoint-40"))
         # Training flags override as with resume; the model cannot change.
-        r = R.run_ckpt(["save", "--output-dir", run, "--resume-if-exists", "--hidden-size", "128"])
+        r = ckpt("save", "--output-dir", run, "--resume-if-exists", "--hidden-size", "128")
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("hidden_size", r.stderr)
         r = self.ok(["save", "--output-dir", run, "--resume-if-exists", "--max-steps", "45", "--save-steps", "15"])
@@ -904,7 +886,7 @@ class OutputDirectoryGuard(TrainTest):
         # --eval-steps 3 divides), not a new run's defaults (20, which it does not).
         self.ok(["save", "--output-dir", run, "--resume-if-exists", "--max-steps", "60", "--eval-steps", "3", "--load-best-model-at-end", "-q"])
         self.assertEqual(checkpoints(run)[-1], "checkpoint-60")
-        r = R.run_ckpt(["save", "--output-dir", self.path("new"), "--resume-if-exists", "--eval-steps", "3", "--load-best-model-at-end"])
+        r = ckpt("save", "--output-dir", self.path("new"), "--resume-if-exists", "--eval-steps", "3", "--load-best-model-at-end")
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--load-best-model-at-end", r.stderr)
         # Several processes: rank 0 decides for all of them.
@@ -960,7 +942,7 @@ class NamedCheckpoints(TrainTest):
                 (["resume", run, "--save-name", "kept", "--json"],
                  "%s/kept: --save-name: already exists \\(a named checkpoint: `ckpt tag --delete %s kept` deletes it\\)$" % (run, run))):
             with self.subTest(args=args):
-                r = R.run_ckpt(args + ["--max-steps", "20"], env=env)
+                r = ckpt(*args, "--max-steps", "20", env=env)
                 self.assertEqual(r.returncode, 2, r.stderr)
                 self.assertEqual(r.stderr.count("\n"), 1, r.stderr)
                 self.assertRegex(r.stderr, "^ckpt: error: " + message)
@@ -1000,7 +982,7 @@ class Messages(TrainTest):
         self.assertEqual(r.stdout.splitlines()[0], "resuming from %s at step %d of %d" % (os.path.join(run, last), saved, saved + 10))
 
         # Resumed from an older checkpoint while newer ones of the earlier run are there: the message says --from.
-        p = subprocess.Popen([R.CKPT_BIN, "resume", run, "--from", "checkpoint-%d" % saved, "--max-steps", "100000", "--save-steps",
+        p = subprocess.Popen([harness.CKPT_BIN, "resume", run, "--from", "checkpoint-%d" % saved, "--max-steps", "100000", "--save-steps",
                               "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = p.stdout.readline()
         p.send_signal(signal.SIGINT)

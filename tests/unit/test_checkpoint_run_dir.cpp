@@ -46,7 +46,7 @@ TEST_CASE("a weights index names only files beside it: every reader refuses othe
     } catch (const Error& e) {
       CHECK(e.kind() == ErrorKind::corrupt);
       CHECK(e.path() == path);
-      CHECK(e.where() == "weight_map");
+      CHECK(e.where().rfind("weight_map", 0) == 0);  // the map, or the member of it at fault ("weight_map.a")
     }
   }
   write(R"({"metadata": {}})");

@@ -144,3 +144,100 @@ TEST_CASE("members take time linear in their number") {
   };
   CHECK(test::time_relative_to_a_map(300000, build) < 30);  // about 3.5 here; quadratic, over 1000
 }
+
+namespace {
+
+// The Error a read throws; fails the test when it throws none.
+template <typename Read>
+Error read_error(const Read& read) {
+  try {
+    read();
+  } catch (const Error& e) {
+    return e;
+  }
+  FAIL("no error");
+  return Error(ErrorKind::io, "", "", "");
+}
+
+}  // namespace
+
+TEST_CASE("Fields: each typed read, required and optional") {
+  const json::Json doc = json::parse(
+      R"({"s": "text", "i": -3, "u": 18446744073709551615, "f": 0.5, "b": true, "o": {"k": 1}, "a": [1, "x"], "n": NaN})");
+  const json::Fields f(doc, "state.json", "");
+  CHECK(f.has("s"));
+  CHECK(!f.has("missing"));
+  CHECK(f.string("s") == "text");
+  CHECK(f.int64("i") == -3);
+  CHECK(f.uint64("u") == 18446744073709551615u);
+  CHECK(f.number("f") == 0.5);
+  CHECK(f.number("i") == -3.0);  // a number read accepts integers
+  CHECK(std::isnan(f.number("n")));
+  CHECK(f.boolean("b"));
+  CHECK(f.object("o").int64("k") == 1);
+  const json::Elements a = f.array("a");
+  REQUIRE(a.size() == 2);
+  CHECK(a.at(0).int64() == 1);
+  CHECK(a.at(1).string() == "x");
+  CHECK(a.at(1).key_path() == "a[1]");
+  CHECK(f.optional_string("s") == "text");
+  CHECK(!f.optional_string("missing"));
+  CHECK(!f.optional_int64("missing"));
+  CHECK(!f.optional_object("missing"));
+  CHECK(f.optional_array("a")->size() == 2);
+  CHECK(f.value_or_null("missing").is_null());
+  CHECK(f.value_or_null("o") == json::Json{{"k", 1}});
+  std::vector<std::string> keys;
+  f.for_each([&](const std::string& key, const json::Value& value) { keys.push_back(key + "=" + value.key_path()); });
+  CHECK(keys.front() == "s=s");
+  CHECK(keys.size() == 8);
+}
+
+TEST_CASE("Fields: a missing member, a wrong type or a value out of range is corrupt, naming the file and the key path") {
+  const json::Json doc = json::parse(R"({"log_history": [{"loss": 1}, {"loss": "x", "step": 3.0}], "big": 99999999999999999999999,
+                                         "layer.0.weight": {"shape": [2, -1]}, "n": 5})");
+  const json::Fields f(doc, "run/trainer_state.json", "");
+  const auto second = [&] { return f.array("log_history").at(1).object(); };
+  Error e = read_error([&] { second().number("loss"); });
+  CHECK(e.kind() == ErrorKind::corrupt);
+  CHECK(e.path() == "run/trainer_state.json");
+  CHECK(e.where() == "log_history[1].loss");
+  CHECK(e.detail() == "is not a number");
+  CHECK(read_error([&] { second().int64("step"); }).where() == "log_history[1].step");  // a float is not an integer
+  e = read_error([&] { second().string("epoch"); });
+  CHECK(e.where() == "log_history[1].epoch");
+  CHECK(e.detail() == "is missing");
+  CHECK(read_error([&] { f.array("log_history").at(2); }).detail() == "has no element 2");
+  CHECK(read_error([&] { f.uint64("big"); }).detail() == "is not a non-negative integer");  // beyond 64 bits
+  CHECK(read_error([&] { f.int64("n", 0, 4); }).detail() == "is not an integer from 0 to 4");
+  CHECK(read_error([&] { f.uint64("n", 4); }).detail() == "is not an integer from 0 to 4");
+  CHECK(read_error([&] { f.object("n"); }).detail() == "is not an object");
+  CHECK(read_error([&] { f.array("n"); }).detail() == "is not an array");
+  CHECK(read_error([&] { f.boolean("n"); }).detail() == "is not true or false");
+  CHECK(read_error([&] { f.optional_string("n"); }).where() == "n");  // optional reads are strict about types
+  // A key that is not a plain name is quoted.
+  e = read_error([&] { f.object("layer.0.weight").array("shape").at(1).uint64(); });
+  CHECK(e.where() == R"(["layer.0.weight"].shape[1])");
+  const json::Fields header(doc, "", "header");
+  CHECK(read_error([&] { header.object("layer.0.weight").string("dtype"); }).where() == R"(header["layer.0.weight"].dtype)");
+  CHECK(read_error([&] { header.array("log_history").at(0).object().string("loss"); }).where() == "header.log_history[0].loss");
+  // The root must be an object.
+  const json::Json list = json::parse("[1]");
+  e = read_error([&] { json::Fields(list, "config.json", ""); });
+  CHECK(e.kind() == ErrorKind::corrupt);
+  CHECK(std::string(e.what()) == "config.json: is not a JSON object");
+}
+
+TEST_CASE("Fields: with WrongType::absent, optional reads take a member of the wrong type as missing; required reads still fail") {
+  const json::Json doc = json::parse(R"({"epoch": "x", "log_history": [{"loss": null}], "global_step": -1, "o": []})");
+  const json::Fields f(doc, "trainer_state.json", "", json::WrongType::absent);
+  CHECK(!f.optional_number("epoch"));
+  CHECK(!f.optional_int64("global_step", 0));
+  CHECK(!f.optional_object("o"));
+  CHECK(!f.optional_array("epoch"));
+  CHECK(!f.optional_boolean("epoch"));
+  CHECK(!f.optional_uint64("global_step"));
+  CHECK(!f.optional_string("global_step"));
+  CHECK(!f.array("log_history").at(0).object().optional_number("loss"));  // nested reads inherit the rule
+  CHECK(read_error([&] { f.number("epoch"); }).where() == "epoch");
+}

@@ -1,0 +1,261 @@
+// Inspecting a checkpoint directory (declared in inspect.hpp): each file through inspect_checkpoint_file (inspect.cpp,
+// the reporters of each kind of file), then the checks across its files and its summary.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "checkpoint/best.hpp"
+#include "checkpoint/inspect.hpp"
+#include "checkpoint/run_dir.hpp"
+#include "checkpoint/shards.hpp"
+#include "format/torch_archive.hpp"
+#include "util/fs.hpp"
+
+namespace ckpt::checkpoint {
+namespace fs = std::filesystem;
+
+namespace {
+
+// ---- checks across the files of one checkpoint ----
+
+// PyTorch numbers an optimizer's parameters in model.parameters() order: the state dict's order with
+// buffers and tied duplicates left out. A safetensors file is ordered by dtype and name instead, so when the
+// order does not match, shapes are compared as a multiset.
+json::Json check_param_shapes(const FileReport& optimizer, const std::vector<const FileReport*>& weights) {
+  std::vector<std::vector<std::int64_t>> params;
+  for (const FileReport* w : weights) {
+    for (const auto& t : w->tensors) {
+      if (!t.tied_to && is_floating(t.dtype)) params.push_back(t.shape);
+    }
+  }
+  const auto& states = optimizer.optimizer_state_shapes;
+  std::size_t in_order = 0;
+  for (const auto& [index, shape] : states) {
+    if (index >= 0 && static_cast<std::size_t>(index) < params.size() && params[static_cast<std::size_t>(index)] == shape) ++in_order;
+  }
+  if (in_order == states.size()) {
+    return {{"status", "ok"}, {"method", "order"}, {"checked", states.size()}, {"mismatches", json::Json::array()}};
+  }
+  std::map<std::vector<std::int64_t>, std::int64_t> available;
+  for (const auto& p : params) ++available[p];
+  json::Json mismatches = json::Json::array();
+  for (const auto& [index, shape] : states) {
+    if (--available[shape] < 0) mismatches.push_back({{"param", index}, {"shape", shape}});
+  }
+  return {{"status", mismatches.empty() ? "ok" : "mismatch"},
+          {"method", "multiset"},
+          {"checked", states.size()},
+          {"mismatches", mismatches}};
+}
+
+void check_index(const std::string& dir, const FileReport& index, const std::vector<FileReport>& files, Verification& v) {
+  // The file is read again here: what summarize_json saw may have changed since.
+  const WeightsIndex weights_index = read_weights_index(index.path);
+  std::map<std::string, std::set<std::string>> shard_tensors;
+  for (const auto& f : files) {
+    for (const auto& t : f.tensors) shard_tensors[f.file].insert(t.name);
+  }
+  std::size_t listed = 0;
+  for (const auto& [tensor, file] : weights_index.tensor_to_file) {
+    ++listed;
+    auto it = shard_tensors.find(file);
+    if (it == shard_tensors.end()) {
+      if (!fs::exists(fs::path(dir) / file)) v.errors.push_back(index.file + ": shard '" + file + "' is missing");
+      continue;
+    }
+    if (!it->second.erase(tensor)) v.errors.push_back(index.file + ": tensor '" + tensor + "' is not in " + file);
+  }
+  v.checks.push_back("index lists " + std::to_string(listed) + " tensors, each in its shard");
+}
+
+CheckpointSummary summarize_checkpoint(const CheckpointReport& report, const std::optional<TrainerStateSummary>& state,
+                                       const std::vector<const FileReport*>& weights) {
+  CheckpointSummary summary;
+  summary.step = report.step;
+  if (state) {
+    if (state->global_step) summary.step = state->global_step;
+    summary.epoch = state->epoch;
+    summary.loss = state->last_loss;
+    if (const auto* evaluation = summary.step ? newest_evaluation_at(*state, *summary.step) : nullptr) {
+      summary.eval_step = evaluation->first;
+      summary.metrics = evaluation->second;
+    }
+    summary.best_checkpoint = best_checkpoint_name(*state);
+    summary.best_metric_name = best_metric_name(*state);
+    summary.best_metric = state->best_metric;
+  }
+  for (const auto& f : report.files) summary.size_bytes += f.size_bytes;
+  if (!weights.empty()) summary.parameters = 0;
+  for (const FileReport* w : weights) {
+    for (const auto& t : w->tensors) {
+      if (t.tied_to) continue;
+      auto total = std::find_if(summary.dtypes.begin(), summary.dtypes.end(), [&](const DtypeTotal& d) { return d.dtype == t.dtype; });
+      if (total == summary.dtypes.end()) total = summary.dtypes.insert(total, DtypeTotal{t.dtype});
+      const std::uint64_t n = *torch_archive::numel(t.shape);
+      *summary.parameters += n;
+      ++total->tensors;
+      total->parameters += n;
+      total->bytes += n * element_size(t.dtype);
+    }
+  }
+  return summary;
+}
+
+}  // namespace
+
+
+PathKind classify_path(const std::string& path) {
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  if (ec || !fs::exists(status)) throw Error(ErrorKind::not_found, path, "", "no such file or directory");
+  if (!fs::is_directory(status)) return PathKind::file;
+  if (!discover_checkpoints(path).empty()) return PathKind::run;
+  return checkpoint_step(fs::path(path).lexically_normal().filename().string()) ? PathKind::checkpoint
+         : fs::exists(fs::path(path) / "trainer_state.json") || find_weights(path) || fs::exists(fs::path(path) / "config.json")
+             ? PathKind::checkpoint
+             : PathKind::run;
+}
+
+CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions& options) {
+  CheckpointReport report;
+  report.path = dir;
+  report.name = fs::path(dir).lexically_normal().filename().string();
+  if (report.name.empty()) report.name = fs::path(dir).parent_path().filename().string();
+  report.step = checkpoint_step(report.name);
+
+  std::vector<std::string> paths;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    // A FIFO or device is listed too, to fail as a file that cannot be read (ReadOnlyFile never waits on one).
+    if (entry.is_regular_file(ec) || entry.is_other(ec)) paths.push_back(entry.path().string());
+  }
+  if (ec) throw Error(ErrorKind::io, dir, "", "cannot list directory: " + ec.message());
+  std::sort(paths.begin(), paths.end());
+  for (const auto& path : paths) {
+    try {
+      report.files.push_back(inspect_checkpoint_file(path, options));
+    } catch (const Error& e) {
+      FileReport failed;
+      failed.path = path;
+      failed.file = fs::path(path).filename().string();
+      struct stat st {};
+      if (::lstat(path.c_str(), &st) == 0) failed.size_bytes = static_cast<std::uint64_t>(st.st_size);
+      failed.kind = FileKind::error;
+      failed.error = e;
+      report.files.push_back(std::move(failed));
+    }
+  }
+
+  report.model_directory = is_model_directory(dir);
+  const Completeness completeness = report.model_directory ? assess_model_directory(dir) : assess_completeness(dir);
+  report.complete = completeness.complete;
+  report.problems = completeness.problems;
+
+  try {
+    const auto shards = find_optimizer_shards(dir);
+    report.optimizer_sharded = shards.has_value();
+    report.world_size = shards ? shards->world_size : checkpoint_world_size(dir);
+  } catch (const Error&) {
+    // An incomplete shard set: assess_completeness said why.
+  }
+
+  std::vector<const FileReport*> weights;
+  std::vector<FileReport*> optimizers;  // optimizer.pt (or its safetensors form), or each shard
+  const FileReport* index = nullptr;
+  const FileReport* trainer_state = nullptr;
+  for (auto& f : report.files) {
+    if (f.kind == FileKind::weights && f.file.rfind("adapter_", 0) != 0) weights.push_back(&f);
+    if (f.kind == FileKind::optimizer && (f.file == "optimizer.pt" || f.file == "optimizer.safetensors" || f.fields.contains(kShardKey))) {
+      optimizers.push_back(&f);
+    }
+    if (f.kind == FileKind::weights_index) index = &f;
+    if (f.kind == FileKind::trainer_state) trainer_state = &f;
+  }
+  // With a sharded set, only its shards are the model (a stray single file would be counted twice).
+  if (index) {
+    std::erase_if(weights, [&](const FileReport* w) {
+      const auto shards = index->fields.find("shards");
+      return shards == index->fields.end() || !shards->contains(w->file);
+    });
+  }
+  for (FileReport* optimizer : optimizers) {
+    if (!weights.empty()) optimizer->fields["param_shape_check"] = check_param_shapes(*optimizer, weights);
+  }
+  if (weights.empty()) {  // an adapter's checkpoint: its weights are the model it trains
+    for (const auto& f : report.files) {
+      if (f.kind == FileKind::weights && f.file.rfind("adapter_", 0) == 0) weights.push_back(&f);
+    }
+  }
+  report.summary = summarize_checkpoint(report, completeness.state, weights);
+
+  if (options.verify) {
+    Verification v;
+    for (const auto& f : report.files) {
+      if (f.error) v.errors.push_back(f.error->what());
+    }
+    if (index) {
+      try {
+        check_index(dir, *index, report.files, v);
+      } catch (const Error& e) {
+        v.errors.push_back(e.what());
+      }
+    }
+    for (const FileReport* optimizer : optimizers) {
+      const auto check = optimizer->fields.find("param_shape_check");
+      if (check == optimizer->fields.end()) continue;
+      v.checks.push_back(optimizer->file + " state shapes match the weights");
+      const auto status = check->find("status");
+      if (status == check->end() || *status != "ok") v.errors.push_back(optimizer->file + ": state shapes do not match the weights");
+    }
+    if (trainer_state && report.step) {
+      v.checks.push_back("trainer_state.json global_step matches the directory name");
+      const auto found = trainer_state->fields.find("global_step");
+      const json::Json gs = found == trainer_state->fields.end() ? json::Json(nullptr) : *found;
+      if (!gs.is_number_integer() || gs.get<std::int64_t>() != *report.step) {
+        v.errors.push_back("trainer_state.json: global_step " + json::dump(gs) + " but the directory is " + report.name);
+      }
+    }
+    if (report.model_directory) v.checks.push_back("a model directory: weights and config.json");
+    for (const auto& p : report.problems) v.errors.push_back("incomplete: " + p);
+    report.verify = std::move(v);
+  }
+  return report;
+}
+
+std::vector<std::string> verification_errors(const CheckpointReport& report) {
+  std::vector<std::string> errors;
+  for (const auto& f : report.files) {
+    if (f.error) errors.push_back(f.error->what());
+    if (f.verify) {
+      for (const auto& e : f.verify->errors) errors.push_back(f.file + ": " + e);
+    }
+  }
+  if (report.verify) errors.insert(errors.end(), report.verify->errors.begin(), report.verify->errors.end());
+  return errors;
+}
+
+std::optional<CheckpointReport> inspect_run_checkpoint(const std::string& dir, const InspectOptions& options) {
+  struct stat before {};
+  if (::lstat(dir.c_str(), &before) != 0) {
+    if (errno == ENOENT) return std::nullopt;
+    fail_io(dir, "stat", errno);
+  }
+  const auto same_directory = [&] {
+    struct stat now {};
+    return ::lstat(dir.c_str(), &now) == 0 && now.st_dev == before.st_dev && now.st_ino == before.st_ino;
+  };
+  try {
+    CheckpointReport report = inspect_checkpoint(dir, options);
+    if (!same_directory()) return std::nullopt;
+    return report;
+  } catch (const Error&) {
+    if (!same_directory()) return std::nullopt;
+    throw;
+  }
+}
+
+}  // namespace ckpt::checkpoint
