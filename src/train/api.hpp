@@ -71,7 +71,7 @@ struct TrainRequest {
   // The last step is saved as a checkpoint even when --save-steps does not fall on it: --save-name, which the
   // binary then tags (checkpoint::tag_checkpoint) from TrainResult::last_checkpoint.
   bool checkpoint_at_end = false;
-  Arguments given;                    // the flags given on the command line, by key
+  ArgumentValues given;               // the flags given on the command line, by key
   DistributedSettings distributed;
   std::function<void(const TrainEvent&)> on_event;
   const std::atomic<bool>* interrupted = nullptr;  // set by the CLI's SIGINT handler

@@ -1,54 +1,125 @@
 #include "train/arguments.hpp"
 
+#include <fmt/format.h>
+
+#include <type_traits>
+
 #include "util/error.hpp"
 
 namespace ckpt::train {
 
 namespace {
-using std::int64_t;
-constexpr auto kModel = ArgScope::model;
-constexpr auto kTraining = ArgScope::training;
+
+template <typename T>
+struct Unwrapped {
+  using type = T;
+};
+template <typename T>
+struct Unwrapped<std::optional<T>> {
+  using type = T;
+};
+// The value type of a field: std::optional<std::int64_t> -> std::int64_t.
+template <typename T>
+using ValueType = typename Unwrapped<T>::type;
+
+template <typename T>
+constexpr ArgType arg_type() {
+  using V = ValueType<T>;
+  if constexpr (std::is_same_v<V, bool>) return ArgType::boolean;
+  else if constexpr (std::is_same_v<V, std::int64_t>) return ArgType::integer;
+  else if constexpr (std::is_same_v<V, double>) return ArgType::number;
+  else {
+    static_assert(std::is_same_v<V, std::string>, "an argument is a bool, an int64_t, a double or a string, or an optional one");
+    return ArgType::text;
+  }
+}
+
+template <typename T>
+ArgValue to_value(const T& field) {
+  return field;
+}
+template <typename T>
+ArgValue to_value(const std::optional<T>& field) {
+  return field ? ArgValue(*field) : ArgValue();
+}
+
+[[noreturn]] void wrong_type(const char* key) { throw Error(ErrorKind::invalid_argument, "", key, "argument of the wrong type"); }
+
+template <typename T>
+void assign(T& field, const ArgValue& value, const char* key) {
+  if (const auto* v = std::get_if<T>(&value)) {
+    field = *v;
+    return;
+  }
+  if constexpr (std::is_same_v<T, double>) {
+    if (const auto* i = std::get_if<std::int64_t>(&value)) {
+      field = static_cast<double>(*i);
+      return;
+    }
+  }
+  wrong_type(key);
+}
+template <typename T>
+void assign(std::optional<T>& field, const ArgValue& value, const char* key) {
+  if (std::holds_alternative<std::monostate>(value)) {
+    field.reset();
+    return;
+  }
+  T v{};
+  assign(v, value, key);
+  field = std::move(v);
+}
+
+template <typename T>
+std::string bound_text(T value) {
+  return fmt::format("{}", value);
+}
+
+// The message of a value outside `bounds`.
+template <typename T>
+std::string out_of_bounds(const Bounds<T>& bounds) {
+  if (bounds.words) return std::string("must be ") + bounds.words;
+  if (bounds.min && bounds.max) return "must be between " + bound_text(*bounds.min) + " and " + bound_text(*bounds.max);
+  if (bounds.min && *bounds.min == T{0}) return "must not be negative";
+  if (bounds.min && *bounds.min == T{1}) return "must be positive";
+  if (bounds.min) return "must be at least " + bound_text(*bounds.min);
+  return "must be at most " + bound_text(*bounds.max);
+}
+
+template <typename T>
+void check_bound(const T& value, const Bounds<T>& bounds, const char* key) {
+  if constexpr (std::is_arithmetic_v<T>) {
+    // Written so that NaN fails every comparison.
+    const bool above_min = !bounds.min || value >= *bounds.min;
+    const bool below_max = !bounds.max || (bounds.max_excluded ? value < *bounds.max : value <= *bounds.max);
+    if (!(above_min && below_max)) throw Error(ErrorKind::invalid_argument, "", "--" + flag_name(key), out_of_bounds(bounds));
+  }
+}
+template <typename T>
+void check_bound(const std::optional<T>& value, const Bounds<T>& bounds, const char* key) {
+  if (value) check_bound(*value, bounds, key);
+}
+
 }  // namespace
 
 const std::vector<ArgSpec>& argument_specs() {
-  static const std::vector<ArgSpec> specs = {
-      {"input_size", ArgType::integer, kModel, int64_t{32}, "Features per synthetic example"},
-      {"hidden_size", ArgType::integer, kModel, int64_t{64}, "Width of each hidden layer of the MLP"},
-      {"num_layers", ArgType::integer, kModel, int64_t{2}, "Hidden layers of the MLP"},
-      {"num_labels", ArgType::integer, kModel, int64_t{4}, "Classes of the synthetic task"},
-      {"dropout", ArgType::number, kModel, 0.0, "Dropout probability after each hidden layer"},
-      {"output_dir", ArgType::text, kTraining, std::monostate{}, "The run directory checkpoints are written to"},
-      {"max_steps", ArgType::integer, kTraining, int64_t{-1}, "Optimizer steps to train; overrides --num-train-epochs when positive"},
-      {"num_train_epochs", ArgType::number, kTraining, 3.0, "Epochs to train when --max-steps is not positive"},
-      {"per_device_train_batch_size", ArgType::integer, kTraining, int64_t{32}, "Training batch size per process"},
-      {"per_device_eval_batch_size", ArgType::integer, kTraining, int64_t{128}, "Evaluation batch size per process"},
-      {"learning_rate", ArgType::number, kTraining, 1e-3, "Peak learning rate of AdamW"},
-      {"weight_decay", ArgType::number, kTraining, 0.0, "AdamW weight decay (not applied to biases)"},
-      {"adam_beta1", ArgType::number, kTraining, 0.9, "AdamW beta1"},
-      {"adam_beta2", ArgType::number, kTraining, 0.999, "AdamW beta2"},
-      {"adam_epsilon", ArgType::number, kTraining, 1e-8, "AdamW epsilon"},
-      {"max_grad_norm", ArgType::number, kTraining, 1.0, "Clip the gradients' global L2 norm to this (0: no clipping)"},
-      {"warmup_steps", ArgType::integer, kTraining, int64_t{0}, "Linear warmup steps of the linear schedule"},
-      {"logging_steps", ArgType::integer, kTraining, int64_t{10}, "Log loss, grad_norm, learning_rate every N steps"},
-      {"eval_steps", ArgType::integer, kTraining, std::monostate{}, "Evaluate every N steps (0: never)", "--save-steps"},
-      {"save_steps", ArgType::integer, kTraining, int64_t{20}, "Save a checkpoint every N steps"},
-      {"save_total_limit", ArgType::integer, kTraining, std::monostate{}, "Keep at most N checkpoints (the best is kept too), as ckpt rotate --keep"},
-      {"metric_for_best_model", ArgType::text, kTraining, std::string("eval_loss"), "Metric that decides the best checkpoint"},
-      {"greater_is_better", ArgType::boolean, kTraining, std::monostate{}, "Whether a greater metric is better", "false for losses, else true"},
-      {"load_best_model_at_end", ArgType::boolean, kTraining, false, "Save the best checkpoint's weights as the final model"},
-      {"save_safetensors", ArgType::boolean, kTraining, true, "Write model.safetensors rather than pytorch_model.bin"},
-      {"max_shard_size", ArgType::text, kTraining, std::string("5GB"), "Shard weights larger than this (B, KB, MB, GB, KiB, MiB, GiB)"},
-      {"seed", ArgType::integer, kTraining, int64_t{42}, "Seeds Python's random, numpy's and torch's generators, and the dataset"},
-      {"fp16", ArgType::boolean, kTraining, false, "Dynamic loss scaling with fp16 gradients (GradScaler semantics); writes scaler.pt"},
-      {"async_save", ArgType::boolean, kTraining, false, "Write checkpoints from a background thread while training goes on (one process only)"},
-      {"shard_optimizer", ArgType::boolean, kTraining, false,
-       "With several processes: each keeps and saves (optimizer_<rank>.pt) the optimizer state of its share of the parameters, ZeRO stage 1"},
-      {"train_examples", ArgType::integer, kTraining, int64_t{2048}, "Examples in the synthetic training split"},
-      {"eval_examples", ArgType::integer, kTraining, int64_t{512}, "Examples in the synthetic evaluation split"},
-      {"input_noise", ArgType::number, kTraining, 0.1, "Standard deviation of the Gaussian noise added to each training batch"},
-      {"threads", ArgType::integer, kTraining, std::monostate{}, "Torch intra-op threads",
-       "the cores, shared among the processes on this machine"},
-  };
+#define CKPT_ARGUMENT_SPEC(scope, name, type, default_value, help, default_text, ...)                \
+  ArgSpec{#name,                                                                                    \
+          arg_type<type>(),                                                                         \
+          ArgScope::scope,                                                                          \
+          to_value(scope##_defaults.name),                                                          \
+          help,                                                                                     \
+          default_text,                                                                             \
+          [](const Arguments& args) { return to_value(args.scope.name); },                          \
+          [](Arguments& args, const ArgValue& value) { assign(args.scope.name, value, #name); }},
+#define CKPT_MODEL_SPEC(...) CKPT_ARGUMENT_SPEC(model, __VA_ARGS__)
+#define CKPT_TRAINING_SPEC(...) CKPT_ARGUMENT_SPEC(training, __VA_ARGS__)
+  static const ModelArguments model_defaults;
+  static const TrainingArguments training_defaults;
+  static const std::vector<ArgSpec> specs = {CKPT_MODEL_ARGUMENTS(CKPT_MODEL_SPEC) CKPT_TRAINING_ARGUMENTS(CKPT_TRAINING_SPEC)};
+#undef CKPT_TRAINING_SPEC
+#undef CKPT_MODEL_SPEC
+#undef CKPT_ARGUMENT_SPEC
   return specs;
 }
 
@@ -69,77 +140,53 @@ std::string flag_name(const std::string& key) {
 
 namespace {
 
-bool has_type(const ArgValue& value, ArgType type) {
-  switch (type) {
-    case ArgType::boolean: return std::holds_alternative<bool>(value);
-    case ArgType::integer: return std::holds_alternative<std::int64_t>(value);
-    case ArgType::number: return std::holds_alternative<double>(value);
-    case ArgType::text: return std::holds_alternative<std::string>(value);
+void apply(Arguments& args, const ArgumentValues& values) {
+  for (const auto& [key, value] : values) {
+    const ArgSpec* spec = find_spec(key);
+    if (!spec) throw Error(ErrorKind::invalid_argument, "", key, "unknown training argument");
+    spec->set(args, value);
   }
-  return false;
 }
-
-const ArgValue& lookup(const Arguments& args, const std::string& key) {
-  auto it = args.find(key);
-  if (it == args.end()) throw Error(ErrorKind::invalid_argument, "", key, "missing argument");
-  return it->second;
-}
-
-[[noreturn]] void wrong_type(const std::string& key) { throw Error(ErrorKind::invalid_argument, "", key, "argument of the wrong type"); }
 
 }  // namespace
 
-Arguments resolve_arguments(const Arguments& given, const Arguments& base) {
-  Arguments resolved;
-  for (const auto& spec : argument_specs()) resolved[spec.key] = spec.default_value;
-  for (const Arguments* layer : {&base, &given}) {
-    for (const auto& [key, value] : *layer) {
-      const ArgSpec* spec = find_spec(key);
-      if (!spec) throw Error(ErrorKind::invalid_argument, "", key, "unknown training argument");
-      ArgValue v = value;
-      // An integer where a number belongs is a number (Python writes 3 for 3.0 too).
-      if (spec->type == ArgType::number && std::holds_alternative<std::int64_t>(v)) v = static_cast<double>(std::get<std::int64_t>(v));
-      if (!std::holds_alternative<std::monostate>(v) && !has_type(v, spec->type)) wrong_type(key);
-      resolved[key] = std::move(v);
+Arguments resolve_arguments(const ArgumentValues& values) {
+  Arguments args;
+  apply(args, values);
+  return args;
+}
+
+Arguments resume_arguments(const ArgumentValues& given, const ArgumentValues& saved, const ModelArguments& model) {
+  Arguments args;
+  try {
+    apply(args, saved);
+  } catch (const Error& e) {
+    throw Error(ErrorKind::corrupt, e.path(), e.where(), e.detail());
+  }
+  args.model = model;
+  const Arguments flags = resolve_arguments(given);
+  for (const auto& spec : argument_specs()) {
+    if (spec.scope == ArgScope::model && given.contains(spec.key) && spec.get(flags) != spec.get(args)) {
+      throw Error(ErrorKind::invalid_argument, "", spec.key,
+                  std::string("the checkpoint's model has another ") + spec.key + "; a resumed run keeps its model");
     }
   }
-  return resolved;
+  apply(args, given);
+  return args;
 }
 
-std::int64_t get_int(const Arguments& args, const std::string& key) {
-  const auto* v = std::get_if<std::int64_t>(&lookup(args, key));
-  if (!v) wrong_type(key);
-  return *v;
+// `fields`: the struct of the scope whose table it expands in.
+#define CKPT_CHECK_BOUND(name, type, default_value, help, default_text, ...) \
+  check_bound(fields.name, Bounds<ValueType<type>>{} __VA_ARGS__, #name);
+
+void check_bounds(const ModelArguments& fields) { CKPT_MODEL_ARGUMENTS(CKPT_CHECK_BOUND) }
+
+void check_bounds(const Arguments& args) {
+  check_bounds(args.model);
+  const TrainingArguments& fields = args.training;
+  CKPT_TRAINING_ARGUMENTS(CKPT_CHECK_BOUND)
 }
 
-std::optional<std::int64_t> get_optional_int(const Arguments& args, const std::string& key) {
-  const ArgValue& v = lookup(args, key);
-  if (std::holds_alternative<std::monostate>(v)) return std::nullopt;
-  return get_int(args, key);
-}
-
-double get_number(const Arguments& args, const std::string& key) {
-  const auto* v = std::get_if<double>(&lookup(args, key));
-  if (!v) wrong_type(key);
-  return *v;
-}
-
-bool get_bool(const Arguments& args, const std::string& key) {
-  const auto* v = std::get_if<bool>(&lookup(args, key));
-  if (!v) wrong_type(key);
-  return *v;
-}
-
-std::string get_text(const Arguments& args, const std::string& key) {
-  const auto* v = std::get_if<std::string>(&lookup(args, key));
-  if (!v) wrong_type(key);
-  return *v;
-}
-
-std::optional<std::string> get_optional_text(const Arguments& args, const std::string& key) {
-  const ArgValue& v = lookup(args, key);
-  if (std::holds_alternative<std::monostate>(v)) return std::nullopt;
-  return get_text(args, key);
-}
+#undef CKPT_CHECK_BOUND
 
 }  // namespace ckpt::train

@@ -1,6 +1,8 @@
 #include "train/model.hpp"
 
 #include <cmath>
+#include <type_traits>
+#include <variant>
 
 #include "util/error.hpp"
 
@@ -10,43 +12,32 @@
 
 namespace ckpt::train {
 
-ModelConfig ModelConfig::from_arguments(const Arguments& args) {
-  ModelConfig c;
-  c.input_size = get_int(args, "input_size");
-  c.hidden_size = get_int(args, "hidden_size");
-  c.num_layers = get_int(args, "num_layers");
-  c.num_labels = get_int(args, "num_labels");
-  c.dropout = get_number(args, "dropout");
-  auto check = [](bool ok, const char* key, const char* what) {
-    if (!ok) throw Error(ErrorKind::invalid_argument, "", std::string("--") + flag_name(key), what);
-  };
-  constexpr std::int64_t kMaxWidth = 1 << 20;
-  check(c.input_size > 0 && c.input_size <= kMaxWidth, "input_size", "must be between 1 and 1048576");
-  check(c.hidden_size > 0 && c.hidden_size <= kMaxWidth, "hidden_size", "must be between 1 and 1048576");
-  check(c.num_layers >= 0 && c.num_layers <= 1000, "num_layers", "must be between 0 and 1000");
-  check(c.num_labels >= 2 && c.num_labels <= kMaxWidth, "num_labels", "must be between 2 and 1048576");
-  check(c.dropout >= 0 && c.dropout < 1, "dropout", "must be in [0, 1)");
+void check_model_size(const ModelArguments& model) {
   std::int64_t parameters = 0;
-  for (const auto& [name, shape] : c.parameter_shapes()) parameters += shape.size() == 2 ? shape[0] * shape[1] : shape[0];
-  check(parameters <= (std::int64_t{1} << 34), "hidden_size", "more than 2^34 parameters");
-  return c;
+  for (const auto& [name, shape] : parameter_shapes(model)) parameters += shape.size() == 2 ? shape[0] * shape[1] : shape[0];
+  if (parameters > (std::int64_t{1} << 34)) throw Error(ErrorKind::invalid_argument, "", "--hidden-size", "more than 2^34 parameters");
 }
 
-json::Json ModelConfig::to_json() const {
+json::Json config_json(const ModelArguments& model) {
   json::Json j = json::Json::object();
   j["architectures"] = json::Json::array({"CkptMLPForClassification"});
   j["ckpt_version"] = CKPT_VERSION;
-  j["dropout"] = dropout;
-  j["hidden_size"] = hidden_size;
-  j["input_size"] = input_size;
   j["model_type"] = kModelType;
-  j["num_labels"] = num_labels;
-  j["num_layers"] = num_layers;
   j["torch_dtype"] = "float32";
+  Arguments args;
+  args.model = model;
+  for (const auto& spec : argument_specs()) {
+    if (spec.scope != ArgScope::model) continue;
+    std::visit(
+        [&](const auto& value) {
+          if constexpr (!std::is_same_v<std::decay_t<decltype(value)>, std::monostate>) j[spec.key] = value;
+        },
+        spec.get(args));
+  }
   return j;
 }
 
-ModelConfig ModelConfig::from_json(const json::Json& config, const std::string& path) {
+ModelArguments read_config_json(const json::Json& config, const std::string& path) {
   const std::optional<std::string> model_type =
       config.is_object() ? json::Fields(config, path, "", json::WrongType::absent).optional_string("model_type") : std::nullopt;
   if (model_type != kModelType) {
@@ -54,13 +45,17 @@ ModelConfig ModelConfig::from_json(const json::Json& config, const std::string& 
   }
   const json::Fields fields(config, path, "");
   Arguments args;
-  for (const char* key : {"input_size", "hidden_size", "num_layers", "num_labels"}) args[key] = fields.int64(key);
-  args["dropout"] = fields.number("dropout");
+  for (const auto& spec : argument_specs()) {
+    if (spec.scope != ArgScope::model) continue;
+    spec.set(args, spec.type == ArgType::integer ? ArgValue(fields.int64(spec.key)) : ArgValue(fields.number(spec.key)));
+  }
   try {
-    return from_arguments(resolve_arguments(args, {}));
+    check_bounds(args.model);
+    check_model_size(args.model);
   } catch (const Error& e) {
     throw Error(ErrorKind::corrupt, path, e.where(), e.detail());
   }
+  return args.model;
 }
 
 namespace {
@@ -82,21 +77,21 @@ std::pair<at::Tensor, at::Tensor> make_linear(std::int64_t in, std::int64_t out)
 
 }  // namespace
 
-std::vector<std::pair<std::string, std::vector<std::int64_t>>> ModelConfig::parameter_shapes() const {
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> parameter_shapes(const ModelArguments& model) {
   std::vector<std::pair<std::string, std::vector<std::int64_t>>> shapes;
-  std::int64_t width = input_size;
-  for (std::int64_t i = 0; i < num_layers; ++i) {
-    shapes.push_back({"hidden." + std::to_string(i) + ".weight", {hidden_size, width}});
-    shapes.push_back({"hidden." + std::to_string(i) + ".bias", {hidden_size}});
-    width = hidden_size;
+  std::int64_t width = model.input_size;
+  for (std::int64_t i = 0; i < model.num_layers; ++i) {
+    shapes.push_back({"hidden." + std::to_string(i) + ".weight", {model.hidden_size, width}});
+    shapes.push_back({"hidden." + std::to_string(i) + ".bias", {model.hidden_size}});
+    width = model.hidden_size;
   }
-  shapes.push_back({"classifier.weight", {num_labels, width}});
-  shapes.push_back({"classifier.bias", {num_labels}});
+  shapes.push_back({"classifier.weight", {model.num_labels, width}});
+  shapes.push_back({"classifier.bias", {model.num_labels}});
   return shapes;
 }
 
-MLP::MLP(const ModelConfig& config) : config_(config) {
-  const auto shapes = config.parameter_shapes();
+MLP::MLP(const ModelArguments& config) : config_(config) {
+  const auto shapes = parameter_shapes(config);
   for (std::size_t i = 0; i < shapes.size(); i += 2) {
     auto [w, b] = make_linear(shapes[i].second[1], shapes[i].second[0]);
     parameters_.emplace_back(shapes[i].first, w);

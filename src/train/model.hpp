@@ -29,35 +29,27 @@ namespace ckpt::train {
 
 inline constexpr const char* kModelType = "ckpt-mlp";
 
-struct ModelConfig {
-  std::int64_t input_size = 0;
-  std::int64_t hidden_size = 0;
-  std::int64_t num_layers = 0;
-  std::int64_t num_labels = 0;
-  double dropout = 0;
-
-  static ModelConfig from_arguments(const Arguments& args);  // validates the sizes
-  // config.json: model_type, architectures, the sizes, torch_dtype, ckpt_version.
-  json::Json to_json() const;
-  // Throws corrupt naming `path` when config.json is not a ckpt-mlp config.
-  static ModelConfig from_json(const json::Json& config, const std::string& path);
-  bool operator==(const ModelConfig&) const = default;
-  // The parameters' names and shapes in state-dict order (see MLP::parameters).
-  std::vector<std::pair<std::string, std::vector<std::int64_t>>> parameter_shapes() const;
-};
+// Beyond the table's bounds of each size: invalid_argument when the model would hold more than 2^34 parameters.
+void check_model_size(const ModelArguments& model);
+// config.json: model_type, architectures, the model arguments, torch_dtype, ckpt_version.
+json::Json config_json(const ModelArguments& model);
+// Throws corrupt naming `path` when config.json is not a ckpt-mlp config or its model is out of bounds.
+ModelArguments read_config_json(const json::Json& config, const std::string& path);
+// The parameters' names and shapes in state-dict order (see MLP::parameters).
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> parameter_shapes(const ModelArguments& model);
 
 class MLP {
  public:
-  explicit MLP(const ModelConfig& config);
+  explicit MLP(const ModelArguments& config);
 
   // Parameters in state-dict order: hidden.0.weight, hidden.0.bias, ..., classifier.weight, classifier.bias.
   std::vector<std::pair<std::string, at::Tensor>>& parameters() { return parameters_; }
   at::Tensor forward(const at::Tensor& inputs, bool training) const;
   std::int64_t num_parameters() const;
-  const ModelConfig& config() const { return config_; }
+  const ModelArguments& config() const { return config_; }
 
  private:
-  ModelConfig config_;
+  ModelArguments config_;
   std::vector<std::pair<std::string, at::Tensor>> parameters_;
 };
 

@@ -42,38 +42,24 @@ namespace fs = std::filesystem;
 using checkpoint::RunLock;
 
 void Trainer::validate_arguments() const {
-  auto positive = [&](const char* key, bool allow_zero = false) {
-    const auto v = get_optional_int(args_, key);
-    if (v && (*v < 0 || (*v == 0 && !allow_zero))) {
-      throw Error(ErrorKind::invalid_argument, "", "--" + flag_name(key), allow_zero ? "must not be negative" : "must be positive");
-    }
-  };
-  for (const char* key : {"per_device_train_batch_size", "per_device_eval_batch_size", "logging_steps", "save_steps", "train_examples",
-                          "eval_examples", "save_total_limit", "threads"}) {
-    positive(key);
-  }
-  positive("warmup_steps", true);
-  positive("eval_steps", true);
-  // Bounds that keep a hostile training_args.bin from exhausting memory or threads.
-  const std::int64_t examples = get_int(args_, "train_examples") + get_int(args_, "eval_examples");
-  if (examples > (std::int64_t{1} << 31) / get_int(args_, "input_size")) {
+  const TrainingArguments& training = args_.training;
+  check_bounds(args_);
+  check_model_size(args_.model);
+  // Bounds that keep a hostile training_args.bin from exhausting memory.
+  if (training.train_examples + training.eval_examples > (std::int64_t{1} << 31) / args_.model.input_size) {
     throw Error(ErrorKind::invalid_argument, "", "--train-examples", "the synthetic data would exceed 2^31 values");
   }
-  if (get_optional_int(args_, "threads").value_or(1) > 1024) throw Error(ErrorKind::invalid_argument, "", "--threads", "at most 1024");
-  const std::int64_t seed = get_int(args_, "seed");
-  if (seed < 0 || seed > 0xffffffffLL) throw Error(ErrorKind::invalid_argument, "", "--seed", "must be between 0 and 2**32 - 1 (numpy's range)");
-  if (get_int(args_, "max_steps") <= 0 && !(get_number(args_, "num_train_epochs") > 0)) {
+  if (training.max_steps <= 0 && !(training.num_train_epochs > 0)) {
     throw Error(ErrorKind::invalid_argument, "", "--max-steps", "neither --max-steps nor --num-train-epochs is positive");
   }
-  if (!(get_number(args_, "learning_rate") >= 0)) throw Error(ErrorKind::invalid_argument, "", "--learning-rate", "must not be negative");
-  if (!checkpoint::parse_size(get_text(args_, "max_shard_size"))) {
+  if (!checkpoint::parse_size(training.max_shard_size)) {
     throw Error(ErrorKind::invalid_argument, "", "--max-shard-size", "expected a size such as 5GB or 512MiB");
   }
-  if (world_size_ > 1 && get_bool(args_, "async_save")) {
+  if (world_size_ > 1 && training.async_save) {
     throw Error(ErrorKind::invalid_argument, "", "--async-save", "works in a single process only (the ranks agree on every save in step)");
   }
-  const auto eval_steps = get_optional_int(args_, "eval_steps").value_or(get_int(args_, "save_steps"));
-  if (get_bool(args_, "load_best_model_at_end") && (eval_steps == 0 || get_int(args_, "save_steps") % eval_steps != 0)) {
+  const auto eval_steps = training.eval_steps.value_or(training.save_steps);
+  if (training.load_best_model_at_end && (eval_steps == 0 || training.save_steps % eval_steps != 0)) {
     throw Error(ErrorKind::invalid_argument, "", "--load-best-model-at-end", "needs an evaluation at every save: --save-steps a multiple of --eval-steps");
   }
 }
@@ -112,52 +98,50 @@ bool Trainer::take_over_run_directory() {
 }
 
 void Trainer::build() {
-  if (const auto threads = get_optional_int(args_, "threads")) {
-    at::set_num_threads(static_cast<int>(*threads));
+  TrainingArguments& training = args_.training;
+  if (training.threads) {
+    at::set_num_threads(static_cast<int>(*training.threads));
   } else if (world_size_ > 1) {
     // The processes on this host share its cores, as torchrun's OMP_NUM_THREADS does.
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     at::set_num_threads(std::max(1, cores / std::max(1, request_.distributed.local_world_size)));
-    args_["threads"] = static_cast<std::int64_t>(at::get_num_threads());
+    training.threads = at::get_num_threads();
   } else {
-    args_["threads"] = static_cast<std::int64_t>(at::get_num_threads());
+    training.threads = at::get_num_threads();
   }
-  const std::int64_t seed = get_int(args_, "seed");
-  python_.seed(static_cast<std::uint64_t>(seed));
-  numpy_.seed(static_cast<std::uint32_t>(seed));
-  torch_manual_seed(static_cast<std::uint64_t>(seed));
+  python_.seed(static_cast<std::uint64_t>(training.seed));
+  numpy_.seed(static_cast<std::uint32_t>(training.seed));
+  torch_manual_seed(static_cast<std::uint64_t>(training.seed));
 
-  const ModelConfig config = ModelConfig::from_arguments(args_);
-  data_ = make_data(static_cast<std::uint32_t>(seed), config.input_size, config.num_labels, get_int(args_, "train_examples"),
-                    get_int(args_, "eval_examples"));
+  const ModelArguments& config = args_.model;
+  data_ = make_data(static_cast<std::uint32_t>(training.seed), config.input_size, config.num_labels, training.train_examples,
+                    training.eval_examples);
   model_ = std::make_unique<MLP>(config);
 
-  batch_size_ = get_int(args_, "per_device_train_batch_size");
+  batch_size_ = training.per_device_train_batch_size;
   // DistributedSampler: each rank's share of an epoch, the epoch padded to a multiple of the world size.
-  const std::int64_t n = (get_int(args_, "train_examples") + world_size_ - 1) / world_size_;
+  const std::int64_t n = (training.train_examples + world_size_ - 1) / world_size_;
   steps_per_epoch_ = (n + batch_size_ - 1) / batch_size_;
-  const std::int64_t requested = get_int(args_, "max_steps");
-  if (requested > 0) {
-    max_steps_ = requested;
+  if (training.max_steps > 0) {
+    max_steps_ = training.max_steps;
     state_.num_train_epochs = max_steps_ / steps_per_epoch_ + (max_steps_ % steps_per_epoch_ > 0 ? 1 : 0);
   } else {
-    const double epochs = get_number(args_, "num_train_epochs");
-    max_steps_ = static_cast<std::int64_t>(std::ceil(epochs * static_cast<double>(steps_per_epoch_)));
-    state_.num_train_epochs = static_cast<std::int64_t>(std::ceil(epochs));
+    max_steps_ = static_cast<std::int64_t>(std::ceil(training.num_train_epochs * static_cast<double>(steps_per_epoch_)));
+    state_.num_train_epochs = static_cast<std::int64_t>(std::ceil(training.num_train_epochs));
   }
   state_.max_steps = max_steps_;
-  state_.logging_steps = get_int(args_, "logging_steps");
-  state_.save_steps = get_int(args_, "save_steps");
-  state_.eval_steps = get_optional_int(args_, "eval_steps").value_or(state_.save_steps);
+  state_.logging_steps = training.logging_steps;
+  state_.save_steps = training.save_steps;
+  state_.eval_steps = training.eval_steps.value_or(state_.save_steps);
   state_.train_batch_size = batch_size_;
 
-  const double lr = get_number(args_, "learning_rate");
-  optimizer_ = std::make_unique<AdamW>(model_->parameters(), lr, get_number(args_, "adam_beta1"), get_number(args_, "adam_beta2"),
-                                       get_number(args_, "adam_epsilon"), get_number(args_, "weight_decay"));
-  schedule_ = std::make_unique<LinearSchedule>(lr, get_int(args_, "warmup_steps"), max_steps_, optimizer_->groups().size());
+  const double lr = training.learning_rate;
+  optimizer_ = std::make_unique<AdamW>(model_->parameters(), lr, training.adam_beta1, training.adam_beta2, training.adam_epsilon,
+                                       training.weight_decay);
+  schedule_ = std::make_unique<LinearSchedule>(lr, training.warmup_steps, max_steps_, optimizer_->groups().size());
   optimizer_->learning_rates().assign(optimizer_->groups().size(), schedule_->last_lr());
-  if (get_bool(args_, "fp16")) scaler_.emplace();
-  if (get_bool(args_, "shard_optimizer") && world_size_ > 1) {
+  if (training.fp16) scaler_.emplace();
+  if (training.shard_optimizer && world_size_ > 1) {
     // Contiguous runs of torch's parameter order (group by group), about equal in elements, one per rank.
     const auto& params = model_->parameters();
     std::vector<std::size_t> order;
@@ -173,12 +157,12 @@ void Trainer::build() {
     std::vector<bool> owned(params.size());
     for (std::size_t i = 0; i < params.size(); ++i) owned[i] = owner_[i] == rank_;
     optimizer_->shard(rank_, world_size_, std::move(owned));
-  } else if (get_bool(args_, "shard_optimizer")) {
+  } else if (training.shard_optimizer) {
     warn("--shard-optimizer has no effect in a single process: optimizer.pt holds the whole state");
   }
 
-  weights_options_.safetensors = get_bool(args_, "save_safetensors");
-  weights_options_.max_shard_size = checkpoint::parse_size(get_text(args_, "max_shard_size"));
+  weights_options_.safetensors = training.save_safetensors;
+  weights_options_.max_shard_size = checkpoint::parse_size(training.max_shard_size);
 }
 
 void Trainer::train_step(const at::Tensor& inputs, const at::Tensor& labels) {
@@ -199,7 +183,7 @@ void Trainer::train_step(const at::Tensor& inputs, const at::Tensor& labels) {
     loss.backward();
     all_reduce_gradients(loss_value);
   }
-  const double max_norm = get_number(args_, "max_grad_norm");
+  const double max_norm = args_.training.max_grad_norm;
   last_grad_norm_.reset();
   if (max_norm > 0) last_grad_norm_ = clip_grad_norm(params, max_norm).item<double>();
   wait_for_snapshot();
@@ -274,7 +258,7 @@ std::map<std::string, double> Trainer::evaluate() {
   const auto start = Clock::now();
   at::NoGradGuard no_grad;
   const std::int64_t n = data_.eval.labels.size(0);
-  const std::int64_t bs = get_int(args_, "per_device_eval_batch_size");
+  const std::int64_t bs = args_.training.per_device_eval_batch_size;
   double loss_sum = 0;
   std::int64_t correct = 0;
   std::int64_t batches = 0;
@@ -307,7 +291,7 @@ void Trainer::log(json::Json record) {
 }
 
 void Trainer::draw_epoch_order() {
-  const std::int64_t n = get_int(args_, "train_examples");
+  const std::int64_t n = args_.training.train_examples;
   order_.resize(static_cast<std::size_t>(n));
   std::iota(order_.begin(), order_.end(), 0);
   python_.shuffle(order_);
@@ -321,7 +305,7 @@ void Trainer::draw_epoch_order() {
 }
 
 void Trainer::train() {
-  const double input_noise = get_number(args_, "input_noise");
+  const double input_noise = args_.training.input_noise;
   const std::int64_t params = model_->num_parameters();
   const std::int64_t epochs_done = state_.global_step / steps_per_epoch_;
   const std::int64_t skip = state_.global_step % steps_per_epoch_;
@@ -367,7 +351,7 @@ void Trainer::train() {
     }
   }
   wait_for_pending_save();
-  if (get_bool(args_, "async_save")) {
+  if (args_.training.async_save) {
     for (const auto& path : result_.checkpoints_saved) emit(TrainEvent::Kind::checkpoint, path);
   }
 }
@@ -466,7 +450,7 @@ void Trainer::run_in_group() {
   result_.epoch = state_.epoch;
   result_.best_metric = state_.best_metric;
   result_.best_model_checkpoint = state_.best_model_checkpoint;
-  result_.best_metric_name = checkpoint::normalize_metric(get_text(args_, "metric_for_best_model"));
+  result_.best_metric_name = checkpoint::normalize_metric(args_.training.metric_for_best_model);
   if (main_process() && result_.last_checkpoint) {
     // Whether resume's default, the newest complete checkpoint, is this run's last: not when the run resumed from
     // an older checkpoint than the run directory holds and saved none past it.

@@ -20,7 +20,7 @@ namespace {
 
 // Before the model is built: the weights files hold every parameter config.json describes, with its shape and
 // float32. So a hostile config.json cannot make resume allocate more than the weights files hold.
-void check_weights_match(const std::string& dir, const ModelConfig& config) {
+void check_weights_match(const std::string& dir, const ModelArguments& config) {
   const auto files = checkpoint::find_weights(dir);
   if (!files) throw Error(ErrorKind::corrupt, dir, "", "no weights file");
   std::map<std::string, std::pair<std::vector<std::int64_t>, DType>> stored;
@@ -35,7 +35,7 @@ void check_weights_match(const std::string& dir, const ModelConfig& config) {
       stored[g.at(items[i]).text] = {t.shape, t.dtype};
     }
   }
-  for (const auto& [name, shape] : config.parameter_shapes()) {
+  for (const auto& [name, shape] : parameter_shapes(config)) {
     auto it = stored.find(name);
     if (it == stored.end() || it->second.first != shape || it->second.second != DType::float32) {
       throw Error(ErrorKind::invalid_argument, dir, name, "the weights do not match config.json's model");
@@ -74,8 +74,8 @@ std::string Trainer::find_checkpoint() {
 // `dir` empty: a new run's arguments; else the checkpoint's to resume from.
 void Trainer::prepare_arguments(const std::string& dir) {
   if (dir.empty()) {
-    args_ = resolve_arguments(request_.given, {});
-    const auto output = get_optional_text(args_, "output_dir");
+    args_ = resolve_arguments(request_.given);
+    const auto& output = args_.training.output_dir;
     if (!output || output->empty()) throw Error(ErrorKind::invalid_argument, "", "--output-dir", "is required");
     run_dir_ = *output;
     return;
@@ -94,7 +94,7 @@ void Trainer::prepare_arguments(const std::string& dir) {
   const auto source = checkpoint::load_source(args_path);
   const auto& g = source->graph();
   if (!g.is(g.root(), Kind::dict)) throw Error(ErrorKind::unsupported, args_path, "", "not a training_args.bin written by ckpt");
-  Arguments saved;
+  ArgumentValues saved;
   const auto& items = g.at(g.root()).items;
   for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
     if (!g.is(items[i], Kind::string)) throw Error(ErrorKind::corrupt, args_path, "", "a key that is not a string");
@@ -112,23 +112,15 @@ void Trainer::prepare_arguments(const std::string& dir) {
   }
   // config.json decides the model; a model flag given now must agree with it.
   const std::string config_path = (fs::path(dir) / "config.json").string();
-  const ModelConfig config = ModelConfig::from_json(json::parse_file(config_path), config_path);
+  const ModelArguments config = read_config_json(json::parse_file(config_path), config_path);
   check_weights_match(dir, config);
-  const Arguments model_args{{"input_size", config.input_size}, {"hidden_size", config.hidden_size}, {"num_layers", config.num_layers},
-                             {"num_labels", config.num_labels}, {"dropout", config.dropout}};
-  for (const auto& [key, value] : model_args) {
-    auto it = request_.given.find(key);
-    if (it != request_.given.end() && resolve_arguments({{key, it->second}}, {}).at(key) != value) {
-      throw Error(ErrorKind::invalid_argument, config_path, key, "the checkpoint's model has another " + key + "; a resumed run keeps its model");
-    }
-    saved[key] = value;
-  }
   try {
-    args_ = resolve_arguments(request_.given, saved);
+    args_ = resume_arguments(request_.given, saved, config);
   } catch (const Error& e) {
-    throw Error(ErrorKind::corrupt, args_path, e.where(), e.detail());
+    // resume_arguments says which file is at fault by the kind.
+    throw e.with_context(e.kind() == ErrorKind::corrupt ? args_path : config_path, "");
   }
-  args_["output_dir"] = run_dir_;
+  args_.training.output_dir = run_dir_;
   resume_dir_ = dir;
   if (!result_.resumed_from) result_.resumed_from = dir;
 }
@@ -137,10 +129,11 @@ void Trainer::prepare_arguments(const std::string& dir) {
 void Trainer::agree_on_arguments() {
   if (!group_) return;
   std::string mine;
-  for (const auto& [key, value] : args_) {
+  for (const auto& spec : argument_specs()) {
+    const ArgValue value = spec.get(args_);
     char number[64] = "";
     if (const auto* d = std::get_if<double>(&value)) std::snprintf(number, sizeof number, "%.17g", *d);
-    mine += key + "=" + std::to_string(value.index()) + ":" + number;
+    mine += std::string(spec.key) + "=" + std::to_string(value.index()) + ":" + number;
     if (const auto* b = std::get_if<bool>(&value)) mine += *b ? "1" : "0";
     if (const auto* i = std::get_if<std::int64_t>(&value)) mine += std::to_string(*i);
     if (const auto* t = std::get_if<std::string>(&value)) mine += *t;
@@ -224,7 +217,7 @@ void Trainer::restore(const std::string& dir) {
   // Replay the data order up to the current epoch (nothing is computed), then restore the generators.
   const std::int64_t epochs_done = state_.global_step / steps_per_epoch_;
   const bool mid_epoch = state_.global_step % steps_per_epoch_ != 0;
-  const std::int64_t n = get_int(args_, "train_examples");
+  const std::int64_t n = args_.training.train_examples;
   if (epochs_done > std::int64_t{100'000'000'000} / n) {
     throw Error(ErrorKind::corrupt, dir, "trainer_state.json", "global_step " + std::to_string(state_.global_step) + " is beyond any run of this size");
   }

@@ -127,7 +127,7 @@ CheckpointFiles Trainer::collect(bool copy) {
   for (const auto& spec : argument_specs()) {
     if (spec.scope != ArgScope::training) continue;
     items.push_back(files.arguments.text(spec.key));
-    const ArgValue& v = args_.at(spec.key);
+    const ArgValue v = spec.get(args_);
     if (const auto* b = std::get_if<bool>(&v)) items.push_back(files.arguments.boolean(*b));
     else if (const auto* i = std::get_if<std::int64_t>(&v)) items.push_back(files.arguments.integer(*i));
     else if (const auto* d = std::get_if<double>(&v)) items.push_back(files.arguments.number(*d));
@@ -136,7 +136,7 @@ CheckpointFiles Trainer::collect(bool copy) {
   }
   files.arguments_root = files.arguments.dict(std::move(items));
   files.trainer_state = state_.to_text();
-  files.config = json::dump_python_sorted(model_->config().to_json(), 2) + "\n";
+  files.config = json::dump_python_sorted(config_json(model_->config()), 2) + "\n";
   return files;
 }
 
@@ -196,7 +196,7 @@ void Trainer::commit(CheckpointFiles files) {
   result_.checkpoints_saved.push_back((run / name).string());
   result_.last_checkpoint = result_.checkpoints_saved.back();
   result_.last_checkpoint_step = files.step;
-  if (const auto limit = get_optional_int(args_, "save_total_limit")) {
+  if (const auto limit = args_.training.save_total_limit) {
     checkpoint::RotateOptions options;
     options.keep = *limit;
     const auto rotation = checkpoint::rotate(run_dir_, options, false, true);
@@ -222,10 +222,9 @@ void Trainer::wait_for_pending_save() {
 
 void Trainer::save_checkpoint(const std::map<std::string, double>& metrics) {
   // Hugging Face's rule, in _save_checkpoint: a strict improvement of this step's metric makes it the best.
-  const std::string metric = checkpoint::normalize_metric(get_text(args_, "metric_for_best_model"));
+  const std::string metric = checkpoint::normalize_metric(args_.training.metric_for_best_model);
   if (auto it = metrics.find(metric); it != metrics.end()) {
-    const auto* given = std::get_if<bool>(&args_.at("greater_is_better"));
-    const bool greater_is_better = given ? *given : checkpoint::default_greater_is_better(metric);
+    const bool greater_is_better = args_.training.greater_is_better.value_or(checkpoint::default_greater_is_better(metric));
     const double value = it->second;
     if (!state_.best_metric || !state_.best_model_checkpoint ||
         (greater_is_better ? value > *state_.best_metric : value < *state_.best_metric)) {
@@ -233,7 +232,7 @@ void Trainer::save_checkpoint(const std::map<std::string, double>& metrics) {
       state_.best_model_checkpoint = (fs::path(run_dir_) / ("checkpoint-" + std::to_string(state_.global_step))).string();
     }
   }
-  const bool async = get_bool(args_, "async_save");
+  const bool async = args_.training.async_save;
   const auto start = Clock::now();
   wait_for_snapshot();
   wait_for_pending_save();
@@ -267,7 +266,7 @@ void Trainer::save_checkpoint(const std::map<std::string, double>& metrics) {
 // save_model() and save_state(): weights, config.json, training_args.bin and trainer_state.json in the run
 // directory.
 void Trainer::finish() {
-  if (get_bool(args_, "load_best_model_at_end") && state_.best_model_checkpoint) {
+  if (args_.training.load_best_model_at_end && state_.best_model_checkpoint) {
     const fs::path best = fs::path(run_dir_) / fs::path(*state_.best_model_checkpoint).filename();
     if (fs::is_directory(best)) load_weights(best.string());
     else warn("the best checkpoint " + best.string() + " is gone; the final model is the last one");

@@ -475,7 +475,10 @@ class Output(TrainTest):
         self.assertIn("--max-steps", r.stderr)
         for flags, where in ((["--seed", "-1"], "--seed"), (["--per-device-train-batch-size", "0"], "--per-device-train-batch-size"),
                              (["--max-shard-size", "5XB"], "--max-shard-size"), (["--dropout", "1.5"], "--dropout"),
-                             (["--load-best-model-at-end", "--save-steps", "10", "--eval-steps", "3"], "--load-best-model-at-end")):
+                             (["--load-best-model-at-end", "--save-steps", "10", "--eval-steps", "3"], "--load-best-model-at-end"),
+                             # checked before the size of the data is computed from it (a division by zero once)
+                             (["--input-size", "0"], "--input-size: must be between 1 and 1048576"),
+                             (["--threads", "1025"], "--threads")):
             r = ckpt("save", "--output-dir", self.path("x"), *flags)
             self.assertEqual(r.returncode, 2, (flags, r.stderr))
             self.assertIn(where, r.stderr)
@@ -562,6 +565,24 @@ class Refusals(TrainTest):
         r = ckpt("resume", self.copy(), "--hidden-size", "128")
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("hidden_size", r.stderr)
+
+    def test_foreign_training_args(self):
+        """A training_args.bin that ckpt did not write: a key the table does not know or a value of another type is
+        the file's fault (exit 3, naming the key); a value out of bounds is refused as the flag would be (exit 2)."""
+        for change, code, message in (({"report_to": "wandb"}, 3, "training_args.bin: report_to: unknown training argument"),
+                                      ({"seed": "42"}, 3, "training_args.bin: seed: argument of the wrong type"),
+                                      ({"save_steps": None}, 3, "training_args.bin: save_steps: argument of the wrong type"),
+                                      ({"seed": -1}, 2, "--seed: must be between 0 and 2**32 - 1 (numpy's range)"),
+                                      ({"save_total_limit": 0}, 2, "--save-total-limit: must be positive")):
+            run = self.copy()
+            path = os.path.join(run, "checkpoint-20", "training_args.bin")
+            args = torch.load(path)
+            args.update(change)
+            torch.save(args, path)
+            r = ckpt("resume", run, "--max-steps", "30")
+            self.assertEqual(r.returncode, code, (change, r.stderr))
+            self.assertIn(message, r.stderr)
+            shutil.rmtree(run)
 
     def test_missing_rng_state_warns(self):
         run = self.copy()
