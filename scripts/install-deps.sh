@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake pkg-config clang libclang-rt-14-dev
+  build-essential cmake pkg-config clang libclang-rt-14-dev clang-format
   libtorch-dev libgloo-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev libzstd-dev doctest-dev
   python3-torch python3-numpy

@@ -39,7 +39,8 @@ unsigned thread_count(const ArchiveOptions& options) {
 // own chunk size, so the threads are capped to keep that within 1 GiB.
 unsigned bounded_threads(const ArchiveOptions& options, std::uint64_t chunk_size) {
   constexpr std::uint64_t kBudget = 1ull << 30;
-  return static_cast<unsigned>(std::max<std::uint64_t>(1, std::min<std::uint64_t>(thread_count(options), kBudget / (5 * chunk_size))));
+  return static_cast<unsigned>(
+      std::max<std::uint64_t>(1, std::min<std::uint64_t>(thread_count(options), kBudget / (5 * chunk_size))));
 }
 
 // ---- reading a checkpoint directory ----
@@ -90,25 +91,30 @@ void layout_for(DType dtype, Segment& s) {
 
 // Names for the tensors of a pickled value: the path of dict keys and sequence indices that first reaches each
 // (as checkpoint/structure.hpp names them). Each node is visited once, so shared references cost nothing.
-void name_tensors(const Graph& g, NodeId node, const std::string& path, std::vector<bool>& seen, std::vector<std::string>& names) {
+void name_tensors(const Graph& g, NodeId node, const std::string& path, std::vector<bool>& seen,
+                  std::vector<std::string>& names) {
   if (seen[node]) return;
   seen[node] = true;
   const auto& n = g.at(node);
   auto child = [&](const std::string& key) { return path.empty() ? key : path + "." + key; };
   switch (n.kind) {
     case Kind::tensor:
-      if (names[static_cast<std::size_t>(n.integer)].empty()) names[static_cast<std::size_t>(n.integer)] = path.empty() ? "." : path;
+      if (names[static_cast<std::size_t>(n.integer)].empty())
+        names[static_cast<std::size_t>(n.integer)] = path.empty() ? "." : path;
       break;
     case Kind::dict:
       for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) {
         const auto& key = g.at(n.items[i]);
-        const std::string k = key.kind == Kind::string ? key.text : key.kind == Kind::integer ? std::to_string(key.integer) : std::to_string(i / 2);
+        const std::string k = key.kind == Kind::string    ? key.text
+                              : key.kind == Kind::integer ? std::to_string(key.integer)
+                                                          : std::to_string(i / 2);
         name_tensors(g, n.items[i + 1], child(k), seen, names);
       }
       break;
     case Kind::list:
     case Kind::tuple:
-      for (std::size_t i = 0; i < n.items.size(); ++i) name_tensors(g, n.items[i], child(std::to_string(i)), seen, names);
+      for (std::size_t i = 0; i < n.items.size(); ++i)
+        name_tensors(g, n.items[i], child(std::to_string(i)), seen, names);
       break;
     default:
       break;
@@ -129,7 +135,8 @@ std::vector<std::size_t> cut_segments(InputFile& in, const std::vector<StorageSp
   std::vector<std::size_t> segment_of(spans.size(), kNoSegment);
   std::vector<std::size_t> order(spans.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return spans[a].offset < spans[b].offset; });
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t a, std::size_t b) { return spans[a].offset < spans[b].offset; });
   std::uint64_t at = 0;
   auto add = [&](std::uint64_t size, std::optional<DType> dtype) {
     Segment s;
@@ -140,7 +147,8 @@ std::vector<std::size_t> cut_segments(InputFile& in, const std::vector<StorageSp
   };
   for (std::size_t i : order) {
     const auto& sp = spans[i];
-    if (sp.offset < at || sp.size > in.bytes.size() || sp.offset > in.bytes.size() - sp.size) continue;  // left inside a bytes segment
+    if (sp.offset < at || sp.size > in.bytes.size() || sp.offset > in.bytes.size() - sp.size)
+      continue;  // left inside a bytes segment
     if (sp.offset > at) add(sp.offset - at, std::nullopt);
     segment_of[i] = add(sp.size, sp.dtype);
     at = sp.offset + sp.size;
@@ -181,7 +189,8 @@ void plan_file(InputFile& in, std::size_t file_index, archive::File& out, std::v
       std::vector<StorageSpan> spans;
       for (std::size_t i = 0; i < g.storages.size(); ++i) {
         const auto bytes = in.torch->storage_bytes(i);
-        spans.push_back({static_cast<std::uint64_t>(bytes.data() - in.bytes.data()), bytes.size(), g.storages[i].dtype});
+        spans.push_back(
+            {static_cast<std::uint64_t>(bytes.data() - in.bytes.data()), bytes.size(), g.storages[i].dtype});
       }
       const auto segment_of = cut_segments(in, spans, out);
       std::vector<bool> seen(g.size(), false);
@@ -197,8 +206,8 @@ void plan_file(InputFile& in, std::size_t file_index, archive::File& out, std::v
         const auto numel = torch_archive::numel(t.shape);
         const std::uint64_t offset = static_cast<std::uint64_t>(t.storage_offset);
         if (!numel || offset > size / esize || *numel > (size - offset * esize) / esize) continue;
-        tensors.push_back({names[i].empty() ? "data/" + g.storages[t.storage].key : names[i], t.dtype, t.shape, file_index,
-                           segment_of[t.storage], offset * esize});
+        tensors.push_back({names[i].empty() ? "data/" + g.storages[t.storage].key : names[i], t.dtype, t.shape,
+                           file_index, segment_of[t.storage], offset * esize});
       }
       return;
     }
@@ -209,7 +218,8 @@ void plan_file(InputFile& in, std::size_t file_index, archive::File& out, std::v
       in.mapped = std::make_unique<MappedFile>(in.path);
       in.bytes = in.mapped->bytes();
     }
-    const auto first_tensor = std::find_if(tensors.begin(), tensors.end(), [&](const archive::Tensor& t) { return t.file == file_index; });
+    const auto first_tensor =
+        std::find_if(tensors.begin(), tensors.end(), [&](const archive::Tensor& t) { return t.file == file_index; });
     tensors.erase(first_tensor, tensors.end());
   }
   out.segments.clear();
@@ -253,8 +263,8 @@ std::vector<ChunkJob> chunk_jobs(const Manifest& m) {
 
 // Decodes chunk `job.chunk` of a segment into `raw` (through `stored`, the frames as the archive holds them).
 // Throws corrupt naming the archive, the file and what the segment holds.
-void decode_chunk(const ReadOnlyFile& archive_file, const Manifest& m, const ChunkJob& job, archive::ChunkCoder& coder, ByteBuffer& stored,
-                  ByteBuffer& raw) {
+void decode_chunk(const ReadOnlyFile& archive_file, const Manifest& m, const ChunkJob& job, archive::ChunkCoder& coder,
+                  ByteBuffer& stored, ByteBuffer& raw) {
   const auto& segment = m.files[job.file].segments[job.segment];
   const auto extent = archive::chunk_extent(segment, job.chunk);
   stored.resize(extent.size);
@@ -263,8 +273,10 @@ void decode_chunk(const ReadOnlyFile& archive_file, const Manifest& m, const Chu
   try {
     coder.decode(segment, job.chunk, stored.span(), extent.offset, raw.span());
   } catch (const Error& e) {
-    throw Error(e.kind(), archive_file.path(), m.files[job.file].name + ": " + segment_label(m, job.file, job.segment, job.file_offset) + ": " + e.where(),
-                e.detail());
+    throw Error(
+        e.kind(), archive_file.path(),
+        m.files[job.file].name + ": " + segment_label(m, job.file, job.segment, job.file_offset) + ": " + e.where(),
+        e.detail());
   }
 }
 
@@ -304,7 +316,8 @@ void decode_all(const ReadOnlyFile& archive_file, const Manifest& m, const Archi
   std::uint64_t done = 0;
   auto finish = [&](std::size_t f) {
     if (hash.finish() != m.files[f].sha256) {
-      throw Error(ErrorKind::corrupt, archive_path, m.files[f].name, "sha256 mismatch: the restored bytes differ from the archived file");
+      throw Error(ErrorKind::corrupt, archive_path, m.files[f].name,
+                  "sha256 mismatch: the restored bytes differ from the archived file");
     }
     end_file(f);
   };
@@ -386,7 +399,8 @@ std::optional<TrainerStateSummary> trainer_state_from_manifest(const json::Json&
   return s;
 }
 
-ArchiveFiles::ArchiveFiles(const std::string& archive_path) : file_(archive_path), manifest_(archive::read_manifest(file_)) {
+ArchiveFiles::ArchiveFiles(const std::string& archive_path)
+    : file_(archive_path), manifest_(archive::read_manifest(file_)) {
   for (const auto& f : manifest_.files) {
     auto& offsets = segment_offsets_.emplace_back();
     std::uint64_t at = 0;
@@ -408,7 +422,8 @@ std::uint64_t ArchiveFiles::load_chunk(std::size_t file, std::uint64_t at, Chunk
   const archive::File& f = manifest_.files[file];
   const auto& offsets = segment_offsets_[file];
   // The last segment beginning at or before `at`: an empty segment shares its offset with the one after it.
-  const std::size_t segment = static_cast<std::size_t>(std::upper_bound(offsets.begin(), offsets.end(), at) - offsets.begin()) - 1;
+  const std::size_t segment =
+      static_cast<std::size_t>(std::upper_bound(offsets.begin(), offsets.end(), at) - offsets.begin()) - 1;
   const std::uint64_t chunk = (at - offsets[segment]) / manifest_.chunk_size;
   const ChunkJob job{file, segment, chunk, offsets[segment] + chunk * manifest_.chunk_size,
                      archive::chunk_length(f.segments[segment], manifest_.chunk_size, chunk)};
@@ -427,12 +442,14 @@ std::uint64_t ArchiveFiles::load_chunk(std::size_t file, std::uint64_t at, Chunk
 void ArchiveFiles::read(std::size_t file, std::uint64_t offset, std::span<std::uint8_t> out, ChunkCache& cache) const {
   const archive::File& f = manifest_.files[file];
   if (offset > f.size || out.size() > f.size - offset) {
-    throw Error(ErrorKind::corrupt, path(), f.name + ": byte " + std::to_string(offset), "read past the end of the file");
+    throw Error(ErrorKind::corrupt, path(), f.name + ": byte " + std::to_string(offset),
+                "read past the end of the file");
   }
   for (std::size_t done = 0; done < out.size();) {
     const std::uint64_t at = offset + done;
     const std::uint64_t in_chunk = at - load_chunk(file, at, cache);
-    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(out.size() - done, cache.raw.size() - in_chunk));
+    const std::size_t n =
+        static_cast<std::size_t>(std::min<std::uint64_t>(out.size() - done, cache.raw.size() - in_chunk));
     std::memcpy(out.data() + done, cache.raw.data() + in_chunk, n);
     done += n;
   }
@@ -476,13 +493,15 @@ ArchiveInfo read_archive_info(const std::string& archive_path) {
   return info;
 }
 
-ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& archive_path, const ArchiveOptions& options) {
+ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& archive_path,
+                                  const ArchiveOptions& options) {
   std::error_code ec;
   fs_util::require_directory(dir);
   if (fs::exists(fs::symlink_status(archive_path, ec)) && !options.force) {
     throw Error(ErrorKind::invalid_argument, archive_path, "", "already exists; pass --force to replace it");
   }
-  if (options.chunk_size < archive::kMinChunkSize || options.chunk_size > archive::kMaxChunkSize || options.chunk_size % archive::kMaxElementSize) {
+  if (options.chunk_size < archive::kMinChunkSize || options.chunk_size > archive::kMaxChunkSize ||
+      options.chunk_size % archive::kMaxElementSize) {
     throw Error(ErrorKind::invalid_argument, "", "chunk size", "out of range");
   }
   fs_util::create_parent_directories(archive_path);
@@ -504,7 +523,8 @@ ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& arc
     inputs[i].bytes = {};
     inputs[i].reader = std::make_unique<ReadOnlyFile>(inputs[i].path);
     if (inputs[i].reader->size() < m.files[i].size) fail_shrank(inputs[i].path, "");
-    if (inputs[i].reader->size() != m.files[i].size) throw Error(ErrorKind::io, inputs[i].path, "", "changed size while being archived");
+    if (inputs[i].reader->size() != m.files[i].size)
+      throw Error(ErrorKind::io, inputs[i].path, "", "changed size while being archived");
   }
 
   const auto jobs = chunk_jobs(m);
@@ -539,7 +559,8 @@ ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& arc
         try {
           slot.frames = coders[worker]->encode(slot.raw.span(), m.files[job.file].segments[job.segment], slot.stored);
         } catch (const Error& e) {
-          throw Error(e.kind(), inputs[job.file].path, segment_label(m, job.file, job.segment, job.file_offset) + ": " + e.where(), e.detail());
+          throw Error(e.kind(), inputs[job.file].path,
+                      segment_label(m, job.file, job.segment, job.file_offset) + ": " + e.where(), e.detail());
         }
       },
       [&](std::size_t j) {
@@ -570,7 +591,8 @@ ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& arc
 
 // Writes every file of the archive into the existing directory `dir`; with `durable`, fsyncs them and the
 // subdirectories it made (the caller fsyncs `dir` itself). Modes are set last, once nothing needs to reopen a file.
-void write_files(const ReadOnlyFile& archive_file, const Manifest& m, const ArchiveOptions& options, const std::string& dir, bool durable) {
+void write_files(const ReadOnlyFile& archive_file, const Manifest& m, const ArchiveOptions& options,
+                 const std::string& dir, bool durable) {
   std::vector<std::string> written;
   std::vector<std::string> directories;
   std::unique_ptr<AtomicFile> file;
@@ -581,8 +603,10 @@ void write_files(const ReadOnlyFile& archive_file, const Manifest& m, const Arch
         if (path.parent_path() != fs::path(dir) && !fs::is_directory(path.parent_path())) {
           std::error_code mk;
           fs::create_directories(path.parent_path(), mk);
-          if (mk) throw Error(ErrorKind::io, path.parent_path().string(), "", "cannot create directory: " + mk.message());
-          for (fs::path p = path.parent_path(); p != fs::path(dir); p = p.parent_path()) directories.push_back(p.string());
+          if (mk)
+            throw Error(ErrorKind::io, path.parent_path().string(), "", "cannot create directory: " + mk.message());
+          for (fs::path p = path.parent_path(); p != fs::path(dir); p = p.parent_path())
+            directories.push_back(p.string());
         }
         file = std::make_unique<AtomicFile>(path.string(), WriteOptions{.direct = true, .durable = false});
       },
@@ -615,11 +639,13 @@ ArchiveSummary restore_archive(const std::string& archive_path, const std::strin
   for (const auto& file : m.files) names.insert(file.name);
   require_replaceable(dir, names);  // before decoding anything
   fs_util::create_parent_directories(dir);
-  build_output_directory(dir, names, [&](const std::string& staging) { write_files(archive_file, m, options, staging, true); });
+  build_output_directory(dir, names,
+                         [&](const std::string& staging) { write_files(archive_file, m, options, staging, true); });
   return summary_of(m, archive_path, archive_file.size());
 }
 
-ArchiveSummary extract_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options, bool durable) {
+ArchiveSummary extract_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options,
+                               bool durable) {
   ReadOnlyFile archive_file(archive_path);
   const Manifest m = archive::read_manifest(archive_file);
   write_files(archive_file, m, options, dir, durable);
@@ -630,7 +656,8 @@ ArchiveSummary verify_archive(const std::string& archive_path, const ArchiveOpti
   ReadOnlyFile archive_file(archive_path);
   const Manifest m = archive::read_manifest(archive_file);
   decode_all(
-      archive_file, m, options, [](std::size_t) {}, [](std::size_t, std::span<const std::uint8_t>) {}, [](std::size_t) {});
+      archive_file, m, options, [](std::size_t) {}, [](std::size_t, std::span<const std::uint8_t>) {},
+      [](std::size_t) {});
   return summary_of(m, archive_path, archive_file.size());
 }
 

@@ -30,7 +30,7 @@ struct ArchiveOptions {
   int level = kDefaultArchiveLevel;  // zstd level for the frames it tries
   unsigned threads = 0;              // 0: every core
   std::uint64_t chunk_size = 4u << 20;
-  bool force = false;                // replace an existing destination
+  bool force = false;  // replace an existing destination
   // Called with bytes done and bytes in all.
   std::function<void(std::uint64_t, std::uint64_t)> progress;
   // Set (by a signal handler) to stop: archiving and restoring throw Error(interrupted) at the next chunk, and what
@@ -46,13 +46,16 @@ struct ArchiveSummary {
   std::uint64_t archive_bytes = 0;
   std::size_t files = 0;
   std::size_t tensors = 0;
-  double ratio() const { return archive_bytes ? static_cast<double>(original_bytes) / static_cast<double>(archive_bytes) : 0; }
+  double ratio() const {
+    return archive_bytes ? static_cast<double>(original_bytes) / static_cast<double>(archive_bytes) : 0;
+  }
 };
 
 // Writes `archive_path` atomically from the checkpoint directory `dir` (regular files and subdirectories;
 // a symlink or special file inside is refused). Throws Error: not_found, invalid_argument (an existing
 // destination without force), unsupported, io.
-ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& archive_path, const ArchiveOptions& options);
+ArchiveSummary archive_checkpoint(const std::string& dir, const std::string& archive_path,
+                                  const ArchiveOptions& options);
 
 // Restores an archive into the directory `dir`, which appears complete or not at all; every file's sha256 is
 // checked before. Throws Error: corrupt (naming the file and tensor), unsupported, invalid_argument, io.
@@ -63,7 +66,8 @@ ArchiveSummary restore_archive(const std::string& archive_path, const std::strin
 // tag restores into a staging directory); without, nothing is, for a copy that lives only as long as its caller
 // (resume restores into a staging directory it removes). Throws like restore_archive; what was written stays for
 // the caller to remove.
-ArchiveSummary extract_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options, bool durable);
+ArchiveSummary extract_archive(const std::string& archive_path, const std::string& dir, const ArchiveOptions& options,
+                               bool durable);
 
 // Decodes every frame and checks every file's sha256 without writing anything. Throws like restore_archive.
 ArchiveSummary verify_archive(const std::string& archive_path, const ArchiveOptions& options);

@@ -5,9 +5,7 @@
 
 namespace ckpt::checkpoint {
 
-std::string normalize_metric(const std::string& name) {
-  return name.rfind("eval_", 0) == 0 ? name : "eval_" + name;
-}
+std::string normalize_metric(const std::string& name) { return name.rfind("eval_", 0) == 0 ? name : "eval_" + name; }
 
 bool default_greater_is_better(const std::string& metric) { return metric.find("loss") == std::string::npos; }
 
@@ -75,7 +73,8 @@ std::optional<BestCheckpoint> find_best(const RunScan& scan, const BestOptions& 
         for (std::size_t i = 0; i < scan.entries.size(); ++i) {
           const RunEntry& e = scan.entries[i];
           if (e.kind == kind && e.complete && (kind == EntryKind::checkpoint ? e.name : e.archived_name) == *name) {
-            return BestCheckpoint{i, best_metric_name(*source.state).value_or(""), source.state->best_metric, "trainer_state"};
+            return BestCheckpoint{i, best_metric_name(*source.state).value_or(""), source.state->best_metric,
+                                  "trainer_state"};
           }
         }
       }

@@ -11,15 +11,15 @@
 namespace ckpt::checkpoint {
 
 struct BestOptions {
-  std::optional<std::string> metric;         // recompute with this metric ("eval_" is prefixed if missing)
-  std::optional<bool> greater_is_better;     // default: false for names containing "loss", else true
+  std::optional<std::string> metric;      // recompute with this metric ("eval_" is prefixed if missing)
+  std::optional<bool> greater_is_better;  // default: false for names containing "loss", else true
 };
 
 struct BestCheckpoint {
-  std::size_t entry = 0;            // index into RunScan::entries
-  std::string metric;               // the metric compared (from trainer_state: best_metric_name); empty when unknown
-  std::optional<double> value;      // its value at the best checkpoint
-  std::string source;               // "trainer_state" or "recomputed"
+  std::size_t entry = 0;        // index into RunScan::entries
+  std::string metric;           // the metric compared (from trainer_state: best_metric_name); empty when unknown
+  std::optional<double> value;  // its value at the best checkpoint
+  std::string source;           // "trainer_state" or "recomputed"
 };
 
 // The evaluation metrics a checkpoint reached: the newest evaluation logged at or before its step, from its

@@ -25,7 +25,8 @@ namespace fs = std::filesystem;
 namespace {
 
 bool is_shard_file_name(const std::string& name) {
-  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos && name.find('\0') == std::string::npos;
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
 }
 
 }  // namespace
@@ -51,13 +52,15 @@ std::optional<WeightsFiles> find_weights(const std::string& dir) {
   });
 }
 
-std::optional<WeightsFiles> find_weights_in(const std::function<std::optional<std::string>(const std::string& name)>& path_of) {
+std::optional<WeightsFiles> find_weights_in(
+    const std::function<std::optional<std::string>(const std::string& name)>& path_of) {
   for (const char* index : {"model.safetensors.index.json", "pytorch_model.bin.index.json"}) {
     const auto path = path_of(index);
     if (!path) continue;
     return WeightsFiles{index, read_weights_index(*path).files};
   }
-  for (const char* single : {"model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin"}) {
+  for (const char* single :
+       {"model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin"}) {
     if (path_of(single)) return WeightsFiles{std::nullopt, {single}};
   }
   return std::nullopt;
@@ -128,7 +131,8 @@ bool assess_files_and_weights(const fs::path& base, Completeness& result) {
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(base, ec)) {
     struct stat st {};
-    if (::lstat(entry.path().c_str(), &st) != 0 || S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode)) continue;
+    if (::lstat(entry.path().c_str(), &st) != 0 || S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode))
+      continue;
     result.problems.push_back(entry.path().string() + ": not a regular file (" + file_type_name(st.st_mode) + ")");
     result.unreadable = true;
   }
@@ -157,11 +161,14 @@ bool assess_files_and_weights(const fs::path& base, Completeness& result) {
             const auto header = safetensors::read_header(path);
             const bool structure = std::any_of(header.metadata.begin(), header.metadata.end(),
                                                [](const auto& m) { return m.first == kStructureKey; });
-            if (structure) throw Error(ErrorKind::unsupported, path, "", "holds another checkpoint file (ckpt_structure), not weights");
+            if (structure)
+              throw Error(ErrorKind::unsupported, path, "",
+                          "holds another checkpoint file (ckpt_structure), not weights");
             if (header.tensors.empty()) throw Error(ErrorKind::unsupported, path, "", "holds no tensors, not weights");
           } else {
             torch_archive::TorchFile torch(path);
-            if (auto why = kind_problem(torch.graph(), FileKind::weights)) throw Error(ErrorKind::unsupported, path, "", "is not weights: " + *why);
+            if (auto why = kind_problem(torch.graph(), FileKind::weights))
+              throw Error(ErrorKind::unsupported, path, "", "is not weights: " + *why);
           }
         } catch (const Error& e) {
           result.problems.push_back(e.with_context(path, "").what());
@@ -178,8 +185,8 @@ bool assess_files_and_weights(const fs::path& base, Completeness& result) {
 
 }  // namespace
 
-const std::pair<const std::int64_t, std::map<std::string, double>>* newest_evaluation_at(const TrainerStateSummary& state,
-                                                                                       std::int64_t step) {
+const std::pair<const std::int64_t, std::map<std::string, double>>* newest_evaluation_at(
+    const TrainerStateSummary& state, std::int64_t step) {
   const auto after = state.eval_by_step.upper_bound(step);
   return after == state.eval_by_step.begin() ? nullptr : &*std::prev(after);
 }

@@ -46,20 +46,24 @@ namespace {
 // ---- weights conversion ----
 
 // Writes weights as one file at `file_path`, or with a shard limit as shards and an index inside `dir`.
-void write_weights(const std::vector<Weight>& weights, const std::optional<json::Json>& attributes, const ConvertOptions& options,
-                   const std::string& file_path, const std::string& dir, std::vector<std::string> sources, ConvertResult& result) {
+void write_weights(const std::vector<Weight>& weights, const std::optional<json::Json>& attributes,
+                   const ConvertOptions& options, const std::string& file_path, const std::string& dir,
+                   std::vector<std::string> sources, ConvertResult& result) {
   const WeightsPlan plan = plan_shards(weights, options);
   Progress progress{options, inputs_label(sources)};
   progress.total = plan.total_size;
-  const std::string joined_sources = sources.size() == 1 ? sources.front() : fs::path(sources.front()).parent_path().string();
+  const std::string joined_sources =
+      sources.size() == 1 ? sources.front() : fs::path(sources.front()).parent_path().string();
   for (const auto& w : weights) {
     if (w.tied_to && options.to == ConvertTarget::safetensors) {
-      result.notes.push_back("'" + w.name + "' is tied to '" + *w.tied_to + "': stored once, the alias recorded in __metadata__ ckpt_aliases");
+      result.notes.push_back("'" + w.name + "' is tied to '" + *w.tied_to +
+                             "': stored once, the alias recorded in __metadata__ ckpt_aliases");
     }
   }
   if (plan.shards.size() == 1 && !options.max_shard_size) {
     if (!options.dry_run) write_weights_file(file_path, weights, plan.shards[0], attributes, options, progress);
-    result.files.push_back({joined_sources, file_path, "converted", options.dry_run ? 0 : file_size_or_zero(file_path)});
+    result.files.push_back(
+        {joined_sources, file_path, "converted", options.dry_run ? 0 : file_size_or_zero(file_path)});
     return;
   }
   if (plan.shards.size() == 1) {
@@ -73,7 +77,8 @@ void write_weights(const std::vector<Weight>& weights, const std::optional<json:
     const std::string name = shard_name(format_of(options.to), k, plan.shards.size());
     const std::string path = (fs::path(dir) / name).string();
     // The state dict's _metadata goes with the first shard, as each shard of torch's own sharding is a plain dict.
-    if (!options.dry_run) write_weights_file(path, weights, plan.shards[k], k == 0 ? attributes : std::nullopt, options, progress);
+    if (!options.dry_run)
+      write_weights_file(path, weights, plan.shards[k], k == 0 ? attributes : std::nullopt, options, progress);
     result.files.push_back({joined_sources, path, "converted", options.dry_run ? 0 : file_size_or_zero(path)});
     for (std::size_t i : plan.shards[k]) entries.emplace_back(weights[i].name, name);
   }
@@ -142,7 +147,8 @@ void rebase(ConvertResult& result, std::size_t from, const std::string& staging,
   }
 }
 
-void convert_directory(const std::string& source, const std::string& destination, const ConvertOptions& options, ConvertResult& result) {
+void convert_directory(const std::string& source, const std::string& destination, const ConvertOptions& options,
+                       ConvertResult& result) {
   const auto weights = find_weights(source);
   std::set<std::string> weight_files;
   if (weights) {
@@ -159,8 +165,11 @@ void convert_directory(const std::string& source, const std::string& destination
   std::optional<OptimizerShards> shards;
   if (options.consolidate) {
     shards = find_optimizer_shards(source);
-    if (!shards) throw Error(ErrorKind::invalid_argument, source, "", "has no optimizer shards (optimizer_<rank>.pt) to consolidate");
-    if (fs::exists(fs::path(source) / "optimizer.pt")) throw Error(ErrorKind::corrupt, source, "", "holds both optimizer.pt and optimizer shards");
+    if (!shards)
+      throw Error(ErrorKind::invalid_argument, source, "",
+                  "has no optimizer shards (optimizer_<rank>.pt) to consolidate");
+    if (fs::exists(fs::path(source) / "optimizer.pt"))
+      throw Error(ErrorKind::corrupt, source, "", "holds both optimizer.pt and optimizer shards");
   }
   const bool convert_weights_here = weights && !options.copy_weights;
 
@@ -171,11 +180,14 @@ void convert_directory(const std::string& source, const std::string& destination
     if (shards) consolidate_optimizer(source, *shards, (fs::path(out) / "optimizer.pt").string(), options, result);
     if (convert_weights_here) {
       std::vector<std::unique_ptr<Source>> loaded;
-      if (weights->index) loaded = load_index((fs::path(source) / *weights->index).string());
-      else loaded.push_back(load_source((fs::path(source) / weights->files.front()).string()));
+      if (weights->index)
+        loaded = load_index((fs::path(source) / *weights->index).string());
+      else
+        loaded.push_back(load_source((fs::path(source) / weights->files.front()).string()));
       std::vector<const Source*> views;
       for (const auto& s : loaded) views.push_back(s.get());
-      convert_weights(views, (fs::path(out) / single_weights_name(format_of(options.to))).string(), out, options, result);
+      convert_weights(views, (fs::path(out) / single_weights_name(format_of(options.to))).string(), out, options,
+                      result);
     }
     for (const auto& name : names) {
       stop_if_interrupted(options.interrupted);
@@ -244,7 +256,8 @@ ConvertResult convert(const std::string& source, const std::string& destination,
     convert_directory(source, destination, options, result);
     return result;
   }
-  if (options.consolidate) throw Error(ErrorKind::invalid_argument, source, "", "--consolidate takes a checkpoint directory");
+  if (options.consolidate)
+    throw Error(ErrorKind::invalid_argument, source, "", "--consolidate takes a checkpoint directory");
 
   // A single file: an index (merged), weights, or another checkpoint file.
   if (source.ends_with(".index.json")) {

@@ -33,9 +33,9 @@ struct ConvertOptions {
   // In a directory: merge the optimizer shards (optimizer_<rank>.pt, checkpoint/shards.hpp) into one optimizer.pt
   // that torch.optim loads.
   bool consolidate = false;
-  bool copy_weights = false;                    // in a directory: copy the weights as they are, whatever `to`
+  bool copy_weights = false;  // in a directory: copy the weights as they are, whatever `to`
   bool dry_run = false;
-  bool force = false;                           // replace an existing destination
+  bool force = false;  // replace an existing destination
   // Called as tensor data is written, with the input file being converted (its name; the first of several and how
   // many more) and its bytes done and in all.
   std::function<void(const std::string& file, std::uint64_t done, std::uint64_t total)> progress;
@@ -45,7 +45,7 @@ struct ConvertOptions {
 };
 
 struct ConvertedFile {
-  std::string source;       // empty for files made from scratch (an index)
+  std::string source;  // empty for files made from scratch (an index)
   std::string destination;
   std::string action;       // converted, copied, written, converted one way to JSON
   std::uint64_t bytes = 0;  // of the destination (0 on a dry run)

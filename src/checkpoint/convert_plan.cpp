@@ -23,8 +23,11 @@ const pickle::TensorRef& tensor_of(const Weight& w) {
 
 void collect_weights(const Source& s, std::vector<Weight>& out) {
   const Graph& g = s.graph();
-  if (!is_state_dict(g)) throw Error(ErrorKind::unsupported, s.path, "", "not a state dict of tensors (an object or other values where weights were expected)");
-  using ViewKey = std::tuple<const Source*, std::uint32_t, std::int64_t, std::vector<std::int64_t>, std::vector<std::int64_t>>;
+  if (!is_state_dict(g))
+    throw Error(ErrorKind::unsupported, s.path, "",
+                "not a state dict of tensors (an object or other values where weights were expected)");
+  using ViewKey =
+      std::tuple<const Source*, std::uint32_t, std::int64_t, std::vector<std::int64_t>, std::vector<std::int64_t>>;
   std::map<ViewKey, std::string> first;
   for (const auto& w : out) {
     const auto& t = tensor_of(w);
@@ -44,7 +47,9 @@ DType output_dtype(DType dtype, const ConvertOptions& options) {
   return options.dtype && is_floating(dtype) && can_cast(dtype, *options.dtype) ? *options.dtype : dtype;
 }
 
-std::uint64_t nbytes_of(const std::vector<std::int64_t>& shape, DType dtype) { return *torch_archive::numel(shape) * element_size(dtype); }
+std::uint64_t nbytes_of(const std::vector<std::int64_t>& shape, DType dtype) {
+  return *torch_archive::numel(shape) * element_size(dtype);
+}
 
 WeightsPlan plan_shards(const std::vector<Weight>& weights, const ConvertOptions& options) {
   WeightsPlan plan;
@@ -72,7 +77,9 @@ WeightsPlan plan_shards(const std::vector<Weight>& weights, const ConvertOptions
   return plan;
 }
 
-WeightsFormat format_of(ConvertTarget to) { return to == ConvertTarget::safetensors ? WeightsFormat::safetensors : WeightsFormat::pytorch; }
+WeightsFormat format_of(ConvertTarget to) {
+  return to == ConvertTarget::safetensors ? WeightsFormat::safetensors : WeightsFormat::pytorch;
+}
 
 void check_dtype_option(const ConvertOptions& options) {
   if (options.dtype && !can_cast(DType::float32, *options.dtype)) {
@@ -95,11 +102,12 @@ std::string restored_state_name(const Source& s) {
     if (it->second == stem + extension) return it->second;
   }
   throw Error(ErrorKind::corrupt, s.path, std::string("__metadata__ ") + kSourceNameKey,
-              "names '" + it->second + "', but a file stored as " + stem + ".safetensors can only go back to " + stem + ".pt, " + stem +
-                  ".pth or " + stem + ".bin");
+              "names '" + it->second + "', but a file stored as " + stem + ".safetensors can only go back to " + stem +
+                  ".pt, " + stem + ".pth or " + stem + ".bin");
 }
 
-void claim_output(const ConvertResult& result, std::size_t first, const std::string& destination, const std::string& input) {
+void claim_output(const ConvertResult& result, std::size_t first, const std::string& destination,
+                  const std::string& input) {
   for (std::size_t i = first; i < result.files.size(); ++i) {
     if (result.files[i].destination != destination) continue;
     const std::string& earlier = result.files[i].source.empty() ? "the weights index" : result.files[i].source;
@@ -127,9 +135,15 @@ std::optional<std::uint64_t> scaled(const std::string& number, std::uint64_t fac
 }  // namespace
 
 std::optional<std::uint64_t> parse_size(const std::string& text) {
-  static const std::pair<const char*, std::uint64_t> kUnits[] = {
-      {"KIB", 1ull << 10}, {"MIB", 1ull << 20}, {"GIB", 1ull << 30}, {"TIB", 1ull << 40}, {"KB", 1000ull},
-      {"MB", 1000ull * 1000}, {"GB", 1000ull * 1000 * 1000}, {"TB", 1000ull * 1000 * 1000 * 1000}, {"B", 1}};
+  static const std::pair<const char*, std::uint64_t> kUnits[] = {{"KIB", 1ull << 10},
+                                                                 {"MIB", 1ull << 20},
+                                                                 {"GIB", 1ull << 30},
+                                                                 {"TIB", 1ull << 40},
+                                                                 {"KB", 1000ull},
+                                                                 {"MB", 1000ull * 1000},
+                                                                 {"GB", 1000ull * 1000 * 1000},
+                                                                 {"TB", 1000ull * 1000 * 1000 * 1000},
+                                                                 {"B", 1}};
   std::string upper;
   for (char c : text) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   for (const auto& [suffix, factor] : kUnits) {

@@ -22,8 +22,8 @@ namespace ckpt::checkpoint::convert_detail {
 struct Weight {
   std::string name;
   const Source* source = nullptr;
-  pickle::NodeId node = 0;              // the tensor node in the source's graph
-  std::optional<std::string> tied_to;   // the same view as an earlier tensor
+  pickle::NodeId node = 0;             // the tensor node in the source's graph
+  std::optional<std::string> tied_to;  // the same view as an earlier tensor
 };
 
 const pickle::TensorRef& tensor_of(const Weight& w);
@@ -65,6 +65,7 @@ std::string restored_state_name(const Source& s);
 // Every output of a directory conversion is made from one input: a second input that would become the same file
 // (a copied file named like a converted one, two names converting to one) is refused (unsupported, naming `input`)
 // before it replaces the first. `first`: the first of result.files that this conversion made.
-void claim_output(const ConvertResult& result, std::size_t first, const std::string& destination, const std::string& input);
+void claim_output(const ConvertResult& result, std::size_t first, const std::string& destination,
+                  const std::string& input);
 
 }  // namespace ckpt::checkpoint::convert_detail

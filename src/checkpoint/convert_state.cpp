@@ -17,7 +17,8 @@ using pickle::Graph;
 using pickle::Kind;
 using pickle::NodeId;
 
-void convert_state(const Source& s, const std::string& destination, const ConvertOptions& options, ConvertResult& result) {
+void convert_state(const Source& s, const std::string& destination, const ConvertOptions& options,
+                   ConvertResult& result) {
   Progress progress{options, inputs_label({s.path})};
   if (options.to == ConvertTarget::safetensors) {
     std::vector<NamedArray> arrays;
@@ -39,7 +40,9 @@ void convert_state(const Source& s, const std::string& destination, const Conver
       }
     }
     const std::vector<std::pair<std::string, std::string>> metadata = {
-        {"format", "pt"}, {kStructureKey, json::dump(structure)}, {kSourceNameKey, fs::path(s.path).filename().string()}};
+        {"format", "pt"},
+        {kStructureKey, json::dump(structure)},
+        {kSourceNameKey, fs::path(s.path).filename().string()}};
     if (!options.dry_run) write_safetensors_file(destination, std::move(items), metadata, progress);
   } else {
     if (!s.safetensors || (!s.has_structure() && !is_state_dict(s.graph()))) {
@@ -54,11 +57,12 @@ void convert_state(const Source& s, const std::string& destination, const Conver
   result.files.push_back({s.path, destination, "converted", options.dry_run ? 0 : file_size_or_zero(destination)});
 }
 
-void consolidate_optimizer(const std::string& dir, const OptimizerShards& shards, const std::string& destination, const ConvertOptions& options,
-                           ConvertResult& result) {
+void consolidate_optimizer(const std::string& dir, const OptimizerShards& shards, const std::string& destination,
+                           const ConvertOptions& options, ConvertResult& result) {
   std::vector<std::unique_ptr<Source>> loaded;
   std::vector<const Source*> views;
-  for (const auto& name : shards.files) views.push_back(loaded.emplace_back(load_source((fs::path(dir) / name).string())).get());
+  for (const auto& name : shards.files)
+    views.push_back(loaded.emplace_back(load_source((fs::path(dir) / name).string())).get());
   check_shard_set(views);
   Graph g;
   std::vector<StorageFill> fills;
@@ -76,7 +80,8 @@ void consolidate_optimizer(const std::string& dir, const OptimizerShards& shards
     }
     const auto& items = sg.at(*state).items;
     for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
-      if (!sg.is(items[i], Kind::integer)) throw Error(ErrorKind::corrupt, s->path, "state", "a key that is not a parameter index");
+      if (!sg.is(items[i], Kind::integer))
+        throw Error(ErrorKind::corrupt, s->path, "state", "a key that is not a parameter index");
       const std::int64_t index = sg.at(items[i]).integer;
       if (!states.emplace(index, std::pair{s.get(), items[i + 1]}).second) {
         throw Error(ErrorKind::corrupt, s->path, "state." + std::to_string(index), "held by two shards");
@@ -103,11 +108,13 @@ void consolidate_optimizer(const std::string& dir, const OptimizerShards& shards
   for (const auto& st : g.storages) progress.total += st.untyped ? st.numel : st.numel * element_size(st.dtype);
   if (!options.dry_run) write_torch_file(destination, g, fills, progress);
   for (const auto& s : loaded) {
-    result.files.push_back({s->path, destination, "consolidated", options.dry_run ? 0 : file_size_or_zero(destination)});
+    result.files.push_back(
+        {s->path, destination, "consolidated", options.dry_run ? 0 : file_size_or_zero(destination)});
   }
 }
 
-void training_args_to_json(const Source& s, const std::string& destination, const ConvertOptions& options, ConvertResult& result) {
+void training_args_to_json(const Source& s, const std::string& destination, const ConvertOptions& options,
+                           ConvertResult& result) {
   const Graph& g = s.graph();
   json::Json doc;
   const pickle::Node& root = g.at(g.root());
@@ -123,13 +130,17 @@ void training_args_to_json(const Source& s, const std::string& destination, cons
     out.write(json::dump(doc, 2) + "\n");
     out.commit();
   }
-  result.files.push_back({s.path, destination, "converted one way to JSON", options.dry_run ? 0 : file_size_or_zero(destination)});
-  result.notes.push_back(fs::path(s.path).filename().string() + " converts one way: its fields as JSON data; the class is not rebuilt");
+  result.files.push_back(
+      {s.path, destination, "converted one way to JSON", options.dry_run ? 0 : file_size_or_zero(destination)});
+  result.notes.push_back(fs::path(s.path).filename().string() +
+                         " converts one way: its fields as JSON data; the class is not rebuilt");
 }
 
-void write_config_with_dtype(const std::string& source, const std::string& destination, DType dtype, const ConvertOptions& options) {
+void write_config_with_dtype(const std::string& source, const std::string& destination, DType dtype,
+                             const ConvertOptions& options) {
   json::Json config = json::parse_file(source);
-  if (!config.is_object()) throw Error(ErrorKind::corrupt, source, "", "is not a JSON object, so its torch_dtype cannot be set");
+  if (!config.is_object())
+    throw Error(ErrorKind::corrupt, source, "", "is not a JSON object, so its torch_dtype cannot be set");
   config["torch_dtype"] = std::string(torch_name(dtype));
   if (options.dry_run) return;
   AtomicFile out(destination);

@@ -38,7 +38,9 @@ class FileSink : public Sink {
  public:
   explicit FileSink(AtomicFile& out) : out_(out) {}
   void write(std::span<const std::uint8_t> bytes) override { out_.write(bytes); }
-  void copy(const ReadOnlyFile& file, std::uint64_t offset, std::uint64_t length) override { out_.copy_from(file, offset, length); }
+  void copy(const ReadOnlyFile& file, std::uint64_t offset, std::uint64_t length) override {
+    out_.copy_from(file, offset, length);
+  }
 
  private:
   AtomicFile& out_;
@@ -48,7 +50,9 @@ class ZipSink : public Sink {
  public:
   explicit ZipSink(zip::Writer& zip) : zip_(zip) {}
   void write(std::span<const std::uint8_t> bytes) override { zip_.append(bytes); }
-  void copy(const ReadOnlyFile& file, std::uint64_t offset, std::uint64_t length) override { zip_.append_file_range(file, offset, length); }
+  void copy(const ReadOnlyFile& file, std::uint64_t offset, std::uint64_t length) override {
+    zip_.append_file_range(file, offset, length);
+  }
 
  private:
   zip::Writer& zip_;
@@ -64,8 +68,8 @@ std::string inputs_label(const std::vector<std::string>& paths) {
 namespace {
 
 // Writes `count` elements starting at byte `offset` of `file` (contiguous), cast from `from` to `to`.
-void write_contiguous(Sink& sink, const MappedFile& file, std::uint64_t offset, std::uint64_t count, DType from, DType to,
-                      bool zero_dim, Progress& progress) {
+void write_contiguous(Sink& sink, const MappedFile& file, std::uint64_t offset, std::uint64_t count, DType from,
+                      DType to, bool zero_dim, Progress& progress) {
   const std::uint64_t in_bytes = count * element_size(from);
   if (from == to) {
     sink.copy(file.file(), offset, in_bytes);
@@ -78,7 +82,8 @@ void write_contiguous(Sink& sink, const MappedFile& file, std::uint64_t offset, 
   for (std::uint64_t done = 0; done < count;) {
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(per_chunk, count - done));
     file.read_at(offset + done * element_size(from), std::span(in).first(n * element_size(from)));
-    cast_elements(std::span(in).first(n * element_size(from)), from, std::span(out).first(n * element_size(to)), to, zero_dim);
+    cast_elements(std::span(in).first(n * element_size(from)), from, std::span(out).first(n * element_size(to)), to,
+                  zero_dim);
     sink.write(std::span(out).first(n * element_size(to)));
     done += n;
     progress.advance(n * element_size(from));
@@ -126,7 +131,8 @@ void write_tensor(Sink& sink, const Source& s, const pickle::TensorRef& t, DType
 
 void check_safetensors_dtype(DType dtype, const std::string& name) {
   if (!safetensors_code(dtype)) {
-    throw Error(ErrorKind::unsupported, "", "tensor '" + name + "'", std::string(torch_name(dtype)) + " has no safetensors dtype");
+    throw Error(ErrorKind::unsupported, "", "tensor '" + name + "'",
+                std::string(torch_name(dtype)) + " has no safetensors dtype");
   }
 }
 
@@ -138,27 +144,36 @@ void write_safetensors_file(const std::string& path, std::vector<SafetensorsItem
   std::map<std::string, const SafetensorsItem*> by_name;
   for (const auto& item : items) {
     check_safetensors_dtype(item.dtype, item.name);
-    layout.push_back({item.name, item.dtype, item.tensor ? item.tensor->shape : std::vector<std::int64_t>{static_cast<std::int64_t>(item.array->data.size())}});
+    layout.push_back({item.name, item.dtype,
+                      item.tensor ? item.tensor->shape
+                                  : std::vector<std::int64_t>{static_cast<std::int64_t>(item.array->data.size())}});
     by_name[item.name] = &item;
   }
-  safetensors::write_file(path, std::move(layout), metadata, [&](const safetensors::OutputTensor& t, AtomicFile& out) {
-    const SafetensorsItem& item = *by_name.at(t.name);
-    FileSink sink(out);
-    if (item.tensor) {
-      write_tensor(sink, *item.source, *item.tensor, item.dtype, progress);
-    } else {
-      sink.write({reinterpret_cast<const std::uint8_t*>(item.array->data.data()), item.array->data.size()});
-    }
-  }, kOutput);
+  safetensors::write_file(
+      path, std::move(layout), metadata,
+      [&](const safetensors::OutputTensor& t, AtomicFile& out) {
+        const SafetensorsItem& item = *by_name.at(t.name);
+        FileSink sink(out);
+        if (item.tensor) {
+          write_tensor(sink, *item.source, *item.tensor, item.dtype, progress);
+        } else {
+          sink.write({reinterpret_cast<const std::uint8_t*>(item.array->data.data()), item.array->data.size()});
+        }
+      },
+      kOutput);
 }
 
-void write_torch_file(const std::string& path, const Graph& g, const std::vector<StorageFill>& fills, Progress& progress) {
-  torch_archive::write_file(path, g, [&](std::size_t i, zip::Writer& zip) {
-    const StorageFill& fill = fills[i];
-    ZipSink sink(zip);
-    write_contiguous(sink, fill.source->file(), fill.source->storage_offsets[fill.source_storage], g.storages[i].numel, fill.from,
-                     g.storages[i].dtype, fill.zero_dim, progress);
-  }, kOutput);
+void write_torch_file(const std::string& path, const Graph& g, const std::vector<StorageFill>& fills,
+                      Progress& progress) {
+  torch_archive::write_file(
+      path, g,
+      [&](std::size_t i, zip::Writer& zip) {
+        const StorageFill& fill = fills[i];
+        ZipSink sink(zip);
+        write_contiguous(sink, fill.source->file(), fill.source->storage_offsets[fill.source_storage],
+                         g.storages[i].numel, fill.from, g.storages[i].dtype, fill.zero_dim, progress);
+      },
+      kOutput);
 }
 
 NodeId GraphBuilder::tensor(const Source& s, NodeId source_node) {
@@ -189,8 +204,10 @@ NodeId copy_value(const Source& s, NodeId node, Graph& g, GraphBuilder& builder)
   std::map<std::string, const pickle::NdArray*> array_by_name;
   for (const auto& a : arrays) {
     const pickle::Node& n = s.graph().at(a.node);
-    if (n.kind == Kind::tensor) tensor_by_name[a.name] = a.node;
-    else array_by_name[a.name] = &s.graph().arrays[static_cast<std::size_t>(n.integer)];
+    if (n.kind == Kind::tensor)
+      tensor_by_name[a.name] = a.node;
+    else
+      array_by_name[a.name] = &s.graph().arrays[static_cast<std::size_t>(n.integer)];
   }
   return decode_structure(
       structure, g,
@@ -218,8 +235,8 @@ std::optional<json::Json> attributes_of(const Source& s) {
   return encode_structure(s.graph(), attrs, arrays);
 }
 
-void write_weights_file(const std::string& path, const std::vector<Weight>& weights, const std::vector<std::size_t>& subset,
-                        const std::optional<json::Json>& attributes,
+void write_weights_file(const std::string& path, const std::vector<Weight>& weights,
+                        const std::vector<std::size_t>& subset, const std::optional<json::Json>& attributes,
                         const ConvertOptions& options, Progress& progress) {
   if (options.to == ConvertTarget::safetensors) {
     std::vector<SafetensorsItem> items;
@@ -264,9 +281,12 @@ void write_weights_file(const std::string& path, const std::vector<Weight>& weig
     root.items.push_back(value);
   }
   if (attributes) {
-    root.attributes = decode_structure(*attributes, g, [](const std::string&, bool, bool) -> NodeId {
-      throw Error(ErrorKind::corrupt, "", "ckpt_attributes", "holds a tensor");
-    }, [](const std::string&) { return std::string(); });
+    root.attributes = decode_structure(
+        *attributes, g,
+        [](const std::string&, bool, bool) -> NodeId {
+          throw Error(ErrorKind::corrupt, "", "ckpt_attributes", "holds a tensor");
+        },
+        [](const std::string&) { return std::string(); });
   }
   g.set_root(g.add(std::move(root)));
   write_torch_file(path, g, fills, progress);

@@ -64,12 +64,14 @@ struct StorageFill {
 };
 
 // Writes `g` as a torch.save zip, storage i filled from fills[i] (cast to the storage's dtype).
-void write_torch_file(const std::string& path, const pickle::Graph& g, const std::vector<StorageFill>& fills, Progress& progress);
+void write_torch_file(const std::string& path, const pickle::Graph& g, const std::vector<StorageFill>& fills,
+                      Progress& progress);
 
 // Copies tensors of source graphs into `g` (storages shared as in the sources, optionally cast).
 class GraphBuilder {
  public:
-  GraphBuilder(pickle::Graph& g, std::vector<StorageFill>& fills, const ConvertOptions& options) : g_(g), fills_(fills), options_(options) {}
+  GraphBuilder(pickle::Graph& g, std::vector<StorageFill>& fills, const ConvertOptions& options)
+      : g_(g), fills_(fills), options_(options) {}
 
   // The copy of the tensor at `source_node` of `s` (one copy per source tensor, one storage per source storage).
   // Throws unsupported for a cast of a tensor of an untyped storage.
@@ -95,8 +97,9 @@ std::optional<json::Json> attributes_of(const Source& s);
 
 // Writes the weights `subset` (indices into `weights`) as one file in options.to's format: safetensors with the
 // ckpt_aliases, ckpt_order and ckpt_attributes metadata it needs, or a torch state dict (ties kept as shared views).
-void write_weights_file(const std::string& path, const std::vector<Weight>& weights, const std::vector<std::size_t>& subset,
-                        const std::optional<json::Json>& attributes, const ConvertOptions& options, Progress& progress);
+void write_weights_file(const std::string& path, const std::vector<Weight>& weights,
+                        const std::vector<std::size_t>& subset, const std::optional<json::Json>& attributes,
+                        const ConvertOptions& options, Progress& progress);
 
 // A written file's size for the result; 0 when it cannot be read.
 std::uint64_t file_size_or_zero(const std::string& path);

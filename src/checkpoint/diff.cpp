@@ -19,9 +19,6 @@
 
 namespace ckpt::checkpoint {
 namespace fs = std::filesystem;
-using pickle::Graph;
-using pickle::Kind;
-using pickle::NodeId;
 using diff_detail::Comparison;
 using diff_detail::dict_entries;
 using diff_detail::Input;
@@ -29,22 +26,33 @@ using diff_detail::InputKind;
 using diff_detail::LoadedFile;
 using diff_detail::tensor_of;
 using diff_detail::TensorSide;
+using pickle::Graph;
+using pickle::Kind;
+using pickle::NodeId;
 
 const char* to_string(TensorStatus status) {
   switch (status) {
-    case TensorStatus::identical: return "identical";
-    case TensorStatus::within_tolerance: return "within_tolerance";
-    case TensorStatus::different: return "different";
-    case TensorStatus::dtype_changed: return "dtype_changed";
-    case TensorStatus::shape_changed: return "shape_changed";
-    case TensorStatus::only_in_a: return "only_in_a";
-    case TensorStatus::only_in_b: return "only_in_b";
+    case TensorStatus::identical:
+      return "identical";
+    case TensorStatus::within_tolerance:
+      return "within_tolerance";
+    case TensorStatus::different:
+      return "different";
+    case TensorStatus::dtype_changed:
+      return "dtype_changed";
+    case TensorStatus::shape_changed:
+      return "shape_changed";
+    case TensorStatus::only_in_a:
+      return "only_in_a";
+    case TensorStatus::only_in_b:
+      return "only_in_b";
   }
   return "different";
 }
 
 bool DiffSection::same() const {
-  return file_a.has_value() == file_b.has_value() && std::all_of(tensors.begin(), tensors.end(), [](const TensorDiff& t) { return t.same(); }) &&
+  return file_a.has_value() == file_b.has_value() &&
+         std::all_of(tensors.begin(), tensors.end(), [](const TensorDiff& t) { return t.same(); }) &&
          std::all_of(values.begin(), values.end(), [](const ValueDiff& v) { return v.same; });
 }
 
@@ -65,14 +73,17 @@ NamedTensors named_tensors(const std::vector<std::unique_ptr<LoadedFile>>& files
   for (const auto& f : files) {
     const Graph& g = f->source->graph();
     if (!is_state_dict(g)) {
-      throw Error(ErrorKind::unsupported, input.display(f->name), "", "not a state dict of tensors (an object or other values where weights were expected)");
+      throw Error(ErrorKind::unsupported, input.display(f->name), "",
+                  "not a state dict of tensors (an object or other values where weights were expected)");
     }
     const auto& items = g.at(g.root()).items;
     for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
       const TensorSide side{f.get(), tensor_of(g, items[i + 1])};
       const auto [it, inserted] = position.try_emplace(g.at(items[i]).text, named.size());
-      if (inserted) named.emplace_back(g.at(items[i]).text, side);
-      else named[it->second].second = side;
+      if (inserted)
+        named.emplace_back(g.at(items[i]).text, side);
+      else
+        named[it->second].second = side;
     }
   }
   return named;
@@ -83,7 +94,8 @@ void compare_weights(Comparison& c, Input& a, std::vector<std::unique_ptr<Loaded
                      std::vector<std::unique_ptr<LoadedFile>> files_b, std::vector<std::unique_ptr<LoadedFile>>& keep) {
   for (const auto& [input, files] : {std::pair{&a, &files_a}, std::pair{&b, &files_b}}) {
     if (files->empty()) {
-      throw Error(ErrorKind::not_found, input->path(), "", "holds no weights (model.safetensors, pytorch_model.bin or a sharded index)");
+      throw Error(ErrorKind::not_found, input->path(), "",
+                  "holds no weights (model.safetensors, pytorch_model.bin or a sharded index)");
     }
   }
   const std::size_t section = c.add_section("weights", a.weights_name(), b.weights_name());
@@ -132,12 +144,14 @@ std::map<std::string, StateFile> state_files(const Input& input) {
 
 // The order sections are shown in: optimizer state first, trainer state last.
 int kind_rank(FileKind kind) {
-  static constexpr FileKind kOrder[] = {FileKind::optimizer, FileKind::scheduler, FileKind::scaler, FileKind::rng_state, FileKind::trainer_state};
+  static constexpr FileKind kOrder[] = {FileKind::optimizer, FileKind::scheduler, FileKind::scaler, FileKind::rng_state,
+                                        FileKind::trainer_state};
   return static_cast<int>(std::find(std::begin(kOrder), std::end(kOrder), kind) - std::begin(kOrder));
 }
 
 // The values of trainer_state.json a resume depends on or a reader checks, by name.
-std::vector<std::pair<std::string, json::Json>> trainer_state_values(const json::Json& doc, const std::string& shown_path) {
+std::vector<std::pair<std::string, json::Json>> trainer_state_values(const json::Json& doc,
+                                                                     const std::string& shown_path) {
   const json::Fields fields(doc, shown_path, "");
   const auto field = [&](const char* key) { return fields.value_or_null(key); };
   const json::Json history = field("log_history");
@@ -147,13 +161,15 @@ std::vector<std::pair<std::string, json::Json>> trainer_state_values(const json:
   };
   json::Json best = field("best_model_checkpoint");
   if (best.is_string()) best = recorded_checkpoint_name(best.get<std::string>());
-  return {{"global_step", field("global_step")}, {"epoch", field("epoch")},       {"learning_rate", last_logged("learning_rate")},
-          {"loss", last_logged("loss")},         {"best_metric", field("best_metric")}, {"best_model_checkpoint", best}};
+  return {{"global_step", field("global_step")},           {"epoch", field("epoch")},
+          {"learning_rate", last_logged("learning_rate")}, {"loss", last_logged("loss")},
+          {"best_metric", field("best_metric")},           {"best_model_checkpoint", best}};
 }
 
 // Compares two parsed state files of one kind in section `section`, their values named `stem`.KEY...
-void compare_state_values(Comparison& c, std::size_t section, const std::string& stem, std::optional<FileKind> kind, const LoadedFile& fa,
-                          const std::string& shown_a, const LoadedFile& fb, const std::string& shown_b) {
+void compare_state_values(Comparison& c, std::size_t section, const std::string& stem, std::optional<FileKind> kind,
+                          const LoadedFile& fa, const std::string& shown_a, const LoadedFile& fb,
+                          const std::string& shown_b) {
   const Graph& ga = fa.source->graph();
   const Graph& gb = fb.source->graph();
   for (const auto& [g, shown] : {std::pair{&ga, &shown_a}, std::pair{&gb, &shown_b}}) {
@@ -190,15 +206,17 @@ void compare_state_values(Comparison& c, std::size_t section, const std::string&
 }
 
 // Compares the state file of stem `stem` of each side (either may be missing: the section says which).
-void compare_state_file(Comparison& c, const std::string& stem, FileKind kind, Input& a, const std::optional<std::string>& name_a,
-                        Input& b, const std::optional<std::string>& name_b, std::vector<std::unique_ptr<LoadedFile>>& keep) {
+void compare_state_file(Comparison& c, const std::string& stem, FileKind kind, Input& a,
+                        const std::optional<std::string>& name_a, Input& b, const std::optional<std::string>& name_b,
+                        std::vector<std::unique_ptr<LoadedFile>>& keep) {
   if ((!name_a || !name_b) && !c.wanted(stem)) return;
   const std::size_t section = c.add_section(stem, name_a, name_b);
   if (!name_a || !name_b) return;
   if (kind == FileKind::trainer_state) {
     const auto values_a = trainer_state_values(a.load_json(*name_a), a.display(*name_a));
     const auto values_b = trainer_state_values(b.load_json(*name_b), b.display(*name_b));
-    for (std::size_t i = 0; i < values_a.size(); ++i) c.add_json_value(section, stem + "." + values_a[i].first, values_a[i].second, values_b[i].second);
+    for (std::size_t i = 0; i < values_a.size(); ++i)
+      c.add_json_value(section, stem + "." + values_a[i].first, values_a[i].second, values_b[i].second);
     return;
   }
   const LoadedFile& fa = *keep.emplace_back(a.load(*name_a));
@@ -223,14 +241,17 @@ void compare_training_state(Comparison& c, Input& a, Input& b, std::vector<std::
   for (const auto& [stem, kind] : stems) {
     const auto in_a = files_a.find(stem);
     const auto in_b = files_b.find(stem);
-    const auto name = [](const auto& files, const auto& it) { return it == files.end() ? std::nullopt : std::optional(it->second.name); };
+    const auto name = [](const auto& files, const auto& it) {
+      return it == files.end() ? std::nullopt : std::optional(it->second.name);
+    };
     compare_state_file(c, stem, kind, a, name(files_a, in_a), b, name(files_b, in_b), keep);
   }
 }
 
 // What a single file holds: weights, a state file of a kind resume reads, or (nullopt) other values.
 std::optional<FileKind> file_kind(const Graph& g) {
-  for (const FileKind kind : {FileKind::weights, FileKind::optimizer, FileKind::scheduler, FileKind::scaler, FileKind::rng_state}) {
+  for (const FileKind kind :
+       {FileKind::weights, FileKind::optimizer, FileKind::scheduler, FileKind::scaler, FileKind::rng_state}) {
     if (!kind_problem(g, kind)) return kind;
   }
   return std::nullopt;
@@ -242,8 +263,12 @@ void compare_files(Comparison& c, Input& a, Input& b, std::vector<std::unique_pt
   auto fb = b.load(b.path());
   const auto kind_a = file_kind(fa->source->graph());
   const auto kind_b = file_kind(fb->source->graph());
-  const auto held = [](const std::optional<FileKind>& kind) { return kind ? std::string(kind_name(*kind)) : std::string("other values"); };
-  if (kind_a != kind_b) throw Error(ErrorKind::invalid_argument, "", "", a.path() + " holds " + held(kind_a) + ", " + b.path() + " " + held(kind_b) + ": nothing to compare");
+  const auto held = [](const std::optional<FileKind>& kind) {
+    return kind ? std::string(kind_name(*kind)) : std::string("other values");
+  };
+  if (kind_a != kind_b)
+    throw Error(ErrorKind::invalid_argument, "", "",
+                a.path() + " holds " + held(kind_a) + ", " + b.path() + " " + held(kind_b) + ": nothing to compare");
   if (kind_a == FileKind::weights) {
     std::vector<std::unique_ptr<LoadedFile>> files_a, files_b;
     files_a.push_back(std::move(fa));
@@ -268,8 +293,14 @@ DiffResult diff(const std::string& path_a, const std::string& path_b, const Diff
     if (directory && !discover_checkpoints(input->path()).empty()) {
       const auto final_weights = find_weights(input->path());
       throw Error(ErrorKind::invalid_argument, input->path(), "",
-                  "is a run directory: compare one of its checkpoints (" + (fs::path(input->path()) / "checkpoint-N").string() + ")" +
-                      (final_weights ? " or its final weights (" + (fs::path(input->path()) / final_weights->index.value_or(final_weights->files.front())).string() + ")" : ""));
+                  "is a run directory: compare one of its checkpoints (" +
+                      (fs::path(input->path()) / "checkpoint-N").string() + ")" +
+                      (final_weights
+                           ? " or its final weights (" +
+                                 (fs::path(input->path()) / final_weights->index.value_or(final_weights->files.front()))
+                                     .string() +
+                                 ")"
+                           : ""));
     }
   }
   DiffResult result;
@@ -286,13 +317,17 @@ DiffResult diff(const std::string& path_a, const std::string& path_b, const Diff
     compare_training_state(c, a, b, loaded);
   } else if (a.has_training_state() || b.has_training_state()) {
     const Input& other = a.has_training_state() ? b : a;
-    result.notes.push_back(other.path() + " is " + (other.kind() == InputKind::model_directory ? "a model directory" : "no checkpoint") +
+    result.notes.push_back(other.path() + " is " +
+                           (other.kind() == InputKind::model_directory ? "a model directory" : "no checkpoint") +
                            ": weights compared, training state not");
   }
   c.compare_tensors();
   if (!options.only.empty()) {
-    std::erase_if(result.sections, [](const DiffSection& s) { return s.file_a && s.file_b && s.tensors.empty() && s.values.empty(); });
-    if (result.sections.empty()) throw Error(ErrorKind::invalid_argument, "", "--only", "matches no tensor or value of " + path_a + " or " + path_b);
+    std::erase_if(result.sections,
+                  [](const DiffSection& s) { return s.file_a && s.file_b && s.tensors.empty() && s.values.empty(); });
+    if (result.sections.empty())
+      throw Error(ErrorKind::invalid_argument, "", "--only",
+                  "matches no tensor or value of " + path_a + " or " + path_b);
   }
   return result;
 }

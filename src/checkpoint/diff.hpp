@@ -48,11 +48,11 @@ struct ElementStats {
   std::uint64_t differing = 0;          // not equal
   std::uint64_t outside_tolerance = 0;  // neither equal nor within the Tolerance
   double max_abs_diff = 0;              // of |a - b|
-  double max_rel_diff = 0;              // of |a - b| / |b|: infinite where b is 0 (or NaN, or |a - b| infinite) and a is not b
-  double sum_sq_diff = 0;               // of |a - b|^2
-  double sum_sq_a = 0;                  // of |a|^2 (NaN propagates, as in torch.linalg.norm)
+  double max_rel_diff = 0;  // of |a - b| / |b|: infinite where b is 0 (or NaN, or |a - b| infinite) and a is not b
+  double sum_sq_diff = 0;   // of |a - b|^2
+  double sum_sq_a = 0;      // of |a|^2 (NaN propagates, as in torch.linalg.norm)
   double sum_sq_b = 0;
-  double dot = 0;                       // of a * conj(b), its real part
+  double dot = 0;  // of a * conj(b), its real part
 
   // Adds `other`, accumulated over later elements. Sums are added in the order merged, so a fixed order of merges
   // gives the same result on any number of threads.
@@ -95,7 +95,7 @@ struct ValueDiff {
 };
 
 struct DiffSection {
-  std::string name;                // weights, optimizer, optimizer_1, scheduler, scaler, rng_state, trainer_state, ...
+  std::string name;  // weights, optimizer, optimizer_1, scheduler, scaler, rng_state, trainer_state, ...
   std::optional<std::string> file_a;  // what it was read from (a file name inside a checkpoint); nullopt: not in A
   std::optional<std::string> file_b;
   std::vector<TensorDiff> tensors;  // A's order, then those only in B in B's order
@@ -121,7 +121,7 @@ struct DiffOptions {
   // fnmatch patterns (no special meaning for '/' or '.'): only tensors and values whose name any of them matches
   // are compared (a section's file only in A or B is named by the section's name). Empty: everything.
   std::vector<std::string> only;
-  unsigned threads = 0;                 // 0: every core
+  unsigned threads = 0;  // 0: every core
   // Per side, the most a job reads whole: a tensor piece whose bytes differ is widened from buffers of this size
   // (equal bytes are found 256 KiB at a time); small tensors share a job up to it.
   std::uint64_t chunk_bytes = 4u << 20;

@@ -37,8 +37,10 @@ std::vector<std::pair<std::string, NodeId>> dict_entries(const Graph& g, NodeId 
   for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
     std::string key = key_text(g, items[i], i / 2);
     const auto [it, inserted] = position.try_emplace(key, entries.size());
-    if (inserted) entries.emplace_back(std::move(key), items[i + 1]);
-    else entries[it->second].second = items[i + 1];
+    if (inserted)
+      entries.emplace_back(std::move(key), items[i + 1]);
+    else
+      entries[it->second].second = items[i + 1];
   }
   return entries;
 }
@@ -52,8 +54,9 @@ bool is_sequence(const Graph& g, NodeId id) { return g.is(id, Kind::list) || g.i
 bool is_walked(const Graph& g, NodeId id) {
   if (g.is(id, Kind::dict)) return true;
   if (!is_sequence(g, id)) return false;
-  return std::any_of(g.at(id).items.begin(), g.at(id).items.end(),
-                     [&](NodeId item) { return g.is(item, Kind::dict) || is_sequence(g, item) || g.is(item, Kind::tensor); });
+  return std::any_of(g.at(id).items.begin(), g.at(id).items.end(), [&](NodeId item) {
+    return g.is(item, Kind::dict) || is_sequence(g, item) || g.is(item, Kind::tensor);
+  });
 }
 
 // Whether two JSON values are equal, NaN equal to NaN (as elements compare).
@@ -64,17 +67,20 @@ bool same_json(const json::Json& a, const json::Json& b) {
 
 }  // namespace
 
-std::size_t Comparison::add_section(std::string name, std::optional<std::string> file_a, std::optional<std::string> file_b) {
+std::size_t Comparison::add_section(std::string name, std::optional<std::string> file_a,
+                                    std::optional<std::string> file_b) {
   result_.sections.push_back({std::move(name), std::move(file_a), std::move(file_b), {}, {}});
   return result_.sections.size() - 1;
 }
 
 bool Comparison::wanted(const std::string& name) const {
   if (options_.only.empty()) return true;
-  return std::any_of(options_.only.begin(), options_.only.end(), [&](const std::string& p) { return ::fnmatch(p.c_str(), name.c_str(), 0) == 0; });
+  return std::any_of(options_.only.begin(), options_.only.end(),
+                     [&](const std::string& p) { return ::fnmatch(p.c_str(), name.c_str(), 0) == 0; });
 }
 
-void Comparison::add_tensor(std::size_t section, const std::string& name, std::optional<TensorSide> a, std::optional<TensorSide> b) {
+void Comparison::add_tensor(std::size_t section, const std::string& name, std::optional<TensorSide> a,
+                            std::optional<TensorSide> b) {
   if (!wanted(name)) return;
   TensorDiff t;
   t.name = name;
@@ -86,10 +92,14 @@ void Comparison::add_tensor(std::size_t section, const std::string& name, std::o
     t.dtype_b = b->tensor->dtype;
     t.shape_b = b->tensor->shape;
   }
-  if (!a) t.status = TensorStatus::only_in_b;
-  else if (!b) t.status = TensorStatus::only_in_a;
-  else if (a->tensor->shape != b->tensor->shape) t.status = TensorStatus::shape_changed;
-  else t.status = a->tensor->dtype == b->tensor->dtype ? TensorStatus::identical : TensorStatus::dtype_changed;
+  if (!a)
+    t.status = TensorStatus::only_in_b;
+  else if (!b)
+    t.status = TensorStatus::only_in_a;
+  else if (a->tensor->shape != b->tensor->shape)
+    t.status = TensorStatus::shape_changed;
+  else
+    t.status = a->tensor->dtype == b->tensor->dtype ? TensorStatus::identical : TensorStatus::dtype_changed;
   auto& tensors = result_.sections[section].tensors;
   if (a && b && t.status != TensorStatus::shape_changed) {
     // Elements are compared one by one: an expanded view may not claim far more than its storage holds.
@@ -98,14 +108,17 @@ void Comparison::add_tensor(std::size_t section, const std::string& name, std::o
     // Tied tensors (one view of one storage under two names, on both sides alike) are compared once.
     const ViewPair views{view_of(*a), view_of(*b)};
     const auto [first, inserted] = compared_views_.try_emplace(views, pending_.size());
-    if (inserted) pending_.push_back({section, tensors.size(), *a, *b});
-    else tied_.push_back({first->second, section, tensors.size()});
+    if (inserted)
+      pending_.push_back({section, tensors.size(), *a, *b});
+    else
+      tied_.push_back({first->second, section, tensors.size()});
   }
   tensors.push_back(std::move(t));
 }
 
-void Comparison::add_value(std::size_t section, const std::string& name, const LoadedFile* fa, std::optional<NodeId> a, const LoadedFile* fb,
-                             std::optional<NodeId> b, const std::function<json::Json(const Graph&, NodeId)>& shown) {
+void Comparison::add_value(std::size_t section, const std::string& name, const LoadedFile* fa, std::optional<NodeId> a,
+                           const LoadedFile* fb, std::optional<NodeId> b,
+                           const std::function<json::Json(const Graph&, NodeId)>& shown) {
   if (!wanted(name)) return;
   ValueDiff v;
   v.name = name;
@@ -123,14 +136,15 @@ void Comparison::add_json_value(std::size_t section, const std::string& name, js
   result_.sections[section].values.push_back({name, true, true, std::move(a), std::move(b), same});
 }
 
-void Comparison::walk(std::size_t section, const std::string& name, const LoadedFile* fa, std::optional<NodeId> a, const LoadedFile* fb,
-                      std::optional<NodeId> b) {
+void Comparison::walk(std::size_t section, const std::string& name, const LoadedFile* fa, std::optional<NodeId> a,
+                      const LoadedFile* fb, std::optional<NodeId> b) {
   const Graph* ga = fa ? &fa->source->graph() : nullptr;
   const Graph* gb = fb ? &fb->source->graph() : nullptr;
   const pickle::TensorRef* ta = a ? tensor_of(*ga, *a) : nullptr;
   const pickle::TensorRef* tb = b ? tensor_of(*gb, *b) : nullptr;
   if ((ta || !a) && (tb || !b)) {
-    add_tensor(section, name, ta ? std::optional(TensorSide{fa, ta}) : std::nullopt, tb ? std::optional(TensorSide{fb, tb}) : std::nullopt);
+    add_tensor(section, name, ta ? std::optional(TensorSide{fa, ta}) : std::nullopt,
+               tb ? std::optional(TensorSide{fb, tb}) : std::nullopt);
     return;
   }
   const bool dicts = (!a || ga->is(*a, Kind::dict)) && (!b || gb->is(*b, Kind::dict));
@@ -164,7 +178,6 @@ void Comparison::walk(std::size_t section, const std::string& name, const Loaded
   add_value(section, name, fa, a, fb, b, [](const Graph& g, NodeId id) { return to_data(g, id); });
 }
 
-
 // dtype, shape and bytes, numpy arrays by their bytes. Pairs found equal are remembered, so shared references do
 // not expand.
 bool Comparison::same_value(const LoadedFile& fa, NodeId a, const LoadedFile& fb, NodeId b) {
@@ -176,9 +189,15 @@ bool Comparison::same_value(const LoadedFile& fa, NodeId a, const LoadedFile& fb
   if (na.kind != nb.kind || na.flag != nb.flag || na.items.size() != nb.items.size()) return false;
   bool same = true;
   switch (na.kind) {
-    case Kind::integer: same = na.integer == nb.integer; break;
-    case Kind::floating: same = same_number(na.number, nb.number); break;
-    case Kind::tensor: same = same_tensor(TensorSide{&fa, tensor_of(ga, a)}, TensorSide{&fb, tensor_of(gb, b)}); break;
+    case Kind::integer:
+      same = na.integer == nb.integer;
+      break;
+    case Kind::floating:
+      same = same_number(na.number, nb.number);
+      break;
+    case Kind::tensor:
+      same = same_tensor(TensorSide{&fa, tensor_of(ga, a)}, TensorSide{&fb, tensor_of(gb, b)});
+      break;
     case Kind::storage: {
       const auto& sa = ga.storages[static_cast<std::size_t>(na.integer)];
       const auto& sb = gb.storages[static_cast<std::size_t>(nb.integer)];
@@ -188,11 +207,13 @@ bool Comparison::same_value(const LoadedFile& fa, NodeId a, const LoadedFile& fb
     case Kind::ndarray: {
       const auto& x = ga.arrays[static_cast<std::size_t>(na.integer)];
       const auto& y = gb.arrays[static_cast<std::size_t>(nb.integer)];
-      same = x.descr == y.descr && x.shape == y.shape && x.data == y.data && x.fortran_order == y.fortran_order && x.scalar == y.scalar &&
-             x.plain_dtype == y.plain_dtype && x.data_kind == y.data_kind;
+      same = x.descr == y.descr && x.shape == y.shape && x.data == y.data && x.fortran_order == y.fortran_order &&
+             x.scalar == y.scalar && x.plain_dtype == y.plain_dtype && x.data_kind == y.data_kind;
       break;
     }
-    default: same = na.text == nb.text && (na.kind != Kind::numpy_dtype || na.integer == nb.integer); break;
+    default:
+      same = na.text == nb.text && (na.kind != Kind::numpy_dtype || na.integer == nb.integer);
+      break;
   }
   for (std::size_t i = 0; same && i < na.items.size(); ++i) same = same_value(fa, na.items[i], fb, nb.items[i]);
   if (same && (na.attributes != 0) != (nb.attributes != 0)) same = false;
@@ -215,6 +236,5 @@ bool Comparison::same_tensor(const TensorSide& a, const TensorSide& b) {
   }
   return true;
 }
-
 
 }  // namespace ckpt::checkpoint::diff_detail

@@ -43,11 +43,13 @@ class Comparison {
 
   // A tensor of either or both sides, by name: its TensorDiff, its values queued when both sides have it in one
   // shape. Throws unsupported for a view far larger than its storage (check_view_size).
-  void add_tensor(std::size_t section, const std::string& name, std::optional<TensorSide> a, std::optional<TensorSide> b);
+  void add_tensor(std::size_t section, const std::string& name, std::optional<TensorSide> a,
+                  std::optional<TensorSide> b);
 
   // A value of either or both sides compared whole, shown in the result as `shown` makes it JSON.
-  void add_value(std::size_t section, const std::string& name, const LoadedFile* fa, std::optional<pickle::NodeId> a, const LoadedFile* fb,
-                 std::optional<pickle::NodeId> b, const std::function<json::Json(const pickle::Graph&, pickle::NodeId)>& shown);
+  void add_value(std::size_t section, const std::string& name, const LoadedFile* fa, std::optional<pickle::NodeId> a,
+                 const LoadedFile* fb, std::optional<pickle::NodeId> b,
+                 const std::function<json::Json(const pickle::Graph&, pickle::NodeId)>& shown);
 
   // A value read from JSON on both sides (trainer_state.json's), NaN equal to NaN.
   void add_json_value(std::size_t section, const std::string& name, json::Json a, json::Json b);
@@ -55,8 +57,8 @@ class Comparison {
   // Walks two values of state files side by side (either may be missing): tensors become TensorDiffs, dicts and
   // sequences of containers are walked into, anything else is one ValueDiff. The graphs must have passed
   // check_expansion: the walk expands shared references.
-  void walk(std::size_t section, const std::string& name, const LoadedFile* fa, std::optional<pickle::NodeId> a, const LoadedFile* fb,
-            std::optional<pickle::NodeId> b);
+  void walk(std::size_t section, const std::string& name, const LoadedFile* fa, std::optional<pickle::NodeId> a,
+            const LoadedFile* fb, std::optional<pickle::NodeId> b);
 
   // Compares the values of every tensor pair added (compare_tensor_values) and sets their statuses.
   void compare_tensors() { compare_tensor_values(pending_, tied_, options_, result_); }
@@ -75,7 +77,8 @@ class Comparison {
   DiffResult& result_;
   std::vector<Pending> pending_;
   // A tensor view: its file, storage, offset, shape and strides (dtype and shape are compared before).
-  using View = std::tuple<const LoadedFile*, std::uint32_t, std::int64_t, std::vector<std::int64_t>, std::vector<std::int64_t>>;
+  using View =
+      std::tuple<const LoadedFile*, std::uint32_t, std::int64_t, std::vector<std::int64_t>, std::vector<std::int64_t>>;
   using ViewPair = std::pair<View, View>;
   static View view_of(const TensorSide& side) {
     const auto& t = *side.tensor;

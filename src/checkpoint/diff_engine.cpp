@@ -71,8 +71,8 @@ double ElementStats::cosine() const {
   return dot / (norm_a * norm_b);
 }
 
-void accumulate(std::span<const std::uint8_t> a, DType dtype_a, std::span<const std::uint8_t> b, DType dtype_b, const Tolerance& tolerance,
-                ElementStats& s) {
+void accumulate(std::span<const std::uint8_t> a, DType dtype_a, std::span<const std::uint8_t> b, DType dtype_b,
+                const Tolerance& tolerance, ElementStats& s) {
   const std::size_t size_a = element_size(dtype_a);
   const std::size_t size_b = element_size(dtype_b);
   const std::size_t parts_a = is_complex(dtype_a) ? 2 : 1;
@@ -99,10 +99,10 @@ void accumulate(std::span<const std::uint8_t> a, DType dtype_a, std::span<const 
       const std::uint8_t* pb = b.data() + (start + i) * size_b;
       if (exact ? std::memcmp(pa, pb, size_a) == 0 : same_number(ar, br) && same_number(ai, bi)) continue;
       const bool nan = std::isnan(ar) || std::isnan(ai) || std::isnan(br) || std::isnan(bi);
-      const double distance = nan                           ? kInfinity
-                              : exact && size_a == 8        ? integer_distance(pa, pb, dtype_a)
-                              : ai == 0 && bi == 0          ? std::fabs(ar - br)
-                                                            : std::hypot(ar - br, ai - bi);
+      const double distance = nan                    ? kInfinity
+                              : exact && size_a == 8 ? integer_distance(pa, pb, dtype_a)
+                              : ai == 0 && bi == 0   ? std::fabs(ar - br)
+                                                     : std::hypot(ar - br, ai - bi);
       add_unequal(br, bi, distance, tolerance, s);
     }
   }
@@ -151,13 +151,14 @@ bool is_contiguous(const pickle::TensorRef& t) {
 
 std::uint64_t first_byte(const TensorSide& side) {
   const auto& t = *side.tensor;
-  return side.file->source->storage_offsets[t.storage] + static_cast<std::uint64_t>(t.storage_offset) * element_size(t.dtype);
+  return side.file->source->storage_offsets[t.storage] +
+         static_cast<std::uint64_t>(t.storage_offset) * element_size(t.dtype);
 }
 
 }  // namespace
 
-void read_elements(const TensorSide& side, std::uint64_t first, std::uint64_t count, std::uint64_t chunk_bytes, ByteBuffer& out, Readers& readers,
-                   Window& window) {
+void read_elements(const TensorSide& side, std::uint64_t first, std::uint64_t count, std::uint64_t chunk_bytes,
+                   ByteBuffer& out, Readers& readers, Window& window) {
   const auto& t = *side.tensor;
   const std::size_t es = element_size(t.dtype);
   out.resize(static_cast<std::size_t>(count * es));
@@ -167,7 +168,8 @@ void read_elements(const TensorSide& side, std::uint64_t first, std::uint64_t co
     return;
   }
   std::uint64_t last = 0;  // the view's last element, in elements from its first
-  for (std::size_t d = 0; d < t.shape.size(); ++d) last += static_cast<std::uint64_t>(t.shape[d] - 1) * static_cast<std::uint64_t>(t.stride[d]);
+  for (std::size_t d = 0; d < t.shape.size(); ++d)
+    last += static_cast<std::uint64_t>(t.shape[d] - 1) * static_cast<std::uint64_t>(t.stride[d]);
   const std::uint64_t extent_end = base + (last + 1) * es;
   std::vector<std::int64_t> index(t.shape.size());
   std::uint64_t element = 0;
@@ -181,7 +183,8 @@ void read_elements(const TensorSide& side, std::uint64_t first, std::uint64_t co
     if (window.file != side.file || at < window.start || at + es > window.start + window.bytes.size()) {
       window.file = side.file;
       window.start = at;
-      window.bytes.resize(static_cast<std::size_t>(std::min(std::max<std::uint64_t>(chunk_bytes, es), extent_end - at)));
+      window.bytes.resize(
+          static_cast<std::size_t>(std::min(std::max<std::uint64_t>(chunk_bytes, es), extent_end - at)));
       readers.read(side.file->bytes, at, window.bytes.span());
     }
     std::memcpy(out.data() + i * es, window.bytes.data() + (at - window.start), es);
@@ -196,12 +199,14 @@ std::uint64_t numel_of(const pickle::TensorRef& t) { return *torch_archive::nume
 namespace {
 
 // The larger element size of a pending pair: its pieces hold a chunk's bytes of that side.
-std::uint64_t widest(const Pending& pair) { return std::max(element_size(pair.a.tensor->dtype), element_size(pair.b.tensor->dtype)); }
+std::uint64_t widest(const Pending& pair) {
+  return std::max(element_size(pair.a.tensor->dtype), element_size(pair.b.tensor->dtype));
+}
 
 }  // namespace
 
-void compare_tensor_values(const std::vector<Pending>& pending, const std::vector<Tied>& tied_pairs, const DiffOptions& options,
-                           DiffResult& result) {
+void compare_tensor_values(const std::vector<Pending>& pending, const std::vector<Tied>& tied_pairs,
+                           const DiffOptions& options, DiffResult& result) {
   // A piece is one chunk of a tensor pair; a job, consecutive pieces of at most a chunk's bytes per side (small
   // tensors share one), so that the threads hand over work once per chunk, not once per tensor.
   struct Piece {
@@ -214,7 +219,8 @@ void compare_tensor_values(const std::vector<Pending>& pending, const std::vecto
   for (std::size_t p = 0; p < pending.size(); ++p) {
     const std::uint64_t numel = numel_of(*pending[p].a.tensor);
     const std::uint64_t per_piece = std::max<std::uint64_t>(1, options.chunk_bytes / widest(pending[p]));
-    for (std::uint64_t first = 0; first < numel; first += per_piece) pieces.push_back({p, first, std::min(per_piece, numel - first)});
+    for (std::uint64_t first = 0; first < numel; first += per_piece)
+      pieces.push_back({p, first, std::min(per_piece, numel - first)});
     total += numel * (element_size(pending[p].a.tensor->dtype) + element_size(pending[p].b.tensor->dtype));
   }
   const auto jobs_of = [&](const std::vector<std::size_t>& piece_indices) {
@@ -256,7 +262,8 @@ void compare_tensor_values(const std::vector<Pending>& pending, const std::vecto
     const Pending& p = pending[piece.pair];
     try {
       read_elements(p.a, piece.first, piece.count, options.chunk_bytes, worker.a, worker.readers, worker.window_a);
-      if (both) read_elements(p.b, piece.first, piece.count, options.chunk_bytes, worker.b, worker.readers, worker.window_b);
+      if (both)
+        read_elements(p.b, piece.first, piece.count, options.chunk_bytes, worker.b, worker.readers, worker.window_b);
     } catch (const Error& e) {
       throw e.with_context("", "tensor '" + result.sections[p.section].tensors[p.tensor].name + "'");
     }
@@ -308,7 +315,8 @@ void compare_tensor_values(const std::vector<Pending>& pending, const std::vecto
           r.equal = p.a.tensor->dtype == p.b.tensor->dtype && same_bytes(piece, worker);
           if (r.equal) continue;
           read(piece, true, worker);
-          accumulate(worker.a.span(), p.a.tensor->dtype, worker.b.span(), p.b.tensor->dtype, options.tolerance, r.stats);
+          accumulate(worker.a.span(), p.a.tensor->dtype, worker.b.span(), p.b.tensor->dtype, options.tolerance,
+                     r.stats);
         }
       },
       [&](std::size_t j) {
@@ -322,7 +330,8 @@ void compare_tensor_values(const std::vector<Pending>& pending, const std::vecto
             state.bytes_differ = true;
             state.stats.merge(r.stats);
           }
-          done += piece.count * (element_size(pending[piece.pair].a.tensor->dtype) + element_size(pending[piece.pair].b.tensor->dtype));
+          done += piece.count * (element_size(pending[piece.pair].a.tensor->dtype) +
+                                 element_size(pending[piece.pair].b.tensor->dtype));
         }
         if (options.progress) options.progress(done, total);
       });
@@ -353,7 +362,8 @@ void compare_tensor_values(const std::vector<Pending>& pending, const std::vecto
           const std::uint64_t es = element_size(a.tensor->dtype);
           const std::uint64_t begin = first_byte(a) + piece.first * es;
           for (std::uint64_t at = 0; at < piece.count * es; at += kCompareBlock) {
-            worker.block_a.resize(static_cast<std::size_t>(std::min<std::uint64_t>(kCompareBlock, piece.count * es - at)));
+            worker.block_a.resize(
+                static_cast<std::size_t>(std::min<std::uint64_t>(kCompareBlock, piece.count * es - at)));
             worker.readers.read(a.file->bytes, begin + at, worker.block_a.span());
             accumulate_equal(worker.block_a.span(), a.tensor->dtype, stats);
           }

@@ -38,8 +38,8 @@ struct Window {
 // Elements [first, first + count) of a tensor in row-major order, its bytes into `out`: one read when the view is
 // contiguous, else gathered through `window`, a chunk of the view's extent at a time. The view's size must have
 // been checked (check_view_size) and `first + count` be at most its number of elements.
-void read_elements(const TensorSide& side, std::uint64_t first, std::uint64_t count, std::uint64_t chunk_bytes, ByteBuffer& out, Readers& readers,
-                   Window& window);
+void read_elements(const TensorSide& side, std::uint64_t first, std::uint64_t count, std::uint64_t chunk_bytes,
+                   ByteBuffer& out, Readers& readers, Window& window);
 
 // A tensor's number of elements; its shape was checked when its file was parsed.
 std::uint64_t numel_of(const pickle::TensorRef& t);
@@ -63,7 +63,7 @@ struct Tied {
 // Compares the values of every pending pair, chunk by chunk on `options.threads` cores, and sets the statuses and
 // statistics of their TensorDiffs in `result`, then those of the tied pairs. Reports progress through
 // `options.progress`. Throws what reading throws, naming the tensor.
-void compare_tensor_values(const std::vector<Pending>& pending, const std::vector<Tied>& tied_pairs, const DiffOptions& options,
-                           DiffResult& result);
+void compare_tensor_values(const std::vector<Pending>& pending, const std::vector<Tied>& tied_pairs,
+                           const DiffOptions& options, DiffResult& result);
 
 }  // namespace ckpt::checkpoint::diff_detail

@@ -11,11 +11,16 @@ namespace fs = std::filesystem;
 
 const char* to_string(InputKind kind) {
   switch (kind) {
-    case InputKind::file: return "file";
-    case InputKind::weights_index: return "weights_index";
-    case InputKind::checkpoint: return "checkpoint";
-    case InputKind::model_directory: return "model_directory";
-    case InputKind::archive: return "archive";
+    case InputKind::file:
+      return "file";
+    case InputKind::weights_index:
+      return "weights_index";
+    case InputKind::checkpoint:
+      return "checkpoint";
+    case InputKind::model_directory:
+      return "model_directory";
+    case InputKind::archive:
+      return "archive";
   }
   return "file";
 }
@@ -116,7 +121,9 @@ std::string Input::display(const std::string& name) const {
 Error Input::renamed(const Error& e, const std::string& name) const {
   if (!archive_) return e;
   for (const auto& [copy_name, copy] : copies_) {
-    if (e.path() == copy->path()) return Error(e.kind(), archive_->path(), e.where().empty() ? copy_name : copy_name + ": " + e.where(), e.detail());
+    if (e.path() == copy->path())
+      return Error(e.kind(), archive_->path(), e.where().empty() ? copy_name : copy_name + ": " + e.where(),
+                   e.detail());
   }
   return name.empty() ? e : e.with_context(archive_->path(), name);
 }

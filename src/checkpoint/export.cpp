@@ -26,8 +26,7 @@ std::set<std::string> earlier_output_names(const fs::path& dir) {
       names.insert(weights->files.begin(), weights->files.end());
       if (weights->index) names.insert(*weights->index);
     }
-  } catch (const Error&) {
-  }
+  } catch (const Error&) {}
   return names;
 }
 
@@ -35,7 +34,8 @@ std::set<std::string> earlier_output_names(const fs::path& dir) {
 std::set<std::string> relative_entries(const std::string& dir) {
   std::set<std::string> names;
   std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
     names.insert(it->path().lexically_relative(dir).generic_string());
   }
   if (ec) throw Error(ErrorKind::io, dir, "", "cannot list directory: " + ec.message());
@@ -49,7 +49,8 @@ bool is_checkpoint_name(const std::string& name) {
 
 }  // namespace
 
-std::optional<std::string> why_not_replaceable(const std::string& dir_as_given, const std::set<std::string>& new_names) {
+std::optional<std::string> why_not_replaceable(const std::string& dir_as_given,
+                                               const std::set<std::string>& new_names) {
   const fs::path dir = fs_util::entry_path(dir_as_given);
   struct stat own {};
   if (::lstat(dir.c_str(), &own) != 0) {
@@ -57,14 +58,16 @@ std::optional<std::string> why_not_replaceable(const std::string& dir_as_given, 
     fail_io(dir.string(), "stat", errno);
   }
   if (!S_ISDIR(own.st_mode)) return std::string("is ") + file_type_name(own.st_mode) + ", not a directory ckpt wrote";
-  if (!dir.has_filename() || dir.filename() == "." || dir.filename() == "..") return std::string("is the current or the parent directory");
+  if (!dir.has_filename() || dir.filename() == "." || dir.filename() == "..")
+    return std::string("is the current or the parent directory");
   struct stat parent {};
   const fs::path above = dir.parent_path().empty() ? fs::path(".") : dir.parent_path();
   if (::stat(above.c_str(), &parent) != 0 || own.st_dev != parent.st_dev) return std::string("is a mount point");
   std::set<std::string> allowed = earlier_output_names(dir);
   allowed.insert(new_names.begin(), new_names.end());
   const auto is_allowed_directory = [&](const std::string& relative) {
-    return std::any_of(allowed.begin(), allowed.end(), [&](const std::string& name) { return name.rfind(relative + "/", 0) == 0; });
+    return std::any_of(allowed.begin(), allowed.end(),
+                       [&](const std::string& name) { return name.rfind(relative + "/", 0) == 0; });
   };
   // A temporary of an allowed file, `.NAME.tmp-*` beside it (AtomicFile's, a killed writer's).
   const auto is_allowed_temporary = [&](const fs::path& relative) {
@@ -76,10 +79,12 @@ std::optional<std::string> why_not_replaceable(const std::string& dir_as_given, 
   for (const auto& relative : relative_entries(dir.string())) {
     struct stat st {};
     if (::lstat((dir / relative).c_str(), &st) != 0) continue;  // gone meanwhile: not in the way
-    const bool fits = S_ISDIR(st.st_mode) ? is_allowed_directory(relative)
-                      : S_ISREG(st.st_mode) && (allowed.count(relative) > 0 || is_allowed_temporary(relative));
+    const bool fits = S_ISDIR(st.st_mode)
+                          ? is_allowed_directory(relative)
+                          : S_ISREG(st.st_mode) && (allowed.count(relative) > 0 || is_allowed_temporary(relative));
     if (!fits) {
-      return "holds " + relative + (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) ? "" : std::string(" (") + file_type_name(st.st_mode) + ")") +
+      return "holds " + relative +
+             (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) ? "" : std::string(" (") + file_type_name(st.st_mode) + ")") +
              ", which no earlier output of ckpt there has";
     }
   }
@@ -143,7 +148,8 @@ ExportResult export_model(const std::string& checkpoint_dir, const std::string& 
   ExportResult result;
   const auto place_files = [&](const std::string& dir) {
     for (const auto& name : names) {
-      if (fs_util::link_or_copy((fs::path(checkpoint_dir) / name).string(), (fs::path(dir) / name).string())) ++result.hardlinked;
+      if (fs_util::link_or_copy((fs::path(checkpoint_dir) / name).string(), (fs::path(dir) / name).string()))
+        ++result.hardlinked;
       result.files.push_back(name);
     }
   };

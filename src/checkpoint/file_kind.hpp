@@ -15,7 +15,15 @@ namespace ckpt::checkpoint {
 // What a file of a checkpoint is, as inspect classifies it by content. Code that treats kinds differently switches
 // over FileKind without a default arm, so a kind added here without its handling fails to compile.
 enum class FileKind : std::uint8_t {
-  weights, weights_index, optimizer, scheduler, scaler, rng_state, trainer_state, training_args, config,
+  weights,
+  weights_index,
+  optimizer,
+  scheduler,
+  scaler,
+  rng_state,
+  trainer_state,
+  training_args,
+  config,
   json,     // any other JSON file
   pickle,   // any other torch.save value
   archive,  // a ckpt archive of a checkpoint directory

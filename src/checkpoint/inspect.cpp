@@ -44,7 +44,8 @@ bool has_keys(const Graph& g, NodeId root, std::initializer_list<std::string_vie
 }
 
 bool is_rng_state(const Graph& g, NodeId root) {
-  static const std::set<std::string> kGenerators = {"python", "numpy", "cpu", "cuda", "mps", "npu", "xpu", "xla", "hpu", "mlu", "musa"};
+  static const std::set<std::string> kGenerators = {"python", "numpy", "cpu", "cuda", "mps", "npu",
+                                                    "xpu",    "xla",   "hpu", "mlu",  "musa"};
   const pickle::Node& n = g.at(root);
   if (n.kind != Kind::dict || !(g.dict_get(root, "cpu") || g.dict_get(root, "python"))) return false;
   for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) {
@@ -57,11 +58,13 @@ FileKind classify_pickle(const Graph& g, const std::string& file_name) {
   const NodeId root = g.root();
   if (is_state_dict(g)) return FileKind::weights;
   if (g.is(root, Kind::dict)) {
-    if (g.at(root).items.empty()) return file_name.find("scaler") != std::string::npos ? FileKind::scaler : FileKind::pickle;
+    if (g.at(root).items.empty())
+      return file_name.find("scaler") != std::string::npos ? FileKind::scaler : FileKind::pickle;
     const NodeId* state = g.dict_get(root, "state");
     const NodeId* groups = g.dict_get(root, "param_groups");
     if (state && groups && g.is(*state, Kind::dict) && g.is(*groups, Kind::list)) return FileKind::optimizer;
-    if (g.dict_get(root, "last_epoch") && (g.dict_get(root, "base_lrs") || g.dict_get(root, "_last_lr"))) return FileKind::scheduler;
+    if (g.dict_get(root, "last_epoch") && (g.dict_get(root, "base_lrs") || g.dict_get(root, "_last_lr")))
+      return FileKind::scheduler;
     if (has_keys(g, root, {"scale", "_growth_tracker"})) return FileKind::scaler;
     if (is_rng_state(g, root)) return FileKind::rng_state;
     // ckpt save writes TrainingArguments' keys as a plain dict.
@@ -97,7 +100,8 @@ void total_weights(FileReport& report, std::uint64_t storage_bytes, json::Json m
   }
   json::ObjectBuilder dtypes(totals.size());
   for (const auto& d : totals) {
-    dtypes.set(std::string(torch_name(d.dtype)), {{"count", d.count}, {"numel", d.numel}, {"nbytes", d.numel * element_size(d.dtype)}});
+    dtypes.set(std::string(torch_name(d.dtype)),
+               {{"count", d.count}, {"numel", d.numel}, {"nbytes", d.numel * element_size(d.dtype)}});
   }
   report.fields["num_tensors"] = report.tensors.size();
   report.fields["num_parameters"] = parameters;
@@ -139,7 +143,8 @@ void summarize_pickled_weights(const Source& file, FileReport& report, const Ins
   total_weights(report, storage_bytes, std::move(metadata));
 }
 
-void summarize_safetensors(const MappedFile& file, const safetensors::Header& header, FileReport& report, const InspectOptions& options) {
+void summarize_safetensors(const MappedFile& file, const safetensors::Header& header, FileReport& report,
+                           const InspectOptions& options) {
   for (const auto& t : header.tensors) {
     TensorSummary s;
     s.name = t.name;
@@ -209,7 +214,8 @@ void summarize_optimizer(const Source& file, FileReport& report) {
         if (v.kind == Kind::floating) step = v.number;
       }
     }
-    if (has_tensor && g.is(entries[i], Kind::integer)) report.optimizer_state_shapes.emplace_back(g.at(entries[i]).integer, shape);
+    if (has_tensor && g.is(entries[i], Kind::integer))
+      report.optimizer_state_shapes.emplace_back(g.at(entries[i]).integer, shape);
   }
   report.fields["num_param_states"] = entries.size() / 2;
   report.fields["state_keys"] = keys;
@@ -268,7 +274,8 @@ void verify_zip(const torch_archive::TorchFile& file, Verification& v) {
       continue;
     }
     ++checked;
-    if (!file.zip().crc_matches(entry)) v.errors.push_back("member '" + entry.name + "': CRC-32 does not match the directory");
+    if (!file.zip().crc_matches(entry))
+      v.errors.push_back("member '" + entry.name + "': CRC-32 does not match the directory");
   }
   v.checks.push_back("crc32 of " + std::to_string(checked) + " zip members");
   v.checks.push_back("every tensor inside its storage");
@@ -289,15 +296,20 @@ void verify_kind(const Graph& g, const std::string& name, Verification& v) {
 void verify_safetensors_kind(const std::string& name, const safetensors::Header& header, Verification& v) {
   const auto kind = promised_kind(name);
   if (!kind) return;
-  if (*kind != FileKind::weights) v.errors.push_back("named " + name + " (" + std::string(kind_name(*kind)) + ") but holds weights");
-  else if (header.tensors.empty()) v.errors.push_back("named " + name + " (weights) but holds no tensors");
-  else v.checks.push_back("a weights file as resume reads it");
+  if (*kind != FileKind::weights)
+    v.errors.push_back("named " + name + " (" + std::string(kind_name(*kind)) + ") but holds weights");
+  else if (header.tensors.empty())
+    v.errors.push_back("named " + name + " (weights) but holds no tensors");
+  else
+    v.checks.push_back("a weights file as resume reads it");
 }
 
 // numpy arrays are rebuilt by numpy when torch.load unpickles them: one it would refuse fails the file.
 void verify_numpy_arrays(const Graph& g, Verification& v) {
   for (std::size_t i = 0; i < g.arrays.size(); ++i) {
-    if (auto why = numpy_state_problem(g.arrays[i])) v.errors.push_back("numpy array " + std::to_string(i + 1) + " of " + std::to_string(g.arrays.size()) + ": " + *why);
+    if (auto why = numpy_state_problem(g.arrays[i]))
+      v.errors.push_back("numpy array " + std::to_string(i + 1) + " of " + std::to_string(g.arrays.size()) + ": " +
+                         *why);
   }
   v.checks.push_back("numpy arrays' bytes match their shapes");
 }
@@ -306,16 +318,29 @@ void verify_numpy_arrays(const Graph& g, Verification& v) {
 // by what its value is.
 void summarize_value(const Source& file, FileReport& report, const InspectOptions& options) {
   const Graph& g = file.graph();
-  const std::string source_name = file.has_structure() && file.metadata.count(kSourceNameKey) ? file.metadata.at(kSourceNameKey) : report.file;
+  const std::string source_name =
+      file.has_structure() && file.metadata.count(kSourceNameKey) ? file.metadata.at(kSourceNameKey) : report.file;
   report.kind = classify_pickle(g, source_name);
   try {
     switch (report.kind) {
-      case FileKind::weights: summarize_pickled_weights(file, report, options); break;
-      case FileKind::optimizer: summarize_optimizer(file, report); break;
-      case FileKind::scheduler: summarize_scheduler(g, report); break;
-      case FileKind::scaler: summarize_scaler(g, report); break;
-      case FileKind::rng_state: summarize_rng(file, report); break;
-      case FileKind::training_args: summarize_training_args(g, report); break;
+      case FileKind::weights:
+        summarize_pickled_weights(file, report, options);
+        break;
+      case FileKind::optimizer:
+        summarize_optimizer(file, report);
+        break;
+      case FileKind::scheduler:
+        summarize_scheduler(g, report);
+        break;
+      case FileKind::scaler:
+        summarize_scaler(g, report);
+        break;
+      case FileKind::rng_state:
+        summarize_rng(file, report);
+        break;
+      case FileKind::training_args:
+        summarize_training_args(g, report);
+        break;
       case FileKind::weights_index:  // JSON and archives are never pickles
       case FileKind::trainer_state:
       case FileKind::config:
@@ -330,7 +355,8 @@ void summarize_value(const Source& file, FileReport& report, const InspectOption
   } catch (const Error& e) {
     throw e.with_context(file.path, "");
   }
-  if (file.has_structure()) report.fields["converted_from"] = file.metadata.count(kSourceNameKey) ? file.metadata.at(kSourceNameKey) : "";
+  if (file.has_structure())
+    report.fields["converted_from"] = file.metadata.count(kSourceNameKey) ? file.metadata.at(kSourceNameKey) : "";
   if (options.verify && file.torch) verify_zip(*file.torch, *report.verify);
   if (options.verify && !g.arrays.empty()) verify_numpy_arrays(g, *report.verify);
   if (options.verify) {
@@ -353,11 +379,13 @@ void summarize_json(const std::string& path, FileReport& report) {
   const json::Fields fields(doc, path, "", json::WrongType::absent);
   if (fields.has("global_step") && fields.has("log_history")) {
     report.kind = FileKind::trainer_state;
-    for (const char* key : {"global_step", "epoch", "max_steps", "best_metric", "best_model_checkpoint"}) report.fields[key] = fields.value_or_null(key);
+    for (const char* key : {"global_step", "epoch", "max_steps", "best_metric", "best_model_checkpoint"})
+      report.fields[key] = fields.value_or_null(key);
     const json::Json history = fields.value_or_null("log_history");
     report.fields["num_log_entries"] = history.is_array() ? history.size() : 0;
     report.fields["last_train_log"] = last_log_with(history, [](const std::string& k) { return k == "loss"; });
-    report.fields["last_eval_log"] = last_log_with(history, [](const std::string& k) { return k.rfind("eval_", 0) == 0; });
+    report.fields["last_eval_log"] =
+        last_log_with(history, [](const std::string& k) { return k.rfind("eval_", 0) == 0; });
   } else if (fields.has("weight_map")) {
     report.kind = FileKind::weights_index;
     const auto meta = fields.optional_object("metadata");
@@ -380,7 +408,8 @@ void summarize_json(const std::string& path, FileReport& report) {
     report.fields["shards"] = shards.take();
   } else if (fields.has("model_type") || report.file == "config.json") {
     report.kind = FileKind::config;
-    for (const char* key : {"model_type", "architectures", "torch_dtype"}) report.fields[key] = fields.value_or_null(key);
+    for (const char* key : {"model_type", "architectures", "torch_dtype"})
+      report.fields[key] = fields.value_or_null(key);
     report.fields["config"] = doc;
   } else {
     report.kind = FileKind::json;
@@ -395,7 +424,8 @@ void summarize_archive(const std::string& path, FileReport& report, const Inspec
   const auto info = read_archive_info(path);
   const auto& m = info.manifest;
   json::Json files = json::Json::array();
-  for (const auto& f : m.files) files.push_back({{"name", f.name}, {"size_bytes", f.size}, {"sha256", Sha256::hex(f.sha256)}});
+  for (const auto& f : m.files)
+    files.push_back({{"name", f.name}, {"size_bytes", f.size}, {"sha256", Sha256::hex(f.sha256)}});
   report.fields = {{"checkpoint", m.checkpoint},
                    {"step", m.step ? json::Json(*m.step) : json::Json(nullptr)},
                    {"original_bytes", info.summary.original_bytes},
@@ -441,7 +471,8 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
       MappedFile file(path);
       try {
         const safetensors::Header header = safetensors::parse(file.bytes());
-        if (std::none_of(header.metadata.begin(), header.metadata.end(), [](const auto& m) { return m.first == kStructureKey; })) {
+        if (std::none_of(header.metadata.begin(), header.metadata.end(),
+                         [](const auto& m) { return m.first == kStructureKey; })) {
           report.kind = FileKind::weights;
           summarize_safetensors(file, header, report, options);
           if (options.verify) verify_weights_metadata(path, header, *report.verify);
@@ -459,7 +490,9 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
       report.format = "torch_zip";
       summarize_value(*load_source(path), report, options);
       break;
-    case torch_archive::Container::json: summarize_json(path, report); break;
+    case torch_archive::Container::json:
+      summarize_json(path, report);
+      break;
     case torch_archive::Container::torch_legacy:
       throw Error(ErrorKind::unsupported, path, "",
                   "legacy torch.save format (PyTorch < 1.6); load and save it again with a newer PyTorch");
@@ -480,8 +513,12 @@ FileReport inspect_one(const std::string& path, const InspectOptions& options, b
 json::Json rng_generator_summary(const Graph& g, std::string_view generator, NodeId value) {
   const auto& t = g.at(value);
   if (generator == "python") {
-    if (t.kind != Kind::tuple || t.items.size() != 3 || !g.is(t.items[1], Kind::tuple) || g.at(t.items[1]).items.empty()) return nullptr;
-    return {{"version", to_data(g, t.items[0])}, {"position", to_data(g, g.at(t.items[1]).items.back())}, {"gauss", to_data(g, t.items[2])}};
+    if (t.kind != Kind::tuple || t.items.size() != 3 || !g.is(t.items[1], Kind::tuple) ||
+        g.at(t.items[1]).items.empty())
+      return nullptr;
+    return {{"version", to_data(g, t.items[0])},
+            {"position", to_data(g, g.at(t.items[1]).items.back())},
+            {"gauss", to_data(g, t.items[2])}};
   }
   if (generator == "numpy") {
     if (t.kind != Kind::tuple || t.items.size() != 5) return nullptr;
@@ -492,7 +529,8 @@ json::Json rng_generator_summary(const Graph& g, std::string_view generator, Nod
   }
   if (generator == "cpu") {
     const auto* tensor = tensor_of(g, value);
-    return tensor ? json::Json{{"nbytes", *torch_archive::numel(tensor->shape) * element_size(tensor->dtype)}} : json::Json(nullptr);
+    return tensor ? json::Json{{"nbytes", *torch_archive::numel(tensor->shape) * element_size(tensor->dtype)}}
+                  : json::Json(nullptr);
   }
   if (generator == "cuda") {
     std::uint64_t count = 0, nbytes = 0;
@@ -512,8 +550,12 @@ json::Json rng_generator_summary(const Graph& g, std::string_view generator, Nod
   return nullptr;
 }
 
-FileReport inspect_file(const std::string& path, const InspectOptions& options) { return inspect_one(path, options, true); }
+FileReport inspect_file(const std::string& path, const InspectOptions& options) {
+  return inspect_one(path, options, true);
+}
 
-FileReport inspect_checkpoint_file(const std::string& path, const InspectOptions& options) { return inspect_one(path, options, false); }
+FileReport inspect_checkpoint_file(const std::string& path, const InspectOptions& options) {
+  return inspect_one(path, options, false);
+}
 
 }  // namespace ckpt::checkpoint

@@ -46,7 +46,7 @@ struct FileReport {
   std::uint64_t size_bytes = 0;
   std::string format;  // torch_zip, safetensors, json, other
   FileKind kind = FileKind::other;
-  std::vector<TensorSummary> tensors;  // weights only
+  std::vector<TensorSummary> tensors;        // weights only
   json::Json fields = json::Json::object();  // the kind's summary fields
   std::optional<Verification> verify;
   std::optional<Error> error;  // set instead of the summary when the file could not be read (directory reports)
@@ -65,11 +65,11 @@ struct DtypeTotal {
 // What a checkpoint (or model) directory's report starts with, from what inspect reads anyway: trainer_state.json,
 // the weights' headers and the files' sizes and kinds, never tensor bytes.
 struct CheckpointSummary {
-  std::optional<std::int64_t> step;       // trainer_state.json's global_step, else the directory name's
+  std::optional<std::int64_t> step;  // trainer_state.json's global_step, else the directory name's
   std::optional<double> epoch;
-  std::optional<double> loss;             // the newest training log entry's
-  std::optional<std::int64_t> eval_step;  // the newest evaluation at or before `step`
-  std::map<std::string, double> metrics;  // its eval_* values
+  std::optional<double> loss;                   // the newest training log entry's
+  std::optional<std::int64_t> eval_step;        // the newest evaluation at or before `step`
+  std::map<std::string, double> metrics;        // its eval_* values
   std::optional<std::string> best_checkpoint;   // best_checkpoint_name (checkpoint/best.hpp)
   std::optional<std::string> best_metric_name;  // best_metric_name (checkpoint/best.hpp)
   std::optional<double> best_metric;
@@ -84,7 +84,7 @@ struct CheckpointReport {
   std::string path;
   std::string name;
   std::optional<std::int64_t> step;
-  bool model_directory = false;       // checkpoint/run_dir.hpp's is_model_directory: complete as one, not as a checkpoint
+  bool model_directory = false;  // checkpoint/run_dir.hpp's is_model_directory: complete as one, not as a checkpoint
   bool complete = false;
   std::vector<std::string> problems;  // why it is not complete, or inconsistencies between its files
   int world_size = 1;                 // processes that wrote it (checkpoint/shards.hpp)

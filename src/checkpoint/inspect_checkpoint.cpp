@@ -35,7 +35,9 @@ json::Json check_param_shapes(const FileReport& optimizer, const std::vector<con
   const auto& states = optimizer.optimizer_state_shapes;
   std::size_t in_order = 0;
   for (const auto& [index, shape] : states) {
-    if (index >= 0 && static_cast<std::size_t>(index) < params.size() && params[static_cast<std::size_t>(index)] == shape) ++in_order;
+    if (index >= 0 && static_cast<std::size_t>(index) < params.size() &&
+        params[static_cast<std::size_t>(index)] == shape)
+      ++in_order;
   }
   if (in_order == states.size()) {
     return {{"status", "ok"}, {"method", "order"}, {"checked", states.size()}, {"mismatches", json::Json::array()}};
@@ -52,7 +54,8 @@ json::Json check_param_shapes(const FileReport& optimizer, const std::vector<con
           {"mismatches", mismatches}};
 }
 
-void check_index(const std::string& dir, const FileReport& index, const std::vector<FileReport>& files, Verification& v) {
+void check_index(const std::string& dir, const FileReport& index, const std::vector<FileReport>& files,
+                 Verification& v) {
   // The file is read again here: what summarize_json saw may have changed since.
   const WeightsIndex weights_index = read_weights_index(index.path);
   std::map<std::string, std::set<std::string>> shard_tensors;
@@ -93,7 +96,8 @@ CheckpointSummary summarize_checkpoint(const CheckpointReport& report, const std
   for (const FileReport* w : weights) {
     for (const auto& t : w->tensors) {
       if (t.tied_to) continue;
-      auto total = std::find_if(summary.dtypes.begin(), summary.dtypes.end(), [&](const DtypeTotal& d) { return d.dtype == t.dtype; });
+      auto total = std::find_if(summary.dtypes.begin(), summary.dtypes.end(),
+                                [&](const DtypeTotal& d) { return d.dtype == t.dtype; });
       if (total == summary.dtypes.end()) total = summary.dtypes.insert(total, DtypeTotal{t.dtype});
       const std::uint64_t n = *torch_archive::numel(t.shape);
       *summary.parameters += n;
@@ -107,7 +111,6 @@ CheckpointSummary summarize_checkpoint(const CheckpointReport& report, const std
 
 }  // namespace
 
-
 PathKind classify_path(const std::string& path) {
   std::error_code ec;
   const auto status = fs::status(path, ec);
@@ -115,7 +118,8 @@ PathKind classify_path(const std::string& path) {
   if (!fs::is_directory(status)) return PathKind::file;
   if (!discover_checkpoints(path).empty()) return PathKind::run;
   return checkpoint_step(fs::path(path).lexically_normal().filename().string()) ? PathKind::checkpoint
-         : fs::exists(fs::path(path) / "trainer_state.json") || find_weights(path) || fs::exists(fs::path(path) / "config.json")
+         : fs::exists(fs::path(path) / "trainer_state.json") || find_weights(path) ||
+                 fs::exists(fs::path(path) / "config.json")
              ? PathKind::checkpoint
              : PathKind::run;
 }
@@ -169,7 +173,8 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   const FileReport* trainer_state = nullptr;
   for (auto& f : report.files) {
     if (f.kind == FileKind::weights && f.file.rfind("adapter_", 0) != 0) weights.push_back(&f);
-    if (f.kind == FileKind::optimizer && (f.file == "optimizer.pt" || f.file == "optimizer.safetensors" || f.fields.contains(kShardKey))) {
+    if (f.kind == FileKind::optimizer &&
+        (f.file == "optimizer.pt" || f.file == "optimizer.safetensors" || f.fields.contains(kShardKey))) {
       optimizers.push_back(&f);
     }
     if (f.kind == FileKind::weights_index) index = &f;
@@ -209,14 +214,16 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
       if (check == optimizer->fields.end()) continue;
       v.checks.push_back(optimizer->file + " state shapes match the weights");
       const auto status = check->find("status");
-      if (status == check->end() || *status != "ok") v.errors.push_back(optimizer->file + ": state shapes do not match the weights");
+      if (status == check->end() || *status != "ok")
+        v.errors.push_back(optimizer->file + ": state shapes do not match the weights");
     }
     if (trainer_state && report.step) {
       v.checks.push_back("trainer_state.json global_step matches the directory name");
       const auto found = trainer_state->fields.find("global_step");
       const json::Json gs = found == trainer_state->fields.end() ? json::Json(nullptr) : *found;
       if (!gs.is_number_integer() || gs.get<std::int64_t>() != *report.step) {
-        v.errors.push_back("trainer_state.json: global_step " + json::dump(gs) + " but the directory is " + report.name);
+        v.errors.push_back("trainer_state.json: global_step " + json::dump(gs) + " but the directory is " +
+                           report.name);
       }
     }
     if (report.model_directory) v.checks.push_back("a model directory: weights and config.json");

@@ -10,7 +10,7 @@ RunListing list_run(const std::string& run_dir, const ListOptions& options) {
   const auto newest = newest_complete(scan);
   RunListing listing;
   listing.path = run_dir;
-  listing.metric = options.best.metric ? std::optional(normalize_metric(*options.best.metric))
+  listing.metric = options.best.metric             ? std::optional(normalize_metric(*options.best.metric))
                    : best && !best->metric.empty() ? std::optional(best->metric)
                                                    : std::optional<std::string>("eval_loss");
 

@@ -22,8 +22,8 @@ struct ListRow {
   bool complete = false;
   bool named = false;  // a named checkpoint (RunEntry::named); its step is its trainer_state.json's
   bool is_best = false;
-  bool is_latest = false;  // the newest complete checkpoint: what resume picks
-  std::uint64_t size_bytes = 0;     // an archive: the archive file's
+  bool is_latest = false;            // the newest complete checkpoint: what resume picks
+  std::uint64_t size_bytes = 0;      // an archive: the archive file's
   std::uint64_t original_bytes = 0;  // an archive: the checkpoint it holds
   std::size_t num_files = 0;
   double mtime = 0;

@@ -17,7 +17,8 @@ namespace ckpt::checkpoint {
 namespace {
 
 [[noreturn]] void fail_to_lock(const std::string& run_dir, int error_number) {
-  if (error_number == ENOENT || error_number == ENOTDIR) throw Error(ErrorKind::not_found, run_dir, "", "no such directory");
+  if (error_number == ENOENT || error_number == ENOTDIR)
+    throw Error(ErrorKind::not_found, run_dir, "", "no such directory");
   std::string what = std::string("cannot lock the run directory: ") + std::strerror(error_number);
   if (error_number == EACCES || error_number == EPERM || error_number == EROFS) what += " (it must be writable)";
   throw Error(ErrorKind::io, run_dir, "", what);
@@ -45,14 +46,19 @@ RunLock::RunLock(const std::string& run_dir, bool wait, const char* file_name) {
   if (!S_ISREG(st.st_mode)) {
     ::close(fd_);
     fd_ = -1;
-    throw Error(ErrorKind::unsupported, path, "", std::string("not a regular file (") + file_type_name(st.st_mode) + "); the lock file must be one (remove it)");
+    throw Error(
+        ErrorKind::unsupported, path, "",
+        std::string("not a regular file (") + file_type_name(st.st_mode) + "); the lock file must be one (remove it)");
   }
   while (::flock(fd_, LOCK_EX | (wait ? 0 : LOCK_NB)) != 0) {
     if (errno == EINTR) continue;
     const int e = errno;
     ::close(fd_);
     fd_ = -1;
-    if (e == EWOULDBLOCK) throw Error(ErrorKind::locked, run_dir, "", std::string(file_name) == kTrainLockName ? "another trainer is writing into this run directory" : "another ckpt process holds the run directory's lock");
+    if (e == EWOULDBLOCK)
+      throw Error(ErrorKind::locked, run_dir, "",
+                  std::string(file_name) == kTrainLockName ? "another trainer is writing into this run directory"
+                                                           : "another ckpt process holds the run directory's lock");
     fail_to_lock(run_dir, e);
   }
 }

@@ -26,14 +26,37 @@ constexpr std::size_t kMaxNameBytes = 200;
 // write at the top of a run directory. Not exhaustive: a name already there is refused anyway; these are refused
 // before they appear, so that no tag ever stands where a Trainer will write.
 constexpr const char* kTrainerFileNames[] = {
-    "config.json",          "generation_config.json", "model.safetensors",       "model.safetensors.index.json",
-    "pytorch_model.bin",    "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin",
-    "adapter_config.json",  "training_args.bin",      "trainer_state.json",      "optimizer.pt",
-    "scheduler.pt",         "scaler.pt",              "rng_state.pth",           "all_results.json",
-    "train_results.json",   "eval_results.json",      "test_results.json",       "predict_results.json",
-    "README.md",            "runs",                   "tokenizer.json",          "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json",   "vocab.json",              "vocab.txt",
-    "merges.txt",           "tokenizer.model",        "preprocessor_config.json",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "adapter_config.json",
+    "training_args.bin",
+    "trainer_state.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "rng_state.pth",
+    "all_results.json",
+    "train_results.json",
+    "eval_results.json",
+    "test_results.json",
+    "predict_results.json",
+    "README.md",
+    "runs",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "preprocessor_config.json",
 };
 
 // Why `name` is not one visible entry of a directory, or nullopt. What creating and deleting a named checkpoint both
@@ -41,11 +64,14 @@ constexpr const char* kTrainerFileNames[] = {
 std::optional<std::string> entry_name_problem(const std::string& name) {
   if (name.empty()) return std::string("a checkpoint name must not be empty");
   if (name.size() > kMaxNameBytes) {
-    return "'" + name + "' is longer than " + std::to_string(kMaxNameBytes) + " bytes (the file system's 255 less room for its staging name)";
+    return "'" + name + "' is longer than " + std::to_string(kMaxNameBytes) +
+           " bytes (the file system's 255 less room for its staging name)";
   }
-  if (name.find('/') != std::string::npos) return "'" + name + "' is not one name: a named checkpoint is an entry of the run directory, without '/'";
+  if (name.find('/') != std::string::npos)
+    return "'" + name + "' is not one name: a named checkpoint is an entry of the run directory, without '/'";
   if (name.find('\0') != std::string::npos) return "'" + name + "' holds a NUL byte";
-  if (name.front() == '.') return "'" + name + "' begins with '.': hidden names are ckpt's staging and trash directories";
+  if (name.front() == '.')
+    return "'" + name + "' begins with '.': hidden names are ckpt's staging and trash directories";
   return std::nullopt;
 }
 
@@ -53,7 +79,9 @@ std::optional<std::string> entry_name_problem(const std::string& name) {
 std::optional<std::string> reserved_name_problem(const std::string& name) {
   const auto begins = [&](const char* prefix) { return name.rfind(prefix, 0) == 0; };
   if (begins("checkpoint-")) {
-    return "'" + name + "' begins with checkpoint-: such names are rotation's (the Trainer's save_total_limit deletes checkpoint-* directories it reads a step from)";
+    return "'" + name +
+           "' begins with checkpoint-: such names are rotation's (the Trainer's save_total_limit deletes checkpoint-* "
+           "directories it reads a step from)";
   }
   if (begins("tmp-checkpoint-")) return "'" + name + "' begins with tmp-checkpoint-, the Trainer's staging name";
   if (name == kArchiveDirName) return "'" + name + "' is the run directory's archive directory";
@@ -82,14 +110,17 @@ std::optional<std::string> what_is_at(const std::string& run_dir, const std::str
 
 // Throws unless the checkpoint is complete: corrupt, or unsupported when ckpt cannot read something in it, naming
 // `path` and the first problem.
-void require_complete(const std::string& path, bool complete, bool unreadable, const std::vector<std::string>& problems) {
+void require_complete(const std::string& path, bool complete, bool unreadable,
+                      const std::vector<std::string>& problems) {
   if (complete) return;
   std::string why = problems.empty() ? std::string("unreadable") : problems.front();
   if (problems.size() > 1) why += " (and " + std::to_string(problems.size() - 1) + " more)";
   throw Error(unreadable ? ErrorKind::unsupported : ErrorKind::corrupt, path, "", "not a complete checkpoint: " + why);
 }
 
-void require_complete(const std::string& path, const Completeness& c) { require_complete(path, c.complete, c.unreadable, c.problems); }
+void require_complete(const std::string& path, const Completeness& c) {
+  require_complete(path, c.complete, c.unreadable, c.problems);
+}
 
 // The checkpoint or archive of the run that list names `source`.
 const RunEntry& source_entry(const RunScan& scan, const std::string& source) {
@@ -97,10 +128,12 @@ const RunEntry& source_entry(const RunScan& scan, const std::string& source) {
     if (e.name != source) continue;
     if (e.kind == EntryKind::checkpoint || e.kind == EntryKind::archive) return e;
     const std::string what = e.named ? "a named checkpoint" : std::string("a ") + to_string(e.kind) + " directory";
-    throw Error(ErrorKind::invalid_argument, e.path, "", "is " + what + ", not a checkpoint-N or an archive of one, which is what tag takes");
+    throw Error(ErrorKind::invalid_argument, e.path, "",
+                "is " + what + ", not a checkpoint-N or an archive of one, which is what tag takes");
   }
   throw Error(ErrorKind::not_found, scan.path, "",
-              "no checkpoint or archive named '" + source + "' (the names ckpt list shows: checkpoint-N, archive/checkpoint-N.ckpt)");
+              "no checkpoint or archive named '" + source +
+                  "' (the names ckpt list shows: checkpoint-N, archive/checkpoint-N.ckpt)");
 }
 
 }  // namespace
@@ -141,7 +174,8 @@ TagResult tag_checkpoint(const std::string& run_dir, const std::string& source, 
         lock.emplace(run_dir, true);
         struct stat st {};
         if (::lstat(from.path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-          throw Error(ErrorKind::not_found, from.path, "", "no longer there (deleted while tag waited for the run directory's lock)");
+          throw Error(ErrorKind::not_found, from.path, "",
+                      "no longer there (deleted while tag waited for the run directory's lock)");
         }
         require_complete(from.path, assess_completeness(from.path));  // the trainer may have replaced it meanwhile
         const auto linked = fs_util::link_tree(from.path, staging);
@@ -163,10 +197,13 @@ UntagResult delete_named_checkpoint(const std::string& run_dir, const std::strin
     fail_io(path, "stat", errno);
   }
   if (!S_ISDIR(st.st_mode)) {
-    throw Error(ErrorKind::invalid_argument, path, "", std::string("is ") + file_type_name(st.st_mode) + ", not a named checkpoint; tag --delete deletes only those");
+    throw Error(
+        ErrorKind::invalid_argument, path, "",
+        std::string("is ") + file_type_name(st.st_mode) + ", not a named checkpoint; tag --delete deletes only those");
   }
   const RunScan scan = scan_run(run_dir);
-  const auto entry = std::find_if(scan.entries.begin(), scan.entries.end(), [&](const RunEntry& e) { return e.name == name && e.kind != EntryKind::archive; });
+  const auto entry = std::find_if(scan.entries.begin(), scan.entries.end(),
+                                  [&](const RunEntry& e) { return e.name == name && e.kind != EntryKind::archive; });
   if (entry == scan.entries.end() || !entry->named) {
     const bool checkpoint = entry != scan.entries.end() && entry->kind == EntryKind::checkpoint;
     throw Error(ErrorKind::invalid_argument, path, "",
@@ -174,7 +211,8 @@ UntagResult delete_named_checkpoint(const std::string& run_dir, const std::strin
                            : "holds no trainer_state.json: not a named checkpoint, which is all tag --delete deletes");
   }
   RotationResult deletion;
-  deletion.plan.decisions.push_back({entry->name, entry->path, entry->kind, entry->step, true, "tag --delete", "", entry->size_bytes});
+  deletion.plan.decisions.push_back(
+      {entry->name, entry->path, entry->kind, entry->step, true, "tag --delete", "", entry->size_bytes});
   if (const auto error = delete_planned(run_dir, RotateOptions{}, deletion)) throw *error;
   return {name, path, entry->step, entry->size_bytes};
 }

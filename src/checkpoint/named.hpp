@@ -26,8 +26,8 @@ void check_new_checkpoint_name(const std::string& run_dir, const std::string& na
 
 struct TagResult {
   std::string name;
-  std::string path;         // RUN_DIR/NAME
-  std::string source;       // as list names it: checkpoint-N, archive/checkpoint-N.ckpt, checkpoint-N.ckpt
+  std::string path;    // RUN_DIR/NAME
+  std::string source;  // as list names it: checkpoint-N, archive/checkpoint-N.ckpt, checkpoint-N.ckpt
   std::string source_path;
   EntryKind source_kind = EntryKind::checkpoint;
   std::optional<std::int64_t> step;

@@ -25,10 +25,12 @@ namespace fs = std::filesystem;
 
 RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, double now) {
   if (options.keep < 1) throw Error(ErrorKind::invalid_argument, "", "--keep", "must be at least 1");
-  if (options.keep_every && *options.keep_every < 1) throw Error(ErrorKind::invalid_argument, "", "--keep-every", "must be at least 1");
+  if (options.keep_every && *options.keep_every < 1)
+    throw Error(ErrorKind::invalid_argument, "", "--keep-every", "must be at least 1");
 
   RotationPlan plan;
-  for (const auto& e : scan.entries) plan.decisions.push_back({e.name, e.path, e.kind, e.step, false, "", "", e.size_bytes});
+  for (const auto& e : scan.entries)
+    plan.decisions.push_back({e.name, e.path, e.kind, e.step, false, "", "", e.size_bytes});
 
   const auto best = find_best(scan, options.best);
   const auto newest = newest_complete(scan);
@@ -41,9 +43,16 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
     Decision& d = plan.decisions[i];
     const bool stale = now - e.mtime > options.stale_after_seconds;
     switch (e.kind) {
-      case EntryKind::custom: d.reason = e.named ? "named checkpoint, never rotated" : "custom directory, never rotated"; break;
-      case EntryKind::archive: d.reason = "archive, bounded only by --keep-archives"; break;
-      case EntryKind::trash: d.remove = true; d.reason = "leftover of an interrupted deletion"; break;
+      case EntryKind::custom:
+        d.reason = e.named ? "named checkpoint, never rotated" : "custom directory, never rotated";
+        break;
+      case EntryKind::archive:
+        d.reason = "archive, bounded only by --keep-archives";
+        break;
+      case EntryKind::trash:
+        d.remove = true;
+        d.reason = "leftover of an interrupted deletion";
+        break;
       case EntryKind::staging:
         d.remove = stale;
         d.reason = stale ? "staging directory, stale" : "staging directory, may be in progress";
@@ -71,14 +80,16 @@ RotationPlan plan_rotation(const RunScan& scan, const RotateOptions& options, do
   if (best) {
     auto it = std::find(sorted.begin(), sorted.end(), best->entry);
     if (it != sorted.end()) {
-      for (auto i = static_cast<std::size_t>(it - sorted.begin()); i + 2 < sorted.size(); ++i) std::swap(sorted[i], sorted[i + 1]);
+      for (auto i = static_cast<std::size_t>(it - sorted.begin()); i + 2 < sorted.size(); ++i)
+        std::swap(sorted[i], sorted[i + 1]);
     }
   }
   std::int64_t limit = options.keep;
   // Hugging Face's exception for a best that is not the newest; a best only archived has nothing live to protect.
   const bool best_live = best && scan.entries[best->entry].kind == EntryKind::checkpoint;
   if (best_live && limit == 1 && !sorted.empty() && sorted.back() != best->entry) limit = 2;
-  const std::size_t cut = sorted.size() > static_cast<std::size_t>(limit) ? sorted.size() - static_cast<std::size_t>(limit) : 0;
+  const std::size_t cut =
+      sorted.size() > static_cast<std::size_t>(limit) ? sorted.size() - static_cast<std::size_t>(limit) : 0;
   for (std::size_t k = 0; k < sorted.size(); ++k) {
     Decision& d = plan.decisions[sorted[k]];
     if (k >= cut) {
@@ -120,12 +131,14 @@ void check_archive_directory(const std::string& run_dir, const RotateOptions& op
     struct stat st {};
     if (::lstat(prefix.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) continue;
     if (below_run(prefix)) {
-      throw Error(ErrorKind::invalid_argument, prefix.string(), "--archive",
-                  "is a symlink; an archive directory inside the run must be a real directory (rotate deletes archives there)");
+      throw Error(
+          ErrorKind::invalid_argument, prefix.string(), "--archive",
+          "is a symlink; an archive directory inside the run must be a real directory (rotate deletes archives there)");
     }
     if (st.st_uid != ::geteuid() && st.st_uid != 0) {
       throw Error(ErrorKind::invalid_argument, prefix.string(), "--archive",
-                  "is a symlink owned by another user (uid " + std::to_string(st.st_uid) + "); not followed to an archive directory");
+                  "is a symlink owned by another user (uid " + std::to_string(st.st_uid) +
+                      "); not followed to an archive directory");
     }
   }
 }
@@ -137,11 +150,13 @@ std::string archive_path_for(const std::string& run_dir, const RotateOptions& op
 // A checkpoint's files as they are on disk. A committed checkpoint's files are never modified in place, so the
 // same identity means the same bytes; a checkpoint replaced by another of its step (the trainer swaps them) has
 // other inodes. Nullopt when the directory cannot be read (it vanished).
-using FileIdentity = std::tuple<std::string, std::uint64_t, std::uint64_t, std::int64_t, std::int64_t>;  // name, dev, ino, size, mtime
+using FileIdentity =
+    std::tuple<std::string, std::uint64_t, std::uint64_t, std::int64_t, std::int64_t>;  // name, dev, ino, size, mtime
 std::optional<std::vector<FileIdentity>> identity_of(const std::string& dir) {
   std::vector<FileIdentity> files;
   std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
     struct stat st {};
     if (::lstat(it->path().c_str(), &st) != 0) return std::nullopt;
     if (S_ISDIR(st.st_mode)) continue;
@@ -165,7 +180,8 @@ bool archive_holds(const std::string& archive, const std::string& dir, const std
     buffer.resize(4u << 20);
     for (const auto& entry : identity) {
       const std::string& name = std::get<0>(entry);
-      const auto f = std::find_if(info.manifest.files.begin(), info.manifest.files.end(), [&](const archive::File& a) { return a.name == name; });
+      const auto f = std::find_if(info.manifest.files.begin(), info.manifest.files.end(),
+                                  [&](const archive::File& a) { return a.name == name; });
       if (f == info.manifest.files.end() || f->size != static_cast<std::uint64_t>(std::get<3>(entry))) return false;
       ReadOnlyFile file((fs::path(dir) / name).string());
       Sha256 hash;
@@ -196,7 +212,8 @@ struct ArchivedVictims {
 // checkpoint's identity before, and keeping the result only if it did not change meanwhile. A checkpoint that
 // vanishes meanwhile (another process rotated it) is skipped; one that cannot be archived is noted and the others
 // go on.
-ArchivedVictims archive_victims(const std::string& run_dir, const RunScan& scan, const RotationPlan& plan, const RotateOptions& options) {
+ArchivedVictims archive_victims(const std::string& run_dir, const RunScan& scan, const RotationPlan& plan,
+                                const RotateOptions& options) {
   ArchivedVictims result;
   for (std::size_t i = 0; i < scan.entries.size(); ++i) {
     const Decision& d = plan.decisions[i];
@@ -212,9 +229,13 @@ ArchivedVictims archive_victims(const std::string& run_dir, const RunScan& scan,
       try {
         std::error_code ec;
         fs::create_directories(fs::path(target).parent_path(), ec);
-        if (ec) throw Error(ErrorKind::io, fs::path(target).parent_path().string(), "", "cannot create the archive directory: " + ec.message());
+        if (ec)
+          throw Error(ErrorKind::io, fs::path(target).parent_path().string(), "",
+                      "cannot create the archive directory: " + ec.message());
         if (options.archive_progress) {
-          archive_options.progress = [&](std::uint64_t done, std::uint64_t total) { options.archive_progress(d.name, done, total); };
+          archive_options.progress = [&](std::uint64_t done, std::uint64_t total) {
+            options.archive_progress(d.name, done, total);
+          };
         }
         result.bytes_written += archive_checkpoint(d.path, target, archive_options).archive_bytes;
         ++result.written;
@@ -232,7 +253,8 @@ ArchivedVictims archive_victims(const std::string& run_dir, const RunScan& scan,
 
 // Marks archives in the archive directory beyond keep_archives (oldest steps first; the best's and unreadable
 // ones stay) for removal, adding decisions for those the scan did not list.
-void plan_archive_retention(const std::string& run_dir, const RotateOptions& options, const RunScan& scan, RotationPlan& plan) {
+void plan_archive_retention(const std::string& run_dir, const RotateOptions& options, const RunScan& scan,
+                            RotationPlan& plan) {
   const fs::path dir = archive_directory(run_dir, options);
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return;
@@ -241,7 +263,8 @@ void plan_archive_retention(const std::string& run_dir, const RotateOptions& opt
     if (plan.best && e.name == *plan.best) best_path = e.path;
   }
   std::vector<RunEntry> archives = scan_archive_dir(dir.string(), "");
-  std::stable_sort(archives.begin(), archives.end(), [](const RunEntry& a, const RunEntry& b) { return a.step.value_or(-1) < b.step.value_or(-1); });
+  std::stable_sort(archives.begin(), archives.end(),
+                   [](const RunEntry& a, const RunEntry& b) { return a.step.value_or(-1) < b.step.value_or(-1); });
   std::vector<const RunEntry*> counted;
   for (const auto& a : archives) {
     if (a.complete && a.step && !(best_path && fs::equivalent(a.path, *best_path, ec))) counted.push_back(&a);
@@ -258,17 +281,22 @@ void plan_archive_retention(const std::string& run_dir, const RotateOptions& opt
       it = plan.decisions.end() - 1;
     }
     it->remove = k < cut;
-    it->reason = k < cut ? "beyond --keep-archives " + std::to_string(keep) : "within --keep-archives " + std::to_string(keep);
+    it->reason =
+        k < cut ? "beyond --keep-archives " + std::to_string(keep) : "within --keep-archives " + std::to_string(keep);
   }
 }
 
 }  // namespace
 
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock) {
-  if (options.keep_archives && *options.keep_archives < 1) throw Error(ErrorKind::invalid_argument, "", "--keep-archives", "must be at least 1");
-  if (options.keep_archives && !options.archive_dir) throw Error(ErrorKind::invalid_argument, "", "--keep-archives", "needs --archive");
+  if (options.keep_archives && *options.keep_archives < 1)
+    throw Error(ErrorKind::invalid_argument, "", "--keep-archives", "must be at least 1");
+  if (options.keep_archives && !options.archive_dir)
+    throw Error(ErrorKind::invalid_argument, "", "--keep-archives", "needs --archive");
   if (options.archive_dir) check_archive_directory(run_dir, options);
-  const auto now = [] { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); };
+  const auto now = [] {
+    return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  };
   RotationResult result;
   ArchivedVictims victims;
   if (options.archive_dir && !dry_run) {
@@ -297,12 +325,13 @@ RotationResult rotate(const std::string& run_dir, const RotateOptions& options, 
       // Deleted only as the very files that were archived, with the archive still there.
       const auto it = victims.archived.find(d.name);
       std::error_code ec;
-      const bool safe = it != victims.archived.end() && it->second.first == d.archived_to && fs::is_regular_file(d.archived_to, ec) &&
-                        identity_of(d.path) == it->second.second;
+      const bool safe = it != victims.archived.end() && it->second.first == d.archived_to &&
+                        fs::is_regular_file(d.archived_to, ec) && identity_of(d.path) == it->second.second;
       if (!safe) {
         d.remove = false;
         const auto failed = victims.failed.find(d.name);
-        d.reason = failed != victims.failed.end() ? "kept: cannot archive it: " + failed->second : "not archived yet, kept until the next rotate";
+        d.reason = failed != victims.failed.end() ? "kept: cannot archive it: " + failed->second
+                                                  : "not archived yet, kept until the next rotate";
         d.archived_to.clear();
       }
     }
@@ -324,7 +353,8 @@ std::optional<Error> delete_planned(const std::string& run_dir, const RotateOpti
   const auto cannot_delete = [&](Decision& d, const std::string& what, int error_number) {
     d.remove = false;
     d.reason = "kept: cannot delete it: " + what + ": " + std::strerror(error_number);
-    if (!first_error) first_error = Error(ErrorKind::io, d.path, "", "cannot delete: " + what + ": " + std::strerror(error_number));
+    if (!first_error)
+      first_error = Error(ErrorKind::io, d.path, "", "cannot delete: " + what + ": " + std::strerror(error_number));
   };
   // First every victim is renamed to a hidden trash name, so a crash from here on leaves trash, never a
   // partial checkpoint-N; one fsync makes all the renames durable before any byte is removed.
@@ -349,7 +379,8 @@ std::optional<Error> delete_planned(const std::string& run_dir, const RotateOpti
       result.freed_bytes += d.size_bytes;
       continue;
     }
-    const std::string to = (fs::path(run_dir) / (std::string(kTrashPrefix) + d.name + "-" + fs_util::unique_suffix())).string();
+    const std::string to =
+        (fs::path(run_dir) / (std::string(kTrashPrefix) + d.name + "-" + fs_util::unique_suffix())).string();
     if (::rename(d.path.c_str(), to.c_str()) != 0) {
       if (errno == ENOENT) continue;  // already gone
       cannot_delete(d, "moving it to the trash", errno);
@@ -387,7 +418,8 @@ RotationResult clear_earlier_run(const std::string& run_dir) {
       // An archive whose manifest does not read may be another tool's file of that extension.
       if (e.kind == EntryKind::checkpoint ? e.unreadable : !e.complete) {
         throw Error(ErrorKind::unsupported, e.path, "--overwrite-output-dir",
-                    "not deleted, ckpt cannot assess it (" + (e.problems.empty() ? std::string("unreadable") : e.problems.front()) +
+                    "not deleted, ckpt cannot assess it (" +
+                        (e.problems.empty() ? std::string("unreadable") : e.problems.front()) +
                         "): move it out of the run directory or delete it yourself");
       }
       d.remove = true;
@@ -401,7 +433,8 @@ RotationResult clear_earlier_run(const std::string& run_dir) {
   RotateOptions options;
   // Its abandoned temporaries go too, when the archive directory is the run's own (not a symlink).
   std::error_code ec;
-  if (fs::is_directory(fs::symlink_status(fs::path(run_dir) / kArchiveDirName, ec))) options.archive_dir = kArchiveDirName;
+  if (fs::is_directory(fs::symlink_status(fs::path(run_dir) / kArchiveDirName, ec)))
+    options.archive_dir = kArchiveDirName;
   if (const auto error = delete_planned(run_dir, options, result)) throw *error;
   return result;
 }

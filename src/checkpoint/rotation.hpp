@@ -21,9 +21,9 @@
 namespace ckpt::checkpoint {
 
 struct RotateOptions {
-  std::int64_t keep = 0;                    // save_total_limit: at least 1
-  std::optional<std::int64_t> keep_every;   // steps divisible by this are kept and not counted
-  double stale_after_seconds = 3600;        // older incomplete/staging directories are removed
+  std::int64_t keep = 0;                   // save_total_limit: at least 1
+  std::optional<std::int64_t> keep_every;  // steps divisible by this are kept and not counted
+  double stale_after_seconds = 3600;       // older incomplete/staging directories are removed
   bool by_mtime = false;
   BestOptions best;
   // Archive each complete checkpoint into this directory (checkpoint/archive.hpp; relative to the run
@@ -46,7 +46,7 @@ struct Decision {
   std::optional<std::int64_t> step;
   bool remove = false;
   std::string reason;
-  std::string archived_to;  // the archive written (or planned) before removing it
+  std::string archived_to;       // the archive written (or planned) before removing it
   std::uint64_t size_bytes = 0;  // what deleting it frees
 };
 
@@ -66,19 +66,18 @@ struct RotationResult {
   std::size_t archived = 0;       // archives written by this rotation
   std::size_t archives_removed = 0;
   std::size_t temporaries_cleared = 0;  // archives a killed process left half-written in the archive directory
-  std::uint64_t freed_bytes = 0;     // by what was deleted (a dry run: what would be)
-  std::uint64_t archived_bytes = 0;  // the archives this rotation wrote
+  std::uint64_t freed_bytes = 0;        // by what was deleted (a dry run: what would be)
+  std::uint64_t archived_bytes = 0;     // the archives this rotation wrote
 };
 
 // Under the run lock (a dry run takes none and writes nothing): clears leftover trash, scans, plans and
-// deletes each chosen entry by renaming it to a hidden trash name first and then removing the tree. Throws Error of kind locked when
-// `wait_for_lock` is false and the lock is held.
-// With archive_dir, the checkpoints to delete are first archived without holding the lock (a trainer's
-// commit is not held up by compression; an archive already there counts when it holds every file's sha256),
-// then the plan is made again under the lock and a checkpoint is deleted only if its files are the very ones
-// archived (same inodes, sizes and times): at every moment a checkpoint exists live, or archived, or both, until
-// keep_archives removes old archives. A checkpoint that cannot be archived stays; the rest of the rotation goes
-// on, then its error is thrown.
+// deletes each chosen entry by renaming it to a hidden trash name first and then removing the tree. Throws Error of
+// kind locked when `wait_for_lock` is false and the lock is held. With archive_dir, the checkpoints to delete are first
+// archived without holding the lock (a trainer's commit is not held up by compression; an archive already there counts
+// when it holds every file's sha256), then the plan is made again under the lock and a checkpoint is deleted only if
+// its files are the very ones archived (same inodes, sizes and times): at every moment a checkpoint exists live, or
+// archived, or both, until keep_archives removes old archives. A checkpoint that cannot be archived stays; the rest of
+// the rotation goes on, then its error is thrown.
 RotationResult rotate(const std::string& run_dir, const RotateOptions& options, bool dry_run, bool wait_for_lock);
 
 // Carries out decisions (the caller holds the run lock): the entries marked remove are renamed to hidden trash

@@ -44,7 +44,8 @@ bool is_archive_name(const std::string& name) {
 // The one rule of what makes a run directory, from its entries (`dir` open at `path`): it holds what scan_run lists
 // as a checkpoint or an archive, a checkpoint-N directory or a regular *.ckpt file there or in its archive
 // directory; symlinks are not followed.
-bool holds_checkpoints(fs_util::OpenDirectory& dir, const std::vector<fs_util::DirectoryEntry>& entries, const std::string& path) {
+bool holds_checkpoints(fs_util::OpenDirectory& dir, const std::vector<fs_util::DirectoryEntry>& entries,
+                       const std::string& path) {
   bool archive_dir = false;
   for (const auto& e : entries) {
     if ((e.type == DT_DIR && checkpoint_step(e.name)) || (e.type == DT_REG && is_archive_name(e.name))) return true;
@@ -54,7 +55,8 @@ bool holds_checkpoints(fs_util::OpenDirectory& dir, const std::vector<fs_util::D
   auto archives = fs_util::OpenDirectory::open(dir.fd(), kArchiveDirName, false);
   if (!archives) return false;
   const auto archived = archives->entries((fs::path(path) / kArchiveDirName).string());
-  return std::any_of(archived.begin(), archived.end(), [](const auto& e) { return e.type == DT_REG && is_archive_name(e.name); });
+  return std::any_of(archived.begin(), archived.end(),
+                     [](const auto& e) { return e.type == DT_REG && is_archive_name(e.name); });
 }
 
 }  // namespace
@@ -65,7 +67,8 @@ std::optional<std::int64_t> checkpoint_step(const std::string& name) {
   std::int64_t step = 0;
   for (std::size_t i = kPrefix.size(); i < name.size(); ++i) {
     if (name[i] < '0' || name[i] > '9') return std::nullopt;
-    if (__builtin_mul_overflow(step, 10, &step) || __builtin_add_overflow(step, name[i] - '0', &step)) return std::nullopt;
+    if (__builtin_mul_overflow(step, 10, &step) || __builtin_add_overflow(step, name[i] - '0', &step))
+      return std::nullopt;
   }
   return step;
 }
@@ -88,11 +91,16 @@ std::vector<CheckpointDir> discover_checkpoints(const std::string& run_dir) {
 
 const char* to_string(EntryKind kind) {
   switch (kind) {
-    case EntryKind::checkpoint: return "checkpoint";
-    case EntryKind::staging: return "staging";
-    case EntryKind::trash: return "trash";
-    case EntryKind::custom: return "custom";
-    case EntryKind::archive: return "archive";
+    case EntryKind::checkpoint:
+      return "checkpoint";
+    case EntryKind::staging:
+      return "staging";
+    case EntryKind::trash:
+      return "trash";
+    case EntryKind::custom:
+      return "custom";
+    case EntryKind::archive:
+      return "archive";
   }
   return "custom";
 }
@@ -131,8 +139,8 @@ TreeStats stat_tree(const fs::path& dir) {
       if (S_ISREG(st.st_mode)) {
         stats.size_bytes += static_cast<std::uint64_t>(st.st_size);
         ++stats.num_files;
-      }
-      else if (S_ISDIR(st.st_mode)) pending.emplace_back(entry.path(), false);
+      } else if (S_ISDIR(st.st_mode))
+        pending.emplace_back(entry.path(), false);
     }
   }
   return stats;
@@ -187,17 +195,22 @@ RunScan scan_run(const std::string& run_dir) {
   for (const auto& dirent : it) {
     if (dirent.is_symlink(ec) || !dirent.is_directory(ec)) continue;
     if (dirent.path().filename() == kArchiveDirName) {
-      for (auto& e : scan_archive_dir(dirent.path().string(), std::string(kArchiveDirName) + "/")) scan.entries.push_back(std::move(e));
+      for (auto& e : scan_archive_dir(dirent.path().string(), std::string(kArchiveDirName) + "/"))
+        scan.entries.push_back(std::move(e));
       continue;
     }
     RunEntry e;
     e.name = dirent.path().filename().string();
     e.path = dirent.path().string();
     e.step = checkpoint_step(e.name);
-    if (e.step) e.kind = EntryKind::checkpoint;
-    else if (e.name.rfind("tmp-checkpoint-", 0) == 0 || e.name.rfind(kStagingPrefix, 0) == 0) e.kind = EntryKind::staging;
-    else if (e.name.rfind(kTrashPrefix, 0) == 0) e.kind = EntryKind::trash;
-    else if (e.name.front() == '.') continue;  // other hidden directories are not ours to show
+    if (e.step)
+      e.kind = EntryKind::checkpoint;
+    else if (e.name.rfind("tmp-checkpoint-", 0) == 0 || e.name.rfind(kStagingPrefix, 0) == 0)
+      e.kind = EntryKind::staging;
+    else if (e.name.rfind(kTrashPrefix, 0) == 0)
+      e.kind = EntryKind::trash;
+    else if (e.name.front() == '.')
+      continue;  // other hidden directories are not ours to show
     const TreeStats stats = stat_tree(dirent.path());
     e.mtime = stats.newest_mtime;
     e.dir_mtime = mtime_of(dirent.path());
@@ -243,7 +256,8 @@ bool check_run_directory(const std::string& path) {
   std::vector<std::string> runs_below;
   for (const auto& entry : entries) {
     const std::string& name = entry.name;
-    if (name.front() == '.' || name.rfind("tmp-checkpoint-", 0) == 0 || name == "runs" || name == kArchiveDirName) continue;
+    if (name.front() == '.' || name.rfind("tmp-checkpoint-", 0) == 0 || name == "runs" || name == kArchiveDirName)
+      continue;
     others.push_back(name);
     if (entry.type != DT_DIR) continue;
     const std::string below = (fs::path(path) / name).string();
@@ -257,13 +271,13 @@ bool check_run_directory(const std::string& path) {
   bool has_weights = true;
   try {
     has_weights = find_weights(path).has_value();
-  } catch (const Error&) {
-  }  // an index that does not read is still a checkpoint's
+  } catch (const Error&) {}  // an index that does not read is still a checkpoint's
   const fs::path absolute = fs::absolute(dir, ec);
   if (has_state || has_weights || checkpoint_step(absolute.filename().string())) {
-    throw Error(ErrorKind::not_found, path, "",
-                std::string(has_state || !has_weights ? "is a checkpoint" : "is a model directory (weights, no checkpoints)") +
-                    "; its run directory is " + absolute.parent_path().string());
+    throw Error(
+        ErrorKind::not_found, path, "",
+        std::string(has_state || !has_weights ? "is a checkpoint" : "is a model directory (weights, no checkpoints)") +
+            "; its run directory is " + absolute.parent_path().string());
   }
   std::sort(runs_below.begin(), runs_below.end());
   std::string what = "holds no checkpoints (checkpoint-N directories or archives)";
@@ -286,7 +300,8 @@ class RunSearch {
   void visit(fs_util::OpenDirectory& dir, const std::string& path, int depth) {
     if (++directories_ > limits_.max_directories) {
       throw Error(ErrorKind::unsupported, root_, "--recursive",
-                  "holds more than " + std::to_string(limits_.max_directories) + " directories; give a directory nearer the runs");
+                  "holds more than " + std::to_string(limits_.max_directories) +
+                      " directories; give a directory nearer the runs");
     }
     std::vector<fs_util::DirectoryEntry> entries;
     bool run = false;
@@ -300,12 +315,14 @@ class RunSearch {
     }
     if (run) found_.push_back({path, std::nullopt});
     for (const auto& entry : entries) {
-      if (entry.type != DT_DIR || entry.name.front() == '.' || checkpoint_step(entry.name) || (run && entry.name == kArchiveDirName)) continue;
+      if (entry.type != DT_DIR || entry.name.front() == '.' || checkpoint_step(entry.name) ||
+          (run && entry.name == kArchiveDirName))
+        continue;
       const std::string below = (fs::path(path) / entry.name).string();
       if (depth == limits_.max_depth) {
         throw Error(ErrorKind::unsupported, root_, "--recursive",
-                    "directories nest more than " + std::to_string(limits_.max_depth) + " levels deep below it (" + below +
-                        "); give a directory nearer the runs");
+                    "directories nest more than " + std::to_string(limits_.max_depth) + " levels deep below it (" +
+                        below + "); give a directory nearer the runs");
       }
       auto inner = fs_util::OpenDirectory::open(dir.fd(), entry.name, false);
       if (inner) {
@@ -345,7 +362,8 @@ std::vector<RunTarget> select_runs(const std::vector<std::string>& run_dirs, con
     try {
       auto found = find_run_directories(root);
       if (found.empty()) {
-        throw Error(ErrorKind::not_found, root, "--recursive", "holds no run directories (directories holding checkpoint-N directories or archives)");
+        throw Error(ErrorKind::not_found, root, "--recursive",
+                    "holds no run directories (directories holding checkpoint-N directories or archives)");
       }
       for (auto& target : found) selected.push_back(std::move(target));
     } catch (const Error& e) {
@@ -394,7 +412,8 @@ std::vector<std::size_t> complete_by_step(const RunScan& scan, bool with_archive
       if (e.kind == EntryKind::archive && e.complete && e.step && live.insert(*e.step).second) order.push_back(i);
     }
   }
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return *scan.entries[a].step < *scan.entries[b].step; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return *scan.entries[a].step < *scan.entries[b].step; });
   return order;
 }
 
@@ -435,8 +454,8 @@ Error earlier_run_error(const std::string& run_dir, const std::vector<RunEntry>&
   const std::string start_over = "start over with --overwrite-output-dir, which deletes them";
   if (!newest) {
     return Error(ErrorKind::invalid_argument, run_dir, "--output-dir",
-                 "holds checkpoints of an earlier run, the newest " + highest->name + ", and none that can be resumed: " + start_over +
-                     ", or choose another --output-dir");
+                 "holds checkpoints of an earlier run, the newest " + highest->name +
+                     ", and none that can be resumed: " + start_over + ", or choose another --output-dir");
   }
   // `ckpt resume` takes the newest complete checkpoint directory; an archive is restored with --from, by its
   // checkpoint's name when that finds it (resume_source: no directory of the name in the way), else by its path.
@@ -448,8 +467,9 @@ Error earlier_run_error(const std::string& run_dir, const std::vector<RunEntry>&
   const std::string which = *newest->step < highest->step.value_or(0)
                                 ? "up to " + highest->name + " (the newest complete: " + newest->name + ")"
                                 : "the newest " + newest->name;
-  return Error(ErrorKind::invalid_argument, run_dir, "--output-dir",
-               "holds checkpoints of an earlier run, " + which + ": continue it with `" + resume + "`, or " + start_over);
+  return Error(
+      ErrorKind::invalid_argument, run_dir, "--output-dir",
+      "holds checkpoints of an earlier run, " + which + ": continue it with `" + resume + "`, or " + start_over);
 }
 
 std::string resume_source(const std::string& run_dir, const std::string& from) {

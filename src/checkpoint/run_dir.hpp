@@ -54,7 +54,8 @@ struct WeightsFiles {
 std::optional<WeightsFiles> find_weights(const std::string& dir);
 // The same rule over any set of files (an archive's): `path_of(name)` is where the file of that name can be read, or
 // nullopt when there is none.
-std::optional<WeightsFiles> find_weights_in(const std::function<std::optional<std::string>(const std::string& name)>& path_of);
+std::optional<WeightsFiles> find_weights_in(
+    const std::function<std::optional<std::string>(const std::string& name)>& path_of);
 
 // A Hugging Face weights index (model.safetensors.index.json, pytorch_model.bin.index.json): its weight_map, read
 // by find_weights, convert and inspect --verify alike. Every shard name is a file beside the index (not empty, not
@@ -82,8 +83,8 @@ json::Json last_log_with(const json::Json& log_history, const std::function<bool
 
 // The newest evaluation logged at or before `step` (its step and metrics), the one a checkpoint of that step
 // reports; null when none was.
-const std::pair<const std::int64_t, std::map<std::string, double>>* newest_evaluation_at(const TrainerStateSummary& state,
-                                                                                       std::int64_t step);
+const std::pair<const std::int64_t, std::map<std::string, double>>* newest_evaluation_at(
+    const TrainerStateSummary& state, std::int64_t step);
 
 struct Completeness {
   bool complete = false;
@@ -127,16 +128,16 @@ struct RunEntry {
   std::string path;
   EntryKind kind = EntryKind::custom;
   std::optional<std::int64_t> step;  // checkpoints and archives (from the name); named checkpoints (global_step)
-  double mtime = 0;      // newest modification time of the directory and the files directly inside it (age)
-  double dir_mtime = 0;  // the directory's own modification time (Hugging Face's use_mtime order)
-  std::uint64_t size_bytes = 0;  // regular files below it, symlinks not followed (an archive: its file)
+  double mtime = 0;                  // newest modification time of the directory and the files directly inside it (age)
+  double dir_mtime = 0;              // the directory's own modification time (Hugging Face's use_mtime order)
+  std::uint64_t size_bytes = 0;      // regular files below it, symlinks not followed (an archive: its file)
   std::size_t num_files = 0;
   std::uint64_t original_bytes = 0;  // archives: the archived checkpoint's size
   std::string archived_name;         // archives: the archived checkpoint's directory name
-  bool complete = false;  // an archive: its manifest reads
-  bool unreadable = false;  // see Completeness
-  bool has_trainer_state = false;  // see Completeness
-  bool named = false;  // custom: a named checkpoint, assessed for completeness as checkpoints are
+  bool complete = false;             // an archive: its manifest reads
+  bool unreadable = false;           // see Completeness
+  bool has_trainer_state = false;    // see Completeness
+  bool named = false;                // custom: a named checkpoint, assessed for completeness as checkpoints are
   std::vector<std::string> problems;
   std::optional<TrainerStateSummary> state;
 };
@@ -149,8 +150,8 @@ struct RunScan {
 // Reads a run directory: every subdirectory, classified; checkpoints assessed for completeness.
 RunScan scan_run(const std::string& run_dir);
 
-// For commands that take a run directory (list, best, latest, rotate), given the wrong path: throws not_found saying what
-// `path` is instead (a file; a checkpoint, naming its run directory; a directory holding no checkpoints, naming
+// For commands that take a run directory (list, best, latest, rotate), given the wrong path: throws not_found saying
+// what `path` is instead (a file; a checkpoint, naming its run directory; a directory holding no checkpoints, naming
 // run directories below it), so that a slip in a cron line fails instead of doing nothing forever. A run directory
 // with nothing in it yet (it exists and holds only hidden, staging or TensorBoard `runs` entries) is fine:
 // returns true for it, false for a run directory with checkpoints or archives (a checkpoint-N directory or an
@@ -226,6 +227,5 @@ std::string shell_word(const std::string& word);
 
 // `ckpt resume RUN_DIR [--from FROM]` as messages tell the user to type it (shell_word).
 std::string resume_command(const std::string& run_dir, const std::optional<std::string>& from = std::nullopt);
-
 
 }  // namespace ckpt::checkpoint

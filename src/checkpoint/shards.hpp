@@ -18,7 +18,7 @@ struct Source;
 
 inline constexpr const char* kShardKey = "shard";
 
-std::string optimizer_shard_name(int rank);  // optimizer_<rank>.pt
+std::string optimizer_shard_name(int rank);            // optimizer_<rank>.pt
 std::string rng_state_name(int rank, int world_size);  // rng_state.pth for one process, else rng_state_<rank>.pth
 
 struct OptimizerShards {

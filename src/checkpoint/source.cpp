@@ -26,15 +26,17 @@ void check_view_size(const Source& s, const pickle::TensorRef& t) {
   const auto& storage = s.graph().storages[t.storage];
   const std::uint64_t storage_bytes = storage.untyped ? storage.numel : storage.numel * element_size(storage.dtype);
   if (numel > (16 * storage_bytes + (1u << 20)) / element_size(t.dtype)) {
-    throw Error(ErrorKind::unsupported, s.path, "", "an expanded tensor view of " + std::to_string(numel) +
-                                                        " elements from a storage of " + std::to_string(storage_bytes) + " bytes");
+    throw Error(ErrorKind::unsupported, s.path, "",
+                "an expanded tensor view of " + std::to_string(numel) + " elements from a storage of " +
+                    std::to_string(storage_bytes) + " bytes");
   }
 }
 
 namespace {
 
-NodeId add_storage_tensor(Graph& g, std::vector<std::uint64_t>& offsets, DType dtype, const std::vector<std::int64_t>& shape,
-                          std::uint64_t file_offset, bool requires_grad, bool parameter) {
+NodeId add_storage_tensor(Graph& g, std::vector<std::uint64_t>& offsets, DType dtype,
+                          const std::vector<std::int64_t>& shape, std::uint64_t file_offset, bool requires_grad,
+                          bool parameter) {
   pickle::StorageRef storage;
   storage.key = std::to_string(g.storages.size());
   storage.dtype = dtype;
@@ -85,7 +87,8 @@ std::unique_ptr<Source> load_safetensors(const std::string& path) {
   Graph& g = s->own_graph;
   auto tensor_node = [&](const std::string& name, bool requires_grad, bool parameter) -> NodeId {
     auto it = by_name.find(name);
-    if (it == by_name.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "named in the metadata but not stored");
+    if (it == by_name.end())
+      throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "named in the metadata but not stored");
     return add_storage_tensor(g, s->storage_offsets, it->second->dtype, it->second->shape,
                               header.buffer_offset + it->second->begin, requires_grad, parameter);
   };
@@ -97,7 +100,8 @@ std::unique_ptr<Source> load_safetensors(const std::string& path) {
     std::set<std::string> referenced;
     auto array_bytes = [&](const std::string& name) -> std::string {
       auto it = by_name.find(name);
-      if (it == by_name.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "named in the metadata but not stored");
+      if (it == by_name.end())
+        throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "named in the metadata but not stored");
       referenced.insert(name);
       auto bytes = safetensors::tensor_bytes(s->mapped->bytes(), header, *it->second);
       return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
@@ -136,7 +140,8 @@ std::unique_ptr<Source> load_safetensors(const std::string& path) {
     std::set<std::string> listed;
     for (std::size_t i = 0; i < names.size(); ++i) {
       std::string name = names.at(i).string();
-      if (!by_name.count(name) && !aliases.count(name)) bad_metadata(kOrderKey, "names '" + name + "', neither a stored tensor nor an alias");
+      if (!by_name.count(name) && !aliases.count(name))
+        bad_metadata(kOrderKey, "names '" + name + "', neither a stored tensor nor an alias");
       if (!listed.insert(name).second) bad_metadata(kOrderKey, "names '" + name + "' twice");
       order.push_back(std::move(name));
     }
@@ -151,7 +156,9 @@ std::unique_ptr<Source> load_safetensors(const std::string& path) {
     NodeId value;
     if (auto a = aliases.find(name); a != aliases.end()) {
       auto target = made.find(a->second);
-      if (target == made.end()) throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'", "tied to '" + a->second + "', which comes later");
+      if (target == made.end())
+        throw Error(ErrorKind::corrupt, path, "tensor '" + name + "'",
+                    "tied to '" + a->second + "', which comes later");
       value = target->second;
     } else {
       value = tensor_node(name, false, false);
@@ -184,7 +191,8 @@ std::unique_ptr<Source> load_torch(const std::string& path) {
   auto s = std::make_unique<Source>();
   s->path = path;
   s->torch = std::make_unique<torch_archive::TorchFile>(path);
-  for (std::size_t i = 0; i < s->torch->graph().storages.size(); ++i) s->storage_offsets.push_back(s->torch->storage_entry(i).data_offset);
+  for (std::size_t i = 0; i < s->torch->graph().storages.size(); ++i)
+    s->storage_offsets.push_back(s->torch->storage_entry(i).data_offset);
   return s;
 }
 
@@ -192,13 +200,16 @@ std::unique_ptr<Source> load_torch(const std::string& path) {
 
 std::unique_ptr<Source> load_source(const std::string& path) {
   switch (torch_archive::sniff(ReadOnlyFile(path))) {
-    case torch_archive::Container::torch_zip: return load_torch(path);
-    case torch_archive::Container::safetensors: return load_safetensors(path);
+    case torch_archive::Container::torch_zip:
+      return load_torch(path);
+    case torch_archive::Container::safetensors:
+      return load_safetensors(path);
     case torch_archive::Container::torch_legacy:
-      throw Error(ErrorKind::unsupported, path, "", "legacy torch.save format (PyTorch < 1.6); load and save it again with a newer PyTorch");
-    default: throw Error(ErrorKind::unsupported, path, "byte 0", "not a torch.save zip or a safetensors file");
+      throw Error(ErrorKind::unsupported, path, "",
+                  "legacy torch.save format (PyTorch < 1.6); load and save it again with a newer PyTorch");
+    default:
+      throw Error(ErrorKind::unsupported, path, "byte 0", "not a torch.save zip or a safetensors file");
   }
 }
-
 
 }  // namespace ckpt::checkpoint

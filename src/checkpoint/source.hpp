@@ -28,7 +28,7 @@ struct Source {
   bool safetensors = false;
   std::unique_ptr<torch_archive::TorchFile> torch;
   std::unique_ptr<MappedFile> mapped;  // safetensors only
-  pickle::Graph own_graph;                     // safetensors only
+  pickle::Graph own_graph;             // safetensors only
   std::vector<std::uint64_t> storage_offsets;
   std::map<std::string, std::string> metadata;
 
@@ -38,7 +38,6 @@ struct Source {
   // The bytes from a tensor's first to its last element, a view into the mapped file.
   std::span<const std::uint8_t> tensor_extent(const pickle::TensorRef& tensor) const;
 };
-
 
 // Refuses a tensor view whose elements, taken one by one (written out, compared), would be far more than its storage
 // holds: an expanded view (stride 0) of more than 16 times its storage's bytes and 1 MiB, which a few bytes of pickle

@@ -57,21 +57,32 @@ class Encoder {
   json::Json encode(NodeId id, const std::string& path) {
     const Node& n = g_.at(id);
     switch (n.kind) {
-      case Kind::none: return nullptr;
-      case Kind::boolean: return n.flag;
-      case Kind::integer: return n.integer;
-      case Kind::big_integer: return {{"$int", decimals_.of(g_, id)}};
+      case Kind::none:
+        return nullptr;
+      case Kind::boolean:
+        return n.flag;
+      case Kind::integer:
+        return n.integer;
+      case Kind::big_integer:
+        return {{"$int", decimals_.of(g_, id)}};
       case Kind::floating:
         if (std::isnan(n.number)) return {{"$float", "nan"}};
         if (std::isinf(n.number)) return {{"$float", n.number > 0 ? "inf" : "-inf"}};
         return n.number;
-      case Kind::string: return n.text;
-      case Kind::bytes: return {{"$bytes", hex_of(n.text)}};
-      case Kind::list: return sequence(n, path);
-      case Kind::tuple: return {{"$tuple", sequence(n, path)}};
-      case Kind::set: return {{"$set", sequence(n, path)}};
-      case Kind::frozenset: return {{"$frozenset", sequence(n, path)}};
-      case Kind::dict: return dict(n, path);
+      case Kind::string:
+        return n.text;
+      case Kind::bytes:
+        return {{"$bytes", hex_of(n.text)}};
+      case Kind::list:
+        return sequence(n, path);
+      case Kind::tuple:
+        return {{"$tuple", sequence(n, path)}};
+      case Kind::set:
+        return {{"$set", sequence(n, path)}};
+      case Kind::frozenset:
+        return {{"$frozenset", sequence(n, path)}};
+      case Kind::dict:
+        return dict(n, path);
       case Kind::tensor: {
         const auto& t = g_.tensors[static_cast<std::size_t>(n.integer)];
         return {{"$tensor", array_name(id, path)}, {"requires_grad", t.requires_grad}, {"parameter", t.is_parameter}};
@@ -89,7 +100,8 @@ class Encoder {
         if (auto why = numpy_dtype_unstorable(descr, !n.flag)) unstorable(path, *why);
         return {{"$numpy_dtype", descr}};
       }
-      case Kind::device: return {{"$device", n.text}};
+      case Kind::device:
+        return {{"$device", n.text}};
       case Kind::global: {
         const auto nl = n.text.find('\n');
         return {{"$global", {n.text.substr(0, nl), n.text.substr(nl + 1)}}};
@@ -107,9 +119,12 @@ class Encoder {
 
  private:
   [[noreturn]] static void unstorable(const std::string& path, const std::string& why) {
-    fail(ErrorKind::unsupported, path.empty() ? "the root value" : "'" + path + "'", "holds " + why + ", which ckpt cannot store exactly");
+    fail(ErrorKind::unsupported, path.empty() ? "the root value" : "'" + path + "'",
+         "holds " + why + ", which ckpt cannot store exactly");
   }
-  static std::string join(const std::string& path, const std::string& segment) { return path.empty() ? segment : path + "." + segment; }
+  static std::string join(const std::string& path, const std::string& segment) {
+    return path.empty() ? segment : path + "." + segment;
+  }
 
   json::Json sequence(const Node& n, const std::string& path) {
     json::Json out = json::Json::array();
@@ -134,10 +149,11 @@ class Encoder {
     json::Json pairs = json::Json::array();
     for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) {
       const Node& k = g_.at(n.items[i]);
-      const std::string segment = k.kind == Kind::string ? k.text
+      const std::string segment = k.kind == Kind::string    ? k.text
                                   : k.kind == Kind::integer ? std::to_string(k.integer)
                                                             : "key" + std::to_string(i / 2);
-      pairs.push_back({encode(n.items[i], join(path, "key" + std::to_string(i / 2))), encode(n.items[i + 1], join(path, segment))});
+      pairs.push_back(
+          {encode(n.items[i], join(path, "key" + std::to_string(i / 2))), encode(n.items[i + 1], join(path, segment))});
     }
     json::Json out{{"$dict", std::move(pairs)}, {"$ordered", n.flag}};
     if (n.attributes != 0) out["$attrs"] = encode(n.attributes, join(path, "$attrs"));

@@ -18,12 +18,18 @@ int classify(const std::uint8_t* p) {
 
 int classify_element(const std::uint8_t* p, DType dtype) {
   switch (dtype) {
-    case DType::float32: return classify<std::uint32_t, 0x7F800000u, 0x007FFFFFu>(p);
-    case DType::float64: return classify<std::uint64_t, 0x7FF0000000000000ull, 0x000FFFFFFFFFFFFFull>(p);
-    case DType::float16: return classify<std::uint16_t, 0x7C00, 0x03FF>(p);
-    case DType::bfloat16: return classify<std::uint16_t, 0x7F80, 0x007F>(p);
-    case DType::float8_e5m2: return classify<std::uint8_t, 0x7C, 0x03>(p);
-    case DType::float8_e4m3fn: return (p[0] & 0x7F) == 0x7F ? 1 : 0;  // no infinities in e4m3fn
+    case DType::float32:
+      return classify<std::uint32_t, 0x7F800000u, 0x007FFFFFu>(p);
+    case DType::float64:
+      return classify<std::uint64_t, 0x7FF0000000000000ull, 0x000FFFFFFFFFFFFFull>(p);
+    case DType::float16:
+      return classify<std::uint16_t, 0x7C00, 0x03FF>(p);
+    case DType::bfloat16:
+      return classify<std::uint16_t, 0x7F80, 0x007F>(p);
+    case DType::float8_e5m2:
+      return classify<std::uint8_t, 0x7C, 0x03>(p);
+    case DType::float8_e4m3fn:
+      return (p[0] & 0x7F) == 0x7F ? 1 : 0;  // no infinities in e4m3fn
     case DType::int64:
     case DType::int32:
     case DType::int16:
@@ -46,7 +52,8 @@ NonFiniteCount count_distinct(std::span<const std::uint8_t> bytes, DType dtype, 
                               const std::vector<std::int64_t>& stride);
 
 NonFiniteCount count_nonfinite(std::span<const std::uint8_t> bytes, DType dtype,
-                               const std::vector<std::int64_t>& full_shape, const std::vector<std::int64_t>& full_stride) {
+                               const std::vector<std::int64_t>& full_shape,
+                               const std::vector<std::int64_t>& full_stride) {
   NonFiniteCount count;
   if (!is_floating(dtype)) return count;
   // Dimensions of stride 0 (expanded views) repeat the same elements: count the distinct ones once and scale,
@@ -76,8 +83,10 @@ NonFiniteCount count_distinct(std::span<const std::uint8_t> bytes, DType dtype, 
   }
   auto tally = [&](const std::uint8_t* p) {
     int c = classify_element(p, dtype);
-    if (c == 1) ++count.nan;
-    else if (c == 2) ++count.inf;
+    if (c == 1)
+      ++count.nan;
+    else if (c == 2)
+      ++count.inf;
   };
   if (stride == contiguous_strides(shape)) {
     std::uint64_t n = 1;
@@ -106,8 +115,8 @@ std::vector<std::int64_t> contiguous_strides(const std::vector<std::int64_t>& sh
   return strides;
 }
 
-bool next_element(const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& stride, std::vector<std::int64_t>& index,
-                  std::uint64_t& element) {
+bool next_element(const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& stride,
+                  std::vector<std::int64_t>& index, std::uint64_t& element) {
   for (std::size_t d = shape.size(); d-- > 0;) {
     if (++index[d] < shape[d]) {
       element += static_cast<std::uint64_t>(stride[d]);

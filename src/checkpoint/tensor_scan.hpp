@@ -18,8 +18,8 @@ struct NonFiniteCount {
 
 // Counts NaN and infinite elements of a strided view whose first element is at the start of `bytes`.
 // Non-floating dtypes count nothing. The caller guarantees the view lies inside `bytes`.
-NonFiniteCount count_nonfinite(std::span<const std::uint8_t> bytes, DType dtype,
-                               const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& stride);
+NonFiniteCount count_nonfinite(std::span<const std::uint8_t> bytes, DType dtype, const std::vector<std::int64_t>& shape,
+                               const std::vector<std::int64_t>& stride);
 
 // The value of a one-element tensor as a double (widen_to_double); nullopt for complex dtypes.
 std::optional<double> scalar_value(std::span<const std::uint8_t> bytes, DType dtype);
@@ -30,7 +30,7 @@ std::vector<std::int64_t> contiguous_strides(const std::vector<std::int64_t>& sh
 // One step of a row-major walk over a strided view (an odometer): `index`, a position in `shape`, to the next one, and
 // `element`, that position's offset in elements (the sum of index[d] * stride[d]), with it. After the last position
 // both return to the first and the result is false.
-bool next_element(const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& stride, std::vector<std::int64_t>& index,
-                  std::uint64_t& element);
+bool next_element(const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& stride,
+                  std::vector<std::int64_t>& index, std::uint64_t& element);
 
 }  // namespace ckpt::checkpoint

@@ -43,14 +43,17 @@ train::EntryFunction load_entry() {
       continue;
     }
     void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!handle) throw Error(ErrorKind::unsupported, path, "", std::string("cannot load the trainer library: ") + dlerror());
+    if (!handle)
+      throw Error(ErrorKind::unsupported, path, "", std::string("cannot load the trainer library: ") + dlerror());
     auto* symbol = dlsym(handle, train::kEntryPoint);
-    if (!symbol) throw Error(ErrorKind::unsupported, path, "", std::string("not a ckpt trainer library (no ") + train::kEntryPoint + ")");
+    if (!symbol)
+      throw Error(ErrorKind::unsupported, path, "",
+                  std::string("not a ckpt trainer library (no ") + train::kEntryPoint + ")");
     entry = reinterpret_cast<train::EntryFunction>(symbol);
     return entry;
   }
-  throw Error(ErrorKind::not_found, train::kLibraryName, "", "the trainer library was not found (looked for " + looked +
-                                                                   "; set CKPT_TRAIN_LIBRARY to its path)");
+  throw Error(ErrorKind::not_found, train::kLibraryName, "",
+              "the trainer library was not found (looked for " + looked + "; set CKPT_TRAIN_LIBRARY to its path)");
 }
 
 }  // namespace

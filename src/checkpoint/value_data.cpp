@@ -47,18 +47,24 @@ class Converter {
     return convert(id);
   }
 
-
   json::Json convert(pickle::NodeId id) {
     const pickle::Node& n = graph_.at(id);
     using pickle::Kind;
     switch (n.kind) {
-      case Kind::none: return nullptr;
-      case Kind::boolean: return n.flag;
-      case Kind::integer: return n.integer;
-      case Kind::big_integer: return decimals_.of(graph_, id);
-      case Kind::floating: return n.number;
-      case Kind::string: return n.text;
-      case Kind::bytes: return json::Json{{"type", "bytes"}, {"length", n.text.size()}};
+      case Kind::none:
+        return nullptr;
+      case Kind::boolean:
+        return n.flag;
+      case Kind::integer:
+        return n.integer;
+      case Kind::big_integer:
+        return decimals_.of(graph_, id);
+      case Kind::floating:
+        return n.number;
+      case Kind::string:
+        return n.text;
+      case Kind::bytes:
+        return json::Json{{"type", "bytes"}, {"length", n.text.size()}};
       case Kind::list:
       case Kind::tuple:
       case Kind::set:
@@ -69,19 +75,23 @@ class Converter {
       }
       case Kind::dict: {
         json::ObjectBuilder object(n.items.size() / 2);
-        for (std::size_t i = 0; i + 1 < n.items.size(); i += 2) object.set(key_text(n.items[i]), convert(n.items[i + 1]));
+        for (std::size_t i = 0; i + 1 < n.items.size(); i += 2)
+          object.set(key_text(n.items[i]), convert(n.items[i + 1]));
         return object.take();
       }
-      case Kind::global: return json::Json{{"type", "global"}, {"name", graph_.global_name(id)}};
+      case Kind::global:
+        return json::Json{{"type", "global"}, {"name", graph_.global_name(id)}};
       case Kind::object: {
         const auto& slots = n.items;
         json::Json object{{"type", "object"}};
         const pickle::NodeId callable = slots[pickle::object_callable];
-        object["class"] = graph_.is(callable, Kind::global) ? json::Json(graph_.global_name(callable)) : convert(callable);
+        object["class"] =
+            graph_.is(callable, Kind::global) ? json::Json(graph_.global_name(callable)) : convert(callable);
         object["args"] = convert(slots[pickle::object_args]);
         object["state"] = convert(slots[pickle::object_state]);
         if (slots[pickle::object_appended] != graph_.none()) object["items"] = convert(slots[pickle::object_appended]);
-        if (slots[pickle::object_set_items] != graph_.none()) object["entries"] = convert(slots[pickle::object_set_items]);
+        if (slots[pickle::object_set_items] != graph_.none())
+          object["entries"] = convert(slots[pickle::object_set_items]);
         return object;
       }
       case Kind::storage: {
@@ -99,8 +109,10 @@ class Converter {
         const auto& a = graph_.arrays[static_cast<std::size_t>(n.integer)];
         return json::Json{{"type", "ndarray"}, {"dtype", numpy_dtype_name(a.descr)}, {"shape", a.shape}};
       }
-      case Kind::numpy_dtype: return json::Json{{"type", "numpy_dtype"}, {"dtype", numpy_dtype_name("|" + n.text)}};
-      case Kind::device: return json::Json{{"type", "device"}, {"device", n.text}};
+      case Kind::numpy_dtype:
+        return json::Json{{"type", "numpy_dtype"}, {"dtype", numpy_dtype_name("|" + n.text)}};
+      case Kind::device:
+        return json::Json{{"type", "device"}, {"device", n.text}};
     }
     return nullptr;
   }
@@ -129,12 +141,13 @@ json::Json to_data(const pickle::Graph& graph, pickle::NodeId id) { return Conve
 void check_expansion(const pickle::Graph& graph, pickle::NodeId id) {
   auto [values, bytes] = Expansion(graph).of(id);
   if (values > kMaxConvertedValues) {
-    fail(ErrorKind::unsupported, "", "value expands to more than " + std::to_string(kMaxConvertedValues) +
-                                         " values through shared references");
+    fail(ErrorKind::unsupported, "",
+         "value expands to more than " + std::to_string(kMaxConvertedValues) + " values through shared references");
   }
   if (bytes > kMaxConvertedBytes) {
-    fail(ErrorKind::unsupported, "", "value expands to more than " + std::to_string(kMaxConvertedBytes >> 20) +
-                                         " MiB of text through shared references");
+    fail(ErrorKind::unsupported, "",
+         "value expands to more than " + std::to_string(kMaxConvertedBytes >> 20) +
+             " MiB of text through shared references");
   }
 }
 
@@ -155,12 +168,18 @@ std::string numpy_dtype_name(const std::string& descr) {
   const std::string bytes = code.substr(1);
   const std::string bits = bytes.empty() ? "" : std::to_string(std::atoi(bytes.c_str()) * 8);
   switch (kind) {
-    case 'u': return "uint" + bits;
-    case 'i': return "int" + bits;
-    case 'f': return "float" + bits;
-    case 'c': return "complex" + bits;
-    case 'b': return "bool";
-    default: return code;
+    case 'u':
+      return "uint" + bits;
+    case 'i':
+      return "int" + bits;
+    case 'f':
+      return "float" + bits;
+    case 'c':
+      return "complex" + bits;
+    case 'b':
+      return "bool";
+    default:
+      return code;
   }
 }
 
@@ -185,14 +204,16 @@ std::optional<std::string> numpy_state_problem(const pickle::NdArray& array) {
     if (array.data_kind == pickle::NdArray::Data::object_list) return std::nullopt;
     return "a numpy array of dtype object whose state holds no list of its values";
   }
-  if (array.data_kind != pickle::NdArray::Data::bytes) return "a numpy array of dtype " + dtype + " whose state holds no raw bytes";
+  if (array.data_kind != pickle::NdArray::Data::bytes)
+    return "a numpy array of dtype " + dtype + " whose state holds no raw bytes";
   const auto numel = torch_archive::numel(array.shape);
   if (!numel) return "a numpy array of shape that is negative or overflows";
   const auto itemsize = numpy_itemsize(array.descr);
   if (!itemsize) return std::nullopt;  // a type whose size numpy works out itself: not judged here
   std::uint64_t need = 0;
   if (__builtin_mul_overflow(*numel, *itemsize, &need) || need != array.data.size()) {
-    return "a numpy array of dtype " + dtype + " holding " + std::to_string(array.data.size()) + " bytes where its shape needs " +
+    return "a numpy array of dtype " + dtype + " holding " + std::to_string(array.data.size()) +
+           " bytes where its shape needs " +
            (need == 0 && *numel != 0 ? std::string("more than 2^64") : std::to_string(need));
   }
   return std::nullopt;
@@ -201,7 +222,8 @@ std::optional<std::string> numpy_state_problem(const pickle::NdArray& array) {
 std::optional<std::string> numpy_dtype_unstorable(const std::string& descr, bool plain_dtype) {
   const bool known_order = !descr.empty() && (descr[0] == '<' || descr[0] == '>' || descr[0] == '|' || descr[0] == '=');
   const bool numeric = descr.size() > 1 && std::string_view("biufc").find(descr[1]) != std::string_view::npos;
-  if (!known_order || !numeric || !numpy_itemsize(descr)) return "numpy dtype " + numpy_dtype_name(descr) + " (only bool, integer, float and complex types are kept)";
+  if (!known_order || !numeric || !numpy_itemsize(descr))
+    return "numpy dtype " + numpy_dtype_name(descr) + " (only bool, integer, float and complex types are kept)";
   if (!plain_dtype) return "numpy dtype " + numpy_dtype_name(descr) + " with fields, a subarray or metadata";
   return std::nullopt;
 }

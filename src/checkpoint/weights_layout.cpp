@@ -22,7 +22,8 @@ std::string index_name(WeightsFormat format) {
   return format == WeightsFormat::safetensors ? "model.safetensors.index.json" : "pytorch_model.bin.index.json";
 }
 
-std::vector<std::vector<std::size_t>> greedy_shards(const std::vector<std::uint64_t>& sizes, std::optional<std::uint64_t> max_bytes) {
+std::vector<std::vector<std::size_t>> greedy_shards(const std::vector<std::uint64_t>& sizes,
+                                                    std::optional<std::uint64_t> max_bytes) {
   std::vector<std::vector<std::size_t>> shards(1);
   std::uint64_t current = 0;
   for (std::size_t i = 0; i < sizes.size(); ++i) {

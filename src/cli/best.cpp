@@ -32,8 +32,9 @@ int run_best(const BestOptions& o) {
   const auto best = checkpoint::find_best(scan, options);
   if (!best) {
     throw Error(ErrorKind::not_found, o.run_dir, "",
-                options.metric ? "no complete checkpoint has the metric " + checkpoint::normalize_metric(*options.metric)
-                               : "no best checkpoint: trainer_state.json names none and no checkpoint logged eval_loss");
+                options.metric
+                    ? "no complete checkpoint has the metric " + checkpoint::normalize_metric(*options.metric)
+                    : "no best checkpoint: trainer_state.json names none and no checkpoint logged eval_loss");
   }
   const auto& entry = scan.entries[best->entry];
   const bool archived = entry.kind == checkpoint::EntryKind::archive;
@@ -54,14 +55,17 @@ int run_best(const BestOptions& o) {
                    {"value", best->value ? json::Json(*best->value) : json::Json(nullptr)},
                    {"source", best->source}};
     if (!o.link.empty()) out["link"] = (std::filesystem::path(o.run_dir) / o.link).string();
-    if (exported) out["exported"] = {{"dir", o.export_dir}, {"files", exported->files}, {"hardlinked", exported->hardlinked}};
+    if (exported)
+      out["exported"] = {{"dir", o.export_dir}, {"files", exported->files}, {"hardlinked", exported->hardlinked}};
     std::cout << json::dump(out, 2) << "\n";
   } else {
     // The path alone on stdout, for scripts; which checkpoint and by what on stderr, for the person.
     print_text(printable(entry.path) + "\n");
     std::cout.flush();
     std::string why;
-    if (best->value) why = fmt::format(" ({} {})", best->metric.empty() ? "best_metric" : printable(best->metric), number_text(best->value));
+    if (best->value)
+      why = fmt::format(" ({} {})", best->metric.empty() ? "best_metric" : printable(best->metric),
+                        number_text(best->value));
     std::cerr << "ckpt: best: " << printable(entry.name) << why << "\n";
   }
   return exit_ok;
@@ -76,18 +80,23 @@ Action attach_best(CLI::App& sub) {
   sub.add_option("--mode", o->mode, "min or max [default: min for names containing 'loss', else max]")
       ->check(one_of({"min", "max"}));
   sub.add_flag("--json", o->json, "Print details as JSON instead of the path alone");
-  sub.add_option("--link", o->link, "Create or atomically replace the relative symlink RUN_DIR/NAME -> checkpoint-N (or its archive); only a symlink is replaced")
+  sub.add_option("--link", o->link,
+                 "Create or atomically replace the relative symlink RUN_DIR/NAME -> checkpoint-N (or its archive); "
+                 "only a symlink is replaced")
       ->check(CLI::Validator(
           [](std::string& name) -> std::string {
             if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
               return "'" + name + "' is not a plain name (the link is RUN_DIR/NAME)";
             }
             // A link named like a checkpoint would be listed, rotated and resumed from as one.
-            if (checkpoint::checkpoint_step(name)) return "'" + name + "' would be taken for a checkpoint; choose another name";
+            if (checkpoint::checkpoint_step(name))
+              return "'" + name + "' would be taken for a checkpoint; choose another name";
             return "";
           },
           "NAME"));
-  sub.add_option("--export", o->export_dir, "Write the best model's weights and config.json into DIR (hard links where possible; a new DIR or an earlier export is replaced in one step; never inside a checkpoint)");
+  sub.add_option("--export", o->export_dir,
+                 "Write the best model's weights and config.json into DIR (hard links where possible; a new DIR or an "
+                 "earlier export is replaced in one step; never inside a checkpoint)");
   return [o] { return run_best(*o); };
 }
 

@@ -27,15 +27,24 @@ namespace {
 
 constexpr Subcommand kSubcommands[] = {
     {"save", "Train the embedded model, saving complete checkpoints in the Hugging Face Trainer layout", attach_save},
-    {"resume", "Continue a run from its newest (or a given) checkpoint, bit-for-bit as if never stopped", attach_resume},
+    {"resume", "Continue a run from its newest (or a given) checkpoint, bit-for-bit as if never stopped",
+     attach_resume},
     {"list", "List the checkpoints of a run directory: step, metrics, best, newest, complete, size, age", attach_list},
     {"best", "Print the best checkpoint of a run directory; link or export it", attach_best},
-    {"latest", "Print the newest complete checkpoint of a run directory, for job scripts; verify it, restore an archive", attach_latest},
-    {"rotate", "Delete old checkpoints safely (or archive them first), keeping the best, the newest and the last N", attach_rotate},
-    {"tag", "Keep a checkpoint under a name (RUN_DIR/NAME) that rotate never deletes; delete such a named checkpoint", attach_tag},
+    {"latest",
+     "Print the newest complete checkpoint of a run directory, for job scripts; verify it, restore an archive",
+     attach_latest},
+    {"rotate", "Delete old checkpoints safely (or archive them first), keeping the best, the newest and the last N",
+     attach_rotate},
+    {"tag", "Keep a checkpoint under a name (RUN_DIR/NAME) that rotate never deletes; delete such a named checkpoint",
+     attach_tag},
     {"inspect", "Show what a checkpoint file, checkpoint directory or run directory holds", attach_inspect},
-    {"diff", "Compare two weights files, checkpoints or archives tensor by tensor, and their training state", attach_diff},
-    {"convert", "Convert weights and checkpoint files between pickle and safetensors, shard, cast; archive checkpoints compressed and restore them", attach_convert},
+    {"diff", "Compare two weights files, checkpoints or archives tensor by tensor, and their training state",
+     attach_diff},
+    {"convert",
+     "Convert weights and checkpoint files between pickle and safetensors, shard, cast; archive checkpoints compressed "
+     "and restore them",
+     attach_convert},
 };
 
 std::size_t edit_distance(const std::string& a, const std::string& b) {
@@ -93,7 +102,8 @@ std::optional<std::string> integer_problem(const std::string& text, std::int64_t
   const char* first = text.data();
   const char* last = first + text.size();
   const auto [end, error] = std::from_chars(first, last, value);
-  if (error == std::errc::result_out_of_range) return "'" + text + "' is too " + (text.front() == '-' ? "small" : "large");
+  if (error == std::errc::result_out_of_range)
+    return "'" + text + "' is too " + (text.front() == '-' ? "small" : "large");
   if (error != std::errc() || end != last) return "'" + text + "' is not a whole number";
   return std::nullopt;
 }
@@ -106,7 +116,8 @@ bool is_number(const std::string& text) {
 
 // One line for what CLI11 refused, naming the option or argument, in the words of the validators above.
 std::string usage_message(const CLI::App& scope, const CLI::ParseError& e) {
-  const std::string see = " (see " + (scope.get_parent() ? "ckpt help " + scope.get_name() : std::string("ckpt --help")) + ")";
+  const std::string see =
+      " (see " + (scope.get_parent() ? "ckpt help " + scope.get_name() : std::string("ckpt --help")) + ")";
   const std::string what = e.what();
   // CLI11 begins these messages with the option's name and a colon.
   const CLI::Option* named = scope.get_option_no_throw(what.substr(0, what.find(':')));
@@ -126,8 +137,9 @@ std::string usage_message(const CLI::App& scope, const CLI::ParseError& e) {
       for (const auto& result : option->results()) {
         std::int64_t value = 0;
         const auto problem = type.rfind("INT", 0) == 0 || type.rfind("UINT", 0) == 0 ? integer_problem(result, value)
-                             : type.rfind("FLOAT", 0) == 0 && !is_number(result) ? std::optional<std::string>("'" + result + "' is not a number")
-                                                                                 : std::nullopt;
+                             : type.rfind("FLOAT", 0) == 0 && !is_number(result)
+                                 ? std::optional<std::string>("'" + result + "' is not a number")
+                                 : std::nullopt;
         if (problem) return option->get_name() + ": " + *problem;
       }
     }
@@ -137,7 +149,8 @@ std::string usage_message(const CLI::App& scope, const CLI::ParseError& e) {
   }
   std::string message = what;
   // "A subcommand is required" reads on after "error: " in lower case; "RUN_DIR is required" stays as it is.
-  if (message.size() > 1 && std::islower(static_cast<unsigned char>(message[1]))) message.front() = static_cast<char>(std::tolower(message.front()));
+  if (message.size() > 1 && std::islower(static_cast<unsigned char>(message[1])))
+    message.front() = static_cast<char>(std::tolower(message.front()));
   return dynamic_cast<const CLI::RequiredError*>(&e) ? message + see : message;
 }
 
@@ -146,12 +159,17 @@ std::string usage_message(const CLI::App& scope, const CLI::ParseError& e) {
 int exit_code_for(ErrorKind kind) {
   switch (kind) {
     case ErrorKind::corrupt:
-    case ErrorKind::unsupported: return exit_bad_input;
-    case ErrorKind::invalid_argument: return exit_usage;
-    case ErrorKind::interrupted: return exit_interrupted;
-    case ErrorKind::locked: return exit_locked;
+    case ErrorKind::unsupported:
+      return exit_bad_input;
+    case ErrorKind::invalid_argument:
+      return exit_usage;
+    case ErrorKind::interrupted:
+      return exit_interrupted;
+    case ErrorKind::locked:
+      return exit_locked;
     case ErrorKind::not_found:
-    case ErrorKind::io: return exit_failure;
+    case ErrorKind::io:
+      return exit_failure;
   }
   return exit_failure;
 }
@@ -162,25 +180,37 @@ namespace {
 // line), "out_of_memory" and "internal" (an exception that is no ckpt::Error).
 const char* json_kind(ErrorKind kind) {
   switch (kind) {
-    case ErrorKind::not_found: return "not_found";
-    case ErrorKind::corrupt: return "corrupt";
-    case ErrorKind::unsupported: return "unsupported";
-    case ErrorKind::invalid_argument: return "invalid_argument";
-    case ErrorKind::io: return "io";
-    case ErrorKind::interrupted: return "interrupted";
-    case ErrorKind::locked: return "locked";
+    case ErrorKind::not_found:
+      return "not_found";
+    case ErrorKind::corrupt:
+      return "corrupt";
+    case ErrorKind::unsupported:
+      return "unsupported";
+    case ErrorKind::invalid_argument:
+      return "invalid_argument";
+    case ErrorKind::io:
+      return "io";
+    case ErrorKind::interrupted:
+      return "interrupted";
+    case ErrorKind::locked:
+      return "locked";
   }
   return "internal";
 }
 
-json::Json error_fields(const std::string& kind, const std::string& path, const std::string& where, const std::string& message) {
-  const auto text_or_null = [](const std::string& text) { return text.empty() ? json::Json(nullptr) : json::Json(text); };
+json::Json error_fields(const std::string& kind, const std::string& path, const std::string& where,
+                        const std::string& message) {
+  const auto text_or_null = [](const std::string& text) {
+    return text.empty() ? json::Json(nullptr) : json::Json(text);
+  };
   return {{"kind", kind}, {"path", text_or_null(path)}, {"where", text_or_null(where)}, {"message", message}};
 }
 
 }  // namespace
 
-json::Json error_object(const Error& error) { return error_fields(json_kind(error.kind()), error.path(), error.where(), error.what()); }
+json::Json error_object(const Error& error) {
+  return error_fields(json_kind(error.kind()), error.path(), error.where(), error.what());
+}
 
 namespace {
 
@@ -241,7 +271,9 @@ CLI::Validator whole_number() {
   return decimal_integer(std::numeric_limits<std::int64_t>::min(), std::numeric_limits<std::int64_t>::max(), "INT", "");
 }
 
-CLI::Validator positive_integer() { return decimal_integer(1, std::numeric_limits<std::int64_t>::max(), "POSITIVE", "must be at least 1"); }
+CLI::Validator positive_integer() {
+  return decimal_integer(1, std::numeric_limits<std::int64_t>::max(), "POSITIVE", "must be at least 1");
+}
 
 CLI::Validator integer_between(std::int64_t low, std::int64_t high) {
   return decimal_integer(low, high, "INT in [" + std::to_string(low) + " - " + std::to_string(high) + "]",
@@ -300,7 +332,8 @@ int run(int argc, char** argv) {
   // The one place a failure is reported: its line on stderr and, for --json, its object on stdout.
   const bool as_json = !args.empty() && json_errors(args);
   std::optional<HeldStdout> held;  // from parsing on: --help prints as ever
-  const auto fail = [&](const char* kind, const std::string& path, const std::string& where, const std::string& message, int code) {
+  const auto fail = [&](const char* kind, const std::string& path, const std::string& where, const std::string& message,
+                        int code) {
     held.reset();
     std::cout.flush();
     print_error(message);
@@ -308,7 +341,9 @@ int run(int argc, char** argv) {
     return code;
   };
   const auto usage_error = [&](const std::string& message) { return fail("usage", "", "", message, exit_usage); };
-  const auto error = [&](const Error& e) { return fail(json_kind(e.kind()), e.path(), e.where(), e.what(), exit_code_for(e.kind())); };
+  const auto error = [&](const Error& e) {
+    return fail(json_kind(e.kind()), e.path(), e.where(), e.what(), exit_code_for(e.kind()));
+  };
 
   // CLI11 reports a first word that names no subcommand as a missing subcommand, without the word.
   const auto names = subcommand_names();

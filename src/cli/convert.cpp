@@ -69,8 +69,10 @@ class InterruptFlag {
 
 // --to archive and --to dir: one archive file <-> one checkpoint directory.
 int run_archive(const ConvertOptions& o) {
-  for (const auto& [given, flag] : {std::pair{o.max_shard_size_given, "--max-shard-size"}, {!o.dtype.empty(), "--dtype"},
-                                    {o.include_state, "--include-state"}, {o.dry_run, "--dry-run"}}) {
+  for (const auto& [given, flag] : {std::pair{o.max_shard_size_given, "--max-shard-size"},
+                                    {!o.dtype.empty(), "--dtype"},
+                                    {o.include_state, "--include-state"},
+                                    {o.dry_run, "--dry-run"}}) {
     if (given) throw UsageError(std::string(flag) + " does not apply to --to " + o.to);
   }
   checkpoint::ArchiveOptions options;
@@ -82,7 +84,8 @@ int run_archive(const ConvertOptions& o) {
   const bool archiving = o.to == "archive";
   const auto s = with_progress(!o.quiet && !o.json, "converting", [&](ProgressLine& progress) {
     options.progress = [&progress](std::uint64_t done, std::uint64_t total) { progress.update(done, total); };
-    return archiving ? checkpoint::archive_checkpoint(o.source, o.output, options) : checkpoint::restore_archive(o.source, o.output, options);
+    return archiving ? checkpoint::archive_checkpoint(o.source, o.output, options)
+                     : checkpoint::restore_archive(o.source, o.output, options);
   });
   if (o.json) {
     std::cout << json::dump({{"source", o.source},
@@ -98,8 +101,9 @@ int run_archive(const ConvertOptions& o) {
                             2)
               << "\n";
   } else if (!o.quiet) {
-    print_text(fmt::format("{} {} -> {}: {} files, {} tensors, {} {} {} ({:.3f}x)\n", archiving ? "archived" : "restored", printable(o.source),
-                           printable(o.output), s.files, s.tensors, human_bytes(s.original_bytes), archiving ? "into" : "from",
+    print_text(fmt::format("{} {} -> {}: {} files, {} tensors, {} {} {} ({:.3f}x)\n",
+                           archiving ? "archived" : "restored", printable(o.source), printable(o.output), s.files,
+                           s.tensors, human_bytes(s.original_bytes), archiving ? "into" : "from",
                            human_bytes(s.archive_bytes), s.ratio()));
   }
   return exit_ok;
@@ -123,9 +127,12 @@ int run_convert(const ConvertOptions& o) {
     throw UsageError("--consolidate writes optimizer.pt: convert its output with --include-state afterwards");
   }
   if (o.max_shard_size_given) options.max_shard_size = checkpoint::parse_size(o.max_shard_size);  // checked when parsed
-  if (o.dtype == "bf16") options.dtype = DType::bfloat16;
-  else if (o.dtype == "fp16") options.dtype = DType::float16;
-  else if (o.dtype == "fp32") options.dtype = DType::float32;
+  if (o.dtype == "bf16")
+    options.dtype = DType::bfloat16;
+  else if (o.dtype == "fp16")
+    options.dtype = DType::float16;
+  else if (o.dtype == "fp32")
+    options.dtype = DType::float32;
   options.include_state = o.include_state;
   options.dry_run = o.dry_run;
   options.force = o.force;
@@ -157,7 +164,8 @@ int run_convert(const ConvertOptions& o) {
   } else if (!o.quiet) {
     Table table({"destination", "action", "size", "source"});
     for (const auto& f : result.files) {
-      table.add({f.destination, o.dry_run ? "would be " + f.action : f.action, o.dry_run ? "-" : human_bytes(f.bytes), f.source});
+      table.add({f.destination, o.dry_run ? "would be " + f.action : f.action, o.dry_run ? "-" : human_bytes(f.bytes),
+                 f.source});
     }
     std::string text = table.render();
     for (const auto& note : result.notes) text += "note: " + printable(note) + "\n";
@@ -171,26 +179,42 @@ int run_convert(const ConvertOptions& o) {
 Action attach_convert(CLI::App& sub) {
   auto o = std::make_shared<ConvertOptions>();
   sub.add_option("SRC", o->source,
-                 "A weights file, a sharded checkpoint's index json, another checkpoint file, a checkpoint directory, or an archive (--to dir)")
+                 "A weights file, a sharded checkpoint's index json, another checkpoint file, a checkpoint directory, "
+                 "or an archive (--to dir)")
       ->required();
-  sub.add_option("--to", o->to, "Target format: safetensors, pytorch, archive (a compressed .ckpt file of a checkpoint directory), dir (restore one); required unless --consolidate")
+  sub.add_option("--to", o->to,
+                 "Target format: safetensors, pytorch, archive (a compressed .ckpt file of a checkpoint directory), "
+                 "dir (restore one); required unless --consolidate")
       ->check(one_of({"safetensors", "pytorch", "archive", "dir"}));
-  sub.add_option("-o,--output", o->output, "Destination file, or directory (for a directory SRC, with --max-shard-size, or --to dir)")->required();
-  sub.add_option("--max-shard-size", o->max_shard_size, "Split weights into shards of at most this size, with an index json (e.g. 5GB, 500MiB)")
+  sub.add_option("-o,--output", o->output,
+                 "Destination file, or directory (for a directory SRC, with --max-shard-size, or --to dir)")
+      ->required();
+  sub.add_option("--max-shard-size", o->max_shard_size,
+                 "Split weights into shards of at most this size, with an index json (e.g. 5GB, 500MiB)")
       ->check(CLI::Validator(
-          [](std::string& text) { return checkpoint::parse_size(text) ? std::string() : "'" + text + "' is not a size (e.g. 5GB, 500MiB)"; },
+          [](std::string& text) {
+            return checkpoint::parse_size(text) ? std::string() : "'" + text + "' is not a size (e.g. 5GB, 500MiB)";
+          },
           "SIZE"))
       ->each([o](const std::string&) { o->max_shard_size_given = true; });
-  sub.add_option("--dtype", o->dtype, "Cast floating weights (round to nearest even, as torch does); a directory's config.json gets the new torch_dtype")->check(one_of({"bf16", "fp16", "fp32"}));
+  sub.add_option("--dtype", o->dtype,
+                 "Cast floating weights (round to nearest even, as torch does); a directory's config.json gets the new "
+                 "torch_dtype")
+      ->check(one_of({"bf16", "fp16", "fp32"}));
   sub.add_flag("--include-state", o->include_state,
-               "For a directory: also convert optimizer, scheduler, scaler and rng_state files (and training_args.bin one way, to JSON)");
+               "For a directory: also convert optimizer, scheduler, scaler and rng_state files (and training_args.bin "
+               "one way, to JSON)");
   sub.add_flag("--consolidate", o->consolidate,
-               "For a directory with a sharded optimizer (optimizer_<rank>.pt, from --shard-optimizer): merge the shards into one optimizer.pt "
+               "For a directory with a sharded optimizer (optimizer_<rank>.pt, from --shard-optimizer): merge the "
+               "shards into one optimizer.pt "
                "that torch.optim loads; without --to the weights are copied as they are");
   sub.add_option("--level", o->level, "zstd level for --to archive [default: 3]")->transform(integer_between(1, 19));
-  sub.add_option("--threads", o->threads, "Threads for --to archive and --to dir [default: every core]")->transform(integer_between(1, 256));
+  sub.add_option("--threads", o->threads, "Threads for --to archive and --to dir [default: every core]")
+      ->transform(integer_between(1, 256));
   sub.add_flag("--dry-run", o->dry_run, "Show what would be written; write nothing");
-  sub.add_flag("--force", o->force, "Replace an existing destination (a directory only when it holds an earlier output of ckpt and nothing else)");
+  sub.add_flag(
+      "--force", o->force,
+      "Replace an existing destination (a directory only when it holds an earlier output of ckpt and nothing else)");
   sub.add_flag("--json", o->json, "Print a JSON summary");
   sub.add_flag("-q,--quiet", o->quiet, "Print nothing unless there is an error");
   return [o] { return run_convert(*o); };

@@ -51,13 +51,20 @@ std::string shape_cell(const TensorDiff& t) {
 
 std::string status_text(TensorStatus status) {
   switch (status) {
-    case TensorStatus::identical: return "identical";
-    case TensorStatus::within_tolerance: return "within tolerance";
-    case TensorStatus::different: return "different";
-    case TensorStatus::dtype_changed: return "dtype changed";
-    case TensorStatus::shape_changed: return "shape changed";
-    case TensorStatus::only_in_a: return "only in A";
-    case TensorStatus::only_in_b: return "only in B";
+    case TensorStatus::identical:
+      return "identical";
+    case TensorStatus::within_tolerance:
+      return "within tolerance";
+    case TensorStatus::different:
+      return "different";
+    case TensorStatus::dtype_changed:
+      return "dtype changed";
+    case TensorStatus::shape_changed:
+      return "shape changed";
+    case TensorStatus::only_in_a:
+      return "only in A";
+    case TensorStatus::only_in_b:
+      return "only in B";
   }
   return "different";
 }
@@ -80,13 +87,25 @@ struct Counts {
     for (const auto& t : s.tensors) {
       ++tensors;
       switch (t.status) {
-        case TensorStatus::identical: ++identical; break;
-        case TensorStatus::within_tolerance: ++within; break;
-        case TensorStatus::different: ++different; break;
-        case TensorStatus::only_in_a: ++only_a; break;
-        case TensorStatus::only_in_b: ++only_b; break;
+        case TensorStatus::identical:
+          ++identical;
+          break;
+        case TensorStatus::within_tolerance:
+          ++within;
+          break;
+        case TensorStatus::different:
+          ++different;
+          break;
+        case TensorStatus::only_in_a:
+          ++only_a;
+          break;
+        case TensorStatus::only_in_b:
+          ++only_b;
+          break;
         case TensorStatus::dtype_changed:
-        case TensorStatus::shape_changed: ++changed; break;
+        case TensorStatus::shape_changed:
+          ++changed;
+          break;
       }
     }
     values += s.values.size();
@@ -132,7 +151,8 @@ void render_text(const DiffResult& r, const DiffOptions& o) {
   for (const auto& s : r.sections) {
     total.add(s);
     out += "\n" + printable(section_line(s)) + "\n";
-    Table tensors({"tensor", "status", "dtype", "shape", "differing", "max_abs_diff", "max_rel_diff", "l2_diff", "l2_a", "cosine"});
+    Table tensors({"tensor", "status", "dtype", "shape", "differing", "max_abs_diff", "max_rel_diff", "l2_diff", "l2_a",
+                   "cosine"});
     bool any_tensor = false;
     for (const auto& t : s.tensors) {
       if (t.status == TensorStatus::identical && !o.all) continue;
@@ -140,8 +160,9 @@ void render_text(const DiffResult& r, const DiffOptions& o) {
       std::vector<std::string> row = {t.name, status_text(t.status), dtype_text(t), shape_cell(t)};
       if (t.stats) {
         const auto& m = *t.stats;
-        row.insert(row.end(), {grouped(m.differing) + " of " + grouped(m.elements), metric_text(m.max_abs_diff), metric_text(m.max_rel_diff),
-                               metric_text(m.l2_diff()), metric_text(m.l2_a()), metric_text(m.cosine())});
+        row.insert(row.end(), {grouped(m.differing) + " of " + grouped(m.elements), metric_text(m.max_abs_diff),
+                               metric_text(m.max_rel_diff), metric_text(m.l2_diff()), metric_text(m.l2_a()),
+                               metric_text(m.cosine())});
       } else {
         row.insert(row.end(), {t.status == TensorStatus::identical ? "0" : "-", "-", "-", "-", "-", "-"});
       }
@@ -149,7 +170,8 @@ void render_text(const DiffResult& r, const DiffOptions& o) {
     }
     if (any_tensor) out += tensors.render("  ");
     // Without --all only the values that differ are listed; with it, a column says which.
-    Table values(o.all ? std::vector<std::string>{"value", "status", "A", "B"} : std::vector<std::string>{"value", "A", "B"});
+    Table values(o.all ? std::vector<std::string>{"value", "status", "A", "B"}
+                       : std::vector<std::string>{"value", "A", "B"});
     bool any_value = false;
     for (const auto& v : s.values) {
       if (v.same && !o.all) continue;
@@ -162,7 +184,9 @@ void render_text(const DiffResult& r, const DiffOptions& o) {
   }
   if (!r.notes.empty()) out += "\n";
   for (const auto& note : r.notes) out += "note: " + printable(note) + "\n";
-  const std::string tolerance = o.tolerance || o.rtol ? fmt::format(" (tolerance {}, rtol {})", metric_text(o.tolerance), metric_text(o.rtol)) : "";
+  const std::string tolerance =
+      o.tolerance || o.rtol ? fmt::format(" (tolerance {}, rtol {})", metric_text(o.tolerance), metric_text(o.rtol))
+                            : "";
   std::string verdict;
   if (r.same()) {
     verdict = "same" + tolerance + ": " + grouped(total.tensors) + (total.tensors == 1 ? " tensor " : " tensors ") +
@@ -171,9 +195,13 @@ void render_text(const DiffResult& r, const DiffOptions& o) {
   } else {
     std::vector<std::string> parts;
     const std::size_t tensors_differing = total.tensors - total.identical - total.within;
-    if (tensors_differing) parts.push_back(grouped(tensors_differing) + " of " + grouped(total.tensors) + " tensors differ");
-    if (total.values_different) parts.push_back(grouped(total.values_different) + " of " + grouped(total.values) + " values differ");
-    if (total.files_missing) parts.push_back(grouped(total.files_missing) + (total.files_missing == 1 ? " file" : " files") + " only on one side");
+    if (tensors_differing)
+      parts.push_back(grouped(tensors_differing) + " of " + grouped(total.tensors) + " tensors differ");
+    if (total.values_different)
+      parts.push_back(grouped(total.values_different) + " of " + grouped(total.values) + " values differ");
+    if (total.files_missing)
+      parts.push_back(grouped(total.files_missing) + (total.files_missing == 1 ? " file" : " files") +
+                      " only on one side");
     verdict = "different" + tolerance + ":";
     for (std::size_t i = 0; i < parts.size(); ++i) verdict += (i ? ", " : " ") + parts[i];
   }
@@ -181,13 +209,21 @@ void render_text(const DiffResult& r, const DiffOptions& o) {
   print_text(printable(out, true));
 }
 
-json::Json shape_json(const std::optional<std::vector<std::int64_t>>& shape) { return shape ? json::Json(*shape) : json::Json(nullptr); }
+json::Json shape_json(const std::optional<std::vector<std::int64_t>>& shape) {
+  return shape ? json::Json(*shape) : json::Json(nullptr);
+}
 
-json::Json dtype_json(const std::optional<DType>& dtype) { return dtype ? json::Json(std::string(torch_name(*dtype))) : json::Json(nullptr); }
+json::Json dtype_json(const std::optional<DType>& dtype) {
+  return dtype ? json::Json(std::string(torch_name(*dtype))) : json::Json(nullptr);
+}
 
 json::Json tensor_json(const TensorDiff& t) {
-  json::Json j = {{"name", t.name},         {"status", to_string(t.status)}, {"same", t.same()},
-                  {"dtype_a", dtype_json(t.dtype_a)}, {"dtype_b", dtype_json(t.dtype_b)}, {"shape_a", shape_json(t.shape_a)},
+  json::Json j = {{"name", t.name},
+                  {"status", to_string(t.status)},
+                  {"same", t.same()},
+                  {"dtype_a", dtype_json(t.dtype_a)},
+                  {"dtype_b", dtype_json(t.dtype_b)},
+                  {"shape_a", shape_json(t.shape_a)},
                   {"shape_b", shape_json(t.shape_b)}};
   if (t.stats) {
     const auto& m = *t.stats;
@@ -210,7 +246,8 @@ void render_json(const DiffResult& r, const DiffOptions& o) {
     for (const auto& t : s.tensors) tensors.push_back(tensor_json(t));
     json::Json values = json::Json::array();
     for (const auto& v : s.values) {
-      values.push_back({{"name", v.name}, {"same", v.same}, {"in_a", v.in_a}, {"in_b", v.in_b}, {"a", v.a}, {"b", v.b}});
+      values.push_back(
+          {{"name", v.name}, {"same", v.same}, {"in_a", v.in_a}, {"in_b", v.in_b}, {"a", v.a}, {"b", v.b}});
     }
     sections.push_back({{"name", s.name},
                         {"file_a", s.file_a ? json::Json(*s.file_a) : json::Json(nullptr)},
@@ -238,8 +275,10 @@ int run_diff(const DiffOptions& o) {
     options.progress = [&progress](std::uint64_t done, std::uint64_t total) { progress.update(done, total); };
     return checkpoint::diff(o.a, o.b, options);
   });
-  if (o.json) render_json(result, o);
-  else if (!o.quiet) render_text(result, o);
+  if (o.json)
+    render_json(result, o);
+  else if (!o.quiet)
+    render_text(result, o);
   return result.same() ? exit_ok : exit_failure;
 }
 
@@ -247,12 +286,20 @@ int run_diff(const DiffOptions& o) {
 
 Action attach_diff(CLI::App& sub) {
   auto o = std::make_shared<DiffOptions>();
-  sub.add_option("A", o->a, "A weights file (.bin, .safetensors, an index .json), checkpoint or model directory, or archive (.ckpt)")->required();
+  sub.add_option(
+         "A", o->a,
+         "A weights file (.bin, .safetensors, an index .json), checkpoint or model directory, or archive (.ckpt)")
+      ->required();
   sub.add_option("B", o->b, "What to compare it with: any of the same, in any mix")->required();
-  sub.add_option("--tolerance", o->tolerance, "Elements count as the same when |a - b| <= tolerance + rtol * |b| (torch.allclose's atol) [default: 0]")
+  sub.add_option(
+         "--tolerance", o->tolerance,
+         "Elements count as the same when |a - b| <= tolerance + rtol * |b| (torch.allclose's atol) [default: 0]")
       ->transform(non_negative_number());
-  sub.add_option("--rtol", o->rtol, "The relative part of that bound (torch.allclose's rtol) [default: 0]")->transform(non_negative_number());
-  sub.add_option("--only", o->only, "Compare only tensors and values whose name matches this glob (repeatable: any matches), e.g. 'layers.*', 'optimizer.*'")
+  sub.add_option("--rtol", o->rtol, "The relative part of that bound (torch.allclose's rtol) [default: 0]")
+      ->transform(non_negative_number());
+  sub.add_option("--only", o->only,
+                 "Compare only tensors and values whose name matches this glob (repeatable: any matches), e.g. "
+                 "'layers.*', 'optimizer.*'")
       ->expected(1)
       ->allow_extra_args(false)  // one pattern per --only: `--only 'x*' A B` leaves A and B alone
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);

@@ -32,7 +32,11 @@ json::Json verification_json(const Verification& v) {
 }
 
 json::Json file_json(const FileReport& f) {
-  json::Json out{{"path", f.path}, {"file", f.file}, {"size_bytes", f.size_bytes}, {"format", f.format}, {"kind", kind_name(f.kind)}};
+  json::Json out{{"path", f.path},
+                 {"file", f.file},
+                 {"size_bytes", f.size_bytes},
+                 {"format", f.format},
+                 {"kind", kind_name(f.kind)}};
   if (f.error) {
     out["error"] = f.error->what();
     return out;
@@ -66,22 +70,20 @@ json::Json summary_json(const checkpoint::CheckpointSummary& s, const std::vecto
   json::ObjectBuilder metrics;
   for (const auto& [name, value] : s.metrics) metrics.set(name, value);
   json::Json dtypes = json::Json::object();
-  for (const auto& d : s.dtypes) dtypes[std::string(torch_name(d.dtype))] = {{"count", d.tensors}, {"numel", d.parameters}, {"nbytes", d.bytes}};
+  for (const auto& d : s.dtypes)
+    dtypes[std::string(torch_name(d.dtype))] = {{"count", d.tensors}, {"numel", d.parameters}, {"nbytes", d.bytes}};
   json::ObjectBuilder kinds(files.size());
   for (const auto& f : files) kinds.set(f.file, std::string(kind_name(f.kind)));
   json::Json best = nullptr;
-  if (s.best_checkpoint) best = {{"checkpoint", *s.best_checkpoint}, {"metric", optional(s.best_metric_name)}, {"value", optional(s.best_metric)}};
-  return {{"step", optional(s.step)},
-          {"epoch", optional(s.epoch)},
-          {"loss", optional(s.loss)},
-          {"eval_step", optional(s.eval_step)},
-          {"metrics", metrics.take()},
-          {"best", std::move(best)},
-          {"size_bytes", s.size_bytes},
-          {"num_files", files.size()},
-          {"num_parameters", optional(s.parameters)},
-          {"dtypes", std::move(dtypes)},
-          {"files", kinds.take()}};
+  if (s.best_checkpoint)
+    best = {{"checkpoint", *s.best_checkpoint},
+            {"metric", optional(s.best_metric_name)},
+            {"value", optional(s.best_metric)}};
+  return {
+      {"step", optional(s.step)},           {"epoch", optional(s.epoch)}, {"loss", optional(s.loss)},
+      {"eval_step", optional(s.eval_step)}, {"metrics", metrics.take()},  {"best", std::move(best)},
+      {"size_bytes", s.size_bytes},         {"num_files", files.size()},  {"num_parameters", optional(s.parameters)},
+      {"dtypes", std::move(dtypes)},        {"files", kinds.take()}};
 }
 
 json::Json checkpoint_json(const CheckpointReport& c) {
@@ -119,7 +121,8 @@ std::string value_text(const json::Json& v) {
     if (type == "global") return value_text(v["name"]);
     if (type == "device") return "device(" + value_text(v["device"]) + ")";
     if (type == "bytes") return "bytes[" + value_text(v["length"]) + "]";
-    if (type == "tensor" || type == "ndarray") return type + "(" + value_text(v["dtype"]) + ", " + value_text(v["shape"]) + ")";
+    if (type == "tensor" || type == "ndarray")
+      return type + "(" + value_text(v["dtype"]) + ", " + value_text(v["shape"]) + ")";
     if (type == "object") return value_text(v["class"]) + "(...)";
   }
   return printable(json::dump(v));
@@ -152,11 +155,14 @@ std::string weights_text(const FileReport& f, bool detail) {
   header.push_back("");
   Table table(header);
   for (const auto& t : f.tensors) {
-    std::vector<std::string> row = {t.name, std::string(torch_name(t.dtype)), shape_text(t.shape), human_bytes(t.nbytes)};
+    std::vector<std::string> row = {t.name, std::string(torch_name(t.dtype)), shape_text(t.shape),
+                                    human_bytes(t.nbytes)};
     if (verified) row.push_back(t.nonfinite ? fmt::format("{}/{}", t.nonfinite->nan, t.nonfinite->inf) : "");
     std::string note;
-    if (t.tied_to) note = "tied to " + *t.tied_to;
-    else if (t.storage && t.stride != checkpoint::contiguous_strides(t.shape)) note = "strided view";
+    if (t.tied_to)
+      note = "tied to " + *t.tied_to;
+    else if (t.storage && t.stride != checkpoint::contiguous_strides(t.shape))
+      note = "strided view";
     row.push_back(note);
     table.add(std::move(row));
   }
@@ -169,21 +175,23 @@ std::string weights_text(const FileReport& f, bool detail) {
   out += "  by dtype:\n" + totals.render("    ");
   for (const auto& [key, value] : f.fields["metadata"].items()) {
     std::string text = value_text(value);
-    if (text.size() > 120) text = text.substr(0, 100) + fmt::format("... ({} characters; --json shows all)", text.size());
+    if (text.size() > 120)
+      text = text.substr(0, 100) + fmt::format("... ({} characters; --json shows all)", text.size());
     out += fmt::format("  metadata {}: {}\n", printable(key), text);
   }
   return out;
 }
 
 std::string optimizer_text(const FileReport& f) {
-  std::string out = fmt::format("  {} parameter states ({}), step {}, {} of state\n",
-                                f.fields["num_param_states"].get<std::uint64_t>(),
-                                names_text(f.fields["state_keys"]),
-                                value_text(f.fields["step"]), human_bytes(f.fields["state_bytes"].get<std::uint64_t>()));
+  std::string out =
+      fmt::format("  {} parameter states ({}), step {}, {} of state\n",
+                  f.fields["num_param_states"].get<std::uint64_t>(), names_text(f.fields["state_keys"]),
+                  value_text(f.fields["step"]), human_bytes(f.fields["state_bytes"].get<std::uint64_t>()));
   if (f.fields.contains("shard")) {
     const auto& shard = f.fields["shard"];
     out += fmt::format("  shard: rank {} of {}, state indices {}\n", value_text(shard.value("rank", json::Json())),
-                       value_text(shard.value("world_size", json::Json())), value_text(shard.value("params", json::Json())));
+                       value_text(shard.value("world_size", json::Json())),
+                       value_text(shard.value("params", json::Json())));
   }
   std::size_t i = 0;
   for (const auto& group : f.fields["param_groups"]) {
@@ -201,7 +209,8 @@ std::string optimizer_text(const FileReport& f) {
 
 // `detail` false (--summary) leaves out the tables that grow with the file: weights' tensors, training_args' fields.
 std::string file_text(const FileReport& f, bool detail) {
-  std::string out = fmt::format("{}: {} ({}, {})\n", printable(f.path), kind_name(f.kind), f.format, human_bytes(f.size_bytes));
+  std::string out =
+      fmt::format("{}: {} ({}, {})\n", printable(f.path), kind_name(f.kind), f.format, human_bytes(f.size_bytes));
   if (f.error) return fmt::format("{}: error: {}\n", printable(f.path), printable(f.error->what()));
   const json::Json& x = f.fields;
   switch (f.kind) {
@@ -219,7 +228,8 @@ std::string file_text(const FileReport& f, bool detail) {
       break;
     }
     case FileKind::scaler: {
-      out += x["enabled"].get<bool>() ? "  enabled: " + fields_text(x, {"enabled"}) + "\n" : "  disabled (empty state)\n";
+      out +=
+          x["enabled"].get<bool>() ? "  enabled: " + fields_text(x, {"enabled"}) + "\n" : "  disabled (empty state)\n";
       break;
     }
     case FileKind::rng_state: {
@@ -253,11 +263,13 @@ std::string file_text(const FileReport& f, bool detail) {
       break;
     }
     case FileKind::archive: {
-      out += fmt::format("  {} (step {}): {} files, {} tensors, {} archived at {:.3f}x\n", value_text(x["checkpoint"]), value_text(x["step"]),
-                         x["files"].size(), f.tensors.size(), human_bytes(x["original_bytes"].get<std::uint64_t>()), x["ratio"].get<double>());
+      out += fmt::format("  {} (step {}): {} files, {} tensors, {} archived at {:.3f}x\n", value_text(x["checkpoint"]),
+                         value_text(x["step"]), x["files"].size(), f.tensors.size(),
+                         human_bytes(x["original_bytes"].get<std::uint64_t>()), x["ratio"].get<double>());
       Table table({"file", "size", "sha256"});
       for (const auto& file : x["files"]) {
-        table.add({file["name"].get<std::string>(), human_bytes(file["size_bytes"].get<std::uint64_t>()), file["sha256"].get<std::string>()});
+        table.add({file["name"].get<std::string>(), human_bytes(file["size_bytes"].get<std::uint64_t>()),
+                   file["sha256"].get<std::string>()});
       }
       out += table.render("  ");
       break;
@@ -280,7 +292,8 @@ std::string file_text(const FileReport& f, bool detail) {
 }
 
 std::string verification_text(const std::string& subject, const Verification& v) {
-  std::string out = fmt::format("  verify {}: {} ({})\n", printable(subject), v.ok() ? "ok" : "FAILED", printable(fmt::format("{}", fmt::join(v.checks, "; "))));
+  std::string out = fmt::format("  verify {}: {} ({})\n", printable(subject), v.ok() ? "ok" : "FAILED",
+                                printable(fmt::format("{}", fmt::join(v.checks, "; "))));
   for (const auto& e : v.errors) out += "    error: " + printable(e) + "\n";
   return out;
 }
@@ -301,24 +314,32 @@ std::string summary_text(const CheckpointReport& c, const std::vector<std::strin
   for (const auto& [name, value] : s.metrics) rows.push_back({name, metric_text(name, value)});
   if (s.best_checkpoint) {
     const std::string metric = s.best_metric_name.value_or("best_metric");
-    rows.push_back({"best", *s.best_checkpoint + (s.best_metric ? fmt::format(" ({} {})", metric, metric_text(metric, *s.best_metric)) : "")});
+    rows.push_back(
+        {"best", *s.best_checkpoint +
+                     (s.best_metric ? fmt::format(" ({} {})", metric, metric_text(metric, *s.best_metric)) : "")});
   }
-  rows.push_back({"size", fmt::format("{} in {} file{}", human_bytes(s.size_bytes), c.files.size(), c.files.size() == 1 ? "" : "s")});
+  rows.push_back({"size", fmt::format("{} in {} file{}", human_bytes(s.size_bytes), c.files.size(),
+                                      c.files.size() == 1 ? "" : "s")});
   if (s.parameters) {
     std::vector<std::string> dtypes;
     for (const auto& d : s.dtypes) {
-      dtypes.push_back(s.dtypes.size() == 1 ? std::string(torch_name(d.dtype)) : fmt::format("{} {}", torch_name(d.dtype), grouped(d.parameters)));
+      dtypes.push_back(s.dtypes.size() == 1 ? std::string(torch_name(d.dtype))
+                                            : fmt::format("{} {}", torch_name(d.dtype), grouped(d.parameters)));
     }
     rows.push_back({"parameters", fmt::format("{} ({})", grouped(*s.parameters), fmt::join(dtypes, ", "))});
   }
   for (std::size_t i = 0; i < c.files.size(); ++i) {
     const FileReport& f = c.files[i];
-    rows.push_back({i == 0 ? "files" : "", fmt::format("{} ({}, {})", f.file, kind_name(f.kind), human_bytes(f.size_bytes))});
+    rows.push_back(
+        {i == 0 ? "files" : "", fmt::format("{} ({}, {})", f.file, kind_name(f.kind), human_bytes(f.size_bytes))});
   }
   if (verify_errors) {
     const auto& errors = *verify_errors;
-    rows.push_back({"verify", errors.empty() ? "ok"
-                              : fmt::format("FAILED: {}{}", errors.front(), errors.size() > 1 ? fmt::format(" (and {} more)", errors.size() - 1) : "")});
+    rows.push_back(
+        {"verify", errors.empty()
+                       ? "ok"
+                       : fmt::format("FAILED: {}{}", errors.front(),
+                                     errors.size() > 1 ? fmt::format(" (and {} more)", errors.size() - 1) : "")});
   }
   Table table(rows.front());
   for (std::size_t i = 1; i < rows.size(); ++i) table.add(std::move(rows[i]));
@@ -329,7 +350,8 @@ std::string summary_text(const CheckpointReport& c, const std::vector<std::strin
 
 bool all_ok(const CheckpointReport& c) {
   if (c.verify && !c.verify->ok()) return false;
-  return std::all_of(c.files.begin(), c.files.end(), [](const FileReport& f) { return !f.error && (!f.verify || f.verify->ok()); });
+  return std::all_of(c.files.begin(), c.files.end(),
+                     [](const FileReport& f) { return !f.error && (!f.verify || f.verify->ok()); });
 }
 
 // A failed verification is reported on stdout in full and summarised as the one error line on stderr.
@@ -364,11 +386,11 @@ int inspect_checkpoint_path(const InspectOptions& o, const checkpoint::InspectOp
     if (o.verify) out["ok"] = ok;
     std::cout << json::dump(out, 2) << "\n";
   } else {
-    std::string text = fmt::format("{}: {}{}, {}, {} file{}{}{}\n", printable(c.path), c.model_directory ? "model directory" : "checkpoint",
-                                   c.step ? fmt::format(" at step {}", *c.step) : "",
-                                   c.complete ? "complete" : "INCOMPLETE", c.files.size(), c.files.size() == 1 ? "" : "s",
-                                   c.world_size > 1 ? fmt::format(", written by {} processes", c.world_size) : "",
-                                   c.optimizer_sharded ? ", optimizer sharded" : "");
+    std::string text = fmt::format(
+        "{}: {}{}, {}, {} file{}{}{}\n", printable(c.path), c.model_directory ? "model directory" : "checkpoint",
+        c.step ? fmt::format(" at step {}", *c.step) : "", c.complete ? "complete" : "INCOMPLETE", c.files.size(),
+        c.files.size() == 1 ? "" : "s", c.world_size > 1 ? fmt::format(", written by {} processes", c.world_size) : "",
+        c.optimizer_sharded ? ", optimizer sharded" : "");
     for (const auto& p : c.problems) text += "  problem: " + printable(p) + "\n";
     text += summary_text(c, o.verify ? &errors : nullptr);
     if (!o.summary) {
@@ -396,7 +418,8 @@ int inspect_run_path(const InspectOptions& o, const checkpoint::InspectOptions& 
       const auto report = checkpoint::inspect_run_checkpoint(row.path, core);
       if (!report) {
         rows[i]["verify"] = {{"ok", true}, {"errors", json::Json::array()}, {"gone", true}};
-        verify_text += fmt::format("  verify {}: gone (deleted or replaced while being checked, as by a rotate)\n", row.name);
+        verify_text +=
+            fmt::format("  verify {}: gone (deleted or replaced while being checked, as by a rotate)\n", row.name);
         continue;
       }
       const auto row_errors = checkpoint::verification_errors(*report);
@@ -414,7 +437,9 @@ int inspect_run_path(const InspectOptions& o, const checkpoint::InspectOptions& 
     std::cout << json::dump(out, 2) << "\n";
   } else {
     print_text(fmt::format("{}: run directory\n", printable(o.path)) + listing_text(listing) + verify_text +
-               (!o.verify ? "" : errors.empty() ? "verify: ok\n" : "verify: FAILED\n"));
+               (!o.verify        ? ""
+                : errors.empty() ? "verify: ok\n"
+                                 : "verify: FAILED\n"));
   }
   return verification_status(o.path, errors);
 }
@@ -423,9 +448,12 @@ int run_inspect(const InspectOptions& o) {
   checkpoint::InspectOptions core;
   core.verify = o.verify;
   switch (checkpoint::classify_path(o.path)) {
-    case checkpoint::PathKind::file: return inspect_file_path(o, core);
-    case checkpoint::PathKind::checkpoint: return inspect_checkpoint_path(o, core);
-    case checkpoint::PathKind::run: return inspect_run_path(o, core);
+    case checkpoint::PathKind::file:
+      return inspect_file_path(o, core);
+    case checkpoint::PathKind::checkpoint:
+      return inspect_checkpoint_path(o, core);
+    case checkpoint::PathKind::run:
+      return inspect_run_path(o, core);
   }
   return exit_failure;
 }
@@ -434,12 +462,15 @@ int run_inspect(const InspectOptions& o) {
 
 Action attach_inspect(CLI::App& sub) {
   auto options = std::make_shared<InspectOptions>();
-  sub.add_option("PATH", options->path, "A checkpoint file (type detected from its content), a checkpoint or model directory, or a run directory")
+  sub.add_option(
+         "PATH", options->path,
+         "A checkpoint file (type detected from its content), a checkpoint or model directory, or a run directory")
       ->required();
   sub.add_flag("--json", options->json, "Print one JSON document on stdout (shape: man ckpt, INSPECT JSON)");
-  sub.add_flag("--summary", options->summary,
-               "Text: print only the summary a directory's report starts with (a file's without its tensor and field tables); "
-               "--json always has it as \"summary\"");
+  sub.add_flag(
+      "--summary", options->summary,
+      "Text: print only the summary a directory's report starts with (a file's without its tensor and field tables); "
+      "--json always has it as \"summary\"");
   sub.add_flag("--verify", options->verify,
                "Also check CRC-32s, safetensors rules, tensor extents, consistency across files; count NaN/Inf per "
                "floating tensor. Exit 3 if any check fails");

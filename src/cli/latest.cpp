@@ -80,7 +80,8 @@ Latest latest_of(const LatestOptions& o, const std::string& run_dir, std::string
       break;
     }
     if (!o.json) {
-      std::cerr << "ckpt: latest: skipped " << printable(label(entry)) << ": verification failed: " << printable(errors.front())
+      std::cerr << "ckpt: latest: skipped " << printable(label(entry))
+                << ": verification failed: " << printable(errors.front())
                 << (errors.size() > 1 ? fmt::format(" (and {} more)", errors.size() - 1) : "") << "\n";
     }
     latest.skipped.push_back({&entry, std::move(errors)});
@@ -88,19 +89,23 @@ Latest latest_of(const LatestOptions& o, const std::string& run_dir, std::string
   const RunEntry* chosen = latest.chosen;
   if (!chosen) {
     if (!latest.skipped.empty()) {
-      throw Error(ErrorKind::corrupt, run_dir, "", fmt::format("no complete checkpoint verifies ({} failed --verify)", latest.skipped.size()));
+      throw Error(ErrorKind::corrupt, run_dir, "",
+                  fmt::format("no complete checkpoint verifies ({} failed --verify)", latest.skipped.size()));
     }
     const std::size_t archived = o.archives ? 0 : checkpoint::complete_by_step(scan, true).size();
     throw Error(ErrorKind::not_found, run_dir, "",
-                archived ? fmt::format("no complete checkpoint ({} archived: --archives considers them)", archived) : "no complete checkpoint");
+                archived ? fmt::format("no complete checkpoint ({} archived: --archives considers them)", archived)
+                         : "no complete checkpoint");
   }
-  if (!o.json && !latest.skipped.empty()) std::cerr << "ckpt: latest: " << printable(label(*chosen)) << " is the newest that verifies\n";
+  if (!o.json && !latest.skipped.empty())
+    std::cerr << "ckpt: latest: " << printable(label(*chosen)) << " is the newest that verifies\n";
 
   if (!o.restore_to.empty() && chosen->kind == EntryKind::archive) {
     // Only ever a new directory: a job script's scratch path holding anything must not be replaced by a guess.
     std::error_code ec;
     if (std::filesystem::exists(std::filesystem::symlink_status(o.restore_to, ec))) {
-      throw Error(ErrorKind::invalid_argument, o.restore_to, "--restore-to", "already exists; restore into a new directory");
+      throw Error(ErrorKind::invalid_argument, o.restore_to, "--restore-to",
+                  "already exists; restore into a new directory");
     }
     with_progress(!o.json, "restoring", [&](ProgressLine& progress) {
       checkpoint::ArchiveOptions options;
@@ -139,7 +144,8 @@ int run_latest(const LatestOptions& o) {
   print_text(printable(latest.restored_to.value_or(latest.chosen->path)) + "\n");
   std::cout.flush();
   if (latest.restored_to) {
-    std::cerr << "ckpt: latest: restored " << printable(latest.chosen->name) << " into " << printable(*latest.restored_to) << "\n";
+    std::cerr << "ckpt: latest: restored " << printable(latest.chosen->name) << " into "
+              << printable(*latest.restored_to) << "\n";
   }
   return exit_ok;
 }
@@ -163,16 +169,21 @@ Action attach_latest(CLI::App& sub) {
   auto o = std::make_shared<LatestOptions>();
   add_run_selection(sub, o->runs);
   sub.add_flag("--verify", o->verify,
-               "Check the checkpoint fully first (as inspect --verify does); fall back to the next newest that verifies, saying so on stderr");
+               "Check the checkpoint fully first (as inspect --verify does); fall back to the next newest that "
+               "verifies, saying so on stderr");
   CLI::Option* archives = sub.add_flag("--archives", o->archives,
-                                       "Consider archived checkpoints too (RUN_DIR/*.ckpt, RUN_DIR/archive/*.ckpt), for steps no complete checkpoint has");
-  sub.add_option("--restore-to", o->restore_to, "When the newest is an archive, restore it into DIR (a new directory) and print DIR")
+                                       "Consider archived checkpoints too (RUN_DIR/*.ckpt, RUN_DIR/archive/*.ckpt), "
+                                       "for steps no complete checkpoint has");
+  sub.add_option("--restore-to", o->restore_to,
+                 "When the newest is an archive, restore it into DIR (a new directory) and print DIR")
       ->needs(archives);
-  sub.add_flag("--json", o->json, "Print details as JSON instead of the path alone (several runs: one document of them)");
+  sub.add_flag("--json", o->json,
+               "Print details as JSON instead of the path alone (several runs: one document of them)");
   return [o] {
     require_runs(o->runs, "latest");
     if (!o->runs.several()) return run_latest(*o);
-    if (!o->restore_to.empty()) throw UsageError("--restore-to restores one run's archive: give one RUN_DIR, not several");
+    if (!o->restore_to.empty())
+      throw UsageError("--restore-to restores one run's archive: give one RUN_DIR, not several");
     return latest_several(*o);
   };
 }

@@ -38,25 +38,27 @@ json::Json listing_json(const checkpoint::RunListing& listing) {
     json::ObjectBuilder metrics;
     for (const auto& [k, v] : r.metrics) metrics.set(k, v);
     if (r.loss) metrics.set("loss", *r.loss);
-    rows.push_back({{"name", r.name},
-                    {"path", r.path},
-                    {"kind", checkpoint::to_string(r.kind)},
-                    {"step", r.step ? json::Json(*r.step) : json::Json(nullptr)},
-                    {"epoch", optional_number(r.epoch)},
-                    {"complete", r.complete},
-                    {"named", r.named},
-                    {"is_best", r.is_best},
-                    {"is_latest", r.is_latest},
-                    {"global_step", r.global_step ? json::Json(*r.global_step) : json::Json(nullptr)},
-                    {"size_bytes", r.size_bytes},
-                    {"original_bytes", r.kind == EntryKind::archive ? json::Json(r.original_bytes) : json::Json(nullptr)},
-                    {"ratio", r.kind == EntryKind::archive && r.size_bytes ? json::Json(static_cast<double>(r.original_bytes) / static_cast<double>(r.size_bytes))
-                                                                            : json::Json(nullptr)},
-                    {"num_files", r.num_files},
-                    {"mtime", r.mtime},
-                    {"metric", optional_number(r.metric)},
-                    {"metrics", metrics.take()},
-                    {"problems", r.problems}});
+    rows.push_back(
+        {{"name", r.name},
+         {"path", r.path},
+         {"kind", checkpoint::to_string(r.kind)},
+         {"step", r.step ? json::Json(*r.step) : json::Json(nullptr)},
+         {"epoch", optional_number(r.epoch)},
+         {"complete", r.complete},
+         {"named", r.named},
+         {"is_best", r.is_best},
+         {"is_latest", r.is_latest},
+         {"global_step", r.global_step ? json::Json(*r.global_step) : json::Json(nullptr)},
+         {"size_bytes", r.size_bytes},
+         {"original_bytes", r.kind == EntryKind::archive ? json::Json(r.original_bytes) : json::Json(nullptr)},
+         {"ratio", r.kind == EntryKind::archive && r.size_bytes
+                       ? json::Json(static_cast<double>(r.original_bytes) / static_cast<double>(r.size_bytes))
+                       : json::Json(nullptr)},
+         {"num_files", r.num_files},
+         {"mtime", r.mtime},
+         {"metric", optional_number(r.metric)},
+         {"metrics", metrics.take()},
+         {"problems", r.problems}});
   }
   return rows;
 }
@@ -65,8 +67,9 @@ namespace {
 
 // "3 checkpoints (2 complete), 1 archive, 1.2 MiB"
 std::string totals_text(const checkpoint::ListingTotals& t) {
-  return fmt::format("{} checkpoint{} ({} complete), {} archive{}, {}{}", t.checkpoints, t.checkpoints == 1 ? "" : "s", t.complete,
-                     t.archives, t.archives == 1 ? "" : "s", t.named ? fmt::format("{} named, ", t.named) : "", human_bytes(t.size_bytes));
+  return fmt::format("{} checkpoint{} ({} complete), {} archive{}, {}{}", t.checkpoints, t.checkpoints == 1 ? "" : "s",
+                     t.complete, t.archives, t.archives == 1 ? "" : "s",
+                     t.named ? fmt::format("{} named, ", t.named) : "", human_bytes(t.size_bytes));
 }
 
 // `out` with {checkpoints, complete, archives, size_bytes}.
@@ -103,7 +106,8 @@ std::string epoch_text(const std::optional<double>& epoch) {
 std::string listing_text(const checkpoint::RunListing& listing) {
   if (listing.rows.empty()) return fmt::format("{}: no checkpoints\n", printable(listing.path));
   const double now = now_seconds();
-  Table table({"name", "step", "epoch", "loss", listing.metric.value_or("metric"), "", "complete", "size", "age", "note"});
+  Table table(
+      {"name", "step", "epoch", "loss", listing.metric.value_or("metric"), "", "complete", "size", "age", "note"});
   for (const auto& r : listing.rows) {
     std::string marks;
     if (r.is_best) marks += "best";
@@ -112,20 +116,26 @@ std::string listing_text(const checkpoint::RunListing& listing) {
     std::optional<std::int64_t> step = r.step;
     std::string complete;
     switch (r.kind) {
-      case EntryKind::checkpoint: complete = r.complete ? "yes" : "NO"; break;
-      case EntryKind::archive: complete = r.complete ? "archived" : "BAD ARCHIVE"; break;
+      case EntryKind::checkpoint:
+        complete = r.complete ? "yes" : "NO";
+        break;
+      case EntryKind::archive:
+        complete = r.complete ? "archived" : "BAD ARCHIVE";
+        break;
       case EntryKind::staging:
         step = staging_step(r.name);
         complete = step ? fmt::format("(writing step {})", *step) : "staging";
         break;
-      default: complete = r.named ? (r.complete ? "yes" : "NO") : checkpoint::to_string(r.kind);
+      default:
+        complete = r.named ? (r.complete ? "yes" : "NO") : checkpoint::to_string(r.kind);
     }
     std::string size = human_bytes(r.size_bytes);
     if (r.kind == EntryKind::archive && r.complete && r.size_bytes) {
       size += fmt::format(" ({:.2f}x)", static_cast<double>(r.original_bytes) / static_cast<double>(r.size_bytes));
     }
-    table.add({r.name, step ? std::to_string(*step) : "-", epoch_text(r.epoch), number_text(r.loss), number_text(r.metric), marks,
-               complete, size, human_age(now - r.mtime), r.problems.empty() ? "" : r.problems.front()});
+    table.add({r.name, step ? std::to_string(*step) : "-", epoch_text(r.epoch), number_text(r.loss),
+               number_text(r.metric), marks, complete, size, human_age(now - r.mtime),
+               r.problems.empty() ? "" : r.problems.front()});
   }
   return table.render() + "total: " + totals_text(checkpoint::totals_of(listing)) + "\n";
 }
@@ -144,7 +154,8 @@ int list_several(const ListOptions& o, const checkpoint::ListOptions& options) {
     const auto totals = checkpoint::totals_of(listing);
     overall += totals;
     if (o.json) return {{"run_dir", run_dir}, {"checkpoints", listing_json(listing)}, {"totals", totals_json(totals)}};
-    print_text((printed ? "\n" : "") + (listing.rows.empty() ? "" : printable(run_dir) + ":\n") + listing_text(listing));
+    print_text((printed ? "\n" : "") + (listing.rows.empty() ? "" : printable(run_dir) + ":\n") +
+               listing_text(listing));
     printed = true;
     return nullptr;
   });
@@ -162,13 +173,15 @@ int list_several(const ListOptions& o, const checkpoint::ListOptions& options) {
 Action attach_list(CLI::App& sub) {
   auto o = std::make_shared<ListOptions>();
   add_run_selection(sub, o->runs);
-  sub.add_flag("--json", o->json, "Print a JSON array of objects on stdout (several runs: one document of them, with totals)");
+  sub.add_flag("--json", o->json,
+               "Print a JSON array of objects on stdout (several runs: one document of them, with totals)");
   sub.add_option("--metric", o->metric, "Recompute the best from this metric (eval_ prefixed if missing)");
   sub.add_option("--mode", o->mode, "min or max [default: min for names containing 'loss', else max]")
       ->check(one_of({"min", "max"}));
   sub.add_option("--sort", o->sort, "Order checkpoints by step or by mtime (Hugging Face's use_mtime rule)")
       ->check(one_of({"step", "mtime"}));
-  sub.add_flag_callback("--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");
+  sub.add_flag_callback(
+      "--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");
   return [o]() -> int {
     require_runs(o->runs, "list");
     checkpoint::ListOptions options;
@@ -179,8 +192,10 @@ Action attach_list(CLI::App& sub) {
     const std::string& run_dir = o->runs.run_dirs.front();
     require_run_directory(run_dir);
     const auto listing = checkpoint::list_run(run_dir, options);
-    if (o->json) std::cout << json::dump(listing_json(listing), 2) << "\n";
-    else print_text(listing_text(listing));
+    if (o->json)
+      std::cout << json::dump(listing_json(listing), 2) << "\n";
+    else
+      print_text(listing_text(listing));
     return exit_ok;
   };
 }

@@ -1,4 +1,5 @@
-// `ckpt rotate RUN_DIR... [--recursive ROOT] --keep N [--keep-every K] [--stale-after DURATION] [--sort step|mtime] [--dry-run]
+// `ckpt rotate RUN_DIR... [--recursive ROOT] --keep N [--keep-every K] [--stale-after DURATION] [--sort step|mtime]
+// [--dry-run]
 //  [--no-wait] [--json] [--metric NAME --mode min|max] [--archive] [--archive-dir DIR] [--keep-archives M] [--level N]
 //  [--threads N]`
 #include <fmt/format.h>
@@ -51,7 +52,8 @@ checkpoint::RotateOptions rotate_options(const RotateOptions& o) {
   return options;
 }
 
-checkpoint::RotationResult rotate_run(const RotateOptions& o, checkpoint::RotateOptions options, const std::string& run_dir) {
+checkpoint::RotationResult rotate_run(const RotateOptions& o, checkpoint::RotateOptions options,
+                                      const std::string& run_dir) {
   require_run_directory(run_dir);
   return with_progress(!o.quiet && !o.json, "archiving", [&](ProgressLine& progress) {
     options.archive_progress = [&progress](const std::string& name, std::uint64_t done, std::uint64_t total) {
@@ -87,9 +89,12 @@ json::Json rotation_json(const RotateOptions& o, const std::string& run_dir, con
 }
 
 // What it freed (would free) and archived: "freed 1.2 MiB, archived 800.0 KiB into 2 archives".
-std::string freed_text(const RotateOptions& o, std::uint64_t freed_bytes, std::size_t archived, std::uint64_t archived_bytes) {
+std::string freed_text(const RotateOptions& o, std::uint64_t freed_bytes, std::size_t archived,
+                       std::uint64_t archived_bytes) {
   std::string text = fmt::format("{} {}", o.dry_run ? "would free" : "freed", human_bytes(freed_bytes));
-  if (archived > 0) text += fmt::format(", archived {} into {} archive{}", human_bytes(archived_bytes), archived, archived == 1 ? "" : "s");
+  if (archived > 0)
+    text +=
+        fmt::format(", archived {} into {} archive{}", human_bytes(archived_bytes), archived, archived == 1 ? "" : "s");
   return text;
 }
 
@@ -101,7 +106,8 @@ std::string rotation_text(const RotateOptions& o, const checkpoint::RotationResu
   for (const auto& d : result.plan.decisions) {
     if (!o.dry_run && !d.remove) continue;
     std::string action = d.remove ? (o.dry_run ? "would delete" : "deleted") : "keep";
-    if (d.remove && !d.archived_to.empty()) action = (o.dry_run ? "would archive to " : "archived to ") + d.archived_to + ", " + action;
+    if (d.remove && !d.archived_to.empty())
+      action = (o.dry_run ? "would archive to " : "archived to ") + d.archived_to + ", " + action;
     table.add({d.name, action, d.reason});
   }
   return table.render() + freed_text(o, result.freed_bytes, result.archived, result.archived_bytes) + "\n";
@@ -110,8 +116,10 @@ std::string rotation_text(const RotateOptions& o, const checkpoint::RotationResu
 int run_rotate(const RotateOptions& o) {
   const std::string& run_dir = o.runs.run_dirs.front();
   const auto result = rotate_run(o, rotate_options(o), run_dir);
-  if (o.json) std::cout << json::dump(rotation_json(o, run_dir, result), 2) << "\n";
-  else if (prints_text(o)) print_text(rotation_text(o, result));
+  if (o.json)
+    std::cout << json::dump(rotation_json(o, run_dir, result), 2) << "\n";
+  else if (prints_text(o))
+    print_text(rotation_text(o, result));
   return exit_ok;
 }
 
@@ -143,7 +151,8 @@ int rotate_several(const RotateOptions& o) {
                             {"archived_bytes", overall.archived_bytes}};
     std::cout << json::dump({{"runs", done.runs}, {"totals", totals}}, 2) << "\n";
   } else if (prints_text(o)) {
-    print_text((printed ? "\n" : "") + overall_text(done, freed_text(o, overall.freed_bytes, overall.archived, overall.archived_bytes)));
+    print_text((printed ? "\n" : "") +
+               overall_text(done, freed_text(o, overall.freed_bytes, overall.archived, overall.archived_bytes)));
   }
   return done.exit_code;
 }
@@ -151,7 +160,8 @@ int rotate_several(const RotateOptions& o) {
 // Whether an archive directory would be one for several runs: elsewhere than inside each of them.
 bool shared_by_runs(const std::string& archive_dir) {
   const std::filesystem::path dir(archive_dir);
-  return dir.is_absolute() || std::any_of(dir.begin(), dir.end(), [](const std::filesystem::path& part) { return part == ".."; });
+  return dir.is_absolute() ||
+         std::any_of(dir.begin(), dir.end(), [](const std::filesystem::path& part) { return part == ".."; });
 }
 
 }  // namespace
@@ -159,32 +169,47 @@ bool shared_by_runs(const std::string& archive_dir) {
 Action attach_rotate(CLI::App& sub) {
   auto o = std::make_shared<RotateOptions>();
   add_run_selection(sub, o->runs);
-  sub.add_option("--keep", o->keep, "Keep N complete checkpoints, the best counting toward N as in Hugging Face's save_total_limit (with N=1 and an older best, two stay); the newest complete always stays")
+  sub.add_option("--keep", o->keep,
+                 "Keep N complete checkpoints, the best counting toward N as in Hugging Face's save_total_limit (with "
+                 "N=1 and an older best, two stay); the newest complete always stays")
       ->required()
       ->transform(positive_integer());
-  sub.add_option("--keep-every", o->keep_every, "Also keep every checkpoint whose step is divisible by K (not counted in N)")
+  sub.add_option("--keep-every", o->keep_every,
+                 "Also keep every checkpoint whose step is divisible by K (not counted in N)")
       ->transform(positive_integer());
-  sub.add_option("--stale-after", o->stale_after, "Remove staging directories and abandoned checkpoints (incomplete, no trainer_state.json) older than this (e.g. 30m, 2h, 1d) [default: 1h]")
+  sub.add_option("--stale-after", o->stale_after,
+                 "Remove staging directories and abandoned checkpoints (incomplete, no trainer_state.json) older than "
+                 "this (e.g. 30m, 2h, 1d) [default: 1h]")
       ->check(CLI::Validator(
-          [](std::string& text) { return parse_duration(text) ? std::string() : "'" + text + "' is not a duration (e.g. 90s, 30m, 1h, 2d)"; },
+          [](std::string& text) {
+            return parse_duration(text) ? std::string() : "'" + text + "' is not a duration (e.g. 90s, 30m, 1h, 2d)";
+          },
           "DURATION"));
-  sub.add_option("--sort", o->sort, "Order checkpoints by step or by mtime (falls back to step when mtimes lie within 1 s)")
+  sub.add_option("--sort", o->sort,
+                 "Order checkpoints by step or by mtime (falls back to step when mtimes lie within 1 s)")
       ->check(one_of({"step", "mtime"}));
-  sub.add_flag_callback("--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");
-  sub.add_option("--metric", o->metric, "Find the best by this metric instead of trainer_state.json's best_model_checkpoint");
+  sub.add_flag_callback(
+      "--use-mtime", [o] { o->sort = "mtime"; }, "Same as --sort mtime (Hugging Face's use_mtime)");
+  sub.add_option("--metric", o->metric,
+                 "Find the best by this metric instead of trainer_state.json's best_model_checkpoint");
   sub.add_option("--mode", o->mode, "min or max for --metric")->check(one_of({"min", "max"}));
   // A flag, never taking the next word (`rotate --keep 3 --archive RUN` once archived into RUN); the old spelling
   // --archive=DIR still works, with a note. CLI11 stores "true" for the flag given alone.
-  CLI::Option* archive = sub.add_flag("--archive", o->legacy_archive_dir,
-                                      "Archive each checkpoint as a compressed .ckpt file into RUN_DIR/archive (or --archive-dir) before deleting it");
-  CLI::Option* archive_dir = sub.add_option("--archive-dir", o->archive_dir,
-                                            "Archive into DIR instead (implies --archive; relative to RUN_DIR; no symlink on the way inside the run)");
-  sub.add_option("--keep-archives", o->keep_archives, "With --archive: keep at most M archives there (the newest, and the best's)")
+  CLI::Option* archive = sub.add_flag(
+      "--archive", o->legacy_archive_dir,
+      "Archive each checkpoint as a compressed .ckpt file into RUN_DIR/archive (or --archive-dir) before deleting it");
+  CLI::Option* archive_dir = sub.add_option(
+      "--archive-dir", o->archive_dir,
+      "Archive into DIR instead (implies --archive; relative to RUN_DIR; no symlink on the way inside the run)");
+  sub.add_option("--keep-archives", o->keep_archives,
+                 "With --archive: keep at most M archives there (the newest, and the best's)")
       ->transform(positive_integer());
   sub.add_option("--level", o->level, "zstd level for --archive [default: 3]")->transform(integer_between(1, 19));
-  sub.add_option("--threads", o->threads, "Threads for --archive [default: every core]")->transform(integer_between(1, 256));
+  sub.add_option("--threads", o->threads, "Threads for --archive [default: every core]")
+      ->transform(integer_between(1, 256));
   sub.add_flag("--dry-run", o->dry_run, "Show each directory with keep or delete and the reason; change nothing");
-  sub.add_flag("--no-wait", o->no_wait, "Fail with exit status 75 instead of waiting when another ckpt holds the run's lock");
+  sub.add_flag("--no-wait", o->no_wait,
+               "Fail with exit status 75 instead of waiting when another ckpt holds the run's lock");
   sub.add_flag("--json", o->json, "Print the decisions as JSON");
   sub.add_flag("-q,--quiet", o->quiet, "Print nothing unless there is an error");
   return [o, archive, archive_dir] {
@@ -197,7 +222,9 @@ Action attach_rotate(CLI::App& sub) {
       o->archive_dir = o->legacy_archive_dir;
     }
     if (o->runs.several() && o->archive && shared_by_runs(o->archive_dir)) {
-      throw UsageError("--archive-dir: with several runs, a directory inside each run (relative, no ..): all runs' archives in one would collide");
+      throw UsageError(
+          "--archive-dir: with several runs, a directory inside each run (relative, no ..): all runs' archives in one "
+          "would collide");
     }
     if (legacy) std::cerr << "ckpt: note: --archive=DIR is deprecated; use --archive-dir DIR\n";
     return o->runs.several() ? rotate_several(*o) : run_rotate(*o);

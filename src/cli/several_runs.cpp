@@ -14,12 +14,18 @@ namespace {
 
 int severity(int exit_code) {
   switch (exit_code) {
-    case exit_interrupted: return 5;
-    case exit_bad_input: return 4;
-    case exit_usage: return 3;
-    case exit_failure: return 2;
-    case exit_locked: return 1;
-    default: return 0;
+    case exit_interrupted:
+      return 5;
+    case exit_bad_input:
+      return 4;
+    case exit_usage:
+      return 3;
+    case exit_failure:
+      return 2;
+    case exit_locked:
+      return 1;
+    default:
+      return 0;
   }
 }
 
@@ -28,7 +34,8 @@ int severity(int exit_code) {
 void add_run_selection(CLI::App& sub, RunSelection& selection) {
   sub.add_option("RUN_DIR", selection.run_dirs, "The run directories (holding checkpoint-N directories), one or more");
   sub.add_option("--recursive", selection.roots,
-                 "Also every run directory at or below ROOT, nested ones included (symlinks not followed, hidden directories skipped); repeatable")
+                 "Also every run directory at or below ROOT, nested ones included (symlinks not followed, hidden "
+                 "directories skipped); repeatable")
       ->type_name("ROOT")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
@@ -42,7 +49,8 @@ void require_runs(const RunSelection& selection, const std::string& subcommand) 
 
 int worse_exit(int a, int b) { return severity(b) > severity(a) ? b : a; }
 
-SeveralRuns for_each_run(const RunSelection& selection, const std::function<json::Json(const std::string& run_dir)>& handle) {
+SeveralRuns for_each_run(const RunSelection& selection,
+                         const std::function<json::Json(const std::string& run_dir)>& handle) {
   SeveralRuns done;
   for (auto& target : checkpoint::select_runs(selection.run_dirs, selection.roots)) {
     std::optional<Error> error = std::move(target.error);
@@ -66,7 +74,8 @@ SeveralRuns for_each_run(const RunSelection& selection, const std::function<json
 
 std::string overall_text(const SeveralRuns& done, const std::string& totals) {
   const auto runs = [](std::size_t n) { return fmt::format("{} run{}", n, n == 1 ? "" : "s"); };
-  return "overall: " + runs(done.handled) + ", " + totals + (done.failed ? "; " + runs(done.failed) + " failed" : "") + "\n";
+  return "overall: " + runs(done.handled) + ", " + totals + (done.failed ? "; " + runs(done.failed) + " failed" : "") +
+         "\n";
 }
 
 }  // namespace ckpt::cli

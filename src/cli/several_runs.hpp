@@ -43,7 +43,8 @@ struct SeveralRuns {
 // returns its object in the --json document ({"run_dir": ..., ...}). An Error it throws, or the one that stopped the
 // run being found, is that run's failure: its line on stderr at once (naming the run), {"run_dir": ..., "error":
 // {...}} in the document, its exit status counted; then the next run is handled.
-SeveralRuns for_each_run(const RunSelection& selection, const std::function<json::Json(const std::string& run_dir)>& handle);
+SeveralRuns for_each_run(const RunSelection& selection,
+                         const std::function<json::Json(const std::string& run_dir)>& handle);
 
 // The last line of several runs' text: "overall: 3 runs, TOTALS" (the runs handled), and "; 1 run failed" when any did.
 std::string overall_text(const SeveralRuns& done, const std::string& totals);

@@ -49,9 +49,9 @@ std::uint32_t decode_utf8(std::string_view sequence) {
 // Code points that are valid UTF-8 yet act on the terminal or on the layout rather than print.
 bool is_control_code_point(std::uint32_t code) {
   return (code >= 0x80 && code <= 0x9F) ||      // C1 controls (0x9B is CSI to some terminals)
-         code == 0x2028 || code == 0x2029 ||      // line and paragraph separators
-         (code >= 0x202A && code <= 0x202E) ||    // bidirectional embeddings and overrides
-         (code >= 0x2066 && code <= 0x2069);      // bidirectional isolates
+         code == 0x2028 || code == 0x2029 ||    // line and paragraph separators
+         (code >= 0x202A && code <= 0x202E) ||  // bidirectional embeddings and overrides
+         (code >= 0x2066 && code <= 0x2069);    // bidirectional isolates
 }
 
 }  // namespace
@@ -62,11 +62,16 @@ std::string printable(std::string_view text, bool keep_newlines) {
   for (std::size_t i = 0; i < text.size();) {
     const unsigned char c = static_cast<unsigned char>(text[i]);
     if (c < 0x80) {
-      if (c == '\n') out += keep_newlines ? "\n" : "\\n";
-      else if (c == '\t') out += "\\t";
-      else if (c == '\r') out += "\\r";
-      else if (c < 0x20 || c == 0x7F) out += fmt::format("\\x{:02x}", c);
-      else out += static_cast<char>(c);
+      if (c == '\n')
+        out += keep_newlines ? "\n" : "\\n";
+      else if (c == '\t')
+        out += "\\t";
+      else if (c == '\r')
+        out += "\\r";
+      else if (c < 0x20 || c == 0x7F)
+        out += fmt::format("\\x{:02x}", c);
+      else
+        out += static_cast<char>(c);
       ++i;
       continue;
     }
@@ -78,8 +83,10 @@ std::string printable(std::string_view text, bool keep_newlines) {
     }
     const std::string_view sequence = text.substr(i, length);
     const std::uint32_t code = decode_utf8(sequence);
-    if (is_control_code_point(code)) out += fmt::format("\\u{{{:x}}}", code);
-    else out += sequence;
+    if (is_control_code_point(code))
+      out += fmt::format("\\u{{{:x}}}", code);
+    else
+      out += sequence;
     i += length;
   }
   return out;
@@ -120,11 +127,24 @@ std::optional<double> parse_duration(const std::string& text) {
   double unit = 1;
   std::string number = text;
   switch (text.back()) {
-    case 's': unit = 1; number.pop_back(); break;
-    case 'm': unit = 60; number.pop_back(); break;
-    case 'h': unit = 3600; number.pop_back(); break;
-    case 'd': unit = 86400; number.pop_back(); break;
-    default: break;
+    case 's':
+      unit = 1;
+      number.pop_back();
+      break;
+    case 'm':
+      unit = 60;
+      number.pop_back();
+      break;
+    case 'h':
+      unit = 3600;
+      number.pop_back();
+      break;
+    case 'd':
+      unit = 86400;
+      number.pop_back();
+      break;
+    default:
+      break;
   }
   if (number.empty() || number.find_first_not_of("0123456789.") != std::string::npos) return std::nullopt;
   try {
@@ -177,15 +197,18 @@ namespace ckpt::cli {
 
 ProgressLine::ProgressLine(bool enabled, std::string label)
     : enabled_(enabled && ::isatty(STDERR_FILENO)),
-      plain_(std::getenv("NO_COLOR") != nullptr || (std::getenv("TERM") && std::string_view(std::getenv("TERM")) == "dumb")),
+      plain_(std::getenv("NO_COLOR") != nullptr ||
+             (std::getenv("TERM") && std::string_view(std::getenv("TERM")) == "dumb")),
       label_(std::move(label)) {}
 
 ProgressLine::~ProgressLine() { clear(); }
 
 void ProgressLine::clear() {
   if (shown_width_ == 0) return;
-  if (plain_) std::cerr << '\r' << std::string(shown_width_, ' ') << '\r' << std::flush;
-  else std::cerr << "\r\033[K" << std::flush;
+  if (plain_)
+    std::cerr << '\r' << std::string(shown_width_, ' ') << '\r' << std::flush;
+  else
+    std::cerr << "\r\033[K" << std::flush;
   shown_width_ = 0;
 }
 
@@ -194,7 +217,8 @@ void ProgressLine::update(std::uint64_t done, std::uint64_t total) {
   const auto now = std::chrono::steady_clock::now();
   if (shown_width_ > 0 && now - last_ < std::chrono::milliseconds(100) && done < total) return;
   last_ = now;
-  const std::string line = fmt::format("{}: {:3d}% ({} of {})", label_, static_cast<int>(100.0 * static_cast<double>(done) / static_cast<double>(total)),
+  const std::string line = fmt::format("{}: {:3d}% ({} of {})", label_,
+                                       static_cast<int>(100.0 * static_cast<double>(done) / static_cast<double>(total)),
                                        human_bytes(done), human_bytes(total));
   const std::size_t pad = shown_width_ > line.size() ? shown_width_ - line.size() : 0;
   std::cerr << '\r' << line << std::string(pad, ' ') << std::flush;

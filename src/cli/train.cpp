@@ -58,7 +58,8 @@ struct TrainFlags {
 std::string eta_text(const train::TrainEvent& e) {
   const std::int64_t trained = e.step - e.start_step;
   if (trained <= 0 || e.max_steps <= e.step) return "-";
-  return fmt::format("{:.0f}s", e.elapsed_seconds / static_cast<double>(trained) * static_cast<double>(e.max_steps - e.step));
+  return fmt::format("{:.0f}s",
+                     e.elapsed_seconds / static_cast<double>(trained) * static_cast<double>(e.max_steps - e.step));
 }
 
 // A training log record (a log event holding a loss) as one plain line for a log file:
@@ -72,8 +73,9 @@ std::optional<std::string> step_line(const train::TrainEvent& e) {
     return it->get<double>();
   };
   if (!number("loss")) return std::nullopt;
-  return fmt::format("step {}/{}  loss {}  lr {}  grad_norm {}  eta {}", e.step, e.max_steps, number_text(number("loss")),
-                     number_text(number("learning_rate")), number_text(number("grad_norm")), eta_text(e));
+  return fmt::format("step {}/{}  loss {}  lr {}  grad_norm {}  eta {}", e.step, e.max_steps,
+                     number_text(number("loss")), number_text(number("learning_rate")),
+                     number_text(number("grad_norm")), eta_text(e));
 }
 
 // The progress line: step, loss and ETA on stderr, only on a terminal.
@@ -91,8 +93,8 @@ class ProgressLine {
     if (shown_ && now - last_ < std::chrono::milliseconds(100) && e.step < e.max_steps) return;
     last_ = now;
     shown_ = true;
-    std::cerr << fmt::format("\rstep {}/{}  loss {}  elapsed {:.0f}s  eta {}\033[K", e.step, e.max_steps, number_text(e.loss),
-                             e.elapsed_seconds, eta_text(e))
+    std::cerr << fmt::format("\rstep {}/{}  loss {}  elapsed {:.0f}s  eta {}\033[K", e.step, e.max_steps,
+                             number_text(e.loss), e.elapsed_seconds, eta_text(e))
               << std::flush;
   }
 
@@ -116,7 +118,8 @@ std::string interruption_text(const train::TrainResult& r) {
   // Not resume's default: named by --from, as a name when it is a checkpoint directory of the run directory.
   std::error_code ec;
   const bool in_run = fs::is_directory(last, ec) && fs::equivalent(last.parent_path(), r.output_dir, ec);
-  return text + "; `" + checkpoint::resume_command(r.output_dir, in_run ? last.filename().string() : last.string()) + "` continues from it";
+  return text + "; `" + checkpoint::resume_command(r.output_dir, in_run ? last.filename().string() : last.string()) +
+         "` continues from it";
 }
 
 std::string default_text(const train::ArgValue& value) {
@@ -137,34 +140,36 @@ std::string last_checkpoint_name(const train::TrainResult& r) {
   if (fs::equivalent(last.parent_path(), fs::path(r.output_dir) / checkpoint::kArchiveDirName, ec)) {
     return std::string(checkpoint::kArchiveDirName) + "/" + last.filename().string();
   }
-  throw Error(ErrorKind::invalid_argument, *r.last_checkpoint, "", "is outside the run directory " + r.output_dir + "; a named checkpoint is made of the run's own");
+  throw Error(ErrorKind::invalid_argument, *r.last_checkpoint, "",
+              "is outside the run directory " + r.output_dir + "; a named checkpoint is made of the run's own");
 }
 
 json::Json result_json(const train::TrainResult& r, const std::optional<checkpoint::TagResult>& named) {
   json::ObjectBuilder metrics;
   for (const auto& [k, v] : r.final_metrics) metrics.set(k, v);
-  return {{"output_dir", r.output_dir},
-          {"resumed_from", r.resumed_from ? json::Json(*r.resumed_from) : json::Json(nullptr)},
-          {"start_step", r.start_step},
-          {"global_step", r.global_step},
-          {"max_steps", r.max_steps},
-          {"epoch", r.epoch},
-          {"interrupted", r.interrupted},
-          {"checkpoints_saved", r.checkpoints_saved},
-          {"checkpoints_removed", r.checkpoints_removed},
-          {"overwritten", r.overwritten},
-          {"best_model_checkpoint", r.best_model_checkpoint ? json::Json(*r.best_model_checkpoint) : json::Json(nullptr)},
-          {"best_metric", r.best_metric ? json::Json(*r.best_metric) : json::Json(nullptr)},
-          {"best_metric_name", r.best_metric ? json::Json(r.best_metric_name) : json::Json(nullptr)},
-          {"metrics", metrics.take()},
-          {"save_stall_seconds", r.save_stall_seconds},
-          {"save_write_seconds", r.save_write_seconds},
-          {"load_seconds", r.load_seconds ? json::Json(*r.load_seconds) : json::Json(nullptr)},
-          {"warnings", r.warnings},
-          {"last_checkpoint", r.last_checkpoint ? json::Json(*r.last_checkpoint) : json::Json(nullptr)},
-          {"last_checkpoint_step", r.last_checkpoint_step ? json::Json(*r.last_checkpoint_step) : json::Json(nullptr)},
-          {"resume_takes_last_checkpoint", r.resume_takes_last_checkpoint},
-          {"named_checkpoint", named ? json::Json(named->path) : json::Json(nullptr)}};
+  return {
+      {"output_dir", r.output_dir},
+      {"resumed_from", r.resumed_from ? json::Json(*r.resumed_from) : json::Json(nullptr)},
+      {"start_step", r.start_step},
+      {"global_step", r.global_step},
+      {"max_steps", r.max_steps},
+      {"epoch", r.epoch},
+      {"interrupted", r.interrupted},
+      {"checkpoints_saved", r.checkpoints_saved},
+      {"checkpoints_removed", r.checkpoints_removed},
+      {"overwritten", r.overwritten},
+      {"best_model_checkpoint", r.best_model_checkpoint ? json::Json(*r.best_model_checkpoint) : json::Json(nullptr)},
+      {"best_metric", r.best_metric ? json::Json(*r.best_metric) : json::Json(nullptr)},
+      {"best_metric_name", r.best_metric ? json::Json(r.best_metric_name) : json::Json(nullptr)},
+      {"metrics", metrics.take()},
+      {"save_stall_seconds", r.save_stall_seconds},
+      {"save_write_seconds", r.save_write_seconds},
+      {"load_seconds", r.load_seconds ? json::Json(*r.load_seconds) : json::Json(nullptr)},
+      {"warnings", r.warnings},
+      {"last_checkpoint", r.last_checkpoint ? json::Json(*r.last_checkpoint) : json::Json(nullptr)},
+      {"last_checkpoint_step", r.last_checkpoint_step ? json::Json(*r.last_checkpoint_step) : json::Json(nullptr)},
+      {"resume_takes_last_checkpoint", r.resume_takes_last_checkpoint},
+      {"named_checkpoint", named ? json::Json(named->path) : json::Json(nullptr)}};
 }
 
 // An integer from the environment, or `fallback` when unset.
@@ -189,7 +194,8 @@ std::optional<train::DistributedSettings> worker_settings() {
   d.world_size = environment_int("WORLD_SIZE", 1);
   d.local_world_size = environment_int("LOCAL_WORLD_SIZE", d.world_size);
   if (const char* addr = std::getenv("MASTER_ADDR"); addr && *addr) d.master_addr = addr;
-  if (d.world_size > 1 && !std::getenv("MASTER_PORT")) throw Error(ErrorKind::invalid_argument, "", "MASTER_PORT", "not set, but WORLD_SIZE is");
+  if (d.world_size > 1 && !std::getenv("MASTER_PORT"))
+    throw Error(ErrorKind::invalid_argument, "", "MASTER_PORT", "not set, but WORLD_SIZE is");
   d.master_port = environment_int("MASTER_PORT", 29500);
   if (const char* launcher = std::getenv(train::kLauncherPidVariable)) {
     // Started by ckpt's launcher: die with it, so that no worker trains on with nobody watching.
@@ -207,7 +213,8 @@ int run_train(const TrainFlags& f) {
   if (f.save_name) {
     // Refused before anything trains (made at the end, the name is checked again).
     try {
-      checkpoint::check_new_checkpoint_name(f.mode == train::TrainMode::save ? f.output_dir->as<std::string>() : f.run_dir, *f.save_name);
+      checkpoint::check_new_checkpoint_name(
+          f.mode == train::TrainMode::save ? f.output_dir->as<std::string>() : f.run_dir, *f.save_name);
     } catch (const Error& e) {
       throw e.with_context("", "--save-name");
     }
@@ -216,7 +223,8 @@ int run_train(const TrainFlags& f) {
     // Refused before the trainer library loads and before any worker starts: one error line, not one per rank.
     // (The trainer's rank 0 looks again, holding its lock, and decides for the group.)
     const std::string dir = f.output_dir->as<std::string>();
-    if (const auto earlier = checkpoint::earlier_checkpoints(dir); !earlier.empty()) throw checkpoint::earlier_run_error(dir, earlier);
+    if (const auto earlier = checkpoint::earlier_checkpoints(dir); !earlier.empty())
+      throw checkpoint::earlier_run_error(dir, earlier);
   }
   if (worker) {
     request.distributed = *worker;
@@ -246,10 +254,17 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
   for (const auto& [spec, option] : f.given) {
     if (option->count() == 0) continue;
     switch (spec->type) {
-      case train::ArgType::integer: request.given[spec->key] = option->as<std::int64_t>(); break;
-      case train::ArgType::number: request.given[spec->key] = option->as<double>(); break;
-      case train::ArgType::text: request.given[spec->key] = option->as<std::string>(); break;
-      case train::ArgType::boolean: break;
+      case train::ArgType::integer:
+        request.given[spec->key] = option->as<std::int64_t>();
+        break;
+      case train::ArgType::number:
+        request.given[spec->key] = option->as<double>();
+        break;
+      case train::ArgType::text:
+        request.given[spec->key] = option->as<std::string>();
+        break;
+      case train::ArgType::boolean:
+        break;
     }
   }
   for (const auto& [spec, pair] : f.switches) {
@@ -270,7 +285,9 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
     if (!main_process) return;
     using Kind = train::TrainEvent::Kind;
     switch (e.kind) {
-      case Kind::progress: progress.update(e); break;
+      case Kind::progress:
+        progress.update(e);
+        break;
       case Kind::warning:
         progress.clear();
         print_warning(e.text);
@@ -298,7 +315,8 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
       case Kind::resumed:
         if (!quiet && !json) {
           progress.clear();
-          out << "resuming from " << printable(e.text) << " at step " << e.step << " of " << e.max_steps << "\n" << std::flush;
+          out << "resuming from " << printable(e.text) << " at step " << e.step << " of " << e.max_steps << "\n"
+              << std::flush;
         }
         break;
     }
@@ -336,9 +354,12 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
       source = last_checkpoint_name(result);
       named = checkpoint::tag_checkpoint(result.output_dir, source, *f.save_name);
     } catch (const Error& e) {
-      const std::string way_out = source.empty() ? "" : "; `ckpt tag " + checkpoint::shell_word(result.output_dir) + " " + checkpoint::shell_word(source) + " NAME` names it";
-      naming_failure = Error(ErrorKind::io, e.path(), "--save-name",
-                             e.detail() + "; training finished and its last checkpoint is saved, but not named" + way_out);
+      const std::string way_out = source.empty() ? ""
+                                                 : "; `ckpt tag " + checkpoint::shell_word(result.output_dir) + " " +
+                                                       checkpoint::shell_word(source) + " NAME` names it";
+      naming_failure =
+          Error(ErrorKind::io, e.path(), "--save-name",
+                e.detail() + "; training finished and its last checkpoint is saved, but not named" + way_out);
     }
   }
 
@@ -346,11 +367,11 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
     std::cout << json::dump(result_json(result, named), 2) << "\n";
   } else if (!quiet) {
     if (result.interrupted) {
-      out << fmt::format("interrupted at step {}/{} (epoch {:.2f}); {}\n", result.global_step, result.max_steps, result.epoch,
-                         printable(interruption_text(result)));
+      out << fmt::format("interrupted at step {}/{} (epoch {:.2f}); {}\n", result.global_step, result.max_steps,
+                         result.epoch, printable(interruption_text(result)));
     } else {
-      out << fmt::format("trained {} at step {}/{} (epoch {:.2f})\n", printable(result.output_dir), result.global_step, result.max_steps,
-                         result.epoch);
+      out << fmt::format("trained {} at step {}/{} (epoch {:.2f})\n", printable(result.output_dir), result.global_step,
+                         result.max_steps, result.epoch);
     }
     if (result.best_model_checkpoint) {
       // A resumed run's best comes from its trainer_state.json, named in this run directory.
@@ -362,7 +383,8 @@ int train_here(const TrainFlags& f, train::TrainRequest& request, bool main_proc
         out << key << ": " << number_text(it->second) << (std::string_view(key) == "train_runtime" ? " s" : "") << "\n";
       }
     }
-    if (!result.checkpoints_removed.empty()) out << "removed by --save-total-limit: " << result.checkpoints_removed.size() << "\n";
+    if (!result.checkpoints_removed.empty())
+      out << "removed by --save-total-limit: " << result.checkpoints_removed.size() << "\n";
     if (named) out << "tagged " << printable(named->source) << " as " << printable(named->path) << "\n";
   }
   if (naming_failure) throw *naming_failure;
@@ -374,7 +396,10 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
   f->mode = mode;
   if (mode == train::TrainMode::resume) {
     sub.add_option("RUN_DIR", f->run_dir, "The run directory to continue (new checkpoints go there too)")->required();
-    sub.add_option("--from", f->from, "A name in RUN_DIR, looked up there first: checkpoint-N (or its archive in RUN_DIR/archive or RUN_DIR) or a named checkpoint; else the path of a checkpoint directory or a .ckpt archive (an archive is restored to a staging directory first) [default: the newest complete checkpoint]");
+    sub.add_option("--from", f->from,
+                   "A name in RUN_DIR, looked up there first: checkpoint-N (or its archive in RUN_DIR/archive or "
+                   "RUN_DIR) or a named checkpoint; else the path of a checkpoint directory or a .ckpt archive (an "
+                   "archive is restored to a staging directory first) [default: the newest complete checkpoint]");
   }
   for (const auto& spec : train::argument_specs()) {
     if (mode == train::TrainMode::resume && std::string(spec.key) == "output_dir") continue;
@@ -383,14 +408,21 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
     std::string help = spec.help;
     if (mode == train::TrainMode::resume) {
       help += spec.scope == train::ArgScope::model ? " (must match the checkpoint)" : " [default: the checkpoint's]";
-    } else if (const std::string value = spec.default_text ? spec.default_text : default_text(spec.default_value); !value.empty()) {
+    } else if (const std::string value = spec.default_text ? spec.default_text : default_text(spec.default_value);
+               !value.empty()) {
       help += " [default: " + value + "]";
     }
     CLI::Option* option = nullptr;
     switch (spec.type) {
-      case train::ArgType::integer: option = sub.add_option(flag, f->integers.emplace_back(), help)->transform(whole_number()); break;
-      case train::ArgType::number: option = sub.add_option(flag, f->numbers.emplace_back(), help); break;
-      case train::ArgType::text: option = sub.add_option(flag, f->texts.emplace_back(), help); break;
+      case train::ArgType::integer:
+        option = sub.add_option(flag, f->integers.emplace_back(), help)->transform(whole_number());
+        break;
+      case train::ArgType::number:
+        option = sub.add_option(flag, f->numbers.emplace_back(), help);
+        break;
+      case train::ArgType::text:
+        option = sub.add_option(flag, f->texts.emplace_back(), help);
+        break;
       case train::ArgType::boolean: {
         // CLI11 takes a const string as the description (a mutable one would be the flag's result variable).
         const std::string on_help = help;
@@ -406,34 +438,47 @@ Action attach(CLI::App& sub, train::TrainMode mode) {
     f->given.push_back({&spec, option});
   }
   if (mode == train::TrainMode::save) {
-    CLI::Option* overwrite = sub.add_flag("--overwrite-output-dir", f->overwrite_output_dir,
-                                          "When --output-dir holds an earlier run's checkpoints and archives, delete them (as rotate deletes) and "
-                                          "start a new run; other files there stay (without this or --resume-if-exists such a directory is refused)");
+    CLI::Option* overwrite = sub.add_flag(
+        "--overwrite-output-dir", f->overwrite_output_dir,
+        "When --output-dir holds an earlier run's checkpoints and archives, delete them (as rotate deletes) and "
+        "start a new run; other files there stay (without this or --resume-if-exists such a directory is refused)");
     sub.add_flag("--resume-if-exists", f->resume_if_exists,
-                 "When --output-dir holds an earlier run's checkpoints, continue it as ckpt resume does (training flags override "
+                 "When --output-dir holds an earlier run's checkpoints, continue it as ckpt resume does (training "
+                 "flags override "
                  "its arguments, the model must match); else start a new run")
         ->excludes(overwrite);
   }
   const char* dist = "Distributed (torch.distributed, Gloo)";
   sub.add_option("--nproc-per-node", f->launch.nproc_per_node,
-                 "Start N worker processes on this machine, one torch.distributed group (as torchrun); ignored in a worker (RANK set) [default: 1]")
+                 "Start N worker processes on this machine, one torch.distributed group (as torchrun); ignored in a "
+                 "worker (RANK set) [default: 1]")
       ->transform(integer_between(1, 1024))
       ->group(dist);
-  sub.add_option("--nnodes", f->launch.nnodes, "Machines in the group, each running this command with its --node-rank [default: 1]")
+  sub.add_option("--nnodes", f->launch.nnodes,
+                 "Machines in the group, each running this command with its --node-rank [default: 1]")
       ->transform(integer_between(1, 65536))
       ->group(dist);
-  sub.add_option("--node-rank", f->launch.node_rank, "This machine's index among --nnodes [default: 0]")->transform(integer_between(0, 65535))->group(dist);
-  sub.add_option("--master-addr", f->launch.master_addr, "Address of node 0, where rank 0 serves the rendezvous [default: 127.0.0.1; required with --nnodes above 1]")->group(dist);
-  sub.add_option("--master-port", f->launch.master_port, "Rendezvous port on --master-addr [default: a free port on one machine, 29500 across machines]")
+  sub.add_option("--node-rank", f->launch.node_rank, "This machine's index among --nnodes [default: 0]")
+      ->transform(integer_between(0, 65535))
+      ->group(dist);
+  sub.add_option(
+         "--master-addr", f->launch.master_addr,
+         "Address of node 0, where rank 0 serves the rendezvous [default: 127.0.0.1; required with --nnodes above 1]")
+      ->group(dist);
+  sub.add_option("--master-port", f->launch.master_port,
+                 "Rendezvous port on --master-addr [default: a free port on one machine, 29500 across machines]")
       ->transform(integer_between(1, 65535))
       ->group(dist);
   sub.add_option("--save-name", f->save_name,
-                 "When training finishes, also keep its last checkpoint as RUN_DIR/NAME, a named checkpoint that rotate never deletes (as ckpt tag "
-                 "makes it; the last step is saved even off --save-steps). NAME is checked before training starts; an interrupted run names nothing");
+                 "When training finishes, also keep its last checkpoint as RUN_DIR/NAME, a named checkpoint that "
+                 "rotate never deletes (as ckpt tag "
+                 "makes it; the last step is saved even off --save-steps). NAME is checked before training starts; an "
+                 "interrupted run names nothing");
   CLI::Option* json = sub.add_flag("--json", f->json, "Print a JSON summary at the end (nothing else on stdout)");
   sub.add_flag("-q,--quiet", f->quiet, "Print nothing unless there is an error");
   sub.add_flag("-v,--verbose", f->verbose,
-               "Print every log record (loss, grad_norm, learning_rate, eval metrics) as a JSON line on stdout, and the other lines on stderr")
+               "Print every log record (loss, grad_norm, learning_rate, eval metrics) as a JSON line on stdout, and "
+               "the other lines on stderr")
       ->excludes(json);
   return [f] { return run_train(*f); };
 }

@@ -39,7 +39,8 @@ std::uint64_t add_checked(std::uint64_t a, std::uint64_t b, const std::string& w
 }
 
 bool safe_relative_path(std::string_view name) {
-  if (name.empty() || name.size() > kMaxNameLength || name.front() == '/' || name.find('\0') != std::string_view::npos) return false;
+  if (name.empty() || name.size() > kMaxNameLength || name.front() == '/' || name.find('\0') != std::string_view::npos)
+    return false;
   std::size_t start = 0;
   while (start <= name.size()) {
     const std::size_t end = std::min(name.find('/', start), name.size());
@@ -79,38 +80,51 @@ std::uint64_t min_stored_size(Codec codec, std::uint64_t plane) {
   constexpr std::uint64_t kZstdMaxBlockContent = 128u << 10;
   constexpr std::uint64_t kRansMinBlock = 2 + 3 + 4 * 4;
   switch (codec) {
-    case Codec::raw: return plane;
-    case Codec::zstd: return kZstdFrameOverhead + kZstdMinBlock * ((plane + kZstdMaxBlockContent - 1) / kZstdMaxBlockContent);
-    case Codec::rans: return kRansMinBlock;
+    case Codec::raw:
+      return plane;
+    case Codec::zstd:
+      return kZstdFrameOverhead + kZstdMinBlock * ((plane + kZstdMaxBlockContent - 1) / kZstdMaxBlockContent);
+    case Codec::rans:
+      return kRansMinBlock;
   }
   return plane;
 }
 
 // `next_frame` is where the next frame must begin: frames tile the bytes between the header and the manifest in
 // manifest order, so each stored byte belongs to one frame of one chunk and is decoded once.
-Segment parse_segment(const json::Fields& j, std::uint64_t chunk_size, std::uint64_t payload_end, std::uint64_t& next_frame) {
+Segment parse_segment(const json::Fields& j, std::uint64_t chunk_size, std::uint64_t payload_end,
+                      std::uint64_t& next_frame) {
   const std::string& where = j.key_path();
   Segment s;
   s.size = j.uint64("size");
   const std::string layout = j.string("layout");
   const std::string transform = j.string("transform");
   const std::uint64_t element_size = j.uint64("element_size");
-  if (layout == "bytes") s.layout = Layout::bytes;
-  else if (layout == "planes") s.layout = Layout::planes;
-  else bad(j.key_path("layout"), "unknown layout '" + layout + "'");
-  if (transform == "none") s.transform = Transform::none;
-  else if (transform == "rotl1") s.transform = Transform::rotl1;
-  else bad(j.key_path("transform"), "unknown transform '" + transform + "'");
-  if (element_size != 1 && element_size != 2 && element_size != 4 && element_size != 8) bad(j.key_path("element_size"), "must be 1, 2, 4 or 8");
+  if (layout == "bytes")
+    s.layout = Layout::bytes;
+  else if (layout == "planes")
+    s.layout = Layout::planes;
+  else
+    bad(j.key_path("layout"), "unknown layout '" + layout + "'");
+  if (transform == "none")
+    s.transform = Transform::none;
+  else if (transform == "rotl1")
+    s.transform = Transform::rotl1;
+  else
+    bad(j.key_path("transform"), "unknown transform '" + transform + "'");
+  if (element_size != 1 && element_size != 2 && element_size != 4 && element_size != 8)
+    bad(j.key_path("element_size"), "must be 1, 2, 4 or 8");
   s.element_size = static_cast<std::uint32_t>(element_size);
-  if (s.layout == Layout::bytes && (s.element_size != 1 || s.transform != Transform::none)) bad(where, "a bytes segment has no planes");
+  if (s.layout == Layout::bytes && (s.element_size != 1 || s.transform != Transform::none))
+    bad(where, "a bytes segment has no planes");
   if (s.transform == Transform::rotl1 && s.element_size == 1) bad(where, "rotl1 needs elements of 2 bytes or more");
   if (s.size % s.element_size != 0) bad(j.key_path("size"), "not a whole number of elements");
 
   const json::Elements frames = j.array("frames");
   const std::uint64_t chunks = chunk_count(s, chunk_size);
   const std::uint64_t per_chunk = s.layout == Layout::planes ? s.element_size : 1;
-  if (frames.size() / per_chunk != chunks || frames.size() % per_chunk != 0) bad(frames.key_path(), "the frame count does not match the size");
+  if (frames.size() / per_chunk != chunks || frames.size() % per_chunk != 0)
+    bad(frames.key_path(), "the frame count does not match the size");
   s.frames.reserve(frames.size());
   for (std::size_t i = 0; i < frames.size(); ++i) {
     const json::Value item = frames.at(i);
@@ -126,16 +140,18 @@ Segment parse_segment(const json::Fields& j, std::uint64_t chunk_size, std::uint
     const std::uint64_t crc = f.at(3).uint64();
     if (crc > 0xffffffffu) bad(fw, "crc32 out of range");
     frame.crc32 = static_cast<std::uint32_t>(crc);
-    if (frame.offset < kHeaderSize || add_checked(frame.offset, frame.stored_size, fw) > payload_end) bad(fw, "outside the archive's frames");
+    if (frame.offset < kHeaderSize || add_checked(frame.offset, frame.stored_size, fw) > payload_end)
+      bad(fw, "outside the archive's frames");
     if (frame.offset != next_frame) {
-      bad(fw, "starts at byte " + std::to_string(frame.offset) + ", not where the frame before it ends (" + std::to_string(next_frame) +
-                  "): frames are stored in order, each once");
+      bad(fw, "starts at byte " + std::to_string(frame.offset) + ", not where the frame before it ends (" +
+                  std::to_string(next_frame) + "): frames are stored in order, each once");
     }
     next_frame = frame.offset + frame.stored_size;
     const std::uint64_t raw = chunk_length(s, chunk_size, i / per_chunk) / per_chunk;
     // A frame is compressed only when that makes it smaller, so no frame is larger than its plane (and a chunk's
     // frames, stored together, need one read and one chunk-sized buffer).
-    if (frame.codec == Codec::raw ? frame.stored_size != raw : frame.stored_size >= raw) bad(fw, "larger than its plane");
+    if (frame.codec == Codec::raw ? frame.stored_size != raw : frame.stored_size >= raw)
+      bad(fw, "larger than its plane");
     if (frame.stored_size < min_stored_size(frame.codec, raw)) {
       bad(fw, std::to_string(frame.stored_size) + " bytes cannot decode to " + std::to_string(raw) + " with its codec");
     }
@@ -149,12 +165,14 @@ Manifest parse_manifest(std::span<const std::uint8_t> text, std::uint64_t payloa
   const json::Fields j(doc, "", kManifest);
   if (j.string("format") != "ckpt-archive") bad(j.key_path("format"), "not a ckpt archive");
   if (const std::uint64_t version = j.uint64("version"); version != kVersion) {
-    fail(ErrorKind::unsupported, kManifest, "archive version " + std::to_string(version) + " (this ckpt reads version 1)");
+    fail(ErrorKind::unsupported, kManifest,
+         "archive version " + std::to_string(version) + " (this ckpt reads version 1)");
   }
   Manifest m;
   m.checkpoint = j.string("checkpoint");
   if (const json::Value step = j.required("step"); !step.json().is_null()) {
-    if (!step.json().is_number_unsigned() || step.json().get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+    if (!step.json().is_number_unsigned() ||
+        step.json().get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
       step.fail("not a step");
     }
     m.step = step.json().get<std::int64_t>();
@@ -187,7 +205,8 @@ Manifest parse_manifest(std::span<const std::uint8_t> text, std::uint64_t payloa
     total = add_checked(total, f.size, fw);
     m.files.push_back(std::move(f));
   }
-  if (next_frame != payload_end) bad(files.key_path(), "the frames end at byte " + std::to_string(next_frame) + ", not at the manifest");
+  if (next_frame != payload_end)
+    bad(files.key_path(), "the frames end at byte " + std::to_string(next_frame) + ", not at the manifest");
   for (const auto& f : m.files) {
     if (!names.insert(f.name).second) bad(files.key_path(), "'" + f.name + "' appears twice");
   }
@@ -213,13 +232,15 @@ Manifest parse_manifest(std::span<const std::uint8_t> text, std::uint64_t payloa
     t.file = tensor.uint64("file");
     t.segment = tensor.uint64("segment");
     t.offset = tensor.uint64("offset");
-    if (t.file >= m.files.size() || t.segment >= m.files[t.file].segments.size() || t.offset > m.files[t.file].segments[t.segment].size) {
+    if (t.file >= m.files.size() || t.segment >= m.files[t.file].segments.size() ||
+        t.offset > m.files[t.file].segments[t.segment].size) {
       bad(tw, "points outside the archive's files");
     }
     // Its elements lie inside its segment (numel overflow-checked: each dimension is below 2^63).
     std::uint64_t bytes = element_size(t.dtype);
     for (std::int64_t d : t.shape) {
-      if (d != 0 && bytes > std::numeric_limits<std::uint64_t>::max() / static_cast<std::uint64_t>(d)) bad(shape.key_path(), "too many elements");
+      if (d != 0 && bytes > std::numeric_limits<std::uint64_t>::max() / static_cast<std::uint64_t>(d))
+        bad(shape.key_path(), "too many elements");
       bytes *= static_cast<std::uint64_t>(d);
     }
     if (bytes > m.files[t.file].segments[t.segment].size - t.offset) bad(tw, "extends past its segment");
@@ -239,7 +260,9 @@ void check_header(std::span<const std::uint8_t> header) {
   if (!has_magic(header)) fail_corrupt("byte 0", "not a ckpt archive (no CKPTARC1 magic)");
   r.seek(kMagic.size());
   const std::uint32_t version = r.u32le();
-  if (version != kVersion) fail(ErrorKind::unsupported, "byte 8", "archive version " + std::to_string(version) + " (this ckpt reads version 1)");
+  if (version != kVersion)
+    fail(ErrorKind::unsupported, "byte 8",
+         "archive version " + std::to_string(version) + " (this ckpt reads version 1)");
   if (r.u32le() != 0) fail(ErrorKind::unsupported, "byte 12", "archive flags this ckpt does not know");
 }
 
@@ -252,7 +275,8 @@ Trailer parse_trailer(std::span<const std::uint8_t> trailer, std::uint64_t file_
   const std::uint32_t version = r.u32le();
   const auto end = r.take(kEndMagic.size());
   const std::string where = "byte " + std::to_string(file_size - kTrailerSize);
-  if (std::memcmp(end.data(), kEndMagic.data(), kEndMagic.size()) != 0) fail_corrupt(where, "no CKPTEND1 trailer (a truncated archive?)");
+  if (std::memcmp(end.data(), kEndMagic.data(), kEndMagic.size()) != 0)
+    fail_corrupt(where, "no CKPTEND1 trailer (a truncated archive?)");
   if (version != kVersion) fail_corrupt(where, "the trailer's version differs from the header's");
   if (t.manifest_size > kMaxManifestSize) fail_corrupt(where, "manifest larger than 256 MiB");
   if (t.manifest_offset < kHeaderSize || t.manifest_offset > file_size - kTrailerSize ||
@@ -263,7 +287,8 @@ Trailer parse_trailer(std::span<const std::uint8_t> trailer, std::uint64_t file_
 }
 
 Manifest checked_manifest(std::span<const std::uint8_t> text, const Trailer& t) {
-  if (crc32(text) != t.manifest_crc) fail_corrupt("byte " + std::to_string(t.manifest_offset), "manifest checksum mismatch");
+  if (crc32(text) != t.manifest_crc)
+    fail_corrupt("byte " + std::to_string(t.manifest_offset), "manifest checksum mismatch");
   return parse_manifest(text, t.manifest_offset);
 }
 
@@ -283,7 +308,8 @@ template <typename Word>
 void merge_scalar(const std::uint8_t* planes, std::size_t begin, std::size_t count, bool rotate, std::uint8_t* raw) {
   for (std::size_t i = begin; i < count; ++i) {
     Word w = 0;
-    for (std::size_t b = 0; b < sizeof(Word); ++b) w |= static_cast<Word>(static_cast<Word>(planes[b * count + i]) << (8 * b));
+    for (std::size_t b = 0; b < sizeof(Word); ++b)
+      w |= static_cast<Word>(static_cast<Word>(planes[b * count + i]) << (8 * b));
     if (rotate) w = std::rotr(w, 1);
     std::memcpy(raw + i * sizeof(Word), &w, sizeof(Word));
   }
@@ -300,7 +326,8 @@ void deinterleave(__m128i a, __m128i b, __m128i& even, __m128i& odd) {
   odd = _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8));
 }
 
-std::size_t split_simd(const std::uint8_t* raw, std::size_t count, std::size_t width, bool rotate, std::uint8_t* planes) {
+std::size_t split_simd(const std::uint8_t* raw, std::size_t count, std::size_t width, bool rotate,
+                       std::uint8_t* planes) {
   std::size_t i = 0;
   if (width == 2) {
     for (; i + 16 <= count; i += 16) {
@@ -335,7 +362,8 @@ std::size_t split_simd(const std::uint8_t* raw, std::size_t count, std::size_t w
   return i;
 }
 
-std::size_t merge_simd(const std::uint8_t* planes, std::size_t count, std::size_t width, bool rotate, std::uint8_t* raw) {
+std::size_t merge_simd(const std::uint8_t* planes, std::size_t count, std::size_t width, bool rotate,
+                       std::uint8_t* raw) {
   std::size_t i = 0;
   if (width == 2) {
     for (; i + 16 <= count; i += 16) {
@@ -373,9 +401,15 @@ void split_planes(std::span<const std::uint8_t> raw, std::size_t width, bool rot
   const std::size_t count = raw.size() / width;
   const std::size_t done = split_simd(raw.data(), count, width, rotate, planes);
   switch (width) {
-    case 2: split_scalar<std::uint16_t>(raw.data(), done, count, rotate, planes); break;
-    case 4: split_scalar<std::uint32_t>(raw.data(), done, count, rotate, planes); break;
-    default: split_scalar<std::uint64_t>(raw.data(), done, count, rotate, planes); break;
+    case 2:
+      split_scalar<std::uint16_t>(raw.data(), done, count, rotate, planes);
+      break;
+    case 4:
+      split_scalar<std::uint32_t>(raw.data(), done, count, rotate, planes);
+      break;
+    default:
+      split_scalar<std::uint64_t>(raw.data(), done, count, rotate, planes);
+      break;
   }
 }
 
@@ -383,9 +417,15 @@ void merge_planes(const std::uint8_t* planes, std::size_t width, bool rotate, st
   const std::size_t count = raw.size() / width;
   const std::size_t done = merge_simd(planes, count, width, rotate, raw.data());
   switch (width) {
-    case 2: merge_scalar<std::uint16_t>(planes, done, count, rotate, raw.data()); break;
-    case 4: merge_scalar<std::uint32_t>(planes, done, count, rotate, raw.data()); break;
-    default: merge_scalar<std::uint64_t>(planes, done, count, rotate, raw.data()); break;
+    case 2:
+      merge_scalar<std::uint16_t>(planes, done, count, rotate, raw.data());
+      break;
+    case 4:
+      merge_scalar<std::uint32_t>(planes, done, count, rotate, raw.data());
+      break;
+    default:
+      merge_scalar<std::uint64_t>(planes, done, count, rotate, raw.data());
+      break;
   }
 }
 
@@ -455,7 +495,8 @@ ChunkCoder::~ChunkCoder() {
   ZSTD_freeDCtx(static_cast<ZSTD_DCtx*>(dctx_));
 }
 
-std::vector<Frame> ChunkCoder::encode(std::span<const std::uint8_t> raw, const Segment& segment, std::vector<std::uint8_t>& stored) {
+std::vector<Frame> ChunkCoder::encode(std::span<const std::uint8_t> raw, const Segment& segment,
+                                      std::vector<std::uint8_t>& stored) {
   if (!cctx_) {
     cctx_ = ZSTD_createCCtx();
     if (!cctx_) throw std::bad_alloc();
@@ -483,11 +524,13 @@ std::vector<Frame> ChunkCoder::encode(std::span<const std::uint8_t> raw, const S
     // planes are always tried, since counters look random byte by byte yet repeat.
     std::array<std::uint64_t, 256> counts{};
     const bool is_plane = segment.layout == Layout::planes;
-    const bool random_looking = segment.transform == Transform::rotl1 && rans::entropy_bits(sample_histogram(plane)) > kIncompressibleBits;
+    const bool random_looking =
+        segment.transform == Transform::rotl1 && rans::entropy_bits(sample_histogram(plane)) > kIncompressibleBits;
     if (!plane.empty() && !random_looking) {
       if (is_plane) counts = rans::histogram(plane);
       scratch_.resize(ZSTD_compressBound(plane.size()));
-      const std::size_t n = ZSTD_compress2(static_cast<ZSTD_CCtx*>(cctx_), scratch_.data(), scratch_.size(), plane.data(), plane.size());
+      const std::size_t n =
+          ZSTD_compress2(static_cast<ZSTD_CCtx*>(cctx_), scratch_.data(), scratch_.size(), plane.data(), plane.size());
       if (ZSTD_isError(n)) fail(ErrorKind::io, "zstd", ZSTD_getErrorName(n));
       if (n < best.size()) {
         frame.codec = Codec::zstd;
@@ -522,8 +565,8 @@ Extent chunk_extent(const Segment& segment, std::uint64_t index) {
   return {begin, end - begin};
 }
 
-void ChunkCoder::decode(const Segment& segment, std::uint64_t index, std::span<const std::uint8_t> extent, std::uint64_t extent_offset,
-                        std::span<std::uint8_t> out) {
+void ChunkCoder::decode(const Segment& segment, std::uint64_t index, std::span<const std::uint8_t> extent,
+                        std::uint64_t extent_offset, std::span<std::uint8_t> out) {
   if (!dctx_) {
     dctx_ = ZSTD_createDCtx();
     if (!dctx_) throw std::bad_alloc();
@@ -538,7 +581,8 @@ void ChunkCoder::decode(const Segment& segment, std::uint64_t index, std::span<c
   for (std::size_t p = 0; p < planes; ++p) {
     const Frame& frame = segment.frames[index * planes + p];
     const std::string where = "frame at byte " + std::to_string(frame.offset);
-    if (frame.offset < extent_offset || frame.offset - extent_offset > extent.size() || frame.stored_size > extent.size() - (frame.offset - extent_offset)) {
+    if (frame.offset < extent_offset || frame.offset - extent_offset > extent.size() ||
+        frame.stored_size > extent.size() - (frame.offset - extent_offset)) {
       fail(ErrorKind::invalid_argument, where, "outside the bytes given");
     }
     const auto stored = extent.subspan(frame.offset - extent_offset, frame.stored_size);
@@ -557,9 +601,11 @@ void ChunkCoder::decode(const Segment& segment, std::uint64_t index, std::span<c
       }
       continue;
     }
-    const std::size_t n = ZSTD_decompressDCtx(static_cast<ZSTD_DCtx*>(dctx_), plane, plane_size, stored.data(), stored.size());
+    const std::size_t n =
+        ZSTD_decompressDCtx(static_cast<ZSTD_DCtx*>(dctx_), plane, plane_size, stored.data(), stored.size());
     if (ZSTD_isError(n)) fail_corrupt(where, std::string("zstd: ") + ZSTD_getErrorName(n));
-    if (n != plane_size) fail_corrupt(where, "decompressed to " + std::to_string(n) + " bytes, not " + std::to_string(plane_size));
+    if (n != plane_size)
+      fail_corrupt(where, "decompressed to " + std::to_string(n) + " bytes, not " + std::to_string(plane_size));
   }
   if (planes > 1) merge_planes(planes_.data(), planes, segment.transform == Transform::rotl1, out);
 }
@@ -570,14 +616,19 @@ std::string serialize_manifest(const Manifest& m) {
     json::Json segments = json::Json::array();
     for (const auto& s : f.segments) {
       json::Json frames = json::Json::array();
-      for (const auto& fr : s.frames) frames.push_back({static_cast<int>(fr.codec), fr.offset, fr.stored_size, fr.crc32});
+      for (const auto& fr : s.frames)
+        frames.push_back({static_cast<int>(fr.codec), fr.offset, fr.stored_size, fr.crc32});
       segments.push_back({{"size", s.size},
                           {"layout", s.layout == Layout::planes ? "planes" : "bytes"},
                           {"element_size", s.element_size},
                           {"transform", s.transform == Transform::rotl1 ? "rotl1" : "none"},
                           {"frames", std::move(frames)}});
     }
-    files.push_back({{"name", f.name}, {"size", f.size}, {"mode", f.mode}, {"sha256", Sha256::hex(f.sha256)}, {"segments", std::move(segments)}});
+    files.push_back({{"name", f.name},
+                     {"size", f.size},
+                     {"mode", f.mode},
+                     {"sha256", Sha256::hex(f.sha256)},
+                     {"segments", std::move(segments)}});
   }
   json::Json tensors = json::Json::array();
   for (const auto& t : m.tensors) {

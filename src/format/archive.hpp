@@ -88,10 +88,10 @@ struct Tensor {
 };
 
 struct Manifest {
-  std::string checkpoint;            // the directory's name when archived: checkpoint-N
+  std::string checkpoint;  // the directory's name when archived: checkpoint-N
   std::optional<std::int64_t> step;
   std::uint64_t chunk_size = 4u << 20;
-  json::Json trainer_state;          // checkpoint/archive's summary of trainer_state.json, or null
+  json::Json trainer_state;  // checkpoint/archive's summary of trainer_state.json, or null
   std::vector<File> files;
   std::vector<Tensor> tensors;
 
@@ -111,8 +111,8 @@ Extent chunk_extent(const Segment& segment, std::uint64_t index);
 
 // Reads and validates the manifest through the trailer (two reads; no frame is touched). The frames tile the
 // payload in order and are large enough for their planes, frame counts and plane sizes agree with the segment
-// sizes, names are safe relative paths, tensor references point at existing segments. Throws a corrupt Error naming the byte offset or manifest field
-// (unsupported for another version).
+// sizes, names are safe relative paths, tensor references point at existing segments. Throws a corrupt Error naming the
+// byte offset or manifest field (unsupported for another version).
 Manifest read_manifest(const ReadOnlyFile& file);
 Manifest read_manifest(std::span<const std::uint8_t> archive);
 
@@ -129,13 +129,14 @@ class ChunkCoder {
 
   // Encodes `raw` (one chunk of `segment`'s layout) into `stored` (appended) and returns one Frame per stored
   // frame, with offsets relative to the start of what this call appended.
-  std::vector<Frame> encode(std::span<const std::uint8_t> raw, const Segment& segment, std::vector<std::uint8_t>& stored);
+  std::vector<Frame> encode(std::span<const std::uint8_t> raw, const Segment& segment,
+                            std::vector<std::uint8_t>& stored);
 
   // Decodes chunk `index` of `segment` into `out` (exactly the chunk's length) from `extent`, the archive's
   // bytes of chunk_extent(segment, index) read from `extent_offset`. Throws a corrupt Error (a bad CRC, a frame
   // that does not decompress to its size) naming the frame's offset.
-  void decode(const Segment& segment, std::uint64_t index, std::span<const std::uint8_t> extent, std::uint64_t extent_offset,
-              std::span<std::uint8_t> out);
+  void decode(const Segment& segment, std::uint64_t index, std::span<const std::uint8_t> extent,
+              std::uint64_t extent_offset, std::span<std::uint8_t> out);
 
  private:
   int level_;

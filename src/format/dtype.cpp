@@ -90,9 +90,15 @@ std::optional<DType> dtype_from_torch_attribute(std::string_view name) {
     DType dtype;
   };
   static constexpr std::array<Alias, 10> kAliases{{
-      {"double", DType::float64}, {"float", DType::float32}, {"half", DType::float16},
-      {"long", DType::int64}, {"int", DType::int32}, {"short", DType::int16},
-      {"cfloat", DType::complex64}, {"cdouble", DType::complex128}, {"bool", DType::boolean},
+      {"double", DType::float64},
+      {"float", DType::float32},
+      {"half", DType::float16},
+      {"long", DType::int64},
+      {"int", DType::int32},
+      {"short", DType::int16},
+      {"cfloat", DType::complex64},
+      {"cdouble", DType::complex128},
+      {"bool", DType::boolean},
       {"float8_e4m3", DType::float8_e4m3fn},
   }};
   for (const auto& a : kAliases) {

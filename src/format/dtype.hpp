@@ -12,9 +12,23 @@
 namespace ckpt {
 
 enum class DType : std::uint8_t {
-  float64, float32, float16, bfloat16, float8_e5m2, float8_e4m3fn,
-  int64, int32, int16, int8, uint64, uint32, uint16, uint8, boolean,
-  complex128, complex64,
+  float64,
+  float32,
+  float16,
+  bfloat16,
+  float8_e5m2,
+  float8_e4m3fn,
+  int64,
+  int32,
+  int16,
+  int8,
+  uint64,
+  uint32,
+  uint16,
+  uint8,
+  boolean,
+  complex128,
+  complex64,
 };
 inline constexpr std::size_t kDTypeCount = static_cast<std::size_t>(DType::complex64) + 1;
 

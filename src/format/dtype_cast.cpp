@@ -115,8 +115,8 @@ double float8_e4m3fn_to_double(std::uint8_t bits) {
   const int exponent = (bits >> 3) & 0xF;
   const int mantissa = bits & 0x7;
   double v = exponent == 0xF && mantissa == 0x7 ? std::nan("")
-             : exponent == 0                   ? std::ldexp(mantissa, -9)
-                                               : std::ldexp(8 + mantissa, exponent - 10);
+             : exponent == 0                    ? std::ldexp(mantissa, -9)
+                                                : std::ldexp(8 + mantissa, exponent - 10);
   return (bits & 0x80) ? -v : v;
 }
 
@@ -145,34 +145,71 @@ void widen_to_double(std::span<const std::uint8_t> src, DType dtype, std::span<d
   const std::uint8_t* in = src.data();
   double* o = out.data();
   switch (dtype) {
-    case DType::float64: widen_each<double>(in, count, o); break;
-    case DType::float32: widen_each<float>(in, count, o); break;
-    case DType::float16: widen_bits<std::uint16_t>(in, count, o, [](std::uint16_t h) { return static_cast<double>(half_to_float(h)); }); break;
-    case DType::bfloat16: widen_bits<std::uint16_t>(in, count, o, [](std::uint16_t b) { return static_cast<double>(bfloat16_to_float(b)); }); break;
+    case DType::float64:
+      widen_each<double>(in, count, o);
+      break;
+    case DType::float32:
+      widen_each<float>(in, count, o);
+      break;
+    case DType::float16:
+      widen_bits<std::uint16_t>(in, count, o, [](std::uint16_t h) { return static_cast<double>(half_to_float(h)); });
+      break;
+    case DType::bfloat16:
+      widen_bits<std::uint16_t>(in, count, o,
+                                [](std::uint16_t b) { return static_cast<double>(bfloat16_to_float(b)); });
+      break;
     // e5m2 is float16's upper byte.
     case DType::float8_e5m2:
-      widen_bits<std::uint8_t>(in, count, o, [](std::uint8_t b) { return static_cast<double>(half_to_float(static_cast<std::uint16_t>(b << 8))); });
+      widen_bits<std::uint8_t>(in, count, o, [](std::uint8_t b) {
+        return static_cast<double>(half_to_float(static_cast<std::uint16_t>(b << 8)));
+      });
       break;
-    case DType::float8_e4m3fn: widen_bits<std::uint8_t>(in, count, o, float8_e4m3fn_to_double); break;
-    case DType::int64: widen_each<std::int64_t>(in, count, o); break;
-    case DType::int32: widen_each<std::int32_t>(in, count, o); break;
-    case DType::int16: widen_each<std::int16_t>(in, count, o); break;
-    case DType::int8: widen_each<std::int8_t>(in, count, o); break;
-    case DType::uint64: widen_each<std::uint64_t>(in, count, o); break;
-    case DType::uint32: widen_each<std::uint32_t>(in, count, o); break;
-    case DType::uint16: widen_each<std::uint16_t>(in, count, o); break;
-    case DType::uint8: widen_each<std::uint8_t>(in, count, o); break;
-    case DType::boolean: widen_bits<std::uint8_t>(in, count, o, [](std::uint8_t b) { return b != 0 ? 1.0 : 0.0; }); break;
-    case DType::complex128: widen_each<double>(in, 2 * count, o); break;
-    case DType::complex64: widen_each<float>(in, 2 * count, o); break;
+    case DType::float8_e4m3fn:
+      widen_bits<std::uint8_t>(in, count, o, float8_e4m3fn_to_double);
+      break;
+    case DType::int64:
+      widen_each<std::int64_t>(in, count, o);
+      break;
+    case DType::int32:
+      widen_each<std::int32_t>(in, count, o);
+      break;
+    case DType::int16:
+      widen_each<std::int16_t>(in, count, o);
+      break;
+    case DType::int8:
+      widen_each<std::int8_t>(in, count, o);
+      break;
+    case DType::uint64:
+      widen_each<std::uint64_t>(in, count, o);
+      break;
+    case DType::uint32:
+      widen_each<std::uint32_t>(in, count, o);
+      break;
+    case DType::uint16:
+      widen_each<std::uint16_t>(in, count, o);
+      break;
+    case DType::uint8:
+      widen_each<std::uint8_t>(in, count, o);
+      break;
+    case DType::boolean:
+      widen_bits<std::uint8_t>(in, count, o, [](std::uint8_t b) { return b != 0 ? 1.0 : 0.0; });
+      break;
+    case DType::complex128:
+      widen_each<double>(in, 2 * count, o);
+      break;
+    case DType::complex64:
+      widen_each<float>(in, 2 * count, o);
+      break;
   }
 }
 
 bool can_cast(DType from, DType to) { return castable(from) && castable(to); }
 
-void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to, bool zero_dim) {
+void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to,
+                   bool zero_dim) {
   if (!can_cast(from, to)) {
-    fail(ErrorKind::unsupported, "", std::string("cannot cast ") + std::string(torch_name(from)) + " to " + std::string(torch_name(to)));
+    fail(ErrorKind::unsupported, "",
+         std::string("cannot cast ") + std::string(torch_name(from)) + " to " + std::string(torch_name(to)));
   }
   const std::size_t in_size = element_size(from);
   const std::size_t out_size = element_size(to);
@@ -192,7 +229,9 @@ void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std:
     }
     const float f = load_as_float(in, from);
     switch (to) {
-      case DType::float32: std::memcpy(out, &f, 4); break;
+      case DType::float32:
+        std::memcpy(out, &f, 4);
+        break;
       case DType::float16: {
         const std::uint16_t h = float_to_half(f);
         std::memcpy(out, &h, 2);

@@ -17,7 +17,8 @@ bool can_cast(DType from, DType to);
 // Converts `count` elements; `src` holds count * element_size(from) bytes, `dst` count * element_size(to).
 // `zero_dim`: the elements are a 0-d tensor's or a strided view's, which torch converts with its scalar code
 // (NaN differs).
-void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to, bool zero_dim = false);
+void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to,
+                   bool zero_dim = false);
 
 // Every element of `src` (little-endian, contiguous) as doubles, in order: `out` holds one per element, two (real,
 // imaginary) for a complex dtype. Exact for every dtype but 64-bit integers beyond 2^53, which round to the nearest

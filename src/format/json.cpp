@@ -18,7 +18,6 @@ namespace {
 // value, so no document can forge one.
 constexpr std::uint8_t kBigIntegerSubtype = 0x42;
 
-
 // The length of the generalized UTF-8 sequence at `s[i]` and its code point, or 0 when the byte starts none.
 std::size_t decode_utf8(std::string_view s, std::size_t i, std::uint32_t& cp) {
   const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
@@ -63,7 +62,8 @@ class Parser {
   char peek() const { return at_end() ? '\0' : text_[pos_]; }
 
   void skip_whitespace() {
-    while (!at_end() && (text_[pos_] == ' ' || text_[pos_] == '\t' || text_[pos_] == '\n' || text_[pos_] == '\r')) ++pos_;
+    while (!at_end() && (text_[pos_] == ' ' || text_[pos_] == '\t' || text_[pos_] == '\n' || text_[pos_] == '\r'))
+      ++pos_;
   }
 
   void expect(char c) {
@@ -78,17 +78,32 @@ class Parser {
   }
 
   Json value(std::size_t depth) {
-    if (depth > kMaxDepth) fail(ErrorKind::unsupported, "byte " + std::to_string(pos_), "JSON nested deeper than " + std::to_string(kMaxDepth));
+    if (depth > kMaxDepth)
+      fail(ErrorKind::unsupported, "byte " + std::to_string(pos_),
+           "JSON nested deeper than " + std::to_string(kMaxDepth));
     if (at_end()) error("unexpected end of input");
     switch (text_[pos_]) {
-      case '{': return object(depth);
-      case '[': return array(depth);
-      case '"': return Json(string());
-      case 't': if (take_word("true")) return true; break;
-      case 'f': if (take_word("false")) return false; break;
-      case 'n': if (take_word("null")) return nullptr; break;
-      case 'N': if (take_word("NaN")) return std::numeric_limits<double>::quiet_NaN(); break;
-      case 'I': if (take_word("Infinity")) return std::numeric_limits<double>::infinity(); break;
+      case '{':
+        return object(depth);
+      case '[':
+        return array(depth);
+      case '"':
+        return Json(string());
+      case 't':
+        if (take_word("true")) return true;
+        break;
+      case 'f':
+        if (take_word("false")) return false;
+        break;
+      case 'n':
+        if (take_word("null")) return nullptr;
+        break;
+      case 'N':
+        if (take_word("NaN")) return std::numeric_limits<double>::quiet_NaN();
+        break;
+      case 'I':
+        if (take_word("Infinity")) return std::numeric_limits<double>::infinity();
+        break;
       case '-':
         if (take_word("-Infinity")) return -std::numeric_limits<double>::infinity();
         return number();
@@ -152,10 +167,14 @@ class Parser {
     for (int i = 0; i < 4; ++i) {
       const char c = text_[pos_++];
       cp <<= 4;
-      if (c >= '0' && c <= '9') cp |= static_cast<std::uint32_t>(c - '0');
-      else if (c >= 'a' && c <= 'f') cp |= static_cast<std::uint32_t>(c - 'a' + 10);
-      else if (c >= 'A' && c <= 'F') cp |= static_cast<std::uint32_t>(c - 'A' + 10);
-      else error("invalid \\u escape");
+      if (c >= '0' && c <= '9')
+        cp |= static_cast<std::uint32_t>(c - '0');
+      else if (c >= 'a' && c <= 'f')
+        cp |= static_cast<std::uint32_t>(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F')
+        cp |= static_cast<std::uint32_t>(c - 'A' + 10);
+      else
+        error("invalid \\u escape");
     }
     return cp;
   }
@@ -165,7 +184,8 @@ class Parser {
     std::string out;
     while (true) {
       const std::size_t start = pos_;
-      while (!at_end() && text_[pos_] != '"' && text_[pos_] != '\\' && static_cast<unsigned char>(text_[pos_]) >= 0x20) {
+      while (!at_end() && text_[pos_] != '"' && text_[pos_] != '\\' &&
+             static_cast<unsigned char>(text_[pos_]) >= 0x20) {
         if (static_cast<unsigned char>(text_[pos_]) < 0x80) {
           ++pos_;
           continue;
@@ -187,27 +207,47 @@ class Parser {
       if (++pos_ >= text_.size()) error("unterminated string");
       const char e = text_[pos_++];
       switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
         case 'u': {
           std::uint32_t cp = hex4();
           if (cp >= 0xD800 && cp <= 0xDBFF && text_.substr(pos_, 2) == "\\u") {
             const std::size_t before = pos_;
             pos_ += 2;
             const std::uint32_t low = hex4();
-            if (low >= 0xDC00 && low <= 0xDFFF) cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
-            else pos_ = before;  // a lone high surrogate; the next escape stands alone
+            if (low >= 0xDC00 && low <= 0xDFFF)
+              cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            else
+              pos_ = before;  // a lone high surrogate; the next escape stands alone
           }
           append_utf8(out, cp);
           break;
         }
-        default: --pos_; error("invalid escape");
+        default:
+          --pos_;
+          error("invalid escape");
       }
     }
   }
@@ -221,8 +261,10 @@ class Parser {
       while (!at_end() && text_[pos_] >= '0' && text_[pos_] <= '9') ++pos_;
       return pos_ - from;
     };
-    if (peek() == '0' && !at_end()) ++pos_;
-    else if (digits() == 0) error("expected a digit");
+    if (peek() == '0' && !at_end())
+      ++pos_;
+    else if (digits() == 0)
+      error("expected a digit");
     bool integer = true;
     if (peek() == '.' && !at_end()) {
       ++pos_;
@@ -254,8 +296,10 @@ class Parser {
     const auto [end, ec] = std::from_chars(magnitude.data(), magnitude.data() + magnitude.size(), m);
     if (ec == std::errc() && end == magnitude.data() + magnitude.size()) {
       if (!negative) return m;
-      if (m <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) return -static_cast<std::int64_t>(m);
-      if (m == static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) + 1) return std::numeric_limits<std::int64_t>::min();
+      if (m <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+        return -static_cast<std::int64_t>(m);
+      if (m == static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) + 1)
+        return std::numeric_limits<std::int64_t>::min();
     }
     return big_integer(token);
   }
@@ -283,16 +327,32 @@ void write_string(std::string_view s, const Style& style, std::string& out) {
     const unsigned char b = static_cast<unsigned char>(s[i]);
     if (b < 0x80) {
       switch (b) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\b': out += "\\b"; break;
-        case '\f': out += "\\f"; break;
-        case '\n': out += "\\n"; break;
-        case '\r': out += "\\r"; break;
-        case '\t': out += "\\t"; break;
+        case '"':
+          out += "\\\"";
+          break;
+        case '\\':
+          out += "\\\\";
+          break;
+        case '\b':
+          out += "\\b";
+          break;
+        case '\f':
+          out += "\\f";
+          break;
+        case '\n':
+          out += "\\n";
+          break;
+        case '\r':
+          out += "\\r";
+          break;
+        case '\t':
+          out += "\\t";
+          break;
         default:
-          if (b < 0x20 || (b == 0x7F && style.ensure_ascii)) append_escape(out, b);
-          else out += static_cast<char>(b);
+          if (b < 0x20 || (b == 0x7F && style.ensure_ascii))
+            append_escape(out, b);
+          else
+            out += static_cast<char>(b);
       }
       ++i;
       continue;
@@ -335,7 +395,8 @@ void write_value(const Json& value, const Style& style, int depth, std::string& 
       members.reserve(value.size());
       for (const auto& member : value.get_ref<const Json::object_t&>()) members.push_back(&member);
       if (style.sort_keys) {
-        std::stable_sort(members.begin(), members.end(), [](const auto* a, const auto* b) { return a->first < b->first; });
+        std::stable_sort(members.begin(), members.end(),
+                         [](const auto* a, const auto* b) { return a->first < b->first; });
       }
       out += '{';
       for (std::size_t i = 0; i < members.size(); ++i) {
@@ -366,15 +427,26 @@ void write_value(const Json& value, const Style& style, int depth, std::string& 
       out += ']';
       return;
     }
-    case Json::value_t::string: write_string(value.get_ref<const std::string&>(), style, out); return;
-    case Json::value_t::boolean: out += value.get<bool>() ? "true" : "false"; return;
-    case Json::value_t::number_integer: out += std::to_string(value.get<std::int64_t>()); return;
-    case Json::value_t::number_unsigned: out += std::to_string(value.get<std::uint64_t>()); return;
+    case Json::value_t::string:
+      write_string(value.get_ref<const std::string&>(), style, out);
+      return;
+    case Json::value_t::boolean:
+      out += value.get<bool>() ? "true" : "false";
+      return;
+    case Json::value_t::number_integer:
+      out += std::to_string(value.get<std::int64_t>());
+      return;
+    case Json::value_t::number_unsigned:
+      out += std::to_string(value.get<std::uint64_t>());
+      return;
     case Json::value_t::number_float: {
       const double v = value.get<double>();
-      if (std::isfinite(v)) out += python_float_repr(v);
-      else if (!style.python_nonfinite) out += "null";
-      else out += std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity";
+      if (std::isfinite(v))
+        out += python_float_repr(v);
+      else if (!style.python_nonfinite)
+        out += "null";
+      else
+        out += std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity";
       return;
     }
     case Json::value_t::binary:
@@ -385,7 +457,9 @@ void write_value(const Json& value, const Style& style, int depth, std::string& 
       out += "null";  // no other binary value is ever made
       return;
     case Json::value_t::null:
-    case Json::value_t::discarded: out += "null"; return;
+    case Json::value_t::discarded:
+      out += "null";
+      return;
   }
 }
 
@@ -488,204 +562,6 @@ std::string python_float_repr(double value) {
   if (magnitude < 10) out += '0';
   out += std::to_string(magnitude);
   return out;
-}
-
-// ---- Fields, Elements, Value ----
-
-namespace {
-
-bool plain_key(std::string_view key) {
-  return !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '$' || c == '-';
-  });
-}
-
-std::string member_path(const std::string& parent, std::string_view key) {
-  if (!plain_key(key)) return parent + "[" + dump(Json(std::string(key))) + "]";
-  return parent.empty() ? std::string(key) : parent + "." + std::string(key);
-}
-
-[[noreturn]] void fail_at(const Location& where, const std::string& key_path, const std::string& what) {
-  throw Error(ErrorKind::corrupt, *where.path, key_path, what);
-}
-
-std::optional<std::string> as_string(const Json& v) {
-  if (!v.is_string()) return std::nullopt;
-  return v.get<std::string>();
-}
-
-std::optional<std::int64_t> as_int64(const Json& v, std::int64_t min, std::int64_t max) {
-  std::int64_t x = 0;
-  if (v.is_number_unsigned()) {
-    if (v.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) return std::nullopt;
-    x = static_cast<std::int64_t>(v.get<std::uint64_t>());
-  } else if (v.is_number_integer()) {
-    x = v.get<std::int64_t>();
-  } else {
-    return std::nullopt;
-  }
-  if (x < min || x > max) return std::nullopt;
-  return x;
-}
-
-std::optional<std::uint64_t> as_uint64(const Json& v, std::uint64_t max) {
-  if (!v.is_number_unsigned() || v.get<std::uint64_t>() > max) return std::nullopt;
-  return v.get<std::uint64_t>();
-}
-
-std::optional<double> as_number(const Json& v) {
-  if (!v.is_number()) return std::nullopt;
-  return v.get<double>();
-}
-
-std::optional<bool> as_boolean(const Json& v) {
-  if (!v.is_boolean()) return std::nullopt;
-  return v.get<bool>();
-}
-
-std::string not_int64(std::int64_t min, std::int64_t max) {
-  if (min == std::numeric_limits<std::int64_t>::min() && max == std::numeric_limits<std::int64_t>::max()) return "is not an integer";
-  return "is not an integer from " + std::to_string(min) + " to " + std::to_string(max);
-}
-
-std::string not_uint64(std::uint64_t max) {
-  if (max == std::numeric_limits<std::uint64_t>::max()) return "is not a non-negative integer";
-  return "is not an integer from 0 to " + std::to_string(max);
-}
-
-}  // namespace
-
-std::string Value::key_path() const {
-  if (index_) return parent_->key_path + "[" + std::to_string(*index_) + "]";
-  return member_path(parent_->key_path, key_);
-}
-
-void Value::fail(const std::string& what) const { fail_at(*parent_, key_path(), what); }
-
-std::string Value::string() const {
-  if (auto s = as_string(*json_)) return std::move(*s);
-  fail("is not a string");
-}
-
-std::int64_t Value::int64(std::int64_t min, std::int64_t max) const {
-  if (auto x = as_int64(*json_, min, max)) return *x;
-  fail(not_int64(min, max));
-}
-
-std::uint64_t Value::uint64(std::uint64_t max) const {
-  if (auto x = as_uint64(*json_, max)) return *x;
-  fail(not_uint64(max));
-}
-
-double Value::number() const {
-  if (auto x = as_number(*json_)) return *x;
-  fail("is not a number");
-}
-
-bool Value::boolean() const {
-  if (auto x = as_boolean(*json_)) return *x;
-  fail("is not true or false");
-}
-
-Fields Value::object() const { return Fields(*json_, Location{parent_->path, key_path(), parent_->wrong_type}); }
-
-Elements Value::array() const { return Elements(*json_, Location{parent_->path, key_path(), parent_->wrong_type}); }
-
-Elements::Elements(const Json& array, std::string path, std::string key_path, WrongType wrong_type)
-    : Elements(array, Location{std::make_shared<const std::string>(std::move(path)), std::move(key_path), wrong_type}) {}
-
-Elements::Elements(const Json& array, Location where) : array_(&array), items_(nullptr), where_(std::move(where)) {
-  if (!array.is_array()) fail("is not an array");
-  items_ = &array.get_ref<const Json::array_t&>();
-}
-
-Value Elements::at(std::size_t index) const {
-  if (index >= items_->size()) fail("has no element " + std::to_string(index));
-  return Value((*items_)[index], where_, index);
-}
-
-void Elements::fail(const std::string& what) const { fail_at(where_, where_.key_path, what); }
-
-Fields::Fields(const Json& object, std::string path, std::string key_path, WrongType wrong_type)
-    : Fields(object, Location{std::make_shared<const std::string>(std::move(path)), std::move(key_path), wrong_type}) {}
-
-Fields::Fields(const Json& object, Location where) : object_(&object), where_(std::move(where)) {
-  if (!object.is_object()) fail(where_.key_path.empty() ? "is not a JSON object" : "is not an object");
-}
-
-std::string Fields::key_path(std::string_view key) const { return member_path(where_.key_path, key); }
-
-void Fields::fail(const std::string& what) const { fail_at(where_, where_.key_path, what); }
-
-bool Fields::has(std::string_view key) const { return object_->find(key) != object_->end(); }
-
-std::optional<Value> Fields::optional(std::string_view key) const {
-  const auto it = object_->find(key);
-  if (it == object_->end()) return std::nullopt;
-  return Value(*it, where_, key);
-}
-
-Value Fields::required(std::string_view key) const {
-  if (auto v = optional(key)) return *v;
-  fail_at(where_, key_path(key), "is missing");
-}
-
-Json Fields::value_or_null(std::string_view key) const {
-  const auto it = object_->find(key);
-  return it == object_->end() ? Json(nullptr) : *it;
-}
-
-std::optional<Value> Fields::present(std::string_view key, const std::function<bool(const Json&)>& of_type) const {
-  auto v = optional(key);
-  if (v && where_.wrong_type == WrongType::absent && !of_type(v->json())) return std::nullopt;
-  return v;
-}
-
-std::optional<std::string> Fields::optional_string(std::string_view key) const {
-  if (auto v = present(key, [](const Json& j) { return j.is_string(); })) return v->string();
-  return std::nullopt;
-}
-
-std::optional<std::int64_t> Fields::optional_int64(std::string_view key, std::int64_t min, std::int64_t max) const {
-  if (auto v = present(key, [&](const Json& j) { return as_int64(j, min, max).has_value(); })) return v->int64(min, max);
-  return std::nullopt;
-}
-
-std::optional<std::uint64_t> Fields::optional_uint64(std::string_view key, std::uint64_t max) const {
-  if (auto v = present(key, [&](const Json& j) { return as_uint64(j, max).has_value(); })) return v->uint64(max);
-  return std::nullopt;
-}
-
-std::optional<double> Fields::optional_number(std::string_view key) const {
-  if (auto v = present(key, [](const Json& j) { return j.is_number(); })) return v->number();
-  return std::nullopt;
-}
-
-std::optional<bool> Fields::optional_boolean(std::string_view key) const {
-  if (auto v = present(key, [](const Json& j) { return j.is_boolean(); })) return v->boolean();
-  return std::nullopt;
-}
-
-std::optional<Fields> Fields::optional_object(std::string_view key) const {
-  if (auto v = present(key, [](const Json& j) { return j.is_object(); })) return v->object();
-  return std::nullopt;
-}
-
-std::optional<Elements> Fields::optional_array(std::string_view key) const {
-  if (auto v = present(key, [](const Json& j) { return j.is_array(); })) return v->array();
-  return std::nullopt;
-}
-
-std::string Fields::string(std::string_view key) const { return required(key).string(); }
-std::int64_t Fields::int64(std::string_view key, std::int64_t min, std::int64_t max) const { return required(key).int64(min, max); }
-std::uint64_t Fields::uint64(std::string_view key, std::uint64_t max) const { return required(key).uint64(max); }
-double Fields::number(std::string_view key) const { return required(key).number(); }
-bool Fields::boolean(std::string_view key) const { return required(key).boolean(); }
-Fields Fields::object(std::string_view key) const { return required(key).object(); }
-Elements Fields::array(std::string_view key) const { return required(key).array(); }
-
-void Fields::for_each(const std::function<void(const std::string& key, const Value& value)>& visit) const {
-  for (const auto& [key, value] : object_->get_ref<const Json::object_t&>()) visit(key, Value(value, where_, key));
 }
 
 }  // namespace ckpt::json

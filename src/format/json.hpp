@@ -45,7 +45,9 @@ Json parse(std::string_view text);
 // A repeated key keeps its first position and takes the last value, as a Python dict does.
 class ObjectBuilder {
  public:
-  explicit ObjectBuilder(std::size_t expected_members = 0) { object_.get_ref<Json::object_t&>().reserve(expected_members); }
+  explicit ObjectBuilder(std::size_t expected_members = 0) {
+    object_.get_ref<Json::object_t&>().reserve(expected_members);
+  }
   void set(std::string key, Json value);
   Json take() { return std::move(object_); }
 
@@ -163,17 +165,19 @@ class Fields {
 
   bool has(std::string_view key) const;
   std::optional<Value> optional(std::string_view key) const;  // any type
-  Value required(std::string_view key) const;                  // any type; throws corrupt when missing
-  Json value_or_null(std::string_view key) const;              // a copy of the member, null when missing
+  Value required(std::string_view key) const;                 // any type; throws corrupt when missing
+  Json value_or_null(std::string_view key) const;             // a copy of the member, null when missing
 
   std::string string(std::string_view key) const;
   std::optional<std::string> optional_string(std::string_view key) const;
   std::int64_t int64(std::string_view key, std::int64_t min = std::numeric_limits<std::int64_t>::min(),
                      std::int64_t max = std::numeric_limits<std::int64_t>::max()) const;
-  std::optional<std::int64_t> optional_int64(std::string_view key, std::int64_t min = std::numeric_limits<std::int64_t>::min(),
+  std::optional<std::int64_t> optional_int64(std::string_view key,
+                                             std::int64_t min = std::numeric_limits<std::int64_t>::min(),
                                              std::int64_t max = std::numeric_limits<std::int64_t>::max()) const;
   std::uint64_t uint64(std::string_view key, std::uint64_t max = std::numeric_limits<std::uint64_t>::max()) const;
-  std::optional<std::uint64_t> optional_uint64(std::string_view key, std::uint64_t max = std::numeric_limits<std::uint64_t>::max()) const;
+  std::optional<std::uint64_t> optional_uint64(std::string_view key,
+                                               std::uint64_t max = std::numeric_limits<std::uint64_t>::max()) const;
   double number(std::string_view key) const;
   std::optional<double> optional_number(std::string_view key) const;
   bool boolean(std::string_view key) const;

@@ -15,7 +15,11 @@ std::string latin1_to_utf8(std::string_view bytes) {
 bool utf8_code_points(std::string_view s, std::vector<std::uint32_t>& out) {
   for (std::size_t i = 0; i < s.size();) {
     const unsigned char lead = static_cast<unsigned char>(s[i]);
-    const std::size_t extra = lead < 0x80 ? 0 : (lead >> 5) == 6 ? 1 : (lead >> 4) == 14 ? 2 : (lead >> 3) == 30 ? 3 : 4;
+    const std::size_t extra = lead < 0x80         ? 0
+                              : (lead >> 5) == 6  ? 1
+                              : (lead >> 4) == 14 ? 2
+                              : (lead >> 3) == 30 ? 3
+                                                  : 4;
     if (extra == 4 || i + extra >= s.size()) return false;
     std::uint32_t cp = extra == 0 ? lead : lead & (0x3Fu >> extra);
     for (std::size_t k = 1; k <= extra; ++k) {
@@ -59,14 +63,24 @@ void Parser::step(Op op) {
     case Op::frame:  // a buffering hint, but one that must fit
       if (in_.u64le() > in_.remaining()) bad("FRAME longer than the rest of the pickle");
       return;
-    case Op::mark: marks_.push_back(stack_.size()); return;
-    case Op::pop:  // (pops the mark when the stack above it is empty, as CPython does)
-      if (stack_.size() > floor()) stack_.pop_back();
-      else pop_mark();
+    case Op::mark:
+      marks_.push_back(stack_.size());
       return;
-    case Op::pop_mark: pop_mark(); return;
-    case Op::dup: push(top()); return;
-    case Op::none: push(graph_.none()); return;
+    case Op::pop:  // (pops the mark when the stack above it is empty, as CPython does)
+      if (stack_.size() > floor())
+        stack_.pop_back();
+      else
+        pop_mark();
+      return;
+    case Op::pop_mark:
+      pop_mark();
+      return;
+    case Op::dup:
+      push(top());
+      return;
+    case Op::none:
+      push(graph_.none());
+      return;
     case Op::newtrue:
     case Op::newfalse: {
       Node n;
@@ -87,11 +101,21 @@ void Parser::step(Op op) {
       }
       return;
     }
-    case Op::long_text: push(parse_decimal_int(line())); return;
-    case Op::binint: push(add_int(in_.i32le())); return;
-    case Op::binint1: push(add_int(in_.u8())); return;
-    case Op::binint2: push(add_int(in_.u16le())); return;
-    case Op::long1: push(add_long(in_.take(in_.u8()))); return;
+    case Op::long_text:
+      push(parse_decimal_int(line()));
+      return;
+    case Op::binint:
+      push(add_int(in_.i32le()));
+      return;
+    case Op::binint1:
+      push(add_int(in_.u8()));
+      return;
+    case Op::binint2:
+      push(add_int(in_.u16le()));
+      return;
+    case Op::long1:
+      push(add_long(in_.take(in_.u8())));
+      return;
     case Op::long4: {
       std::int32_t n = in_.i32le();
       if (n < 0) bad("LONG4 with a negative length");
@@ -117,29 +141,55 @@ void Parser::step(Op op) {
       push(add(std::move(n)));
       return;
     }
-    case Op::string: push(add_text(Kind::string, latin1_to_utf8(unescape_python_string(line())))); return;
+    case Op::string:
+      push(add_text(Kind::string, latin1_to_utf8(unescape_python_string(line()))));
+      return;
     case Op::binstring: {
       std::int32_t n = in_.i32le();
       if (n < 0) bad("BINSTRING with a negative length");
       push(add_text(Kind::string, latin1_to_utf8(in_.take_chars(static_cast<std::uint64_t>(n)))));
       return;
     }
-    case Op::short_binstring: push(add_text(Kind::string, latin1_to_utf8(in_.take_chars(in_.u8())))); return;
-    case Op::unicode: push(add_text(Kind::string, decode_raw_unicode_escape(line()))); return;
-    case Op::binunicode: push(add_text(Kind::string, std::string(in_.take_chars(in_.u32le())))); return;
-    case Op::short_binunicode: push(add_text(Kind::string, std::string(in_.take_chars(in_.u8())))); return;
-    case Op::binunicode8: push(add_text(Kind::string, std::string(in_.take_chars(in_.u64le())))); return;
-    case Op::binbytes: push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u32le())))); return;
-    case Op::short_binbytes: push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u8())))); return;
+    case Op::short_binstring:
+      push(add_text(Kind::string, latin1_to_utf8(in_.take_chars(in_.u8()))));
+      return;
+    case Op::unicode:
+      push(add_text(Kind::string, decode_raw_unicode_escape(line())));
+      return;
+    case Op::binunicode:
+      push(add_text(Kind::string, std::string(in_.take_chars(in_.u32le()))));
+      return;
+    case Op::short_binunicode:
+      push(add_text(Kind::string, std::string(in_.take_chars(in_.u8()))));
+      return;
+    case Op::binunicode8:
+      push(add_text(Kind::string, std::string(in_.take_chars(in_.u64le()))));
+      return;
+    case Op::binbytes:
+      push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u32le()))));
+      return;
+    case Op::short_binbytes:
+      push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u8()))));
+      return;
     case Op::binbytes8:
     case Op::bytearray8:
       push(add_text(Kind::bytes, std::string(in_.take_chars(in_.u64le()))));
       return;
-    case Op::empty_tuple: push(add_container(Kind::tuple)); return;
-    case Op::empty_list: push(add_container(Kind::list)); return;
-    case Op::empty_dict: push(add_container(Kind::dict)); return;
-    case Op::empty_set: push(add_container(Kind::set)); return;
-    case Op::tuple: push(add_container(Kind::tuple, pop_mark())); return;
+    case Op::empty_tuple:
+      push(add_container(Kind::tuple));
+      return;
+    case Op::empty_list:
+      push(add_container(Kind::list));
+      return;
+    case Op::empty_dict:
+      push(add_container(Kind::dict));
+      return;
+    case Op::empty_set:
+      push(add_container(Kind::set));
+      return;
+    case Op::tuple:
+      push(add_container(Kind::tuple, pop_mark()));
+      return;
     case Op::tuple1:
     case Op::tuple2:
     case Op::tuple3: {
@@ -148,8 +198,12 @@ void Parser::step(Op op) {
       push(add_container(Kind::tuple, std::move(items)));
       return;
     }
-    case Op::list: push(add_container(Kind::list, pop_mark())); return;
-    case Op::frozenset: push(add_container(Kind::frozenset, pop_mark())); return;
+    case Op::list:
+      push(add_container(Kind::list, pop_mark()));
+      return;
+    case Op::frozenset:
+      push(add_container(Kind::frozenset, pop_mark()));
+      return;
     case Op::dict: {
       std::vector<NodeId> items = pop_mark();
       if (items.size() % 2 != 0) bad("DICT with an odd number of keys and values");
@@ -256,10 +310,18 @@ void Parser::step(Op op) {
       build(top(), state);
       return;
     }
-    case Op::put: memo_[line_index()] = top(); return;
-    case Op::binput: memo_[in_.u8()] = top(); return;
-    case Op::long_binput: memo_[in_.u32le()] = top(); return;
-    case Op::memoize: memo_[memo_.size()] = top(); return;
+    case Op::put:
+      memo_[line_index()] = top();
+      return;
+    case Op::binput:
+      memo_[in_.u8()] = top();
+      return;
+    case Op::long_binput:
+      memo_[in_.u32le()] = top();
+      return;
+    case Op::memoize:
+      memo_[memo_.size()] = top();
+      return;
     case Op::get:
     case Op::binget:
     case Op::long_binget: {
@@ -271,9 +333,11 @@ void Parser::step(Op op) {
     }
     case Op::ext1:
     case Op::ext2:
-    case Op::ext4: refuse("copyreg extension codes (EXT1/EXT2/EXT4) are not supported");
+    case Op::ext4:
+      refuse("copyreg extension codes (EXT1/EXT2/EXT4) are not supported");
     case Op::next_buffer:
-    case Op::readonly_buffer: refuse("out-of-band buffers (pickle protocol 5) are not supported");
+    case Op::readonly_buffer:
+      refuse("out-of-band buffers (pickle protocol 5) are not supported");
     default: {
       char hex[8];
       std::snprintf(hex, sizeof hex, "0x%02x", static_cast<unsigned>(op));
@@ -335,9 +399,9 @@ void Parser::build(NodeId target, NodeId state) {
       // Only (3, byteorder, None, None, None, -1, -1, 0) is all a byte order and the type string say.
       std::int64_t version = 0, elsize = 0, alignment = 0, flags = 1;
       const bool plain = s.kind == Kind::tuple && s.items.size() == 8 && as_int(s.items[0], version) && version == 3 &&
-                         graph_.is(s.items[2], Kind::none) && graph_.is(s.items[3], Kind::none) && graph_.is(s.items[4], Kind::none) &&
-                         as_int(s.items[5], elsize) && elsize == -1 && as_int(s.items[6], alignment) && alignment == -1 &&
-                         as_int(s.items[7], flags) && flags == 0;
+                         graph_.is(s.items[2], Kind::none) && graph_.is(s.items[3], Kind::none) &&
+                         graph_.is(s.items[4], Kind::none) && as_int(s.items[5], elsize) && elsize == -1 &&
+                         as_int(s.items[6], alignment) && alignment == -1 && as_int(s.items[7], flags) && flags == 0;
       graph_.at(target).flag = !plain;
       return;
     }

@@ -40,8 +40,18 @@ inline constexpr std::size_t kMaxNodes = 8u << 20;
 inline constexpr std::size_t kMaxDepth = 512;
 
 enum class Kind : std::uint8_t {
-  none, boolean, integer, big_integer, floating, string, bytes,
-  list, tuple, dict, set, frozenset,
+  none,
+  boolean,
+  integer,
+  big_integer,
+  floating,
+  string,
+  bytes,
+  list,
+  tuple,
+  dict,
+  set,
+  frozenset,
   global,       // a module attribute named, never resolved: text = "module\nqualname"
   object,       // an opaque call: items = [callable, args, state or none, ...]; see Node
   storage,      // a torch storage reference (persistent id); index into Graph::storages
@@ -74,9 +84,9 @@ struct Node {
 enum ObjectSlot : std::size_t { object_callable, object_args, object_state, object_appended, object_set_items };
 
 struct StorageRef {
-  std::string key;       // the archive record name under data/
+  std::string key;  // the archive record name under data/
   DType dtype = DType::uint8;
-  std::string location;  // "cpu", "cuda:0"
+  std::string location;     // "cpu", "cuda:0"
   std::uint64_t numel = 0;  // elements of dtype (bytes for an untyped storage)
   bool untyped = false;
 };
@@ -100,7 +110,7 @@ struct TensorRef {
 struct NdArray {
   std::string descr;  // numpy's type string with byte order: "<u4", "|u1", "<f8"
   std::vector<std::int64_t> shape;
-  std::string data;   // the raw bytes, at most what the pickle held
+  std::string data;            // the raw bytes, at most what the pickle held
   bool fortran_order = false;  // `data` is in column-major order (numpy pickles an F-contiguous array so)
   bool plain_dtype = true;     // the dtype's state was only a byte order (see Kind::numpy_dtype)
   bool scalar = false;         // a numpy scalar, not an array

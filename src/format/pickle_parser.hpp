@@ -28,7 +28,6 @@ inline constexpr std::size_t kMaxLine = 1u << 16;
 // 256 TiB: no real tensor comes near, and sums of many such sizes cannot overflow 64 bits.
 inline constexpr std::uint64_t kMaxTensorBytes = 1ull << 48;
 
-
 std::string latin1_to_utf8(std::string_view bytes);
 // Decodes UTF-8 into code points; false on malformed input.
 bool utf8_code_points(std::string_view s, std::vector<std::uint32_t>& out);
@@ -169,17 +168,38 @@ class Parser {
       if (++i >= s.size()) bad("STRING operand ends in a backslash");
       char c = s[i];
       switch (c) {
-        case 'n': out += '\n'; break;
-        case 't': out += '\t'; break;
-        case 'r': out += '\r'; break;
-        case 'a': out += '\a'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'v': out += '\v'; break;
-        case '\\': out += '\\'; break;
-        case '\'': out += '\''; break;
-        case '"': out += '"'; break;
-        case '\n': break;
+        case 'n':
+          out += '\n';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 'a':
+          out += '\a';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'v':
+          out += '\v';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '\'':
+          out += '\'';
+          break;
+        case '"':
+          out += '"';
+          break;
+        case '\n':
+          break;
         case 'x': {
           if (i + 2 >= s.size()) bad("bad \\x escape");
           unsigned v = 0;

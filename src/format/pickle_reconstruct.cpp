@@ -22,7 +22,8 @@ std::optional<NodeId> Parser::rebuild_tensor(std::string_view name, const std::v
   if (v3) {
     const Node& dtype = graph_.at(args[6]);
     std::optional<DType> d;
-    if (dtype.kind == Kind::global && dtype.text.rfind("torch\n", 0) == 0) d = dtype_from_torch_attribute(dtype.text.substr(6));
+    if (dtype.kind == Kind::global && dtype.text.rfind("torch\n", 0) == 0)
+      d = dtype_from_torch_attribute(dtype.text.substr(6));
     if (!d) bad("_rebuild_tensor_v3 with an unknown dtype");
     t.dtype = *d;
   }
@@ -37,9 +38,9 @@ std::optional<NodeId> Parser::rebuild_tensor(std::string_view name, const std::v
     if (t.shape[i] == 0) empty = true;
     std::uint64_t span = 0;
     if (!checked_mul(numel, static_cast<std::uint64_t>(t.shape[i]), numel) ||
-        (t.shape[i] > 0 && (!checked_mul(static_cast<std::uint64_t>(t.shape[i] - 1),
-                                         static_cast<std::uint64_t>(t.stride[i]), span) ||
-                            !checked_add(last, span, last)))) {
+        (t.shape[i] > 0 &&
+         (!checked_mul(static_cast<std::uint64_t>(t.shape[i] - 1), static_cast<std::uint64_t>(t.stride[i]), span) ||
+          !checked_add(last, span, last)))) {
       bad("tensor shape or stride overflows 64 bits");
     }
   }
@@ -50,7 +51,8 @@ std::optional<NodeId> Parser::rebuild_tensor(std::string_view name, const std::v
     if (t.stride[i] != 0) distinct *= static_cast<std::uint64_t>(t.shape[i]);  // cannot overflow: divides numel
   }
   const std::uint64_t storage_elements = storage.untyped ? storage.numel / element_size(t.dtype) : storage.numel;
-  if (!empty && distinct > 16 * storage_elements + 16) bad("tensor view repeats its storage's elements more than 16 times");
+  if (!empty && distinct > 16 * storage_elements + 16)
+    bad("tensor view repeats its storage's elements more than 16 times");
   // Byte sizes are summed over many tensors later: keep each far from the top of 64 bits.
   std::uint64_t nbytes = 0;
   if (!checked_mul(numel, element_size(t.dtype), nbytes) || nbytes > kMaxTensorBytes) {
@@ -147,7 +149,8 @@ std::optional<NodeId> Parser::rebuild_from_type(std::string_view, const std::vec
   if (args.size() < 3 || !graph_.is(args[0], Kind::global) || !graph_.is(args[2], Kind::tuple)) return std::nullopt;
   const std::string type = graph_.is(args[1], Kind::global) ? graph_.global_name(args[1]) : "";
   const std::string func = graph_.global_name(args[0]);
-  if ((type != "torch.Tensor" && type != "torch.nn.parameter.Parameter") || func.rfind("torch._utils._rebuild_tensor", 0) != 0) {
+  if ((type != "torch.Tensor" && type != "torch.nn.parameter.Parameter") ||
+      func.rfind("torch._utils._rebuild_tensor", 0) != 0) {
     return std::nullopt;
   }
   // Applied directly (never through interpret_call again), so nesting cannot recurse.
@@ -225,7 +228,8 @@ std::optional<NodeId> Parser::ndarray_reconstruct(std::string_view, const std::v
 }
 
 std::optional<NodeId> Parser::numpy_scalar(std::string_view, const std::vector<NodeId>& args) {
-  if (args.size() != 2 || !graph_.is(args[0], Kind::numpy_dtype) || !graph_.is(args[1], Kind::bytes)) return std::nullopt;
+  if (args.size() != 2 || !graph_.is(args[0], Kind::numpy_dtype) || !graph_.is(args[1], Kind::bytes))
+    return std::nullopt;
   NdArray array;
   const Node& dtype = graph_.at(args[0]);
   array.descr = std::string(1, static_cast<char>(dtype.integer)) + dtype.text;

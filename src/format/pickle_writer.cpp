@@ -27,9 +27,18 @@ class Writer {
   void u8(std::uint8_t v) { out_ += static_cast<char>(v); }
   void op(Op code) { u8(static_cast<std::uint8_t>(code)); }
   // The callable and its last one, two or three arguments are on the stack: call it.
-  void call_with_one() { op(Op::tuple1); op(Op::reduce); }
-  void call_with_pair() { op(Op::tuple2); op(Op::reduce); }
-  void call_with_three() { op(Op::tuple3); op(Op::reduce); }
+  void call_with_one() {
+    op(Op::tuple1);
+    op(Op::reduce);
+  }
+  void call_with_pair() {
+    op(Op::tuple2);
+    op(Op::reduce);
+  }
+  void call_with_three() {
+    op(Op::tuple3);
+    op(Op::reduce);
+  }
   void le(std::uint64_t v, int bytes) {
     for (int i = 0; i < bytes; ++i) u8(static_cast<std::uint8_t>(v >> (8 * i)));
   }
@@ -50,7 +59,8 @@ class Writer {
       std::uint64_t u = static_cast<std::uint64_t>(v);
       for (int i = 0; i < 8; ++i) bytes += static_cast<char>((u >> (8 * i)) & 0xFF);
       const char fill = v < 0 ? '\xff' : '\x00';
-      while (bytes.size() > 1 && bytes.back() == fill && ((bytes[bytes.size() - 2] & 0x80) != 0) == (v < 0)) bytes.pop_back();
+      while (bytes.size() > 1 && bytes.back() == fill && ((bytes[bytes.size() - 2] & 0x80) != 0) == (v < 0))
+        bytes.pop_back();
       long1(bytes);
     }
   }
@@ -121,10 +131,24 @@ class Writer {
 
   void tuple_of(const std::vector<NodeId>& items) {
     switch (items.size()) {
-      case 0: op(Op::empty_tuple); return;
-      case 1: value(items[0]); op(Op::tuple1); return;
-      case 2: value(items[0]); value(items[1]); op(Op::tuple2); return;
-      case 3: value(items[0]); value(items[1]); value(items[2]); op(Op::tuple3); return;
+      case 0:
+        op(Op::empty_tuple);
+        return;
+      case 1:
+        value(items[0]);
+        op(Op::tuple1);
+        return;
+      case 2:
+        value(items[0]);
+        value(items[1]);
+        op(Op::tuple2);
+        return;
+      case 3:
+        value(items[0]);
+        value(items[1]);
+        value(items[2]);
+        op(Op::tuple3);
+        return;
       default:
         op(Op::mark);
         for (NodeId item : items) value(item);
@@ -154,7 +178,8 @@ class Writer {
   void storage_pid(const StorageRef& s, DType dtype) {
     if (dtype == DType::uint16 || dtype == DType::uint32 || dtype == DType::uint64 || dtype == DType::float8_e5m2 ||
         dtype == DType::float8_e4m3fn) {
-      fail(ErrorKind::unsupported, "storage '" + s.key + "'", std::string(torch_name(dtype)) + " has no torch.save storage type in torch 1.13");
+      fail(ErrorKind::unsupported, "storage '" + s.key + "'",
+           std::string(torch_name(dtype)) + " has no torch.save storage type in torch 1.13");
     }
     op(Op::mark);
     unicode("storage");
@@ -217,21 +242,39 @@ class Writer {
       return;
     }
     switch (n.kind) {
-      case Kind::none: op(Op::none); return;
-      case Kind::boolean: op(n.flag ? Op::newtrue : Op::newfalse); return;
-      case Kind::integer: integer(n.integer); return;
-      case Kind::big_integer: long1(n.text); return;
-      case Kind::floating: floating(n.number); return;
-      case Kind::string: unicode(n.text); break;
-      case Kind::bytes: bytes(n.text); break;
-      case Kind::tuple: tuple_of(n.items); break;
+      case Kind::none:
+        op(Op::none);
+        return;
+      case Kind::boolean:
+        op(n.flag ? Op::newtrue : Op::newfalse);
+        return;
+      case Kind::integer:
+        integer(n.integer);
+        return;
+      case Kind::big_integer:
+        long1(n.text);
+        return;
+      case Kind::floating:
+        floating(n.number);
+        return;
+      case Kind::string:
+        unicode(n.text);
+        break;
+      case Kind::bytes:
+        bytes(n.text);
+        break;
+      case Kind::tuple:
+        tuple_of(n.items);
+        break;
       case Kind::list:
         op(Op::empty_list);
         batched(n.items, 1, Op::appends);
         break;
       case Kind::dict:
-        if (n.flag) empty_call("collections", "OrderedDict");
-        else op(Op::empty_dict);
+        if (n.flag)
+          empty_call("collections", "OrderedDict");
+        else
+          op(Op::empty_dict);
         batched(n.items, 2, Op::setitems);
         if (n.attributes != 0) {
           value(n.attributes);
@@ -271,10 +314,18 @@ class Writer {
         storage_pid(storage, storage.dtype);
         break;
       }
-      case Kind::tensor: tensor(g_.tensors[static_cast<std::size_t>(n.integer)]); break;
-      case Kind::numpy_dtype: numpy_dtype(n.text, static_cast<char>(n.integer)); break;
-      case Kind::ndarray: ndarray(g_.arrays[static_cast<std::size_t>(n.integer)]); break;
-      case Kind::object: object(n); break;
+      case Kind::tensor:
+        tensor(g_.tensors[static_cast<std::size_t>(n.integer)]);
+        break;
+      case Kind::numpy_dtype:
+        numpy_dtype(n.text, static_cast<char>(n.integer));
+        break;
+      case Kind::ndarray:
+        ndarray(g_.arrays[static_cast<std::size_t>(n.integer)]);
+        break;
+      case Kind::object:
+        object(n);
+        break;
     }
     memoize(id);
   }

@@ -24,7 +24,8 @@ std::array<std::uint32_t, 256> normalize(const std::array<std::uint64_t, 256>& c
   std::size_t largest = 0;
   for (std::size_t s = 0; s < 256; ++s) {
     if (counts[s] == 0) continue;
-    freq[s] = std::max<std::uint32_t>(1, static_cast<std::uint32_t>(static_cast<double>(counts[s]) * kTotal / static_cast<double>(n)));
+    freq[s] = std::max<std::uint32_t>(
+        1, static_cast<std::uint32_t>(static_cast<double>(counts[s]) * kTotal / static_cast<double>(n)));
     sum += freq[s];
     if (counts[s] > counts[largest]) largest = s;
   }
@@ -74,7 +75,9 @@ double entropy_bits(const std::array<std::uint64_t, 256>& counts) {
   for (auto c : counts) n += c;
   double bits = 0;
   for (auto c : counts) {
-    if (c) bits -= static_cast<double>(c) / static_cast<double>(n) * std::log2(static_cast<double>(c) / static_cast<double>(n));
+    if (c)
+      bits -=
+          static_cast<double>(c) / static_cast<double>(n) * std::log2(static_cast<double>(c) / static_cast<double>(n));
   }
   return bits;
 }
@@ -89,7 +92,8 @@ std::uint64_t estimated_size(const std::array<std::uint64_t, 256>& counts) {
   return static_cast<std::uint64_t>(entropy_bits(counts) * static_cast<double>(n) / 8) + 2 + 3 * symbols + 4 * kStates;
 }
 
-void encode(std::span<const std::uint8_t> input, const std::array<std::uint64_t, 256>& counts, std::vector<std::uint8_t>& out) {
+void encode(std::span<const std::uint8_t> input, const std::array<std::uint64_t, 256>& counts,
+            std::vector<std::uint8_t>& out) {
   const auto freq = normalize(counts);
   std::array<std::uint32_t, 256> cum{};
   std::uint32_t symbols = 0;
@@ -150,9 +154,11 @@ void decode(std::span<const std::uint8_t> block, std::span<std::uint8_t> out) {
     need(3);
     const std::uint8_t s = block[pos];
     const std::uint32_t f = block[pos + 1] | (block[pos + 2] << 8);
-    if (static_cast<int>(s) <= previous || f == 0 || f > kTotal - total) fail_corrupt("rans byte " + std::to_string(pos), "bad frequency table");
+    if (static_cast<int>(s) <= previous || f == 0 || f > kTotal - total)
+      fail_corrupt("rans byte " + std::to_string(pos), "bad frequency table");
     previous = s;
-    for (std::uint32_t j = 0; j < f; ++j) slots[total + j] = {static_cast<std::uint16_t>(f), static_cast<std::uint16_t>(j), s};
+    for (std::uint32_t j = 0; j < f; ++j)
+      slots[total + j] = {static_cast<std::uint16_t>(f), static_cast<std::uint16_t>(j), s};
     total += f;
     pos += 3;
   }

@@ -27,7 +27,8 @@ double entropy_bits(const std::array<std::uint64_t, 256>& counts);
 std::uint64_t estimated_size(const std::array<std::uint64_t, 256>& counts);
 
 // Appends the block encoding `input` (not empty) to `out`; `counts` must be histogram(input).
-void encode(std::span<const std::uint8_t> input, const std::array<std::uint64_t, 256>& counts, std::vector<std::uint8_t>& out);
+void encode(std::span<const std::uint8_t> input, const std::array<std::uint64_t, 256>& counts,
+            std::vector<std::uint8_t>& out);
 
 // Decodes `block` into exactly out.size() bytes. Throws a corrupt Error for a block that is not exactly such an
 // encoding.

@@ -41,7 +41,8 @@ Header parse_header(std::string_view text, std::uint64_t file_size) {
   fields.for_each([&](const std::string& name, const json::Value& value) {
     const json::Fields entry = value.object();
     if (name == "__metadata__") {
-      entry.for_each([&](const std::string& key, const json::Value& text) { h.metadata.emplace_back(key, text.string()); });
+      entry.for_each(
+          [&](const std::string& key, const json::Value& text) { h.metadata.emplace_back(key, text.string()); });
       return;
     }
     const std::string where = tensor_where(name);
@@ -79,10 +80,10 @@ Header parse_header(std::string_view text, std::uint64_t file_size) {
   std::uint64_t expected = 0;
   for (const auto& t : h.tensors) {
     if (t.begin != expected) {
-      fail_corrupt(tensor_where(t.name), t.begin < expected ? "overlaps the previous tensor's bytes"
-                                                            : "leaves a gap before its bytes (offset " +
-                                                                  std::to_string(t.begin) + ", expected " +
-                                                                  std::to_string(expected) + ")");
+      fail_corrupt(tensor_where(t.name), t.begin < expected
+                                             ? "overlaps the previous tensor's bytes"
+                                             : "leaves a gap before its bytes (offset " + std::to_string(t.begin) +
+                                                   ", expected " + std::to_string(expected) + ")");
     }
     expected = t.end;
   }
@@ -103,13 +104,14 @@ Header parse(std::span<const std::uint8_t> file) {
   return parse_header(in.take_chars(n), file.size());
 }
 
-std::string make_header(std::vector<OutputTensor>& tensors, const std::vector<std::pair<std::string, std::string>>& metadata) {
+std::string make_header(std::vector<OutputTensor>& tensors,
+                        const std::vector<std::pair<std::string, std::string>>& metadata) {
   // The safetensors library sorts by its Dtype enum, descending, then by name.
   auto rank = [](DType d) {
-    static constexpr DType kEnumOrder[] = {DType::boolean, DType::uint8, DType::int8, DType::float8_e5m2, DType::float8_e4m3fn,
-                                           DType::int16, DType::uint16, DType::float16, DType::bfloat16, DType::int32,
-                                           DType::uint32, DType::float32, DType::complex64, DType::float64, DType::int64,
-                                           DType::uint64};
+    static constexpr DType kEnumOrder[] = {DType::boolean,       DType::uint8,   DType::int8,   DType::float8_e5m2,
+                                           DType::float8_e4m3fn, DType::int16,   DType::uint16, DType::float16,
+                                           DType::bfloat16,      DType::int32,   DType::uint32, DType::float32,
+                                           DType::complex64,     DType::float64, DType::int64,  DType::uint64};
     for (std::size_t i = 0; i < std::size(kEnumOrder); ++i) {
       if (kEnumOrder[i] == d) return static_cast<int>(i);
     }
@@ -130,7 +132,9 @@ std::string make_header(std::vector<OutputTensor>& tensors, const std::vector<st
     std::uint64_t nbytes = element_size(t.dtype);
     for (std::int64_t d : t.shape) nbytes *= static_cast<std::uint64_t>(d);
     const auto code = safetensors_code(t.dtype);
-    if (!code) fail(ErrorKind::unsupported, tensor_where(t.name), std::string(torch_name(t.dtype)) + " has no safetensors dtype");
+    if (!code)
+      fail(ErrorKind::unsupported, tensor_where(t.name),
+           std::string(torch_name(t.dtype)) + " has no safetensors dtype");
     header.set(t.name, {{"dtype", *code}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}});
     offset += nbytes;
   }
@@ -148,7 +152,8 @@ Header read_header(const std::string& path) {
     if (file.size() < 8) fail_corrupt("byte 0", "too short for a safetensors file");
     file.read_at(0, first8);
     const std::uint64_t n = header_length(first8);
-    if (n > file.size() - 8) fail_corrupt("byte 0", "header length " + std::to_string(n) + " runs past the end of the file");
+    if (n > file.size() - 8)
+      fail_corrupt("byte 0", "header length " + std::to_string(n) + " runs past the end of the file");
     std::string text(static_cast<std::size_t>(n), '\0');
     file.read_at(8, {reinterpret_cast<std::uint8_t*>(text.data()), text.size()});
     return parse_header(text, file.size());
@@ -157,8 +162,10 @@ Header read_header(const std::string& path) {
   }
 }
 
-void write_file(const std::string& path, std::vector<OutputTensor> tensors, const std::vector<std::pair<std::string, std::string>>& metadata,
-                const std::function<void(const OutputTensor& tensor, AtomicFile& out)>& write_tensor, WriteOptions options) {
+void write_file(const std::string& path, std::vector<OutputTensor> tensors,
+                const std::vector<std::pair<std::string, std::string>>& metadata,
+                const std::function<void(const OutputTensor& tensor, AtomicFile& out)>& write_tensor,
+                WriteOptions options) {
   const std::string header = make_header(tensors, metadata);
   AtomicFile out(path, options);
   out.write(header);

@@ -35,7 +35,7 @@ struct Tensor {
 struct Header {
   std::vector<Tensor> tensors;  // in buffer order
   std::vector<std::pair<std::string, std::string>> metadata;
-  std::uint64_t header_size = 0;  // N
+  std::uint64_t header_size = 0;    // N
   std::uint64_t buffer_offset = 0;  // 8 + N
 };
 
@@ -55,12 +55,15 @@ struct OutputTensor {
   DType dtype = DType::uint8;
   std::vector<std::int64_t> shape;
 };
-std::string make_header(std::vector<OutputTensor>& tensors, const std::vector<std::pair<std::string, std::string>>& metadata);
+std::string make_header(std::vector<OutputTensor>& tensors,
+                        const std::vector<std::pair<std::string, std::string>>& metadata);
 
 // Writes a whole file atomically (util/atomic_file.hpp): the header, then each tensor's bytes, which
 // `write_tensor` appends to `out` when called for it, in file order.
-void write_file(const std::string& path, std::vector<OutputTensor> tensors, const std::vector<std::pair<std::string, std::string>>& metadata,
-                const std::function<void(const OutputTensor& tensor, AtomicFile& out)>& write_tensor, WriteOptions options = {});
+void write_file(const std::string& path, std::vector<OutputTensor> tensors,
+                const std::vector<std::pair<std::string, std::string>>& metadata,
+                const std::function<void(const OutputTensor& tensor, AtomicFile& out)>& write_tensor,
+                WriteOptions options = {});
 
 // The bytes of one tensor, a view into `file`.
 inline std::span<const std::uint8_t> tensor_bytes(std::span<const std::uint8_t> file, const Header& header,

@@ -19,19 +19,21 @@ std::string member_where(const std::string& name) { return "member '" + name + "
 
 TorchFile::TorchFile(const std::string& path) : TorchFile(MappedFile(path)) {}
 
-TorchFile::TorchFile(MappedFile mapped) : file_(std::move(mapped)), zip_([&]() -> zip::Archive {
-  const std::string& path = file_.path();
-  try {
-    if (pickle::looks_like_legacy_torch(file_.bytes())) {
-      throw Error(ErrorKind::unsupported, path, "",
-                  "legacy torch.save format (PyTorch < 1.6); load and save it again with a newer PyTorch");
-    }
-    if (!zip::looks_like_zip(file_.bytes())) throw Error(ErrorKind::corrupt, path, "byte 0", "not a zip archive");
-    return zip::Archive(file_.bytes(), [this](std::uint64_t offset, std::span<std::uint8_t> out) { file_.read_at(offset, out); });
-  } catch (const Error& e) {
-    throw e.with_context(path, "");
-  }
-}()) {
+TorchFile::TorchFile(MappedFile mapped)
+    : file_(std::move(mapped)), zip_([&]() -> zip::Archive {
+        const std::string& path = file_.path();
+        try {
+          if (pickle::looks_like_legacy_torch(file_.bytes())) {
+            throw Error(ErrorKind::unsupported, path, "",
+                        "legacy torch.save format (PyTorch < 1.6); load and save it again with a newer PyTorch");
+          }
+          if (!zip::looks_like_zip(file_.bytes())) throw Error(ErrorKind::corrupt, path, "byte 0", "not a zip archive");
+          return zip::Archive(
+              file_.bytes(), [this](std::uint64_t offset, std::span<std::uint8_t> out) { file_.read_at(offset, out); });
+        } catch (const Error& e) {
+          throw e.with_context(path, "");
+        }
+      }()) {
   const std::string& path = file_.path();
   try {
     if (zip_.entries().empty()) fail_corrupt("", "the archive has no members");
@@ -49,22 +51,23 @@ TorchFile::TorchFile(MappedFile mapped) : file_(std::move(mapped)), zip_([&]() -
     if (const zip::Entry* order = zip_.find(prefix_ + "byteorder")) {
       auto bytes = zip_.data(*order);
       std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-      if (text != "little") fail(ErrorKind::unsupported, member_where(order->name), "byte order '" + std::string(text) + "'");
+      if (text != "little")
+        fail(ErrorKind::unsupported, member_where(order->name), "byte order '" + std::string(text) + "'");
     }
 
     std::unordered_map<std::string, std::size_t> storage_by_key;
     auto persistent_load = [this, &storage_by_key](pickle::Graph& graph, pickle::NodeId pid) -> pickle::NodeId {
       const pickle::Node& tuple = graph.at(pid);
-      if (tuple.kind != pickle::Kind::tuple || tuple.items.size() != 5 || !graph.is(tuple.items[0], pickle::Kind::string) ||
-          graph.at(tuple.items[0]).text != "storage") {
+      if (tuple.kind != pickle::Kind::tuple || tuple.items.size() != 5 ||
+          !graph.is(tuple.items[0], pickle::Kind::string) || graph.at(tuple.items[0]).text != "storage") {
         fail_corrupt("", "persistent id is not a ('storage', type, key, location, numel) tuple");
       }
       const pickle::Node& type = graph.at(tuple.items[1]);
       const pickle::Node& key = graph.at(tuple.items[2]);
       const pickle::Node& location = graph.at(tuple.items[3]);
       const pickle::Node& numel = graph.at(tuple.items[4]);
-      if (type.kind != pickle::Kind::global || key.kind != pickle::Kind::string || location.kind != pickle::Kind::string ||
-          numel.kind != pickle::Kind::integer || numel.integer < 0) {
+      if (type.kind != pickle::Kind::global || key.kind != pickle::Kind::string ||
+          location.kind != pickle::Kind::string || numel.kind != pickle::Kind::integer || numel.integer < 0) {
         fail_corrupt("", "storage reference has malformed fields");
       }
       const std::string type_module = type.text.substr(0, type.text.find('\n'));

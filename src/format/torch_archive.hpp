@@ -65,7 +65,8 @@ Container sniff(const ReadOnlyFile& file);
 // data/<key> per storage, whose bytes `write_storage` appends to `zip` when called with the storage's index, and
 // PREFIX/version. PREFIX is the file name without its extension, as torch.save names it.
 void write_file(const std::string& path, const pickle::Graph& graph,
-                const std::function<void(std::size_t storage, zip::Writer& zip)>& write_storage, WriteOptions options = {});
+                const std::function<void(std::size_t storage, zip::Writer& zip)>& write_storage,
+                WriteOptions options = {});
 
 // Number of elements a shape holds; nullopt when the product overflows.
 std::optional<std::uint64_t> numel(const std::vector<std::int64_t>& shape);

@@ -24,7 +24,8 @@ std::size_t find_end_record(std::span<const std::uint8_t> file) {
   std::size_t lowest = file.size() > kEndSize + 0xFFFF ? file.size() - kEndSize - 0xFFFF : 0;
   std::optional<std::size_t> loose;
   for (std::size_t pos = file.size() - kEndSize + 1; pos-- > lowest;) {
-    const std::uint32_t signature = file[pos] | (file[pos + 1] << 8) | (file[pos + 2] << 16) | (std::uint32_t{file[pos + 3]} << 24);
+    const std::uint32_t signature =
+        file[pos] | (file[pos + 1] << 8) | (file[pos + 2] << 16) | (std::uint32_t{file[pos + 3]} << 24);
     if (signature != kEndSig) continue;
     std::size_t comment_len = file[pos + 20] | (file[pos + 21] << 8);
     if (pos + kEndSize + comment_len == file.size()) return pos;
@@ -106,8 +107,8 @@ Archive::Archive(std::span<const std::uint8_t> file, const ReadAt& read_at) : fi
   const std::uint64_t shift = dir.end_of_directory - recorded_end;
   const std::uint64_t cd_start = dir.offset + shift;
   if (dir.count > dir.size / kCentralFixedSize) {
-    fail_corrupt(offset_where(end_pos), "declares " + std::to_string(dir.count) +
-                                            " entries, more than its central directory can hold");
+    fail_corrupt(offset_where(end_pos),
+                 "declares " + std::to_string(dir.count) + " entries, more than its central directory can hold");
   }
 
   ByteReader cd(file.subspan(0, static_cast<std::size_t>(cd_start + dir.size)), "the central directory");
@@ -149,13 +150,14 @@ Archive::Archive(std::span<const std::uint8_t> file, const ReadAt& read_at) : fi
     if (by_name_.count(e.name) != 0) fail_corrupt("member '" + e.name + "'", "appears twice in the zip directory");
     std::uint64_t header = 0;
     if (!checked_add(e.header_offset, shift, header) || header > cd_start) {
-      fail_corrupt("member '" + e.name + "'", "local header offset " + std::to_string(e.header_offset) +
-                                                  " lies outside the archive");
+      fail_corrupt("member '" + e.name + "'",
+                   "local header offset " + std::to_string(e.header_offset) + " lies outside the archive");
     }
     e.header_offset = header;
     std::array<std::uint8_t, kLocalFixedSize> fixed{};
     if (header + kLocalFixedSize > cd_start) {
-      fail_corrupt("member '" + e.name + "'", "local header at byte " + std::to_string(header) + " runs into the directory");
+      fail_corrupt("member '" + e.name + "'",
+                   "local header at byte " + std::to_string(header) + " runs into the directory");
     }
     if (read_at) {
       read_at(header, fixed);

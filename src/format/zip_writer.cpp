@@ -44,7 +44,8 @@ void Writer::add(const std::string& name, std::span<const std::uint8_t> data) {
 }
 
 void Writer::begin(const std::string& name) {
-  if (open_) throw Error(ErrorKind::invalid_argument, out_.destination(), "member '" + name + "'", "previous member not ended");
+  if (open_)
+    throw Error(ErrorKind::invalid_argument, out_.destination(), "member '" + name + "'", "previous member not ended");
   open_ = true;
   Member m;
   m.name = name;
@@ -94,8 +95,10 @@ void Writer::end() {
   const Member& m = members_.back();
   Bytes d;
   d.u32(kDescriptorSig).u32(m.crc);
-  if (m.size >= kAllOnes32) d.u64(m.size).u64(m.size);
-  else d.u32(m.size).u32(m.size);
+  if (m.size >= kAllOnes32)
+    d.u64(m.size).u64(m.size);
+  else
+    d.u32(m.size).u32(m.size);
   out_.write(d.str());
   open_ = false;
 }

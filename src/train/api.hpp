@@ -42,7 +42,7 @@ struct TrainEvent {
   std::int64_t max_steps = 0;
   std::int64_t start_step = 0;  // the step this process began training at (resumed: the checkpoint's)
   double elapsed_seconds = 0;
-  std::optional<double> loss;   // progress: the latest logged training loss
+  std::optional<double> loss;  // progress: the latest logged training loss
   // log: the record as JSON; checkpoint: its path; warning: the message; resumed: the checkpoint directory or
   // archive restored, before any step is trained; overwritten: a checkpoint directory or archive deleted
   std::string text;
@@ -66,12 +66,12 @@ struct TrainRequest {
   const char* build = CKPT_VERSION;
   TrainMode mode = TrainMode::save;
   EarlierRun earlier_run = EarlierRun::refuse;  // save
-  std::string run_dir;                // resume: the run directory
-  std::optional<std::string> from;    // resume: checkpoint-N (in run_dir) or a checkpoint directory's path
+  std::string run_dir;                          // resume: the run directory
+  std::optional<std::string> from;              // resume: checkpoint-N (in run_dir) or a checkpoint directory's path
   // The last step is saved as a checkpoint even when --save-steps does not fall on it: --save-name, which the
   // binary then tags (checkpoint::tag_checkpoint) from TrainResult::last_checkpoint.
   bool checkpoint_at_end = false;
-  ArgumentValues given;               // the flags given on the command line, by key
+  ArgumentValues given;  // the flags given on the command line, by key
   DistributedSettings distributed;
   std::function<void(const TrainEvent&)> on_event;
   const std::atomic<bool>* interrupted = nullptr;  // set by the CLI's SIGINT handler
@@ -97,9 +97,9 @@ struct TrainResult {
   std::optional<std::int64_t> last_checkpoint_step;
   bool resume_takes_last_checkpoint = false;
   double epoch = 0;
-  std::vector<std::string> checkpoints_saved;   // paths, in order
-  std::vector<std::string> checkpoints_removed; // by save_total_limit
-  std::vector<std::string> overwritten;         // an earlier run's checkpoints and archives, by --overwrite-output-dir
+  std::vector<std::string> checkpoints_saved;    // paths, in order
+  std::vector<std::string> checkpoints_removed;  // by save_total_limit
+  std::vector<std::string> overwritten;          // an earlier run's checkpoints and archives, by --overwrite-output-dir
   std::optional<std::string> best_model_checkpoint;
   std::optional<double> best_metric;
   std::string best_metric_name;                 // what best_metric measures (metric_for_best_model, eval_ prefixed)

@@ -25,11 +25,15 @@ using ValueType = typename Unwrapped<T>::type;
 template <typename T>
 constexpr ArgType arg_type() {
   using V = ValueType<T>;
-  if constexpr (std::is_same_v<V, bool>) return ArgType::boolean;
-  else if constexpr (std::is_same_v<V, std::int64_t>) return ArgType::integer;
-  else if constexpr (std::is_same_v<V, double>) return ArgType::number;
+  if constexpr (std::is_same_v<V, bool>)
+    return ArgType::boolean;
+  else if constexpr (std::is_same_v<V, std::int64_t>)
+    return ArgType::integer;
+  else if constexpr (std::is_same_v<V, double>)
+    return ArgType::number;
   else {
-    static_assert(std::is_same_v<V, std::string>, "an argument is a bool, an int64_t, a double or a string, or an optional one");
+    static_assert(std::is_same_v<V, std::string>,
+                  "an argument is a bool, an int64_t, a double or a string, or an optional one");
     return ArgType::text;
   }
 }
@@ -43,7 +47,9 @@ ArgValue to_value(const std::optional<T>& field) {
   return field ? ArgValue(*field) : ArgValue();
 }
 
-[[noreturn]] void wrong_type(const char* key) { throw Error(ErrorKind::invalid_argument, "", key, "argument of the wrong type"); }
+[[noreturn]] void wrong_type(const char* key) {
+  throw Error(ErrorKind::invalid_argument, "", key, "argument of the wrong type");
+}
 
 template <typename T>
 void assign(T& field, const ArgValue& value, const char* key) {
@@ -92,7 +98,8 @@ void check_bound(const T& value, const Bounds<T>& bounds, const char* key) {
     // Written so that NaN fails every comparison.
     const bool above_min = !bounds.min || value >= *bounds.min;
     const bool below_max = !bounds.max || (bounds.max_excluded ? value < *bounds.max : value <= *bounds.max);
-    if (!(above_min && below_max)) throw Error(ErrorKind::invalid_argument, "", "--" + flag_name(key), out_of_bounds(bounds));
+    if (!(above_min && below_max))
+      throw Error(ErrorKind::invalid_argument, "", "--" + flag_name(key), out_of_bounds(bounds));
   }
 }
 template <typename T>
@@ -103,20 +110,21 @@ void check_bound(const std::optional<T>& value, const Bounds<T>& bounds, const c
 }  // namespace
 
 const std::vector<ArgSpec>& argument_specs() {
-#define CKPT_ARGUMENT_SPEC(scope, name, type, default_value, help, default_text, ...)                \
-  ArgSpec{#name,                                                                                    \
-          arg_type<type>(),                                                                         \
-          ArgScope::scope,                                                                          \
-          to_value(scope##_defaults.name),                                                          \
-          help,                                                                                     \
-          default_text,                                                                             \
-          [](const Arguments& args) { return to_value(args.scope.name); },                          \
+#define CKPT_ARGUMENT_SPEC(scope, name, type, default_value, help, default_text, ...) \
+  ArgSpec{#name,                                                                      \
+          arg_type<type>(),                                                           \
+          ArgScope::scope,                                                            \
+          to_value(scope##_defaults.name),                                            \
+          help,                                                                       \
+          default_text,                                                               \
+          [](const Arguments& args) { return to_value(args.scope.name); },            \
           [](Arguments& args, const ArgValue& value) { assign(args.scope.name, value, #name); }},
 #define CKPT_MODEL_SPEC(...) CKPT_ARGUMENT_SPEC(model, __VA_ARGS__)
 #define CKPT_TRAINING_SPEC(...) CKPT_ARGUMENT_SPEC(training, __VA_ARGS__)
   static const ModelArguments model_defaults;
   static const TrainingArguments training_defaults;
-  static const std::vector<ArgSpec> specs = {CKPT_MODEL_ARGUMENTS(CKPT_MODEL_SPEC) CKPT_TRAINING_ARGUMENTS(CKPT_TRAINING_SPEC)};
+  static const std::vector<ArgSpec> specs = {CKPT_MODEL_ARGUMENTS(CKPT_MODEL_SPEC)
+                                                 CKPT_TRAINING_ARGUMENTS(CKPT_TRAINING_SPEC)};
 #undef CKPT_TRAINING_SPEC
 #undef CKPT_MODEL_SPEC
 #undef CKPT_ARGUMENT_SPEC
@@ -177,7 +185,8 @@ Arguments resume_arguments(const ArgumentValues& given, const ArgumentValues& sa
 
 // `fields`: the struct of the scope whose table it expands in.
 #define CKPT_CHECK_BOUND(name, type, default_value, help, default_text, ...) \
-  check_bound(fields.name, Bounds<ValueType<type>>{} __VA_ARGS__, #name);
+  check_bound(                                                               \
+      fields.name, Bounds<ValueType<type>> {} __VA_ARGS__, #name);
 
 void check_bounds(const ModelArguments& fields) { CKPT_MODEL_ARGUMENTS(CKPT_CHECK_BOUND) }
 

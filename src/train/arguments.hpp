@@ -55,49 +55,53 @@ inline constexpr std::int64_t kMaxModelWidth = std::int64_t{1} << 20;
 // X(name, type, default, help, default_text, bounds...). std::optional: None is a value of its own (save_total_limit
 // unset), resolved by the trainer. default_text: --help's words for such a default, or nullptr. bounds: calls on
 // a Bounds of the field's value type (none: any value).
-#define CKPT_MODEL_ARGUMENTS(X)                                                                                                \
-  X(input_size, std::int64_t, 32, "Features per synthetic example", nullptr, .between(1, kMaxModelWidth))                      \
-  X(hidden_size, std::int64_t, 64, "Width of each hidden layer of the MLP", nullptr, .between(1, kMaxModelWidth))              \
-  X(num_layers, std::int64_t, 2, "Hidden layers of the MLP", nullptr, .between(0, 1000))                                       \
-  X(num_labels, std::int64_t, 4, "Classes of the synthetic task", nullptr, .between(2, kMaxModelWidth))                        \
-  X(dropout, double, 0.0, "Dropout probability after each hidden layer", nullptr, .at_least(0.0).below(1.0)                    \
-      .described_as("in [0, 1)"))
+#define CKPT_MODEL_ARGUMENTS(X)                                                                                   \
+  X(input_size, std::int64_t, 32, "Features per synthetic example", nullptr, .between(1, kMaxModelWidth))         \
+  X(hidden_size, std::int64_t, 64, "Width of each hidden layer of the MLP", nullptr, .between(1, kMaxModelWidth)) \
+  X(num_layers, std::int64_t, 2, "Hidden layers of the MLP", nullptr, .between(0, 1000))                          \
+  X(num_labels, std::int64_t, 4, "Classes of the synthetic task", nullptr, .between(2, kMaxModelWidth))           \
+  X(dropout, double, 0.0, "Dropout probability after each hidden layer", nullptr,                                 \
+    .at_least(0.0).below(1.0).described_as("in [0, 1)"))
 
-#define CKPT_TRAINING_ARGUMENTS(X)                                                                                             \
-  X(output_dir, std::optional<std::string>, std::nullopt, "The run directory checkpoints are written to", nullptr)             \
-  X(max_steps, std::int64_t, -1, "Optimizer steps to train; overrides --num-train-epochs when positive", nullptr)              \
-  X(num_train_epochs, double, 3.0, "Epochs to train when --max-steps is not positive", nullptr)                                \
-  X(per_device_train_batch_size, std::int64_t, 32, "Training batch size per process", nullptr, .at_least(1))                   \
-  X(per_device_eval_batch_size, std::int64_t, 128, "Evaluation batch size per process", nullptr, .at_least(1))                 \
-  X(learning_rate, double, 1e-3, "Peak learning rate of AdamW", nullptr, .at_least(0.0))                                       \
-  X(weight_decay, double, 0.0, "AdamW weight decay (not applied to biases)", nullptr)                                          \
-  X(adam_beta1, double, 0.9, "AdamW beta1", nullptr)                                                                           \
-  X(adam_beta2, double, 0.999, "AdamW beta2", nullptr)                                                                         \
-  X(adam_epsilon, double, 1e-8, "AdamW epsilon", nullptr)                                                                      \
-  X(max_grad_norm, double, 1.0, "Clip the gradients' global L2 norm to this (0: no clipping)", nullptr)                        \
-  X(warmup_steps, std::int64_t, 0, "Linear warmup steps of the linear schedule", nullptr, .at_least(0))                        \
-  X(logging_steps, std::int64_t, 10, "Log loss, grad_norm, learning_rate every N steps", nullptr, .at_least(1))                \
-  X(eval_steps, std::optional<std::int64_t>, std::nullopt, "Evaluate every N steps (0: never)", "--save-steps", .at_least(0))  \
-  X(save_steps, std::int64_t, 20, "Save a checkpoint every N steps", nullptr, .at_least(1))                                    \
-  X(save_total_limit, std::optional<std::int64_t>, std::nullopt,                                                               \
-    "Keep at most N checkpoints (the best is kept too), as ckpt rotate --keep", nullptr, .at_least(1))                         \
-  X(metric_for_best_model, std::string, "eval_loss", "Metric that decides the best checkpoint", nullptr)                       \
-  X(greater_is_better, std::optional<bool>, std::nullopt, "Whether a greater metric is better", "false for losses, else true") \
-  X(load_best_model_at_end, bool, false, "Save the best checkpoint's weights as the final model", nullptr)                     \
-  X(save_safetensors, bool, true, "Write model.safetensors rather than pytorch_model.bin", nullptr)                            \
-  X(max_shard_size, std::string, "5GB", "Shard weights larger than this (B, KB, MB, GB, KiB, MiB, GiB)", nullptr)              \
-  X(seed, std::int64_t, 42, "Seeds Python's random, numpy's and torch's generators, and the dataset", nullptr,                 \
-    .between(0, 0xffffffff).described_as("between 0 and 2**32 - 1 (numpy's range)"))                                           \
-  X(fp16, bool, false, "Dynamic loss scaling with fp16 gradients (GradScaler semantics); writes scaler.pt", nullptr)           \
-  X(async_save, bool, false, "Write checkpoints from a background thread while training goes on (one process only)", nullptr)  \
-  X(shard_optimizer, bool, false,                                                                                              \
-    "With several processes: each keeps and saves (optimizer_<rank>.pt) the optimizer state of its share of the parameters, "  \
-    "ZeRO stage 1",                                                                                                            \
-    nullptr)                                                                                                                   \
-  X(train_examples, std::int64_t, 2048, "Examples in the synthetic training split", nullptr, .at_least(1))                     \
-  X(eval_examples, std::int64_t, 512, "Examples in the synthetic evaluation split", nullptr, .at_least(1))                     \
-  X(input_noise, double, 0.1, "Standard deviation of the Gaussian noise added to each training batch", nullptr)                \
-  X(threads, std::optional<std::int64_t>, std::nullopt, "Torch intra-op threads",                                              \
+#define CKPT_TRAINING_ARGUMENTS(X)                                                                                   \
+  X(output_dir, std::optional<std::string>, std::nullopt, "The run directory checkpoints are written to", nullptr)   \
+  X(max_steps, std::int64_t, -1, "Optimizer steps to train; overrides --num-train-epochs when positive", nullptr)    \
+  X(num_train_epochs, double, 3.0, "Epochs to train when --max-steps is not positive", nullptr)                      \
+  X(per_device_train_batch_size, std::int64_t, 32, "Training batch size per process", nullptr, .at_least(1))         \
+  X(per_device_eval_batch_size, std::int64_t, 128, "Evaluation batch size per process", nullptr, .at_least(1))       \
+  X(learning_rate, double, 1e-3, "Peak learning rate of AdamW", nullptr, .at_least(0.0))                             \
+  X(weight_decay, double, 0.0, "AdamW weight decay (not applied to biases)", nullptr)                                \
+  X(adam_beta1, double, 0.9, "AdamW beta1", nullptr)                                                                 \
+  X(adam_beta2, double, 0.999, "AdamW beta2", nullptr)                                                               \
+  X(adam_epsilon, double, 1e-8, "AdamW epsilon", nullptr)                                                            \
+  X(max_grad_norm, double, 1.0, "Clip the gradients' global L2 norm to this (0: no clipping)", nullptr)              \
+  X(warmup_steps, std::int64_t, 0, "Linear warmup steps of the linear schedule", nullptr, .at_least(0))              \
+  X(logging_steps, std::int64_t, 10, "Log loss, grad_norm, learning_rate every N steps", nullptr, .at_least(1))      \
+  X(eval_steps, std::optional<std::int64_t>, std::nullopt, "Evaluate every N steps (0: never)", "--save-steps",      \
+    .at_least(0))                                                                                                    \
+  X(save_steps, std::int64_t, 20, "Save a checkpoint every N steps", nullptr, .at_least(1))                          \
+  X(save_total_limit, std::optional<std::int64_t>, std::nullopt,                                                     \
+    "Keep at most N checkpoints (the best is kept too), as ckpt rotate --keep", nullptr, .at_least(1))               \
+  X(metric_for_best_model, std::string, "eval_loss", "Metric that decides the best checkpoint", nullptr)             \
+  X(greater_is_better, std::optional<bool>, std::nullopt, "Whether a greater metric is better",                      \
+    "false for losses, else true")                                                                                   \
+  X(load_best_model_at_end, bool, false, "Save the best checkpoint's weights as the final model", nullptr)           \
+  X(save_safetensors, bool, true, "Write model.safetensors rather than pytorch_model.bin", nullptr)                  \
+  X(max_shard_size, std::string, "5GB", "Shard weights larger than this (B, KB, MB, GB, KiB, MiB, GiB)", nullptr)    \
+  X(seed, std::int64_t, 42, "Seeds Python's random, numpy's and torch's generators, and the dataset", nullptr,       \
+    .between(0, 0xffffffff).described_as("between 0 and 2**32 - 1 (numpy's range)"))                                 \
+  X(fp16, bool, false, "Dynamic loss scaling with fp16 gradients (GradScaler semantics); writes scaler.pt", nullptr) \
+  X(async_save, bool, false, "Write checkpoints from a background thread while training goes on (one process only)", \
+    nullptr)                                                                                                         \
+  X(shard_optimizer, bool, false,                                                                                    \
+    "With several processes: each keeps and saves (optimizer_<rank>.pt) the optimizer state of its share of the "    \
+    "parameters, "                                                                                                   \
+    "ZeRO stage 1",                                                                                                  \
+    nullptr)                                                                                                         \
+  X(train_examples, std::int64_t, 2048, "Examples in the synthetic training split", nullptr, .at_least(1))           \
+  X(eval_examples, std::int64_t, 512, "Examples in the synthetic evaluation split", nullptr, .at_least(1))           \
+  X(input_noise, double, 0.1, "Standard deviation of the Gaussian noise added to each training batch", nullptr)      \
+  X(threads, std::optional<std::int64_t>, std::nullopt, "Torch intra-op threads",                                    \
     "the cores, shared among the processes on this machine", .between(1, 1024))
 
 #define CKPT_ARGUMENT_MEMBER(name, type, default_value, ...) type name = default_value;

@@ -4,7 +4,8 @@ namespace ckpt::train {
 
 namespace {
 
-Split make_split(NumpyRandom& rs, const std::vector<double>& centers, std::int64_t input_size, std::int64_t num_labels, std::int64_t n) {
+Split make_split(NumpyRandom& rs, const std::vector<double>& centers, std::int64_t input_size, std::int64_t num_labels,
+                 std::int64_t n) {
   Split split{at::empty({n, input_size}, at::kFloat), at::empty({n}, at::kLong)};
   float* x = split.inputs.data_ptr<float>();
   std::int64_t* y = split.labels.data_ptr<std::int64_t>();
@@ -21,8 +22,8 @@ Split make_split(NumpyRandom& rs, const std::vector<double>& centers, std::int64
 
 }  // namespace
 
-SyntheticData make_data(std::uint32_t seed, std::int64_t input_size, std::int64_t num_labels, std::int64_t train_examples,
-                        std::int64_t eval_examples) {
+SyntheticData make_data(std::uint32_t seed, std::int64_t input_size, std::int64_t num_labels,
+                        std::int64_t train_examples, std::int64_t eval_examples) {
   NumpyRandom rs;
   rs.seed(seed);
   std::vector<double> centers(static_cast<std::size_t>(num_labels * input_size));
@@ -33,8 +34,8 @@ SyntheticData make_data(std::uint32_t seed, std::int64_t input_size, std::int64_
   return data;
 }
 
-at::Tensor noisy_batch(const Split& split, const std::vector<std::int64_t>& indices, double input_noise, NumpyRandom& noise, int rank,
-                       int world_size) {
+at::Tensor noisy_batch(const Split& split, const std::vector<std::int64_t>& indices, double input_noise,
+                       NumpyRandom& noise, int rank, int world_size) {
   const std::int64_t width = split.inputs.size(1);
   at::Tensor batch = at::empty({static_cast<std::int64_t>(indices.size()), width}, at::kFloat);
   const float* x = split.inputs.data_ptr<float>();
@@ -47,7 +48,8 @@ at::Tensor noisy_batch(const Split& split, const std::vector<std::int64_t>& indi
       }
       const float* row = x + indices[i] * width;
       for (std::int64_t j = 0; j < width; ++j) {
-        out[static_cast<std::int64_t>(i) * width + j] = row[j] + static_cast<float>(noise.standard_normal() * input_noise);
+        out[static_cast<std::int64_t>(i) * width + j] =
+            row[j] + static_cast<float>(noise.standard_normal() * input_noise);
       }
     }
   }

@@ -31,14 +31,14 @@ struct SyntheticData {
   Split eval;
 };
 
-SyntheticData make_data(std::uint32_t seed, std::int64_t input_size, std::int64_t num_labels, std::int64_t train_examples,
-                        std::int64_t eval_examples);
+SyntheticData make_data(std::uint32_t seed, std::int64_t input_size, std::int64_t num_labels,
+                        std::int64_t train_examples, std::int64_t eval_examples);
 
 // The rows `indices` of `split.inputs` plus the batch's input noise, drawn from `noise`. In a group of
 // `world_size` processes the noise of the whole global batch is drawn, as one process would draw it, and each
 // rank keeps its rows (DistributedSampler puts a rank's i-th example at global position i * world_size + rank),
 // so every rank's generator stays where a single process's would be.
-at::Tensor noisy_batch(const Split& split, const std::vector<std::int64_t>& indices, double input_noise, NumpyRandom& noise,
-                       int rank = 0, int world_size = 1);
+at::Tensor noisy_batch(const Split& split, const std::vector<std::int64_t>& indices, double input_noise,
+                       NumpyRandom& noise, int rank = 0, int world_size = 1);
 
 }  // namespace ckpt::train

@@ -44,7 +44,9 @@ std::string to_text(const std::vector<std::uint8_t>& bytes) { return {bytes.begi
 }  // namespace
 
 ProcessGroup::ProcessGroup(const DistributedSettings& settings)
-    : rank_(settings.rank), size_(settings.world_size), address_(settings.master_addr + ":" + std::to_string(settings.master_port)) {
+    : rank_(settings.rank),
+      size_(settings.world_size),
+      address_(settings.master_addr + ":" + std::to_string(settings.master_port)) {
   if (settings.master_port <= 0 || settings.master_port > 65535) {
     throw Error(ErrorKind::invalid_argument, "", "MASTER_PORT", "must be a TCP port (1-65535)");
   }
@@ -58,7 +60,8 @@ ProcessGroup::ProcessGroup(const DistributedSettings& settings)
     store_ = c10::make_intrusive<c10d::TCPStore>(settings.master_addr, options);
   } catch (const std::exception& e) {
     throw Error(ErrorKind::io, address_, "",
-                std::string(rank_ == 0 ? "cannot serve the rendezvous store (is the port in use?): " : "cannot reach the rendezvous store: ") +
+                std::string(rank_ == 0 ? "cannot serve the rendezvous store (is the port in use?): "
+                                       : "cannot reach the rendezvous store: ") +
                     e.what());
   }
   try {
@@ -76,7 +79,8 @@ ProcessGroup::ProcessGroup(const DistributedSettings& settings)
     for (int r = 0; r < size_; ++r) {
       const std::string text = to_text(store_->get("ckpt/process/" + std::to_string(r)));
       const auto newline = text.find('\n');
-      processes_.emplace_back(text.substr(0, newline), newline == std::string::npos ? 0 : std::atol(text.c_str() + newline + 1));
+      processes_.emplace_back(text.substr(0, newline),
+                              newline == std::string::npos ? 0 : std::atol(text.c_str() + newline + 1));
     }
   } catch (const std::exception& e) {
     throw Error(ErrorKind::io, address_, "", std::string("cannot form the Gloo process group: ") + e.what());
@@ -85,13 +89,14 @@ ProcessGroup::ProcessGroup(const DistributedSettings& settings)
 
 ProcessGroup::~ProcessGroup() = default;
 
-std::string ProcessGroup::next_key(const std::string& what) { return "ckpt/" + std::to_string(sequence_++) + "/" + what; }
+std::string ProcessGroup::next_key(const std::string& what) {
+  return "ckpt/" + std::to_string(sequence_++) + "/" + what;
+}
 
 void ProcessGroup::report_failure(const std::string& message) noexcept {
   try {
     store_->set("ckpt/failure/" + std::to_string(rank_), to_bytes(message));
-  } catch (...) {
-  }
+  } catch (...) {}
 }
 
 void ProcessGroup::lost_peer(const std::exception& cause) {
@@ -99,7 +104,8 @@ void ProcessGroup::lost_peer(const std::exception& cause) {
   try {
     for (int r = 0; r < size_ && peer.empty(); ++r) {
       const std::string key = "ckpt/failure/" + std::to_string(r);
-      if (r != rank_ && store_->check({key})) peer = "rank " + std::to_string(r) + " failed: " + to_text(store_->get(key));
+      if (r != rank_ && store_->check({key}))
+        peer = "rank " + std::to_string(r) + " failed: " + to_text(store_->get(key));
     }
   } catch (...) {
     // The store lives in rank 0, which may be the process that is gone.
@@ -149,7 +155,8 @@ void ProcessGroup::agree(const Error* failure, const std::string& what) {
   if (!ok) {
     try {
       // The kind as a digit, then the message.
-      store_->set(key + "/" + std::to_string(rank_), to_bytes(std::to_string(static_cast<int>(failure->kind())) + failure->what()));
+      store_->set(key + "/" + std::to_string(rank_),
+                  to_bytes(std::to_string(static_cast<int>(failure->kind())) + failure->what()));
     } catch (const std::exception& e) {
       lost_peer(e);
     }

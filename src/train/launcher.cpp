@@ -31,7 +31,8 @@ extern "C" void on_forwarded_signal(int signal) { g_forward_signals.fetch_or(1u 
 // A port no one listens on now (the rendezvous store binds it a moment later, as torchrun's standalone mode does).
 int free_port() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw Error(ErrorKind::io, "", "--master-port", std::string("cannot open a socket: ") + std::strerror(errno));
+  if (fd < 0)
+    throw Error(ErrorKind::io, "", "--master-port", std::string("cannot open a socket: ") + std::strerror(errno));
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_addr.s_addr = htonl(INADDR_ANY);
@@ -44,8 +45,8 @@ int free_port() {
 }
 
 std::vector<std::string> worker_environment(const LaunchOptions& o, int local_rank, int port) {
-  static const char* const kOwn[] = {"RANK=",        "LOCAL_RANK=",  "WORLD_SIZE=", "LOCAL_WORLD_SIZE=", "GROUP_RANK=",
-                                     "MASTER_ADDR=", "MASTER_PORT=", "CKPT_LAUNCHER_PID="};
+  static const char* const kOwn[] = {"RANK=",       "LOCAL_RANK=",  "WORLD_SIZE=",  "LOCAL_WORLD_SIZE=",
+                                     "GROUP_RANK=", "MASTER_ADDR=", "MASTER_PORT=", "CKPT_LAUNCHER_PID="};
   std::vector<std::string> env;
   for (char** e = environ; *e; ++e) {
     bool own = false;
@@ -87,11 +88,15 @@ std::string describe(const Worker& w, int status) {
 }  // namespace
 
 LaunchResult launch_workers(const LaunchOptions& o, const std::vector<std::string>& argv) {
-  if (o.nproc_per_node < 1 || o.nproc_per_node > 1024) throw Error(ErrorKind::invalid_argument, "", "--nproc-per-node", "must be between 1 and 1024");
-  if (o.nnodes < 1 || o.nnodes > 65536) throw Error(ErrorKind::invalid_argument, "", "--nnodes", "must be between 1 and 65536");
-  if (o.node_rank < 0 || o.node_rank >= o.nnodes) throw Error(ErrorKind::invalid_argument, "", "--node-rank", "must be below --nnodes");
+  if (o.nproc_per_node < 1 || o.nproc_per_node > 1024)
+    throw Error(ErrorKind::invalid_argument, "", "--nproc-per-node", "must be between 1 and 1024");
+  if (o.nnodes < 1 || o.nnodes > 65536)
+    throw Error(ErrorKind::invalid_argument, "", "--nnodes", "must be between 1 and 65536");
+  if (o.node_rank < 0 || o.node_rank >= o.nnodes)
+    throw Error(ErrorKind::invalid_argument, "", "--node-rank", "must be below --nnodes");
   if (o.nnodes > 1 && (o.master_addr.rfind("127.", 0) == 0 || o.master_addr == "localhost" || o.master_addr == "::1")) {
-    throw Error(ErrorKind::invalid_argument, "", "--master-addr", "with --nnodes above 1, the address of node 0 as the other machines reach it");
+    throw Error(ErrorKind::invalid_argument, "", "--master-addr",
+                "with --nnodes above 1, the address of node 0 as the other machines reach it");
   }
   if (o.master_port && (*o.master_port < 1 || *o.master_port > 65535)) {
     throw Error(ErrorKind::invalid_argument, "", "--master-port", "must be a TCP port (1-65535)");
@@ -101,7 +106,8 @@ LaunchResult launch_workers(const LaunchOptions& o, const std::vector<std::strin
   struct sigaction action {};
   action.sa_handler = on_forwarded_signal;
   sigemptyset(&action.sa_mask);
-  struct sigaction previous_int {}, previous_term {}, previous_child {};
+  struct sigaction previous_int {
+  }, previous_term{}, previous_child{};
   g_forward_signals.store(0);
   sigaction(SIGINT, &action, &previous_int);
   sigaction(SIGTERM, &action, &previous_term);

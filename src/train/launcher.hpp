@@ -22,7 +22,7 @@ struct LaunchOptions {
 };
 
 struct LaunchResult {
-  int exit_code = 0;                // the first failed worker's (1 for a signal), 130 when all were interrupted
+  int exit_code = 0;                   // the first failed worker's (1 for a signal), 130 when all were interrupted
   std::optional<std::string> failure;  // which worker failed first and how
 };
 

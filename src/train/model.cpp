@@ -14,8 +14,10 @@ namespace ckpt::train {
 
 void check_model_size(const ModelArguments& model) {
   std::int64_t parameters = 0;
-  for (const auto& [name, shape] : parameter_shapes(model)) parameters += shape.size() == 2 ? shape[0] * shape[1] : shape[0];
-  if (parameters > (std::int64_t{1} << 34)) throw Error(ErrorKind::invalid_argument, "", "--hidden-size", "more than 2^34 parameters");
+  for (const auto& [name, shape] : parameter_shapes(model))
+    parameters += shape.size() == 2 ? shape[0] * shape[1] : shape[0];
+  if (parameters > (std::int64_t{1} << 34))
+    throw Error(ErrorKind::invalid_argument, "", "--hidden-size", "more than 2^34 parameters");
 }
 
 json::Json config_json(const ModelArguments& model) {
@@ -39,15 +41,18 @@ json::Json config_json(const ModelArguments& model) {
 
 ModelArguments read_config_json(const json::Json& config, const std::string& path) {
   const std::optional<std::string> model_type =
-      config.is_object() ? json::Fields(config, path, "", json::WrongType::absent).optional_string("model_type") : std::nullopt;
+      config.is_object() ? json::Fields(config, path, "", json::WrongType::absent).optional_string("model_type")
+                         : std::nullopt;
   if (model_type != kModelType) {
-    throw Error(ErrorKind::unsupported, path, "model_type", std::string("not a ") + kModelType + " model (ckpt resume continues runs of its own trainer)");
+    throw Error(ErrorKind::unsupported, path, "model_type",
+                std::string("not a ") + kModelType + " model (ckpt resume continues runs of its own trainer)");
   }
   const json::Fields fields(config, path, "");
   Arguments args;
   for (const auto& spec : argument_specs()) {
     if (spec.scope != ArgScope::model) continue;
-    spec.set(args, spec.type == ArgType::integer ? ArgValue(fields.int64(spec.key)) : ArgValue(fields.number(spec.key)));
+    spec.set(args,
+             spec.type == ArgType::integer ? ArgValue(fields.int64(spec.key)) : ArgValue(fields.number(spec.key)));
   }
   try {
     check_bounds(args.model);

@@ -83,22 +83,29 @@ NodeId AdamW::state_dict(GraphMaker& out) const {
   std::size_t next = 0;
   for (std::size_t g = 0; g < groups_.size(); ++g) {
     std::vector<NodeId> params;
-    for (std::size_t k = 0; k < groups_[g].params.size(); ++k) params.push_back(out.integer(static_cast<std::int64_t>(next++)));
-    groups.push_back(out.dict({out.text("weight_decay"), out.number(groups_[g].weight_decay), out.text("lr"), out.number(lr_[g]),
-                               out.text("betas"), out.tuple({out.number(beta1_), out.number(beta2_)}), out.text("eps"), out.number(eps_),
-                               out.text("amsgrad"), out.boolean(false), out.text("foreach"), out.none(), out.text("maximize"),
-                               out.boolean(false), out.text("capturable"), out.boolean(false), out.text("initial_lr"),
-                               out.number(initial_lr_), out.text("params"), out.list(std::move(params))}));
+    for (std::size_t k = 0; k < groups_[g].params.size(); ++k)
+      params.push_back(out.integer(static_cast<std::int64_t>(next++)));
+    groups.push_back(out.dict({out.text("weight_decay"), out.number(groups_[g].weight_decay),
+                               out.text("lr"),           out.number(lr_[g]),
+                               out.text("betas"),        out.tuple({out.number(beta1_), out.number(beta2_)}),
+                               out.text("eps"),          out.number(eps_),
+                               out.text("amsgrad"),      out.boolean(false),
+                               out.text("foreach"),      out.none(),
+                               out.text("maximize"),     out.boolean(false),
+                               out.text("capturable"),   out.boolean(false),
+                               out.text("initial_lr"),   out.number(initial_lr_),
+                               out.text("params"),       out.list(std::move(params))}));
   }
-  std::vector<NodeId> root{out.text("state"), out.dict(std::move(state_items)), out.text("param_groups"), out.list(std::move(groups))};
+  std::vector<NodeId> root{out.text("state"), out.dict(std::move(state_items)), out.text("param_groups"),
+                           out.list(std::move(groups))};
   if (shard_) {
     std::vector<NodeId> owned;
     for (std::size_t k = 0; k < order.size(); ++k) {
       if (shard_->owned[order[k]]) owned.push_back(out.integer(static_cast<std::int64_t>(k)));
     }
     root.push_back(out.text(checkpoint::kShardKey));
-    root.push_back(out.dict({out.text("rank"), out.integer(shard_->rank), out.text("world_size"), out.integer(shard_->world_size),
-                             out.text("params"), out.list(std::move(owned))}));
+    root.push_back(out.dict({out.text("rank"), out.integer(shard_->rank), out.text("world_size"),
+                             out.integer(shard_->world_size), out.text("params"), out.list(std::move(owned))}));
   }
   return out.dict(std::move(root));
 }
@@ -117,10 +124,12 @@ void AdamW::load_state_dict(const std::vector<const checkpoint::Source*>& source
     if (groups.size() != groups_.size()) in.bad("param_groups");
     std::size_t next = 0;
     for (std::size_t g = 0; g < groups.size(); ++g) {
-      const auto params = in.items(in.get(groups[g], "params"), Kind::list, "param_groups." + std::to_string(g) + ".params");
+      const auto params =
+          in.items(in.get(groups[g], "params"), Kind::list, "param_groups." + std::to_string(g) + ".params");
       if (params.size() != groups_[g].params.size()) in.bad("param_groups." + std::to_string(g) + ".params");
       for (NodeId p : params) {
-        if (in.integer(p, "param_groups.params") != static_cast<std::int64_t>(next++)) in.bad("param_groups." + std::to_string(g) + ".params");
+        if (in.integer(p, "param_groups.params") != static_cast<std::int64_t>(next++))
+          in.bad("param_groups." + std::to_string(g) + ".params");
       }
       if (file > 0) continue;
       lr_[g] = in.number(in.get(groups[g], "lr"), "lr");
@@ -139,7 +148,8 @@ void AdamW::load_state_dict(const std::vector<const checkpoint::Source*>& source
     for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
       const std::int64_t k = in.integer(items[i], "state");
       const std::string where = "state." + std::to_string(k);
-      if (k < 0 || static_cast<std::size_t>(k) >= order.size() || seen[order[static_cast<std::size_t>(k)]]) in.bad(where);
+      if (k < 0 || static_cast<std::size_t>(k) >= order.size() || seen[order[static_cast<std::size_t>(k)]])
+        in.bad(where);
       const std::size_t index = order[static_cast<std::size_t>(k)];
       seen[index] = true;
       if (shard_ && !shard_->owned[index]) continue;
@@ -147,7 +157,8 @@ void AdamW::load_state_dict(const std::vector<const checkpoint::Source*>& source
       auto tensor = [&](const char* key, at::IntArrayRef shape) {
         const NodeId node = in.get(items[i + 1], key);
         in.expect(node, Kind::tensor, where + "." + key);
-        return read_tensor_as(source, reader, node, shape, at::kFloat, where + "." + key + " (parameter '" + parameters[index].first + "')");
+        return read_tensor_as(source, reader, node, shape, at::kFloat,
+                              where + "." + key + " (parameter '" + parameters[index].first + "')");
       };
       ParamState s;
       s.step = tensor("step", {});
@@ -174,7 +185,8 @@ LinearSchedule::LinearSchedule(double base_lr, std::int64_t warmup_steps, std::i
 
 double LinearSchedule::factor(std::int64_t step) const {
   if (step < warmup_) return static_cast<double>(step) / static_cast<double>(std::max<std::int64_t>(1, warmup_));
-  return std::max(0.0, static_cast<double>(total_ - step) / static_cast<double>(std::max<std::int64_t>(1, total_ - warmup_)));
+  return std::max(
+      0.0, static_cast<double>(total_ - step) / static_cast<double>(std::max<std::int64_t>(1, total_ - warmup_)));
 }
 
 double LinearSchedule::step() {
@@ -194,8 +206,8 @@ NodeId LinearSchedule::state_dict(GraphMaker& out) const {
   }
   return out.dict({out.text("base_lrs"), out.list(std::move(base)), out.text("last_epoch"), out.integer(last_epoch_),
                    out.text("verbose"), out.boolean(false), out.text("_step_count"), out.integer(last_epoch_ + 1),
-                   out.text("_get_lr_called_within_step"), out.boolean(false), out.text("_last_lr"), out.list(std::move(last)),
-                   out.text("lr_lambdas"), out.list(std::move(lambdas))});
+                   out.text("_get_lr_called_within_step"), out.boolean(false), out.text("_last_lr"),
+                   out.list(std::move(last)), out.text("lr_lambdas"), out.list(std::move(lambdas))});
 }
 
 void LinearSchedule::load_state_dict(const GraphReader& in, NodeId root) {
@@ -235,8 +247,8 @@ void GradScaler::update(bool found_inf) {
 
 NodeId GradScaler::state_dict(GraphMaker& out) const {
   return out.dict({out.text("scale"), out.number(scale_), out.text("growth_factor"), out.number(growth_factor_),
-                   out.text("backoff_factor"), out.number(backoff_factor_), out.text("growth_interval"), out.integer(growth_interval_),
-                   out.text("_growth_tracker"), out.integer(growth_tracker_)});
+                   out.text("backoff_factor"), out.number(backoff_factor_), out.text("growth_interval"),
+                   out.integer(growth_interval_), out.text("_growth_tracker"), out.integer(growth_tracker_)});
 }
 
 void GradScaler::load_state_dict(const GraphReader& in, NodeId root) {

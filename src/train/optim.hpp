@@ -23,8 +23,8 @@ class AdamW {
     double weight_decay = 0;
   };
   // Parameter names decide the groups as the Trainer does: biases get no weight decay.
-  AdamW(const std::vector<std::pair<std::string, at::Tensor>>& parameters, double lr, double beta1, double beta2, double eps,
-        double weight_decay);
+  AdamW(const std::vector<std::pair<std::string, at::Tensor>>& parameters, double lr, double beta1, double beta2,
+        double eps, double weight_decay);
 
   // One step over every parameter that has a gradient (and that this rank owns, when sharded), with each
   // group's current learning rate.

@@ -45,7 +45,8 @@ void check_torch_rng_state(const at::Tensor& state, const std::string& path) {
   std::memcpy(&next, bytes + 16, 8);
   const bool drawn = left >= 1 && left <= 624 && next == static_cast<std::uint64_t>(625 - left);
   const bool fresh = left == 1 && next == 0;
-  if (seeded != 1 || !(drawn || fresh)) throw Error(ErrorKind::corrupt, path, "cpu", "not a valid torch generator state");
+  if (seeded != 1 || !(drawn || fresh))
+    throw Error(ErrorKind::corrupt, path, "cpu", "not a valid torch generator state");
 }
 
 }  // namespace
@@ -56,8 +57,9 @@ NodeId rng_state_dict(GraphMaker& out, const RngStates& states) {
   words.push_back(out.integer(states.python.mt.pos));
   const NodeId gauss_next = states.python.gauss_next ? out.number(*states.python.gauss_next) : out.none();
   const NodeId python = out.tuple({out.integer(3), out.tuple(std::move(words)), gauss_next});
-  const NodeId numpy = out.tuple({out.text("MT19937"), out.uint32_array(states.numpy.mt.key), out.integer(states.numpy.mt.pos),
-                                  out.integer(states.numpy.has_gauss ? 1 : 0), out.number(states.numpy.gauss)});
+  const NodeId numpy =
+      out.tuple({out.text("MT19937"), out.uint32_array(states.numpy.mt.key), out.integer(states.numpy.mt.pos),
+                 out.integer(states.numpy.has_gauss ? 1 : 0), out.number(states.numpy.gauss)});
   return out.dict({out.text("python"), python, out.text("numpy"), numpy, out.text("cpu"), out.tensor(states.cpu)});
 }
 
@@ -82,11 +84,13 @@ RngStates load_rng_states(const checkpoint::Source& source) {
 
   const auto numpy = in.items(in.get(root, "numpy"), Kind::tuple, "numpy");
   if (numpy.size() != 5 || in.expect(numpy[0], Kind::string, "numpy").text != "MT19937") in.bad("numpy");
-  const auto& array = source.graph().arrays[static_cast<std::size_t>(in.expect(numpy[1], Kind::ndarray, "numpy").integer)];
+  const auto& array =
+      source.graph().arrays[static_cast<std::size_t>(in.expect(numpy[1], Kind::ndarray, "numpy").integer)];
   if ((array.descr != "<u4" && array.descr != "=u4") || array.data.size() != MT19937::kWords * 4) in.bad("numpy");
   for (std::size_t i = 0; i < MT19937::kWords; ++i) {
     std::uint32_t w = 0;
-    for (int b = 0; b < 4; ++b) w |= static_cast<std::uint32_t>(static_cast<unsigned char>(array.data[i * 4 + b])) << (8 * b);
+    for (int b = 0; b < 4; ++b)
+      w |= static_cast<std::uint32_t>(static_cast<unsigned char>(array.data[i * 4 + b])) << (8 * b);
     states.numpy.mt.key[i] = w;
   }
   const std::int64_t numpy_pos = in.integer(numpy[2], "numpy");

@@ -15,18 +15,30 @@ using pickle::NodeId;
 
 at::ScalarType to_scalar_type(DType dtype) {
   switch (dtype) {
-    case DType::float64: return at::kDouble;
-    case DType::float32: return at::kFloat;
-    case DType::float16: return at::kHalf;
-    case DType::bfloat16: return at::kBFloat16;
-    case DType::int64: return at::kLong;
-    case DType::int32: return at::kInt;
-    case DType::int16: return at::kShort;
-    case DType::int8: return at::kChar;
-    case DType::uint8: return at::kByte;
-    case DType::boolean: return at::kBool;
-    case DType::complex128: return at::kComplexDouble;
-    case DType::complex64: return at::kComplexFloat;
+    case DType::float64:
+      return at::kDouble;
+    case DType::float32:
+      return at::kFloat;
+    case DType::float16:
+      return at::kHalf;
+    case DType::bfloat16:
+      return at::kBFloat16;
+    case DType::int64:
+      return at::kLong;
+    case DType::int32:
+      return at::kInt;
+    case DType::int16:
+      return at::kShort;
+    case DType::int8:
+      return at::kChar;
+    case DType::uint8:
+      return at::kByte;
+    case DType::boolean:
+      return at::kBool;
+    case DType::complex128:
+      return at::kComplexDouble;
+    case DType::complex64:
+      return at::kComplexFloat;
     case DType::float8_e5m2:
     case DType::float8_e4m3fn:
     case DType::uint64:
@@ -34,24 +46,38 @@ at::ScalarType to_scalar_type(DType dtype) {
     case DType::uint16:
       break;
   }
-  throw Error(ErrorKind::unsupported, "", "", std::string("LibTorch 1.13 has no ") + std::string(torch_name(dtype)) + " tensors");
+  throw Error(ErrorKind::unsupported, "", "",
+              std::string("LibTorch 1.13 has no ") + std::string(torch_name(dtype)) + " tensors");
 }
 
 DType to_dtype(at::ScalarType type) {
   switch (type) {
-    case at::kDouble: return DType::float64;
-    case at::kFloat: return DType::float32;
-    case at::kHalf: return DType::float16;
-    case at::kBFloat16: return DType::bfloat16;
-    case at::kLong: return DType::int64;
-    case at::kInt: return DType::int32;
-    case at::kShort: return DType::int16;
-    case at::kChar: return DType::int8;
-    case at::kByte: return DType::uint8;
-    case at::kBool: return DType::boolean;
-    case at::kComplexDouble: return DType::complex128;
-    case at::kComplexFloat: return DType::complex64;
-    default: break;
+    case at::kDouble:
+      return DType::float64;
+    case at::kFloat:
+      return DType::float32;
+    case at::kHalf:
+      return DType::float16;
+    case at::kBFloat16:
+      return DType::bfloat16;
+    case at::kLong:
+      return DType::int64;
+    case at::kInt:
+      return DType::int32;
+    case at::kShort:
+      return DType::int16;
+    case at::kChar:
+      return DType::int8;
+    case at::kByte:
+      return DType::uint8;
+    case at::kBool:
+      return DType::boolean;
+    case at::kComplexDouble:
+      return DType::complex128;
+    case at::kComplexFloat:
+      return DType::complex64;
+    default:
+      break;
   }
   throw Error(ErrorKind::unsupported, "", "", std::string("no checkpoint dtype for ") + c10::toString(type));
 }
@@ -69,18 +95,20 @@ at::Tensor empty_large(at::IntArrayRef shape, at::ScalarType type) {
   void* memory = std::aligned_alloc(kHugePage, rounded);
   if (!memory) throw std::bad_alloc();
   ::madvise(memory, rounded, MADV_HUGEPAGE);  // a hint; without it the memory works the same
-  return at::from_blob(memory, shape, [](void* p) { std::free(p); }, at::TensorOptions().dtype(type));
+  return at::from_blob(
+      memory, shape, [](void* p) { std::free(p); }, at::TensorOptions().dtype(type));
 }
 
 const pickle::TensorRef& tensor_ref(const checkpoint::Source& source, NodeId tensor_node) {
   return source.graph().tensors[static_cast<std::size_t>(source.graph().at(tensor_node).integer)];
 }
 
-void read_tensor_into(const checkpoint::Source& source, DirectReader& reader, NodeId tensor_node, const at::Tensor& destination,
-                      const std::string& name) {
+void read_tensor_into(const checkpoint::Source& source, DirectReader& reader, NodeId tensor_node,
+                      const at::Tensor& destination, const std::string& name) {
   const auto& t = tensor_ref(source, tensor_node);
   const at::ScalarType type = to_scalar_type(t.dtype);
-  if (destination.sizes() != at::IntArrayRef(t.shape) || destination.scalar_type() != type || !destination.is_contiguous()) {
+  if (destination.sizes() != at::IntArrayRef(t.shape) || destination.scalar_type() != type ||
+      !destination.is_contiguous()) {
     throw Error(ErrorKind::invalid_argument, source.path, name, "has another shape or dtype than the model's");
   }
   if (destination.numel() == 0) return;
@@ -97,12 +125,13 @@ void read_tensor_into(const checkpoint::Source& source, DirectReader& reader, No
     return;
   }
   // A strided view: from_blob views the mapped bytes with the stored strides and copy_ gathers them.
-  const at::Tensor view = at::from_blob(const_cast<std::uint8_t*>(extent.data()), t.shape, t.stride, at::TensorOptions().dtype(type));
+  const at::Tensor view =
+      at::from_blob(const_cast<std::uint8_t*>(extent.data()), t.shape, t.stride, at::TensorOptions().dtype(type));
   destination.copy_(view);
 }
 
-at::Tensor read_tensor_as(const checkpoint::Source& source, DirectReader& reader, NodeId tensor_node, at::IntArrayRef shape,
-                          at::ScalarType type, const std::string& name) {
+at::Tensor read_tensor_as(const checkpoint::Source& source, DirectReader& reader, NodeId tensor_node,
+                          at::IntArrayRef shape, at::ScalarType type, const std::string& name) {
   const auto& t = tensor_ref(source, tensor_node);
   if (at::IntArrayRef(t.shape) != shape || to_scalar_type(t.dtype) != type) {
     throw Error(ErrorKind::invalid_argument, source.path, name, "has another shape or dtype than expected");
@@ -192,10 +221,13 @@ NodeId GraphMaker::uint32_array(std::span<const std::uint32_t> values) {
 
 void GraphMaker::write(const std::string& path, NodeId root, bool durable) {
   graph.set_root(root);
-  torch_archive::write_file(path, graph, [&](std::size_t i, zip::Writer& zip) { zip.append(bytes_of(storages[i])); }, {.direct = true, .durable = durable});
+  torch_archive::write_file(path, graph, [&](std::size_t i, zip::Writer& zip) { zip.append(bytes_of(storages[i])); },
+                            {.direct = true, .durable = durable});
 }
 
-void GraphReader::bad(const std::string& what) const { throw Error(ErrorKind::corrupt, path, what, "not what the trainer wrote"); }
+void GraphReader::bad(const std::string& what) const {
+  throw Error(ErrorKind::corrupt, path, what, "not what the trainer wrote");
+}
 
 NodeId GraphReader::get(NodeId dict, const std::string& key) const {
   if (!graph.is(dict, Kind::dict)) bad(key);
@@ -209,13 +241,17 @@ const Node& GraphReader::expect(NodeId id, Kind kind, const std::string& what) c
   return graph.at(id);
 }
 
-std::int64_t GraphReader::integer(NodeId id, const std::string& what) const { return expect(id, Kind::integer, what).integer; }
+std::int64_t GraphReader::integer(NodeId id, const std::string& what) const {
+  return expect(id, Kind::integer, what).integer;
+}
 
 double GraphReader::number(NodeId id, const std::string& what) const {
   if (graph.is(id, Kind::integer)) return static_cast<double>(graph.at(id).integer);
   return expect(id, Kind::floating, what).number;
 }
 
-std::vector<NodeId> GraphReader::items(NodeId id, Kind kind, const std::string& what) const { return expect(id, kind, what).items; }
+std::vector<NodeId> GraphReader::items(NodeId id, Kind kind, const std::string& what) const {
+  return expect(id, kind, what).items;
+}
 
 }  // namespace ckpt::train

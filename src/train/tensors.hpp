@@ -29,12 +29,12 @@ at::Tensor empty_large(at::IntArrayRef shape, at::ScalarType type);
 
 // An owned, contiguous copy of a tensor stored in `source`, which must have `shape` and `type` (checked before
 // anything is allocated, so a hostile file cannot make it large: invalid_argument naming `name`).
-at::Tensor read_tensor_as(const checkpoint::Source& source, DirectReader& reader, pickle::NodeId tensor_node, at::IntArrayRef shape,
-                          at::ScalarType type, const std::string& name);
+at::Tensor read_tensor_as(const checkpoint::Source& source, DirectReader& reader, pickle::NodeId tensor_node,
+                          at::IntArrayRef shape, at::ScalarType type, const std::string& name);
 // The same into `destination`, which has the stored tensor's shape and dtype (checked: invalid_argument). A
 // contiguous stored tensor is read straight into it through `reader` (the same file, util/direct_reader.hpp).
-void read_tensor_into(const checkpoint::Source& source, DirectReader& reader, pickle::NodeId tensor_node, const at::Tensor& destination,
-                      const std::string& name);
+void read_tensor_into(const checkpoint::Source& source, DirectReader& reader, pickle::NodeId tensor_node,
+                      const at::Tensor& destination, const std::string& name);
 
 // Builds the value graph of a file to write; tensors keep a reference to the live (or snapshot) tensor whose
 // bytes become their storage's record.

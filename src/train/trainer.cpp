@@ -50,17 +50,20 @@ void Trainer::validate_arguments() const {
     throw Error(ErrorKind::invalid_argument, "", "--train-examples", "the synthetic data would exceed 2^31 values");
   }
   if (training.max_steps <= 0 && !(training.num_train_epochs > 0)) {
-    throw Error(ErrorKind::invalid_argument, "", "--max-steps", "neither --max-steps nor --num-train-epochs is positive");
+    throw Error(ErrorKind::invalid_argument, "", "--max-steps",
+                "neither --max-steps nor --num-train-epochs is positive");
   }
   if (!checkpoint::parse_size(training.max_shard_size)) {
     throw Error(ErrorKind::invalid_argument, "", "--max-shard-size", "expected a size such as 5GB or 512MiB");
   }
   if (world_size_ > 1 && training.async_save) {
-    throw Error(ErrorKind::invalid_argument, "", "--async-save", "works in a single process only (the ranks agree on every save in step)");
+    throw Error(ErrorKind::invalid_argument, "", "--async-save",
+                "works in a single process only (the ranks agree on every save in step)");
   }
   const auto eval_steps = training.eval_steps.value_or(training.save_steps);
   if (training.load_best_model_at_end && (eval_steps == 0 || training.save_steps % eval_steps != 0)) {
-    throw Error(ErrorKind::invalid_argument, "", "--load-best-model-at-end", "needs an evaluation at every save: --save-steps a multiple of --eval-steps");
+    throw Error(ErrorKind::invalid_argument, "", "--load-best-model-at-end",
+                "needs an evaluation at every save: --save-steps a multiple of --eval-steps");
   }
 }
 
@@ -84,8 +87,10 @@ bool Trainer::take_over_run_directory() {
   const auto earlier = checkpoint::earlier_checkpoints(run_dir_);
   if (earlier.empty()) return false;
   switch (request_.earlier_run) {
-    case EarlierRun::refuse: throw checkpoint::earlier_run_error(run_dir_, earlier);
-    case EarlierRun::resume: return true;
+    case EarlierRun::refuse:
+      throw checkpoint::earlier_run_error(run_dir_, earlier);
+    case EarlierRun::resume:
+      return true;
     case EarlierRun::overwrite:
       for (const auto& d : checkpoint::clear_earlier_run(run_dir_).plan.decisions) {
         if (!d.remove || d.kind == checkpoint::EntryKind::trash) continue;
@@ -114,8 +119,8 @@ void Trainer::build() {
   torch_manual_seed(static_cast<std::uint64_t>(training.seed));
 
   const ModelArguments& config = args_.model;
-  data_ = make_data(static_cast<std::uint32_t>(training.seed), config.input_size, config.num_labels, training.train_examples,
-                    training.eval_examples);
+  data_ = make_data(static_cast<std::uint32_t>(training.seed), config.input_size, config.num_labels,
+                    training.train_examples, training.eval_examples);
   model_ = std::make_unique<MLP>(config);
 
   batch_size_ = training.per_device_train_batch_size;
@@ -126,7 +131,8 @@ void Trainer::build() {
     max_steps_ = training.max_steps;
     state_.num_train_epochs = max_steps_ / steps_per_epoch_ + (max_steps_ % steps_per_epoch_ > 0 ? 1 : 0);
   } else {
-    max_steps_ = static_cast<std::int64_t>(std::ceil(training.num_train_epochs * static_cast<double>(steps_per_epoch_)));
+    max_steps_ =
+        static_cast<std::int64_t>(std::ceil(training.num_train_epochs * static_cast<double>(steps_per_epoch_)));
     state_.num_train_epochs = static_cast<std::int64_t>(std::ceil(training.num_train_epochs));
   }
   state_.max_steps = max_steps_;
@@ -136,8 +142,8 @@ void Trainer::build() {
   state_.train_batch_size = batch_size_;
 
   const double lr = training.learning_rate;
-  optimizer_ = std::make_unique<AdamW>(model_->parameters(), lr, training.adam_beta1, training.adam_beta2, training.adam_epsilon,
-                                       training.weight_decay);
+  optimizer_ = std::make_unique<AdamW>(model_->parameters(), lr, training.adam_beta1, training.adam_beta2,
+                                       training.adam_epsilon, training.weight_decay);
   schedule_ = std::make_unique<LinearSchedule>(lr, training.warmup_steps, max_steps_, optimizer_->groups().size());
   optimizer_->learning_rates().assign(optimizer_->groups().size(), schedule_->last_lr());
   if (training.fp16) scaler_.emplace();
@@ -205,7 +211,8 @@ void Trainer::broadcast_parameter_shares() {
   at::NoGradGuard no_grad;
   for (std::size_t begin = 0, end = 0; begin < params.size(); begin = end) {
     std::vector<at::Tensor> share;
-    for (end = begin; end < params.size() && owner_[end] == owner_[begin]; ++end) share.push_back(params[end].second.detach().view({-1}));
+    for (end = begin; end < params.size() && owner_[end] == owner_[begin]; ++end)
+      share.push_back(params[end].second.detach().view({-1}));
     at::Tensor flat = at::cat(share);  // elsewhere than on the owner, overwritten by the broadcast
     group_->broadcast(flat, owner_[begin]);
     if (owner_[begin] == rank_) continue;
@@ -248,8 +255,10 @@ void Trainer::all_reduce_gradients(at::Tensor& loss_value) {
     at::Tensor mean = flat.slice(0, offset, offset + p.numel()).view(p.sizes());
     offset += p.numel();
     if (graded[static_cast<std::size_t>(i)] == 0) continue;
-    if (p.grad().defined()) p.mutable_grad().copy_(mean);
-    else p.mutable_grad() = mean.clone();
+    if (p.grad().defined())
+      p.mutable_grad().copy_(mean);
+    else
+      p.mutable_grad() = mean.clone();
   }
   loss_value = flat[total].clone();
 }
@@ -301,7 +310,8 @@ void Trainer::draw_epoch_order() {
   }
   const std::int64_t per_rank = (n + world_size_ - 1) / world_size_;
   rank_order_.clear();
-  for (std::int64_t i = 0; i < per_rank; ++i) rank_order_.push_back(order_[static_cast<std::size_t>((i * world_size_ + rank_) % n)]);
+  for (std::int64_t i = 0; i < per_rank; ++i)
+    rank_order_.push_back(order_[static_cast<std::size_t>((i * world_size_ + rank_) % n)]);
 }
 
 void Trainer::train() {
@@ -315,10 +325,12 @@ void Trainer::train() {
     const std::int64_t n = static_cast<std::int64_t>(rank_order_.size());
     for (std::int64_t s = epoch == epochs_done ? skip : 0; s < steps_per_epoch_; ++s) {
       const std::int64_t begin = s * batch_size_;
-      const std::vector<std::int64_t> indices(rank_order_.begin() + begin, rank_order_.begin() + std::min(n, begin + batch_size_));
+      const std::vector<std::int64_t> indices(rank_order_.begin() + begin,
+                                              rank_order_.begin() + std::min(n, begin + batch_size_));
       const at::Tensor inputs = noisy_batch(data_.train, indices, input_noise, numpy_, rank_, world_size_);
-      const at::Tensor labels = data_.train.labels.index_select(0, at::from_blob(const_cast<std::int64_t*>(indices.data()),
-                                                                                 {static_cast<std::int64_t>(indices.size())}, at::kLong));
+      const at::Tensor labels =
+          data_.train.labels.index_select(0, at::from_blob(const_cast<std::int64_t*>(indices.data()),
+                                                           {static_cast<std::int64_t>(indices.size())}, at::kLong));
       train_step(inputs, labels);
       ++state_.global_step;
       ++steps_this_process_;
@@ -360,7 +372,8 @@ void Trainer::run() {
   rank_ = request_.distributed.rank;
   world_size_ = request_.distributed.world_size;
   if (world_size_ < 1 || rank_ < 0 || rank_ >= world_size_) {
-    throw Error(ErrorKind::invalid_argument, "", "RANK", "rank " + std::to_string(rank_) + " is not in a world of " + std::to_string(world_size_));
+    throw Error(ErrorKind::invalid_argument, "", "RANK",
+                "rank " + std::to_string(rank_) + " is not in a world of " + std::to_string(world_size_));
   }
   if (world_size_ > 1) group_ = std::make_unique<ProcessGroup>(request_.distributed);
   try {
@@ -458,7 +471,8 @@ void Trainer::run_in_group() {
       const auto scan = checkpoint::scan_run(run_dir_);
       const auto newest = checkpoint::newest_complete(scan);
       std::error_code ec;
-      result_.resume_takes_last_checkpoint = newest && fs::equivalent(scan.entries[*newest].path, *result_.last_checkpoint, ec);
+      result_.resume_takes_last_checkpoint =
+          newest && fs::equivalent(scan.entries[*newest].path, *result_.last_checkpoint, ec);
     } catch (const Error&) {
       // Unknown: the message names the checkpoint with --from, which is right either way.
     }
@@ -468,19 +482,21 @@ void Trainer::run_in_group() {
 }  // namespace ckpt::train
 
 extern "C" __attribute__((visibility("default"))) void ckpt_train_run(const ckpt::train::TrainRequest& request,
-                                                                     ckpt::train::TrainResult& result) {
+                                                                      ckpt::train::TrainResult& result) {
   using ckpt::train::TrainError;
   try {
     if (request.api_version != ckpt::train::kApiVersion || request.request_size != sizeof(ckpt::train::TrainRequest) ||
         request.result_size != sizeof(ckpt::train::TrainResult) || request.build != std::string_view(CKPT_VERSION)) {
-      throw ckpt::Error(ckpt::ErrorKind::unsupported, ckpt::train::kLibraryName, "", "the trainer library is from another build of ckpt");
+      throw ckpt::Error(ckpt::ErrorKind::unsupported, ckpt::train::kLibraryName, "",
+                        "the trainer library is from another build of ckpt");
     }
     ckpt::train::Trainer(request, result).run();
   } catch (const ckpt::Error& e) {
     result.error = TrainError{static_cast<int>(e.kind()), e.path(), e.where(), e.detail()};
   } catch (const std::exception& e) {
     // LibTorch's own errors (c10::Error) and allocation failures.
-    result.error = TrainError{static_cast<int>(ckpt::ErrorKind::io), "", "", std::string("training failed: ") + e.what()};
+    result.error =
+        TrainError{static_cast<int>(ckpt::ErrorKind::io), "", "", std::string("training failed: ") + e.what()};
   }
   // This library has its own copy of the map table (it links ckpt_core statically): a checkpoint that shrank
   // while it was read, not what its zeros led to, is the error.

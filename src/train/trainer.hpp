@@ -34,7 +34,9 @@ using pickle::NodeId;
 using Clock = std::chrono::steady_clock;
 using Parameters = std::vector<std::pair<std::string, at::Tensor>>;
 
-inline double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+inline double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
 
 // ---- what one checkpoint holds, ready to be written ----
 
@@ -61,7 +63,8 @@ struct WeightsOptions {
 
 // `durable` false: `dir` is a staging directory whose files the caller fsyncs before renaming it.
 // Returns the names of the files written.
-std::vector<std::string> write_weights(const std::string& dir, const Parameters& weights, const WeightsOptions& options, bool durable);
+std::vector<std::string> write_weights(const std::string& dir, const Parameters& weights, const WeightsOptions& options,
+                                       bool durable);
 void write_text(const std::string& path, const std::string& text, bool durable);
 // Writes this process's files of a checkpoint into the staging directory `dir` and makes each durable (the
 // directory itself is the committer's). The weights and trainer_state.json come last but one and last: a
@@ -75,8 +78,7 @@ class Trainer {
     // A restored copy left by a failure; if even that fails, the next run clears it as a leftover staging directory.
     try {
       if (restored_dir_) fs_util::remove_tree(*restored_dir_);
-    } catch (const Error&) {
-    }
+    } catch (const Error&) {}
   }
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -165,9 +167,9 @@ class Trainer {
   std::int64_t start_step_ = 0;  // the global step this process began training at
   std::int64_t steps_per_epoch_ = 0;
   std::int64_t batch_size_ = 0;
-  std::vector<std::int64_t> order_;        // this epoch's example order
-  std::vector<std::int64_t> rank_order_;   // this rank's examples of it (DistributedSampler's split)
-  bool order_drawn_ = false;         // resumed mid-epoch: the replayed order is the current one
+  std::vector<std::int64_t> order_;       // this epoch's example order
+  std::vector<std::int64_t> rank_order_;  // this rank's examples of it (DistributedSampler's split)
+  bool order_drawn_ = false;              // resumed mid-epoch: the replayed order is the current one
 
   at::Tensor loss_since_log_ = at::zeros({}, at::kFloat);
   double loss_total_ = 0;

@@ -52,7 +52,9 @@ std::string Trainer::find_checkpoint() {
     if (checkpoint::is_archive(dir)) {
       // Restored into a staging directory of the run: the trainer lock makes it ours (open_run_directory ran), and
       // a kill leaves it for the next run to clear. A throwaway copy, so nothing is fsynced.
-      const std::string staging = (fs::path(run_dir_) / (std::string(checkpoint::kStagingPrefix) + "restore-" + fs_util::unique_suffix())).string();
+      const std::string staging =
+          (fs::path(run_dir_) / (std::string(checkpoint::kStagingPrefix) + "restore-" + fs_util::unique_suffix()))
+              .string();
       if (!fs::create_directory(staging)) throw Error(ErrorKind::io, staging, "", "cannot create the directory");
       restored_dir_ = staging;
       result_.resumed_from = dir;
@@ -82,18 +84,23 @@ void Trainer::prepare_arguments(const std::string& dir) {
   }
   const auto completeness = checkpoint::assess_completeness(dir);
   if (!completeness.complete) {
-    throw Error(ErrorKind::corrupt, dir, "", "incomplete checkpoint: " + (completeness.problems.empty() ? std::string("?") : completeness.problems.front()));
+    throw Error(
+        ErrorKind::corrupt, dir, "",
+        "incomplete checkpoint: " + (completeness.problems.empty() ? std::string("?") : completeness.problems.front()));
   }
   for (const char* required : {"training_args.bin", "optimizer.pt", "scheduler.pt", "config.json"}) {
-    if (!fs::exists(fs::path(dir) / required) && !(required == std::string_view("optimizer.pt") && checkpoint::find_optimizer_shards(dir))) {
-      throw Error(ErrorKind::corrupt, (fs::path(dir) / required).string(), "", "missing: the checkpoint cannot be resumed without it");
+    if (!fs::exists(fs::path(dir) / required) &&
+        !(required == std::string_view("optimizer.pt") && checkpoint::find_optimizer_shards(dir))) {
+      throw Error(ErrorKind::corrupt, (fs::path(dir) / required).string(), "",
+                  "missing: the checkpoint cannot be resumed without it");
     }
   }
   // training_args.bin: a plain dict of the arguments table's keys.
   const std::string args_path = (fs::path(dir) / "training_args.bin").string();
   const auto source = checkpoint::load_source(args_path);
   const auto& g = source->graph();
-  if (!g.is(g.root(), Kind::dict)) throw Error(ErrorKind::unsupported, args_path, "", "not a training_args.bin written by ckpt");
+  if (!g.is(g.root(), Kind::dict))
+    throw Error(ErrorKind::unsupported, args_path, "", "not a training_args.bin written by ckpt");
   ArgumentValues saved;
   const auto& items = g.at(g.root()).items;
   for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
@@ -101,12 +108,22 @@ void Trainer::prepare_arguments(const std::string& dir) {
     const auto& v = g.at(items[i + 1]);
     ArgValue value;
     switch (v.kind) {
-      case Kind::none: break;
-      case Kind::boolean: value = v.flag; break;
-      case Kind::integer: value = v.integer; break;
-      case Kind::floating: value = v.number; break;
-      case Kind::string: value = v.text; break;
-      default: throw Error(ErrorKind::corrupt, args_path, g.at(items[i]).text, "not a plain value");
+      case Kind::none:
+        break;
+      case Kind::boolean:
+        value = v.flag;
+        break;
+      case Kind::integer:
+        value = v.integer;
+        break;
+      case Kind::floating:
+        value = v.number;
+        break;
+      case Kind::string:
+        value = v.text;
+        break;
+      default:
+        throw Error(ErrorKind::corrupt, args_path, g.at(items[i]).text, "not a plain value");
     }
     saved[g.at(items[i]).text] = std::move(value);
   }
@@ -147,7 +164,8 @@ void Trainer::agree_on_arguments() {
     const std::size_t line = mine.rfind('\n', at == 0 ? 0 : at - 1);
     const std::size_t begin = line == std::string::npos || at == 0 ? 0 : line + 1;
     const std::string key = mine.substr(begin, mine.find('=', begin) - begin);
-    throw Error(ErrorKind::invalid_argument, "", "--" + flag_name(key), "differs from rank 0's (every process must be given the same arguments)");
+    throw Error(ErrorKind::invalid_argument, "", "--" + flag_name(key),
+                "differs from rank 0's (every process must be given the same arguments)");
   });
 }
 
@@ -171,7 +189,8 @@ void Trainer::load_weights(const std::string& dir) {
       wanted.erase(it);
     }
   }
-  if (!wanted.empty()) throw Error(ErrorKind::corrupt, dir, wanted.begin()->first, "missing from the checkpoint's weights");
+  if (!wanted.empty())
+    throw Error(ErrorKind::corrupt, dir, wanted.begin()->first, "missing from the checkpoint's weights");
 }
 
 void Trainer::restore(const std::string& dir) {
@@ -184,7 +203,8 @@ void Trainer::restore(const std::string& dir) {
     if (fs::exists(d / "optimizer.pt")) {
       sources.push_back(loaded.emplace_back(checkpoint::load_source((d / "optimizer.pt").string())).get());
     } else if (const auto shards = checkpoint::find_optimizer_shards(dir)) {
-      for (const auto& name : shards->files) sources.push_back(loaded.emplace_back(checkpoint::load_source((d / name).string())).get());
+      for (const auto& name : shards->files)
+        sources.push_back(loaded.emplace_back(checkpoint::load_source((d / name).string())).get());
       checkpoint::check_shard_set(sources);
     } else {
       throw Error(ErrorKind::corrupt, (d / "optimizer.pt").string(), "", "missing, and no optimizer shards either");
@@ -211,15 +231,17 @@ void Trainer::restore(const std::string& dir) {
     if (checkpoint::checkpoint_step(name)) state_.best_model_checkpoint = (fs::path(run_dir_) / name).string();
   }
   if (state_.global_step > max_steps_) {
-    throw Error(ErrorKind::invalid_argument, dir, "", "the checkpoint is at step " + std::to_string(state_.global_step) +
-                                                           ", beyond --max-steps " + std::to_string(max_steps_));
+    throw Error(ErrorKind::invalid_argument, dir, "",
+                "the checkpoint is at step " + std::to_string(state_.global_step) + ", beyond --max-steps " +
+                    std::to_string(max_steps_));
   }
   // Replay the data order up to the current epoch (nothing is computed), then restore the generators.
   const std::int64_t epochs_done = state_.global_step / steps_per_epoch_;
   const bool mid_epoch = state_.global_step % steps_per_epoch_ != 0;
   const std::int64_t n = args_.training.train_examples;
   if (epochs_done > std::int64_t{100'000'000'000} / n) {
-    throw Error(ErrorKind::corrupt, dir, "trainer_state.json", "global_step " + std::to_string(state_.global_step) + " is beyond any run of this size");
+    throw Error(ErrorKind::corrupt, dir, "trainer_state.json",
+                "global_step " + std::to_string(state_.global_step) + " is beyond any run of this size");
   }
   for (std::int64_t e = 0; e < epochs_done + (mid_epoch ? 1 : 0); ++e) {
     if (interrupted()) throw Error(ErrorKind::interrupted, dir, "", "interrupted while resuming");
@@ -230,8 +252,10 @@ void Trainer::restore(const std::string& dir) {
   const int saved_world_size = checkpoint::checkpoint_world_size(dir);
   fs::path rng = d / checkpoint::rng_state_name(rank_, saved_world_size);
   if (saved_world_size != world_size_) {
-    warn(dir + " was saved by " + std::to_string(saved_world_size) + " process(es) and this run has " + std::to_string(world_size_) +
-         ": the weights, optimizer and schedule resume, but the data order and random draws differ from the uninterrupted run's");
+    warn(dir + " was saved by " + std::to_string(saved_world_size) + " process(es) and this run has " +
+         std::to_string(world_size_) +
+         ": the weights, optimizer and schedule resume, but the data order and random draws differ from the "
+         "uninterrupted run's");
     if (!fs::exists(rng)) rng = d / checkpoint::rng_state_name(0, saved_world_size);
   }
   if (fs::exists(rng)) {

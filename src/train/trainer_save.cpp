@@ -19,7 +19,8 @@ namespace fs = std::filesystem;
 using checkpoint::RunLock;
 using pickle::NodeId;
 
-std::vector<std::string> write_weights(const std::string& dir, const Parameters& weights, const WeightsOptions& options, bool durable) {
+std::vector<std::string> write_weights(const std::string& dir, const Parameters& weights, const WeightsOptions& options,
+                                       bool durable) {
   const WriteOptions write_options{.direct = true, .durable = durable};
   const auto format = options.safetensors ? checkpoint::WeightsFormat::safetensors : checkpoint::WeightsFormat::pytorch;
   std::vector<std::uint64_t> sizes;
@@ -31,7 +32,8 @@ std::vector<std::string> write_weights(const std::string& dir, const Parameters&
   const auto shards = checkpoint::greedy_shards(sizes, options.max_shard_size);
   std::vector<std::pair<std::string, std::string>> index;
   for (std::size_t k = 0; k < shards.size(); ++k) {
-    const std::string name = shards.size() == 1 ? checkpoint::single_weights_name(format) : checkpoint::shard_name(format, k, shards.size());
+    const std::string name =
+        shards.size() == 1 ? checkpoint::single_weights_name(format) : checkpoint::shard_name(format, k, shards.size());
     const std::string path = (fs::path(dir) / name).string();
     if (options.safetensors) {
       std::vector<safetensors::OutputTensor> layout;
@@ -41,9 +43,10 @@ std::vector<std::string> write_weights(const std::string& dir, const Parameters&
         layout.push_back({tensor_name, to_dtype(t.scalar_type()), t.sizes().vec()});
         by_name[tensor_name] = &t;
       }
-      safetensors::write_file(path, std::move(layout), {{"format", "pt"}},
-                              [&](const safetensors::OutputTensor& t, AtomicFile& out) { out.write(bytes_of(*by_name.at(t.name))); },
-                              write_options);
+      safetensors::write_file(
+          path, std::move(layout), {{"format", "pt"}},
+          [&](const safetensors::OutputTensor& t, AtomicFile& out) { out.write(bytes_of(*by_name.at(t.name))); },
+          write_options);
     } else {
       // A plain dict per file, as transformers' shard_checkpoint hands torch.save.
       GraphMaker out;
@@ -111,11 +114,13 @@ CheckpointFiles Trainer::collect(bool copy) {
   auto snapshot = [&](const at::Tensor& t) {
     if (slot == snapshot_buffers_.size()) snapshot_buffers_.emplace_back();
     at::Tensor& buffer = snapshot_buffers_[slot++];
-    if (!buffer.defined() || buffer.sizes() != t.sizes() || buffer.scalar_type() != t.scalar_type()) buffer = empty_large(t.sizes(), t.scalar_type());
+    if (!buffer.defined() || buffer.sizes() != t.sizes() || buffer.scalar_type() != t.scalar_type())
+      buffer = empty_large(t.sizes(), t.scalar_type());
     files.pending_copies.emplace_back(t, buffer);
     return buffer;
   };
-  for (const auto& [name, p] : model_->parameters()) files.weights.emplace_back(name, copy ? snapshot(p.detach()) : p.detach());
+  for (const auto& [name, p] : model_->parameters())
+    files.weights.emplace_back(name, copy ? snapshot(p.detach()) : p.detach());
   const AdamW optimizer = copy ? optimizer_->snapshot(snapshot) : *optimizer_;
   files.optimizer_root = optimizer.state_dict(files.optimizer);
   files.scheduler_root = schedule_->state_dict(files.scheduler);
@@ -128,11 +133,16 @@ CheckpointFiles Trainer::collect(bool copy) {
     if (spec.scope != ArgScope::training) continue;
     items.push_back(files.arguments.text(spec.key));
     const ArgValue v = spec.get(args_);
-    if (const auto* b = std::get_if<bool>(&v)) items.push_back(files.arguments.boolean(*b));
-    else if (const auto* i = std::get_if<std::int64_t>(&v)) items.push_back(files.arguments.integer(*i));
-    else if (const auto* d = std::get_if<double>(&v)) items.push_back(files.arguments.number(*d));
-    else if (const auto* s = std::get_if<std::string>(&v)) items.push_back(files.arguments.text(*s));
-    else items.push_back(files.arguments.none());
+    if (const auto* b = std::get_if<bool>(&v))
+      items.push_back(files.arguments.boolean(*b));
+    else if (const auto* i = std::get_if<std::int64_t>(&v))
+      items.push_back(files.arguments.integer(*i));
+    else if (const auto* d = std::get_if<double>(&v))
+      items.push_back(files.arguments.number(*d));
+    else if (const auto* s = std::get_if<std::string>(&v))
+      items.push_back(files.arguments.text(*s));
+    else
+      items.push_back(files.arguments.none());
   }
   files.arguments_root = files.arguments.dict(std::move(items));
   files.trainer_state = state_.to_text();
@@ -144,8 +154,7 @@ CheckpointFiles Trainer::collect(bool copy) {
 void Trainer::remove_staging_after_failure(const std::string& staging) {
   try {
     if (main_process()) fs_util::remove_tree(staging);
-  } catch (const Error&) {
-  }
+  } catch (const Error&) {}
 }
 
 // Writes into a hidden staging directory, then renames it to checkpoint-<step> under the run lock (replacing a
@@ -224,12 +233,14 @@ void Trainer::save_checkpoint(const std::map<std::string, double>& metrics) {
   // Hugging Face's rule, in _save_checkpoint: a strict improvement of this step's metric makes it the best.
   const std::string metric = checkpoint::normalize_metric(args_.training.metric_for_best_model);
   if (auto it = metrics.find(metric); it != metrics.end()) {
-    const bool greater_is_better = args_.training.greater_is_better.value_or(checkpoint::default_greater_is_better(metric));
+    const bool greater_is_better =
+        args_.training.greater_is_better.value_or(checkpoint::default_greater_is_better(metric));
     const double value = it->second;
     if (!state_.best_metric || !state_.best_model_checkpoint ||
         (greater_is_better ? value > *state_.best_metric : value < *state_.best_metric)) {
       state_.best_metric = value;
-      state_.best_model_checkpoint = (fs::path(run_dir_) / ("checkpoint-" + std::to_string(state_.global_step))).string();
+      state_.best_model_checkpoint =
+          (fs::path(run_dir_) / ("checkpoint-" + std::to_string(state_.global_step))).string();
     }
   }
   const bool async = args_.training.async_save;
@@ -250,7 +261,8 @@ void Trainer::save_checkpoint(const std::map<std::string, double>& metrics) {
   // The background thread alone touches result_'s checkpoint lists until it is joined.
   pending_save_ = std::thread([this, files = std::move(files), copied = std::move(copied)]() mutable {
     const auto write_start = Clock::now();
-    for (const auto& [live, buffer] : files.pending_copies) std::memcpy(buffer.data_ptr(), live.data_ptr(), live.nbytes());
+    for (const auto& [live, buffer] : files.pending_copies)
+      std::memcpy(buffer.data_ptr(), live.data_ptr(), live.nbytes());
     files.pending_copies.clear();
     copied.set_value();
     try {
@@ -268,8 +280,10 @@ void Trainer::save_checkpoint(const std::map<std::string, double>& metrics) {
 void Trainer::finish() {
   if (args_.training.load_best_model_at_end && state_.best_model_checkpoint) {
     const fs::path best = fs::path(run_dir_) / fs::path(*state_.best_model_checkpoint).filename();
-    if (fs::is_directory(best)) load_weights(best.string());
-    else warn("the best checkpoint " + best.string() + " is gone; the final model is the last one");
+    if (fs::is_directory(best))
+      load_weights(best.string());
+    else
+      warn("the best checkpoint " + best.string() + " is gone; the final model is the last one");
   }
   const double runtime = seconds_since(started_);
   const double steps = static_cast<double>(steps_this_process_);
@@ -291,9 +305,11 @@ void Trainer::finish() {
   // Weights of another layout left by an earlier run (an index, shards, the other format) would shadow these.
   for (const auto& entry : fs::directory_iterator(run_dir_)) {
     const std::string name = entry.path().filename().string();
-    const bool weights = name == "model.safetensors" || name == "pytorch_model.bin" || name.ends_with(".index.json") ||
-                         ((name.starts_with("model-") || name.starts_with("pytorch_model-")) && name.find("-of-") != std::string::npos);
-    if (weights && entry.is_regular_file() && std::find(written.begin(), written.end(), name) == written.end()) fs::remove(entry.path());
+    const bool weights =
+        name == "model.safetensors" || name == "pytorch_model.bin" || name.ends_with(".index.json") ||
+        ((name.starts_with("model-") || name.starts_with("pytorch_model-")) && name.find("-of-") != std::string::npos);
+    if (weights && entry.is_regular_file() && std::find(written.begin(), written.end(), name) == written.end())
+      fs::remove(entry.path());
   }
   write_text((fs::path(run_dir_) / "config.json").string(), files.config, true);
   files.arguments.write((fs::path(run_dir_) / "training_args.bin").string(), files.arguments_root, true);

@@ -111,7 +111,8 @@ void AtomicFile::flush() {
 void AtomicFile::start_writeback() {
   if (on_disk_ - written_back_ < kWritebackStep) return;
   // A hint: failure changes nothing, commit's fsync still makes everything durable.
-  ::sync_file_range(fd_, static_cast<off64_t>(written_back_), static_cast<off64_t>(on_disk_ - written_back_), SYNC_FILE_RANGE_WRITE);
+  ::sync_file_range(fd_, static_cast<off64_t>(written_back_), static_cast<off64_t>(on_disk_ - written_back_),
+                    SYNC_FILE_RANGE_WRITE);
   written_back_ = on_disk_;
 }
 
@@ -160,7 +161,8 @@ void AtomicFile::copy_from(const ReadOnlyFile& source, std::uint64_t offset, std
   while (length > 0) {
     if (kernel_copy) {
       loff_t in = static_cast<loff_t>(offset);
-      ssize_t n = ::copy_file_range(source.fd(), &in, fd_, nullptr, static_cast<std::size_t>(std::min<std::uint64_t>(length, 1u << 30)), 0);
+      ssize_t n = ::copy_file_range(source.fd(), &in, fd_, nullptr,
+                                    static_cast<std::size_t>(std::min<std::uint64_t>(length, 1u << 30)), 0);
       if (n > 0) {
         offset += static_cast<std::uint64_t>(n);
         length -= static_cast<std::uint64_t>(n);
@@ -170,7 +172,8 @@ void AtomicFile::copy_from(const ReadOnlyFile& source, std::uint64_t offset, std
         continue;
       }
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) fail_io(destination_, "copy", errno);
+      if (n < 0 && errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
+        fail_io(destination_, "copy", errno);
       kernel_copy = false;  // not supported between these files, or the source shrank: fall back to read/write
       if (n == 0) fail_shrank(source.path(), "byte " + std::to_string(offset));
     }

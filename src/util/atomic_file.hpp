@@ -62,7 +62,7 @@ class AtomicFile {
   std::uint64_t position_ = 0;
   std::uint64_t on_disk_ = 0;       // bytes handed to the kernel (position_ less what is buffered)
   std::uint64_t written_back_ = 0;  // bytes whose writeback was started
-  std::string buffer_;  // small writes are gathered here; large ones go straight through
+  std::string buffer_;              // small writes are gathered here; large ones go straight through
   bool committed_ = false;
   bool durable_ = true;
   int direct_fd_ = -1;  // the temporary file opened with O_DIRECT, in direct mode

@@ -37,8 +37,8 @@ class ByteReader {
   // Returns a view of the next `n` bytes and advances past them.
   std::span<const std::uint8_t> take(std::uint64_t n) {
     if (n > remaining()) {
-      fail_at(pos_, "needs " + std::to_string(n) + " bytes but only " + std::to_string(remaining()) +
-                        " remain in " + what_);
+      fail_at(pos_,
+              "needs " + std::to_string(n) + " bytes but only " + std::to_string(remaining()) + " remain in " + what_);
     }
     auto view = bytes_.subspan(pos_, static_cast<std::size_t>(n));
     pos_ += static_cast<std::size_t>(n);
@@ -69,7 +69,11 @@ class ByteReader {
 };
 
 // Overflow-checked arithmetic for sizes read from files: false when the result does not fit.
-inline bool checked_mul(std::uint64_t a, std::uint64_t b, std::uint64_t& out) { return !__builtin_mul_overflow(a, b, &out); }
-inline bool checked_add(std::uint64_t a, std::uint64_t b, std::uint64_t& out) { return !__builtin_add_overflow(a, b, &out); }
+inline bool checked_mul(std::uint64_t a, std::uint64_t b, std::uint64_t& out) {
+  return !__builtin_mul_overflow(a, b, &out);
+}
+inline bool checked_add(std::uint64_t a, std::uint64_t b, std::uint64_t& out) {
+  return !__builtin_add_overflow(a, b, &out);
+}
 
 }  // namespace ckpt

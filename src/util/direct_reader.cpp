@@ -20,7 +20,8 @@ constexpr std::size_t kBufferSize = 8u << 20;
 
 void DirectReader::FreeAligned::operator()(std::uint8_t* p) const { std::free(p); }
 
-DirectReader::DirectReader(const ReadOnlyFile& file) : file_(file), page_size_(static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE))) {
+DirectReader::DirectReader(const ReadOnlyFile& file)
+    : file_(file), page_size_(static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE))) {
   void* p = std::aligned_alloc(2u << 20, kBufferSize);
   if (!p) throw std::bad_alloc();
   ::madvise(p, kBufferSize, MADV_HUGEPAGE);
@@ -51,7 +52,8 @@ void DirectReader::read_at(std::uint64_t offset, std::span<std::uint8_t> out) {
       // Cached: plain reads of the cached pages from here, straight into the destination.
       std::uint64_t end_page = page;
       while (end_page < resident_.size() && (resident_[end_page] & 1)) ++end_page;
-      const std::size_t length = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), end_page * page_size_ - offset));
+      const std::size_t length =
+          static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), end_page * page_size_ - offset));
       file_.read_at(offset, out.first(length));
       out = out.subspan(length);
       offset += length;
@@ -60,7 +62,8 @@ void DirectReader::read_at(std::uint64_t offset, std::span<std::uint8_t> out) {
     // Not cached: one direct read from here, at most the buffer (it may take cached pages along, harmlessly).
     const std::uint64_t start = offset / kAlignment * kAlignment;
     const std::size_t skip = static_cast<std::size_t>(offset - start);
-    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(kBufferSize, (skip + out.size() + kAlignment - 1) / kAlignment * kAlignment));
+    const std::size_t want = static_cast<std::size_t>(
+        std::min<std::uint64_t>(kBufferSize, (skip + out.size() + kAlignment - 1) / kAlignment * kAlignment));
     const ssize_t n = ::pread(direct_fd_, buffer_.get(), want, static_cast<off_t>(start));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EINVAL) {  // refused after all: plain reads for the rest

@@ -8,13 +8,20 @@ namespace ckpt {
 
 const char* to_string(ErrorKind kind) {
   switch (kind) {
-    case ErrorKind::not_found: return "not found";
-    case ErrorKind::corrupt: return "corrupt";
-    case ErrorKind::unsupported: return "unsupported";
-    case ErrorKind::invalid_argument: return "invalid argument";
-    case ErrorKind::io: return "I/O error";
-    case ErrorKind::interrupted: return "interrupted";
-    case ErrorKind::locked: return "locked";
+    case ErrorKind::not_found:
+      return "not found";
+    case ErrorKind::corrupt:
+      return "corrupt";
+    case ErrorKind::unsupported:
+      return "unsupported";
+    case ErrorKind::invalid_argument:
+      return "invalid argument";
+    case ErrorKind::io:
+      return "I/O error";
+    case ErrorKind::interrupted:
+      return "interrupted";
+    case ErrorKind::locked:
+      return "locked";
   }
   return "error";
 }
@@ -46,16 +53,15 @@ Error Error::named_in(const std::string& staging, const std::string& destination
 }
 
 void stop_if_interrupted(const std::atomic<bool>* flag) {
-  if (flag && flag->load()) throw Error(ErrorKind::interrupted, "", "", "interrupted; the destination is left as it was");
+  if (flag && flag->load())
+    throw Error(ErrorKind::interrupted, "", "", "interrupted; the destination is left as it was");
 }
 
 void fail(ErrorKind kind, std::string where, std::string what) {
   throw Error(kind, "", std::move(where), std::move(what));
 }
 
-void fail_corrupt(std::string where, std::string what) {
-  fail(ErrorKind::corrupt, std::move(where), std::move(what));
-}
+void fail_corrupt(std::string where, std::string what) { fail(ErrorKind::corrupt, std::move(where), std::move(what)); }
 
 void fail_io(const std::string& path, const std::string& action, int error_number) {
   ErrorKind kind = (error_number == ENOENT || error_number == ENOTDIR) ? ErrorKind::not_found : ErrorKind::io;
@@ -69,7 +75,8 @@ void fail_create(const std::string& path, int error_number) {
     throw Error(ErrorKind::not_found, path, "", "cannot create: its directory " + directory + " does not exist");
   }
   std::string what = std::string("cannot create: ") + std::strerror(error_number);
-  if (error_number == EACCES || error_number == EPERM || error_number == EROFS) what += " (" + directory + " must be writable)";
+  if (error_number == EACCES || error_number == EPERM || error_number == EROFS)
+    what += " (" + directory + " must be writable)";
   throw Error(ErrorKind::io, path, "", what);
 }
 

@@ -29,8 +29,10 @@ bool require_regular_file(const std::string& path) {
   if (::lstat(path.c_str(), &st) != 0) fail_io(path, "stat", errno);
   if (S_ISREG(st.st_mode)) return true;
   if (S_ISDIR(st.st_mode)) return false;
-  throw Error(ErrorKind::unsupported, path, "", std::string("not a regular file (") + file_type_name(st.st_mode) +
-                                                    "); only regular files are read, symlinks are not followed (cp -rL makes a copy that holds their targets)");
+  throw Error(
+      ErrorKind::unsupported, path, "",
+      std::string("not a regular file (") + file_type_name(st.st_mode) +
+          "); only regular files are read, symlinks are not followed (cp -rL makes a copy that holds their targets)");
 }
 
 void fsync_directory(const std::string& dir) {
@@ -62,8 +64,7 @@ void fsync_files(const std::vector<std::string>& paths) {
   std::vector<std::thread> workers;
   try {
     for (std::size_t k = 1; k < std::min<std::size_t>(paths.size(), 8); ++k) workers.emplace_back(work);
-  } catch (const std::system_error&) {
-  }
+  } catch (const std::system_error&) {}
   work();
   for (auto& w : workers) w.join();
   for (std::size_t i = 0; i < paths.size(); ++i) {
@@ -113,7 +114,8 @@ bool is_abandoned_temporary(const std::string& path) {
   if (name.empty() || name.front() != '.' || marker == std::string::npos || marker == 0) return false;
   std::size_t end = marker + 5;
   long long pid = 0;
-  while (end < name.size() && name[end] >= '0' && name[end] <= '9' && pid < (1LL << 32)) pid = pid * 10 + (name[end++] - '0');
+  while (end < name.size() && name[end] >= '0' && name[end] <= '9' && pid < (1LL << 32))
+    pid = pid * 10 + (name[end++] - '0');
   if (end == marker + 5 || end >= name.size() || name[end] != '-' || pid <= 0 || pid >= (1LL << 31)) return false;
   if (static_cast<pid_t>(pid) == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) return false;
   struct stat st {};
@@ -140,13 +142,16 @@ void clear_abandoned_temporaries_of(const std::string& destination) {
 
 void replace_symlink(const std::string& target, const std::string& link) {
   const std::filesystem::path link_path(link);
-  const std::string temp = (link_path.parent_path() / ("." + link_path.filename().string() + ".tmp-" + unique_suffix())).string();
+  const std::string temp =
+      (link_path.parent_path() / ("." + link_path.filename().string() + ".tmp-" + unique_suffix())).string();
   if (::symlink(target.c_str(), temp.c_str()) != 0) fail_create(link, errno);
   // Checked last, just before the rename, so that the window for anything to appear there is the shortest.
   struct stat existing {};
   if (::lstat(link.c_str(), &existing) == 0 && !S_ISLNK(existing.st_mode)) {
     ::unlink(temp.c_str());
-    throw Error(ErrorKind::invalid_argument, link, "", std::string("exists and is not a symlink (") + file_type_name(existing.st_mode) + "); only a symlink is replaced");
+    throw Error(ErrorKind::invalid_argument, link, "",
+                std::string("exists and is not a symlink (") + file_type_name(existing.st_mode) +
+                    "); only a symlink is replaced");
   }
   if (::rename(temp.c_str(), link.c_str()) != 0) {
     int e = errno;
@@ -184,11 +189,13 @@ bool link_or_copy(const std::string& from, const std::string& to) {
 std::vector<std::string> regular_files_below(const std::string& dir) {
   std::vector<std::string> files;
   std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
     if (require_regular_file(it->path().string())) files.push_back(it->path().lexically_relative(dir).generic_string());
   }
-  if (ec) throw Error(ec == std::errc::no_such_file_or_directory ? ErrorKind::not_found : ErrorKind::io, dir, "",
-                      "cannot read the directory: " + ec.message());
+  if (ec)
+    throw Error(ec == std::errc::no_such_file_or_directory ? ErrorKind::not_found : ErrorKind::io, dir, "",
+                "cannot read the directory: " + ec.message());
   std::sort(files.begin(), files.end());
   return files;
 }
@@ -199,7 +206,8 @@ LinkedTree link_tree(const std::string& from, const std::string& to) {
   std::vector<std::string> directories;  // made here
   for (const auto& name : regular_files_below(from)) {
     std::vector<fs::path> missing;  // the file's parent directories not made yet, innermost first
-    for (fs::path relative = fs::path(name).parent_path(); !relative.empty() && !fs::is_directory(root / relative); relative = relative.parent_path()) {
+    for (fs::path relative = fs::path(name).parent_path(); !relative.empty() && !fs::is_directory(root / relative);
+         relative = relative.parent_path()) {
       missing.push_back(root / relative);
     }
     for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
@@ -215,7 +223,8 @@ LinkedTree link_tree(const std::string& from, const std::string& to) {
 }
 
 std::optional<OpenDirectory> OpenDirectory::open(int parent, const std::string& name, bool follow) {
-  const int fd = ::openat(parent, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW));
+  const int fd =
+      ::openat(parent, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW));
   if (fd < 0) return std::nullopt;
   DIR* dir = ::fdopendir(fd);
   if (dir == nullptr) {
@@ -273,7 +282,8 @@ void create_parent_directories(const std::string& destination) {
   fail_create(parent.string(), ec.value());
 }
 
-void build_directory(const std::string& destination_as_given, const std::function<void(const std::string& staging)>& fill,
+void build_directory(const std::string& destination_as_given,
+                     const std::function<void(const std::string& staging)>& fill,
                      const std::function<void()>& before_replacing) {
   const fs::path dest = entry_path(destination_as_given);
   const std::string destination = dest.string();

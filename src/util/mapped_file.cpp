@@ -34,7 +34,8 @@ ReadOnlyFile::ReadOnlyFile(std::string path) : path_(std::move(path)) {
   if (fd_ < 0) {
     const int e = errno;
     if (e == ENXIO && ::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {  // a socket cannot be opened
-      throw Error(ErrorKind::unsupported, path_, "", std::string("not a regular file (") + file_type_name(st.st_mode) + ")");
+      throw Error(ErrorKind::unsupported, path_, "",
+                  std::string("not a regular file (") + file_type_name(st.st_mode) + ")");
     }
     if (e == ENOENT) throw Error(ErrorKind::not_found, path_, "", "no such file or directory");
     fail_io(path_, "open", e);
@@ -49,7 +50,8 @@ ReadOnlyFile::ReadOnlyFile(std::string path) : path_(std::move(path)) {
     ::close(fd_);
     fd_ = -1;
     if (S_ISDIR(st.st_mode)) throw Error(ErrorKind::invalid_argument, path_, "", "is a directory, expected a file");
-    throw Error(ErrorKind::unsupported, path_, "", std::string("not a regular file (") + file_type_name(st.st_mode) + ")");
+    throw Error(ErrorKind::unsupported, path_, "",
+                std::string("not a regular file (") + file_type_name(st.st_mode) + ")");
   }
   ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_NONBLOCK);  // blocking reads, as on any regular file
   size_ = static_cast<std::uint64_t>(st.st_size);
@@ -112,7 +114,7 @@ std::array<LiveMap, kMaxLiveMaps> g_maps;
 std::mutex g_maps_mutex;
 std::string g_shrunk_path;  // guarded by g_maps_mutex: a shrunk map's file, recorded when the map is released
 std::array<std::string, kMaxLiveMaps> g_map_paths;  // guarded by g_maps_mutex
-std::array<int, kMaxLiveMaps> g_map_fds;             // guarded by g_maps_mutex
+std::array<int, kMaxLiveMaps> g_map_fds;            // guarded by g_maps_mutex
 struct sigaction g_previous_sigbus {};
 std::uintptr_t g_page_mask = 0;
 
@@ -121,7 +123,8 @@ std::uintptr_t g_page_mask = 0;
 bool map_shrank(std::size_t slot) {
   struct stat st {};
   return g_maps[slot].shrunk.load(std::memory_order_relaxed) ||
-         (::fstat(g_map_fds[slot], &st) == 0 && static_cast<std::uint64_t>(st.st_size) < g_maps[slot].length.load(std::memory_order_relaxed));
+         (::fstat(g_map_fds[slot], &st) == 0 &&
+          static_cast<std::uint64_t>(st.st_size) < g_maps[slot].length.load(std::memory_order_relaxed));
 }
 
 // Replaces the pages of one of our maps from the one at `address` on with zeros; false when no map of ours
@@ -135,7 +138,8 @@ bool zero_fill_map_at(std::uintptr_t address) {
     if ((before & 1) != 0 || map.version.load(std::memory_order_relaxed) != before) continue;
     if (begin == 0 || address < begin || address - begin >= length) continue;
     const std::uintptr_t page = address & g_page_mask;
-    if (::mmap(reinterpret_cast<void*>(page), begin + length - page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
+    if (::mmap(reinterpret_cast<void*>(page), begin + length - page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+               -1, 0) == MAP_FAILED) {
       return false;
     }
     map.shrunk.store(true, std::memory_order_relaxed);
@@ -156,7 +160,8 @@ void on_sigbus(int signal, siginfo_t* info, void* context) {
   // (another copy of this code in the trainer library, a sanitizer's); otherwise the default action.
   if ((g_previous_sigbus.sa_flags & SA_SIGINFO) && g_previous_sigbus.sa_sigaction != nullptr) {
     g_previous_sigbus.sa_sigaction(signal, info, context);
-  } else if (!(g_previous_sigbus.sa_flags & SA_SIGINFO) && g_previous_sigbus.sa_handler != SIG_DFL && g_previous_sigbus.sa_handler != SIG_IGN) {
+  } else if (!(g_previous_sigbus.sa_flags & SA_SIGINFO) && g_previous_sigbus.sa_handler != SIG_DFL &&
+             g_previous_sigbus.sa_handler != SIG_IGN) {
     g_previous_sigbus.sa_handler(signal);
   } else {
     // Ignoring a fault's SIGBUS would retry the access forever: die of it, as the kernel would have us.

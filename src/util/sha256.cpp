@@ -87,8 +87,8 @@ CKPT_SHA inline __m128i load_words(const std::uint8_t* p) {
 
 // Rounds 4*group .. 4*group+3 with the schedule words W[4*group ..].
 CKPT_SHA inline void four_rounds(__m128i& abef, __m128i& cdgh, __m128i words, int group) {
-  const __m128i words_plus_constants = _mm_add_epi32(
-      words, _mm_load_si128(reinterpret_cast<const __m128i*>(kRoundConstants.data() + 4 * group)));
+  const __m128i words_plus_constants =
+      _mm_add_epi32(words, _mm_load_si128(reinterpret_cast<const __m128i*>(kRoundConstants.data() + 4 * group)));
   cdgh = _mm_sha256rnds2_epu32(cdgh, abef, words_plus_constants);
   abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(words_plus_constants, 0x0E));
 }

@@ -29,7 +29,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
       if (hash.finish() != file.sha256) return 0;
     }
-  } catch (const ckpt::Error&) {
-  }
+  } catch (const ckpt::Error&) {}
   return 0;
 }

@@ -11,7 +11,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const auto doc = ckpt::json::parse({reinterpret_cast<const char*>(data), size});
     ckpt::checkpoint::summarize_trainer_state(doc);
     ckpt::json::dump(doc);
-  } catch (const ckpt::Error&) {
-  }
+  } catch (const ckpt::Error&) {}
   return 0;
 }

@@ -10,7 +10,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   try {
     const auto graph = ckpt::pickle::parse({data, size});
     ckpt::checkpoint::to_data(graph, graph.root());
-  } catch (const ckpt::Error&) {
-  }
+  } catch (const ckpt::Error&) {}
   return 0;
 }

@@ -33,13 +33,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const auto source = ckpt::checkpoint::load_source(path);
     ckpt::checkpoint::check_expansion(source->graph(), source->graph().root());
     ckpt::checkpoint::to_data(source->graph(), source->graph().root());
-  } catch (const ckpt::Error&) {
-  }
+  } catch (const ckpt::Error&) {}
   try {
     ckpt::checkpoint::InspectOptions options;
     options.verify = true;
     ckpt::checkpoint::inspect_file(path, options);
-  } catch (const ckpt::Error&) {
-  }
+  } catch (const ckpt::Error&) {}
   return 0;
 }

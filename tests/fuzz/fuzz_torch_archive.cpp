@@ -17,7 +17,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     ckpt::checkpoint::InspectOptions options;
     options.verify = true;
     ckpt::checkpoint::inspect_file(path, options);
-  } catch (const ckpt::Error&) {
-  }
+  } catch (const ckpt::Error&) {}
   return 0;
 }

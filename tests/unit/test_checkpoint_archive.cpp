@@ -31,8 +31,9 @@ struct ArchivedDir {
     std::string floats(40000, '\0');
     for (auto& c : floats) c = static_cast<char>(random());
     const std::string small = "0123456789";
-    const std::string header = "{\"a\":{\"dtype\":\"F32\",\"shape\":[10000],\"data_offsets\":[0,40000]},"
-                               "\"b\":{\"dtype\":\"U8\",\"shape\":[10],\"data_offsets\":[40000,40010]}}      ";
+    const std::string header =
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[10000],\"data_offsets\":[0,40000]},"
+        "\"b\":{\"dtype\":\"U8\",\"shape\":[10],\"data_offsets\":[40000,40010]}}      ";
     weights = test::le64(header.size()) + header + floats + small;
     std::ofstream(dir / "checkpoint-7" / "model.safetensors", std::ios::binary) << weights;
     notes = std::string(9000, 'n');
@@ -83,8 +84,8 @@ TEST_CASE("an archived file's metadata copy: every byte but the byte planes of w
   REQUIRE(bytes.size() == a.weights.size());
   const auto header = safetensors::parse(test::as_bytes(bytes));
   const std::size_t data = header.buffer_offset;
-  CHECK(bytes.substr(0, data) == a.weights.substr(0, data));             // the header, for parsers
-  CHECK(bytes.substr(data, 40000) == std::string(40000, '\0'));            // the F32 tensor: read() gives it
-  CHECK(bytes.substr(data + 40000) == a.weights.substr(data + 40000));     // the U8 tensor, stored as bytes
+  CHECK(bytes.substr(0, data) == a.weights.substr(0, data));            // the header, for parsers
+  CHECK(bytes.substr(data, 40000) == std::string(40000, '\0'));         // the F32 tensor: read() gives it
+  CHECK(bytes.substr(data + 40000) == a.weights.substr(data + 40000));  // the U8 tensor, stored as bytes
   CHECK(test::read_file(files.metadata_copy(*files.find("notes.txt"))->path()) == a.notes);
 }

@@ -50,9 +50,10 @@ TEST_CASE("best: a metric is looked up as eval_NAME, and greater is better unles
   CHECK_FALSE(checkpoint::default_greater_is_better("eval_loss"));
   CHECK_FALSE(checkpoint::default_greater_is_better("eval_val_loss_smoothed"));
 
-  RunScan scan{"run", {checkpoint_at(10, {{"eval_loss", 0.5}, {"eval_accuracy", 0.7}}),
-                       checkpoint_at(20, {{"eval_loss", 0.3}, {"eval_accuracy", 0.6}}),
-                       checkpoint_at(30, {{"eval_loss", 0.4}, {"eval_accuracy", 0.8}})}};
+  RunScan scan{"run",
+               {checkpoint_at(10, {{"eval_loss", 0.5}, {"eval_accuracy", 0.7}}),
+                checkpoint_at(20, {{"eval_loss", 0.3}, {"eval_accuracy", 0.6}}),
+                checkpoint_at(30, {{"eval_loss", 0.4}, {"eval_accuracy", 0.8}})}};
   CHECK(best_of(scan, metric("loss")) == "checkpoint-20");
   CHECK(best_of(scan, metric("eval_loss")) == "checkpoint-20");
   CHECK(best_of(scan, metric("accuracy")) == "checkpoint-30");
@@ -68,15 +69,17 @@ TEST_CASE("best: a metric is looked up as eval_NAME, and greater is better unles
 }
 
 TEST_CASE("best: ties stay with the earlier step, whichever direction is better") {
-  RunScan scan{"run", {checkpoint_at(10, {{"eval_loss", 0.5}}), checkpoint_at(20, {{"eval_loss", 0.2}}), checkpoint_at(30, {{"eval_loss", 0.2}}),
-                       checkpoint_at(40, {{"eval_loss", 0.5}})}};
+  RunScan scan{"run",
+               {checkpoint_at(10, {{"eval_loss", 0.5}}), checkpoint_at(20, {{"eval_loss", 0.2}}),
+                checkpoint_at(30, {{"eval_loss", 0.2}}), checkpoint_at(40, {{"eval_loss", 0.5}})}};
   CHECK(best_of(scan, metric("loss")) == "checkpoint-20");
   CHECK(best_of(scan, metric("loss", true)) == "checkpoint-10");
 }
 
 TEST_CASE("best: checkpoints without the metric, or with NaN, are passed over; none with it is no best") {
-  RunScan scan{"run", {checkpoint_at(10, {{"eval_loss", kNaN}}), checkpoint_at(20, {}), checkpoint_at(30, {{"eval_loss", 0.9}}),
-                       checkpoint_at(40, {{"eval_accuracy", 0.1}})}};
+  RunScan scan{"run",
+               {checkpoint_at(10, {{"eval_loss", kNaN}}), checkpoint_at(20, {}),
+                checkpoint_at(30, {{"eval_loss", 0.9}}), checkpoint_at(40, {{"eval_accuracy", 0.1}})}};
   CHECK(best_of(scan, metric("loss")) == "checkpoint-30");
   // NaN is never better than a number, in either direction, nor taken when it comes first.
   CHECK(best_of(scan, metric("loss", true)) == "checkpoint-30");
@@ -108,9 +111,11 @@ TEST_CASE("best: incomplete checkpoints and custom directories are never the bes
   CHECK(best_of(scan, metric("loss")) == "checkpoint-10");
 }
 
-TEST_CASE("best without a metric: best_model_checkpoint of the newest complete checkpoint, by its last path component") {
-  RunScan scan{"run", {checkpoint_at(10, {{"eval_loss", 0.2}, {"eval_accuracy", 0.9}}), checkpoint_at(20, {{"eval_loss", 0.1}}),
-                       checkpoint_at(30, {{"eval_loss", 0.3}})}};
+TEST_CASE(
+    "best without a metric: best_model_checkpoint of the newest complete checkpoint, by its last path component") {
+  RunScan scan{"run",
+               {checkpoint_at(10, {{"eval_loss", 0.2}, {"eval_accuracy", 0.9}}),
+                checkpoint_at(20, {{"eval_loss", 0.1}}), checkpoint_at(30, {{"eval_loss", 0.3}})}};
   // What the newest checkpoint records wins over what recomputing eval_loss would find (checkpoint-20).
   scan.entries[2].state->best_model_checkpoint = "/elsewhere/old-run/checkpoint-10/";
   scan.entries[2].state->best_metric = 0.9;

@@ -22,7 +22,8 @@ class StateDict {
   StateDict& add(const std::string& name, DType dtype, std::vector<std::int64_t> shape) {
     std::uint64_t numel = 1;
     for (auto d : shape) numel *= static_cast<std::uint64_t>(d);
-    source_.own_graph.storages.push_back({std::to_string(source_.own_graph.storages.size()), dtype, "cpu", numel, false});
+    source_.own_graph.storages.push_back(
+        {std::to_string(source_.own_graph.storages.size()), dtype, "cpu", numel, false});
     pickle::TensorRef t;
     t.storage = static_cast<std::uint32_t>(source_.own_graph.storages.size() - 1);
     t.dtype = dtype;
@@ -76,9 +77,13 @@ ConvertOptions options_with(std::optional<std::uint64_t> max_shard_size, std::op
 
 }  // namespace
 
-TEST_CASE("convert planning: weights in state-dict order, a tensor that is the same view as an earlier one tied to it") {
+TEST_CASE(
+    "convert planning: weights in state-dict order, a tensor that is the same view as an earlier one tied to it") {
   StateDict dict;
-  dict.add("embed.weight", DType::float32, {4}).add("layer.weight", DType::float32, {2, 2}).tie("lm_head.weight", "embed.weight").add("step", DType::int64, {3});
+  dict.add("embed.weight", DType::float32, {4})
+      .add("layer.weight", DType::float32, {2, 2})
+      .tie("lm_head.weight", "embed.weight")
+      .add("step", DType::int64, {3});
   std::vector<Weight> weights;
   collect_weights(dict.source(), weights);
   CHECK(names_of(weights) == std::vector<std::string>{"embed.weight", "layer.weight", "lm_head.weight", "step"});
@@ -121,7 +126,8 @@ TEST_CASE("convert planning: --dtype casts floating tensors only, and only betwe
   CHECK(output_dtype(DType::float8_e5m2, options_with(std::nullopt, DType::float16)) == DType::float8_e5m2);
 
   CHECK_NOTHROW(check_dtype_option(options_with(std::nullopt)));
-  for (DType target : {DType::float32, DType::float16, DType::bfloat16}) CHECK_NOTHROW(check_dtype_option(options_with(std::nullopt, target)));
+  for (DType target : {DType::float32, DType::float16, DType::bfloat16})
+    CHECK_NOTHROW(check_dtype_option(options_with(std::nullopt, target)));
   for (DType target : {DType::int64, DType::uint8, DType::boolean, DType::complex64, DType::float8_e4m3fn}) {
     CAPTURE(torch_name(target));
     try {
@@ -172,13 +178,14 @@ TEST_CASE("convert planning: output names of each target, single and sharded") {
 }
 
 TEST_CASE("convert planning: --include-state takes the files whose names promise training state") {
-  for (const char* name : {"optimizer.pt", "optimizer_0.pt", "optimizer_12.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "rng_state_3.pth"}) {
+  for (const char* name : {"optimizer.pt", "optimizer_0.pt", "optimizer_12.pt", "scheduler.pt", "scaler.pt",
+                           "rng_state.pth", "rng_state_3.pth"}) {
     CAPTURE(name);
     CHECK(is_state_file_name(name));
   }
-  for (const char* name : {"pytorch_model.bin", "model.safetensors", "model-00001-of-00002.safetensors", "adapter_model.bin", "config.json",
-                           "trainer_state.json", "training_args.bin", "optimizer.safetensors", "optimizer.bin", "optimizer_x.pt",
-                           "rng_state.pt", "notes.pt"}) {
+  for (const char* name : {"pytorch_model.bin", "model.safetensors", "model-00001-of-00002.safetensors",
+                           "adapter_model.bin", "config.json", "trainer_state.json", "training_args.bin",
+                           "optimizer.safetensors", "optimizer.bin", "optimizer_x.pt", "rng_state.pt", "notes.pt"}) {
     CAPTURE(name);
     CHECK_FALSE(is_state_file_name(name));
   }
@@ -186,7 +193,8 @@ TEST_CASE("convert planning: --include-state takes the files whose names promise
   CHECK(state_safetensors_name("rng_state_1.pth") == "rng_state_1.safetensors");
 }
 
-TEST_CASE("convert planning: a state file stored as STEM.safetensors goes back to STEM and an extension torch files carry") {
+TEST_CASE(
+    "convert planning: a state file stored as STEM.safetensors goes back to STEM and an extension torch files carry") {
   Source s;
   s.path = "out/rng_state.safetensors";
   CHECK(restored_state_name(s) == "rng_state.pt");  // no recorded name: .pt
@@ -195,7 +203,8 @@ TEST_CASE("convert planning: a state file stored as STEM.safetensors goes back t
     CHECK(restored_state_name(s) == recorded);
   }
   // The recorded name is the file's own data: it may not name another file, nor leave the directory.
-  for (const char* recorded : {"optimizer.pt", "../rng_state.pth", "rng_state.py", "rng_state", "sub/rng_state.pth", ""}) {
+  for (const char* recorded :
+       {"optimizer.pt", "../rng_state.pth", "rng_state.py", "rng_state", "sub/rng_state.pth", ""}) {
     CAPTURE(recorded);
     s.metadata[checkpoint::kSourceNameKey] = recorded;
     try {

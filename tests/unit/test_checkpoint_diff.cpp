@@ -36,7 +36,8 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 //   (a-b).abs().max() = 2; ((a-b).abs()/b.abs()).max() = 1; torch.linalg.norm(a-b) = sqrt(4.25);
 //   torch.linalg.norm(a) = sqrt(30); a @ b / (norm(a) * norm(b)) = 23 / sqrt(30 * 20.25)
 TEST_CASE("the metrics of two float tensors") {
-  const auto s = compared(std::vector<float>{1, 2, 3, 4}, DType::float32, std::vector<float>{1, 2.5f, 3, 2}, DType::float32);
+  const auto s =
+      compared(std::vector<float>{1, 2, 3, 4}, DType::float32, std::vector<float>{1, 2.5f, 3, 2}, DType::float32);
   CHECK(s.elements == 4);
   CHECK(s.differing == 2);
   CHECK(s.outside_tolerance == 2);
@@ -53,11 +54,13 @@ TEST_CASE("tolerance bounds are inclusive and scale with |b|, as torch.allclose"
   CHECK(compared(a, DType::float64, std::vector<double>{1.5}, DType::float64, {0.4999, 0}).outside_tolerance == 1);
   CHECK(compared(a, DType::float64, std::vector<double>{2.0}, DType::float64, {0, 0.5}).outside_tolerance == 0);
   CHECK(compared(a, DType::float64, std::vector<double>{2.0}, DType::float64, {0.25, 0.25}).outside_tolerance == 1);
-  CHECK(compared(std::vector<double>{2.0}, DType::float64, a, DType::float64, {0, 0.5}).outside_tolerance == 1);  // |b| = 1
+  CHECK(compared(std::vector<double>{2.0}, DType::float64, a, DType::float64, {0, 0.5}).outside_tolerance ==
+        1);  // |b| = 1
 }
 
 TEST_CASE("NaN equals NaN, NaN against a number is infinitely far, infinities of one sign are equal") {
-  auto s = compared(std::vector<double>{kNaN, 1, kInf, kInf}, DType::float64, std::vector<double>{-kNaN, 1, kInf, -kInf}, DType::float64);
+  auto s = compared(std::vector<double>{kNaN, 1, kInf, kInf}, DType::float64,
+                    std::vector<double>{-kNaN, 1, kInf, -kInf}, DType::float64);
   CHECK(s.differing == 1);
   CHECK(s.max_abs_diff == kInf);
   s = compared(std::vector<double>{kNaN, 0}, DType::float64, std::vector<double>{1, 0}, DType::float64, {1e300, 1e300});
@@ -78,7 +81,8 @@ TEST_CASE("cosine of zero vectors") {
 
 TEST_CASE("integers compare exactly, beyond what a double holds") {
   const std::int64_t big = std::int64_t{1} << 53;
-  auto s = compared(std::vector<std::int64_t>{big, 3}, DType::int64, std::vector<std::int64_t>{big + 1, 3}, DType::int64);
+  auto s =
+      compared(std::vector<std::int64_t>{big, 3}, DType::int64, std::vector<std::int64_t>{big + 1, 3}, DType::int64);
   CHECK(s.differing == 1);
   CHECK(s.outside_tolerance == 1);
   CHECK(s.max_abs_diff == 1.0);
@@ -91,14 +95,17 @@ TEST_CASE("integers compare exactly, beyond what a double holds") {
 
 TEST_CASE("values of different dtypes compare after widening") {
   // 0x3c00 is float16 1.0, 0x3e00 is 1.5
-  const auto s = compared(std::vector<float>{1, 1.5f, 2}, DType::float32, std::vector<std::uint16_t>{0x3c00, 0x3e00, 0x3c00}, DType::float16);
+  const auto s = compared(std::vector<float>{1, 1.5f, 2}, DType::float32,
+                          std::vector<std::uint16_t>{0x3c00, 0x3e00, 0x3c00}, DType::float16);
   CHECK(s.differing == 1);
   CHECK(s.max_abs_diff == 1.0);
 }
 
-// za = torch.tensor([1+2j, 3-1j]); zb = torch.tensor([1+2j, 3j]): |za - zb| = [0, sqrt(9 + 16)] = [0, 5], |zb| = [sqrt(5), 3]
+// za = torch.tensor([1+2j, 3-1j]); zb = torch.tensor([1+2j, 3j]): |za - zb| = [0, sqrt(9 + 16)] = [0, 5], |zb| =
+// [sqrt(5), 3]
 TEST_CASE("complex elements compare as complex numbers") {
-  const auto s = compared(std::vector<float>{1, 2, 3, -1}, DType::complex64, std::vector<float>{1, 2, 0, 3}, DType::complex64);
+  const auto s =
+      compared(std::vector<float>{1, 2, 3, -1}, DType::complex64, std::vector<float>{1, 2, 0, 3}, DType::complex64);
   CHECK(s.elements == 2);
   CHECK(s.differing == 1);
   CHECK(s.max_abs_diff == 5.0);
@@ -106,7 +113,9 @@ TEST_CASE("complex elements compare as complex numbers") {
   CHECK(s.l2_a() == doctest::Approx(std::sqrt(15.0)).epsilon(1e-15));
   CHECK(s.cosine() == doctest::Approx(2.0 / std::sqrt(15.0 * 14.0)).epsilon(1e-15));  // Re(conj(a) . b) = 5 - 3
   // A real tensor against a complex one: imaginary parts 0.
-  CHECK(compared(std::vector<float>{1, 3}, DType::float32, std::vector<float>{1, 0, 3, 0}, DType::complex64).differing == 0);
+  CHECK(
+      compared(std::vector<float>{1, 3}, DType::float32, std::vector<float>{1, 0, 3, 0}, DType::complex64).differing ==
+      0);
 }
 
 TEST_CASE("chunks accumulate to the whole, equal chunks counting in the norms") {
@@ -119,7 +128,8 @@ TEST_CASE("chunks accumulate to the whole, equal chunks counting in the norms") 
   ElementStats pieces;
   checkpoint::accumulate_equal(bytes(a).first(2000 * 4), DType::float32, pieces);  // the first 2000: equal bytes
   ElementStats rest;
-  checkpoint::accumulate(bytes(a).subspan(2000 * 4), DType::float32, bytes(b).subspan(2000 * 4), DType::float32, {}, rest);
+  checkpoint::accumulate(bytes(a).subspan(2000 * 4), DType::float32, bytes(b).subspan(2000 * 4), DType::float32, {},
+                         rest);
   pieces.merge(rest);
   CHECK(pieces.elements == whole.elements);
   CHECK(pieces.differing == whole.differing);

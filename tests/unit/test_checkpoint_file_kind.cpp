@@ -54,7 +54,8 @@ class Values {
     return container(Kind::dict, std::move(items));
   }
   NodeId tensor(std::int64_t numel) {
-    g_.storages.push_back({std::to_string(g_.storages.size()), DType::float32, "cpu", static_cast<std::uint64_t>(numel), false});
+    g_.storages.push_back(
+        {std::to_string(g_.storages.size()), DType::float32, "cpu", static_cast<std::uint64_t>(numel), false});
     pickle::TensorRef t;
     t.storage = static_cast<std::uint32_t>(g_.storages.size() - 1);
     t.dtype = DType::float32;
@@ -108,20 +109,34 @@ std::string write_pickled(const TempDir& dir, const std::string& name, FileKind 
   Values v;
   NodeId root = 0;
   switch (kind) {
-    case FileKind::weights: root = v.dict({{"layer.weight", v.tensor(4)}, {"layer.bias", v.tensor(2)}}); break;
+    case FileKind::weights:
+      root = v.dict({{"layer.weight", v.tensor(4)}, {"layer.bias", v.tensor(2)}});
+      break;
     case FileKind::optimizer:
-      root = v.dict({{"state", v.dict({})}, {"param_groups", v.list({v.dict({{"lr", v.number(0.1)}, {"params", v.list({v.integer(0)})}})})}});
+      root = v.dict({{"state", v.dict({})},
+                     {"param_groups", v.list({v.dict({{"lr", v.number(0.1)}, {"params", v.list({v.integer(0)})}})})}});
       break;
     case FileKind::scheduler:
-      root = v.dict({{"base_lrs", v.list({v.number(0.1)})}, {"last_epoch", v.integer(3)}, {"_last_lr", v.list({v.number(0.05)})}});
+      root = v.dict({{"base_lrs", v.list({v.number(0.1)})},
+                     {"last_epoch", v.integer(3)},
+                     {"_last_lr", v.list({v.number(0.05)})}});
       break;
     case FileKind::scaler:
-      root = v.dict({{"scale", v.number(65536)}, {"growth_factor", v.number(2)}, {"backoff_factor", v.number(0.5)},
-                     {"growth_interval", v.integer(2000)}, {"_growth_tracker", v.integer(0)}});
+      root = v.dict({{"scale", v.number(65536)},
+                     {"growth_factor", v.number(2)},
+                     {"backoff_factor", v.number(0.5)},
+                     {"growth_interval", v.integer(2000)},
+                     {"_growth_tracker", v.integer(0)}});
       break;
-    case FileKind::rng_state: root = v.dict({{"python", v.integer(1)}, {"cpu", v.tensor(2)}}); break;
-    case FileKind::training_args: root = v.dict({{"learning_rate", v.number(0.001)}, {"seed", v.integer(42)}}); break;
-    default: root = v.list({v.integer(1), v.text("x")}); break;
+    case FileKind::rng_state:
+      root = v.dict({{"python", v.integer(1)}, {"cpu", v.tensor(2)}});
+      break;
+    case FileKind::training_args:
+      root = v.dict({{"learning_rate", v.number(0.001)}, {"seed", v.integer(42)}});
+      break;
+    default:
+      root = v.list({v.integer(1), v.text("x")});
+      break;
   }
   v.write(dir.file(name), root);
   return dir.file(name);
@@ -141,8 +156,9 @@ TEST_CASE("file kinds: the kind a name promises") {
   CHECK(checkpoint::promised_kind("scaler.pt") == FileKind::scaler);
   CHECK(checkpoint::promised_kind("rng_state.pth") == FileKind::rng_state);
   CHECK(checkpoint::promised_kind("rng_state_1.pth") == FileKind::rng_state);
-  for (const char* name : {"optimizer.bin", "optimizer_.pt", "optimizer_a.pt", "rng_state.pt", "model.bin", "pytorch_model.safetensors",
-                           "trainer_state.json", "training_args.bin", "config.json", "Optimizer.pt", ""}) {
+  for (const char* name :
+       {"optimizer.bin", "optimizer_.pt", "optimizer_a.pt", "rng_state.pt", "model.bin", "pytorch_model.safetensors",
+        "trainer_state.json", "training_args.bin", "config.json", "Optimizer.pt", ""}) {
     CAPTURE(name);
     CHECK_FALSE(checkpoint::promised_kind(name));
   }
@@ -150,7 +166,8 @@ TEST_CASE("file kinds: the kind a name promises") {
 
 TEST_CASE("file kinds: inspect classifies a torch.save file by its content, not its name") {
   TempDir dir;
-  for (FileKind kind : {FileKind::weights, FileKind::optimizer, FileKind::scheduler, FileKind::scaler, FileKind::rng_state, FileKind::pickle}) {
+  for (FileKind kind : {FileKind::weights, FileKind::optimizer, FileKind::scheduler, FileKind::scaler,
+                        FileKind::rng_state, FileKind::pickle}) {
     CAPTURE(checkpoint::kind_name(kind));
     CHECK(kind_of(write_pickled(dir, "blob.pt", kind)) == kind);
   }
@@ -182,11 +199,13 @@ TEST_CASE("file kinds: where content alone cannot tell, the name does") {
 
 TEST_CASE("file kinds: safetensors weights, and a state file ckpt stored as safetensors, by what it holds") {
   TempDir dir;
-  const auto write_safetensors = [&](const std::string& name, const std::vector<std::pair<std::string, std::string>>& metadata) {
-    safetensors::write_file(dir.file(name), {{"w", DType::float32, {2}}}, metadata, [](const safetensors::OutputTensor&, AtomicFile& out) {
-      const std::vector<std::uint8_t> zeros(8);
-      out.write(zeros);
-    });
+  const auto write_safetensors = [&](const std::string& name,
+                                     const std::vector<std::pair<std::string, std::string>>& metadata) {
+    safetensors::write_file(dir.file(name), {{"w", DType::float32, {2}}}, metadata,
+                            [](const safetensors::OutputTensor&, AtomicFile& out) {
+                              const std::vector<std::uint8_t> zeros(8);
+                              out.write(zeros);
+                            });
     return dir.file(name);
   };
   CHECK(kind_of(write_safetensors("anything.safetensors", {{"format", "pt"}})) == FileKind::weights);
@@ -204,7 +223,9 @@ TEST_CASE("file kinds: safetensors weights, and a state file ckpt stored as safe
 TEST_CASE("file kinds: JSON files by their keys, config.json by its name") {
   TempDir dir;
   CHECK(kind_of(dir.write("state.json", R"({"global_step": 10, "log_history": []})")) == FileKind::trainer_state);
-  CHECK(kind_of(dir.write("index.json", R"({"metadata": {"total_size": 8}, "weight_map": {"w": "model.safetensors"}})")) == FileKind::weights_index);
+  CHECK(kind_of(
+            dir.write("index.json", R"({"metadata": {"total_size": 8}, "weight_map": {"w": "model.safetensors"}})")) ==
+        FileKind::weights_index);
   CHECK(kind_of(dir.write("settings.json", R"({"model_type": "mlp", "hidden_size": 8})")) == FileKind::config);
   CHECK(kind_of(dir.write("config.json", R"({"hidden_size": 8})")) == FileKind::config);
   CHECK(kind_of(dir.write("other.json", R"({"hidden_size": 8})")) == FileKind::json);
@@ -221,12 +242,14 @@ TEST_CASE("file kinds: an archive by its magic, whatever its name") {
   CHECK(kind_of(dir.file("saved.bin")) == FileKind::archive);
 }
 
-TEST_CASE("file kinds: unknown content is other in a directory's report and refused alone; unreadable files are errors") {
+TEST_CASE(
+    "file kinds: unknown content is other in a directory's report and refused alone; unreadable files are errors") {
   TempDir dir;
   fs::create_directories(dir.path / "checkpoint-1");
   const std::string notes = (dir.path / "checkpoint-1" / "notes.txt").string();
   std::ofstream(notes) << "free text, no format ckpt reads\n";
-  std::ofstream(dir.path / "checkpoint-1" / "pytorch_model.bin", std::ios::binary) << std::string("PK\x03\x04", 4) << "truncated";
+  std::ofstream(dir.path / "checkpoint-1" / "pytorch_model.bin", std::ios::binary)
+      << std::string("PK\x03\x04", 4) << "truncated";
   const auto report = checkpoint::inspect_checkpoint((dir.path / "checkpoint-1").string(), {});
   std::map<std::string, FileKind> kinds;
   for (const auto& f : report.files) kinds[f.file] = f.kind;
@@ -249,7 +272,8 @@ TEST_CASE("file kinds: what a file of a promised kind must hold") {
   for (FileKind kind : {FileKind::weights, FileKind::optimizer, FileKind::scheduler, FileKind::scaler}) {
     CAPTURE(checkpoint::kind_name(kind));
     CHECK_FALSE(problem(kind, kind));
-    for (FileKind other : {FileKind::weights, FileKind::optimizer, FileKind::scheduler, FileKind::scaler, FileKind::rng_state}) {
+    for (FileKind other :
+         {FileKind::weights, FileKind::optimizer, FileKind::scheduler, FileKind::scaler, FileKind::rng_state}) {
       CAPTURE(checkpoint::kind_name(other));
       if (other != kind) CHECK(problem(kind, other));
     }

@@ -95,7 +95,8 @@ TEST_CASE("incomplete and staging directories: young kept, stale removed, never 
   CHECK(deleted(plan) == std::set<std::string>{"checkpoint-5"});
   RotateOptions short_stale = keep(2);
   short_stale.stale_after_seconds = 5;
-  CHECK(deleted(plan_rotation(scan, short_stale, kNow)) == std::set<std::string>{"checkpoint-5", "checkpoint-50", "tmp-checkpoint-60"});
+  CHECK(deleted(plan_rotation(scan, short_stale, kNow)) ==
+        std::set<std::string>{"checkpoint-5", "checkpoint-50", "tmp-checkpoint-60"});
 }
 
 TEST_CASE("--keep-every keeps milestones outside the count") {

@@ -17,7 +17,8 @@ using namespace ckpt;
 
 TEST_CASE("the resume command shown in messages is one a POSIX shell reads back word for word") {
   CHECK(checkpoint::resume_command("runs/mlp-1") == "ckpt resume runs/mlp-1");
-  CHECK(checkpoint::resume_command("/data/runs/mlp", std::string("checkpoint-150")) == "ckpt resume /data/runs/mlp --from checkpoint-150");
+  CHECK(checkpoint::resume_command("/data/runs/mlp", std::string("checkpoint-150")) ==
+        "ckpt resume /data/runs/mlp --from checkpoint-150");
   CHECK(checkpoint::resume_command("my run") == "ckpt resume 'my run'");
   CHECK(checkpoint::resume_command("it's $HOME", std::string("a;b")) == "ckpt resume 'it'\\''s $HOME' --from 'a;b'");
   CHECK(checkpoint::resume_command("") == "ckpt resume ''");
@@ -32,8 +33,9 @@ TEST_CASE("a weights index names only files beside it: every reader refuses othe
   const std::string path = (dir / "model.safetensors.index.json").string();
   auto write = [&](const std::string& text) { std::ofstream(path, std::ios::binary | std::ios::trunc) << text; };
 
-  write(R"({"metadata": {"total_size": 8}, "weight_map": {"b": "model-00002.safetensors", "a": "model-00001.safetensors",)"
-        R"( "c": "model-00002.safetensors"}})");
+  write(
+      R"({"metadata": {"total_size": 8}, "weight_map": {"b": "model-00002.safetensors", "a": "model-00001.safetensors",)"
+      R"( "c": "model-00002.safetensors"}})");
   const auto index = checkpoint::read_weights_index(path);
   CHECK(index.files == std::vector<std::string>{"model-00002.safetensors", "model-00001.safetensors"});
   REQUIRE(index.tensor_to_file.size() == 3);
@@ -90,7 +92,8 @@ namespace fs = std::filesystem;
 // A scratch directory removed at the end of the test case.
 struct ScratchTree {
   fs::path root;
-  explicit ScratchTree(const std::string& name) : root(fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))) {
+  explicit ScratchTree(const std::string& name)
+      : root(fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))) {
     fs::remove_all(root);
     fs::create_directories(root);
   }
@@ -114,28 +117,32 @@ std::vector<std::string> paths_of(const std::vector<checkpoint::RunTarget>& targ
 
 }  // namespace
 
-TEST_CASE("--recursive finds run directories, nested ones too, by path, never through a symlink or into a run's own entries") {
+TEST_CASE(
+    "--recursive finds run directories, nested ones too, by path, never through a symlink or into a run's own "
+    "entries") {
   ScratchTree tree("ckpt-find-runs");
-  tree.directory("a/checkpoint-10/inner/checkpoint-3");   // inside a checkpoint: not a run of its own
-  tree.directory("a/sweep-1/checkpoint-5");               // a run nested in a run
-  tree.directory("a/archive/old/checkpoint-1");           // a run's archive directory is not searched
+  tree.directory("a/checkpoint-10/inner/checkpoint-3");            // inside a checkpoint: not a run of its own
+  tree.directory("a/sweep-1/checkpoint-5");                        // a run nested in a run
+  tree.directory("a/archive/old/checkpoint-1");                    // a run's archive directory is not searched
   tree.directory("a/.ckpt-staging-checkpoint-20-1/checkpoint-2");  // hidden: ckpt's staging, trash, anyone's
   tree.directory(".hidden/checkpoint-1");
-  tree.file("b/archive/checkpoint-20.ckpt");              // archives alone make a run
+  tree.file("b/archive/checkpoint-20.ckpt");  // archives alone make a run
   tree.file("c/model.ckpt");
-  tree.directory("d/notes/more");                         // no run
-  tree.directory("e/x.ckpt");                             // a directory named like an archive is none
-  tree.file("f/.partial.ckpt");                           // a hidden file is no archive
-  tree.file("g/checkpoint-4");                            // a file named like a checkpoint is none
+  tree.directory("d/notes/more");  // no run
+  tree.directory("e/x.ckpt");      // a directory named like an archive is none
+  tree.file("f/.partial.ckpt");    // a hidden file is no archive
+  tree.file("g/checkpoint-4");     // a file named like a checkpoint is none
   tree.directory("h");
   fs::create_directory_symlink(tree.root / "a" / "checkpoint-10", tree.root / "h" / "checkpoint-10");
   fs::create_directory_symlink(tree.root / "a", tree.root / "link-to-a");
   tree.directory("i/archive");
-  fs::create_symlink(tree.root / "b" / "archive" / "checkpoint-20.ckpt", tree.root / "i" / "archive" / "checkpoint-20.ckpt");
-  tree.directory("deep/archive/checkpoint-9");            // `archive` of no run is an ordinary directory
+  fs::create_symlink(tree.root / "b" / "archive" / "checkpoint-20.ckpt",
+                     tree.root / "i" / "archive" / "checkpoint-20.ckpt");
+  tree.directory("deep/archive/checkpoint-9");  // `archive` of no run is an ordinary directory
 
   const std::string root = tree.root.string();
-  const std::vector<std::string> expected = {tree.at("a"), tree.at("a/sweep-1"), tree.at("b"), tree.at("c"), tree.at("deep/archive")};
+  const std::vector<std::string> expected = {tree.at("a"), tree.at("a/sweep-1"), tree.at("b"), tree.at("c"),
+                                             tree.at("deep/archive")};
   CHECK(paths_of(checkpoint::find_run_directories(root)) == expected);
 
   // The root itself, when it is a run, and as given (a trailing separator kept, nothing doubled).
@@ -146,7 +153,8 @@ TEST_CASE("--recursive finds run directories, nested ones too, by path, never th
   CHECK(paths_of(checkpoint::find_run_directories(root + "/")).at(1) == root + "/a");
 
   // The root is followed when it is a symlink: the user named it.
-  CHECK(paths_of(checkpoint::find_run_directories(tree.at("link-to-a"))) == std::vector<std::string>{tree.at("link-to-a"), tree.at("link-to-a/sweep-1")});
+  CHECK(paths_of(checkpoint::find_run_directories(tree.at("link-to-a"))) ==
+        std::vector<std::string>{tree.at("link-to-a"), tree.at("link-to-a/sweep-1")});
 }
 
 TEST_CASE("--recursive stops with an error naming the root beyond its depth and size limits") {
@@ -164,7 +172,8 @@ TEST_CASE("--recursive stops with an error naming the root beyond its depth and 
     CHECK(e.kind() == ErrorKind::unsupported);
     CHECK(e.path() == root);
     CHECK(e.where() == "--recursive");
-    CHECK(std::string(e.what()).find("more than 3 levels deep below it (" + tree.at("l1/l2/l3/l4") + ")") != std::string::npos);
+    CHECK(std::string(e.what()).find("more than 3 levels deep below it (" + tree.at("l1/l2/l3/l4") + ")") !=
+          std::string::npos);
   }
   limits = {};
   limits.max_directories = 4;  // the root and l1..l3: l4 is the fifth
@@ -198,7 +207,8 @@ TEST_CASE("the runs of several RUN_DIRs and roots: in order, each directory once
   tree.directory("runs/y/checkpoint-1");
   tree.directory("empty/notes");
   fs::create_directory_symlink(tree.root / "runs" / "y", tree.root / "y-link");
-  const auto selected = checkpoint::select_runs({tree.at("y-link"), tree.at("missing")}, {tree.at("runs"), tree.at("empty"), tree.at("runs/x")});
+  const auto selected = checkpoint::select_runs({tree.at("y-link"), tree.at("missing")},
+                                                {tree.at("runs"), tree.at("empty"), tree.at("runs/x")});
   REQUIRE(selected.size() == 4);
   CHECK(selected[0].path == tree.at("y-link"));  // first named as given; runs/y is the same directory
   CHECK(!selected[0].error);
@@ -208,7 +218,9 @@ TEST_CASE("the runs of several RUN_DIRs and roots: in order, each directory once
   CHECK(selected[3].path == tree.at("empty"));
   REQUIRE(selected[3].error);
   CHECK(selected[3].error->kind() == ErrorKind::not_found);
-  CHECK(std::string(selected[3].error->what()) == tree.at("empty") + ": --recursive: holds no run directories (directories holding checkpoint-N directories or archives)");
+  CHECK(std::string(selected[3].error->what()) ==
+        tree.at("empty") +
+            ": --recursive: holds no run directories (directories holding checkpoint-N directories or archives)");
 }
 
 TEST_CASE("a checkpoint's step is the whole decimal suffix of checkpoint-, within 64 bits") {
@@ -216,8 +228,9 @@ TEST_CASE("a checkpoint's step is the whole decimal suffix of checkpoint-, withi
   CHECK(checkpoint::checkpoint_step("checkpoint-500") == 500);
   CHECK(checkpoint::checkpoint_step("checkpoint-007") == 7);
   CHECK(checkpoint::checkpoint_step("checkpoint-9223372036854775807") == 9223372036854775807);
-  for (const char* name : {"checkpoint-", "checkpoint", "checkpoint-1a", "checkpoint--1", "checkpoint-+1", "checkpoint- 1", "Checkpoint-1",
-                           "tmp-checkpoint-5", "checkpoint-9223372036854775808", "checkpoint-99999999999999999999", "checkpoint-10.ckpt"}) {
+  for (const char* name : {"checkpoint-", "checkpoint", "checkpoint-1a", "checkpoint--1", "checkpoint-+1",
+                           "checkpoint- 1", "Checkpoint-1", "tmp-checkpoint-5", "checkpoint-9223372036854775808",
+                           "checkpoint-99999999999999999999", "checkpoint-10.ckpt"}) {
     CAPTURE(name);
     CHECK_FALSE(checkpoint::checkpoint_step(name));
   }
@@ -227,7 +240,8 @@ TEST_CASE("discovery: checkpoint-N directories by numeric step, never a symlink,
   namespace fs = std::filesystem;
   const fs::path run = fs::temp_directory_path() / ("ckpt-discover-test-" + std::to_string(::getpid()));
   fs::remove_all(run);
-  for (const char* dir : {"checkpoint-10", "checkpoint-2", "checkpoint-x", "tmp-checkpoint-5", ".ckpt-staging-checkpoint-6-a1", "other"}) {
+  for (const char* dir : {"checkpoint-10", "checkpoint-2", "checkpoint-x", "tmp-checkpoint-5",
+                          ".ckpt-staging-checkpoint-6-a1", "other"}) {
     fs::create_directories(run / dir);
   }
   std::ofstream(run / "checkpoint-3") << "a file";
@@ -258,10 +272,12 @@ TEST_CASE("scan_run: checkpoints and archives by step, then staging, trash, name
   trainer_state(base / "checkpoint-10", 10);
   trainer_state(base / "checkpoint-20", 20);
   fs::create_directories(run / "archive");
-  checkpoint::archive_checkpoint((base / "checkpoint-10").string(), (run / "archive" / "checkpoint-10.ckpt").string(), {});
+  checkpoint::archive_checkpoint((base / "checkpoint-10").string(), (run / "archive" / "checkpoint-10.ckpt").string(),
+                                 {});
   checkpoint::archive_checkpoint((base / "checkpoint-20").string(), (run / "checkpoint-20.ckpt").string(), {});
   trainer_state(run / "checkpoint-30", 30);
-  for (const char* dir : {"tmp-checkpoint-40", ".ckpt-staging-checkpoint-40-x1", ".ckpt-trash-checkpoint-5-y2", ".cache", "milestone"}) {
+  for (const char* dir :
+       {"tmp-checkpoint-40", ".ckpt-staging-checkpoint-40-x1", ".ckpt-trash-checkpoint-5-y2", ".cache", "milestone"}) {
     fs::create_directories(run / dir);
   }
   trainer_state(run / "final", 25);  // a named checkpoint
@@ -286,7 +302,7 @@ TEST_CASE("scan_run: checkpoints and archives by step, then staging, trash, name
                        {"tmp-checkpoint-40", EntryKind::staging, std::nullopt, false},
                    });
   CHECK(scan.entries[0].archived_name == "checkpoint-10");
-  CHECK(scan.entries[0].complete);  // an archive is complete when its manifest reads
+  CHECK(scan.entries[0].complete);        // an archive is complete when its manifest reads
   CHECK_FALSE(scan.entries[2].complete);  // no weights
   CHECK(scan.entries[2].has_trainer_state);
   // Named checkpoints are assessed as checkpoints are, but are never among the candidates of best, latest or resume.

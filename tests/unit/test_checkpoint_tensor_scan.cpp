@@ -47,7 +47,8 @@ TEST_CASE("half precision bit patterns") {
   c = count_nonfinite(bytes_of(bf16), DType::bfloat16, {3}, {1});
   CHECK(c.inf == 1);
   CHECK(c.nan == 1);
-  CHECK(*scalar_value(bytes_of(std::vector<std::uint16_t>{0x3C00}), DType::float16) == 1.0);   // torch.tensor(1., dtype=half)
+  CHECK(*scalar_value(bytes_of(std::vector<std::uint16_t>{0x3C00}), DType::float16) ==
+        1.0);  // torch.tensor(1., dtype=half)
   CHECK(*scalar_value(bytes_of(std::vector<std::uint16_t>{0x0001}), DType::float16) == std::ldexp(1.0, -24));
   CHECK(*scalar_value(bytes_of(std::vector<std::uint16_t>{0x3F80}), DType::bfloat16) == 1.0);
   CHECK(count_nonfinite(bytes_of(std::vector<std::int64_t>{-1}), DType::int64, {1}, {1}).nan == 0);

@@ -75,7 +75,8 @@ struct Built {
   archive::Manifest manifest;
 };
 
-Built build_archive(const std::vector<std::uint8_t>& content, std::vector<Segment> segments, std::uint64_t chunk_size = 4096) {
+Built build_archive(const std::vector<std::uint8_t>& content, std::vector<Segment> segments,
+                    std::uint64_t chunk_size = 4096) {
   Built b;
   archive::ChunkCoder coder(3);
   const auto header = archive::header_bytes();
@@ -123,7 +124,8 @@ std::string with_manifest(const Built& b, const std::function<void(json::Json&)>
   json::Json m = json::parse(archive::serialize_manifest(b.manifest));
   edit(m);
   const std::string text = json::dump(m);
-  std::string out = b.bytes.substr(0, b.bytes.size() - archive::kTrailerSize - archive::serialize_manifest(b.manifest).size());
+  std::string out =
+      b.bytes.substr(0, b.bytes.size() - archive::kTrailerSize - archive::serialize_manifest(b.manifest).size());
   const std::uint64_t offset = out.size();
   out += text;
   const auto trailer = archive::trailer_bytes(offset, text);
@@ -156,7 +158,8 @@ TEST_CASE("chunks round-trip through every plane width, with and without the flo
   }
 }
 
-TEST_CASE("float exponents compress, random mantissas are stored raw, and the rotation puts the exponent in the top plane") {
+TEST_CASE(
+    "float exponents compress, random mantissas are stored raw, and the rotation puts the exponent in the top plane") {
   const auto raw = float_bytes(1 << 16, 3);
   archive::ChunkCoder coder(3);
   std::vector<std::uint8_t> stored;
@@ -248,7 +251,8 @@ TEST_CASE("manifests that would write outside the destination or read outside th
         m["files"].push_back(twin);
       },
       "appears twice");
-  refused([](json::Json& m) { m["files"][0]["segments"][1]["frames"][0][1] = 1u << 30; }, "outside the archive's frames");
+  refused([](json::Json& m) { m["files"][0]["segments"][1]["frames"][0][1] = 1u << 30; },
+          "outside the archive's frames");
   refused([](json::Json& m) { m["files"][0]["segments"][1]["frames"][0][1] = 3; }, "outside the archive's frames");
   refused([](json::Json& m) { m["files"][0]["segments"][1]["frames"].erase(0); }, "frame count");
   refused([](json::Json& m) { m["files"][0]["size"] = 1; }, "do not cover");
@@ -262,7 +266,11 @@ TEST_CASE("manifests that would write outside the destination or read outside th
   refused([](json::Json& m) { m["files"][0]["sha256"] = "00"; }, "sha256");
   refused([](json::Json& m) { m["files"][0]["segments"][1]["size"] = std::uint64_t{1} << 62; }, "frame count");
   refused([](json::Json& m) { m["tensors"][0]["shape"] = {1000000}; }, "extends past its segment");
-  refused([](json::Json& m) { m["tensors"][0]["shape"] = {std::int64_t{1} << 40, std::int64_t{1} << 40}; }, "too many elements");
+  refused(
+      [](json::Json& m) {
+        m["tensors"][0]["shape"] = {std::int64_t{1} << 40, std::int64_t{1} << 40};
+      },
+      "too many elements");
   refused([](json::Json& m) { m["step"] = -3; }, "not a step");
   refused(
       [](json::Json& m) {
@@ -282,7 +290,9 @@ TEST_CASE("manifests that would write outside the destination or read outside th
       "frames are stored in order, each once");
 }
 
-TEST_CASE("an archive expands no further than its frames can: each frame is stored once, in order, and holds what its codec needs") {
+TEST_CASE(
+    "an archive expands no further than its frames can: each frame is stored once, in order, and holds what its codec "
+    "needs") {
   const Built b = sample();
   auto refused = [&](const std::function<void(json::Json&)>& edit, const char* expected) {
     const Error e = read_error(with_manifest(b, edit));
@@ -292,10 +302,15 @@ TEST_CASE("an archive expands no further than its frames can: each frame is stor
   // Two chunks decoding the same stored bytes: a few bytes could otherwise restore any size.
   refused([](json::Json& m) { m["files"][0]["segments"][1]["frames"][4] = m["files"][0]["segments"][1]["frames"][0]; },
           "frames are stored in order, each once");
-  refused([](json::Json& m) { m["files"][0]["segments"][0]["frames"][0][1] = 17; }, "frames are stored in order, each once");
+  refused([](json::Json& m) { m["files"][0]["segments"][0]["frames"][0][1] = 17; },
+          "frames are stored in order, each once");
   // Bytes between the frames and the manifest that no frame holds.
-  refused([](json::Json& m) { m["files"][0]["segments"][1]["frames"].back()[2] = m["files"][0]["segments"][1]["frames"].back()[2].get<int>() - 1; },
-          "not at the manifest");
+  refused(
+      [](json::Json& m) {
+        m["files"][0]["segments"][1]["frames"].back()[2] =
+            m["files"][0]["segments"][1]["frames"].back()[2].get<int>() - 1;
+      },
+      "not at the manifest");
   // The last frame declared as a zstd frame or a rANS block too small to decode to its 952-byte plane.
   refused(
       [](json::Json& m) {
@@ -313,10 +328,13 @@ TEST_CASE("an archive expands no further than its frames can: each frame is stor
       "20 bytes cannot decode to 952 with its codec");
 }
 
-TEST_CASE("archives of constant data, the most compressible there is, still read: zstd and rANS frames at their minimum sizes") {
+TEST_CASE(
+    "archives of constant data, the most compressible there is, still read: zstd and rANS frames at their minimum "
+    "sizes") {
   const std::vector<std::uint8_t> zeros(10u << 20, 0);
-  const Built b = build_archive(zeros, {planes_segment(8u << 20, 4, Transform::rotl1), planes_segment(2u << 20, 1, Transform::none)},
-                                archive::kMaxChunkSize);
+  const Built b = build_archive(
+      zeros, {planes_segment(8u << 20, 4, Transform::rotl1), planes_segment(2u << 20, 1, Transform::none)},
+      archive::kMaxChunkSize);
   const auto m = archive::read_manifest(as_bytes(b.bytes));
   std::set<Codec> codecs;
   for (const auto& s : m.files[0].segments) {
@@ -335,6 +353,7 @@ TEST_CASE("a flipped bit in a frame is caught by its CRC before decompression") 
   archive::ChunkCoder coder(3);
   const auto e = archive::chunk_extent(m.files[0].segments[1], 0);
   std::vector<std::uint8_t> out(4096);
-  CHECK_THROWS_WITH_AS(coder.decode(m.files[0].segments[1], 0, as_bytes(bytes).subspan(e.offset, e.size), e.offset, out),
-                       doctest::Contains("checksum mismatch"), Error);
+  CHECK_THROWS_WITH_AS(
+      coder.decode(m.files[0].segments[1], 0, as_bytes(bytes).subspan(e.offset, e.size), e.offset, out),
+      doctest::Contains("checksum mismatch"), Error);
 }

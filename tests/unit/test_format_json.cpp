@@ -46,7 +46,8 @@ TEST_CASE("dump writes a byte that is not UTF-8 as Python's os.fsdecode maps it,
   CHECK(json::dump(std::string("caf\xC3\xA9")) == "\"caf\xC3\xA9\"");
 }
 
-TEST_CASE("numbers beyond double's range become infinities or zero, as Python's float() makes them (found by fuzz_json)") {
+TEST_CASE(
+    "numbers beyond double's range become infinities or zero, as Python's float() makes them (found by fuzz_json)") {
   // json.loads in CPython: 2.22357e6118087769 -> inf, -1e400 -> -inf, 1e-400 -> 0.0, 5e-324 -> 5e-324.
   CHECK(json::parse(R"({"best_metric": 2.22357e6118087769})")["best_metric"].get<double>() == INFINITY);
   CHECK(json::parse("-1e400").get<double>() == -INFINITY);
@@ -56,12 +57,14 @@ TEST_CASE("numbers beyond double's range become infinities or zero, as Python's 
 
 TEST_CASE("integers are exact at any size") {
   // json.loads("123456789012345678901234567890") is that int in CPython; json.dumps writes it back unchanged.
-  const auto v = json::parse(R"({"total_flos": 123456789012345678901234567890, "n": -9223372036854775808, "u": 18446744073709551615})");
+  const auto v = json::parse(
+      R"({"total_flos": 123456789012345678901234567890, "n": -9223372036854775808, "u": 18446744073709551615})");
   CHECK(json::big_integer_digits(v["total_flos"]) == "123456789012345678901234567890");
   CHECK(!v["total_flos"].is_number());
   CHECK(v["n"].get<std::int64_t>() == INT64_MIN);
   CHECK(v["u"].is_number_unsigned());
-  CHECK(json::dump(v) == R"({"total_flos":123456789012345678901234567890,"n":-9223372036854775808,"u":18446744073709551615})");
+  CHECK(json::dump(v) ==
+        R"({"total_flos":123456789012345678901234567890,"n":-9223372036854775808,"u":18446744073709551615})");
   CHECK(json::dump(json::parse("-123456789012345678901234567890")) == "-123456789012345678901234567890");
   // A string never becomes a big integer, whatever it holds.
   CHECK(json::parse(R"("\u0000ckpt:int:5")").is_string());
@@ -101,7 +104,8 @@ TEST_CASE("an object of a million keys parses in linear time") {
 }
 
 TEST_CASE("Python's json grammar: what it refuses is refused") {
-  for (const char* bad : {"01", "1.", ".5", "+1", "[1,]", "{\"a\":1,}", "\"a\tb\"", "\"\\x41\"", "nul", "[1] 2", "-", "\"\\u12\""}) {
+  for (const char* bad :
+       {"01", "1.", ".5", "+1", "[1,]", "{\"a\":1,}", "\"a\tb\"", "\"\\x41\"", "nul", "[1] 2", "-", "\"\\u12\""}) {
     CAPTURE(bad);
     CHECK_THROWS_AS(json::parse(bad), Error);
   }
@@ -120,10 +124,12 @@ TEST_CASE("floats are written as Python's repr writes them") {
 TEST_CASE("dump_python_sorted escapes as json.dumps(ensure_ascii=True, sort_keys=True, indent=2)") {
   // json.dumps({"y": "\u00e9\x7f\U0001F600", "b": [], "a": {}}, sort_keys=True, indent=2)
   const json::Json v = json::parse(R"({"y": "\u00e9\u007f\ud83d\ude00", "b": [], "a": {}})");
-  CHECK(json::dump_python_sorted(v, 2) == "{\n  \"a\": {},\n  \"b\": [],\n  \"y\": \"\\u00e9\\u007f\\ud83d\\ude00\"\n}");
+  CHECK(json::dump_python_sorted(v, 2) ==
+        "{\n  \"a\": {},\n  \"b\": [],\n  \"y\": \"\\u00e9\\u007f\\ud83d\\ude00\"\n}");
 }
 
-TEST_CASE("an object built member by member keeps their order; a repeated key keeps its first place and its last value") {
+TEST_CASE(
+    "an object built member by member keeps their order; a repeated key keeps its first place and its last value") {
   json::ObjectBuilder builder;
   builder.set("b", 1);
   builder.set("a", 2);
@@ -193,8 +199,10 @@ TEST_CASE("Fields: each typed read, required and optional") {
   CHECK(keys.size() == 8);
 }
 
-TEST_CASE("Fields: a missing member, a wrong type or a value out of range is corrupt, naming the file and the key path") {
-  const json::Json doc = json::parse(R"({"log_history": [{"loss": 1}, {"loss": "x", "step": 3.0}], "big": 99999999999999999999999,
+TEST_CASE(
+    "Fields: a missing member, a wrong type or a value out of range is corrupt, naming the file and the key path") {
+  const json::Json doc =
+      json::parse(R"({"log_history": [{"loss": 1}, {"loss": "x", "step": 3.0}], "big": 99999999999999999999999,
                                          "layer.0.weight": {"shape": [2, -1]}, "n": 5})");
   const json::Fields f(doc, "run/trainer_state.json", "");
   const auto second = [&] { return f.array("log_history").at(1).object(); };
@@ -219,8 +227,10 @@ TEST_CASE("Fields: a missing member, a wrong type or a value out of range is cor
   e = read_error([&] { f.object("layer.0.weight").array("shape").at(1).uint64(); });
   CHECK(e.where() == R"(["layer.0.weight"].shape[1])");
   const json::Fields header(doc, "", "header");
-  CHECK(read_error([&] { header.object("layer.0.weight").string("dtype"); }).where() == R"(header["layer.0.weight"].dtype)");
-  CHECK(read_error([&] { header.array("log_history").at(0).object().string("loss"); }).where() == "header.log_history[0].loss");
+  CHECK(read_error([&] { header.object("layer.0.weight").string("dtype"); }).where() ==
+        R"(header["layer.0.weight"].dtype)");
+  CHECK(read_error([&] { header.array("log_history").at(0).object().string("loss"); }).where() ==
+        "header.log_history[0].loss");
   // The root must be an object.
   const json::Json list = json::parse("[1]");
   e = read_error([&] { json::Fields(list, "config.json", ""); });
@@ -228,7 +238,9 @@ TEST_CASE("Fields: a missing member, a wrong type or a value out of range is cor
   CHECK(std::string(e.what()) == "config.json: is not a JSON object");
 }
 
-TEST_CASE("Fields: with WrongType::absent, optional reads take a member of the wrong type as missing; required reads still fail") {
+TEST_CASE(
+    "Fields: with WrongType::absent, optional reads take a member of the wrong type as missing; required reads still "
+    "fail") {
   const json::Json doc = json::parse(R"({"epoch": "x", "log_history": [{"loss": null}], "global_step": -1, "o": []})");
   const json::Fields f(doc, "trainer_state.json", "", json::WrongType::absent);
   CHECK(!f.optional_number("epoch"));

@@ -39,7 +39,11 @@ std::string p2(std::string_view body) { return std::string("\x80\x02", 2) + std:
 
 TEST_CASE("protocol 2 scalars, containers and the shared None") {
   // pickle.dumps({'a': [1, 300, 70000, -1], 'b': (None, True, False), 'c': 0.5}, protocol=2), CPython 3.11.
-  const std::string bytes = std::string("\200\002}q\000(X\001\000\000\000aq\001]q\002(K\001M,\001Jp\021\001\000J\377\377\377\377eX\001\000\000\000bq\003N\210\211\207q\004X\001\000\000\000cq\005G\077\340\000\000\000\000\000\000u.", 67);
+  const std::string bytes = std::string(
+      "\200\002}q\000(X\001\000\000\000aq\001]q\002(K\001M,"
+      "\001Jp\021\001\000J\377\377\377\377eX\001\000\000\000bq\003N\210\211\207q\004X\001\000\000\000cq\005G\077\340"
+      "\000\000\000\000\000\000u.",
+      67);
   const auto g = parse(bytes);
   const auto& root = g.at(g.root());
   REQUIRE(root.kind == Kind::dict);
@@ -61,7 +65,8 @@ TEST_CASE("protocol 2 scalars, containers and the shared None") {
 TEST_CASE("protocol 0 text opcodes") {
   // pickle.dumps([1, 2**70, 'x\\u00e9', 1.25, True], protocol=0), CPython 3.11; then the same with the
   // character spelled as a raw-unicode escape, which the UNICODE opcode also allows.
-  const std::string text = std::string("(lp0\012I1\012aL1180591620717411303424L\012aVx\351\012p1\012aF1.25\012aI01\012a.", 56);
+  const std::string text =
+      std::string("(lp0\012I1\012aL1180591620717411303424L\012aVx\351\012p1\012aF1.25\012aI01\012a.", 56);
   const auto escaped = parse("(lVx\\u00e9\na.");
   CHECK(escaped.at(escaped.at(escaped.root()).items[0]).text == "x\xc3\xa9");
   const auto g = parse(text);
@@ -92,7 +97,10 @@ TEST_CASE("LONG1 widths: 5-byte ints that LibTorch rejects, negatives, and ints 
 
 TEST_CASE("protocol 4 and 5: frames, MEMOIZE, STACK_GLOBAL, sets, bytearray") {
   // pickle.dumps({'s': {1, 2}, 'b': bytearray(b'xy')}, protocol=5), CPython 3.11.
-  const std::string bytes = std::string("\200\005\225!\000\000\000\000\000\000\000}\224(\214\001s\224\217\224(K\001K\002\220\214\001b\224\226\002\000\000\000\000\000\000\000xy\224u.", 44);
+  const std::string bytes = std::string(
+      "\200\005\225!\000\000\000\000\000\000\000}\224(\214\001s\224\217\224("
+      "K\001K\002\220\214\001b\224\226\002\000\000\000\000\000\000\000xy\224u.",
+      44);
   const auto g = parse(bytes);
   const auto& set = g.at(*g.dict_get(g.root(), "s"));
   CHECK(set.kind == Kind::set);
@@ -103,7 +111,8 @@ TEST_CASE("protocol 4 and 5: frames, MEMOIZE, STACK_GLOBAL, sets, bytearray") {
 }
 
 TEST_CASE("OrderedDict with BUILD state, _codecs.encode bytes, enum members by getattr") {
-  const std::string body = "ccollections\nOrderedDict\n)R(" + str("k") + int1(7) + "u}" + str("_metadata") + int1(1) + "sb";
+  const std::string body =
+      "ccollections\nOrderedDict\n)R(" + str("k") + int1(7) + "u}" + str("_metadata") + int1(1) + "sb";
   auto g = parse(p2(body));
   const auto& d = g.at(g.root());
   CHECK(d.kind == Kind::dict);
@@ -111,11 +120,17 @@ TEST_CASE("OrderedDict with BUILD state, _codecs.encode bytes, enum members by g
   REQUIRE(d.attributes != 0);
   CHECK(g.dict_get(d.attributes, "_metadata") != nullptr);
 
-  g = parse(p2("c_codecs\nencode\n" + str("\xc3\xbf" "ab") + str("latin1") + kTuple2 + "R"));
+  g = parse(p2("c_codecs\nencode\n" +
+               str("\xc3\xbf"
+                   "ab") +
+               str("latin1") + kTuple2 + "R"));
   CHECK(g.at(g.root()).kind == Kind::bytes);
-  CHECK(g.at(g.root()).text == "\xff" "ab");
+  CHECK(g.at(g.root()).text ==
+        "\xff"
+        "ab");
 
-  g = parse(p2("c__builtin__\ngetattr\nctransformers.trainer_utils\nIntervalStrategy\n" + str("STEPS") + kTuple2 + "R"));
+  g = parse(
+      p2("c__builtin__\ngetattr\nctransformers.trainer_utils\nIntervalStrategy\n" + str("STEPS") + kTuple2 + "R"));
   CHECK(g.at(g.root()).kind == Kind::global);
   CHECK(g.global_name(g.root()) == "transformers.trainer_utils.IntervalStrategy.STEPS");
 }
@@ -136,7 +151,9 @@ TEST_CASE("hostile pickles are refused with an error, not a crash") {
     CHECK(error_kind_of(p2("X" + le32(0xFFFFFFF0u) + "abc")) == ErrorKind::corrupt);
   }
   SUBCASE("memo reference never stored") { CHECK(error_kind_of(p2(get(5))) == ErrorKind::corrupt); }
-  SUBCASE("a list that contains itself") { CHECK(error_kind_of(p2("]" + put(0) + get(0) + "a")) == ErrorKind::unsupported); }
+  SUBCASE("a list that contains itself") {
+    CHECK(error_kind_of(p2("]" + put(0) + get(0) + "a")) == ErrorKind::unsupported);
+  }
   SUBCASE("nesting deeper than the limit through the memo") {
     std::string body = "]" + put(0);
     for (int i = 0; i < 1000; ++i) body += "]" + get(0) + "a" + put(0) + "0";  // [prev], memo it, pop
@@ -175,7 +192,8 @@ TEST_CASE("shared references that expand exponentially hit the conversion budget
 TEST_CASE("nested tensor rebuild calls do not recurse (found in review: 30,000 levels crashed the stack)") {
   // args_k = (_rebuild_from_type_v2, torch.Tensor, args_{k-1}), args_0 = (); then _rebuild_from_type_v2(*args_n):
   // an interpreter that applies the inner call recursively goes 30,000 frames deep while parsing.
-  std::string body = "ctorch._utils\n_rebuild_from_type_v2\n" + put(0) + "0" + "ctorch\nTensor\n" + put(1) + "0" + ")" + put(2) + "0";
+  std::string body =
+      "ctorch._utils\n_rebuild_from_type_v2\n" + put(0) + "0" + "ctorch\nTensor\n" + put(1) + "0" + ")" + put(2) + "0";
   for (int i = 0; i < 30000; ++i) body += get(0) + get(1) + get(2) + "\x87" + put(2) + "0";
   body += get(0) + get(2) + "R";
   CHECK(error_kind_of(p2(body)) == ErrorKind::unsupported);  // too deep, refused after parsing
@@ -196,9 +214,9 @@ TEST_CASE("NEWOBJ_EX keyword arguments survive the node table growing while they
   for (int filler = 0; filler < 300; ++filler) {
     std::string p = "\x80\x02(";
     for (int k = 0; k < filler; ++k) p += "K\x01";
-    p += "l0";                                 // LIST, POP: nodes made and dropped
+    p += "l0";                                   // LIST, POP: nodes made and dropped
     p += "cmod\nCls\n)}" + str("a") + "K\x07s";  // GLOBAL, EMPTY_TUPLE, {"a": 7}
-    p += "\x92.";                              // NEWOBJ_EX, STOP
+    p += "\x92.";                                // NEWOBJ_EX, STOP
     const auto g = parse(p);
     const auto& object = g.at(g.root());
     REQUIRE(object.kind == Kind::object);

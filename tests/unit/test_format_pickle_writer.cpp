@@ -33,7 +33,10 @@ TEST_CASE("a numpy array never given its state round-trips as such") {
   // numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b') with no BUILD after it (found by fuzz_roundtrip;
   // tests/fuzz/regressions/roundtrip-ndarray-without-state): the writer used to give it a uint8 dtype.
   const std::string input = std::string("\x80\x02", 2) + "cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" +
-                            std::string("K\x00\x85", 3) + "C\x01" "b" + "\x87R.";
+                            std::string("K\x00\x85", 3) +
+                            "C\x01"
+                            "b" +
+                            "\x87R.";
   const auto g = pickle::parse(as_bytes(input));
   const std::string written = pickle::write(g, g.root());
   const auto back = pickle::parse(as_bytes(written));

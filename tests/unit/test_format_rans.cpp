@@ -66,7 +66,8 @@ TEST_CASE("rANS codes geometric symbols within 1% of their entropy, and its esti
   }
   const auto block = encode(v);
   CHECK(static_cast<double>(block.size()) < bits / 8 * 1.01 + 64);
-  CHECK(std::abs(static_cast<double>(rans::estimated_size(counts)) - static_cast<double>(block.size())) < 0.01 * static_cast<double>(block.size()));
+  CHECK(std::abs(static_cast<double>(rans::estimated_size(counts)) - static_cast<double>(block.size())) <
+        0.01 * static_cast<double>(block.size()));
   CHECK(decode(block, v.size()) == v);
 }
 
@@ -88,7 +89,9 @@ TEST_CASE("damaged rANS blocks are refused, never decoded into something else si
   // The final-state check catches almost every flip (the archive's CRC catches the rest before decoding).
   CHECK(refused > 1900);
   for (std::size_t cut = 0; cut < good.size(); cut += 7) {
-    CHECK_THROWS_AS(decode(std::vector<std::uint8_t>(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(cut)), v.size()), Error);
+    CHECK_THROWS_AS(
+        decode(std::vector<std::uint8_t>(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(cut)), v.size()),
+        Error);
   }
   CHECK_THROWS_AS(decode(good, v.size() + 1), Error);
   CHECK_THROWS_AS(decode(good, v.size() - 1), Error);

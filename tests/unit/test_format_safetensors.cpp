@@ -48,14 +48,17 @@ TEST_CASE("a valid file: tensors in buffer order, metadata kept") {
 TEST_CASE("the format's rules are enforced") {
   CHECK(error_where(safetensors_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", 4)) == "tensor 'a'");
   CHECK(error_where(safetensors_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8)) == "tensor 'a'");
-  CHECK(error_where(safetensors_file(
-            R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8)) ==
-        "tensor 'b'");
+  CHECK(
+      error_where(safetensors_file(
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          8)) == "tensor 'b'");
   // trailing bytes beyond the last tensor
-  CHECK(error_where(safetensors_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 5)).rfind("byte", 0) == 0);
+  CHECK(
+      error_where(safetensors_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 5)).rfind("byte", 0) ==
+      0);
   // a shape whose element count overflows 64 bits
-  CHECK(error_where(safetensors_file(
-            R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}})", 4)) == "tensor 'a'");
+  CHECK(error_where(safetensors_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}})",
+                                     4)) == "tensor 'a'");
   // header length beyond the limit and beyond the file
   CHECK(error_where(le64(200'000'000) + "{}") == "byte 0");
   CHECK_THROWS_AS(safetensors::parse(as_bytes(le64(64) + "{}")), Error);
@@ -89,14 +92,16 @@ TEST_CASE("complex128, which safetensors has no dtype for, is neither read nor w
 TEST_CASE("every truncation fails") {
   const std::string file = safetensors_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8);
   CHECK_NOTHROW(safetensors::parse(as_bytes(file)));
-  for (std::size_t n = 0; n < file.size(); ++n) CHECK_THROWS_AS(safetensors::parse(as_bytes(std::string_view(file).substr(0, n))), Error);
+  for (std::size_t n = 0; n < file.size(); ++n)
+    CHECK_THROWS_AS(safetensors::parse(as_bytes(std::string_view(file).substr(0, n))), Error);
 }
 
 TEST_CASE("the header of 300k tensors is made in time linear in their number") {
   // Built key by key in a Json object, 300k took minutes.
   const auto tensors_named = [](std::size_t n) {
     std::vector<safetensors::OutputTensor> tensors;
-    for (std::size_t i = 0; i < n; ++i) tensors.push_back({"layer." + std::to_string(i) + ".weight", DType::float32, {2}});
+    for (std::size_t i = 0; i < n; ++i)
+      tensors.push_back({"layer." + std::to_string(i) + ".weight", DType::float32, {2}});
     return tensors;
   };
   const auto make_header = [&](std::size_t n) {
@@ -108,8 +113,10 @@ TEST_CASE("the header of 300k tensors is made in time linear in their number") {
   const std::string header = safetensors::make_header(tensors, {{"format", "pt"}});
   CHECK(header.find(R"({"__metadata__":{"format":"pt"},"layer.0.weight":)") == 8);
   std::size_t entries = 0;
-  for (std::size_t at = header.find("data_offsets"); at != std::string::npos; at = header.find("data_offsets", at + 1)) ++entries;
+  for (std::size_t at = header.find("data_offsets"); at != std::string::npos; at = header.find("data_offsets", at + 1))
+    ++entries;
   CHECK(entries == 300000);
   // Sorted by name, as the safetensors library writes them: layer.99999 last.
-  CHECK(header.find(R"("layer.99999.weight":{"dtype":"F32","shape":[2],"data_offsets":[2399992,2400000]}})") != std::string::npos);
+  CHECK(header.find(R"("layer.99999.weight":{"dtype":"F32","shape":[2],"data_offsets":[2399992,2400000]}})") !=
+        std::string::npos);
 }

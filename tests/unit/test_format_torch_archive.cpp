@@ -50,7 +50,9 @@ TEST_CASE("values the unpickler interprets") {
   const auto& g = file.graph();
   CHECK(g.is(*g.dict_get(g.root(), "int_big"), Kind::big_integer));
   CHECK(g.at(*g.dict_get(g.root(), "int_neg")).integer == -1099511627776LL);
-  CHECK(g.at(*g.dict_get(g.root(), "bytes")).text == std::string("\x00\xff" "ab", 4));
+  CHECK(g.at(*g.dict_get(g.root(), "bytes")).text == std::string("\x00\xff"
+                                                                 "ab",
+                                                                 4));
   CHECK(g.is(*g.dict_get(g.root(), "set"), Kind::set));
   CHECK(g.at(*g.dict_get(g.root(), "device")).text == "cpu");
   const auto* t = g.dict_get(g.root(), "dtype_tensor");

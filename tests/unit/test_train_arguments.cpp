@@ -69,12 +69,35 @@ TEST_CASE("arguments: the structs' defaults are the table's") {
   for (const auto& spec : argument_specs()) {
     if (spec.scope == ArgScope::training) training_keys.push_back(spec.key);
   }
-  CHECK(training_keys ==
-        std::vector<std::string>{"output_dir", "max_steps", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                                 "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "warmup_steps",
-                                 "logging_steps", "eval_steps", "save_steps", "save_total_limit", "metric_for_best_model", "greater_is_better",
-                                 "load_best_model_at_end", "save_safetensors", "max_shard_size", "seed", "fp16", "async_save", "shard_optimizer",
-                                 "train_examples", "eval_examples", "input_noise", "threads"});
+  CHECK(training_keys == std::vector<std::string>{"output_dir",
+                                                  "max_steps",
+                                                  "num_train_epochs",
+                                                  "per_device_train_batch_size",
+                                                  "per_device_eval_batch_size",
+                                                  "learning_rate",
+                                                  "weight_decay",
+                                                  "adam_beta1",
+                                                  "adam_beta2",
+                                                  "adam_epsilon",
+                                                  "max_grad_norm",
+                                                  "warmup_steps",
+                                                  "logging_steps",
+                                                  "eval_steps",
+                                                  "save_steps",
+                                                  "save_total_limit",
+                                                  "metric_for_best_model",
+                                                  "greater_is_better",
+                                                  "load_best_model_at_end",
+                                                  "save_safetensors",
+                                                  "max_shard_size",
+                                                  "seed",
+                                                  "fp16",
+                                                  "async_save",
+                                                  "shard_optimizer",
+                                                  "train_examples",
+                                                  "eval_examples",
+                                                  "input_noise",
+                                                  "threads"});
   CHECK(argument_specs().front().key == std::string("input_size"));
   CHECK(argument_specs().size() == training_keys.size() + 5);
   CHECK(find_spec("eval_steps")->type == ArgType::integer);
@@ -129,31 +152,44 @@ TEST_CASE("arguments: every field round trips through its value by key") {
 
 TEST_CASE("arguments: bounds, checked in one place with each flag's message") {
   CHECK(bounds_failure(Arguments{}) == "");
-  CHECK(bounds_failure_after([](Arguments& a) { a.training.seed = -1; }) == "--seed: must be between 0 and 2**32 - 1 (numpy's range)");
+  CHECK(bounds_failure_after([](Arguments& a) { a.training.seed = -1; }) ==
+        "--seed: must be between 0 and 2**32 - 1 (numpy's range)");
   CHECK(bounds_failure_after([](Arguments& a) { a.training.seed = 0xffffffff; }) == "");
-  CHECK(bounds_failure_after([](Arguments& a) { a.training.seed = 0x100000000; }) == "--seed: must be between 0 and 2**32 - 1 (numpy's range)");
-  CHECK(bounds_failure_after([](Arguments& a) { a.training.per_device_train_batch_size = 0; }) == "--per-device-train-batch-size: must be positive");
-  CHECK(bounds_failure_after([](Arguments& a) { a.training.warmup_steps = -1; }) == "--warmup-steps: must not be negative");
+  CHECK(bounds_failure_after([](Arguments& a) { a.training.seed = 0x100000000; }) ==
+        "--seed: must be between 0 and 2**32 - 1 (numpy's range)");
+  CHECK(bounds_failure_after([](Arguments& a) { a.training.per_device_train_batch_size = 0; }) ==
+        "--per-device-train-batch-size: must be positive");
+  CHECK(bounds_failure_after([](Arguments& a) { a.training.warmup_steps = -1; }) ==
+        "--warmup-steps: must not be negative");
   CHECK(bounds_failure_after([](Arguments& a) { a.training.warmup_steps = 0; }) == "");
   CHECK(bounds_failure_after([](Arguments& a) { a.training.eval_steps = 0; }) == "");
   CHECK(bounds_failure_after([](Arguments& a) { a.training.eval_steps = -3; }) == "--eval-steps: must not be negative");
-  CHECK(bounds_failure_after([](Arguments& a) { a.training.save_total_limit = 0; }) == "--save-total-limit: must be positive");
-  CHECK(bounds_failure_after([](Arguments& a) { a.training.threads = 1025; }) == "--threads: must be between 1 and 1024");
+  CHECK(bounds_failure_after([](Arguments& a) { a.training.save_total_limit = 0; }) ==
+        "--save-total-limit: must be positive");
+  CHECK(bounds_failure_after([](Arguments& a) { a.training.threads = 1025; }) ==
+        "--threads: must be between 1 and 1024");
   CHECK(bounds_failure_after([](Arguments& a) { a.training.threads = 0; }) == "--threads: must be between 1 and 1024");
-  CHECK(bounds_failure_after([](Arguments& a) { a.training.learning_rate = -0.5; }) == "--learning-rate: must not be negative");
-  CHECK(bounds_failure_after([](Arguments& a) { a.training.learning_rate = std::nan(""); }) == "--learning-rate: must not be negative");
+  CHECK(bounds_failure_after([](Arguments& a) { a.training.learning_rate = -0.5; }) ==
+        "--learning-rate: must not be negative");
+  CHECK(bounds_failure_after([](Arguments& a) { a.training.learning_rate = std::nan(""); }) ==
+        "--learning-rate: must not be negative");
   CHECK(bounds_failure_after([](Arguments& a) { a.training.learning_rate = 0; }) == "");
-  CHECK(bounds_failure_after([](Arguments& a) { a.model.input_size = 0; }) == "--input-size: must be between 1 and 1048576");
-  CHECK(bounds_failure_after([](Arguments& a) { a.model.hidden_size = kMaxModelWidth + 1; }) == "--hidden-size: must be between 1 and 1048576");
-  CHECK(bounds_failure_after([](Arguments& a) { a.model.num_layers = 1001; }) == "--num-layers: must be between 0 and 1000");
-  CHECK(bounds_failure_after([](Arguments& a) { a.model.num_labels = 1; }) == "--num-labels: must be between 2 and 1048576");
+  CHECK(bounds_failure_after([](Arguments& a) { a.model.input_size = 0; }) ==
+        "--input-size: must be between 1 and 1048576");
+  CHECK(bounds_failure_after([](Arguments& a) { a.model.hidden_size = kMaxModelWidth + 1; }) ==
+        "--hidden-size: must be between 1 and 1048576");
+  CHECK(bounds_failure_after([](Arguments& a) { a.model.num_layers = 1001; }) ==
+        "--num-layers: must be between 0 and 1000");
+  CHECK(bounds_failure_after([](Arguments& a) { a.model.num_labels = 1; }) ==
+        "--num-labels: must be between 2 and 1048576");
   CHECK(bounds_failure_after([](Arguments& a) { a.model.dropout = 1.0; }) == "--dropout: must be in [0, 1)");
   CHECK(bounds_failure_after([](Arguments& a) { a.model.dropout = std::nan(""); }) == "--dropout: must be in [0, 1)");
   CHECK(bounds_failure_after([](Arguments& a) { a.model.dropout = 0.999; }) == "");
   // Unbounded fields take anything.
   CHECK(bounds_failure_after([](Arguments& a) { a.training.max_steps = -5, a.training.weight_decay = -1; }) == "");
   // Table order: the model's fields first.
-  CHECK(bounds_failure_after([](Arguments& a) { a.training.seed = -1, a.model.input_size = 0; }) == "--input-size: must be between 1 and 1048576");
+  CHECK(bounds_failure_after([](Arguments& a) { a.training.seed = -1, a.model.input_size = 0; }) ==
+        "--input-size: must be between 1 and 1048576");
 }
 
 TEST_CASE("arguments: resume takes the flags over the checkpoint's arguments, and its model") {
@@ -165,7 +201,8 @@ TEST_CASE("arguments: resume takes the flags over the checkpoint's arguments, an
                              {"learning_rate", 0.5},
                              {"save_total_limit", std::int64_t{2}},
                              {"hidden_size", std::int64_t{999}}};  // config.json decides the model
-  Arguments resumed = resume_arguments({{"max_steps", std::int64_t{7}}, {"save_total_limit", std::monostate{}}}, saved, model);
+  Arguments resumed =
+      resume_arguments({{"max_steps", std::int64_t{7}}, {"save_total_limit", std::monostate{}}}, saved, model);
   CHECK(resumed.training.max_steps == 7);
   CHECK(resumed.training.seed == 5);
   CHECK(resumed.training.learning_rate == 0.5);
@@ -201,7 +238,8 @@ TEST_CASE("weights layout: transformers' greedy sharding") {
   CHECK(greedy_shards({}, 10) == std::vector<std::vector<std::size_t>>{{}});
   CHECK(checkpoint::shard_name(checkpoint::WeightsFormat::safetensors, 0, 2) == "model-00001-of-00002.safetensors");
   CHECK(checkpoint::index_json(8, {{"b", "f2"}, {"a", "f1"}}) ==
-        "{\n  \"metadata\": {\n    \"total_size\": 8\n  },\n  \"weight_map\": {\n    \"a\": \"f1\",\n    \"b\": \"f2\"\n  }\n}\n");
+        "{\n  \"metadata\": {\n    \"total_size\": 8\n  },\n  \"weight_map\": {\n    \"a\": \"f1\",\n    \"b\": "
+        "\"f2\"\n  }\n}\n");
 }
 
 // Expected values from /usr/bin/python3: random.seed(42); [random.getrandbits(32) for _ in range(3)] and

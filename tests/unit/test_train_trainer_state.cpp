@@ -24,7 +24,8 @@ std::string read_text(const std::string& path) {
 }  // namespace
 
 TEST_CASE("trainer_state.json is written byte for byte as the Hugging Face Trainer wrote it") {
-  const std::string path = std::string(CKPT_TEST_DATA) + "/hf-trainer-4.40.2/run_safetensors/checkpoint-20/trainer_state.json";
+  const std::string path =
+      std::string(CKPT_TEST_DATA) + "/hf-trainer-4.40.2/run_safetensors/checkpoint-20/trainer_state.json";
   train::TrainerState state;
   state.load(path);
   CHECK(state.global_step == 20);
@@ -46,7 +47,8 @@ TEST_CASE("a trainer_state.json without a valid global_step is corrupt, naming t
   const fs::path dir = fs::temp_directory_path() / ("ckpt-state-test-" + std::to_string(::getpid()));
   fs::create_directories(dir);
   const std::string path = (dir / "trainer_state.json").string();
-  for (const char* text : {R"({})", R"({"global_step": "5"})", R"({"global_step": -1})", R"([])", R"({"global_step": 1.5})"}) {
+  for (const char* text :
+       {R"({})", R"({"global_step": "5"})", R"({"global_step": -1})", R"([])", R"({"global_step": 1.5})"}) {
     CAPTURE(text);
     std::ofstream(path, std::ios::trunc) << text;
     train::TrainerState state;

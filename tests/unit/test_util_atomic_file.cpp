@@ -30,12 +30,15 @@ std::vector<std::uint8_t> slurp(const std::filesystem::path& path) {
 }
 
 // Writes `data` in pieces of the given sizes (cycled), mixing write() and copy_from() of a source file.
-void write_pieces(AtomicFile& out, const std::vector<std::uint8_t>& data, const ReadOnlyFile& source, std::vector<std::size_t> sizes) {
+void write_pieces(AtomicFile& out, const std::vector<std::uint8_t>& data, const ReadOnlyFile& source,
+                  std::vector<std::size_t> sizes) {
   std::size_t at = 0;
   for (std::size_t k = 0; at < data.size(); ++k) {
     const std::size_t n = std::min(sizes[k % sizes.size()], data.size() - at);
-    if (k % 3 == 2) out.copy_from(source, at, n);
-    else out.write(std::span(data).subspan(at, n));
+    if (k % 3 == 2)
+      out.copy_from(source, at, n);
+    else
+      out.write(std::span(data).subspan(at, n));
     at += n;
   }
 }
@@ -47,11 +50,13 @@ TEST_CASE("AtomicFile in direct mode writes exactly the bytes given, whatever th
   std::filesystem::create_directories(dir);
   const auto data = random_bytes((8u << 20) * 2 + 12345, 7);
   {
-    std::ofstream(dir / "source", std::ios::binary).write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+    std::ofstream(dir / "source", std::ios::binary)
+        .write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
   }
   const ReadOnlyFile source((dir / "source").string());
   std::size_t k = 0;
-  for (const auto& sizes : std::vector<std::vector<std::size_t>>{{1}, {4096}, {3, 5000, 1 << 20}, {9u << 20}, {(8u << 20) - 1, 2}}) {
+  for (const auto& sizes :
+       std::vector<std::vector<std::size_t>>{{1}, {4096}, {3, 5000, 1 << 20}, {9u << 20}, {(8u << 20) - 1, 2}}) {
     ++k;
     for (std::size_t length : {std::size_t{0}, std::size_t{1}, std::size_t{4096}, std::size_t{70000}, data.size()}) {
       if (sizes == std::vector<std::size_t>{1} && length > 70000) continue;  // byte-at-a-time over megabytes is slow

@@ -6,7 +6,9 @@
 #include "util/crc32.hpp"
 
 namespace {
-std::span<const std::uint8_t> bytes_of(std::string_view s) { return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()}; }
+std::span<const std::uint8_t> bytes_of(std::string_view s) {
+  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
 }  // namespace
 
 TEST_CASE("crc32 matches the standard check value and continues across chunks") {

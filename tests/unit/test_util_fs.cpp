@@ -27,7 +27,9 @@ pid_t dead_pid() {
   return pid;
 }
 
-void age(const fs::path& path) { fs::last_write_time(path, fs::file_time_type::clock::now() - std::chrono::minutes(5)); }
+void age(const fs::path& path) {
+  fs::last_write_time(path, fs::file_time_type::clock::now() - std::chrono::minutes(5));
+}
 
 }  // namespace
 
@@ -73,9 +75,8 @@ TEST_CASE("a destination written with a trailing separator is the entry it names
   const std::string left_by_killed_builder = ".out.tmp-" + std::to_string(dead_pid()) + "-0";
   fs::create_directories(dir / left_by_killed_builder);
   age(dir / left_by_killed_builder);
-  fs_util::build_directory((dir / "out").string() + "/", [](const std::string& staging) {
-    std::ofstream(fs::path(staging) / "f") << "x";
-  });
+  fs_util::build_directory((dir / "out").string() + "/",
+                           [](const std::string& staging) { std::ofstream(fs::path(staging) / "f") << "x"; });
   CHECK(fs::exists(dir / "out" / "f"));
   std::size_t entries = 0;
   for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++entries;
@@ -96,7 +97,9 @@ TEST_CASE("errors of writing name what the user asked for, never a temporary bes
   for (const char* inside : {"", "/f"}) {
     CAPTURE(inside);
     try {
-      fs_util::build_directory(out, [&](const std::string& staging) { throw Error(ErrorKind::io, staging + inside, "", "write: Input/output error"); });
+      fs_util::build_directory(out, [&](const std::string& staging) {
+        throw Error(ErrorKind::io, staging + inside, "", "write: Input/output error");
+      });
       FAIL("built");
     } catch (const Error& e) {
       CHECK(e.path() == out + inside);
@@ -109,15 +112,18 @@ TEST_CASE("errors of writing name what the user asked for, never a temporary bes
     FAIL("created");
   } catch (const Error& e) {
     CHECK(e.kind() == ErrorKind::not_found);
-    CHECK(std::string(e.what()) == (dir / "missing" / "f").string() + ": cannot create: its directory " + (dir / "missing").string() + " does not exist");
+    CHECK(std::string(e.what()) == (dir / "missing" / "f").string() + ": cannot create: its directory " +
+                                       (dir / "missing").string() + " does not exist");
   }
   fs_util::create_parent_directories((dir / "a" / "b" / "out.bin").string());
   CHECK(fs::is_directory(dir / "a" / "b"));
   CHECK_FALSE(fs::exists(dir / "a" / "b" / "out.bin"));
   fs_util::require_directory((dir / "a").string());
-  CHECK_THROWS_WITH_AS(fs_util::require_directory((dir / "none").string()), ((dir / "none").string() + ": no such directory").c_str(), Error);
+  CHECK_THROWS_WITH_AS(fs_util::require_directory((dir / "none").string()),
+                       ((dir / "none").string() + ": no such directory").c_str(), Error);
   std::ofstream(dir / "file") << "x";
-  CHECK_THROWS_WITH_AS(fs_util::require_directory((dir / "file").string()), ((dir / "file").string() + ": is not a directory").c_str(), Error);
+  CHECK_THROWS_WITH_AS(fs_util::require_directory((dir / "file").string()),
+                       ((dir / "file").string() + ": is not a directory").c_str(), Error);
   CHECK_THROWS_AS(fs_util::create_parent_directories((dir / "file" / "x" / "out").string()), Error);
   fs::remove_all(dir);
 }
@@ -130,7 +136,8 @@ TEST_CASE("link_tree hard-links every regular file below a directory, subdirecto
   std::ofstream(from / "a.bin") << "a";
   std::ofstream(from / "sub" / "b.bin") << "b";
   std::ofstream(from / "sub" / "deeper" / "c.bin") << "c";
-  CHECK(fs_util::regular_files_below(from.string()) == std::vector<std::string>{"a.bin", "sub/b.bin", "sub/deeper/c.bin"});
+  CHECK(fs_util::regular_files_below(from.string()) ==
+        std::vector<std::string>{"a.bin", "sub/b.bin", "sub/deeper/c.bin"});
 
   fs::create_directories(dir / "to");
   const auto linked = fs_util::link_tree(from.string(), (dir / "to").string());
@@ -153,7 +160,9 @@ TEST_CASE("link_tree hard-links every regular file below a directory, subdirecto
   fs::remove_all(dir);
 }
 
-TEST_CASE("OpenDirectory opens only a directory, never through a symlink unless asked, and types every entry without following") {
+TEST_CASE(
+    "OpenDirectory opens only a directory, never through a symlink unless asked, and types every entry without "
+    "following") {
   const fs::path dir = fs::temp_directory_path() / ("ckpt-open-directory-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir / "sub");

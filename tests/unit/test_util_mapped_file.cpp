@@ -153,8 +153,7 @@ int fresh_scenario(const std::string& scenario) {
   try {
     ensure_no_mapped_file_shrank();
     return 12;
-  } catch (const Error&) {
-  }
+  } catch (const Error&) {}
   fs::remove_all(dir);
   return 42;
 }
@@ -167,7 +166,7 @@ TEST_CASE("a SIGBUS outside our maps goes to the handler before ours, or kills a
   CHECK(WIFEXITED(chained));
   CHECK(WEXITSTATUS(chained) == 42);
   const int alone = run_fresh("default");
-  CHECK_FALSE((WIFEXITED(alone) && WEXITSTATUS(alone) == 0));  // killed by it (or, under ASan, reported)
+  CHECK_FALSE((WIFEXITED(alone) && WEXITSTATUS(alone) == 0));            // killed by it (or, under ASan, reported)
 #if !defined(__SANITIZE_ADDRESS__) && !__has_feature(address_sanitizer)  // gcc's spelling, then clang's
   CHECK(WIFSIGNALED(alone));
   if (WIFSIGNALED(alone)) CHECK(WTERMSIG(alone) == SIGBUS);
@@ -194,7 +193,10 @@ TEST_CASE("a FIFO or a socket is refused as not a regular file, without waiting 
       try {
         ReadOnlyFile file(path);
       } catch (const Error& e) {
-        return e.kind() == ErrorKind::unsupported && std::string(e.what()).find("not a regular file") != std::string::npos ? 0 : 2;
+        return e.kind() == ErrorKind::unsupported &&
+                       std::string(e.what()).find("not a regular file") != std::string::npos
+                   ? 0
+                   : 2;
       }
       return 1;
     });

@@ -29,7 +29,8 @@ TEST_CASE("jobs are consumed in order, each after it was produced, never more th
     REQUIRE(order.size() == produced.size());
     for (std::size_t i = 0; i < order.size(); ++i) CHECK(order[i] == i);
   }
-  ckpt::run_ordered(0, 2, 2, [](std::size_t, unsigned) { FAIL("no job"); }, [](std::size_t) { FAIL("no job"); });
+  ckpt::run_ordered(
+      0, 2, 2, [](std::size_t, unsigned) { FAIL("no job"); }, [](std::size_t) { FAIL("no job"); });
 }
 
 TEST_CASE("the first exception from either side stops the pool and is rethrown") {

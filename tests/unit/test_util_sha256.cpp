@@ -9,7 +9,9 @@
 #include "util/sha256.hpp"
 
 namespace {
-std::span<const std::uint8_t> bytes_of(std::string_view s) { return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()}; }
+std::span<const std::uint8_t> bytes_of(std::string_view s) {
+  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
 
 std::string hex_sha256(std::span<const std::uint8_t> bytes) { return ckpt::Sha256::hex(ckpt::sha256(bytes)); }
 
@@ -81,7 +83,8 @@ TEST_CASE("sha256 of a megabyte fed in uneven chunks matches hashlib") {
     for (std::size_t chunk : {1, 63, 64, 65, 4093, 65536}) {
       CAPTURE(chunk);
       ckpt::Sha256 hasher;
-      for (std::size_t at = 0; at < all.size(); at += chunk) hasher.update(all.subspan(at, std::min(chunk, all.size() - at)));
+      for (std::size_t at = 0; at < all.size(); at += chunk)
+        hasher.update(all.subspan(at, std::min(chunk, all.size() - at)));
       CHECK(ckpt::Sha256::hex(hasher.finish()) == expected);
     }
   }
