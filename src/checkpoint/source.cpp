@@ -177,11 +177,15 @@ std::unique_ptr<Source> load_safetensors(const std::string& path) {
     if (!made.count(alias)) bad_metadata(kAliasesKey, "alias '" + alias + "' is not in " + kOrderKey);
   }
   if (s->metadata.count(kAttributesKey)) {
-    // The state dict's _metadata: plain values, never tensor data.
-    root.attributes = decode_structure(
-        metadata_json(*s, kAttributesKey), g,
-        [&](const std::string&, bool, bool) -> NodeId { fail_metadata(path, kAttributesKey, "holds a tensor"); },
-        [&](const std::string&) -> std::string { fail_metadata(path, kAttributesKey, "holds a numpy array"); });
+    // The state dict's _metadata: plain values, never tensor data. Its errors are named here, file and key.
+    try {
+      root.attributes = decode_structure(
+          metadata_json(*s, kAttributesKey), g,
+          [](const std::string&, bool, bool) -> NodeId { fail_corrupt("", "holds a tensor"); },
+          [](const std::string&) -> std::string { fail_corrupt("", "holds a numpy array"); });
+    } catch (const Error& e) {
+      throw e.with_context(path, std::string("__metadata__ ") + kAttributesKey);
+    }
   }
   g.set_root(g.add(std::move(root)));
   return s;

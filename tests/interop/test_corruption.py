@@ -785,6 +785,22 @@ class HostileInputTests(CorruptionCase):
         for (name, _, message), (case, r) in zip(specs, run_cases(cases)):
             self.assertIn(message, r.stderr, name)
 
+    def test_hostile_attributes_metadata(self):
+        """ckpt_attributes (the state dict's _metadata, read back by convert) malformed: refused as corrupt, naming the
+        file and the metadata key (its errors once named neither)."""
+        d = os.path.join(TMP, "hostile_attributes")
+        os.makedirs(d, exist_ok=True)
+        p = os.path.join(d, "model.safetensors")
+        for attributes, where in (({"$tuple": 5}, "__metadata__ ckpt_attributes: structure.$tuple"),
+                                  ({"$tensor": "x"}, "__metadata__ ckpt_attributes")):
+            F.write_safetensors(p, [("x", torch.zeros(2))], {"format": "pt", "ckpt_attributes": json.dumps(attributes)})
+            r = harness.ckpt_untrusted("convert", p, "--to", "pytorch", "-o", os.path.join(d, "out.bin"), "--json",
+                                       timeout=60, cwd=TMP)
+            self.assertEqual(r.returncode, 3, r.stderr)
+            error = json.loads(r.stdout)["error"]
+            self.assertEqual((error["path"], error["where"]), (p, where))
+            self.assertFalse(os.path.exists(os.path.join(d, "out.bin")))
+
     def test_hostile_json(self):
         d = os.path.join(TMP, "hostile_json")
         specs = [
