@@ -176,8 +176,6 @@ class Fields {
                                              std::int64_t min = std::numeric_limits<std::int64_t>::min(),
                                              std::int64_t max = std::numeric_limits<std::int64_t>::max()) const;
   std::uint64_t uint64(std::string_view key, std::uint64_t max = std::numeric_limits<std::uint64_t>::max()) const;
-  std::optional<std::uint64_t> optional_uint64(std::string_view key,
-                                               std::uint64_t max = std::numeric_limits<std::uint64_t>::max()) const;
   double number(std::string_view key) const;
   std::optional<double> optional_number(std::string_view key) const;
   bool boolean(std::string_view key) const;

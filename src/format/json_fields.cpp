@@ -174,11 +174,6 @@ std::optional<std::int64_t> Fields::optional_int64(std::string_view key, std::in
   return std::nullopt;
 }
 
-std::optional<std::uint64_t> Fields::optional_uint64(std::string_view key, std::uint64_t max) const {
-  if (auto v = present(key, [&](const Json& j) { return as_uint64(j, max).has_value(); })) return v->uint64(max);
-  return std::nullopt;
-}
-
 std::optional<double> Fields::optional_number(std::string_view key) const {
   if (auto v = present(key, [](const Json& j) { return j.is_number(); })) return v->number();
   return std::nullopt;

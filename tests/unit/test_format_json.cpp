@@ -248,7 +248,6 @@ TEST_CASE(
   CHECK(!f.optional_object("o"));
   CHECK(!f.optional_array("epoch"));
   CHECK(!f.optional_boolean("epoch"));
-  CHECK(!f.optional_uint64("global_step"));
   CHECK(!f.optional_string("global_step"));
   CHECK(!f.array("log_history").at(0).object().optional_number("loss"));  // nested reads inherit the rule
   CHECK(read_error([&] { f.number("epoch"); }).where() == "epoch");
