@@ -14,6 +14,7 @@
 #include "checkpoint/source.hpp"
 #include "checkpoint/value_data.hpp"
 #include "checkpoint/weights_layout.hpp"
+#include "checkpoint/zero.hpp"
 #include "format/json.hpp"
 #include "util/atomic_file.hpp"
 #include "util/error.hpp"
@@ -21,6 +22,7 @@
 
 namespace ckpt::checkpoint {
 namespace fs = std::filesystem;
+using convert_detail::assembled_weights;
 using convert_detail::attributes_of;
 using convert_detail::check_dtype_option;
 using convert_detail::claim_output;
@@ -29,12 +31,14 @@ using convert_detail::consolidate_optimizer;
 using convert_detail::convert_state;
 using convert_detail::file_size_or_zero;
 using convert_detail::format_of;
+using convert_detail::GraphBuilder;
 using convert_detail::inputs_label;
 using convert_detail::is_state_file_name;
 using convert_detail::plan_shards;
 using convert_detail::Progress;
 using convert_detail::restored_state_name;
 using convert_detail::state_safetensors_name;
+using convert_detail::StorageFill;
 using convert_detail::training_args_to_json;
 using convert_detail::Weight;
 using convert_detail::WeightsPlan;
@@ -230,6 +234,166 @@ void convert_directory(const std::string& source, const std::string& destination
   if (!options.dry_run) rebase(result, first, used_staging, destination);
 }
 
+// ---- DeepSpeed ZeRO consolidation ----
+
+// What a consolidated DeepSpeed checkpoint leaves behind: DeepSpeed's own files, the Trainer's gathered 16-bit
+// weights (superseded by the fp32 ones), and the per-rank RNG states, which mean nothing to one process.
+bool is_deepspeed_only(const std::string& name, const std::set<std::string>& gathered_weights) {
+  return name == zero::kLatestName || name == "zero_to_fp32.py" || name.rfind("rng_state", 0) == 0 ||
+         gathered_weights.count(name) != 0;
+}
+
+// The training state --include-state carries over: what resuming on one process needs besides weights.
+bool is_training_state(const std::string& name) {
+  return name == "trainer_state.json" || name == "training_args.bin" || name == "scheduler.pt";
+}
+
+// optimizer.pt as torch.optim.AdamW.state_dict() of the consolidated model: the groups of DeepSpeed's base
+// optimizer, their parameters numbered in order, each with its own step and the moments cut like the weights.
+void write_zero_optimizer(const zero::Checkpoint& checkpoint, const std::string& path, const ConvertOptions& options,
+                          Progress& progress) {
+  const auto& entries = checkpoint.optimizer_state();
+  ConvertOptions as_saved = options;
+  as_saved.dtype.reset();  // the optimizer state stays float32, whatever the weights are cast to
+  pickle::Graph g;
+  std::vector<StorageFill> fills;
+  GraphBuilder builder(g, fills, as_saved);
+  auto make = [&](pickle::Kind kind) {
+    pickle::Node n;
+    n.kind = kind;
+    return g.add(std::move(n));
+  };
+  auto integer = [&](std::int64_t value) {
+    pickle::Node n;
+    n.kind = pickle::Kind::integer;
+    n.integer = value;
+    return g.add(std::move(n));
+  };
+  const pickle::NodeId state = make(pickle::Kind::dict);
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const auto& e = entries[i];
+    const pickle::NodeId per_param = make(pickle::Kind::dict);
+    auto set = [&](const char* key, pickle::NodeId value) {
+      const pickle::NodeId name = convert_detail::add_string(g, key);  // adding nodes moves them: no reference held
+      g.at(per_param).items.push_back(name);
+      g.at(per_param).items.push_back(value);
+    };
+    // Each parameter its own step tensor: torch increments them in place, so one shared storage would count a
+    // group's steps once per parameter.
+    if (e.step)
+      set("step", builder.tensor(*e.step));
+    else if (e.step_source)
+      set("step", convert_detail::copy_value(*e.step_source, e.step_node, g, builder));
+    set("exp_avg", builder.tensor(e.exp_avg));
+    set("exp_avg_sq", builder.tensor(e.exp_avg_sq));
+    const pickle::NodeId index = integer(static_cast<std::int64_t>(i));
+    g.at(state).items.push_back(index);
+    g.at(state).items.push_back(per_param);
+  }
+  const pickle::NodeId groups = make(pickle::Kind::list);
+  std::int64_t next = 0;
+  for (std::size_t k = 0; k < checkpoint.groups().size(); ++k) {
+    const pickle::NodeId group =
+        convert_detail::copy_value(checkpoint.rank0_optim(), checkpoint.param_group_node(k), g, builder);
+    const pickle::NodeId params = make(pickle::Kind::list);
+    for (std::size_t j = 0; j < checkpoint.groups()[k].parameters.size(); ++j) {
+      const pickle::NodeId index = integer(next++);
+      g.at(params).items.push_back(index);
+    }
+    auto& items = g.at(group).items;
+    for (std::size_t j = 0; j + 1 < items.size(); j += 2) {
+      if (g.at(items[j]).kind == pickle::Kind::string && g.at(items[j]).text == "params") items[j + 1] = params;
+    }
+    g.at(groups).items.push_back(group);
+  }
+  const pickle::NodeId state_key = convert_detail::add_string(g, "state");
+  const pickle::NodeId groups_key = convert_detail::add_string(g, "param_groups");
+  const pickle::NodeId root = make(pickle::Kind::dict);
+  g.at(root).items = {state_key, state, groups_key, groups};
+  g.set_root(root);
+  for (const auto& e : entries) progress.total += 2 * convert_detail::nbytes_of(e.exp_avg.shape, DType::float32);
+  convert_detail::write_torch_file(path, g, fills, progress);
+}
+
+// scheduler.pt from the engine's own scheduler state (when the Trainer left none of its own).
+void write_zero_scheduler(const zero::Checkpoint& checkpoint, const std::string& path, const ConvertOptions& options,
+                          Progress& progress) {
+  pickle::Graph g;
+  std::vector<StorageFill> fills;
+  GraphBuilder builder(g, fills, options);
+  g.set_root(convert_detail::copy_value(checkpoint.rank0_model(), checkpoint.lr_scheduler_node(), g, builder));
+  convert_detail::write_torch_file(path, g, fills, progress);
+}
+
+// `convert CHECKPOINT --consolidate` of a DeepSpeed checkpoint: a directory with the fp32 weights
+// get_fp32_state_dict_from_zero_checkpoint returns, the model's other files, and with --include-state one process's
+// optimizer.pt, scheduler.pt and the Trainer's state.
+void convert_zero(const std::string& source, const std::string& destination, const ConvertOptions& options,
+                  ConvertResult& result) {
+  if (!options.consolidate)
+    throw Error(ErrorKind::invalid_argument, source, "",
+                "is a DeepSpeed ZeRO checkpoint, its weights partitioned among ranks: pass --consolidate to write "
+                "them as one model");
+  const zero::Checkpoint checkpoint(source);
+  if (options.include_state) checkpoint.optimizer_state();  // refused before anything is written
+  const std::vector<Weight> weights = assembled_weights(checkpoint.fp32_state_dict());
+  std::set<std::string> gathered;
+  if (const auto found = find_weights(source)) {
+    gathered.insert(found->files.begin(), found->files.end());
+    if (found->index) gathered.insert(*found->index);
+  }
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(source, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (is_deepspeed_only(name, gathered) || (is_training_state(name) && !options.include_state)) continue;
+    if (fs_util::require_regular_file(entry.path().string())) names.push_back(name);
+  }
+  if (ec) throw Error(ErrorKind::io, source, "", "cannot list directory: " + ec.message());
+  std::sort(names.begin(), names.end());
+  std::vector<std::string> rank_files;
+  for (const auto& rank : checkpoint.ranks()) rank_files.push_back(rank.optim);
+
+  const std::size_t first = result.files.size();
+  std::string used_staging;
+  build_directory(destination, options, result, [&](const std::string& out) {
+    used_staging = out;
+    write_weights(weights, std::nullopt, options, (fs::path(out) / single_weights_name(format_of(options.to))).string(),
+                  out, rank_files, result);
+    if (options.include_state) {
+      const std::string optimizer = (fs::path(out) / "optimizer.pt").string();
+      Progress progress{options, convert_detail::inputs_label(rank_files)};
+      if (!options.dry_run) write_zero_optimizer(checkpoint, optimizer, options, progress);
+      result.files.push_back(
+          {rank_files.front(), optimizer, "consolidated", options.dry_run ? 0 : file_size_or_zero(optimizer)});
+      const bool engine_scheduler =
+          checkpoint.lr_scheduler_node() != 0 &&
+          checkpoint.rank0_model().graph().is(checkpoint.lr_scheduler_node(), pickle::Kind::dict);
+      if (std::find(names.begin(), names.end(), "scheduler.pt") == names.end() && engine_scheduler) {
+        const std::string scheduler = (fs::path(out) / "scheduler.pt").string();
+        if (!options.dry_run) write_zero_scheduler(checkpoint, scheduler, options, progress);
+        result.files.push_back({checkpoint.rank0_model().path, scheduler, "written from lr_scheduler",
+                                options.dry_run ? 0 : file_size_or_zero(scheduler)});
+      }
+    }
+    for (const auto& name : names) {
+      stop_if_interrupted(options.interrupted);
+      const std::string path = (fs::path(source) / name).string();
+      const std::string to = (fs::path(out) / name).string();
+      claim_output(result, first, to, path);
+      if (name == "config.json" && options.dtype) {
+        write_config_with_dtype(path, to, *options.dtype, options);
+        result.files.push_back({path, to, "copied, torch_dtype " + std::string(torch_name(*options.dtype)),
+                                options.dry_run ? 0 : file_size_or_zero(to)});
+        continue;
+      }
+      if (!options.dry_run) fs_util::copy_file(path, to);
+      result.files.push_back({path, to, "copied", options.dry_run ? 0 : file_size_or_zero(to)});
+    }
+  });
+  if (!options.dry_run) rebase(result, first, used_staging, destination);
+}
+
 }  // namespace
 
 ConvertResult convert(const std::string& source, const std::string& destination, const ConvertOptions& options) {
@@ -253,7 +417,10 @@ ConvertResult convert(const std::string& source, const std::string& destination,
   }
 
   if (fs::is_directory(status)) {
-    convert_directory(source, destination, options, result);
+    if (zero::has_layout(source))
+      convert_zero(source, destination, options, result);
+    else
+      convert_directory(source, destination, options, result);
     return result;
   }
   if (options.consolidate)

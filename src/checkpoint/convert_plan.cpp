@@ -21,6 +21,18 @@ const pickle::TensorRef& tensor_of(const Weight& w) {
   return w.source->graph().tensors[static_cast<std::size_t>(w.source->graph().at(w.node).integer)];
 }
 
+const std::vector<std::int64_t>& shape_of(const Weight& w) {
+  return w.assembled ? w.assembled->shape : tensor_of(w).shape;
+}
+
+DType dtype_of(const Weight& w) { return w.assembled ? w.assembled->dtype : tensor_of(w).dtype; }
+
+std::vector<Weight> assembled_weights(const std::vector<AssembledTensor>& tensors) {
+  std::vector<Weight> weights;
+  for (const auto& t : tensors) weights.push_back({t.name, nullptr, 0, t.tied_to, &t});
+  return weights;
+}
+
 void collect_weights(const Source& s, std::vector<Weight>& out) {
   const Graph& g = s.graph();
   if (!is_state_dict(g))
@@ -57,9 +69,8 @@ WeightsPlan plan_shards(const std::vector<Weight>& weights, const ConvertOptions
   std::vector<std::uint64_t> sizes;
   for (std::size_t i = 0; i < weights.size(); ++i) {
     if (weights[i].tied_to) continue;
-    const auto& t = tensor_of(weights[i]);
     untied.push_back(i);
-    sizes.push_back(nbytes_of(t.shape, output_dtype(t.dtype, options)));
+    sizes.push_back(nbytes_of(shape_of(weights[i]), output_dtype(dtype_of(weights[i]), options)));
     plan.total_size += sizes.back();
   }
   const auto groups = greedy_shards(sizes, options.max_shard_size);

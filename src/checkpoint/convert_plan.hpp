@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/assembled.hpp"
 #include "checkpoint/convert.hpp"
 #include "checkpoint/source.hpp"
 #include "checkpoint/weights_layout.hpp"
@@ -18,15 +19,21 @@
 
 namespace ckpt::checkpoint::convert_detail {
 
-// A named tensor of a state dict.
+// A named tensor of a state dict: a tensor of a source file, or one assembled from several (--consolidate).
 struct Weight {
   std::string name;
   const Source* source = nullptr;
-  pickle::NodeId node = 0;             // the tensor node in the source's graph
-  std::optional<std::string> tied_to;  // the same view as an earlier tensor
+  pickle::NodeId node = 0;                     // the tensor node in the source's graph
+  std::optional<std::string> tied_to;          // the same view as an earlier tensor
+  const AssembledTensor* assembled = nullptr;  // instead of source and node
 };
 
+// The tensor of a weight from a source file (not an assembled one).
 const pickle::TensorRef& tensor_of(const Weight& w);
+const std::vector<std::int64_t>& shape_of(const Weight& w);
+DType dtype_of(const Weight& w);
+// The weights of assembled tensors, ties kept.
+std::vector<Weight> assembled_weights(const std::vector<AssembledTensor>& tensors);
 
 // Appends the tensors of `s`'s state dict in its order, each tied to the first tensor (of `out` or `s`) that is the
 // very same view. Throws unsupported when the root is no state dict of tensors.

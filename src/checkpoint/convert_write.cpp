@@ -129,6 +129,32 @@ void write_tensor(Sink& sink, const Source& s, const pickle::TensorRef& t, DType
   flush();
 }
 
+// An assembled tensor's pieces one after another, each cast to `to`. Integer elements (a buffer such as
+// num_batches_tracked) go through float32 first, as zero_to_fp32 turns every buffer into float32.
+void write_pieces(Sink& sink, const AssembledTensor& t, DType to, Progress& progress) {
+  for (const Piece& p : t.pieces) {
+    if (is_floating(p.dtype) || p.dtype == to) {
+      write_contiguous(sink, *p.file, p.offset, p.count, p.dtype, to, t.shape.empty(), progress);
+      continue;
+    }
+    const std::size_t per_chunk = kChunk / element_size(p.dtype);
+    std::vector<std::uint8_t> in(per_chunk * element_size(p.dtype));
+    std::vector<std::uint8_t> floats(per_chunk * 4);
+    std::vector<std::uint8_t> out(per_chunk * element_size(to));
+    for (std::uint64_t done = 0; done < p.count;) {
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(per_chunk, p.count - done));
+      const auto src = std::span(in).first(n * element_size(p.dtype));
+      p.file->read_at(p.offset + done * element_size(p.dtype), src);
+      integers_to_float32(src, p.dtype, std::span(floats).first(n * 4));
+      cast_elements(std::span(floats).first(n * 4), DType::float32, std::span(out).first(n * element_size(to)), to,
+                    t.shape.empty());
+      sink.write(std::span(out).first(n * element_size(to)));
+      done += n;
+      progress.advance(src.size());
+    }
+  }
+}
+
 void check_safetensors_dtype(DType dtype, const std::string& name) {
   if (!safetensors_code(dtype)) {
     throw Error(ErrorKind::unsupported, "", "tensor '" + name + "'",
@@ -145,8 +171,9 @@ void write_safetensors_file(const std::string& path, std::vector<SafetensorsItem
   for (const auto& item : items) {
     check_safetensors_dtype(item.dtype, item.name);
     layout.push_back({item.name, item.dtype,
-                      item.tensor ? item.tensor->shape
-                                  : std::vector<std::int64_t>{static_cast<std::int64_t>(item.array->data.size())}});
+                      item.assembled ? item.assembled->shape
+                      : item.tensor  ? item.tensor->shape
+                                     : std::vector<std::int64_t>{static_cast<std::int64_t>(item.array->data.size())}});
     by_name[item.name] = &item;
   }
   safetensors::write_file(
@@ -154,7 +181,9 @@ void write_safetensors_file(const std::string& path, std::vector<SafetensorsItem
       [&](const safetensors::OutputTensor& t, AtomicFile& out) {
         const SafetensorsItem& item = *by_name.at(t.name);
         FileSink sink(out);
-        if (item.tensor) {
+        if (item.assembled) {
+          write_pieces(sink, *item.assembled, item.dtype, progress);
+        } else if (item.tensor) {
           write_tensor(sink, *item.source, *item.tensor, item.dtype, progress);
         } else {
           sink.write({reinterpret_cast<const std::uint8_t*>(item.array->data.data()), item.array->data.size()});
@@ -170,6 +199,10 @@ void write_torch_file(const std::string& path, const Graph& g, const std::vector
       [&](std::size_t i, zip::Writer& zip) {
         const StorageFill& fill = fills[i];
         ZipSink sink(zip);
+        if (fill.assembled) {
+          write_pieces(sink, *fill.assembled, g.storages[i].dtype, progress);
+          return;
+        }
         write_contiguous(sink, fill.source->file(), fill.source->storage_offsets[fill.source_storage],
                          g.storages[i].numel, fill.from, g.storages[i].dtype, fill.zero_dim, progress);
       },
@@ -195,6 +228,24 @@ NodeId GraphBuilder::tensor(const Source& s, NodeId source_node) {
   t.storage = sit->second;
   t.dtype = output_dtype(st.dtype, options_);
   return nodes_[{&s, source_node}] = g_.add_tensor(std::move(t));
+}
+
+NodeId GraphBuilder::tensor(const AssembledTensor& t) {
+  pickle::StorageRef storage;
+  storage.key = std::to_string(g_.storages.size());
+  storage.dtype = output_dtype(t.dtype, options_);
+  storage.location = "cpu";
+  storage.numel = *torch_archive::numel(t.shape);
+  pickle::TensorRef view;
+  view.storage = static_cast<std::uint32_t>(g_.storages.size());
+  view.dtype = storage.dtype;
+  view.shape = t.shape;
+  view.stride = contiguous_strides(t.shape);
+  g_.storages.push_back(std::move(storage));
+  StorageFill fill;
+  fill.assembled = &t;
+  fills_.push_back(fill);
+  return g_.add_tensor(std::move(view));
 }
 
 NodeId copy_value(const Source& s, NodeId node, Graph& g, GraphBuilder& builder) {
@@ -249,6 +300,10 @@ void write_weights_file(const std::string& path, const std::vector<Weight>& weig
         tied.set(w.name, *w.tied_to);
         continue;
       }
+      if (w.assembled) {
+        items.push_back({w.name, nullptr, nullptr, nullptr, output_dtype(w.assembled->dtype, options), w.assembled});
+        continue;
+      }
       const auto& t = tensor_of(w);
       items.push_back({w.name, w.source, &t, nullptr, output_dtype(t.dtype, options)});
     }
@@ -275,7 +330,9 @@ void write_weights_file(const std::string& path, const std::vector<Weight>& weig
   std::map<std::string, NodeId> made;
   for (std::size_t i : subset) {
     const Weight& w = weights[i];
-    const NodeId value = w.tied_to && made.count(*w.tied_to) ? made[*w.tied_to] : builder.tensor(*w.source, w.node);
+    const NodeId value = w.tied_to && made.count(*w.tied_to) ? made[*w.tied_to]
+                         : w.assembled                       ? builder.tensor(*w.assembled)
+                                                             : builder.tensor(*w.source, w.node);
     made[w.name] = value;
     root.items.push_back(add_string(g, w.name));
     root.items.push_back(value);

@@ -46,6 +46,7 @@ struct SafetensorsItem {
   const pickle::TensorRef* tensor = nullptr;  // or, for a numpy array:
   const pickle::NdArray* array = nullptr;
   DType dtype = DType::uint8;
+  const AssembledTensor* assembled = nullptr;  // instead of a tensor or an array
 };
 
 // Writes `items` (tensors cast to their item's dtype, arrays as bytes) with `metadata`. Throws unsupported for a
@@ -60,7 +61,8 @@ struct StorageFill {
   const Source* source = nullptr;
   std::uint32_t source_storage = 0;
   DType from = DType::uint8;
-  bool zero_dim = false;  // holds a single 0-d tensor (torch casts those with its scalar code)
+  bool zero_dim = false;                       // holds a single 0-d tensor (torch casts those with its scalar code)
+  const AssembledTensor* assembled = nullptr;  // instead of a source storage: these pieces
 };
 
 // Writes `g` as a torch.save zip, storage i filled from fills[i] (cast to the storage's dtype).
@@ -76,6 +78,8 @@ class GraphBuilder {
   // The copy of the tensor at `source_node` of `s` (one copy per source tensor, one storage per source storage).
   // Throws unsupported for a cast of a tensor of an untyped storage.
   pickle::NodeId tensor(const Source& s, pickle::NodeId source_node);
+  // A contiguous tensor of its own storage, filled from `t`'s pieces and cast as options ask.
+  pickle::NodeId tensor(const AssembledTensor& t);
 
  private:
   pickle::Graph& g_;

@@ -140,6 +140,39 @@ void widen_bits(const std::uint8_t* src, std::size_t count, double* out, Widen w
 
 }  // namespace
 
+namespace {
+
+template <typename T>
+void integers_to_floats(const std::uint8_t* in, std::size_t count, std::uint8_t* out) {
+  for (std::size_t i = 0; i < count; ++i) {
+    T value;
+    std::memcpy(&value, in + i * sizeof(T), sizeof(T));
+    const float f = static_cast<float>(value);  // one rounding, as torch's
+    std::memcpy(out + i * 4, &f, 4);
+  }
+}
+
+}  // namespace
+
+void integers_to_float32(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst) {
+  const std::size_t count = src.size() / element_size(from);
+  switch (from) {
+    case DType::int64:
+      return integers_to_floats<std::int64_t>(src.data(), count, dst.data());
+    case DType::int32:
+      return integers_to_floats<std::int32_t>(src.data(), count, dst.data());
+    case DType::int16:
+      return integers_to_floats<std::int16_t>(src.data(), count, dst.data());
+    case DType::int8:
+      return integers_to_floats<std::int8_t>(src.data(), count, dst.data());
+    case DType::uint8:
+    case DType::boolean:
+      return integers_to_floats<std::uint8_t>(src.data(), count, dst.data());
+    default:
+      fail(ErrorKind::unsupported, "", "cannot convert " + std::string(torch_name(from)) + " to float32 as integers");
+  }
+}
+
 void widen_to_double(std::span<const std::uint8_t> src, DType dtype, std::span<double> out) {
   const std::size_t count = src.size() / element_size(dtype);
   const std::uint8_t* in = src.data();

@@ -20,6 +20,10 @@ bool can_cast(DType from, DType to);
 void cast_elements(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst, DType to,
                    bool zero_dim = false);
 
+// Converts integer or bool elements to float32 as torch's Tensor.float() does (the nearest float). `dst` holds
+// 4 bytes per element of `src`. Throws unsupported for a dtype that is no integer.
+void integers_to_float32(std::span<const std::uint8_t> src, DType from, std::span<std::uint8_t> dst);
+
 // Every element of `src` (little-endian, contiguous) as doubles, in order: `out` holds one per element, two (real,
 // imaginary) for a complex dtype. Exact for every dtype but 64-bit integers beyond 2^53, which round to the nearest
 // double; bool is 0 or 1; float8 e4m3fn's NaN (S.1111.111) is NaN.
