@@ -12,6 +12,7 @@
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/shards.hpp"
 #include "checkpoint/source.hpp"
+#include "checkpoint/zero.hpp"
 #include "format/json.hpp"
 #include "format/safetensors.hpp"
 #include "format/torch_archive.hpp"
@@ -106,18 +107,14 @@ TrainerStateSummary summarize_trainer_state(const json::Json& state) {
 
 namespace {
 
-// What marks a checkpoint whose weights live where ckpt does not look: a subdirectory (DeepSpeed's global_stepN/,
-// FSDP's pytorch_model_fsdp_0/ and optimizer_0/) or DeepSpeed's `latest` file.
+// What marks a checkpoint whose weights live where ckpt does not look: a subdirectory (FSDP's pytorch_model_fsdp_0/
+// and optimizer_0/).
 std::optional<std::string> foreign_layout_marker(const fs::path& dir) {
-  std::optional<std::string> marker;  // the first subdirectory by name, else `latest`: the same words every time
+  std::optional<std::string> marker;  // the first subdirectory by name: the same words every time
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
-    if (!it->is_symlink(ec) && it->is_directory(ec)) {
-      if (!marker || marker->back() != '/' || name + "/" < *marker) marker = name + "/";
-    } else if (name == "latest" && !marker) {
-      marker = name;
-    }
+    if (!it->is_symlink(ec) && it->is_directory(ec) && (!marker || name + "/" < *marker)) marker = name + "/";
   }
   return marker;
 }
@@ -137,12 +134,23 @@ bool assess_files_and_weights(const fs::path& base, Completeness& result) {
     result.unreadable = true;
   }
   if (!result.problems.empty()) return false;
+  if (zero::has_layout(dir)) {
+    try {
+      result.layout = zero::Checkpoint(dir).describe();
+    } catch (const Error& e) {
+      result.layout = "deepspeed";
+      result.problems.push_back(e.what());
+      result.unreadable |= e.kind() == ErrorKind::unsupported;
+    }
+  }
   try {
     auto weights = find_weights(dir);
-    if (!weights) {
+    if (!weights && !result.layout.empty()) {
+      // DeepSpeed's partitions are the weights; the Trainer gathers 16-bit ones only under some settings.
+    } else if (!weights) {
       if (const auto marker = foreign_layout_marker(base)) {
         result.problems.push_back("no weights file ckpt knows, but " + *marker +
-                                  ": a layout ckpt cannot assess (DeepSpeed, FSDP, ...)");
+                                  ": a layout ckpt cannot assess (FSDP, ...)");
         result.unreadable = true;
       } else {
         result.problems.push_back("no weights (model.safetensors, pytorch_model.bin or a sharded index)");

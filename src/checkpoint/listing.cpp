@@ -39,6 +39,7 @@ RunListing list_run(const std::string& run_dir, const ListOptions& options) {
     row.num_files = e.num_files;
     row.mtime = e.mtime;
     row.problems = e.problems;
+    row.layout = e.layout;
     if (e.state) {
       row.epoch = e.state->epoch;
       row.global_step = e.state->global_step;

@@ -32,6 +32,7 @@ struct ListRow {
   std::optional<double> metric;  // the best-metric's value here, when a metric is known
   std::map<std::string, double> metrics;
   std::vector<std::string> problems;
+  std::string layout;  // RunEntry::layout
 };
 
 struct RunListing {

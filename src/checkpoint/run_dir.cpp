@@ -223,6 +223,7 @@ RunScan scan_run(const std::string& run_dir) {
       e.unreadable = c.unreadable;
       e.has_trainer_state = c.has_trainer_state;
       e.problems = std::move(c.problems);
+      e.layout = std::move(c.layout);
       e.state = std::move(c.state);
       if (e.named && e.state) e.step = e.state->global_step;
     }

@@ -96,13 +96,17 @@ struct Completeness {
   bool has_trainer_state = false;
   std::vector<std::string> problems;
   std::optional<TrainerStateSummary> state;  // when trainer_state.json parsed
+  // How a multi-GPU run laid out its model and optimizer, when not as one process does: "deepspeed zero-3 x4".
+  std::string layout;
 };
 
 // Complete: the weights are present (every shard of a sharded set) with readable headers and hold weights (a
 // non-empty dict of tensors, not another file under their name: that is unreadable, see above), a sharded optimizer
 // has every shard (checkpoint/shards.hpp), and trainer_state.json parses. Reads headers only, never tensor bytes.
-// A directory with no weights file ckpt knows but a subdirectory or DeepSpeed's `latest` (DeepSpeed's global_stepN/,
-// FSDP's pytorch_model_fsdp_0/) is of a layout ckpt cannot assess: unreadable, not incomplete.
+// A DeepSpeed ZeRO checkpoint (DeepSpeed's `latest` beside it) holds its weights in its ranks' files instead: complete
+// when checkpoint/zero.hpp reads them all and they add up (gathered 16-bit weights, when there, must be readable too).
+// A directory with no weights file ckpt knows but a subdirectory (FSDP's pytorch_model_fsdp_0/) is of a layout ckpt
+// cannot assess: unreadable, not incomplete.
 // A FIFO, socket or device among its files (or a symlink to one) makes it incomplete and unreadable.
 Completeness assess_completeness(const std::string& dir);
 
@@ -140,6 +144,7 @@ struct RunEntry {
   bool named = false;                // custom: a named checkpoint, assessed for completeness as checkpoints are
   std::vector<std::string> problems;
   std::optional<TrainerStateSummary> state;
+  std::string layout;  // see Completeness
 };
 
 struct RunScan {

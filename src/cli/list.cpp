@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <iostream>
@@ -58,7 +59,8 @@ json::Json listing_json(const checkpoint::RunListing& listing) {
          {"mtime", r.mtime},
          {"metric", optional_number(r.metric)},
          {"metrics", metrics.take()},
-         {"problems", r.problems}});
+         {"problems", r.problems},
+         {"layout", r.layout.empty() ? json::Json(nullptr) : json::Json(r.layout)}});
   }
   return rows;
 }
@@ -106,8 +108,14 @@ std::string epoch_text(const std::optional<double>& epoch) {
 std::string listing_text(const checkpoint::RunListing& listing) {
   if (listing.rows.empty()) return fmt::format("{}: no checkpoints\n", printable(listing.path));
   const double now = now_seconds();
-  Table table(
-      {"name", "step", "epoch", "loss", listing.metric.value_or("metric"), "", "complete", "size", "age", "note"});
+  // The layout column only for runs that have one (multi-GPU layouts), so other runs' tables stay as they were.
+  const bool layouts =
+      std::any_of(listing.rows.begin(), listing.rows.end(), [](const auto& r) { return !r.layout.empty(); });
+  std::vector<std::string> header = {"name", "step",    "epoch", "loss", listing.metric.value_or("metric"),
+                                     "",     "complete"};
+  if (layouts) header.push_back("layout");
+  header.insert(header.end(), {"size", "age", "note"});
+  Table table(header);
   for (const auto& r : listing.rows) {
     std::string marks;
     if (r.is_best) marks += "best";
@@ -133,9 +141,16 @@ std::string listing_text(const checkpoint::RunListing& listing) {
     if (r.kind == EntryKind::archive && r.complete && r.size_bytes) {
       size += fmt::format(" ({:.2f}x)", static_cast<double>(r.original_bytes) / static_cast<double>(r.size_bytes));
     }
-    table.add({r.name, step ? std::to_string(*step) : "-", epoch_text(r.epoch), number_text(r.loss),
-               number_text(r.metric), marks, complete, size, human_age(now - r.mtime),
-               r.problems.empty() ? "" : r.problems.front()});
+    std::vector<std::string> row = {r.name,
+                                    step ? std::to_string(*step) : "-",
+                                    epoch_text(r.epoch),
+                                    number_text(r.loss),
+                                    number_text(r.metric),
+                                    marks,
+                                    complete};
+    if (layouts) row.push_back(r.layout.empty() ? "-" : r.layout);
+    row.insert(row.end(), {size, human_age(now - r.mtime), r.problems.empty() ? "" : r.problems.front()});
+    table.add(row);
   }
   return table.render() + "total: " + totals_text(checkpoint::totals_of(listing)) + "\n";
 }
