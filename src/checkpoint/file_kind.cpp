@@ -131,6 +131,8 @@ std::string_view kind_name(FileKind kind) {
       return "pickle";
     case FileKind::archive:
       return "archive";
+    case FileKind::deepspeed:
+      return "deepspeed";
     case FileKind::other:
       return "other";
     case FileKind::error:
@@ -177,6 +179,7 @@ std::optional<std::string> kind_problem(const Graph& g, FileKind kind) {
     case FileKind::json:
     case FileKind::pickle:
     case FileKind::archive:
+    case FileKind::deepspeed:
     case FileKind::other:
     case FileKind::error:
       break;

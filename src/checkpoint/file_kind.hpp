@@ -24,11 +24,12 @@ enum class FileKind : std::uint8_t {
   trainer_state,
   training_args,
   config,
-  json,     // any other JSON file
-  pickle,   // any other torch.save value
-  archive,  // a ckpt archive of a checkpoint directory
-  other,    // a file ckpt does not read
-  error,    // a file that could not be read (in directory reports)
+  json,       // any other JSON file
+  pickle,     // any other torch.save value
+  archive,    // a ckpt archive of a checkpoint directory
+  deepspeed,  // DeepSpeed's own: `latest`, its tag's model and optimizer states, zero_to_fp32.py (never run)
+  other,      // a file ckpt does not read
+  error,      // a file that could not be read (in directory reports)
 };
 
 // The kind's name in inspect's text and --json (docs/inspect-json.md): "weights", "weights_index", "rng_state", ...

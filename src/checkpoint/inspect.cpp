@@ -347,6 +347,7 @@ void summarize_value(const Source& file, FileReport& report, const InspectOption
       case FileKind::json:
       case FileKind::archive:
       case FileKind::pickle:
+      case FileKind::deepspeed:
       case FileKind::other:
       case FileKind::error:
         report.fields["value"] = to_data(g, g.root());

@@ -89,8 +89,12 @@ struct CheckpointReport {
   std::vector<std::string> problems;  // why it is not complete, or inconsistencies between its files
   int world_size = 1;                 // processes that wrote it (checkpoint/shards.hpp)
   bool optimizer_sharded = false;     // optimizer_<rank>.pt instead of optimizer.pt
-  std::vector<FileReport> files;
+  std::vector<FileReport> files;      // a DeepSpeed checkpoint's rank files too, named TAG/FILE
   CheckpointSummary summary;
+  // A DeepSpeed ZeRO checkpoint's own account (docs/inspect-json.md "deepspeed"): stage, ranks, groups, sizes;
+  // null for any other checkpoint or when its files could not be read (then `problems` says why).
+  json::Json deepspeed;
+  std::string layout;                  // checkpoint/run_dir.hpp Completeness::layout
   std::optional<Verification> verify;  // cross-file checks, with --verify
 };
 

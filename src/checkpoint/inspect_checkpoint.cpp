@@ -11,6 +11,8 @@
 #include "checkpoint/best.hpp"
 #include "checkpoint/inspect.hpp"
 #include "checkpoint/run_dir.hpp"
+#include "checkpoint/tensor_scan.hpp"
+#include "checkpoint/zero.hpp"
 #include "checkpoint/shards.hpp"
 #include "format/torch_archive.hpp"
 #include "util/fs.hpp"
@@ -124,6 +126,65 @@ PathKind classify_path(const std::string& path) {
              : PathKind::run;
 }
 
+namespace {
+
+// docs/inspect-json.md "deepspeed". With `verify`, NaN and Inf among the fp32 master weights (read here: the only
+// tensor bytes inspect of a DeepSpeed checkpoint reads).
+json::Json deepspeed_json(const zero::Checkpoint& z, bool verify) {
+  std::uint64_t trainable = 0;
+  std::uint64_t frozen = 0;
+  json::Json groups = json::Json::array();
+  for (const auto& g : z.groups()) {
+    trainable += g.numel;
+    groups.push_back({{"parameters", g.parameters.size()}, {"numel", g.numel}, {"hyperparameters", g.hyperparameters}});
+  }
+  for (const auto& p : z.frozen()) frozen += p.numel;
+  json::Json ranks = json::Json::array();
+  for (std::size_t r = 0; r < z.ranks().size(); ++r) {
+    const auto& rank = z.ranks()[r];
+    ranks.push_back({{"rank", r},
+                     {"optim_file", fs::path(rank.optim).filename().string()},
+                     {"model_file",
+                      rank.model.empty() ? json::Json(nullptr) : json::Json(fs::path(rank.model).filename().string())},
+                     {"size_bytes", rank.bytes},
+                     {"partition_numel", rank.partition_numel}});
+  }
+  json::ObjectBuilder shared;
+  for (const auto& [alias, target] : z.shared()) shared.set(alias, target);
+  json::Json out{{"layout", z.describe()},
+                 {"stage", z.stage()},
+                 {"world_size", z.world_size()},
+                 {"tag", z.tag()},
+                 {"ds_version", z.ds_version()},
+                 {"global_steps", z.global_steps()},
+                 {"dtype", std::string(torch_name(z.model_dtype()))},
+                 {"parameters", trainable + frozen},
+                 {"trainable_parameters", trainable},
+                 {"frozen_parameters", frozen},
+                 {"buffers", z.buffers().size()},
+                 {"shared", shared.take()},
+                 {"param_groups", std::move(groups)},
+                 {"ranks", std::move(ranks)}};
+  if (verify) {
+    NonFiniteCount total;
+    const std::size_t first_trainable = z.buffers().size() + z.frozen().size();
+    const auto& tensors = z.fp32_state_dict();
+    for (std::size_t i = first_trainable; i < tensors.size(); ++i) {
+      for (const Piece& p : tensors[i].pieces) {
+        const auto bytes = p.file->bytes().subspan(static_cast<std::size_t>(p.offset),
+                                                   static_cast<std::size_t>(p.count * element_size(p.dtype)));
+        const auto c = count_nonfinite(bytes, p.dtype, {static_cast<std::int64_t>(p.count)}, {1});
+        total.nan += c.nan;
+        total.inf += c.inf;
+      }
+    }
+    out["nonfinite"] = {{"nan", total.nan}, {"inf", total.inf}};
+  }
+  return out;
+}
+
+}  // namespace
+
 CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions& options) {
   CheckpointReport report;
   report.path = dir;
@@ -158,6 +219,32 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
   const Completeness completeness = report.model_directory ? assess_model_directory(dir) : assess_completeness(dir);
   report.complete = completeness.complete;
   report.problems = completeness.problems;
+  report.layout = completeness.layout;
+  std::optional<zero::Checkpoint> deepspeed;
+  if (!report.model_directory && zero::has_layout(dir)) {
+    try {
+      deepspeed.emplace(dir);
+    } catch (const Error&) {
+      // assess_completeness said why
+    }
+  }
+  if (deepspeed) {
+    for (auto& f : report.files) {
+      if (f.file == zero::kLatestName) {
+        f.kind = FileKind::deepspeed;
+        f.fields = {{"tag", deepspeed->tag()}};
+      } else if (f.file == "zero_to_fp32.py") {
+        f.kind = FileKind::deepspeed;
+      }
+    }
+    for (const Source* s : deepspeed->sources()) {
+      FileReport f = inspect_checkpoint_file(s->path, options);
+      f.file = deepspeed->tag() + "/" + f.file;
+      f.kind = FileKind::deepspeed;
+      f.fields.erase("value");  // the checkpoint's "deepspeed" summary says what they hold
+      report.files.push_back(std::move(f));
+    }
+  }
 
   try {
     const auto shards = find_optimizer_shards(dir);
@@ -196,6 +283,16 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
     }
   }
   report.summary = summarize_checkpoint(report, completeness.state, weights);
+  if (deepspeed) {
+    report.world_size = deepspeed->world_size();
+    report.deepspeed = deepspeed_json(*deepspeed, options.verify);
+    if (!report.summary.parameters) {  // no gathered weights: the model's parameters as the partitions hold them
+      const std::uint64_t parameters = report.deepspeed["parameters"].get<std::uint64_t>();
+      report.summary.parameters = parameters;
+      report.summary.dtypes = {{deepspeed->model_dtype(), 0, parameters, 0}};
+      for (const auto& t : deepspeed->fp32_state_dict()) report.summary.dtypes.front().tensors += !t.tied_to;
+    }
+  }
 
   if (options.verify) {
     Verification v;
@@ -227,6 +324,15 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
       }
     }
     if (report.model_directory) v.checks.push_back("a model directory: weights and config.json");
+    if (deepspeed) {
+      v.checks.push_back(
+          "DeepSpeed partitions cover every parameter exactly; ranks agree on stage, world size, groups, "
+          "step and version");
+      if (report.step && deepspeed->global_steps() != *report.step) {
+        v.errors.push_back(deepspeed->tag() + ": global_steps " + std::to_string(deepspeed->global_steps()) +
+                           " but the directory is " + report.name);
+      }
+    }
     for (const auto& p : report.problems) v.errors.push_back("incomplete: " + p);
     report.verify = std::move(v);
   }

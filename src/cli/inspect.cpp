@@ -93,13 +93,16 @@ json::Json checkpoint_json(const CheckpointReport& c) {
                  {"kind", "checkpoint"},
                  {"name", c.name},
                  {"step", c.step ? json::Json(*c.step) : json::Json(nullptr)},
-                 {"layout", c.model_directory ? "model" : "checkpoint"},
+                 {"layout", c.model_directory  ? "model"
+                            : c.layout.empty() ? "checkpoint"
+                                               : c.layout},
                  {"complete", c.complete},
                  {"problems", c.problems},
                  {"world_size", c.world_size},
                  {"optimizer_sharded", c.optimizer_sharded},
                  {"files", std::move(files)},
-                 {"summary", summary_json(c.summary, c.files)}};
+                 {"summary", summary_json(c.summary, c.files)},
+                 {"deepspeed", c.deepspeed}};
   if (c.verify) out["verify"] = verification_json(*c.verify);
   return out;
 }
@@ -284,6 +287,7 @@ std::string file_text(const FileReport& f, bool detail) {
       out += "  " + printable(json::dump(x["value"])) + "\n";
       break;
     }
+    case FileKind::deepspeed:  // the checkpoint's summary tells what they hold
     case FileKind::other:
     case FileKind::error:
       break;
@@ -320,6 +324,37 @@ std::string summary_text(const CheckpointReport& c, const std::vector<std::strin
   }
   rows.push_back({"size", fmt::format("{} in {} file{}", human_bytes(s.size_bytes), c.files.size(),
                                       c.files.size() == 1 ? "" : "s")});
+  if (!c.deepspeed.is_null()) {
+    const json::Json& d = c.deepspeed;
+    rows.push_back(
+        {"deepspeed",
+         fmt::format("ZeRO stage {}, {} ranks, tag {}, ds_version {}, global_steps {}", d["stage"].get<int>(),
+                     d["world_size"].get<int>(), printable(d["tag"].get<std::string>()),
+                     printable(d["ds_version"].get<std::string>()), d["global_steps"].get<std::int64_t>())});
+    rows.push_back(
+        {"", fmt::format("{} trainable and {} frozen parameters, {} buffers; fp32 master weights",
+                         grouped(d["trainable_parameters"].get<std::uint64_t>()),
+                         grouped(d["frozen_parameters"].get<std::uint64_t>()), d["buffers"].get<std::size_t>())});
+    for (std::size_t g = 0; g < d["param_groups"].size(); ++g) {
+      const json::Json& group = d["param_groups"][g];
+      std::vector<std::string> hyper;
+      for (const auto& [key, value] : group["hyperparameters"].items()) hyper.push_back(key + " " + value_text(value));
+      rows.push_back({g == 0 ? "param groups" : "",
+                      fmt::format("{}: {} parameters, {} elements; {}", g, group["parameters"].get<std::size_t>(),
+                                  grouped(group["numel"].get<std::uint64_t>()), fmt::join(hyper, ", "))});
+    }
+    for (const auto& rank : d["ranks"]) {
+      rows.push_back({rank["rank"].get<std::size_t>() == 0 ? "ranks" : "",
+                      fmt::format("{}: {} fp32 elements, {}", rank["rank"].get<std::size_t>(),
+                                  grouped(rank["partition_numel"].get<std::uint64_t>()),
+                                  human_bytes(rank["size_bytes"].get<std::uint64_t>()))});
+    }
+    if (d.contains("nonfinite")) {
+      rows.push_back(
+          {"nan/inf", fmt::format("{}/{} in the fp32 master weights", d["nonfinite"]["nan"].get<std::uint64_t>(),
+                                  d["nonfinite"]["inf"].get<std::uint64_t>())});
+    }
+  }
   if (s.parameters) {
     std::vector<std::string> dtypes;
     for (const auto& d : s.dtypes) {
@@ -387,7 +422,10 @@ int inspect_checkpoint_path(const InspectOptions& o, const checkpoint::InspectOp
     std::cout << json::dump(out, 2) << "\n";
   } else {
     std::string text = fmt::format(
-        "{}: {}{}, {}, {} file{}{}{}\n", printable(c.path), c.model_directory ? "model directory" : "checkpoint",
+        "{}: {}{}, {}, {} file{}{}{}\n", printable(c.path),
+        c.model_directory  ? "model directory"
+        : c.layout.empty() ? "checkpoint"
+                           : c.layout + " checkpoint",
         c.step ? fmt::format(" at step {}", *c.step) : "", c.complete ? "complete" : "INCOMPLETE", c.files.size(),
         c.files.size() == 1 ? "" : "s", c.world_size > 1 ? fmt::format(", written by {} processes", c.world_size) : "",
         c.optimizer_sharded ? ", optimizer sharded" : "");
