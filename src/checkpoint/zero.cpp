@@ -420,6 +420,10 @@ class Reader {
           same = entries[i].first == shape_groups_[k].parameters[i].name;
       }
       if (!same) other.fail("param_shapes", "differs from rank 0's");
+      const std::int64_t steps = other.integer(other.key(other.graph().root(), "global_steps", ""), "global_steps");
+      if (steps != c_.global_steps_)
+        other.fail("global_steps",
+                   "is " + std::to_string(steps) + ", but rank 0's is " + std::to_string(c_.global_steps_));
     }
 
     // Frozen parameters: stage 2 whole in rank 0's file, stage 3 one partition per rank.
