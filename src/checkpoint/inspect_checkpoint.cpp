@@ -131,14 +131,10 @@ namespace {
 // docs/inspect-json.md "deepspeed". With `verify`, NaN and Inf among the fp32 master weights (read here: the only
 // tensor bytes inspect of a DeepSpeed checkpoint reads).
 json::Json deepspeed_json(const zero::Checkpoint& z, bool verify) {
-  std::uint64_t trainable = 0;
-  std::uint64_t frozen = 0;
   json::Json groups = json::Json::array();
   for (const auto& g : z.groups()) {
-    trainable += g.numel;
     groups.push_back({{"parameters", g.parameters.size()}, {"numel", g.numel}, {"hyperparameters", g.hyperparameters}});
   }
-  for (const auto& p : z.frozen()) frozen += p.numel;
   json::Json ranks = json::Json::array();
   for (std::size_t r = 0; r < z.ranks().size(); ++r) {
     const auto& rank = z.ranks()[r];
@@ -158,9 +154,9 @@ json::Json deepspeed_json(const zero::Checkpoint& z, bool verify) {
                  {"ds_version", z.ds_version()},
                  {"global_steps", z.global_steps()},
                  {"dtype", std::string(torch_name(z.model_dtype()))},
-                 {"parameters", trainable + frozen},
-                 {"trainable_parameters", trainable},
-                 {"frozen_parameters", frozen},
+                 {"parameters", z.trainable_parameters() + z.frozen_parameters()},
+                 {"trainable_parameters", z.trainable_parameters()},
+                 {"frozen_parameters", z.frozen_parameters()},
                  {"buffers", z.buffers().size()},
                  {"shared", shared.take()},
                  {"param_groups", std::move(groups)},
@@ -287,7 +283,7 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
     report.world_size = deepspeed->world_size();
     report.deepspeed = deepspeed_json(*deepspeed, options.verify);
     if (!report.summary.parameters) {  // no gathered weights: the model's parameters as the partitions hold them
-      const std::uint64_t parameters = report.deepspeed["parameters"].get<std::uint64_t>();
+      const std::uint64_t parameters = deepspeed->trainable_parameters() + deepspeed->frozen_parameters();
       report.summary.parameters = parameters;
       report.summary.dtypes = {{deepspeed->model_dtype(), 0, parameters, 0}};
       for (const auto& t : deepspeed->fp32_state_dict()) report.summary.dtypes.front().tensors += !t.tied_to;

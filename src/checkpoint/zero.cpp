@@ -741,6 +741,18 @@ std::vector<const Source*> Checkpoint::sources() const {
   return out;
 }
 
+std::uint64_t Checkpoint::trainable_parameters() const {
+  std::uint64_t n = 0;
+  for (const auto& g : groups_) n += g.numel;  // each checked against the files, which bound it
+  return n;
+}
+
+std::uint64_t Checkpoint::frozen_parameters() const {
+  std::uint64_t n = 0;
+  for (const auto& p : frozen_) n += p.numel;  // each a shape's numel whose fragments the files hold
+  return n;
+}
+
 std::string Checkpoint::describe() const {
   return "deepspeed zero-" + std::to_string(stage_) + " x" + std::to_string(world_);
 }

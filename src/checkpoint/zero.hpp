@@ -80,6 +80,8 @@ class Checkpoint {
   const std::vector<Parameter>& buffers() const { return buffers_; }
   const std::vector<std::pair<std::string, std::string>>& shared() const { return shared_; }  // alias, target
   const std::vector<RankFiles>& ranks() const { return ranks_; }
+  std::uint64_t trainable_parameters() const;  // elements, padding excluded, a tied parameter once
+  std::uint64_t frozen_parameters() const;
   // Every file read, rank 0's model states first: what --verify checks the records of.
   std::vector<const Source*> sources() const;
   // "deepspeed zero-2 x4"
