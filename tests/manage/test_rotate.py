@@ -385,8 +385,9 @@ class RotateSafetyTest(Tmp):
         self.assertTrue(all(c["complete"] for c in listing), r.describe())
 
     def test_layouts_ckpt_cannot_assess_are_kept_and_reported(self):
-        # A DeepSpeed checkpoint (global_stepN/ and `latest`, no top-level weights) or FSDP's sharded directories:
-        # never counted toward --keep, never deleted, however old, and the reason says so.
+        # FSDP's sharded directories: never counted toward --keep, never deleted, however old, and the reason says
+        # so. A DeepSpeed checkpoint (global_stepN/ and `latest`, no top-level weights) is assessed by its own files
+        # (tests/deepspeed): this one's are garbage, so it is incomplete, kept as one holding trainer_state.json.
         d = os.path.join(self.tmp, "run")
         runs.make_run(d, [10, 20])
         old = time.time() - 5 * HOUR
@@ -408,12 +409,15 @@ class RotateSafetyTest(Tmp):
         dec = self.decisions(data)
         for name in ("checkpoint-30", "checkpoint-40"):
             self.assertEqual(dec[name]["action"], "keep", r.describe())
-            self.assertIn("cannot read", dec[name]["reason"], r.describe())
+        self.assertIn("cannot read", dec["checkpoint-40"]["reason"], r.describe())
+        self.assertIn("holds trainer_state.json", dec["checkpoint-30"]["reason"], r.describe())
         self.assertEqual(data["newest"], "checkpoint-20", r.describe())
         self.assertEqual(runs.entries(d), ["checkpoint-20", "checkpoint-30", "checkpoint-40"])
         r = ckpt_ok(self, "list", d, "--json")
         listing = {c["name"]: c for c in r.json()}
-        self.assertIn("global_step30/", " ".join(listing["checkpoint-30"]["problems"]), r.describe())
+        self.assertIn("global_step30", " ".join(listing["checkpoint-30"]["problems"]), r.describe())
+        self.assertEqual(listing["checkpoint-30"]["layout"], "deepspeed", r.describe())
+        self.assertIn("pytorch_model_fsdp_0/", " ".join(listing["checkpoint-40"]["problems"]), r.describe())
 
     def test_incomplete_checkpoints_do_not_count_toward_keep(self):
         d = self.run_dir(best_step=50)
