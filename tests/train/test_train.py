@@ -836,16 +836,18 @@ class OutputDirectoryGuard(TrainTest):
         self.assertTrue(r.stderr.startswith("ckpt: error: " + lightning + ": "), r.stderr)
         self.assertIn("--overwrite-output-dir", r.stderr)
         os.remove(lightning)
-        deepspeed = os.path.join(run, "checkpoint-30")  # a layout ckpt cannot assess
-        os.makedirs(os.path.join(deepspeed, "global_step30"))
-        with open(os.path.join(deepspeed, "latest"), "w") as f:
-            f.write("global_step30")
+        # A layout ckpt cannot assess: no weights file it knows, a subdirectory it does not (DeepSpeed's and FSDP's
+        # own are assessed by their files: tests/deepspeed, tests/fsdp).
+        unknown = os.path.join(run, "checkpoint-30")
+        os.makedirs(os.path.join(unknown, "weights_of_another_tool"))
+        with open(os.path.join(unknown, "weights_of_another_tool", "part-0"), "w") as f:
+            f.write("?")
         r = ckpt("save", "--output-dir", run, "--overwrite-output-dir", *self.FLAGS)
         self.assertEqual(r.returncode, 3, r.stderr)
-        self.assertTrue(r.stderr.startswith("ckpt: error: " + deepspeed + ": "), r.stderr)
+        self.assertTrue(r.stderr.startswith("ckpt: error: " + unknown + ": "), r.stderr)
         self.assertEqual(self.weights(run), before)
-        self.assertTrue(os.path.isdir(deepspeed))
-        shutil.rmtree(deepspeed)
+        self.assertTrue(os.path.isdir(unknown))
+        shutil.rmtree(unknown)
         # An archive directory that is a symlink is not the run's: never followed.
         elsewhere = self.path("elsewhere")
         os.makedirs(elsewhere)
