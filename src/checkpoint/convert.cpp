@@ -151,6 +151,20 @@ void rebase(ConvertResult& result, std::size_t from, const std::string& staging,
   }
 }
 
+// Copies a file of a checkpoint directory to `to`; config.json gets --dtype's torch_dtype when the weights beside it
+// were `converted` (and so cast).
+void copy_beside_weights(const std::string& path, const std::string& to, bool converted, const ConvertOptions& options,
+                         ConvertResult& result) {
+  if (fs::path(path).filename() == "config.json" && converted && options.dtype) {
+    write_config_with_dtype(path, to, *options.dtype, options);
+    result.files.push_back({path, to, "copied, torch_dtype " + std::string(torch_name(*options.dtype)),
+                            options.dry_run ? 0 : file_size_or_zero(to)});
+    return;
+  }
+  if (!options.dry_run) fs_util::copy_file(path, to);
+  result.files.push_back({path, to, "copied", options.dry_run ? 0 : file_size_or_zero(to)});
+}
+
 void convert_directory(const std::string& source, const std::string& destination, const ConvertOptions& options,
                        ConvertResult& result) {
   const auto weights = find_weights(source);
@@ -221,14 +235,7 @@ void convert_directory(const std::string& source, const std::string& destination
       }
       const std::string to = (fs::path(out) / name).string();
       claim_output(result, first, to, path);
-      if (name == "config.json" && convert_weights_here && options.dtype) {
-        write_config_with_dtype(path, to, *options.dtype, options);
-        result.files.push_back({path, to, "copied, torch_dtype " + std::string(torch_name(*options.dtype)),
-                                options.dry_run ? 0 : file_size_or_zero(to)});
-        continue;
-      }
-      if (!options.dry_run) fs_util::copy_file(path, to);
-      result.files.push_back({path, to, "copied", options.dry_run ? 0 : file_size_or_zero(to)});
+      copy_beside_weights(path, to, convert_weights_here, options, result);
     }
   });
   if (!options.dry_run) rebase(result, first, used_staging, destination);
@@ -381,14 +388,7 @@ void convert_zero(const std::string& source, const std::string& destination, con
       const std::string path = (fs::path(source) / name).string();
       const std::string to = (fs::path(out) / name).string();
       claim_output(result, first, to, path);
-      if (name == "config.json" && options.dtype) {
-        write_config_with_dtype(path, to, *options.dtype, options);
-        result.files.push_back({path, to, "copied, torch_dtype " + std::string(torch_name(*options.dtype)),
-                                options.dry_run ? 0 : file_size_or_zero(to)});
-        continue;
-      }
-      if (!options.dry_run) fs_util::copy_file(path, to);
-      result.files.push_back({path, to, "copied", options.dry_run ? 0 : file_size_or_zero(to)});
+      copy_beside_weights(path, to, true, options, result);
     }
   });
   if (!options.dry_run) rebase(result, first, used_staging, destination);
