@@ -151,6 +151,7 @@ struct TagFiles {
   std::map<std::int64_t, std::string> optim;         // rank -> file name
   std::map<std::int64_t, std::string> stage3_model;  // rank -> file name
   bool stage12_model = false;
+  std::string optim_prefix;  // "bf16_" or ""
 };
 
 // `zero_pp_rank_<r>_mp_rank_00_<suffix>` (with an optional `bf16_` before it for optim states): the rank r.
@@ -183,6 +184,7 @@ TagFiles list_tag(const std::string& tag_dir) {
           throw Error(ErrorKind::corrupt, tag_dir, "",
                       "holds optimizer states with two prefixes (" + *optim_prefix + " and " + prefix + ")");
         optim_prefix = prefix;
+        files.optim_prefix = *optim_prefix == "bf16_zero_pp_rank_" ? "bf16_" : "";
         files.optim[*rank] = name;
       }
     }
@@ -282,10 +284,10 @@ class Reader {
     if (c_.stage_ < 1 || c_.stage_ > 3) v0.fail("optimizer_state_dict[\"zero_stage\"]", "is no ZeRO stage 1, 2 or 3");
     c_.world_ = static_cast<int>(partition_count(v0, osd0));
     for (std::int64_t r = 0; r < c_.world_; ++r) {
-      if (!files.optim.count(r))
-        throw Error(ErrorKind::corrupt, tag_dir_, "",
-                    "misses the optimizer states of rank " + std::to_string(r) + " of " + std::to_string(c_.world_) +
-                        " (partition_count)");
+      if (!files.optim.count(r)) {
+        missing(files.optim_prefix + "zero_pp_rank_" + std::to_string(r) + "_mp_rank_00_optim_states.pt",
+                "partition_count is " + std::to_string(c_.world_));
+      }
     }
     if (files.optim.size() != static_cast<std::size_t>(c_.world_))
       throw Error(ErrorKind::corrupt, tag_dir_, "",
@@ -295,12 +297,12 @@ class Reader {
     if (c_.stage_ == 3) {
       for (std::int64_t r = 0; r < c_.world_; ++r) {
         if (!files.stage3_model.count(r))
-          throw Error(ErrorKind::corrupt, tag_dir_, "",
-                      "misses zero_pp_rank_" + std::to_string(r) + "_mp_rank_00_model_states.pt");
+          missing("zero_pp_rank_" + std::to_string(r) + "_mp_rank_00_model_states.pt",
+                  "stage 3 has one per rank, partition_count is " + std::to_string(c_.world_));
         model_values_.push_back(open(files.stage3_model.at(r), c_.model_));
       }
     } else {
-      if (!files.stage12_model) throw Error(ErrorKind::corrupt, tag_dir_, "", "misses mp_rank_00_model_states.pt");
+      if (!files.stage12_model) missing("mp_rank_00_model_states.pt", "rank 0 writes it under stages 1 and 2");
       model_values_.push_back(open("mp_rank_00_model_states.pt", c_.model_));
     }
     read_model_states();
@@ -313,6 +315,11 @@ class Reader {
   }
 
  private:
+  // A file of the tag directory that its other files promise.
+  [[noreturn]] void missing(const std::string& name, const std::string& why) const {
+    throw Error(ErrorKind::corrupt, (fs::path(tag_dir_) / name).string(), "", "is missing (" + why + ")");
+  }
+
   std::unique_ptr<Values> open(const std::string& name, std::vector<std::unique_ptr<Source>>& into) {
     const std::string path = (fs::path(tag_dir_) / name).string();
     into.push_back(load_source(path));
