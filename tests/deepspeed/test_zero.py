@@ -716,6 +716,14 @@ def rewrite_optim_states(fixture, checkpoint, rank, change):
     gen.save_from_gpu(saved, path, rank)
 
 
+def rewrite_model_states(fixture, checkpoint, change):
+    """Loads rank 0's model states in `checkpoint`, applies change(dict) and saves it as DeepSpeed would."""
+    path = os.path.join(checkpoint, "global_step%d" % STEP, gen.model_file_name(fixture.opts, 0))
+    saved = torch.load(path, map_location="cpu")
+    change(saved)
+    gen.save_from_gpu(saved, path, 0)
+
+
 class Hostile(ZeroCase):
     @classmethod
     def setUpClass(cls):
@@ -782,6 +790,51 @@ class Hostile(ZeroCase):
                     r = ckpt_untrusted("list", os.path.dirname(checkpoint), "--json")
                     self.assertEqual(r.returncode, 0, r.describe())
                     self.assertFalse(r.json()[0]["complete"], r.describe())
+
+    def test_shapes_dtypes_and_stages_that_do_not_fit(self):
+        """What docs/deepspeed-format.md lists a hostile file could claim: exit 3 naming the file that claims it,
+        within the memory cap, nothing written."""
+
+        def huge_dimension(saved):
+            shapes = saved["param_shapes"][0]
+            first = next(iter(shapes))
+            shapes[first] = torch.Size([2 ** 62, 4])
+
+        def negative_dimension(saved):
+            shapes = saved["param_shapes"][0]
+            shapes[next(iter(shapes))] = torch.Size([-3])
+
+        def a_name_twice(saved):
+            saved["param_shapes"][1].update(list(saved["param_shapes"][0].items())[:1])
+
+        def frozen_and_trainable(saved):
+            name, shape = next(iter(saved["param_shapes"][0].items()))
+            saved["frozen_param_shapes"][name] = shape
+
+        def half_partition(zero):
+            key = "fp32_flat_groups" if "fp32_flat_groups" in zero else "single_partition_of_fp32_groups"
+            zero[key][0] = zero[key][0].half()
+
+        def another_stage(zero):
+            zero["zero_stage"] = gen.ZeroStageEnum(1 if int(zero["zero_stage"]) != 1 else 2)
+
+        cases = [("huge dimension", "model", huge_dimension), ("negative dimension", "model", negative_dimension),
+                 ("a name twice", "model", a_name_twice), ("frozen and trainable", "model", frozen_and_trainable),
+                 ("a half-precision partition", "optim", half_partition),
+                 ("rank 1 at another stage", "optim", another_stage)]
+        for stage in (2, 3):
+            fixture = self.base[stage]
+            for what, which, change in cases:
+                with self.subTest(stage=stage, claim=what):
+                    checkpoint = copy_checkpoint(fixture, "claim-%d-%s" % (stage, what.replace(" ", "-")))
+                    if which == "model":
+                        rewrite_model_states(fixture, checkpoint, change)
+                        claimant = gen.model_file_name(fixture.opts, 0)
+                    else:
+                        rank = 1 if "rank 1" in what else 0
+                        rewrite_optim_states(fixture, checkpoint, rank, change)
+                        claimant = fixture.optim_file(rank)
+                    self.refuse(checkpoint, claimant)
 
     def test_partitions_that_do_not_add_up_on_another_rank(self):
         fixture = self.base[1]
