@@ -250,7 +250,8 @@ class Layout(ZeroCase):
                     rows, r = self.list_json(os.path.dirname(checkpoint))
                     row = rows[os.path.basename(checkpoint)]
                     self.assertFalse(row["complete"], r.describe())
-                    self.assertEqual(row["layout"], fixture.layout(), r.describe())
+                    # What the damage leaves may not tell the stage and world size (no tag directory to read).
+                    self.assertIn(row["layout"], ("deepspeed", fixture.layout()), r.describe())
                     self.assertIn(damaged_file(fixture, kind), " ".join(row["problems"]), r.describe())
 
     def test_text_shows_a_layout_column_only_when_an_entry_has_a_layout(self):
