@@ -462,15 +462,23 @@ class Consolidate(ZeroCase):
                         self.assertEqual(f.read(), data, name)
                 self.assertMatchesReference(out, fixture.reference(), to)
 
-    def test_gathered_16bit_shards_and_index_are_left_out(self):
+    def test_gathered_16bit_weights_in_any_form_are_left_out(self):
+        """The Trainer's 16-bit weights beside DeepSpeed's files (sharded with an index, or pytorch_model.bin when
+        save_safetensors is off) are neither copied nor read as the weights."""
         fixture = self.cell(2, 3, "fp16")
-        checkpoint = copy_checkpoint(fixture, "gathered-shards")
-        os.remove(os.path.join(checkpoint, "model.safetensors"))
-        runs.write_sharded_safetensors(checkpoint, shards=2)
-        out = self.path("out")
-        self.consolidate(checkpoint, out)
-        self.assertEqual(sorted(os.listdir(out)), ["config.json", "model.safetensors"])
-        self.assertMatchesReference(out, fixture.reference())
+        for form in ("sharded", "bin"):
+            with self.subTest(form=form):
+                checkpoint = copy_checkpoint(fixture, "gathered-" + form)
+                os.remove(os.path.join(checkpoint, "model.safetensors"))
+                if form == "sharded":
+                    runs.write_sharded_safetensors(checkpoint, shards=2)
+                else:
+                    runs.write_pytorch_bin(os.path.join(checkpoint, "pytorch_model.bin"))
+                for to, weights in (("safetensors", "model.safetensors"), ("pytorch", "pytorch_model.bin")):
+                    out = self.path("out-%s-%s" % (form, to))
+                    self.consolidate(checkpoint, out, "--to", to)
+                    self.assertEqual(sorted(os.listdir(out)), sorted(["config.json", weights]))
+                    self.assertMatchesReference(out, fixture.reference(), to)
 
     def test_max_shard_size(self):
         for fixture in (self.cell(3, 4, "bf16"), self.variant("untied")):
