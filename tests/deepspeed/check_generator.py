@@ -103,7 +103,9 @@ def expected_files(opts, step):
     ranks = range(opts.world_size)
     prefix = "bf16_" if opts.dtype == "bf16" else ""
     tag = "global_step%d" % step
-    files = {"latest", "zero_to_fp32.py", "trainer_state.json", "training_args.bin", "config.json", "scheduler.pt"}
+    files = {"latest", "zero_to_fp32.py", "trainer_state.json", "training_args.bin", "config.json"}
+    if not opts.engine_scheduler:
+        files.add("scheduler.pt")
     files |= {"rng_state.pth"} if opts.world_size == 1 else {"rng_state_%d.pth" % r for r in ranks}
     if opts.stage < 3 or opts.gather_16bit:
         files.add("model.safetensors")
@@ -198,12 +200,15 @@ class GeneratorTest(unittest.TestCase):
                         self.assertEqual(group["initial_lr"], 1e-4 if group["weight_decay"] == 0.0 and
                                          opts.param_groups == 3 and group is groups[-1] else 1e-3, name)
                         self.assertLess(group["lr"], group["initial_lr"], "the schedule has decayed lr")
+                elif opts.engine_scheduler:
+                    self.assertEqual(saved["lr_scheduler"]["last_epoch"], step, name)
                 else:
                     # The Trainer built the scheduler, so accelerate kept it from the engine: scheduler.pt has it.
                     self.assertIsNone(saved["lr_scheduler"], name)
         self.check_devices_and_views(opts, os.path.join(checkpoint, "global_step%d" % step))
-        scheduler = torch.load(os.path.join(checkpoint, "scheduler.pt"))
-        self.assertEqual(scheduler["last_epoch"], step)
+        if not opts.engine_scheduler:
+            scheduler = torch.load(os.path.join(checkpoint, "scheduler.pt"))
+            self.assertEqual(scheduler["last_epoch"], step)
         tag_dir = os.path.join(checkpoint, "global_step%d" % step)
         self.assertIsNone(partition_sizes_add_up(tag_dir, opts.stage, opts.world_size, opts.dtype))
 
@@ -248,6 +253,7 @@ class GeneratorTest(unittest.TestCase):
             dict(stage=3, world_size=4, dtype="fp16", param_groups=3, sub_group_size=100),
             dict(stage=3, world_size=3, dtype="bf16", sub_group_size=40, gather_16bit=True, enum_by_value=True),
             dict(stage=2, world_size=4, dtype="fp16", width=33, layers=3, vocab=101, enum_by_value=True),
+            dict(stage=3, world_size=2, dtype="bf16", engine_scheduler=True),
         ]
         for i, fields in enumerate(variants):
             with self.subTest(**fields):
@@ -263,6 +269,15 @@ class GeneratorTest(unittest.TestCase):
         self.assertGreater(len(zero["fp32_flat_groups"]), len(training.groups))
         owned = [g["params"] for g in zero["optimizer_state_dict"]["param_groups"]]
         self.assertEqual(sorted(i for ids in owned for i in ids), list(range(len(zero["fp32_flat_groups"]))))
+
+    def test_next_gradients_are_the_next_steps(self):
+        _, training, _, _ = self.build("next", stage=2, world_size=2, dtype="fp16")
+        gradients = training.next_gradients()
+        self.assertEqual(list(gradients), list(training.masters))
+        training.train_to(training.step + 1)
+        for name, master in training.masters.items():
+            self.assertTrue(torch.equal(master.grad, gradients[name]), name)
+        self.assertFalse(torch.equal(training.next_gradients()["embed.weight"], gradients["embed.weight"]))
 
     def test_several_checkpoints(self):
         opts, training, checkpoint, reference = self.build("run", stage=2, world_size=2, dtype="bf16",

@@ -7,7 +7,10 @@ RUN_DIR gets one `checkpoint-<step>/` per `--checkpoints` step, each holding `gl
 of every rank), `latest`, a `zero_to_fp32.py` stand-in, `rng_state[_<rank>].pth`, `scheduler.pt`,
 `trainer_state.json`, `training_args.bin`, `config.json` and, when the Trainer would have gathered them,
 `model.safetensors`. The run is the Trainer's default with DeepSpeed: a config without "optimizer" and "scheduler"
-sections, so the Trainer's torch AdamW and linear LambdaLR are used. The layout,
+sections, so the Trainer's torch AdamW and linear LambdaLR are used (with --engine-scheduler the engine saves that
+schedule in the model states' `lr_scheduler` and there is no `scheduler.pt`, the layout of a config that gives the
+engine the scheduler). `Training.next_gradients()` and `trainer_optimizer()` give a test the next step's gradients
+and the Trainer's optimizer, to step an optimizer rebuilt from a checkpoint against the run itself. The layout,
 keys, dtypes, flattening, partitioning, alignment and padding follow DeepSpeed's save code as
 docs/deepspeed-format.md records it (with the DeepSpeed commits read); nothing here comes from DeepSpeed's code.
 
@@ -212,6 +215,7 @@ class Options:
     sub_group_size: int = 1_000_000_000
     gather_16bit: bool = False
     enum_by_value: bool = False
+    engine_scheduler: bool = False
     seed: int = 1234
     ds_version: str = "0.19.8"
     micro_batch: int = 4
@@ -235,11 +239,7 @@ class Training:
         self.masters = collections.OrderedDict(
             (n, p.detach().clone().float()) for n, p in self.model.named_parameters() if p.requires_grad)
         self.groups = self._param_groups()
-        # As Trainer.create_optimizer: groups name params and weight_decay, the rest comes from the defaults (the
-        # third group's own lr stands for a user's custom group).
-        self.optimizer = torch.optim.AdamW(
-            [dict({"params": [self.masters[n] for n in names], "weight_decay": wd}, **({} if lr == LR else {"lr": lr}))
-             for names, wd, lr in self.groups], lr=LR, betas=(0.9, 0.999), eps=1e-8)
+        self.optimizer = trainer_optimizer(self.groups, self.masters)
         # Trainer.create_scheduler's linear schedule (a LambdaLR over a functools.partial) on the same optimizer,
         # so that the saved param groups carry initial_lr and the decayed lr, as in a real run.
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
@@ -267,8 +267,8 @@ class Training:
 
     def train_to(self, step):
         while self.step < step:
-            for master in self.masters.values():
-                master.grad = torch.randn(master.shape, generator=self.generator) * 0.1
+            for name, gradient in self._gradients(self.generator).items():
+                self.masters[name].grad = gradient
             self.optimizer.step()
             self.schedule.step()
             self.step += 1
@@ -279,6 +279,15 @@ class Training:
             self.model.bn.running_mean.copy_(torch.randn(self.opts.width, generator=self.generator))
             self.model.bn.running_var.copy_(torch.rand(self.opts.width, generator=self.generator) + 0.5)
             self.model.bn.num_batches_tracked.fill_(step)
+
+    def _gradients(self, generator):
+        return collections.OrderedDict(
+            (name, torch.randn(master.shape, generator=generator) * 0.1) for name, master in self.masters.items())
+
+    def next_gradients(self):
+        """{name: gradient} of every trainable parameter for the next step, as train_to would draw them, leaving
+        the run's generator as it was (a test steps an optimizer rebuilt from the checkpoint with these)."""
+        return self._gradients(torch.Generator().set_state(self.generator.get_state()))
 
     def optimizer_state(self, name):
         """AdamW's state of one parameter: {step, exp_avg, exp_avg_sq}."""
@@ -509,6 +518,15 @@ def ds_config(opts):
     }
 
 
+def trainer_optimizer(groups, tensors):
+    """Trainer.create_optimizer's torch AdamW over `tensors` ({name: tensor}) grouped as `groups` ((names,
+    weight_decay, lr) each): groups name params and weight_decay, the rest comes from the defaults (the third
+    group's own lr stands for a user's custom group)."""
+    return torch.optim.AdamW(
+        [dict({"params": [tensors[n] for n in names], "weight_decay": wd}, **({} if lr == LR else {"lr": lr}))
+         for names, wd, lr in groups], lr=LR, betas=(0.9, 0.999), eps=1e-8)
+
+
 def linear_decay(step, total):
     return max(0.0, (total - step) / total)
 
@@ -544,8 +562,9 @@ def model_states(training, rank, module, padding_fill):
         "shared_params": shared_params(training.model) if rank == 0 else {},
         "frozen_param_fragments": fragments if save_frozen else None,
         # The Trainer's own LambdaLR is not one of DeepSpeed's schedulers, so accelerate does not hand it to
-        # deepspeed.initialize: the engine has none, and the Trainer writes scheduler.pt itself.
-        "lr_scheduler": None,
+        # deepspeed.initialize: the engine has none, and the Trainer writes scheduler.pt itself. With
+        # engine_scheduler the engine owns the schedule (a DeepSpeed config with an optimizer section) and saves it.
+        "lr_scheduler": training.schedule.state_dict() if opts.engine_scheduler else None,
         "data_sampler": None,
         "random_ltd": None,
         "sparse_tensor_module_names": set(),
@@ -678,8 +697,9 @@ def write_hf_files(checkpoint, training, module):
     for rank in range(opts.world_size):
         name = "rng_state.pth" if opts.world_size == 1 else "rng_state_%d.pth" % rank
         torch.save(rng_states(opts.seed + rank + training.step), os.path.join(checkpoint, name))
-    # Trainer._save_optimizer_and_scheduler: the scheduler is not the engine's (see model_states), so it is saved.
-    torch.save(training.schedule.state_dict(), os.path.join(checkpoint, "scheduler.pt"))
+    # Trainer._save_optimizer_and_scheduler: a scheduler that is not the engine's (see model_states) is saved.
+    if not opts.engine_scheduler:
+        torch.save(training.schedule.state_dict(), os.path.join(checkpoint, "scheduler.pt"))
     runs.write_json(os.path.join(checkpoint, "trainer_state.json"), runs.trainer_state(training.step))
     hf_config = HfTrainerDeepSpeedConfig(ds_config(opts), opts.torch_dtype)
     torch.save(TrainingArguments(
@@ -858,6 +878,8 @@ def parse(argv):
                    help="stage 3: stage3_gather_16bit_weights_on_model_save, so the Trainer writes model.safetensors")
     p.add_argument("--enum-by-value", action="store_true",
                    help="pickle zero_stage as ZeroStageEnum(2) (Pythons other than 3.11) instead of by name")
+    p.add_argument("--engine-scheduler", action="store_true",
+                   help="the engine owns the schedule: its state in the model states' lr_scheduler, no scheduler.pt")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--ds-version", default="0.19.8")
     p.add_argument("--damage", choices=DAMAGES, help="damage the newest checkpoint this way")
@@ -870,7 +892,7 @@ def parse(argv):
     opts = Options(stage=args.stage, world_size=args.world_size, dtype=args.dtype, checkpoints=steps, width=args.width,
                    layers=args.layers, vocab=args.vocab, tied=args.tied, frozen=args.frozen,
                    param_groups=args.param_groups, sub_group_size=args.sub_group_size, gather_16bit=args.gather_16bit,
-                   enum_by_value=args.enum_by_value, seed=args.seed, ds_version=args.ds_version)
+                   enum_by_value=args.enum_by_value, engine_scheduler=args.engine_scheduler, seed=args.seed, ds_version=args.ds_version)
     return args, opts
 
 
