@@ -37,13 +37,13 @@ import os
 import pickle
 import random
 import sys
-import types
 import uuid
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from manage import runs  # noqa: E402  (trainer_state, write_json)
+from stand_ins import stand_in  # noqa: E402
 
 DAMAGES = ("range-past-end", "missing-file", "path-escape", "chunks-gap")
 METADATA_MODULE = "torch.distributed.checkpoint.metadata"
@@ -54,40 +54,21 @@ FILESYSTEM_MODULE = "torch.distributed.checkpoint.filesystem"
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _module(name):
-    """sys.modules[name], created empty with its parent packages when absent (pickle imports the whole path)."""
-    if name not in sys.modules:
-        sys.modules[name] = types.ModuleType(name)
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(_module(parent), child, sys.modules[name])
-    return sys.modules[name]
-
-
-def _stand_in(module_name):
-    """Class decorator: the class pickles as `module_name.<its name>`."""
-    def register(cls):
-        cls.__module__ = module_name
-        setattr(_module(module_name), cls.__name__, cls)
-        return cls
-    return register
-
-
-@_stand_in(METADATA_MODULE)
+@stand_in(METADATA_MODULE)
 @dataclasses.dataclass
 class ChunkStorageMetadata:
     offsets: torch.Size
     sizes: torch.Size
 
 
-@_stand_in(METADATA_MODULE)
+@stand_in(METADATA_MODULE)
 class _MEM_FORMAT_ENCODING(enum.Enum):
     TORCH_CONTIGUOUS_FORMAT = 0
     TORCH_CHANNELS_LAST = 1
     TORCH_PRESERVE_FORMAT = 2
 
 
-@_stand_in(METADATA_MODULE)
+@stand_in(METADATA_MODULE)
 @dataclasses.dataclass
 class TensorProperties:
     dtype: torch.dtype
@@ -104,7 +85,7 @@ class TensorProperties:
         self.dtype, self.layout, self.requires_grad, _, self.pin_memory = state
 
 
-@_stand_in(METADATA_MODULE)
+@stand_in(METADATA_MODULE)
 @dataclasses.dataclass
 class TensorStorageMetadata:
     properties: TensorProperties
@@ -112,13 +93,13 @@ class TensorStorageMetadata:
     chunks: list
 
 
-@_stand_in(METADATA_MODULE)
+@stand_in(METADATA_MODULE)
 @dataclasses.dataclass
 class BytesStorageMetadata:
     pass
 
 
-@_stand_in(METADATA_MODULE)
+@stand_in(METADATA_MODULE)
 @dataclasses.dataclass
 class StorageMeta:
     checkpoint_id: object = None
@@ -126,7 +107,7 @@ class StorageMeta:
     load_id: object = None
 
 
-@_stand_in(METADATA_MODULE)
+@stand_in(METADATA_MODULE)
 @dataclasses.dataclass
 class Metadata:
     state_dict_metadata: dict
@@ -134,7 +115,7 @@ class Metadata:
     storage_data: object = None
 
 
-@_stand_in(METADATA_MODULE)
+@stand_in(METADATA_MODULE)
 @dataclasses.dataclass(frozen=True)
 class MetadataIndex:
     fqn: str
@@ -149,7 +130,7 @@ class MetadataIndex:
             object.__setattr__(self, "offset", torch.Size(offset))
 
 
-@_stand_in(FILESYSTEM_MODULE)
+@stand_in(FILESYSTEM_MODULE)
 @dataclasses.dataclass
 class _StorageInfo:
     relative_path: str
@@ -157,7 +138,7 @@ class _StorageInfo:
     length: int
 
 
-@_stand_in("transformers.training_args")
+@stand_in("transformers.training_args")
 class TrainingArguments:
     def __init__(self, **fields):
         self.__dict__.update(fields)
