@@ -19,30 +19,27 @@ constexpr std::string_view kModelDirPrefix = "pytorch_model_fsdp_";
 constexpr std::string_view kOptimizerDirPrefix = "optimizer_";
 constexpr std::string_view kAccelerateModelKey = "model.";
 
-// The <i> of "<prefix><i>" when the rest is decimal digits.
-std::optional<std::uint64_t> numbered(const std::string& name, std::string_view prefix) {
-  if (name.size() <= prefix.size() || name.size() > prefix.size() + 9 || name.compare(0, prefix.size(), prefix) != 0) {
+// N of a name "<prefix>N<suffix>" whose N is 1 to 9 decimal digits.
+std::optional<std::uint64_t> number_in(std::string_view name, std::string_view prefix, std::string_view suffix = {}) {
+  if (name.size() <= prefix.size() + suffix.size() || name.substr(0, prefix.size()) != prefix ||
+      name.substr(name.size() - suffix.size()) != suffix) {
     return std::nullopt;
   }
+  const std::string_view digits = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+  if (digits.size() > 9) return std::nullopt;
   std::uint64_t n = 0;
-  for (std::size_t i = prefix.size(); i < name.size(); ++i) {
-    if (name[i] < '0' || name[i] > '9') return std::nullopt;
-    n = n * 10 + static_cast<std::uint64_t>(name[i] - '0');
+  for (char c : digits) {
+    if (c < '0' || c > '9') return std::nullopt;
+    n = n * 10 + static_cast<std::uint64_t>(c - '0');
   }
   return n;
 }
 
-// The <rank> of a "__<rank>_<n>.distcp" name.
-std::optional<std::uint64_t> distcp_rank(const std::string& name) {
-  constexpr std::string_view kSuffix = ".distcp";
-  if (name.size() <= kSuffix.size() + 2 || name.compare(0, 2, "__") != 0 ||
-      name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0) {
-    return std::nullopt;
-  }
-  const std::string middle = name.substr(2, name.size() - kSuffix.size() - 2);
-  const std::size_t split = middle.find('_');
-  if (split == std::string::npos || !numbered("_" + middle.substr(split + 1), "_")) return std::nullopt;
-  return numbered("r" + middle.substr(0, split), "r");
+// The rank of a "__<rank>_<n>.distcp" name.
+std::optional<std::uint64_t> distcp_rank(std::string_view name) {
+  const std::size_t split = name.find('_', 2);
+  if (split == std::string_view::npos || !number_in(name.substr(split), "_", ".distcp")) return std::nullopt;
+  return number_in(name.substr(0, split), "__");
 }
 
 // The directory's entries of `type` (symlinks are never a directory or a file here), by name.
@@ -66,7 +63,7 @@ template <typename Accept>
 std::optional<std::string> lowest_numbered_dir(const std::string& dir, std::string_view prefix, Accept accept) {
   std::optional<std::pair<std::uint64_t, std::string>> best;
   for (const std::string& name : entries_of(dir, fs::file_type::directory)) {
-    const auto n = numbered(name, prefix);
+    const auto n = number_in(name, prefix);
     if (n && (!best || *n < best->first) && accept(dir + "/" + name)) best.emplace(*n, name);
   }
   if (!best) return std::nullopt;
@@ -137,6 +134,9 @@ std::optional<FsdpLayout> detect_fsdp(const std::string& checkpoint_dir) {
 DcpDirectory::DcpDirectory(std::string dir) : dir_(std::move(dir)) {
   const std::string metadata_path = dir_ + "/" + kDcpMetadataName;
   {
+    if (!exists_unfollowed(metadata_path)) {
+      throw Error(ErrorKind::not_found, metadata_path, "", "missing: the DCP directory is incomplete");
+    }
     fs_util::require_regular_file(metadata_path);
     const MappedFile metadata_file(metadata_path);
     metadata_size_ = metadata_file.size();

@@ -178,3 +178,31 @@ TEST_CASE("a chunk item that is not the tensor the metadata describes is corrupt
     CHECK(e.where().find("'model.embed.weight' chunk 1") != std::string::npos);
   }
 }
+
+TEST_CASE("detect_fsdp: ranks only from __<rank>_<n>.distcp names, the lowest model directory with .metadata") {
+  FixtureCopy dir;
+  const fs::path model = dir.path / "pytorch_model_fsdp_0";
+  for (const char* name : {"__10_0.distcp", "__1_1.distcp", "__x_0.distcp", "__3_.distcp", "_4_0.distcp",
+                           "__5_0.distcp.tmp", "notes.txt"}) {
+    std::ofstream(model / name) << "";
+  }
+  fs::create_directory(model / "__6_0.distcp");  // a directory is not a rank's file
+  auto layout = detect_fsdp(dir.path.string());
+  REQUIRE(layout);
+  CHECK(layout->world_size == std::optional<std::size_t>(4));  // ranks 0, 1, 2 and 10
+
+  fs::rename(model, dir.path / "pytorch_model_fsdp_7");
+  fs::create_directory(dir.path / "pytorch_model_fsdp_2");  // no .metadata: not a DCP directory
+  fs::create_directory_symlink(dir.path / "pytorch_model_fsdp_7", dir.path / "pytorch_model_fsdp_1");
+  layout = detect_fsdp(dir.path.string());
+  REQUIRE(layout);
+  CHECK(layout->model_path == (dir.path / "pytorch_model_fsdp_7").string());
+}
+
+TEST_CASE("fsdp_problems: an optimizer directory without .metadata is incomplete") {
+  FixtureCopy dir;
+  fs::remove(dir.path / "optimizer_0" / ".metadata");
+  const auto problems = fsdp_problems(dir.path.string());
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("optimizer_0/.metadata") != std::string::npos);
+}
