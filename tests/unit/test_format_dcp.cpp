@@ -308,3 +308,27 @@ TEST_CASE("dcp: is_plain_file_name") {
   CHECK_FALSE(dcp::is_plain_file_name("a/b"));
   CHECK_FALSE(dcp::is_plain_file_name("/abs"));
 }
+
+TEST_CASE("dcp: huge chunk counts are refused before they are walked; a cyclic pickle is refused by the parser") {
+  // One chunk node referenced kMaxChunksPerTensor + 1 times: memoised, a small pickle.
+  MetadataBuilder many;
+  const NodeId chunk =
+      many.object("ChunkStorageMetadata", many.dict({"offsets", many.size({0}), "sizes", many.size({1})}));
+  const NodeId properties =
+      many.object("TensorProperties", many.tuple({many.global("torch", "float32"), many.global("torch", "strided"),
+                                                  many.boolean(false), many.integer(0), many.boolean(false)}));
+  const NodeId tensor = many.object("TensorStorageMetadata",
+                                    many.dict({"properties", properties, "size", many.size({1}), "chunks",
+                                               many.list(std::vector<NodeId>(dcp::kMaxChunksPerTensor + 1, chunk))}));
+  const NodeId root =
+      many.object("Metadata", many.dict({"state_dict_metadata", many.raw_dict({many.str("w"), tensor}), "planner_data",
+                                         many.g.none(), "storage_data", many.raw_dict({})}));
+  const Error e = error_of(pickle::write(many.g, root));
+  CHECK(e.kind() == ErrorKind::unsupported);
+  CHECK(e.where() == "'w'");
+
+  // A list that contains itself (PROTO 2, EMPTY_LIST, BINPUT 0, BINGET 0, APPEND, STOP): the unpickler refuses
+  // every cyclic graph as unsupported, so no walk over the metadata can loop.
+  const std::string cyclic = std::string("\x80\x02]q", 4) + std::string(1, '\0') + "h" + std::string(1, '\0') + "a.";
+  CHECK(error_of(cyclic).detail().find("cycle") != std::string::npos);
+}
