@@ -252,7 +252,7 @@ FsdpSummary FsdpCheckpoint::summary() const {
       continue;
     }
     ++summary.tensor_count;
-    summary.parameter_count += item.numel;  // items' numels each fit 64 bits; a model's sum does in practice
+    summary.parameter_count += item.numel;  // bounded: every element was found in a file
     if (std::find(summary.dtypes.begin(), summary.dtypes.end(), item.dtype) == summary.dtypes.end()) {
       summary.dtypes.push_back(item.dtype);
     }

@@ -24,7 +24,7 @@ inline constexpr const char* kDcpMetadataName = ".metadata";
 inline constexpr const char* kFsdpFullModelName = "pytorch_model_fsdp.bin";
 inline constexpr const char* kFsdpFullOptimizerName = "optimizer.bin";
 
-// Tensors a single DCP tensor may be cut into (row_major_runs) before model_tensors refuses it as unsupported.
+// Pieces one DCP tensor may be cut into (dcp::row_major_runs) before it is refused as unsupported.
 inline constexpr std::size_t kMaxPiecesPerTensor = 1u << 18;
 
 enum class FsdpKind { sharded, full };
@@ -74,7 +74,8 @@ class DcpDirectory {
 
   const std::string& path() const { return dir_; }
   const dcp::Metadata& metadata() const { return metadata_; }
-  // The tensor item's elements in row-major order, as pieces of its chunks' files.
+  // The elements of tensor `item` (one of metadata().items) in row-major order, as pieces of its chunks' files.
+  // Throws unsupported beyond kMaxPiecesPerTensor pieces.
   std::vector<Piece> pieces(const dcp::Item& item) const;
   std::vector<FsdpFileSize> file_sizes() const;
 

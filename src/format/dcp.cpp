@@ -323,9 +323,13 @@ std::vector<Run> row_major_runs(const Item& item, std::size_t max_runs) {
   // while the chunk spans that whole dimension and the run starts at its beginning.
   std::vector<std::int64_t> index(dims, 0);
   std::uint64_t done = 0;
+  std::size_t next_search = 0;
   while (done < item.numel) {
+    // The search starts after the previous run's chunk: chunks listed in rank order (dimension-0 shards), or
+    // alternating along a row, are then found at once.
     std::size_t holder = item.chunks.size();
-    for (std::size_t c = 0; c < item.chunks.size() && holder == item.chunks.size(); ++c) {
+    for (std::size_t k = 0; k < item.chunks.size() && holder == item.chunks.size(); ++k) {
+      const std::size_t c = (next_search + k) % item.chunks.size();
       const Chunk& chunk = item.chunks[c];
       bool inside = chunk.numel != 0;
       for (std::size_t d = 0; d < dims && inside; ++d) {
@@ -352,6 +356,7 @@ std::vector<Run> row_major_runs(const Item& item, std::size_t max_runs) {
     }
     const std::uint64_t count = static_cast<std::uint64_t>(chunk.offsets[m] + chunk.sizes[m] - index[m]) * inner;
     runs.push_back({holder, first, count});
+    next_search = holder + 1;
     done += count;
     // Advance the index by `count` elements: along dimension m by the run's steps, carrying outward.
     index[m] = chunk.offsets[m] + chunk.sizes[m];
