@@ -77,6 +77,9 @@ std::string chunk_where(const dcp::Item& item, std::size_t chunk) {
 // Checks the torch.save archive of one chunk and returns the offset, within it, of the chunk's first element.
 std::uint64_t tensor_item_data(std::span<const std::uint8_t> bytes, const MappedFile& file, std::uint64_t at,
                                const dcp::Item& item, const dcp::Chunk& chunk) {
+  if (torch_archive::sniff(bytes) == torch_archive::Container::safetensors) {
+    fail(ErrorKind::unsupported, "", "a safetensors item (newer torch's SerializationFormat.SAFETENSORS), not read");
+  }
   const torch_archive::TorchArchive archive(
       bytes, [&file, at](std::uint64_t offset, std::span<std::uint8_t> out) { file.read_at(at + offset, out); });
   const pickle::Graph& graph = archive.graph();

@@ -206,3 +206,19 @@ TEST_CASE("fsdp_problems: an optimizer directory without .metadata is incomplete
   REQUIRE(problems.size() == 1);
   CHECK(problems[0].find("optimizer_0/.metadata") != std::string::npos);
 }
+
+TEST_CASE("a chunk item written as safetensors (newer torch's optional format) is unsupported, not corrupt") {
+  FixtureCopy dir;
+  const fs::path shard = dir.path / "pytorch_model_fsdp_0" / "__1_0.distcp";
+  {
+    std::fstream f(shard, std::ios::binary | std::ios::in | std::ios::out);
+    f << test::le64(2) << "{}";
+  }
+  try {
+    FsdpCheckpoint checkpoint(dir.path.string());
+    FAIL("expected an error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::unsupported);
+    CHECK(e.path() == shard.string());
+  }
+}
