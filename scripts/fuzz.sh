@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(pickle roundtrip torch_archive safetensors json archive)
+[ ${#targets[@]} -gt 0 ] || targets=(pickle roundtrip torch_archive safetensors json archive dcp)
 
 CC=clang CXX=clang++ bash scripts/build.sh build-sanitize -DCKPT_SANITIZE=ON -DCKPT_FUZZ=ON
 export ASAN_OPTIONS=abort_on_error=1:detect_leaks=1

@@ -24,6 +24,33 @@
 
 namespace ckpt::torch_archive {
 
+// A torch.save archive held in `bytes`: a whole file (TorchFile), or one item of a torch.distributed.checkpoint
+// file (format/dcp.hpp). `read_at` reads at offsets relative to `bytes`, as zip::ReadAt. Throws Error without a
+// path (the caller knows it), with the member and byte offset where they apply. Views into `bytes`, which must
+// outlive it.
+class TorchArchive {
+ public:
+  explicit TorchArchive(std::span<const std::uint8_t> bytes, const zip::ReadAt& read_at = {});
+
+  const zip::Archive& zip() const { return zip_; }
+  const std::string& prefix() const { return prefix_; }
+  const pickle::Graph& graph() const { return graph_; }
+
+  // The bytes of storage `index` (Graph::storages), a view into `bytes`.
+  std::span<const std::uint8_t> storage_bytes(std::size_t index) const { return storage_bytes_[index]; }
+  // The bytes from a tensor's first to its last element (all of them when it is contiguous).
+  std::span<const std::uint8_t> tensor_extent(const pickle::TensorRef& tensor) const;
+  // The zip member holding storage `index`; its data_offset is relative to `bytes`.
+  const zip::Entry& storage_entry(std::size_t index) const { return *storage_entries_[index]; }
+
+ private:
+  zip::Archive zip_;
+  std::string prefix_;
+  pickle::Graph graph_;
+  std::vector<const zip::Entry*> storage_entries_;
+  std::vector<std::span<const std::uint8_t>> storage_bytes_;
+};
+
 class TorchFile {
  public:
   // Maps and parses `path`. Throws Error with the path, and the member and byte offset where it applies.
@@ -33,25 +60,23 @@ class TorchFile {
 
   const std::string& path() const { return file_.path(); }
   std::uint64_t size() const { return file_.size(); }
-  const zip::Archive& zip() const { return zip_; }
-  const std::string& prefix() const { return prefix_; }
-  const pickle::Graph& graph() const { return graph_; }
+  const zip::Archive& zip() const { return archive_.zip(); }
+  const std::string& prefix() const { return archive_.prefix(); }
+  const pickle::Graph& graph() const { return archive_.graph(); }
 
   // The bytes of storage `index` (Graph::storages), a view into the mapped file.
-  std::span<const std::uint8_t> storage_bytes(std::size_t index) const { return storage_bytes_[index]; }
+  std::span<const std::uint8_t> storage_bytes(std::size_t index) const { return archive_.storage_bytes(index); }
   // The bytes from a tensor's first to its last element (all of them when it is contiguous).
-  std::span<const std::uint8_t> tensor_extent(const pickle::TensorRef& tensor) const;
+  std::span<const std::uint8_t> tensor_extent(const pickle::TensorRef& tensor) const {
+    return archive_.tensor_extent(tensor);
+  }
   // The zip member holding storage `index`.
-  const zip::Entry& storage_entry(std::size_t index) const { return *storage_entries_[index]; }
+  const zip::Entry& storage_entry(std::size_t index) const { return archive_.storage_entry(index); }
   const MappedFile& mapped() const { return file_; }
 
  private:
   MappedFile file_;
-  zip::Archive zip_;
-  std::string prefix_;
-  pickle::Graph graph_;
-  std::vector<const zip::Entry*> storage_entries_;
-  std::vector<std::span<const std::uint8_t>> storage_bytes_;
+  TorchArchive archive_;
 };
 
 enum class Container { torch_zip, torch_legacy, safetensors, json, unknown };

@@ -49,38 +49,19 @@ import random
 import re
 import stat
 import sys
-import types
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from manage import runs  # noqa: E402  (trainer_state, write_json, safetensors_bytes)
+from stand_ins import stand_in as _stand_in  # noqa: E402
 
 DAMAGES = ("missing-rank", "truncated-shard", "latest-missing-tag", "latest-escape", "sizes-mismatch")
 
 # ----------------------------------------------------------------------------------------------------------------
 # Stand-ins for the classes DeepSpeed and transformers pickle
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _module(name):
-    """sys.modules[name], created empty with its parent packages when absent (pickle imports the whole path)."""
-    if name not in sys.modules:
-        sys.modules[name] = types.ModuleType(name)
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(_module(parent), child, sys.modules[name])
-    return sys.modules[name]
-
-
-def _stand_in(module_name):
-    """Class decorator: the class pickles as `module_name.<its name>`."""
-    def register(cls):
-        cls.__module__ = module_name
-        setattr(_module(module_name), cls.__name__, cls)
-        return cls
-    return register
 
 
 @_stand_in("deepspeed.runtime.fp16.loss_scaler")

@@ -59,6 +59,10 @@ def main():
             out = os.path.join(tmp, "small-%s.ckpt" % level)
             subprocess.run([ckpt, "convert", "-q", small, "--to", "archive", "--level", level, "-o", out], check=True)
             put("archive", "small-level-" + level, open(out, "rb").read())
+    fsdp = os.path.join(DATA, "fsdp")
+    for name, path in (("model", "checkpoint-5/pytorch_model_fsdp_0/.metadata"),
+                       ("optimizer", "checkpoint-5/optimizer_0/.metadata"), ("newer-bf16", "newer-bf16-x2.metadata")):
+        put("dcp", name, open(os.path.join(fsdp, path), "rb").read())
     for name in ("trainer_state.json", "config.json"):
         put("json", name, open(os.path.join(HF, name), "rb").read())
     put("json", "nan", b'{"best_metric": NaN, "log_history": [{"loss": Infinity, "step": 1}, {"eval_loss": -Infinity, "step": 2}]}')
