@@ -11,6 +11,7 @@
 #include "checkpoint/file_kind.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/shards.hpp"
+#include "checkpoint/fsdp.hpp"
 #include "checkpoint/source.hpp"
 #include "checkpoint/zero.hpp"
 #include "format/json.hpp"
@@ -107,8 +108,7 @@ TrainerStateSummary summarize_trainer_state(const json::Json& state) {
 
 namespace {
 
-// What marks a checkpoint whose weights live where ckpt does not look: a subdirectory (FSDP's pytorch_model_fsdp_0/
-// and optimizer_0/).
+// What marks a checkpoint whose weights live where ckpt does not look: a subdirectory it does not know.
 std::optional<std::string> foreign_layout_marker(const fs::path& dir) {
   std::optional<std::string> marker;  // the first subdirectory by name: the same words every time
   std::error_code ec;
@@ -142,15 +142,18 @@ bool assess_files_and_weights(const fs::path& base, Completeness& result) {
       result.problems.push_back(e.what());
       result.unreadable |= e.kind() == ErrorKind::unsupported;
     }
+  } else if (const auto fsdp = detect_fsdp(dir)) {
+    result.layout = fsdp->describe();
+    for (auto& problem : fsdp_problems(dir)) result.problems.push_back(std::move(problem));
   }
   try {
     auto weights = find_weights(dir);
     if (!weights && !result.layout.empty()) {
-      // DeepSpeed's partitions are the weights; the Trainer gathers 16-bit ones only under some settings.
+      // DeepSpeed's partitions or FSDP's shards are the weights; the Trainer gathers 16-bit ones only under some
+      // DeepSpeed settings.
     } else if (!weights) {
       if (const auto marker = foreign_layout_marker(base)) {
-        result.problems.push_back("no weights file ckpt knows, but " + *marker +
-                                  ": a layout ckpt cannot assess (FSDP, ...)");
+        result.problems.push_back("no weights file ckpt knows, but " + *marker + ": a layout ckpt cannot assess");
         result.unreadable = true;
       } else {
         result.problems.push_back("no weights (model.safetensors, pytorch_model.bin or a sharded index)");

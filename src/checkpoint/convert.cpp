@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <set>
 
@@ -9,6 +10,7 @@
 #include "checkpoint/convert_state.hpp"
 #include "checkpoint/convert_write.hpp"
 #include "checkpoint/export.hpp"
+#include "checkpoint/fsdp.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/shards.hpp"
 #include "checkpoint/source.hpp"
@@ -241,19 +243,57 @@ void convert_directory(const std::string& source, const std::string& destination
   if (!options.dry_run) rebase(result, first, used_staging, destination);
 }
 
-// ---- DeepSpeed ZeRO consolidation ----
-
-// What a consolidated DeepSpeed checkpoint leaves behind: DeepSpeed's own files, the Trainer's gathered 16-bit
-// weights (superseded by the fp32 ones), and the per-rank RNG states, which mean nothing to one process.
-bool is_deepspeed_only(const std::string& name, const std::set<std::string>& gathered_weights) {
-  return name == zero::kLatestName || name == "zero_to_fp32.py" || name.rfind("rng_state", 0) == 0 ||
-         gathered_weights.count(name) != 0;
-}
+// ---- consolidating a multi-GPU layout (DeepSpeed ZeRO, FSDP) into one process's files ----
 
 // The training state --include-state carries over: what resuming on one process needs besides weights.
 bool is_training_state(const std::string& name) {
   return name == "trainer_state.json" || name == "training_args.bin" || name == "scheduler.pt";
 }
+
+// What consolidating one checkpoint writes besides the copies of its other files.
+struct Consolidation {
+  std::vector<Weight> weights;
+  std::vector<std::string> inputs;  // the files the weights come from (progress, the result's source)
+  // Files of the layout itself, which the output does not get: the parts consolidated, per-rank RNG states.
+  std::function<bool(const std::string& name)> left_out;
+  // --include-state's own files, written into the output directory (given the names copied), or null.
+  std::function<void(const std::string& out, const std::vector<std::string>& copied)> write_state;
+};
+
+// A model directory at `destination`: the consolidated weights (safetensors or torch, sharded with
+// --max-shard-size), with --include-state the training state, and the checkpoint's other regular files.
+void write_consolidated(const std::string& source, const std::string& destination, const ConvertOptions& options,
+                        const Consolidation& c, ConvertResult& result) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(source, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (c.left_out(name) || (is_training_state(name) && !options.include_state)) continue;
+    if (!entry.is_symlink(ec) && entry.is_directory(ec)) continue;  // the layout's own directories
+    if (fs_util::require_regular_file(entry.path().string())) names.push_back(name);
+  }
+  if (ec) throw Error(ErrorKind::io, source, "", "cannot list directory: " + ec.message());
+  std::sort(names.begin(), names.end());
+  const std::size_t first = result.files.size();
+  std::string used_staging;
+  build_directory(destination, options, result, [&](const std::string& out) {
+    used_staging = out;
+    write_weights(c.weights, std::nullopt, options,
+                  (fs::path(out) / single_weights_name(format_of(options.to))).string(), out, c.inputs, result);
+    if (options.include_state && c.write_state) c.write_state(out, names);
+    for (const auto& name : names) {
+      stop_if_interrupted(options.interrupted);
+      const std::string path = (fs::path(source) / name).string();
+      const std::string to = (fs::path(out) / name).string();
+      claim_output(result, first, to, path);
+      copy_beside_weights(path, to, true, options, result);
+    }
+  });
+  if (!options.dry_run) rebase(result, first, used_staging, destination);
+}
+
+// The Trainer's per-rank RNG states mean nothing to one process.
+bool is_rng_state(const std::string& name) { return name.rfind("rng_state", 0) == 0; }
 
 // optimizer.pt as torch.optim.AdamW.state_dict() of the consolidated model: the groups of DeepSpeed's base
 // optimizer, their parameters numbered in order, each with its own step and the moments cut like the weights.
@@ -332,69 +372,83 @@ void write_zero_scheduler(const zero::Checkpoint& checkpoint, const std::string&
   convert_detail::write_torch_file(path, g, fills, progress);
 }
 
-// `convert CHECKPOINT --consolidate` of a DeepSpeed checkpoint: a directory with the fp32 weights
-// get_fp32_state_dict_from_zero_checkpoint returns, the model's other files, and with --include-state one process's
-// optimizer.pt, scheduler.pt and the Trainer's state.
+// `convert CHECKPOINT --consolidate` of a DeepSpeed checkpoint: the fp32 weights
+// get_fp32_state_dict_from_zero_checkpoint returns, and with --include-state one process's optimizer.pt and
+// scheduler.pt. Left out: DeepSpeed's own files and the Trainer's gathered 16-bit weights (superseded by the fp32
+// ones).
 void convert_zero(const std::string& source, const std::string& destination, const ConvertOptions& options,
                   ConvertResult& result) {
-  if (!options.consolidate)
-    throw Error(ErrorKind::invalid_argument, source, "",
-                "is a DeepSpeed ZeRO checkpoint, its weights partitioned among ranks: pass --consolidate to write "
-                "them as one model");
   const zero::Checkpoint checkpoint(source);
   if (options.include_state) checkpoint.optimizer_state();  // refused before anything is written
-  const std::vector<Weight> weights = assembled_weights(checkpoint.fp32_state_dict());
   std::set<std::string> gathered;
   if (const auto found = find_weights(source)) {
     gathered.insert(found->files.begin(), found->files.end());
     if (found->index) gathered.insert(*found->index);
   }
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(source, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (is_deepspeed_only(name, gathered) || (is_training_state(name) && !options.include_state)) continue;
-    if (fs_util::require_regular_file(entry.path().string())) names.push_back(name);
-  }
-  if (ec) throw Error(ErrorKind::io, source, "", "cannot list directory: " + ec.message());
-  std::sort(names.begin(), names.end());
-  std::vector<std::string> rank_files;
-  for (const auto& rank : checkpoint.ranks()) rank_files.push_back(rank.optim);
+  Consolidation c;
+  c.weights = assembled_weights(checkpoint.fp32_state_dict());
+  for (const auto& rank : checkpoint.ranks()) c.inputs.push_back(rank.optim);
+  c.left_out = [&](const std::string& name) {
+    return name == zero::kLatestName || name == "zero_to_fp32.py" || is_rng_state(name) || gathered.count(name) != 0;
+  };
+  c.write_state = [&](const std::string& out, const std::vector<std::string>& copied) {
+    const std::string optimizer = (fs::path(out) / "optimizer.pt").string();
+    Progress progress{options, convert_detail::inputs_label(c.inputs)};
+    if (!options.dry_run) write_zero_optimizer(checkpoint, optimizer, options, progress);
+    result.files.push_back(
+        {c.inputs.front(), optimizer, "consolidated", options.dry_run ? 0 : file_size_or_zero(optimizer)});
+    const bool engine_scheduler =
+        checkpoint.lr_scheduler_node() != 0 &&
+        checkpoint.rank0_model().graph().is(checkpoint.lr_scheduler_node(), pickle::Kind::dict);
+    if (std::find(copied.begin(), copied.end(), "scheduler.pt") == copied.end() && engine_scheduler) {
+      const std::string scheduler = (fs::path(out) / "scheduler.pt").string();
+      if (!options.dry_run) write_zero_scheduler(checkpoint, scheduler, options, progress);
+      result.files.push_back({checkpoint.rank0_model().path, scheduler, "written from lr_scheduler",
+                              options.dry_run ? 0 : file_size_or_zero(scheduler)});
+    }
+  };
+  write_consolidated(source, destination, options, c, result);
+}
 
-  const std::size_t first = result.files.size();
-  std::string used_staging;
-  build_directory(destination, options, result, [&](const std::string& out) {
-    used_staging = out;
-    write_weights(weights, std::nullopt, options, (fs::path(out) / single_weights_name(format_of(options.to))).string(),
-                  out, rank_files, result);
-    if (options.include_state) {
-      const std::string optimizer = (fs::path(out) / "optimizer.pt").string();
-      Progress progress{options, convert_detail::inputs_label(rank_files)};
-      if (!options.dry_run) write_zero_optimizer(checkpoint, optimizer, options, progress);
-      result.files.push_back(
-          {rank_files.front(), optimizer, "consolidated", options.dry_run ? 0 : file_size_or_zero(optimizer)});
-      const bool engine_scheduler =
-          checkpoint.lr_scheduler_node() != 0 &&
-          checkpoint.rank0_model().graph().is(checkpoint.lr_scheduler_node(), pickle::Kind::dict);
-      if (std::find(names.begin(), names.end(), "scheduler.pt") == names.end() && engine_scheduler) {
-        const std::string scheduler = (fs::path(out) / "scheduler.pt").string();
-        if (!options.dry_run) write_zero_scheduler(checkpoint, scheduler, options, progress);
-        result.files.push_back({checkpoint.rank0_model().path, scheduler, "written from lr_scheduler",
-                                options.dry_run ? 0 : file_size_or_zero(scheduler)});
-      }
-    }
-    for (const auto& name : names) {
-      stop_if_interrupted(options.interrupted);
-      const std::string path = (fs::path(source) / name).string();
-      const std::string to = (fs::path(out) / name).string();
-      claim_output(result, first, to, path);
-      copy_beside_weights(path, to, true, options, result);
-    }
-  });
-  if (!options.dry_run) rebase(result, first, used_staging, destination);
+// `convert CHECKPOINT --consolidate` of an FSDP checkpoint: its model assembled from the DCP chunks of every rank
+// (sharded), or pytorch_model_fsdp.bin converted (full). Its optimizer is not consolidated: --include-state is
+// refused rather than write a checkpoint without one.
+void convert_fsdp(const std::string& source, const FsdpLayout& layout, const std::string& destination,
+                  const ConvertOptions& options, ConvertResult& result) {
+  if (options.include_state)
+    throw Error(ErrorKind::unsupported, source, "",
+                "--include-state: an FSDP optimizer's state is not consolidated (only its model is)");
+  Consolidation c;
+  std::unique_ptr<FsdpCheckpoint> sharded;
+  std::unique_ptr<Source> full;
+  std::vector<AssembledTensor> tensors;
+  if (layout.kind == FsdpKind::sharded) {
+    sharded = std::make_unique<FsdpCheckpoint>(source);
+    tensors = sharded->model_tensors();
+    c.weights = assembled_weights(tensors);
+    for (const auto& f : sharded->model().file_sizes()) c.inputs.push_back(f.path);
+  } else {
+    full = load_source(layout.model_path);
+    collect_weights(*full, c.weights);
+    c.inputs.push_back(layout.model_path);
+  }
+  c.left_out = [&](const std::string& name) {
+    return name == kFsdpFullModelName || name == kFsdpFullOptimizerName || is_rng_state(name);
+  };
+  write_consolidated(source, destination, options, c, result);
 }
 
 }  // namespace
+
+bool holds_partitioned_weights(const std::string& source) {
+  std::error_code ec;
+  if (!fs::is_directory(source, ec)) return false;
+  try {
+    return zero::has_layout(source) || detect_fsdp(source).has_value();
+  } catch (const Error&) {
+    return false;  // convert says why it cannot list the directory
+  }
+}
 
 ConvertResult convert(const std::string& source, const std::string& destination, const ConvertOptions& options) {
   check_dtype_option(options);
@@ -417,8 +471,18 @@ ConvertResult convert(const std::string& source, const std::string& destination,
   }
 
   if (fs::is_directory(status)) {
-    if (zero::has_layout(source))
+    const bool deepspeed = zero::has_layout(source);
+    const auto fsdp = deepspeed ? std::nullopt : detect_fsdp(source);
+    if ((deepspeed || fsdp) && !options.consolidate) {
+      throw Error(ErrorKind::invalid_argument, source, "",
+                  std::string("is ") + (deepspeed ? "a DeepSpeed ZeRO" : "an FSDP") +
+                      " checkpoint, its weights partitioned among ranks: pass --consolidate to write them as one "
+                      "model");
+    }
+    if (deepspeed)
       convert_zero(source, destination, options, result);
+    else if (fsdp)
+      convert_fsdp(source, *fsdp, destination, options, result);
     else
       convert_directory(source, destination, options, result);
     return result;

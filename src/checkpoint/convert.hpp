@@ -61,6 +61,10 @@ struct ConvertResult {
 // invalid_argument (existing destination without force, a dtype the target cannot hold), io, interrupted.
 ConvertResult convert(const std::string& source, const std::string& destination, const ConvertOptions& options);
 
+// Whether `source` is a directory of a multi-GPU layout that --consolidate assembles into one model (DeepSpeed ZeRO,
+// FSDP) rather than one whose optimizer shards it merges: its weights are then always written, never copied.
+bool holds_partitioned_weights(const std::string& source);
+
 // "5GB" -> 5e9, "512MiB" -> 512 * 2^20; units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB (Hugging Face's
 // convert_file_size_to_int). Nullopt for anything else.
 std::optional<std::uint64_t> parse_size(const std::string& text);

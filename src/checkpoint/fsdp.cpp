@@ -138,7 +138,7 @@ DcpDirectory::DcpDirectory(std::string dir) : dir_(std::move(dir)) {
   const std::string metadata_path = dir_ + "/" + kDcpMetadataName;
   {
     if (!exists_unfollowed(metadata_path)) {
-      throw Error(ErrorKind::not_found, metadata_path, "", "missing: the DCP directory is incomplete");
+      throw Error(ErrorKind::corrupt, metadata_path, "", "missing: the DCP directory is incomplete");
     }
     fs_util::require_regular_file(metadata_path);
     const MappedFile metadata_file(metadata_path);
@@ -154,7 +154,7 @@ DcpDirectory::DcpDirectory(std::string dir) : dir_(std::move(dir)) {
     if (const auto found = by_name.find(name); found != by_name.end()) return *found->second;
     const std::string path = dir_ + "/" + name;
     if (!exists_unfollowed(path)) {
-      throw Error(ErrorKind::not_found, path, "", "named by " + metadata_path + " but missing");
+      throw Error(ErrorKind::corrupt, path, "", "named by " + metadata_path + " but missing");
     }
     if (!fs_util::require_regular_file(path))
       throw Error(ErrorKind::corrupt, path, "", "a directory, not a .distcp file");

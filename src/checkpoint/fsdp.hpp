@@ -68,8 +68,9 @@ struct FsdpSummary {
 // metadata's dtype and the chunk's sizes. Owns the maps its pieces point into.
 class DcpDirectory {
  public:
-  // Throws Error naming the file at fault: not_found for a missing file, corrupt for a range past a file's end
-  // or a malformed item or metadata, unsupported for variants ckpt does not read.
+  // Throws Error naming the file at fault: corrupt for a file its metadata promises that is missing, a range past a
+  // file's end or a malformed item or metadata (a damaged checkpoint, as a DeepSpeed one missing a rank is),
+  // unsupported for variants ckpt does not read.
   explicit DcpDirectory(std::string dir);
 
   const std::string& path() const { return dir_; }

@@ -94,6 +94,8 @@ struct CheckpointReport {
   // A DeepSpeed ZeRO checkpoint's own account (docs/inspect-json.md "deepspeed"): stage, ranks, groups, sizes;
   // null for any other checkpoint or when its files could not be read (then `problems` says why).
   json::Json deepspeed;
+  // A sharded FSDP checkpoint's (docs/inspect-json.md "fsdp"): ranks, dtypes, parameters, its DCP files; else null.
+  json::Json fsdp;
   std::string layout;                  // checkpoint/run_dir.hpp Completeness::layout
   std::optional<Verification> verify;  // cross-file checks, with --verify
 };

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "checkpoint/best.hpp"
+#include "checkpoint/fsdp.hpp"
 #include "checkpoint/inspect.hpp"
 #include "checkpoint/run_dir.hpp"
 #include "checkpoint/tensor_scan.hpp"
@@ -279,6 +280,34 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
     }
   }
   report.summary = summarize_checkpoint(report, completeness.state, weights);
+  if (const auto layout = report.model_directory || deepspeed ? std::nullopt : detect_fsdp(dir);
+      layout && layout->kind == FsdpKind::sharded) {
+    try {
+      const FsdpSummary s = FsdpCheckpoint(dir).summary();
+      json::Json dtypes = json::Json::array();
+      for (DType d : s.dtypes) dtypes.push_back(std::string(torch_name(d)));
+      json::Json files = json::Json::array();
+      for (const auto& f : s.files) {
+        files.push_back({{"file", fs::path(f.path).lexically_relative(dir).generic_string()}, {"size_bytes", f.size}});
+      }
+      report.fsdp = {{"layout", layout->describe()},
+                     {"world_size", s.world_size ? json::Json(*s.world_size) : json::Json(nullptr)},
+                     {"dtypes", dtypes},
+                     {"parameters", s.parameter_count},
+                     {"tensors", s.tensor_count},
+                     {"blobs", s.blob_count},
+                     {"optimizer_tensors", s.optimizer_tensor_count},
+                     {"dcp_version", s.dcp_version.empty() ? json::Json(nullptr) : json::Json(s.dcp_version)},
+                     {"files", files}};
+      if (s.world_size) report.world_size = static_cast<int>(*s.world_size);
+      if (!report.summary.parameters && !s.dtypes.empty()) {
+        report.summary.parameters = s.parameter_count;
+        report.summary.dtypes = {{s.dtypes.front(), s.tensor_count, s.parameter_count, 0}};
+      }
+    } catch (const Error&) {
+      // assess_completeness said why
+    }
+  }
   if (deepspeed) {
     report.world_size = deepspeed->world_size();
     report.deepspeed = deepspeed_json(*deepspeed, options.verify);

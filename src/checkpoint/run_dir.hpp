@@ -105,8 +105,9 @@ struct Completeness {
 // has every shard (checkpoint/shards.hpp), and trainer_state.json parses. Reads headers only, never tensor bytes.
 // A DeepSpeed ZeRO checkpoint (DeepSpeed's `latest` beside it) holds its weights in its ranks' files instead: complete
 // when checkpoint/zero.hpp reads them all and they add up (gathered 16-bit weights, when there, must be readable too).
-// A directory with no weights file ckpt knows but a subdirectory (FSDP's pytorch_model_fsdp_0/) is of a layout ckpt
-// cannot assess: unreadable, not incomplete.
+// So does an FSDP checkpoint (checkpoint/fsdp.hpp: sharded DCP directories, or pytorch_model_fsdp.bin): complete when
+// every file its metadata promises is there and holds what it says. A directory with no weights file ckpt knows but a
+// subdirectory of another kind is of a layout ckpt cannot assess: unreadable, not incomplete.
 // A FIFO, socket or device among its files (or a symlink to one) makes it incomplete and unreadable.
 Completeness assess_completeness(const std::string& dir);
 

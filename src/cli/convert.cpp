@@ -12,7 +12,6 @@
 
 #include "checkpoint/archive.hpp"
 #include "checkpoint/convert.hpp"
-#include "checkpoint/zero.hpp"
 #include "cli/cli.hpp"
 #include "cli/text.hpp"
 #include "format/json.hpp"
@@ -117,17 +116,17 @@ int run_convert(const ConvertOptions& o) {
   }
   if (o.to == "archive" || o.to == "dir") return run_archive(o);
   checkpoint::ConvertOptions options;
-  // A DeepSpeed checkpoint has no weights to copy: consolidating writes them, as safetensors unless --to says.
-  const bool deepspeed = o.consolidate && checkpoint::zero::has_layout(o.source);
-  options.to = o.to == "safetensors" || (o.to.empty() && deepspeed) ? checkpoint::ConvertTarget::safetensors
-                                                                    : checkpoint::ConvertTarget::pytorch;
+  // A DeepSpeed or FSDP checkpoint has no weights to copy: consolidating writes them, as safetensors unless --to says.
+  const bool partitioned = o.consolidate && checkpoint::holds_partitioned_weights(o.source);
+  options.to = o.to == "safetensors" || (o.to.empty() && partitioned) ? checkpoint::ConvertTarget::safetensors
+                                                                      : checkpoint::ConvertTarget::pytorch;
   options.consolidate = o.consolidate;
-  options.copy_weights = o.to.empty() && !deepspeed;
+  options.copy_weights = o.to.empty() && !partitioned;
   if (options.copy_weights && (o.max_shard_size_given || !o.dtype.empty())) {
     throw UsageError(std::string(o.dtype.empty() ? "--max-shard-size" : "--dtype") +
                      " applies to converted weights: with --consolidate alone they are copied; add --to");
   }
-  if (o.consolidate && o.include_state && o.to == "safetensors" && !deepspeed) {
+  if (o.consolidate && o.include_state && o.to == "safetensors" && !partitioned) {
     throw UsageError("--consolidate writes optimizer.pt: convert its output with --include-state afterwards");
   }
   if (o.max_shard_size_given) options.max_shard_size = checkpoint::parse_size(o.max_shard_size);  // checked when parsed
@@ -212,7 +211,8 @@ Action attach_convert(CLI::App& sub) {
                "For a directory with a sharded optimizer (optimizer_<rank>.pt, from --shard-optimizer): merge the "
                "shards into one optimizer.pt that torch.optim loads; without --to the weights are copied as they "
                "are. For a DeepSpeed ZeRO checkpoint: write its fp32 weights as one model (safetensors unless --to "
-               "says), with --include-state also optimizer.pt and scheduler.pt for one process");
+               "says), with --include-state also optimizer.pt and scheduler.pt for one process; for an FSDP "
+               "checkpoint its model");
   sub.add_option("--level", o->level, "zstd level for --to archive [default: 3]")->transform(integer_between(1, 19));
   sub.add_option("--threads", o->threads, "Threads for --to archive and --to dir [default: every core]")
       ->transform(integer_between(1, 256));

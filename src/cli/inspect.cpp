@@ -102,7 +102,8 @@ json::Json checkpoint_json(const CheckpointReport& c) {
                  {"optimizer_sharded", c.optimizer_sharded},
                  {"files", std::move(files)},
                  {"summary", summary_json(c.summary, c.files)},
-                 {"deepspeed", c.deepspeed}};
+                 {"deepspeed", c.deepspeed},
+                 {"fsdp", c.fsdp}};
   if (c.verify) out["verify"] = verification_json(*c.verify);
   return out;
 }
@@ -354,6 +355,15 @@ std::string summary_text(const CheckpointReport& c, const std::vector<std::strin
           {"nan/inf", fmt::format("{}/{} in the fp32 master weights", d["nonfinite"]["nan"].get<std::uint64_t>(),
                                   d["nonfinite"]["inf"].get<std::uint64_t>())});
     }
+  }
+  if (!c.fsdp.is_null()) {
+    const json::Json& f = c.fsdp;
+    std::vector<std::string> dtypes;
+    for (const auto& d : f["dtypes"]) dtypes.push_back(d.get<std::string>());
+    rows.push_back(
+        {"fsdp", fmt::format("sharded over {} ranks, {} model tensors ({}), {} optimizer tensors, {} DCP files",
+                             value_text(f["world_size"]), f["tensors"].get<std::size_t>(), fmt::join(dtypes, ", "),
+                             f["optimizer_tensors"].get<std::size_t>(), f["files"].size())});
   }
   if (s.parameters) {
     std::vector<std::string> dtypes;

@@ -45,12 +45,10 @@ import dataclasses
 import enum
 import functools
 import os
-import random
 import re
 import stat
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -677,7 +675,7 @@ def write_hf_files(checkpoint, training, module):
         "torch_dtype": "float16" if opts.dtype == "fp16" else "bfloat16"})
     for rank in range(opts.world_size):
         name = "rng_state.pth" if opts.world_size == 1 else "rng_state_%d.pth" % rank
-        torch.save(rng_states(opts.seed + rank + training.step), os.path.join(checkpoint, name))
+        torch.save(runs.hf_rng_state(opts.seed + rank + training.step), os.path.join(checkpoint, name))
     # Trainer._save_optimizer_and_scheduler: a scheduler that is not the engine's (see model_states) is saved.
     if not opts.engine_scheduler:
         torch.save(training.schedule.state_dict(), os.path.join(checkpoint, "scheduler.pt"))
@@ -700,16 +698,6 @@ def safetensors_entry(tensor):
     if raw.dtype in _SAME_WIDTH_INT:
         raw = raw.view(_SAME_WIDTH_INT[raw.dtype])
     return (_SAFETENSORS_DTYPE[tensor.dtype], list(tensor.shape), raw.numpy().tobytes())
-
-
-def rng_states(seed):
-    """HF's _save_rng_state: python, numpy and cpu generator states, and one CUDA state per visible device."""
-    python = random.Random(seed)
-    numpy_state = np.random.RandomState(seed)
-    torch_generator = torch.Generator().manual_seed(seed)
-    cuda = torch.Generator().manual_seed(seed + 1).get_state()[:16].clone()
-    return {"python": python.getstate(), "numpy": numpy_state.get_state(), "cpu": torch_generator.get_state(),
-            "cuda": [cuda]}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ import enum
 import io
 import os
 import pickle
-import random
 import sys
 import uuid
 
@@ -283,7 +282,7 @@ def write_checkpoint(run_dir, step, opts):
         torch.save(optimizer, os.path.join(path, "optimizer.bin"))
     for rank in range(opts.world_size):
         name = "rng_state.pth" if opts.world_size == 1 else "rng_state_%d.pth" % rank
-        torch.save({"python": random.Random(rank).getstate(), "cpu": torch.get_rng_state()}, os.path.join(path, name))
+        torch.save(runs.hf_rng_state(rank), os.path.join(path, name))
     torch.save({"base_lrs": [1e-3], "last_epoch": step, "_step_count": step + 1, "_last_lr": [1e-3]},
                os.path.join(path, "scheduler.pt"))
     fsdp_config = {"fsdp_state_dict_type": "SHARDED_STATE_DICT" if opts.state_dict == "sharded" else "FULL_STATE_DICT"}

@@ -13,7 +13,7 @@ Also: mtime helpers (`set_mtime`, which touches a directory and the files in it)
 directories, and waiting for a process to block on the run lock. Running ckpt, tree snapshots and the fixture
 run's copy are tests/harness.py's.
 
-Only `write_pytorch_bin` needs torch (imported lazily); nothing else does.
+Only `write_pytorch_bin` and `hf_rng_state` need torch (imported lazily); nothing else does.
 """
 
 import json
@@ -98,6 +98,20 @@ def write_pytorch_bin(path, seed=0):
 # ----------------------------------------------------------------------------------------------------------------
 # trainer_state.json
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def hf_rng_state(seed):
+    """What HF's _save_rng_state saves in rng_state[_<rank>].pth: python, numpy and cpu generator states, and one
+    CUDA state per visible device (one here), each seeded from `seed`."""
+    import random
+    import numpy as np
+    import torch
+    python = random.Random(seed)
+    numpy_state = np.random.RandomState(seed)
+    torch_generator = torch.Generator().manual_seed(seed)
+    cuda = torch.Generator().manual_seed(seed + 1).get_state()[:16].clone()
+    return {"python": python.getstate(), "numpy": numpy_state.get_state(), "cpu": torch_generator.get_state(),
+            "cuda": [cuda]}
 
 
 def write_json(path, obj, indent=2, sort_keys=True):

@@ -134,7 +134,7 @@ TEST_CASE("fsdp_problems: a missing .distcp file is named") {
     FsdpCheckpoint checkpoint(dir.path.string());
     FAIL("expected an error");
   } catch (const Error& e) {
-    CHECK(e.kind() == ErrorKind::not_found);
+    CHECK(e.kind() == ErrorKind::corrupt);
   }
 }
 
