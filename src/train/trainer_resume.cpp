@@ -83,6 +83,15 @@ void Trainer::prepare_arguments(const std::string& dir) {
     return;
   }
   const auto completeness = checkpoint::assess_completeness(dir);
+  if (!completeness.layout.empty()) {
+    // DeepSpeed's optimizer state consolidates into one process's files; FSDP's does not (its model does).
+    const bool deepspeed = completeness.layout.rfind("deepspeed", 0) == 0;
+    throw Error(ErrorKind::unsupported, dir, "",
+                completeness.layout +
+                    " checkpoint, which ckpt's trainer cannot resume (it resumes checkpoints of one " +
+                    "process); `ckpt convert " + checkpoint::shell_word(dir) + " --consolidate" +
+                    (deepspeed ? " --include-state" : "") + " -o DIR` writes " + (deepspeed ? "one" : "its model"));
+  }
   if (!completeness.complete) {
     throw Error(
         ErrorKind::corrupt, dir, "",

@@ -355,6 +355,17 @@ class Management(ZeroCase):
         ckpt_ok(self, "rotate", run, "--keep", "1", "-q")
         self.assertEqual(self.names(run), ["checkpoint-4", "checkpoint-6"])
 
+    def test_resume_says_to_consolidate(self):
+        # ckpt's trainer resumes one process's checkpoints: the newest DeepSpeed one is refused (exit 3), the message
+        # giving the command that writes one, and nothing is written.
+        run = copy_run(self.zero3, "resume")
+        before = harness.tree_snapshot(run, ignore=(".ckpt.lock", ".ckpt.train.lock"))
+        r = harness.ckpt("resume", run)
+        self.assertEqual(r.returncode, 3, r.describe())
+        self.assertIn(os.path.join(run, "checkpoint-6") + ": deepspeed zero-3 x2 checkpoint", r.stderr)
+        self.assertIn("--consolidate --include-state -o DIR", r.stderr)
+        self.assertEqual(harness.tree_snapshot(run, ignore=(".ckpt.lock", ".ckpt.train.lock")), before)
+
     def test_latest_and_rotate_pass_over_a_damaged_newest(self):
         for kind in gen.DAMAGES:
             with self.subTest(damage=kind):

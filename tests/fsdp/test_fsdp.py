@@ -123,6 +123,13 @@ class Fsdp(unittest.TestCase):
         self.assertIn("pytorch_model_fsdp_0/.metadata", files)
         self.assertIn("optimizer_0/__3_0.distcp", files)
 
+    def test_resume_says_to_consolidate_the_model(self):
+        run = self.runs[(2, "bf16")]
+        r = harness.ckpt("resume", run)
+        self.assertEqual(r.returncode, 3, r.describe())
+        self.assertIn("fsdp sharded x2 checkpoint, which ckpt's trainer cannot resume", r.stderr)
+        self.assertIn("--consolidate -o DIR` writes its model", r.stderr)
+
     def test_rotate_deletes_whole_checkpoints(self):
         run = os.path.join(self.root, "rotate")
         gen.main([run, "--world-size", "2", "--checkpoints", "5,10,15"])
