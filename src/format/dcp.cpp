@@ -212,9 +212,17 @@ class MetadataReader {
       if (order.size() > 1) fail_corrupt(where, "a scalar saved in " + std::to_string(order.size()) + " chunks");
     } else {
       std::sort(order.begin(), order.end(), [](const Chunk* a, const Chunk* b) { return a->offsets < b->offsets; });
+      std::uint64_t comparisons = 0;
       for (std::size_t i = 0; i < order.size(); ++i) {
         const Chunk& a = *order[i];
         for (std::size_t j = i + 1; j < order.size() && order[j]->offsets[0] < a.offsets[0] + a.sizes[0]; ++j) {
+          // Chunks cut along other dimensions than the first compare with many others: bounded, so that a
+          // .metadata of a few megabytes cannot keep list busy for minutes.
+          if (++comparisons > kComparisonsPerChunk * order.size()) {
+            fail(ErrorKind::unsupported, where,
+                 "its chunks need more than " + std::to_string(kComparisonsPerChunk) +
+                     " overlap checks each (cut along a later dimension into that many pieces)");
+          }
           const Chunk& b = *order[j];
           bool disjoint = false;
           for (std::size_t d = 0; d < a.offsets.size() && !disjoint; ++d) {
@@ -324,12 +332,20 @@ std::vector<Run> row_major_runs(const Item& item, std::size_t max_runs) {
   std::vector<std::int64_t> index(dims, 0);
   std::uint64_t done = 0;
   std::size_t next_search = 0;
+  // Chunks listed in an order that makes each search long (a hostile .metadata) are refused before the searches
+  // cost more than this many probes.
+  const std::uint64_t probe_budget = kComparisonsPerChunk * (item.chunks.size() + max_runs);
+  std::uint64_t probes = 0;
   while (done < item.numel) {
     // The search starts after the previous run's chunk: chunks listed in rank order (dimension-0 shards), or
     // alternating along a row, are then found at once.
     std::size_t holder = item.chunks.size();
     for (std::size_t k = 0; k < item.chunks.size() && holder == item.chunks.size(); ++k) {
       const std::size_t c = (next_search + k) % item.chunks.size();
+      if (++probes > probe_budget) {
+        fail(ErrorKind::unsupported, entry_where(item.fqn),
+             "its chunks are listed out of the order of their elements too far to assemble");
+      }
       const Chunk& chunk = item.chunks[c];
       bool inside = chunk.numel != 0;
       for (std::size_t d = 0; d < dims && inside; ++d) {

@@ -36,6 +36,9 @@ inline constexpr std::size_t kMaxEntries = 1u << 20;  // tensors and blobs in on
 inline constexpr std::size_t kMaxChunks = 1u << 22;   // chunks over all tensors
 inline constexpr std::size_t kMaxChunksPerTensor = 1u << 16;
 inline constexpr std::size_t kMaxDims = 64;
+// Work per chunk the coverage check and row_major_runs may spend (overlap checks, probes for the next run's chunk):
+// dimension-0 shards need one; a .metadata claiming more is refused as unsupported rather than read for minutes.
+inline constexpr std::uint64_t kComparisonsPerChunk = 64;
 
 // Where an item's bytes lie: `length` bytes at `offset` of file `relative_path` in the checkpoint directory.
 struct StorageLocation {

@@ -332,3 +332,25 @@ TEST_CASE("dcp: huge chunk counts are refused before they are walked; a cyclic p
   const std::string cyclic = std::string("\x80\x02]q", 4) + std::string(1, '\0') + "h" + std::string(1, '\0') + "a.";
   CHECK(error_of(cyclic).detail().find("cycle") != std::string::npos);
 }
+
+TEST_CASE("dcp: chunks that would cost quadratic work are refused, not walked for minutes") {
+  // One row cut into 4096 one-element columns: every chunk starts within the first's rows, so checking them for
+  // overlap pairwise would take 8 million comparisons (and 64 such tensors minutes); the budget refuses it at once.
+  TensorSpec columns{"row", "float32", {1, 4096}, {}};
+  for (std::int64_t k = 0; k < 4096; ++k) columns.chunks.push_back({{0, k}, {1, 1}});
+  const Error e = error_of(build({columns}));
+  CHECK(e.kind() == ErrorKind::unsupported);
+  CHECK(e.detail().find("overlap checks") != std::string::npos);
+
+  // Dimension-0 shards listed last to first: each search for the next run's chunk would scan them all (16 million
+  // probes here, 2^31 for a tensor of the most chunks), past the budget of 64 per chunk and run.
+  TensorSpec reversed{"w", "float32", {4096, 2}, {}};
+  for (std::int64_t k = 4095; k >= 0; --k) reversed.chunks.push_back({{k, 0}, {1, 2}});
+  const auto md = parse(build({reversed}));
+  try {
+    dcp::row_major_runs(md.items[0], 4096);
+    FAIL("expected an error");
+  } catch (const Error& e2) {
+    CHECK(e2.kind() == ErrorKind::unsupported);
+  }
+}
