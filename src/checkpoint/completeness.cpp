@@ -144,7 +144,7 @@ bool assess_files_and_weights(const fs::path& base, Completeness& result) {
     }
   } else if (const auto fsdp = detect_fsdp(dir)) {
     result.layout = fsdp->describe();
-    for (auto& problem : fsdp_problems(dir)) result.problems.push_back(std::move(problem));
+    for (auto& problem : fsdp_problems(dir, &result.unreadable)) result.problems.push_back(std::move(problem));
   }
   try {
     auto weights = find_weights(dir);

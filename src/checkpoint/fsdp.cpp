@@ -268,14 +268,15 @@ FsdpSummary FsdpCheckpoint::summary() const {
   return summary;
 }
 
-std::vector<std::string> fsdp_problems(const std::string& checkpoint_dir) {
+std::vector<std::string> fsdp_problems(const std::string& checkpoint_dir, bool* unreadable) {
   std::vector<std::string> problems;
-  auto check = [&problems](const auto& open) {
+  auto check = [&problems, unreadable](const auto& open) {
     try {
       open();
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::interrupted) throw;
       problems.push_back(e.what());
+      if (unreadable && e.kind() == ErrorKind::unsupported) *unreadable = true;
     }
   };
   std::optional<FsdpLayout> layout;

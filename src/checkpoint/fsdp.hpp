@@ -114,6 +114,8 @@ class FsdpCheckpoint {
 // Why `checkpoint_dir`'s FSDP layout is incomplete or damaged, one message per directory or file at fault, each
 // naming the file; empty when complete. A full checkpoint's .bin files must parse as torch.save archives. Never
 // throws for a damaged checkpoint (only when interrupted).
-std::vector<std::string> fsdp_problems(const std::string& checkpoint_dir);
+// `unreadable`, when given, is set when a problem is a variant ckpt cannot read (unsupported) rather than damage, so
+// that rotation keeps such a checkpoint (checkpoint/run_dir.hpp Completeness::unreadable).
+std::vector<std::string> fsdp_problems(const std::string& checkpoint_dir, bool* unreadable = nullptr);
 
 }  // namespace ckpt::checkpoint

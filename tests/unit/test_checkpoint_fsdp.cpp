@@ -127,7 +127,9 @@ TEST_CASE("model_tensors: the full state dict, bit for bit the tensors the gener
 TEST_CASE("fsdp_problems: a missing .distcp file is named") {
   FixtureCopy dir;
   fs::remove(dir.path / "pytorch_model_fsdp_0" / "__2_0.distcp");
-  const auto problems = fsdp_problems(dir.path.string());
+  bool unreadable = false;
+  const auto problems = fsdp_problems(dir.path.string(), &unreadable);
+  CHECK_FALSE(unreadable);  // damage, not a variant ckpt cannot read
   REQUIRE(problems.size() == 1);
   CHECK(problems[0].find("pytorch_model_fsdp_0/__2_0.distcp") != std::string::npos);
   try {
@@ -221,4 +223,7 @@ TEST_CASE("a chunk item written as safetensors (newer torch's optional format) i
     CHECK(e.kind() == ErrorKind::unsupported);
     CHECK(e.path() == shard.string());
   }
+  bool unreadable = false;  // so rotation keeps it
+  CHECK(fsdp_problems(dir.path.string(), &unreadable).size() == 1);
+  CHECK(unreadable);
 }
