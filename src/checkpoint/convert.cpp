@@ -292,6 +292,17 @@ void write_consolidated(const std::string& source, const std::string& destinatio
   if (!options.dry_run) rebase(result, first, used_staging, destination);
 }
 
+// The weights files the Trainer gathered beside a multi-GPU layout (16-bit under DeepSpeed, model.safetensors beside
+// FSDP's full state dict): superseded by the consolidated weights, never copied beside them.
+std::set<std::string> gathered_weights(const std::string& dir) {
+  std::set<std::string> names;
+  if (const auto found = find_weights(dir)) {
+    names.insert(found->files.begin(), found->files.end());
+    if (found->index) names.insert(*found->index);
+  }
+  return names;
+}
+
 // The Trainer's per-rank RNG states mean nothing to one process.
 bool is_rng_state(const std::string& name) { return name.rfind("rng_state", 0) == 0; }
 
@@ -380,11 +391,7 @@ void convert_zero(const std::string& source, const std::string& destination, con
                   ConvertResult& result) {
   const zero::Checkpoint checkpoint(source);
   if (options.include_state) checkpoint.optimizer_state();  // refused before anything is written
-  std::set<std::string> gathered;
-  if (const auto found = find_weights(source)) {
-    gathered.insert(found->files.begin(), found->files.end());
-    if (found->index) gathered.insert(*found->index);
-  }
+  const std::set<std::string> gathered = gathered_weights(source);
   Consolidation c;
   c.weights = assembled_weights(checkpoint.fp32_state_dict());
   for (const auto& rank : checkpoint.ranks()) c.inputs.push_back(rank.optim);
@@ -432,8 +439,10 @@ void convert_fsdp(const std::string& source, const FsdpLayout& layout, const std
     collect_weights(*full, c.weights);
     c.inputs.push_back(layout.model_path);
   }
+  const std::set<std::string> gathered = gathered_weights(source);
   c.left_out = [&](const std::string& name) {
-    return name == kFsdpFullModelName || name == kFsdpFullOptimizerName || is_rng_state(name);
+    return name == kFsdpFullModelName || name == kFsdpFullOptimizerName || is_rng_state(name) ||
+           gathered.count(name) != 0;
   };
   write_consolidated(source, destination, options, c, result);
 }

@@ -5,6 +5,7 @@ ranks, fp32 and bf16, torch 2.5's newer metadata; FULL_STATE_DICT), inspect's "f
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import unittest
@@ -14,6 +15,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from manage import runs  # noqa: E402
 import make_fsdp_checkpoint as gen  # noqa: E402
 
 DAMAGE_FILES = {"range-past-end": "__2_0.distcp", "missing-file": "__2_0.distcp", "path-escape": ".metadata",
@@ -80,6 +82,20 @@ class Fsdp(unittest.TestCase):
         harness.ckpt_ok(self, "convert", os.path.join(self.full, "checkpoint-5"), "--consolidate", "-o", out,
                         "--to", "pytorch", "-q")
         self.same_as_reference(self.full + ".pt", torch.load(os.path.join(out, "pytorch_model.bin")))
+
+    def test_full_state_dict_beside_the_trainers_model_safetensors(self):
+        # The Trainer also saves model.safetensors beside pytorch_model_fsdp.bin: superseded by the consolidated
+        # weights, it is neither copied nor in the way of the output's own model.safetensors.
+        checkpoint = os.path.join(self.root, "full-gathered")
+        shutil.copytree(os.path.join(self.full, "checkpoint-5"), checkpoint)
+        with open(os.path.join(checkpoint, "model.safetensors"), "wb") as f:
+            f.write(runs.safetensors_bytes(runs.tiny_tensors()))
+        out = os.path.join(self.root, "full-gathered-out")
+        harness.ckpt_ok(self, "convert", checkpoint, "--consolidate", "-o", out, "-q")
+        self.assertEqual(sorted(os.listdir(out)), ["config.json", "model.safetensors"])
+        meta, tensors = harness.read_safetensors(os.path.join(out, "model.safetensors"))
+        order = json.loads(meta["ckpt_order"]) if "ckpt_order" in meta else list(tensors)
+        self.same_as_reference(self.full + ".pt", {name: tensors[name] for name in order})
 
     def test_without_consolidate_or_with_include_state_refused(self):
         checkpoint = os.path.join(self.runs[(2, "bf16")], "checkpoint-5")
