@@ -145,7 +145,11 @@ void write_pieces(Sink& sink, const AssembledTensor& t, DType to, Progress& prog
       const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(per_chunk, p.count - done));
       const auto src = std::span(in).first(n * element_size(p.dtype));
       p.file->read_at(p.offset + done * element_size(p.dtype), src);
-      integers_to_float32(src, p.dtype, std::span(floats).first(n * 4));
+      try {
+        integers_to_float32(src, p.dtype, std::span(floats).first(n * 4));
+      } catch (const Error& e) {
+        throw e.with_context(p.file->path(), "tensor '" + t.name + "'");
+      }
       cast_elements(std::span(floats).first(n * 4), DType::float32, std::span(out).first(n * element_size(to)), to,
                     t.shape.empty());
       sink.write(std::span(out).first(n * element_size(to)));

@@ -217,6 +217,9 @@ std::string read_latest(const std::string& dir) {
   return tag;
 }
 
+// The N of a `global_step<N>` tag (the engine's default name, which the Trainer uses); nullopt for another tag.
+std::optional<std::int64_t> checkpoint_step_of_tag(const std::string& tag) { return rank_in(tag, "global_step", ""); }
+
 // ---- stage 1/2 and stage 3 partitions ----
 
 // A run of fp32 elements of one rank's flat master tensor, with the Adam moments beside it (null when absent).
@@ -322,6 +325,10 @@ class Reader {
 
   std::unique_ptr<Values> open(const std::string& name, std::vector<std::unique_ptr<Source>>& into) {
     const std::string path = (fs::path(tag_dir_) / name).string();
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) missing(name, "listed a moment ago");
+    if (!S_ISREG(st.st_mode))  // a symlink is not followed out of the checkpoint, a FIFO never waited on
+      throw Error(ErrorKind::corrupt, path, "", std::string("is ") + file_type_name(st.st_mode) + ", not a file");
     into.push_back(load_source(path));
     if (into.back()->safetensors) throw Error(ErrorKind::corrupt, path, "", "is not a torch.save file");
     return std::make_unique<Values>(*into.back());
@@ -375,6 +382,8 @@ class Reader {
     const NodeId root = m.graph().root();
     c_.ds_version_ = m.string(m.key(root, "ds_version", ""), "ds_version");
     c_.global_steps_ = m.integer(m.key(root, "global_steps", ""), "global_steps");
+    if (const auto tag_step = checkpoint_step_of_tag(c_.tag_); tag_step && *tag_step != c_.global_steps_)
+      m.fail("global_steps", "is " + std::to_string(c_.global_steps_) + ", but the tag is " + c_.tag_);
     const std::int64_t dp = m.integer(m.key(root, "dp_world_size", ""), "dp_world_size");
     if (dp != c_.world_)
       m.fail("dp_world_size", "is " + std::to_string(dp) + ", but there are " + std::to_string(c_.world_) +
@@ -510,11 +519,22 @@ class Reader {
         std::uint64_t padded = 0;
         if (padding < 0 || !checked_add(f.count, static_cast<std::uint64_t>(padding), padded))
           v.fail("group_paddings", "is not a padding");
-        // Every rank's padded partition has the same size; the padding lies past the group's last element.
+        // Every rank's padded partition has the same size; the padding lies past the group's last element, so rank
+        // r pads min(size, max(0, (r + 1) * size - numel)) elements (docs/deepspeed-format.md "Partitioning").
         if (r == 0) partition_sizes_.push_back(padded);
-        if (padded != partition_sizes_[g])
+        const std::uint64_t size = partition_sizes_[g];
+        if (padded != size)
           v.fail(where, "holds " + std::to_string(f.count) + " + " + std::to_string(padding) +
-                            " padding elements, but rank 0's partition is " + std::to_string(partition_sizes_[g]));
+                            " padding elements, but rank 0's partition is " + std::to_string(size));
+        std::uint64_t end = 0;  // of the rank's partition in the group's flat buffer
+        const std::uint64_t numel = shape_groups_[g].numel;
+        const bool fits = checked_mul(size, static_cast<std::uint64_t>(r) + 1, end);
+        const std::uint64_t expected = !fits ? size : std::min(size, end > numel ? end - numel : 0);
+        if (static_cast<std::uint64_t>(padding) != expected)
+          v.fail("group_paddings[" + std::to_string(g) + "]",
+                 "is " + std::to_string(padding) + ", but a partition of " + std::to_string(size) +
+                     " elements of rank " + std::to_string(r) + " in a group of " + std::to_string(numel) + " pads " +
+                     std::to_string(expected));
         read_moments(v, state, g, f, partition_sizes_[g]);
         if (r == 0) {
           c_.param_group_nodes_.push_back(param_groups[g]);

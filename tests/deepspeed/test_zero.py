@@ -811,6 +811,22 @@ class Hostile(ZeroCase):
                     self.assertEqual(r.returncode, 0, r.describe())
                     self.assertFalse(r.json()[0]["complete"], r.describe())
 
+    def test_padding_moved_off_the_groups_end(self):
+        # Rank 0 claims padding in its partition (one element fewer, one more padding: the padded size the same).
+        # The elements would still add up if rank 2 held one more, so the rule for where padding lies is what
+        # refuses it: cutting parameters out of such partitions would give wrong weights without an error.
+        fixture = self.base[2]
+        checkpoint = copy_checkpoint(fixture, "padding-moved")
+
+        def move(zero):
+            zero["single_partition_of_fp32_groups"][0] = zero["single_partition_of_fp32_groups"][0][:-1].clone()
+            zero["group_paddings"][0] += 1
+
+        rewrite_optim_states(fixture, checkpoint, 0, move)
+        self.refuse(checkpoint, fixture.optim_file(0))
+        r = ckpt_untrusted("list", os.path.dirname(checkpoint), "--json")
+        self.assertIn("group_paddings[0]", " ".join(r.json()[0]["problems"]), r.describe())
+
     def test_shapes_dtypes_and_stages_that_do_not_fit(self):
         """What docs/deepspeed-format.md lists a hostile file could claim: exit 3 naming the file that claims it,
         within the memory cap, nothing written."""
