@@ -321,12 +321,6 @@ void write_zero_optimizer(const zero::Checkpoint& checkpoint, const std::string&
     n.kind = kind;
     return g.add(std::move(n));
   };
-  auto integer = [&](std::int64_t value) {
-    pickle::Node n;
-    n.kind = pickle::Kind::integer;
-    n.integer = value;
-    return g.add(std::move(n));
-  };
   const pickle::NodeId state = make(pickle::Kind::dict);
   for (std::size_t i = 0; i < entries.size(); ++i) {
     const auto& e = entries[i];
@@ -344,7 +338,7 @@ void write_zero_optimizer(const zero::Checkpoint& checkpoint, const std::string&
       set("step", convert_detail::copy_value(*e.step_source, e.step_node, g, builder));
     set("exp_avg", builder.tensor(e.exp_avg));
     set("exp_avg_sq", builder.tensor(e.exp_avg_sq));
-    const pickle::NodeId index = integer(static_cast<std::int64_t>(i));
+    const pickle::NodeId index = convert_detail::add_integer(g, static_cast<std::int64_t>(i));
     g.at(state).items.push_back(index);
     g.at(state).items.push_back(per_param);
   }
@@ -355,7 +349,7 @@ void write_zero_optimizer(const zero::Checkpoint& checkpoint, const std::string&
         convert_detail::copy_value(checkpoint.rank0_optim(), checkpoint.param_group_node(k), g, builder);
     const pickle::NodeId params = make(pickle::Kind::list);
     for (std::size_t j = 0; j < checkpoint.groups()[k].parameters.size(); ++j) {
-      const pickle::NodeId index = integer(next++);
+      const pickle::NodeId index = convert_detail::add_integer(g, next++);
       g.at(params).items.push_back(index);
     }
     auto& items = g.at(group).items;

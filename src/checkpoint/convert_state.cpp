@@ -90,10 +90,7 @@ void consolidate_optimizer(const std::string& dir, const OptimizerShards& shards
   }
   std::vector<NodeId> state_items;
   for (const auto& [index, where] : states) {
-    pickle::Node key;
-    key.kind = Kind::integer;
-    key.integer = index;
-    state_items.push_back(g.add(std::move(key)));
+    state_items.push_back(add_integer(g, index));
     state_items.push_back(copy_value(*where.first, where.second, g, builder));
   }
   pickle::Node state;

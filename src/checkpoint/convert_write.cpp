@@ -276,6 +276,13 @@ NodeId copy_value(const Source& s, NodeId node, Graph& g, GraphBuilder& builder)
       [&](const std::string& name) { return array_by_name.at(name)->data; });
 }
 
+NodeId add_integer(Graph& g, std::int64_t value) {
+  pickle::Node n;
+  n.kind = Kind::integer;
+  n.integer = value;
+  return g.add(std::move(n));
+}
+
 NodeId add_string(Graph& g, const std::string& text) {
   pickle::Node n;
   n.kind = Kind::string;

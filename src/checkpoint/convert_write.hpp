@@ -93,6 +93,7 @@ class GraphBuilder {
 pickle::NodeId copy_value(const Source& s, pickle::NodeId node, pickle::Graph& g, GraphBuilder& builder);
 
 pickle::NodeId add_string(pickle::Graph& g, const std::string& text);
+pickle::NodeId add_integer(pickle::Graph& g, std::int64_t value);
 
 // The state dict's BUILD attributes (`_metadata`), copied across graphs through the structure encoding.
 std::optional<json::Json> attributes_of(const Source& s);

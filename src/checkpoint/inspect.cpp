@@ -559,4 +559,18 @@ FileReport inspect_checkpoint_file(const std::string& path, const InspectOptions
   return inspect_one(path, options, false);
 }
 
+FileReport inspect_loaded_file(const Source& file, FileKind kind, const InspectOptions& options) {
+  FileReport report;
+  report.path = file.path;
+  report.file = base_name(file.path);
+  report.size_bytes = file.file().size();
+  report.format = file.safetensors ? "safetensors" : "torch_zip";
+  report.kind = kind;
+  if (options.verify) {
+    report.verify = Verification{};
+    if (file.torch) verify_zip(*file.torch, *report.verify);
+  }
+  return report;
+}
+
 }  // namespace ckpt::checkpoint

@@ -17,6 +17,8 @@
 
 namespace ckpt::checkpoint {
 
+struct Source;
+
 struct NonFinite {
   std::uint64_t nan = 0;
   std::uint64_t inf = 0;
@@ -110,6 +112,10 @@ FileReport inspect_file(const std::string& path, const InspectOptions& options);
 // inspect_file for a file of a checkpoint directory, which may hold files of no format ckpt knows (a README,
 // tokenizer files): such a file is reported as FileKind::other, not refused.
 FileReport inspect_checkpoint_file(const std::string& path, const InspectOptions& options);
+// A torch.save file another reader has already loaded and checked (a DeepSpeed rank file, checkpoint/zero.hpp), as a
+// file of `kind`: its size, with verify the CRCs of its zip members. What it holds is that reader's to report, so
+// its values are not read again.
+FileReport inspect_loaded_file(const Source& file, FileKind kind, const InspectOptions& options);
 
 // Never throws for a bad member file: its report carries the error and the checkpoint is incomplete. A model
 // directory (is_model_directory) is judged complete as one (assess_model_directory).

@@ -235,10 +235,8 @@ CheckpointReport inspect_checkpoint(const std::string& dir, const InspectOptions
       }
     }
     for (const Source* s : deepspeed->sources()) {
-      FileReport f = inspect_checkpoint_file(s->path, options);
+      FileReport f = inspect_loaded_file(*s, FileKind::deepspeed, options);  // "deepspeed" says what they hold
       f.file = deepspeed->tag() + "/" + f.file;
-      f.kind = FileKind::deepspeed;
-      f.fields.erase("value");  // the checkpoint's "deepspeed" summary says what they hold
       report.files.push_back(std::move(f));
     }
   }

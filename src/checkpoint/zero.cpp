@@ -698,39 +698,30 @@ class Reader {
       const Parameter& p = c_.frozen_[i];
       c_.state_dict_.push_back({p.name, c_.model_dtype_, p.shape, frozen_pieces_[i], std::nullopt});
     }
-    std::vector<std::pair<const Parameter*, Placement>> trainable;
+    std::map<std::string, Placement> placement_of;
     std::size_t k = 0;
     for (const ParamGroup& sub : shape_groups_) {
-      for (const Parameter& p : sub.parameters) trainable.emplace_back(&p, placements_[k++]);
-    }
-    std::map<std::string, std::size_t> optimizer_index;
-    for (const auto& [p, where] : trainable) {
-      c_.state_dict_.push_back({p->name, DType::float32, p->shape, pieces(*p, where, 0), std::nullopt});
-      if (c_.no_optimizer_state_.empty()) {
-        OptimizerEntry entry;
-        entry.parameter = p->name;
-        entry.exp_avg = {p->name, DType::float32, p->shape, pieces(*p, where, 1), std::nullopt};
-        entry.exp_avg_sq = {p->name, DType::float32, p->shape, pieces(*p, where, 2), std::nullopt};
-        optimizer_index[p->name] = c_.optimizer_.size();
-        c_.optimizer_.push_back(std::move(entry));
+      for (const Parameter& p : sub.parameters) {
+        const Placement& where = placements_[k++];
+        placement_of.emplace(p.name, where);
+        c_.state_dict_.push_back({p.name, DType::float32, p.shape, pieces(p, where, 0), std::nullopt});
       }
     }
     for (const auto& [alias, target] : c_.shared_) {
       if (names_.count(target)) c_.state_dict_.push_back({alias, DType::float32, {}, {}, target});
     }
-    // The optimizer's entries in its groups' order, each with its group's step.
     if (!c_.no_optimizer_state_.empty()) return;
-    std::vector<OptimizerEntry> ordered;
+    // The optimizer's entries in its groups' order (stage 3's groups may list their sub-groups in any order), each
+    // with its group's step.
     for (std::size_t g = 0; g < c_.groups_.size(); ++g) {
       for (const Parameter& p : c_.groups_[g].parameters) {
-        OptimizerEntry entry = c_.optimizer_[optimizer_index.at(p.name)];
-        entry.step = group_steps_[g].step;
-        entry.step_source = group_steps_[g].step_source;
-        entry.step_node = group_steps_[g].step_node;
-        ordered.push_back(std::move(entry));
+        const Placement& where = placement_of.at(p.name);
+        OptimizerEntry entry = group_steps_[g];
+        entry.exp_avg = {p.name, DType::float32, p.shape, pieces(p, where, 1), std::nullopt};
+        entry.exp_avg_sq = {p.name, DType::float32, p.shape, pieces(p, where, 2), std::nullopt};
+        c_.optimizer_.push_back(std::move(entry));
       }
     }
-    c_.optimizer_ = std::move(ordered);
   }
 
   std::vector<Piece> pieces(const Parameter& p, const Placement& where, int which) const {

@@ -52,8 +52,7 @@ struct RankFiles {
 
 // The Adam state of one trainable parameter, as the optimizer of one process holds it.
 struct OptimizerEntry {
-  std::string parameter;
-  AssembledTensor exp_avg;
+  AssembledTensor exp_avg;  // named as the parameter
   AssembledTensor exp_avg_sq;
   // `step`, its group's (torch's AdamW keeps one per parameter, the same within a group): a 0-d tensor, or in files
   // of older torch the value at `step_node` of `step_source` (a number). Absent when the state has none.
